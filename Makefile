@@ -1,0 +1,38 @@
+# raysource — the two commands of the README, plus helpers.
+#   make demo   set-up included: venv, install, Cassandra jars, local node, the main job
+#   make test   set-up included: runs the whole suite against a real Cassandra and real Ray
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test bench cassandra-start cassandra-stop cassandra-status clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -c "from journal.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
+	touch $@
+
+demo: setup
+	$(BIN)/raysource demo
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+cassandra-start: setup
+	$(BIN)/raysource cassandra start
+
+cassandra-stop: setup
+	$(BIN)/raysource cassandra stop
+
+cassandra-status: setup
+	$(BIN)/raysource cassandra status
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,150 @@
+"""The journal SPI: what every event store behind raysource promises.
+
+A journal stores, per persistence id, a gap-free sequence of events numbered 1, 2, 3, ...
+It is append-only: the write path never updates or deletes a row (``delete_to`` is logical).
+
+Contract (checked for every backend by ``tests/contract``):
+
+* ``append`` writes an *atomic group* of events of one persistence id. The group's sequence
+  numbers are contiguous and start at the number the writer expects to be next. Either the whole
+  group becomes durable and readable, or none of it does.
+* With the fencing guard on (``capabilities.fencing``), an append whose sequence numbers are
+  (partly) taken raises :class:`~journal.errors.ConcurrentWriteError` and writes nothing. Two
+  writers on one persistence id therefore can never both append the same sequence number; the
+  loser learns it is stale. With the guard off, the backend documents what happens instead.
+* ``replay`` streams events in ascending sequence order, paged, with bounded memory however long
+  the history is. Events at or below the deleted-to mark are not returned.
+* ``highest_sequence_nr`` is the largest sequence number ever appended (deletes do not lower it).
+* ``events_by_tag`` streams events carrying a tag in a stable, resumable offset order (see the
+  backend's docstring for its visibility delay).
+
+Every method is a coroutine (or async iterator) and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One serialized event as the journal stores it.
+
+    ``timestamp`` is the writer's wall clock (UTC) when the group was created; ``writer_id``
+    identifies the activation that wrote it (for diagnosing fencing conflicts);
+    ``metadata`` is free-form string pairs (correlation ids and the like).
+    """
+
+    persistence_id: str
+    sequence_nr: int
+    payload: bytes
+    manifest: str
+    serializer_id: int
+    timestamp: datetime
+    writer_id: str = ""
+    tags: frozenset[str] = frozenset()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TagOffset:
+    """A position in one tag's stream. Opaque to users, serializable, totally ordered.
+
+    Resuming ``events_by_tag`` from an offset returns only events strictly after it.
+    Backends fill the fields as their ordering requires; compare offsets of one tag only.
+    """
+
+    timestamp_us: int
+    persistence_id: str = ""
+    sequence_nr: int = 0
+
+    @classmethod
+    def start(cls) -> "TagOffset":
+        return cls(0, "", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class TaggedEvent:
+    """An event delivered by a tag query, with the offset to resume after it."""
+
+    tag: str
+    offset: TagOffset
+    event: StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class JournalCapabilities:
+    """Optional behaviour a backend declares (the contract suite skips checks it lacks)."""
+
+    fencing: bool = True  # conditional appends: ConcurrentWriteError on taken sequence numbers
+    tags: bool = True  # events_by_tag
+    delete: bool = True  # delete_to
+
+
+class Journal(abc.ABC):
+    """An append-only, per-persistence-id event log. See the module docstring for the contract."""
+
+    capabilities: JournalCapabilities = JournalCapabilities()
+
+    @abc.abstractmethod
+    async def append(self, events: Sequence[StoredEvent]) -> None:
+        """Durably write ``events`` as one atomic group.
+
+        All events share one persistence id and carry contiguous sequence numbers; the first
+        is the number the writer expects to be next (``highest_sequence_nr + 1``).
+        Raises ``InvalidAppendError`` for a malformed group (nothing written),
+        ``ConcurrentWriteError`` when fenced (nothing written), ``JournalUnavailableError``
+        when the store cannot be reached (outcome may be unknown: recover before retrying).
+        """
+
+    @abc.abstractmethod
+    def replay(
+        self,
+        persistence_id: str,
+        from_sequence_nr: int = 1,
+        to_sequence_nr: int | None = None,
+    ) -> AsyncIterator[StoredEvent]:
+        """Stream events ``from_sequence_nr..to_sequence_nr`` (inclusive) in ascending order.
+
+        Paged: memory stays bounded for any history length. Deleted events are skipped.
+        """
+
+    @abc.abstractmethod
+    async def highest_sequence_nr(self, persistence_id: str) -> int:
+        """The highest sequence number ever appended for ``persistence_id`` (0 if none)."""
+
+    @abc.abstractmethod
+    async def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
+        """Logically delete events up to ``to_sequence_nr``; they are no longer replayed.
+
+        ``highest_sequence_nr`` is unchanged, so sequence numbers are never reused.
+        """
+
+    @abc.abstractmethod
+    def events_by_tag(
+        self,
+        tag: str,
+        after: TagOffset | None = None,
+        *,
+        limit: int | None = None,
+    ) -> AsyncIterator[TaggedEvent]:
+        """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
+        what is currently visible (a "current" query: the iterator completes)."""
+
+    async def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSnapshot:
+    """A serialized snapshot of an aggregate's state after ``sequence_nr`` events."""
+
+    persistence_id: str
+    sequence_nr: int
+    payload: bytes
+    manifest: str
+    serializer_id: int
+    timestamp: datetime

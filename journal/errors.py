@@ -1,0 +1,183 @@
+"""The whole raysource exception tree, written down in one place.
+
+Every error a caller of raysource can see derives from :class:`RaysourceError`. Driver and Ray
+errors are wrapped (``raise ... from exc``) so callers never need to import cassandra-driver or
+Ray to handle a failure. The tree lives in the bottom layer so every layer can raise and catch it
+without importing upwards.
+
+    RaysourceError
+    ├── ConfigError                      invalid names, settings, contact points
+    ├── CassandraNodeError               the local Cassandra launcher could not start/stop a node
+    ├── JournalError                     anything the event journal / snapshot store reports
+    │   ├── ConcurrentWriteError         fencing: another writer holds these sequence numbers
+    │   ├── JournalUnavailableError      the store could not be reached / timed out
+    │   └── InvalidAppendError           a malformed append (gaps, mixed ids, empty ids)
+    ├── SerializationError               encode/decode failed (names persistence id + seq nr)
+    │   ├── UnknownManifestError
+    │   ├── MissingUpcasterError
+    │   ├── CorruptPayloadError
+    │   ├── UnserializableError
+    │   └── PayloadTooLargeError
+    └── CommandError                     a command did not succeed (runtime, sharding)
+        ├── CommandRejected              the aggregate said no (domain reason)
+        ├── UnknownCommandError          the aggregate type has no handler for this command
+        ├── HandlerError                 the user's handler raised; state unchanged
+        ├── PersistFailedError           the events of this command could not be made durable
+        ├── AggregateStoppedError        the activation stopped (fenced, passivated) before reply
+        └── AskTimeoutError              no reply within the caller's timeout (outcome unknown)
+"""
+
+from __future__ import annotations
+
+
+class RaysourceError(Exception):
+    """Root of every error raised by raysource."""
+
+
+class ConfigError(RaysourceError, ValueError):
+    """A configuration value, name or identifier is invalid."""
+
+
+class CassandraNodeError(RaysourceError):
+    """The local Cassandra node could not be resolved, started, reached or stopped."""
+
+
+# --------------------------------------------------------------------------- journal
+
+
+class JournalError(RaysourceError):
+    """The event journal or snapshot store failed."""
+
+
+class ConcurrentWriteError(JournalError):
+    """Another writer already holds (some of) the sequence numbers of this append.
+
+    Raised by a journal with the fencing guard on. Nothing of the failed append was written.
+    The writer that gets it is stale (a duplicate or outdated activation) and must stop.
+    """
+
+    def __init__(self, persistence_id: str, sequence_nr: int, message: str | None = None) -> None:
+        self.persistence_id = persistence_id
+        self.sequence_nr = sequence_nr
+        super().__init__(
+            message
+            or f"concurrent writer on {persistence_id!r}: sequence number {sequence_nr} is taken"
+        )
+
+    def __reduce__(self):  # keep fields across pickling (Ray ships errors between processes)
+        return (type(self), (self.persistence_id, self.sequence_nr, str(self)))
+
+
+class JournalUnavailableError(JournalError):
+    """The store could not be reached or did not answer in time; the outcome may be unknown."""
+
+
+class InvalidAppendError(JournalError, ValueError):
+    """An append is malformed (empty, mixed persistence ids, non-contiguous sequence numbers)."""
+
+
+# --------------------------------------------------------------------------- serialization
+
+
+class SerializationError(RaysourceError):
+    """Encoding or decoding an event or snapshot failed.
+
+    ``persistence_id`` and ``sequence_nr`` name the record when known (None otherwise).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        persistence_id: str | None = None,
+        sequence_nr: int | None = None,
+    ) -> None:
+        self.persistence_id = persistence_id
+        self.sequence_nr = sequence_nr
+        self.detail = message
+        where = ""
+        if persistence_id is not None:
+            where = f" [persistence id {persistence_id!r}"
+            where += f", sequence number {sequence_nr}]" if sequence_nr is not None else "]"
+        super().__init__(message + where)
+
+    def __reduce__(self):
+        return (
+            _rebuild_serialization_error,
+            (type(self), self.detail, self.persistence_id, self.sequence_nr),
+        )
+
+    def at(self, persistence_id: str | None, sequence_nr: int | None) -> "SerializationError":
+        """A copy of this error that names the record it happened on."""
+        err = type(self)(self.detail, persistence_id=persistence_id, sequence_nr=sequence_nr)
+        err.__cause__ = self.__cause__
+        return err
+
+
+def _rebuild_serialization_error(cls, detail, persistence_id, sequence_nr):
+    return cls(detail, persistence_id=persistence_id, sequence_nr=sequence_nr)
+
+
+class UnknownManifestError(SerializationError):
+    """No type is registered under the stored manifest."""
+
+
+class MissingUpcasterError(SerializationError):
+    """A stored schema version is older than the registered one and no upcaster bridges it."""
+
+
+class CorruptPayloadError(SerializationError):
+    """The stored bytes cannot be decoded into the registered type."""
+
+
+class UnserializableError(SerializationError, TypeError):
+    """The object cannot be encoded by the chosen serializer (e.g. unregistered type)."""
+
+
+class PayloadTooLargeError(SerializationError):
+    """The encoded payload exceeds the configured size limit; nothing was written."""
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class CommandError(RaysourceError):
+    """A command sent to an aggregate did not succeed."""
+
+
+class CommandRejected(CommandError):
+    """The aggregate validated the command against its state and refused it.
+
+    ``reason`` is the domain reason given by the command handler. Nothing was persisted.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))
+
+
+class UnknownCommandError(CommandError, TypeError):
+    """The aggregate type does not handle this command type."""
+
+
+class HandlerError(CommandError):
+    """The user's command handler raised; the aggregate is alive and its state unchanged."""
+
+
+class PersistFailedError(CommandError):
+    """The events of this command could not be made durable; the command had no effect
+    that will ever be visible (state was rebuilt from the journal)."""
+
+
+class AggregateStoppedError(CommandError):
+    """The activation stopped (fenced by a concurrent writer, or shut down) before replying.
+
+    The command was not applied by this activation; retrying reaches a fresh activation.
+    """
+
+
+class AskTimeoutError(CommandError, TimeoutError):
+    """No reply arrived within the caller's timeout. The command may or may not have run."""

@@ -1,0 +1,601 @@
+"""A real, local Apache Cassandra node for development, tests and the demo — no Docker needed.
+
+The node is built from Maven Central's ``cassandra-all`` jars (resolved once with the small pom in
+``deploy/cassandra/pom.xml`` into a cache outside the repo) and started as a plain
+``CassandraDaemon`` JVM with the JDK 17 flags and fast-start settings of a throwaway node.
+
+    node = LocalCassandra()          # state under $RAYSOURCE_HOME (default ~/.cache/raysource)
+    status = node.start()            # reuses a running node; waits until CQL answers
+    print(status.contact_point)      # "127.0.0.1:9042"
+    node.stop()                      # SIGTERM, then SIGKILL after a timeout
+
+``select_cassandra()`` picks where tests and the demo get Cassandra from, in order: an explicit
+contact point (``RAYSOURCE_CASSANDRA=host:port``), a running local node, Docker via
+testcontainers when a Docker engine answers, else it starts the local node from Maven jars.
+
+Every failure raises :class:`~journal.errors.CassandraNodeError` saying what failed and where the
+log is. This module never imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from journal.errors import CassandraNodeError, ConfigError
+
+CASSANDRA_VERSION = "5.0.8"
+DEFAULT_NATIVE_PORT = 9042
+_REPO_POM = Path(__file__).resolve().parents[1] / "deploy" / "cassandra" / "pom.xml"
+
+# Cassandra's conf/jvm17-server.options: the JVM dies at start without these on Java 17.
+_JDK17_EXPORTS = [
+    "java.base/jdk.internal.misc",
+    "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+    "java.rmi/sun.rmi.registry",
+    "java.rmi/sun.rmi.server",
+    "java.sql/java.sql",
+    "java.base/java.lang.ref",
+    "jdk.unsupported/sun.misc",
+    "jdk.compiler/com.sun.tools.javac.file",
+    "jdk.attach/sun.tools.attach",
+]
+_JDK17_OPENS = [
+    "java.base/java.lang.module",
+    "java.base/jdk.internal.loader",
+    "java.base/jdk.internal.ref",
+    "java.base/jdk.internal.reflect",
+    "java.base/jdk.internal.math",
+    "java.base/jdk.internal.module",
+    "java.base/jdk.internal.util.jar",
+    "jdk.management/com.sun.management.internal",
+    "java.base/sun.nio.ch",
+    "java.base/java.io",
+    "java.base/java.lang.reflect",
+    "jdk.compiler/com.sun.tools.javac",
+    "java.base/java.lang",
+    "java.base/java.util",
+    "java.base/java.nio",
+]
+# Fast start for a throwaway node; skip_sync/unsafesystem drop fsync (dev and tests only).
+_FAST_START = {
+    "cassandra.skip_wait_for_gossip_to_settle": "0",
+    "cassandra.ring_delay_ms": "1000",
+    "cassandra.superuser_setup_delay_ms": "0",
+    "cassandra.shutdown_announce_in_ms": "0",
+    "cassandra.skip_sync": "true",
+    "cassandra.unsafesystem": "true",
+    "cassandra.available_processors": "2",
+}
+
+_LOGBACK = """<configuration scan="false">
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
+  </appender>
+  <logger name="org.apache.cassandra" level="INFO"/>
+  <logger name="com.datastax" level="WARN"/>
+  <root level="WARN"><appender-ref ref="STDOUT"/></root>
+</configuration>
+"""
+
+
+def raysource_home() -> Path:
+    """Where raysource keeps caches and state outside the repo."""
+    return Path(os.environ.get("RAYSOURCE_HOME", Path.home() / ".cache" / "raysource"))
+
+
+def parse_contact_point(text: str) -> tuple[str, int]:
+    """Parse ``host:port`` (or ``host``, port 9042). Raises ConfigError on nonsense."""
+    text = text.strip()
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?", text)
+    if not text or not m:
+        raise ConfigError(f"invalid Cassandra contact point {text!r}; expected host:port")
+    port = int(m.group(2)) if m.group(2) else DEFAULT_NATIVE_PORT
+    if not 0 < port < 65536:
+        raise ConfigError(f"invalid port in Cassandra contact point {text!r}")
+    return m.group(1).strip("[]"), port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cql_answers(host: str, port: int, timeout: float = 5.0) -> bool:
+    """True when a CQL session can run ``SELECT release_version FROM system.local``."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            pass
+    except OSError:
+        return False
+    from cassandra.cluster import Cluster  # heavy import: only when a port answers
+
+    cluster = Cluster([host], port=port, connect_timeout=timeout, protocol_version=5)
+    try:
+        session = cluster.connect()
+        row = session.execute("SELECT release_version FROM system.local", timeout=timeout).one()
+        return row is not None
+    except Exception:  # noqa: BLE001 - any failure means "not answering yet"
+        return False
+    finally:
+        cluster.shutdown()
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What ``status()`` / ``start()`` report about a node."""
+
+    running: bool
+    host: str
+    port: int
+    pid: int | None
+    state_dir: Path
+    log_file: Path
+    started_by_us: bool = False  # this call started it (False: reused or not running)
+    start_seconds: float | None = None
+
+    @property
+    def contact_point(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        if not self.running:
+            return f"Cassandra is not running (state dir {self.state_dir})"
+        how = "started" if self.started_by_us else "running"
+        took = f" in {self.start_seconds:.1f} s" if self.start_seconds is not None else ""
+        return (
+            f"Cassandra {how}{took}: contact point {self.contact_point} "
+            f"(pid {self.pid}, log {self.log_file})"
+        )
+
+
+@dataclass
+class LocalCassandra:
+    """One local Cassandra node: its jars, state directory, ports and process.
+
+    ``name`` separates several nodes (e.g. a 3-node cluster on 127.0.0.1-3) under one home.
+    ``port=None`` picks 9042 when free, else any free port.
+    """
+
+    name: str = "node1"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    home: Path = field(default_factory=raysource_home)
+    java_home: str | None = field(default_factory=lambda: os.environ.get("JAVA_HOME"))
+    heap: str = "1G"
+    version: str = CASSANDRA_VERSION
+    seeds: str | None = None  # "127.0.0.1:7000,..." for multi-node; default: itself
+    cluster_name: str = "raysource-dev"
+    initial_token: str = "0"
+    storage_port: int | None = None
+    start_timeout: float = 180.0
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def jars_dir(self) -> Path:
+        return self.home / "cassandra" / self.version / "jars"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "cassandra" / self.name
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "logs" / "system.log"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "node.json"
+
+    # ------------------------------------------------------------------ public API
+
+    def status(self) -> NodeStatus:
+        info = self._read_state()
+        pid, port = info.get("pid"), int(info.get("port") or self.port or DEFAULT_NATIVE_PORT)
+        host = info.get("host", self.host)
+        running = bool(pid) and self._is_our_process(pid) and cql_answers(host, port)
+        return NodeStatus(
+            running=running,
+            host=host,
+            port=port,
+            pid=pid if running else None,
+            state_dir=self.state_dir,
+            log_file=self.log_file,
+        )
+
+    def start(self, progress: Callable[[str], None] | None = None) -> NodeStatus:
+        """Start the node (or reuse the running one) and wait until CQL answers."""
+        say = progress or (lambda _msg: None)
+        info = self._read_state()
+        pid = info.get("pid")
+        if pid and self._is_our_process(pid):
+            host, port = info["host"], int(info["port"])
+            say(f"reusing the running node (pid {pid})")
+            deadline = time.monotonic() + self.start_timeout
+            while not cql_answers(host, port):
+                if not self._is_our_process(pid):
+                    break
+                if time.monotonic() > deadline:
+                    raise CassandraNodeError(
+                        f"Cassandra (pid {pid}) runs but CQL on {host}:{port} does not answer; "
+                        f"log: {self.log_file}"
+                    )
+                time.sleep(1.0)
+            else:
+                return NodeStatus(True, host, port, pid, self.state_dir, self.log_file)
+        elif pid:
+            say(f"removing stale pid file (pid {pid} is not a Cassandra node of ours)")
+        self._state_file.unlink(missing_ok=True)
+
+        java = self._java()
+        jars = self.resolve_jars(say)
+        port = self._choose_port()
+        storage_port = self.storage_port or free_port(self.host)
+        if not port_is_free(self.host, storage_port):
+            raise CassandraNodeError(f"storage port {self.host}:{storage_port} is already in use")
+
+        data_dir = self.state_dir / "data"
+        shutil.rmtree(data_dir, ignore_errors=True)  # throwaway node: fresh dirs every start
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        yaml_path = self.state_dir / "cassandra.yaml"
+        yaml_path.write_text(self._yaml(port, storage_port))
+        logback = self.state_dir / "logback.xml"
+        logback.write_text(_LOGBACK)
+
+        cmd = [java, *self._jvm_flags(yaml_path, logback, data_dir)]
+        cmd += ["-cp", os.pathsep.join(str(p) for p in sorted(jars.glob("*.jar")))]
+        cmd += ["org.apache.cassandra.service.CassandraDaemon"]
+        say(f"starting Cassandra {self.version} on {self.host}:{port} (log {self.log_file})")
+        t0 = time.monotonic()
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.state_dir,
+                start_new_session=True,  # outlives the CLI that started it
+            )
+        self._write_state({"pid": proc.pid, "host": self.host, "port": port, "version": self.version})
+        deadline = t0 + self.start_timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                self._state_file.unlink(missing_ok=True)
+                raise CassandraNodeError(
+                    f"the Cassandra node exited with code {code} during start-up; "
+                    f"log: {self.log_file}\n--- last log lines ---\n{self.tail_log()}"
+                )
+            if cql_answers(self.host, port):
+                took = time.monotonic() - t0
+                return NodeStatus(
+                    True, self.host, port, proc.pid, self.state_dir, self.log_file, True, took
+                )
+            if time.monotonic() > deadline:
+                self._terminate(proc.pid)
+                raise CassandraNodeError(
+                    f"Cassandra did not answer CQL on {self.host}:{port} within "
+                    f"{self.start_timeout:.0f} s; log: {self.log_file}\n{self.tail_log()}"
+                )
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop exactly the node this state dir started. Returns False if none was running."""
+        info = self._read_state()
+        pid = info.get("pid")
+        self._state_file.unlink(missing_ok=True)
+        if not pid or not self._is_our_process(pid):
+            return False
+        self._terminate(pid, timeout)
+        return True
+
+    def resolve_jars(self, say: Callable[[str], None] | None = None) -> Path:
+        """Resolve cassandra-all and its runtime deps from Maven Central into the cache, once."""
+        marker = self.jars_dir / ".complete"
+        if marker.exists():
+            return self.jars_dir
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise CassandraNodeError(
+                "Maven ('mvn') is not on PATH; it is needed once to fetch the Cassandra jars "
+                "(or set RAYSOURCE_CASSANDRA=host:port to use an existing cluster)"
+            )
+        if say:
+            say(f"resolving cassandra-all {self.version} from Maven Central into {self.jars_dir}")
+        self.jars_dir.mkdir(parents=True, exist_ok=True)
+        pom = self.jars_dir.parent / "pom.xml"
+        pom.write_text(_pom_text().replace(_pom_version(_pom_text()), self.version))
+        log = self.jars_dir.parent / "mvn.log"
+        cmd = [
+            mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+            "-DincludeScope=runtime", f"-DoutputDirectory={self.jars_dir}",
+        ]
+        with open(log, "wb") as out:
+            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+        if code != 0 or not any(self.jars_dir.glob("cassandra-all-*.jar")):
+            raise CassandraNodeError(
+                f"Maven could not resolve org.apache.cassandra:cassandra-all:{self.version} "
+                f"(exit {code}); log: {log}\n{_tail(log)}"
+            )
+        marker.write_text(self.version)
+        return self.jars_dir
+
+    def tail_log(self, lines: int = 25) -> str:
+        return _tail(self.log_file, lines)
+
+    # ------------------------------------------------------------------ internals
+
+    def _java(self) -> str:
+        if self.java_home:
+            java = Path(self.java_home) / "bin" / "java"
+            if not java.exists():
+                raise CassandraNodeError(
+                    f"JAVA_HOME={self.java_home} has no bin/java; point JAVA_HOME at a JDK 17"
+                )
+            java_cmd = str(java)
+        else:
+            found = shutil.which("java")
+            if found is None:
+                raise CassandraNodeError(
+                    "no 'java' on PATH: install OpenJDK 17 (Cassandra 5.0 runs on Java 11/17), "
+                    "or set RAYSOURCE_CASSANDRA=host:port to use an existing cluster"
+                )
+            java_cmd = found
+        try:
+            out = subprocess.run(
+                [java_cmd, "-version"], capture_output=True, text=True, timeout=30
+            ).stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CassandraNodeError(f"cannot run {java_cmd} -version: {exc}") from exc
+        m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+        major = int(m.group(1)) if m else 0
+        if major == 1 and m and m.group(2):
+            major = int(m.group(2))
+        if major not in (11, 17):
+            raise CassandraNodeError(
+                f"{java_cmd} is Java {major or 'unknown'}; Cassandra {self.version} needs Java 17 "
+                "(or 11). Set JAVA_HOME to a JDK 17."
+            )
+        return java_cmd
+
+    def _choose_port(self) -> int:
+        if self.port is not None:
+            if not port_is_free(self.host, self.port):
+                raise CassandraNodeError(
+                    f"port {self.host}:{self.port} is already in use by another process; "
+                    "choose another port or stop what holds it"
+                )
+            return self.port
+        if port_is_free(self.host, DEFAULT_NATIVE_PORT):
+            return DEFAULT_NATIVE_PORT
+        return free_port(self.host)
+
+    def _jvm_flags(self, yaml_path: Path, logback: Path, data_dir: Path) -> list[str]:
+        flags = [
+            f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss512k",
+            "-XX:+UseG1GC", "-XX:+CrashOnOutOfMemoryError",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Djdk.attach.allowAttachSelf=true",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            f"-Dcassandra.config={yaml_path.resolve().as_uri()}",
+            "-Dcassandra-foreground=yes",
+            f"-Dcassandra.storagedir={data_dir}",
+            f"-Dcassandra.logdir={self.log_file.parent}",
+            f"-Dlogback.configurationFile={logback}",
+            f"-Djna.tmpdir={self.state_dir / 'tmp'}",
+        ]
+        (self.state_dir / "tmp").mkdir(exist_ok=True)
+        flags += [f"-D{k}={v}" for k, v in _FAST_START.items()]
+        for mod in _JDK17_EXPORTS:
+            flags += ["--add-exports", f"{mod}=ALL-UNNAMED"]
+        for mod in _JDK17_OPENS:
+            flags += ["--add-opens", f"{mod}=ALL-UNNAMED"]
+        return flags
+
+    def _yaml(self, port: int, storage_port: int) -> str:
+        seeds = self.seeds or f"{self.host}:{storage_port}"
+        return f"""# written by raysource (journal/local_node.py) for a throwaway dev/test node
+cluster_name: {self.cluster_name}
+num_tokens: 1
+initial_token: {self.initial_token}
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+commitlog_sync: periodic
+commitlog_sync_period: 10s
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "{seeds}"
+listen_address: {self.host}
+rpc_address: {self.host}
+storage_port: {storage_port}
+native_transport_port: {port}
+start_native_transport: true
+auto_snapshot: false
+auto_bootstrap: false
+# Paxos v2 halves the round trips of the journal's conditional (fenced) batches.
+paxos_variant: v2
+# A group-commit flush is one single-partition batch; the 50KiB default would refuse big flushes.
+batch_size_warn_threshold: 1MiB
+batch_size_fail_threshold: 16MiB
+"""
+
+    def _is_our_process(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        return "CassandraDaemon" in cmdline and str(self.state_dir) in cmdline
+
+    def _terminate(self, pid: int, timeout: float = 30.0) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.2)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self, info: dict) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(json.dumps(info))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap if it is our child
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def _pom_text() -> str:
+    if _REPO_POM.exists():
+        return _REPO_POM.read_text()
+    raise CassandraNodeError(f"the Cassandra pom is missing: {_REPO_POM}")
+
+
+def _pom_version(pom: str) -> str:
+    m = re.search(r"<cassandra.version>([^<]+)</cassandra.version>", pom)
+    return m.group(1) if m else CASSANDRA_VERSION
+
+
+# ---------------------------------------------------------------------- source selection
+
+
+@dataclass
+class CassandraSource:
+    """Where Cassandra comes from for this process, and how to give it back."""
+
+    kind: str  # "explicit" | "local-running" | "docker" | "local-started"
+    host: str
+    port: int
+    description: str
+    _cleanup: Callable[[], None] | None = None
+
+    @property
+    def contact_point(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def release(self) -> None:
+        """Stop what this selection started (a Docker container or the local node)."""
+        if self._cleanup is not None:
+            cleanup, self._cleanup = self._cleanup, None
+            cleanup()
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    try:
+        import docker  # testcontainers' dependency; only present with the test extra
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean "no"
+        return False
+
+
+def select_cassandra(
+    explicit: str | None = None,
+    *,
+    node: LocalCassandra | None = None,
+    allow_docker: bool = True,
+    stop_started_node: bool = True,
+    say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> CassandraSource:
+    """Pick Cassandra for tests and the demo and print the choice.
+
+    Order: ``explicit`` or ``$RAYSOURCE_CASSANDRA``; a running local node; Docker through
+    testcontainers when an engine answers; else start the local node from Maven jars.
+    ``release()`` on the result stops only what this call started (the local node only if
+    ``stop_started_node``).
+    """
+    explicit = explicit or os.environ.get("RAYSOURCE_CASSANDRA") or None
+    if explicit:
+        host, port = parse_contact_point(explicit)
+        src = CassandraSource("explicit", host, port, f"explicit contact point {host}:{port}")
+        say(f"raysource: Cassandra source = {src.description}")
+        return src
+    node = node or LocalCassandra()
+    status = node.status()
+    if status.running:
+        src = CassandraSource(
+            "local-running", status.host, status.port,
+            f"running local node {status.contact_point} (pid {status.pid})",
+        )
+        say(f"raysource: Cassandra source = {src.description}")
+        return src
+    if allow_docker and docker_available():
+        from testcontainers.cassandra import CassandraContainer
+
+        say("raysource: Cassandra source = Docker (testcontainers), starting container ...")
+        container = CassandraContainer("cassandra:5.0")
+        container.start()
+        host = container.get_container_host_ip()
+        port = int(container.get_exposed_port(9042))
+        src = CassandraSource("docker", host, port, f"Docker container {host}:{port}",
+                              container.stop)
+        say(f"raysource: Cassandra source = {src.description}")
+        return src
+    say("raysource: Cassandra source = local node from Maven jars (starting) ...")
+    status = node.start(progress=lambda m: say(f"raysource: {m}"))
+    src = CassandraSource(
+        "local-started", status.host, status.port,
+        f"local node started from Maven jars at {status.contact_point} "
+        f"in {status.start_seconds or 0:.1f} s (log {status.log_file})",
+        node.stop if stop_started_node else None,
+    )
+    say(f"raysource: Cassandra source = {src.description}")
+    return src
