@@ -1,0 +1,248 @@
+"""An in-memory journal with exactly the contract (and errors) of the Cassandra journal.
+
+Used by the test kit and by unit tests of the runtime. It can add latency to every call, inject
+failures, and count writes (``write_count``, ``stats``) so tests can observe group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
+from journal.errors import (
+    ConcurrentWriteError,
+    InvalidAppendError,
+    JournalUnavailableError,
+)
+from journal.serialization import Serialization
+
+__all__ = ["InMemoryJournal", "validate_group"]
+
+
+def validate_group(events: Sequence[StoredEvent], max_group_size: int | None = None) -> None:
+    """Raise ``InvalidAppendError`` unless ``events`` is a well-formed atomic group.
+
+    Shared by every backend so they reject exactly the same inputs.
+    """
+    if not events:
+        raise InvalidAppendError("empty append: an atomic group needs at least one event")
+    pid = events[0].persistence_id
+    if not isinstance(pid, str) or not pid:
+        raise InvalidAppendError(f"invalid persistence id {pid!r}")
+    first = events[0].sequence_nr
+    if not isinstance(first, int) or first < 1:
+        raise InvalidAppendError(f"first sequence number must be >= 1, got {first!r} ({pid!r})")
+    for i, ev in enumerate(events):
+        if not isinstance(ev, StoredEvent):
+            raise InvalidAppendError(f"not a StoredEvent: {ev!r}")
+        if ev.persistence_id != pid:
+            raise InvalidAppendError(
+                f"mixed persistence ids in one group: {pid!r} and {ev.persistence_id!r}"
+            )
+        if ev.sequence_nr != first + i:
+            raise InvalidAppendError(
+                f"non-contiguous sequence numbers in group for {pid!r}: expected "
+                f"{first + i}, got {ev.sequence_nr!r}"
+            )
+        if not isinstance(ev.payload, (bytes, bytearray)):
+            raise InvalidAppendError(f"payload of {pid!r}#{ev.sequence_nr} is not bytes")
+    if max_group_size is not None and len(events) > max_group_size:
+        raise InvalidAppendError(
+            f"group of {len(events)} events for {pid!r} exceeds the maximum of "
+            f"{max_group_size} (the partition size)"
+        )
+
+
+@dataclass
+class _Failure:
+    remaining: int
+    exc: type[BaseException] | BaseException
+    after_write: bool
+
+
+class InMemoryJournal(Journal):
+    """A dict-backed :class:`~journal.api.Journal`.
+
+    * ``fencing=True`` (default): an append touching any taken sequence number raises
+      ``ConcurrentWriteError`` naming the first taken number and writes nothing.
+      ``fencing=False``: like the Cassandra journal's plain batch, the group is written
+      unconditionally and overwrites events at the same sequence numbers (last write wins);
+      the tag stream then holds both versions.
+    * ``latency``: seconds slept at the start of every call (simulates a remote store).
+    * ``serialization``: if given, every appended payload must decode with it (a test kit
+      check that what is stored can be read back); failures raise its ``SerializationError``.
+    * ``fail_next_appends(n, exc, after_write=False)``: the next ``n`` appends raise ``exc``;
+      with ``after_write=True`` the events are stored first (an "outcome unknown" timeout).
+    * ``write_count`` counts successful appends; ``stats`` counts calls per operation.
+    * ``max_group_size`` mirrors the Cassandra journal's partition-size limit on groups.
+
+    Gaps are not checked against the stored highest sequence number (neither backend can do
+    that cheaply); writers append at ``highest_sequence_nr + 1``.
+    Tag query order is global insertion order per tag; offsets are ``TagOffset(n)`` with ``n``
+    a journal-wide counter, there is no visibility delay.
+    """
+
+    def __init__(
+        self,
+        *,
+        fencing: bool = True,
+        latency: float = 0.0,
+        serialization: Serialization | None = None,
+        max_group_size: int | None = None,
+        page_size: int = 256,
+    ) -> None:
+        self.fencing = fencing
+        self.latency = latency
+        self.serialization = serialization
+        self.max_group_size = max_group_size
+        self.page_size = page_size
+        self.capabilities = JournalCapabilities(fencing=fencing, tags=True, delete=True)
+        self._events: dict[str, dict[int, StoredEvent]] = {}
+        self._highest: dict[str, int] = {}
+        self._deleted_to: dict[str, int] = {}
+        self._tags: dict[str, list[TaggedEvent]] = {}
+        self._tag_counter = itertools.count(1)
+        self._failures: list[_Failure] = []
+        self.write_count = 0
+        self.stats: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ test hooks
+
+    def fail_next_appends(
+        self,
+        n: int = 1,
+        exc: type[BaseException] | BaseException = JournalUnavailableError,
+        *,
+        after_write: bool = False,
+    ) -> None:
+        """Make the next ``n`` appends raise ``exc`` (before writing, unless ``after_write``)."""
+        self._failures.append(_Failure(n, exc, after_write))
+
+    def events(self, persistence_id: str) -> list[StoredEvent]:
+        """Every stored event of ``persistence_id`` (deleted ones included), ascending."""
+        evs = self._events.get(persistence_id, {})
+        return [evs[k] for k in sorted(evs)]
+
+    def persistence_ids(self) -> list[str]:
+        return sorted(self._events)
+
+    # ------------------------------------------------------------------ Journal
+
+    async def _enter(self, op: str) -> None:
+        self.stats[op] += 1
+        if self.latency > 0:
+            await asyncio.sleep(self.latency)
+
+    def _take_failure(self) -> _Failure | None:
+        while self._failures:
+            f = self._failures[0]
+            if f.remaining <= 0:
+                self._failures.pop(0)
+                continue
+            f.remaining -= 1
+            return f
+        return None
+
+    @staticmethod
+    def _raise(f: _Failure) -> None:
+        exc = f.exc
+        if isinstance(exc, type):
+            if issubclass(exc, ConcurrentWriteError):
+                raise exc("<injected>", 0)
+            raise exc("injected failure")
+        raise exc
+
+    async def append(self, events: Sequence[StoredEvent]) -> None:
+        events = list(events)
+        validate_group(events, self.max_group_size)
+        await self._enter("append")
+        failure = self._take_failure()
+        if failure is not None and not failure.after_write:
+            self._raise(failure)
+        pid = events[0].persistence_id
+        if self.serialization is not None:
+            for ev in events:
+                self.serialization.decode(
+                    ev.serializer_id, ev.manifest, bytes(ev.payload),
+                    persistence_id=pid, sequence_nr=ev.sequence_nr,
+                )
+        stored = self._events.setdefault(pid, {})
+        if self.fencing:
+            for ev in events:
+                if ev.sequence_nr in stored:
+                    self.stats["conflicts"] += 1
+                    raise ConcurrentWriteError(pid, ev.sequence_nr)
+        # No await between the check and the write: the check-and-set is atomic on the loop.
+        for ev in events:
+            stored[ev.sequence_nr] = ev
+            for tag in sorted(ev.tags):
+                offset = TagOffset(next(self._tag_counter), pid, ev.sequence_nr)
+                self._tags.setdefault(tag, []).append(TaggedEvent(tag, offset, ev))
+        self._highest[pid] = max(self._highest.get(pid, 0), events[-1].sequence_nr)
+        self.write_count += 1
+        self.stats["events_written"] += len(events)
+        if failure is not None:
+            self._raise(failure)
+
+    async def replay(
+        self,
+        persistence_id: str,
+        from_sequence_nr: int = 1,
+        to_sequence_nr: int | None = None,
+    ) -> AsyncIterator[StoredEvent]:
+        await self._enter("replay")
+        start = max(from_sequence_nr, self._deleted_to.get(persistence_id, 0) + 1, 1)
+        seq = start
+        while True:
+            # Re-read the bounds per page: the iterator sees appends made while it runs, like
+            # a paged Cassandra read does.
+            upper = self._highest.get(persistence_id, 0)
+            if to_sequence_nr is not None:
+                upper = min(upper, to_sequence_nr)
+            if seq > upper:
+                return
+            stored = self._events.get(persistence_id, {})
+            page_end = min(upper, seq + self.page_size - 1)
+            page = [stored[s] for s in range(seq, page_end + 1) if s in stored]
+            seq = page_end + 1
+            for ev in page:
+                yield ev
+            await asyncio.sleep(0)
+
+    async def highest_sequence_nr(self, persistence_id: str) -> int:
+        await self._enter("highest")
+        return self._highest.get(persistence_id, 0)
+
+    async def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
+        await self._enter("delete")
+        # Clamped to the highest sequence number so later appends are never hidden.
+        to = min(to_sequence_nr, self._highest.get(persistence_id, 0))
+        if to > self._deleted_to.get(persistence_id, 0):
+            self._deleted_to[persistence_id] = to
+
+    async def events_by_tag(
+        self,
+        tag: str,
+        after: TagOffset | None = None,
+        *,
+        limit: int | None = None,
+    ) -> AsyncIterator[TaggedEvent]:
+        await self._enter("events_by_tag")
+        rows = list(self._tags.get(tag, ()))  # a "current" query: what is visible now
+        after = after or TagOffset.start()
+        n = 0
+        for te in rows:
+            if te.offset <= after:
+                continue
+            if limit is not None and n >= limit:
+                return
+            n += 1
+            yield te
+
+    async def close(self) -> None:
+        """No-op: the data stays readable so a test can "restart" on the same journal."""
+

@@ -1,0 +1,338 @@
+"""Serialization of events, snapshots and replies to ``(serializer_id, manifest, payload)``.
+
+Two serializers exist:
+
+* **Typed JSON** (``JSON_SERIALIZER_ID = 1``, the default): registered dataclasses (frozen
+  dataclasses are expected; nested dataclasses, lists, tuples, sets, dicts, ``datetime``,
+  ``Decimal``, ``UUID`` and enums are supported) are encoded with ``msgspec.json``. The manifest
+  is ``"<name>#<version>"``, e.g. ``"seats.SeatReserved#2"``. Decoding parses the bytes into a
+  plain document (dict), applies the registered upcasters from the stored version up to the
+  registered version (``upcasters[n]`` maps a version-``n`` document to version ``n + 1``), then
+  converts the document into the registered class with ``msgspec.convert`` (strict typing,
+  unknown fields ignored so removed fields need no upcaster).
+  Plain JSON values (``str``, ``int``, ``float``, ``bool``, ``None`` and lists/dicts of them)
+  need no registration; they use the built-in manifest ``"json#1"`` (aggregates may reply with
+  primitives).
+
+  msgspec is used instead of hand-written ``asdict``/``json`` code because it encodes and, more
+  importantly, *validates while decoding* nested typed dataclasses (wrong types become errors
+  instead of silently wrong objects), and it is a maintained, fast C extension.
+
+* **cloudpickle** (``PICKLE_SERIALIZER_ID = 2``), explicit opt-in only: either
+  ``Serialization(allow_pickle=True)`` (every object the JSON serializer cannot handle is
+  pickled, and pickle payloads may be decoded) or ``register(cls, pickle=True)`` (this class is
+  always pickled). **Unpickling runs arbitrary code: never enable it for a store that untrusted
+  parties can write to.** Pickles are also brittle across code versions (no upcasters).
+
+Every failure is a typed :class:`~journal.errors.SerializationError` naming the persistence id
+and sequence number when given. Encoding has no side effect, so a failed encode writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+import cloudpickle
+import msgspec
+
+from journal.errors import (
+    ConfigError,
+    CorruptPayloadError,
+    MissingUpcasterError,
+    PayloadTooLargeError,
+    UnknownManifestError,
+    UnserializableError,
+)
+
+__all__ = [
+    "JSON_SERIALIZER_ID",
+    "PICKLE_SERIALIZER_ID",
+    "PRIMITIVE_MANIFEST",
+    "Serialization",
+    "Upcaster",
+]
+
+JSON_SERIALIZER_ID = 1
+PICKLE_SERIALIZER_ID = 2
+PRIMITIVE_MANIFEST = "json#1"
+_PICKLE_MANIFEST_PREFIX = "pickle:"
+
+Upcaster = Callable[[dict], dict]
+T = TypeVar("T", bound=type)
+
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Registration:
+    cls: type
+    name: str
+    version: int
+    upcasters: Mapping[int, Upcaster]
+    pickle: bool
+
+    @property
+    def manifest(self) -> str:
+        if self.pickle:
+            return f"{_PICKLE_MANIFEST_PREFIX}{self.name}"
+        return f"{self.name}#{self.version}"
+
+
+def _is_plain_json(obj: object, depth: int = 0) -> bool:
+    """True for values that survive a JSON round trip unchanged (no tuples, no str subclasses
+    like enums, only str dict keys)."""
+    if depth > 100:
+        return False
+    t = type(obj)
+    if t in _PRIMITIVES:
+        return True
+    if t is list:
+        return all(_is_plain_json(v, depth + 1) for v in obj)  # type: ignore[attr-defined]
+    if t is dict:
+        return all(
+            type(k) is str and _is_plain_json(v, depth + 1)
+            for k, v in obj.items()  # type: ignore[attr-defined]
+        )
+    return False
+
+
+class Serialization:
+    """A registry of event/snapshot/reply types and the codec for them.
+
+    Thread-safe for encode/decode once registration is done (registration is expected at
+    start-up).
+    """
+
+    def __init__(self, *, max_payload_bytes: int = 1_000_000, allow_pickle: bool = False) -> None:
+        if max_payload_bytes < 1:
+            raise ConfigError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
+        self.max_payload_bytes = max_payload_bytes
+        self.allow_pickle = allow_pickle
+        self._by_cls: dict[type, _Registration] = {}
+        self._by_name: dict[str, _Registration] = {}
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder()
+
+    # ------------------------------------------------------------------ registration
+
+    @overload
+    def register(self, cls: T, name: str | None = None, *, version: int = 1,
+                 upcasters: Mapping[int, Upcaster] | None = None, pickle: bool = False) -> T: ...
+
+    @overload
+    def register(self, cls: None = None, name: str | None = None, *, version: int = 1,
+                 upcasters: Mapping[int, Upcaster] | None = None,
+                 pickle: bool = False) -> Callable[[T], T]: ...
+
+    def register(
+        self,
+        cls: Any = None,
+        name: str | None = None,
+        *,
+        version: int = 1,
+        upcasters: Mapping[int, Upcaster] | None = None,
+        pickle: bool = False,
+    ) -> Any:
+        """Register ``cls`` under the stable manifest name ``name`` at schema ``version``.
+
+        ``name`` defaults to ``module.QualName`` (rename-unsafe: pass an explicit name for
+        anything that is stored long-term). ``upcasters[n]`` turns a stored version-``n``
+        document into a version-``n + 1`` document; every step from the oldest stored version
+        to ``version`` needs one. ``pickle=True`` stores this class with cloudpickle instead
+        (unsafe for untrusted stores). Returns ``cls``; without ``cls`` returns a decorator.
+        Registering the same class twice with the same settings is a no-op; a name clash with
+        another class is a ``ConfigError``.
+        """
+        if cls is None:
+            return lambda c: self.register(c, name, version=version, upcasters=upcasters,
+                                           pickle=pickle)
+        if not isinstance(cls, type):
+            raise ConfigError(f"register() needs a class, got {cls!r}")
+        if not pickle and not dataclasses.is_dataclass(cls):
+            raise ConfigError(
+                f"{cls.__qualname__} is not a dataclass; only dataclasses use the JSON "
+                "serializer (register(..., pickle=True) to opt in to cloudpickle)"
+            )
+        if not isinstance(version, int) or version < 1:
+            raise ConfigError(f"version must be an int >= 1, got {version!r}")
+        name = name or f"{cls.__module__}.{cls.__qualname__}"
+        if not name or "#" in name or name.startswith(_PICKLE_MANIFEST_PREFIX) or name == "json":
+            raise ConfigError(f"invalid manifest name {name!r}")
+        ups = dict(upcasters or {})
+        for n in ups:
+            if not isinstance(n, int) or not 1 <= n < version:
+                raise ConfigError(
+                    f"upcaster key {n!r} for {name}: must be a version in 1..{version - 1}"
+                )
+        reg = _Registration(cls, name, version, ups, pickle)
+        old = self._by_name.get(name)
+        if old is not None and old.cls is not cls:
+            raise ConfigError(f"manifest name {name!r} is already registered for {old.cls!r}")
+        old_cls = self._by_cls.get(cls)
+        if old_cls is not None and old_cls.name != name:
+            raise ConfigError(f"{cls!r} is already registered as {old_cls.name!r}")
+        self._by_cls[cls] = reg
+        self._by_name[name] = reg
+        return cls
+
+    def is_registered(self, cls: type) -> bool:
+        return cls in self._by_cls
+
+    def manifest_of(self, cls: type) -> str:
+        """The manifest ``cls`` is written under (``UnserializableError`` if unregistered)."""
+        reg = self._by_cls.get(cls)
+        if reg is None:
+            raise UnserializableError(f"{cls.__qualname__} is not registered")
+        return reg.manifest
+
+    # ------------------------------------------------------------------ encode
+
+    def encode(
+        self,
+        obj: object,
+        *,
+        persistence_id: str | None = None,
+        sequence_nr: int | None = None,
+    ) -> tuple[int, str, bytes]:
+        """Encode ``obj`` to ``(serializer_id, manifest, payload)``.
+
+        Raises ``UnserializableError`` (unregistered type, unsupported field value) or
+        ``PayloadTooLargeError`` (payload over ``max_payload_bytes``).
+        """
+        where = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
+        reg = self._by_cls.get(type(obj))
+        if reg is not None and reg.pickle:
+            ser_id, manifest, payload = self._pickle(obj, reg.manifest, where)
+        elif reg is not None:
+            ser_id, manifest = JSON_SERIALIZER_ID, reg.manifest
+            try:
+                payload = self._encoder.encode(obj)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise UnserializableError(
+                    f"cannot encode {type(obj).__qualname__} as JSON: {exc}", **where
+                ) from exc
+        elif _is_plain_json(obj):
+            ser_id, manifest = JSON_SERIALIZER_ID, PRIMITIVE_MANIFEST
+            try:
+                payload = self._encoder.encode(obj)
+            except (TypeError, ValueError, OverflowError) as exc:  # e.g. int beyond 64 bits
+                raise UnserializableError(f"cannot encode value as JSON: {exc}", **where) from exc
+        elif self.allow_pickle:
+            ser_id, manifest, payload = self._pickle(
+                obj, f"{_PICKLE_MANIFEST_PREFIX}{type(obj).__module__}.{type(obj).__qualname__}",
+                where,
+            )
+        else:
+            kind = "dataclass" if dataclasses.is_dataclass(obj) else "type"
+            raise UnserializableError(
+                f"unregistered {kind} {type(obj).__module__}.{type(obj).__qualname__}: register "
+                "it with Serialization.register (or opt in to pickle)",
+                **where,
+            )
+        if len(payload) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"encoded {type(obj).__qualname__} is {len(payload)} bytes, over the limit of "
+                f"{self.max_payload_bytes}",
+                **where,
+            )
+        return ser_id, manifest, payload
+
+    def _pickle(self, obj: object, manifest: str, where: dict) -> tuple[int, str, bytes]:
+        try:
+            return PICKLE_SERIALIZER_ID, manifest, cloudpickle.dumps(obj)
+        except Exception as exc:  # cloudpickle raises anything from __reduce__
+            raise UnserializableError(
+                f"cannot pickle {type(obj).__qualname__}: {exc}", **where
+            ) from exc
+
+    # ------------------------------------------------------------------ decode
+
+    def decode(
+        self,
+        serializer_id: int,
+        manifest: str,
+        payload: bytes,
+        *,
+        persistence_id: str | None = None,
+        sequence_nr: int | None = None,
+    ) -> object:
+        """Decode a stored ``(serializer_id, manifest, payload)`` back into an object.
+
+        Raises ``UnknownManifestError`` (no such registered name / serializer, or a stored
+        version newer than the registered one), ``MissingUpcasterError``, or
+        ``CorruptPayloadError`` (bad bytes, document that does not fit the class).
+        """
+        where = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
+        if serializer_id == PICKLE_SERIALIZER_ID:
+            return self._unpickle(manifest, payload, where)
+        if serializer_id != JSON_SERIALIZER_ID:
+            raise UnknownManifestError(
+                f"unknown serializer id {serializer_id} (manifest {manifest!r})", **where
+            )
+        if manifest == PRIMITIVE_MANIFEST:
+            try:
+                return self._decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                raise CorruptPayloadError(f"corrupt JSON payload: {exc}", **where) from exc
+        name, sep, ver = manifest.rpartition("#")
+        if not sep or not ver.isdigit():
+            raise UnknownManifestError(f"malformed manifest {manifest!r}", **where)
+        stored_version = int(ver)
+        reg = self._by_name.get(name)
+        if reg is None or reg.pickle:
+            raise UnknownManifestError(f"no type registered for manifest {manifest!r}", **where)
+        if stored_version > reg.version:
+            raise UnknownManifestError(
+                f"manifest {manifest!r} is newer than the registered version {reg.version} "
+                f"of {name} (written by newer code?)",
+                **where,
+            )
+        try:
+            doc = self._decoder.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise CorruptPayloadError(f"corrupt JSON payload for {manifest!r}: {exc}",
+                                      **where) from exc
+        for v in range(stored_version, reg.version):
+            up = reg.upcasters.get(v)
+            if up is None:
+                raise MissingUpcasterError(
+                    f"no upcaster from version {v} to {v + 1} of {name} (stored {manifest!r})",
+                    **where,
+                )
+            try:
+                doc = up(doc)
+            except Exception as exc:
+                raise CorruptPayloadError(
+                    f"upcaster {name} v{v}->v{v + 1} failed on stored {manifest!r}: {exc!r}",
+                    **where,
+                ) from exc
+        try:
+            return msgspec.convert(doc, type=reg.cls, str_keys=True)
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            raise CorruptPayloadError(
+                f"stored {manifest!r} does not fit {reg.cls.__qualname__}: {exc}", **where
+            ) from exc
+
+    def _unpickle(self, manifest: str, payload: bytes, where: dict) -> object:
+        name = manifest[len(_PICKLE_MANIFEST_PREFIX):] if manifest.startswith(
+            _PICKLE_MANIFEST_PREFIX) else None
+        reg = self._by_name.get(name) if name else None
+        if not (self.allow_pickle or (reg is not None and reg.pickle)):
+            raise UnknownManifestError(
+                f"payload {manifest!r} was written with cloudpickle, which is not enabled "
+                "(Serialization(allow_pickle=True) or register(cls, pickle=True))",
+                **where,
+            )
+        try:
+            return cloudpickle.loads(payload)
+        except Exception as exc:
+            raise CorruptPayloadError(f"cannot unpickle {manifest!r}: {exc!r}", **where) from exc
+
+    # ------------------------------------------------------------------ helpers
+
+    def roundtrip(self, obj: object) -> object:
+        """Encode then decode ``obj`` (the test kit checks every event and snapshot with it)."""
+        return self.decode(*self.encode(obj))
+
