@@ -1,0 +1,323 @@
+"""The aggregate API: how a user declares an event-sourced aggregate type.
+
+Pure Python. This module imports neither Ray nor cassandra-driver nor any journal backend, so a
+domain model is plain code, testable in microseconds.
+
+An aggregate type is a value (:class:`AggregateType`) made of:
+
+* a type ``name`` (part of every persistence id: ``"<name>|<entity id>"``),
+* an ``initial_state``,
+* a ``command_handler(state, command) -> Effect`` that validates a command against the current
+  state and says what to do (see the effect builders below),
+* a pure ``event_handler(state, event) -> state`` (the only way state changes; it is re-run on
+  recovery, so it must not have side effects or fail on stored events),
+* an optional ``tagger(event) -> frozenset[str]`` for the read side, and a :class:`SnapshotPolicy`.
+
+Effects (build them with the functions, match on the classes)::
+
+    persist(*events, reply=..., then=(...,))  # store events atomically, then reply
+    reply(value)                               # answer without touching the journal (queries)
+    reject("seat A1 is already reserved")      # CommandRejected(reason) at the caller
+    none()                                     # no-op, reply None
+
+Commands, events and state are frozen dataclasses; :meth:`AggregateType.register_types`
+registers them with a :class:`journal.serialization.Serialization`.
+
+A handler signals "I do not handle this command" by raising :class:`UnknownCommandError`,
+most simply via :func:`unknown_command` in the ``case _:`` arm of a ``match``. Any other
+:class:`CommandError` a handler raises reaches the caller unchanged; any other exception becomes
+a :class:`HandlerError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
+
+from journal.errors import ConfigError, UnknownCommandError
+
+if TYPE_CHECKING:  # only for annotations: keep the module free of serializer imports at runtime
+    from journal.serialization import Serialization
+
+__all__ = [
+    "AggregateType",
+    "Effect",
+    "NoOp",
+    "PERSISTENCE_ID_SEPARATOR",
+    "Persist",
+    "Placement",
+    "Reject",
+    "Reply",
+    "SnapshotPolicy",
+    "none",
+    "persist",
+    "reject",
+    "reply",
+    "split_persistence_id",
+    "unknown_command",
+    "validate_entity_id",
+]
+
+S = TypeVar("S")
+C = TypeVar("C")
+E = TypeVar("E")
+
+Placement = Literal["dedicated", "hosted"]
+
+PERSISTENCE_ID_SEPARATOR = "|"
+MAX_ENTITY_ID_LENGTH = 512
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+_MAX_NAME_LENGTH = 100
+
+
+# --------------------------------------------------------------------------- effects
+
+
+class Effect:
+    """What a command handler decided. One of :class:`Persist`, :class:`Reply`,
+    :class:`Reject`, :class:`NoOp`."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Persist(Effect):
+    """Store ``events`` as one atomic group, apply them to the state, then reply.
+
+    ``reply`` is either a value or a callable ``(new_state) -> value`` evaluated on the state
+    after these events. ``then`` callables ``(new_state) -> None`` run only after the events
+    are durable (never when the write fails); an awaitable they return is scheduled, and their
+    exceptions are logged, not reported to the caller.
+    """
+
+    events: tuple[Any, ...]
+    reply: Any = None
+    then: tuple[Callable[[Any], Any], ...] = ()
+
+    def reply_for(self, new_state: Any) -> Any:
+        """The reply value for the state after this effect's events."""
+        r = self.reply
+        if callable(r) and not isinstance(r, type):
+            return r(new_state)
+        return r
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Effect):
+    """Answer ``value`` without persisting anything (read-only commands never hit the journal)."""
+
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject(Effect):
+    """Refuse the command; the caller gets ``CommandRejected(reason)``. Nothing is persisted."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoOp(Effect):
+    """Do nothing; the caller gets ``None``."""
+
+
+_NONE = NoOp()
+
+
+def persist(
+    *events: Any,
+    reply: Any = None,
+    then: Callable[[Any], Any] | Iterable[Callable[[Any], Any]] = (),
+) -> Persist:
+    """Persist ``events`` atomically, then reply ``reply`` (a value or ``(new_state) -> value``).
+
+    ``then`` is one callable or several, each called with the new state once durable.
+    """
+    thens = (then,) if callable(then) else tuple(then)
+    return Persist(tuple(events), reply, thens)
+
+
+def reply(value: Any = None) -> Reply:
+    """Reply ``value`` without persisting."""
+    return Reply(value)
+
+
+def reject(reason: str) -> Reject:
+    """Reject the command with a domain ``reason`` (``CommandRejected`` at the caller)."""
+    return Reject(str(reason))
+
+
+def none() -> NoOp:
+    """A no-op effect (reply ``None``)."""
+    return _NONE
+
+
+def unknown_command(command: Any, aggregate: str | None = None) -> NoReturn:
+    """Raise :class:`UnknownCommandError` for ``command`` (use in a ``case _:`` arm)."""
+    where = f" for aggregate type {aggregate!r}" if aggregate else ""
+    raise UnknownCommandError(f"unknown command {type(command).__qualname__}{where}")
+
+
+# --------------------------------------------------------------------------- snapshot policy
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When to snapshot: every ``every_n_events`` events (a multiple of N is crossed by a
+    write) and/or when ``predicate(state_after_event, event)`` is true for an event of a write.
+    After a snapshot the store keeps the newest ``keep`` snapshots. Both triggers None: never.
+    """
+
+    every_n_events: int | None = None
+    predicate: Callable[[Any, Any], bool] | None = None
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        if self.every_n_events is not None and (
+            not isinstance(self.every_n_events, int) or self.every_n_events < 1
+        ):
+            raise ConfigError(f"every_n_events must be an int >= 1, got {self.every_n_events!r}")
+        if not isinstance(self.keep, int) or self.keep < 1:
+            raise ConfigError(f"keep must be an int >= 1, got {self.keep!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_n_events is not None or self.predicate is not None
+
+    def crossed(self, old_sequence_nr: int, new_sequence_nr: int) -> bool:
+        """True if a write from ``old`` to ``new`` crosses a multiple of ``every_n_events``."""
+        n = self.every_n_events
+        return n is not None and old_sequence_nr // n != new_sequence_nr // n
+
+
+NO_SNAPSHOTS = SnapshotPolicy()
+
+
+# --------------------------------------------------------------------------- aggregate type
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > _MAX_NAME_LENGTH:
+        raise ConfigError(
+            f"invalid aggregate type name {name!r}: must match [A-Za-z][A-Za-z0-9_-]* "
+            f"(at most {_MAX_NAME_LENGTH} characters)"
+        )
+    return name
+
+
+def validate_entity_id(entity_id: str) -> str:
+    """Return ``entity_id`` if valid: a non-empty str of at most 512 characters without control
+    characters; else raise :class:`ConfigError`."""
+    if not isinstance(entity_id, str) or not entity_id:
+        raise ConfigError(f"entity id must be a non-empty string, got {entity_id!r}")
+    if len(entity_id) > MAX_ENTITY_ID_LENGTH:
+        raise ConfigError(
+            f"entity id is {len(entity_id)} characters long, over the limit of "
+            f"{MAX_ENTITY_ID_LENGTH}"
+        )
+    if any(unicodedata.category(ch) == "Cc" for ch in entity_id):
+        raise ConfigError(f"entity id {entity_id!r} contains control characters")
+    return entity_id
+
+
+def split_persistence_id(persistence_id: str) -> tuple[str, str]:
+    """``"show|42"`` -> ``("show", "42")`` (type names never contain the separator)."""
+    name, sep, entity_id = persistence_id.partition(PERSISTENCE_ID_SEPARATOR)
+    if not sep:
+        raise ConfigError(f"not a persistence id: {persistence_id!r}")
+    return name, entity_id
+
+
+@dataclass(frozen=True)
+class AggregateType(Generic[S, C, E]):
+    """The declaration of one aggregate type. Immutable; share it freely (also across Ray
+    processes: it is pickled with the host actor, so handlers should be module-level functions).
+
+    ``events``, ``commands`` and ``types`` (state and reply classes, nested dataclasses) are the
+    classes :meth:`register_types` registers with the serializer under the stable manifest names
+    ``"<name>.<QualName>"``. The type of ``initial_state`` is registered too when it is a
+    dataclass.
+
+    ``placement``: ``"dedicated"`` (one Ray actor per aggregate) or ``"hosted"`` (many per
+    actor); ``idle_timeout_s``: passivation after this much inactivity; ``number_of_shards``:
+    fixed for the life of the data.
+    """
+
+    name: str
+    initial_state: S
+    command_handler: Callable[[S, C], Effect]
+    event_handler: Callable[[S, E], S]
+    tagger: Callable[[E], Iterable[str]] | None = None
+    snapshot: SnapshotPolicy = NO_SNAPSHOTS
+    events: tuple[type, ...] = ()
+    commands: tuple[type, ...] = ()
+    types: tuple[type, ...] = ()
+    placement: Placement = "dedicated"
+    idle_timeout_s: float = 120.0
+    number_of_shards: int = 32
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        if not callable(self.command_handler) or not callable(self.event_handler):
+            raise ConfigError(f"{self.name}: command_handler and event_handler must be callable")
+        if self.tagger is not None and not callable(self.tagger):
+            raise ConfigError(f"{self.name}: tagger must be callable")
+        if not isinstance(self.snapshot, SnapshotPolicy):
+            raise ConfigError(f"{self.name}: snapshot must be a SnapshotPolicy")
+        if self.placement not in ("dedicated", "hosted"):
+            raise ConfigError(
+                f"{self.name}: placement must be 'dedicated' or 'hosted', got {self.placement!r}"
+            )
+        if not isinstance(self.idle_timeout_s, (int, float)) or self.idle_timeout_s <= 0:
+            raise ConfigError(f"{self.name}: idle_timeout_s must be > 0")
+        if not isinstance(self.number_of_shards, int) or self.number_of_shards < 1:
+            raise ConfigError(f"{self.name}: number_of_shards must be an int >= 1")
+        for group in ("events", "commands", "types"):
+            classes = tuple(getattr(self, group))
+            if not all(isinstance(c, type) for c in classes):
+                raise ConfigError(f"{self.name}: {group} must be classes")
+            object.__setattr__(self, group, classes)
+
+    # ------------------------------------------------------------------ identity
+
+    def persistence_id(self, entity_id: str) -> str:
+        """``"<name>|<entity_id>"`` after validating the entity id (``ConfigError``)."""
+        return f"{self.name}{PERSISTENCE_ID_SEPARATOR}{validate_entity_id(entity_id)}"
+
+    # ------------------------------------------------------------------ behaviour
+
+    def tags_for(self, event: E) -> frozenset[str]:
+        """The read-side tags of ``event`` (empty without a tagger)."""
+        if self.tagger is None:
+            return frozenset()
+        return frozenset(self.tagger(event))
+
+    def apply(self, state: S, events: Iterable[E]) -> S:
+        """Fold ``events`` into ``state`` with the event handler."""
+        for event in events:
+            state = self.event_handler(state, event)
+        return state
+
+    # ------------------------------------------------------------------ serialization
+
+    def all_types(self) -> tuple[type, ...]:
+        """Every class this aggregate stores or exchanges (deduplicated, declaration order)."""
+        classes: list[type] = [*self.events, *self.commands, *self.types]
+        state_cls = type(self.initial_state)
+        if dataclasses.is_dataclass(state_cls):
+            classes.append(state_cls)
+        return tuple(dict.fromkeys(classes))
+
+    def register_types(self, serialization: Serialization) -> None:
+        """Register :meth:`all_types` with ``serialization`` as ``"<name>.<QualName>"``.
+
+        Classes already registered (e.g. under a name of the user's choosing, or shared with
+        another aggregate type) are left as they are. Idempotent.
+        """
+        for cls in self.all_types():
+            if not serialization.is_registered(cls):
+                serialization.register(cls, f"{self.name}.{cls.__qualname__}")

@@ -1,0 +1,530 @@
+"""The entity core: one activation of one aggregate, without Ray.
+
+:class:`EntityCore` owns the state of one aggregate and everything that happens to it:
+
+* **Recovery** (:meth:`EntityCore.start`): newest decodable snapshot (an undecodable one makes
+  it ask for the next older one, then fall back to a full replay), replay of the later events,
+  then a check against ``highest_sequence_nr``. Commands submitted meanwhile wait in the mailbox.
+* **Command loop with group commit**: one processing task takes every queued command (up to
+  ``max_batch``), runs them one by one against the *tentative* state, writes all their events
+  with ONE ``journal.append`` and only then releases the replies (rejections and read-only
+  replies of that flush too), runs ``then`` side effects and, if due, takes a snapshot. While a
+  write is in flight new commands queue up and form the next flush.
+* **Failure semantics**: a handler exception fails that command only (``HandlerError``, state
+  unchanged); an event that cannot be serialized fails that command only (its
+  ``SerializationError``); a failed write fails every command of the flush with
+  ``PersistFailedError`` and the state is rebuilt from the journal; a ``ConcurrentWriteError``
+  (another activation writes this persistence id) fails the flush and everything queued with
+  ``AggregateStoppedError`` and stops the core for good.
+
+The Ray host calls :meth:`EntityCore.handle` (or :meth:`EntityCore.handle_in_order` to restore
+per-caller submission order, which Ray's async actors do not keep), and :meth:`EntityCore.stop`
+to passivate, using :attr:`EntityCore.last_activity` to decide when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from journal.api import Journal, StoredEvent, StoredSnapshot
+from journal.errors import (
+    AggregateStoppedError,
+    CommandError,
+    CommandRejected,
+    ConcurrentWriteError,
+    HandlerError,
+    PersistFailedError,
+    SerializationError,
+)
+from journal.serialization import Serialization
+from runtime.aggregate import AggregateType, Effect, NoOp, Persist, Reject, Reply
+from runtime.ordering import CallerOrder
+from snapshots.api import SnapshotStore
+
+__all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryStats:
+    """What one recovery did. ``snapshot_sequence_nr`` is None when no snapshot was used;
+    ``snapshots_skipped`` counts snapshots that could not be decoded."""
+
+    snapshot_sequence_nr: int | None
+    snapshots_skipped: int
+    events_replayed: int
+    sequence_nr: int
+    duration_s: float
+
+
+@dataclass(slots=True)
+class CoreStats:
+    """Counters of one activation (mutable, read them any time)."""
+
+    commands: int = 0
+    flushes: int = 0
+    writes: int = 0
+    events: int = 0
+    rejections: int = 0
+    failed_commands: int = 0
+    failed_writes: int = 0
+    snapshots: int = 0
+    snapshot_failures: int = 0
+    recoveries: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """The pending result of one command within a flush."""
+
+    future: asyncio.Future
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Flush:
+    outcomes: list[_Outcome] = field(default_factory=list)
+    events: list[StoredEvent] = field(default_factory=list)
+    side_effects: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
+    snapshot_due: bool = False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class EntityCore:
+    """One activation of the aggregate ``(aggregate_type, entity_id)``.
+
+    ``writer_id`` names this activation in the journal (diagnostics of fencing conflicts).
+    ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
+    timestamps. ``order_gap_timeout_s`` bounds how long :meth:`handle_in_order` waits for a
+    missing sequence number before skipping it.
+
+    Use from one asyncio event loop. :meth:`start` is optional (the first command starts it).
+    """
+
+    def __init__(
+        self,
+        aggregate_type: AggregateType,
+        entity_id: str,
+        journal: Journal,
+        snapshot_store: SnapshotStore,
+        serialization: Serialization,
+        *,
+        writer_id: str,
+        max_batch: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = _utcnow,
+        order_gap_timeout_s: float = 10.0,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.aggregate_type = aggregate_type
+        self.entity_id = entity_id
+        self.persistence_id = aggregate_type.persistence_id(entity_id)
+        self.journal = journal
+        self.snapshot_store = snapshot_store
+        self.serialization = serialization
+        self.writer_id = writer_id
+        self.max_batch = max_batch
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.stats = CoreStats()
+        self.recovery: RecoveryStats | None = None
+        self._state: Any = aggregate_type.initial_state
+        self._seq = 0
+        self._last_activity = clock()
+        self._mailbox: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self._ready: asyncio.Future | None = None
+        self._closing = False  # no new commands accepted
+        self._stop_error: BaseException | None = None  # why the core stopped, if it failed
+        self._background: set[asyncio.Task] = set()
+        self._order = CallerOrder(self._submit, gap_timeout_s=order_gap_timeout_s)
+
+    # ------------------------------------------------------------------ read-only views
+
+    @property
+    def state(self) -> Any:
+        """The state after every durable event (never includes unacknowledged events)."""
+        return self._state
+
+    @property
+    def sequence_nr(self) -> int:
+        """The sequence number of the last durable event (0 for a new aggregate)."""
+        return self._seq
+
+    @property
+    def last_activity(self) -> float:
+        """``clock()`` at the last submitted or completed command (for passivation)."""
+        return self._last_activity
+
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`stop` was called or the core failed (fenced, recovery failed)."""
+        return self._closing
+
+    @property
+    def queued(self) -> int:
+        """Commands waiting in the mailbox (not counting the flush in progress)."""
+        return self._mailbox.qsize()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> RecoveryStats:
+        """Recover (once) and start the command loop; returns the recovery stats.
+
+        Raises the recovery error (a ``JournalError`` or ``SerializationError``) if recovery
+        failed; the core is then stopped and queued commands got ``AggregateStoppedError``.
+        """
+        self._ensure_started()
+        assert self._ready is not None
+        await asyncio.shield(self._ready)
+        assert self.recovery is not None
+        return self.recovery
+
+    async def stop(self) -> None:
+        """Stop accepting commands, finish the queued ones, then end the loop. Idempotent.
+
+        Commands still held back by :meth:`handle_in_order` for a missing predecessor fail with
+        ``AggregateStoppedError``.
+        """
+        if not self._closing:
+            self._closing = True
+            self._order.fail_all(AggregateStoppedError(f"{self.persistence_id} stopped"))
+            self._mailbox.put_nowait(_STOP)
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _ensure_started(self) -> None:
+        if self._task is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(), name=f"entity-core:{self.persistence_id}")
+
+    # ------------------------------------------------------------------ commands
+
+    async def handle(self, command: Any) -> Any:
+        """Process ``command`` and return its reply once every event it depends on is durable.
+
+        Raises ``CommandRejected``, ``UnknownCommandError``, ``HandlerError``,
+        ``SerializationError`` (an event could not be encoded), ``PersistFailedError``, or
+        ``AggregateStoppedError`` (stopped before or while processing; retry on a fresh
+        activation). Cancelling the await before the command was processed skips it.
+        """
+        return await self._submit(command)
+
+    async def handle_in_order(self, caller_id: str, seq: int, command: Any) -> Any:
+        """Like :meth:`handle`, but commands of one ``caller_id`` enter the mailbox in ``seq``
+        order, however the calls arrive (Ray async actors reorder calls).
+
+        ``seq`` starts at 0 for every new ``caller_id`` and counts up by one per command. A
+        caller that re-sends to a new activation (after passivation or a failure) must use a
+        new ``caller_id`` and start at 0 again. A missing number is waited for at most
+        ``order_gap_timeout_s``, then skipped. A duplicate or already-passed ``seq`` raises
+        ``CommandError``.
+        """
+        if self._closing:
+            raise self._stopped_error()
+        return await self._order.submit(caller_id, seq, command)
+
+    def _submit(self, command: Any) -> asyncio.Future:
+        """Enqueue ``command``; the returned future resolves with the reply or the error."""
+        if self._closing:
+            raise self._stopped_error()
+        self._ensure_started()
+        fut = asyncio.get_running_loop().create_future()
+        self._mailbox.put_nowait((command, fut))
+        self._last_activity = self._clock()
+        return fut
+
+    def _stopped_error(self) -> AggregateStoppedError:
+        err = AggregateStoppedError(f"{self.persistence_id}: this activation has stopped")
+        err.__cause__ = self._stop_error
+        return err
+
+    # ------------------------------------------------------------------ loop
+
+    async def _run(self) -> None:
+        assert self._ready is not None
+        try:
+            self.recovery = await self._recover()
+        except BaseException as exc:  # recovery failed: nothing can be processed
+            log.error("%s: recovery failed: %r", self.persistence_id, exc)
+            self._ready.set_exception(exc)
+            self._ready.exception()  # mark retrieved: start() may never be awaited
+            self._fail_stop(exc)
+            return
+        self._ready.set_result(None)
+        while True:
+            item = await self._mailbox.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            while len(batch) < self.max_batch and not self._mailbox.empty():
+                nxt = self._mailbox.get_nowait()
+                if nxt is _STOP:
+                    self._mailbox.put_nowait(_STOP)  # handle the stop after this batch
+                    break
+                batch.append(nxt)
+            try:
+                await self._flush(batch)
+            except _Fenced:
+                return
+            self._last_activity = self._clock()
+
+    def _fail_stop(self, cause: BaseException) -> None:
+        """Stop for good: fail every queued and held-back command with AggregateStoppedError."""
+        self._closing = True
+        self._stop_error = cause
+        self._order.fail_all(self._stopped_error())
+        while not self._mailbox.empty():
+            item = self._mailbox.get_nowait()
+            if item is not _STOP and not item[1].done():
+                item[1].set_exception(self._stopped_error())
+
+    # ------------------------------------------------------------------ one flush
+
+    async def _flush(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        flush = _Flush()
+        state, seq = self._state, self._seq
+        for command, fut in batch:
+            if fut.done():  # the caller gave up before we started: skip it
+                continue
+            self.stats.commands += 1
+            outcome = _Outcome(fut)
+            flush.outcomes.append(outcome)
+            state, seq = self._decide(command, state, seq, outcome, flush)
+
+        if flush.events:
+            self.stats.flushes += 1
+            try:
+                self.stats.writes += 1
+                await self.journal.append(flush.events)
+            except ConcurrentWriteError as exc:
+                log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc)
+                self.stats.failed_writes += 1
+                self._fail_stop(exc)
+                err = self._stopped_error()
+                for o in flush.outcomes:
+                    self._resolve(o.future, None, err)
+                raise _Fenced from exc
+            except Exception as exc:
+                self.stats.failed_writes += 1
+                log.warning("%s: write of %d events failed: %r",
+                            self.persistence_id, len(flush.events), exc)
+                # Rebuild before answering: a caller that sees the failure already finds the
+                # state equal to the journal's.
+                await self._rebuild_after_failure()
+                for o in flush.outcomes:
+                    err = PersistFailedError(f"{self.persistence_id}: write failed: {exc}")
+                    err.__cause__ = exc
+                    self._resolve(o.future, None, err)
+                return
+            self.stats.events += len(flush.events)
+        old_seq = self._seq
+        self._state, self._seq = state, seq
+        for o in flush.outcomes:
+            self._resolve(o.future, o.value, o.error)
+        for fn, new_state in flush.side_effects:
+            self._run_side_effect(fn, new_state)
+        policy = self.aggregate_type.snapshot
+        if flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
+            await self._save_snapshot()
+
+    def _decide(self, command: Any, state: Any, seq: int, outcome: _Outcome,
+                flush: _Flush) -> tuple[Any, int]:
+        """Run one command against the tentative ``state``; record its outcome and events.
+        Returns the tentative state and sequence number after it."""
+        agg = self.aggregate_type
+        try:
+            effect = agg.command_handler(state, command)
+        except CommandError as exc:
+            outcome.error = exc
+            return state, seq
+        except Exception as exc:
+            outcome.error = self._handler_error("command handler", command, exc)
+            return state, seq
+        if isinstance(effect, Reply):
+            outcome.value = effect.value
+        elif isinstance(effect, Reject):
+            self.stats.rejections += 1
+            outcome.error = CommandRejected(effect.reason)
+        elif isinstance(effect, NoOp):
+            pass
+        elif isinstance(effect, Persist):
+            return self._apply_persist(command, effect, state, seq, outcome, flush)
+        else:
+            outcome.error = HandlerError(
+                f"{self.persistence_id}: command handler returned {effect!r} for "
+                f"{type(command).__qualname__}, not an Effect"
+            )
+        return state, seq
+
+    def _apply_persist(self, command: Any, effect: Persist, state: Any, seq: int,
+                       outcome: _Outcome, flush: _Flush) -> tuple[Any, int]:
+        agg = self.aggregate_type
+        predicate = agg.snapshot.predicate
+        stored: list[StoredEvent] = []
+        new_state, new_seq, snap = state, seq, False
+        timestamp = self._wall_clock()
+        try:
+            for event in effect.events:
+                new_seq += 1
+                ser_id, manifest, payload = self.serialization.encode(
+                    event, persistence_id=self.persistence_id, sequence_nr=new_seq
+                )
+                new_state = agg.event_handler(new_state, event)
+                if predicate is not None and predicate(new_state, event):
+                    snap = True
+                stored.append(StoredEvent(
+                    persistence_id=self.persistence_id, sequence_nr=new_seq, payload=payload,
+                    manifest=manifest, serializer_id=ser_id, timestamp=timestamp,
+                    writer_id=self.writer_id, tags=agg.tags_for(event),
+                ))
+            outcome.value = effect.reply_for(new_state)
+        except (SerializationError, CommandError) as exc:
+            outcome.error = exc
+            return state, seq
+        except Exception as exc:
+            outcome.error = self._handler_error("event handler or reply", command, exc)
+            return state, seq
+        flush.events.extend(stored)
+        flush.side_effects.extend((fn, new_state) for fn in effect.then)
+        flush.snapshot_due = flush.snapshot_due or snap
+        return new_state, new_seq
+
+    def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError:
+        log.warning("%s: %s raised on %s: %r", self.persistence_id, where,
+                    type(command).__qualname__, exc)
+        err = HandlerError(
+            f"{self.persistence_id}: {where} raised on {type(command).__qualname__}: {exc!r}"
+        )
+        err.__cause__ = exc
+        return err
+
+    def _resolve(self, fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
+        if fut.done():
+            return
+        if error is None:
+            fut.set_result(value)
+        else:
+            self.stats.failed_commands += 1
+            fut.set_exception(error)
+
+    def _run_side_effect(self, fn: Callable[[Any], Any], new_state: Any) -> None:
+        try:
+            result = fn(new_state)
+        except Exception:
+            log.exception("%s: side effect %r failed", self.persistence_id, fn)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._background.add(task)
+            task.add_done_callback(self._side_effect_done)
+
+    def _side_effect_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: side effect failed: %r", self.persistence_id, task.exception())
+
+    async def _rebuild_after_failure(self) -> None:
+        """After a failed write the outcome may be unknown: re-read the truth."""
+        try:
+            self.recovery = await self._recover()
+        except Exception as exc:
+            log.error("%s: rebuild after a failed write failed, stopping: %r",
+                      self.persistence_id, exc)
+            self._fail_stop(exc)
+            self._mailbox.put_nowait(_STOP)
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def _save_snapshot(self) -> None:
+        policy = self.aggregate_type.snapshot
+        try:
+            ser_id, manifest, payload = self.serialization.encode(
+                self._state, persistence_id=self.persistence_id, sequence_nr=self._seq
+            )
+            await self.snapshot_store.save(StoredSnapshot(
+                persistence_id=self.persistence_id, sequence_nr=self._seq, payload=payload,
+                manifest=manifest, serializer_id=ser_id, timestamp=self._wall_clock(),
+            ))
+            self.stats.snapshots += 1
+            await self.snapshot_store.keep_newest(self.persistence_id, policy.keep)
+        except Exception as exc:  # a snapshot is an optimisation: never fail commands for it
+            self.stats.snapshot_failures += 1
+            log.warning("%s: snapshot at %d failed: %r", self.persistence_id, self._seq, exc)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _recover(self) -> RecoveryStats:
+        started = time.perf_counter()
+        self.stats.recoveries += 1
+        state, seq, snap_seq, skipped = await self._load_snapshot()
+        state, seq, replayed = await self._replay(state, seq)
+        highest = await self.journal.highest_sequence_nr(self.persistence_id)
+        if highest < seq:
+            # A snapshot newer than the journal cannot be trusted: rebuild from events alone.
+            log.warning("%s: snapshot at %d is beyond the journal's highest %d; full replay",
+                        self.persistence_id, seq, highest)
+            state, seq, replayed = await self._replay(self.aggregate_type.initial_state, 0)
+            snap_seq = None
+        # Deleted trailing events still occupy their numbers: never reuse them.
+        seq = max(seq, highest)
+        self._state, self._seq = state, seq
+        stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
+        log.debug("%s: recovered %s", self.persistence_id, stats)
+        return stats
+
+    async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
+        max_seq = sys.maxsize
+        skipped = 0
+        while True:
+            snap = await self.snapshot_store.load(self.persistence_id, max_seq)
+            if snap is None:
+                return self.aggregate_type.initial_state, 0, None, skipped
+            try:
+                state = self.serialization.decode(
+                    snap.serializer_id, snap.manifest, snap.payload,
+                    persistence_id=self.persistence_id, sequence_nr=snap.sequence_nr,
+                )
+                return state, snap.sequence_nr, snap.sequence_nr, skipped
+            except SerializationError as exc:
+                skipped += 1
+                log.warning("%s: cannot decode snapshot at %d, trying an older one: %s",
+                            self.persistence_id, snap.sequence_nr, exc)
+                max_seq = snap.sequence_nr - 1
+                if max_seq < 1:
+                    return self.aggregate_type.initial_state, 0, None, skipped
+
+    async def _replay(self, state: Any, seq: int) -> tuple[Any, int, int]:
+        handler = self.aggregate_type.event_handler
+        replayed = 0
+        async for stored in self.journal.replay(self.persistence_id, seq + 1):
+            event = self.serialization.decode(
+                stored.serializer_id, stored.manifest, stored.payload,
+                persistence_id=self.persistence_id, sequence_nr=stored.sequence_nr,
+            )
+            state = handler(state, event)
+            seq = stored.sequence_nr
+            replayed += 1
+        return state, seq, replayed
+
+
+class _Fenced(Exception):
+    """Internal: the flush was fenced; the loop must end."""

@@ -1,0 +1,225 @@
+"""Seat reservations for a show: the example aggregate of raysource.
+
+One aggregate per show (type name ``"show"``). A show has ``seats`` seats labelled row by row,
+ten per row: ``A1 .. A10, B1 .. B10, ...`` (rows after ``Z`` are ``AA``, ``AB``, ...). A show that
+was never created has the default hall of 100 seats; ``CreateShow(seats)`` sets another size
+before the first reservation.
+
+Rules: a seat cannot be double-booked ("seat A1 is already reserved"), unknown seats are
+rejected, and only the customer who holds a reservation can cancel it. ``GetShow()`` is
+read-only and never touches the journal.
+
+    from journal.serialization import Serialization
+    ser = Serialization()
+    SHOW.register_types(ser)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.aggregate import (
+    AggregateType,
+    Effect,
+    SnapshotPolicy,
+    persist,
+    reject,
+    reply,
+    unknown_command,
+)
+
+__all__ = [
+    "SHOW",
+    "CancelReservation",
+    "CreateShow",
+    "GetShow",
+    "ReservationCancelled",
+    "ReserveSeat",
+    "SeatReserved",
+    "ShowCreated",
+    "ShowState",
+    "seat_label",
+    "seat_index",
+]
+
+DEFAULT_SEATS = 100
+SEATS_PER_ROW = 10
+
+
+# --------------------------------------------------------------------------- seat labels
+
+
+def _row_label(row: int) -> str:
+    label = ""
+    row += 1
+    while row:
+        row, rem = divmod(row - 1, 26)
+        label = chr(ord("A") + rem) + label
+    return label
+
+
+def seat_label(index: int) -> str:
+    """0 -> "A1", 9 -> "A10", 10 -> "B1", 260 -> "AA1"."""
+    row, col = divmod(index, SEATS_PER_ROW)
+    return f"{_row_label(row)}{col + 1}"
+
+
+def seat_index(label: str) -> int | None:
+    """The 0-based index of a seat label, or None if it is not a well-formed label."""
+    letters = label.rstrip("0123456789")
+    digits = label[len(letters):]
+    if not letters or not digits or not letters.isascii() or not letters.isupper():
+        return None
+    if not letters.isalpha() or digits.startswith("0"):
+        return None
+    col = int(digits)
+    if not 1 <= col <= SEATS_PER_ROW:
+        return None
+    row = 0
+    for ch in letters:
+        row = row * 26 + (ord(ch) - ord("A") + 1)
+    return (row - 1) * SEATS_PER_ROW + col - 1
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True)
+class CreateShow:
+    """Size the hall (only before the first reservation, and only once)."""
+
+    seats: int
+
+
+@dataclass(frozen=True)
+class ReserveSeat:
+    seat: str
+    customer: str
+
+
+@dataclass(frozen=True)
+class CancelReservation:
+    seat: str
+    customer: str
+
+
+@dataclass(frozen=True)
+class GetShow:
+    """Read-only: replies the current :class:`ShowState`."""
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class ShowCreated:
+    """The show was created with ``seats`` seats."""
+
+    seats: int
+
+
+@dataclass(frozen=True)
+class SeatReserved:
+    """The seat was reserved by the customer ("seat A1 was reserved by Alice")."""
+
+    seat: str
+    customer: str
+
+
+@dataclass(frozen=True)
+class ReservationCancelled:
+    """The customer cancelled their reservation of the seat."""
+
+    seat: str
+    customer: str
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class ShowState:
+    """``reservations`` maps seat label -> customer. Treat it as immutable: the event handler
+    builds a new dict for every change."""
+
+    seats: int = DEFAULT_SEATS
+    created: bool = False
+    reservations: dict[str, str] = field(default_factory=dict)
+
+    def holder(self, seat: str) -> str | None:
+        return self.reservations.get(seat)
+
+    def is_seat(self, seat: str) -> bool:
+        idx = seat_index(seat)
+        return idx is not None and idx < self.seats
+
+    @property
+    def available(self) -> int:
+        return self.seats - len(self.reservations)
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def handle_command(state: ShowState, command: object) -> Effect:
+    match command:
+        case ReserveSeat(seat=seat, customer=customer):
+            if not customer:
+                return reject("a reservation needs a customer")
+            if not state.is_seat(seat):
+                return reject(f"seat {seat} does not exist")
+            holder = state.holder(seat)
+            if holder is not None:
+                return reject(f"seat {seat} is already reserved")
+            return persist(SeatReserved(seat, customer), reply=SeatReserved(seat, customer))
+        case CancelReservation(seat=seat, customer=customer):
+            if not state.is_seat(seat):
+                return reject(f"seat {seat} does not exist")
+            holder = state.holder(seat)
+            if holder is None:
+                return reject(f"seat {seat} is not reserved")
+            if holder != customer:
+                return reject(f"seat {seat} is not reserved by {customer}")
+            event = ReservationCancelled(seat, customer)
+            return persist(event, reply=event)
+        case GetShow():
+            return reply(state)
+        case CreateShow(seats=seats):
+            if state.created:
+                return reject("the show already exists")
+            if state.reservations:
+                return reject("the show already has reservations")
+            if not isinstance(seats, int) or seats < 1:
+                return reject(f"a show needs at least one seat, got {seats!r}")
+            return persist(ShowCreated(seats), reply=ShowCreated(seats))
+        case _:
+            unknown_command(command, "show")
+
+
+def apply_event(state: ShowState, event: object) -> ShowState:
+    match event:
+        case SeatReserved(seat=seat, customer=customer):
+            return ShowState(state.seats, state.created, {**state.reservations, seat: customer})
+        case ReservationCancelled(seat=seat):
+            rest = {s: c for s, c in state.reservations.items() if s != seat}
+            return ShowState(state.seats, state.created, rest)
+        case ShowCreated(seats=seats):
+            return ShowState(seats, True, state.reservations)
+    raise TypeError(f"unknown event {type(event).__qualname__}")
+
+
+def tags(event: object) -> frozenset[str]:
+    return frozenset({"show"})
+
+
+SHOW: AggregateType[ShowState, object, object] = AggregateType(
+    name="show",
+    initial_state=ShowState(),
+    command_handler=handle_command,
+    event_handler=apply_event,
+    tagger=tags,
+    snapshot=SnapshotPolicy(every_n_events=100, keep=2),
+    events=(ShowCreated, SeatReserved, ReservationCancelled),
+    commands=(CreateShow, ReserveSeat, CancelReservation, GetShow),
+    types=(ShowState,),
+)
