@@ -7,6 +7,7 @@ without importing upwards.
 
     RaysourceError
     ├── ConfigError                      invalid names, settings, contact points
+    │   └── ShardCountChangedError       a known aggregate type registered with another count
     ├── CassandraNodeError               the local Cassandra launcher could not start/stop a node
     ├── JournalError                     anything the event journal / snapshot store reports
     │   ├── ConcurrentWriteError         fencing: another writer holds these sequence numbers
@@ -18,6 +19,9 @@ without importing upwards.
     │   ├── CorruptPayloadError
     │   ├── UnserializableError
     │   └── PayloadTooLargeError
+    ├── ShardingError                    the shard coordinator could not do what was asked
+    │   ├── NoLiveNodesError             no live Ray node can take a shard
+    │   └── CoordinatorFencedError       another coordinator instance owns the table
     └── CommandError                     a command did not succeed (runtime, sharding)
         ├── CommandRejected              the aggregate said no (domain reason)
         ├── UnknownCommandError          the aggregate type has no handler for this command
@@ -36,6 +40,26 @@ class RaysourceError(Exception):
 
 class ConfigError(RaysourceError, ValueError):
     """A configuration value, name or identifier is invalid."""
+
+
+class ShardCountChangedError(ConfigError):
+    """A type's number of shards differs from the one stored for it.
+
+    Entities are routed by ``hash(id) mod number_of_shards``; changing the count of a type that
+    has data would route existing entities to other shards, so it is refused.
+    """
+
+    def __init__(self, type_name: str, stored: int, requested: int) -> None:
+        self.type_name = type_name
+        self.stored = stored
+        self.requested = requested
+        super().__init__(
+            f"aggregate type {type_name!r} has {stored} shards; refusing to change it to "
+            f"{requested} (the shard count is fixed for the life of the data)"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.stored, self.requested))
 
 
 class CassandraNodeError(RaysourceError):
@@ -136,6 +160,25 @@ class UnserializableError(SerializationError, TypeError):
 
 class PayloadTooLargeError(SerializationError):
     """The encoded payload exceeds the configured size limit; nothing was written."""
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+class ShardingError(RaysourceError):
+    """The shard coordinator could not do what was asked."""
+
+
+class NoLiveNodesError(ShardingError):
+    """No live node is available to host a shard (the cluster has no alive Ray node)."""
+
+
+class CoordinatorFencedError(ShardingError):
+    """This coordinator instance lost its journal to another instance and stopped serving.
+
+    Raised for every call after its journal reported a ``ConcurrentWriteError``; callers should
+    look the coordinator up again (its name now leads to the current instance).
+    """
 
 
 # --------------------------------------------------------------------------- commands
