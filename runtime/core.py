@@ -29,6 +29,7 @@ import inspect
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -99,6 +100,7 @@ class _Flush:
     events: list[StoredEvent] = field(default_factory=list)
     side_effects: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
     snapshot_due: bool = False
+    bytes: int = 0
 
 
 def _utcnow() -> datetime:
@@ -109,6 +111,11 @@ class EntityCore:
     """One activation of the aggregate ``(aggregate_type, entity_id)``.
 
     ``writer_id`` names this activation in the journal (diagnostics of fencing conflicts).
+    A flush takes at most ``max_batch`` commands; a command whose events would push one write
+    over ``max_events_per_write`` events or ``max_bytes_per_write`` payload bytes goes into the
+    next write instead (one command's events are never split: an oversized single command
+    fails on its own). Keep ``max_events_per_write`` at or below the journal's group limit
+    (the Cassandra partition size).
     ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
     timestamps. ``order_gap_timeout_s`` bounds how long :meth:`handle_in_order` waits for a
     missing sequence number before skipping it.
@@ -126,12 +133,14 @@ class EntityCore:
         *,
         writer_id: str,
         max_batch: int = 256,
+        max_events_per_write: int = 1000,
+        max_bytes_per_write: int = 4_000_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utcnow,
         order_gap_timeout_s: float = 10.0,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+        if min(max_batch, max_events_per_write, max_bytes_per_write) < 1:
+            raise ValueError("max_batch, max_events_per_write and max_bytes_per_write must be >= 1")
         self.aggregate_type = aggregate_type
         self.entity_id = entity_id
         self.persistence_id = aggregate_type.persistence_id(entity_id)
@@ -140,6 +149,9 @@ class EntityCore:
         self.serialization = serialization
         self.writer_id = writer_id
         self.max_batch = max_batch
+        self.max_events_per_write = max_events_per_write
+        self.max_bytes_per_write = max_bytes_per_write
+        self._carry: deque[tuple[Any, asyncio.Future]] = deque()
         self._clock = clock
         self._wall_clock = wall_clock
         self.stats = CoreStats()
@@ -271,72 +283,67 @@ class EntityCore:
             return
         self._ready.set_result(None)
         while True:
-            item = await self._mailbox.get()
-            if item is _STOP:
+            batch = await self._next_batch()
+            if batch is None:
                 break
-            batch = [item]
-            while len(batch) < self.max_batch and not self._mailbox.empty():
-                nxt = self._mailbox.get_nowait()
-                if nxt is _STOP:
-                    self._mailbox.put_nowait(_STOP)  # handle the stop after this batch
-                    break
-                batch.append(nxt)
             try:
                 await self._flush(batch)
             except _Fenced:
                 return
             self._last_activity = self._clock()
 
+    async def _next_batch(self) -> list[tuple[Any, asyncio.Future]] | None:
+        """Commands deferred from the last flush first, then everything queued (bounded);
+        None once the stop marker is reached."""
+        batch: list[tuple[Any, asyncio.Future]] = []
+        while self._carry and len(batch) < self.max_batch:
+            batch.append(self._carry.popleft())
+        if not batch:
+            item = await self._mailbox.get()
+            if item is _STOP:
+                return None
+            batch.append(item)
+        while len(batch) < self.max_batch and not self._mailbox.empty():
+            item = self._mailbox.get_nowait()
+            if item is _STOP:
+                self._mailbox.put_nowait(_STOP)  # handle the stop after this batch
+                break
+            batch.append(item)
+        return batch
+
     def _fail_stop(self, cause: BaseException) -> None:
         """Stop for good: fail every queued and held-back command with AggregateStoppedError."""
         self._closing = True
         self._stop_error = cause
         self._order.fail_all(self._stopped_error())
+        while self._carry:
+            self._resolve(self._carry.popleft()[1], None, self._stopped_error())
         while not self._mailbox.empty():
             item = self._mailbox.get_nowait()
-            if item is not _STOP and not item[1].done():
-                item[1].set_exception(self._stopped_error())
+            if item is not _STOP:
+                self._resolve(item[1], None, self._stopped_error())
 
     # ------------------------------------------------------------------ one flush
 
     async def _flush(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         flush = _Flush()
         state, seq = self._state, self._seq
-        for command, fut in batch:
+        for i, (command, fut) in enumerate(batch):
             if fut.done():  # the caller gave up before we started: skip it
                 continue
-            self.stats.commands += 1
             outcome = _Outcome(fut)
+            decided = self._decide(command, state, seq, outcome, flush)
+            if decided is None:  # this write is full: the rest goes into the next one
+                self._carry.extendleft(reversed(batch[i:]))
+                break
+            state, seq = decided
+            self.stats.commands += 1
             flush.outcomes.append(outcome)
-            state, seq = self._decide(command, state, seq, outcome, flush)
 
-        if flush.events:
-            self.stats.flushes += 1
-            try:
-                self.stats.writes += 1
-                await self.journal.append(flush.events)
-            except ConcurrentWriteError as exc:
-                log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc)
-                self.stats.failed_writes += 1
-                self._fail_stop(exc)
-                err = self._stopped_error()
-                for o in flush.outcomes:
-                    self._resolve(o.future, None, err)
-                raise _Fenced from exc
-            except Exception as exc:
-                self.stats.failed_writes += 1
-                log.warning("%s: write of %d events failed: %r",
-                            self.persistence_id, len(flush.events), exc)
-                # Rebuild before answering: a caller that sees the failure already finds the
-                # state equal to the journal's.
-                await self._rebuild_after_failure()
-                for o in flush.outcomes:
-                    err = PersistFailedError(f"{self.persistence_id}: write failed: {exc}")
-                    err.__cause__ = exc
-                    self._resolve(o.future, None, err)
-                return
-            self.stats.events += len(flush.events)
+        self.stats.flushes += 1
         old_seq = self._seq
+        if flush.events and not await self._write(flush):
+            return
         self._state, self._seq = state, seq
         for o in flush.outcomes:
             self._resolve(o.future, o.value, o.error)
@@ -346,10 +353,62 @@ class EntityCore:
         if flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
 
+    async def _write(self, flush: _Flush) -> bool:
+        """Append the flush's events as one group; True once durable. On failure the flush's
+        callers are answered here and False is returned."""
+        self.stats.writes += 1
+        try:
+            await self.journal.append(flush.events)
+        except ConcurrentWriteError as exc:
+            log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc)
+            self.stats.failed_writes += 1
+            self._fail_stop(exc)
+            for o in flush.outcomes:
+                self._resolve(o.future, None, self._stopped_error())
+            raise _Fenced from exc
+        except Exception as exc:
+            self.stats.failed_writes += 1
+            log.warning("%s: write of %d events failed: %r",
+                        self.persistence_id, len(flush.events), exc)
+            # The outcome may be unknown (e.g. a timeout after the store took the write):
+            # re-read the truth before answering, so a caller that sees the failure finds the
+            # state equal to the journal's, and a write that did land is acknowledged.
+            rebuilt = await self._rebuild_after_failure()
+            if rebuilt and await self._is_stored(flush.events):
+                log.warning("%s: the failed write was stored after all; acknowledging it",
+                            self.persistence_id)
+            else:
+                detail = "" if rebuilt else " (outcome unknown: the journal could not be re-read)"
+                for o in flush.outcomes:
+                    err = PersistFailedError(
+                        f"{self.persistence_id}: write failed{detail}: {exc!r}"
+                    )
+                    err.__cause__ = exc
+                    self._resolve(o.future, None, err)
+                return False
+        self.stats.events += len(flush.events)
+        return True
+
+    async def _is_stored(self, events: list[StoredEvent]) -> bool:
+        """True if the journal holds exactly these events (written by this activation)."""
+        first, last = events[0].sequence_nr, events[-1].sequence_nr
+        if self._seq < last:
+            return False
+        try:
+            stored = [e async for e in self.journal.replay(self.persistence_id, first, last)]
+        except Exception as exc:
+            log.warning("%s: cannot check the failed write: %r", self.persistence_id, exc)
+            return False
+        return len(stored) == len(events) and all(
+            (a.writer_id, a.manifest, bytes(a.payload)) == (b.writer_id, b.manifest, b.payload)
+            for a, b in zip(stored, events)
+        )
+
     def _decide(self, command: Any, state: Any, seq: int, outcome: _Outcome,
-                flush: _Flush) -> tuple[Any, int]:
+                flush: _Flush) -> tuple[Any, int] | None:
         """Run one command against the tentative ``state``; record its outcome and events.
-        Returns the tentative state and sequence number after it."""
+        Returns the tentative state and sequence number after it, or None if its events do
+        not fit into this write any more (the command must be re-run in the next flush)."""
         agg = self.aggregate_type
         try:
             effect = agg.command_handler(state, command)
@@ -376,7 +435,7 @@ class EntityCore:
         return state, seq
 
     def _apply_persist(self, command: Any, effect: Persist, state: Any, seq: int,
-                       outcome: _Outcome, flush: _Flush) -> tuple[Any, int]:
+                       outcome: _Outcome, flush: _Flush) -> tuple[Any, int] | None:
         agg = self.aggregate_type
         predicate = agg.snapshot.predicate
         stored: list[StoredEvent] = []
@@ -403,10 +462,18 @@ class EntityCore:
         except Exception as exc:
             outcome.error = self._handler_error("event handler or reply", command, exc)
             return state, seq
+        if flush.events and self._over_limit(flush, stored):
+            return None
         flush.events.extend(stored)
+        flush.bytes += sum(len(e.payload) for e in stored)
         flush.side_effects.extend((fn, new_state) for fn in effect.then)
         flush.snapshot_due = flush.snapshot_due or snap
         return new_state, new_seq
+
+    def _over_limit(self, flush: _Flush, more: list[StoredEvent]) -> bool:
+        if len(flush.events) + len(more) > self.max_events_per_write:
+            return True
+        return flush.bytes + sum(len(e.payload) for e in more) > self.max_bytes_per_write
 
     def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError:
         log.warning("%s: %s raised on %s: %r", self.persistence_id, where,
@@ -442,15 +509,17 @@ class EntityCore:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: side effect failed: %r", self.persistence_id, task.exception())
 
-    async def _rebuild_after_failure(self) -> None:
-        """After a failed write the outcome may be unknown: re-read the truth."""
+    async def _rebuild_after_failure(self) -> bool:
+        """Rebuild the state from the journal; on failure stop the core and return False."""
         try:
             self.recovery = await self._recover()
+            return True
         except Exception as exc:
             log.error("%s: rebuild after a failed write failed, stopping: %r",
                       self.persistence_id, exc)
             self._fail_stop(exc)
             self._mailbox.put_nowait(_STOP)
+            return False
 
     # ------------------------------------------------------------------ snapshots
 

@@ -262,6 +262,33 @@ async def test_max_batch_bounds_a_flush():
     await core.stop()
 
 
+async def test_writes_are_bounded_without_splitting_a_command():
+    journal, ser = InMemoryJournal(latency=0.005, max_group_size=5), make_ser()
+    core = make_core(journal, ser=ser, max_events_per_write=5)
+    await core.start()
+    results = await asyncio.gather(
+        *(core.handle(AddMany((1, 1))) for _ in range(20)),
+        core.handle(AddMany((1,) * 6)),  # alone too big for the journal: fails on its own
+        core.handle(Add(1)),
+        return_exceptions=True,
+    )
+    assert results[:20] == list(range(2, 42, 2))
+    assert isinstance(results[20], PersistFailedError)
+    assert results[21] == 41
+    assert journal_totals(journal, ser) == [1] * 41
+    assert journal.write_count >= 10  # at most two commands of two events per write
+    await core.stop()
+
+
+async def test_writes_are_bounded_by_bytes():
+    journal = InMemoryJournal()
+    core = make_core(journal, max_bytes_per_write=30)  # one Added event is 7 bytes: 4 per write
+    await core.start()
+    await asyncio.gather(*(core.handle(Add(1)) for _ in range(9)))
+    assert journal.write_count == 3
+    await core.stop()
+
+
 # --------------------------------------------------------------------------- durability
 
 
@@ -310,14 +337,14 @@ async def test_write_failure_fails_the_whole_flush_and_rebuilds_state():
     await core.stop()
 
 
-async def test_write_failure_with_unknown_outcome_adopts_the_journal():
+async def test_a_failed_write_that_landed_is_acknowledged():
     journal = InMemoryJournal()
     ser = make_ser()
     core = make_core(journal, ser=ser)
     journal.fail_next_appends(1, after_write=True)  # stored, but the writer got a timeout
-    with pytest.raises(PersistFailedError):
-        await core.handle(Add(7))
-    assert core.state == Acct(7, (7,)) and core.sequence_nr == 1  # state equals the journal
+    assert await core.handle(Add(7)) == 7  # the re-read finds our events: a success
+    assert core.state == Acct(7, (7,)) and core.sequence_nr == 1
+    assert core.stats.failed_writes == 1 and core.stats.failed_commands == 0
     assert await core.handle(Add(1)) == 8
     assert journal_totals(journal, ser) == [7, 1]
     await core.stop()
@@ -337,7 +364,7 @@ async def test_failed_rebuild_stops_the_core():
     await core.start()
     journal.broken = True
     journal.fail_next_appends(1)
-    with pytest.raises(PersistFailedError):
+    with pytest.raises(PersistFailedError, match="outcome unknown"):
         await core.handle(Add(1))
     await settle()
     assert core.stopped
@@ -599,7 +626,7 @@ async def test_last_activity_and_stats():
     assert core.last_activity == 105.0
     await core.handle(Get())
     s = core.stats
-    assert (s.commands, s.flushes, s.writes, s.events, s.recoveries) == (2, 1, 1, 1, 1)
+    assert (s.commands, s.flushes, s.writes, s.events, s.recoveries) == (2, 2, 1, 1, 1)
     await core.stop()
 
 
