@@ -1,6 +1,7 @@
 """The ``raysource`` command line: one CLI, subcommands per job.
 
     raysource cassandra start|stop|status [--port N]
+    raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
     raysource demo [--seconds S]
 
 The CLI sits at the top of the import graph (it may use every layer); it holds no logic of its
@@ -13,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from journal.errors import RaysourceError
+from journal.errors import ConfigError, RaysourceError
 from journal.local_node import LocalCassandra
 
 
@@ -33,6 +34,27 @@ def _cassandra(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    from journal.config import CassandraConfig
+    from journal.schema import schema_cql
+
+    if args.dc:
+        dcs: dict[str, int] = {}
+        for item in args.dc:
+            dc, _, rf = item.partition(":")
+            if not dc or not rf.isdigit():
+                raise ConfigError(f"--dc expects DC:RF (e.g. dc1:3), got {item!r}")
+            dcs[dc] = int(rf)
+        config = CassandraConfig(
+            keyspace=args.keyspace, replication_strategy="NetworkTopologyStrategy",
+            datacenters=dcs,
+        )
+    else:
+        config = CassandraConfig(keyspace=args.keyspace, replication_factor=args.rf)
+    print(schema_cql(config), end="")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from runtime.demo import run_demo  # heavy imports (Ray) only for this command
 
@@ -47,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("action", choices=["start", "stop", "status"])
     cas.add_argument("--port", type=int, default=None, help="CQL port (default 9042 or a free one)")
     cas.set_defaults(func=_cassandra)
+
+    schema = sub.add_parser("schema", help="print the production CQL schema for operators")
+    schema.add_argument("--keyspace", default="raysource")
+    schema.add_argument("--rf", type=int, default=3, help="SimpleStrategy replication factor")
+    schema.add_argument("--dc", action="append", default=[],
+                        help="DC:RF for NetworkTopologyStrategy (repeatable)")
+    schema.set_defaults(func=_schema)
 
     demo = sub.add_parser("demo", help="run the main job on local Ray with a local Cassandra")
     demo.add_argument("--seconds", type=float, default=20.0, help="how long to drive load")
