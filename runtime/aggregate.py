@@ -232,7 +232,7 @@ def split_persistence_id(persistence_id: str) -> tuple[str, str]:
     return name, entity_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AggregateType(Generic[S, C, E]):
     """The declaration of one aggregate type. Immutable; share it freely (also across Ray
     processes: it is pickled with the host actor, so handlers should be module-level functions).
@@ -241,6 +241,8 @@ class AggregateType(Generic[S, C, E]):
     classes :meth:`register_types` registers with the serializer under the stable manifest names
     ``"<name>.<QualName>"``. The type of ``initial_state`` is registered too when it is a
     dataclass.
+
+    Compared and hashed by identity (handlers are not comparable); use ``name`` as a key.
 
     ``placement``: ``"dedicated"`` (one Ray actor per aggregate) or ``"hosted"`` (many per
     actor); ``idle_timeout_s``: passivation after this much inactivity; ``number_of_shards``:

@@ -163,6 +163,7 @@ class EntityCore:
         self._task: asyncio.Task | None = None
         self._ready: asyncio.Future | None = None
         self._closing = False  # no new commands accepted
+        self._busy = False  # a flush is in progress
         self._stop_error: BaseException | None = None  # why the core stopped, if it failed
         self._background: set[asyncio.Task] = set()
         self._order = CallerOrder(self._submit, gap_timeout_s=order_gap_timeout_s)
@@ -192,7 +193,15 @@ class EntityCore:
     @property
     def queued(self) -> int:
         """Commands waiting in the mailbox (not counting the flush in progress)."""
-        return self._mailbox.qsize()
+        return self._mailbox.qsize() + len(self._carry)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is queued, held back for ordering, or being processed: the
+        moment a host may passivate (then call :meth:`stop`, which still drains commands that
+        slip in before it)."""
+        return not (self._busy or self._carry or not self._mailbox.empty()
+                    or self._order.holding)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -286,10 +295,19 @@ class EntityCore:
             batch = await self._next_batch()
             if batch is None:
                 break
+            self._busy = True
             try:
                 await self._flush(batch)
             except _Fenced:
                 return
+            except Exception as exc:  # a bug in the core: never leave callers hanging
+                log.exception("%s: command loop failed, stopping", self.persistence_id)
+                self._fail_stop(exc)
+                for _, fut in batch:
+                    self._resolve(fut, None, self._stopped_error())
+                return
+            finally:
+                self._busy = False
             self._last_activity = self._clock()
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future]] | None:

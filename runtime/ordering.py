@@ -51,6 +51,11 @@ class CallerOrder:
     def __len__(self) -> int:
         return len(self._callers)
 
+    @property
+    def holding(self) -> bool:
+        """True if some command is held back waiting for a predecessor."""
+        return any(c.held for c in self._callers.values())
+
     async def submit(self, caller_id: str, seq: int, command: Any) -> Any:
         """Admit ``command`` as number ``seq`` of ``caller_id`` (in order) and await its reply."""
         caller = self._callers.get(caller_id)

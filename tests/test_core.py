@@ -630,6 +630,42 @@ async def test_last_activity_and_stats():
     await core.stop()
 
 
+async def test_idle_tracks_queued_and_in_flight_work():
+    journal = GatedJournal()
+    core = make_core(journal, order_gap_timeout_s=10)
+    await core.start()
+    assert core.idle
+    task = asyncio.create_task(core.handle(Add(1)))
+    await journal.entered.wait()
+    assert not core.idle
+    queued = asyncio.create_task(core.handle(Add(1)))
+    await settle()
+    assert core.queued == 1
+    journal.gate.set()
+    await asyncio.gather(task, queued)
+    await settle()
+    assert core.idle
+    held = asyncio.create_task(core.handle_in_order("c", 1, Add(1)))
+    await settle()
+    assert not core.idle  # waiting for number 0
+    await core.handle_in_order("c", 0, Add(1))
+    assert await held == 4
+    await core.stop()
+
+
+async def test_a_bug_in_the_loop_fails_callers_instead_of_hanging(monkeypatch):
+    core = make_core()
+    await core.start()
+
+    def broken(*a, **k):
+        raise AttributeError("bug")
+
+    monkeypatch.setattr(core, "_decide", broken)
+    with pytest.raises(AggregateStoppedError):
+        await asyncio.wait_for(core.handle(Add(1)), 1)
+    assert core.stopped
+
+
 async def test_a_cancelled_caller_is_skipped():
     journal = GatedJournal()
     core = make_core(journal)
@@ -696,3 +732,59 @@ async def test_stop_fails_held_back_commands():
     await core.stop()
     with pytest.raises(AggregateStoppedError):
         await held
+
+
+# --------------------------------------------------------------------------- model check
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_commands = st.lists(
+    st.one_of(
+        st.builds(Add, st.integers(0, 5)),
+        st.builds(Take, st.integers(0, 8)),
+        st.just(Get()),
+        st.just(Boom()),
+        st.builds(AddMany, st.lists(st.integers(0, 3), max_size=3).map(tuple)),
+    ),
+    max_size=40,
+)
+
+
+def _model(commands):
+    """The sequential meaning of a command list: one at a time on the pure aggregate."""
+    state, replies = Acct(), []
+    for c in commands:
+        try:
+            eff = decide(state, c)
+        except Exception as exc:
+            replies.append(type(exc))
+            continue
+        if hasattr(eff, "events"):
+            state = ACCT.apply(state, eff.events)
+            replies.append(eff.reply_for(state))
+        elif hasattr(eff, "reason"):
+            replies.append(CommandRejected)
+        else:
+            replies.append(getattr(eff, "value", None))
+    return state, replies
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_commands, st.sampled_from([1, 3, 256]))
+def test_concurrent_commands_mean_the_same_as_sequential_ones(commands, max_batch):
+    async def scenario():
+        journal, ser = InMemoryJournal(latency=0.001), make_ser()
+        core = make_core(journal, ser=ser, max_batch=max_batch)
+        results = await asyncio.gather(*(core.handle(c) for c in commands), return_exceptions=True)
+        fresh = make_core(journal, ser=ser, writer="w2")
+        await fresh.start()
+        await core.stop()
+        return core.state, results, fresh.state
+
+    state, results, recovered = asyncio.run(scenario())
+    expected_state, expected = _model(commands)
+    got = [type(r) if isinstance(r, Exception) else r for r in results]
+    expected = [HandlerError if e is RuntimeError else e for e in expected]
+    assert got == expected
+    assert state == expected_state == recovered
