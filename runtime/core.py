@@ -46,7 +46,7 @@ from journal.errors import (
     SerializationError,
 )
 from journal.serialization import Serialization
-from runtime.aggregate import AggregateType, Effect, NoOp, Persist, Reject, Reply
+from runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
 from runtime.ordering import CallerOrder
 from snapshots.api import SnapshotStore
 

@@ -201,7 +201,10 @@ async def test_effects():
 async def test_side_effects_run_only_after_durability():
     journal = GatedJournal()
     seen: list[int] = []
-    agg = replace(ACCT, command_handler=lambda s, c: persist(Added(c.n), then=lambda st: seen.append(st.total)))
+    def decide_with_side_effect(state, cmd):
+        return persist(Added(cmd.n), then=lambda st: seen.append(st.total))
+
+    agg = replace(ACCT, command_handler=decide_with_side_effect)
     core = make_core(journal, agg=agg)
     task = asyncio.create_task(core.handle(Add(3)))
     await journal.entered.wait()
@@ -524,7 +527,8 @@ async def test_snapshot_ahead_of_the_journal_is_ignored():
     await core.handle(Add(1))
     await core.stop()
     _, manifest, payload = ser.encode(Acct(999, ()))
-    await snaps.save(StoredSnapshot("acct|1", 50, payload, manifest, 1, journal.events("acct|1")[0].timestamp))
+    when = journal.events("acct|1")[0].timestamp
+    await snaps.save(StoredSnapshot("acct|1", 50, payload, manifest, 1, when))
     fresh = make_core(journal, snaps, ser=ser)
     stats = await fresh.start()
     assert fresh.state == Acct(1, (1,)) and fresh.sequence_nr == 1
@@ -540,7 +544,8 @@ async def test_snapshot_predicate_and_snapshot_failures():
     assert snaps.snapshots("acct|1") == []
     await core.handle(AddMany((0, 2)))
     assert [s.sequence_nr for s in snaps.snapshots("acct|1")] == [3]
-    assert ser.decode(*(lambda s: (s.serializer_id, s.manifest, s.payload))(snaps.snapshots("acct|1")[0])) == core.state
+    (snap,) = snaps.snapshots("acct|1")
+    assert ser.decode(snap.serializer_id, snap.manifest, snap.payload) == core.state
     snaps.fail_next_saves(1)
     assert await core.handle(Add(0)) == 3  # a failed snapshot never fails the command
     assert core.stats.snapshot_failures == 1 and core.stats.snapshots == 1
@@ -556,7 +561,8 @@ async def test_commands_wait_for_recovery():
     journal.latency = 0.02
     fresh = make_core(journal, ser=ser)
     # sent before (and while) recovery runs: processed against the recovered state
-    assert await asyncio.gather(fresh.handle(Add(10)), fresh.handle(Get())) == [16, Acct(16, (1, 2, 3, 10))]
+    replies = await asyncio.gather(fresh.handle(Add(10)), fresh.handle(Get()))
+    assert replies == [16, Acct(16, (1, 2, 3, 10))]
     await fresh.stop()
 
 

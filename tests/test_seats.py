@@ -36,7 +36,8 @@ def kit():
 
 
 def test_seat_labels():
-    assert [seat_label(i) for i in (0, 9, 10, 99, 259, 260)] == ["A1", "A10", "B1", "J10", "Z10", "AA1"]
+    labels = [seat_label(i) for i in (0, 9, 10, 99, 259, 260)]
+    assert labels == ["A1", "A10", "B1", "J10", "Z10", "AA1"]
     for i in range(1000):
         assert seat_index(seat_label(i)) == i
     for bad in ["", "A", "1", "A0", "A11", "a1", "A01", "Ä1", "A1x"]:
@@ -137,7 +138,8 @@ async def test_many_callers_hammering_one_show():
 
     results = await asyncio.gather(*(attempt(c, s) for c, s in wanted))
     winners = [r for r in results if isinstance(r, SeatReserved)]
-    stored = [ser.decode(e.serializer_id, e.manifest, e.payload) for e in journal.events("show|rush")]
+    stored = [ser.decode(e.serializer_id, e.manifest, e.payload)
+              for e in journal.events("show|rush")]
     assert stored == winners  # every acknowledged reservation is stored, in reply order
     assert len({w.seat for w in winners}) == len(winners)  # no seat twice
     assert len(winners) == len({s for _, s in wanted})
