@@ -1,0 +1,507 @@
+"""The shard coordinator: who hosts which shard, kept as an event-sourced allocation table.
+
+Two parts, so the logic is testable without Ray:
+
+* :class:`CoordinatorState` — pure state machine. Decisions (``decide_*``) read the state and
+  return events; ``apply`` folds an event into the state. Replaying the stored events rebuilds
+  exactly the live table.
+* :class:`ShardCoordinator` — the async host: persists the events through any
+  :class:`~journal.api.Journal` (persistence id ``"__coordinator__|<system>"``), recovers by
+  replay when (re)started, polls node membership, re-allocates a dead node's shards, rebalances
+  when nodes join (handing shards off first), and answers ``home(type, shard)``.
+  ``sharding.ray_nodes.get_or_create_coordinator`` runs it as a named, detached, restartable
+  Ray actor; this module itself imports no Ray.
+
+The coordinator is not on the per-command path: callers ask ``home`` once per shard and cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol, Union, runtime_checkable
+
+from journal.api import Journal, StoredEvent
+from journal.errors import (
+    ConcurrentWriteError,
+    ConfigError,
+    CoordinatorFencedError,
+    NoLiveNodesError,
+    ShardCountChangedError,
+)
+from journal.serialization import Serialization
+from sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
+from sharding.shard_id import shard_of
+
+__all__ = [
+    "CoordinatorEvent",
+    "CoordinatorSettings",
+    "CoordinatorState",
+    "NodeRemoved",
+    "ShardAllocated",
+    "ShardCoordinator",
+    "ShardCountRegistered",
+    "ShardMoved",
+    "ShardRegion",
+    "coordinator_persistence_id",
+]
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCountRegistered:
+    """Aggregate type ``type_name`` is split into ``number_of_shards`` shards (forever)."""
+
+    type_name: str
+    number_of_shards: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardAllocated:
+    """Shard ``(type_name, shard)`` got its first home, ``node``."""
+
+    type_name: str
+    shard: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMoved:
+    """Shard ``(type_name, shard)`` moved from ``from_node`` to ``to_node`` (rebalance, or its
+    node died)."""
+
+    type_name: str
+    shard: int
+    from_node: str
+    to_node: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRemoved:
+    """``node`` is dead; it holds no shards and never gets one again (Ray never reuses ids)."""
+
+    node: str
+
+
+CoordinatorEvent = Union[ShardCountRegistered, ShardAllocated, ShardMoved, NodeRemoved]
+
+_SERIALIZATION = Serialization()
+for _cls in (ShardCountRegistered, ShardAllocated, ShardMoved, NodeRemoved):
+    # Explicit, stable manifest names: these events are stored for the life of the system.
+    _SERIALIZATION.register(_cls, f"raysource.coordinator.{_cls.__name__}")
+
+
+def coordinator_persistence_id(system: str) -> str:
+    """The journal persistence id holding the coordinator table of ``system``."""
+    return f"__coordinator__|{system}"
+
+
+# ------------------------------------------------------------------------------------ state
+
+
+@dataclass
+class CoordinatorState:
+    """The allocation table. Mutated only by :meth:`apply`; decisions never mutate it."""
+
+    shard_counts: dict[str, int] = field(default_factory=dict)
+    owner: dict[ShardId, NodeId] = field(default_factory=dict)
+    removed_nodes: set[NodeId] = field(default_factory=set)
+
+    # -------------------------------------------------------------- folding
+
+    def apply(self, event: CoordinatorEvent) -> None:
+        if isinstance(event, ShardCountRegistered):
+            self.shard_counts[event.type_name] = event.number_of_shards
+        elif isinstance(event, ShardAllocated):
+            self.owner[ShardId(event.type_name, event.shard)] = event.node
+        elif isinstance(event, ShardMoved):
+            self.owner[ShardId(event.type_name, event.shard)] = event.to_node
+        elif isinstance(event, NodeRemoved):
+            self.removed_nodes.add(event.node)
+        else:
+            raise TypeError(f"not a coordinator event: {event!r}")
+
+    @classmethod
+    def replayed(cls, events: Iterable[CoordinatorEvent]) -> "CoordinatorState":
+        state = cls()
+        for ev in events:
+            state.apply(ev)
+        return state
+
+    # -------------------------------------------------------------- views
+
+    def allocation(self) -> dict[NodeId, set[ShardId]]:
+        out: dict[NodeId, set[ShardId]] = {}
+        for shard, node in self.owner.items():
+            out.setdefault(node, set()).add(shard)
+        return out
+
+    def usable(self, live_nodes: Iterable[NodeId]) -> set[NodeId]:
+        """The live nodes minus those recorded as removed."""
+        return set(live_nodes) - self.removed_nodes
+
+    def check_shard(self, shard: ShardId) -> None:
+        n = self.shard_counts.get(shard.type_name)
+        if n is None:
+            raise ConfigError(f"aggregate type {shard.type_name!r} is not registered")
+        if not 0 <= shard.shard < n:
+            raise ConfigError(f"shard {shard.shard} out of range 0..{n - 1} for {shard.type_name!r}")
+
+    # -------------------------------------------------------------- decisions
+
+    def decide_register(self, type_name: str, number_of_shards: int) -> list[CoordinatorEvent]:
+        """``[]`` if already registered with this count; ``ShardCountChangedError`` if with
+        another; else the registration event."""
+        if not isinstance(type_name, str) or not type_name or "|" in type_name:
+            raise ConfigError(f"invalid aggregate type name {type_name!r}")
+        if isinstance(number_of_shards, bool) or not isinstance(number_of_shards, int) \
+                or number_of_shards < 1:
+            raise ConfigError(f"number of shards must be an int >= 1, got {number_of_shards!r}")
+        known = self.shard_counts.get(type_name)
+        if known == number_of_shards:
+            return []
+        if known is not None:
+            raise ShardCountChangedError(type_name, known, number_of_shards)
+        return [ShardCountRegistered(type_name, number_of_shards)]
+
+    def decide_home(self, shard: ShardId, live_nodes: Iterable[NodeId]) -> list[CoordinatorEvent]:
+        """Events that give ``shard`` a live home: none if it has one, an allocation if it
+        never had one, a move if its node is not live. ``NoLiveNodesError`` if none is."""
+        self.check_shard(shard)
+        live = self.usable(live_nodes)
+        current = self.owner.get(shard)
+        if current is not None and current in live:
+            return []
+        target = allocate(shard, self.allocation(), live)
+        if current is None:
+            return [ShardAllocated(shard.type_name, shard.shard, target)]
+        return [ShardMoved(shard.type_name, shard.shard, current, target)]
+
+    def decide_dead(self, live_nodes: Iterable[NodeId]) -> list[CoordinatorEvent]:
+        """Move every shard off nodes that are not live, then record those nodes removed.
+        ``[]`` if no shard is on a dead node (or no live node exists to take them)."""
+        live = self.usable(live_nodes)
+        allocation = self.allocation()
+        dead = sorted(n for n in allocation if n not in live)
+        if not dead or not live:
+            return []
+        events: list[CoordinatorEvent] = [
+            ShardMoved(m.shard.type_name, m.shard.shard, m.from_node, m.to_node)
+            for m in dead_moves(allocation, live)
+        ]
+        events += [NodeRemoved(n) for n in dead if n not in self.removed_nodes]
+        return events
+
+    def plan_rebalance(
+        self, live_nodes: Iterable[NodeId], max_moves: int, threshold: int = 2
+    ) -> list[Move]:
+        """One bounded rebalance round among live nodes (see ``allocation.rebalance``)."""
+        return rebalance(self.allocation(), self.usable(live_nodes), max_moves, threshold)
+
+
+# ------------------------------------------------------------------------------------ host
+
+
+@runtime_checkable
+class ShardRegion(Protocol):
+    """What the coordinator calls on a node's shard region before moving a shard off it.
+
+    ``handoff(shard)`` must stop the shard's aggregates on that node: let each finish the
+    commands it has queued (their events durable), passivate it, and from then on refuse new
+    commands for that shard with a "moved" answer so callers re-resolve. It returns (or its
+    awaitable resolves) when nothing of the shard is active on the node any more. It must be
+    idempotent and must not call the coordinator (the coordinator waits for it). A Ray actor
+    handle with a ``handoff`` method qualifies (``handle.handoff.remote(shard)`` is awaited),
+    as does any object whose ``handoff`` returns an awaitable or ``None``.
+    """
+
+    def handoff(self, shard: ShardId) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorSettings:
+    """``poll_interval``: seconds between membership checks (dead-node reallocation and one
+    rebalance round each). ``max_moves``: shards moved per rebalance round. ``rebalance``:
+    turn automatic rebalancing off (dead nodes are always handled). ``handoff_timeout``:
+    seconds to wait for a region's handoff; on timeout or error the shard stays put this round.
+    """
+
+    poll_interval: float = 1.0
+    max_moves: int = 2
+    rebalance_threshold: int = 2
+    rebalance: bool = True
+    handoff_timeout: float = 10.0
+    max_events_per_write: int = 100  # stay well inside one journal partition per batch
+
+    def __post_init__(self) -> None:
+        if self.poll_interval <= 0 or self.handoff_timeout <= 0:
+            raise ConfigError("poll_interval and handoff_timeout must be > 0")
+        if self.max_moves < 0 or self.rebalance_threshold < 2 or self.max_events_per_write < 1:
+            raise ConfigError(f"invalid coordinator settings {self!r}")
+
+
+async def _call_handoff(region: Any, shard: ShardId) -> None:
+    method = region.handoff
+    result = method.remote(shard) if hasattr(method, "remote") else method(shard)
+    if result is not None and hasattr(result, "__await__"):
+        await result
+
+
+class ShardCoordinator:
+    """Owns the allocation table of one raysource system. All public methods are coroutines.
+
+    ``journal_factory`` builds the journal inside the hosting process (it must be picklable
+    for Ray, which re-runs ``__init__`` after a crash); ``live_nodes`` returns the ids of the
+    alive nodes (a blocking call; it runs on an executor thread).
+
+    Startup recovers the table by replaying the coordinator's events, then (unless
+    ``poll=False``) starts the membership loop. If the journal reports a
+    ``ConcurrentWriteError`` another instance writes the table: this one stops its loop and
+    raises ``CoordinatorFencedError`` from then on. After a write with an unknown outcome it
+    re-reads its journal before deciding anything else.
+
+    Regions (``register_region``) are kept in memory only: after a coordinator restart they
+    must register again (a region should re-register when a coordinator call fails).
+    """
+
+    def __init__(
+        self,
+        system: str,
+        journal_factory: Callable[[], Journal],
+        live_nodes: Callable[[], Sequence[NodeId]],
+        settings: CoordinatorSettings | None = None,
+        *,
+        poll: bool = True,
+    ) -> None:
+        if not system or "|" in system:
+            raise ConfigError(f"invalid system name {system!r}")
+        self.system = system
+        self.persistence_id = coordinator_persistence_id(system)
+        self.settings = settings or CoordinatorSettings()
+        self._journal_factory = journal_factory
+        self._live_nodes_fn = live_nodes
+        self._poll = poll
+        self._writer_id = f"coordinator-{uuid.uuid4().hex[:12]}"
+        self._state = CoordinatorState()
+        self._seq = 0
+        self._journal: Journal | None = None
+        self._live: set[NodeId] = set()
+        self._regions: dict[NodeId, Any] = {}
+        self._moving: set[ShardId] = set()
+        self._lock = asyncio.Lock()
+        self._fenced: ConcurrentWriteError | None = None
+        self._started: asyncio.Task | None = None
+        self._poller: asyncio.Task | None = None
+        try:  # inside a Ray async actor a loop runs already: recover and poll without a caller
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            self._started = asyncio.ensure_future(self._startup())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._journal = await loop.run_in_executor(None, self._journal_factory)
+        await self._catch_up()
+        if self._poll:
+            self._poller = asyncio.ensure_future(self._poll_loop())
+
+    async def _ready(self) -> None:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._startup())
+        await asyncio.shield(self._started)
+        if self._fenced is not None:
+            raise self._fenced_error()
+
+    def _fenced_error(self) -> CoordinatorFencedError:
+        return CoordinatorFencedError(
+            f"coordinator {self._writer_id} of system {self.system!r} was fenced by another "
+            f"instance and stopped serving ({self._fenced})"
+        )
+
+    async def ready(self) -> int:
+        """Wait for recovery; returns the number of stored coordinator events."""
+        await self._ready()
+        return self._seq
+
+    async def shutdown(self) -> None:
+        """Stop the membership loop and close the journal. Idempotent."""
+        if self._poller is not None:
+            self._poller.cancel()
+        if self._started is not None and self._journal is not None:
+            await self._journal.close()
+
+    async def _catch_up(self) -> None:
+        assert self._journal is not None
+        async for stored in self._journal.replay(self.persistence_id, self._seq + 1):
+            event = _SERIALIZATION.decode(
+                stored.serializer_id, stored.manifest, bytes(stored.payload),
+                persistence_id=stored.persistence_id, sequence_nr=stored.sequence_nr,
+            )
+            self._state.apply(event)  # type: ignore[arg-type]
+            self._seq = stored.sequence_nr
+
+    async def _persist(self, events: Sequence[CoordinatorEvent]) -> None:
+        """Append ``events`` (in groups) and apply them. Callers hold ``self._lock``."""
+        assert self._journal is not None
+        step = self.settings.max_events_per_write
+        for i in range(0, len(events), step):
+            chunk = events[i : i + step]
+            now = datetime.now(timezone.utc)
+            group = []
+            for j, ev in enumerate(chunk, start=self._seq + 1):
+                ser_id, manifest, payload = _SERIALIZATION.encode(
+                    ev, persistence_id=self.persistence_id, sequence_nr=j
+                )
+                group.append(StoredEvent(self.persistence_id, j, payload, manifest, ser_id, now,
+                                         writer_id=self._writer_id))
+            try:
+                await self._journal.append(group)
+            except ConcurrentWriteError as exc:
+                self._fenced = exc
+                if self._poller is not None and self._poller is not asyncio.current_task():
+                    self._poller.cancel()
+                log.error("coordinator %s fenced on %s: stops serving", self._writer_id, exc)
+                raise self._fenced_error() from exc
+            except BaseException:
+                # Outcome unknown: the group may be stored. Re-read before the next decision.
+                await self._catch_up()
+                raise
+            for ev in chunk:
+                self._state.apply(ev)
+            self._seq += len(chunk)
+
+    async def _fresh_live(self) -> set[NodeId]:
+        loop = asyncio.get_running_loop()
+        nodes = await loop.run_in_executor(None, self._live_nodes_fn)
+        self._live = self._state.usable(nodes)
+        return self._live
+
+    # ------------------------------------------------------------------ API
+
+    async def register_type(self, type_name: str, number_of_shards: int) -> None:
+        """Declare an aggregate type's shard count (idempotent). A different count for a known
+        type raises ``ShardCountChangedError``."""
+        await self._ready()
+        async with self._lock:
+            await self._persist(self._state.decide_register(type_name, number_of_shards))
+
+    async def shard_counts(self) -> dict[str, int]:
+        await self._ready()
+        return dict(self._state.shard_counts)
+
+    async def home(self, type_name: str, shard: int, *, refresh: bool = False) -> NodeId:
+        """The node id hosting ``(type_name, shard)``; allocates it (least loaded live node)
+        on first request and re-homes it at once if its node is not live. While the shard is
+        being handed off, waits for the move. Membership is taken from the last poll unless
+        ``refresh`` (pass it when re-resolving after the returned node failed you).
+        ``ConfigError`` for an unknown type or out-of-range shard, ``NoLiveNodesError`` if no
+        node is alive."""
+        await self._ready()
+        sid = ShardId(type_name, shard)
+        current = self._state.owner.get(sid)
+        if current is not None and current in self._live and sid not in self._moving \
+                and not refresh:
+            return current
+        async with self._lock:
+            live = await self._fresh_live()
+            await self._persist(self._state.decide_home(sid, live))
+            return self._state.owner[sid]
+
+    async def home_of(
+        self, type_name: str, entity_id: str, *, refresh: bool = False
+    ) -> tuple[int, NodeId]:
+        """``(shard, node)`` for an entity of a registered type (see :meth:`home`)."""
+        await self._ready()
+        n = self._state.shard_counts.get(type_name)
+        if n is None:
+            raise ConfigError(f"aggregate type {type_name!r} is not registered")
+        shard = shard_of(entity_id, n)
+        return shard, await self.home(type_name, shard, refresh=refresh)
+
+    async def allocation(self) -> dict[NodeId, list[ShardId]]:
+        """The table: node id -> its shards (sorted)."""
+        await self._ready()
+        return {n: sorted(s) for n, s in sorted(self._state.allocation().items())}
+
+    async def nodes(self) -> list[NodeId]:
+        """The live node ids (fresh from the membership source)."""
+        await self._ready()
+        return sorted(await self._fresh_live())
+
+    async def register_region(self, node_id: NodeId, region: Any) -> None:
+        """Register the :class:`ShardRegion` of ``node_id`` (replaces an older one)."""
+        await self._ready()
+        self._regions[node_id] = region
+
+    async def tick(self) -> list[CoordinatorEvent]:
+        """One membership round (what the loop runs every ``poll_interval``): re-home the
+        shards of dead nodes, then (if enabled) one bounded rebalance round with handoff.
+        Returns the events recorded."""
+        await self._ready()
+        async with self._lock:
+            live = await self._fresh_live()
+            events = self._state.decide_dead(live)
+            await self._persist(events)
+            for ev in events:
+                if isinstance(ev, NodeRemoved):
+                    self._regions.pop(ev.node, None)
+            if self.settings.rebalance:
+                events += await self._rebalance_round(live)
+            return events
+
+    async def begin_rebalance(self, max_moves: int | None = None) -> list[ShardMoved]:
+        """Run one rebalance round now (also when automatic rebalancing is off)."""
+        await self._ready()
+        async with self._lock:
+            return await self._rebalance_round(await self._fresh_live(), max_moves)
+
+    async def _rebalance_round(
+        self, live: set[NodeId], max_moves: int | None = None
+    ) -> list[ShardMoved]:
+        moves = self._state.plan_rebalance(
+            live, self.settings.max_moves if max_moves is None else max_moves,
+            self.settings.rebalance_threshold,
+        )
+        done: list[ShardMoved] = []
+        for m in moves:
+            region = self._regions.get(m.from_node)
+            self._moving.add(m.shard)
+            try:
+                if region is not None:
+                    await asyncio.wait_for(_call_handoff(region, m.shard),
+                                           self.settings.handoff_timeout)
+            except Exception as exc:  # noqa: BLE001 - the shard stays; retried next round
+                log.warning("handoff of %s from %s failed (%r): not moved", m.shard,
+                            m.from_node, exc)
+                continue
+            else:
+                ev = ShardMoved(m.shard.type_name, m.shard.shard, m.from_node, m.to_node)
+                await self._persist([ev])
+                done.append(ev)
+            finally:
+                self._moving.discard(m.shard)
+        return done
+
+    async def _poll_loop(self) -> None:
+        while self._fenced is None:
+            try:
+                await self.tick()
+            except CoordinatorFencedError:
+                return
+            except asyncio.CancelledError:
+                raise
+            except NoLiveNodesError:
+                pass
+            except Exception:  # noqa: BLE001 - a failed round is retried next interval
+                log.exception("coordinator %s: membership round failed", self.system)
+            await asyncio.sleep(self.settings.poll_interval)

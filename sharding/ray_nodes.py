@@ -1,0 +1,104 @@
+"""The sharding layer's only contact with Ray: node membership, placement options, and the
+coordinator actor. Everything else in ``sharding`` is testable without Ray.
+
+Ray has no push notification for membership changes: the coordinator polls ``live_nodes``.
+A crashed node shows up as dead after Ray's health check gives up (~14 s by default; e.g.
+``_system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 3}`` on
+the head brings it to ~2 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from journal.api import Journal
+from sharding.allocation import NodeId
+from sharding.coordinator import CoordinatorSettings, ShardCoordinator
+
+__all__ = [
+    "coordinator_name",
+    "current_node_id",
+    "get_coordinator",
+    "get_or_create_coordinator",
+    "live_nodes",
+    "node_affinity",
+    "stop_coordinator",
+]
+
+COORDINATOR_PREFIX = "raysource-coordinator-"
+
+
+def live_nodes() -> list[NodeId]:
+    """Hex ids of the nodes Ray reports alive (a blocking GCS call: run it off the loop)."""
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def current_node_id() -> NodeId:
+    """Hex id of the node this process runs on."""
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_affinity(node_id: NodeId, *, soft: bool = False, num_cpus: float = 0.01) -> dict[str, Any]:
+    """Actor ``.options(**...)`` that pin an actor to ``node_id``.
+
+    A small non-zero CPU request is needed: Ray places zero-resource actors at random. With
+    ``soft=False`` creation fails (rather than landing elsewhere) if the node is gone.
+    """
+    return {
+        "num_cpus": num_cpus,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=soft),
+    }
+
+
+def coordinator_name(system: str) -> str:
+    return f"{COORDINATOR_PREFIX}{system}"
+
+
+def get_or_create_coordinator(
+    system: str,
+    journal_factory: Callable[[], Journal],
+    settings: CoordinatorSettings | None = None,
+    *,
+    namespace: str | None = None,
+    actor_options: dict[str, Any] | None = None,
+):
+    """The system's coordinator actor handle, created if it does not exist yet.
+
+    Named ``raysource-coordinator-<system>``, detached (outlives the driver), restarted by Ray
+    without limit (``__init__`` re-runs, so it recovers its table from the journal built by
+    ``journal_factory``, which must be picklable). If the actor exists, it is returned as is:
+    ``journal_factory``/``settings`` of this call are then ignored. Every method of
+    :class:`~sharding.coordinator.ShardCoordinator` is called as ``handle.<method>.remote()``.
+    ``actor_options`` override Ray options (e.g. ``node_affinity(head, soft=True)``).
+    """
+    options: dict[str, Any] = {
+        "name": coordinator_name(system),
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "num_cpus": 0,
+    }
+    if namespace is not None:
+        options["namespace"] = namespace
+    options.update(actor_options or {})
+    actor_cls = ray.remote(ShardCoordinator)
+    return actor_cls.options(**options).remote(system, journal_factory, live_nodes, settings)
+
+
+def get_coordinator(system: str, *, namespace: str | None = None):
+    """The existing coordinator of ``system`` (``ValueError`` if there is none)."""
+    return ray.get_actor(coordinator_name(system), namespace=namespace)
+
+
+def stop_coordinator(system: str, *, namespace: str | None = None) -> bool:
+    """Kill the coordinator of ``system`` for good (no restart). False if none was running."""
+    try:
+        handle = get_coordinator(system, namespace=namespace)
+    except ValueError:
+        return False
+    ray.kill(handle, no_restart=True)
+    return True
