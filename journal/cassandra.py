@@ -1,0 +1,401 @@
+"""The Cassandra journal.
+
+Layout (see ``journal.schema``): events are partitioned by ``(persistence_id, partition_nr)``
+and clustered by ``sequence_nr``. Every statement is prepared; every append is **one
+single-partition batch**, so an atomic group is all-or-nothing.
+
+Partition placement and the fencing guard
+-----------------------------------------
+``pn(s) = (s - 1) // partition_size`` is the nominal partition of sequence number ``s``. An atomic
+group is written, whole, to the partition of its **first** sequence number. A group that crosses
+the nominal boundary therefore overflows the partition by at most ``partition_size - 1`` rows
+(groups larger than ``partition_size`` are rejected with ``InvalidAppendError``), and the group
+after it starts the next partition.
+
+Placing by the *first* number (rather than moving a crossing group to the next partition, as
+akka-persistence-cassandra does) is what makes the guard sound: a conditional batch can only see
+its own partition, and two writers racing for sequence number ``n`` both start their groups at
+``n`` (each appends at the ``highest + 1`` it read; groups are atomic, so no stored group can
+contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always meet in partition
+``pn(n)`` whatever their group sizes. With "crossing group moves", ``[4999, 5000]`` and
+``[4999, 5000, 5001]`` would land in different partitions and both succeed.
+
+* guard on (``fencing=True``): ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
+  batch at the serial consistency (LOCAL_SERIAL). If any number is taken nothing is written and
+  ``ConcurrentWriteError`` names the first taken number.
+* guard off: a plain unlogged single-partition batch; a duplicate writer silently overwrites rows
+  with the same sequence numbers (last write wins per row; a shorter group leaves the tail of
+  the longer one in place).
+
+Replay reads partition ``pn(from) - 1`` (it may hold the overflow of a crossing group), then
+``pn(from)``, ``pn(from) + 1``, ... and stops at the first partition from ``pn(from)`` on that has
+no row in range, or at ``to_sequence_nr``. Partitions never have holes between them because
+groups are contiguous and no longer than a partition. Rows are streamed with the driver's paging
+(``fetch_size``), so memory is bounded by two pages.
+
+``highest_sequence_nr`` scans partitions upwards for their largest sequence number (one
+``ORDER BY sequence_nr DESC LIMIT 1`` query each), starting from a per-id ``partition_hint``
+stored in the metadata table (written, once per partition per process, after the append that
+first used that partition), or from the partition of ``deleted_to``. Cost: about two queries for a
+live aggregate, whatever its history length. The hint is only a lower bound: losing its write
+makes the scan longer, never wrong.
+
+``delete_to`` stores a logical ``deleted_to`` mark (clamped to the highest sequence number); no
+row is deleted on the write path.
+
+Tag query: offsets and the visibility guarantee
+------------------------------------------------
+For every tag of every event a row is written to ``tag_views`` partitioned by
+``(tag, hour bucket)`` and clustered by ``(timestamp_us, persistence_id, sequence_nr)``, where
+``timestamp_us`` is the writer's wall clock when the tag write started. This tuple is the
+:class:`~journal.api.TagOffset`. Tag rows are written after the event batch succeeded and
+**before** ``append`` returns.
+
+A tag query run at (reader clock) time ``r`` returns only rows with
+``timestamp_us <= r - eventual_consistency_delay`` (the cutoff). If a tag write took longer than
+``tag_write_budget`` (< the delay; default half of it), the journal writes the rows again with a
+fresh timestamp (up to three times, else ``JournalUnavailableError``: outcome unknown) before
+acknowledging.
+
+Guarantee: *a reader that resumes from any offset it was given never misses an event that was
+acknowledged before it read.* Why: an acknowledged event has a tag row with timestamp ``t``
+whose write completed within ``budget`` of ``t``. Any query whose cutoff is ``>= t`` runs at
+``r >= t + delay > t + budget + skew``, i.e. after that row is readable at the configured
+consistency (LOCAL_QUORUM write and read), so the row is either returned or lies above the cutoff
+and hence above every offset the reader was handed. Assumptions: wall clocks of writer and
+reader hosts differ by less than ``delay - budget``, writes and reads use overlapping consistency
+levels, and the writer process does not stall between taking the timestamp and sending the
+write by more than the budget (which is measured around both).
+Visibility delay: ``eventual_consistency_delay`` (default 5 s).
+Delivery is at-least-once: re-written rows are duplicates with later offsets; one query
+suppresses duplicates it has seen, consumers dedupe by ``(persistence_id, sequence_nr)``.
+Known gap: if the writer dies after the event batch and before the tag rows, the event is in the
+journal but not in the tag stream (it was never acknowledged; no repair job exists yet).
+With the guard off, a duplicate writer's overwrite is not reflected reliably in tag streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cassandra.query import BatchStatement, BatchType
+
+from journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
+from journal.config import CassandraConfig
+from journal.errors import ConcurrentWriteError, JournalUnavailableError
+from journal.memory import validate_group
+from journal.schema import create_schema
+from journal.session import RAW_PROFILE, CassandraSession, consistency
+
+__all__ = ["CassandraJournal", "to_us", "from_us"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MAX_SEQ = 2**63 - 1
+_BUCKET_US = 3600 * 1_000_000
+_TAG_ATTEMPTS = 3
+
+
+def to_us(ts: datetime) -> int:
+    if ts.tzinfo is None:  # naive timestamps are taken as UTC
+        ts = ts.replace(tzinfo=timezone.utc)
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int | None) -> datetime:
+    return _EPOCH + timedelta(microseconds=us or 0)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class CassandraJournal(Journal):
+    """A :class:`~journal.api.Journal` on Cassandra. See the module docstring for layout,
+    fencing, paging and the tag-query guarantee.
+
+    Build with ``await CassandraJournal.connect(config, create_schema=True)`` (owns its
+    session) or ``CassandraJournal(session, config)`` to share a session.
+    """
+
+    def __init__(self, session: CassandraSession, config: CassandraConfig | None = None, *,
+                 fencing: bool | None = None, own_session: bool = False) -> None:
+        self.session = session
+        self.config = config or session.config
+        self.fencing = self.config.fencing if fencing is None else fencing
+        self.capabilities = JournalCapabilities(fencing=self.fencing, tags=True, delete=True)
+        self._own_session = own_session
+        self._ps: dict[str, Any] = {}
+        self._prep_lock = asyncio.Lock()
+        self._hints: dict[str, int] = {}  # pid -> partition hint written by this process
+        self._tag_first: dict[str, int] = {}  # tag -> first bucket known to be recorded
+        self._closed = False
+        self.write_count = 0
+
+    @classmethod
+    async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
+                      fencing: bool | None = None) -> "CassandraJournal":
+        session = CassandraSession(config)
+        await session.connect(keyspace="")
+        try:
+            if create_schema:
+                await _create(session, config)
+            journal = cls(session, config, fencing=fencing, own_session=True)
+            await journal._prepare()
+        except BaseException:
+            await session.close()
+            raise
+        return journal
+
+    async def _prepare(self) -> dict[str, Any]:
+        if self._ps:
+            return self._ps
+        async with self._prep_lock:
+            if self._ps:
+                return self._ps
+            c = self.config
+            ks = c.keyspace
+            ev, md, tv, tm = (f"{ks}.{c.events_table}", f"{ks}.{c.metadata_table}",
+                              f"{ks}.{c.tag_table}", f"{ks}.{c.tag_metadata_table}")
+            w, r, s = c.write_consistency, c.read_consistency, c.serial_consistency
+            cols = ("persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, "
+                    "manifest, payload, tags, meta")
+            p = self.session.prepare
+            ps = {
+                "insert": await p(f"INSERT INTO {ev} ({cols}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                  consistency_level=w),
+                "insert_if": await p(
+                    f"INSERT INTO {ev} ({cols}) VALUES (?,?,?,?,?,?,?,?,?,?) IF NOT EXISTS",
+                    consistency_level=w, serial_consistency_level=s),
+                "range": await p(
+                    f"SELECT sequence_nr, timestamp_us, writer_id, ser_id, manifest, payload, "
+                    f"tags, meta FROM {ev} WHERE persistence_id = ? AND partition_nr = ? "
+                    f"AND sequence_nr >= ? AND sequence_nr <= ?", consistency_level=r),
+                "max_in_partition": await p(
+                    f"SELECT sequence_nr FROM {ev} WHERE persistence_id = ? AND partition_nr = ? "
+                    f"ORDER BY sequence_nr DESC LIMIT 1", consistency_level=r),
+                "meta": await p(f"SELECT deleted_to, partition_hint FROM {md} "
+                                f"WHERE persistence_id = ?", consistency_level=r),
+                "set_deleted": await p(f"UPDATE {md} SET deleted_to = ? WHERE persistence_id = ?",
+                                       consistency_level=w),
+                "set_hint": await p(f"UPDATE {md} SET partition_hint = ? "
+                                    f"WHERE persistence_id = ?", consistency_level=w),
+                "tag_insert": await p(
+                    f"INSERT INTO {tv} (tag, bucket, timestamp_us, persistence_id, sequence_nr, "
+                    f"event_timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
+                    f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", consistency_level=w),
+                "tag_select": await p(
+                    f"SELECT timestamp_us, persistence_id, sequence_nr, event_timestamp_us, "
+                    f"writer_id, ser_id, manifest, payload, tags, meta FROM {tv} "
+                    f"WHERE tag = ? AND bucket = ? "
+                    f"AND (timestamp_us, persistence_id, sequence_nr) > (?, ?, ?) "
+                    f"AND timestamp_us <= ?", consistency_level=r),
+                "tag_first_get": await p(f"SELECT first_bucket FROM {tm} WHERE tag = ?",
+                                         consistency_level=r),
+                "tag_first_new": await p(
+                    f"INSERT INTO {tm} (tag, first_bucket) VALUES (?, ?) IF NOT EXISTS",
+                    consistency_level=w, serial_consistency_level=s),
+                "tag_first_lower": await p(
+                    f"UPDATE {tm} SET first_bucket = ? WHERE tag = ? IF first_bucket = ?",
+                    consistency_level=w, serial_consistency_level=s),
+            }
+            self._ps = ps
+            return ps
+
+    def _pn(self, seq: int) -> int:
+        return (seq - 1) // self.config.partition_size
+
+    # ------------------------------------------------------------------ append
+
+    async def append(self, events: Sequence[StoredEvent]) -> None:
+        events = list(events)
+        validate_group(events, self.config.partition_size)
+        ps = await self._prepare()
+        pid, first = events[0].persistence_id, events[0].sequence_nr
+        pnr = self._pn(first)
+        c = self.config
+        if self.fencing:
+            batch = BatchStatement(BatchType.LOGGED,
+                                   consistency_level=consistency(c.write_consistency),
+                                   serial_consistency_level=consistency(c.serial_consistency))
+            stmt = ps["insert_if"]
+        else:
+            batch = BatchStatement(BatchType.UNLOGGED,
+                                   consistency_level=consistency(c.write_consistency))
+            stmt = ps["insert"]
+        for e in events:
+            batch.add(stmt, (pid, pnr, e.sequence_nr, to_us(e.timestamp), e.writer_id,
+                             e.serializer_id, e.manifest, bytes(e.payload),
+                             set(e.tags) or None, dict(e.metadata) or None))
+        # The default profile gives named rows: a refused conditional batch returns the
+        # existing rows, and we need their sequence_nr column.
+        rows = await self.session.execute_batch(batch)
+        if self.fencing and rows and not rows[0][0]:
+            taken = sorted(r.sequence_nr for r in rows
+                           if getattr(r, "sequence_nr", None) is not None)
+            raise ConcurrentWriteError(pid, taken[0] if taken else first)
+        self.write_count += 1
+        follow_ups = []
+        if pnr > 0 and self._hints.get(pid, -1) < pnr:
+            follow_ups.append(self._write_hint(pid, pnr))
+        if any(e.tags for e in events):
+            follow_ups.append(self._write_tags(events))
+        if follow_ups:
+            await asyncio.gather(*follow_ups)
+
+    async def _write_hint(self, pid: str, pnr: int) -> None:
+        await self.session.execute(self._ps["set_hint"], (pnr, pid))
+        if len(self._hints) > 100_000:
+            self._hints.clear()
+        self._hints[pid] = pnr
+
+    async def _write_tags(self, events: list[StoredEvent]) -> None:
+        budget = self.config.tag_budget
+        for _attempt in range(_TAG_ATTEMPTS):
+            tags = {t for e in events for t in e.tags}
+            pre = _now_us() // _BUCKET_US
+            await asyncio.gather(*(self._ensure_first_bucket(t, pre) for t in tags))
+            started = time.monotonic()
+            ts = _now_us()
+            bucket = ts // _BUCKET_US
+            if bucket < pre:  # the wall clock stepped back across an hour
+                await asyncio.gather(*(self._ensure_first_bucket(t, bucket) for t in tags))
+            ins = self._ps["tag_insert"]
+            await asyncio.gather(*(
+                self.session.execute(ins, (
+                    tag, bucket, ts, e.persistence_id, e.sequence_nr, to_us(e.timestamp),
+                    e.writer_id, e.serializer_id, e.manifest, bytes(e.payload),
+                    set(e.tags), dict(e.metadata) or None))
+                for e in events for tag in sorted(e.tags)
+            ))
+            if time.monotonic() - started <= budget:
+                return
+        raise JournalUnavailableError(
+            f"tag rows of {events[0].persistence_id!r} {events[0].sequence_nr}.."
+            f"{events[-1].sequence_nr} were not written within {budget:.3f} s in "
+            f"{_TAG_ATTEMPTS} attempts; the events are stored but were not acknowledged"
+        )
+
+    async def _ensure_first_bucket(self, tag: str, bucket: int) -> None:
+        """Make ``tag_metadata.first_bucket <= bucket`` (a CAS loop; once per tag and process
+        unless the clock goes back across an hour)."""
+        known = self._tag_first.get(tag)
+        if known is not None and known <= bucket:
+            return
+        s = self.session
+        rows = await s.execute(self._ps["tag_first_new"], (tag, bucket))
+        while not rows[0][0]:
+            current = rows[0].first_bucket
+            if current is None or current <= bucket:
+                break
+            rows = await s.execute(self._ps["tag_first_lower"], (bucket, tag, current))
+        self._tag_first[tag] = bucket
+
+    # ------------------------------------------------------------------ reads
+
+    async def _meta(self, pid: str) -> tuple[int, int]:
+        row = await self.session.select_one(self._ps["meta"], (pid,), profile=RAW_PROFILE)
+        if row is None:
+            return 0, 0
+        return row[0] or 0, row[1] or 0
+
+    async def replay(self, persistence_id: str, from_sequence_nr: int = 1,
+                     to_sequence_nr: int | None = None) -> AsyncIterator[StoredEvent]:
+        ps = await self._prepare()
+        deleted_to, _ = await self._meta(persistence_id)
+        start = max(from_sequence_nr, deleted_to + 1, 1)
+        upper = _MAX_SEQ if to_sequence_nr is None else to_sequence_nr
+        if start > upper:
+            return
+        first_p = self._pn(start)
+        p = max(0, first_p - 1)
+        while True:
+            n, last = 0, 0
+            async for row in self.session.stream(ps["range"], (persistence_id, p, start, upper),
+                                                 profile=RAW_PROFILE):
+                seq, ts, writer, sid, manifest, payload, tags, meta = row
+                n, last = n + 1, seq
+                yield StoredEvent(persistence_id, seq, payload, manifest, sid, from_us(ts),
+                                  writer or "", frozenset(tags or ()), dict(meta or {}))
+            if last >= upper or (p >= first_p and n == 0):
+                return
+            if n:
+                start = last + 1
+            p += 1
+
+    async def highest_sequence_nr(self, persistence_id: str) -> int:
+        ps = await self._prepare()
+        deleted_to, hint = await self._meta(persistence_id)
+        p0 = max(hint, self._pn(deleted_to) - 1 if deleted_to else 0, 0)
+        highest, p = deleted_to, p0
+        while True:
+            row = await self.session.select_one(ps["max_in_partition"], (persistence_id, p),
+                                                profile=RAW_PROFILE)
+            if row is None:
+                if p > p0:
+                    return highest
+            else:
+                highest = max(highest, row[0])
+            p += 1
+
+    async def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
+        ps = await self._prepare()
+        to = min(to_sequence_nr, await self.highest_sequence_nr(persistence_id))
+        deleted_to, _ = await self._meta(persistence_id)
+        if to > deleted_to:
+            await self.session.execute(ps["set_deleted"], (to, persistence_id))
+
+    async def events_by_tag(self, tag: str, after: TagOffset | None = None, *,
+                            limit: int | None = None) -> AsyncIterator[TaggedEvent]:
+        ps = await self._prepare()
+        after = after or TagOffset.start()
+        cutoff = _now_us() - int(self.config.eventual_consistency_delay * 1_000_000)
+        if after.timestamp_us >= cutoff:
+            return
+        row = await self.session.select_one(ps["tag_first_get"], (tag,), profile=RAW_PROFILE)
+        if row is None or row[0] is None:
+            return
+        bucket = max(row[0], after.timestamp_us // _BUCKET_US)
+        seen: OrderedDict[tuple[str, int], int] = OrderedDict()
+        window = int(10 * self.config.eventual_consistency_delay * 1_000_000)
+        n = 0
+        while bucket <= cutoff // _BUCKET_US:
+            params = (tag, bucket, after.timestamp_us, after.persistence_id, after.sequence_nr,
+                      cutoff)
+            async for r in self.session.stream(ps["tag_select"], params, profile=RAW_PROFILE):
+                ts, pid, seq, ets, writer, sid, manifest, payload, tags, meta = r
+                key = (pid, seq)
+                while seen and next(iter(seen.values())) < ts - window:
+                    seen.popitem(last=False)
+                if key in seen:
+                    continue  # a re-written tag row (at-least-once); skip within one query
+                seen[key] = ts
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield TaggedEvent(tag, TagOffset(ts, pid, seq), StoredEvent(
+                    pid, seq, payload, manifest, sid, from_us(ets), writer or "",
+                    frozenset(tags or ()), dict(meta or {})))
+            bucket += 1
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._own_session:
+            await self.session.close()
+
+
+async def _create(session: CassandraSession, config: CassandraConfig) -> None:
+    await create_schema(session, config)
+
+
+def new_writer_id() -> str:
+    """A fresh writer id for one activation (diagnostics of fencing conflicts)."""
+    return uuid.uuid4().hex[:12]
+
