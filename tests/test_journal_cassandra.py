@@ -1,0 +1,266 @@
+"""Cassandra-specific journal behaviour on a real node: session, config/schema, streaming of a
+100k-event history, tag-row re-writes. (The shared contract lives in tests/contract.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from journal.api import StoredEvent
+from journal.cassandra import CassandraJournal
+from journal.config import CassandraConfig
+from journal.errors import ConfigError, JournalError, JournalUnavailableError
+from journal.memory import InMemoryJournal
+from journal.schema import create_schema, schema_cql
+from journal.session import CassandraSession
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def ev(pid: str, seq: int, tags=(), size: int = 40) -> StoredEvent:
+    return StoredEvent(pid, seq, (b"%d:" % seq).ljust(size, b"x"), "t.E#1", 1, T0,
+                       "w", frozenset(tags))
+
+
+# ---------------------------------------------------------------- config and schema (no node)
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "ks; DROP KEYSPACE x", "a-b", "x" * 49, "ks.t"])
+def test_invalid_names_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        CassandraConfig(keyspace=bad)
+    with pytest.raises(ConfigError):
+        CassandraConfig(events_table=bad)
+
+
+def test_config_validation_and_from_contact():
+    cfg = CassandraConfig.from_contact("db.example:9142", keyspace="shop", partition_size=10)
+    assert cfg.contact_points == ("db.example",) and cfg.port == 9142
+    assert cfg.write_consistency == "LOCAL_QUORUM" and cfg.serial_consistency == "LOCAL_SERIAL"
+    assert CassandraConfig.from_contact("h").port == 9042
+    for kwargs in ({"partition_size": 0}, {"write_consistency": "MOST"},
+                   {"serial_consistency": "QUORUM"}, {"replication_strategy": "Nope"},
+                   {"replication_strategy": "NetworkTopologyStrategy"},
+                   {"username": "u"}, {"eventual_consistency_delay": 1, "tag_write_budget": 2},
+                   {"port": 0}):
+        with pytest.raises(ConfigError):
+            CassandraConfig(**kwargs)
+    with pytest.raises(ConfigError):
+        CassandraConfig.from_contact("host:notaport")
+
+
+def test_schema_cql_for_operators():
+    cql = schema_cql(CassandraConfig(
+        keyspace="prod_ks", replication_strategy="NetworkTopologyStrategy",
+        datacenters={"dc1": 3, "dc2": 3}))
+    assert "CREATE KEYSPACE IF NOT EXISTS prod_ks WITH replication = {'class': " \
+           "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
+    assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)" in cql
+    assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
+    assert cql.count(";") == 6
+
+
+# ---------------------------------------------------------------- session (real node)
+
+
+@pytest.fixture(scope="module")
+def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
+    return CassandraConfig.from_contact(cassandra_contact, keyspace=cassandra_keyspace,
+                                        request_timeout=30.0, fetch_size=1000,
+                                        eventual_consistency_delay=0.4)
+
+
+@pytest.fixture
+async def session(config):
+    s = await CassandraSession(config).connect(keyspace="")
+    await create_schema(s, config, keyspace=False)
+    yield s
+    await s.close()
+
+
+@pytest.mark.cassandra
+async def test_session_select_and_stream(session, config):
+    ks = config.keyspace
+    await session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.kv (k text, n int, v text, "
+                          "PRIMARY KEY (k, n))", prepare=False)
+    ins = f"INSERT INTO {ks}.kv (k, n, v) VALUES (?, ?, ?)"
+    await asyncio.gather(*(session.execute(ins, ("a", i, f"v{i}")) for i in range(25)))
+    row = await session.select_one(f"SELECT v FROM {ks}.kv WHERE k = ? AND n = ?", ("a", 3))
+    assert row.v == "v3"
+    assert await session.select_one(f"SELECT v FROM {ks}.kv WHERE k = ?", ("zz",)) is None
+    rows = await session.select_all(f"SELECT n FROM {ks}.kv WHERE k = ?", ("a",))
+    assert [r.n for r in rows] == list(range(25))
+    streamed = [r.n async for r in session.stream(f"SELECT n FROM {ks}.kv WHERE k = ?", ("a",),
+                                                  fetch_size=4)]
+    assert streamed == list(range(25))
+    with pytest.raises(JournalError) as ei:
+        await session.execute(f"SELECT nope FROM {ks}.missing_table")
+    assert ei.value.__cause__ is not None
+
+
+@pytest.mark.cassandra
+async def test_connect_never_blocks_the_loop(config):
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    t = asyncio.create_task(ticker())
+    s = CassandraSession(config)
+    await s.connect()
+    t.cancel()
+    await s.close()
+    assert ticks >= 3  # the loop kept running while Cluster.connect() ran in the pool
+
+
+async def test_unreachable_cluster_is_journal_unavailable():
+    cfg = CassandraConfig.from_contact("127.0.0.1:1", connect_timeout=1.0)
+    with pytest.raises(JournalUnavailableError) as ei:
+        await CassandraSession(cfg).connect()
+    assert ei.value.__cause__ is not None
+
+
+@pytest.mark.cassandra
+async def test_client_timeout_is_journal_unavailable(session, config):
+    # a tiny client-side timeout on a full scan surfaces as JournalUnavailableError
+    with pytest.raises(JournalUnavailableError):
+        for _ in range(20):
+            await session.execute(f"SELECT * FROM {config.keyspace}.messages", timeout=1e-6)
+
+
+# ---------------------------------------------------------------- journal specifics
+
+
+@pytest.mark.cassandra
+async def test_replay_of_100k_events_streams(session, config):
+    """Seed 100k events fast (guard off, 500-event groups), then replay: the first event arrives
+    after two page requests, long before the history is read, and paging stays one page ahead."""
+    cfg = config.with_(fencing=False, partition_size=5000, fetch_size=1000)
+    j = CassandraJournal(session, cfg)
+    pid = "big-history"
+    n, g = 100_000, 500
+    sem = asyncio.Semaphore(8)
+
+    async def put(first: int) -> None:
+        async with sem:
+            await j.append([ev(pid, s) for s in range(first, first + g)])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(put(f) for f in range(1, n + 1, g)))
+    seeded = time.perf_counter() - t0
+    assert await j.highest_sequence_nr(pid) == n
+
+    calls = 0
+    real = session.execute_async
+
+    def counting(*a, **kw):
+        nonlocal calls
+        calls += 1
+        return real(*a, **kw)
+
+    session.execute_async = counting  # type: ignore[method-assign]
+    try:
+        it = j.replay(pid)
+        first = await it.__anext__()
+        calls_at_first = calls
+        expected, count = 2, 1
+        assert first.sequence_nr == 1
+        async for e in it:
+            assert e.sequence_nr == expected
+            expected += 1
+            count += 1
+            if count == 50_000:
+                assert calls < n // 1000  # still paging, not everything fetched
+    finally:
+        session.execute_async = real  # type: ignore[method-assign]
+    assert count == n
+    assert calls_at_first <= 3  # metadata read + first page + prefetch of the second
+    assert calls >= n // 1000  # one request per page of 1000 rows
+    print(f"seeded {n} events in {seeded:.1f} s; replay used {calls} requests")
+
+
+async def test_memory_replay_of_100k_events_is_lazy():
+    j = InMemoryJournal(fencing=False, page_size=256)
+    for first in range(1, 100_001, 1000):
+        await j.append([ev("p", s) for s in range(first, first + 1000)])
+    it = j.replay("p")
+    assert (await it.__anext__()).sequence_nr == 1
+    assert sum([1 async for _ in it]) == 99_999
+
+
+@pytest.mark.cassandra
+async def test_slow_tag_write_is_rewritten_before_ack(session, config):
+    """A tag write slower than the budget is re-written with a fresh timestamp before the append
+    returns; readers see the event once per query (duplicates are at-least-once across queries)."""
+    cfg = config.with_(eventual_consistency_delay=0.4, tag_write_budget=0.1)
+    j = CassandraJournal(session, cfg)
+    await j._prepare()
+    tag_insert = j._ps["tag_insert"]
+    real = session.execute
+    slow_left = 1
+
+    async def slow_execute(stmt, *a, **kw):
+        nonlocal slow_left
+        if stmt is tag_insert and slow_left > 0:
+            slow_left -= 1
+            await asyncio.sleep(0.25)
+        return await real(stmt, *a, **kw)
+
+    session.execute = slow_execute  # type: ignore[method-assign]
+    tag = f"slow{time.time_ns()}"
+    try:
+        await j.append([ev("slowtag", 1, tags={tag})])
+    finally:
+        session.execute = real  # type: ignore[method-assign]
+    rows = await session.select_all(
+        f"SELECT timestamp_us FROM {config.keyspace}.tag_views WHERE tag = ? AND bucket = ?",
+        (tag, time.time_ns() // 1000 // 3_600_000_000))
+    assert len(rows) == 2  # the slow row and its re-write
+    await asyncio.sleep(0.55)
+    got = [t async for t in j.events_by_tag(tag)]
+    assert [(t.event.persistence_id, t.event.sequence_nr) for t in got] == [("slowtag", 1)]
+
+    # always too slow: the append is not acknowledged
+    async def always_slow(stmt, *a, **kw):
+        if stmt is tag_insert:
+            await asyncio.sleep(0.15)
+        return await real(stmt, *a, **kw)
+
+    session.execute = always_slow  # type: ignore[method-assign]
+    try:
+        with pytest.raises(JournalUnavailableError):
+            await j.append([ev("slowtag", 2, tags={tag})])
+    finally:
+        session.execute = real  # type: ignore[method-assign]
+
+
+@pytest.mark.cassandra
+async def test_tag_rows_newer_than_the_delay_are_not_visible_yet(session, config):
+    j = CassandraJournal(session, config.with_(eventual_consistency_delay=1.0))
+    tag = f"fresh{time.time_ns()}"
+    await j.append([ev("fresh", 1, tags={tag})])
+    assert [t async for t in j.events_by_tag(tag)] == []
+    await asyncio.sleep(1.1)
+    assert len([t async for t in j.events_by_tag(tag)]) == 1
+
+
+@pytest.mark.cassandra
+async def test_two_journal_instances_fence_each_other(session, config):
+    """Two activations with separate sessions (as on two nodes) race for one id."""
+    other = await CassandraSession(config).connect()
+    try:
+        a, b = CassandraJournal(session, config), CassandraJournal(other, config)
+        res = await asyncio.gather(a.append([ev("dup", 1), ev("dup", 2)]),
+                                   b.append([ev("dup", 1)]), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in res) == ["ConcurrentWriteError", "NoneType"]
+        assert await a.highest_sequence_nr("dup") in (1, 2)
+        assert [e.sequence_nr async for e in b.replay("dup")] == list(
+            range(1, await b.highest_sequence_nr("dup") + 1))
+    finally:
+        await other.close()
