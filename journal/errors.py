@@ -28,6 +28,8 @@ without importing upwards.
         ├── HandlerError                 the user's handler raised; state unchanged
         ├── PersistFailedError           the events of this command could not be made durable
         ├── AggregateStoppedError        the activation stopped (fenced, passivated) before reply
+        │   └── PassivatedError          the host passivated/handed off this aggregate; not applied
+        ├── HostCrashedError             the host actor died with the command in flight (unknown)
         └── AskTimeoutError              no reply within the caller's timeout (outcome unknown)
 """
 
@@ -220,6 +222,19 @@ class AggregateStoppedError(CommandError):
 
     The command was not applied by this activation; retrying reaches a fresh activation.
     """
+
+
+class PassivatedError(AggregateStoppedError):
+    """The host passivated (idle, evicted, handed off) this aggregate before the command
+    reached it. The command was not applied; a retry reaches a fresh activation (references
+    re-resolve and re-send transparently)."""
+
+
+class HostCrashedError(CommandError):
+    """The actor hosting the aggregate died (crash, ``ray.kill``, lost node) while the command
+    was in flight. The outcome is unknown: the command may or may not have been applied, so it
+    is not re-sent automatically. The next command reaches a fresh activation that recovers
+    every acknowledged event."""
 
 
 class AskTimeoutError(CommandError, TimeoutError):

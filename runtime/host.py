@@ -1,0 +1,360 @@
+"""Many entity cores of one aggregate type inside one process, without Ray.
+
+:class:`AggregateHost` is what a Ray host actor wraps (``runtime.ray_host``), in both placements:
+a *dedicated* actor hosts one entity (``reactivate=False``: once that entity is deactivated the
+host never activates it again, the actor retires), a *hosted* actor hosts many.
+
+Contracts:
+
+* **One activation per entity in this host.** Activation (recovery) is bounded by a semaphore
+  (``max_concurrent_recoveries``); commands for an entity that is recovering wait for it.
+* **Passivation** (idle timeout sweep, the ``max_active`` cap with least recently used first,
+  :meth:`AggregateHost.passivate`, :meth:`AggregateHost.handoff`) stops the core, which first
+  finishes every command already in its mailbox. A command that races with it is either in that
+  mailbox (processed by the old core) or waits until the old core has fully stopped and then
+  goes to a fresh core that recovers after it — never lost, never run twice.
+* **Fencing**: a core that stopped on its own (a concurrent writer, a failed recovery) is
+  dropped; its commands got ``AggregateStoppedError`` and the next command activates a fresh
+  core that recovers the true history (``reactivate=True``), or gets ``PassivatedError``
+  (``reactivate=False``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from journal.api import Journal
+from journal.errors import AggregateStoppedError, ConfigError, PassivatedError
+from journal.serialization import Serialization
+from runtime.aggregate import AggregateType
+from runtime.core import EntityCore
+from snapshots.api import SnapshotStore
+
+__all__ = ["AggregateHost", "HostStats", "DeactivationReason"]
+
+log = logging.getLogger(__name__)
+
+DeactivationReason = str  # "idle" | "evicted" | "passivated" | "handoff" | "fenced" | "closed"
+
+
+@dataclass(slots=True)
+class HostStats:
+    """Counters of one host (cumulative over every activation it ran)."""
+
+    activations: int = 0
+    failed_activations: int = 0
+    passivations: dict[str, int] = field(default_factory=dict)
+    recovery_s_total: float = 0.0
+    recovery_s_max: float = 0.0
+    events_replayed: int = 0
+    # summed CoreStats of cores that are gone (live ones are added by AggregateHost.info)
+    commands: int = 0
+    writes: int = 0
+    events: int = 0
+    flushes: int = 0
+    failed_commands: int = 0
+    snapshots: int = 0
+
+
+class AggregateHost:
+    """Hosts the entity cores of ``aggregate_type`` in one asyncio event loop.
+
+    ``idle_timeout_s`` defaults to the type's; ``max_active`` None means no cap;
+    ``sweep_interval_s`` defaults to a quarter of the idle timeout (at most 5 s).
+    ``on_deactivated(entity_id, reason)`` is called (synchronously) when an entity leaves the
+    host for any reason. Use from one event loop; call :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        aggregate_type: AggregateType,
+        journal: Journal,
+        snapshot_store: SnapshotStore,
+        serialization: Serialization,
+        *,
+        writer_prefix: str = "",
+        max_active: int | None = None,
+        max_concurrent_recoveries: int = 8,
+        idle_timeout_s: float | None = None,
+        sweep_interval_s: float | None = None,
+        reactivate: bool = True,
+        max_batch: int = 256,
+        order_gap_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_deactivated: Callable[[str, DeactivationReason], None] | None = None,
+    ) -> None:
+        if max_active is not None and max_active < 1:
+            raise ConfigError("max_active must be >= 1 or None")
+        if max_concurrent_recoveries < 1:
+            raise ConfigError("max_concurrent_recoveries must be >= 1")
+        self.aggregate_type = aggregate_type
+        self.journal = journal
+        self.snapshot_store = snapshot_store
+        self.serialization = serialization
+        self.writer_prefix = writer_prefix or uuid.uuid4().hex[:12]
+        self.max_active = max_active
+        self.idle_timeout_s = float(idle_timeout_s or aggregate_type.idle_timeout_s)
+        self.sweep_interval_s = sweep_interval_s or min(self.idle_timeout_s / 4, 5.0)
+        self.reactivate = reactivate
+        self.max_batch = max_batch
+        self.order_gap_timeout_s = order_gap_timeout_s
+        self.stats = HostStats()
+        self._clock = clock
+        self._on_deactivated = on_deactivated
+        self._recoveries = asyncio.Semaphore(max_concurrent_recoveries)
+        self._cores: OrderedDict[str, EntityCore] = OrderedDict()  # LRU first
+        self._activating: dict[str, asyncio.Future] = {}
+        self._stopping: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, int] = {}
+        self._retired: set[str] = set()  # reactivate=False: entities that may not come back
+        self._sweeper: asyncio.Task | None = None
+        self._closed = False
+        self._generation = 0
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def active(self) -> list[str]:
+        """Entity ids with a live core, least recently used first."""
+        return list(self._cores)
+
+    def core(self, entity_id: str) -> EntityCore | None:
+        """The live core of ``entity_id`` (None if not active)."""
+        return self._cores.get(entity_id)
+
+    def info(self) -> dict[str, Any]:
+        """A picklable summary: active entities, host counters plus the live cores' counters."""
+        totals = asdict(self.stats)
+        for core in self._cores.values():
+            for k in ("commands", "writes", "events", "flushes", "failed_commands", "snapshots"):
+                totals[k] += getattr(core.stats, k)
+        return {
+            "aggregate_type": self.aggregate_type.name,
+            "active": len(self._cores),
+            "entities": list(self._cores),
+            "activating": len(self._activating),
+            "stopping": len(self._stopping),
+            "stats": totals,
+        }
+
+    # ------------------------------------------------------------------ activation
+
+    async def get_or_activate(self, entity_id: str) -> EntityCore:
+        """The live core of ``entity_id``, activating (recovering) it if needed.
+
+        Returns without suspending once the core is live, so a caller that submits right after
+        the await is in that core's mailbox before any passivation can stop it. Raises the
+        recovery error if recovery fails, ``PassivatedError`` for a retired entity
+        (``reactivate=False``) or a closed host.
+        """
+        self.aggregate_type.persistence_id(entity_id)  # validates the id (ConfigError)
+        self._ensure_sweeper()
+        while True:
+            if self._closed or entity_id in self._retired:
+                raise PassivatedError(
+                    f"{self.aggregate_type.persistence_id(entity_id)}: passivated here; "
+                    "retry reaches a fresh activation"
+                )
+            stopping = self._stopping.get(entity_id)
+            if stopping is not None:
+                await asyncio.shield(stopping)
+                continue
+            core = self._cores.get(entity_id)
+            if core is not None:
+                if core.stopped:  # fenced or failed on its own: drop, maybe activate anew
+                    self._drop_failed(entity_id, core)
+                    continue
+                self._cores.move_to_end(entity_id)
+                return core
+            pending = self._activating.get(entity_id)
+            if pending is not None:
+                await asyncio.shield(pending)  # raises the recovery error for every waiter
+                continue
+            await self._activate(entity_id)
+
+    async def _activate(self, entity_id: str) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._activating[entity_id] = done
+        self._generation += 1
+        core = EntityCore(
+            self.aggregate_type, entity_id, self.journal, self.snapshot_store,
+            self.serialization, writer_id=f"{self.writer_prefix}-{self._generation}",
+            max_batch=self.max_batch, clock=self._clock,
+            order_gap_timeout_s=self.order_gap_timeout_s,
+        )
+        try:
+            async with self._recoveries:
+                recovery = await core.start()
+        except BaseException as exc:
+            self.stats.failed_activations += 1
+            del self._activating[entity_id]
+            done.set_exception(exc)
+            done.exception()  # retrieved: waiters may be none
+            raise
+        self.stats.activations += 1
+        self.stats.recovery_s_total += recovery.duration_s
+        self.stats.recovery_s_max = max(self.stats.recovery_s_max, recovery.duration_s)
+        self.stats.events_replayed += recovery.events_replayed
+        del self._activating[entity_id]
+        self._cores[entity_id] = core
+        done.set_result(None)
+        self._enforce_cap()
+
+    def _drop_failed(self, entity_id: str, core: EntityCore) -> None:
+        if self._cores.get(entity_id) is core:
+            del self._cores[entity_id]
+            self._add_stats(core)
+            self._deactivated(entity_id, "fenced")
+            # the core already failed its queued commands; let its loop end in the background
+            task = asyncio.ensure_future(core.stop())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    # ------------------------------------------------------------------ commands
+
+    async def ask(self, entity_id: str, command: Any) -> Any:
+        """Process ``command`` on ``entity_id``'s core; its reply or typed error (see
+        :meth:`EntityCore.handle`)."""
+        return await self._call(entity_id, None, 0, command)
+
+    async def ask_ordered(self, entity_id: str, caller_id: str, seq: int, command: Any) -> Any:
+        """Like :meth:`ask`, keeping ``caller_id``'s ``seq`` order (see
+        :meth:`EntityCore.handle_in_order`: seq starts at 0 per new caller id)."""
+        return await self._call(entity_id, caller_id, seq, command)
+
+    async def _call(self, entity_id: str, caller_id: str | None, seq: int, command: Any) -> Any:
+        self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
+        try:
+            core = await self.get_or_activate(entity_id)
+            # no await between the lookup and the submit: see get_or_activate
+            try:
+                if caller_id is None:
+                    return await core.handle(command)
+                return await core.handle_in_order(caller_id, seq, command)
+            except AggregateStoppedError:
+                if core.stopped and self._cores.get(entity_id) is core:
+                    self._drop_failed(entity_id, core)  # fenced: the next command starts anew
+                raise
+        finally:
+            n = self._inflight[entity_id] - 1
+            if n:
+                self._inflight[entity_id] = n
+            else:
+                del self._inflight[entity_id]
+
+    # ------------------------------------------------------------------ passivation
+
+    async def passivate(self, entity_id: str, reason: DeactivationReason = "passivated") -> bool:
+        """Stop ``entity_id``'s core after its queued commands; True if it was active.
+        Commands arriving meanwhile wait and then go to a fresh activation (or get
+        ``PassivatedError`` with ``reactivate=False``)."""
+        core = self._cores.pop(entity_id, None)
+        if core is None:
+            stopping = self._stopping.get(entity_id)
+            if stopping is not None:
+                await asyncio.shield(stopping)
+            return False
+        done = asyncio.get_running_loop().create_future()
+        self._stopping[entity_id] = done
+        self.stats.passivations[reason] = self.stats.passivations.get(reason, 0) + 1
+        self._deactivated(entity_id, reason)
+        try:
+            await core.stop()
+        finally:
+            self._add_stats(core)
+            del self._stopping[entity_id]
+            done.set_result(None)
+        return True
+
+    async def handoff(self, predicate: Callable[[str], bool]) -> int:
+        """Passivate every active entity whose id matches ``predicate`` (finishing queued work);
+        returns how many were stopped."""
+        ids = [eid for eid in list(self._cores) if predicate(eid)]
+        results = await asyncio.gather(*(self.passivate(eid, "handoff") for eid in ids))
+        return sum(results)
+
+    async def sweep(self) -> int:
+        """Passivate entities idle for ``idle_timeout_s`` (none with a call in flight);
+        returns how many. Runs periodically on its own; callable directly (tests)."""
+        now = self._clock()
+        idle = [
+            eid for eid, core in self._cores.items()
+            if eid not in self._inflight and core.queued == 0
+            and now - core.last_activity >= self.idle_timeout_s
+        ]
+        results = await asyncio.gather(*(self.passivate(eid, "idle") for eid in idle))
+        return sum(results)
+
+    def _enforce_cap(self) -> None:
+        if self.max_active is None:
+            return
+        excess = len(self._cores) - self.max_active
+        if excess <= 0:
+            return
+        # least recently used first, preferring entities without a call in flight
+        order = sorted(self._cores, key=lambda e: e in self._inflight)
+        for eid in order[:excess]:
+            task = asyncio.ensure_future(self.passivate(eid, "evicted"))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _deactivated(self, entity_id: str, reason: DeactivationReason) -> None:
+        if not self.reactivate:
+            self._retired.add(entity_id)
+        if self._on_deactivated is not None:
+            try:
+                self._on_deactivated(entity_id, reason)
+            except Exception:
+                log.exception("on_deactivated(%r, %r) failed", entity_id, reason)
+
+    def _add_stats(self, core: EntityCore) -> None:
+        s = self.stats
+        s.commands += core.stats.commands
+        s.writes += core.stats.writes
+        s.events += core.stats.events
+        s.flushes += core.stats.flushes
+        s.failed_commands += core.stats.failed_commands
+        s.snapshots += core.stats.snapshots
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and not self._closed:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="aggregate-host-sweep")
+
+    async def _sweep_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                # shielded: close() cancels this loop, possibly from inside a passivation it
+                # started (a dedicated host retires on passivation); that stop must finish
+                await asyncio.shield(self.sweep())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("passivation sweep failed")
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def close(self) -> None:
+        """Passivate everything (finishing queued work) and stop the sweeper. Idempotent.
+        Later commands get ``PassivatedError``. Does not close the journal."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self._activating:
+            await asyncio.gather(*(asyncio.shield(f) for f in self._activating.values()),
+                                 return_exceptions=True)
+        await asyncio.gather(*(self.passivate(e, "closed") for e in list(self._cores)))
+        if self._stopping:
+            await asyncio.gather(*(asyncio.shield(f) for f in self._stopping.values()))
+
+
+def ids_matching(entity_ids: Iterable[str]) -> Callable[[str], bool]:
+    """A :meth:`AggregateHost.handoff` predicate for an explicit set of entity ids."""
+    wanted = frozenset(entity_ids)
+    return wanted.__contains__

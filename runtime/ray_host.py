@@ -1,0 +1,267 @@
+"""The Ray host actor: an :class:`~runtime.host.AggregateHost` inside an async Ray actor.
+
+Two placements, one class:
+
+* **dedicated** (``HostSpec.entity_id`` set): the actor hosts one aggregate and is named
+  ``"{system}:{persistence_id}"``, so Ray's named-actor registry keeps one live activation per
+  aggregate. When the aggregate passivates (idle), is handed off or is fenced, the actor
+  *retires*: every later call fails with :class:`~journal.errors.PassivatedError` (not applied;
+  a retry reaches a fresh activation), and after ``retire_grace_s`` it exits, freeing its name.
+* **hosted** (``HostSpec.shard`` set): the actor hosts many aggregates of one shard, named
+  ``"{system}:shard:{type}:{shard}"``; each aggregate has its own core and mailbox and is
+  passivated on its own (idle timeout, ``max_active`` cap). It retires only on handoff.
+
+Public raw-handle API (every method is a coroutine; call ``handle.<method>.remote(...)`` and
+``ray.get`` the ObjectRef; a raysource error raised in the actor reaches ``ray.get`` as Ray's
+``RayTaskError`` wrapper, which is also an instance of the raysource error class)::
+
+    ask(command, entity_id=None) -> reply         # dedicated: entity_id defaults to its entity
+    ask_ordered(entity_id, caller_id, seq, command) -> reply   # per-caller order (refs use it)
+    passivate(entity_id=None) -> bool             # stop after queued work
+    handoff(shards=None) -> int                   # stop everything (if our shard is in shards)
+    info() -> dict                                # entities, stats, node id, pid, memory
+    ping() -> "pong"
+
+Actor options (:func:`actor_options`): detached, ``get_if_exists``, ``max_restarts=0`` (the next
+activation recovers from the journal; a Ray restart would re-run ``__init__`` anyway),
+``num_cpus=0.01`` (so node affinity works), ``max_concurrency=1000`` (pipelining).
+No ``max_task_retries``: a retried append would be at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from journal.errors import ConfigError, PassivatedError
+from runtime.aggregate import AggregateType, Placement
+from runtime.host import AggregateHost
+from runtime.stores import StoreSpec, open_stores, serialization_for
+
+__all__ = ["HostActor", "HostSpec", "actor_options"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Everything a host actor needs, picklable. Exactly one of ``entity_id`` (dedicated) and
+    ``shard`` (hosted) is set; a dedicated host may also carry its entity's ``shard`` (for
+    :meth:`HostActor.handoff`). ``idle_timeout_s`` overrides the type's."""
+
+    system: str
+    aggregate_type: AggregateType
+    store: StoreSpec
+    placement: Placement = "dedicated"
+    entity_id: str | None = None
+    shard: int | None = None
+    max_active: int | None = None
+    max_concurrent_recoveries: int = 8
+    idle_timeout_s: float | None = None
+    max_batch: int = 256
+    retire_grace_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.placement == "dedicated":
+            if self.entity_id is None:
+                raise ConfigError("a dedicated host needs entity_id")
+            self.aggregate_type.persistence_id(self.entity_id)
+        elif self.placement == "hosted":
+            if self.shard is None or self.entity_id is not None:
+                raise ConfigError("a hosted host needs shard and no entity_id")
+        else:
+            raise ConfigError(f"unknown placement {self.placement!r}")
+
+    @property
+    def actor_name(self) -> str:
+        if self.placement == "dedicated":
+            assert self.entity_id is not None
+            return f"{self.system}:{self.aggregate_type.persistence_id(self.entity_id)}"
+        return f"{self.system}:shard:{self.aggregate_type.name}:{self.shard}"
+
+
+def actor_options(spec: HostSpec, namespace: str | None = None, **overrides: Any) -> dict:
+    """The ``HostActor.options(...)`` for ``spec`` (get-or-create by name); ``overrides`` may
+    add e.g. a ``scheduling_strategy`` for node affinity."""
+    opts: dict[str, Any] = dict(
+        name=spec.actor_name,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=0,
+        num_cpus=0.01,
+        max_concurrency=1000,
+    )
+    if namespace is not None:
+        opts["namespace"] = namespace
+    opts.update(overrides)
+    return opts
+
+
+class _HostActor:
+    """See the module docstring (this is the class behind :data:`HostActor`)."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self._host: AggregateHost | None = None
+        self._opening: asyncio.Future | None = None
+        self._retired: PassivatedError | None = None
+        self._retire_reason: str | None = None
+        self._created = time.time()
+        self._calls = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _get_host(self) -> AggregateHost:
+        if self._retired is not None:
+            raise self._retired
+        if self._host is not None:
+            return self._host
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        await asyncio.shield(self._opening)
+        if self._retired is not None:
+            raise self._retired
+        assert self._host is not None
+        return self._host
+
+    async def _open(self) -> None:
+        spec = self.spec
+        try:
+            journal, snapshots = await open_stores(spec.store)
+        except BaseException:
+            self._opening = None  # the next call tries again
+            raise
+        self._host = AggregateHost(
+            spec.aggregate_type, journal, snapshots,
+            serialization_for(spec.aggregate_type, spec.store),
+            writer_prefix=f"{spec.actor_name}@{os.getpid()}:{uuid.uuid4().hex[:8]}",
+            max_active=spec.max_active,
+            max_concurrent_recoveries=spec.max_concurrent_recoveries,
+            idle_timeout_s=spec.idle_timeout_s,
+            reactivate=spec.placement == "hosted",
+            max_batch=spec.max_batch,
+            on_deactivated=self._on_deactivated,
+        )
+
+    def _on_deactivated(self, entity_id: str, reason: str) -> None:
+        if self.spec.placement == "dedicated" and entity_id == self.spec.entity_id:
+            self._retire(reason)
+
+    def _retire(self, reason: str) -> None:
+        if self._retired is not None:
+            return
+        self._retire_reason = reason
+        self._retired = PassivatedError(
+            f"{self.spec.actor_name}: {reason}; not applied, retry reaches a fresh activation"
+        )
+        task = asyncio.ensure_future(self._exit_later())
+        # exit_actor raises AsyncioActorExit inside the task: that is the intended ending
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _exit_later(self) -> None:
+        # Let the stop finish and in-flight calls get their answer, then free the name.
+        if self._host is not None:
+            await self._host.close()
+            await asyncio.gather(self._host.journal.close(), self._host.snapshot_store.close(),
+                                 return_exceptions=True)
+        await asyncio.sleep(self.spec.retire_grace_s)
+        log.info("%s retired (%s), exiting", self.spec.actor_name, self._retire_reason)
+        ray.actor.exit_actor()
+
+    def _entity(self, entity_id: str | None) -> str:
+        if entity_id is None:
+            if self.spec.entity_id is None:
+                raise ConfigError(f"{self.spec.actor_name}: hosted placement needs entity_id")
+            return self.spec.entity_id
+        if self.spec.entity_id is not None and entity_id != self.spec.entity_id:
+            raise ConfigError(
+                f"{self.spec.actor_name} hosts only {self.spec.entity_id!r}, not {entity_id!r}"
+            )
+        return entity_id
+
+    # ------------------------------------------------------------------ public API
+
+    async def ask(self, command: Any, entity_id: str | None = None) -> Any:
+        """Process ``command`` (on ``entity_id``; dedicated: its own entity) and return the
+        reply once its events are durable, or raise the typed error (``CommandRejected``,
+        ``UnknownCommandError``, ``HandlerError``, ``SerializationError``,
+        ``PersistFailedError``, ``AggregateStoppedError``/``PassivatedError``: not applied)."""
+        self._calls += 1
+        eid = self._entity(entity_id)
+        host = await self._get_host()
+        return await host.ask(eid, command)
+
+    async def ask_ordered(self, entity_id: str | None, caller_id: str, seq: int,
+                          command: Any) -> Any:
+        """Like :meth:`ask`; commands of one ``caller_id`` are processed in ``seq`` order
+        (0, 1, 2, ... per caller id; a new caller id after any ``AggregateStoppedError``)."""
+        self._calls += 1
+        eid = self._entity(entity_id)
+        host = await self._get_host()
+        return await host.ask_ordered(eid, caller_id, seq, command)
+
+    async def passivate(self, entity_id: str | None = None) -> bool:
+        """Stop the aggregate after its queued commands; True if it was active. A dedicated
+        host then retires and exits."""
+        eid = self._entity(entity_id)
+        if self._host is None or self._retired is not None:
+            if self.spec.placement == "dedicated":
+                self._retire("passivated")
+            return False
+        return await self._host.passivate(eid)
+
+    async def handoff(self, shards: Collection[int] | None = None) -> int:
+        """If ``shards`` is None or contains this host's shard: stop every aggregate (after its
+        queued work), retire and exit; returns how many were stopped. Else 0."""
+        if shards is not None and self.spec.shard not in shards:
+            return 0
+        n = 0
+        if self._host is not None and self._retired is None:
+            n = await self._host.handoff(lambda _eid: True)
+        self._retire("handoff")
+        return n
+
+    async def info(self) -> dict[str, Any]:
+        """Placement, name, node id, pid, memory (rss/uss bytes), retirement and the host's
+        entities and counters (``stats.writes`` vs ``stats.commands`` shows group commit)."""
+        out: dict[str, Any] = {
+            "name": self.spec.actor_name,
+            "placement": self.spec.placement,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "retired": self._retire_reason,
+            "calls": self._calls,
+            "uptime_s": time.time() - self._created,
+        }
+        try:
+            import psutil
+
+            mem = psutil.Process().memory_full_info()
+            out["rss"], out["uss"] = mem.rss, mem.uss
+        except Exception:  # psutil ships with Ray; memory is diagnostics only
+            pass
+        if self._host is not None:
+            out.update(self._host.info())
+            out["recovery"] = {
+                "activations": self._host.stats.activations,
+                "recovery_s_total": self._host.stats.recovery_s_total,
+                "recovery_s_max": self._host.stats.recovery_s_max,
+                "events_replayed": self._host.stats.events_replayed,
+            }
+        return out
+
+    async def ping(self) -> str:
+        """Liveness check (does not open the stores)."""
+        return "pong"
+
+
+HostActor = ray.remote(_HostActor)
+"""The Ray actor class; create with ``HostActor.options(**actor_options(spec)).remote(spec)``."""

@@ -1,0 +1,307 @@
+"""Entity references: send commands to an aggregate wherever its host actor lives.
+
+* :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
+  it (get-or-create) and forgets a handle that turned out stale. :class:`LocalResolver` creates
+  the named host actors on the local Ray cluster; the sharding layer provides a coordinator-based
+  resolver with node affinity behind the same two methods.
+* :class:`EntityRef` is one *caller*: it numbers its commands (``caller_id``, ``seq``) so the
+  host processes them in send order even when pipelined, and it unwraps Ray's error wrappers so
+  callers see raysource errors.
+
+Retry rule (never run a command twice): a command that failed with ``AggregateStoppedError``
+(incl. ``PassivatedError``) or hit an actor that exited on purpose (retired after passivation)
+was definitely not applied, so the ref re-resolves and re-sends it under a fresh caller id. A
+host that died otherwise (crash, ``ray.kill``, lost node) leaves the outcome unknown: the ref
+raises :class:`~journal.errors.HostCrashedError` and only forgets the handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import ray
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+
+from journal.errors import (
+    AggregateStoppedError,
+    AskTimeoutError,
+    CommandError,
+    HostCrashedError,
+)
+from runtime.aggregate import AggregateType
+from runtime.ray_host import HostActor, HostSpec, actor_options
+from runtime.stores import StoreSpec
+
+__all__ = ["EntityRef", "LocalResolver", "Resolver", "unwrap_error"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_DEADLINE_S = 10.0  # a retiring actor holds its name for ~retire_grace_s
+
+
+class Resolver(Protocol):
+    """Finds (or creates) the host actor of an aggregate. Implementations cache handles."""
+
+    def resolve(self, aggregate_type: AggregateType, entity_id: str) -> Any:
+        """The actor handle hosting ``entity_id`` (created if needed). May block briefly."""
+        ...
+
+    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
+                   handle: Any = None) -> None:
+        """Forget the cached handle (only if it is ``handle``, when given)."""
+        ...
+
+
+class LocalResolver:
+    """Get-or-create named :data:`~runtime.ray_host.HostActor` actors on the local Ray cluster.
+
+    Placement per type: ``aggregate_type.placement`` unless ``placement`` overrides it per
+    type name. ``host_settings`` (per type name) become :class:`HostSpec` fields, e.g.
+    ``{"show": {"idle_timeout_s": 5, "max_active": 100}}``. ``shard_of(entity_id, n)`` routes
+    hosted entities (default: ``sharding.shard_id.shard_of``).
+    """
+
+    def __init__(
+        self,
+        system: str,
+        store: StoreSpec,
+        *,
+        namespace: str | None = None,
+        placement: dict[str, str] | None = None,
+        host_settings: dict[str, dict[str, Any]] | None = None,
+        shard_of: Callable[[str, int], int] | None = None,
+    ) -> None:
+        self.system = system
+        self.store = store
+        self.namespace = namespace
+        self.placement = dict(placement or {})
+        self.host_settings = dict(host_settings or {})
+        self._shard_of = shard_of
+        self._handles: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def spec_for(self, aggregate_type: AggregateType, entity_id: str) -> HostSpec:
+        placement = self.placement.get(aggregate_type.name, aggregate_type.placement)
+        settings = self.host_settings.get(aggregate_type.name, {})
+        if placement == "dedicated":
+            return HostSpec(self.system, aggregate_type, self.store, "dedicated",
+                            entity_id=entity_id, **settings)
+        return HostSpec(self.system, aggregate_type, self.store, "hosted",
+                        shard=self._shard(aggregate_type, entity_id), **settings)
+
+    def _shard(self, aggregate_type: AggregateType, entity_id: str) -> int:
+        if self._shard_of is None:
+            # imported lazily: sharding sits above runtime, and only this default needs it
+            from sharding.shard_id import shard_of
+
+            self._shard_of = shard_of
+        return self._shard_of(entity_id, aggregate_type.number_of_shards)
+
+    def _key(self, spec: HostSpec) -> str:
+        return spec.actor_name
+
+    def resolve(self, aggregate_type: AggregateType, entity_id: str) -> Any:
+        aggregate_type.persistence_id(entity_id)  # validate before touching Ray
+        spec = self.spec_for(aggregate_type, entity_id)
+        key = self._key(spec)
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is None:
+                handle = HostActor.options(**actor_options(spec, self.namespace)).remote(spec)
+                self._handles[key] = handle
+            return handle
+
+    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
+                   handle: Any = None) -> None:
+        key = self._key(self.spec_for(aggregate_type, entity_id))
+        with self._lock:
+            if handle is None or self._handles.get(key) is handle:
+                self._handles.pop(key, None)
+
+    def handles(self) -> list[Any]:
+        """Every handle this resolver created or looked up (for shutdown in tests)."""
+        with self._lock:
+            return list(self._handles.values())
+
+    def kill_all(self) -> None:
+        """``ray.kill`` every cached host actor (tests, benchmarks) and forget them."""
+        with self._lock:
+            handles, self._handles = list(self._handles.values()), {}
+        for h in handles:
+            try:
+                ray.kill(h)
+            except Exception:
+                pass
+
+
+def unwrap_error(err: BaseException) -> BaseException:
+    """The raysource error behind Ray's wrappers (``RayTaskError`` -> its cause;
+    ``GetTimeoutError`` -> ``AskTimeoutError``; a crashed actor -> ``HostCrashedError``)."""
+    if isinstance(err, RayTaskError):
+        cause = err.cause
+        return cause if isinstance(cause, BaseException) else err
+    if isinstance(err, (GetTimeoutError, asyncio.TimeoutError)):
+        return AskTimeoutError("no reply within the timeout; the command may or may not run")
+    if isinstance(err, RayActorError) and not _intended_exit(err):
+        crashed = HostCrashedError(f"the host actor died with the command in flight: {err}")
+        crashed.__cause__ = err
+        return crashed
+    return err
+
+
+def _intended_exit(err: BaseException) -> bool:
+    # A retired host exits via exit_actor only after its aggregate stopped; no call it received
+    # afterwards was applied. Ray reports the exit type only in the message text.
+    return isinstance(err, ActorDiedError) and "INTENDED_USER_EXIT" in str(err)
+
+
+def _retryable(err: BaseException) -> bool:
+    """Definitely not applied: safe to re-send to a fresh activation."""
+    if isinstance(err, RayTaskError):
+        err = err.cause if isinstance(err.cause, BaseException) else err
+    return isinstance(err, AggregateStoppedError) or _intended_exit(err)
+
+
+class EntityRef:
+    """A caller's reference to one aggregate. Commands sent through one ref are processed in
+    send order (pipelined or not). Thread-safe; for concurrency, give each caller its own ref.
+
+    ``ask(cmd, timeout=None)`` blocks for the reply or raises the typed error
+    (``AskTimeoutError`` on timeout: outcome unknown). ``ask_async`` is its coroutine twin.
+    ``tell(cmd)`` sends without waiting (failures are logged; not-applied ones re-sent).
+    ``actor`` is the current host handle for raw ``handle.ask.remote(cmd, entity_id)`` calls.
+    """
+
+    def __init__(self, aggregate_type: AggregateType, entity_id: str, resolver: Resolver) -> None:
+        aggregate_type.persistence_id(entity_id)
+        self.aggregate_type = aggregate_type
+        self.entity_id = entity_id
+        self.resolver = resolver
+        self._lock = threading.Lock()
+        self._handle: Any = None
+        self._caller_id = ""
+        self._seq = 0
+        self._epoch = 0  # bumped whenever the caller id is renewed
+
+    @property
+    def actor(self) -> Any:
+        with self._lock:
+            return self._current()
+
+    def _current(self) -> Any:
+        if self._handle is None:
+            self._handle = self.resolver.resolve(self.aggregate_type, self.entity_id)
+            self._caller_id = uuid.uuid4().hex
+            self._seq = 0
+            self._epoch += 1
+        return self._handle
+
+    def _send(self, command: Any) -> tuple[Any, int]:
+        """Submit ``command`` with the next sequence number; returns (ObjectRef, epoch)."""
+        with self._lock:
+            handle = self._current()
+            ref = handle.ask_ordered.remote(self.entity_id, self._caller_id, self._seq, command)
+            self._seq += 1
+            return ref, self._epoch
+
+    def _renew(self, epoch: int) -> None:
+        """The host of ``epoch`` is gone or stopped: re-resolve under a fresh caller id."""
+        with self._lock:
+            if epoch == self._epoch and self._handle is not None:
+                self.resolver.invalidate(self.aggregate_type, self.entity_id, self._handle)
+                self._handle = None
+
+    def _give_up(self, epoch: int, err: BaseException) -> BaseException:
+        out = unwrap_error(err)
+        if isinstance(out, HostCrashedError):
+            self._renew(epoch)
+        return out
+
+    # ------------------------------------------------------------------ sync
+
+    def ask(self, command: Any, timeout: float | None = None) -> Any:
+        """Send ``command`` and wait for the reply (raises the typed raysource error)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        attempt = 0
+        while True:
+            ref, epoch = self._send(command)
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return ray.get(ref, timeout=left)
+            except (RayTaskError, RayActorError, GetTimeoutError) as err:
+                if not _retryable(err) or time.monotonic() > retry_until:
+                    raise self._give_up(epoch, err) from None
+                self._renew(epoch)
+                attempt += 1
+                if attempt > 1:  # a retiring actor still holds the name for a moment
+                    time.sleep(min(0.05 * attempt, 0.5))
+
+    # ------------------------------------------------------------------ async
+
+    async def ask_async(self, command: Any, timeout: float | None = None) -> Any:
+        """Coroutine twin of :meth:`ask`. Call (not just create) the coroutines in send order:
+        the command is submitted when the coroutine first runs."""
+        retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        attempt = 0
+
+        async def once() -> Any:
+            nonlocal attempt
+            while True:
+                ref, epoch = self._send(command)
+                try:
+                    return await ref
+                except (RayTaskError, RayActorError) as err:
+                    if not _retryable(err) or time.monotonic() > retry_until:
+                        raise self._give_up(epoch, err) from None
+                    self._renew(epoch)
+                    attempt += 1
+                    if attempt > 1:
+                        await asyncio.sleep(min(0.05 * attempt, 0.5))
+
+        if timeout is None:
+            return await once()
+        try:
+            return await asyncio.wait_for(once(), timeout)
+        except asyncio.TimeoutError:
+            raise AskTimeoutError(
+                f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
+                f"{timeout}s; the command may or may not run"
+            ) from None
+
+    def submit(self, command: Any) -> Any:
+        """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping):
+        the building block for pipelining from synchronous code."""
+        return self._send(command)[0]
+
+    # ------------------------------------------------------------------ fire and forget
+
+    def tell(self, command: Any) -> None:
+        """Send ``command`` without waiting. Order with this ref's other commands is kept.
+        A not-applied failure is re-sent (at the end of the order); other failures are
+        logged."""
+        self._tell(command, time.monotonic())
+
+    def _tell(self, command: Any, started: float) -> None:
+        ref, epoch = self._send(command)
+        ref.future().add_done_callback(lambda f: self._tell_done(f, command, epoch, started))
+
+    def _tell_done(self, fut: Any, command: Any, epoch: int, started: float) -> None:
+        err = fut.exception()
+        if err is None:
+            return
+        if _retryable(err) and time.monotonic() - started < _RETRY_DEADLINE_S:
+            self._renew(epoch)
+            threading.Timer(0.05, self._tell, (command, started)).start()
+            return
+        log.warning("tell %r to %s failed: %r", type(command).__qualname__,
+                    self.aggregate_type.persistence_id(self.entity_id), unwrap_error(err))
+
+    def __repr__(self) -> str:
+        return f"EntityRef({self.aggregate_type.persistence_id(self.entity_id)!r})"

@@ -1,0 +1,90 @@
+"""Which journal and snapshot store a host uses, as a picklable value, and how to open them.
+
+A :class:`StoreSpec` travels to every Ray host actor; :func:`open_stores` builds the journal and
+snapshot store *inside* that process (connections cannot be pickled). ``kind="memory"`` gives
+each process its own in-memory stores (tests and benchmarks of the runtime alone: nothing
+survives the process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from journal.api import Journal
+from journal.config import CassandraConfig
+from journal.errors import ConfigError
+from journal.serialization import Serialization
+from runtime.aggregate import AggregateType
+from snapshots.api import SnapshotStore
+
+__all__ = ["StoreSpec", "open_stores", "serialization_for"]
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Picklable description of the stores.
+
+    ``cassandra`` is required for ``kind="cassandra"``; ``create_schema`` creates keyspace and
+    tables if missing (development only); ``max_payload_bytes`` is the serializer's limit
+    (default: the Cassandra config's, else 1 MB).
+    """
+
+    kind: Literal["cassandra", "memory"] = "memory"
+    cassandra: CassandraConfig | None = None
+    create_schema: bool = False
+    max_payload_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cassandra", "memory"):
+            raise ConfigError(f"unknown store kind {self.kind!r}")
+        if self.kind == "cassandra" and self.cassandra is None:
+            raise ConfigError("StoreSpec(kind='cassandra') needs a CassandraConfig")
+
+    @classmethod
+    def for_cassandra(cls, config: CassandraConfig, *, create_schema: bool = False
+                      ) -> "StoreSpec":
+        return cls("cassandra", config, create_schema)
+
+    @property
+    def payload_limit(self) -> int:
+        if self.max_payload_bytes is not None:
+            return self.max_payload_bytes
+        return self.cassandra.max_payload_bytes if self.cassandra else 1_000_000
+
+
+def serialization_for(aggregate_type: AggregateType, spec: StoreSpec) -> Serialization:
+    """A serializer with ``aggregate_type``'s classes registered (one per host)."""
+    ser = Serialization(max_payload_bytes=spec.payload_limit)
+    aggregate_type.register_types(ser)
+    return ser
+
+
+async def open_stores(spec: StoreSpec) -> tuple[Journal, SnapshotStore]:
+    """Build the journal and snapshot store in this process. For Cassandra, the blocking
+    driver connect runs in the session's executor (never on the event loop). Close both with
+    their ``close()``."""
+    if spec.kind == "memory":
+        from journal.memory import InMemoryJournal
+        from snapshots.memory import InMemorySnapshotStore
+
+        return InMemoryJournal(), InMemorySnapshotStore()
+
+    from journal.cassandra import CassandraJournal
+    from journal.session import CassandraSession
+    from snapshots.cassandra import CassandraSnapshotStore
+
+    config = spec.cassandra
+    assert config is not None
+    session = CassandraSession(config)
+    if spec.create_schema:
+        from journal.schema import create_schema
+
+        await session.connect(keyspace="")
+        await create_schema(session, config)
+        await session.set_keyspace(config.keyspace)
+    else:
+        await session.connect()
+    journal = CassandraJournal(session, config)
+    snapshots = CassandraSnapshotStore(session, config)
+    return journal, snapshots

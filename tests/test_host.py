@@ -1,0 +1,194 @@
+"""Unit tests of AggregateHost on the in-memory journal (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from journal.errors import (
+    AggregateStoppedError,
+    CommandRejected,
+    ConcurrentWriteError,
+    PassivatedError,
+)
+from journal.memory import InMemoryJournal
+from journal.serialization import Serialization
+from runtime.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved, seat_label
+from runtime.host import AggregateHost, ids_matching
+from snapshots.memory import InMemorySnapshotStore
+from unit_guard import no_ray  # noqa: F401
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_host(journal=None, **kw) -> AggregateHost:
+    ser = Serialization()
+    SHOW.register_types(ser)
+    kw.setdefault("sweep_interval_s", 3600)
+    return AggregateHost(SHOW, journal or InMemoryJournal(), InMemorySnapshotStore(), ser, **kw)
+
+
+def reserved(journal: InMemoryJournal, pid: str) -> list[int]:
+    return [e.sequence_nr for e in journal.events(pid)]
+
+
+async def test_ask_activates_and_replies():
+    host = make_host()
+    assert await host.ask("s1", ReserveSeat("A1", "alice")) == SeatReserved("A1", "alice")
+    with pytest.raises(CommandRejected):
+        await host.ask("s1", ReserveSeat("A1", "bob"))
+    assert host.active == ["s1"]
+    assert host.info()["stats"]["commands"] == 2
+    await host.close()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+async def test_ordered_asks_keep_caller_order():
+    host = make_host()
+    # submit out of order: seq 2, 1, 0 -> processed 0, 1, 2
+    tasks = [asyncio.ensure_future(host.ask_ordered("s", "c", i, ReserveSeat("A1", f"c{i}")))
+             for i in (2, 1, 0)]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[2] == SeatReserved("A1", "c0")
+    assert all(isinstance(r, CommandRejected) for r in results[:2])
+    await host.close()
+
+
+async def test_idle_sweep_passivates_and_reactivation_recovers():
+    clock = Clock()
+    journal = InMemoryJournal()
+    deactivated = []
+    host = make_host(journal, clock=clock, idle_timeout_s=10,
+                     on_deactivated=lambda e, r: deactivated.append((e, r)))
+    await host.ask("s", ReserveSeat("A1", "alice"))
+    assert await host.sweep() == 0
+    clock.t += 11
+    assert await host.sweep() == 1
+    assert host.active == [] and deactivated == [("s", "idle")]
+    state = await host.ask("s", GetShow())
+    assert state.reservations == {"A1": "alice"}
+    assert host.stats.activations == 2
+    await host.close()
+
+
+async def test_max_active_evicts_least_recently_used():
+    host = make_host(max_active=2)
+    await host.ask("a", GetShow())
+    await host.ask("b", GetShow())
+    await host.ask("a", GetShow())  # b is now least recently used
+    await host.ask("c", GetShow())
+    await asyncio.sleep(0.01)
+    assert sorted(host.active) == ["a", "c"]
+    assert host.stats.passivations == {"evicted": 1}
+    await host.close()
+
+
+async def test_command_racing_with_passivation_is_never_lost_nor_doubled():
+    journal = InMemoryJournal(latency=0.003)
+    host = make_host(journal)
+    n, tasks, passivated = 0, [], []
+    for _ in range(6):
+        for _ in range(8):
+            tasks.append(asyncio.ensure_future(host.ask("s", ReserveSeat(seat_label(n), f"c{n}"))))
+            n += 1
+        await asyncio.sleep(0.02)  # activated, some commands in flight or queued
+        for _ in range(4):
+            tasks.append(asyncio.ensure_future(host.ask("s", ReserveSeat(seat_label(n), f"c{n}"))))
+            n += 1
+        passivated.append(asyncio.ensure_future(host.passivate("s")))
+        for _ in range(4):  # these race with the stop: wait for it, then a fresh activation
+            tasks.append(asyncio.ensure_future(host.ask("s", ReserveSeat(seat_label(n), f"c{n}"))))
+            n += 1
+    results = await asyncio.gather(*tasks)
+    assert all(isinstance(r, SeatReserved) for r in results) and len(results) == n
+    assert sum(await asyncio.gather(*passivated)) == 6
+    events = journal.events(SHOW.persistence_id("s"))
+    assert [e.sequence_nr for e in events] == list(range(1, n + 1))
+    assert host.stats.activations == 7
+    await host.close()
+
+
+async def test_handoff_stops_matching_entities():
+    host = make_host()
+    for e in ("a", "b", "c"):
+        await host.ask(e, GetShow())
+    assert await host.handoff(ids_matching({"a", "c", "zzz"})) == 2
+    assert host.active == ["b"]
+    await host.close()
+    with pytest.raises(PassivatedError):
+        await host.ask("b", GetShow())
+
+
+async def test_dedicated_mode_never_reactivates():
+    host = make_host(reactivate=False)
+    await host.ask("s", GetShow())
+    await host.passivate("s")
+    with pytest.raises(PassivatedError) as err:
+        await host.ask("s", GetShow())
+    assert isinstance(err.value, AggregateStoppedError)
+    await host.close()
+
+
+async def test_fenced_core_is_dropped_and_next_command_recovers_truth():
+    journal = InMemoryJournal()
+    host = make_host(journal)
+    other = make_host(journal)
+    await host.ask("s", ReserveSeat("A1", "alice"))
+    await other.ask("s", ReserveSeat("A2", "bob"))  # the other activation writes seq 2
+    with pytest.raises(AggregateStoppedError) as err:
+        await host.ask("s", ReserveSeat("A3", "carol"))  # stale: fenced
+    assert isinstance(err.value.__cause__, ConcurrentWriteError)
+    assert host.active == []
+    assert host.stats.passivations == {} and host.info()["active"] == 0
+    # next command: fresh activation that sees bob's seat
+    with pytest.raises(CommandRejected):
+        await host.ask("s", ReserveSeat("A2", "dave"))
+    assert await host.ask("s", ReserveSeat("A3", "carol")) == SeatReserved("A3", "carol")
+    assert reserved(journal, SHOW.persistence_id("s")) == [1, 2, 3]
+    await host.close()
+    await other.close()
+
+
+async def test_recoveries_are_bounded():
+    class SlowJournal(InMemoryJournal):
+        running = 0
+        peak = 0
+
+        async def highest_sequence_nr(self, pid):
+            SlowJournal.running += 1
+            SlowJournal.peak = max(SlowJournal.peak, SlowJournal.running)
+            await asyncio.sleep(0.01)
+            SlowJournal.running -= 1
+            return await super().highest_sequence_nr(pid)
+
+    host = make_host(SlowJournal(), max_concurrent_recoveries=2)
+    await asyncio.gather(*(host.ask(f"e{i}", GetShow()) for i in range(10)))
+    assert SlowJournal.peak <= 2
+    assert len(host.active) == 10
+    await host.close()
+
+
+async def test_failed_recovery_reaches_every_waiter_and_next_try_starts_anew():
+    class Broken(InMemoryJournal):
+        fail = True
+
+        async def highest_sequence_nr(self, pid):
+            if Broken.fail:
+                raise ConcurrentWriteError(pid, 0, "boom")
+            return await super().highest_sequence_nr(pid)
+
+    host = make_host(Broken())
+    results = await asyncio.gather(*(host.ask("s", GetShow()) for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, Exception) for r in results)
+    Broken.fail = False
+    assert (await host.ask("s", GetShow())).reservations == {}
+    await host.close()
