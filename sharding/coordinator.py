@@ -333,6 +333,18 @@ class ShardCoordinator:
         await self._ready()
         return self._seq
 
+    async def describe(self) -> dict[str, Any]:
+        """Diagnostics: system, this instance's writer id (new after every restart), number of
+        stored events, live nodes as of the last poll, registered regions."""
+        await self._ready()
+        return {
+            "system": self.system,
+            "instance": self._writer_id,
+            "events": self._seq,
+            "live_nodes": sorted(self._live),
+            "regions": sorted(self._regions),
+        }
+
     async def shutdown(self) -> None:
         """Stop the membership loop and close the journal. Idempotent."""
         if self._poller is not None:
