@@ -22,7 +22,14 @@ contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always m
 
 * guard on (``fencing=True``): ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
   batch at the serial consistency (LOCAL_SERIAL). If any number is taken nothing is written and
-  ``ConcurrentWriteError`` names the first taken number.
+  ``ConcurrentWriteError`` names the first taken number. A writer that starts *inside* another
+  writer's group (impossible for writers that append at a ``highest + 1`` they read, but
+  possible for an arbitrary stale number) could land in the next partition while the taken
+  number sits in the overflow of the previous one; so, before a batch into partition ``P >= 1``,
+  the journal also reads the largest number of ``P - 1`` (once per partition and process, since
+  ``P - 1`` stops growing once ``P`` is used) and refuses the group if it reaches ``first``.
+  That read is not atomic with the batch: the race it leaves needs two writers writing at the
+  same partition boundary, one of them starting mid-way through the other's group.
 * guard off: a plain unlogged single-partition batch; a duplicate writer silently overwrites rows
   with the same sequence numbers (last write wins per row; a shorter group leaves the tail of
   the longer one in place).
@@ -132,6 +139,7 @@ class CassandraJournal(Journal):
         self._own_session = own_session
         self._ps: dict[str, Any] = {}
         self._prep_lock = asyncio.Lock()
+        self._prev_max: dict[tuple[str, int], int] = {}  # (pid, pnr) -> max seq in pnr - 1
         self._hints: dict[str, int] = {}  # pid -> partition hint written by this process
         self._tag_first: dict[str, int] = {}  # tag -> first bucket known to be recorded
         self._closed = False
@@ -219,6 +227,8 @@ class CassandraJournal(Journal):
         pid, first = events[0].persistence_id, events[0].sequence_nr
         pnr = self._pn(first)
         c = self.config
+        if self.fencing and pnr > 0:
+            await self._check_previous_partition(pid, pnr, first)
         if self.fencing:
             batch = BatchStatement(BatchType.LOGGED,
                                    consistency_level=consistency(c.write_consistency),
@@ -247,6 +257,22 @@ class CassandraJournal(Journal):
             follow_ups.append(self._write_tags(events))
         if follow_ups:
             await asyncio.gather(*follow_ups)
+
+    async def _check_previous_partition(self, pid: str, pnr: int, first: int) -> None:
+        """Refuse a group whose first number lies in the overflow of partition ``pnr - 1``
+        (a writer starting in the middle of someone else's crossing group). One read per
+        partition and process: once ``pnr`` is in use, ``pnr - 1`` no longer grows."""
+        key = (pid, pnr)
+        prev_max = self._prev_max.get(key)
+        if prev_max is None:
+            row = await self.session.select_one(self._ps["max_in_partition"], (pid, pnr - 1),
+                                                profile=RAW_PROFILE)
+            prev_max = row[0] if row else 0
+            if len(self._prev_max) > 100_000:
+                self._prev_max.clear()
+            self._prev_max[key] = prev_max
+        if prev_max >= first:
+            raise ConcurrentWriteError(pid, first)
 
     async def _write_hint(self, pid: str, pnr: int) -> None:
         await self.session.execute(self._ps["set_hint"], (pnr, pid))

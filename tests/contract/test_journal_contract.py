@@ -218,3 +218,17 @@ async def test_without_guard_last_write_wins(backend):
     rows = [e async for e in j.replay(pid2)]
     assert [e.sequence_nr for e in rows] == [1, 2]
     assert {e.writer_id for e in rows} <= {f"w{i}" for i in range(5)}
+
+
+async def test_stale_writer_inside_a_crossing_group_is_fenced(backend):
+    """Numbers in the overflow of a group that crossed a partition boundary are still taken."""
+    j = backend.journal(fencing=True, partition_size=4)
+    pid = backend.pid("overflow")
+    await j.append(group(pid, 1, 1, writer="A"))
+    await j.append(group(pid, 2, 4, writer="A"))  # 2..5 crosses the 4/5 boundary
+    for first, n in ((5, 1), (4, 2), (5, 3)):
+        with pytest.raises(ConcurrentWriteError):
+            await j.append(group(pid, first, n, writer="stale"))
+    await j.append(group(pid, 6, 2, writer="A"))
+    assert [(e.sequence_nr, e.writer_id) async for e in j.replay(pid)] == [
+        (s, "A") for s in range(1, 8)]

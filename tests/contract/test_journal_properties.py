@@ -83,7 +83,7 @@ def test_replay_is_exactly_what_was_acknowledged_memory(ops):
 
 
 @pytest.mark.cassandra
-@settings(max_examples=6, deadline=None,
+@settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=OPS)
 def test_replay_is_exactly_what_was_acknowledged_cassandra(cassandra_backend_session, ops):
