@@ -152,7 +152,9 @@ class CoordinatorState:
         if n is None:
             raise ConfigError(f"aggregate type {shard.type_name!r} is not registered")
         if not 0 <= shard.shard < n:
-            raise ConfigError(f"shard {shard.shard} out of range 0..{n - 1} for {shard.type_name!r}")
+            raise ConfigError(
+                f"shard {shard.shard} out of range 0..{n - 1} for {shard.type_name!r}"
+            )
 
     # -------------------------------------------------------------- decisions
 

@@ -17,8 +17,8 @@ def shard_of(entity_id: str, number_of_shards: int) -> int:
     """The shard (``0 <= shard < number_of_shards``) that owns ``entity_id``.
 
     Defined as the 8-byte BLAKE2b digest (``digest_size=8``) of the UTF-8 id, read as a
-    big-endian unsigned integer, modulo ``number_of_shards``. This definition is part of the stored data's
-    contract: changing it (or a type's number of shards) moves entities between shards.
+    big-endian unsigned integer, modulo ``number_of_shards``. This definition is part of the
+    stored data's contract: changing it (or a type's shard count) moves entities between shards.
     Raises ``ConfigError`` for a non-string id or a shard count below 1.
     """
     if not isinstance(entity_id, str):

@@ -57,6 +57,7 @@ def _assert_exactly_once(allocation, shards) -> None:
 
 
 @given(scenarios())
+@settings(deadline=None)
 def test_allocate_fills_least_loaded_live_node(sc) -> None:
     shards, _, live = sc
     allocation: dict[str, set[ShardId]] = {}
@@ -82,6 +83,7 @@ def test_allocate_is_deterministic_and_needs_a_live_node() -> None:
 
 
 @given(scenarios())
+@settings(deadline=None)
 def test_reallocate_dead_only_live_nodes_exactly_once(sc) -> None:
     shards, allocation, live = sc
     moves = dead_moves(allocation, live)
@@ -95,7 +97,7 @@ def test_reallocate_dead_only_live_nodes_exactly_once(sc) -> None:
 
 
 @given(scenarios(), st.integers(1, 7), st.integers(2, 4))
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 def test_rebalance_is_bounded_and_converges(sc, max_moves: int, threshold: int) -> None:
     shards, allocation, live = sc
     allocation = reallocate_dead(allocation, live)

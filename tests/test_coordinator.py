@@ -46,7 +46,7 @@ ops = st.lists(
 
 
 @given(ops)
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 def test_replay_equals_live_state_and_invariants(script) -> None:
     state = CoordinatorState()
     log: list = []
