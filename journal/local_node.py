@@ -225,8 +225,14 @@ class LocalCassandra:
             log_file=self.log_file,
         )
 
-    def start(self, progress: Callable[[str], None] | None = None) -> NodeStatus:
-        """Start the node (or reuse the running one) and wait until CQL answers."""
+    def start(
+        self, progress: Callable[[str], None] | None = None, *, fresh: bool = True
+    ) -> NodeStatus:
+        """Start the node (or reuse the running one) and wait until CQL answers.
+
+        ``fresh`` wipes the data directory first (a throwaway node); ``fresh=False`` restarts
+        the node on its existing data (e.g. a ring member coming back after an outage).
+        """
         say = progress or (lambda _msg: None)
         info = self._read_state()
         pid = info.get("pid")
@@ -257,7 +263,8 @@ class LocalCassandra:
             raise CassandraNodeError(f"storage port {self.host}:{storage_port} is already in use")
 
         data_dir = self.state_dir / "data"
-        shutil.rmtree(data_dir, ignore_errors=True)  # throwaway node: fresh dirs every start
+        if fresh:
+            shutil.rmtree(data_dir, ignore_errors=True)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         yaml_path = self.state_dir / "cassandra.yaml"
@@ -436,6 +443,8 @@ native_transport_port: {port}
 start_native_transport: true
 auto_snapshot: false
 auto_bootstrap: false
+# Two cores shared with Ray: be slow to convict a busy peer as down.
+phi_convict_threshold: 12
 # Paxos v2 halves the round trips of the journal's conditional (fenced) batches.
 paxos_variant: v2
 # A group-commit flush is one single-partition batch; the 50KiB default would refuse big flushes.
