@@ -35,6 +35,7 @@ from journal.errors import AggregateStoppedError, ConfigError, PassivatedError
 from journal.serialization import Serialization
 from runtime.aggregate import AggregateType
 from runtime.core import EntityCore
+from runtime.ordering import CallerOrder
 from snapshots.api import SnapshotStore
 
 __all__ = ["AggregateHost", "HostStats", "DeactivationReason"]
@@ -87,6 +88,7 @@ class AggregateHost:
         reactivate: bool = True,
         max_batch: int = 256,
         order_gap_timeout_s: float = 10.0,
+        max_ordered_entities: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         on_deactivated: Callable[[str, DeactivationReason], None] | None = None,
     ) -> None:
@@ -113,6 +115,8 @@ class AggregateHost:
         self._activating: dict[str, asyncio.Future] = {}
         self._stopping: dict[str, asyncio.Future] = {}
         self._inflight: dict[str, int] = {}
+        self._orders: OrderedDict[str, CallerOrder] = OrderedDict()  # per entity, LRU first
+        self.max_ordered_entities = max_ordered_entities
         self._retired: set[str] = set()  # reactivate=False: entities that may not come back
         self._sweeper: asyncio.Task | None = None
         self._closed = False
@@ -142,6 +146,9 @@ class AggregateHost:
             "activating": len(self._activating),
             "stopping": len(self._stopping),
             "stats": totals,
+            "recoveries": {eid: asdict(c.recovery) for eid, c in self._cores.items()
+                           if c.recovery is not None},
+            "sequence_nrs": {eid: c.sequence_nr for eid, c in self._cores.items()},
         }
 
     # ------------------------------------------------------------------ activation
@@ -221,22 +228,37 @@ class AggregateHost:
     async def ask(self, entity_id: str, command: Any) -> Any:
         """Process ``command`` on ``entity_id``'s core; its reply or typed error (see
         :meth:`EntityCore.handle`)."""
-        return await self._call(entity_id, None, 0, command)
+        return await self._call(entity_id, command)
 
     async def ask_ordered(self, entity_id: str, caller_id: str, seq: int, command: Any) -> Any:
-        """Like :meth:`ask`, keeping ``caller_id``'s ``seq`` order (see
-        :meth:`EntityCore.handle_in_order`: seq starts at 0 per new caller id)."""
-        return await self._call(entity_id, caller_id, seq, command)
+        """Like :meth:`ask`, keeping ``caller_id``'s ``seq`` order (seq starts at 0 per new
+        caller id and counts up by one; see :class:`runtime.ordering.CallerOrder`).
 
-    async def _call(self, entity_id: str, caller_id: str | None, seq: int, command: Any) -> Any:
+        The reorder buffer lives in the host, not in the core, so it survives passivation:
+        a caller whose commands straddle a passivation continues its numbering on the fresh
+        activation (a core-level buffer would wait for numbers the old core already took)."""
+        self.aggregate_type.persistence_id(entity_id)
+        order = self._orders.get(entity_id)
+        if order is None:
+            order = self._orders[entity_id] = CallerOrder(
+                lambda cmd: asyncio.ensure_future(self._call(entity_id, cmd)),
+                gap_timeout_s=self.order_gap_timeout_s,
+            )
+            while len(self._orders) > self.max_ordered_entities:
+                self._orders.popitem(last=False)
+        else:
+            self._orders.move_to_end(entity_id)
+        # admitted commands become tasks in seq order; a task's first step submits to the
+        # mailbox (or queues behind the same activation/stop future), so order is kept
+        return await order.submit(caller_id, seq, command)
+
+    async def _call(self, entity_id: str, command: Any) -> Any:
         self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
         try:
             core = await self.get_or_activate(entity_id)
             # no await between the lookup and the submit: see get_or_activate
             try:
-                if caller_id is None:
-                    return await core.handle(command)
-                return await core.handle_in_order(caller_id, seq, command)
+                return await core.handle(command)
             except AggregateStoppedError:
                 if core.stopped and self._cores.get(entity_id) is core:
                     self._drop_failed(entity_id, core)  # fenced: the next command starts anew

@@ -170,8 +170,11 @@ class _HostActor:
         # Let the stop finish and in-flight calls get their answer, then free the name.
         if self._host is not None:
             await self._host.close()
-            await asyncio.gather(self._host.journal.close(), self._host.snapshot_store.close(),
-                                 return_exceptions=True)
+            for store in (self._host.snapshot_store, self._host.journal):  # journal owns the session
+                try:
+                    await store.close()
+                except Exception:
+                    log.exception("closing %r failed", store)
         await asyncio.sleep(self.spec.retire_grace_s)
         log.info("%s retired (%s), exiting", self.spec.actor_name, self._retire_reason)
         ray.actor.exit_actor()

@@ -76,15 +76,17 @@ async def open_stores(spec: StoreSpec) -> tuple[Journal, SnapshotStore]:
 
     config = spec.cassandra
     assert config is not None
+    # one session (connection pool, executor) shared by both; the journal owns and closes it
     session = CassandraSession(config)
-    if spec.create_schema:
-        from journal.schema import create_schema
+    await session.connect(keyspace="")
+    try:
+        if spec.create_schema:
+            from journal.schema import create_schema
 
-        await session.connect(keyspace="")
-        await create_schema(session, config)
-        await session.set_keyspace(config.keyspace)
-    else:
-        await session.connect()
-    journal = CassandraJournal(session, config)
-    snapshots = CassandraSnapshotStore(session, config)
+            await create_schema(session, config)
+        journal = CassandraJournal(session, config, own_session=True)
+        snapshots = CassandraSnapshotStore(session, config)
+    except BaseException:
+        await session.close()
+        raise
     return journal, snapshots

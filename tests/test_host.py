@@ -15,7 +15,15 @@ from journal.errors import (
 )
 from journal.memory import InMemoryJournal
 from journal.serialization import Serialization
-from runtime.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved, seat_label
+from runtime.examples.seats import (
+    SHOW,
+    CancelReservation,
+    GetShow,
+    ReservationCancelled,
+    ReserveSeat,
+    SeatReserved,
+    seat_label,
+)
 from runtime.host import AggregateHost, ids_matching
 from snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
@@ -191,4 +199,19 @@ async def test_failed_recovery_reaches_every_waiter_and_next_try_starts_anew():
     assert all(isinstance(r, Exception) for r in results)
     Broken.fail = False
     assert (await host.ask("s", GetShow())).reservations == {}
+    await host.close()
+
+
+async def test_caller_order_survives_passivation():
+    journal = InMemoryJournal(latency=0.002)
+    host = make_host(journal, order_gap_timeout_s=30)
+    await host.ask_ordered("s", "c", 0, ReserveSeat("A1", "x"))
+    await host.passivate("s")
+    # the same caller continues its numbering on the fresh activation, out of order
+    results = await asyncio.wait_for(asyncio.gather(
+        host.ask_ordered("s", "c", 2, CancelReservation("A1", "x")),
+        host.ask_ordered("s", "c", 1, ReserveSeat("A2", "x")),
+    ), timeout=5)
+    assert results == [ReservationCancelled("A1", "x"), SeatReserved("A2", "x")]
+    assert host.stats.activations == 2
     await host.close()
