@@ -116,6 +116,7 @@ class _HostActor:
         self._retire_reason: str | None = None
         self._created = time.time()
         self._calls = 0
+        self._open_s: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,6 +135,7 @@ class _HostActor:
 
     async def _open(self) -> None:
         spec = self.spec
+        started = time.perf_counter()
         try:
             journal, snapshots = await open_stores(spec.store)
         except BaseException:
@@ -150,6 +152,7 @@ class _HostActor:
             max_batch=spec.max_batch,
             on_deactivated=self._on_deactivated,
         )
+        self._open_s = time.perf_counter() - started
 
     def _on_deactivated(self, entity_id: str, reason: str) -> None:
         if self.spec.placement == "dedicated" and entity_id == self.spec.entity_id:
@@ -243,6 +246,7 @@ class _HostActor:
             "retired": self._retire_reason,
             "calls": self._calls,
             "uptime_s": time.time() - self._created,
+            "stores_open_s": self._open_s,
         }
         try:
             import psutil

@@ -1,0 +1,349 @@
+"""Runtime benchmark: aggregates as Ray actors on Cassandra beside the raw limits, in one run.
+
+* hot aggregate: commands/s on one show from pipelining callers (group commit) vs
+  1 / (single journal append latency), dedicated and hosted;
+* many aggregates: commands/s on N shows vs raw cassandra-driver inserts of the same event rows
+  (plain and ``IF NOT EXISTS``, the guard's price);
+* ask round trip p50/p99 (write and read-only) vs a bare Ray actor call + one journal append;
+* activation latency and memory (USS) per active aggregate: dedicated vs hosted vs a bare Ray
+  actor (this is the warm-pool question of DESIGN.md "activation cost").
+
+Usage: python benchmarks/runtime_bench.py [--contact host:port]
+Prints a table and writes results/runtime_bench.json. Read the ratios; absolute figures depend
+on the machine (2 cores here, Ray + Cassandra + the driver all on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+from cassandra.cluster import Cluster
+from cassandra.concurrent import execute_concurrent_with_args
+
+from journal.api import StoredEvent
+from journal.cassandra import CassandraJournal, to_us
+from journal.config import CassandraConfig
+from journal.serialization import Serialization
+from runtime.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
+from runtime.refs import EntityRef, LocalResolver
+from runtime.stores import StoreSpec
+
+BENCH_SHOW = dataclasses.replace(SHOW, name="benchshow", number_of_shards=2)
+
+
+@ray.remote(num_cpus=0.01, max_concurrency=1000)
+class Bare:
+    """A bare async Ray actor: the floor under every host actor figure."""
+
+    async def ping(self) -> str:
+        return "pong"
+
+    async def memory(self) -> dict:
+        import psutil
+
+        m = psutil.Process().memory_full_info()
+        return {"rss": m.rss, "uss": m.uss}
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def ms(x: float) -> float:
+    return round(x * 1000, 2)
+
+
+# --------------------------------------------------------------------------- raw limits
+
+
+async def append_latencies(config: CassandraConfig, n: int) -> list[float]:
+    """Sequential one-event appends (guard on) to one persistence id, from this process."""
+    journal = await CassandraJournal.connect(config)
+    ser = Serialization()
+    SHOW.register_types(ser)
+    pid = f"bench|append-{uuid.uuid4().hex[:8]}"
+    out = []
+    try:
+        for i in range(1, n + 1):
+            sid, man, payload = ser.encode(SeatReserved(seat_label(i % 1000), "alice"))
+            ev = StoredEvent(pid, i, payload, man, sid, datetime.now(timezone.utc), "bench",
+                             frozenset({"show"}))
+            t = time.perf_counter()
+            await journal.append([ev])
+            out.append(time.perf_counter() - t)
+    finally:
+        await journal.close()
+    return out
+
+
+def raw_inserts(session, ks: str, n: int, conc: int, lwt: bool) -> float:
+    ser = Serialization()
+    SHOW.register_types(ser)
+    sid, man, payload = ser.encode(SeatReserved("A1", "customer-0001"))
+    stmt = session.prepare(
+        f"INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
+        "writer_id, ser_id, manifest, payload, tags, meta) VALUES (?,?,?,?,?,?,?,?,?,?)"
+        + (" IF NOT EXISTS" if lwt else ""))
+    run = uuid.uuid4().hex[:6]
+    ts = to_us(datetime.now(timezone.utc))
+    args = [(f"raw-{run}-{i % conc}", 0, i // conc + 1, ts, "w", sid, man, payload,
+             {"show"}, None) for i in range(n)]
+    t0 = time.perf_counter()
+    results = execute_concurrent_with_args(session, stmt, args, concurrency=conc,
+                                           raise_on_first_error=True)
+    dt = time.perf_counter() - t0
+    assert all(ok for ok, _ in results)
+    return n / dt
+
+
+# --------------------------------------------------------------------------- runtime figures
+
+
+def hot_aggregate(resolver: LocalResolver, callers: int, per_caller: int) -> dict:
+    show = f"hot-{uuid.uuid4().hex[:8]}"
+    refs = [EntityRef(BENCH_SHOW, show, resolver) for _ in range(callers)]
+    refs[0].ask(CreateShow(callers * per_caller))
+    before = ray.get(refs[0].actor.info.remote())["stats"]
+    t0 = time.perf_counter()
+    pending = [refs[c].submit(ReserveSeat(seat_label(c * per_caller + i), f"c{c}"))
+               for i in range(per_caller) for c in range(callers)]
+    ray.get(pending)
+    dt = time.perf_counter() - t0
+    after = ray.get(refs[0].actor.info.remote())["stats"]
+    writes = after["writes"] - before["writes"]
+    n = callers * per_caller
+    return {"commands": n, "commands_per_s": n / dt, "writes": writes,
+            "commands_per_write": n / max(1, writes)}
+
+
+def many_aggregates(resolver: LocalResolver, entities: int, per_entity: int) -> dict:
+    refs = [EntityRef(BENCH_SHOW, f"many-{uuid.uuid4().hex[:8]}", resolver)
+            for _ in range(entities)]
+    ray.get([r.submit(CreateShow(per_entity)) for r in refs])  # activation outside the clock
+    t0 = time.perf_counter()
+    pending = [r.submit(ReserveSeat(seat_label(i), "c")) for i in range(per_entity) for r in refs]
+    ray.get(pending)
+    dt = time.perf_counter() - t0
+    return {"commands": len(pending), "commands_per_s": len(pending) / dt}
+
+
+def round_trips(resolver: LocalResolver, n: int) -> dict:
+    ref = EntityRef(BENCH_SHOW, f"rt-{uuid.uuid4().hex[:8]}", resolver)
+    ref.ask(CreateShow(n + 10))
+    writes, reads = [], []
+    for i in range(n):
+        t = time.perf_counter()
+        ref.ask(ReserveSeat(seat_label(i), "c"))
+        writes.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ref.ask(GetShow())
+        reads.append(time.perf_counter() - t)
+    return {"write_p50_ms": ms(pct(writes, 50)), "write_p99_ms": ms(pct(writes, 99)),
+            "read_p50_ms": ms(pct(reads, 50)), "read_p99_ms": ms(pct(reads, 99))}
+
+
+def bare_calls(n: int) -> tuple[dict, list]:
+    times = []
+    creates = []
+    actors = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a = Bare.remote()
+        ray.get(a.ping.remote())
+        creates.append(time.perf_counter() - t)
+        actors.append(a)
+    for _ in range(n):
+        t = time.perf_counter()
+        ray.get(actors[0].ping.remote())
+        times.append(time.perf_counter() - t)
+    mem = ray.get(actors[0].memory.remote())
+    return ({"call_p50_ms": ms(pct(times, 50)), "call_p99_ms": ms(pct(times, 99)),
+             "create_ms": ms(statistics.median(creates)), "uss_mib": mem["uss"] / 2**20,
+             "rss_mib": mem["rss"] / 2**20}, actors)
+
+
+def dedicated_activation(resolver: LocalResolver, n: int) -> dict:
+    times, uss, rss, recov, opens = [], [], [], [], []
+    for _ in range(n):
+        ref = EntityRef(BENCH_SHOW, f"act-{uuid.uuid4().hex[:8]}", resolver)
+        t = time.perf_counter()
+        ref.ask(GetShow())  # actor creation + store connect + recovery + one call
+        times.append(time.perf_counter() - t)
+        info = ray.get(ref.actor.info.remote())
+        uss.append(info["uss"])
+        rss.append(info["rss"])
+        recov.append(info["recovery"]["recovery_s_total"])
+        opens.append(info["stores_open_s"])
+    return {"activation_ms": ms(statistics.median(times)),
+            "recovery_ms": ms(statistics.median(recov)),
+            "stores_open_ms": ms(statistics.median(opens)),
+            "uss_mib_per_aggregate": statistics.median(uss) / 2**20,
+            "rss_mib": statistics.median(rss) / 2**20}
+
+
+def hosted_activation(resolver: LocalResolver, n: int) -> dict:
+    # all on shard 0 of one hosted actor: warm it, then measure entity activations inside it
+    from sharding.shard_id import shard_of
+
+    ids = []
+    while len(ids) < n + 1:
+        e = f"hact-{uuid.uuid4().hex[:8]}"
+        if shard_of(e, BENCH_SHOW.number_of_shards) == 0:
+            ids.append(e)
+    first = EntityRef(BENCH_SHOW, ids[0], resolver)
+    t = time.perf_counter()
+    first.ask(GetShow())
+    cold = time.perf_counter() - t
+    base = ray.get(first.actor.info.remote())["uss"]
+    times = []
+    for e in ids[1:]:
+        ref = EntityRef(BENCH_SHOW, e, resolver)
+        t = time.perf_counter()
+        ref.ask(ReserveSeat("A1", "c"))  # activation + recovery + one write, like a real first use
+        times.append(time.perf_counter() - t)
+    info = ray.get(first.actor.info.remote())
+    return {"cold_actor_ms": ms(cold), "activation_ms": ms(statistics.median(times)),
+            "active": info["active"],
+            "uss_kib_per_aggregate": (info["uss"] - base) / max(1, n) / 1024,
+            "actor_uss_mib": info["uss"] / 2**20}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--contact", default=os.environ.get("RAYSOURCE_CASSANDRA", "127.0.0.1:9042"))
+    ap.add_argument("--keyspace", default="raysource_bench")
+    ap.add_argument("--out", default="results/runtime_bench.json")
+    ap.add_argument("--callers", type=int, default=8)
+    ap.add_argument("--per-caller", type=int, default=250)
+    ap.add_argument("--entities", type=int, default=8)
+    ap.add_argument("--round-trips", type=int, default=200)
+    args = ap.parse_args()
+
+    config = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
+    asyncio.run(_create(config))
+    ray.init(namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}", include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    store = StoreSpec("cassandra", config)
+    r: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "ray": ray.__version__}}
+    resolvers: list[LocalResolver] = []
+
+    def resolver(placement: str) -> LocalResolver:
+        res = LocalResolver(f"b{uuid.uuid4().hex[:6]}", store,
+                            placement={BENCH_SHOW.name: placement})
+        resolvers.append(res)
+        return res
+
+    def done() -> None:
+        for res in resolvers:
+            res.kill_all()
+        resolvers.clear()
+
+    t_start = time.perf_counter()
+    try:
+        lat = asyncio.run(append_latencies(config, 200))
+        r["append"] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
+                       "one_writer_limit_per_s": 1 / statistics.median(lat)}
+
+        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5)
+        session = cluster.connect()
+        r["raw"] = {"insert_per_s": raw_inserts(session, config.keyspace, 4000, 64, False),
+                    "insert_lwt_per_s": raw_inserts(session, config.keyspace, 2000, 64, True)}
+        cluster.shutdown()
+
+        bare, bare_actors = bare_calls(args.round_trips)
+        r["bare_actor"] = bare
+        for a in bare_actors:
+            ray.kill(a)
+
+        for placement in ("dedicated", "hosted"):
+            res = resolver(placement)
+            r[f"hot_{placement}"] = hot_aggregate(res, args.callers, args.per_caller)
+            r[f"rtt_{placement}"] = round_trips(res, args.round_trips)
+            done()
+            r[f"many_{placement}"] = many_aggregates(resolver(placement), args.entities, 150)
+            done()
+        r["activation_dedicated"] = dedicated_activation(resolver("dedicated"), 5)
+        done()
+        r["activation_hosted"] = hosted_activation(resolver("hosted"), 200)
+        done()
+    finally:
+        done()
+        ray.shutdown()
+    r["wall_s"] = time.perf_counter() - t_start
+    report(r)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(r, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+async def _create(config: CassandraConfig) -> None:
+    journal = await CassandraJournal.connect(config, create_schema=True)
+    await journal.close()
+
+
+def report(r: dict) -> None:
+    limit = r["append"]["one_writer_limit_per_s"]
+    rows = [("single append (guard on) p50 / p99 ms",
+             f"{r['append']['p50_ms']} / {r['append']['p99_ms']}", ""),
+            ("1 / append latency (one writer, no batching) /s", f"{limit:.0f}", "1.00")]
+    for p in ("dedicated", "hosted"):
+        h = r[f"hot_{p}"]
+        rows.append((f"hot aggregate {p}: cmds/s ({h['commands_per_write']:.1f} cmds/write)",
+                     f"{h['commands_per_s']:.0f}", f"{h['commands_per_s'] / limit:.2f} x limit"))
+    raw, raw_lwt = r["raw"]["insert_per_s"], r["raw"]["insert_lwt_per_s"]
+    rows.append(("raw driver inserts /s (plain, 64 in flight)", f"{raw:.0f}", "1.00"))
+    rows.append(("raw driver inserts /s (IF NOT EXISTS)", f"{raw_lwt:.0f}", f"{raw_lwt / raw:.2f}"))
+    for p in ("dedicated", "hosted"):
+        m = r[f"many_{p}"]["commands_per_s"]
+        rows.append((f"many aggregates {p}: cmds/s", f"{m:.0f}",
+                     f"{m / raw:.2f} x raw, {m / raw_lwt:.2f} x raw LWT"))
+    b = r["bare_actor"]
+    floor = b["call_p50_ms"] + r["append"]["p50_ms"]
+    rows.append(("bare actor call p50 / p99 ms", f"{b['call_p50_ms']} / {b['call_p99_ms']}", ""))
+    rows.append(("bare call + one append p50 ms (floor)", f"{floor:.2f}", "1.00"))
+    for p in ("dedicated", "hosted"):
+        t = r[f"rtt_{p}"]
+        rows.append((f"ask write {p} p50 / p99 ms", f"{t['write_p50_ms']} / {t['write_p99_ms']}",
+                     f"{t['write_p50_ms'] / floor:.2f} x floor"))
+        rows.append((f"ask read-only {p} p50 / p99 ms", f"{t['read_p50_ms']} / {t['read_p99_ms']}",
+                     f"{t['read_p50_ms'] / b['call_p50_ms']:.2f} x bare call"))
+    d, h = r["activation_dedicated"], r["activation_hosted"]
+    rows.append(("bare Ray actor create + first call ms", f"{b['create_ms']}", "1.00"))
+    rows.append(("dedicated activation ms (create+connect+recover)", f"{d['activation_ms']}",
+                 f"{d['activation_ms'] / b['create_ms']:.2f} x bare"))
+    rows.append(("  of which Cassandra session connect ms", f"{d['stores_open_ms']}",
+                 f"{d['stores_open_ms'] / d['activation_ms']:.2f} of it"))
+    rows.append(("  of which recovery ms", f"{d['recovery_ms']}", ""))
+    rows.append(("hosted activation ms (in a warm host, + 1 write)", f"{h['activation_ms']}",
+                 f"{h['activation_ms'] / b['create_ms']:.3f} x bare"))
+    rows.append(("bare Ray actor USS MiB", f"{b['uss_mib']:.1f}", "1.00"))
+    rows.append(("dedicated USS MiB per aggregate", f"{d['uss_mib_per_aggregate']:.1f}",
+                 f"{d['uss_mib_per_aggregate'] / b['uss_mib']:.2f} x bare"))
+    rows.append((f"hosted USS KiB per aggregate ({h['active']} active)",
+                 f"{h['uss_kib_per_aggregate']:.1f}",
+                 f"{h['uss_kib_per_aggregate'] / 1024 / b['uss_mib']:.4f} x bare"))
+    w = max(len(a) for a, _, _ in rows)
+    print(f"\n{'figure':<{w}}  {'value':>14}  ratio")
+    for a, v, ratio in rows:
+        print(f"{a:<{w}}  {v:>14}  {ratio}")
+    print(f"(wall {r['wall_s']:.0f} s, {r['machine']})")
+
+
+if __name__ == "__main__":
+    main()
