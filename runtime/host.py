@@ -129,6 +129,11 @@ class AggregateHost:
         """Entity ids with a live core, least recently used first."""
         return list(self._cores)
 
+    @property
+    def busy(self) -> bool:
+        """True while an activation, a stop or a command is in progress."""
+        return bool(self._activating or self._stopping or self._inflight)
+
     def core(self, entity_id: str) -> EntityCore | None:
         """The live core of ``entity_id`` (None if not active)."""
         return self._cores.get(entity_id)

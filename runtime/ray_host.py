@@ -117,6 +117,32 @@ class _HostActor:
         self._created = time.time()
         self._calls = 0
         self._open_s: float | None = None
+        self._last_call = time.monotonic()
+        self._watchdog: asyncio.Task | None = None
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        # A dedicated actor whose aggregate never became active (no call, failed recovery)
+        # has no core to passivate: without this it would live forever (it is detached).
+        if self.spec.placement != "dedicated" or self._watchdog is not None:
+            return
+        try:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        except RuntimeError:  # no loop in __init__ (Ray runs it in the actor's loop today)
+            pass
+
+    async def _watch(self) -> None:
+        idle = self.spec.idle_timeout_s or self.spec.aggregate_type.idle_timeout_s
+        while self._retired is None:
+            await asyncio.sleep(min(idle / 4, 5.0))
+            busy = self._host is not None and (self._host.active or self._host.busy)
+            if not busy and time.monotonic() - self._last_call >= idle:
+                self._retire("idle")
+
+    def _touch(self) -> None:
+        self._calls += 1
+        self._last_call = time.monotonic()
+        self._start_watchdog()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -200,7 +226,7 @@ class _HostActor:
         reply once its events are durable, or raise the typed error (``CommandRejected``,
         ``UnknownCommandError``, ``HandlerError``, ``SerializationError``,
         ``PersistFailedError``, ``AggregateStoppedError``/``PassivatedError``: not applied)."""
-        self._calls += 1
+        self._touch()
         eid = self._entity(entity_id)
         host = await self._get_host()
         return await host.ask(eid, command)
@@ -209,7 +235,7 @@ class _HostActor:
                           command: Any) -> Any:
         """Like :meth:`ask`; commands of one ``caller_id`` are processed in ``seq`` order
         (0, 1, 2, ... per caller id; a new caller id after any ``AggregateStoppedError``)."""
-        self._calls += 1
+        self._touch()
         eid = self._entity(entity_id)
         host = await self._get_host()
         return await host.ask_ordered(eid, caller_id, seq, command)

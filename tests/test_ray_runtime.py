@@ -172,6 +172,16 @@ def wait_for(predicate, timeout=10.0, interval=0.1) -> None:
         time.sleep(interval)
 
 
+def actor_gone(name: str) -> bool:
+    import ray
+
+    try:
+        ray.get_actor(name)
+        return False
+    except ValueError:
+        return True
+
+
 def info(ref: EntityRef) -> dict:
     import ray
 
@@ -425,14 +435,7 @@ def test_idle_passivation_and_reactivation(make_resolver, config, placement):
     ref.ask(ReserveSeat("A1", "alice"))
     name = resolver.spec_for(SHOW, ref.entity_id).actor_name
     if placement == "dedicated":  # the actor retires and exits, freeing its name
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                ray.get_actor(name)
-            except ValueError:
-                break
-            assert time.monotonic() < deadline, "the idle dedicated actor did not exit"
-            time.sleep(0.1)
+        wait_for(lambda: actor_gone(name), timeout=10)
     else:
         wait_for(lambda: info(ref)["active"] == 0, timeout=10)
     assert ref.ask(GetShow()).reservations == {"A1": "alice"}  # recovered
@@ -489,3 +492,15 @@ def test_bad_input_gets_typed_errors_and_aggregate_stays_alive(make_resolver, co
     events = journal_events(config, BAD_SHOW, ref.entity_id)
     assert [e for _, e, _ in events] == [SeatReserved("A1", "alice"), SeatReserved("A2", "bob")]
     assert info(ref)["stats"]["failed_commands"] == 4
+
+
+def test_dedicated_actor_without_an_active_aggregate_exits_when_idle(make_resolver):
+    import ray
+
+    resolver = make_resolver("dedicated", idle_timeout_s=0.6)
+    show = eid()
+    handle = resolver.resolve(SHOW, show)
+    assert ray.get(handle.ping.remote()) == "pong"  # alive, but its aggregate never activated
+    name = resolver.spec_for(SHOW, show).actor_name
+
+    wait_for(lambda: actor_gone(name), timeout=10)
