@@ -38,11 +38,13 @@ from runtime.core import EntityCore
 from runtime.ordering import CallerOrder
 from snapshots.api import SnapshotStore
 
-__all__ = ["AggregateHost", "HostStats", "DeactivationReason"]
+__all__ = ["AggregateHost", "DeactivationReason", "HostStats", "ids_matching"]
 
 log = logging.getLogger(__name__)
 
-DeactivationReason = str  # "idle" | "evicted" | "passivated" | "handoff" | "fenced" | "closed"
+# "idle" | "evicted" | "passivated" | "handoff" | "closed" | "fenced" (the core stopped on its
+# own: a concurrent writer, or a rebuild after a failed write that failed too)
+DeactivationReason = str
 
 
 @dataclass(slots=True)

@@ -13,6 +13,10 @@ Retry rule (never run a command twice): a command that failed with ``AggregateSt
 was definitely not applied, so the ref re-resolves and re-sends it under a fresh caller id. A
 host that died otherwise (crash, ``ray.kill``, lost node) leaves the outcome unknown: the ref
 raises :class:`~journal.errors.HostCrashedError` and only forgets the handle.
+
+Known limit: a re-sent command goes out under a fresh caller id, so if several pipelined
+commands of one ref are re-sent at once (all were refused by a stopping activation), their
+relative order is the order the failures came back in, not necessarily the send order.
 """
 
 from __future__ import annotations
