@@ -18,6 +18,7 @@ The coordinator is not on the per-command path: callers ask ``home`` once per sh
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -312,7 +313,9 @@ class ShardCoordinator:
 
     async def _startup(self) -> None:
         loop = asyncio.get_running_loop()
-        self._journal = await loop.run_in_executor(None, self._journal_factory)
+        made = await loop.run_in_executor(None, self._journal_factory)
+        # a factory may return a coroutine (e.g. an async Cassandra connect): finish it here
+        self._journal = await made if inspect.isawaitable(made) else made
         await self._catch_up()
         if self._poll:
             self._poller = asyncio.ensure_future(self._poll_loop())

@@ -1,0 +1,196 @@
+"""Shard regions: the per-node activation gate of a raysource system.
+
+One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its node and named
+``"{system}:region:{node_id}"``. It is on the *activation* path, never on the per-command path:
+
+* ``activate(type_name, entity_id)`` get-or-creates the host actor of an aggregate on this node
+  (dedicated: the aggregate's own actor; hosted: its shard's actor) and returns the handle.
+  Ray's named-actor registry keeps one live activation per name cluster-wide.
+* It enforces the per-node cap on active dedicated aggregates: past ``max_active_per_node`` the
+  least recently activated one is passivated (it finishes its queued commands first).
+* ``handoff(shard)`` (the coordinator's :class:`~sharding.coordinator.ShardRegion` protocol)
+  stops every activation of a moving shard, wherever it runs, before the shard's new node
+  activates it. Activations are found through Ray's named-actor list, so a restarted region
+  (or one on another node) hands off correctly without remembering anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from journal.errors import ConfigError
+from runtime.aggregate import AggregateType, PERSISTENCE_ID_SEPARATOR
+from runtime.ray_host import HostActor, HostSpec, actor_options
+from runtime.stores import StoreSpec
+from sharding.allocation import NodeId, ShardId
+from sharding.ray_nodes import node_affinity
+from sharding.shard_id import shard_of
+
+__all__ = ["SystemSpec", "ShardRegion", "region_name"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """Everything a region needs to create host actors; picklable (shipped to every node).
+
+    ``host_settings`` maps a type name to :class:`~runtime.ray_host.HostSpec` overrides
+    (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000}}``); ``placement`` overrides
+    a type's declared placement by name.
+    """
+
+    name: str
+    store: StoreSpec
+    types: tuple[AggregateType, ...]
+    namespace: str | None = None
+    max_active_per_node: int = 2000
+    host_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    placement: Mapping[str, str] = field(default_factory=dict)
+
+    def type_named(self, type_name: str) -> AggregateType:
+        for t in self.types:
+            if t.name == type_name:
+                return t
+        known = ", ".join(t.name for t in self.types) or "none"
+        raise ConfigError(f"unknown aggregate type {type_name!r} (registered: {known})")
+
+    def placement_of(self, aggregate_type: AggregateType) -> str:
+        return self.placement.get(aggregate_type.name, aggregate_type.placement)
+
+    def host_spec(self, aggregate_type: AggregateType, entity_id: str) -> HostSpec:
+        settings = dict(self.host_settings.get(aggregate_type.name, {}))
+        shard = shard_of(entity_id, aggregate_type.number_of_shards)
+        if self.placement_of(aggregate_type) == "dedicated":
+            return HostSpec(self.name, aggregate_type, self.store, "dedicated",
+                            entity_id=entity_id, shard=shard, **settings)
+        return HostSpec(self.name, aggregate_type, self.store, "hosted", shard=shard, **settings)
+
+
+def region_name(system: str, node_id: NodeId) -> str:
+    return f"{system}:region:{node_id}"
+
+
+class ShardRegion:
+    """The per-node region actor (see the module docstring). Methods are coroutines; call them
+    as ``handle.<method>.remote(...)``."""
+
+    def __init__(self, spec: SystemSpec, node_id: NodeId) -> None:
+        self.spec = spec
+        self.node_id = node_id
+        # name -> handle of dedicated activations made here, least recently activated first
+        self._dedicated: OrderedDict[str, Any] = OrderedDict()
+        self._hosted: dict[str, Any] = {}
+        self.activations = 0
+        self.evictions = 0
+
+    async def activate(self, type_name: str, entity_id: str) -> Any:
+        """The host actor handle for ``entity_id`` (created on this node if not running)."""
+        aggregate_type = self.spec.type_named(type_name)
+        spec = self.spec.host_spec(aggregate_type, entity_id)
+        name = spec.actor_name
+        cache = self._dedicated if spec.placement == "dedicated" else self._hosted
+        if name in cache:
+            if spec.placement == "dedicated":
+                self._dedicated.move_to_end(name)
+            return cache[name]
+        opts = actor_options(spec, self.spec.namespace, **node_affinity(self.node_id))
+        # get-or-create by name asks the GCS synchronously: keep it off the event loop
+        loop = asyncio.get_running_loop()
+        handle = await loop.run_in_executor(None, lambda: HostActor.options(**opts).remote(spec))
+        cache[name] = handle
+        self.activations += 1
+        if spec.placement == "dedicated":
+            await self._enforce_cap()
+        return handle
+
+    def forget(self, actor_name: str) -> None:
+        """Drop a cached handle (the caller found the actor retired or dead)."""
+        self._dedicated.pop(actor_name, None)
+        self._hosted.pop(actor_name, None)
+
+    async def _enforce_cap(self) -> None:
+        while len(self._dedicated) > self.spec.max_active_per_node:
+            name, handle = self._dedicated.popitem(last=False)
+            self.evictions += 1
+            try:
+                await handle.passivate.remote()
+            except Exception as exc:  # already gone: nothing to passivate
+                log.debug("evicting %s: %r", name, exc)
+
+    async def handoff(self, shard: ShardId) -> int:
+        """Stop every activation of ``shard`` (queued work first); returns how many."""
+        aggregate_type = self.spec.type_named(shard.type_name)
+        prefix = f"{self.spec.name}:{aggregate_type.name}{PERSISTENCE_ID_SEPARATOR}"
+        hosted_name = f"{self.spec.name}:shard:{aggregate_type.name}:{shard.shard}"
+        loop = asyncio.get_running_loop()
+        names = await loop.run_in_executor(None, self._named_actors)
+        calls = []
+        for name, namespace in names:
+            if name == hosted_name:
+                target = "hosted"
+            elif name.startswith(prefix):
+                eid = name[len(prefix):]
+                if shard_of(eid, aggregate_type.number_of_shards) != shard.shard:
+                    continue
+                target = "dedicated"
+            else:
+                continue
+            self.forget(name)
+            try:
+                handle = await loop.run_in_executor(
+                    None, lambda n=name, ns=namespace: ray.get_actor(n, namespace=ns))
+            except ValueError:
+                continue  # exited meanwhile
+            if target == "hosted":
+                calls.append(handle.handoff.remote([shard.shard]))
+            else:
+                calls.append(handle.passivate.remote())
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    def _named_actors(self) -> list[tuple[str, str]]:
+        out = []
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if self.spec.namespace is not None and entry["namespace"] != self.spec.namespace:
+                continue
+            out.append((entry["name"], entry["namespace"]))
+        return out
+
+    async def info(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "dedicated": len(self._dedicated),
+            "hosted": len(self._hosted),
+            "activations": self.activations,
+            "evictions": self.evictions,
+        }
+
+    async def ping(self) -> str:
+        return "pong"
+
+
+RegionActor = ray.remote(ShardRegion)
+
+
+def get_or_create_region(spec: SystemSpec, node_id: NodeId) -> Any:
+    """The region actor of ``node_id`` (created, pinned to that node, if missing)."""
+    options: dict[str, Any] = {
+        "name": region_name(spec.name, node_id),
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,  # stateless: a restart just forgets its LRU order
+        "max_concurrency": 1000,
+        **node_affinity(node_id),
+    }
+    if spec.namespace is not None:
+        options["namespace"] = spec.namespace
+    return RegionActor.options(**options).remote(spec, node_id)
+

@@ -1,0 +1,256 @@
+"""The raysource system: one object to start (or join) a system on a Ray cluster and talk to
+its aggregates.
+
+    system = System.start("shop", store=StoreSpec.for_cassandra(config), types=[SHOW])
+    show = system.entity(SHOW, "hamlet-2026-12-01")
+    show.ask(ReserveSeat("A1", "alice"))             # reply, or a typed error
+    show.actor.ask_ordered.remote(...)                # or the raw Ray actor handle
+    system.shutdown()
+
+``System.start`` is get-or-create: every driver or actor of the cluster that calls it with the
+same name (and namespace) joins the same system — the coordinator is a named, detached actor.
+Commands never pass through the coordinator: an :class:`~runtime.refs.EntityRef` resolves
+(entity -> shard -> node -> region -> host actor) once, caches the handle and calls it
+directly. A dead handle or a moved shard makes the ref re-resolve (see :mod:`runtime.refs` for
+which failures are re-sent and which are reported as "outcome unknown").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from journal.api import Journal
+from journal.errors import ConfigError, NoLiveNodesError
+from runtime.aggregate import AggregateType
+from runtime.refs import EntityRef
+from runtime.stores import StoreSpec, open_stores
+from sharding.coordinator import CoordinatorSettings
+from sharding.ray_nodes import (
+    get_or_create_coordinator,
+    stop_coordinator,
+)
+from sharding.region import SystemSpec, get_or_create_region
+from sharding.shard_id import shard_of
+
+__all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
+
+log = logging.getLogger(__name__)
+
+_RESOLVE_DEADLINE_S = 30.0  # covers Ray noticing a dead node and the coordinator re-homing
+_ACTIVATE_TIMEOUT_S = 15.0  # a region pinned to a node that just died never answers
+
+
+@dataclass(frozen=True)
+class CoordinatorJournal:
+    """Picklable journal factory for the coordinator: the system's own store."""
+
+    store: StoreSpec
+
+    async def __call__(self) -> Journal:
+        journal, _snapshots = await open_stores(self.store)
+        return journal
+
+
+class ShardedResolver:
+    """:class:`~runtime.refs.Resolver` through the coordinator: entity -> shard -> home node
+    -> that node's region -> the host actor (created on the home node). Caches shard homes,
+    regions and handles; ``invalidate`` makes the next resolve ask the coordinator afresh."""
+
+    def __init__(self, spec: SystemSpec, coordinator: Any) -> None:
+        self.spec = spec
+        self.coordinator = coordinator
+        self._lock = threading.Lock()
+        self._homes: dict[tuple[str, int], str] = {}
+        self._stale: set[tuple[str, int]] = set()
+        self._regions: dict[str, Any] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
+        self.resolves = 0  # coordinator round trips (cold resolves), for benchmarks
+
+    def resolve(self, aggregate_type: AggregateType, entity_id: str) -> Any:
+        aggregate_type.persistence_id(entity_id)  # validate before touching Ray
+        key = (aggregate_type.name, entity_id)
+        with self._lock:
+            handle = self._handles.get(key)
+        if handle is not None:
+            return handle
+        shard = shard_of(entity_id, aggregate_type.number_of_shards)
+        deadline = time.monotonic() + _RESOLVE_DEADLINE_S
+        while True:
+            node = self._home(aggregate_type.name, shard)
+            region = self._region(node)
+            try:
+                handle = ray.get(region.activate.remote(aggregate_type.name, entity_id),
+                                 timeout=_ACTIVATE_TIMEOUT_S)
+                break
+            except RayTaskError as err:
+                cause = err.cause if isinstance(err.cause, BaseException) else err
+                if isinstance(cause, ConfigError):
+                    raise cause from None
+                failure: BaseException = err
+            except (RayActorError, GetTimeoutError) as err:  # the region's node is gone
+                failure = err
+            with self._lock:  # the node failed us: ask the coordinator to re-home
+                self._stale.add((aggregate_type.name, shard))
+                self._homes.pop((aggregate_type.name, shard), None)
+                self._regions.pop(node, None)
+            if time.monotonic() > deadline:
+                raise NoLiveNodesError(
+                    f"could not activate {aggregate_type.persistence_id(entity_id)}: {failure}"
+                ) from failure
+            time.sleep(0.2)
+        with self._lock:
+            self._handles[key] = handle
+        return handle
+
+    def _home(self, type_name: str, shard: int) -> str:
+        with self._lock:
+            node = self._homes.get((type_name, shard))
+            refresh = (type_name, shard) in self._stale
+        if node is not None:
+            return node
+        self.resolves += 1
+        try:
+            node = ray.get(self.coordinator.home.remote(type_name, shard, refresh=refresh))
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            raise cause from None
+        with self._lock:
+            self._homes[(type_name, shard)] = node
+            self._stale.discard((type_name, shard))
+        return node
+
+    def _region(self, node: str) -> Any:
+        with self._lock:
+            region = self._regions.get(node)
+        if region is None:
+            region = get_or_create_region(self.spec, node)
+            self.coordinator.register_region.remote(node, region)
+            with self._lock:
+                self._regions[node] = region
+        return region
+
+    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
+                   handle: Any = None) -> None:
+        key = (aggregate_type.name, entity_id)
+        shard = shard_of(entity_id, aggregate_type.number_of_shards)
+        with self._lock:
+            if handle is None or self._handles.get(key) is handle:
+                self._handles.pop(key, None)
+            # the shard may have moved or its node died: ask the coordinator next time
+            self._homes.pop((aggregate_type.name, shard), None)
+            self._stale.add((aggregate_type.name, shard))
+
+
+class System:
+    """A raysource system on a Ray cluster. Build with :meth:`start`."""
+
+    def __init__(self, spec: SystemSpec, coordinator: Any) -> None:
+        self.spec = spec
+        self.coordinator = coordinator
+        self.resolver = ShardedResolver(spec, coordinator)
+        self._types = {t.name: t for t in spec.types}
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        *,
+        store: StoreSpec,
+        types: Iterable[AggregateType],
+        address: str | None = None,
+        namespace: str | None = None,
+        coordinator_settings: CoordinatorSettings | None = None,
+        max_active_per_node: int = 2000,
+        host_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        placement: Mapping[str, str] | None = None,
+    ) -> "System":
+        """Start the system ``name`` on Ray (connecting with ``address`` if Ray is not yet
+        initialised in this process) or join it if it runs. Registers ``types`` with the
+        coordinator: a changed ``number_of_shards`` of a type with data is refused
+        (``ShardCountChangedError``)."""
+        types = tuple(types)
+        names = [t.name for t in types]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"aggregate type names must be unique, got {names}")
+        if not ray.is_initialized():
+            ray.init(address=address, namespace=namespace, log_to_driver=False)
+        namespace = namespace or ray.get_runtime_context().namespace
+        spec = SystemSpec(
+            name=name, store=store, types=types, namespace=namespace,
+            max_active_per_node=max_active_per_node,
+            host_settings=dict(host_settings or {}), placement=dict(placement or {}),
+        )
+        coordinator = get_or_create_coordinator(
+            name, CoordinatorJournal(store), coordinator_settings, namespace=namespace
+        )
+        try:
+            for t in types:
+                ray.get(coordinator.register_type.remote(t.name, t.number_of_shards))
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else err
+            raise cause from None
+        return cls(spec, coordinator)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def aggregate_type(self, type_or_name: AggregateType | str) -> AggregateType:
+        name = type_or_name if isinstance(type_or_name, str) else type_or_name.name
+        try:
+            return self._types[name]
+        except KeyError:
+            raise ConfigError(
+                f"aggregate type {name!r} is not part of system {self.name!r} "
+                f"(registered: {', '.join(self._types) or 'none'})"
+            ) from None
+
+    def entity(self, type_or_name: AggregateType | str, entity_id: str) -> EntityRef:
+        """A reference to the aggregate ``(type, entity_id)``: ``ask``, ``ask_async``,
+        ``tell`` and ``.actor`` (the Ray handle of its current activation). Each reference is
+        one caller: commands sent through it are processed in send order."""
+        return EntityRef(self.aggregate_type(type_or_name), entity_id, self.resolver)
+
+    def allocation(self) -> dict[str, list]:
+        """The coordinator's table: node id -> shards."""
+        return ray.get(self.coordinator.allocation.remote())
+
+    def shutdown(self, *, timeout: float = 30.0) -> None:
+        """Passivate and stop every actor of this system (hosts, regions, coordinator).
+        Acknowledged commands are durable in the journal; the next start recovers them."""
+        prefix = f"{self.name}:"
+        entries = [
+            e for e in ray.util.list_named_actors(all_namespaces=True)
+            if e["namespace"] == self.spec.namespace and e["name"].startswith(prefix)
+        ]
+        hosts, regions = [], []
+        for e in entries:
+            try:
+                h = ray.get_actor(e["name"], namespace=e["namespace"])
+            except ValueError:
+                continue
+            (regions if ":region:" in e["name"] else hosts).append(h)
+        pending = [h.handoff.remote(None) for h in hosts]  # finish queued work, then exit
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=timeout)
+        for h in hosts + regions:
+            try:
+                ray.kill(h)
+            except Exception:  # already exited
+                pass
+        stop_coordinator(self.name, namespace=self.spec.namespace)
+
+
+def unique_system_name(prefix: str = "rs") -> str:
+    """A fresh system name (tests, benchmarks, the demo)."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
