@@ -7,7 +7,10 @@ without importing upwards.
 
     RaysourceError
     ├── ConfigError                      invalid names, settings, contact points
-    │   └── ShardCountChangedError       a known aggregate type registered with another count
+    │   ├── ShardCountChangedError       a known aggregate type registered with another count
+    │   ├── UnknownAggregateTypeError    no aggregate type of that name (lists the known ones)
+    │   ├── UnknownEntityError           no event was ever journaled for that entity
+    │   └── InvalidRangeError            a sequence-number range that cannot be inspected
     ├── CassandraNodeError               the local Cassandra launcher could not start/stop a node
     ├── JournalError                     anything the event journal / snapshot store reports
     │   ├── ConcurrentWriteError         fencing: another writer holds these sequence numbers
@@ -62,6 +65,20 @@ class ShardCountChangedError(ConfigError):
 
     def __reduce__(self):
         return (type(self), (self.type_name, self.stored, self.requested))
+
+
+class UnknownAggregateTypeError(ConfigError):
+    """No aggregate type of the requested name is known to the application."""
+
+
+class UnknownEntityError(ConfigError):
+    """The journal holds no event for this entity (it was never created, or the id, type or
+    keyspace is misspelt)."""
+
+
+class InvalidRangeError(ConfigError):
+    """A sequence-number range that cannot be inspected (below 1, reversed, or beyond the
+    highest sequence number of the entity)."""
 
 
 class CassandraNodeError(RaysourceError):

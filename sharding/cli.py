@@ -3,6 +3,8 @@
     raysource cassandra start|stop|status [--port N]
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
     raysource demo [--seconds S]
+    raysource events TYPE ID [--from N] [--to M] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
+    raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
 
 The CLI sits at the top of the import graph (it may use every layer); it holds no logic of its
 own beyond argument parsing and printing.
@@ -61,6 +63,69 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(seconds=args.seconds, contact=args.cassandra, keep=args.keep_running)
 
 
+def _inspect_contact(args: argparse.Namespace) -> str:
+    import os
+
+    if args.cassandra:
+        return args.cassandra
+    if os.environ.get("RAYSOURCE_CASSANDRA"):
+        return os.environ["RAYSOURCE_CASSANDRA"]
+    status = LocalCassandra().status()
+    if not status.running:
+        raise ConfigError(
+            "no Cassandra to read from: pass --cassandra host:port, set RAYSOURCE_CASSANDRA, "
+            "or start the local node with `raysource cassandra start`"
+        )
+    return status.contact_point
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """``events`` and ``replay``: read-only views of one aggregate's journal."""
+    import asyncio
+
+    from journal.config import CassandraConfig
+    from runtime import inspect as ins
+
+    agg = ins.resolve_type(args.type, ins.load_app(args.app))
+    agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
+    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
+                                          connect_timeout=5.0)
+
+    async def run() -> None:
+        journal, snaps = await ins.open_readonly(
+            config, snapshots=args.command == "replay" and args.snapshot)
+        try:
+            if args.command == "events":
+                async for e in ins.event_log(journal, None, agg, args.id, args.from_seq,
+                                             args.to_seq):
+                    tags = ",".join(sorted(e.tags)) or "-"
+                    print(f"{e.sequence_nr:>6}  {e.timestamp.isoformat(timespec='milliseconds')}"
+                          f"  {e.event!r}  tags={tags}")
+                return
+            final = None
+            async for step in ins.replay_states(journal, None, agg, args.id, args.to_seq,
+                                                snapshots=snaps):
+                if step.is_origin:
+                    origin = (f"the snapshot at {step.sequence_nr}" if step.from_snapshot
+                              else "the initial state")
+                    print(f"replaying {agg.persistence_id(args.id)} from {origin}: "
+                          f"{step.state_after!r}")
+                else:
+                    print(f"{step.sequence_nr:>6}  {step.event!r}")
+                    for line in step.diff or ("(no change)",):
+                        print(f"          {line}")
+                final = step
+            assert final is not None
+            print(f"state at {final.sequence_nr}: {final.state_after!r}")
+        finally:
+            await journal.close()
+            if snaps is not None:
+                await snaps.close()
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysource", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true",
                       help="leave the Cassandra node it started running")
     demo.set_defaults(func=_demo)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("type", help="aggregate type name (e.g. show)")
+    common.add_argument("id", help="entity id")
+    common.add_argument("--cassandra", default=None,
+                        help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
+    common.add_argument("--keyspace", default="raysource")
+    common.add_argument("--app", default="runtime.examples.seats:SHOW",
+                        help="module:ATTR naming the application's AggregateType(s)")
+    events = sub.add_parser("events", parents=[common],
+                            help="print an aggregate's decoded event log (read-only)")
+    events.add_argument("--from", dest="from_seq", type=int, default=1)
+    events.add_argument("--to", dest="to_seq", type=int, default=None)
+    events.set_defaults(func=_inspect)
+    replay = sub.add_parser("replay", parents=[common],
+                            help="rebuild an aggregate's state event by event, with diffs "
+                                 "(read-only; the live aggregate is not activated)")
+    replay.add_argument("--to", dest="to_seq", type=int, default=None,
+                        help="stop at this sequence number (default: the last event)")
+    replay.add_argument("--snapshot", action="store_true",
+                        help="start from the newest snapshot at or below --to")
+    replay.set_defaults(func=_inspect)
     return parser
 
 
