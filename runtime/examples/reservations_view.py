@@ -1,0 +1,105 @@
+"""The example read-side view: reservations by customer, across every show.
+
+A projection over the tag ``"show"`` (all events of :data:`runtime.examples.seats.SHOW`) keeps
+``reservations_by_customer (customer, show, seat)``: ``SeatReserved`` inserts a row,
+``ReservationCancelled`` deletes it. Writes go through
+:class:`~runtime.views.EffectivelyOnceView`, so redelivered events change nothing.
+
+    from runtime.projection_actor import Projections
+    from runtime.examples.reservations_view import reservations_projection, reservations_of
+
+    control = Projections(config)                      # a CassandraConfig
+    await control.start(reservations_projection())     # Ray actor(s) follow the tag
+    await reservations_of(session, config.keyspace, "alice")  # [("42", "A1"), ...]
+
+CLI: ``raysource view reservations alice --cassandra 127.0.0.1:9042 --keyspace raysource``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from journal.api import TagOffset
+from journal.config import CassandraConfig, validate_identifier
+from journal.session import RAW_PROFILE, CassandraSession
+from runtime.aggregate import split_persistence_id
+from runtime.examples.seats import SHOW, ReservationCancelled, SeatReserved
+from runtime.projections import EventEnvelope, ProjectionHandler, ProjectionSettings, \
+    ProjectionSpec
+from runtime.views import EffectivelyOnceView
+
+__all__ = [
+    "RESERVATIONS",
+    "ReservationsByCustomer",
+    "VIEW_TABLE",
+    "reservations_of",
+    "reservations_projection",
+]
+
+VIEW_TABLE = "reservations_by_customer"
+
+
+class ReservationsByCustomer(ProjectionHandler):
+    """The handler of the reservations-by-customer projection."""
+
+    def __init__(self, session: CassandraSession, keyspace: str, *, audit: bool = False) -> None:
+        self.session = session
+        self.table = f"{validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE}"
+        self.writer = EffectivelyOnceView(session, keyspace, VIEW_TABLE, audit=audit)
+
+    async def global_prepare(self) -> None:
+        await self.session.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table} (customer text, show text, seat text, "
+            "PRIMARY KEY ((customer), show, seat))", prepare=False, timeout=60.0)
+        await self.writer.create_tables()
+
+    async def prepare(self) -> None:
+        self.insert = await self.session.prepare(
+            f"INSERT INTO {self.table} (customer, show, seat) VALUES (?, ?, ?)")
+        self.delete = await self.session.prepare(
+            f"DELETE FROM {self.table} WHERE customer = ? AND show = ? AND seat = ?")
+        self.writer.forget_cache()
+
+    async def handle(self, envelope: EventEnvelope) -> None:
+        _, show = split_persistence_id(envelope.persistence_id)
+        match envelope.event:
+            case SeatReserved(seat=seat, customer=customer):
+                mutations = [(self.insert, (customer, show, seat))]
+            case ReservationCancelled(seat=seat, customer=customer):
+                mutations = [(self.delete, (customer, show, seat))]
+            case _:
+                mutations = []  # other events still advance the watermark
+        await self.writer.apply(envelope, mutations)
+
+    async def on_reset(self, offset: TagOffset | None) -> None:
+        if offset is None:  # replay from the start rebuilds the view
+            await self.session.execute(f"TRUNCATE {self.table}", prepare=False, timeout=60.0)
+            await self.writer.clear()
+
+
+@dataclass(frozen=True)
+class _Factory:
+    audit: bool = False
+
+    def __call__(self, session: CassandraSession, config: CassandraConfig) -> ProjectionHandler:
+        return ReservationsByCustomer(session, config.keyspace, audit=self.audit)
+
+
+def reservations_projection(name: str = "reservations-by-customer", *, n_slices: int = 1,
+                            settings: ProjectionSettings | None = None,
+                            audit: bool = False) -> ProjectionSpec:
+    """The projection spec (``audit=True`` records every applied delivery; for tests)."""
+    return ProjectionSpec(name, "show", _Factory(audit), (SHOW,), n_slices,
+                          settings or ProjectionSettings())
+
+
+RESERVATIONS = reservations_projection()
+
+
+async def reservations_of(session: CassandraSession, keyspace: str,
+                          customer: str) -> list[tuple[str, str]]:
+    """The ``(show, seat)`` pairs ``customer`` holds, sorted, as the view has them now."""
+    rows = await session.select_all(
+        f"SELECT show, seat FROM {validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE} "
+        "WHERE customer = ?", (customer,), profile=RAW_PROFILE)
+    return sorted((r[0], r[1]) for r in rows)

@@ -1,0 +1,222 @@
+"""Projections on Ray: one actor per (projection, slice), and the control API.
+
+Each worker of a :class:`~runtime.projections.ProjectionSpec` is a named async Ray actor
+``"raysource-projection:<name>:<slice>-of-<n>"`` wrapping a
+:class:`~runtime.projections.ProjectionWorker` (its name keeps one live worker per slice, which
+the effectively-once view writers rely on). It opens its own Cassandra session in its process.
+Actors are created with ``max_restarts=-1``: a crashed or killed worker is re-created by Ray,
+re-runs ``__init__``, reads its stored offset and desired state, and resumes by itself.
+``stop`` kills it for good (``no_restart``); the stored offset stays.
+
+Control from Python (every method is a coroutine; the CLI wraps them)::
+
+    control = Projections(config)             # config: the CassandraConfig of journal and views
+    await control.start(spec)                 # create workers, global_prepare, run
+    await control.pause(name); await control.resume(name)
+    await control.reset(spec, offset=None)    # None: from the start (handler.on_reset runs)
+    await control.status(name)                # one dict per worker (state, offset, lag, error)
+    await control.stop(name)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+
+from journal.api import TagOffset
+from journal.config import CassandraConfig
+from journal.errors import ProjectionError
+from journal.session import CassandraSession
+from runtime.projections import (
+    OffsetStore,
+    ProjectionSpec,
+    ProjectionWorker,
+    offset_from_str,
+    offset_to_str,
+    worker_key,
+)
+
+__all__ = ["ProjectionActor", "Projections", "actor_name", "connect_ray"]
+
+_PREFIX = "raysource-projection:"
+
+
+def actor_name(projection: str, slice_index: int, n_slices: int) -> str:
+    return f"{_PREFIX}{projection}:{slice_index}-of-{n_slices}"
+
+
+class _ProjectionActor:
+    """The Ray actor around one :class:`ProjectionWorker`. Offsets cross the boundary as
+    strings (:func:`offset_to_str`)."""
+
+    def __init__(self, spec: ProjectionSpec, config: CassandraConfig, slice_index: int) -> None:
+        self.spec, self.config, self.slice_index = spec, config, slice_index
+        self._worker: ProjectionWorker | None = None
+        # async actor: __init__ runs on the actor's loop, so booting can start right away
+        # (and does again after a Ray restart, resuming a worker whose desired state is running)
+        self._booting = asyncio.get_running_loop().create_task(self._boot())
+
+    async def _boot(self) -> None:
+        from journal.cassandra import CassandraJournal
+
+        session = CassandraSession(self.config)
+        await session.connect(keyspace="")
+        journal = CassandraJournal(session, self.config)
+        worker = ProjectionWorker(self.spec, self.slice_index, session, self.config, journal)
+        await worker.boot()
+        self._worker = worker
+
+    async def _w(self) -> ProjectionWorker:
+        await asyncio.shield(self._booting)
+        assert self._worker is not None
+        return self._worker
+
+    async def global_prepare(self) -> None:
+        await (await self._w()).global_prepare()
+
+    async def start(self) -> None:
+        await (await self._w()).start()
+
+    async def pause(self) -> None:
+        await (await self._w()).pause()
+
+    async def stop(self) -> None:
+        await (await self._w()).stop()
+
+    async def reset(self, offset: str) -> None:
+        await (await self._w()).reset(offset_from_str(offset))
+
+    async def status(self) -> dict[str, Any]:
+        return await (await self._w()).status()
+
+    async def ping(self) -> str:
+        await self._w()
+        return "pong"
+
+
+ProjectionActor = ray.remote(_ProjectionActor)
+
+
+def connect_ray(address: str | None = "auto", namespace: str | None = None) -> None:
+    """Join a running Ray cluster (no-op if this process already is connected)."""
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=namespace, log_to_driver=False,
+                 configure_logging=False)
+
+
+class Projections:
+    """Start and control projections on the connected Ray cluster (see module docstring).
+
+    ``detached=True`` makes workers outlive the driver that started them (the CLI does that);
+    otherwise they live as long as this object (it holds their handles).
+    """
+
+    def __init__(self, config: CassandraConfig, *, detached: bool = False) -> None:
+        self.config = config
+        self.detached = detached
+        # a non-detached actor dies with its last handle: the controller holds them
+        self._owned: dict[str, list[Any]] = {}
+
+    # ------------------------------------------------------------------ handles
+
+    def handles(self, name: str) -> dict[str, Any]:
+        """worker key -> actor handle of the live workers of projection ``name``."""
+        out = {}
+        for entry in ray.util.list_named_actors(all_namespaces=False):
+            n = entry if isinstance(entry, str) else entry.get("name", "")
+            if n.startswith(f"{_PREFIX}{name}:"):
+                slice_part = n.rsplit(":", 1)[1]
+                i, _, total = slice_part.partition("-of-")
+                with _suppress_gone():
+                    out[worker_key(int(i), int(total))] = ray.get_actor(n)
+        return dict(sorted(out.items()))
+
+    def _handles_or_fail(self, name: str) -> dict[str, Any]:
+        handles = self.handles(name)
+        if not handles:
+            raise ProjectionError(f"projection {name!r} has no running workers")
+        return handles
+
+    # ------------------------------------------------------------------ control
+
+    async def start(self, spec: ProjectionSpec) -> list[dict[str, Any]]:
+        """Create (or find) the workers, run ``global_prepare`` once, start them all."""
+        handles = []
+        for i in range(spec.n_slices):
+            opts: dict[str, Any] = dict(
+                name=actor_name(spec.name, i, spec.n_slices), get_if_exists=True,
+                max_restarts=-1, max_concurrency=64, num_cpus=spec.num_cpus)
+            if self.detached:
+                opts["lifetime"] = "detached"
+            handles.append(ProjectionActor.options(**opts).remote(spec, self.config, i))
+        self._owned[spec.name] = handles
+        await handles[0].global_prepare.remote()
+        await asyncio.gather(*(h.start.remote() for h in handles))
+        return await asyncio.gather(*(h.status.remote() for h in handles))
+
+    async def pause(self, name: str) -> None:
+        await asyncio.gather(*(h.pause.remote() for h in self._handles_or_fail(name).values()))
+
+    async def resume(self, name: str) -> None:
+        await asyncio.gather(*(h.start.remote() for h in self._handles_or_fail(name).values()))
+
+    async def stop(self, name: str) -> None:
+        """Stop every worker (offsets stay stored; desired state "stopped") and end them."""
+        handles = self._handles_or_fail(name)
+        await asyncio.gather(*(h.stop.remote() for h in handles.values()))
+        for h in handles.values():
+            ray.kill(h, no_restart=True)
+        self._owned.pop(name, None)
+
+    async def reset(self, spec: ProjectionSpec, offset: TagOffset | None = None) -> None:
+        """Reset every worker to ``offset`` (None: the start). Live workers do it themselves
+        (and keep running); without workers it runs here, on the stored rows."""
+        handles = self.handles(spec.name)
+        if handles:
+            await asyncio.gather(*(h.reset.remote(offset_to_str(offset))
+                                   for h in handles.values()))
+            return
+        from journal.cassandra import CassandraJournal
+
+        async with CassandraSession(self.config) as session:
+            await session.connect(keyspace="")
+            journal = CassandraJournal(session, self.config)
+            for i in range(spec.n_slices):
+                worker = ProjectionWorker(spec, i, session, self.config, journal)
+                await worker.global_prepare()
+                await worker.reset(offset)
+
+    async def status(self, name: str) -> list[dict[str, Any]]:
+        """Live workers report themselves; stored rows fill in workers that are not running."""
+        handles = self.handles(name)
+        live = dict(zip(handles, await asyncio.gather(
+            *(h.status.remote() for h in handles.values()))))
+        session = CassandraSession(self.config)
+        try:
+            await session.connect(keyspace="")
+            store = OffsetStore(session, self.config.keyspace)
+            await store.create_table()
+            rows = await store.list(name)
+        finally:
+            await session.close()
+        for row in rows:
+            if row.worker not in live:
+                live[row.worker] = {
+                    "projection": name, "worker": row.worker,
+                    "state": f"not running (last: {row.state or '-'})",
+                    "desired": row.desired, "offset": offset_to_str(row.offset),
+                    "error": row.error,
+                }
+        return [live[k] for k in sorted(live)]
+
+
+class _suppress_gone:
+    """Ignore an actor that disappeared between listing and lookup."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        return exc_type is not None and issubclass(exc_type, ValueError)
