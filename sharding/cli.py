@@ -5,6 +5,8 @@
     raysource demo [--seconds S]
     raysource events TYPE ID [--from N] [--to M] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
+    raysource projection start|stop|pause|resume|reset|status [NAME] [--spec M:ATTR] [--to OFF]
+    raysource view reservations CUSTOMER [--cassandra H:P] [--keyspace K]
 
 The CLI sits at the top of the import graph (it may use every layer); it holds no logic of its
 own beyond argument parsing and printing.
@@ -126,6 +128,78 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_spec(ref: str):
+    import importlib
+
+    from runtime.projections import ProjectionSpec
+
+    module, _, attr = ref.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"--spec {ref!r}: {exc}") from exc
+    spec = obj if isinstance(obj, ProjectionSpec) else obj()
+    if not isinstance(spec, ProjectionSpec):
+        raise ConfigError(f"--spec {ref!r} is not a ProjectionSpec")
+    return spec
+
+
+def _projection(args: argparse.Namespace) -> int:
+    """``projection``: control read-side projections on a running Ray cluster."""
+    import asyncio
+
+    from journal.config import CassandraConfig
+    from runtime.projection_actor import Projections, connect_ray
+    from runtime.projections import offset_from_str
+
+    spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
+    name = args.name or spec.name
+    if spec is not None and spec.name != name:
+        raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r}")
+    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace)
+    connect_ray(args.address, args.namespace)
+    control = Projections(config, detached=True)
+
+    async def run() -> list[dict]:
+        if args.action == "start":
+            await control.start(spec)
+        elif args.action == "reset":
+            await control.reset(spec, offset_from_str(args.to))
+        elif args.action != "status":
+            await getattr(control, args.action)(name)
+        return await control.status(name)
+
+    for st in asyncio.run(run()):
+        lag = (f"lag {st['lag_events']} events / {st['lag_seconds']:.1f} s"
+               if "lag_events" in st else "lag ?")
+        err = f"  error: {st['error']}" if st.get("error") else ""
+        print(f"{st['projection']} {st['worker']}: {st['state']}  offset {st['offset']}  "
+              f"{lag}{err}")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    """``view reservations CUSTOMER``: query the example read-side view."""
+    import asyncio
+
+    from journal.config import CassandraConfig
+    from journal.session import CassandraSession
+    from runtime.examples.reservations_view import reservations_of
+
+    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
+                                          connect_timeout=5.0)
+
+    async def run() -> list[tuple[str, str]]:
+        async with CassandraSession(config) as session:
+            return await reservations_of(session, config.keyspace, args.customer)
+
+    rows = asyncio.run(run())
+    for show, seat in rows:
+        print(f"{show}\t{seat}")
+    print(f"{args.customer}: {len(rows)} reservation(s)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysource", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +244,28 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--snapshot", action="store_true",
                         help="start from the newest snapshot at or below --to")
     replay.set_defaults(func=_inspect)
+
+    proj = sub.add_parser("projection", help="start/stop/pause/resume/reset/status a read-side "
+                                             "projection on a running Ray cluster")
+    proj.add_argument("action", choices=["start", "stop", "pause", "resume", "reset", "status"])
+    proj.add_argument("name", nargs="?", default=None, help="projection name (default: --spec's)")
+    proj.add_argument("--spec", default="runtime.examples.reservations_view:RESERVATIONS",
+                      help="module:ATTR of a ProjectionSpec (or a function returning one)")
+    proj.add_argument("--to", default="start", help="reset target: 'start' or TS_US:SEQ:PID")
+    proj.add_argument("--cassandra", default=None,
+                      help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
+    proj.add_argument("--keyspace", default="raysource")
+    proj.add_argument("--address", default="auto", help="Ray cluster address")
+    proj.add_argument("--namespace", default="raysource", help="Ray namespace of the workers")
+    proj.set_defaults(func=_projection)
+
+    view = sub.add_parser("view", help="query a read-side view")
+    view.add_argument("view", choices=["reservations"])
+    view.add_argument("customer")
+    view.add_argument("--cassandra", default=None,
+                      help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
+    view.add_argument("--keyspace", default="raysource")
+    view.set_defaults(func=_view)
     return parser
 
 

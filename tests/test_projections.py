@@ -473,3 +473,44 @@ def test_offset_strings_round_trip():
     for off in (TagOffset(1, "show|a:b", 3), TagOffset(17, "x", 1)):
         assert offset_from_str(offset_to_str(off)) == off
     assert offset_from_str("start") is None and offset_to_str(None) == "start"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_projection_and_view(config, control, capsys):
+    from sharding.cli import main
+
+    show = f"cli-{uuid.uuid4().hex[:6]}"
+
+    async def write() -> None:
+        j = await CassandraJournal.connect(config)
+        kit = kits(j, SHOW, [show])[show]
+        await reserve_all(kit, ["zoe", "zoe", "yan"])
+        await kit.aclose()
+        await j.close()
+
+    asyncio.run(write())
+    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
+            "--keyspace", config.keyspace]
+    _started.add("reservations-by-customer")
+    assert main(["projection", "start", *args]) == 0
+    out = capsys.readouterr().out
+    assert "reservations-by-customer 0/1: running" in out
+    deadline = time.monotonic() + 20
+    while True:
+        assert main(["view", "reservations", "zoe", *args]) == 0
+        out = capsys.readouterr().out
+        if out.split("\n").count(f"{show}\tA2") == 1:
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(0.3)
+    assert f"{show}\tA1" in out and f"{show}\tA3" not in out
+    assert main(["projection", "pause", "reservations-by-customer", *args]) == 0
+    assert "0/1: paused" in capsys.readouterr().out
+    assert main(["projection", "status", "reservations-by-customer", *args]) == 0
+    assert "lag 0 events" in capsys.readouterr().out
+    assert main(["projection", "stop", "reservations-by-customer", *args]) == 0
+    assert main(["projection", "status", "reservations-by-customer", *args]) == 0
+    assert "not running (last: stopped)" in capsys.readouterr().out
+    assert main(["projection", "pause", "reservations-by-customer", *args]) == 2
