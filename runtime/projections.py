@@ -44,7 +44,9 @@ to ``commit_every`` events are delivered again (make the handler idempotent, e.g
 
 A handler error is retried ``retry_attempts`` times in total with exponential backoff; then the
 worker *parks*: it stores the offset just before the failed event, records the error (visible in
-``status``) and stops. It never skips the event: ``resume`` delivers it again first.
+``status``) and stops. It never skips the event: ``resume`` delivers it again first. A failing
+journal or offset store is not the handler's fault: the worker keeps running, shows the error
+in ``status`` and retries the read with backoff until the store answers.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ from typing import Any, Literal
 
 from journal.api import Journal, TaggedEvent, TagOffset
 from journal.config import CassandraConfig, validate_identifier
-from journal.errors import ConfigError
+from journal.errors import ConfigError, JournalError
 from journal.serialization import Serialization
 from journal.session import RAW_PROFILE, CassandraSession
 from runtime.aggregate import AggregateType
@@ -86,6 +88,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 WorkerState = Literal["idle", "running", "paused", "parked", "stopped"]
+_STORE_ERROR = "journal/offset store unavailable, retrying: "
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -483,7 +486,10 @@ class ProjectionWorker:
         running state."""
         async with self._control:
             was_running = self._task is not None and not self._task.done()
-            await self._stop_loop(self.state if self.state != "running" else "paused")
+            await self._stop_loop("paused" if self.state in ("running", "parked")
+                                  else self.state)
+            if self.state == "parked":
+                self.state = "paused"
             await self.store.save_offset(self.spec.name, self.key, offset)
             self.offset = self.committed = offset
             self._dedupe.clear()
@@ -526,44 +532,62 @@ class ProjectionWorker:
 
     async def _run(self) -> None:
         s = self.settings
-        pending, last_commit = 0, time.monotonic()
+        failures = 0
         try:
             while not self._halt.is_set():
-                async with contextlib.aclosing(
-                    self.journal.events_by_tag(self.spec.tag, self.offset)
-                ) as rows:
-                    async for te in rows:
-                        if self._halt.is_set():
-                            break
-                        pid, seq = te.event.persistence_id, te.event.sequence_nr
-                        if self._mine(pid):
-                            if self._dedupe.is_duplicate(pid, seq):
-                                self.duplicates_skipped += 1
-                            elif not await self._handle(te):
-                                return  # halted during a retry: redeliver after resume
-                            else:
-                                self._dedupe.mark(pid, seq)
-                                pending += 1
-                        # events of other slices (and duplicates) are done as soon as seen
-                        self.offset = te.offset
-                        if pending >= s.commit_every or (
-                                pending and time.monotonic() - last_commit >= s.commit_interval):
-                            await self._commit()
-                            pending, last_commit = 0, time.monotonic()
-                await self._commit()
-                pending, last_commit = 0, time.monotonic()
+                try:
+                    if not await self._pass():
+                        return  # halted during a retry: redeliver after resume
+                    failures = 0
+                    if self.error.startswith(_STORE_ERROR):
+                        self.error = ""
+                    delay = s.poll_interval
+                except JournalError as exc:  # journal or offset store: not the handler's fault
+                    failures += 1
+                    self.error = f"{_STORE_ERROR}{type(exc).__name__}: {exc}"
+                    log.warning("projection %s %s: %s", self.spec.name, self.key, self.error)
+                    delay = min(s.retry_backoff * 2 ** min(failures, 20), s.retry_backoff_max)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._halt.wait(), s.poll_interval)
+                    await asyncio.wait_for(self._halt.wait(), delay)
         except _Parked:
             await self._commit()
             self.state = "parked"
             await self.store.set_state(self.spec.name, self.key, "parked", self.error)
-        except Exception as exc:  # the journal or offset store failed: park, visibly
+        except Exception as exc:  # a bug, not an outage: park, visibly
             log.exception("projection %s %s failed", self.spec.name, self.key)
-            self.error = f"stream failed: {type(exc).__name__}: {exc}"
+            self.error = f"worker failed: {type(exc).__name__}: {exc}"
             self.state = "parked"
             with contextlib.suppress(Exception):
                 await self.store.set_state(self.spec.name, self.key, "parked", self.error)
+
+    async def _pass(self) -> bool:
+        """One current query from the handled offset, then commit. False if halted during a
+        retry (the event stays unhandled)."""
+        s = self.settings
+        pending, last_commit = 0, time.monotonic()
+        async with contextlib.aclosing(
+            self.journal.events_by_tag(self.spec.tag, self.offset)
+        ) as rows:
+            async for te in rows:
+                if self._halt.is_set():
+                    break
+                pid, seq = te.event.persistence_id, te.event.sequence_nr
+                if self._mine(pid):
+                    if self._dedupe.is_duplicate(pid, seq):
+                        self.duplicates_skipped += 1
+                    elif not await self._handle(te):
+                        return False
+                    else:
+                        self._dedupe.mark(pid, seq)
+                        pending += 1
+                # events of other slices (and duplicates) are done as soon as seen
+                self.offset = te.offset
+                if pending >= s.commit_every or (
+                        pending and time.monotonic() - last_commit >= s.commit_interval):
+                    await self._commit()
+                    pending, last_commit = 0, time.monotonic()
+        await self._commit()
+        return True
 
     async def _handle(self, te: TaggedEvent) -> bool:
         """Deliver one event with retries. True when handled, False when halted meanwhile;
@@ -605,7 +629,33 @@ class ProjectionWorker:
     async def status(self) -> dict[str, Any]:
         """State, offsets, counters, the last error, and the lag: ``lag_events`` (visible
         events of this slice after the handled offset, up to ``lag_scan_limit``) and
-        ``lag_seconds`` (age of the oldest of them by tag-write time; 0 when caught up)."""
+        ``lag_seconds`` (age of the oldest of them by tag-write time; 0 when caught up); both
+        None while the journal cannot be read."""
+        lag: int | None = 0
+        oldest = None
+        try:
+            lag, oldest = await self._lag()
+        except JournalError:  # status must answer during an outage; the error shows it
+            lag = None
+        return {
+            "projection": self.spec.name,
+            "worker": self.key,
+            "tag": self.spec.tag,
+            "state": self.state,
+            "offset": offset_to_str(self.offset),
+            "committed_offset": offset_to_str(self.committed),
+            "handled": self.handled,
+            "duplicates_skipped": self.duplicates_skipped,
+            "retries": self.retries,
+            "error": self.error,
+            "lag_events": lag,
+            "lag_seconds": (None if lag is None else 0.0 if oldest is None
+                            else max(0.0, (_now_us() - oldest) / 1e6)),
+            "last_event_timestamp": (self.last_event_timestamp.isoformat()
+                                     if self.last_event_timestamp else None),
+        }
+
+    async def _lag(self) -> tuple[int, int | None]:
         lag, oldest = 0, None
         seen = _Dedupe()
         async with contextlib.aclosing(
@@ -621,22 +671,7 @@ class ProjectionWorker:
                 lag += 1
                 if oldest is None:
                     oldest = te.offset.timestamp_us
-        return {
-            "projection": self.spec.name,
-            "worker": self.key,
-            "tag": self.spec.tag,
-            "state": self.state,
-            "offset": offset_to_str(self.offset),
-            "committed_offset": offset_to_str(self.committed),
-            "handled": self.handled,
-            "duplicates_skipped": self.duplicates_skipped,
-            "retries": self.retries,
-            "error": self.error,
-            "lag_events": lag,
-            "lag_seconds": 0.0 if oldest is None else max(0.0, (_now_us() - oldest) / 1e6),
-            "last_event_timestamp": (self.last_event_timestamp.isoformat()
-                                     if self.last_event_timestamp else None),
-        }
+        return lag, oldest
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

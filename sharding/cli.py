@@ -2,7 +2,9 @@
 
     raysource cassandra start|stop|status [--port N]
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
-    raysource demo [--seconds S]
+    raysource demo [--seconds S] [--cassandra H:P] [--keep-running]
+    raysource loadtest [--workload seats|ledger] [--entities N] [--clients C]
+                       [--duration S | --commands N] [--placement dedicated|hosted] ...
     raysource events TYPE ID [--from N] [--to M] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource projection start|stop|pause|resume|reset|status [NAME] [--spec M:ATTR] [--to OFF]
@@ -60,9 +62,24 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from runtime.demo import run_demo  # heavy imports (Ray) only for this command
+    from sharding.demo import run_demo  # heavy imports (Ray) only for this command
 
     return run_demo(seconds=args.seconds, contact=args.cassandra, keep=args.keep_running)
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from sharding.loadtest import LoadTestParams, run_standalone
+
+    params = LoadTestParams(
+        workload=args.workload, entities=args.entities, clients=args.clients,
+        duration_s=None if args.commands else (args.duration or 10.0), commands=args.commands,
+        placement=args.placement, snapshot_every=args.snapshot_every, guard=args.guard == "on",
+        window=args.window, shards=args.shards, keyspace=args.keyspace,
+        results_dir=args.results, address=args.address,
+    )
+    print("raysource loadtest: " + "  ".join(f"{k}={v}" for k, v in vars(args).items()
+                                            if k not in ("func", "command")))
+    return run_standalone(params, contact=args.cassandra, keep=args.keep_running)
 
 
 def _inspect_contact(args: argparse.Namespace) -> str:
@@ -171,7 +188,7 @@ def _projection(args: argparse.Namespace) -> int:
 
     for st in asyncio.run(run()):
         lag = (f"lag {st['lag_events']} events / {st['lag_seconds']:.1f} s"
-               if "lag_events" in st else "lag ?")
+               if st.get("lag_events") is not None else "lag ?")
         err = f"  error: {st['error']}" if st.get("error") else ""
         print(f"{st['projection']} {st['worker']}: {st['state']}  offset {st['offset']}  "
               f"{lag}{err}")
@@ -222,6 +239,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-running", action="store_true",
                       help="leave the Cassandra node it started running")
     demo.set_defaults(func=_demo)
+
+    lt = sub.add_parser("loadtest", help="drive a workload from Ray actor clients; summary, "
+                                         "consistency check, JSON + PNG report")
+    lt.add_argument("--workload", choices=["seats", "ledger"], default="seats")
+    lt.add_argument("--entities", type=int, default=200, help="shows / ledgers (default 200)")
+    lt.add_argument("--clients", type=int, default=2, help="load client actors (default 2)")
+    amount = lt.add_mutually_exclusive_group()
+    amount.add_argument("--duration", type=float, default=None,
+                        help="seconds of load (default 10)")
+    amount.add_argument("--commands", type=int, default=None,
+                        help="total commands over all clients (instead of --duration)")
+    lt.add_argument("--placement", choices=["dedicated", "hosted"], default="hosted",
+                    help="one Ray actor per aggregate, or many per shard actor (default)")
+    lt.add_argument("--shards", type=int, default=None,
+                    help="override the type's number of shards (hosted: actors)")
+    lt.add_argument("--snapshot-every", type=int, default=None,
+                    help="snapshot every N events (0: never; default: the type's policy)")
+    lt.add_argument("--guard", choices=["on", "off"], default="on",
+                    help="the journal's single-writer fencing (conditional writes)")
+    lt.add_argument("--window", type=int, default=8,
+                    help="commands each client keeps in flight (default 8)")
+    lt.add_argument("--address", default=None, help="Ray address (default: start local Ray)")
+    lt.add_argument("--cassandra", default=None,
+                    help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
+                         "Docker, else a node started from the Maven jars)")
+    lt.add_argument("--keyspace", default="raysource")
+    lt.add_argument("--results", default="results", help="results folder (default results/)")
+    lt.add_argument("--keep-running", action="store_true",
+                    help="leave a Cassandra node it started running")
+    lt.set_defaults(func=_loadtest)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("type", help="aggregate type name (e.g. show)")

@@ -514,3 +514,63 @@ def test_cli_projection_and_view(config, control, capsys):
     assert main(["projection", "status", "reservations-by-customer", *args]) == 0
     assert "not running (last: stopped)" in capsys.readouterr().out
     assert main(["projection", "pause", "reservations-by-customer", *args]) == 2
+
+
+# --------------------------------------------------------------------------- worker without Ray
+
+
+class _Collect(ProjectionHandler):
+    def __init__(self) -> None:
+        self.got: list[tuple[str, int]] = []
+
+    def handle(self, env) -> None:  # a plain (sync) handler
+        self.got.append((env.persistence_id, env.sequence_nr))
+
+
+class _FlakyTagReads:
+    """Delegates to a journal; its first ``failures`` tag queries fail like an outage."""
+
+    def __init__(self, journal, failures: int) -> None:
+        self.journal, self.failures = journal, failures
+
+    async def events_by_tag(self, tag, after=None, *, limit=None):
+        if self.failures > 0:
+            self.failures -= 1
+            from journal.errors import JournalUnavailableError
+            raise JournalUnavailableError("injected: Cassandra unavailable")
+        async for te in self.journal.events_by_tag(tag, after, limit=limit):
+            yield te
+
+
+async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, session, config):
+    from runtime.projections import ProjectionWorker
+
+    tag = f"ou{uuid.uuid4().hex[:6]}"
+    agg = show_type(tag)
+    handler = _Collect()
+    spec = ProjectionSpec(f"out-{tag}", tag, lambda s, c: handler, (agg,), 1,
+                          dataclasses.replace(FAST, retry_backoff=0.2, retry_backoff_max=0.4))
+    ks = kits(journal, agg, ["o"])
+    await reserve_all(ks["o"], ["a", "b", "c"])
+    flaky = _FlakyTagReads(journal, failures=4)
+    worker = ProjectionWorker(spec, 0, session, config, flaky)
+    await worker.global_prepare()
+    await worker.boot()
+    await worker.start()
+    try:
+        async def failing():
+            st = await worker.status()
+            return st if st["error"] else None
+
+        st = await until(failing, 5, "the outage to show")
+        assert st["state"] == "running" and "Cassandra unavailable" in st["error"]
+        pid = agg.persistence_id("o")
+        await until(lambda: _true(len(handler.got) == 3), 10, "the events after the outage")
+        assert handler.got == [(pid, 1), (pid, 2), (pid, 3)]
+        await until(lambda: _true(worker.error == ""), 5, "the error to clear")
+        assert flaky.failures == 0
+    finally:
+        await worker.stop()
+    stored = await OffsetStore(session, config.keyspace).load(spec.name, "0/1")
+    assert stored.state == "stopped" and stored.offset is not None
+    await ks["o"].aclose()
