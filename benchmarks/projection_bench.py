@@ -3,10 +3,13 @@
 * lag: writers on many show aggregates (entity cores on the Cassandra journal, paced) reserve
   seats while the reservations-by-customer projection runs as a Ray actor; for every event the
   lag is (when its view batch was applied: the audit row's server-side ``now()``, ms
-  resolution) - (when the command was acknowledged), both on this host's clock. The floor is the tag query's ``eventual_consistency_delay``
-  (0.5 s here, 5 s by default) plus the poll interval.
+  resolution) - (when the command was acknowledged), both on this host's clock. The floor is
+  the tag query's ``eventual_consistency_delay`` (0.5 s here, 5 s by default) plus the poll
+  interval.
 * throughput: the same events replayed through the projection after a reset (no-op handler,
-  and the effectively-once view writer) vs a raw ``events_by_tag`` current query of them.
+  and the effectively-once view writer, which also writes the audit row used for the lag) vs a
+  raw ``events_by_tag`` current query of them. The view writer applies one logged batch per
+  event, sequentially: its rate is about 1 / (logged batch latency).
 
 Usage: python benchmarks/projection_bench.py [--contact host:port] [--seconds 15]
 Prints a table and writes results/projection_bench.json.

@@ -410,10 +410,10 @@ class ProjectionWorker:
     """Runs one slice of a projection in the current event loop (see the module docstring).
 
     Build it, ``await boot()`` (loads the offset; resumes if the stored desired state is
-    "running"); ``handler.prepare`` runs before the first event of each activation (after
-    ``global_prepare``, which the controller runs first), then control it with ``start/pause/resume/stop/reset`` and
-    read ``status()``. A worker assumes it is the only one running its (projection, slice):
-    the Ray actor name guarantees that.
+    "running"), then control it with ``start/pause/resume/stop/reset`` and read ``status()``.
+    ``handler.prepare`` runs before the first event of each activation (after
+    ``global_prepare``, which the controller runs first). A worker assumes it is the only one
+    running its (projection, slice): the Ray actor name guarantees that.
     """
 
     def __init__(self, spec: ProjectionSpec, slice_index: int, session: CassandraSession,
