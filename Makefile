@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -c "from journal.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
 	touch $@
 
+# flags pass through, e.g. make demo DEMO_ARGS="--seconds 5 --keep-running"
 demo: setup
-	$(BIN)/raysource demo
+	$(BIN)/raysource demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

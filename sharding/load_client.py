@@ -1,0 +1,161 @@
+"""The load client: a Ray actor that drives one share of a workload against a system.
+
+Clients are Ray actors so load can come from every node of a cluster. Each joins the system by
+name (``System.start`` is get-or-create), holds its *own* :class:`~runtime.refs.EntityRef` per
+entity (one ref = one caller, so its commands keep their send order) and keeps ``window``
+commands in flight with ``ask_async``.
+
+Contract of :meth:`LoadClient.run`: every command it sends gets exactly one recorded outcome —
+``accepted`` (a reply), ``rejected`` (``CommandRejected``) or ``error`` (anything else,
+including a timeout: outcome unknown) — so ``sent == accepted + rejected + errors`` and the
+per-second buckets (by completion time, relative to the shared ``start_at``) sum to ``sent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from journal.errors import CommandRejected
+from runtime.refs import EntityRef
+from runtime.stores import StoreSpec
+from sharding.workloads import Workload
+
+__all__ = ["ClientResult", "ClientSetup", "LoadClient", "OUTCOMES"]
+
+OUTCOMES = ("accepted", "rejected", "errors")
+_MAX_ERROR_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """What a client needs to join the system (picklable)."""
+
+    system: str
+    namespace: str
+    store: StoreSpec
+    workload: Workload
+    placement: str
+    host_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+    ask_timeout_s: float = 30.0
+
+
+@dataclass
+class ClientResult:
+    """One client's record of a run. ``latencies_ms`` and ``outcomes`` are per command kind;
+    ``per_second[s]`` counts completions in second ``s`` after ``start_at`` as
+    ``[accepted, rejected, errors]``; ``tallies[entity][kind]`` counts *accepted* commands per
+    entity and kind, ``tallies[entity]["error"]`` commands with an unknown outcome."""
+
+    index: int
+    sent: int = 0
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    per_second: dict[int, list[int]] = field(default_factory=dict)
+    tallies: dict[str, dict[str, int]] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    prepare_s: float = 0.0
+    finished_at: float = 0.0  # wall clock of the last completion
+    node_id: str = ""
+
+
+class _LoadClient:
+    """See the module docstring. Methods are coroutines (an async actor), so ``progress`` is
+    answered while ``run`` is in progress."""
+
+    def __init__(self, index: int, setup: ClientSetup) -> None:
+        self.index = index
+        self.setup = setup
+        self.refs: dict[str, EntityRef] = {}
+        self.result = ClientResult(index, node_id=ray.get_runtime_context().get_node_id())
+        self._done = [0, 0, 0]  # accepted, rejected, errors (for progress)
+
+    async def prepare(self) -> float:
+        """Join the system, resolve every entity's host handle and wait until those host
+        actors are up. Resolving blocks on Ray round trips (and may create actors), so it runs
+        in threads here, before the timed run, instead of stalling the run's event loop.
+        Returns the seconds it took."""
+        from sharding.system import System
+
+        t0 = time.perf_counter()
+        s = self.setup
+        agg = s.workload.aggregate_type
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(8) as pool:
+            system = await loop.run_in_executor(pool, lambda: System.start(
+                s.system, store=s.store, types=[agg], namespace=s.namespace,
+                placement={agg.name: s.placement}, host_settings=s.host_settings,
+            ))
+            self.refs = {eid: system.entity(agg, eid) for eid in s.workload.entity_ids()}
+            handles = await asyncio.gather(*[
+                loop.run_in_executor(pool, lambda r=r: r.actor) for r in self.refs.values()
+            ])
+        # creating an actor returns at once; wait until each host process is up (its stores
+        # open and entities recover on their first command, inside the timed run)
+        await asyncio.gather(*[h.ping.remote() for h in set(handles)])
+        self.result.prepare_s = time.perf_counter() - t0
+        return self.result.prepare_s
+
+    async def progress(self) -> tuple[int, int, int]:
+        """Completed commands so far: (accepted, rejected, errors)."""
+        return self._done[0], self._done[1], self._done[2]
+
+    async def run(self, start_at: float, duration_s: float | None, commands: int | None,
+                  window: int) -> ClientResult:
+        """Send commands from ``start_at`` (wall clock) until ``duration_s`` has passed or
+        ``commands`` were sent, keeping ``window`` in flight; returns the record."""
+        source = self.setup.workload.generator(self.index, self.setup.seed)
+        deadline = start_at + duration_s if duration_s is not None else math.inf
+        budget = commands if commands is not None else math.inf
+        res = self.result
+        timeout = self.setup.ask_timeout_s
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+
+        async def worker() -> None:
+            while res.sent < budget and time.time() < deadline:
+                res.sent += 1
+                entity_id, command, kind = source.next()
+                t0 = time.perf_counter()
+                try:
+                    await self.refs[entity_id].ask_async(command, timeout=timeout)
+                    outcome = 0
+                except CommandRejected:
+                    outcome = 1
+                except Exception as exc:  # noqa: BLE001 - every failure is a recorded outcome
+                    outcome = 2
+                    if len(res.error_samples) < _MAX_ERROR_SAMPLES:
+                        res.error_samples.append(f"{kind} {entity_id}: {exc!r}")
+                latency = (time.perf_counter() - t0) * 1000.0
+                self._record(entity_id, kind, outcome, latency, time.time() - start_at)
+                source.outcome(entity_id, command, kind, outcome == 0)
+
+        await asyncio.gather(*[worker() for _ in range(window)])
+        res.finished_at = time.time()
+        res.tallies = {k: dict(v) for k, v in res.tallies.items()}
+        return res
+
+    def _record(self, entity_id: str, kind: str, outcome: int, latency_ms: float,
+                since_start: float) -> None:
+        res = self.result
+        self._done[outcome] += 1
+        res.latencies_ms.setdefault(kind, []).append(latency_ms)
+        counts = res.outcomes.setdefault(kind, dict.fromkeys(OUTCOMES, 0))
+        counts[OUTCOMES[outcome]] += 1
+        res.per_second.setdefault(max(0, int(since_start)), [0, 0, 0])[outcome] += 1
+        tally = res.tallies.setdefault(entity_id, defaultdict(int))
+        if outcome == 0:
+            tally[kind] += 1
+        elif outcome == 2:
+            tally["error"] += 1
+
+
+LoadClient = ray.remote(_LoadClient)
+"""The Ray actor class: ``LoadClient.options(...).remote(index, setup)``."""
