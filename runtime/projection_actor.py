@@ -181,7 +181,6 @@ class Projections:
         from journal.cassandra import CassandraJournal
 
         async with CassandraSession(self.config) as session:
-            await session.connect(keyspace="")
             journal = CassandraJournal(session, self.config)
             for i in range(spec.n_slices):
                 worker = ProjectionWorker(spec, i, session, self.config, journal)

@@ -486,8 +486,9 @@ class ProjectionWorker:
         running state."""
         async with self._control:
             was_running = self._task is not None and not self._task.done()
-            await self._stop_loop("paused" if self.state in ("running", "parked")
-                                  else self.state)
+            if self.state != "idle":
+                await self._stop_loop("paused" if self.state in ("running", "parked")
+                                      else self.state)
             if self.state == "parked":
                 self.state = "paused"
             await self.store.save_offset(self.spec.name, self.key, offset)
@@ -498,7 +499,7 @@ class ProjectionWorker:
             self._prepared = False
             if was_running:
                 await self._start_loop()
-            else:
+            elif self.state != "idle":  # an idle (never booted) worker keeps the stored state
                 await self.store.set_state(self.spec.name, self.key, self.state, "")
 
     async def _start_loop(self) -> None:

@@ -484,7 +484,7 @@ def test_cli_projection_and_view(config, control, capsys):
     show = f"cli-{uuid.uuid4().hex[:6]}"
 
     async def write() -> None:
-        j = await CassandraJournal.connect(config)
+        j = await CassandraJournal.connect(config, create_schema=True)
         kit = kits(j, SHOW, [show])[show]
         await reserve_all(kit, ["zoe", "zoe", "yan"])
         await kit.aclose()
@@ -512,7 +512,13 @@ def test_cli_projection_and_view(config, control, capsys):
     assert "lag 0 events" in capsys.readouterr().out
     assert main(["projection", "stop", "reservations-by-customer", *args]) == 0
     assert main(["projection", "status", "reservations-by-customer", *args]) == 0
-    assert "not running (last: stopped)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not running (last: stopped)" in out and "offset start" not in out
+    # reset without running workers: done from the CLI process, the view is rebuilt later
+    assert main(["projection", "reset", "--to", "start", *args]) == 0
+    assert "0/1: not running (last: stopped)  offset start" in capsys.readouterr().out
+    assert main(["view", "reservations", "zoe", *args]) == 0
+    assert capsys.readouterr().out == "", "on_reset truncated the view"
     assert main(["projection", "pause", "reservations-by-customer", *args]) == 2
 
 
