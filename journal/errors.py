@@ -23,7 +23,6 @@ without importing upwards.
     │   ├── UnserializableError
     │   └── PayloadTooLargeError
     ├── ProjectionError                  a read-side projection could not do what was asked
-    │   └── ProjectionParkedError        a handler kept failing: the projection stopped on an event
     ├── ShardingError                    the shard coordinator could not do what was asked
     │   ├── NoLiveNodesError             no live Ray node can take a shard
     │   └── CoordinatorFencedError       another coordinator instance owns the table
@@ -188,23 +187,6 @@ class PayloadTooLargeError(SerializationError):
 
 class ProjectionError(RaysourceError):
     """A projection (read-side processor) could not be started, controlled or queried."""
-
-
-class ProjectionParkedError(ProjectionError):
-    """A projection's handler failed on one event after every retry; the worker stopped
-    (parked) *before* that event, which stays unapplied until the projection is resumed."""
-
-    def __init__(self, projection: str, persistence_id: str, sequence_nr: int, error: str) -> None:
-        self.projection = projection
-        self.persistence_id = persistence_id
-        self.sequence_nr = sequence_nr
-        self.error = error
-        super().__init__(
-            f"projection {projection!r} parked at {persistence_id!r} #{sequence_nr}: {error}"
-        )
-
-    def __reduce__(self):
-        return (type(self), (self.projection, self.persistence_id, self.sequence_nr, self.error))
 
 
 # --------------------------------------------------------------------------- sharding
