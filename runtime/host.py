@@ -172,10 +172,7 @@ class AggregateHost:
         self._ensure_sweeper()
         while True:
             if self._closed or entity_id in self._retired:
-                raise PassivatedError(
-                    f"{self.aggregate_type.persistence_id(entity_id)}: passivated here; "
-                    "retry reaches a fresh activation"
-                )
+                raise self._passivated_error(entity_id)
             stopping = self._stopping.get(entity_id)
             if stopping is not None:
                 await asyncio.shield(stopping)
@@ -220,6 +217,12 @@ class AggregateHost:
         self._cores[entity_id] = core
         done.set_result(None)
         self._enforce_cap()
+
+    def _passivated_error(self, entity_id: str) -> PassivatedError:
+        return PassivatedError(
+            f"{self.aggregate_type.persistence_id(entity_id)}: passivated here; "
+            "not applied, retry reaches a fresh activation"
+        )
 
     def _drop_failed(self, entity_id: str, core: EntityCore) -> None:
         if self._cores.get(entity_id) is core:
@@ -333,8 +336,13 @@ class AggregateHost:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _deactivated(self, entity_id: str, reason: DeactivationReason) -> None:
-        if not self.reactivate:
+        if not self.reactivate or self._closed:
             self._retired.add(entity_id)
+            # Commands held back for a predecessor can never run here now; the predecessor
+            # will be refused too. Refuse them at once instead of after the gap timeout.
+            order = self._orders.pop(entity_id, None)
+            if order is not None:
+                order.fail_all(self._passivated_error(entity_id))
         if self._on_deactivated is not None:
             try:
                 self._on_deactivated(entity_id, reason)
@@ -379,6 +387,9 @@ class AggregateHost:
             await asyncio.gather(*(asyncio.shield(f) for f in self._activating.values()),
                                  return_exceptions=True)
         await asyncio.gather(*(self.passivate(e, "closed") for e in list(self._cores)))
+        for eid, order in list(self._orders.items()):  # held back, entity not active
+            order.fail_all(self._passivated_error(eid))
+        self._orders.clear()
         if self._stopping:
             await asyncio.gather(*(asyncio.shield(f) for f in self._stopping.values()))
 

@@ -67,7 +67,7 @@ class HostSpec:
     max_concurrent_recoveries: int = 8
     idle_timeout_s: float | None = None
     max_batch: int = 256
-    retire_grace_s: float = 0.5
+    retire_grace_s: float = 0.3  # quiet time (no calls) a retired actor waits before exiting
 
     def __post_init__(self) -> None:
         if self.placement == "dedicated":
@@ -118,6 +118,7 @@ class _HostActor:
         self._calls = 0
         self._open_s: float | None = None
         self._last_call = time.monotonic()
+        self._in_calls = 0  # ask/ask_ordered calls in progress
         self._watchdog: asyncio.Task | None = None
         self._start_watchdog()
 
@@ -199,12 +200,23 @@ class _HostActor:
         # Let the stop finish and in-flight calls get their answer, then free the name.
         if self._host is not None:
             await self._host.close()
+            # Bounded: the name stays taken until we exit, and callers are waiting for it
+            # (the driver's Cluster.shutdown can take seconds; the process exit frees it all).
             for store in (self._host.snapshot_store, self._host.journal):  # journal owns the session
                 try:
-                    await store.close()
+                    await asyncio.wait_for(store.close(), 0.5)
                 except Exception:
-                    log.exception("closing %r failed", store)
-        await asyncio.sleep(self.spec.retire_grace_s)
+                    log.info("closing %r did not finish cleanly", store)
+        # Exit only after a quiet period: a call that reaches an exiting actor may hang in Ray
+        # for seconds before it fails. Refs stop calling a handle they saw retire, so the
+        # quiet period comes; the cap bounds how long a chatty stranger can keep the name.
+        grace = self.spec.retire_grace_s
+        deadline = time.monotonic() + max(30 * grace, 10.0)
+        while True:
+            quiet = time.monotonic() - self._last_call
+            if (quiet >= grace and not self._in_calls) or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(max(grace - quiet, 0.02))
         log.info("%s retired (%s), exiting", self.spec.actor_name, self._retire_reason)
         ray.actor.exit_actor()
 
@@ -228,8 +240,12 @@ class _HostActor:
         ``PersistFailedError``, ``AggregateStoppedError``/``PassivatedError``: not applied)."""
         self._touch()
         eid = self._entity(entity_id)
-        host = await self._get_host()
-        return await host.ask(eid, command)
+        self._in_calls += 1
+        try:
+            host = await self._get_host()
+            return await host.ask(eid, command)
+        finally:
+            self._in_calls -= 1
 
     async def ask_ordered(self, entity_id: str | None, caller_id: str, seq: int,
                           command: Any) -> Any:
@@ -237,12 +253,17 @@ class _HostActor:
         (0, 1, 2, ... per caller id; a new caller id after any ``AggregateStoppedError``)."""
         self._touch()
         eid = self._entity(entity_id)
-        host = await self._get_host()
-        return await host.ask_ordered(eid, caller_id, seq, command)
+        self._in_calls += 1
+        try:
+            host = await self._get_host()
+            return await host.ask_ordered(eid, caller_id, seq, command)
+        finally:
+            self._in_calls -= 1
 
     async def passivate(self, entity_id: str | None = None) -> bool:
         """Stop the aggregate after its queued commands; True if it was active. A dedicated
         host then retires and exits."""
+        self._last_call = time.monotonic()
         eid = self._entity(entity_id)
         if self._host is None or self._retired is not None:
             if self.spec.placement == "dedicated":
@@ -293,6 +314,7 @@ class _HostActor:
 
     async def ping(self) -> str:
         """Liveness check (does not open the stores)."""
+        self._last_call = time.monotonic()
         return "pong"
 
 

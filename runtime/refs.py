@@ -30,13 +30,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from journal.errors import (
     AggregateStoppedError,
     AskTimeoutError,
-    CommandError,
     HostCrashedError,
+    PassivatedError,
 )
 from runtime.aggregate import AggregateType
 from runtime.ray_host import HostActor, HostSpec, actor_options
@@ -46,7 +46,8 @@ __all__ = ["EntityRef", "LocalResolver", "Resolver", "unwrap_error"]
 
 log = logging.getLogger(__name__)
 
-_RETRY_DEADLINE_S = 10.0  # a retiring actor holds its name for ~retire_grace_s
+_RETRY_DEADLINE_S = 30.0  # a retiring actor holds its name until a quiet period passed
+_WAIT_FOR_NAME_S = 0.05  # poll interval while the resolver still returns a retiring actor
 
 
 class Resolver(Protocol):
@@ -159,10 +160,32 @@ def unwrap_error(err: BaseException) -> BaseException:
     return err
 
 
+_INTENDED_EXIT_MARKS = ("INTENDED_USER_EXIT", "IntentionalSystemExit")
+
+
 def _intended_exit(err: BaseException) -> bool:
-    # A retired host exits via exit_actor only after its aggregate stopped; no call it received
-    # afterwards was applied. Ray reports the exit type only in the message text.
-    return isinstance(err, ActorDiedError) and "INTENDED_USER_EXIT" in str(err)
+    # A host calls exit_actor only once retired: its aggregates had stopped (queued work done)
+    # and every later call was refused, so nothing in flight at the exit was applied. Ray says
+    # so only in the message: ActorDiedError "INTENDED_USER_EXIT" for calls after the exit,
+    # ActorUnavailableError "IntentionalSystemExit" for calls racing with it.
+    return isinstance(err, RayActorError) and any(m in str(err) for m in _INTENDED_EXIT_MARKS)
+
+
+class _NotFreeYet(Exception):
+    """Internal: the resolver still returns an activation that is retiring."""
+
+
+def _actor_id(handle: Any) -> str:
+    actor_id = getattr(handle, "_actor_id", None)  # Ray's ActorHandle; stable for years
+    return actor_id.hex() if actor_id is not None else str(id(handle))
+
+
+def _refused(err: BaseException) -> bool:
+    """The host refused the command because it is retiring (it answers, then exits). A
+    fenced core's plain ``AggregateStoppedError`` does not say that: a hosted actor lives on."""
+    if isinstance(err, RayTaskError):
+        err = err.cause if isinstance(err.cause, BaseException) else err
+    return isinstance(err, PassivatedError)
 
 
 def _retryable(err: BaseException) -> bool:
@@ -192,6 +215,7 @@ class EntityRef:
         self._caller_id = ""
         self._seq = 0
         self._epoch = 0  # bumped whenever the caller id is renewed
+        self._retired: list[str] = []  # actor ids of activations that refused us (retiring)
 
     @property
     def actor(self) -> Any:
@@ -200,26 +224,43 @@ class EntityRef:
 
     def _current(self) -> Any:
         if self._handle is None:
-            self._handle = self.resolver.resolve(self.aggregate_type, self.entity_id)
+            handle = self.resolver.resolve(self.aggregate_type, self.entity_id)
+            if _actor_id(handle) in self._retired:
+                # the name still leads to the activation that refused us: do not call it (calls
+                # would delay its exit); wait for the resolver to return a fresh one
+                self.resolver.invalidate(self.aggregate_type, self.entity_id, handle)
+                raise _NotFreeYet()
+            self._handle = handle
             self._caller_id = uuid.uuid4().hex
             self._seq = 0
             self._epoch += 1
         return self._handle
 
     def _send(self, command: Any) -> tuple[Any, int]:
-        """Submit ``command`` with the next sequence number; returns (ObjectRef, epoch)."""
+        """Submit ``command`` with the next sequence number; returns (ObjectRef, epoch).
+        Raises ``_NotFreeYet`` while only a retiring activation can be resolved."""
         with self._lock:
             handle = self._current()
             ref = handle.ask_ordered.remote(self.entity_id, self._caller_id, self._seq, command)
             self._seq += 1
             return ref, self._epoch
 
-    def _renew(self, epoch: int) -> None:
-        """The host of ``epoch`` is gone or stopped: re-resolve under a fresh caller id."""
+    def _renew(self, epoch: int, retired: bool = False) -> None:
+        """The host of ``epoch`` is gone or stopped: re-resolve under a fresh caller id.
+        ``retired``: it refused the command because it is retiring (never call it again)."""
         with self._lock:
             if epoch == self._epoch and self._handle is not None:
+                if retired:
+                    self._retired.append(_actor_id(self._handle))
+                    del self._retired[:-8]
                 self.resolver.invalidate(self.aggregate_type, self.entity_id, self._handle)
                 self._handle = None
+
+    def _not_free(self) -> PassivatedError:
+        return PassivatedError(
+            f"{self.aggregate_type.persistence_id(self.entity_id)}: the retiring activation "
+            f"still holds the name after {_RETRY_DEADLINE_S}s; not applied"
+        )
 
     def _give_up(self, epoch: int, err: BaseException) -> BaseException:
         out = unwrap_error(err)
@@ -233,19 +274,21 @@ class EntityRef:
         """Send ``command`` and wait for the reply (raises the typed raysource error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         retry_until = time.monotonic() + _RETRY_DEADLINE_S
-        attempt = 0
         while True:
-            ref, epoch = self._send(command)
+            try:
+                ref, epoch = self._send(command)
+            except _NotFreeYet:
+                if time.monotonic() > retry_until:
+                    raise self._not_free() from None
+                time.sleep(_WAIT_FOR_NAME_S)
+                continue
             try:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 return ray.get(ref, timeout=left)
             except (RayTaskError, RayActorError, GetTimeoutError) as err:
                 if not _retryable(err) or time.monotonic() > retry_until:
                     raise self._give_up(epoch, err) from None
-                self._renew(epoch)
-                attempt += 1
-                if attempt > 1:  # a retiring actor still holds the name for a moment
-                    time.sleep(min(0.05 * attempt, 0.5))
+                self._renew(epoch, retired=_refused(err))
 
     # ------------------------------------------------------------------ async
 
@@ -253,21 +296,22 @@ class EntityRef:
         """Coroutine twin of :meth:`ask`. Call (not just create) the coroutines in send order:
         the command is submitted when the coroutine first runs."""
         retry_until = time.monotonic() + _RETRY_DEADLINE_S
-        attempt = 0
 
         async def once() -> Any:
-            nonlocal attempt
             while True:
-                ref, epoch = self._send(command)
+                try:
+                    ref, epoch = self._send(command)
+                except _NotFreeYet:
+                    if time.monotonic() > retry_until:
+                        raise self._not_free() from None
+                    await asyncio.sleep(_WAIT_FOR_NAME_S)
+                    continue
                 try:
                     return await ref
                 except (RayTaskError, RayActorError) as err:
                     if not _retryable(err) or time.monotonic() > retry_until:
                         raise self._give_up(epoch, err) from None
-                    self._renew(epoch)
-                    attempt += 1
-                    if attempt > 1:
-                        await asyncio.sleep(min(0.05 * attempt, 0.5))
+                    self._renew(epoch, retired=_refused(err))
 
         if timeout is None:
             return await once()
@@ -293,7 +337,14 @@ class EntityRef:
         self._tell(command, time.monotonic())
 
     def _tell(self, command: Any, started: float) -> None:
-        ref, epoch = self._send(command)
+        try:
+            ref, epoch = self._send(command)
+        except _NotFreeYet:
+            if time.monotonic() - started > _RETRY_DEADLINE_S:
+                log.warning("tell %r: %r", type(command).__qualname__, self._not_free())
+                return
+            threading.Timer(_WAIT_FOR_NAME_S, self._tell, (command, started)).start()
+            return
         ref.future().add_done_callback(lambda f: self._tell_done(f, command, epoch, started))
 
     def _tell_done(self, fut: Any, command: Any, epoch: int, started: float) -> None:
@@ -301,8 +352,8 @@ class EntityRef:
         if err is None:
             return
         if _retryable(err) and time.monotonic() - started < _RETRY_DEADLINE_S:
-            self._renew(epoch)
-            threading.Timer(0.05, self._tell, (command, started)).start()
+            self._renew(epoch, retired=_refused(err))
+            self._tell(command, started)
             return
         log.warning("tell %r to %s failed: %r", type(command).__qualname__,
                     self.aggregate_type.persistence_id(self.entity_id), unwrap_error(err))

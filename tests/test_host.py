@@ -215,3 +215,14 @@ async def test_caller_order_survives_passivation():
     assert results == [ReservationCancelled("A1", "x"), SeatReserved("A2", "x")]
     assert host.stats.activations == 2
     await host.close()
+
+
+async def test_held_back_commands_are_refused_at_once_when_a_dedicated_entity_retires():
+    host = make_host(reactivate=False, order_gap_timeout_s=30)
+    await host.ask("s", GetShow())
+    held = asyncio.ensure_future(host.ask_ordered("s", "c", 1, GetShow()))  # waits for seq 0
+    await asyncio.sleep(0.01)
+    await host.passivate("s")
+    with pytest.raises(PassivatedError):
+        await asyncio.wait_for(held, timeout=2)
+    await host.close()
