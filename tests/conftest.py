@@ -68,6 +68,7 @@ def ray_local():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster some other process started on this host
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,
