@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--writers", type=int, default=40)
     ap.add_argument("--rate", type=float, default=150.0, help="offered events/s, all writers")
+    ap.add_argument("--out", default="results/projection_bench.json")
     args = ap.parse_args()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
@@ -183,9 +184,9 @@ def main() -> None:
     for a, b in rows:
         print(f"{a:<{width}}  {b}")
     r["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
-    out = Path("results")
-    out.mkdir(exist_ok=True)
-    (out / "projection_bench.json").write_text(json.dumps(r, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2) + "\n")
 
 
 if __name__ == "__main__":

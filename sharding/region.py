@@ -186,7 +186,10 @@ def get_or_create_region(spec: SystemSpec, node_id: NodeId) -> Any:
         "name": region_name(spec.name, node_id),
         "lifetime": "detached",
         "get_if_exists": True,
-        "max_restarts": -1,  # stateless: a restart just forgets its LRU order
+        # No restarts: a region pinned to a dead node would otherwise sit in RESTARTING
+        # forever, holding its name and swallowing calls. It is stateless; the resolver
+        # re-creates it (get-or-create) when it is needed again on a live node.
+        "max_restarts": 0,
         "max_concurrency": 1000,
         **node_affinity(node_id),
     }

@@ -77,3 +77,9 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the Ray-free unit tests first: they assert Ray is not running (``unit_guard``), and
+    the session's local Ray, once started by a Ray test, stays up until the end."""
+    items.sort(key=lambda item: 0 if "no_ray" in getattr(item, "fixturenames", ()) else 1)
