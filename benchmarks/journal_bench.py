@@ -1,7 +1,8 @@
 """Journal benchmark: the journal beside the raw cassandra-driver limit, in one run.
 
-* writes: raw driver async inserts of same-size rows (``execute_concurrent_with_args``,
-  concurrency C) vs ``CassandraJournal.append`` of one-event groups from C concurrent writers
+* writes: raw driver inserts of same-size rows, concurrency C — the better of
+  ``execute_concurrent_with_args`` and plain ``execute_async`` through the journal's asyncio
+  bridge — vs ``CassandraJournal.append`` of one-event groups from C concurrent writers
   on C persistence ids, guard on and off, for two event sizes; ratio journal / raw;
 * replay: 10k events of one persistence id through ``CassandraJournal.replay`` vs a raw paged
   driver read of the same rows.
@@ -54,6 +55,27 @@ def raw_inserts(session, ks: str, n: int, size: int, conc: int) -> float:
     dt = time.perf_counter() - t0
     assert all(ok for ok, _ in results)
     return n / dt
+
+
+async def raw_inserts_async(session: CassandraSession, ks: str, n: int, size: int,
+                            conc: int) -> float:
+    """The same single-row inserts as plain ``execute_async`` calls through the asyncio bridge
+    the journal uses, from ``conc`` concurrent writers (the journal's pattern minus the journal)."""
+    stmt = await session.prepare(
+        f"INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
+        "writer_id, ser_id, manifest, payload, tags, meta) VALUES (?,?,?,?,?,?,?,?,?,?)")
+    run = uuid.uuid4().hex[:6]
+    ts = to_us(NOW)
+    per = n // conc
+
+    async def writer(w: int) -> None:
+        for s in range(1, per + 1):
+            await session.execute(stmt, (f"rawa-{run}-{w}", 0, s, ts, "w", 1, "b.E#1",
+                                         payload(size, s), None, None))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(writer(w) for w in range(conc)))
+    return per * conc / (time.perf_counter() - t0)
 
 
 async def journal_appends(journal: CassandraJournal, n: int, size: int, conc: int) -> float:
@@ -137,16 +159,33 @@ def main() -> None:
         raw_inserts(raw, ks, 4096, 100, conc)
         asyncio.run(journal_appends(CassandraJournal(session, cfg.with_(fencing=False)), 1024, 100,
                                     conc))
+        asyncio.run(raw_inserts_async(session, ks, 1024, 100, conc))
         for size in sizes:
-            raw_rate = raw_inserts(raw, ks, args.events, size, conc)
-            row = {"size": size, "raw_events_per_s": raw_rate}
-            for guard in (False, True):
-                j = CassandraJournal(session, cfg.with_(fencing=guard))
-                n = args.events if not guard else args.events // 2
-                rate = asyncio.run(journal_appends(j, n, size, conc))
-                key = "guard_on" if guard else "guard_off"
-                row[f"journal_{key}_events_per_s"] = rate
-                row[f"ratio_{key}"] = rate / raw_rate
+            # Timings here are noisy: alternate the contenders over two rounds and keep each
+            # one's best, so no side profits from running first or last.
+            best: dict[str, float] = {}
+            for _round in range(2):
+                for key, measure in (
+                    ("raw_execute_concurrent_per_s",
+                     lambda: raw_inserts(raw, ks, args.events, size, conc)),
+                    ("raw_execute_async_per_s",
+                     lambda: asyncio.run(raw_inserts_async(session, ks, args.events, size,
+                                                           conc))),
+                    ("journal_guard_off_events_per_s",
+                     lambda: asyncio.run(journal_appends(
+                         CassandraJournal(session, cfg.with_(fencing=False)), args.events,
+                         size, conc))),
+                    ("journal_guard_on_events_per_s",
+                     lambda: asyncio.run(journal_appends(
+                         CassandraJournal(session, cfg.with_(fencing=True)), args.events // 2,
+                         size, conc))),
+                ):
+                    best[key] = max(best.get(key, 0.0), measure())
+            # the limit is the better of two plain-driver ways to insert the same rows
+            raw_rate = max(best["raw_execute_concurrent_per_s"], best["raw_execute_async_per_s"])
+            row = {"size": size, "raw_events_per_s": raw_rate, **best}
+            for key in ("guard_off", "guard_on"):
+                row[f"ratio_{key}"] = row[f"journal_{key}_events_per_s"] / raw_rate
             results["writes"].append(row)
 
         pid = f"replay-{uuid.uuid4().hex[:6]}"

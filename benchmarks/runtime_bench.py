@@ -195,7 +195,7 @@ def dedicated_activation(resolver: LocalResolver, n: int) -> dict:
 
 def hosted_activation(resolver: LocalResolver, n: int) -> dict:
     # all on shard 0 of one hosted actor: warm it, then measure entity activations inside it
-    from sharding.shard_id import shard_of
+    from runtime.shard_id import shard_of
 
     ids = []
     while len(ids) < n + 1:

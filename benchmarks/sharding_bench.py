@@ -30,7 +30,7 @@ from journal.local_node import select_cassandra
 from runtime.examples.ledger import LEDGER, Append, GetBalance
 from runtime.stores import StoreSpec
 from sharding.coordinator import CoordinatorSettings
-from sharding.shard_id import shard_of
+from runtime.shard_id import shard_of
 from sharding.system import System
 
 

@@ -40,6 +40,7 @@ from journal.errors import (
 )
 from runtime.aggregate import AggregateType
 from runtime.ray_host import HostActor, HostSpec, actor_options
+from runtime.shard_id import shard_of
 from runtime.stores import StoreSpec
 
 __all__ = ["EntityRef", "LocalResolver", "Resolver", "unwrap_error"]
@@ -69,7 +70,7 @@ class LocalResolver:
     Placement per type: ``aggregate_type.placement`` unless ``placement`` overrides it per
     type name. ``host_settings`` (per type name) become :class:`HostSpec` fields, e.g.
     ``{"show": {"idle_timeout_s": 5, "max_active": 100}}``. ``shard_of(entity_id, n)`` routes
-    hosted entities (default: ``sharding.shard_id.shard_of``).
+    hosted entities (default: :func:`runtime.shard_id.shard_of`).
     """
 
     def __init__(
@@ -102,9 +103,6 @@ class LocalResolver:
 
     def _shard(self, aggregate_type: AggregateType, entity_id: str) -> int:
         if self._shard_of is None:
-            # imported lazily: sharding sits above runtime, and only this default needs it
-            from sharding.shard_id import shard_of
-
             self._shard_of = shard_of
         return self._shard_of(entity_id, aggregate_type.number_of_shards)
 

@@ -36,7 +36,7 @@ from journal.errors import (
 )
 from journal.serialization import Serialization
 from sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
-from sharding.shard_id import shard_of
+from runtime.shard_id import shard_of
 
 __all__ = [
     "CoordinatorEvent",

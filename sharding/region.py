@@ -31,7 +31,7 @@ from runtime.ray_host import HostActor, HostSpec, actor_options
 from runtime.stores import StoreSpec
 from sharding.allocation import NodeId, ShardId
 from sharding.ray_nodes import node_affinity
-from sharding.shard_id import shard_of
+from runtime.shard_id import shard_of
 
 __all__ = ["SystemSpec", "ShardRegion", "region_name"]
 

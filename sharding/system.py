@@ -39,7 +39,7 @@ from sharding.ray_nodes import (
     stop_coordinator,
 )
 from sharding.region import SystemSpec, get_or_create_region
-from sharding.shard_id import shard_of
+from runtime.shard_id import shard_of
 
 __all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
 

@@ -28,7 +28,7 @@ from sharding.coordinator import (
     ShardCountRegistered,
     ShardMoved,
 )
-from sharding.shard_id import shard_of
+from runtime.shard_id import shard_of
 from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 NODES = ["n1", "n2", "n3", "n4"]

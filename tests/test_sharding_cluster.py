@@ -29,7 +29,7 @@ from runtime.examples.seats import SHOW, ReserveSeat
 from runtime.stores import StoreSpec
 from sharding.coordinator import CoordinatorSettings
 from sharding.ray_nodes import coordinator_name, live_nodes
-from sharding.shard_id import shard_of
+from runtime.shard_id import shard_of
 from sharding.system import System
 
 # functions below run in Ray workers, which cannot import this test module by name
