@@ -47,6 +47,7 @@ from journal.errors import (
 )
 from journal.serialization import Serialization
 from runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
+from runtime.metrics import Metrics, error_kind
 from runtime.ordering import CallerOrder
 from snapshots.api import SnapshotStore
 
@@ -118,7 +119,9 @@ class EntityCore:
     (the Cassandra partition size).
     ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
     timestamps. ``order_gap_timeout_s`` bounds how long :meth:`handle_in_order` waits for a
-    missing sequence number before skipping it.
+    missing sequence number before skipping it. ``metrics`` records commands by outcome, one
+    latency per journal write, recoveries and store errors (default: a private in-memory
+    :class:`~runtime.metrics.Metrics`; a host passes its own).
 
     Use from one asyncio event loop. :meth:`start` is optional (the first command starts it).
     """
@@ -138,6 +141,7 @@ class EntityCore:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utcnow,
         order_gap_timeout_s: float = 10.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if min(max_batch, max_events_per_write, max_bytes_per_write) < 1:
             raise ValueError("max_batch, max_events_per_write and max_bytes_per_write must be >= 1")
@@ -155,6 +159,7 @@ class EntityCore:
         self._clock = clock
         self._wall_clock = wall_clock
         self.stats = CoreStats()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.recovery: RecoveryStats | None = None
         self._state: Any = aggregate_type.initial_state
         self._seq = 0
@@ -202,6 +207,13 @@ class EntityCore:
         slip in before it)."""
         return not (self._busy or self._carry or not self._mailbox.empty()
                     or self._order.holding)
+
+    def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]:
+        """The ``extra`` of this core's log records (see ``runtime.logs``); ``sequence_nr``
+        defaults to the last durable one."""
+        return {"persistence_id": self.persistence_id,
+                "sequence_nr": self._seq if sequence_nr is None else sequence_nr,
+                "writer_id": self.writer_id, "type": self.aggregate_type.name}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -285,7 +297,10 @@ class EntityCore:
         try:
             self.recovery = await self._recover()
         except BaseException as exc:  # recovery failed: nothing can be processed
-            log.error("%s: recovery failed: %r", self.persistence_id, exc)
+            log.error("%s: recovery failed: %r", self.persistence_id, exc,
+                      extra=self.log_context())
+            if isinstance(exc, Exception):
+                self.metrics.journal_error(self.aggregate_type.name, error_kind(exc))
             self._ready.set_exception(exc)
             self._ready.exception()  # mark retrieved: start() may never be awaited
             self._fail_stop(exc)
@@ -301,7 +316,8 @@ class EntityCore:
             except _Fenced:
                 return
             except Exception as exc:  # a bug in the core: never leave callers hanging
-                log.exception("%s: command loop failed, stopping", self.persistence_id)
+                log.exception("%s: command loop failed, stopping", self.persistence_id,
+                              extra=self.log_context())
                 self._fail_stop(exc)
                 for _, fut in batch:
                     self._resolve(fut, None, self._stopped_error())
@@ -375,26 +391,33 @@ class EntityCore:
         """Append the flush's events as one group; True once durable. On failure the flush's
         callers are answered here and False is returned."""
         self.stats.writes += 1
+        type_name = self.aggregate_type.name
+        started = time.perf_counter()
         try:
             await self.journal.append(flush.events)
         except ConcurrentWriteError as exc:
-            log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc)
+            log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc,
+                        extra=self.log_context(flush.events[0].sequence_nr))
             self.stats.failed_writes += 1
+            self.metrics.journal_error(type_name, "fenced")
             self._fail_stop(exc)
             for o in flush.outcomes:
                 self._resolve(o.future, None, self._stopped_error())
             raise _Fenced from exc
         except Exception as exc:
             self.stats.failed_writes += 1
-            log.warning("%s: write of %d events failed: %r",
-                        self.persistence_id, len(flush.events), exc)
+            self.metrics.journal_error(type_name, error_kind(exc))
+            log.warning("%s: write of %d events from #%d failed: %r",
+                        self.persistence_id, len(flush.events), flush.events[0].sequence_nr, exc,
+                        extra=self.log_context(flush.events[0].sequence_nr))
             # The outcome may be unknown (e.g. a timeout after the store took the write):
             # re-read the truth before answering, so a caller that sees the failure finds the
             # state equal to the journal's, and a write that did land is acknowledged.
             rebuilt = await self._rebuild_after_failure()
             if rebuilt and await self._is_stored(flush.events):
                 log.warning("%s: the failed write was stored after all; acknowledging it",
-                            self.persistence_id)
+                            self.persistence_id,
+                            extra=self.log_context(flush.events[-1].sequence_nr))
             else:
                 detail = "" if rebuilt else " (outcome unknown: the journal could not be re-read)"
                 for o in flush.outcomes:
@@ -405,6 +428,7 @@ class EntityCore:
                     self._resolve(o.future, None, err)
                 return False
         self.stats.events += len(flush.events)
+        self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
         return True
 
     async def _is_stored(self, events: list[StoredEvent]) -> bool:
@@ -415,7 +439,8 @@ class EntityCore:
         try:
             stored = [e async for e in self.journal.replay(self.persistence_id, first, last)]
         except Exception as exc:
-            log.warning("%s: cannot check the failed write: %r", self.persistence_id, exc)
+            log.warning("%s: cannot check the failed write: %r", self.persistence_id, exc,
+                        extra=self.log_context(first))
             return False
         return len(stored) == len(events) and all(
             (a.writer_id, a.manifest, bytes(a.payload)) == (b.writer_id, b.manifest, b.payload)
@@ -495,7 +520,7 @@ class EntityCore:
 
     def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError:
         log.warning("%s: %s raised on %s: %r", self.persistence_id, where,
-                    type(command).__qualname__, exc)
+                    type(command).__qualname__, exc, extra=self.log_context())
         err = HandlerError(
             f"{self.persistence_id}: {where} raised on {type(command).__qualname__}: {exc!r}"
         )
@@ -506,16 +531,20 @@ class EntityCore:
         if fut.done():
             return
         if error is None:
+            outcome = "accepted"
             fut.set_result(value)
         else:
+            outcome = "rejected" if isinstance(error, CommandRejected) else "error"
             self.stats.failed_commands += 1
             fut.set_exception(error)
+        self.metrics.command(self.aggregate_type.name, outcome)
 
     def _run_side_effect(self, fn: Callable[[Any], Any], new_state: Any) -> None:
         try:
             result = fn(new_state)
         except Exception:
-            log.exception("%s: side effect %r failed", self.persistence_id, fn)
+            log.exception("%s: side effect %r failed", self.persistence_id, fn,
+                          extra=self.log_context())
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
@@ -525,7 +554,8 @@ class EntityCore:
     def _side_effect_done(self, task: asyncio.Task) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s: side effect failed: %r", self.persistence_id, task.exception())
+            log.error("%s: side effect failed: %r", self.persistence_id, task.exception(),
+                      extra=self.log_context())
 
     async def _rebuild_after_failure(self) -> bool:
         """Rebuild the state from the journal; on failure stop the core and return False."""
@@ -534,7 +564,8 @@ class EntityCore:
             return True
         except Exception as exc:
             log.error("%s: rebuild after a failed write failed, stopping: %r",
-                      self.persistence_id, exc)
+                      self.persistence_id, exc, extra=self.log_context())
+            self.metrics.journal_error(self.aggregate_type.name, error_kind(exc))
             self._fail_stop(exc)
             self._mailbox.put_nowait(_STOP)
             return False
@@ -555,7 +586,9 @@ class EntityCore:
             await self.snapshot_store.keep_newest(self.persistence_id, policy.keep)
         except Exception as exc:  # a snapshot is an optimisation: never fail commands for it
             self.stats.snapshot_failures += 1
-            log.warning("%s: snapshot at %d failed: %r", self.persistence_id, self._seq, exc)
+            self.metrics.journal_error(self.aggregate_type.name, "snapshot")
+            log.warning("%s: snapshot at %d failed: %r", self.persistence_id, self._seq, exc,
+                        extra=self.log_context())
 
     # ------------------------------------------------------------------ recovery
 
@@ -568,14 +601,18 @@ class EntityCore:
         if highest < seq:
             # A snapshot newer than the journal cannot be trusted: rebuild from events alone.
             log.warning("%s: snapshot at %d is beyond the journal's highest %d; full replay",
-                        self.persistence_id, seq, highest)
+                        self.persistence_id, seq, highest, extra=self.log_context(seq))
             state, seq, replayed = await self._replay(self.aggregate_type.initial_state, 0)
             snap_seq = None
         # Deleted trailing events still occupy their numbers: never reuse them.
         seq = max(seq, highest)
         self._state, self._seq = state, seq
         stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
-        log.debug("%s: recovered %s", self.persistence_id, stats)
+        self.metrics.recovery(self.aggregate_type.name, stats.duration_s)
+        log.info("%s: recovered at #%d in %.3f s (snapshot %s, %d events replayed)",
+                 self.persistence_id, seq, stats.duration_s,
+                 "none" if snap_seq is None else f"#{snap_seq}", replayed,
+                 extra=self.log_context())
         return stats
 
     async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
@@ -594,7 +631,8 @@ class EntityCore:
             except SerializationError as exc:
                 skipped += 1
                 log.warning("%s: cannot decode snapshot at %d, trying an older one: %s",
-                            self.persistence_id, snap.sequence_nr, exc)
+                            self.persistence_id, snap.sequence_nr, exc,
+                            extra=self.log_context(snap.sequence_nr))
                 max_seq = snap.sequence_nr - 1
                 if max_seq < 1:
                     return self.aggregate_type.initial_state, 0, None, skipped

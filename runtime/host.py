@@ -35,6 +35,7 @@ from journal.errors import AggregateStoppedError, ConfigError, PassivatedError
 from journal.serialization import Serialization
 from runtime.aggregate import AggregateType
 from runtime.core import EntityCore
+from runtime.metrics import Metrics
 from runtime.ordering import CallerOrder
 from snapshots.api import SnapshotStore
 
@@ -72,7 +73,10 @@ class AggregateHost:
     ``idle_timeout_s`` defaults to the type's; ``max_active`` None means no cap;
     ``sweep_interval_s`` defaults to a quarter of the idle timeout (at most 5 s).
     ``on_deactivated(entity_id, reason)`` is called (synchronously) when an entity leaves the
-    host for any reason. Use from one event loop; call :meth:`close` at the end.
+    host for any reason. ``metrics`` (default: a new in-memory
+    :class:`~runtime.metrics.Metrics`) is shared with every core of this host; ``metrics_host``
+    is its ``host`` label on ``raysource_active_aggregates``. Use from one event loop; call
+    :meth:`close` at the end.
     """
 
     def __init__(
@@ -93,6 +97,8 @@ class AggregateHost:
         max_ordered_entities: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         on_deactivated: Callable[[str, DeactivationReason], None] | None = None,
+        metrics: Metrics | None = None,
+        metrics_host: str = "local",
     ) -> None:
         if max_active is not None and max_active < 1:
             raise ConfigError("max_active must be >= 1 or None")
@@ -110,6 +116,8 @@ class AggregateHost:
         self.max_batch = max_batch
         self.order_gap_timeout_s = order_gap_timeout_s
         self.stats = HostStats()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics_host = metrics_host
         self._clock = clock
         self._on_deactivated = on_deactivated
         self._recoveries = asyncio.Semaphore(max_concurrent_recoveries)
@@ -156,6 +164,7 @@ class AggregateHost:
             "recoveries": {eid: asdict(c.recovery) for eid, c in self._cores.items()
                            if c.recovery is not None},
             "sequence_nrs": {eid: c.sequence_nr for eid, c in self._cores.items()},
+            "metrics": self.metrics.snapshot(),
         }
 
     # ------------------------------------------------------------------ activation
@@ -198,7 +207,7 @@ class AggregateHost:
             self.aggregate_type, entity_id, self.journal, self.snapshot_store,
             self.serialization, writer_id=f"{self.writer_prefix}-{self._generation}",
             max_batch=self.max_batch, clock=self._clock,
-            order_gap_timeout_s=self.order_gap_timeout_s,
+            order_gap_timeout_s=self.order_gap_timeout_s, metrics=self.metrics,
         )
         try:
             async with self._recoveries:
@@ -215,6 +224,7 @@ class AggregateHost:
         self.stats.events_replayed += recovery.events_replayed
         del self._activating[entity_id]
         self._cores[entity_id] = core
+        self._record_active()
         done.set_result(None)
         self._enforce_cap()
 
@@ -228,7 +238,7 @@ class AggregateHost:
         if self._cores.get(entity_id) is core:
             del self._cores[entity_id]
             self._add_stats(core)
-            self._deactivated(entity_id, "fenced")
+            self._deactivated(entity_id, "fenced", core)
             # the core already failed its queued commands; let its loop end in the background
             task = asyncio.ensure_future(core.stop())
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -295,7 +305,7 @@ class AggregateHost:
         done = asyncio.get_running_loop().create_future()
         self._stopping[entity_id] = done
         self.stats.passivations[reason] = self.stats.passivations.get(reason, 0) + 1
-        self._deactivated(entity_id, reason)
+        self._deactivated(entity_id, reason, core)
         try:
             await core.stop()
         finally:
@@ -335,7 +345,17 @@ class AggregateHost:
             task = asyncio.ensure_future(self.passivate(eid, "evicted"))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    def _deactivated(self, entity_id: str, reason: DeactivationReason) -> None:
+    def _record_active(self) -> None:
+        self.metrics.active_aggregates(self.aggregate_type.name, self.metrics_host,
+                                       len(self._cores))
+
+    def _deactivated(self, entity_id: str, reason: DeactivationReason,
+                     core: EntityCore) -> None:
+        self._record_active()
+        self.metrics.passivation(self.aggregate_type.name, reason)
+        log.log(logging.WARNING if reason == "fenced" else logging.INFO,
+                "%s: deactivated (%s) at #%d", core.persistence_id, reason, core.sequence_nr,
+                extra={**core.log_context(), "reason": reason})
         if not self.reactivate or self._closed:
             self._retired.add(entity_id)
             # Commands held back for a predecessor can never run here now; the predecessor

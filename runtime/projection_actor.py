@@ -21,6 +21,8 @@ Control from Python (every method is a coroutine; the CLI wraps them)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from typing import Any
 
 import ray
@@ -29,6 +31,8 @@ from journal.api import TagOffset
 from journal.config import CassandraConfig
 from journal.errors import ProjectionError
 from journal.session import CassandraSession
+from runtime.logs import configure_from_env
+from runtime.ray_metrics import RayMetrics
 from runtime.projections import (
     OffsetStore,
     ProjectionSpec,
@@ -42,6 +46,10 @@ __all__ = ["ProjectionActor", "Projections", "actor_name", "connect_ray"]
 
 _PREFIX = "raysource-projection:"
 
+# How often a running worker refreshes its lag gauges on its own (status() refreshes them too).
+# Each refresh scans the tag from the offset (bounded by lag_scan_limit): keep it coarse.
+LAG_REFRESH_S = float(os.environ.get("RAYSOURCE_PROJECTION_LAG_REFRESH_S", "30"))
+
 
 def actor_name(projection: str, slice_index: int, n_slices: int) -> str:
     return f"{_PREFIX}{projection}:{slice_index}-of-{n_slices}"
@@ -52,8 +60,11 @@ class _ProjectionActor:
     strings (:func:`offset_to_str`)."""
 
     def __init__(self, spec: ProjectionSpec, config: CassandraConfig, slice_index: int) -> None:
+        configure_from_env()
         self.spec, self.config, self.slice_index = spec, config, slice_index
         self._worker: ProjectionWorker | None = None
+        self._metrics = RayMetrics()  # lag gauges, exported by Ray
+        self._lag_task: asyncio.Task[None] | None = None
         # async actor: __init__ runs on the actor's loop, so booting can start right away
         # (and does again after a Ray restart, resuming a worker whose desired state is running)
         self._booting = asyncio.get_running_loop().create_task(self._boot())
@@ -64,9 +75,20 @@ class _ProjectionActor:
         session = CassandraSession(self.config)
         await session.connect(keyspace="")
         journal = CassandraJournal(session, self.config)
-        worker = ProjectionWorker(self.spec, self.slice_index, session, self.config, journal)
+        worker = ProjectionWorker(self.spec, self.slice_index, session, self.config, journal,
+                                  metrics=self._metrics)
         await worker.boot()
         self._worker = worker
+        if LAG_REFRESH_S > 0:
+            self._lag_task = asyncio.get_running_loop().create_task(self._refresh_lag(worker))
+
+    async def _refresh_lag(self, worker: ProjectionWorker) -> None:
+        while True:
+            await asyncio.sleep(LAG_REFRESH_S)
+            if worker.state not in ("running", "parked"):
+                continue
+            with contextlib.suppress(Exception):  # diagnostics only; status() shows errors
+                await worker.status()  # records the lag gauges
 
     async def _w(self) -> ProjectionWorker:
         await asyncio.shield(self._booting)

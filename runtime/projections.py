@@ -69,6 +69,7 @@ from journal.errors import ConfigError, JournalError
 from journal.serialization import Serialization
 from journal.session import RAW_PROFILE, CassandraSession
 from runtime.aggregate import AggregateType
+from runtime.metrics import Metrics
 
 __all__ = [
     "EventEnvelope",
@@ -414,10 +415,12 @@ class ProjectionWorker:
     ``handler.prepare`` runs before the first event of each activation (after
     ``global_prepare``, which the controller runs first). A worker assumes it is the only one
     running its (projection, slice): the Ray actor name guarantees that.
+    ``metrics`` gets the lag gauges each time :meth:`status` computes the lag.
     """
 
     def __init__(self, spec: ProjectionSpec, slice_index: int, session: CassandraSession,
-                 config: CassandraConfig, journal: Journal) -> None:
+                 config: CassandraConfig, journal: Journal,
+                 metrics: Metrics | None = None) -> None:
         if not 0 <= slice_index < spec.n_slices:
             raise ConfigError(f"slice {slice_index} outside 0..{spec.n_slices - 1}")
         self.spec = spec
@@ -430,6 +433,7 @@ class ProjectionWorker:
         self.store = OffsetStore(session, config.keyspace)
         self.handler: ProjectionHandler = spec.handler_factory(session, config)
         self.settings = spec.settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self.state: WorkerState = "idle"
         self.offset: TagOffset | None = None  # everything up to here is handled
         self.committed: TagOffset | None = None
@@ -443,6 +447,13 @@ class ProjectionWorker:
         self._halt = asyncio.Event()
         self._control = asyncio.Lock()
         self._prepared = False
+        self._failed_at: tuple[str | None, int | None] = (None, None)  # for log context
+
+    def _log_context(self) -> dict[str, Any]:
+        """``extra`` for log records: the projection, the worker and the event it failed on."""
+        pid, seq = self._failed_at
+        return {"projection": self.spec.name, "worker": self.key, "persistence_id": pid,
+                "sequence_nr": seq}
 
     def _mine(self, pid: str) -> bool:
         return self.spec.n_slices == 1 or slice_of(pid, self.spec.n_slices) == self.slice_index
@@ -551,11 +562,14 @@ class ProjectionWorker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._halt.wait(), delay)
         except _Parked:
+            log.error("projection %s %s parked: %s", self.spec.name, self.key, self.error,
+                      extra=self._log_context())
             await self._commit()
             self.state = "parked"
             await self.store.set_state(self.spec.name, self.key, "parked", self.error)
         except Exception as exc:  # a bug, not an outage: park, visibly
-            log.exception("projection %s %s failed", self.spec.name, self.key)
+            log.exception("projection %s %s failed, parked", self.spec.name, self.key,
+                          extra=self._log_context())
             self.error = f"worker failed: {type(exc).__name__}: {exc}"
             self.state = "parked"
             with contextlib.suppress(Exception):
@@ -609,7 +623,9 @@ class ProjectionWorker:
                 e = te.event
                 self.error = (f"{type(exc).__name__}: {exc} [at {e.persistence_id!r} "
                               f"#{e.sequence_nr}, attempt {attempt}/{s.retry_attempts}]")
-                log.warning("projection %s %s: %s", self.spec.name, self.key, self.error)
+                self._failed_at = (e.persistence_id, e.sequence_nr)
+                log.warning("projection %s %s: %s", self.spec.name, self.key, self.error,
+                            extra=self._log_context())
                 if attempt == s.retry_attempts:
                     raise _Parked() from exc
                 self.retries += 1
@@ -638,6 +654,9 @@ class ProjectionWorker:
             lag, oldest = await self._lag()
         except JournalError:  # status must answer during an outage; the error shows it
             lag = None
+        lag_seconds = (None if lag is None else 0.0 if oldest is None
+                       else max(0.0, (_now_us() - oldest) / 1e6))
+        self.metrics.projection_lag(self.spec.name, self.key, lag, lag_seconds)
         return {
             "projection": self.spec.name,
             "worker": self.key,
@@ -650,8 +669,7 @@ class ProjectionWorker:
             "retries": self.retries,
             "error": self.error,
             "lag_events": lag,
-            "lag_seconds": (None if lag is None else 0.0 if oldest is None
-                            else max(0.0, (_now_us() - oldest) / 1e6)),
+            "lag_seconds": lag_seconds,
             "last_event_timestamp": (self.last_event_timestamp.isoformat()
                                      if self.last_event_timestamp else None),
         }

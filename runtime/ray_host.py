@@ -44,6 +44,8 @@ import ray
 from journal.errors import ConfigError, PassivatedError
 from runtime.aggregate import AggregateType, Placement
 from runtime.host import AggregateHost
+from runtime.logs import configure_from_env
+from runtime.ray_metrics import RayMetrics
 from runtime.stores import StoreSpec, open_stores, serialization_for
 
 __all__ = ["HostActor", "HostSpec", "actor_options"]
@@ -109,7 +111,10 @@ class _HostActor:
     """See the module docstring (this is the class behind :data:`HostActor`)."""
 
     def __init__(self, spec: HostSpec) -> None:
+        configure_from_env()  # RAYSOURCE_LOG_JSON=1: JSON lines in this worker's log
         self.spec = spec
+        # Ray export plus the in-memory values info() returns; outlives host re-opens
+        self._metrics = RayMetrics()
         self._host: AggregateHost | None = None
         self._opening: asyncio.Future | None = None
         self._retired: PassivatedError | None = None
@@ -178,6 +183,8 @@ class _HostActor:
             reactivate=spec.placement == "hosted",
             max_batch=spec.max_batch,
             on_deactivated=self._on_deactivated,
+            metrics=self._metrics,
+            metrics_host="dedicated" if spec.placement == "dedicated" else f"shard-{spec.shard}",
         )
         self._open_s = time.perf_counter() - started
 
@@ -284,7 +291,8 @@ class _HostActor:
 
     async def info(self) -> dict[str, Any]:
         """Placement, name, node id, pid, memory (rss/uss bytes), retirement and the host's
-        entities and counters (``stats.writes`` vs ``stats.commands`` shows group commit)."""
+        entities and counters (``stats.writes`` vs ``stats.commands`` shows group commit);
+        ``metrics`` is this actor's :meth:`runtime.metrics.Metrics.snapshot`."""
         out: dict[str, Any] = {
             "name": self.spec.actor_name,
             "placement": self.spec.placement,
@@ -294,6 +302,8 @@ class _HostActor:
             "calls": self._calls,
             "uptime_s": time.time() - self._created,
             "stores_open_s": self._open_s,
+            "metrics": self._metrics.snapshot(),
+            "metrics_forward_errors": self._metrics.forward_errors,
         }
         try:
             import psutil

@@ -580,3 +580,36 @@ async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, se
     stored = await OffsetStore(session, config.keyspace).load(spec.name, "0/1")
     assert stored.state == "stopped" and stored.offset is not None
     await ks["o"].aclose()
+
+
+async def test_worker_status_records_the_lag_gauges(journal, session, config):
+    from runtime.metrics import Metrics
+    from runtime.projections import ProjectionWorker
+
+    tag = f"lg{uuid.uuid4().hex[:6]}"
+    agg = show_type(tag)
+    handler = _Collect()
+    spec = ProjectionSpec(f"lag-{tag}", tag, lambda s, c: handler, (agg,), 1, FAST)
+    ks = kits(journal, agg, ["l"])
+    await reserve_all(ks["l"], ["a", "b", "c"])
+    metrics = Metrics()
+    worker = ProjectionWorker(spec, 0, session, config, journal, metrics=metrics)
+    await worker.global_prepare()
+    await worker.boot()
+    labels = dict(projection=spec.name, slice="0/1")
+
+    async def lag_of(n: int):
+        st = await worker.status()
+        return st if st["lag_events"] == n else None
+
+    st = await until(lambda: lag_of(3), 10, "three visible events")
+    assert metrics.value("raysource_projection_lag_events", **labels) == 3
+    assert metrics.value("raysource_projection_lag_seconds", **labels) == st["lag_seconds"] > 0
+    await worker.start()
+    try:
+        await until(lambda: lag_of(0), 10, "the worker to catch up")
+        assert metrics.value("raysource_projection_lag_events", **labels) == 0
+        assert metrics.value("raysource_projection_lag_seconds", **labels) == 0
+    finally:
+        await worker.stop()
+    await ks["l"].aclose()

@@ -504,3 +504,33 @@ def test_dedicated_actor_without_an_active_aggregate_exits_when_idle(make_resolv
     name = resolver.spec_for(SHOW, show).actor_name
 
     wait_for(lambda: actor_gone(name), timeout=10)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_host_actor_info_reports_its_metrics(make_resolver):
+    import ray
+
+    resolver = make_resolver("hosted")
+    show = eid()
+    ref = EntityRef(SHOW, show, resolver)
+    cmds = [ReserveSeat(seat_label(i), f"c{i}") for i in range(30)]
+    ray.get([ref.submit(c) for c in cmds], timeout=60)  # pipelined: group commit
+    with pytest.raises(CommandRejected):
+        ref.ask(ReserveSeat("A1", "bob"))
+    out = info(ref)
+    assert out["metrics_forward_errors"] == []  # ray.util.metrics accepted every record
+    m = out["metrics"]
+    assert m["raysource_commands_total"]["type=show,outcome=accepted"] == 30
+    assert m["raysource_commands_total"]["type=show,outcome=rejected"] == 1
+    assert m["raysource_events_persisted_total"]["type=show"] == 30
+    writes = m["raysource_journal_writes_total"]["type=show"]
+    assert writes == m["raysource_persist_latency_seconds"]["type=show"]["count"] <= 30
+    assert m["raysource_recovery_seconds"]["type=show"]["count"] == 1
+    shard = resolver.spec_for(SHOW, show).shard
+    assert m["raysource_active_aggregates"][f"type=show,host=shard-{shard}"] == 1
+    assert ray.get(ref.actor.passivate.remote(show), timeout=30) is True
+    m = info(ref)["metrics"]
+    assert m["raysource_passivations_total"]["type=show,reason=passivated"] == 1
+    assert m["raysource_active_aggregates"][f"type=show,host=shard-{shard}"] == 0
