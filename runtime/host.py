@@ -250,6 +250,20 @@ class AggregateHost:
         :meth:`EntityCore.handle`)."""
         return await self._call(entity_id, command)
 
+    async def state(self, entity_id: str) -> Any:
+        """The current state of ``entity_id`` (after every durable event; see
+        :attr:`EntityCore.state`), activating (recovering) it if needed. Read-only: no command,
+        no journal write. Raises like :meth:`get_or_activate`."""
+        self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
+        try:
+            return (await self.get_or_activate(entity_id)).state
+        finally:
+            n = self._inflight[entity_id] - 1
+            if n:
+                self._inflight[entity_id] = n
+            else:
+                del self._inflight[entity_id]
+
     async def ask_ordered(self, entity_id: str, caller_id: str, seq: int, command: Any) -> Any:
         """Like :meth:`ask`, keeping ``caller_id``'s ``seq`` order (seq starts at 0 per new
         caller id and counts up by one; see :class:`runtime.ordering.CallerOrder`).

@@ -17,6 +17,7 @@ Public raw-handle API (every method is a coroutine; call ``handle.<method>.remot
 
     ask(command, entity_id=None) -> reply         # dedicated: entity_id defaults to its entity
     ask_ordered(entity_id, caller_id, seq, command) -> reply   # per-caller order (refs use it)
+    state(entity_id=None) -> state                # read-only; activates if needed
     passivate(entity_id=None) -> bool             # stop after queued work
     handoff(shards=None) -> int                   # stop everything (if our shard is in shards)
     info() -> dict                                # entities, stats, node id, pid, memory
@@ -264,6 +265,18 @@ class _HostActor:
         try:
             host = await self._get_host()
             return await host.ask_ordered(eid, caller_id, seq, command)
+        finally:
+            self._in_calls -= 1
+
+    async def state(self, entity_id: str | None = None) -> Any:
+        """The aggregate's current state (after every durable event), activating it if it is
+        not active. Read-only: no journal write. ``PassivatedError`` once retired."""
+        self._touch()
+        eid = self._entity(entity_id)
+        self._in_calls += 1
+        try:
+            host = await self._get_host()
+            return await host.state(eid)
         finally:
             self._in_calls -= 1
 

@@ -200,6 +200,7 @@ class EntityRef:
     ``ask(cmd, timeout=None)`` blocks for the reply or raises the typed error
     (``AskTimeoutError`` on timeout: outcome unknown). ``ask_async`` is its coroutine twin.
     ``tell(cmd)`` sends without waiting (failures are logged; not-applied ones re-sent).
+    ``state(timeout=None)`` reads the current state (read-only; activates the aggregate).
     ``actor`` is the current host handle for raw ``handle.ask.remote(cmd, entity_id)`` calls.
     """
 
@@ -275,6 +276,31 @@ class EntityRef:
         while True:
             try:
                 ref, epoch = self._send(command)
+            except _NotFreeYet:
+                if time.monotonic() > retry_until:
+                    raise self._not_free() from None
+                time.sleep(_WAIT_FOR_NAME_S)
+                continue
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                return ray.get(ref, timeout=left)
+            except (RayTaskError, RayActorError, GetTimeoutError) as err:
+                if not _retryable(err) or time.monotonic() > retry_until:
+                    raise self._give_up(epoch, err) from None
+                self._renew(epoch, retired=_refused(err))
+
+    def state(self, timeout: float | None = None) -> Any:
+        """The aggregate's current state (after every durable event), activating it if it is
+        not active; read-only (no command, no journal write), so re-sent under the same rules
+        as :meth:`ask`. Commands this ref sent but whose replies were not awaited may or may
+        not be reflected."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        while True:
+            try:
+                with self._lock:
+                    ref = self._current().state.remote(self.entity_id)
+                    epoch = self._epoch
             except _NotFreeYet:
                 if time.monotonic() > retry_until:
                     raise self._not_free() from None

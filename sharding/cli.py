@@ -7,6 +7,7 @@
                        [--duration S | --commands N] [--placement dedicated|hosted] ...
     raysource events TYPE ID [--from N] [--to M] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
+    raysource state TYPE ID --system NAME [--address RAY] [--namespace NS] [--cassandra H:P] ...
     raysource projection start|stop|pause|resume|reset|status [NAME] [--spec M:ATTR] [--to OFF]
     raysource view reservations CUSTOMER [--cassandra H:P] [--keyspace K]
 
@@ -64,7 +65,8 @@ def _schema(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from sharding.demo import run_demo  # heavy imports (Ray) only for this command
 
-    return run_demo(seconds=args.seconds, contact=args.cassandra, keep=args.keep_running)
+    return run_demo(seconds=args.seconds, contact=args.cassandra,
+                    keep=args.keep_running).exit_code
 
 
 def _loadtest(args: argparse.Namespace) -> int:
@@ -142,6 +144,71 @@ def _inspect(args: argparse.Namespace) -> int:
                 await snaps.close()
 
     asyncio.run(run())
+    return 0
+
+
+def _connect_ray(address: str, namespace: str) -> None:
+    """Join the Ray cluster at ``address`` (``ConfigError`` if none is reachable there)."""
+    import logging
+    import socket
+
+    import ray
+
+    # ray.init retries an unreachable GCS for minutes; a plain TCP probe answers in seconds
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=3.0).close()
+        except OSError as exc:
+            raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from exc
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False,
+                 configure_logging=False, logging_level=logging.WARNING)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from exc
+
+
+def _state(args: argparse.Namespace) -> int:
+    """``state``: ask the live aggregate of a running system for its current state."""
+    import dataclasses
+    from dataclasses import replace
+
+    import ray
+
+    from journal.config import CassandraConfig
+    from runtime import inspect as ins
+    from runtime.stores import StoreSpec
+    from sharding.ray_nodes import get_coordinator
+    from sharding.system import System
+
+    agg = ins.resolve_type(args.type, ins.load_app(args.app))
+    agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
+    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
+                                          connect_timeout=5.0)
+    _connect_ray(args.address, args.namespace)
+    try:
+        try:
+            coordinator = get_coordinator(args.system, namespace=args.namespace)
+        except ValueError:
+            raise ConfigError(f"no raysource system {args.system} is running on this Ray "
+                              f"cluster (namespace {args.namespace!r})") from None
+        counts = ray.get(coordinator.shard_counts.remote(), timeout=30)
+        if agg.name not in counts:
+            raise ConfigError(f"aggregate type {agg.name!r} is not registered in system "
+                              f"{args.system} (registered: {', '.join(sorted(counts)) or 'none'})")
+        # the running system's shard count wins (e.g. the demo runs SHOW with fewer shards)
+        agg = replace(agg, number_of_shards=counts[agg.name])
+        system = System.start(args.system, store=StoreSpec.for_cassandra(config), types=[agg],
+                              namespace=args.namespace)
+        state = system.entity(agg, args.id).state(timeout=args.timeout)
+    finally:
+        ray.shutdown()
+    print(f"{agg.persistence_id(args.id)} ({args.system}):")
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        for f in dataclasses.fields(state):
+            print(f"  {f.name} = {getattr(state, f.name)!r}")
+    else:
+        print(f"  {state!r}")
     return 0
 
 
@@ -291,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--snapshot", action="store_true",
                         help="start from the newest snapshot at or below --to")
     replay.set_defaults(func=_inspect)
+
+    state = sub.add_parser("state", parents=[common],
+                           help="ask the live aggregate of a running system for its current "
+                                "state (read-only; activates it if needed)")
+    state.add_argument("--system", required=True, help="the running system's name")
+    state.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
+    state.add_argument("--namespace", default="raysource", help="Ray namespace of the system")
+    state.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    state.set_defaults(func=_state)
 
     proj = sub.add_parser("projection", help="start/stop/pause/resume/reset/status a read-side "
                                              "projection on a running Ray cluster")

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import ray
 
@@ -41,7 +41,8 @@ from sharding.ray_nodes import coordinator_name
 from sharding.system import System, unique_system_name
 from sharding.workloads import WORKLOADS, make_workload
 
-__all__ = ["LoadTestParams", "LoadTestReport", "run_loadtest", "run_standalone"]
+__all__ = ["LoadExtension", "LoadTestParams", "LoadTestReport", "run_loadtest",
+           "run_standalone"]
 
 Say = Callable[[str], None]
 
@@ -56,6 +57,8 @@ class LoadTestParams:
     ``snapshot_every`` its snapshot policy (0 = none); ``guard`` is the journal's fencing;
     ``window`` the commands each client keeps in flight; ``sample`` how many entities the
     consistency check replays. ``address`` is only used by :func:`run_standalone`.
+    ``eventual_consistency_delay`` overrides the journal's tag visibility delay (None: the
+    config's default), e.g. so a projection started alongside catches up quickly.
     """
 
     workload: str = "seats"
@@ -73,6 +76,7 @@ class LoadTestParams:
     address: str | None = None
     sample: int = 10
     seed: int = 0
+    eventual_consistency_delay: float | None = None
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
@@ -111,13 +115,32 @@ class LoadTestReport:
         return self.consistency.ok and not self.leftover_actors
 
 
+class LoadExtension(Protocol):
+    """Extra work around the load (the demo's read side): ``before_load`` runs once the system
+    and clients are up, ``after_load`` once every client finished (the system still runs),
+    ``close`` always (also on failure). ``lines()`` is printed after the consistency check;
+    ``ok`` counts toward the exit code."""
+
+    ok: bool
+
+    def before_load(self, system: System, config: CassandraConfig, workload: Any,
+                    say: Say) -> None: ...
+
+    def after_load(self, system: System, config: CassandraConfig, workload: Any,
+                   tallies: dict[str, dict[str, int]], say: Say) -> None: ...
+
+    def close(self, say: Say) -> None: ...
+
+    def lines(self) -> list[str]: ...
+
+
 def new_run_id(workload: str) -> str:
     return f"{workload}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
 def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
-                 say: Say = print, progress: bool = True, run_id: str | None = None
-                 ) -> LoadTestReport:
+                 say: Say = print, progress: bool = True, run_id: str | None = None,
+                 extension: LoadExtension | None = None) -> LoadTestReport:
     """Run ``params`` against Cassandra at ``contact`` on the already initialised Ray (see
     the module docstring for the steps and guarantees)."""
     if not ray.is_initialized():
@@ -126,8 +149,11 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
     workload = make_workload(params.workload, run_id=run_id, entities=params.entities,
                              shards=params.shards, snapshot_every=params.snapshot_every)
     agg = workload.aggregate_type
+    extra: dict[str, Any] = {}
+    if params.eventual_consistency_delay is not None:
+        extra["eventual_consistency_delay"] = params.eventual_consistency_delay
     config = CassandraConfig.from_contact(contact, keyspace=params.keyspace,
-                                          fencing=params.guard)
+                                          fencing=params.guard, **extra)
     store = StoreSpec.for_cassandra(config, create_schema=True)
     name = unique_system_name("lt")
     namespace = ray.get_runtime_context().namespace
@@ -149,6 +175,8 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
         ray.get([c.prepare.remote() for c in clients])
         say(f"{params.clients} load clients joined and resolved their entities in "
             f"{time.perf_counter() - t0:.1f} s")
+        if extension is not None:
+            extension.before_load(system, config, workload, say)
         results = _drive(params, clients, progress, say)
         start_at = results[0][1]
         records = [r for r, _ in results]
@@ -157,8 +185,12 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
         tallies = _merge_tallies(records)
         sample = pick_sample(workload, tallies, params.sample, params.seed)
         consistency = check(system, config, workload, tallies, sample)
+        if extension is not None:
+            extension.after_load(system, config, workload, tallies, say)
         result["figures"]["group_commit"] = _host_stats(name, namespace)
     finally:
+        if extension is not None:
+            extension.close(say)
         for c in clients:
             ray.kill(c)
         system.shutdown()
@@ -288,10 +320,11 @@ def _wait_gone(name: str, namespace: str, timeout: float = 10.0) -> list[str]:
 
 
 def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: bool = False,
-                   say: Say = print) -> int:
+                   say: Say = print, extension: LoadExtension | None = None) -> int:
     """Select Cassandra, start (or connect to) Ray, run, print the summary, the consistency
-    check and the report paths; stop Ray and a Cassandra node it started (unless ``keep``).
-    Returns the exit code: 0 if the consistency check passed and nothing was left running."""
+    check (and ``extension``'s lines) and the report paths; stop Ray and a Cassandra node it
+    started (unless ``keep``). Returns the exit code: 0 if the consistency check (and the
+    extension) passed and nothing was left running."""
     from journal.local_node import select_cassandra
 
     t_all = time.perf_counter()
@@ -310,11 +343,14 @@ def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: 
             where = params.address or "local"
             say(f"ray: {where} ({int(ray.cluster_resources().get('CPU', 0))} CPUs, "
                 f"{len(ray.nodes())} node(s)) up in {time.perf_counter() - t0:.1f} s")
-        report = run_loadtest(params, source.contact_point, say=say)
+        report = run_loadtest(params, source.contact_point, say=say, extension=extension)
         for line in summary_lines(report.result):
             say(line)
         for line in report.consistency.lines():
             say(line)
+        if extension is not None:
+            for line in extension.lines():
+                say(line)
         say(f"report: {report.json_path}")
         say(f"        {report.png_path}")
         if report.leftover_actors:
@@ -324,7 +360,7 @@ def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: 
             app = "" if params.workload == "seats" else " --app runtime.examples.ledger:LEDGER"
             say(f"inspect: raysource events {report.result['aggregate_type']['name']} {hot} "
                 f"--keyspace {params.keyspace} --cassandra {source.contact_point}{app}")
-        return 0 if report.ok else 1
+        return 0 if report.ok and (extension is None or extension.ok) else 1
     finally:
         if started_ray:
             ray.shutdown()

@@ -1,0 +1,145 @@
+"""``EntityRef.state`` and ``raysource state TYPE ID`` on real Ray and Cassandra: the CLI
+(a separate driver process) joins the running system through the session's Ray and prints the
+live aggregate's state; a system that is not running, an unknown type and an unreachable Ray
+are clear errors (exit 2), and nothing is created for them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from journal.config import CassandraConfig
+from runtime.examples.seats import SHOW, CancelReservation, GetShow, ReserveSeat, ShowState
+from runtime.stores import StoreSpec
+from sharding.ray_nodes import coordinator_name
+from sharding.system import System
+
+pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def system(ray_local, cassandra_contact, cassandra_keyspace):
+    host, port = cassandra_contact
+    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+    name = f"st{uuid.uuid4().hex[:8]}"
+    system = System.start(name, store=StoreSpec.for_cassandra(config, create_schema=True),
+                          types=[SHOW], placement={"show": "hosted"})
+    yield system
+    system.shutdown()
+
+
+def _cli(ray_local, cassandra_contact, keyspace: str, *args: str) -> subprocess.CompletedProcess:
+    ctx = ray_local.get_runtime_context()
+    host, port = cassandra_contact
+    # same environment: Ray 2.60 local clusters use token auth, and the token file it wrote
+    # is found again through the same HOME / RAY_* variables
+    return subprocess.run(
+        [sys.executable, "-m", "sharding.cli", "state", *args,
+         "--address", ctx.gcs_address, "--namespace", ctx.namespace,
+         "--cassandra", f"{host}:{port}", "--keyspace", keyspace],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=dict(os.environ),
+    )
+
+
+@pytest.mark.timeout(60)
+def test_entity_ref_state_reads_without_writing(system):
+    ref = system.entity(SHOW, f"ref-{uuid.uuid4().hex[:6]}")
+    assert ref.state(timeout=30) == ShowState()  # activates a new aggregate
+    ref.ask(ReserveSeat("A1", "alice"), timeout=30)
+    ref.ask(ReserveSeat("B2", "bob"), timeout=30)
+    ref.ask(CancelReservation("B2", "bob"), timeout=30)
+    state = ref.state(timeout=30)
+    assert state.reservations == {"A1": "alice"}
+    assert state == ref.ask(GetShow(), timeout=30)
+    info = ray_info(ref)
+    writes = info["stats"]["writes"]
+    ref.state(timeout=30)
+    assert ray_info(ref)["stats"]["writes"] == writes  # read-only: no journal write
+
+    # after passivation the next state call re-activates (recovery from the journal)
+    import ray
+
+    assert ray.get(ref.actor.passivate.remote(ref.entity_id))
+    assert ref.state(timeout=30).reservations == {"A1": "alice"}
+
+
+def ray_info(ref) -> dict:
+    import ray
+
+    return ray.get(ref.actor.info.remote())
+
+
+@pytest.mark.timeout(60)
+def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassandra_keyspace):
+    """A retired dedicated actor refuses ``state`` like any call (PassivatedError); the ref
+    re-sends it to a fresh activation, which recovers the state."""
+    from journal.errors import PassivatedError
+    from runtime.refs import EntityRef, LocalResolver
+
+    host, port = cassandra_contact
+    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+    resolver = LocalResolver(f"sd{uuid.uuid4().hex[:8]}", StoreSpec.for_cassandra(config),
+                             namespace=ray_local.get_runtime_context().namespace)
+    try:
+        ref = EntityRef(SHOW, f"retired-{uuid.uuid4().hex[:6]}", resolver)
+        ref.ask(ReserveSeat("C3", "carol"), timeout=30)
+        old = ref.actor
+        assert ray_local.get(old.passivate.remote())  # the dedicated actor retires
+        with pytest.raises(PassivatedError):
+            ray_local.get(old.state.remote())
+        assert ref.state(timeout=30).reservations == {"C3": "carol"}
+        assert ref.actor is not old
+    finally:
+        resolver.kill_all()
+
+
+@pytest.mark.timeout(60)
+def test_cli_state_prints_the_live_state(system, ray_local, cassandra_contact,
+                                         cassandra_keyspace):
+    show = f"cli-{uuid.uuid4().hex[:6]}"
+    ref = system.entity(SHOW, show)
+    ref.ask(ReserveSeat("A1", "alice"), timeout=30)
+    ref.ask(ReserveSeat("C7", "carol"), timeout=30)
+
+    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", show,
+                "--system", system.name)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"show|{show} ({system.name}):"
+    assert "  reservations = {'A1': 'alice', 'C7': 'carol'}" in lines
+    assert "  seats = 100" in lines
+
+
+@pytest.mark.timeout(60)
+def test_cli_state_errors(system, ray_local, cassandra_contact, cassandra_keyspace):
+    missing = f"nosuch{uuid.uuid4().hex[:6]}"
+    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", "x",
+                "--system", missing)
+    assert done.returncode == 2
+    assert f"no raysource system {missing} is running on this Ray cluster" in done.stderr
+    names = [a["name"] for a in ray_local.util.list_named_actors(all_namespaces=True)]
+    assert coordinator_name(missing) not in names and not any(missing in n for n in names)
+
+    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "movie", "x",
+                "--system", system.name)
+    assert done.returncode == 2
+    assert "unknown aggregate type 'movie'; known types: show" in done.stderr
+
+    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", "",
+                "--system", system.name)
+    assert done.returncode == 2 and "entity id must be a non-empty string" in done.stderr
+
+    host, port = cassandra_contact
+    done = subprocess.run(
+        [sys.executable, "-m", "sharding.cli", "state", "show", "x", "--system", system.name,
+         "--address", "127.0.0.1:1", "--cassandra", f"{host}:{port}"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert "no Ray cluster reachable at '127.0.0.1:1'" in done.stderr
