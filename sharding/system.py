@@ -146,8 +146,13 @@ class ShardedResolver:
             if handle is None or self._handles.get(key) is handle:
                 self._handles.pop(key, None)
             # the shard may have moved or its node died: ask the coordinator next time
-            self._homes.pop((aggregate_type.name, shard), None)
+            node = self._homes.pop((aggregate_type.name, shard), None)
             self._stale.add((aggregate_type.name, shard))
+            region = self._regions.get(node) if node is not None else None
+        if region is not None:
+            # the region must not hand the retired (or dead) activation out again
+            name = self.spec.host_spec(aggregate_type, entity_id).actor_name
+            region.forget.remote(name)
 
 
 class System:
