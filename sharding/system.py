@@ -85,23 +85,26 @@ class ShardedResolver:
         shard = shard_of(entity_id, aggregate_type.number_of_shards)
         deadline = time.monotonic() + _RESOLVE_DEADLINE_S
         while True:
-            node = self._home(aggregate_type.name, shard)
-            region = self._region(node)
+            node = None
             try:
+                node = self._home(aggregate_type.name, shard)
+                region = self._region(node)
                 handle = ray.get(region.activate.remote(aggregate_type.name, entity_id),
                                  timeout=_ACTIVATE_TIMEOUT_S)
                 break
             except RayTaskError as err:
                 cause = err.cause if isinstance(err.cause, BaseException) else err
-                if isinstance(cause, ConfigError):
+                if isinstance(cause, ConfigError):  # unknown type, bad shard: not transient
                     raise cause from None
-                failure: BaseException = err
-            except (RayActorError, GetTimeoutError) as err:  # the region's node is gone
+                failure: BaseException = cause
+            except (RayActorError, GetTimeoutError) as err:
+                # the coordinator is restarting, or the region's node is gone
                 failure = err
-            with self._lock:  # the node failed us: ask the coordinator to re-home
+            with self._lock:  # ask the coordinator afresh (it re-homes a dead node's shards)
                 self._stale.add((aggregate_type.name, shard))
                 self._homes.pop((aggregate_type.name, shard), None)
-                self._regions.pop(node, None)
+                if node is not None:
+                    self._regions.pop(node, None)
             if time.monotonic() > deadline:
                 raise NoLiveNodesError(
                     f"could not activate {aggregate_type.persistence_id(entity_id)}: {failure}"
@@ -118,11 +121,8 @@ class ShardedResolver:
         if node is not None:
             return node
         self.resolves += 1
-        try:
-            node = ray.get(self.coordinator.home.remote(type_name, shard, refresh=refresh))
-        except RayTaskError as err:
-            cause = err.cause if isinstance(err.cause, BaseException) else err
-            raise cause from None
+        node = ray.get(self.coordinator.home.remote(type_name, shard, refresh=refresh),
+                       timeout=_ACTIVATE_TIMEOUT_S)
         with self._lock:
             self._homes[(type_name, shard)] = node
             self._stale.discard((type_name, shard))
