@@ -134,6 +134,20 @@ class Journal(abc.ABC):
         """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
         what is currently visible (a "current" query: the iterator completes)."""
 
+    async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
+        """Make sure the events of ``persistence_id`` from ``from_sequence_nr`` on are in
+        their tags' streams; returns how many tag rows were (re-)written.
+
+        A backend that writes tag rows apart from the events (Cassandra: after the events'
+        batch, before acknowledging) leaves them missing when the writer dies, or its tag
+        write fails, in between. The entity core calls this for the newest atomic group when
+        it recovers, before it accepts commands. Re-written rows get a fresh offset, so a
+        reader may see an event twice (tag delivery is at-least-once; readers dedupe by
+        ``(persistence_id, sequence_nr)``). Backends that store tags atomically with the
+        events (the in-memory journal) have nothing to repair.
+        """
+        return 0
+
     async def close(self) -> None:
         """Release connections and threads. Idempotent."""
 

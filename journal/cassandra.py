@@ -307,6 +307,14 @@ class CassandraJournal(Journal):
             f"{_TAG_ATTEMPTS} attempts; the events are stored but were not acknowledged"
         )
 
+    async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
+        """Re-write the tag rows of the events from ``from_sequence_nr`` on (see
+        :meth:`Journal.repair_tags`); in groups of at most 500 events."""
+        tagged = [e async for e in self.replay(persistence_id, from_sequence_nr) if e.tags]
+        for i in range(0, len(tagged), 500):
+            await self._write_tags(tagged[i:i + 500])
+        return sum(len(e.tags) for e in tagged)
+
     async def _ensure_first_bucket(self, tag: str, bucket: int) -> None:
         """Make ``tag_metadata.first_bucket <= bucket`` (a CAS loop; once per tag and process
         unless the clock goes back across an hour)."""
