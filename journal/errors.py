@@ -15,6 +15,7 @@ without importing upwards.
     ├── JournalError                     anything the event journal / snapshot store reports
     │   ├── ConcurrentWriteError         fencing: another writer holds these sequence numbers
     │   ├── JournalUnavailableError      the store could not be reached / timed out
+    │   │   └── JournalOutcomeUnknownError   a write timed out: it may or may not land
     │   └── InvalidAppendError           a malformed append (gaps, mixed ids, empty ids)
     ├── SerializationError               encode/decode failed (names persistence id + seq nr)
     │   ├── UnknownManifestError
@@ -31,6 +32,7 @@ without importing upwards.
         ├── UnknownCommandError          the aggregate type has no handler for this command
         ├── HandlerError                 the user's handler raised; state unchanged
         ├── PersistFailedError           the events of this command could not be made durable
+        ├── WriteOutcomeUnknownError     the write timed out unconfirmed; activation stopped
         ├── AggregateStoppedError        the activation stopped (fenced, passivated) before reply
         │   └── PassivatedError          the host passivated/handed off this aggregate; not applied
         ├── HostCrashedError             the host actor died with the command in flight (unknown)
@@ -114,6 +116,11 @@ class ConcurrentWriteError(JournalError):
 
 class JournalUnavailableError(JournalError):
     """The store could not be reached or did not answer in time; the outcome may be unknown."""
+
+
+class JournalOutcomeUnknownError(JournalUnavailableError):
+    """The store did not confirm a write in time (a client or server timeout): it may or may
+    not have been applied, and it may still land later. Callers must re-read before deciding."""
 
 
 class InvalidAppendError(JournalError, ValueError):
@@ -240,6 +247,12 @@ class HandlerError(CommandError):
 class PersistFailedError(CommandError):
     """The events of this command could not be made durable; the command had no effect
     that will ever be visible (state was rebuilt from the journal)."""
+
+
+class WriteOutcomeUnknownError(CommandError):
+    """The journal did not confirm this command's events in time and a re-read did not find
+    them: they may still land. The activation stopped, so the next command recovers the
+    truth from the journal. Check the state before re-sending a non-idempotent command."""
 
 
 class AggregateStoppedError(CommandError):

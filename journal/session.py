@@ -49,12 +49,14 @@ from cassandra.query import (
 )
 
 from journal.config import CassandraConfig
-from journal.errors import JournalError, JournalUnavailableError
+from journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
 
 __all__ = ["CassandraSession", "RAW_PROFILE", "wrap_driver_error", "consistency"]
 
 RAW_PROFILE = "raysource_raw"  # plain tuple rows: cheaper than named tuples on hot paths
 
+# Sent and maybe applied, unconfirmed: a write in this state may still land later.
+_OUTCOME_UNKNOWN = (OperationTimedOut, WriteTimeout, CoordinationFailure, TimeoutError)
 _UNAVAILABLE = (
     OperationTimedOut, NoHostAvailable, Unavailable, ReadTimeout, WriteTimeout,
     CoordinationFailure, ConnectionException, TimeoutError, OSError,
@@ -69,6 +71,10 @@ def wrap_driver_error(exc: BaseException, what: str) -> JournalError:
     """The raysource error for a driver exception (the caller raises it ``from exc``)."""
     if isinstance(exc, JournalError):
         return exc
+    if isinstance(exc, _OUTCOME_UNKNOWN):
+        return JournalOutcomeUnknownError(
+            f"{what}: Cassandra did not confirm in time ({type(exc).__name__}: {exc}); "
+            "the write may or may not have been applied")
     if isinstance(exc, _UNAVAILABLE):
         return JournalUnavailableError(f"{what}: Cassandra unavailable ({type(exc).__name__}: "
                                        f"{exc})")

@@ -42,8 +42,10 @@ from journal.errors import (
     CommandRejected,
     ConcurrentWriteError,
     HandlerError,
+    JournalOutcomeUnknownError,
     PersistFailedError,
     SerializationError,
+    WriteOutcomeUnknownError,
 )
 from journal.serialization import Serialization
 from runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
@@ -419,6 +421,20 @@ class EntityCore:
                 log.warning("%s: the failed write was stored after all; acknowledging it",
                             self.persistence_id,
                             extra=self.log_context(flush.events[-1].sequence_nr))
+            elif rebuilt and isinstance(exc, JournalOutcomeUnknownError):
+                # Unconfirmed, and not visible yet: it may still land. Saying "failed" would
+                # invite a retry that runs the command twice; say "unknown" and stop, so the
+                # next activation recovers whatever the journal ends up holding.
+                for o in flush.outcomes:
+                    err = WriteOutcomeUnknownError(
+                        f"{self.persistence_id}: the write of #{flush.events[0].sequence_nr}.."
+                        f"#{flush.events[-1].sequence_nr} was not confirmed: {exc}"
+                    )
+                    err.__cause__ = exc
+                    self._resolve(o.future, None, err)
+                self._fail_stop(exc)
+                self._mailbox.put_nowait(_STOP)
+                return False
             else:
                 detail = "" if rebuilt else " (outcome unknown: the journal could not be re-read)"
                 for o in flush.outcomes:
