@@ -134,6 +134,12 @@ class Journal(abc.ABC):
         """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
         what is currently visible (a "current" query: the iterator completes)."""
 
+    @property
+    def max_group_size(self) -> int | None:
+        """The most events one ``append`` may carry (None: no limit). Writers that batch
+        (group commit) must stay at or below it; a larger group is an ``InvalidAppendError``."""
+        return None
+
     async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
         """Make sure the events of ``persistence_id`` from ``from_sequence_nr`` on are in
         their tags' streams; returns how many tag rows were (re-)written.

@@ -307,6 +307,10 @@ class CassandraJournal(Journal):
             f"{_TAG_ATTEMPTS} attempts; the events are stored but were not acknowledged"
         )
 
+    @property
+    def max_group_size(self) -> int:
+        return self.config.partition_size  # a group lives in the partition of its first event
+
     async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
         """Re-write the tag rows of the events from ``from_sequence_nr`` on (see
         :meth:`Journal.repair_tags`); in groups of at most 500 events."""

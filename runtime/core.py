@@ -155,7 +155,9 @@ class EntityCore:
         self.serialization = serialization
         self.writer_id = writer_id
         self.max_batch = max_batch
-        self.max_events_per_write = max_events_per_write
+        # never build a flush the journal must refuse (e.g. Cassandra's partition size)
+        limit = journal.max_group_size
+        self.max_events_per_write = min(max_events_per_write, limit or max_events_per_write)
         self.max_bytes_per_write = max_bytes_per_write
         self._carry: deque[tuple[Any, asyncio.Future]] = deque()
         self._clock = clock

@@ -102,3 +102,20 @@ async def test_acknowledged_after_a_failed_tag_write_is_in_the_tag_stream(config
     assert await _tagged_seqs(config, eid) == [1]
     await core.stop()
     await core.journal.close()
+
+
+async def test_group_commit_never_exceeds_the_journal_group_limit(cassandra_contact,
+                                                                  cassandra_keyspace) -> None:
+    host, port = cassandra_contact
+    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
+                          partition_size=10)
+    core = await _core(CassandraJournal, cfg, f"small-{uuid.uuid4().hex[:6]}")
+    # 30 commands queued at once: one flush would be 30 events > 10 per partition
+    replies = await asyncio.gather(*(core.handle(ReserveSeat(f"A{i % 10 + 1}" if i < 10 else
+                                                             f"B{i % 10 + 1}" if i < 20 else
+                                                             f"C{i % 10 + 1}", f"c{i}"))
+                                     for i in range(30)))
+    assert len(replies) == 30 and core.sequence_nr == 30
+    assert core.stats.writes >= 3
+    await core.stop()
+    await core.journal.close()
