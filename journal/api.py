@@ -88,6 +88,9 @@ class Journal(abc.ABC):
     """An append-only, per-persistence-id event log. See the module docstring for the contract."""
 
     capabilities: JournalCapabilities = JournalCapabilities()
+    #: The most events one ``append`` may carry (None: no limit). Writers that batch (group
+    #: commit) stay at or below it; a larger group is an ``InvalidAppendError``.
+    max_group_size: int | None = None
 
     @abc.abstractmethod
     async def append(self, events: Sequence[StoredEvent]) -> None:
@@ -133,12 +136,6 @@ class Journal(abc.ABC):
     ) -> AsyncIterator[TaggedEvent]:
         """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
         what is currently visible (a "current" query: the iterator completes)."""
-
-    @property
-    def max_group_size(self) -> int | None:
-        """The most events one ``append`` may carry (None: no limit). Writers that batch
-        (group commit) must stay at or below it; a larger group is an ``InvalidAppendError``."""
-        return None
 
     async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
         """Make sure the events of ``persistence_id`` from ``from_sequence_nr`` on are in

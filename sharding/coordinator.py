@@ -33,6 +33,7 @@ from journal.errors import (
     CoordinatorFencedError,
     NoLiveNodesError,
     ShardCountChangedError,
+    ShardingError,
 )
 from journal.serialization import Serialization
 from sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
@@ -282,6 +283,7 @@ class ShardCoordinator:
         settings: CoordinatorSettings | None = None,
         *,
         poll: bool = True,
+        on_fenced: Callable[[], None] | None = None,
     ) -> None:
         if not system or "|" in system:
             raise ConfigError(f"invalid system name {system!r}")
@@ -291,6 +293,7 @@ class ShardCoordinator:
         self._journal_factory = journal_factory
         self._live_nodes_fn = live_nodes
         self._poll = poll
+        self._on_fenced = on_fenced  # in Ray: end the process so Ray restarts a fresh instance
         self._writer_id = f"coordinator-{uuid.uuid4().hex[:12]}"
         self._state = CoordinatorState()
         self._seq = 0
@@ -323,7 +326,13 @@ class ShardCoordinator:
     async def _ready(self) -> None:
         if self._started is None:
             self._started = asyncio.ensure_future(self._startup())
-        await asyncio.shield(self._started)
+        started = self._started
+        try:
+            await asyncio.shield(started)
+        except Exception:
+            if started.done() and self._started is started:
+                self._started = None  # the store was down: the next call tries again
+            raise
         if self._fenced is not None:
             raise self._fenced_error()
 
@@ -384,10 +393,19 @@ class ShardCoordinator:
             try:
                 await self._journal.append(group)
             except ConcurrentWriteError as exc:
+                await self._catch_up()
+                if await self._written_by_us(exc.sequence_nr):
+                    # an earlier write of ours whose outcome was unknown landed after all: we
+                    # are caught up now; the caller decides again on the current table
+                    raise ShardingError(
+                        f"coordinator {self.system!r}: an earlier write landed late; retry"
+                    ) from exc
                 self._fenced = exc
                 if self._poller is not None and self._poller is not asyncio.current_task():
                     self._poller.cancel()
                 log.error("coordinator %s fenced on %s: stops serving", self._writer_id, exc)
+                if self._on_fenced is not None:
+                    self._on_fenced()
                 raise self._fenced_error() from exc
             except BaseException:
                 # Outcome unknown: the group may be stored. Re-read before the next decision.
@@ -396,6 +414,12 @@ class ShardCoordinator:
             for ev in chunk:
                 self._state.apply(ev)
             self._seq += len(chunk)
+
+    async def _written_by_us(self, sequence_nr: int) -> bool:
+        assert self._journal is not None
+        async for stored in self._journal.replay(self.persistence_id, sequence_nr, sequence_nr):
+            return stored.writer_id == self._writer_id
+        return False
 
     async def _fresh_live(self) -> set[NodeId]:
         loop = asyncio.get_running_loop()

@@ -86,7 +86,16 @@ def get_or_create_coordinator(
         options["namespace"] = namespace
     options.update(actor_options or {})
     actor_cls = ray.remote(ShardCoordinator)
-    return actor_cls.options(**options).remote(system, journal_factory, live_nodes, settings)
+    return actor_cls.options(**options).remote(system, journal_factory, live_nodes, settings,
+                                               on_fenced=_restart_this_process)
+
+
+def _restart_this_process() -> None:
+    """A fenced coordinator ends its process: Ray (``max_restarts=-1``) starts a fresh instance
+    that recovers the table from the journal, instead of a live actor that refuses to serve."""
+    import os
+
+    os._exit(1)
 
 
 def get_coordinator(system: str, *, namespace: str | None = None):

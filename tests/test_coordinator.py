@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from journal.errors import (
+    ShardingError,
     ConfigError,
     CoordinatorFencedError,
     JournalUnavailableError,
@@ -267,3 +268,48 @@ def test_settings_validation() -> None:
         CoordinatorSettings(rebalance_threshold=1)
     with pytest.raises(ConfigError):
         ShardCoordinator("a|b", InMemoryJournal, Membership())
+
+
+class _LateJournal(InMemoryJournal):
+    """The next append times out for the caller and lands only after the caller re-read."""
+
+    late: list | None = None
+
+    async def append(self, events):  # noqa: ANN001
+        if self.late is None:
+            self.late = []
+            self.late.append(list(events))
+            raise JournalUnavailableError("timed out; may still land")
+        if self.late:
+            await InMemoryJournal.append(self, self.late.pop())  # lands late
+        await InMemoryJournal.append(self, events)
+
+
+async def test_own_late_write_does_not_fence_the_coordinator() -> None:
+    members = Membership("n1")
+    c2 = make(_LateJournal(), members)
+    with pytest.raises(JournalUnavailableError):
+        await c2.register_type("a", 4)  # the first write times out; its rows land later
+    with pytest.raises(ShardingError) as info:  # collides with its own late rows
+        await c2.register_type("b", 2)
+    assert not isinstance(info.value, CoordinatorFencedError)
+    await c2.register_type("b", 2)  # caught up: serves on
+    assert await c2.home("a", 0) == "n1"
+    assert await c2.shard_counts() == {"a": 4, "b": 2}
+
+
+async def test_a_failed_start_is_retried() -> None:
+    journal, members = InMemoryJournal(), Membership("n1")
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise JournalUnavailableError("Cassandra is starting")
+        return journal
+
+    c = ShardCoordinator("sys", factory, members, CoordinatorSettings(), poll=False)
+    with pytest.raises(JournalUnavailableError):
+        await c.register_type("a", 4)
+    await c.register_type("a", 4)  # not stuck with the first failure
+    assert len(attempts) == 2
