@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,8 @@ __all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
 log = logging.getLogger(__name__)
 
 _RESOLVE_DEADLINE_S = 30.0  # covers Ray noticing a dead node and the coordinator re-homing
-_ACTIVATE_TIMEOUT_S = 15.0  # a region pinned to a node that just died never answers
+_ACTIVATE_TIMEOUT_S = 15.0
+_MAX_CACHED_HANDLES = 100_000  # a region pinned to a node that just died never answers
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class ShardedResolver:
         self._homes: dict[tuple[str, int], str] = {}
         self._stale: set[tuple[str, int]] = set()
         self._regions: dict[str, Any] = {}
-        self._handles: dict[tuple[str, str], Any] = {}
+        # least recently resolved first; bounded so a long-lived driver does not grow forever
+        self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self.resolves = 0  # coordinator round trips (cold resolves), for benchmarks
 
     def resolve(self, aggregate_type: AggregateType, entity_id: str) -> Any:
@@ -80,6 +83,8 @@ class ShardedResolver:
         key = (aggregate_type.name, entity_id)
         with self._lock:
             handle = self._handles.get(key)
+            if handle is not None:
+                self._handles.move_to_end(key)
         if handle is not None:
             return handle
         shard = shard_of(entity_id, aggregate_type.number_of_shards)
@@ -112,6 +117,8 @@ class ShardedResolver:
             time.sleep(0.2)
         with self._lock:
             self._handles[key] = handle
+            while len(self._handles) > _MAX_CACHED_HANDLES:
+                self._handles.popitem(last=False)
         return handle
 
     def _home(self, type_name: str, shard: int) -> str:
