@@ -1,9 +1,10 @@
 """Runtime benchmark: aggregates as Ray actors on Cassandra beside the raw limits, in one run.
 
 * hot aggregate: commands/s on one show from pipelining callers (group commit) vs
-  1 / (single journal append latency), dedicated and hosted;
+  1 / (single journal append latency), dedicated and hosted; the same via ``ask_many`` batches
+  (one synchronous caller, and pipelining callers);
 * many aggregates: commands/s on N shows vs raw cassandra-driver inserts of the same event rows
-  (plain and ``IF NOT EXISTS``, the guard's price);
+  (plain and ``IF NOT EXISTS``, the guard's price); the same via ``ask_many`` batches;
 * ask round trip p50/p99 (write and read-only) vs a bare Ray actor call + one journal append;
 * activation latency and memory (USS) per active aggregate: dedicated vs hosted vs a bare Ray
   actor (this is the warm-pool question of DESIGN.md "activation cost").
@@ -139,6 +140,66 @@ def many_aggregates(resolver: LocalResolver, entities: int, per_entity: int) -> 
     return {"commands": len(pending), "commands_per_s": len(pending) / dt}
 
 
+def _reservations(first: int, n: int, who: str) -> list[ReserveSeat]:
+    return [ReserveSeat(seat_label(first + i), who) for i in range(n)]
+
+
+def _check(outcomes: list) -> None:
+    bad = [o for o in outcomes if not isinstance(o, SeatReserved)]
+    assert not bad, bad[:3]
+
+
+def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int) -> dict:
+    """One show fed by ``ask_many``: one synchronous caller (batch after batch), then
+    ``callers`` refs pipelining their batches (``ask_many_async``)."""
+    show = f"hotb-{uuid.uuid4().hex[:8]}"
+    refs = [EntityRef(BENCH_SHOW, show, resolver) for _ in range(callers)]
+    n_sync, n_pipe = batches * batch, callers * batches * batch
+    refs[0].ask(CreateShow(n_sync + n_pipe))
+    info = lambda: ray.get(refs[0].actor.info.remote())["stats"]  # noqa: E731
+    before = info()
+    t0 = time.perf_counter()
+    for b in range(batches):
+        _check(refs[0].ask_many(_reservations(b * batch, batch, "sync")))
+    dt_sync = time.perf_counter() - t0
+    mid = info()
+
+    async def pipelined() -> list:
+        tasks = [asyncio.ensure_future(refs[c].ask_many_async(
+                     _reservations(n_sync + (c * batches + b) * batch, batch, f"c{c}")))
+                 for b in range(batches) for c in range(callers)]
+        return [o for part in await asyncio.gather(*tasks) for o in part]
+
+    t0 = time.perf_counter()
+    _check(asyncio.run(pipelined()))
+    dt_pipe = time.perf_counter() - t0
+    after = info()
+    return {"batch": batch,
+            "sync_commands_per_s": n_sync / dt_sync,
+            "sync_commands_per_write": n_sync / max(1, mid["writes"] - before["writes"]),
+            "pipelined_callers": callers,
+            "pipelined_commands_per_s": n_pipe / dt_pipe,
+            "pipelined_commands_per_write": n_pipe / max(1, after["writes"] - mid["writes"])}
+
+
+def many_batched(resolver: LocalResolver, entities: int, per_entity: int, batch: int) -> dict:
+    """``entities`` shows, each fed by its own ref with pipelined ``ask_many_async`` batches."""
+    refs = [EntityRef(BENCH_SHOW, f"manyb-{uuid.uuid4().hex[:8]}", resolver)
+            for _ in range(entities)]
+    ray.get([r.submit(CreateShow(per_entity)) for r in refs])  # activation outside the clock
+
+    async def run() -> list:
+        tasks = [asyncio.ensure_future(r.ask_many_async(_reservations(i, batch, "c")))
+                 for i in range(0, per_entity, batch) for r in refs]
+        return [o for part in await asyncio.gather(*tasks) for o in part]
+
+    t0 = time.perf_counter()
+    outcomes = asyncio.run(run())
+    dt = time.perf_counter() - t0
+    _check(outcomes)
+    return {"commands": len(outcomes), "batch": batch, "commands_per_s": len(outcomes) / dt}
+
+
 def round_trips(resolver: LocalResolver, n: int) -> dict:
     ref = EntityRef(BENCH_SHOW, f"rt-{uuid.uuid4().hex[:8]}", resolver)
     ref.ask(CreateShow(n + 10))
@@ -232,6 +293,7 @@ def main() -> None:
     ap.add_argument("--per-caller", type=int, default=250)
     ap.add_argument("--entities", type=int, default=8)
     ap.add_argument("--round-trips", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=100, help="commands per ask_many batch")
     args = ap.parse_args()
 
     config = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
@@ -274,9 +336,13 @@ def main() -> None:
         for placement in ("dedicated", "hosted"):
             res = resolver(placement)
             r[f"hot_{placement}"] = hot_aggregate(res, args.callers, args.per_caller)
+            r[f"hot_batched_{placement}"] = hot_batched(res, args.callers, 10, args.batch)
             r[f"rtt_{placement}"] = round_trips(res, args.round_trips)
             done()
             r[f"many_{placement}"] = many_aggregates(resolver(placement), args.entities, 150)
+            done()
+            r[f"many_batched_{placement}"] = many_batched(resolver(placement), args.entities,
+                                                          1000, args.batch)
             done()
         r["activation_dedicated"] = dedicated_activation(resolver("dedicated"), 5)
         done()
@@ -306,6 +372,17 @@ def report(r: dict) -> None:
         h = r[f"hot_{p}"]
         rows.append((f"hot aggregate {p}: cmds/s ({h['commands_per_write']:.1f} cmds/write)",
                      f"{h['commands_per_s']:.0f}", f"{h['commands_per_s'] / limit:.2f} x limit"))
+        b = r[f"hot_batched_{p}"]
+        rows.append((f"  via ask_many x{b['batch']}, 1 sync caller "
+                     f"({b['sync_commands_per_write']:.1f} cmds/write)",
+                     f"{b['sync_commands_per_s']:.0f}",
+                     f"{b['sync_commands_per_s'] / limit:.2f} x limit, "
+                     f"{b['sync_commands_per_s'] / h['commands_per_s']:.1f} x single asks"))
+        rows.append((f"  via ask_many x{b['batch']}, {b['pipelined_callers']} pipelining callers "
+                     f"({b['pipelined_commands_per_write']:.1f} cmds/write)",
+                     f"{b['pipelined_commands_per_s']:.0f}",
+                     f"{b['pipelined_commands_per_s'] / limit:.2f} x limit, "
+                     f"{b['pipelined_commands_per_s'] / h['commands_per_s']:.1f} x single asks"))
     raw, raw_lwt = r["raw"]["insert_per_s"], r["raw"]["insert_lwt_per_s"]
     rows.append(("raw driver inserts /s (plain, 64 in flight)", f"{raw:.0f}", "1.00"))
     rows.append(("raw driver inserts /s (IF NOT EXISTS)", f"{raw_lwt:.0f}", f"{raw_lwt / raw:.2f}"))
@@ -313,6 +390,11 @@ def report(r: dict) -> None:
         m = r[f"many_{p}"]["commands_per_s"]
         rows.append((f"many aggregates {p}: cmds/s", f"{m:.0f}",
                      f"{m / raw:.2f} x raw, {m / raw_lwt:.2f} x raw LWT"))
+        mb = r[f"many_batched_{p}"]
+        rows.append((f"  via ask_many x{mb['batch']}", f"{mb['commands_per_s']:.0f}",
+                     f"{mb['commands_per_s'] / raw:.2f} x raw, "
+                     f"{mb['commands_per_s'] / raw_lwt:.2f} x raw LWT, "
+                     f"{mb['commands_per_s'] / m:.1f} x single asks"))
     b = r["bare_actor"]
     floor = b["call_p50_ms"] + r["append"]["p50_ms"]
     rows.append(("bare actor call p50 / p99 ms", f"{b['call_p50_ms']} / {b['call_p99_ms']}", ""))

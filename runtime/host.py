@@ -286,6 +286,34 @@ class AggregateHost:
         # mailbox (or queues behind the same activation/stop future), so order is kept
         return await order.submit(caller_id, seq, command)
 
+    async def ask_ordered_many(self, entity_id: str, caller_id: str, first_seq: int,
+                               commands: list[Any]) -> list[Any]:
+        """:meth:`ask_ordered` for ``commands`` numbered ``first_seq, first_seq + 1, ...``;
+        returns one outcome per command, in order: its reply, or its typed error *object*
+        (never raised per command).
+
+        Each command goes through :meth:`ask_ordered` exactly as if sent alone, so ordering
+        (also against this caller's other calls), passivation and fencing behave as today. All
+        of them are admitted before any is answered, so one flush can take the whole batch
+        (group commit). Commands answered ``AggregateStoppedError`` (incl. ``PassivatedError``)
+        were not applied; every other outcome is final. Re-sending exactly the not-applied ones
+        runs nothing twice. After a passivation, handoff or retirement they are a *suffix* of
+        the batch (mailbox order is seq order and a stop cuts the mailbox at one point), so
+        re-sending them in order keeps the order too. A core that stops on its own (fenced, an
+        unknown write outcome) while the batch is being admitted may leave a later part applied
+        by a fresh activation: then order is kept only within each part (as for pipelined
+        :meth:`ask_ordered` calls).
+
+        Raises only for a bad ``entity_id`` (``ConfigError``) or a cancellation."""
+        self.aggregate_type.persistence_id(entity_id)
+        tasks = [asyncio.ensure_future(self.ask_ordered(entity_id, caller_id, first_seq + i, c))
+                 for i, c in enumerate(commands)]
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for o in outcomes:
+            if isinstance(o, BaseException) and not isinstance(o, Exception):
+                raise o  # cancellation, not a command outcome
+        return outcomes
+
     async def _call(self, entity_id: str, command: Any) -> Any:
         self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
         try:

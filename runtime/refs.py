@@ -17,6 +17,8 @@ raises :class:`~journal.errors.HostCrashedError` and only forgets the handle.
 Known limit: a re-sent command goes out under a fresh caller id, so if several pipelined
 commands of one ref are re-sent at once (all were refused by a stopping activation), their
 relative order is the order the failures came back in, not necessarily the send order.
+Within one batch (:meth:`EntityRef.ask_many`) the not-applied commands are re-sent together in
+batch order.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import ray
@@ -169,6 +171,12 @@ def _intended_exit(err: BaseException) -> bool:
     return isinstance(err, RayActorError) and any(m in str(err) for m in _INTENDED_EXIT_MARKS)
 
 
+def _fill(results: list[Any], indices: list[int], error: BaseException) -> list[Any]:
+    for i in indices:
+        results[i] = error
+    return results
+
+
 class _NotFreeYet(Exception):
     """Internal: the resolver still returns an activation that is retiring."""
 
@@ -201,6 +209,8 @@ class EntityRef:
     (``AskTimeoutError`` on timeout: outcome unknown). ``ask_async`` is its coroutine twin.
     ``tell(cmd)`` sends without waiting (failures are logged; not-applied ones re-sent).
     ``state(timeout=None)`` reads the current state (read-only; activates the aggregate).
+    ``ask_many(cmds, timeout=None)`` / ``ask_many_async`` send a batch in one Ray call and
+    return a reply or typed error object per command.
     ``actor`` is the current host handle for raw ``handle.ask.remote(cmd, entity_id)`` calls.
     """
 
@@ -346,6 +356,117 @@ class EntityRef:
                 f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
                 f"{timeout}s; the command may or may not run"
             ) from None
+
+    # ------------------------------------------------------------------ batches
+
+    def ask_many(self, commands: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """Send ``commands`` as one batch (one Ray call) and return one outcome per command, in
+        order: its reply, or its typed error *object* (``CommandRejected``, ``HandlerError``,
+        ``SerializationError``, ``PersistFailedError``, ... — never raised per command).
+
+        Processed in order, after this ref's earlier commands and before its later ones, with
+        one journal write for many commands (group commit). Re-sends follow :meth:`ask`:
+        commands the host reports not applied (``AggregateStoppedError``/``PassivatedError``,
+        for the whole batch or per command) are re-sent, in their original relative order, to
+        a fresh activation under a fresh caller id. Where the outcome is unknown, every command
+        of the batch not yet answered gets a ``HostCrashedError`` (the host died) or an
+        ``AskTimeoutError`` (``timeout`` seconds passed) object: it may or may not have run.
+        Raises only what submitting raises (e.g. an unpicklable command).
+        """
+        commands = list(commands)
+        results: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))  # indices without a final outcome yet
+        deadline = None if timeout is None else time.monotonic() + timeout
+        retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        while pending:
+            try:
+                ref, epoch = self._send_batch([commands[i] for i in pending])
+            except _NotFreeYet:
+                if time.monotonic() > retry_until:
+                    return _fill(results, pending, self._not_free())
+                time.sleep(_WAIT_FOR_NAME_S)
+                continue
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                outcomes = ray.get(ref, timeout=left)
+            except (RayTaskError, RayActorError, GetTimeoutError) as err:
+                if _retryable(err) and time.monotonic() <= retry_until:
+                    self._renew(epoch, retired=_refused(err))
+                    continue
+                return _fill(results, pending, self._give_up(epoch, err))
+            pending = self._settle(pending, outcomes, results, epoch, retry_until)
+        return results
+
+    async def ask_many_async(self, commands: Iterable[Any],
+                             timeout: float | None = None) -> list[Any]:
+        """Coroutine twin of :meth:`ask_many`. Like :meth:`ask_async`, the batch is submitted
+        when the coroutine first runs: await (or schedule) them in send order."""
+        commands = list(commands)
+        results: list[Any] = [None] * len(commands)
+        pending = list(range(len(commands)))
+        retry_until = time.monotonic() + _RETRY_DEADLINE_S
+
+        async def run() -> None:
+            while pending:
+                try:
+                    ref, epoch = self._send_batch([commands[i] for i in pending])
+                except _NotFreeYet:
+                    if time.monotonic() > retry_until:
+                        _fill(results, pending, self._not_free())
+                        pending.clear()
+                        return
+                    await asyncio.sleep(_WAIT_FOR_NAME_S)
+                    continue
+                try:
+                    outcomes = await ref
+                except (RayTaskError, RayActorError) as err:
+                    if _retryable(err) and time.monotonic() <= retry_until:
+                        self._renew(epoch, retired=_refused(err))
+                        continue
+                    _fill(results, pending, self._give_up(epoch, err))
+                    pending.clear()
+                    return
+                pending[:] = self._settle(list(pending), outcomes, results, epoch, retry_until)
+
+        if timeout is None:
+            await run()
+        else:
+            try:
+                await asyncio.wait_for(run(), timeout)
+            except asyncio.TimeoutError:
+                _fill(results, pending, AskTimeoutError(
+                    f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
+                    f"{timeout}s; the command may or may not run"))
+        return results
+
+    def _send_batch(self, commands: list[Any]) -> tuple[Any, int]:
+        """Submit ``commands`` numbered from the next sequence number on (the numbering
+        advances by ``len(commands)``); returns (ObjectRef, epoch). Raises ``_NotFreeYet``
+        like :meth:`_send`."""
+        with self._lock:
+            handle = self._current()
+            ref = handle.ask_batch.remote(self.entity_id, self._caller_id, self._seq, commands)
+            self._seq += len(commands)
+            return ref, self._epoch
+
+    def _settle(self, pending: list[int], outcomes: list[Any], results: list[Any],
+                epoch: int, retry_until: float) -> list[int]:
+        """Record the final outcomes of one batch call; returns the indices to re-send (not
+        applied), renewing the caller id if there are any."""
+        if len(outcomes) != len(pending):
+            raise RuntimeError(f"ask_batch answered {len(outcomes)} outcomes for "
+                               f"{len(pending)} commands")
+        again: list[int] = []
+        retired = False
+        for i, outcome in zip(pending, outcomes):
+            if isinstance(outcome, AggregateStoppedError) and time.monotonic() <= retry_until:
+                again.append(i)
+                retired = retired or isinstance(outcome, PassivatedError)
+            else:
+                results[i] = outcome
+        if again:
+            self._renew(epoch, retired=retired)
+        return again
 
     def submit(self, command: Any) -> Any:
         """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping):
