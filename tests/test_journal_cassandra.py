@@ -201,23 +201,24 @@ async def test_slow_tag_write_is_rewritten_before_ack(session, config):
     cfg = config.with_(eventual_consistency_delay=0.4, tag_write_budget=0.1)
     j = CassandraJournal(session, cfg)
     await j._prepare()
-    tag_insert = j._ps["tag_insert"]
-    real = session.execute
+    tag_insert_id = j._ps["tag_insert"].query_id
+    real = session.execute_batch
     slow_left = 1
 
-    async def slow_execute(stmt, *a, **kw):
+    async def slow_batch(batch, *a, **kw):  # tag rows go in one batch per tag
         nonlocal slow_left
-        if stmt is tag_insert and slow_left > 0:
+        is_tags = any(q == tag_insert_id for _, q, _ in batch._statements_and_parameters)
+        if is_tags and slow_left > 0:
             slow_left -= 1
             await asyncio.sleep(0.25)
-        return await real(stmt, *a, **kw)
+        return await real(batch, *a, **kw)
 
-    session.execute = slow_execute  # type: ignore[method-assign]
+    session.execute_batch = slow_batch  # type: ignore[method-assign]
     tag = f"slow{time.time_ns()}"
     try:
         await j.append([ev("slowtag", 1, tags={tag})])
     finally:
-        session.execute = real  # type: ignore[method-assign]
+        session.execute_batch = real  # type: ignore[method-assign]
     rows = await session.select_all(
         f"SELECT timestamp_us FROM {config.keyspace}.tag_views WHERE tag = ? AND bucket = ?",
         (tag, time.time_ns() // 1000 // 3_600_000_000))
@@ -227,17 +228,17 @@ async def test_slow_tag_write_is_rewritten_before_ack(session, config):
     assert [(t.event.persistence_id, t.event.sequence_nr) for t in got] == [("slowtag", 1)]
 
     # always too slow: the append is not acknowledged
-    async def always_slow(stmt, *a, **kw):
-        if stmt is tag_insert:
+    async def always_slow(batch, *a, **kw):
+        if any(q == tag_insert_id for _, q, _ in batch._statements_and_parameters):
             await asyncio.sleep(0.15)
-        return await real(stmt, *a, **kw)
+        return await real(batch, *a, **kw)
 
-    session.execute = always_slow  # type: ignore[method-assign]
+    session.execute_batch = always_slow  # type: ignore[method-assign]
     try:
         with pytest.raises(JournalUnavailableError):
             await j.append([ev("slowtag", 2, tags={tag})])
     finally:
-        session.execute = real  # type: ignore[method-assign]
+        session.execute_batch = real  # type: ignore[method-assign]
 
 
 @pytest.mark.cassandra
