@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import time
 import uuid
 from datetime import datetime, timezone
@@ -142,7 +143,9 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     conc = args.concurrency
     host, port = cfg.contact_points[0], cfg.port
-    cluster = Cluster([host], port=port)
+    # same socket options as the journal session: Nagle off (see journal/session.py)
+    cluster = Cluster([host], port=port,
+                      sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     raw = cluster.connect()
     results: dict = {"contact": args.contact, "concurrency": conc, "events": args.events,
                      "python": platform.python_version(), "cpus": os.cpu_count(), "writes": [],

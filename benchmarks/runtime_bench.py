@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import platform
+import socket
 import statistics
 import time
 import uuid
@@ -322,7 +323,8 @@ def main() -> None:
         r["append"] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
                        "one_writer_limit_per_s": 1 / statistics.median(lat)}
 
-        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5)
+        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5,
+                          sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         session = cluster.connect()
         r["raw"] = {"insert_per_s": raw_inserts(session, config.keyspace, 4000, 64, False),
                     "insert_lwt_per_s": raw_inserts(session, config.keyspace, 2000, 64, True)}
