@@ -26,7 +26,8 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -254,15 +255,8 @@ class AggregateHost:
         """The current state of ``entity_id`` (after every durable event; see
         :attr:`EntityCore.state`), activating (recovering) it if needed. Read-only: no command,
         no journal write. Raises like :meth:`get_or_activate`."""
-        self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
-        try:
+        with self._in_flight(entity_id):
             return (await self.get_or_activate(entity_id)).state
-        finally:
-            n = self._inflight[entity_id] - 1
-            if n:
-                self._inflight[entity_id] = n
-            else:
-                del self._inflight[entity_id]
 
     async def ask_ordered(self, entity_id: str, caller_id: str, seq: int, command: Any) -> Any:
         """Like :meth:`ask`, keeping ``caller_id``'s ``seq`` order (seq starts at 0 per new
@@ -315,8 +309,7 @@ class AggregateHost:
         return outcomes
 
     async def _call(self, entity_id: str, command: Any) -> Any:
-        self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
-        try:
+        with self._in_flight(entity_id):
             core = await self.get_or_activate(entity_id)
             # no await between the lookup and the submit: see get_or_activate
             try:
@@ -325,6 +318,14 @@ class AggregateHost:
                 if core.stopped and self._cores.get(entity_id) is core:
                     self._drop_failed(entity_id, core)  # fenced: the next command starts anew
                 raise
+
+    @contextmanager
+    def _in_flight(self, entity_id: str) -> Iterator[None]:
+        """Count a call on ``entity_id`` for its whole duration (the idle sweep skips busy
+        entities)."""
+        self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
+        try:
+            yield
         finally:
             n = self._inflight[entity_id] - 1
             if n:

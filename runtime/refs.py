@@ -281,36 +281,27 @@ class EntityRef:
 
     def ask(self, command: Any, timeout: float | None = None) -> Any:
         """Send ``command`` and wait for the reply (raises the typed raysource error)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        retry_until = time.monotonic() + _RETRY_DEADLINE_S
-        while True:
-            try:
-                ref, epoch = self._send(command)
-            except _NotFreeYet:
-                if time.monotonic() > retry_until:
-                    raise self._not_free() from None
-                time.sleep(_WAIT_FOR_NAME_S)
-                continue
-            try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                return ray.get(ref, timeout=left)
-            except (RayTaskError, RayActorError, GetTimeoutError) as err:
-                if not _retryable(err) or time.monotonic() > retry_until:
-                    raise self._give_up(epoch, err) from None
-                self._renew(epoch, retired=_refused(err))
+        return self._call(lambda: self._send(command), timeout)
 
     def state(self, timeout: float | None = None) -> Any:
         """The aggregate's current state (after every durable event), activating it if it is
         not active; read-only (no command, no journal write), so re-sent under the same rules
         as :meth:`ask`. Commands this ref sent but whose replies were not awaited may or may
         not be reflected."""
+        return self._call(self._send_state, timeout)
+
+    def _send_state(self) -> tuple[Any, int]:
+        with self._lock:
+            return self._current().state.remote(self.entity_id), self._epoch
+
+    def _call(self, submit: Callable[[], tuple[Any, int]], timeout: float | None) -> Any:
+        """Submit (``submit() -> (ObjectRef, epoch)``) and wait, re-submitting to a fresh
+        activation while the answer is "not applied" (see the module docstring)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         retry_until = time.monotonic() + _RETRY_DEADLINE_S
         while True:
             try:
-                with self._lock:
-                    ref = self._current().state.remote(self.entity_id)
-                    epoch = self._epoch
+                ref, epoch = submit()
             except _NotFreeYet:
                 if time.monotonic() > retry_until:
                     raise self._not_free() from None
