@@ -137,9 +137,9 @@ class Journal(abc.ABC):
         """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
         what is currently visible (a "current" query: the iterator completes)."""
 
-    async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
-        """Make sure the events of ``persistence_id`` from ``from_sequence_nr`` on are in
-        their tags' streams; returns how many tag rows were (re-)written.
+    async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
+        """Make sure these stored events (one persistence id, as read back by ``replay``) are
+        in their tags' streams; returns how many tag rows were (re-)written.
 
         A backend that writes tag rows apart from the events (Cassandra: after the events'
         batch, before acknowledging) leaves them missing when the writer dies, or its tag

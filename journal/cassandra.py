@@ -322,10 +322,10 @@ class CassandraJournal(Journal):
     def max_group_size(self) -> int:
         return self.config.partition_size  # a group lives in the partition of its first event
 
-    async def repair_tags(self, persistence_id: str, from_sequence_nr: int) -> int:
-        """Re-write the tag rows of the events from ``from_sequence_nr`` on (see
-        :meth:`Journal.repair_tags`); in groups of at most 500 events."""
-        tagged = [e async for e in self.replay(persistence_id, from_sequence_nr) if e.tags]
+    async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
+        """Re-write the tag rows of ``events`` (see :meth:`Journal.repair_tags`), in groups of
+        at most 500 events."""
+        tagged = [e for e in events if e.tags]
         for i in range(0, len(tagged), 500):
             await self._write_tags(tagged[i:i + 500])
         return sum(len(e.tags) for e in tagged)

@@ -175,7 +175,9 @@ class EntityCore:
         self._busy = False  # a flush is in progress
         self._stop_error: BaseException | None = None  # why the core stopped, if it failed
         self._background: set[asyncio.Task] = set()
-        self._newest_group_start: int | None = None  # first seq of the newest replayed group
+        # the newest replayed atomic group (bounded: no group exceeds the journal's limit)
+        self._newest_group: deque[StoredEvent] = deque(
+            maxlen=journal.max_group_size or max_events_per_write)
         self._order = CallerOrder(self._submit, gap_timeout_s=order_gap_timeout_s)
 
     # ------------------------------------------------------------------ read-only views
@@ -625,10 +627,11 @@ class EntityCore:
             snap_seq = None
         # Deleted trailing events still occupy their numbers: never reuse them.
         seq = max(seq, highest)
-        if self.aggregate_type.tagger is not None and self._newest_group_start is not None:
+        if self.aggregate_type.tagger is not None and any(e.tags for e in self._newest_group):
             # Its writer may have died (or failed) between the events and their tag rows:
             # put the newest group into its tag streams before anyone is answered.
-            await self.journal.repair_tags(self.persistence_id, self._newest_group_start)
+            await self.journal.repair_tags(list(self._newest_group))
+        self._newest_group.clear()
         self._state, self._seq = state, seq
         stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
         self.metrics.recovery(self.aggregate_type.name, stats.duration_s)
@@ -664,7 +667,7 @@ class EntityCore:
         handler = self.aggregate_type.event_handler
         replayed = 0
         group: tuple[str, Any] | None = None  # (writer, timestamp) of the newest group
-        self._newest_group_start = None
+        self._newest_group.clear()
         async for stored in self.journal.replay(self.persistence_id, seq + 1):
             event = self.serialization.decode(
                 stored.serializer_id, stored.manifest, stored.payload,
@@ -676,7 +679,8 @@ class EntityCore:
             # one flush = one atomic group: same writer, same timestamp
             if (stored.writer_id, stored.timestamp) != group:
                 group = (stored.writer_id, stored.timestamp)
-                self._newest_group_start = stored.sequence_nr
+                self._newest_group.clear()
+            self._newest_group.append(stored)  # kept for the tag repair, not re-read
         return state, seq, replayed
 
 
