@@ -30,6 +30,7 @@ from journal.local_node import select_cassandra
 from runtime.examples.ledger import LEDGER, Append, GetBalance
 from runtime.stores import StoreSpec
 from sharding.coordinator import CoordinatorSettings
+from sharding.ray_nodes import FAST_HEALTH_CHECKS, dead_node_detection_s
 from runtime.shard_id import shard_of
 from sharding.system import System
 
@@ -96,8 +97,7 @@ def node_loss(contact: tuple[str, int], n_entities: int, keyspace: str) -> dict:
 
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": False,
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                           "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}})
+        "_system_config": FAST_HEALTH_CHECKS})
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, namespace=f"bench-{uuid.uuid4().hex[:6]}", log_to_driver=False)
@@ -140,7 +140,7 @@ def node_loss(contact: tuple[str, int], n_entities: int, keyspace: str) -> dict:
             "entities_on_lost_node": len(on_victim),
             "all_serving_again_s": max(serving.values()) if serving else 0.0,
             "first_serving_again_s": min(serving.values()) if serving else 0.0,
-            "health_check_detection_s": 1.5,
+            "health_check_detection_s": dead_node_detection_s(FAST_HEALTH_CHECKS),
             "remove_node_call_s": removed_s,
         }
     finally:

@@ -20,7 +20,9 @@ from sharding.allocation import NodeId
 from sharding.coordinator import CoordinatorSettings, ShardCoordinator
 
 __all__ = [
+    "FAST_HEALTH_CHECKS",
     "coordinator_name",
+    "dead_node_detection_s",
     "current_node_id",
     "get_coordinator",
     "get_or_create_coordinator",
@@ -30,6 +32,22 @@ __all__ = [
 ]
 
 COORDINATOR_PREFIX = "raysource-coordinator-"
+
+#: Ray ``_system_config`` for the head node that notices a dead node in ~1.5 s (period x
+#: failure threshold) instead of Ray's ~14 s default: test clusters and benchmarks use it;
+#: ``deploy/`` sets the same through ``RAY_health_check_*`` environment variables.
+FAST_HEALTH_CHECKS: dict[str, int] = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 500,
+    "health_check_failure_threshold": 3,
+}
+
+
+def dead_node_detection_s(system_config: dict[str, int]) -> float:
+    """About how long Ray takes to declare a crashed node dead under ``system_config``."""
+    return (system_config["health_check_period_ms"]
+            * system_config["health_check_failure_threshold"]) / 1000
 
 
 def live_nodes() -> list[NodeId]:

@@ -25,6 +25,7 @@ from journal.memory import InMemoryJournal  # noqa: E402
 from sharding.allocation import ShardId  # noqa: E402
 from sharding.coordinator import CoordinatorSettings, coordinator_persistence_id  # noqa: E402
 from sharding.ray_nodes import (  # noqa: E402
+    FAST_HEALTH_CHECKS,
     get_coordinator,
     get_or_create_coordinator,
     live_nodes,
@@ -38,13 +39,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 SYSTEM = "shardtest"
-FAST_HEALTH = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_timeout_ms": 500,
-    "health_check_failure_threshold": 3,
-}
-
 
 class JournalStore:
     """A Ray actor holding an in-memory journal, so it survives coordinator restarts."""
@@ -121,7 +115,7 @@ def cluster():
         prior_namespace = ray.get_runtime_context().namespace
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH})
+        "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
     try:
         worker = c.add_node(num_cpus=1)
         ray.init(address=c.address, namespace="raysource-sharding-test", log_to_driver=False,

@@ -28,7 +28,7 @@ from runtime.examples.ledger import LEDGER, Append, GetBalance
 from runtime.examples.seats import SHOW, ReserveSeat
 from runtime.stores import StoreSpec
 from sharding.coordinator import CoordinatorSettings
-from sharding.ray_nodes import coordinator_name, live_nodes
+from sharding.ray_nodes import FAST_HEALTH_CHECKS, coordinator_name, live_nodes
 from runtime.shard_id import shard_of
 from sharding.system import System
 
@@ -36,13 +36,6 @@ from sharding.system import System
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow, pytest.mark.timeout(240)]
-
-FAST_HEALTH = {
-    "health_check_initial_delay_ms": 0,
-    "health_check_period_ms": 500,
-    "health_check_timeout_ms": 500,
-    "health_check_failure_threshold": 3,
-}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +45,7 @@ def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
         restore_ns = ray.get_runtime_context().namespace
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "_system_config": FAST_HEALTH, "include_dashboard": False})
+        "num_cpus": 1, "_system_config": FAST_HEALTH_CHECKS, "include_dashboard": False})
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ns = f"sharding-{uuid.uuid4().hex[:6]}"
