@@ -37,7 +37,7 @@ from runtime.stores import StoreSpec
 from sharding.consistency import ConsistencyReport, check, pick_sample
 from sharding.load_client import ClientResult, ClientSetup, LoadClient
 from sharding.load_report import aggregate, summary_lines, write
-from sharding.ray_nodes import coordinator_name
+from sharding.ray_nodes import coordinator_name, named_actors
 from sharding.system import System, unique_system_name
 from sharding.workloads import WORKLOADS, make_workload
 
@@ -285,9 +285,8 @@ def _merge_tallies(records: list[ClientResult]) -> dict[str, dict[str, int]]:
 
 
 def _system_actor_names(name: str, namespace: str) -> list[str]:
-    return [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
-            if e["namespace"] == namespace
-            and (e["name"].startswith(f"{name}:") or e["name"] == coordinator_name(name))]
+    return [n for n, _ in named_actors(namespace)
+            if n.startswith(f"{name}:") or n == coordinator_name(name)]
 
 
 def _host_stats(name: str, namespace: str) -> dict[str, Any]:

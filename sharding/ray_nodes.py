@@ -27,6 +27,7 @@ __all__ = [
     "get_coordinator",
     "get_or_create_coordinator",
     "live_nodes",
+    "named_actors",
     "node_affinity",
     "stop_coordinator",
 ]
@@ -70,6 +71,15 @@ def node_affinity(node_id: NodeId, *, soft: bool = False, num_cpus: float = 0.01
         "num_cpus": num_cpus,
         "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node_id, soft=soft),
     }
+
+
+def named_actors(namespace: str | None, prefix: str = "") -> list[tuple[str, str]]:
+    """``(name, namespace)`` of the live named actors in ``namespace`` (all namespaces if
+    None) whose name starts with ``prefix``. A blocking GCS call: run it off the loop."""
+    return [
+        (e["name"], e["namespace"]) for e in ray.util.list_named_actors(all_namespaces=True)
+        if (namespace is None or e["namespace"] == namespace) and e["name"].startswith(prefix)
+    ]
 
 
 def coordinator_name(system: str) -> str:

@@ -30,7 +30,7 @@ from runtime.aggregate import AggregateType, PERSISTENCE_ID_SEPARATOR
 from runtime.ray_host import HostActor, HostSpec, actor_options
 from runtime.stores import StoreSpec
 from sharding.allocation import NodeId, ShardId
-from sharding.ray_nodes import node_affinity
+from sharding.ray_nodes import named_actors, node_affinity
 from runtime.shard_id import shard_of
 
 __all__ = ["SystemSpec", "ShardRegion", "region_name"]
@@ -131,7 +131,8 @@ class ShardRegion:
         prefix = f"{self.spec.name}:{aggregate_type.name}{PERSISTENCE_ID_SEPARATOR}"
         hosted_name = f"{self.spec.name}:shard:{aggregate_type.name}:{shard.shard}"
         loop = asyncio.get_running_loop()
-        names = await loop.run_in_executor(None, self._named_actors)
+        names = await loop.run_in_executor(
+            None, named_actors, self.spec.namespace, f"{self.spec.name}:")
         calls = []
         for name, namespace in names:
             if name == hosted_name:
@@ -155,14 +156,6 @@ class ShardRegion:
                 calls.append(handle.passivate.remote())
         results = await asyncio.gather(*calls, return_exceptions=True)
         return sum(1 for r in results if not isinstance(r, BaseException))
-
-    def _named_actors(self) -> list[tuple[str, str]]:
-        out = []
-        for entry in ray.util.list_named_actors(all_namespaces=True):
-            if self.spec.namespace is not None and entry["namespace"] != self.spec.namespace:
-                continue
-            out.append((entry["name"], entry["namespace"]))
-        return out
 
     async def info(self) -> dict[str, Any]:
         return {

@@ -35,10 +35,7 @@ from runtime.aggregate import AggregateType
 from runtime.refs import EntityRef
 from runtime.stores import StoreSpec, open_stores
 from sharding.coordinator import CoordinatorSettings
-from sharding.ray_nodes import (
-    get_or_create_coordinator,
-    stop_coordinator,
-)
+from sharding.ray_nodes import get_or_create_coordinator, named_actors, stop_coordinator
 from sharding.region import SystemSpec, get_or_create_region
 from runtime.shard_id import shard_of
 
@@ -239,18 +236,13 @@ class System:
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator).
         Acknowledged commands are durable in the journal; the next start recovers them."""
-        prefix = f"{self.name}:"
-        entries = [
-            e for e in ray.util.list_named_actors(all_namespaces=True)
-            if e["namespace"] == self.spec.namespace and e["name"].startswith(prefix)
-        ]
         hosts, regions = [], []
-        for e in entries:
+        for name, namespace in named_actors(self.spec.namespace, f"{self.name}:"):
             try:
-                h = ray.get_actor(e["name"], namespace=e["namespace"])
+                h = ray.get_actor(name, namespace=namespace)
             except ValueError:
                 continue
-            (regions if ":region:" in e["name"] else hosts).append(h)
+            (regions if ":region:" in name else hosts).append(h)
         pending = [h.handoff.remote(None) for h in hosts]  # finish queued work, then exit
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=timeout)
