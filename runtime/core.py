@@ -17,9 +17,10 @@
   (another activation writes this persistence id) fails the flush and everything queued with
   ``AggregateStoppedError`` and stops the core for good.
 
-The Ray host calls :meth:`EntityCore.handle` (or :meth:`EntityCore.handle_in_order` to restore
-per-caller submission order, which Ray's async actors do not keep), and :meth:`EntityCore.stop`
-to passivate, using :attr:`EntityCore.last_activity` to decide when.
+The host (:class:`runtime.host.AggregateHost`) calls :meth:`EntityCore.handle` — after restoring
+per-caller submission order, which Ray's async actors do not keep, in its own buffer so that it
+survives passivation — and :meth:`EntityCore.stop` to passivate, using
+:attr:`EntityCore.last_activity` to decide when.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from journal.errors import (
 from journal.serialization import Serialization
 from runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
 from runtime.metrics import Metrics, error_kind
-from runtime.ordering import CallerOrder
 from snapshots.api import SnapshotStore
 
 __all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
@@ -120,8 +120,7 @@ class EntityCore:
     fails on its own). Keep ``max_events_per_write`` at or below the journal's group limit
     (the Cassandra partition size).
     ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
-    timestamps. ``order_gap_timeout_s`` bounds how long :meth:`handle_in_order` waits for a
-    missing sequence number before skipping it. ``metrics`` records commands by outcome, one
+    timestamps. ``metrics`` records commands by outcome, one
     latency per journal write, recoveries and store errors (default: a private in-memory
     :class:`~runtime.metrics.Metrics`; a host passes its own).
 
@@ -142,7 +141,6 @@ class EntityCore:
         max_bytes_per_write: int = 4_000_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utcnow,
-        order_gap_timeout_s: float = 10.0,
         metrics: Metrics | None = None,
     ) -> None:
         if min(max_batch, max_events_per_write, max_bytes_per_write) < 1:
@@ -178,7 +176,6 @@ class EntityCore:
         # the newest replayed atomic group (bounded: no group exceeds the journal's limit)
         self._newest_group: deque[StoredEvent] = deque(
             maxlen=journal.max_group_size or max_events_per_write)
-        self._order = CallerOrder(self._submit, gap_timeout_s=order_gap_timeout_s)
 
     # ------------------------------------------------------------------ read-only views
 
@@ -209,11 +206,9 @@ class EntityCore:
 
     @property
     def idle(self) -> bool:
-        """True when nothing is queued, held back for ordering, or being processed: the
-        moment a host may passivate (then call :meth:`stop`, which still drains commands that
-        slip in before it)."""
-        return not (self._busy or self._carry or not self._mailbox.empty()
-                    or self._order.holding)
+        """True when nothing is queued or being processed: the moment a host may passivate
+        (then call :meth:`stop`, which still drains commands that slip in before it)."""
+        return not (self._busy or self._carry or not self._mailbox.empty())
 
     def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]:
         """The ``extra`` of this core's log records (see ``runtime.logs``); ``sequence_nr``
@@ -237,14 +232,9 @@ class EntityCore:
         return self.recovery
 
     async def stop(self) -> None:
-        """Stop accepting commands, finish the queued ones, then end the loop. Idempotent.
-
-        Commands still held back by :meth:`handle_in_order` for a missing predecessor fail with
-        ``AggregateStoppedError``.
-        """
+        """Stop accepting commands, finish the queued ones, then end the loop. Idempotent."""
         if not self._closing:
             self._closing = True
-            self._order.fail_all(AggregateStoppedError(f"{self.persistence_id} stopped"))
             self._mailbox.put_nowait(_STOP)
         if self._task is not None:
             await asyncio.shield(self._task)
@@ -267,20 +257,6 @@ class EntityCore:
         activation). Cancelling the await before the command was processed skips it.
         """
         return await self._submit(command)
-
-    async def handle_in_order(self, caller_id: str, seq: int, command: Any) -> Any:
-        """Like :meth:`handle`, but commands of one ``caller_id`` enter the mailbox in ``seq``
-        order, however the calls arrive (Ray async actors reorder calls).
-
-        ``seq`` starts at 0 for every new ``caller_id`` and counts up by one per command. A
-        caller that re-sends to a new activation (after passivation or a failure) must use a
-        new ``caller_id`` and start at 0 again. A missing number is waited for at most
-        ``order_gap_timeout_s``, then skipped. A duplicate or already-passed ``seq`` raises
-        ``CommandError``.
-        """
-        if self._closing:
-            raise self._stopped_error()
-        return await self._order.submit(caller_id, seq, command)
 
     def _submit(self, command: Any) -> asyncio.Future:
         """Enqueue ``command``; the returned future resolves with the reply or the error."""
@@ -353,10 +329,9 @@ class EntityCore:
         return batch
 
     def _fail_stop(self, cause: BaseException) -> None:
-        """Stop for good: fail every queued and held-back command with AggregateStoppedError."""
+        """Stop for good: fail every queued command with AggregateStoppedError."""
         self._closing = True
         self._stop_error = cause
-        self._order.fail_all(self._stopped_error())
         while self._carry:
             self._resolve(self._carry.popleft()[1], None, self._stopped_error())
         while not self._mailbox.empty():

@@ -208,7 +208,7 @@ class AggregateHost:
             self.aggregate_type, entity_id, self.journal, self.snapshot_store,
             self.serialization, writer_id=f"{self.writer_prefix}-{self._generation}",
             max_batch=self.max_batch, clock=self._clock,
-            order_gap_timeout_s=self.order_gap_timeout_s, metrics=self.metrics,
+            metrics=self.metrics,
         )
         try:
             async with self._recoveries:

@@ -10,7 +10,6 @@ import pytest
 from journal.api import StoredSnapshot
 from journal.errors import (
     AggregateStoppedError,
-    CommandError,
     CommandRejected,
     ConcurrentWriteError,
     CorruptPayloadError,
@@ -638,7 +637,7 @@ async def test_last_activity_and_stats():
 
 async def test_idle_tracks_queued_and_in_flight_work():
     journal = GatedJournal()
-    core = make_core(journal, order_gap_timeout_s=10)
+    core = make_core(journal)
     await core.start()
     assert core.idle
     task = asyncio.create_task(core.handle(Add(1)))
@@ -651,11 +650,6 @@ async def test_idle_tracks_queued_and_in_flight_work():
     await asyncio.gather(task, queued)
     await settle()
     assert core.idle
-    held = asyncio.create_task(core.handle_in_order("c", 1, Add(1)))
-    await settle()
-    assert not core.idle  # waiting for number 0
-    await core.handle_in_order("c", 0, Add(1))
-    assert await held == 4
     await core.stop()
 
 
@@ -684,60 +678,6 @@ async def test_a_cancelled_caller_is_skipped():
     assert await first == 1
     assert await core.handle(Get()) == Acct(1, (1,))
     await core.stop()
-
-
-# --------------------------------------------------------------------------- ordering
-
-
-async def test_handle_in_order_reorders_per_caller():
-    journal, ser = InMemoryJournal(latency=0.005), make_ser()
-    core = make_core(journal, ser=ser)
-    await core.start()
-    t2 = asyncio.create_task(core.handle_in_order("c", 2, Add(2)))
-    await settle()
-    t0 = asyncio.create_task(core.handle_in_order("c", 0, Add(0)))
-    t1 = asyncio.create_task(core.handle_in_order("c", 1, Add(1)))
-    await asyncio.gather(t0, t1, t2)
-    assert journal_totals(journal, ser) == [0, 1, 2]
-    assert core.state.items == (0, 1, 2)
-    await core.stop()
-
-
-async def test_handle_in_order_many_callers_shuffled():
-    import random
-
-    journal, ser = InMemoryJournal(latency=0.002), make_ser()
-    core = make_core(journal, ser=ser)
-    calls = [(c, i) for c in range(5) for i in range(40)]
-    random.Random(7).shuffle(calls)
-    await asyncio.gather(*(core.handle_in_order(f"c{c}", i, Add(c * 1000 + i)) for c, i in calls))
-    items = core.state.items
-    for c in range(5):
-        mine = [x - c * 1000 for x in items if x // 1000 == c]
-        assert mine == list(range(40))
-    await core.stop()
-
-
-async def test_handle_in_order_duplicates_and_gaps():
-    core = make_core(order_gap_timeout_s=0.05)
-    assert await core.handle_in_order("c", 0, Add(1)) == 1
-    with pytest.raises(CommandError, match="already used"):
-        await core.handle_in_order("c", 0, Add(1))
-    # number 1 never comes: 2 is admitted after the gap timeout
-    assert await asyncio.wait_for(core.handle_in_order("c", 2, Add(5)), 1) == 6
-    assert await core.handle_in_order("c", 3, Add(1)) == 7
-    await core.stop()
-    with pytest.raises(AggregateStoppedError):
-        await core.handle_in_order("c", 4, Add(1))
-
-
-async def test_stop_fails_held_back_commands():
-    core = make_core(order_gap_timeout_s=10)
-    held = asyncio.create_task(core.handle_in_order("c", 1, Add(1)))
-    await settle()
-    await core.stop()
-    with pytest.raises(AggregateStoppedError):
-        await held
 
 
 # --------------------------------------------------------------------------- model check
