@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -c "from journal.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
+	$(BIN)/python -c "from raysource.app.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
 	touch $@
 
 # flags pass through, e.g. make demo DEMO_ARGS="--seconds 5 --keep-running"

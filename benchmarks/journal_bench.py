@@ -29,11 +29,11 @@ from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import tuple_factory
 
-from journal.api import StoredEvent
-from journal.cassandra import CassandraJournal, to_us
-from journal.config import CassandraConfig
-from journal.schema import create_schema
-from journal.session import CassandraSession
+from raysource.journal.api import StoredEvent
+from raysource.journal.cassandra.journal import CassandraJournal, to_us
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.schema import create_schema
+from raysource.journal.cassandra.session import CassandraSession
 
 NOW = datetime.now(timezone.utc)
 

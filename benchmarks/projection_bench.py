@@ -29,15 +29,15 @@ from pathlib import Path
 
 import ray
 
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.session import RAW_PROFILE, CassandraSession
-from runtime.examples.reservations_view import VIEW_TABLE, reservations_projection
-from runtime.examples.seats import SHOW, ReserveSeat, seat_label
-from runtime.projection_actor import Projections
-from runtime.projections import ProjectionHandler, ProjectionSettings, ProjectionSpec
-from runtime.testkit import AggregateTestKit
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.examples.reservations_view import VIEW_TABLE, reservations_projection
+from raysource.examples.seats import SHOW, ReserveSeat, seat_label
+from raysource.readside.projection_actor import Projections
+from raysource.readside.projections import ProjectionHandler, ProjectionSettings, ProjectionSpec
+from raysource.testing.testkit import AggregateTestKit
+from raysource.snapshots.memory import InMemorySnapshotStore
 
 DELAY = 0.5
 SETTINGS = ProjectionSettings(poll_interval=0.1, commit_every=100, commit_interval=0.5)

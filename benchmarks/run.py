@@ -16,7 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from journal.local_node import select_cassandra
+from raysource.app.local_node import select_cassandra
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = [

@@ -33,13 +33,13 @@ import ray
 from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 
-from journal.api import StoredEvent
-from journal.cassandra import CassandraJournal, to_us
-from journal.config import CassandraConfig
-from journal.serialization import Serialization
-from runtime.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
-from runtime.refs import EntityRef, LocalResolver
-from runtime.stores import StoreSpec
+from raysource.journal.api import StoredEvent
+from raysource.journal.cassandra.journal import CassandraJournal, to_us
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.serialization import Serialization
+from raysource.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
+from raysource.runtime.actors.refs import EntityRef, LocalResolver
+from raysource.runtime.stores import StoreSpec
 
 BENCH_SHOW = dataclasses.replace(SHOW, name="benchshow", number_of_shards=2)
 
@@ -257,7 +257,7 @@ def dedicated_activation(resolver: LocalResolver, n: int) -> dict:
 
 def hosted_activation(resolver: LocalResolver, n: int) -> dict:
     # all on shard 0 of one hosted actor: warm it, then measure entity activations inside it
-    from runtime.shard_id import shard_of
+    from raysource.runtime.shard_id import shard_of
 
     ids = []
     while len(ids) < n + 1:

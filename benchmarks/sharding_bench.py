@@ -25,14 +25,14 @@ from pathlib import Path
 
 import ray
 
-from journal.config import CassandraConfig
-from journal.local_node import select_cassandra
-from runtime.examples.ledger import LEDGER, Append, GetBalance
-from runtime.stores import StoreSpec
-from sharding.coordinator import CoordinatorSettings
-from sharding.ray_nodes import FAST_HEALTH_CHECKS, dead_node_detection_s
-from runtime.shard_id import shard_of
-from sharding.system import System
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.app.local_node import select_cassandra
+from raysource.examples.ledger import LEDGER, Append, GetBalance
+from raysource.runtime.stores import StoreSpec
+from raysource.sharding.coordinator import CoordinatorSettings
+from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS, dead_node_detection_s
+from raysource.runtime.shard_id import shard_of
+from raysource.sharding.system import System
 
 
 def _ms(samples: list[float]) -> dict[str, float]:

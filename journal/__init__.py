@@ -3,7 +3,7 @@
 Only light modules are imported eagerly; the Cassandra pieces load cassandra-driver on access.
 """
 
-from journal.api import (
+from raysource.journal.api import (
     Journal,
     JournalCapabilities,
     StoredEvent,
@@ -11,8 +11,8 @@ from journal.api import (
     TaggedEvent,
     TagOffset,
 )
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
 
 __all__ = [
     "CassandraConfig",
@@ -31,11 +31,11 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CassandraConfig": "journal.config",
-    "CassandraJournal": "journal.cassandra",
-    "CassandraSession": "journal.session",
-    "create_schema": "journal.schema",
-    "schema_cql": "journal.schema",
+    "CassandraConfig": "raysource.journal.cassandra.config",
+    "CassandraJournal": "raysource.journal.cassandra.journal",
+    "CassandraSession": "raysource.journal.cassandra.session",
+    "create_schema": "raysource.journal.cassandra.schema",
+    "schema_cql": "raysource.journal.cassandra.schema",
 }
 
 

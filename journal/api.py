@@ -9,7 +9,7 @@ Contract (checked for every backend by ``tests/contract``):
   numbers are contiguous and start at the number the writer expects to be next. Either the whole
   group becomes durable and readable, or none of it does.
 * With the fencing guard on (``capabilities.fencing``), an append whose sequence numbers are
-  (partly) taken raises :class:`~journal.errors.ConcurrentWriteError` and writes nothing. Two
+  (partly) taken raises :class:`~raysource.journal.errors.ConcurrentWriteError` and writes nothing. Two
   writers on one persistence id therefore can never both append the same sequence number; the
   loser learns it is stale. With the guard off, the backend documents what happens instead.
 * ``replay`` streams events in ascending sequence order, paged, with bounded memory however long

@@ -6,6 +6,12 @@ Ray to handle a failure. The tree lives in the bottom layer so every layer can r
 without importing upwards.
 
     RaysourceError
+    │
+    │   two categories callers act on (mixed into the errors below, marked [N] and [U]):
+    ├── NotAppliedError                  [N] definitely not applied: safe to re-send as is
+    ├── OutcomeUnknownError              [U] may or may not have been applied (or may still
+    │                                        land): re-send only if the command is idempotent
+    │
     ├── ConfigError                      invalid names, settings, contact points
     │   ├── ShardCountChangedError       a known aggregate type registered with another count
     │   ├── UnknownAggregateTypeError    no aggregate type of that name (lists the known ones)
@@ -13,30 +19,30 @@ without importing upwards.
     │   └── InvalidRangeError            a sequence-number range that cannot be inspected
     ├── CassandraNodeError               the local Cassandra launcher could not start/stop a node
     ├── JournalError                     anything the event journal / snapshot store reports
-    │   ├── ConcurrentWriteError         fencing: another writer holds these sequence numbers
+    │   ├── ConcurrentWriteError     [N] fencing: another writer holds these sequence numbers
     │   ├── JournalUnavailableError      the store could not be reached / timed out
-    │   │   └── JournalOutcomeUnknownError   a write timed out: it may or may not land
-    │   └── InvalidAppendError           a malformed append (gaps, mixed ids, empty ids)
+    │   │   └── JournalOutcomeUnknownError [U] a write timed out: it may or may not land
+    │   └── InvalidAppendError    [N]    a malformed append (gaps, mixed ids, empty ids)
     ├── SerializationError               encode/decode failed (names persistence id + seq nr)
     │   ├── UnknownManifestError
     │   ├── MissingUpcasterError
     │   ├── CorruptPayloadError
-    │   ├── UnserializableError
-    │   └── PayloadTooLargeError
+    │   ├── UnserializableError      [N]
+    │   └── PayloadTooLargeError     [N]
     ├── ProjectionError                  a read-side projection could not do what was asked
     ├── ShardingError                    the shard coordinator could not do what was asked
     │   ├── NoLiveNodesError             no live Ray node can take a shard
     │   └── CoordinatorFencedError       another coordinator instance owns the table
     └── CommandError                     a command did not succeed (runtime, sharding)
         ├── CommandRejected              the aggregate said no (domain reason)
-        ├── UnknownCommandError          the aggregate type has no handler for this command
-        ├── HandlerError                 the user's handler raised; state unchanged
-        ├── PersistFailedError           the events of this command could not be made durable
-        ├── WriteOutcomeUnknownError     the write timed out unconfirmed; activation stopped
-        ├── AggregateStoppedError        the activation stopped (fenced, passivated) before reply
+        ├── UnknownCommandError      [N] the aggregate type has no handler for this command
+        ├── HandlerError             [N] the user's handler raised; state unchanged
+        ├── PersistFailedError       [N] the events of this command could not be made durable
+        ├── WriteOutcomeUnknownError [U] the write timed out unconfirmed; activation stopped
+        ├── AggregateStoppedError    [N] the activation stopped (fenced, passivated) before reply
         │   └── PassivatedError          the host passivated/handed off this aggregate; not applied
-        ├── HostCrashedError             the host actor died with the command in flight (unknown)
-        └── AskTimeoutError              no reply within the caller's timeout (outcome unknown)
+        ├── HostCrashedError         [U] the host actor died with the command in flight (unknown)
+        └── AskTimeoutError          [U] no reply within the caller's timeout (outcome unknown)
 """
 
 from __future__ import annotations
@@ -44,6 +50,21 @@ from __future__ import annotations
 
 class RaysourceError(Exception):
     """Root of every error raised by raysource."""
+
+
+class NotAppliedError(RaysourceError):
+    """Category: the operation was definitely not applied (nothing of it is stored, and nothing
+    of it can land later). Re-sending it as is is safe.
+
+    ``except NotAppliedError`` catches every such error, whatever its layer."""
+
+
+class OutcomeUnknownError(RaysourceError):
+    """Category: the operation may or may not have been applied, and an unconfirmed write may
+    still land later. Re-send only an idempotent command (or read the state first); the next
+    activation of the aggregate recovers whatever the journal ends up holding.
+
+    ``except OutcomeUnknownError`` catches every such error, whatever its layer."""
 
 
 class ConfigError(RaysourceError, ValueError):
@@ -95,7 +116,7 @@ class JournalError(RaysourceError):
     """The event journal or snapshot store failed."""
 
 
-class ConcurrentWriteError(JournalError):
+class ConcurrentWriteError(JournalError, NotAppliedError):
     """Another writer already holds (some of) the sequence numbers of this append.
 
     Raised by a journal with the fencing guard on. Nothing of the failed append was written.
@@ -118,12 +139,12 @@ class JournalUnavailableError(JournalError):
     """The store could not be reached or did not answer in time; the outcome may be unknown."""
 
 
-class JournalOutcomeUnknownError(JournalUnavailableError):
+class JournalOutcomeUnknownError(JournalUnavailableError, OutcomeUnknownError):
     """The store did not confirm a write in time (a client or server timeout): it may or may
     not have been applied, and it may still land later. Callers must re-read before deciding."""
 
 
-class InvalidAppendError(JournalError, ValueError):
+class InvalidAppendError(JournalError, NotAppliedError, ValueError):
     """An append is malformed (empty, mixed persistence ids, non-contiguous sequence numbers)."""
 
 
@@ -181,11 +202,11 @@ class CorruptPayloadError(SerializationError):
     """The stored bytes cannot be decoded into the registered type."""
 
 
-class UnserializableError(SerializationError, TypeError):
+class UnserializableError(SerializationError, NotAppliedError, TypeError):
     """The object cannot be encoded by the chosen serializer (e.g. unregistered type)."""
 
 
-class PayloadTooLargeError(SerializationError):
+class PayloadTooLargeError(SerializationError, NotAppliedError):
     """The encoded payload exceeds the configured size limit; nothing was written."""
 
 
@@ -236,26 +257,26 @@ class CommandRejected(CommandError):
         return (type(self), (self.reason,))
 
 
-class UnknownCommandError(CommandError, TypeError):
+class UnknownCommandError(CommandError, NotAppliedError, TypeError):
     """The aggregate type does not handle this command type."""
 
 
-class HandlerError(CommandError):
+class HandlerError(CommandError, NotAppliedError):
     """The user's command handler raised; the aggregate is alive and its state unchanged."""
 
 
-class PersistFailedError(CommandError):
+class PersistFailedError(CommandError, NotAppliedError):
     """The events of this command could not be made durable; the command had no effect
     that will ever be visible (state was rebuilt from the journal)."""
 
 
-class WriteOutcomeUnknownError(CommandError):
+class WriteOutcomeUnknownError(CommandError, OutcomeUnknownError):
     """The journal did not confirm this command's events in time and a re-read did not find
     them: they may still land. The activation stopped, so the next command recovers the
     truth from the journal. Check the state before re-sending a non-idempotent command."""
 
 
-class AggregateStoppedError(CommandError):
+class AggregateStoppedError(CommandError, NotAppliedError):
     """The activation stopped (fenced by a concurrent writer, or shut down) before replying.
 
     The command was not applied by this activation; retrying reaches a fresh activation.
@@ -268,12 +289,16 @@ class PassivatedError(AggregateStoppedError):
     re-resolve and re-send transparently)."""
 
 
-class HostCrashedError(CommandError):
+class HostCrashedError(CommandError, OutcomeUnknownError):
     """The actor hosting the aggregate died (crash, ``ray.kill``, lost node) while the command
     was in flight. The outcome is unknown: the command may or may not have been applied, so it
     is not re-sent automatically. The next command reaches a fresh activation that recovers
     every acknowledged event."""
 
 
-class AskTimeoutError(CommandError, TimeoutError):
+class AskTimeoutError(CommandError, OutcomeUnknownError, TimeoutError):
     """No reply arrived within the caller's timeout. The command may or may not have run."""
+
+
+__all__ = sorted(name for name, obj in list(globals().items())
+                 if isinstance(obj, type) and issubclass(obj, RaysourceError))

@@ -12,13 +12,13 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
-from journal.errors import (
+from raysource.journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
+from raysource.journal.errors import (
     ConcurrentWriteError,
     InvalidAppendError,
     JournalUnavailableError,
 )
-from journal.serialization import Serialization
+from raysource.journal.serialization import Serialization
 
 __all__ = ["InMemoryJournal", "validate_group"]
 
@@ -65,7 +65,7 @@ class _Failure:
 
 
 class InMemoryJournal(Journal):
-    """A dict-backed :class:`~journal.api.Journal`.
+    """A dict-backed :class:`~raysource.journal.api.Journal`.
 
     * ``fencing=True`` (default): an append touching any taken sequence number raises
       ``ConcurrentWriteError`` naming the first taken number and writes nothing.

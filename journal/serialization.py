@@ -24,7 +24,7 @@ Two serializers exist:
   always pickled). **Unpickling runs arbitrary code: never enable it for a store that untrusted
   parties can write to.** Pickles are also brittle across code versions (no upcasters).
 
-Every failure is a typed :class:`~journal.errors.SerializationError` naming the persistence id
+Every failure is a typed :class:`~raysource.journal.errors.SerializationError` naming the persistence id
 and sequence number when given. Encoding has no side effect, so a failed encode writes nothing.
 """
 
@@ -37,7 +37,7 @@ from typing import Any, TypeVar, overload
 import cloudpickle
 import msgspec
 
-from journal.errors import (
+from raysource.journal.errors import (
     ConfigError,
     CorruptPayloadError,
     MissingUpcasterError,

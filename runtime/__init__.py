@@ -1,11 +1,11 @@
-"""raysource runtime: the aggregate API, the entity core and the test kit.
+"""raysource.runtime: the aggregate API, the entity core and its host (Ray-free), and the Ray glue.
 
-The names exported here are pure Python (no Ray, no cassandra-driver). The Ray host actors live
-in their own modules: ``runtime.ray_host`` (HostActor, HostSpec) and ``runtime.refs``
-(EntityRef, LocalResolver, Resolver).
+The names exported here are pure Python (no Ray, no cassandra-driver). The Ray glue lives apart,
+in ``raysource.runtime.actors``: the host actor (``host_actor``), references (``refs``) and the
+metrics export (``ray_metrics``).
 """
 
-from runtime.aggregate import (
+from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
     NoOp,
@@ -19,14 +19,12 @@ from runtime.aggregate import (
     reply,
     unknown_command,
 )
-from runtime.core import CoreStats, EntityCore, RecoveryStats
-from runtime.host import AggregateHost, HostStats
-from runtime.stores import StoreSpec, open_stores
-from runtime.testkit import AggregateTestKit, RunResult
+from raysource.runtime.core import CoreStats, EntityCore, RecoveryStats
+from raysource.runtime.host import AggregateHost, HostStats
+from raysource.runtime.stores import StoreSpec, open_stores
 
 __all__ = [
     "AggregateHost",
-    "AggregateTestKit",
     "AggregateType",
     "CoreStats",
     "Effect",
@@ -37,7 +35,6 @@ __all__ = [
     "RecoveryStats",
     "Reject",
     "Reply",
-    "RunResult",
     "SnapshotPolicy",
     "StoreSpec",
     "none",

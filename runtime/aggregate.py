@@ -21,7 +21,7 @@ Effects (build them with the functions, match on the classes)::
     none()                                     # no-op, reply None
 
 Commands, events and state are frozen dataclasses; :meth:`AggregateType.register_types`
-registers them with a :class:`journal.serialization.Serialization`.
+registers them with a :class:`raysource.journal.serialization.Serialization`.
 
 A handler signals "I do not handle this command" by raising :class:`UnknownCommandError`,
 most simply via :func:`unknown_command` in the ``case _:`` arm of a ``match``. Any other
@@ -38,10 +38,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
-from journal.errors import ConfigError, UnknownCommandError
+from raysource.journal.errors import ConfigError, UnknownCommandError
 
 if TYPE_CHECKING:  # only for annotations: keep the module free of serializer imports at runtime
-    from journal.serialization import Serialization
+    from raysource.journal.serialization import Serialization
 
 __all__ = [
     "AggregateType",

@@ -17,7 +17,7 @@
   (another activation writes this persistence id) fails the flush and everything queued with
   ``AggregateStoppedError`` and stops the core for good.
 
-The host (:class:`runtime.host.AggregateHost`) calls :meth:`EntityCore.handle` — after restoring
+The host (:class:`raysource.runtime.host.AggregateHost`) calls :meth:`EntityCore.handle` — after restoring
 per-caller submission order, which Ray's async actors do not keep, in its own buffer so that it
 survives passivation — and :meth:`EntityCore.stop` to passivate, using
 :attr:`EntityCore.last_activity` to decide when.
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from journal.api import Journal, StoredEvent, StoredSnapshot
-from journal.errors import (
+from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
+from raysource.journal.errors import (
     AggregateStoppedError,
     CommandError,
     CommandRejected,
@@ -48,10 +48,10 @@ from journal.errors import (
     SerializationError,
     WriteOutcomeUnknownError,
 )
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
-from runtime.metrics import Metrics, error_kind
-from snapshots.api import SnapshotStore
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
+from raysource.runtime.metrics import Metrics, error_kind
+from raysource.snapshots.api import SnapshotStore
 
 __all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
 
@@ -122,7 +122,7 @@ class EntityCore:
     ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
     timestamps. ``metrics`` records commands by outcome, one
     latency per journal write, recoveries and store errors (default: a private in-memory
-    :class:`~runtime.metrics.Metrics`; a host passes its own).
+    :class:`~raysource.runtime.metrics.Metrics`; a host passes its own).
 
     Use from one asyncio event loop. :meth:`start` is optional (the first command starts it).
     """
@@ -211,7 +211,7 @@ class EntityCore:
         return not (self._busy or self._carry or not self._mailbox.empty())
 
     def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]:
-        """The ``extra`` of this core's log records (see ``runtime.logs``); ``sequence_nr``
+        """The ``extra`` of this core's log records (see ``raysource.runtime.logs``); ``sequence_nr``
         defaults to the last durable one."""
         return {"persistence_id": self.persistence_id,
                 "sequence_nr": self._seq if sequence_nr is None else sequence_nr,

@@ -1,6 +1,6 @@
 """Many entity cores of one aggregate type inside one process, without Ray.
 
-:class:`AggregateHost` is what a Ray host actor wraps (``runtime.ray_host``), in both placements:
+:class:`AggregateHost` is what a Ray host actor wraps (``raysource.runtime.actors.host_actor``), in both placements:
 a *dedicated* actor hosts one entity (``reactivate=False``: once that entity is deactivated the
 host never activates it again, the actor retires), a *hosted* actor hosts many.
 
@@ -31,14 +31,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from journal.api import Journal
-from journal.errors import AggregateStoppedError, ConfigError, PassivatedError
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType
-from runtime.core import EntityCore
-from runtime.metrics import Metrics
-from runtime.ordering import CallerOrder
-from snapshots.api import SnapshotStore
+from raysource.journal.api import Journal
+from raysource.journal.errors import AggregateStoppedError, ConfigError, PassivatedError
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.core import EntityCore
+from raysource.runtime.metrics import Metrics
+from raysource.runtime.ordering import CallerOrder
+from raysource.snapshots.api import SnapshotStore
 
 __all__ = ["AggregateHost", "DeactivationReason", "HostStats", "ids_matching"]
 
@@ -75,7 +75,7 @@ class AggregateHost:
     ``sweep_interval_s`` defaults to a quarter of the idle timeout (at most 5 s).
     ``on_deactivated(entity_id, reason)`` is called (synchronously) when an entity leaves the
     host for any reason. ``metrics`` (default: a new in-memory
-    :class:`~runtime.metrics.Metrics`) is shared with every core of this host; ``metrics_host``
+    :class:`~raysource.runtime.metrics.Metrics`) is shared with every core of this host; ``metrics_host``
     is its ``host`` label on ``raysource_active_aggregates``. Use from one event loop; call
     :meth:`close` at the end.
     """
@@ -260,7 +260,7 @@ class AggregateHost:
 
     async def ask_ordered(self, entity_id: str, caller_id: str, seq: int, command: Any) -> Any:
         """Like :meth:`ask`, keeping ``caller_id``'s ``seq`` order (seq starts at 0 per new
-        caller id and counts up by one; see :class:`runtime.ordering.CallerOrder`).
+        caller id and counts up by one; see :class:`raysource.runtime.ordering.CallerOrder`).
 
         The reorder buffer lives in the host, not in the core, so it survives passivation:
         a caller whose commands straddle a passivation continues its numbering on the fresh

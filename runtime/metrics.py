@@ -6,7 +6,7 @@ labels, help, histogram buckets). Components record through a :class:`Metrics` o
 * :class:`Metrics` (the default) keeps the values in memory: counters and gauges by label set,
   histograms as count, sum and bucket counts. ``info()``/``status`` and tests read them through
   :meth:`Metrics.value`, :meth:`Metrics.histogram` and :meth:`Metrics.snapshot`.
-* ``runtime.ray_metrics.RayMetrics`` (used only inside Ray actors) keeps the same in-memory
+* ``raysource.runtime.actors.ray_metrics.RayMetrics`` (used only inside Ray actors) keeps the same in-memory
   values and forwards every record to ``ray.util.metrics``, which Ray exports to Prometheus
   (prefixed ``ray_``) when its metrics agent runs (``ray[default]``).
 
@@ -250,7 +250,7 @@ def error_kind(exc: BaseException) -> str:
     """The ``kind`` label of ``raysource_journal_errors_total`` for a store error: fenced,
     unavailable (includes timeouts: the outcome may be unknown), invalid, serialization,
     other."""
-    from journal import errors  # Ray-free; late so importing metrics stays cheap
+    from raysource.journal import errors  # Ray-free; late so importing metrics stays cheap
 
     if isinstance(exc, errors.ConcurrentWriteError):
         return "fenced"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from journal.errors import ConfigError
+from raysource.journal.errors import ConfigError
 
 __all__ = ["shard_of"]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from journal.api import Journal
-from journal.config import CassandraConfig
-from journal.errors import ConfigError
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType
-from snapshots.api import SnapshotStore
+from raysource.journal.api import Journal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import ConfigError
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType
+from raysource.snapshots.api import SnapshotStore
 
 __all__ = ["StoreSpec", "open_stores", "serialization_for"]
 
@@ -65,14 +65,14 @@ async def open_stores(spec: StoreSpec) -> tuple[Journal, SnapshotStore]:
     driver connect runs in the session's executor (never on the event loop). Close both with
     their ``close()``."""
     if spec.kind == "memory":
-        from journal.memory import InMemoryJournal
-        from snapshots.memory import InMemorySnapshotStore
+        from raysource.journal.memory import InMemoryJournal
+        from raysource.snapshots.memory import InMemorySnapshotStore
 
         return InMemoryJournal(), InMemorySnapshotStore()
 
-    from journal.cassandra import CassandraJournal
-    from journal.session import CassandraSession
-    from snapshots.cassandra import CassandraSnapshotStore
+    from raysource.journal.cassandra.journal import CassandraJournal
+    from raysource.journal.cassandra.session import CassandraSession
+    from raysource.snapshots.cassandra import CassandraSnapshotStore
 
     config = spec.cassandra
     assert config is not None
@@ -81,7 +81,7 @@ async def open_stores(spec: StoreSpec) -> tuple[Journal, SnapshotStore]:
     await session.connect(keyspace="")
     try:
         if spec.create_schema:
-            from journal.schema import create_schema
+            from raysource.journal.cassandra.schema import create_schema
 
             await create_schema(session, config)
         journal = CassandraJournal(session, config, own_session=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from journal.errors import ConfigError, NoLiveNodesError
+from raysource.journal.errors import ConfigError, NoLiveNodesError
 
 __all__ = [
     "Allocation",

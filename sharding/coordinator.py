@@ -6,10 +6,10 @@ Two parts, so the logic is testable without Ray:
   return events; ``apply`` folds an event into the state. Replaying the stored events rebuilds
   exactly the live table.
 * :class:`ShardCoordinator` — the async host: persists the events through any
-  :class:`~journal.api.Journal` (persistence id ``"__coordinator__|<system>"``), recovers by
+  :class:`~raysource.journal.api.Journal` (persistence id ``"__coordinator__|<system>"``), recovers by
   replay when (re)started, polls node membership, re-allocates a dead node's shards, rebalances
   when nodes join (handing shards off first), and answers ``home(type, shard)``.
-  ``sharding.ray_nodes.get_or_create_coordinator`` runs it as a named, detached, restartable
+  ``raysource.sharding.ray_nodes.get_or_create_coordinator`` runs it as a named, detached, restartable
   Ray actor; this module itself imports no Ray.
 
 The coordinator is not on the per-command path: callers ask ``home`` once per shard and cache.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, Union, runtime_checkable
 
-from journal.api import Journal, StoredEvent
-from journal.errors import (
+from raysource.journal.api import Journal, StoredEvent
+from raysource.journal.errors import (
     ConcurrentWriteError,
     ConfigError,
     CoordinatorFencedError,
@@ -35,9 +35,9 @@ from journal.errors import (
     ShardCountChangedError,
     ShardingError,
 )
-from journal.serialization import Serialization
-from sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
-from runtime.shard_id import shard_of
+from raysource.journal.serialization import Serialization
+from raysource.sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
+from raysource.runtime.shard_id import shard_of
 
 __all__ = [
     "CoordinatorEvent",

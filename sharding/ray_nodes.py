@@ -15,9 +15,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from journal.api import Journal
-from sharding.allocation import NodeId
-from sharding.coordinator import CoordinatorSettings, ShardCoordinator
+from raysource.journal.api import Journal
+from raysource.sharding.allocation import NodeId
+from raysource.sharding.coordinator import CoordinatorSettings, ShardCoordinator
 
 __all__ = [
     "FAST_HEALTH_CHECKS",
@@ -100,7 +100,7 @@ def get_or_create_coordinator(
     without limit (``__init__`` re-runs, so it recovers its table from the journal built by
     ``journal_factory``, which must be picklable). If the actor exists, it is returned as is:
     ``journal_factory``/``settings`` of this call are then ignored. Every method of
-    :class:`~sharding.coordinator.ShardCoordinator` is called as ``handle.<method>.remote()``.
+    :class:`~raysource.sharding.coordinator.ShardCoordinator` is called as ``handle.<method>.remote()``.
     ``actor_options`` override Ray options (e.g. ``node_affinity(head, soft=True)``).
     """
     options: dict[str, Any] = {

@@ -8,7 +8,7 @@ One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its no
   Ray's named-actor registry keeps one live activation per name cluster-wide.
 * It enforces the per-node cap on active dedicated aggregates: past ``max_active_per_node`` the
   least recently activated one is passivated (it finishes its queued commands first).
-* ``handoff(shard)`` (the coordinator's :class:`~sharding.coordinator.ShardRegion` protocol)
+* ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.ShardRegion` protocol)
   stops every activation of a moving shard, wherever it runs, before the shard's new node
   activates it. Activations are found through Ray's named-actor list, so a restarted region
   (or one on another node) hands off correctly without remembering anything.
@@ -25,13 +25,13 @@ from typing import Any
 
 import ray
 
-from journal.errors import ConfigError
-from runtime.aggregate import AggregateType, PERSISTENCE_ID_SEPARATOR
-from runtime.ray_host import HostActor, HostSpec, actor_options
-from runtime.stores import StoreSpec
-from sharding.allocation import NodeId, ShardId
-from sharding.ray_nodes import named_actors, node_affinity
-from runtime.shard_id import shard_of
+from raysource.journal.errors import ConfigError
+from raysource.runtime.aggregate import AggregateType, PERSISTENCE_ID_SEPARATOR
+from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options
+from raysource.runtime.stores import StoreSpec
+from raysource.sharding.allocation import NodeId, ShardId
+from raysource.sharding.ray_nodes import named_actors, node_affinity
+from raysource.runtime.shard_id import shard_of
 
 __all__ = ["SystemSpec", "ShardRegion", "region_name"]
 
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 class SystemSpec:
     """Everything a region needs to create host actors; picklable (shipped to every node).
 
-    ``host_settings`` maps a type name to :class:`~runtime.ray_host.HostSpec` overrides
+    ``host_settings`` maps a type name to :class:`~raysource.runtime.actors.host_actor.HostSpec` overrides
     (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000}}``); ``placement`` overrides
     a type's declared placement by name.
     """

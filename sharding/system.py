@@ -9,9 +9,9 @@ its aggregates.
 
 ``System.start`` is get-or-create: every driver or actor of the cluster that calls it with the
 same name (and namespace) joins the same system — the coordinator is a named, detached actor.
-Commands never pass through the coordinator: an :class:`~runtime.refs.EntityRef` resolves
+Commands never pass through the coordinator: an :class:`~raysource.runtime.actors.refs.EntityRef` resolves
 (entity -> shard -> node -> region -> host actor) once, caches the handle and calls it
-directly. A dead handle or a moved shard makes the ref re-resolve (see :mod:`runtime.refs` for
+directly. A dead handle or a moved shard makes the ref re-resolve (see :mod:`raysource.runtime.actors.refs` for
 which failures are re-sent and which are reported as "outcome unknown").
 """
 
@@ -29,15 +29,15 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from journal.api import Journal
-from journal.errors import ConfigError, NoLiveNodesError
-from runtime.aggregate import AggregateType
-from runtime.refs import EntityRef
-from runtime.stores import StoreSpec, open_stores
-from sharding.coordinator import CoordinatorSettings
-from sharding.ray_nodes import get_or_create_coordinator, named_actors, stop_coordinator
-from sharding.region import SystemSpec, get_or_create_region
-from runtime.shard_id import shard_of
+from raysource.journal.api import Journal
+from raysource.journal.errors import ConfigError, NoLiveNodesError
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.actors.refs import EntityRef
+from raysource.runtime.stores import StoreSpec, open_stores
+from raysource.sharding.coordinator import CoordinatorSettings
+from raysource.sharding.ray_nodes import get_or_create_coordinator, named_actors, stop_coordinator
+from raysource.sharding.region import SystemSpec, get_or_create_region
+from raysource.runtime.shard_id import shard_of
 
 __all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
 
@@ -60,7 +60,7 @@ class CoordinatorJournal:
 
 
 class ShardedResolver:
-    """:class:`~runtime.refs.Resolver` through the coordinator: entity -> shard -> home node
+    """:class:`~raysource.runtime.actors.refs.Resolver` through the coordinator: entity -> shard -> home node
     -> that node's region -> the host actor (created on the home node). Caches shard homes,
     regions and handles; ``invalidate`` makes the next resolve ask the coordinator afresh."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import sys
 
-from journal.api import StoredSnapshot
+from raysource.journal.api import StoredSnapshot
 
 __all__ = ["SnapshotStore", "StoredSnapshot"]
 

@@ -7,18 +7,18 @@ import asyncio
 import sys
 from typing import Any
 
-from journal.api import StoredSnapshot
-from journal.cassandra import from_us, to_us
-from journal.config import CassandraConfig
-from journal.schema import create_schema
-from journal.session import RAW_PROFILE, CassandraSession
-from snapshots.api import SnapshotStore
+from raysource.journal.api import StoredSnapshot
+from raysource.journal.cassandra.journal import from_us, to_us
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.schema import create_schema
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.snapshots.api import SnapshotStore
 
 __all__ = ["CassandraSnapshotStore"]
 
 
 class CassandraSnapshotStore(SnapshotStore):
-    """A :class:`~snapshots.api.SnapshotStore` on Cassandra (prepared statements only).
+    """A :class:`~raysource.snapshots.api.SnapshotStore` on Cassandra (prepared statements only).
 
     ``keep_newest`` reads the sequence numbers of one persistence id (bounded by the snapshot
     policy's K plus what accumulated since) and deletes the older rows one by one.

@@ -1,4 +1,4 @@
-"""An in-memory snapshot store with the contract of the Cassandra one (see ``snapshots.api``)."""
+"""An in-memory snapshot store with the contract of the Cassandra one (see ``raysource.snapshots.api``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import asyncio
 import sys
 from collections import Counter
 
-from journal.api import StoredSnapshot
-from journal.errors import JournalUnavailableError
-from snapshots.api import SnapshotStore
+from raysource.journal.api import StoredSnapshot
+from raysource.journal.errors import JournalUnavailableError
+from raysource.snapshots.api import SnapshotStore
 
 __all__ = ["InMemorySnapshotStore"]
 
 
 class InMemorySnapshotStore(SnapshotStore):
-    """A dict-backed :class:`~snapshots.api.SnapshotStore`.
+    """A dict-backed :class:`~raysource.snapshots.api.SnapshotStore`.
 
     ``latency`` seconds are slept at the start of every call; ``fail_next_saves(n, exc)`` makes
     the next ``n`` saves raise (nothing stored); ``save_count`` and ``stats`` count calls.

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from journal.errors import ConfigError, UnknownCommandError
-from journal.serialization import Serialization
-from runtime.aggregate import (
+from raysource.journal.errors import ConfigError, UnknownCommandError
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import (
     AggregateType,
     NoOp,
     Persist,
@@ -76,8 +76,8 @@ def test_effect_builders():
 
 def test_runtime_core_modules_import_neither_ray_nor_cassandra():
     code = (
-        "import sys, runtime.aggregate, runtime.core, runtime.ordering, runtime.testkit, "
-        "runtime.examples.seats; "
+        "import sys, raysource.runtime.aggregate, raysource.runtime.core, "
+        "raysource.runtime.ordering, raysource.testing.testkit, raysource.examples.seats; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'cassandra')]; "
         "assert not bad, bad"
     )

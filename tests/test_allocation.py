@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from journal.errors import ConfigError, NoLiveNodesError
-from sharding.allocation import (
+from raysource.journal.errors import ConfigError, NoLiveNodesError
+from raysource.sharding.allocation import (
     Move,
     ShardId,
     allocate,

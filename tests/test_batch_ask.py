@@ -19,19 +19,19 @@ import cloudpickle
 import pytest
 import ray.cloudpickle as ray_cloudpickle
 
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.errors import (
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import (
     CommandRejected,
     HandlerError,
     HostCrashedError,
     PassivatedError,
     UnknownCommandError,
 )
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType
-from runtime.examples.seats import (
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType
+from raysource.examples.seats import (
     SHOW,
     CancelReservation,
     CreateShow,
@@ -41,10 +41,10 @@ from runtime.examples.seats import (
     SeatReserved,
     seat_label,
 )
-from runtime.host import AggregateHost
-from runtime.refs import EntityRef, LocalResolver
-from runtime.stores import StoreSpec
-from snapshots.memory import InMemorySnapshotStore
+from raysource.runtime.host import AggregateHost
+from raysource.runtime.actors.refs import EntityRef, LocalResolver
+from raysource.runtime.stores import StoreSpec
+from raysource.snapshots.memory import InMemorySnapshotStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from journal.api import StoredEvent
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.local_node import LocalCassandra, port_is_free
+from raysource.journal.api import StoredEvent
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.app.local_node import LocalCassandra, port_is_free
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from journal.errors import (
+from raysource.journal.errors import (
     ShardingError,
     ConfigError,
     CoordinatorFencedError,
@@ -17,9 +17,9 @@ from journal.errors import (
     NoLiveNodesError,
     ShardCountChangedError,
 )
-from journal.memory import InMemoryJournal
-from sharding.allocation import ShardId
-from sharding.coordinator import (
+from raysource.journal.memory import InMemoryJournal
+from raysource.sharding.allocation import ShardId
+from raysource.sharding.coordinator import (
     _SERIALIZATION,
     CoordinatorSettings,
     CoordinatorState,
@@ -29,7 +29,7 @@ from sharding.coordinator import (
     ShardCountRegistered,
     ShardMoved,
 )
-from runtime.shard_id import shard_of
+from raysource.runtime.shard_id import shard_of
 from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 NODES = ["n1", "n2", "n3", "n4"]

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from journal.api import StoredSnapshot
-from journal.errors import (
+from raysource.journal.api import StoredSnapshot
+from raysource.journal.errors import (
     AggregateStoppedError,
     CommandRejected,
     ConcurrentWriteError,
@@ -19,11 +19,11 @@ from journal.errors import (
     UnknownCommandError,
     UnserializableError,
 )
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType, SnapshotPolicy, none, persist, reject, reply
-from runtime.core import EntityCore
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, none, persist, reject, reply
+from raysource.runtime.core import EntityCore
+from raysource.snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
 
 # --------------------------------------------------------------------------- a test aggregate

@@ -7,15 +7,15 @@ import sys
 
 import pytest
 
-from journal.errors import (
+from raysource.journal.errors import (
     AggregateStoppedError,
     CommandRejected,
     ConcurrentWriteError,
     PassivatedError,
 )
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from runtime.examples.seats import (
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.examples.seats import (
     SHOW,
     CancelReservation,
     GetShow,
@@ -24,8 +24,8 @@ from runtime.examples.seats import (
     SeatReserved,
     seat_label,
 )
-from runtime.host import AggregateHost, ids_matching
-from snapshots.memory import InMemorySnapshotStore
+from raysource.runtime.host import AggregateHost, ids_matching
+from raysource.snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
 
 
@@ -233,7 +233,7 @@ async def test_held_back_commands_are_refused_at_once_when_a_dedicated_entity_re
 
 
 def make_ledger_host(journal=None, **kw) -> AggregateHost:
-    from runtime.examples.ledger import LEDGER
+    from raysource.examples.ledger import LEDGER
 
     ser = Serialization()
     LEDGER.register_types(ser)
@@ -245,7 +245,7 @@ def make_ledger_host(journal=None, **kw) -> AggregateHost:
 async def test_many_callers_shuffled_keep_each_callers_order():
     import random
 
-    from runtime.examples.ledger import Append, GetBalance
+    from raysource.examples.ledger import Append, GetBalance
 
     host = make_ledger_host(InMemoryJournal(latency=0.002))
     calls = [(c, i) for c in range(5) for i in range(40)]
@@ -263,8 +263,8 @@ async def test_many_callers_shuffled_keep_each_callers_order():
 
 
 async def test_ordered_duplicates_are_refused_and_gaps_are_skipped_after_the_timeout():
-    from journal.errors import CommandError
-    from runtime.examples.ledger import Append
+    from raysource.journal.errors import CommandError
+    from raysource.examples.ledger import Append
 
     host = make_ledger_host(order_gap_timeout_s=0.05)
     assert await host.ask_ordered("l", "c", 0, Append("a")) == 1

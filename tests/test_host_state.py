@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from journal.errors import ConfigError, PassivatedError
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from runtime.examples.seats import SHOW, ReserveSeat, ShowState
-from runtime.host import AggregateHost
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.errors import ConfigError, PassivatedError
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.examples.seats import SHOW, ReserveSeat, ShowState
+from raysource.runtime.host import AggregateHost
+from raysource.snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
 
 

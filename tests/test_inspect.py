@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.errors import (
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import (
     ConfigError,
     InvalidRangeError,
     UnknownAggregateTypeError,
     UnknownEntityError,
 )
-from journal.local_node import free_port
-from runtime.aggregate import SnapshotPolicy
-from runtime.examples.seats import (
+from raysource.app.local_node import free_port
+from raysource.runtime.aggregate import SnapshotPolicy
+from raysource.examples.seats import (
     SHOW,
     CancelReservation,
     CreateShow,
@@ -33,9 +33,9 @@ from runtime.examples.seats import (
     ShowCreated,
     ShowState,
 )
-from runtime.inspect import diff_states, event_log, load_app, replay_states, resolve_type
-from runtime.testkit import AggregateTestKit
-from snapshots.cassandra import CassandraSnapshotStore
+from raysource.app.inspect import diff_states, event_log, load_app, replay_states, resolve_type
+from raysource.testing.testkit import AggregateTestKit
+from raysource.snapshots.cassandra import CassandraSnapshotStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,13 +122,13 @@ def test_resolve_type_and_load_app(tmp_path, monkeypatch):
         resolve_type("shows", [SHOW])
     assert load_app() == (SHOW,)
     (tmp_path / "my_shop_app.py").write_text(
-        "from runtime.examples.seats import SHOW\nTYPES = [SHOW]\nclass ns:\n    one = SHOW\n")
+        "from raysource.examples.seats import SHOW\nTYPES = [SHOW]\nclass ns:\n    one = SHOW\n")
     monkeypatch.setattr(sys, "path", list(sys.path))  # undo load_app's insert afterwards
     monkeypatch.chdir(tmp_path)  # the application module is found from the working directory
     assert load_app("my_shop_app:TYPES") == (SHOW,)
     assert load_app("my_shop_app:ns.one") == (SHOW,)
-    for bad in ("nocolon", "no_such_module_xyz:A", "runtime.examples.seats:NOPE",
-                "runtime.examples.seats:DEFAULT_SEATS", "my_shop_app:ns"):
+    for bad in ("nocolon", "no_such_module_xyz:A", "raysource.examples.seats:NOPE",
+                "raysource.examples.seats:DEFAULT_SEATS", "my_shop_app:ns"):
         with pytest.raises(ConfigError):
             load_app(bad)
 
@@ -250,7 +250,7 @@ def cli(written, *args: str, keyspace: str | None = None, contact: str | None = 
     contact = contact or f"{config.contact_points[0]}:{config.port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "sharding.cli", *args, "--cassandra", contact,
+        [sys.executable, "-m", "raysource.app.cli", *args, "--cassandra", contact,
          "--keyspace", keyspace or config.keyspace],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )

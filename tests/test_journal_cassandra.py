@@ -9,13 +9,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from journal.api import StoredEvent
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.errors import ConfigError, JournalError, JournalUnavailableError
-from journal.memory import InMemoryJournal
-from journal.schema import create_schema, schema_cql
-from journal.session import CassandraSession
+from raysource.journal.api import StoredEvent
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.cassandra.schema import create_schema, schema_cql
+from raysource.journal.cassandra.session import CassandraSession
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from journal.api import StoredEvent, StoredSnapshot
-from journal.errors import CorruptPayloadError, JournalUnavailableError, UnknownManifestError
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.api import StoredEvent, StoredSnapshot
+from raysource.journal.errors import CorruptPayloadError, JournalUnavailableError, UnknownManifestError
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.snapshots.memory import InMemorySnapshotStore
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -1,5 +1,12 @@
-"""Imports go one way: sharding -> runtime -> snapshots -> journal (read statically, so a lazy
-import inside a function counts too). journal/ and snapshots/ know nothing of Ray."""
+"""The rooms and the one-way import rule, read statically (a lazy import inside a function
+counts too).
+
+    app  ->  examples  ->  testing  ->  sharding | readside  ->  runtime  ->  snapshots  ->  journal
+
+``sharding`` and ``readside`` are peers (neither imports the other). The storage layers and the
+entity engine know nothing of Ray (only ``runtime/actors`` is Ray glue), and nothing below the
+read side and the application talks to cassandra-driver except the store (``journal/cassandra``).
+"""
 
 from __future__ import annotations
 
@@ -9,33 +16,69 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RANK = {"journal": 0, "snapshots": 1, "runtime": 2, "sharding": 3}
-RAY_FREE = {"journal", "snapshots"}
+RANK = {"journal": 0, "snapshots": 1, "runtime": 2, "readside": 3, "sharding": 3,
+        "testing": 4, "examples": 5, "app": 6}
+RAY_FREE = ("journal", "snapshots", "runtime", "testing")
+RAY_GLUE = ("runtime/actors",)
+DRIVER_ALLOWED = ("journal/cassandra", "readside", "app")
 
 
 def _imports(path: Path) -> set[str]:
+    """Top-level names imported, with ``raysource.X`` reported as ``X``."""
     tree = ast.parse(path.read_text(), str(path))
     out: set[str] = set()
     for node in ast.walk(tree):
+        names: list[str] = []
         if isinstance(node, ast.Import):
-            out.update(alias.name.split(".")[0] for alias in node.names)
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module.split(".")[0])
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            out.add(parts[1] if parts[0] == "raysource" and len(parts) > 1 else parts[0])
     return out
 
 
-@pytest.mark.parametrize("package", sorted(RANK))
-def test_imports_only_go_down(package: str) -> None:
+def _files(room: str) -> list[Path]:
+    return sorted((ROOT / room).rglob("*.py"))
+
+
+@pytest.mark.parametrize("room", sorted(RANK))
+def test_imports_only_go_down(room: str) -> None:
     bad = []
-    for path in sorted((ROOT / package).rglob("*.py")):
+    for path in _files(room):
+        rel = path.relative_to(ROOT).as_posix()
         for top in _imports(path):
-            if top in RANK and RANK[top] > RANK[package]:
-                bad.append(f"{path.relative_to(ROOT)} imports {top}")
-            if package in RAY_FREE and top == "ray":
-                bad.append(f"{path.relative_to(ROOT)} imports ray")
+            if top in RANK and top != room and RANK[top] >= RANK[room]:
+                bad.append(f"{rel} imports raysource.{top}")
+            if room in RAY_FREE and top == "ray" and not rel.startswith(RAY_GLUE):
+                bad.append(f"{rel} imports ray")
+            if top == "cassandra" and not rel.startswith(DRIVER_ALLOWED):
+                bad.append(f"{rel} imports cassandra-driver")
     assert not bad, bad
+
+
+def test_no_generic_top_level_name_is_installed() -> None:
+    """pyproject maps every room under the one import root."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p == "raysource" or p.startswith("raysource.") for p in setup["packages"])
+    assert set(setup["package-dir"]) == set(setup["packages"])
+    for room in RANK:
+        assert f"raysource.{room}" in setup["packages"], room
 
 
 def test_domain_api_is_plain_python() -> None:
     imports = _imports(ROOT / "runtime" / "aggregate.py")
     assert not imports & {"ray", "cassandra", "cloudpickle"}, imports
+
+
+def test_import_raysource_is_ray_free() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, raysource; raysource.AggregateType; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd="/")
+    assert out.stdout.strip() == "False"

@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 
-from journal.errors import ConfigError
-from sharding.cli import build_parser, main
-from sharding.load_client import ClientResult
-from sharding.load_report import aggregate
-from sharding.loadtest import LoadTestParams, run_loadtest
-from sharding.workloads import make_workload, zipf_cum_weights
+from raysource.journal.errors import ConfigError
+from raysource.app.cli import build_parser, main
+from raysource.app.load_client import ClientResult
+from raysource.app.load_report import aggregate
+from raysource.app.loadtest import LoadTestParams, run_loadtest
+from raysource.app.workloads import make_workload, zipf_cum_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from journal.errors import CassandraNodeError, ConfigError
-from journal.local_node import (
+from raysource.journal.errors import CassandraNodeError, ConfigError
+from raysource.app.local_node import (
     LocalCassandra,
     cql_answers,
     free_port,
@@ -127,7 +127,7 @@ def test_cli_status_reports_the_session_node(cassandra_source) -> None:
     if cassandra_source.kind not in ("local-running", "local-started"):
         pytest.fail("this test needs the local node")  # CI always uses the local node
     out = subprocess.run(
-        [sys.executable, "-m", "sharding.cli", "cassandra", "status"],
+        [sys.executable, "-m", "raysource.app.cli", "cassandra", "status"],
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 0, out.stderr

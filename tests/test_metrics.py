@@ -8,15 +8,15 @@ import logging
 
 import pytest
 
-from journal.errors import CommandRejected, PersistFailedError
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from runtime.core import EntityCore
-from runtime.examples.seats import SHOW, GetShow, ReserveSeat, seat_label
-from runtime.host import AggregateHost
-from runtime.logs import JsonFormatter, configure_json_logging
-from runtime.metrics import METRICS, Metrics, error_kind
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.errors import CommandRejected, PersistFailedError
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.core import EntityCore
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat, seat_label
+from raysource.runtime.host import AggregateHost
+from raysource.runtime.logs import JsonFormatter, configure_json_logging
+from raysource.runtime.metrics import METRICS, Metrics, error_kind
+from raysource.snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
 
 CMD = "raysource_commands_total"
@@ -73,7 +73,7 @@ def test_recorder_counts_sums_and_rejects_undeclared_labels():
 
 
 def test_error_kinds():
-    from journal.errors import ConcurrentWriteError, JournalUnavailableError, UnserializableError
+    from raysource.journal.errors import ConcurrentWriteError, JournalUnavailableError, UnserializableError
 
     assert error_kind(ConcurrentWriteError("show|s", 2)) == "fenced"
     assert error_kind(JournalUnavailableError("x")) == "unavailable"
@@ -158,7 +158,7 @@ async def test_snapshot_failure_is_a_journal_error_not_a_failed_command():
     m = Metrics()
     import dataclasses
 
-    from runtime.aggregate import SnapshotPolicy
+    from raysource.runtime.aggregate import SnapshotPolicy
 
     agg = dataclasses.replace(SHOW, snapshot=SnapshotPolicy(every_n_events=1))
     core = EntityCore(agg, "s", journal, snaps, _ser(), writer_id="w", metrics=m)
@@ -173,13 +173,13 @@ async def test_snapshot_failure_is_a_journal_error_not_a_failed_command():
 
 
 def test_json_formatter_carries_persistence_id_and_sequence_nr():
-    record = logging.LogRecord("runtime.core", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("raysource.runtime.core", logging.WARNING, __file__, 1,
                                "%s: write failed", ("show|s",), None)
     record.persistence_id, record.sequence_nr, record.writer_id = "show|s", 7, "w1"
     out = json.loads(JsonFormatter().format(record))
     assert out["message"] == "show|s: write failed"
     assert (out["persistence_id"], out["sequence_nr"], out["writer_id"]) == ("show|s", 7, "w1")
-    assert out["level"] == "WARNING" and out["logger"] == "runtime.core" and "ts" in out
+    assert out["level"] == "WARNING" and out["logger"] == "raysource.runtime.core" and "ts" in out
 
 
 class _Capture(logging.Handler):

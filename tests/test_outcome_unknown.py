@@ -8,13 +8,13 @@ import asyncio
 
 import pytest
 
-from journal.errors import JournalOutcomeUnknownError, PersistFailedError, \
+from raysource.journal.errors import JournalOutcomeUnknownError, PersistFailedError, \
     WriteOutcomeUnknownError
-from journal.memory import InMemoryJournal
-from runtime.core import EntityCore
-from runtime.examples.seats import SHOW, GetShow, ReserveSeat
-from runtime.stores import StoreSpec, serialization_for
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.memory import InMemoryJournal
+from raysource.runtime.core import EntityCore
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat
+from raysource.runtime.stores import StoreSpec, serialization_for
+from raysource.snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
 
 

@@ -25,17 +25,17 @@ import pytest
 import ray
 import ray.cloudpickle as ray_cloudpickle
 
-from journal.api import TagOffset
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.session import RAW_PROFILE, CassandraSession
-from runtime.aggregate import AggregateType
-from runtime.examples.reservations_view import VIEW_TABLE, reservations_of, \
+from raysource.journal.api import TagOffset
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.runtime.aggregate import AggregateType
+from raysource.examples.reservations_view import VIEW_TABLE, reservations_of, \
     reservations_projection
-from runtime.examples.seats import SHOW, CancelReservation, ReserveSeat, SeatReserved, \
+from raysource.examples.seats import SHOW, CancelReservation, ReserveSeat, SeatReserved, \
     seat_label
-from runtime.projection_actor import Projections
-from runtime.projections import (
+from raysource.readside.projection_actor import Projections
+from raysource.readside.projections import (
     EventStreams,
     OffsetStore,
     ProjectionHandler,
@@ -46,8 +46,8 @@ from runtime.projections import (
     slice_of,
     worker_key,
 )
-from runtime.testkit import AggregateTestKit
-from snapshots.memory import InMemorySnapshotStore
+from raysource.testing.testkit import AggregateTestKit
+from raysource.snapshots.memory import InMemorySnapshotStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -479,7 +479,7 @@ def test_offset_strings_round_trip():
 
 
 def test_cli_projection_and_view(config, control, capsys):
-    from sharding.cli import main
+    from raysource.app.cli import main
 
     show = f"cli-{uuid.uuid4().hex[:6]}"
 
@@ -542,14 +542,14 @@ class _FlakyTagReads:
     async def events_by_tag(self, tag, after=None, *, limit=None):
         if self.failures > 0:
             self.failures -= 1
-            from journal.errors import JournalUnavailableError
+            from raysource.journal.errors import JournalUnavailableError
             raise JournalUnavailableError("injected: Cassandra unavailable")
         async for te in self.journal.events_by_tag(tag, after, limit=limit):
             yield te
 
 
 async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, session, config):
-    from runtime.projections import ProjectionWorker
+    from raysource.readside.projections import ProjectionWorker
 
     tag = f"ou{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
@@ -583,8 +583,8 @@ async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, se
 
 
 async def test_worker_status_records_the_lag_gauges(journal, session, config):
-    from runtime.metrics import Metrics
-    from runtime.projections import ProjectionWorker
+    from raysource.runtime.metrics import Metrics
+    from raysource.readside.projections import ProjectionWorker
 
     tag = f"lg{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)

@@ -18,10 +18,10 @@ import cloudpickle
 import pytest
 import ray.cloudpickle as ray_cloudpickle
 
-from journal.api import StoredSnapshot
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.errors import (
+from raysource.journal.api import StoredSnapshot
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import (
     AggregateStoppedError,
     CommandRejected,
     HandlerError,
@@ -31,10 +31,10 @@ from journal.errors import (
     UnknownCommandError,
     UnserializableError,
 )
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType, SnapshotPolicy, persist
-from runtime.examples import seats
-from runtime.examples.seats import (
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist
+from raysource.examples import seats
+from raysource.examples.seats import (
     SHOW,
     CancelReservation,
     CreateShow,
@@ -44,10 +44,10 @@ from runtime.examples.seats import (
     SeatReserved,
     seat_label,
 )
-from runtime.ray_host import HostActor, actor_options
-from runtime.refs import EntityRef, LocalResolver
-from runtime.stores import StoreSpec
-from snapshots.cassandra import CassandraSnapshotStore
+from raysource.runtime.actors.host_actor import HostActor, actor_options
+from raysource.runtime.actors.refs import EntityRef, LocalResolver
+from raysource.runtime.stores import StoreSpec
+from raysource.snapshots.cassandra import CassandraSnapshotStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from journal.errors import CommandRejected, UnknownCommandError
-from journal.memory import InMemoryJournal
-from journal.serialization import Serialization
-from runtime.core import EntityCore
-from runtime.examples.seats import (
+from raysource.journal.errors import CommandRejected, UnknownCommandError
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.core import EntityCore
+from raysource.examples.seats import (
     SHOW,
     CancelReservation,
     CreateShow,
@@ -24,8 +24,8 @@ from runtime.examples.seats import (
     seat_index,
     seat_label,
 )
-from runtime.testkit import AggregateTestKit
-from snapshots.memory import InMemorySnapshotStore
+from raysource.testing.testkit import AggregateTestKit
+from raysource.snapshots.memory import InMemorySnapshotStore
 from unit_guard import no_ray  # noqa: F401
 
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from journal.errors import (
+from raysource.journal.errors import (
     ConfigError,
     CorruptPayloadError,
     MissingUpcasterError,
@@ -19,7 +19,7 @@ from journal.errors import (
     UnknownManifestError,
     UnserializableError,
 )
-from journal.serialization import (
+from raysource.journal.serialization import (
     JSON_SERIALIZER_ID,
     PICKLE_SERIALIZER_ID,
     PRIMITIVE_MANIFEST,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from journal.errors import ConfigError
-from runtime.shard_id import shard_of
+from raysource.journal.errors import ConfigError
+from raysource.runtime.shard_id import shard_of
 from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 
@@ -42,7 +42,7 @@ def test_matches_definition_and_range(entity_id: str, n: int) -> None:
 def test_same_in_another_process_with_another_hash_seed() -> None:
     ids = [f"entity-{i}" for i in range(50)]
     code = (
-        "import sys; from runtime.shard_id import shard_of; "
+        "import sys; from raysource.runtime.shard_id import shard_of; "
         f"print([shard_of(i, 97) for i in {ids!r}])"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -21,16 +21,16 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.errors import CommandError, HostCrashedError
-from runtime.examples.ledger import LEDGER, Append, GetBalance
-from runtime.examples.seats import SHOW, ReserveSeat
-from runtime.stores import StoreSpec
-from sharding.coordinator import CoordinatorSettings
-from sharding.ray_nodes import FAST_HEALTH_CHECKS, coordinator_name, live_nodes
-from runtime.shard_id import shard_of
-from sharding.system import System
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import CommandError, HostCrashedError
+from raysource.examples.ledger import LEDGER, Append, GetBalance
+from raysource.examples.seats import SHOW, ReserveSeat
+from raysource.runtime.stores import StoreSpec
+from raysource.sharding.coordinator import CoordinatorSettings
+from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS, coordinator_name, live_nodes
+from raysource.runtime.shard_id import shard_of
+from raysource.sharding.system import System
 
 # functions below run in Ray workers, which cannot import this test module by name
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -76,7 +76,7 @@ def journal_ops(config: CassandraConfig, type_pid_prefix: str, ids: list[str]) -
 
     async def read() -> dict:
         journal = await CassandraJournal.connect(config)
-        from journal.serialization import Serialization
+        from raysource.journal.serialization import Serialization
 
         ser = Serialization()
         LEDGER.register_types(ser)
@@ -189,9 +189,9 @@ def test_entities_spread_over_nodes_one_activation_each(cluster) -> None:
 def _first_command_from_another_driver(store: StoreSpec, ns: str, entity_id: str,
                                       op: str) -> int:
     # a separate process joining the same system, as another driver would
-    from runtime.examples.ledger import LEDGER, Append
-    from runtime.examples.seats import SHOW
-    from sharding.system import System
+    from raysource.examples.ledger import LEDGER, Append
+    from raysource.examples.seats import SHOW
+    from raysource.sharding.system import System
 
     system = System.start("shardsys", store=store, types=[LEDGER, SHOW], namespace=ns)
     return system.entity(LEDGER, entity_id).ask(Append(op), timeout=60)
@@ -299,7 +299,7 @@ def test_seat_reservation_through_system_and_raw_handle(cluster) -> None:
     ref = show.actor.ask.remote(ReserveSeat("A1", "bob"))
     with pytest.raises(Exception) as info:
         ray.get(ref)
-    from journal.errors import CommandRejected
+    from raysource.journal.errors import CommandRejected
 
     assert isinstance(info.value, CommandRejected)
     assert "already reserved" in str(info.value)

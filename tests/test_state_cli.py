@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from journal.config import CassandraConfig
-from runtime.examples.seats import SHOW, CancelReservation, GetShow, ReserveSeat, ShowState
-from runtime.stores import StoreSpec
-from sharding.ray_nodes import coordinator_name
-from sharding.system import System
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.examples.seats import SHOW, CancelReservation, GetShow, ReserveSeat, ShowState
+from raysource.runtime.stores import StoreSpec
+from raysource.sharding.ray_nodes import coordinator_name
+from raysource.sharding.system import System
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -41,7 +41,7 @@ def _cli(ray_local, cassandra_contact, keyspace: str, *args: str) -> subprocess.
     # same environment: Ray 2.60 local clusters use token auth, and the token file it wrote
     # is found again through the same HOME / RAY_* variables
     return subprocess.run(
-        [sys.executable, "-m", "sharding.cli", "state", *args,
+        [sys.executable, "-m", "raysource.app.cli", "state", *args,
          "--address", ctx.gcs_address, "--namespace", ctx.namespace,
          "--cassandra", f"{host}:{port}", "--keyspace", keyspace],
         capture_output=True, text=True, timeout=60, cwd=ROOT, env=dict(os.environ),
@@ -80,8 +80,8 @@ def ray_info(ref) -> dict:
 def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassandra_keyspace):
     """A retired dedicated actor refuses ``state`` like any call (PassivatedError); the ref
     re-sends it to a fresh activation, which recovers the state."""
-    from journal.errors import PassivatedError
-    from runtime.refs import EntityRef, LocalResolver
+    from raysource.journal.errors import PassivatedError
+    from raysource.runtime.actors.refs import EntityRef, LocalResolver
 
     host, port = cassandra_contact
     config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
@@ -138,7 +138,7 @@ def test_cli_state_errors(system, ray_local, cassandra_contact, cassandra_keyspa
 
     host, port = cassandra_contact
     done = subprocess.run(
-        [sys.executable, "-m", "sharding.cli", "state", "show", "x", "--system", system.name,
+        [sys.executable, "-m", "raysource.app.cli", "state", "show", "x", "--system", system.name,
          "--address", "127.0.0.1:1", "--cassandra", f"{host}:{port}"],
         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2

@@ -9,10 +9,10 @@ import uuid
 import pytest
 import ray
 
-from journal.config import CassandraConfig
-from runtime.examples.ledger import LEDGER, Append, GetBalance
-from runtime.stores import StoreSpec
-from sharding.system import System
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.examples.ledger import LEDGER, Append, GetBalance
+from raysource.runtime.stores import StoreSpec
+from raysource.sharding.system import System
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.timeout(120)]
 

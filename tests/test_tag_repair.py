@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.errors import JournalUnavailableError
-from runtime.core import EntityCore
-from runtime.examples.seats import SHOW, GetShow, ReserveSeat
-from runtime.stores import serialization_for, StoreSpec
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import JournalUnavailableError
+from raysource.runtime.core import EntityCore
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat
+from raysource.runtime.stores import serialization_for, StoreSpec
+from raysource.snapshots.memory import InMemorySnapshotStore
 
 pytestmark = pytest.mark.cassandra
 

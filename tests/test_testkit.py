@@ -6,11 +6,11 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from journal.errors import CommandRejected, UnserializableError
-from journal.memory import InMemoryJournal
-from runtime.aggregate import AggregateType, SnapshotPolicy, persist, reply
-from runtime.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
-from runtime.testkit import AggregateTestKit
+from raysource.journal.errors import CommandRejected, UnserializableError
+from raysource.journal.memory import InMemoryJournal
+from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist, reply
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
+from raysource.testing.testkit import AggregateTestKit
 from unit_guard import no_ray  # noqa: F401
 
 

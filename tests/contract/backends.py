@@ -7,14 +7,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from journal.api import Journal
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.memory import InMemoryJournal
-from journal.session import CassandraSession
-from snapshots.api import SnapshotStore
-from snapshots.cassandra import CassandraSnapshotStore
-from snapshots.memory import InMemorySnapshotStore
+from raysource.journal.api import Journal
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.cassandra.session import CassandraSession
+from raysource.snapshots.api import SnapshotStore
+from raysource.snapshots.cassandra import CassandraSnapshotStore
+from raysource.snapshots.memory import InMemorySnapshotStore
 
 # The Cassandra tag query only returns rows older than this (see journal.cassandra); kept
 # small so the contract tests do not wait long.

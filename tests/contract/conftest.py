@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from backends import TAG_DELAY, Backend
 
-from journal.config import CassandraConfig
-from journal.schema import create_schema
-from journal.session import CassandraSession
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.schema import create_schema
+from raysource.journal.cassandra.session import CassandraSession
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from journal.api import Journal, StoredEvent, TagOffset
-from journal.errors import ConcurrentWriteError, InvalidAppendError
+from raysource.journal.api import Journal, StoredEvent, TagOffset
+from raysource.journal.errors import ConcurrentWriteError, InvalidAppendError
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=timezone.utc)
 

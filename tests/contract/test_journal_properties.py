@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import pytest
 from backends import Backend
 
-from journal.api import StoredEvent
-from journal.errors import ConcurrentWriteError, InvalidAppendError
+from raysource.journal.api import StoredEvent
+from raysource.journal.errors import ConcurrentWriteError, InvalidAppendError
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

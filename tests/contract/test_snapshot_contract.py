@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from journal.api import StoredSnapshot
+from raysource.journal.api import StoredSnapshot
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 654321, tzinfo=timezone.utc)
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
-from journal.config import validate_identifier
-from journal.session import RAW_PROFILE, CassandraSession
-from runtime.projections import EventEnvelope
+from raysource.journal.cassandra.config import validate_identifier
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.readside.projections import EventEnvelope
 
 __all__ = ["EffectivelyOnceView", "Mutation"]
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from journal.errors import ConfigError
+from raysource.journal.errors import ConfigError
 
 __all__ = ["CassandraConfig", "validate_identifier", "CONSISTENCY_NAMES"]
 
@@ -44,7 +44,7 @@ class CassandraConfig:
       atomic group may not contain more events than this.
     * ``fencing``: the single-writer guard (conditional batches), default on.
     * ``eventual_consistency_delay``: seconds the tag query stays behind "now" (see
-      ``journal.cassandra``); ``tag_write_budget`` must be smaller (default: half of it).
+      ``raysource.journal.cassandra.journal``); ``tag_write_budget`` must be smaller (default: half of it).
     * ``max_payload_bytes``: the serializer's limit (passed on by the runtime).
     """
 

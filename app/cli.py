@@ -21,8 +21,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from journal.errors import ConfigError, RaysourceError
-from journal.local_node import LocalCassandra
+from raysource.journal.errors import ConfigError, RaysourceError
+from raysource.app.local_node import LocalCassandra
 
 
 def _cassandra(args: argparse.Namespace) -> int:
@@ -42,8 +42,8 @@ def _cassandra(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from journal.config import CassandraConfig
-    from journal.schema import schema_cql
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.journal.cassandra.schema import schema_cql
 
     if args.dc:
         dcs: dict[str, int] = {}
@@ -63,14 +63,14 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from sharding.demo import run_demo  # heavy imports (Ray) only for this command
+    from raysource.app.demo import run_demo  # heavy imports (Ray) only for this command
 
     return run_demo(seconds=args.seconds, contact=args.cassandra,
                     keep=args.keep_running).exit_code
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from sharding.loadtest import LoadTestParams, run_standalone
+    from raysource.app.loadtest import LoadTestParams, run_standalone
 
     params = LoadTestParams(
         workload=args.workload, entities=args.entities, clients=args.clients,
@@ -104,8 +104,8 @@ def _inspect(args: argparse.Namespace) -> int:
     """``events`` and ``replay``: read-only views of one aggregate's journal."""
     import asyncio
 
-    from journal.config import CassandraConfig
-    from runtime import inspect as ins
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.app import inspect as ins
 
     agg = ins.resolve_type(args.type, ins.load_app(args.app))
     agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
@@ -175,11 +175,11 @@ def _state(args: argparse.Namespace) -> int:
 
     import ray
 
-    from journal.config import CassandraConfig
-    from runtime import inspect as ins
-    from runtime.stores import StoreSpec
-    from sharding.ray_nodes import get_coordinator
-    from sharding.system import System
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.app import inspect as ins
+    from raysource.runtime.stores import StoreSpec
+    from raysource.sharding.ray_nodes import get_coordinator
+    from raysource.sharding.system import System
 
     agg = ins.resolve_type(args.type, ins.load_app(args.app))
     agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
@@ -215,7 +215,7 @@ def _state(args: argparse.Namespace) -> int:
 def _load_spec(ref: str):
     import importlib
 
-    from runtime.projections import ProjectionSpec
+    from raysource.readside.projections import ProjectionSpec
 
     module, _, attr = ref.partition(":")
     try:
@@ -232,9 +232,9 @@ def _projection(args: argparse.Namespace) -> int:
     """``projection``: control read-side projections on a running Ray cluster."""
     import asyncio
 
-    from journal.config import CassandraConfig
-    from runtime.projection_actor import Projections, connect_ray
-    from runtime.projections import offset_from_str
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.readside.projection_actor import Projections, connect_ray
+    from raysource.readside.projections import offset_from_str
 
     spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
     name = args.name or spec.name
@@ -266,9 +266,9 @@ def _view(args: argparse.Namespace) -> int:
     """``view reservations CUSTOMER``: query the example read-side view."""
     import asyncio
 
-    from journal.config import CassandraConfig
-    from journal.session import CassandraSession
-    from runtime.examples.reservations_view import reservations_of
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.journal.cassandra.session import CassandraSession
+    from raysource.examples.reservations_view import reservations_of
 
     config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
                                           connect_timeout=5.0)
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--cassandra", default=None,
                         help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
     common.add_argument("--keyspace", default="raysource")
-    common.add_argument("--app", default="runtime.examples.seats:SHOW",
+    common.add_argument("--app", default="raysource.examples.seats:SHOW",
                         help="module:ATTR naming the application's AggregateType(s)")
     events = sub.add_parser("events", parents=[common],
                             help="print an aggregate's decoded event log (read-only)")
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "projection on a running Ray cluster")
     proj.add_argument("action", choices=["start", "stop", "pause", "resume", "reset", "status"])
     proj.add_argument("name", nargs="?", default=None, help="projection name (default: --spec's)")
-    proj.add_argument("--spec", default="runtime.examples.reservations_view:RESERVATIONS",
+    proj.add_argument("--spec", default="raysource.examples.reservations_view:RESERVATIONS",
                       help="module:ATTR of a ProjectionSpec (or a function returning one)")
     proj.add_argument("--to", default="start", help="reset target: 'start' or TS_US:SEQ:PID")
     proj.add_argument("--cassandra", default=None,

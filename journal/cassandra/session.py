@@ -49,8 +49,8 @@ from cassandra.query import (
     tuple_factory,
 )
 
-from journal.config import CassandraConfig
-from journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
 
 __all__ = ["CassandraSession", "RAW_PROFILE", "wrap_driver_error", "consistency"]
 
@@ -160,7 +160,7 @@ class CassandraSession:
         return self
 
     async def set_keyspace(self, keyspace: str) -> None:
-        from journal.config import validate_identifier
+        from raysource.journal.cassandra.config import validate_identifier
 
         await self.execute(f"USE {validate_identifier(keyspace, 'keyspace')}", prepare=False)
         self._prepared.clear()

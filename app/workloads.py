@@ -11,7 +11,7 @@ stream, own customers), so clients never share mutable state.
 * ``ledger``: ``Append`` with a unique op id per command (never rejected).
 
 Every command carries a *kind* (``reserve``/``cancel``/``query``/``append``) that the engine
-counts per entity on acceptance; :mod:`sharding.consistency` turns those tallies into the
+counts per entity on acceptance; :mod:`raysource.app.consistency` turns those tallies into the
 expected live state.
 """
 
@@ -23,10 +23,10 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from journal.errors import ConfigError
-from runtime.aggregate import NO_SNAPSHOTS, AggregateType, SnapshotPolicy
-from runtime.examples.ledger import LEDGER, Append, GetBalance
-from runtime.examples.seats import (
+from raysource.journal.errors import ConfigError
+from raysource.runtime.aggregate import NO_SNAPSHOTS, AggregateType, SnapshotPolicy
+from raysource.examples.ledger import LEDGER, Append, GetBalance
+from raysource.examples.seats import (
     DEFAULT_SEATS,
     SHOW,
     CancelReservation,

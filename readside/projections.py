@@ -1,17 +1,17 @@
 """The read side (CQRS): event streams, tag slices, and the projection worker.
 
-No Ray here (the Ray actor and the control API are in ``runtime.projection_actor``).
+No Ray here (the Ray actor and the control API are in ``raysource.readside.projection_actor``).
 
 Event streams (:class:`EventStreams`)
 -------------------------------------
 * ``current_events_by_tag(tag, after)`` — what is visible now, then completes;
 * ``events_by_tag(tag, after)`` — live: re-runs the current query from the last offset every
   ``poll_interval`` seconds, so a new event shows up within ``eventual_consistency_delay +
-  poll_interval`` (the journal's tag-visibility delay, see ``journal.cassandra``);
+  poll_interval`` (the raysource.journal's tag-visibility delay, see ``raysource.journal.cassandra.journal``);
 * ``events_by_persistence_id(pid, from_sequence_nr)`` — one aggregate's events in order.
 
 Every element is an :class:`EventEnvelope` (decoded event, persistence id, sequence number,
-offset, timestamp). Offsets are :class:`~journal.api.TagOffset` values: totally ordered per tag,
+offset, timestamp). Offsets are :class:`~raysource.journal.api.TagOffset` values: totally ordered per tag,
 and serializable with :func:`offset_to_str` / :func:`offset_from_str`. The journal delivers at
 least once (a slow tag write is re-written with a later offset); streams drop a delivery whose
 sequence number is not above the last one seen for its persistence id (per-id order is the
@@ -40,7 +40,7 @@ Delivery is at-least-once: the offset (table ``projection_offsets``, created on 
 after the handled events, every ``commit_every`` events or ``commit_interval`` seconds and when
 the stream is drained; after a crash the worker resumes strictly after the stored offset, so up
 to ``commit_every`` events are delivered again (make the handler idempotent, e.g. with
-``runtime.views.EffectivelyOnceView``).
+``raysource.readside.views.EffectivelyOnceView``).
 
 A handler error is retried ``retry_attempts`` times in total with exponential backoff; then the
 worker *parks*: it stores the offset just before the failed event, records the error (visible in
@@ -63,13 +63,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from journal.api import Journal, TaggedEvent, TagOffset
-from journal.config import CassandraConfig, validate_identifier
-from journal.errors import ConfigError, JournalError
-from journal.serialization import Serialization
-from journal.session import RAW_PROFILE, CassandraSession
-from runtime.aggregate import AggregateType
-from runtime.metrics import Metrics
+from raysource.journal.api import Journal, TaggedEvent, TagOffset
+from raysource.journal.cassandra.config import CassandraConfig, validate_identifier
+from raysource.journal.errors import ConfigError, JournalError
+from raysource.journal.serialization import Serialization
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.metrics import Metrics
 
 __all__ = [
     "EventEnvelope",

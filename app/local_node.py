@@ -1,7 +1,7 @@
 """A real, local Apache Cassandra node for development, tests and the demo — no Docker needed.
 
 The node is built from Maven Central's ``cassandra-all`` jars (resolved once with the small pom in
-``deploy/cassandra/pom.xml`` into a cache outside the repo) and started as a plain
+``cassandra-pom.xml`` (package data beside this module) into a cache outside the repo) and started as a plain
 ``CassandraDaemon`` JVM with the JDK 17 flags and fast-start settings of a throwaway node.
 
     node = LocalCassandra()          # state under $RAYSOURCE_HOME (default ~/.cache/raysource)
@@ -13,7 +13,7 @@ The node is built from Maven Central's ``cassandra-all`` jars (resolved once wit
 contact point (``RAYSOURCE_CASSANDRA=host:port``), a running local node, Docker via
 testcontainers when a Docker engine answers, else it starts the local node from Maven jars.
 
-Every failure raises :class:`~journal.errors.CassandraNodeError` saying what failed and where the
+Every failure raises :class:`~raysource.journal.errors.CassandraNodeError` saying what failed and where the
 log is. This module never imports Ray.
 """
 
@@ -32,11 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from journal.errors import CassandraNodeError, ConfigError
+from raysource.journal.errors import CassandraNodeError, ConfigError
 
 CASSANDRA_VERSION = "5.0.8"
 DEFAULT_NATIVE_PORT = 9042
-_REPO_POM = Path(__file__).resolve().parents[1] / "deploy" / "cassandra" / "pom.xml"
+_REPO_POM = Path(__file__).resolve().parent / "cassandra-pom.xml"  # package data
 
 # Cassandra's conf/jvm17-server.options: the JVM dies at start without these on Java 17.
 _JDK17_EXPORTS = [

@@ -24,12 +24,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from journal.cassandra import CassandraJournal
-from journal.config import CassandraConfig
-from journal.serialization import Serialization
-from runtime.examples.seats import SeatReserved
-from sharding.system import System
-from sharding.workloads import Workload, live_query
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.serialization import Serialization
+from raysource.examples.seats import SeatReserved
+from raysource.sharding.system import System
+from raysource.app.workloads import Workload, live_query
 
 __all__ = ["ConsistencyReport", "check", "pick_sample"]
 

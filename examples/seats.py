@@ -9,7 +9,7 @@ Rules: a seat cannot be double-booked ("seat A1 is already reserved"), unknown s
 rejected, and only the customer who holds a reservation can cancel it. ``GetShow()`` is
 read-only and never touches the journal.
 
-    from journal.serialization import Serialization
+    from raysource.journal.serialization import Serialization
     ser = Serialization()
     SHOW.register_types(ser)
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.aggregate import (
+from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
     SnapshotPolicy,

@@ -12,7 +12,7 @@ Retry rule (never run a command twice): a command that failed with ``AggregateSt
 (incl. ``PassivatedError``) or hit an actor that exited on purpose (retired after passivation)
 was definitely not applied, so the ref re-resolves and re-sends it under a fresh caller id. A
 host that died otherwise (crash, ``ray.kill``, lost node) leaves the outcome unknown: the ref
-raises :class:`~journal.errors.HostCrashedError` and only forgets the handle.
+raises :class:`~raysource.journal.errors.HostCrashedError` and only forgets the handle.
 
 Known limit: a re-sent command goes out under a fresh caller id, so if several pipelined
 commands of one ref are re-sent at once (all were refused by a stopping activation), their
@@ -34,16 +34,16 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from journal.errors import (
+from raysource.journal.errors import (
     AggregateStoppedError,
     AskTimeoutError,
     HostCrashedError,
     PassivatedError,
 )
-from runtime.aggregate import AggregateType
-from runtime.ray_host import HostActor, HostSpec, actor_options
-from runtime.shard_id import shard_of
-from runtime.stores import StoreSpec
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options
+from raysource.runtime.shard_id import shard_of
+from raysource.runtime.stores import StoreSpec
 
 __all__ = ["EntityRef", "LocalResolver", "Resolver", "unwrap_error"]
 
@@ -67,12 +67,12 @@ class Resolver(Protocol):
 
 
 class LocalResolver:
-    """Get-or-create named :data:`~runtime.ray_host.HostActor` actors on the local Ray cluster.
+    """Get-or-create named :data:`~raysource.runtime.actors.host_actor.HostActor` actors on the local Ray cluster.
 
     Placement per type: ``aggregate_type.placement`` unless ``placement`` overrides it per
     type name. ``host_settings`` (per type name) become :class:`HostSpec` fields, e.g.
     ``{"show": {"idle_timeout_s": 5, "max_active": 100}}``. ``shard_of(entity_id, n)`` routes
-    hosted entities (default: :func:`runtime.shard_id.shard_of`).
+    hosted entities (default: :func:`raysource.runtime.shard_id.shard_of`).
     """
 
     def __init__(

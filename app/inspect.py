@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from journal.api import Journal, StoredEvent
-from journal.errors import (
+from raysource.journal.api import Journal, StoredEvent
+from raysource.journal.errors import (
     ConfigError,
     InvalidRangeError,
     JournalError,
@@ -36,12 +36,12 @@ from journal.errors import (
     UnknownAggregateTypeError,
     UnknownEntityError,
 )
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType
 
 if TYPE_CHECKING:
-    from journal.config import CassandraConfig
-    from snapshots.api import SnapshotStore
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.snapshots.api import SnapshotStore
 
 __all__ = [
     "ABSENT",
@@ -56,7 +56,7 @@ __all__ = [
     "resolve_type",
 ]
 
-DEFAULT_APP = "runtime.examples.seats:SHOW"
+DEFAULT_APP = "raysource.examples.seats:SHOW"
 ABSENT = "<absent>"
 _MAX_DEPTH = 32
 
@@ -167,8 +167,8 @@ async def open_readonly(config: CassandraConfig, *, snapshots: bool = False,
     cannot be reached and :class:`JournalError` (naming the keyspace) when its tables are
     missing. The caller closes both.
     """
-    from journal.cassandra import CassandraJournal
-    from snapshots.cassandra import CassandraSnapshotStore
+    from raysource.journal.cassandra.journal import CassandraJournal
+    from raysource.snapshots.cassandra import CassandraSnapshotStore
 
     where = f"{','.join(config.contact_points)}:{config.port}"
     try:

@@ -1,11 +1,11 @@
-"""The Ray host actor: an :class:`~runtime.host.AggregateHost` inside an async Ray actor.
+"""The Ray host actor: an :class:`~raysource.runtime.host.AggregateHost` inside an async Ray actor.
 
 Two placements, one class:
 
 * **dedicated** (``HostSpec.entity_id`` set): the actor hosts one aggregate and is named
   ``"{system}:{persistence_id}"``, so Ray's named-actor registry keeps one live activation per
   aggregate. When the aggregate passivates (idle), is handed off or is fenced, the actor
-  *retires*: every later call fails with :class:`~journal.errors.PassivatedError` (not applied;
+  *retires*: every later call fails with :class:`~raysource.journal.errors.PassivatedError` (not applied;
   a retry reaches a fresh activation), and after ``retire_grace_s`` it exits, freeing its name.
 * **hosted** (``HostSpec.shard`` set): the actor hosts many aggregates of one shard, named
   ``"{system}:shard:{type}:{shard}"``; each aggregate has its own core and mailbox and is
@@ -43,12 +43,12 @@ from typing import Any
 
 import ray
 
-from journal.errors import ConfigError, PassivatedError
-from runtime.aggregate import AggregateType, Placement
-from runtime.host import AggregateHost
-from runtime.logs import configure_from_env
-from runtime.ray_metrics import RayMetrics
-from runtime.stores import StoreSpec, open_stores, serialization_for
+from raysource.journal.errors import ConfigError, PassivatedError
+from raysource.runtime.aggregate import AggregateType, Placement
+from raysource.runtime.host import AggregateHost
+from raysource.runtime.logs import configure_from_env
+from raysource.runtime.actors.ray_metrics import RayMetrics
+from raysource.runtime.stores import StoreSpec, open_stores, serialization_for
 
 __all__ = ["HostActor", "HostSpec", "Outcome", "actor_options"]
 
@@ -288,7 +288,7 @@ class _HostActor:
         * an outcome that is an ``AggregateStoppedError``/``PassivatedError``: that command was
           not applied (safe to re-send to a fresh activation, under a new caller id); after a
           passivation these are a suffix of the batch (see
-          :meth:`runtime.host.AggregateHost.ask_ordered_many`);
+          :meth:`raysource.runtime.host.AggregateHost.ask_ordered_many`);
         * any other outcome (a reply, ``CommandRejected``, ``PersistFailedError``,
           ``WriteOutcomeUnknownError``, ...): final, exactly as :meth:`ask` would report it.
         """
@@ -338,7 +338,7 @@ class _HostActor:
     async def info(self) -> dict[str, Any]:
         """Placement, name, node id, pid, memory (rss/uss bytes), retirement and the host's
         entities and counters (``stats.writes`` vs ``stats.commands`` shows group commit);
-        ``metrics`` is this actor's :meth:`runtime.metrics.Metrics.snapshot`."""
+        ``metrics`` is this actor's :meth:`raysource.runtime.metrics.Metrics.snapshot`."""
         out: dict[str, Any] = {
             "name": self.spec.actor_name,
             "placement": self.spec.placement,

@@ -9,7 +9,7 @@ stops everything it started (Ray, the system's actors, a Cassandra node it start
 ``keep``).
 
 The read side runs alongside: the example projection *reservations by customer*
-(:func:`~runtime.examples.reservations_view.reservations_projection`) is started before the
+(:func:`~raysource.examples.reservations_view.reservations_projection`) is started before the
 load; after it the demo waits (bounded) until the projection's lag is 0 with every event of
 the run visible, then checks for a sample of customers that the view equals what the live state
 of every show the run touched says they hold (:class:`ReadSideCheck`), and stops the projection.
@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from journal.config import CassandraConfig
-from sharding.loadtest import LoadTestParams, Say, run_standalone
-from sharding.system import System
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.app.loadtest import LoadTestParams, Say, run_standalone
+from raysource.sharding.system import System
 
 __all__ = ["DEMO_PARAMS", "DemoResult", "ReadSideCheck", "run_demo"]
 
@@ -42,7 +42,7 @@ DEMO_PARAMS = LoadTestParams(workload="seats", entities=200, clients=2, duration
 
 @dataclass
 class ReadSideCheck:
-    """The demo's read side (a :class:`~sharding.loadtest.LoadExtension`); see the module
+    """The demo's read side (a :class:`~raysource.app.loadtest.LoadExtension`); see the module
     docstring. ``ok`` once the projection caught up and every sampled customer matched."""
 
     customers: int = 20
@@ -64,8 +64,8 @@ class ReadSideCheck:
                     say: Say) -> None:
         """Start the projection on the demo's keyspace (it follows the tag from its stored
         offset)."""
-        from runtime.examples.reservations_view import reservations_projection
-        from runtime.projection_actor import Projections
+        from raysource.examples.reservations_view import reservations_projection
+        from raysource.readside.projection_actor import Projections
 
         spec = reservations_projection()
         self.projection = spec.name
@@ -167,8 +167,8 @@ class ReadSideCheck:
 
 async def _view_rows(config: CassandraConfig, customers: list[str]
                      ) -> dict[str, list[tuple[str, str]]]:
-    from journal.session import CassandraSession
-    from runtime.examples.reservations_view import reservations_of
+    from raysource.journal.cassandra.session import CassandraSession
+    from raysource.examples.reservations_view import reservations_of
 
     async with CassandraSession(config) as session:
         return {c: await reservations_of(session, config.keyspace, c) for c in customers}

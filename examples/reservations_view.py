@@ -1,12 +1,12 @@
 """The example read-side view: reservations by customer, across every show.
 
-A projection over the tag ``"show"`` (all events of :data:`runtime.examples.seats.SHOW`) keeps
+A projection over the tag ``"show"`` (all events of :data:`raysource.examples.seats.SHOW`) keeps
 ``reservations_by_customer (customer, show, seat)``: ``SeatReserved`` inserts a row,
 ``ReservationCancelled`` deletes it. Writes go through
-:class:`~runtime.views.EffectivelyOnceView`, so redelivered events change nothing.
+:class:`~raysource.readside.views.EffectivelyOnceView`, so redelivered events change nothing.
 
-    from runtime.projection_actor import Projections
-    from runtime.examples.reservations_view import reservations_projection, reservations_of
+    from raysource.readside.projection_actor import Projections
+    from raysource.examples.reservations_view import reservations_projection, reservations_of
 
     control = Projections(config)                      # a CassandraConfig
     await control.start(reservations_projection())     # Ray actor(s) follow the tag
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from journal.api import TagOffset
-from journal.config import CassandraConfig, validate_identifier
-from journal.session import RAW_PROFILE, CassandraSession
-from runtime.aggregate import split_persistence_id
-from runtime.examples.seats import SHOW, ReservationCancelled, SeatReserved
-from runtime.projections import EventEnvelope, ProjectionHandler, ProjectionSettings, \
+from raysource.journal.api import TagOffset
+from raysource.journal.cassandra.config import CassandraConfig, validate_identifier
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.runtime.aggregate import split_persistence_id
+from raysource.examples.seats import SHOW, ReservationCancelled, SeatReserved
+from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSettings, \
     ProjectionSpec
-from runtime.views import EffectivelyOnceView
+from raysource.readside.views import EffectivelyOnceView
 
 __all__ = [
     "RESERVATIONS",

@@ -1,14 +1,14 @@
 """A test kit that runs one aggregate in-process, on the in-memory journal and snapshot store.
 
-It drives the real :class:`~runtime.core.EntityCore` (same recovery, command loop, group commit
+It drives the real :class:`~raysource.runtime.core.EntityCore` (same recovery, command loop, group commit
 and snapshots as in production), without Ray. By default every command, reply, event and
 snapshot (the state after every command) round-trips through the real serializer, so a type
 that would fail in production fails in the unit test.
 
 Example (a runnable test; the README reuses it)::
 
-    from runtime.testkit import AggregateTestKit
-    from runtime.examples.seats import SHOW, ReserveSeat, SeatReserved
+    from raysource.testing.testkit import AggregateTestKit
+    from raysource.examples.seats import SHOW, ReserveSeat, SeatReserved
 
     def test_a_seat_cannot_be_double_booked():
         kit = AggregateTestKit(SHOW)
@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
-from journal.api import Journal, StoredEvent
-from journal.errors import CommandRejected
-from journal.serialization import Serialization
-from runtime.aggregate import AggregateType
-from runtime.core import EntityCore, RecoveryStats
-from snapshots.api import SnapshotStore
+from raysource.journal.api import Journal, StoredEvent
+from raysource.journal.errors import CommandRejected
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.core import EntityCore, RecoveryStats
+from raysource.snapshots.api import SnapshotStore
 
 __all__ = ["AggregateTestKit", "RunResult"]
 
@@ -93,8 +93,8 @@ class AggregateTestKit(Generic[S]):
         snapshot_store: SnapshotStore | None = None,
     ) -> None:
         if journal is None or snapshot_store is None:
-            from journal.memory import InMemoryJournal
-            from snapshots.memory import InMemorySnapshotStore
+            from raysource.journal.memory import InMemoryJournal
+            from raysource.snapshots.memory import InMemorySnapshotStore
 
             journal = journal if journal is not None else InMemoryJournal()
             snapshot_store = snapshot_store if snapshot_store is not None \

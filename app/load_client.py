@@ -1,7 +1,7 @@
 """The load client: a Ray actor that drives one share of a workload against a system.
 
 Clients are Ray actors so load can come from every node of a cluster. Each joins the system by
-name (``System.start`` is get-or-create), holds its *own* :class:`~runtime.refs.EntityRef` per
+name (``System.start`` is get-or-create), holds its *own* :class:`~raysource.runtime.actors.refs.EntityRef` per
 entity (one ref = one caller, so its commands keep their send order) and keeps ``window``
 commands in flight with ``ask_async``.
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import ray
 
-from journal.errors import CommandRejected
-from runtime.refs import EntityRef
-from runtime.stores import StoreSpec
-from sharding.workloads import Workload
+from raysource.journal.errors import CommandRejected
+from raysource.runtime.actors.refs import EntityRef
+from raysource.runtime.stores import StoreSpec
+from raysource.app.workloads import Workload
 
 __all__ = ["ClientResult", "ClientSetup", "LoadClient", "OUTCOMES"]
 
@@ -83,7 +83,7 @@ class _LoadClient:
         actors are up. Resolving blocks on Ray round trips (and may create actors), so it runs
         in threads here, before the timed run, instead of stalling the run's event loop.
         Returns the seconds it took."""
-        from sharding.system import System
+        from raysource.sharding.system import System
 
         t0 = time.perf_counter()
         s = self.setup

@@ -1,8 +1,8 @@
 """Projections on Ray: one actor per (projection, slice), and the control API.
 
-Each worker of a :class:`~runtime.projections.ProjectionSpec` is a named async Ray actor
+Each worker of a :class:`~raysource.readside.projections.ProjectionSpec` is a named async Ray actor
 ``"raysource-projection:<name>:<slice>-of-<n>"`` wrapping a
-:class:`~runtime.projections.ProjectionWorker` (its name keeps one live worker per slice, which
+:class:`~raysource.readside.projections.ProjectionWorker` (its name keeps one live worker per slice, which
 the effectively-once view writers rely on). It opens its own Cassandra session in its process.
 Actors are created with ``max_restarts=-1``: a crashed or killed worker is re-created by Ray,
 re-runs ``__init__``, reads its stored offset and desired state, and resumes by itself.
@@ -27,13 +27,13 @@ from typing import Any
 
 import ray
 
-from journal.api import TagOffset
-from journal.config import CassandraConfig
-from journal.errors import ProjectionError
-from journal.session import CassandraSession
-from runtime.logs import configure_from_env
-from runtime.ray_metrics import RayMetrics
-from runtime.projections import (
+from raysource.journal.api import TagOffset
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import ProjectionError
+from raysource.journal.cassandra.session import CassandraSession
+from raysource.runtime.logs import configure_from_env
+from raysource.runtime.actors.ray_metrics import RayMetrics
+from raysource.readside.projections import (
     OffsetStore,
     ProjectionSpec,
     ProjectionWorker,
@@ -70,7 +70,7 @@ class _ProjectionActor:
         self._booting = asyncio.get_running_loop().create_task(self._boot())
 
     async def _boot(self) -> None:
-        from journal.cassandra import CassandraJournal
+        from raysource.journal.cassandra.journal import CassandraJournal
 
         session = CassandraSession(self.config)
         await session.connect(keyspace="")
@@ -200,7 +200,7 @@ class Projections:
             await asyncio.gather(*(h.reset.remote(offset_to_str(offset))
                                    for h in handles.values()))
             return
-        from journal.cassandra import CassandraJournal
+        from raysource.journal.cassandra.journal import CassandraJournal
 
         async with CassandraSession(self.config) as session:
             journal = CassandraJournal(session, self.config)

@@ -1,6 +1,6 @@
 """The Cassandra journal.
 
-Layout (see ``journal.schema``): events are partitioned by ``(persistence_id, partition_nr)``
+Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by ``(persistence_id, partition_nr)``
 and clustered by ``sequence_nr``. Every statement is prepared; every append is **one
 single-partition batch**, so an atomic group is all-or-nothing.
 
@@ -55,7 +55,7 @@ Tag query: offsets and the visibility guarantee
 For every tag of every event a row is written to ``tag_views`` partitioned by
 ``(tag, hour bucket)`` and clustered by ``(timestamp_us, persistence_id, sequence_nr)``, where
 ``timestamp_us`` is the writer's wall clock when the tag write started. This tuple is the
-:class:`~journal.api.TagOffset`. Tag rows are written after the event batch succeeded and
+:class:`~raysource.journal.api.TagOffset`. Tag rows are written after the event batch succeeded and
 **before** ``append`` returns.
 
 A tag query run at (reader clock) time ``r`` returns only rows with
@@ -93,12 +93,12 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType
 
-from journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
-from journal.config import CassandraConfig
-from journal.errors import ConcurrentWriteError, JournalUnavailableError
-from journal.memory import validate_group
-from journal.schema import create_schema
-from journal.session import RAW_PROFILE, CassandraSession, consistency
+from raysource.journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import ConcurrentWriteError, JournalUnavailableError
+from raysource.journal.memory import validate_group
+from raysource.journal.cassandra.schema import create_schema
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 
 __all__ = ["CassandraJournal", "to_us", "from_us"]
 
@@ -124,7 +124,7 @@ def _now_us() -> int:
 
 
 class CassandraJournal(Journal):
-    """A :class:`~journal.api.Journal` on Cassandra. See the module docstring for layout,
+    """A :class:`~raysource.journal.api.Journal` on Cassandra. See the module docstring for layout,
     fencing, paging and the tag-query guarantee.
 
     Build with ``await CassandraJournal.connect(config, create_schema=True)`` (owns its

@@ -1,4 +1,4 @@
-"""The Ray recorder: :class:`~runtime.metrics.Metrics` that also records into
+"""The Ray recorder: :class:`~raysource.runtime.metrics.Metrics` that also records into
 ``ray.util.metrics``. Use only inside Ray actors (host and projection actors).
 
 Ray exports these to Prometheus with a ``ray_`` prefix (``ray_raysource_commands_total``) from
@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.util import metrics as ray_metrics
 
-from runtime.metrics import METRICS, Metrics, MetricSpec
+from raysource.runtime.metrics import METRICS, Metrics, MetricSpec
 
 __all__ = ["RayMetrics"]
 

@@ -5,7 +5,7 @@
     report.result["figures"]["commands_per_s"], report.consistency.ok, report.png_path
 
 :func:`run_loadtest` starts a fresh system (unique name; entity ids embed the run id, so every
-run drives new aggregates), starts ``clients`` :class:`~sharding.load_client.LoadClient`
+run drives new aggregates), starts ``clients`` :class:`~raysource.app.load_client.LoadClient`
 actors, lets them join and resolve their entities (not timed), runs the workload with a
 progress display polled every 0.5 s, aggregates the records, runs the consistency check on a
 sample, and writes ``<results>/<run-id>/result.json`` and ``report.png``. Whatever happens, it
@@ -31,15 +31,15 @@ from typing import Any, Protocol
 
 import ray
 
-from journal.config import CassandraConfig
-from journal.errors import ConfigError
-from runtime.stores import StoreSpec
-from sharding.consistency import ConsistencyReport, check, pick_sample
-from sharding.load_client import ClientResult, ClientSetup, LoadClient
-from sharding.load_report import aggregate, summary_lines, write
-from sharding.ray_nodes import coordinator_name, named_actors
-from sharding.system import System, unique_system_name
-from sharding.workloads import WORKLOADS, make_workload
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import ConfigError
+from raysource.runtime.stores import StoreSpec
+from raysource.app.consistency import ConsistencyReport, check, pick_sample
+from raysource.app.load_client import ClientResult, ClientSetup, LoadClient
+from raysource.app.load_report import aggregate, summary_lines, write
+from raysource.sharding.ray_nodes import coordinator_name, named_actors
+from raysource.sharding.system import System, unique_system_name
+from raysource.app.workloads import WORKLOADS, make_workload
 
 __all__ = ["LoadExtension", "LoadTestParams", "LoadTestReport", "run_loadtest",
            "run_standalone"]
@@ -324,7 +324,7 @@ def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: 
     check (and ``extension``'s lines) and the report paths; stop Ray and a Cassandra node it
     started (unless ``keep``). Returns the exit code: 0 if the consistency check (and the
     extension) passed and nothing was left running."""
-    from journal.local_node import select_cassandra
+    from raysource.app.local_node import select_cassandra
 
     t_all = time.perf_counter()
     source = select_cassandra(contact, stop_started_node=not keep, say=say)
@@ -356,7 +356,7 @@ def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: 
             say(f"WARNING: actors left running: {report.leftover_actors}")
         hot = report.consistency.sampled[0] if report.consistency.sampled else None
         if hot and (keep or source.kind != "local-started"):  # a started node is wiped
-            app = "" if params.workload == "seats" else " --app runtime.examples.ledger:LEDGER"
+            app = "" if params.workload == "seats" else " --app raysource.examples.ledger:LEDGER"
             say(f"inspect: raysource events {report.result['aggregate_type']['name']} {hot} "
                 f"--keyspace {params.keyspace} --cassandra {source.contact_point}{app}")
         return 0 if report.ok and (extension is None or extension.ok) else 1

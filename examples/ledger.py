@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.aggregate import AggregateType, Effect, SnapshotPolicy, persist, reject, reply
-from runtime.aggregate import unknown_command
+from raysource.runtime.aggregate import AggregateType, Effect, SnapshotPolicy, persist, reject, reply
+from raysource.runtime.aggregate import unknown_command
 
 __all__ = ["LEDGER", "Append", "Appended", "GetBalance", "LedgerState"]
 

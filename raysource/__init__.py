@@ -1,0 +1,73 @@
+"""raysource: sharded, single-writer, event-sourced aggregates on Ray, journaled to Cassandra.
+
+The public API. ``import raysource`` is cheap and Ray-free; the names that need Ray (``System``,
+``EntityRef``) load it on first access.
+
+Layers (imports go one way, down; ``tests/test_layers.py`` checks it)::
+
+    raysource.app        CLI, demo, load test, local Cassandra launcher, inspect/replay
+    raysource.sharding   shard allocation (pure), coordinator, regions, System
+    raysource.readside   projections, views
+    raysource.runtime    aggregate API, entity core + host (no Ray); runtime.actors: Ray glue
+    raysource.snapshots  SnapshotStore SPI, Cassandra + in-memory
+    raysource.journal    Journal SPI, errors, serialization; journal.cassandra: the store
+    raysource.testing    test kit, fault injection, history checker, contract suites
+
+Errors: ``raysource.errors`` lists the whole tree.
+"""
+
+from __future__ import annotations
+
+from raysource.errors import *  # noqa: F403 - the error tree is part of the public API
+from raysource.errors import __all__ as _errors
+from raysource.runtime.aggregate import (
+    AggregateType,
+    Effect,
+    NoOp,
+    Persist,
+    Reject,
+    Reply,
+    SnapshotPolicy,
+    none,
+    persist,
+    reject,
+    reply,
+    unknown_command,
+)
+from raysource.runtime.stores import StoreSpec
+
+__all__ = [
+    "AggregateTestKit",
+    "AggregateType",
+    "CassandraConfig",
+    "Effect",
+    "EntityRef",
+    "NoOp",
+    "Persist",
+    "Reject",
+    "Reply",
+    "SnapshotPolicy",
+    "StoreSpec",
+    "System",
+    "none",
+    "persist",
+    "reject",
+    "reply",
+    "unknown_command",
+    *_errors,
+]
+
+_LAZY = {
+    "System": "raysource.sharding.system",
+    "EntityRef": "raysource.runtime.actors.refs",
+    "AggregateTestKit": "raysource.testing.testkit",
+    "CassandraConfig": "raysource.journal.cassandra.config",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'raysource' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""raysource.testing."""
