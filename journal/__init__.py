@@ -1,4 +1,4 @@
-"""raysource journal: the Journal SPI, serialization, in-memory and Cassandra backends.
+"""raysource.journal: the Journal SPI, serialization, in-memory and Cassandra backends.
 
 Only light modules are imported eagerly; the Cassandra pieces load cassandra-driver on access.
 """
@@ -30,13 +30,8 @@ __all__ = [
     "schema_cql",
 ]
 
-_LAZY = {
-    "CassandraConfig": "raysource.journal.cassandra.config",
-    "CassandraJournal": "raysource.journal.cassandra.journal",
-    "CassandraSession": "raysource.journal.cassandra.session",
-    "create_schema": "raysource.journal.cassandra.schema",
-    "schema_cql": "raysource.journal.cassandra.schema",
-}
+_LAZY = {name: "raysource.journal.cassandra" for name in (
+    "CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema", "schema_cql")}
 
 
 def __getattr__(name: str):
@@ -44,4 +39,4 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'journal' has no attribute {name!r}")
+    raise AttributeError(f"module 'raysource.journal' has no attribute {name!r}")

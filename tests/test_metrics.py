@@ -193,7 +193,7 @@ class _Capture(logging.Handler):
 
 async def test_runtime_logs_carry_context_at_recovery_failure_and_passivation():
     capture = _Capture()
-    runtime_log = logging.getLogger("runtime")
+    runtime_log = logging.getLogger("raysource.runtime")
     old_level = runtime_log.level
     runtime_log.addHandler(capture)
     runtime_log.setLevel(logging.DEBUG)
