@@ -38,7 +38,8 @@ from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.serialization import Serialization
 from raysource.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
-from raysource.runtime.actors.refs import EntityRef, LocalResolver
+from raysource.runtime.actors.refs import EntityRef
+from raysource.testing.local_resolver import LocalResolver
 from raysource.runtime.stores import StoreSpec
 
 BENCH_SHOW = dataclasses.replace(SHOW, name="benchshow", number_of_shards=2)

@@ -280,7 +280,7 @@ class AggregateHost:
         # mailbox (or queues behind the same activation/stop future), so order is kept
         return await order.submit(caller_id, seq, command)
 
-    async def ask_ordered_many(self, entity_id: str, caller_id: str, first_seq: int,
+    async def ask_many(self, entity_id: str, caller_id: str, first_seq: int,
                                commands: list[Any]) -> list[Any]:
         """:meth:`ask_ordered` for ``commands`` numbered ``first_seq, first_seq + 1, ...``;
         returns one outcome per command, in order: its reply, or its typed error *object*

@@ -1,4 +1,4 @@
-"""Batched asks (``EntityRef.ask_many``, ``HostActor.ask_batch``) on real Ray and Cassandra.
+"""Batched asks (``EntityRef.ask_many``, ``HostActor.ask_many``) on real Ray and Cassandra.
 
 Every test kills the actors it created. The ref's re-send rules are also checked against a
 scripted stand-in host (the split a real passivation makes inside one batch is a race).
@@ -42,7 +42,8 @@ from raysource.examples.seats import (
     seat_label,
 )
 from raysource.runtime.host import AggregateHost
-from raysource.runtime.actors.refs import EntityRef, LocalResolver
+from raysource.runtime.actors.refs import EntityRef
+from raysource.testing.local_resolver import LocalResolver
 from raysource.runtime.stores import StoreSpec
 from raysource.snapshots.memory import InMemorySnapshotStore
 
@@ -276,14 +277,14 @@ def test_batches_straddling_passivation_lose_and_duplicate_nothing(make_resolver
 
 
 class StandIn:
-    """A scripted host: answers ``ask_batch`` with ``script[call]`` (or crashes) and records
+    """A scripted host: answers ``ask_many`` with ``script[call]`` (or crashes) and records
     every call."""
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.calls: list = []
 
-    async def ask_batch(self, entity_id, caller_id, first_seq, commands):
+    async def ask_many(self, entity_id, caller_id, first_seq, commands):
         self.calls.append((caller_id, first_seq, list(commands)))
         if self.mode == "crash":
             os._exit(1)

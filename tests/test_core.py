@@ -366,7 +366,7 @@ async def test_failed_rebuild_stops_the_core():
     await core.start()
     journal.broken = True
     journal.fail_next_appends(1)
-    with pytest.raises(PersistFailedError, match="outcome unknown"):
+    with pytest.raises(PersistFailedError, match="could not be re-read"):
         await core.handle(Add(1))
     await settle()
     assert core.stopped

@@ -60,7 +60,7 @@ def test_schema_cql_for_operators():
            "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
     assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)" in cql
     assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
-    assert cql.count(";") == 6
+    assert cql.count(";") == 8  # + projection_offsets, projection_parked
 
 
 # ---------------------------------------------------------------- session (real node)

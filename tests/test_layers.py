@@ -6,6 +6,7 @@ counts too).
 ``sharding`` and ``readside`` are peers (neither imports the other). The storage layers and the
 entity engine know nothing of Ray (only ``runtime/actors`` is Ray glue), and nothing below the
 read side and the application talks to cassandra-driver except the store (``journal/cassandra``).
+In ``testing``, only the Ray doubles (``local_resolver``) use Ray; the test kit does not.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANK = {"journal": 0, "snapshots": 1, "runtime": 2, "readside": 3, "sharding": 3,
         "testing": 4, "examples": 5, "app": 6}
 RAY_FREE = ("journal", "snapshots", "runtime", "testing")
-RAY_GLUE = ("runtime/actors",)
+RAY_GLUE = ("runtime/actors", "testing/local_resolver.py")
 DRIVER_ALLOWED = ("journal/cassandra", "readside", "app")
 
 

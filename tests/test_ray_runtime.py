@@ -45,7 +45,8 @@ from raysource.examples.seats import (
     seat_label,
 )
 from raysource.runtime.actors.host_actor import HostActor, actor_options
-from raysource.runtime.actors.refs import EntityRef, LocalResolver
+from raysource.runtime.actors.refs import EntityRef
+from raysource.testing.local_resolver import LocalResolver
 from raysource.runtime.stores import StoreSpec
 from raysource.snapshots.cassandra import CassandraSnapshotStore
 

@@ -81,7 +81,8 @@ def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassan
     """A retired dedicated actor refuses ``state`` like any call (PassivatedError); the ref
     re-sends it to a fresh activation, which recovers the state."""
     from raysource.journal.errors import PassivatedError
-    from raysource.runtime.actors.refs import EntityRef, LocalResolver
+    from raysource.runtime.actors.refs import EntityRef
+    from raysource.testing.local_resolver import LocalResolver
 
     host, port = cassandra_contact
     config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)

@@ -17,7 +17,7 @@ Public raw-handle API (every method is a coroutine; call ``handle.<method>.remot
 
     ask(command, entity_id=None) -> reply         # dedicated: entity_id defaults to its entity
     ask_ordered(entity_id, caller_id, seq, command) -> reply   # per-caller order (refs use it)
-    ask_batch(entity_id, caller_id, first_seq, commands) -> [reply or error object, ...]
+    ask_many(entity_id, caller_id, first_seq, commands) -> [reply or error object, ...]
     state(entity_id=None) -> state                # read-only; activates if needed
     passivate(entity_id=None) -> bool             # stop after queued work
     handoff(shards=None) -> int                   # stop everything (if our shard is in shards)
@@ -53,7 +53,7 @@ from raysource.runtime.stores import StoreSpec, open_stores, serialization_for
 __all__ = ["HostActor", "HostSpec", "Outcome", "actor_options"]
 
 Outcome = Any
-"""One command's result in :meth:`HostActor.ask_batch`: its reply, or its typed error as an
+"""One command's result in :meth:`HostActor.ask_many`: its reply, or its typed error as an
 exception object (a reply is told from an error by ``isinstance(o, BaseException)``, so an
 aggregate whose replies are exceptions cannot use batches)."""
 
@@ -274,7 +274,7 @@ class _HostActor:
         finally:
             self._in_calls -= 1
 
-    async def ask_batch(self, entity_id: str | None, caller_id: str, first_seq: int,
+    async def ask_many(self, entity_id: str | None, caller_id: str, first_seq: int,
                         commands: list[Any]) -> list[Outcome]:
         """Process ``commands`` in order as numbers ``first_seq, first_seq + 1, ...`` of
         ``caller_id`` (the numbering of :meth:`ask_ordered`, shared with it) and return one
@@ -288,7 +288,7 @@ class _HostActor:
         * an outcome that is an ``AggregateStoppedError``/``PassivatedError``: that command was
           not applied (safe to re-send to a fresh activation, under a new caller id); after a
           passivation these are a suffix of the batch (see
-          :meth:`raysource.runtime.host.AggregateHost.ask_ordered_many`);
+          :meth:`raysource.runtime.host.AggregateHost.ask_many`);
         * any other outcome (a reply, ``CommandRejected``, ``PersistFailedError``,
           ``WriteOutcomeUnknownError``, ...): final, exactly as :meth:`ask` would report it.
         """
@@ -297,7 +297,7 @@ class _HostActor:
         self._in_calls += 1
         try:
             host = await self._get_host()
-            return await host.ask_ordered_many(eid, caller_id, first_seq, list(commands))
+            return await host.ask_many(eid, caller_id, first_seq, list(commands))
         finally:
             self._in_calls -= 1
 

@@ -1,12 +1,15 @@
 """Entity references: send commands to an aggregate wherever its host actor lives.
 
 * :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
-  it (get-or-create) and forgets a handle that turned out stale. :class:`LocalResolver` creates
-  the named host actors on the local Ray cluster; the sharding layer provides a coordinator-based
-  resolver with node affinity behind the same two methods.
+  it (get-or-create) and forgets a handle that turned out stale. The sharding layer provides
+  the coordinator-based resolver with node affinity; ``raysource.testing.local_resolver`` a
+  test double that creates named host actors on the local Ray cluster directly.
 * :class:`EntityRef` is one *caller*: it numbers its commands (``caller_id``, ``seq``) so the
   host processes them in send order even when pipelined, and it unwraps Ray's error wrappers so
-  callers see raysource errors.
+  callers see raysource errors. Each call is written once, as a coroutine (``ask_async``,
+  ``state_async``, ``ask_many_async``) over one retry loop; ``ask``/``state``/``ask_many`` are
+  its blocking forms (the first attempt is sent from the caller's thread, the rest runs on a
+  per-process reference loop) and ``tell`` its fire-and-forget form.
 
 Retry rule (never run a command twice): a command that failed with ``AggregateStoppedError``
 (incl. ``PassivatedError``) or hit an actor that exited on purpose (retired after passivation)
@@ -24,12 +27,13 @@ batch order.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol, TypeVar
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -41,13 +45,11 @@ from raysource.journal.errors import (
     PassivatedError,
 )
 from raysource.runtime.aggregate import AggregateType
-from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options
-from raysource.runtime.shard_id import shard_of
-from raysource.runtime.stores import StoreSpec
 
-__all__ = ["EntityRef", "LocalResolver", "Resolver", "unwrap_error"]
+__all__ = ["EntityRef", "Resolver", "unwrap_error"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _RETRY_DEADLINE_S = 30.0  # a retiring actor holds its name until a quiet period passed
 _WAIT_FOR_NAME_S = 0.05  # poll interval while the resolver still returns a retiring actor
@@ -64,85 +66,6 @@ class Resolver(Protocol):
                    handle: Any = None) -> None:
         """Forget the cached handle (only if it is ``handle``, when given)."""
         ...
-
-
-class LocalResolver:
-    """Get-or-create named :data:`~raysource.runtime.actors.host_actor.HostActor` actors on the local Ray cluster.
-
-    Placement per type: ``aggregate_type.placement`` unless ``placement`` overrides it per
-    type name. ``host_settings`` (per type name) become :class:`HostSpec` fields, e.g.
-    ``{"show": {"idle_timeout_s": 5, "max_active": 100}}``. ``shard_of(entity_id, n)`` routes
-    hosted entities (default: :func:`raysource.runtime.shard_id.shard_of`).
-    """
-
-    def __init__(
-        self,
-        system: str,
-        store: StoreSpec,
-        *,
-        namespace: str | None = None,
-        placement: dict[str, str] | None = None,
-        host_settings: dict[str, dict[str, Any]] | None = None,
-        shard_of: Callable[[str, int], int] | None = None,
-    ) -> None:
-        self.system = system
-        self.store = store
-        self.namespace = namespace
-        self.placement = dict(placement or {})
-        self.host_settings = dict(host_settings or {})
-        self._shard_of = shard_of
-        self._handles: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-
-    def spec_for(self, aggregate_type: AggregateType, entity_id: str) -> HostSpec:
-        placement = self.placement.get(aggregate_type.name, aggregate_type.placement)
-        settings = self.host_settings.get(aggregate_type.name, {})
-        if placement == "dedicated":
-            return HostSpec(self.system, aggregate_type, self.store, "dedicated",
-                            entity_id=entity_id, **settings)
-        return HostSpec(self.system, aggregate_type, self.store, "hosted",
-                        shard=self._shard(aggregate_type, entity_id), **settings)
-
-    def _shard(self, aggregate_type: AggregateType, entity_id: str) -> int:
-        if self._shard_of is None:
-            self._shard_of = shard_of
-        return self._shard_of(entity_id, aggregate_type.number_of_shards)
-
-    def _key(self, spec: HostSpec) -> str:
-        return spec.actor_name
-
-    def resolve(self, aggregate_type: AggregateType, entity_id: str) -> Any:
-        aggregate_type.persistence_id(entity_id)  # validate before touching Ray
-        spec = self.spec_for(aggregate_type, entity_id)
-        key = self._key(spec)
-        with self._lock:
-            handle = self._handles.get(key)
-            if handle is None:
-                handle = HostActor.options(**actor_options(spec, self.namespace)).remote(spec)
-                self._handles[key] = handle
-            return handle
-
-    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
-                   handle: Any = None) -> None:
-        key = self._key(self.spec_for(aggregate_type, entity_id))
-        with self._lock:
-            if handle is None or self._handles.get(key) is handle:
-                self._handles.pop(key, None)
-
-    def handles(self) -> list[Any]:
-        """Every handle this resolver created or looked up (for shutdown in tests)."""
-        with self._lock:
-            return list(self._handles.values())
-
-    def kill_all(self) -> None:
-        """``ray.kill`` every cached host actor (tests, benchmarks) and forget them."""
-        with self._lock:
-            handles, self._handles = list(self._handles.values()), {}
-        for h in handles:
-            try:
-                ray.kill(h)
-            except Exception:
-                pass
 
 
 def unwrap_error(err: BaseException) -> BaseException:
@@ -175,6 +98,53 @@ def _fill(results: list[Any], indices: list[int], error: BaseException) -> list[
     for i in indices:
         results[i] = error
     return results
+
+
+class _GaveUp(Exception):
+    """Internal: the retry rule gave up with ``error`` (a batch fills it in per command)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _RefLoop:
+    """The event loop behind the blocking forms of the reference calls: one daemon thread per
+    process, started on first use. The blocking form submits its first attempt in the caller's
+    thread (keeping send order and any blocking resolve there), then waits here for the one
+    async implementation to finish (retries included)."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or not self._thread.is_alive():
+                loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                                name="raysource-refs")
+                self._thread.start()
+                self._loop = loop
+            return self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._get())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._get()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # pragma: no cover - a misuse that would deadlock
+            coro.close()
+            raise RuntimeError("a blocking EntityRef call inside the references' own loop; "
+                               "await the *_async form instead")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+_LOOP = _RefLoop()
 
 
 class _NotFreeYet(Exception):
@@ -245,15 +215,6 @@ class EntityRef:
             self._epoch += 1
         return self._handle
 
-    def _send(self, command: Any) -> tuple[Any, int]:
-        """Submit ``command`` with the next sequence number; returns (ObjectRef, epoch).
-        Raises ``_NotFreeYet`` while only a retiring activation can be resolved."""
-        with self._lock:
-            handle = self._current()
-            ref = handle.ask_ordered.remote(self.entity_id, self._caller_id, self._seq, command)
-            self._seq += 1
-            return ref, self._epoch
-
     def _renew(self, epoch: int, retired: bool = False) -> None:
         """The host of ``epoch`` is gone or stopped: re-resolve under a fresh caller id.
         ``retired``: it refused the command because it is retiring (never call it again)."""
@@ -277,86 +238,41 @@ class EntityRef:
             self._renew(epoch)
         return out
 
-    # ------------------------------------------------------------------ sync
-
-    def ask(self, command: Any, timeout: float | None = None) -> Any:
-        """Send ``command`` and wait for the reply (raises the typed raysource error)."""
-        return self._call(lambda: self._send(command), timeout)
-
-    def state(self, timeout: float | None = None) -> Any:
-        """The aggregate's current state (after every durable event), activating it if it is
-        not active; read-only (no command, no journal write), so re-sent under the same rules
-        as :meth:`ask`. Commands this ref sent but whose replies were not awaited may or may
-        not be reflected."""
-        return self._call(self._send_state, timeout)
-
-    def _send_state(self) -> tuple[Any, int]:
-        with self._lock:
-            return self._current().state.remote(self.entity_id), self._epoch
-
-    def _call(self, submit: Callable[[], tuple[Any, int]], timeout: float | None) -> Any:
-        """Submit (``submit() -> (ObjectRef, epoch)``) and wait, re-submitting to a fresh
-        activation while the answer is "not applied" (see the module docstring)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        retry_until = time.monotonic() + _RETRY_DEADLINE_S
-        while True:
-            try:
-                ref, epoch = submit()
-            except _NotFreeYet:
-                if time.monotonic() > retry_until:
-                    raise self._not_free() from None
-                time.sleep(_WAIT_FOR_NAME_S)
-                continue
-            try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                return ray.get(ref, timeout=left)
-            except (RayTaskError, RayActorError, GetTimeoutError) as err:
-                if not _retryable(err) or time.monotonic() > retry_until:
-                    raise self._give_up(epoch, err) from None
-                self._renew(epoch, retired=_refused(err))
-
-    # ------------------------------------------------------------------ async
+    # ------------------------------------------------------------------ the one implementation
 
     async def ask_async(self, command: Any, timeout: float | None = None) -> Any:
-        """Coroutine twin of :meth:`ask`. Call (not just create) the coroutines in send order:
-        the command is submitted when the coroutine first runs."""
-        retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        """Send ``command`` and return the reply once its events are durable, or raise the
+        typed raysource error. :meth:`ask` is the blocking form of this same call.
 
-        async def once() -> Any:
-            while True:
-                try:
-                    ref, epoch = self._send(command)
-                except _NotFreeYet:
-                    if time.monotonic() > retry_until:
-                        raise self._not_free() from None
-                    await asyncio.sleep(_WAIT_FOR_NAME_S)
-                    continue
-                try:
-                    return await ref
-                except (RayTaskError, RayActorError) as err:
-                    if not _retryable(err) or time.monotonic() > retry_until:
-                        raise self._give_up(epoch, err) from None
-                    self._renew(epoch, retired=_refused(err))
+        The command is submitted when the coroutine first runs: await (or schedule) calls
+        in send order."""
+        return await self._ask(command, timeout, None)
 
-        if timeout is None:
-            return await once()
-        try:
-            return await asyncio.wait_for(once(), timeout)
-        except asyncio.TimeoutError:
-            raise AskTimeoutError(
-                f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
-                f"{timeout}s; the command may or may not run"
-            ) from None
+    async def _ask(self, command: Any, timeout: float | None,
+                   first: tuple[Any, int] | None) -> Any:
+        return await self._deadline(
+            self._until_answered(lambda: self._send(command), first=first), timeout)
 
-    # ------------------------------------------------------------------ batches
+    async def state_async(self, timeout: float | None = None) -> Any:
+        """The aggregate's current state (after every durable event), activating it if it is
+        not active; read-only (no command, no journal write), so re-sent under the same rules
+        as :meth:`ask_async`. Commands this ref sent but whose replies were not awaited may or
+        may not be reflected. :meth:`state` is the blocking form."""
+        return await self._state(timeout, None)
 
-    def ask_many(self, commands: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    async def _state(self, timeout: float | None, first: tuple[Any, int] | None) -> Any:
+        return await self._deadline(self._until_answered(self._send_state, first=first),
+                                    timeout)
+
+    async def ask_many_async(self, commands: Iterable[Any],
+                             timeout: float | None = None) -> list[Any]:
         """Send ``commands`` as one batch (one Ray call) and return one outcome per command, in
         order: its reply, or its typed error *object* (``CommandRejected``, ``HandlerError``,
         ``SerializationError``, ``PersistFailedError``, ... — never raised per command).
+        :meth:`ask_many` is the blocking form.
 
         Processed in order, after this ref's earlier commands and before its later ones, with
-        one journal write for many commands (group commit). Re-sends follow :meth:`ask`:
+        one journal write for many commands (group commit). Re-sends follow :meth:`ask_async`:
         commands the host reports not applied (``AggregateStoppedError``/``PassivatedError``,
         for the whole batch or per command) are re-sent, in their original relative order, to
         a fresh activation under a fresh caller id. Where the outcome is unknown, every command
@@ -364,71 +280,143 @@ class EntityRef:
         ``AskTimeoutError`` (``timeout`` seconds passed) object: it may or may not have run.
         Raises only what submitting raises (e.g. an unpicklable command).
         """
-        commands = list(commands)
+        return await self._ask_many(list(commands), timeout, None)
+
+    async def _ask_many(self, commands: list[Any], timeout: float | None,
+                        first: tuple[Any, int] | None) -> list[Any]:
         results: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))  # indices without a final outcome yet
-        deadline = None if timeout is None else time.monotonic() + timeout
-        retry_until = time.monotonic() + _RETRY_DEADLINE_S
-        while pending:
-            try:
-                ref, epoch = self._send_batch([commands[i] for i in pending])
-            except _NotFreeYet:
-                if time.monotonic() > retry_until:
-                    return _fill(results, pending, self._not_free())
-                time.sleep(_WAIT_FOR_NAME_S)
-                continue
-            try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                outcomes = ray.get(ref, timeout=left)
-            except (RayTaskError, RayActorError, GetTimeoutError) as err:
-                if _retryable(err) and time.monotonic() <= retry_until:
-                    self._renew(epoch, retired=_refused(err))
-                    continue
-                return _fill(results, pending, self._give_up(epoch, err))
-            pending = self._settle(pending, outcomes, results, epoch, retry_until)
-        return results
-
-    async def ask_many_async(self, commands: Iterable[Any],
-                             timeout: float | None = None) -> list[Any]:
-        """Coroutine twin of :meth:`ask_many`. Like :meth:`ask_async`, the batch is submitted
-        when the coroutine first runs: await (or schedule) them in send order."""
-        commands = list(commands)
-        results: list[Any] = [None] * len(commands)
-        pending = list(range(len(commands)))
         retry_until = time.monotonic() + _RETRY_DEADLINE_S
 
         async def run() -> None:
+            nonlocal first
             while pending:
+                batch = [commands[i] for i in pending]
                 try:
-                    ref, epoch = self._send_batch([commands[i] for i in pending])
-                except _NotFreeYet:
-                    if time.monotonic() > retry_until:
-                        _fill(results, pending, self._not_free())
-                        pending.clear()
-                        return
-                    await asyncio.sleep(_WAIT_FOR_NAME_S)
-                    continue
-                try:
-                    outcomes = await ref
-                except (RayTaskError, RayActorError) as err:
-                    if _retryable(err) and time.monotonic() <= retry_until:
-                        self._renew(epoch, retired=_refused(err))
-                        continue
-                    _fill(results, pending, self._give_up(epoch, err))
+                    outcomes, epoch = await self._until_answered(
+                        lambda: self._send_batch(batch), retry_until, first=first,
+                        with_epoch=True)
+                    first = None
+                except _GaveUp as gave_up:
+                    _fill(results, pending, gave_up.error)
                     pending.clear()
                     return
                 pending[:] = self._settle(list(pending), outcomes, results, epoch, retry_until)
 
-        if timeout is None:
-            await run()
-        else:
-            try:
-                await asyncio.wait_for(run(), timeout)
-            except asyncio.TimeoutError:
-                _fill(results, pending, AskTimeoutError(
-                    f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
-                    f"{timeout}s; the command may or may not run"))
+        try:
+            await self._deadline(run(), timeout)
+        except AskTimeoutError as timed_out:
+            _fill(results, pending, timed_out)
         return results
+
+    def tell(self, command: Any) -> None:
+        """Send ``command`` without waiting. Order with this ref's other commands is kept (it
+        is submitted before ``tell`` returns). A not-applied failure is re-sent (at the end of
+        the order); other failures are logged."""
+        first = self._first(lambda: self._send(command))
+        _LOOP.submit(self._tell_rest(command, first))
+
+    async def _tell_rest(self, command: Any, first: tuple[Any, int] | None) -> None:
+        try:
+            await self._until_answered(lambda: self._send(command), first=first)
+        except Exception as err:  # noqa: BLE001 - fire and forget: logged
+            log.warning("tell %r to %s failed: %r", type(command).__qualname__,
+                        self.aggregate_type.persistence_id(self.entity_id), err)
+
+    @staticmethod
+    def _first(submit: Callable[[], tuple[Any, int]]) -> tuple[Any, int] | None:
+        """Submit in the caller's thread (so send order is the caller's order, and a blocking
+        resolve stays off the references' loop); None if only a retiring activation is
+        known yet (the loop then waits for a fresh one)."""
+        try:
+            return submit()
+        except _NotFreeYet:
+            return None
+
+    async def _until_answered(self, submit: Callable[[], tuple[Any, int]],
+                              retry_until: float | None = None, *,
+                              first: tuple[Any, int] | None = None,
+                              with_epoch: bool = False) -> Any:
+        """The retry rule, written once for every call shape: submit (``submit() ->
+        (ObjectRef, epoch)``) and await the answer, re-submitting to a fresh activation while
+        the answer is "not applied" (see the module docstring). Gives up with the unwrapped,
+        typed error (``_GaveUp`` when ``with_epoch``, for batches that fill it in)."""
+        if retry_until is None:
+            retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        while True:
+            if first is not None:
+                (ref, epoch), first = first, None
+            else:
+                try:
+                    ref, epoch = submit()
+                except _NotFreeYet:
+                    if time.monotonic() > retry_until:
+                        return self._raise(self._not_free(), with_epoch)
+                    await asyncio.sleep(_WAIT_FOR_NAME_S)
+                    continue
+            try:
+                answer = await ref
+            except (RayTaskError, RayActorError) as err:
+                if not _retryable(err) or time.monotonic() > retry_until:
+                    return self._raise(self._give_up(epoch, err), with_epoch)
+                self._renew(epoch, retired=_refused(err))
+                continue
+            return (answer, epoch) if with_epoch else answer
+
+    @staticmethod
+    def _raise(error: BaseException, wrapped: bool) -> Any:
+        if wrapped:
+            raise _GaveUp(error)
+        raise error
+
+    async def _deadline(self, call: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        if timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError:
+            raise AskTimeoutError(
+                f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
+                f"{timeout}s; the command may or may not run"
+            ) from None
+
+    # ------------------------------------------------------------------ blocking forms
+
+    def ask(self, command: Any, timeout: float | None = None) -> Any:
+        """Blocking form of :meth:`ask_async`: the reply, or the typed raysource error."""
+        first = self._first(lambda: self._send(command))
+        return _LOOP.run(self._ask(command, timeout, first))
+
+    def state(self, timeout: float | None = None) -> Any:
+        """Blocking form of :meth:`state_async`."""
+        return _LOOP.run(self._state(timeout, self._first(self._send_state)))
+
+    def ask_many(self, commands: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """Blocking form of :meth:`ask_many_async`: one reply or typed error object per
+        command, in order."""
+        commands = list(commands)
+        first = self._first(lambda: self._send_batch(commands))
+        return _LOOP.run(self._ask_many(commands, timeout, first))
+
+    def submit(self, command: Any) -> Any:
+        """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping):
+        the building block for pipelining from synchronous code."""
+        return self._send(command)[0]
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, command: Any) -> tuple[Any, int]:
+        """Submit ``command`` with the next sequence number; returns (ObjectRef, epoch).
+        Raises ``_NotFreeYet`` while only a retiring activation can be resolved."""
+        with self._lock:
+            handle = self._current()
+            ref = handle.ask_ordered.remote(self.entity_id, self._caller_id, self._seq, command)
+            self._seq += 1
+            return ref, self._epoch
+
+    def _send_state(self) -> tuple[Any, int]:
+        with self._lock:
+            return self._current().state.remote(self.entity_id), self._epoch
 
     def _send_batch(self, commands: list[Any]) -> tuple[Any, int]:
         """Submit ``commands`` numbered from the next sequence number on (the numbering
@@ -436,7 +424,7 @@ class EntityRef:
         like :meth:`_send`."""
         with self._lock:
             handle = self._current()
-            ref = handle.ask_batch.remote(self.entity_id, self._caller_id, self._seq, commands)
+            ref = handle.ask_many.remote(self.entity_id, self._caller_id, self._seq, commands)
             self._seq += len(commands)
             return ref, self._epoch
 
@@ -445,7 +433,7 @@ class EntityRef:
         """Record the final outcomes of one batch call; returns the indices to re-send (not
         applied), renewing the caller id if there are any."""
         if len(outcomes) != len(pending):
-            raise RuntimeError(f"ask_batch answered {len(outcomes)} outcomes for "
+            raise RuntimeError(f"ask_many answered {len(outcomes)} outcomes for "
                                f"{len(pending)} commands")
         again: list[int] = []
         retired = False
@@ -458,41 +446,6 @@ class EntityRef:
         if again:
             self._renew(epoch, retired=retired)
         return again
-
-    def submit(self, command: Any) -> Any:
-        """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping):
-        the building block for pipelining from synchronous code."""
-        return self._send(command)[0]
-
-    # ------------------------------------------------------------------ fire and forget
-
-    def tell(self, command: Any) -> None:
-        """Send ``command`` without waiting. Order with this ref's other commands is kept.
-        A not-applied failure is re-sent (at the end of the order); other failures are
-        logged."""
-        self._tell(command, time.monotonic())
-
-    def _tell(self, command: Any, started: float) -> None:
-        try:
-            ref, epoch = self._send(command)
-        except _NotFreeYet:
-            if time.monotonic() - started > _RETRY_DEADLINE_S:
-                log.warning("tell %r: %r", type(command).__qualname__, self._not_free())
-                return
-            threading.Timer(_WAIT_FOR_NAME_S, self._tell, (command, started)).start()
-            return
-        ref.future().add_done_callback(lambda f: self._tell_done(f, command, epoch, started))
-
-    def _tell_done(self, fut: Any, command: Any, epoch: int, started: float) -> None:
-        err = fut.exception()
-        if err is None:
-            return
-        if _retryable(err) and time.monotonic() - started < _RETRY_DEADLINE_S:
-            self._renew(epoch, retired=_refused(err))
-            self._tell(command, started)
-            return
-        log.warning("tell %r to %s failed: %r", type(command).__qualname__,
-                    self.aggregate_type.persistence_id(self.entity_id), unwrap_error(err))
 
     def __repr__(self) -> str:
         return f"EntityRef({self.aggregate_type.persistence_id(self.entity_id)!r})"
