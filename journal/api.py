@@ -11,7 +11,14 @@ Contract (checked for every backend by ``tests/contract``):
 * With the fencing guard on (``capabilities.fencing``), an append whose sequence numbers are
   (partly) taken raises :class:`~raysource.journal.errors.ConcurrentWriteError` and writes nothing. Two
   writers on one persistence id therefore can never both append the same sequence number; the
-  loser learns it is stale. With the guard off, the backend documents what happens instead.
+  loser learns it is stale. An append of a group that is already stored exactly (every number
+  held by the same writer with the same payload: the same append delivered twice) is a success
+  that writes nothing. With the guard off, the backend documents what happens instead.
+* A failed ``append`` says whether it may have written: ``JournalOutcomeUnknownError`` (an
+  :class:`~raysource.journal.errors.OutcomeUnknownError`) when the group may be stored or may
+  still land (sent, unconfirmed); any other ``JournalError`` (``ConcurrentWriteError``,
+  ``InvalidAppendError``, ``JournalUnavailableError``) only when nothing of it was written and
+  nothing can land later. A backend that cannot tell raises ``JournalOutcomeUnknownError``.
 * ``replay`` streams events in ascending sequence order, paged, with bounded memory however long
   the history is. Events at or below the deleted-to mark are not returned.
 * ``highest_sequence_nr`` is the largest sequence number ever appended (deletes do not lower it).
@@ -100,7 +107,11 @@ class Journal(abc.ABC):
         is the number the writer expects to be next (``highest_sequence_nr + 1``).
         Raises ``InvalidAppendError`` for a malformed group (nothing written),
         ``ConcurrentWriteError`` when fenced (nothing written), ``JournalUnavailableError``
-        when the store cannot be reached (outcome may be unknown: recover before retrying).
+        when the store could not be reached (nothing written), ``JournalOutcomeUnknownError``
+        when the group may or may not be stored, or may still land (re-read before deciding;
+        never append other events at these numbers from this writer's assumed state).
+        Appending a group that is already stored exactly (same writer, numbers, payloads)
+        returns normally.
         """
 
     @abc.abstractmethod

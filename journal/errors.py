@@ -20,8 +20,8 @@ without importing upwards.
     ├── CassandraNodeError               the local Cassandra launcher could not start/stop a node
     ├── JournalError                     anything the event journal / snapshot store reports
     │   ├── ConcurrentWriteError     [N] fencing: another writer holds these sequence numbers
-    │   ├── JournalUnavailableError      the store could not be reached / timed out
-    │   │   └── JournalOutcomeUnknownError [U] a write timed out: it may or may not land
+    │   ├── JournalUnavailableError      the store could not be reached: nothing was written
+    │   │   └── JournalOutcomeUnknownError [U] sent, unconfirmed: it may or may not land
     │   └── InvalidAppendError    [N]    a malformed append (gaps, mixed ids, empty ids)
     ├── SerializationError               encode/decode failed (names persistence id + seq nr)
     │   ├── UnknownManifestError
@@ -136,12 +136,15 @@ class ConcurrentWriteError(JournalError, NotAppliedError):
 
 
 class JournalUnavailableError(JournalError):
-    """The store could not be reached or did not answer in time; the outcome may be unknown."""
+    """The store could not be reached (no node took the request, or a coordinator refused it
+    before executing it). Raised as such, it means nothing was written; its subclass
+    :class:`JournalOutcomeUnknownError` is the "sent, but unconfirmed" case."""
 
 
 class JournalOutcomeUnknownError(JournalUnavailableError, OutcomeUnknownError):
-    """The store did not confirm a write in time (a client or server timeout): it may or may
-    not have been applied, and it may still land later. Callers must re-read before deciding."""
+    """The store did not confirm a write that was sent (a client or server timeout, a lost
+    connection or response, a server error, Cassandra's CAS_WRITE_UNKNOWN): it may or may not
+    have been applied, and it may still land later. Callers must re-read before deciding."""
 
 
 class InvalidAppendError(JournalError, NotAppliedError, ValueError):
@@ -266,14 +269,17 @@ class HandlerError(CommandError, NotAppliedError):
 
 
 class PersistFailedError(CommandError, NotAppliedError):
-    """The events of this command could not be made durable; the command had no effect
-    that will ever be visible (state was rebuilt from the journal)."""
+    """The events of this command were not stored, and never will be: the journal said the
+    write provably did not happen (it never reached the store, or was refused before it was
+    executed). The command had no visible effect; re-sending it is safe."""
 
 
 class WriteOutcomeUnknownError(CommandError, OutcomeUnknownError):
-    """The journal did not confirm this command's events in time and a re-read did not find
-    them: they may still land. The activation stopped, so the next command recovers the
-    truth from the journal. Check the state before re-sending a non-idempotent command."""
+    """The journal did not confirm this command's events (a timeout, a lost response, a
+    frozen or restarting store) and a re-read did not find them, or could not be made: they
+    may be stored, or may still land. The activation stopped, so the next command recovers the
+    truth from the journal (whichever it holds: the command applied once, or not at all).
+    Check the state before re-sending a non-idempotent command."""
 
 
 class AggregateStoppedError(CommandError, NotAppliedError):

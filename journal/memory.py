@@ -57,6 +57,16 @@ def validate_group(events: Sequence[StoredEvent], max_group_size: int | None = N
         )
 
 
+def _same_group(stored: dict[int, StoredEvent], events: Sequence[StoredEvent]) -> bool:
+    """True if every event of ``events`` is already stored, by the same writer with the same
+    payload (the same group sent again), as the Cassandra journal decides it."""
+    for ev in events:
+        old = stored.get(ev.sequence_nr)
+        if old is None or (old.writer_id, bytes(old.payload)) != (ev.writer_id, bytes(ev.payload)):
+            return False
+    return True
+
+
 @dataclass
 class _Failure:
     remaining: int
@@ -68,7 +78,9 @@ class InMemoryJournal(Journal):
     """A dict-backed :class:`~raysource.journal.api.Journal`.
 
     * ``fencing=True`` (default): an append touching any taken sequence number raises
-      ``ConcurrentWriteError`` naming the first taken number and writes nothing.
+      ``ConcurrentWriteError`` naming the first taken number and writes nothing — unless every
+      number holds exactly this group already (same writer, same payloads: the same append
+      sent twice), which is a success that writes nothing.
       ``fencing=False``: like the Cassandra journal's plain batch, the group is written
       unconditionally and overwrites events at the same sequence numbers (last write wins);
       the tag stream then holds both versions.
@@ -172,6 +184,11 @@ class InMemoryJournal(Journal):
                 )
         stored = self._events.setdefault(pid, {})
         if self.fencing:
+            if _same_group(stored, events):  # a re-send of a group already stored: done
+                self.stats["resends"] += 1
+                if failure is not None:
+                    self._raise(failure)
+                return
             for ev in events:
                 if ev.sequence_nr in stored:
                     self.stats["conflicts"] += 1

@@ -3,8 +3,9 @@
 :class:`EntityCore` owns the state of one aggregate and everything that happens to it:
 
 * **Recovery** (:meth:`EntityCore.start`): newest decodable snapshot (an undecodable one makes
-  it ask for the next older one, then fall back to a full replay), replay of the later events,
-  then a check against ``highest_sequence_nr``. Commands submitted meanwhile wait in the mailbox.
+  it ask for the next older one, then fall back to a full replay), ``highest_sequence_nr``, then
+  the replay of every later event up to that highest number (read first, so no number is ever
+  taken without its event applied). Commands submitted meanwhile wait in the mailbox.
 * **Command loop with group commit**: one processing task takes every queued command (up to
   ``max_batch``), runs them one by one against the *tentative* state, writes all their events
   with ONE ``journal.append`` and only then releases the replies (rejections and read-only
@@ -12,8 +13,11 @@
   write is in flight new commands queue up and form the next flush.
 * **Failure semantics**: a handler exception fails that command only (``HandlerError``, state
   unchanged); an event that cannot be serialized fails that command only (its
-  ``SerializationError``); a failed write fails every command of the flush with
-  ``PersistFailedError`` and the state is rebuilt from the journal; a ``ConcurrentWriteError``
+  ``SerializationError``); after a failed write the state is rebuilt from the journal and the
+  flush is acknowledged if its events are stored after all; else every command of the flush
+  fails with ``PersistFailedError`` if the journal says nothing was written, or with
+  ``WriteOutcomeUnknownError`` (and the core stops) if the write may still land or the
+  journal could not be re-read; a ``ConcurrentWriteError``
   (another activation writes this persistence id) fails the flush and everything queued with
   ``AggregateStoppedError`` and stops the core for good.
 
@@ -43,7 +47,9 @@ from raysource.journal.errors import (
     CommandRejected,
     ConcurrentWriteError,
     HandlerError,
-    JournalOutcomeUnknownError,
+    JournalError,
+    NotAppliedError,
+    OutcomeUnknownError,
     PersistFailedError,
     SerializationError,
     WriteOutcomeUnknownError,
@@ -99,6 +105,7 @@ class _Outcome:
 
 @dataclass(slots=True)
 class _Flush:
+    timestamp: datetime  # one timestamp for every event of the flush: one identifiable group
     outcomes: list[_Outcome] = field(default_factory=list)
     events: list[StoredEvent] = field(default_factory=list)
     side_effects: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
@@ -252,9 +259,11 @@ class EntityCore:
         """Process ``command`` and return its reply once every event it depends on is durable.
 
         Raises ``CommandRejected``, ``UnknownCommandError``, ``HandlerError``,
-        ``SerializationError`` (an event could not be encoded), ``PersistFailedError``, or
-        ``AggregateStoppedError`` (stopped before or while processing; retry on a fresh
-        activation). Cancelling the await before the command was processed skips it.
+        ``SerializationError`` (an event could not be encoded), ``PersistFailedError`` (not
+        stored, never will be), ``WriteOutcomeUnknownError`` (unconfirmed: may be stored, or
+        land later; the activation stopped), or ``AggregateStoppedError`` (stopped before or
+        while processing; not applied, retry on a fresh activation). Cancelling the await
+        before the command was processed skips it.
         """
         return await self._submit(command)
 
@@ -342,7 +351,7 @@ class EntityCore:
     # ------------------------------------------------------------------ one flush
 
     async def _flush(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        flush = _Flush()
+        flush = _Flush(self._wall_clock())
         state, seq = self._state, self._seq
         for i, (command, fut) in enumerate(batch):
             if fut.done():  # the caller gave up before we started: skip it
@@ -392,40 +401,46 @@ class EntityCore:
             log.warning("%s: write of %d events from #%d failed: %r",
                         self.persistence_id, len(flush.events), flush.events[0].sequence_nr, exc,
                         extra=self.log_context(flush.events[0].sequence_nr))
-            # The outcome may be unknown (e.g. a timeout after the store took the write):
-            # re-read the truth before answering, so a caller that sees the failure finds the
-            # state equal to the journal's, and a write that did land is acknowledged.
-            rebuilt = await self._rebuild_after_failure()
-            if rebuilt and await self._is_stored(flush.events):
-                log.warning("%s: the failed write was stored after all; acknowledging it",
-                            self.persistence_id,
-                            extra=self.log_context(flush.events[-1].sequence_nr))
-            elif rebuilt and isinstance(exc, JournalOutcomeUnknownError):
-                # Unconfirmed, and not visible yet: it may still land. Saying "failed" would
-                # invite a retry that runs the command twice; say "unknown" and stop, so the
-                # next activation recovers whatever the journal ends up holding.
-                for o in flush.outcomes:
-                    err = WriteOutcomeUnknownError(
-                        f"{self.persistence_id}: the write of #{flush.events[0].sequence_nr}.."
-                        f"#{flush.events[-1].sequence_nr} was not confirmed: {exc}"
-                    )
-                    err.__cause__ = exc
-                    self._resolve(o.future, None, err)
-                self._fail_stop(exc)
-                self._mailbox.put_nowait(_STOP)
-                return False
-            else:
-                detail = "" if rebuilt else " (outcome unknown: the journal could not be re-read)"
-                for o in flush.outcomes:
-                    err = PersistFailedError(
-                        f"{self.persistence_id}: write failed{detail}: {exc!r}"
-                    )
-                    err.__cause__ = exc
-                    self._resolve(o.future, None, err)
-                return False
+            return await self._after_failed_write(flush, exc)
         self.stats.events += len(flush.events)
         self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
         return True
+
+    async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
+        """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,
+        so a caller that sees a failure finds the state equal to the journal's, and a write
+        that did land is acknowledged. Returns True if it landed (acknowledge the flush).
+
+        * stored after all: True (the callers get their replies);
+        * the journal says nothing was written (:func:`_not_applied`): ``PersistFailedError``
+          (the activation goes on if the re-read worked, else it stops);
+        * else (unconfirmed, or the re-read failed after an unknown outcome):
+          ``WriteOutcomeUnknownError`` and the activation stops. The write may still land;
+          saying "failed" would invite a retry that runs the command twice, so the next
+          activation recovers whatever the journal ends up holding.
+        """
+        first, last = flush.events[0].sequence_nr, flush.events[-1].sequence_nr
+        rebuilt = await self._rebuild_after_failure()
+        if rebuilt and await self._is_stored(flush.events):
+            log.warning("%s: the failed write was stored after all; acknowledging it",
+                        self.persistence_id, extra=self.log_context(last))
+            return True
+        if _not_applied(exc):
+            detail = "" if rebuilt else " (the activation stopped: the journal could not be re-read)"
+            errors = [PersistFailedError(f"{self.persistence_id}: write failed{detail}: {exc!r}")
+                      for _ in flush.outcomes]
+        else:
+            detail = "" if rebuilt else "; the journal could not be re-read"
+            errors = [WriteOutcomeUnknownError(
+                f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed"
+                f"{detail}: {exc}") for _ in flush.outcomes]
+            if rebuilt:
+                self._fail_stop(exc)
+                self._mailbox.put_nowait(_STOP)
+        for o, err in zip(flush.outcomes, errors):
+            err.__cause__ = exc
+            self._resolve(o.future, None, err)
+        return False
 
     async def _is_stored(self, events: list[StoredEvent]) -> bool:
         """True if the journal holds exactly these events (written by this activation)."""
@@ -479,7 +494,7 @@ class EntityCore:
         predicate = agg.snapshot.predicate
         stored: list[StoredEvent] = []
         new_state, new_seq, snap = state, seq, False
-        timestamp = self._wall_clock()
+        timestamp = flush.timestamp
         try:
             for event in effect.events:
                 new_seq += 1
@@ -592,15 +607,20 @@ class EntityCore:
         started = time.perf_counter()
         self.stats.recoveries += 1
         state, seq, snap_seq, skipped = await self._load_snapshot()
-        state, seq, replayed = await self._replay(state, seq)
+        # The highest number is read BEFORE the replay, and the replay goes up to it: every
+        # number up to ``highest`` is then either replayed (applied) or deleted, never skipped.
+        # (Read after the replay, a number another writer appended in between would be taken
+        # as ours without its event being applied: a write decided on a stale state.) A writer
+        # that appends after this read is met by the fencing guard at our first write.
         highest = await self.journal.highest_sequence_nr(self.persistence_id)
         if highest < seq:
             # A snapshot newer than the journal cannot be trusted: rebuild from events alone.
             log.warning("%s: snapshot at %d is beyond the journal's highest %d; full replay",
                         self.persistence_id, seq, highest, extra=self.log_context(seq))
-            state, seq, replayed = await self._replay(self.aggregate_type.initial_state, 0)
-            snap_seq = None
-        # Deleted trailing events still occupy their numbers: never reuse them.
+            state, seq, snap_seq = self.aggregate_type.initial_state, 0, None
+        state, seq, replayed = await self._replay(state, seq, highest)
+        # Numbers up to ``highest`` that the replay did not return are deleted (``delete_to``
+        # removes a prefix); they still occupy their numbers: never reuse them.
         seq = max(seq, highest)
         if self.aggregate_type.tagger is not None and any(e.tags for e in self._newest_group):
             # Its writer may have died (or failed) between the events and their tag rows:
@@ -638,12 +658,14 @@ class EntityCore:
                 if max_seq < 1:
                     return self.aggregate_type.initial_state, 0, None, skipped
 
-    async def _replay(self, state: Any, seq: int) -> tuple[Any, int, int]:
+    async def _replay(self, state: Any, seq: int, to: int) -> tuple[Any, int, int]:
         handler = self.aggregate_type.event_handler
         replayed = 0
         group: tuple[str, Any] | None = None  # (writer, timestamp) of the newest group
         self._newest_group.clear()
-        async for stored in self.journal.replay(self.persistence_id, seq + 1):
+        if to <= seq:
+            return state, seq, replayed
+        async for stored in self.journal.replay(self.persistence_id, seq + 1, to):
             event = self.serialization.decode(
                 stored.serializer_id, stored.manifest, stored.payload,
                 persistence_id=self.persistence_id, sequence_nr=stored.sequence_nr,
@@ -657,6 +679,16 @@ class EntityCore:
                 self._newest_group.clear()
             self._newest_group.append(stored)  # kept for the tag repair, not re-read
         return state, seq, replayed
+
+
+def _not_applied(exc: BaseException) -> bool:
+    """True if a failed append provably wrote nothing: a raysource ``NotAppliedError``, or a
+    journal/serialization error that does not say "outcome unknown" (the journal contract:
+    ``append`` raises ``JournalOutcomeUnknownError`` whenever the write may have happened).
+    Anything else (a bug, a foreign exception) is taken as unknown."""
+    if isinstance(exc, OutcomeUnknownError):
+        return False
+    return isinstance(exc, (NotAppliedError, JournalError, SerializationError))
 
 
 class _Fenced(Exception):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from datetime import datetime, timezone
 
@@ -257,8 +258,9 @@ async def test_two_journal_instances_fence_each_other(session, config):
     other = await CassandraSession(config).connect()
     try:
         a, b = CassandraJournal(session, config), CassandraJournal(other, config)
+        b_event = dataclasses.replace(ev("dup", 1), writer_id="w-b")  # another activation
         res = await asyncio.gather(a.append([ev("dup", 1), ev("dup", 2)]),
-                                   b.append([ev("dup", 1)]), return_exceptions=True)
+                                   b.append([b_event]), return_exceptions=True)
         assert sorted(type(r).__name__ for r in res) == ["ConcurrentWriteError", "NoneType"]
         assert await a.highest_sequence_nr("dup") in (1, 2)
         assert [e.sequence_nr async for e in b.replay("dup")] == list(

@@ -22,7 +22,14 @@ contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always m
 
 * guard on (``fencing=True``): ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
   batch at the serial consistency (LOCAL_SERIAL). If any number is taken nothing is written and
-  ``ConcurrentWriteError`` names the first taken number. A writer that starts *inside* another
+  ``ConcurrentWriteError`` names the first taken number — unless the existing rows are exactly
+  this group (same writer id, numbers and payloads): then an earlier execution of the same
+  batch applied it (a re-send after a lost response, a coordinator's own Paxos retry) and the
+  append succeeded. The batch is never re-sent by the driver (``NoResendRetryPolicy``); when it
+  is not confirmed (timeout, lost connection, server error, CAS_WRITE_UNKNOWN) the journal reads
+  the group's rows once at the serial consistency, which completes or supersedes a Paxos
+  proposal in flight: all ours -> success; another writer's row -> ``ConcurrentWriteError``;
+  else ``JournalOutcomeUnknownError`` (it may still land). A writer that starts *inside* another
   writer's group (impossible for writers that append at a ``highest + 1`` they read, but
   possible for an arbitrary stale number) could land in the next partition while the taken
   number sits in the overflow of the previous one; so, before a batch into partition ``P >= 1``,
@@ -76,8 +83,10 @@ write by more than the budget (which is measured around both).
 Visibility delay: ``eventual_consistency_delay`` (default 5 s).
 Delivery is at-least-once: re-written rows are duplicates with later offsets; one query
 suppresses duplicates it has seen, consumers dedupe by ``(persistence_id, sequence_nr)``.
-Known gap: if the writer dies after the event batch and before the tag rows, the event is in the
-journal but not in the tag stream (it was never acknowledged; no repair job exists yet).
+If the writer dies (or its tag write fails) after the event batch and before the tag rows, the
+events are in the journal but not in the tag stream; they were not acknowledged, and the next
+recovery re-writes the newest group's tag rows (``repair_tags``) before it answers anyone. A
+failed tag write inside ``append`` raises ``JournalOutcomeUnknownError`` (the events ARE stored).
 With the guard off, a duplicate writer's overwrite is not reflected reliably in tag streams.
 """
 
@@ -95,7 +104,12 @@ from cassandra.query import BatchStatement, BatchType
 
 from raysource.journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ConcurrentWriteError, JournalUnavailableError
+from raysource.journal.errors import (
+    ConcurrentWriteError,
+    JournalError,
+    JournalOutcomeUnknownError,
+    JournalUnavailableError,
+)
 from raysource.journal.memory import validate_group
 from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
@@ -185,6 +199,12 @@ class CassandraJournal(Journal):
                     f"SELECT sequence_nr, timestamp_us, writer_id, ser_id, manifest, payload, "
                     f"tags, meta FROM {ev} WHERE persistence_id = ? AND partition_nr = ? "
                     f"AND sequence_nr >= ? AND sequence_nr <= ?", consistency_level=r),
+                # the decisive read after an unconfirmed conditional append: at the serial
+                # consistency it completes (or supersedes) a Paxos proposal still in flight
+                "range_serial": await p(
+                    f"SELECT sequence_nr, writer_id, payload FROM {ev} "
+                    f"WHERE persistence_id = ? AND partition_nr = ? "
+                    f"AND sequence_nr >= ? AND sequence_nr <= ?", consistency_level=s),
                 "max_in_partition": await p(
                     f"SELECT sequence_nr FROM {ev} WHERE persistence_id = ? AND partition_nr = ? "
                     f"ORDER BY sequence_nr DESC LIMIT 1", consistency_level=r),
@@ -213,6 +233,12 @@ class CassandraJournal(Journal):
                     f"UPDATE {tm} SET first_bucket = ? WHERE tag = ? IF first_bucket = ?",
                     consistency_level=w, serial_consistency_level=s),
             }
+            # Re-sending these is harmless (reads; writes of the same values): the driver may
+            # retry them on another host. Everything else is never re-sent by the driver (see
+            # NoResendRetryPolicy); in particular not the conditional append.
+            for name in ("range", "range_serial", "max_in_partition", "meta", "set_deleted",
+                         "set_hint", "tag_insert", "tag_select", "tag_first_get"):
+                ps[name].is_idempotent = True
             self._ps = ps
             return ps
 
@@ -245,11 +271,20 @@ class CassandraJournal(Journal):
                              set(e.tags) or None, dict(e.metadata) or None))
         # The default profile gives named rows: a refused conditional batch returns the
         # existing rows, and we need their sequence_nr column.
-        rows = await self.session.execute_batch(batch)
-        if self.fencing and rows and not rows[0][0]:
-            taken = sorted(r.sequence_nr for r in rows
-                           if getattr(r, "sequence_nr", None) is not None)
-            raise ConcurrentWriteError(pid, taken[0] if taken else first)
+        try:
+            rows = await self.session.execute_batch(batch)
+        except JournalOutcomeUnknownError as exc:
+            if not self.fencing:
+                raise
+            await self._settle(events, pnr, exc)  # returns only if the group is stored
+        else:
+            if self.fencing and rows and not rows[0][0] and not _own_rows(rows, events):
+                taken = sorted(r.sequence_nr for r in rows
+                               if getattr(r, "sequence_nr", None) is not None)
+                raise ConcurrentWriteError(pid, taken[0] if taken else first)
+            # A refused batch whose existing rows are this group (same writer, numbers and
+            # payloads) was applied by an earlier execution of the same statement (a re-send
+            # after a lost response, a coordinator's Paxos retry): a success.
         self.write_count += 1
         follow_ups = []
         if pnr > 0 and self._hints.get(pid, -1) < pnr:
@@ -257,7 +292,39 @@ class CassandraJournal(Journal):
         if any(e.tags for e in events):
             follow_ups.append(self._write_tags(events))
         if follow_ups:
-            await asyncio.gather(*follow_ups)
+            try:
+                await asyncio.gather(*follow_ups)
+            except Exception as exc:  # the events ARE stored: never report "not written"
+                raise JournalOutcomeUnknownError(
+                    f"{pid} #{first}..#{events[-1].sequence_nr}: the events are stored, but "
+                    f"their follow-up writes failed, so they were not acknowledged: {exc}"
+                ) from exc
+
+    async def _settle(self, events: list[StoredEvent], pnr: int,
+                      unknown: JournalOutcomeUnknownError) -> None:
+        """Decide an unconfirmed conditional append with one read of its rows at the serial
+        consistency, which completes (or supersedes) a Paxos proposal still in flight:
+
+        * every row is this group's: stored, return;
+        * a number is held by another writer's row: this group can never be applied (its
+          condition fails): ``ConcurrentWriteError``;
+        * else (absent, or the read failed): re-raise the unknown outcome — a coordinator
+          still retrying its Paxos round, or a request queued on a stalled node, may still
+          land it.
+        """
+        pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
+        try:
+            rows = await self.session.select_all(self._ps["range_serial"], (pid, pnr, first, last))
+        except JournalError as exc:
+            raise unknown from None
+        if rows and _own_rows(rows, events):
+            return
+        ours = _keys(events)
+        theirs = [r.sequence_nr for r in rows
+                  if (r.sequence_nr, r.writer_id or "", bytes(r.payload or b"")) not in ours]
+        if theirs:
+            raise ConcurrentWriteError(pid, min(theirs))
+        raise unknown
 
     async def _check_previous_partition(self, pid: str, pnr: int, first: int) -> None:
         """Refuse a group whose first number lies in the overflow of partition ``pnr - 1``
@@ -303,6 +370,7 @@ class CassandraJournal(Journal):
                 for i in range(0, len(rows), _TAG_BATCH):
                     batch = BatchStatement(
                         BatchType.UNLOGGED, consistency_level=consistency(c.write_consistency))
+                    batch.is_idempotent = True  # the same rows again: safe to re-send
                     for e in rows[i:i + _TAG_BATCH]:
                         batch.add(ins, (
                             tag, bucket, ts, e.persistence_id, e.sequence_nr,
@@ -442,6 +510,19 @@ class CassandraJournal(Journal):
 
 async def _create(session: CassandraSession, config: CassandraConfig) -> None:
     await create_schema(session, config)
+
+
+def _keys(events: Sequence[StoredEvent]) -> set[tuple[int, str, bytes]]:
+    return {(e.sequence_nr, e.writer_id, bytes(e.payload)) for e in events}
+
+
+def _own_rows(rows: Sequence[Any], events: Sequence[StoredEvent]) -> bool:
+    """True if ``rows`` (named rows with ``sequence_nr``, ``writer_id``, ``payload``) hold
+    exactly this group: every number present, written by the same writer with the same
+    payload."""
+    found = {(r.sequence_nr, r.writer_id or "", bytes(r.payload or b""))
+             for r in rows if getattr(r, "sequence_nr", None) is not None}
+    return found == _keys(events)
 
 
 def new_writer_id() -> str:

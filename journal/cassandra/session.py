@@ -10,8 +10,25 @@ alternative to the persistence module). Nothing here blocks the event loop:
   ``Cluster.shutdown()``) run in a dedicated, bounded ``ThreadPoolExecutor``.
 
 The driver's default connection class is used (libev where compiled, as in this venv).
-Driver errors are wrapped: timeouts, unavailable replicas and unreachable hosts become
-``JournalUnavailableError``; anything else (bad CQL, ...) a ``JournalError``.
+
+Retries: every statement runs under :class:`NoResendRetryPolicy`. The driver's default policy
+re-sends a statement to the next host after a connection error or a server error, whether or not
+the first attempt was applied; for a conditional append that turns a lost response into a second
+execution (which comes back "not applied" with the writer's own rows). Here a statement is
+re-sent only if it is marked idempotent (``is_idempotent``: the journal marks its reads and its
+idempotent writes); any other failure after sending is handed to the caller as an unknown outcome.
+
+Driver errors are wrapped by whether the request could have reached a coordinator
+(:func:`wrap_driver_error`):
+
+* not sent, or refused before it was executed (``NoHostAvailable`` with no request sent,
+  overloaded or bootstrapping coordinator): ``JournalUnavailableError`` — nothing written;
+* sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos commit may
+  fail on it after the proposal was accepted), replica failures, the connection dropped or the
+  server shut down after the request went out, a server error, ``CAS_WRITE_UNKNOWN`` of protocol
+  v5, any unknown error): ``JournalOutcomeUnknownError`` — it may or may not have been applied,
+  and may still land;
+* invalid request (bad CQL, unauthorized, ...): ``JournalError`` — nothing written.
 """
 
 from __future__ import annotations
@@ -24,11 +41,8 @@ from typing import Any
 
 from cassandra import (
     ConsistencyLevel,
-    CoordinationFailure,
     OperationTimedOut,
-    ReadTimeout,
-    Unavailable,
-    WriteTimeout,
+    RequestValidationException,
 )
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
@@ -39,8 +53,18 @@ from cassandra.cluster import (
     ResponseFuture,
     Session,
 )
-from cassandra.connection import ConnectionException
-from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    RetryPolicy,
+    RoundRobinPolicy,
+    TokenAwarePolicy,
+)
+from cassandra.protocol import (
+    ErrorMessage,
+    IsBootstrappingErrorMessage,
+    OverloadedErrorMessage,
+    RequestValidationException as ValidationErrorMessage,
+)
 from cassandra.query import (
     BatchStatement,
     PreparedStatement,
@@ -52,34 +76,76 @@ from cassandra.query import (
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
 
-__all__ = ["CassandraSession", "RAW_PROFILE", "wrap_driver_error", "consistency"]
+__all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_driver_error",
+           "consistency"]
 
 RAW_PROFILE = "raysource_raw"  # plain tuple rows: cheaper than named tuples on hot paths
 
-# Sent and maybe applied, unconfirmed: a write in this state may still land later.
-_OUTCOME_UNKNOWN = (OperationTimedOut, WriteTimeout, CoordinationFailure, TimeoutError)
-_UNAVAILABLE = (
-    OperationTimedOut, NoHostAvailable, Unavailable, ReadTimeout, WriteTimeout,
-    CoordinationFailure, ConnectionException, TimeoutError, OSError,
-)
+# A coordinator refused these before executing anything: nothing was written.
+_REFUSED = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
+# Invalid requests (bad CQL, unauthorized, ...): refused before execution.
+_INVALID = (RequestValidationException, ValidationErrorMessage)
 
 
 def consistency(name: str) -> int:
     return getattr(ConsistencyLevel, name)
 
 
-def wrap_driver_error(exc: BaseException, what: str) -> JournalError:
-    """The raysource error for a driver exception (the caller raises it ``from exc``)."""
+class NoResendRetryPolicy(RetryPolicy):
+    """The driver's default retry policy, except that a statement not marked idempotent is
+    never re-sent after it may have reached a coordinator (a write timeout, an unavailable
+    error, a server or connection error): the error goes to the caller, who decides with a
+    re-read. Without this, a lost response to a conditional batch made the driver send it
+    again, and the second execution came back "not applied" with the writer's own rows."""
+
+    def on_write_timeout(self, query, consistency, write_type, required_responses,  # noqa: ANN001
+                         received_responses, retry_num):
+        if not getattr(query, "is_idempotent", False):
+            return self.RETHROW, None
+        return super().on_write_timeout(query, consistency, write_type, required_responses,
+                                         received_responses, retry_num)
+
+    def on_unavailable(self, query, consistency, required_replicas, alive_replicas,  # noqa: ANN001
+                       retry_num):
+        if not getattr(query, "is_idempotent", False):
+            return self.RETHROW, None
+        return super().on_unavailable(query, consistency, required_replicas, alive_replicas,
+                                      retry_num)
+
+    def on_request_error(self, query, consistency, error, retry_num):  # noqa: ANN001
+        if not getattr(query, "is_idempotent", False):
+            return self.RETHROW, None
+        return super().on_request_error(query, consistency, error, retry_num)
+
+
+def _never_sent(exc: NoHostAvailable) -> bool:
+    """``NoHostAvailable`` means no host took the request, unless one of its per-host errors
+    is what a sent request ends with (after a retry of an idempotent statement)."""
+    errors = getattr(exc, "errors", None) or {}
+    return not any(_sent(e) for e in errors.values())
+
+
+def _sent(exc: object) -> bool:
+    return isinstance(exc, (OperationTimedOut, ErrorMessage)) and not isinstance(exc, _REFUSED)
+
+
+def wrap_driver_error(exc: BaseException, what: str, *, sent: bool = True) -> JournalError:
+    """The raysource error for a driver exception (the caller raises it ``from exc``), by
+    whether the request may have been executed (see the module docstring). ``sent=False``:
+    nothing can have been written (raised before the request went out, or by a request that
+    writes nothing: connect, prepare)."""
     if isinstance(exc, JournalError):
         return exc
-    if isinstance(exc, _OUTCOME_UNKNOWN):
-        return JournalOutcomeUnknownError(
-            f"{what}: Cassandra did not confirm in time ({type(exc).__name__}: {exc}); "
-            "the write may or may not have been applied")
-    if isinstance(exc, _UNAVAILABLE):
-        return JournalUnavailableError(f"{what}: Cassandra unavailable ({type(exc).__name__}: "
-                                       f"{exc})")
-    return JournalError(f"{what}: {type(exc).__name__}: {exc}")
+    name = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, _INVALID):
+        return JournalError(f"{what}: {name}")
+    if not sent or isinstance(exc, _REFUSED) or (
+            isinstance(exc, NoHostAvailable) and _never_sent(exc)):
+        return JournalUnavailableError(f"{what}: Cassandra unavailable, nothing was sent or "
+                                       f"executed ({name})")
+    return JournalOutcomeUnknownError(
+        f"{what}: Cassandra did not confirm ({name}); the write may or may not have been "
+        "applied, and may still land")
 
 
 class CassandraSession:
@@ -118,14 +184,17 @@ class CassandraSession:
             lb = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc))
         else:
             lb = TokenAwarePolicy(RoundRobinPolicy())
+        retry = NoResendRetryPolicy()
         profile = ExecutionProfile(
             load_balancing_policy=lb,
+            retry_policy=retry,
             consistency_level=consistency(cfg.read_consistency),
             serial_consistency_level=consistency(cfg.serial_consistency),
             request_timeout=cfg.request_timeout,
         )
         raw = ExecutionProfile(
             load_balancing_policy=lb,
+            retry_policy=retry,
             consistency_level=consistency(cfg.read_consistency),
             serial_consistency_level=consistency(cfg.serial_consistency),
             request_timeout=cfg.request_timeout,
@@ -155,7 +224,8 @@ class CassandraSession:
             session = await loop.run_in_executor(self._executor, cluster.connect, ks)
         except Exception as exc:
             await loop.run_in_executor(self._executor, cluster.shutdown)
-            raise wrap_driver_error(exc, f"connect to {cfg.contact_points}:{cfg.port}") from exc
+            raise wrap_driver_error(exc, f"connect to {cfg.contact_points}:{cfg.port}",
+                                    sent=False) from exc
         self._cluster, self._session = cluster, session
         return self
 
@@ -199,7 +269,7 @@ class CassandraSession:
         except JournalError:
             raise
         except Exception as exc:
-            raise wrap_driver_error(exc, f"prepare {cql!r}") from exc
+            raise wrap_driver_error(exc, f"prepare {cql!r}", sent=False) from exc
         if consistency_level:
             ps.consistency_level = consistency(consistency_level)
         if serial_consistency_level:
@@ -248,8 +318,8 @@ class CassandraSession:
             rf = self.driver_session.execute_async(
                 stmt, params, execution_profile=profile or EXEC_PROFILE_DEFAULT, **kwargs
             )
-        except Exception as exc:
-            raise wrap_driver_error(exc, what) from exc
+        except Exception as exc:  # raised before the request went out
+            raise wrap_driver_error(exc, what, sent=False) from exc
         return self._bridge(rf, what)
 
     async def execute(self, stmt: str | Statement | PreparedStatement,

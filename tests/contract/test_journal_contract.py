@@ -100,7 +100,7 @@ async def test_delete_to_is_logical(backend):
     await j.delete_to(pid, 100)  # clamped: later appends stay visible
     if j.capabilities.fencing:  # deleted numbers are not free again
         with pytest.raises(ConcurrentWriteError):
-            await j.append([ev(pid, 5)])
+            await j.append([ev(pid, 5, writer="w2")])
     await j.append([ev(pid, 6)])
     assert await seqs(j, pid) == [6]
     assert await j.highest_sequence_nr(pid) == 6
