@@ -37,7 +37,8 @@ from raysource.runtime.stores import StoreSpec
 from raysource.app.consistency import ConsistencyReport, check, pick_sample
 from raysource.app.load_client import ClientResult, ClientSetup, LoadClient
 from raysource.app.load_report import aggregate, summary_lines, write
-from raysource.sharding.ray_nodes import coordinator_name, named_actors
+from raysource.runtime.actors.cluster import parse_name, system_of
+from raysource.sharding.ray_nodes import named_actors
 from raysource.sharding.system import System, unique_system_name
 from raysource.app.workloads import WORKLOADS, make_workload
 
@@ -285,15 +286,14 @@ def _merge_tallies(records: list[ClientResult]) -> dict[str, dict[str, int]]:
 
 
 def _system_actor_names(name: str, namespace: str) -> list[str]:
-    return [n for n, _ in named_actors(namespace)
-            if n.startswith(f"{name}:") or n == coordinator_name(name)]
+    return [n for n, _ in named_actors(namespace) if system_of(n) == name]
 
 
 def _host_stats(name: str, namespace: str) -> dict[str, Any]:
     """Commands vs journal writes summed over the system's host actors (group commit)."""
     handles = []
     for actor_name in _system_actor_names(name, namespace):
-        if actor_name.startswith(f"{name}:") and ":region:" not in actor_name:
+        if parse_name(actor_name).kind in ("dedicated", "hosted"):
             try:
                 handles.append(ray.get_actor(actor_name, namespace=namespace))
             except ValueError:

@@ -27,32 +27,28 @@ from typing import Any
 
 import ray
 
+from raysource.runtime.actors.cluster import connect_ray, projection_name, projection_prefix
+
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.errors import ProjectionError
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.runtime.logs import configure_from_env
 from raysource.runtime.actors.ray_metrics import RayMetrics
+from raysource.readside.offsets import CassandraOffsetStore
 from raysource.readside.projections import (
-    OffsetStore,
     ProjectionSpec,
-    ProjectionWorker,
     offset_from_str,
     offset_to_str,
     worker_key,
 )
+from raysource.readside.worker import ProjectionWorker
 
-__all__ = ["ProjectionActor", "Projections", "actor_name", "connect_ray"]
-
-_PREFIX = "raysource-projection:"
+__all__ = ["ProjectionActor", "Projections", "connect_ray"]
 
 # How often a running worker refreshes its lag gauges on its own (status() refreshes them too).
 # Each refresh scans the tag from the offset (bounded by lag_scan_limit): keep it coarse.
 LAG_REFRESH_S = float(os.environ.get("RAYSOURCE_PROJECTION_LAG_REFRESH_S", "30"))
-
-
-def actor_name(projection: str, slice_index: int, n_slices: int) -> str:
-    return f"{_PREFIX}{projection}:{slice_index}-of-{n_slices}"
 
 
 class _ProjectionActor:
@@ -117,15 +113,23 @@ class _ProjectionActor:
         await self._w()
         return "pong"
 
+    # the live path (raysource.runtime.actors.live offers events after their append)
+
+    def subscription(self) -> tuple[str, int, int, bool]:
+        """(tag, slice, n_slices, live): what a live publisher sends here."""
+        return (self.spec.tag, self.slice_index, self.spec.n_slices, self.spec.settings.live)
+
+    def offer(self, events: list) -> None:
+        """Acknowledged events of this worker's tag (best effort; dropped while booting)."""
+        if self._worker is not None:
+            self._worker.offer(events)
+
+    async def retry(self, persistence_id: str, skip: bool = False) -> dict[str, Any]:
+        return await (await self._w()).retry(persistence_id, skip=skip)
+
 
 ProjectionActor = ray.remote(_ProjectionActor)
 
-
-def connect_ray(address: str | None = "auto", namespace: str | None = None) -> None:
-    """Join a running Ray cluster (no-op if this process already is connected)."""
-    if not ray.is_initialized():
-        ray.init(address=address, namespace=namespace, log_to_driver=False,
-                 configure_logging=False)
 
 
 class Projections:
@@ -148,7 +152,7 @@ class Projections:
         out = {}
         for entry in ray.util.list_named_actors(all_namespaces=False):
             n = entry if isinstance(entry, str) else entry.get("name", "")
-            if n.startswith(f"{_PREFIX}{name}:"):
+            if n.startswith(projection_prefix(name)):
                 slice_part = n.rsplit(":", 1)[1]
                 i, _, total = slice_part.partition("-of-")
                 with _suppress_gone():
@@ -168,7 +172,7 @@ class Projections:
         handles = []
         for i in range(spec.n_slices):
             opts: dict[str, Any] = dict(
-                name=actor_name(spec.name, i, spec.n_slices), get_if_exists=True,
+                name=projection_name(spec.name, i, spec.n_slices), get_if_exists=True,
                 max_restarts=-1, max_concurrency=64, num_cpus=spec.num_cpus)
             if self.detached:
                 opts["lifetime"] = "detached"
@@ -217,9 +221,10 @@ class Projections:
         session = CassandraSession(self.config)
         try:
             await session.connect(keyspace="")
-            store = OffsetStore(session, self.config.keyspace)
-            await store.create_table()
+            store = CassandraOffsetStore(session, self.config.keyspace)
+            await store.create()
             rows = await store.list(name)
+            parked = await store.parked(name)
         finally:
             await session.close()
         for row in rows:
@@ -229,8 +234,31 @@ class Projections:
                     "state": f"not running (last: {row.state or '-'})",
                     "desired": row.desired, "offset": offset_to_str(row.offset),
                     "error": row.error,
+                    "parked": [p.as_dict() for p in parked if p.worker == row.worker],
                 }
         return [live[k] for k in sorted(live)]
+
+    async def parked(self, name: str) -> list[dict[str, Any]]:
+        """Every parked aggregate stream of projection ``name`` (from the offset store)."""
+        async with CassandraSession(self.config) as session:
+            store = CassandraOffsetStore(session, self.config.keyspace)
+            await store.create()
+            return [p.as_dict() for p in await store.parked(name)]
+
+    async def retry(self, name: str, persistence_id: str, *, skip: bool = False
+                    ) -> dict[str, Any]:
+        """Re-apply a parked aggregate stream from its poison event (``skip``: from the event
+        after it) in the worker of its slice. ``ProjectionError`` if no worker runs it or the
+        aggregate is not parked."""
+        handles = self._handles_or_fail(name)
+        n = int(next(iter(handles)).split("/")[1])
+        from raysource.readside.projections import slice_of
+
+        key = worker_key(slice_of(persistence_id, n), n)
+        if key not in handles:
+            raise ProjectionError(f"projection {name!r}: worker {key} of {persistence_id!r} "
+                                  "is not running")
+        return await handles[key].retry.remote(persistence_id, skip)
 
 
 class _suppress_gone:

@@ -16,6 +16,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raysource.journal.api import Journal
+from raysource.runtime.actors.cluster import coordinator_name
 from raysource.sharding.allocation import NodeId
 from raysource.sharding.coordinator import CoordinatorSettings, ShardCoordinator
 
@@ -32,7 +33,6 @@ __all__ = [
     "stop_coordinator",
 ]
 
-COORDINATOR_PREFIX = "raysource-coordinator-"
 
 #: Ray ``_system_config`` for the head node that notices a dead node in ~1.5 s (period x
 #: failure threshold) instead of Ray's ~14 s default: test clusters and benchmarks use it;
@@ -80,10 +80,6 @@ def named_actors(namespace: str | None, prefix: str = "") -> list[tuple[str, str
         (e["name"], e["namespace"]) for e in ray.util.list_named_actors(all_namespaces=True)
         if (namespace is None or e["namespace"] == namespace) and e["name"].startswith(prefix)
     ]
-
-
-def coordinator_name(system: str) -> str:
-    return f"{COORDINATOR_PREFIX}{system}"
 
 
 def get_or_create_coordinator(

@@ -25,8 +25,9 @@ from typing import Any
 
 import ray
 
+from raysource.runtime.actors.cluster import parse_name, region_name
 from raysource.journal.errors import ConfigError
-from raysource.runtime.aggregate import AggregateType, PERSISTENCE_ID_SEPARATOR
+from raysource.runtime.aggregate import AggregateType, split_persistence_id
 from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.allocation import NodeId, ShardId
@@ -72,10 +73,6 @@ class SystemSpec:
             return HostSpec(self.name, aggregate_type, self.store, "dedicated",
                             entity_id=entity_id, shard=shard, **settings)
         return HostSpec(self.name, aggregate_type, self.store, "hosted", shard=shard, **settings)
-
-
-def region_name(system: str, node_id: NodeId) -> str:
-    return f"{system}:region:{node_id}"
 
 
 class ShardRegion:
@@ -128,17 +125,19 @@ class ShardRegion:
     async def handoff(self, shard: ShardId) -> int:
         """Stop every activation of ``shard`` (queued work first); returns how many."""
         aggregate_type = self.spec.type_named(shard.type_name)
-        prefix = f"{self.spec.name}:{aggregate_type.name}{PERSISTENCE_ID_SEPARATOR}"
-        hosted_name = f"{self.spec.name}:shard:{aggregate_type.name}:{shard.shard}"
         loop = asyncio.get_running_loop()
         names = await loop.run_in_executor(
             None, named_actors, self.spec.namespace, f"{self.spec.name}:")
         calls = []
         for name, namespace in names:
-            if name == hosted_name:
+            parsed = parse_name(name)
+            if parsed is None or parsed.system != self.spec.name \
+                    or parsed.type_name != aggregate_type.name:
+                continue
+            if parsed.kind == "hosted" and parsed.shard == shard.shard:
                 target = "hosted"
-            elif name.startswith(prefix):
-                eid = name[len(prefix):]
+            elif parsed.kind == "dedicated":
+                _, eid = split_persistence_id(parsed.persistence_id)
                 if shard_of(eid, aggregate_type.number_of_shards) != shard.shard:
                     continue
                 target = "dedicated"

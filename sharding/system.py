@@ -29,6 +29,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from raysource.runtime.actors.cluster import connect_ray
 from raysource.journal.api import Journal
 from raysource.journal.errors import ConfigError, NoLiveNodesError
 from raysource.runtime.aggregate import AggregateType
@@ -190,8 +191,7 @@ class System:
         names = [t.name for t in types]
         if len(set(names)) != len(names):
             raise ConfigError(f"aggregate type names must be unique, got {names}")
-        if not ray.is_initialized():
-            ray.init(address=address, namespace=namespace, log_to_driver=False)
+        connect_ray(address, namespace)
         namespace = namespace or ray.get_runtime_context().namespace
         spec = SystemSpec(
             name=name, store=store, types=types, namespace=namespace,

@@ -44,9 +44,11 @@ from typing import Any
 import ray
 
 from raysource.journal.errors import ConfigError, PassivatedError
+from raysource.runtime.actors.cluster import host_name, shard_host_name
 from raysource.runtime.aggregate import AggregateType, Placement
 from raysource.runtime.host import AggregateHost
 from raysource.runtime.logs import configure_from_env
+from raysource.runtime.actors.live import LivePublisher
 from raysource.runtime.actors.ray_metrics import RayMetrics
 from raysource.runtime.stores import StoreSpec, open_stores, serialization_for
 
@@ -58,6 +60,9 @@ exception object (a reply is told from an error by ``isinstance(o, BaseException
 aggregate whose replies are exceptions cannot use batches)."""
 
 log = logging.getLogger(__name__)
+
+# RAYSOURCE_LIVE_READSIDE=0 turns the read side's live path off in host actors.
+LIVE_READSIDE = os.environ.get("RAYSOURCE_LIVE_READSIDE", "1") != "0"
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,9 @@ class HostSpec:
     def actor_name(self) -> str:
         if self.placement == "dedicated":
             assert self.entity_id is not None
-            return f"{self.system}:{self.aggregate_type.persistence_id(self.entity_id)}"
-        return f"{self.system}:shard:{self.aggregate_type.name}:{self.shard}"
+            return host_name(self.system, self.aggregate_type.persistence_id(self.entity_id))
+        assert self.shard is not None
+        return shard_host_name(self.system, self.aggregate_type.name, self.shard)
 
 
 def actor_options(spec: HostSpec, namespace: str | None = None, **overrides: Any) -> dict:
@@ -132,6 +138,8 @@ class _HostActor:
         self._last_call = time.monotonic()
         self._in_calls = 0  # ask/ask_ordered calls in progress
         self._watchdog: asyncio.Task | None = None
+        # the read side's live path: acknowledged events to subscribed projection workers
+        self._live = LivePublisher() if LIVE_READSIDE else None
         self._start_watchdog()
 
     def _start_watchdog(self) -> None:
@@ -192,6 +200,7 @@ class _HostActor:
             on_deactivated=self._on_deactivated,
             metrics=self._metrics,
             metrics_host="dedicated" if spec.placement == "dedicated" else f"shard-{spec.shard}",
+            on_durable=self._live.publish if self._live is not None else None,
         )
         self._open_s = time.perf_counter() - started
 
