@@ -26,6 +26,7 @@ from raysource.runtime.aggregate import split_persistence_id
 from raysource.examples.seats import SHOW, ReservationCancelled, SeatReserved
 from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSettings, \
     ProjectionSpec
+from raysource.readside.verify import verify_applied
 from raysource.readside.views import EffectivelyOnceView
 
 __all__ = [
@@ -60,16 +61,38 @@ class ReservationsByCustomer(ProjectionHandler):
             f"DELETE FROM {self.table} WHERE customer = ? AND show = ? AND seat = ?")
         self.writer.forget_cache()
 
-    async def handle(self, envelope: EventEnvelope) -> None:
+    def _mutations(self, envelope: EventEnvelope) -> list:
         _, show = split_persistence_id(envelope.persistence_id)
         match envelope.event:
             case SeatReserved(seat=seat, customer=customer):
-                mutations = [(self.insert, (customer, show, seat))]
+                return [(self.insert, (customer, show, seat))]
             case ReservationCancelled(seat=seat, customer=customer):
-                mutations = [(self.delete, (customer, show, seat))]
+                return [(self.delete, (customer, show, seat))]
             case _:
-                mutations = []  # other events still advance the watermark
-        await self.writer.apply(envelope, mutations)
+                return []  # other events still advance the watermark
+
+    async def handle_batch(self, envelopes: list[EventEnvelope]) -> None:
+        # a row (customer, show, seat) is written by events of one show only: the writer's
+        # default conflict key (the persistence id) keeps each batch's rows distinct
+        await self.writer.apply_batch([(env, self._mutations(env)) for env in envelopes])
+
+    async def verify(self, events: list[EventEnvelope]) -> list[str]:
+        """The view against a fold of ``events``: missing and unexpected rows, and events
+        the watermarks (and audit rows, if kept) do not show applied exactly once."""
+        expected: set[tuple[str, str, str]] = set()
+        for env in events:
+            _, show = split_persistence_id(env.persistence_id)
+            match env.event:
+                case SeatReserved(seat=seat, customer=customer):
+                    expected.add((customer, show, seat))
+                case ReservationCancelled(seat=seat, customer=customer):
+                    expected.discard((customer, show, seat))
+        rows = await self.session.select_all(f"SELECT customer, show, seat FROM {self.table}",
+                                             profile=RAW_PROFILE)
+        actual = {tuple(r) for r in rows}
+        problems = [f"missing row {r}" for r in sorted(expected - actual)]
+        problems += [f"unexpected row {r}" for r in sorted(actual - expected)]
+        return problems + await verify_applied(self.writer, events)
 
     async def on_reset(self, offset: TagOffset | None) -> None:
         if offset is None:  # replay from the start rebuilds the view

@@ -2,12 +2,24 @@
 
 :class:`EffectivelyOnceView` keeps, per view, a high-water mark table
 ``<view>_watermarks (persistence_id PRIMARY KEY, sequence_nr)``: the last sequence number of
-each persistence id applied to the view. ``apply(envelope, statements)``:
+each persistence id applied to the view. ``apply_batch([(envelope, mutations), ...])``:
 
-1. reads the id's mark (Cassandra once per id and worker activation, then a local cache);
-2. if ``envelope.sequence_nr <= mark`` the delivery is a redelivery: nothing is written;
-3. otherwise runs the view's statements **and** the new mark in one LOGGED batch, so both
-   land or neither does (Cassandra's batch log replays a half-applied logged batch).
+1. reads the marks of ids it does not know yet (concurrently; then a local cache);
+2. drops every delivery at or below its id's mark (a redelivery: nothing is written);
+3. writes the rest in **logged batches**, each holding the view statements of its events
+   **and** the new mark of each of their ids, so the statements and the marks land together
+   or not at all (Cassandra's batch log replays a half-applied logged batch).
+
+Statements of one batch share one write timestamp, so two statements in one batch that write
+the same row would not apply in order (a delete beats an insert, say). The writer therefore
+never puts two events with the same *conflict key* in one batch: by default the persistence id
+(a view row written by events of one aggregate only, as in the example view); a view whose rows
+are written by events of several aggregates passes ``conflict_key`` (e.g. the row's partition
+key). Events are layered: an event goes into the layer after the last one holding an event of
+its id or its conflict key; layers are written in order, a layer's batches (at most
+``max_batch`` events each) concurrently. Per id, events are thus applied in sequence order and
+each batch raises the id's mark to its last event, so a crash between batches leaves every id's
+mark at a prefix of its events: a redelivery applies exactly the rest.
 
 Assumption (the read-modify-write is not a compare-and-set): at most one writer applies a given
 persistence id at a time. Projection workers give that: a persistence id belongs to exactly one
@@ -17,17 +29,18 @@ milliseconds, long before its replacement (hundreds of ms to start) reads the ma
 Events older than the mark are ignored, so per-id order must be the journal's order (it is, for
 tag streams and by-id streams). With ``audit=True`` every applied delivery is also recorded in
 ``<view>_applied (persistence_id, sequence_nr, applied timeuuid)`` inside the same batch, which
-lets tests count applications exactly.
+lets tests and ``raysource projection verify`` count applications exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
-from raysource.journal.cassandra.config import validate_identifier
+from raysource.journal.cassandra.readside_statements import ViewStatements
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
 from raysource.readside.projections import EventEnvelope
 
@@ -41,75 +54,131 @@ class EffectivelyOnceView:
     view; its bookkeeping tables are ``<view>_watermarks`` (and ``<view>_applied``)."""
 
     def __init__(self, session: CassandraSession, keyspace: str, view: str, *,
-                 audit: bool = False) -> None:
+                 audit: bool = False, max_batch: int = 50,
+                 conflict_key: Callable[[EventEnvelope], Hashable] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
         self.session = session
-        self.keyspace = validate_identifier(keyspace, "keyspace")
-        self.view = validate_identifier(view, "view name")
+        self.cql = ViewStatements(keyspace, view)
+        self.view = view
         self.audit = audit
-        self.watermarks_table = f"{self.keyspace}.{view}_watermarks"
-        self.applied_table = f"{self.keyspace}.{view}_applied"
+        self.max_batch = max_batch
+        self.conflict_key = conflict_key
+        self.watermarks_table = self.cql.watermarks_table
+        self.applied_table = self.cql.applied_table
         self._marks: dict[str, int] = {}
         self.applied = 0
         self.ignored = 0
+        self.batches = 0
 
     async def create_tables(self) -> None:
-        await self.session.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.watermarks_table} "
-            "(persistence_id text PRIMARY KEY, sequence_nr bigint)", prepare=False, timeout=60.0)
+        await self.session.execute(self.cql.create_watermarks, prepare=False, timeout=60.0)
         if self.audit:
-            await self.session.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.applied_table} (persistence_id text, "
-                "sequence_nr bigint, applied timeuuid, "
-                "PRIMARY KEY ((persistence_id), sequence_nr, applied))",
-                prepare=False, timeout=60.0)
+            await self.session.execute(self.cql.create_applied, prepare=False, timeout=60.0)
 
     async def watermark(self, persistence_id: str) -> int:
         """The last applied sequence number of ``persistence_id`` (0 if none)."""
         mark = self._marks.get(persistence_id)
         if mark is None:
-            row = await self.session.select_one(
-                f"SELECT sequence_nr FROM {self.watermarks_table} WHERE persistence_id = ?",
-                (persistence_id,), profile=RAW_PROFILE)
+            row = await self.session.select_one(self.cql.select_mark, (persistence_id,),
+                                                profile=RAW_PROFILE)
             mark = row[0] if row and row[0] is not None else 0
-            self._marks[persistence_id] = mark
-        return mark
+            self._marks.setdefault(persistence_id, mark)
+        return self._marks[persistence_id]
 
     async def apply(self, envelope: EventEnvelope, mutations: Sequence[Mutation]) -> bool:
-        """Apply ``mutations`` (CQL text or prepared statements with parameters) for
-        ``envelope`` unless it was applied already. True if written, False if ignored."""
-        pid, seq = envelope.persistence_id, envelope.sequence_nr
-        if seq <= await self.watermark(pid):
-            self.ignored += 1
-            return False
+        """Apply ``mutations`` for ``envelope`` unless it was applied already. True if
+        written, False if ignored."""
+        return await self.apply_batch([(envelope, mutations)]) == 1
+
+    async def apply_batch(self, items: Iterable[tuple[EventEnvelope, Sequence[Mutation]]]
+                          ) -> int:
+        """Apply each ``(envelope, mutations)`` (CQL text or prepared statements with
+        parameters) unless its event was applied already; ``items`` in delivery order (per
+        persistence id ascending). Returns how many were written. On an error some batches
+        may have landed (their marks say which); delivering the same items again is safe."""
+        items = list(items)
+        unknown = {env.persistence_id for env, _ in items} - self._marks.keys()
+        if unknown:
+            await asyncio.gather(*(self.watermark(pid) for pid in unknown))
+        layers: list[list[tuple[EventEnvelope, Sequence[Mutation]]]] = []
+        last_layer: dict[Any, int] = {}
+        running = dict(self._marks)
+        for env, mutations in items:
+            pid = env.persistence_id
+            if env.sequence_nr <= running[pid]:
+                self.ignored += 1
+                continue
+            running[pid] = env.sequence_nr
+            keys = [("p", pid)]
+            if self.conflict_key is not None:
+                keys.append(("k", self.conflict_key(env)))
+            layer = 1 + max(last_layer.get(k, -1) for k in keys)
+            for k in keys:
+                last_layer[k] = layer
+            if layer == len(layers):
+                layers.append([])
+            layers[layer].append((env, mutations))
+        set_mark = await self.session.prepare(self.cql.set_mark)
+        audit = await self.session.prepare(self.cql.audit) if self.audit else None
+        written = 0
+        for layer_items in layers:
+            chunks = [layer_items[i:i + self.max_batch]
+                      for i in range(0, len(layer_items), self.max_batch)]
+            results = await asyncio.gather(*(self._write(c, set_mark, audit) for c in chunks),
+                                           return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+                written += r
+        return written
+
+    async def _write(self, chunk: list[tuple[EventEnvelope, Sequence[Mutation]]],
+                     set_mark: PreparedStatement, audit: PreparedStatement | None) -> int:
         batch = BatchStatement(batch_type=BatchType.LOGGED)
-        for stmt, params in mutations:
-            ps = stmt if isinstance(stmt, PreparedStatement) else await self.session.prepare(stmt)
-            batch.add(ps, tuple(params))
-        batch.add(await self.session.prepare(
-            f"UPDATE {self.watermarks_table} SET sequence_nr = ? WHERE persistence_id = ?"),
-            (seq, pid))
-        if self.audit:
-            batch.add(await self.session.prepare(
-                f"INSERT INTO {self.applied_table} (persistence_id, sequence_nr, applied) "
-                "VALUES (?, ?, now())"), (pid, seq))
+        marks: dict[str, int] = {}
+        for env, mutations in chunk:
+            for stmt, params in mutations:
+                ps = stmt if isinstance(stmt, PreparedStatement) \
+                    else await self.session.prepare(stmt)
+                batch.add(ps, tuple(params))
+            marks[env.persistence_id] = max(env.sequence_nr, marks.get(env.persistence_id, 0))
+            if audit is not None:
+                batch.add(audit, (env.persistence_id, env.sequence_nr))
+        for pid, seq in marks.items():
+            batch.add(set_mark, (seq, pid))
         try:
             await self.session.execute_batch(batch)
         except BaseException:
-            # outcome unknown (a logged batch may still land): re-read the mark next time
-            self._marks.pop(pid, None)
+            # outcome unknown (a logged batch may still land): re-read the marks next time
+            for pid in marks:
+                self._marks.pop(pid, None)
             raise
-        self._marks[pid] = seq
-        self.applied += 1
-        return True
+        for pid, seq in marks.items():
+            self._marks[pid] = max(seq, self._marks.get(pid, 0))
+        self.applied += len(chunk)
+        self.batches += 1
+        return len(chunk)
+
+    async def stored_watermarks(self) -> dict[str, int]:
+        """Every stored mark (a full table read: for verification, not the hot path)."""
+        rows = await self.session.select_all(self.cql.select_all_marks, profile=RAW_PROFILE)
+        return {r[0]: r[1] or 0 for r in rows}
+
+    async def applied_counts(self) -> dict[tuple[str, int], int]:
+        """(persistence id, sequence number) -> how many times it was applied (``audit``
+        views only; a full table read)."""
+        counts: dict[tuple[str, int], int] = {}
+        for r in await self.session.select_all(self.cql.select_applied, profile=RAW_PROFILE):
+            counts[(r[0], r[1])] = counts.get((r[0], r[1]), 0) + 1
+        return counts
 
     async def clear(self) -> None:
         """Forget every mark (and audit row): for rebuilding the view from the start. The
         caller truncates the view's own tables."""
-        await self.session.execute(f"TRUNCATE {self.watermarks_table}", prepare=False,
-                                   timeout=60.0)
+        await self.session.execute(self.cql.truncate_watermarks, prepare=False, timeout=60.0)
         if self.audit:
-            await self.session.execute(f"TRUNCATE {self.applied_table}", prepare=False,
-                                       timeout=60.0)
+            await self.session.execute(self.cql.truncate_applied, prepare=False, timeout=60.0)
         self._marks.clear()
 
     def forget_cache(self) -> None:

@@ -13,6 +13,10 @@ Contracts:
   finishes every command already in its mailbox. A command that races with it is either in that
   mailbox (processed by the old core) or waits until the old core has fully stopped and then
   goes to a fresh core that recovers after it — never lost, never run twice.
+* **On durable** (``on_durable``): after every acknowledged ``journal.append`` (before the
+  core releases the replies) the listener gets the appended events, synchronously. It must not
+  block or raise (an exception is logged and ignored): the read side's live path queues them
+  (``raysource.runtime.actors.live``).
 * **Fencing**: a core that stopped on its own (a concurrent writer, a failed recovery) is
   dropped; its commands got ``AggregateStoppedError`` and the next command activates a fresh
   core that recovers the true history (``reactivate=True``), or gets ``PassivatedError``
@@ -31,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from raysource.journal.api import Journal
+from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import AggregateStoppedError, ConfigError, PassivatedError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
@@ -100,13 +104,14 @@ class AggregateHost:
         on_deactivated: Callable[[str, DeactivationReason], None] | None = None,
         metrics: Metrics | None = None,
         metrics_host: str = "local",
+        on_durable: Callable[[list[StoredEvent]], None] | None = None,
     ) -> None:
         if max_active is not None and max_active < 1:
             raise ConfigError("max_active must be >= 1 or None")
         if max_concurrent_recoveries < 1:
             raise ConfigError("max_concurrent_recoveries must be >= 1")
         self.aggregate_type = aggregate_type
-        self.journal = journal
+        self.journal = journal if on_durable is None else _NotifyingJournal(journal, on_durable)
         self.snapshot_store = snapshot_store
         self.serialization = serialization
         self.writer_prefix = writer_prefix or uuid.uuid4().hex[:12]
@@ -455,6 +460,41 @@ class AggregateHost:
         self._orders.clear()
         if self._stopping:
             await asyncio.gather(*(asyncio.shield(f) for f in self._stopping.values()))
+
+
+class _NotifyingJournal(Journal):
+    """``journal`` plus the host's ``on_durable`` listener, called after each append."""
+
+    def __init__(self, journal: Journal, listener: Callable[[list[StoredEvent]], None]) -> None:
+        self.inner, self.listener = journal, listener
+        self.capabilities, self.max_group_size = journal.capabilities, journal.max_group_size
+
+    async def append(self, events: Any) -> None:
+        events = list(events)
+        await self.inner.append(events)
+        try:
+            self.listener(events)
+        except Exception:  # the listener is best effort; the append is acknowledged
+            log.exception("on_durable listener failed")
+
+    def replay(self, persistence_id: str, from_sequence_nr: int = 1,
+               to_sequence_nr: int | None = None) -> Any:
+        return self.inner.replay(persistence_id, from_sequence_nr, to_sequence_nr)
+
+    async def highest_sequence_nr(self, persistence_id: str) -> int:
+        return await self.inner.highest_sequence_nr(persistence_id)
+
+    async def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
+        await self.inner.delete_to(persistence_id, to_sequence_nr)
+
+    def events_by_tag(self, tag: str, after: Any = None, *, limit: int | None = None) -> Any:
+        return self.inner.events_by_tag(tag, after, limit=limit)
+
+    async def repair_tags(self, events: Any) -> int:
+        return await self.inner.repair_tags(events)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 def ids_matching(entity_ids: Iterable[str]) -> Callable[[str], bool]:

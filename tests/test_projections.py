@@ -26,6 +26,7 @@ import ray
 import ray.cloudpickle as ray_cloudpickle
 
 from raysource.journal.api import TagOffset
+from raysource.journal.errors import ProjectionError
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
@@ -35,9 +36,9 @@ from raysource.examples.reservations_view import VIEW_TABLE, reservations_of, \
 from raysource.examples.seats import SHOW, CancelReservation, ReserveSeat, SeatReserved, \
     seat_label
 from raysource.readside.projection_actor import Projections
+from raysource.readside.offsets import CassandraOffsetStore
 from raysource.readside.projections import (
     EventStreams,
-    OffsetStore,
     ProjectionHandler,
     ProjectionSettings,
     ProjectionSpec,
@@ -364,7 +365,7 @@ async def test_resume_exactly_after_stored_offset_and_reset_replays(journal, ses
     first = await until(lambda: delivered(30), 20, "30 deliveries")
     await asyncio.sleep(0.5)
     await control.stop(spec.name)
-    stored = await OffsetStore(session, config.keyspace).load(spec.name, worker_key(0, 1))
+    stored = await CassandraOffsetStore(session, config.keyspace).load(spec.name, worker_key(0, 1))
     visible = [te async for te in journal.events_by_tag(tag)]
     assert stored is not None and stored.offset == visible[-1].offset
     assert stored.desired == "stopped"
@@ -392,46 +393,59 @@ async def test_resume_exactly_after_stored_offset_and_reset_replays(journal, ses
 # --------------------------------------------------------------------------- failures
 
 
-async def test_handler_failure_retried_then_parked_and_resumed_from_failed_event(
+async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_order(
         journal, session, config, control, tmp_path):
     tag = f"fa{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
     fail_file = tmp_path / "poison-on"
     fail_file.write_text("1")
     spec = spec_for(tag, agg, fail_file=str(fail_file))
-    ks = kits(journal, agg, ["p"])
+    ks = kits(journal, agg, ["p", "q"])
     await reserve_all(ks["p"], ["alice", "flaky", "bob", "poison", "carol"])
-    pid = agg.persistence_id("p")
+    await reserve_all(ks["q"], ["q1", "q2"])
+    pid, qid = agg.persistence_id("p"), agg.persistence_id("q")
     await start(control, spec)
 
     async def parked():
         (st,) = await control.status(spec.name)
-        return st if st["state"] == "parked" else None
+        return st if st["parked"] else None
 
-    status = await until(parked, 20, "the projection to park")
-    assert "poisoned reservation" in status["error"]
-    assert repr(pid) in status["error"] and "#4" in status["error"]
+    status = await until(parked, 20, "the poison aggregate to park")
+    assert status["state"] == "running", "the worker keeps running"
+    (rec,) = status["parked"]
+    assert rec["persistence_id"] == pid and rec["sequence_nr"] == 4
+    assert "poisoned reservation" in rec["error"]
     assert status["retries"] >= 2 + 2, "flaky retried twice, poison retried twice"
-    assert status["lag_events"] == 2, "the failed event and the one after it wait"
-    got = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
-    assert got == [(pid, 1), (pid, 2), (pid, 3)], "flaky event delivered after retries"
-    stored = await OffsetStore(session, config.keyspace).load(spec.name, worker_key(0, 1))
-    assert stored.state == "parked" and "poisoned reservation" in stored.error
-    await asyncio.sleep(0.5)
-    assert len(await deliveries(session, config.keyspace, tag)) == 3, "nothing skipped"
+    await reserve_all(ks["q"], ["q3"], first_seat=2)  # other aggregates keep flowing
+    await reserve_all(ks["p"], ["dan"], first_seat=5)  # the parked one waits
+
+    async def q_done():
+        d = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
+        return d if (qid, 3) in d else None
+
+    got = await until(q_done, 20, "q's event after the park")
+    assert [x for x in got if x[0] == pid] == [(pid, 1), (pid, 2), (pid, 3)], \
+        "p stops before its poison event (the flaky one delivered after retries)"
+    assert [x for x in got if x[0] == qid] == [(qid, 1), (qid, 2), (qid, 3)]
+    assert [p.persistence_id for p in await CassandraOffsetStore(
+        session, config.keyspace).parked(spec.name)] == [pid]
+    assert await control.parked(spec.name) == [rec]
 
     fail_file.unlink()  # the handler is "fixed"
-    await control.resume(spec.name)
-
-    async def all_five():
-        d = await deliveries(session, config.keyspace, tag)
-        return d if len(d) >= 5 else None
-
-    got = [(p, s) for (_, _, _, p, s) in await until(all_five, 20, "resumed deliveries")]
-    assert got == [(pid, s) for s in range(1, 6)], "continues from the failed event, in order"
+    outcome = await control.retry(spec.name, pid)
+    assert outcome["applied"] == 3 and outcome["parked"] is None
+    got = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
+    assert [x for x in got if x[0] == pid] == [(pid, s) for s in range(1, 7)], \
+        "resumed from the poison event, in order, nothing twice"
     (status,) = await control.status(spec.name)
-    assert status["state"] == "running" and status["error"] == ""
-    await ks["p"].aclose()
+    assert status["parked"] == [] and await control.parked(spec.name) == []
+    await asyncio.sleep(DELAY + 0.5)  # the tag stream re-delivers nothing already applied
+    again = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
+    assert sorted(again) == sorted(set(again)) and len(again) == 6 + 3
+    with pytest.raises(ProjectionError, match="is not parked"):
+        await control.retry(spec.name, pid)
+    for k in ks.values():
+        await k.aclose()
 
 
 # --------------------------------------------------------------------------- slices
@@ -549,7 +563,7 @@ class _FlakyTagReads:
 
 
 async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, session, config):
-    from raysource.readside.projections import ProjectionWorker
+    from raysource.readside.worker import ProjectionWorker
 
     tag = f"ou{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
@@ -577,14 +591,14 @@ async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, se
         assert flaky.failures == 0
     finally:
         await worker.stop()
-    stored = await OffsetStore(session, config.keyspace).load(spec.name, "0/1")
+    stored = await CassandraOffsetStore(session, config.keyspace).load(spec.name, "0/1")
     assert stored.state == "stopped" and stored.offset is not None
     await ks["o"].aclose()
 
 
 async def test_worker_status_records_the_lag_gauges(journal, session, config):
     from raysource.runtime.metrics import Metrics
-    from raysource.readside.projections import ProjectionWorker
+    from raysource.readside.worker import ProjectionWorker
 
     tag = f"lg{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)

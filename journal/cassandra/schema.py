@@ -18,11 +18,14 @@ Tables:
   offset). Rows carry the whole event so a tag query needs no second lookup.
 * ``tag_metadata`` — per tag the oldest bucket ever written (where a query from the start begins).
 * ``snapshots`` — partition ``persistence_id``, clustering ``sequence_nr DESC``.
+* ``projection_offsets``, ``projection_parked`` — the read side's offsets and parked aggregate
+  streams (their CQL: ``raysource.journal.cassandra.readside_statements``).
 """
 
 from __future__ import annotations
 
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.readside_statements import readside_schema
 
 __all__ = ["schema_statements", "schema_cql", "create_schema"]
 
@@ -90,6 +93,7 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
     PRIMARY KEY (persistence_id, sequence_nr)
 ) WITH CLUSTERING ORDER BY (sequence_nr DESC)""",
     ]
+    stmts += readside_schema(ks)
     return stmts
 
 

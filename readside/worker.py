@@ -1,0 +1,494 @@
+"""The projection worker: one slice of a projection, on any journal and offset store.
+
+No Ray here (the actor is :mod:`raysource.readside.projection_actor`).
+
+Lifecycle like Lagom's ReadSideProcessor, on a user
+:class:`~raysource.readside.projections.ProjectionHandler`: ``global_prepare()`` once per start
+of the projection (create tables), ``prepare()`` once per worker activation and after a reset,
+then the worker's events, in offset order per aggregate.
+
+Two paths feed the handler, under one lock:
+
+* **durable**: the tag query from the stored offset, every ``poll_interval``; events of the
+  worker's slice, in batches of up to ``batch_size`` (``handle_batch``) or one at a time
+  (``handle``). It is the source of truth: the offset (the :mod:`~raysource.readside.offsets`
+  store) is stored past the events it delivered, every ``commit_every`` events or
+  ``commit_interval`` seconds and when the query is drained; after a crash the worker resumes
+  strictly after the stored offset (at-least-once: make the handler idempotent, e.g. with
+  :class:`~raysource.readside.views.EffectivelyOnceView`).
+* **live** (:mod:`raysource.readside.live`): events offered by the writers right after their
+  append is acknowledged, applied at once if they continue their aggregate's sequence. It never
+  moves the offset.
+
+Both de-duplicate by ``(persistence_id, sequence_nr)``. A handler error is retried
+``retry_attempts`` times with exponential backoff; then the event's *aggregate* is parked
+(:mod:`raysource.readside.parking`): its later events are passed over, every other aggregate
+keeps flowing, status lists it, and :meth:`ProjectionWorker.retry` / ``skip`` re-apply its
+stream from the journal. A failing journal or offset store is not the handler's fault: the
+worker keeps running, shows the error in ``status`` and retries with backoff. An unexpected
+worker bug parks the whole worker (state ``parked``) visibly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from raysource.journal.api import Journal, StoredEvent, TagOffset
+from raysource.journal.errors import ConfigError, JournalError, ProjectionError
+from raysource.readside.live import LiveInbox
+from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
+from raysource.readside.parking import ParkedStreams
+from raysource.readside.projections import (
+    _STORE_ERROR,
+    EventEnvelope,
+    ProjectionHandler,
+    ProjectionSpec,
+    WorkerState,
+    _Dedupe,
+    batches_events,
+    offset_to_str,
+    slice_of,
+    worker_key,
+)
+from raysource.runtime.metrics import Metrics
+
+__all__ = ["ProjectionWorker"]
+
+log = logging.getLogger(__name__)
+
+_Item = tuple[StoredEvent, "TagOffset | None"]
+
+
+class _Halted(Exception):
+    """The worker was halted while retrying an event (it stays unhandled)."""
+
+
+class ProjectionWorker:
+    """Runs one slice of a projection in the current event loop (see the module docstring).
+
+    ``session``/``config``: the Cassandra session and config the handler factory gets (None on
+    the in-memory journal); ``offsets`` defaults to the Cassandra offset store of
+    ``config.keyspace``; ``handler`` defaults to ``spec.handler_factory(session, config)``.
+    Build it, ``await boot()`` (loads the offset and parked streams; resumes if the stored
+    desired state is "running"), control it with ``start/pause/resume/stop/reset``, feed live
+    events with :meth:`offer`, read :meth:`status`. A worker assumes it is the only one running
+    its (projection, slice): the Ray actor name guarantees that.
+    """
+
+    def __init__(self, spec: ProjectionSpec, slice_index: int, session: Any, config: Any,
+                 journal: Journal, metrics: Metrics | None = None, *,
+                 offsets: OffsetStore | None = None,
+                 handler: ProjectionHandler | None = None) -> None:
+        if not 0 <= slice_index < spec.n_slices:
+            raise ConfigError(f"slice {slice_index} outside 0..{spec.n_slices - 1}")
+        if offsets is None and (session is None or config is None):
+            raise ConfigError("a worker without a Cassandra session needs an offset store")
+        self.spec = spec
+        self.slice_index = slice_index
+        self.key = worker_key(slice_index, spec.n_slices)
+        self.session, self.config, self.journal = session, config, journal
+        self.serialization = spec.serialization()
+        self.store = offsets or CassandraOffsetStore(session, config.keyspace)
+        self.handler = handler or spec.handler_factory(session, config)
+        self.settings = s = spec.settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.state: WorkerState = "idle"
+        self.offset: TagOffset | None = None  # everything up to here is handled
+        self.committed: TagOffset | None = None
+        self.error = ""
+        self.handled = self.duplicates_skipped = self.retries = 0
+        self.last_event_timestamp: datetime | None = None
+        self.parked = ParkedStreams(self.store, spec.name, self.key)
+        self.live = LiveInbox(s.live_buffer)
+        self._batching = batches_events(self.handler)
+        self._dedupe = _Dedupe(s.dedupe_capacity)
+        self._apply = asyncio.Lock()  # the durable and the live path never apply at once
+        self._task: asyncio.Task[None] | None = None
+        self._live_task: asyncio.Task[None] | None = None
+        self._live_wake = asyncio.Event()
+        self._halt = asyncio.Event()
+        self._control = asyncio.Lock()
+        self._prepared = False
+        self._pending, self._last_commit = 0, time.monotonic()
+
+    def _mine(self, pid: str) -> bool:
+        return self.spec.n_slices == 1 or slice_of(pid, self.spec.n_slices) == self.slice_index
+
+    def _log(self, level: int, msg: str, pid: str | None = None, seq: int | None = None) -> None:
+        log.log(level, "projection %s %s: %s", self.spec.name, self.key, msg, extra={
+            "projection": self.spec.name, "worker": self.key, "persistence_id": pid,
+            "sequence_nr": seq})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def global_prepare(self) -> None:
+        await self.store.create()
+        await self.handler.global_prepare()
+
+    async def boot(self) -> None:
+        await self.store.create()
+        row = await self.store.load(self.spec.name, self.key)
+        self.offset = self.committed = row.offset if row else None
+        await self.parked.load(self._mine)
+        if row is not None and row.desired == "running":
+            await self._start_loop()
+        elif row is not None and row.desired == "paused":
+            self.state = "paused"
+
+    async def start(self) -> None:
+        """Run (or keep running); also resumes a paused or parked worker."""
+        async with self._control:
+            await self.store.set_desired(self.spec.name, self.key, "running")
+            await self._start_loop()
+
+    resume = start
+
+    async def pause(self) -> None:
+        async with self._control:
+            await self.store.set_desired(self.spec.name, self.key, "paused")
+            await self._stop_loop("paused")
+
+    async def stop(self) -> None:
+        async with self._control:
+            await self.store.set_desired(self.spec.name, self.key, "stopped")
+            await self._stop_loop("stopped")
+
+    async def reset(self, offset: TagOffset | None) -> None:
+        """Move the offset to ``offset`` (None: the start) and deliver everything after it
+        again (``handler.on_reset``, then ``prepare`` before the next event); parked streams
+        of this worker are released (their events come again). Keeps the running state."""
+        async with self._control:
+            was_running = self._task is not None and not self._task.done()
+            if self.state != "idle":
+                await self._stop_loop("paused" if self.state in ("running", "parked")
+                                      else self.state)
+            if self.state == "parked":
+                self.state = "paused"
+            await self.store.save_offset(self.spec.name, self.key, offset)
+            self.offset = self.committed = offset
+            self._dedupe.clear()
+            for rec in self.parked.records():
+                await self.parked.unpark(rec.persistence_id)
+            self.error = ""
+            await self.handler.on_reset(offset)
+            self._prepared = False
+            if was_running:
+                await self._start_loop()
+            elif self.state != "idle":  # an idle (never booted) worker keeps the stored state
+                await self.store.set_state(self.spec.name, self.key, self.state, "")
+
+    async def _start_loop(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        if not self._prepared:
+            await self.handler.prepare()
+            self._prepared = True
+        self._halt.clear()
+        self.error = ""
+        self.state = "running"
+        await self.store.set_state(self.spec.name, self.key, "running", "")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        if self.settings.live:
+            self._live_task = loop.create_task(self._live_loop())
+
+    async def _stop_loop(self, state: WorkerState) -> None:
+        self._halt.set()
+        self._live_wake.set()
+        for attr in ("_task", "_live_task"):
+            task = getattr(self, attr)
+            setattr(self, attr, None)
+            if task is None or task.done():
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 30.0)
+            except asyncio.TimeoutError:  # a handler that hangs: give up on it
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self.live.drop_all()
+        if self.state != "parked" or state == "stopped":
+            self.state = state
+        await self._commit()
+        await self.store.set_state(self.spec.name, self.key, self.state, self.error)
+
+    # ------------------------------------------------------------------ the durable path
+
+    async def _run(self) -> None:
+        s = self.settings
+        failures = 0
+        try:
+            while not self._halt.is_set():
+                try:
+                    await self._pass()
+                    failures = 0
+                    if self.error.startswith(_STORE_ERROR):
+                        self.error = ""
+                    delay = s.poll_interval
+                except _Halted:
+                    return  # the event stays unhandled: redelivered after resume
+                except JournalError as exc:  # journal or offset store: not the handler's fault
+                    failures += 1
+                    self.error = f"{_STORE_ERROR}{type(exc).__name__}: {exc}"
+                    self._log(logging.WARNING, self.error)
+                    delay = min(s.retry_backoff * 2 ** min(failures, 20), s.retry_backoff_max)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._halt.wait(), delay)
+        except Exception as exc:  # a bug, not an outage: park the worker, visibly
+            log.exception("projection %s %s failed, parked", self.spec.name, self.key)
+            self.error = f"worker failed: {type(exc).__name__}: {exc}"
+            self.state = "parked"
+            self._halt.set()
+            self._live_wake.set()
+            with contextlib.suppress(Exception):
+                await self.store.set_state(self.spec.name, self.key, "parked", self.error)
+
+    async def _pass(self) -> None:
+        """One current query from the handled offset, in batches; then commit."""
+        batch: list = []
+        async with contextlib.aclosing(
+            self.journal.events_by_tag(self.spec.tag, self.offset)
+        ) as rows:
+            async for te in rows:
+                if self._halt.is_set():
+                    break
+                batch.append(te)
+                if len(batch) >= self.settings.batch_size:
+                    await self._apply_durable(batch)
+                    batch = []
+            if batch and not self._halt.is_set():
+                await self._apply_durable(batch)
+        await self._commit()
+
+    async def _apply_durable(self, batch: list) -> None:
+        async with self._apply:
+            todo: list[_Item] = []
+            seen: dict[str, int] = {}
+            for te in batch:
+                pid, seq = te.event.persistence_id, te.event.sequence_nr
+                if not self._mine(pid):
+                    continue
+                if pid in self.parked:
+                    self.parked.passed_over += 1
+                    continue
+                last = max(seen.get(pid, 0), self._dedupe.last(pid) or 0)
+                if seq <= last:
+                    self.duplicates_skipped += 1
+                    continue
+                seen[pid] = seq
+                todo.append((te.event, te.offset))
+            if todo:
+                await self._deliver(todo)
+            # events of other slices, duplicates and parked ones are done as soon as seen
+            self.offset = batch[-1].offset
+            self._pending += len(todo)
+        s = self.settings
+        if self._pending >= s.commit_every or (
+                self._pending and time.monotonic() - self._last_commit >= s.commit_interval):
+            await self._commit()
+
+    async def _commit(self) -> None:
+        if self.offset != self.committed:
+            await self.store.save_offset(self.spec.name, self.key, self.offset)
+            self.committed = self.offset
+        self._pending, self._last_commit = 0, time.monotonic()
+
+    # ------------------------------------------------------------------ the live path
+
+    def offer(self, events: Sequence[StoredEvent]) -> None:
+        """Live events of this worker's tag (any slice), just acknowledged by their writer."""
+        if self.state != "running" or self._live_task is None:
+            self.live.stats.offered += len(events)
+            self.live.stats.dropped += len(events)
+            return
+        self.live.put(events)
+        self._live_wake.set()
+
+    async def _live_loop(self) -> None:
+        while not self._halt.is_set():
+            await self._live_wake.wait()
+            self._live_wake.clear()
+            if self._halt.is_set():
+                return
+            try:
+                async with self._apply:
+                    todo = self.live.select(
+                        self.live.take(), lambda p: self._mine(p) and p not in self.parked,
+                        self._dedupe.last)
+                    if todo:
+                        await self._deliver([(e, None) for e in todo])
+                        self.live.stats.applied += len(todo)
+            except _Halted:
+                return
+            except Exception as exc:  # a store error: the durable path delivers them later
+                self._log(logging.WARNING, f"live path: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ delivery
+
+    def _envelope(self, e: StoredEvent, offset: TagOffset | None) -> EventEnvelope:
+        obj = self.serialization.decode(e.serializer_id, e.manifest, bytes(e.payload),
+                                        persistence_id=e.persistence_id,
+                                        sequence_nr=e.sequence_nr)
+        return EventEnvelope(obj, e.persistence_id, e.sequence_nr, e.timestamp, offset,
+                             self.spec.tag)
+
+    def _done(self, envs: list[EventEnvelope]) -> None:
+        for env in envs:
+            self._dedupe.mark(env.persistence_id, env.sequence_nr)
+        self.handled += len(envs)
+        self.last_event_timestamp = envs[-1].timestamp
+
+    async def _deliver(self, items: list[_Item]) -> None:
+        """Apply ``items`` (the caller holds the apply lock; each aggregate's events in
+        order). Raises ``_Halted`` if halted during a retry."""
+        if self._batching and len(items) > 1:
+            try:
+                envs = [self._envelope(e, off) for e, off in items]
+                await self.handler.handle_batch(envs)
+                self._done(envs)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # find the poison event: one by one, with retries
+                self._log(logging.WARNING, f"batch of {len(items)} failed ({exc!r}); "
+                                           "delivering one by one")
+        for e, off in items:
+            if e.persistence_id in self.parked:
+                self.parked.passed_over += 1
+                continue
+            await self._deliver_one(e, off)
+
+    async def _deliver_one(self, e: StoredEvent, offset: TagOffset | None) -> bool:
+        """Deliver one event with retries; park its aggregate after the last attempt.
+        True if applied, False if parked; raises ``_Halted``."""
+        s = self.settings
+        for attempt in range(1, s.retry_attempts + 1):
+            try:
+                env = self._envelope(e, offset)
+                if self._batching:
+                    await self.handler.handle_batch([env])
+                else:
+                    result = self.handler.handle(env)
+                    if inspect.isawaitable(result):
+                        await result
+                self._done([env])
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = (f"{type(exc).__name__}: {exc} [at {e.persistence_id!r} "
+                         f"#{e.sequence_nr}, attempt {attempt}/{s.retry_attempts}]")
+                self._log(logging.WARNING, error, e.persistence_id, e.sequence_nr)
+                if attempt == s.retry_attempts:
+                    await self.parked.park(e.persistence_id, e.sequence_nr, error)
+                    self._log(logging.ERROR, f"aggregate stream parked: {error}",
+                              e.persistence_id, e.sequence_nr)
+                    return False
+                self.retries += 1
+                delay = min(s.retry_backoff * 2 ** (attempt - 1), s.retry_backoff_max)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._halt.wait(), delay)
+                if self._halt.is_set():
+                    raise _Halted()
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ parked streams
+
+    async def retry(self, persistence_id: str, *, skip: bool = False) -> dict[str, Any]:
+        """Re-apply a parked aggregate stream from the journal: from its poison event, or
+        (``skip``) from the event after it. Returns the outcome (``applied`` events, and
+        ``parked``: the new record if it parked again). Raises ``ProjectionError`` if the
+        aggregate is not parked here."""
+        async with self._apply:
+            rec = self.parked.get(persistence_id)
+            if rec is None:
+                raise ProjectionError(f"{persistence_id!r} is not parked in projection "
+                                      f"{self.spec.name!r} (worker {self.key})")
+            first = rec.sequence_nr + (1 if skip else 0)
+            events = await ParkedStreams.events_from(self.journal, persistence_id, first,
+                                                     self.spec.tag)
+            self.parked.forget(persistence_id)
+            if skip:
+                self._dedupe.mark(persistence_id, rec.sequence_nr)
+            applied, again = 0, None
+            try:
+                for e in events:
+                    if self._dedupe.is_duplicate(e.persistence_id, e.sequence_nr):
+                        continue
+                    if not await self._deliver_one(e, None):
+                        again = self.parked.get(persistence_id)
+                        break
+                    applied += 1
+            except BaseException:
+                self.parked.restore(rec)  # still parked
+                raise
+            if again is None:
+                await self.store.unpark(self.spec.name, persistence_id)
+        self._log(logging.INFO, f"{'skipped' if skip else 'retried'} parked {persistence_id!r}"
+                                f" #{rec.sequence_nr}: {applied} applied",
+                  persistence_id, rec.sequence_nr)
+        return {"persistence_id": persistence_id, "skipped": rec.sequence_nr if skip else None,
+                "applied": applied, "parked": again.as_dict() if again else None}
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self) -> dict[str, Any]:
+        """State, offsets, counters, the last error, the parked streams, the live path's
+        counters, and the lag: ``lag_events`` (visible events of this slice after the handled
+        offset, up to ``lag_scan_limit``) and ``lag_seconds`` (age of the oldest of them by
+        tag-write time; 0 when caught up); both None while the journal cannot be read."""
+        lag: int | None = 0
+        oldest = None
+        try:
+            lag, oldest = await self._lag()
+        except JournalError:  # status must answer during an outage; the error shows it
+            lag = None
+        lag_seconds = (None if lag is None else 0.0 if oldest is None
+                       else max(0.0, (now_us() - oldest) / 1e6))
+        self.metrics.projection_lag(self.spec.name, self.key, lag, lag_seconds)
+        return {
+            "projection": self.spec.name, "worker": self.key, "tag": self.spec.tag,
+            "state": self.state, "offset": offset_to_str(self.offset),
+            "committed_offset": offset_to_str(self.committed), "handled": self.handled,
+            "duplicates_skipped": self.duplicates_skipped, "retries": self.retries,
+            "error": self.error, "lag_events": lag, "lag_seconds": lag_seconds,
+            "last_event_timestamp": (self.last_event_timestamp.isoformat()
+                                     if self.last_event_timestamp else None),
+            "parked": [p.as_dict() for p in self.parked.records()],
+            "parked_passed_over": self.parked.passed_over,
+            "live": self.live.stats.as_dict(),
+        }
+
+    async def _lag(self) -> tuple[int, int | None]:
+        lag, oldest = 0, None
+        seen = _Dedupe()
+        async with contextlib.aclosing(
+            self.journal.events_by_tag(self.spec.tag, self.offset,
+                                       limit=self.settings.lag_scan_limit)
+        ) as rows:
+            async for te in rows:
+                pid, seq = te.event.persistence_id, te.event.sequence_nr
+                if not self._mine(pid) or self._dedupe.is_duplicate(pid, seq) \
+                        or seen.is_duplicate(pid, seq):
+                    continue
+                seen.mark(pid, seq)
+                lag += 1
+                if oldest is None:
+                    oldest = te.offset.timestamp_us
+        return lag, oldest
+
+    async def close(self) -> None:
+        self._halt.set()
+        self._live_wake.set()
+        for task in (self._task, self._live_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task

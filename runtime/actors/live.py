@@ -1,0 +1,152 @@
+"""The writer's half of the read side's live path: offer acknowledged events to projections.
+
+A host actor installs :meth:`LivePublisher.publish` as its host's ``on_durable`` listener
+(:class:`~raysource.runtime.host.AggregateHost`): after each acknowledged append, the events
+are sent to every projection worker subscribed to one of their tags, in the worker's slice
+(``shard_of(persistence_id, n_slices)``, the same hash as ``raysource.readside.projections.
+slice_of``), with ``worker.offer.remote(events)`` — one Ray call per worker per event-loop turn
+(events appended meanwhile are coalesced).
+
+Best effort by design; the durable tag query fills whatever this misses:
+
+* subscribers are found by listing the named projection workers (``cluster.projection_name``)
+  and asking each new one its ``subscription()`` once; the list is refreshed when a publish
+  finds it older than ``refresh_s`` (idle hosts never list), so a new worker gets live events
+  within about ``refresh_s``;
+* at most ``max_in_flight`` offers per worker are outstanding (Ray queues actor calls without
+  bound): beyond that events are dropped and counted (``dropped``), not queued;
+* a worker that died is forgotten until the next refresh finds its successor.
+Ordering: Ray delivers one caller's calls to one actor in order; the worker still checks each
+event continues its aggregate's sequence (``raysource.readside.live``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from raysource.journal.api import StoredEvent
+from raysource.runtime.actors.cluster import parse_name
+from raysource.runtime.shard_id import shard_of
+
+__all__ = ["LivePublisher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Subscriber:
+    handle: Any
+    tag: str
+    slice_index: int
+    n_slices: int
+    in_flight: int = 0
+
+
+class LivePublisher:
+    """Offers acknowledged events to subscribed projection workers (see module docstring).
+    Use from one event loop (an async actor's); :meth:`publish` never blocks or raises."""
+
+    def __init__(self, *, refresh_s: float = 1.0, max_in_flight: int = 32) -> None:
+        self.refresh_s = refresh_s
+        self.max_in_flight = max_in_flight
+        self._subs: dict[tuple[str, str], _Subscriber] = {}  # (namespace, name) -> subscriber
+        self._by_tag: dict[str, list[tuple[tuple[str, str], _Subscriber]]] = {}
+        self._pending: dict[tuple[str, str], list[StoredEvent]] = {}
+        self._refreshed = float("-inf")
+        self._refreshing: asyncio.Task | None = None
+        self._flush_scheduled = False
+        self.published = 0  # events sent (counted once per worker)
+        self.dropped = 0
+
+    def publish(self, events: Sequence[StoredEvent]) -> None:
+        """The ``on_durable`` listener: queue ``events`` for their subscribers."""
+        if time.monotonic() - self._refreshed >= self.refresh_s:
+            self.refresh()
+        for e in events:
+            for tag in e.tags:
+                for key, sub in self._by_tag.get(tag, ()):
+                    if sub.n_slices == 1 or \
+                            shard_of(e.persistence_id, sub.n_slices) == sub.slice_index:
+                        self._pending.setdefault(key, []).append(e)
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def refresh(self) -> None:
+        """Re-list the subscribers in the background (no-op while a refresh runs)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshed = time.monotonic()
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            entries = await loop.run_in_executor(
+                None, lambda: ray.util.list_named_actors(all_namespaces=True))
+            found = set()
+            for entry in entries:
+                name, ns = (entry, "") if isinstance(entry, str) else (
+                    entry.get("name", ""), entry.get("namespace", ""))
+                parsed = parse_name(name)
+                if parsed is None or parsed.kind != "projection":
+                    continue
+                found.add((ns, name))
+                if (ns, name) not in self._subs:
+                    await self._subscribe(ns, name)
+            for key in set(self._subs) - found:
+                del self._subs[key]
+            self._index()
+        except Exception as exc:  # best effort: try again at the next refresh
+            log.info("live publisher: listing subscribers failed: %r", exc)
+
+    async def _subscribe(self, ns: str, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            handle = await loop.run_in_executor(
+                None, lambda: ray.get_actor(name, namespace=ns or None))
+            tag, index, n, live = await asyncio.wait_for(handle.subscription.remote(), 5.0)
+        except Exception as exc:  # booting, gone, or an old worker without the live path
+            log.info("live publisher: %s not subscribed: %r", name, exc)
+            return
+        if live:
+            self._subs[(ns, name)] = _Subscriber(handle, tag, index, n)
+
+    def _index(self) -> None:
+        by_tag: dict[str, list] = {}
+        for key, sub in self._subs.items():
+            by_tag.setdefault(sub.tag, []).append((key, sub))
+        self._by_tag = by_tag
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for key, events in pending.items():
+            sub = self._subs.get(key)
+            if sub is None or sub.in_flight >= self.max_in_flight:
+                self.dropped += len(events)
+                continue
+            try:
+                ref = sub.handle.offer.remote(events)
+            except Exception:
+                self.dropped += len(events)
+                continue
+            sub.in_flight += 1
+            self.published += len(events)
+            asyncio.ensure_future(self._settle(key, sub, ref))
+
+    async def _settle(self, key: tuple[str, str], sub: _Subscriber, ref: Any) -> None:
+        try:
+            await ref
+        except Exception:  # the worker died: forget it until a refresh finds its successor
+            if self._subs.get(key) is sub:
+                del self._subs[key]
+                self._index()
+        finally:
+            sub.in_flight -= 1
