@@ -8,8 +8,9 @@ Two serializers exist:
   is ``"<name>#<version>"``, e.g. ``"seats.SeatReserved#2"``. Decoding parses the bytes into a
   plain document (dict), applies the registered upcasters from the stored version up to the
   registered version (``upcasters[n]`` maps a version-``n`` document to version ``n + 1``), then
-  converts the document into the registered class with ``msgspec.convert`` (strict typing,
-  unknown fields ignored so removed fields need no upcaster).
+  decodes the document into the registered class (strict typing, unknown fields ignored so
+  removed fields need no upcaster). A payload of the registered version is decoded straight
+  from the bytes into the class.
   Plain JSON values (``str``, ``int``, ``float``, ``bool``, ``None`` and lists/dicts of them)
   need no registration; they use the built-in manifest ``"json#1"`` (aggregates may reply with
   primitives).
@@ -24,6 +25,42 @@ Two serializers exist:
   always pickled). **Unpickling runs arbitrary code: never enable it for a store that untrusted
   parties can write to.** Pickles are also brittle across code versions (no upcasters).
 
+**The round-trip rule** (what is written can always be read back): ``encode`` of a JSON value
+decodes its own payload again, with the same typed decoder ``decode`` uses, and compares the
+result with the original; a value that would not come back equal is refused with
+``UnserializableError`` (a ``NotAppliedError``: the command that produced it, or the snapshot,
+is not written, the aggregate stays as it was). So field types are checked as strictly on
+encode as on decode: an ``int`` where the dataclass says ``str``, a ``bool`` for an ``int``, a
+``None`` for a non-optional field are refused before anything is stored. "Equal" is
+structural and type-strict (not the classes' ``__eq__``):
+
+* every dataclass, enum, container and scalar comes back as the same class with equal values
+  (a ``StrEnum`` in a ``str`` field, a ``set`` in a ``frozenset`` field, a tuple in a ``list``
+  or ``Any`` field, a dataclass subclass in a base-class field are refused, since they would
+  come back as another type); dicts keep their key order;
+* the one widening accepted is the numeric tower the decoder accepts too: an ``int`` in a
+  ``float`` field comes back as the equal ``float`` (``1`` -> ``1.0``; an int that no float
+  equals is refused);
+* **floats**: NaN and the infinities are **refused** (JSON has no form for them; msgspec would
+  write ``null``). ``-0.0`` and every finite float round-trip exactly (shortest repr);
+* ``Decimal`` is stored as a string: ``Decimal("Infinity")`` and precision (``"1.10"``)
+  round-trip; a Decimal NaN is refused (it is not equal to itself);
+* aware ``datetime``/``time`` values keep their UTC offset (a named zone such as
+  ``ZoneInfo("Europe/Paris")`` comes back as the fixed offset it had; compare instants),
+  naive ones stay naive.
+
+Pickled payloads (the opt-in) are not checked: equality of arbitrary objects is theirs to define.
+
+**Types defined anywhere.** Classes declared in ``__main__``, a notebook or a test module are
+shipped by value by Ray (cloudpickle copies the class's ``__dict__``). msgspec caches what it
+learns about a class *on the class* (``__msgspec_cache__``, an unpicklable object) the first
+time it decodes into it, which would make such classes unpicklable for the rest of the process.
+So decoding never asks msgspec to look a class up: each registered class gets one typed
+``msgspec.json.Decoder`` per process (built on first use), and right after building it the
+cache attribute is removed again from every class the decoder reaches (nested dataclasses,
+enums, TypedDicts, NamedTuples); the decoder keeps its own compiled copy. Encoding leaves no
+cache. Both hold for any number of encodes and decodes (``tests/test_types_anywhere.py``).
+
 Every failure is a typed :class:`~raysource.journal.errors.SerializationError` naming the persistence id
 and sequence number when given. Encoding has no side effect, so a failed encode writes nothing.
 """
@@ -31,6 +68,7 @@ and sequence number when given. Encoding has no side effect, so a failed encode 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -42,9 +80,11 @@ from raysource.journal.errors import (
     CorruptPayloadError,
     MissingUpcasterError,
     PayloadTooLargeError,
+    SerializationError,
     UnknownManifestError,
     UnserializableError,
 )
+from raysource.journal.roundtrip import difference, forget_msgspec_caches
 
 __all__ = [
     "JSON_SERIALIZER_ID",
@@ -114,6 +154,23 @@ class Serialization:
         self._by_name: dict[str, _Registration] = {}
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder()
+        # one typed decoder per registered class, built on first use in each process (the
+        # module docstring says why decoding never lets msgspec look a class up itself)
+        self._typed: dict[type, msgspec.json.Decoder] = {}
+        self._typed_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_encoder", "_decoder", "_typed", "_typed_lock"):
+            del state[key]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder()
+        self._typed = {}
+        self._typed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ registration
 
@@ -198,7 +255,10 @@ class Serialization:
     ) -> tuple[int, str, bytes]:
         """Encode ``obj`` to ``(serializer_id, manifest, payload)``.
 
-        Raises ``UnserializableError`` (unregistered type, unsupported field value) or
+        A JSON value is only returned if its payload decodes back to an equal value with the
+        registered types (the round-trip rule of the module docstring). Raises
+        ``UnserializableError`` (unregistered type, unsupported or wrongly typed field value,
+        a value that would not read back equal: NaN, infinities, ...) or
         ``PayloadTooLargeError`` (payload over ``max_payload_bytes``).
         """
         where = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
@@ -213,12 +273,14 @@ class Serialization:
                 raise UnserializableError(
                     f"cannot encode {type(obj).__qualname__} as JSON: {exc}", **where
                 ) from exc
+            self._check_roundtrip(obj, payload, self._typed_decoder(reg, where), where)
         elif _is_plain_json(obj):
             ser_id, manifest = JSON_SERIALIZER_ID, PRIMITIVE_MANIFEST
             try:
                 payload = self._encoder.encode(obj)
             except (TypeError, ValueError, OverflowError) as exc:  # e.g. int beyond 64 bits
                 raise UnserializableError(f"cannot encode value as JSON: {exc}", **where) from exc
+            self._check_roundtrip(obj, payload, self._decoder, where)
         elif self.allow_pickle:
             ser_id, manifest, payload = self._pickle(
                 obj, f"{_PICKLE_MANIFEST_PREFIX}{type(obj).__module__}.{type(obj).__qualname__}",
@@ -238,6 +300,51 @@ class Serialization:
                 **where,
             )
         return ser_id, manifest, payload
+
+    def _check_roundtrip(self, obj: object, payload: bytes, decoder: msgspec.json.Decoder,
+                         where: dict) -> None:
+        """The round-trip rule: ``payload`` must decode to a value equal to ``obj``."""
+        what = type(obj).__qualname__
+        try:
+            back = decoder.decode(payload)
+        except Exception as exc:  # ValidationError, or a __post_init__ that refuses the copy
+            hint = " (NaN and infinities are written as null: refused)" \
+                if "got `null`" in str(exc) else ""
+            raise UnserializableError(
+                f"{what} would be stored but could not be read back ({exc}); field values "
+                f"must have the declared types{hint}", **where
+            ) from None
+        try:
+            problem = difference(obj, back)
+        except RecursionError:
+            problem = "nested too deeply to compare"
+        if problem is not None:
+            raise UnserializableError(
+                f"{what} would not read back as an equal value: {problem}", **where
+            )
+
+    def _typed_decoder(self, reg: _Registration, where: dict,
+                       error: type[SerializationError] = UnserializableError
+                       ) -> msgspec.json.Decoder:
+        """This process's typed decoder for ``reg.cls`` (built once; see the module docstring
+        for why msgspec's class cache is removed again right away)."""
+        decoder = self._typed.get(reg.cls)
+        if decoder is not None:
+            return decoder
+        with self._typed_lock:
+            decoder = self._typed.get(reg.cls)
+            if decoder is None:
+                try:
+                    decoder = msgspec.json.Decoder(reg.cls)
+                except Exception as exc:  # unsupported or unresolvable annotations
+                    raise error(
+                        f"{reg.cls.__qualname__} ({reg.name}) has field types the JSON "
+                        f"serializer cannot decode: {exc}", **where
+                    ) from exc
+                finally:
+                    forget_msgspec_caches(reg.cls)
+                self._typed[reg.cls] = decoder
+        return decoder
 
     def _pickle(self, obj: object, manifest: str, where: dict) -> tuple[int, str, bytes]:
         try:
@@ -289,11 +396,33 @@ class Serialization:
                 f"of {name} (written by newer code?)",
                 **where,
             )
+        decoder = self._typed_decoder(reg, where, CorruptPayloadError)
+        if stored_version < reg.version:
+            payload = self._upcast(reg, manifest, payload, stored_version, where)
+        try:
+            return decoder.decode(payload)
+        except msgspec.ValidationError as exc:
+            raise CorruptPayloadError(
+                f"stored {manifest!r} does not fit {reg.cls.__qualname__}: {exc}", **where
+            ) from exc
+        except msgspec.DecodeError as exc:
+            raise CorruptPayloadError(f"corrupt JSON payload for {manifest!r}: {exc}",
+                                      **where) from exc
+        except (TypeError, ValueError) as exc:  # e.g. raised by the class's __post_init__
+            raise CorruptPayloadError(
+                f"stored {manifest!r} does not fit {reg.cls.__qualname__}: {exc!r}", **where
+            ) from exc
+
+    def _upcast(self, reg: _Registration, manifest: str, payload: bytes, stored_version: int,
+                where: dict) -> bytes:
+        """The payload of an older version, upcast document by document to the registered
+        version and encoded again for the typed decoder."""
         try:
             doc = self._decoder.decode(payload)
         except msgspec.DecodeError as exc:
             raise CorruptPayloadError(f"corrupt JSON payload for {manifest!r}: {exc}",
                                       **where) from exc
+        name = reg.name
         for v in range(stored_version, reg.version):
             up = reg.upcasters.get(v)
             if up is None:
@@ -309,10 +438,11 @@ class Serialization:
                     **where,
                 ) from exc
         try:
-            return msgspec.convert(doc, type=reg.cls, str_keys=True)
-        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            return self._encoder.encode(doc)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise CorruptPayloadError(
-                f"stored {manifest!r} does not fit {reg.cls.__qualname__}: {exc}", **where
+                f"upcasters of {name} produced a document that is not JSON from stored "
+                f"{manifest!r}: {exc}", **where
             ) from exc
 
     def _unpickle(self, manifest: str, payload: bytes, where: dict) -> object:
@@ -333,6 +463,7 @@ class Serialization:
     # ------------------------------------------------------------------ helpers
 
     def roundtrip(self, obj: object) -> object:
-        """Encode then decode ``obj`` (the test kit checks every event and snapshot with it)."""
+        """Encode then decode ``obj``: the decoded copy, or the ``UnserializableError`` of the
+        round-trip rule (the test kit checks commands, replies, events and states with it)."""
         return self.decode(*self.encode(obj))
 

@@ -211,7 +211,7 @@ def _check_name(name: str) -> str:
 
 def validate_entity_id(entity_id: str) -> str:
     """Return ``entity_id`` if valid: a non-empty str of at most 512 characters without control
-    characters; else raise :class:`ConfigError`."""
+    characters that UTF-8 can encode (no lone surrogates); else raise :class:`ConfigError`."""
     if not isinstance(entity_id, str) or not entity_id:
         raise ConfigError(f"entity id must be a non-empty string, got {entity_id!r}")
     if len(entity_id) > MAX_ENTITY_ID_LENGTH:
@@ -221,6 +221,12 @@ def validate_entity_id(entity_id: str) -> str:
         )
     if any(unicodedata.category(ch) == "Cc" for ch in entity_id):
         raise ConfigError(f"entity id {entity_id!r} contains control characters")
+    try:
+        entity_id.encode("utf-8")  # the shard hash, the journal and Ray all need UTF-8
+    except UnicodeEncodeError:
+        raise ConfigError(
+            f"entity id {entity_id!r} is not valid Unicode text (a lone surrogate)"
+        ) from None
     return entity_id
 
 

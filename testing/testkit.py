@@ -240,9 +240,7 @@ class AggregateTestKit(Generic[S]):
         ])
 
     def _check_roundtrip(self, obj: Any, what: str) -> Any:
-        copy = self.serialization.roundtrip(obj)
-        assert copy == obj, (
-            f"{what} does not survive a serializer round trip:\n"
-            f"  original:   {obj!r}\n  round trip: {copy!r}"
-        )
-        return copy
+        """The copy of ``obj`` after a serializer round trip, under the serializer's own rule
+        (``UnserializableError``, as in production, for a ``what`` that would not read back
+        equal: wrong field types, NaN, a tuple in a list field, ...)."""
+        return self.serialization.roundtrip(obj)
