@@ -77,13 +77,8 @@ async def open_stores(spec: StoreSpec) -> tuple[Journal, SnapshotStore]:
     config = spec.cassandra
     assert config is not None
     # one session (connection pool, executor) shared by both; the journal owns and closes it
-    session = CassandraSession(config)
-    await session.connect(keyspace="")
+    session = await CassandraSession.open(config, create_schema=spec.create_schema)
     try:
-        if spec.create_schema:
-            from raysource.journal.cassandra.schema import create_schema
-
-            await create_schema(session, config)
         journal = CassandraJournal(session, config, own_session=True)
         snapshots = CassandraSnapshotStore(session, config)
     except BaseException:

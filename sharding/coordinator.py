@@ -48,7 +48,7 @@ __all__ = [
     "ShardCoordinator",
     "ShardCountRegistered",
     "ShardMoved",
-    "ShardRegion",
+    "HandoffTarget",
     "coordinator_persistence_id",
 ]
 
@@ -214,7 +214,7 @@ class CoordinatorState:
 
 
 @runtime_checkable
-class ShardRegion(Protocol):
+class HandoffTarget(Protocol):
     """What the coordinator calls on a node's shard region before moving a shard off it.
 
     ``handoff(shard)`` must stop the shard's aggregates on that node: let each finish the
@@ -480,7 +480,7 @@ class ShardCoordinator:
         return sorted(await self._fresh_live())
 
     async def register_region(self, node_id: NodeId, region: Any) -> None:
-        """Register the :class:`ShardRegion` of ``node_id`` (replaces an older one)."""
+        """Register the :class:`HandoffTarget` (the shard region) of ``node_id`` (replaces an older one)."""
         await self._ready()
         self._regions[node_id] = region
 

@@ -8,7 +8,7 @@ One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its no
   Ray's named-actor registry keeps one live activation per name cluster-wide.
 * It enforces the per-node cap on active dedicated aggregates: past ``max_active_per_node`` the
   least recently activated one is passivated (it finishes its queued commands first).
-* ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.ShardRegion` protocol)
+* ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.HandoffTarget` protocol)
   stops every activation of a moving shard, wherever it runs, before the shard's new node
   activates it. Activations are found through Ray's named-actor list, so a restarted region
   (or one on another node) hands off correctly without remembering anything.

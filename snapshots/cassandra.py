@@ -10,7 +10,6 @@ from typing import Any
 from raysource.journal.api import StoredSnapshot
 from raysource.journal.cassandra.journal import from_us, to_us
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
 from raysource.snapshots.api import SnapshotStore
 
@@ -36,11 +35,8 @@ class CassandraSnapshotStore(SnapshotStore):
     @classmethod
     async def connect(cls, config: CassandraConfig, *,
                       create_schema: bool = False) -> "CassandraSnapshotStore":
-        session = CassandraSession(config)
-        await session.connect(keyspace="")
+        session = await CassandraSession.open(config, create_schema=create_schema)
         try:
-            if create_schema:
-                await _create(session, config)
             store = cls(session, config, own_session=True)
             await store._prepare()
         except BaseException:
@@ -107,7 +103,3 @@ class CassandraSnapshotStore(SnapshotStore):
             self._closed = True
             if self._own_session:
                 await self.session.close()
-
-
-async def _create(session: CassandraSession, config: CassandraConfig) -> None:
-    await create_schema(session, config)

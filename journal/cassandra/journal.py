@@ -111,7 +111,6 @@ from raysource.journal.errors import (
     JournalUnavailableError,
 )
 from raysource.journal.memory import validate_group
-from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 
 __all__ = ["CassandraJournal", "to_us", "from_us"]
@@ -163,11 +162,8 @@ class CassandraJournal(Journal):
     @classmethod
     async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
                       fencing: bool | None = None) -> "CassandraJournal":
-        session = CassandraSession(config)
-        await session.connect(keyspace="")
+        session = await CassandraSession.open(config, create_schema=create_schema)
         try:
-            if create_schema:
-                await _create(session, config)
             journal = cls(session, config, fencing=fencing, own_session=True)
             await journal._prepare()
         except BaseException:
@@ -506,10 +502,6 @@ class CassandraJournal(Journal):
         self._closed = True
         if self._own_session:
             await self.session.close()
-
-
-async def _create(session: CassandraSession, config: CassandraConfig) -> None:
-    await create_schema(session, config)
 
 
 def _keys(events: Sequence[StoredEvent]) -> set[tuple[int, str, bytes]]:

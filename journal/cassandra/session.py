@@ -229,6 +229,25 @@ class CassandraSession:
         self._cluster, self._session = cluster, session
         return self
 
+    @classmethod
+    async def open(cls, config: CassandraConfig, *,
+                   create_schema: bool = False) -> "CassandraSession":
+        """The one bootstrap of a store session: connect without a keyspace (statements name
+        theirs), create the keyspace and tables if asked (development only), and close again
+        if any of that fails. The journal, the snapshot store, the host's stores and the
+        read side all start here."""
+        session = cls(config)
+        await session.connect(keyspace="")
+        try:
+            if create_schema:
+                from raysource.journal.cassandra.schema import create_schema as create
+
+                await create(session, config)
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
     async def set_keyspace(self, keyspace: str) -> None:
         from raysource.journal.cassandra.config import validate_identifier
 
