@@ -35,6 +35,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from raysource.journal.errors import InvalidAppendError
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
@@ -89,6 +91,41 @@ class JournalCapabilities:
     fencing: bool = True  # conditional appends: ConcurrentWriteError on taken sequence numbers
     tags: bool = True  # events_by_tag
     delete: bool = True  # delete_to
+
+
+def validate_group(events: Sequence[StoredEvent], max_group_size: int | None = None) -> None:
+    """Raise ``InvalidAppendError`` unless ``events`` is a well-formed atomic group.
+
+    Part of the SPI: every backend calls it first, so all of them reject exactly the same
+    inputs (the contract suite checks the cases).
+    """
+    if not events:
+        raise InvalidAppendError("empty append: an atomic group needs at least one event")
+    pid = events[0].persistence_id
+    if not isinstance(pid, str) or not pid:
+        raise InvalidAppendError(f"invalid persistence id {pid!r}")
+    first = events[0].sequence_nr
+    if not isinstance(first, int) or first < 1:
+        raise InvalidAppendError(f"first sequence number must be >= 1, got {first!r} ({pid!r})")
+    for i, ev in enumerate(events):
+        if not isinstance(ev, StoredEvent):
+            raise InvalidAppendError(f"not a StoredEvent: {ev!r}")
+        if ev.persistence_id != pid:
+            raise InvalidAppendError(
+                f"mixed persistence ids in one group: {pid!r} and {ev.persistence_id!r}"
+            )
+        if ev.sequence_nr != first + i:
+            raise InvalidAppendError(
+                f"non-contiguous sequence numbers in group for {pid!r}: expected "
+                f"{first + i}, got {ev.sequence_nr!r}"
+            )
+        if not isinstance(ev.payload, (bytes, bytearray)):
+            raise InvalidAppendError(f"payload of {pid!r}#{ev.sequence_nr} is not bytes")
+    if max_group_size is not None and len(events) > max_group_size:
+        raise InvalidAppendError(
+            f"group of {len(events)} events for {pid!r} exceeds the maximum of "
+            f"{max_group_size} (the partition size)"
+        )
 
 
 class Journal(abc.ABC):

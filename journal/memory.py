@@ -12,7 +12,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from raysource.journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
+from raysource.journal.api import (
+    Journal,
+    JournalCapabilities,
+    StoredEvent,
+    TaggedEvent,
+    TagOffset,
+    validate_group,
+)
 from raysource.journal.errors import (
     ConcurrentWriteError,
     InvalidAppendError,
@@ -20,41 +27,7 @@ from raysource.journal.errors import (
 )
 from raysource.journal.serialization import Serialization
 
-__all__ = ["InMemoryJournal", "validate_group"]
-
-
-def validate_group(events: Sequence[StoredEvent], max_group_size: int | None = None) -> None:
-    """Raise ``InvalidAppendError`` unless ``events`` is a well-formed atomic group.
-
-    Shared by every backend so they reject exactly the same inputs.
-    """
-    if not events:
-        raise InvalidAppendError("empty append: an atomic group needs at least one event")
-    pid = events[0].persistence_id
-    if not isinstance(pid, str) or not pid:
-        raise InvalidAppendError(f"invalid persistence id {pid!r}")
-    first = events[0].sequence_nr
-    if not isinstance(first, int) or first < 1:
-        raise InvalidAppendError(f"first sequence number must be >= 1, got {first!r} ({pid!r})")
-    for i, ev in enumerate(events):
-        if not isinstance(ev, StoredEvent):
-            raise InvalidAppendError(f"not a StoredEvent: {ev!r}")
-        if ev.persistence_id != pid:
-            raise InvalidAppendError(
-                f"mixed persistence ids in one group: {pid!r} and {ev.persistence_id!r}"
-            )
-        if ev.sequence_nr != first + i:
-            raise InvalidAppendError(
-                f"non-contiguous sequence numbers in group for {pid!r}: expected "
-                f"{first + i}, got {ev.sequence_nr!r}"
-            )
-        if not isinstance(ev.payload, (bytes, bytearray)):
-            raise InvalidAppendError(f"payload of {pid!r}#{ev.sequence_nr} is not bytes")
-    if max_group_size is not None and len(events) > max_group_size:
-        raise InvalidAppendError(
-            f"group of {len(events)} events for {pid!r} exceeds the maximum of "
-            f"{max_group_size} (the partition size)"
-        )
+__all__ = ["InMemoryJournal"]
 
 
 def _same_group(stored: dict[int, StoredEvent], events: Sequence[StoredEvent]) -> bool:

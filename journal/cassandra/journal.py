@@ -102,7 +102,14 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType
 
-from raysource.journal.api import Journal, JournalCapabilities, StoredEvent, TaggedEvent, TagOffset
+from raysource.journal.api import (
+    Journal,
+    JournalCapabilities,
+    StoredEvent,
+    TaggedEvent,
+    TagOffset,
+    validate_group,
+)
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.errors import (
     ConcurrentWriteError,
@@ -110,7 +117,6 @@ from raysource.journal.errors import (
     JournalOutcomeUnknownError,
     JournalUnavailableError,
 )
-from raysource.journal.memory import validate_group
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 
 __all__ = ["CassandraJournal", "to_us", "from_us"]

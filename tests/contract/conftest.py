@@ -7,11 +7,16 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from backends import TAG_DELAY, Backend
 
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import CassandraSession
+from raysource.testing.contract_backend import Backend
+
+# The Cassandra tag query only returns rows older than this (see journal.cassandra); kept
+# small so the contract tests do not wait long.
+TAG_DELAY = 0.4
+CASSANDRA_PROPERTY_EXAMPLES = 10
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +32,8 @@ def cassandra_backend_session(cassandra_contact, cassandra_keyspace) -> Iterator
         await create_schema(session, cfg, keyspace=False)
 
     asyncio.run(setup())
-    yield Backend("cassandra", session, cfg, tag_visibility_delay=TAG_DELAY + 0.15)
+    yield Backend("cassandra", session, cfg, tag_visibility_delay=TAG_DELAY + 0.15,
+                  property_examples=CASSANDRA_PROPERTY_EXAMPLES)
     asyncio.run(session.close())
 
 
@@ -38,4 +44,5 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return Backend("memory")
     shared: Backend = request.getfixturevalue("cassandra_backend_session")
-    return Backend("cassandra", shared.session, shared.config, shared.tag_visibility_delay)
+    return Backend("cassandra", shared.session, shared.config, shared.tag_visibility_delay,
+                   property_examples=CASSANDRA_PROPERTY_EXAMPLES)
