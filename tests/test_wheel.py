@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,9 +29,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("wheel")
+    # build from a copy: an in-tree build would leave build/ and *.egg-info in the repository
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "results", "*.egg-info", "__pycache__", "target", "node_modules"))
     dist = tmp / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(dist), str(ROOT)],
+                    "--no-build-isolation", "-w", str(dist), str(source)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("raysource-*.whl")
     venv = tmp / "venv"
