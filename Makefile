@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench cassandra-start cassandra-stop cassandra-status clean
+.PHONY: setup demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# raysource beside Pekko (builds benchmarks/peer with Maven; Java 17 + Maven 3.8), ~15 min;
+# flags pass through, e.g. make peer-bench PEER_ARGS="--rounds 1 --seconds 5"
+peer-bench: setup
+	cd benchmarks/peer && mvn -q -B package
+	$(BIN)/python -m benchmarks.peer.run $(PEER_ARGS)
 
 cassandra-start: setup
 	$(BIN)/raysource cassandra start
