@@ -8,8 +8,12 @@ import asyncio
 
 import pytest
 
-from raysource.journal.errors import JournalOutcomeUnknownError, PersistFailedError, \
-    WriteOutcomeUnknownError
+from raysource.journal.errors import (
+    JournalOutcomeUnknownError,
+    JournalUnavailableError,
+    PersistFailedError,
+    WriteOutcomeUnknownError,
+)
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.core import EntityCore
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat
@@ -72,3 +76,46 @@ async def test_a_definite_failure_is_still_persist_failed() -> None:
     assert not core.stopped
     assert (await core.handle(ReserveSeat("A1", "alice"))).seat == "A1"
     await core.stop()
+
+
+class RereadFails(LateLandingJournal):
+    """The append times out (and lands later), and the journal cannot be read meanwhile."""
+
+    reads_fail = False
+
+    async def highest_sequence_nr(self, persistence_id):  # noqa: ANN001
+        if self.reads_fail:
+            raise JournalUnavailableError("store frozen")
+        return await super().highest_sequence_nr(persistence_id)
+
+
+async def test_a_failed_re_read_after_an_unknown_outcome_is_unknown_not_failed() -> None:
+    """Issue 10, defect 4: the re-read that should decide an unconfirmed write fails (the store
+    is frozen): the answer is still "unknown" — the write may land, and it does."""
+    journal = RereadFails()
+    core = _core(journal, "w1")
+    await core.handle(ReserveSeat("A1", "alice"))
+    journal.time_out_next, journal.reads_fail = True, True
+    with pytest.raises(WriteOutcomeUnknownError, match="could not be re-read"):
+        await core.handle(ReserveSeat("A2", "bob"))
+    assert core.stopped
+    journal.reads_fail = False
+    await asyncio.wait_for(journal.landed.wait(), 2)
+    fresh = _core(journal, "w2")
+    assert (await fresh.handle(GetShow())).holder("A2") == "bob"  # it did land
+    await fresh.stop()
+
+
+async def test_a_definite_failure_with_a_failed_re_read_is_still_persist_failed() -> None:
+    journal = RereadFails()
+    core = _core(journal, "w1")
+    await core.handle(ReserveSeat("A1", "alice"))
+    journal.fail_next_appends(1)  # refused before anything was written
+    journal.reads_fail = True
+    with pytest.raises(PersistFailedError):
+        await core.handle(ReserveSeat("A2", "bob"))
+    assert core.stopped  # it cannot know its state any more
+    journal.reads_fail = False
+    fresh = _core(journal, "w2")
+    assert (await fresh.handle(GetShow())).holder("A2") is None
+    await fresh.stop()
