@@ -22,7 +22,6 @@ from raysource.journal.api import (
 )
 from raysource.journal.errors import (
     ConcurrentWriteError,
-    InvalidAppendError,
     JournalUnavailableError,
 )
 from raysource.journal.serialization import Serialization

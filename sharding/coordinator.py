@@ -2,7 +2,8 @@
 
 Two parts, so the logic is testable without Ray:
 
-* :class:`CoordinatorState` — pure state machine. Decisions (``decide_*``) read the state and
+* :class:`~raysource.sharding.coordinator_state.CoordinatorState` (its own module) — pure state
+  machine. Decisions (``decide_*``) read the state and
   return events; ``apply`` folds an event into the state. Replaying the stored events rebuilds
   exactly the live table.
 * :class:`ShardCoordinator` — the async host: persists the events through any
@@ -21,10 +22,10 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import (
@@ -32,182 +33,22 @@ from raysource.journal.errors import (
     ConfigError,
     CoordinatorFencedError,
     NoLiveNodesError,
-    ShardCountChangedError,
     ShardingError,
 )
-from raysource.journal.serialization import Serialization
-from raysource.sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
+from raysource.sharding.allocation import NodeId, ShardId
+from raysource.sharding.coordinator_state import (
+    COORDINATOR_SERIALIZATION,
+    CoordinatorEvent,
+    CoordinatorState,
+    NodeRemoved,
+    ShardMoved,
+    coordinator_persistence_id,
+)
 from raysource.runtime.shard_id import shard_of
 
-__all__ = [
-    "CoordinatorEvent",
-    "CoordinatorSettings",
-    "CoordinatorState",
-    "NodeRemoved",
-    "ShardAllocated",
-    "ShardCoordinator",
-    "ShardCountRegistered",
-    "ShardMoved",
-    "HandoffTarget",
-    "coordinator_persistence_id",
-]
+__all__ = ["CoordinatorSettings", "HandoffTarget", "ShardCoordinator"]
 
 log = logging.getLogger(__name__)
-
-# ------------------------------------------------------------------------------------ events
-
-
-@dataclass(frozen=True, slots=True)
-class ShardCountRegistered:
-    """Aggregate type ``type_name`` is split into ``number_of_shards`` shards (forever)."""
-
-    type_name: str
-    number_of_shards: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShardAllocated:
-    """Shard ``(type_name, shard)`` got its first home, ``node``."""
-
-    type_name: str
-    shard: int
-    node: str
-
-
-@dataclass(frozen=True, slots=True)
-class ShardMoved:
-    """Shard ``(type_name, shard)`` moved from ``from_node`` to ``to_node`` (rebalance, or its
-    node died)."""
-
-    type_name: str
-    shard: int
-    from_node: str
-    to_node: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRemoved:
-    """``node`` is dead; it holds no shards and never gets one again (Ray never reuses ids)."""
-
-    node: str
-
-
-CoordinatorEvent = Union[ShardCountRegistered, ShardAllocated, ShardMoved, NodeRemoved]
-
-_SERIALIZATION = Serialization()
-for _cls in (ShardCountRegistered, ShardAllocated, ShardMoved, NodeRemoved):
-    # Explicit, stable manifest names: these events are stored for the life of the system.
-    _SERIALIZATION.register(_cls, f"raysource.coordinator.{_cls.__name__}")
-
-
-def coordinator_persistence_id(system: str) -> str:
-    """The journal persistence id holding the coordinator table of ``system``."""
-    return f"__coordinator__|{system}"
-
-
-# ------------------------------------------------------------------------------------ state
-
-
-@dataclass
-class CoordinatorState:
-    """The allocation table. Mutated only by :meth:`apply`; decisions never mutate it."""
-
-    shard_counts: dict[str, int] = field(default_factory=dict)
-    owner: dict[ShardId, NodeId] = field(default_factory=dict)
-    removed_nodes: set[NodeId] = field(default_factory=set)
-
-    # -------------------------------------------------------------- folding
-
-    def apply(self, event: CoordinatorEvent) -> None:
-        if isinstance(event, ShardCountRegistered):
-            self.shard_counts[event.type_name] = event.number_of_shards
-        elif isinstance(event, ShardAllocated):
-            self.owner[ShardId(event.type_name, event.shard)] = event.node
-        elif isinstance(event, ShardMoved):
-            self.owner[ShardId(event.type_name, event.shard)] = event.to_node
-        elif isinstance(event, NodeRemoved):
-            self.removed_nodes.add(event.node)
-        else:
-            raise TypeError(f"not a coordinator event: {event!r}")
-
-    @classmethod
-    def replayed(cls, events: Iterable[CoordinatorEvent]) -> "CoordinatorState":
-        state = cls()
-        for ev in events:
-            state.apply(ev)
-        return state
-
-    # -------------------------------------------------------------- views
-
-    def allocation(self) -> dict[NodeId, set[ShardId]]:
-        out: dict[NodeId, set[ShardId]] = {}
-        for shard, node in self.owner.items():
-            out.setdefault(node, set()).add(shard)
-        return out
-
-    def usable(self, live_nodes: Iterable[NodeId]) -> set[NodeId]:
-        """The live nodes minus those recorded as removed."""
-        return set(live_nodes) - self.removed_nodes
-
-    def check_shard(self, shard: ShardId) -> None:
-        n = self.shard_counts.get(shard.type_name)
-        if n is None:
-            raise ConfigError(f"aggregate type {shard.type_name!r} is not registered")
-        if not 0 <= shard.shard < n:
-            raise ConfigError(
-                f"shard {shard.shard} out of range 0..{n - 1} for {shard.type_name!r}"
-            )
-
-    # -------------------------------------------------------------- decisions
-
-    def decide_register(self, type_name: str, number_of_shards: int) -> list[CoordinatorEvent]:
-        """``[]`` if already registered with this count; ``ShardCountChangedError`` if with
-        another; else the registration event."""
-        if not isinstance(type_name, str) or not type_name or "|" in type_name:
-            raise ConfigError(f"invalid aggregate type name {type_name!r}")
-        if isinstance(number_of_shards, bool) or not isinstance(number_of_shards, int) \
-                or number_of_shards < 1:
-            raise ConfigError(f"number of shards must be an int >= 1, got {number_of_shards!r}")
-        known = self.shard_counts.get(type_name)
-        if known == number_of_shards:
-            return []
-        if known is not None:
-            raise ShardCountChangedError(type_name, known, number_of_shards)
-        return [ShardCountRegistered(type_name, number_of_shards)]
-
-    def decide_home(self, shard: ShardId, live_nodes: Iterable[NodeId]) -> list[CoordinatorEvent]:
-        """Events that give ``shard`` a live home: none if it has one, an allocation if it
-        never had one, a move if its node is not live. ``NoLiveNodesError`` if none is."""
-        self.check_shard(shard)
-        live = self.usable(live_nodes)
-        current = self.owner.get(shard)
-        if current is not None and current in live:
-            return []
-        target = allocate(shard, self.allocation(), live)
-        if current is None:
-            return [ShardAllocated(shard.type_name, shard.shard, target)]
-        return [ShardMoved(shard.type_name, shard.shard, current, target)]
-
-    def decide_dead(self, live_nodes: Iterable[NodeId]) -> list[CoordinatorEvent]:
-        """Move every shard off nodes that are not live, then record those nodes removed.
-        ``[]`` if no shard is on a dead node (or no live node exists to take them)."""
-        live = self.usable(live_nodes)
-        allocation = self.allocation()
-        dead = sorted(n for n in allocation if n not in live)
-        if not dead or not live:
-            return []
-        events: list[CoordinatorEvent] = [
-            ShardMoved(m.shard.type_name, m.shard.shard, m.from_node, m.to_node)
-            for m in dead_moves(allocation, live)
-        ]
-        events += [NodeRemoved(n) for n in dead if n not in self.removed_nodes]
-        return events
-
-    def plan_rebalance(
-        self, live_nodes: Iterable[NodeId], max_moves: int, threshold: int = 2
-    ) -> list[Move]:
-        """One bounded rebalance round among live nodes (see ``allocation.rebalance``)."""
-        return rebalance(self.allocation(), self.usable(live_nodes), max_moves, threshold)
 
 
 # ------------------------------------------------------------------------------------ host
@@ -369,7 +210,7 @@ class ShardCoordinator:
     async def _catch_up(self) -> None:
         assert self._journal is not None
         async for stored in self._journal.replay(self.persistence_id, self._seq + 1):
-            event = _SERIALIZATION.decode(
+            event = COORDINATOR_SERIALIZATION.decode(
                 stored.serializer_id, stored.manifest, bytes(stored.payload),
                 persistence_id=stored.persistence_id, sequence_nr=stored.sequence_nr,
             )
@@ -385,7 +226,7 @@ class ShardCoordinator:
             now = datetime.now(timezone.utc)
             group = []
             for j, ev in enumerate(chunk, start=self._seq + 1):
-                ser_id, manifest, payload = _SERIALIZATION.encode(
+                ser_id, manifest, payload = COORDINATOR_SERIALIZATION.encode(
                     ev, persistence_id=self.persistence_id, sequence_nr=j
                 )
                 group.append(StoredEvent(self.persistence_id, j, payload, manifest, ser_id, now,

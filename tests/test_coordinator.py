@@ -19,13 +19,12 @@ from raysource.journal.errors import (
 )
 from raysource.journal.memory import InMemoryJournal
 from raysource.sharding.allocation import ShardId
-from raysource.sharding.coordinator import (
-    _SERIALIZATION,
-    CoordinatorSettings,
+from raysource.sharding.coordinator import CoordinatorSettings, ShardCoordinator
+from raysource.sharding.coordinator_state import (
+    COORDINATOR_SERIALIZATION,
     CoordinatorState,
     NodeRemoved,
     ShardAllocated,
-    ShardCoordinator,
     ShardCountRegistered,
     ShardMoved,
 )
@@ -79,7 +78,7 @@ def test_replay_equals_live_state_and_invariants(script) -> None:
     assert CoordinatorState.replayed(log) == state
     # every event survives the real serializer
     for ev in log:
-        assert _SERIALIZATION.decode(*_SERIALIZATION.encode(ev)) == ev
+        assert COORDINATOR_SERIALIZATION.decode(*COORDINATOR_SERIALIZATION.encode(ev)) == ev
     assert all(n not in state.removed_nodes for n in state.allocation())
 
 

@@ -23,7 +23,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from raysource.journal.api import Journal, StoredEvent  # noqa: E402
 from raysource.journal.memory import InMemoryJournal  # noqa: E402
 from raysource.sharding.allocation import ShardId  # noqa: E402
-from raysource.sharding.coordinator import CoordinatorSettings, coordinator_persistence_id  # noqa: E402
+from raysource.sharding.coordinator import CoordinatorSettings  # noqa: E402
+from raysource.sharding.coordinator_state import coordinator_persistence_id  # noqa: E402
 from raysource.sharding.ray_nodes import (  # noqa: E402
     FAST_HEALTH_CHECKS,
     get_coordinator,

@@ -35,7 +35,6 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
-import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from raysource.journal.errors import (
