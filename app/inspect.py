@@ -27,14 +27,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from raysource.journal.api import Journal, StoredEvent
+from raysource.app.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
 from raysource.journal.errors import (
     ConfigError,
-    InvalidRangeError,
     JournalError,
     JournalUnavailableError,
     SerializationError,
-    UnknownAggregateTypeError,
-    UnknownEntityError,
 )
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType

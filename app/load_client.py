@@ -23,7 +23,7 @@ from typing import Any
 
 import ray
 
-from raysource.journal.errors import CommandRejected
+from raysource.runtime.errors import CommandRejected
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.stores import StoreSpec
 from raysource.app.workloads import Workload

@@ -13,7 +13,7 @@ The node is built from Maven Central's ``cassandra-all`` jars (resolved once wit
 contact point (``RAYSOURCE_CASSANDRA=host:port``), a running local node, Docker via
 testcontainers when a Docker engine answers, else it starts the local node from Maven jars.
 
-Every failure raises :class:`~raysource.journal.errors.CassandraNodeError` saying what failed and where the
+Every failure raises :class:`~raysource.app.errors.CassandraNodeError` saying what failed and where the
 log is. This module never imports Ray.
 """
 
@@ -32,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raysource.journal.errors import CassandraNodeError, ConfigError
+from raysource.app.errors import CassandraNodeError
+from raysource.journal.errors import ConfigError
 
 CASSANDRA_VERSION = "5.0.8"
 DEFAULT_NATIVE_PORT = 9042

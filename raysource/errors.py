@@ -1,7 +1,64 @@
-"""The whole raysource error tree, in one place (each error is defined where it is raised).
+"""The whole raysource error tree, in one place.
 
-See ``raysource.journal.errors`` for the documented tree.
+Every error a caller of raysource can see derives from :class:`RaysourceError`. Driver and Ray
+errors are wrapped (``raise ... from exc``) so callers never need to import cassandra-driver or
+Ray to handle a failure. Each error is defined in the layer that raises it (the second column
+names it when it is not the store layer, ``raysource.journal.errors``); all are importable from
+here and from ``raysource``.
+
+    RaysourceError
+    │
+    │   two categories callers act on (mixed into the errors below, marked [N] and [U]):
+    ├── NotAppliedError                  [N] definitely not applied: safe to re-send as is
+    ├── OutcomeUnknownError              [U] may or may not have been applied (or may still
+    │                                        land): re-send only if the command is idempotent
+    │
+    ├── ConfigError                      invalid names, settings, contact points
+    │   ├── ShardCountChangedError       sharding: a type registered with another shard count
+    │   ├── UnknownAggregateTypeError    app: no aggregate type of that name (lists the known ones)
+    │   ├── UnknownEntityError           app: no event was ever journaled for that entity
+    │   └── InvalidRangeError            app: a sequence-number range that cannot be inspected
+    ├── CassandraNodeError               app: the local Cassandra launcher could not start/stop
+    ├── JournalError                     anything the event journal / snapshot store reports
+    │   ├── ConcurrentWriteError     [N] fencing: another writer holds these sequence numbers
+    │   ├── JournalUnavailableError      the store could not be reached: nothing was written
+    │   │   └── JournalOutcomeUnknownError [U] sent, unconfirmed: it may or may not land
+    │   └── InvalidAppendError    [N]    a malformed append (gaps, mixed ids, empty ids)
+    ├── SerializationError               encode/decode failed (names persistence id + seq nr)
+    │   ├── UnknownManifestError
+    │   ├── MissingUpcasterError
+    │   ├── CorruptPayloadError
+    │   ├── UnserializableError      [N]
+    │   └── PayloadTooLargeError     [N]
+    ├── ProjectionError                  readside: a read-side projection could not do what was asked
+    ├── ShardingError                    sharding: the shard coordinator could not do what was asked
+    │   ├── NoLiveNodesError             no live Ray node can take a shard
+    │   └── CoordinatorFencedError       another coordinator instance owns the table
+    └── CommandError                     runtime: a command did not succeed
+        ├── CommandRejected              the aggregate said no (domain reason)
+        ├── UnknownCommandError      [N] the aggregate type has no handler for this command
+        ├── HandlerError             [N] the user's handler raised; state unchanged
+        ├── PersistFailedError       [N] the events of this command could not be made durable
+        ├── WriteOutcomeUnknownError [U] the write timed out unconfirmed; activation stopped
+        ├── AggregateStoppedError    [N] the activation stopped (fenced, passivated) before reply
+        │   └── PassivatedError          the host passivated/handed off this aggregate; not applied
+        ├── HostCrashedError         [U] the host actor died with the command in flight (unknown)
+        └── AskTimeoutError          [U] no reply within the caller's timeout (outcome unknown)
+
+Callers act on the category: ``except NotAppliedError`` (nothing happened: re-send as is) and
+``except OutcomeUnknownError`` (it may have happened: re-send only an idempotent command, or read
+the state first). A ``CommandRejected`` is the aggregate's answer, not a failure.
 """
 
+from raysource.app.errors import *  # noqa: F403
+from raysource.app.errors import __all__ as _app
 from raysource.journal.errors import *  # noqa: F403
-from raysource.journal.errors import __all__  # noqa: F401
+from raysource.journal.errors import __all__ as _store
+from raysource.readside.errors import *  # noqa: F403
+from raysource.readside.errors import __all__ as _readside
+from raysource.runtime.errors import *  # noqa: F403
+from raysource.runtime.errors import __all__ as _runtime
+from raysource.sharding.errors import *  # noqa: F403
+from raysource.sharding.errors import __all__ as _sharding
+
+__all__ = sorted({*_store, *_runtime, *_sharding, *_readside, *_app})

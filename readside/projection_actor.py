@@ -31,7 +31,7 @@ from raysource.runtime.actors.cluster import connect_ray, projection_name, proje
 
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ProjectionError
+from raysource.readside.errors import ProjectionError
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.runtime.logs import configure_from_env
 from raysource.runtime.actors.ray_metrics import RayMetrics

@@ -41,7 +41,8 @@ from datetime import datetime
 from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent, TagOffset
-from raysource.journal.errors import ConfigError, JournalError, ProjectionError
+from raysource.journal.errors import ConfigError, JournalError
+from raysource.readside.errors import ProjectionError
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
 from raysource.readside.parking import ParkedStreams

@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
-from raysource.journal.errors import ConfigError, UnknownCommandError
+from raysource.journal.errors import ConfigError
+from raysource.runtime.errors import UnknownCommandError
 
 if TYPE_CHECKING:  # only for annotations: keep the module free of serializer imports at runtime
     from raysource.journal.serialization import Serialization

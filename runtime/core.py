@@ -42,16 +42,18 @@ from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
 from raysource.journal.errors import (
-    AggregateStoppedError,
-    CommandError,
-    CommandRejected,
     ConcurrentWriteError,
-    HandlerError,
     JournalError,
     NotAppliedError,
     OutcomeUnknownError,
-    PersistFailedError,
     SerializationError,
+)
+from raysource.runtime.errors import (
+    AggregateStoppedError,
+    CommandError,
+    CommandRejected,
+    HandlerError,
+    PersistFailedError,
     WriteOutcomeUnknownError,
 )
 from raysource.journal.serialization import Serialization

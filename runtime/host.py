@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
-from raysource.journal.errors import AggregateStoppedError, ConfigError, PassivatedError
+from raysource.journal.errors import ConfigError
+from raysource.runtime.errors import AggregateStoppedError, PassivatedError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.core import EntityCore

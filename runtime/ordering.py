@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from raysource.journal.errors import CommandError
+from raysource.runtime.errors import CommandError
 
 __all__ = ["CallerOrder"]
 

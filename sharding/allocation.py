@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from raysource.journal.errors import ConfigError, NoLiveNodesError
+from raysource.journal.errors import ConfigError
+from raysource.sharding.errors import NoLiveNodesError
 
 __all__ = [
     "Allocation",

@@ -28,13 +28,8 @@ from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
 from raysource.journal.api import Journal, StoredEvent
-from raysource.journal.errors import (
-    ConcurrentWriteError,
-    ConfigError,
-    CoordinatorFencedError,
-    NoLiveNodesError,
-    ShardingError,
-)
+from raysource.journal.errors import ConcurrentWriteError, ConfigError
+from raysource.sharding.errors import CoordinatorFencedError, NoLiveNodesError, ShardingError
 from raysource.sharding.allocation import NodeId, ShardId
 from raysource.sharding.coordinator_state import (
     COORDINATOR_SERIALIZATION,

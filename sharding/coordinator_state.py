@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Union
 
-from raysource.journal.errors import ConfigError, ShardCountChangedError
+from raysource.journal.errors import ConfigError
+from raysource.sharding.errors import ShardCountChangedError
 from raysource.journal.serialization import Serialization
 from raysource.sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
 

@@ -31,7 +31,8 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from raysource.runtime.actors.cluster import connect_ray
 from raysource.journal.api import Journal
-from raysource.journal.errors import ConfigError, NoLiveNodesError
+from raysource.journal.errors import ConfigError
+from raysource.sharding.errors import NoLiveNodesError
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.stores import StoreSpec, open_stores

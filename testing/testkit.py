@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
 from raysource.journal.api import Journal, StoredEvent
-from raysource.journal.errors import CommandRejected
+from raysource.runtime.errors import CommandRejected
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.core import EntityCore, RecoveryStats

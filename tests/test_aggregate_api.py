@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from raysource.journal.errors import ConfigError, UnknownCommandError
+from raysource.journal.errors import ConfigError
+from raysource.runtime.errors import UnknownCommandError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import (
     AggregateType,

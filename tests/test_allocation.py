@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raysource.journal.errors import ConfigError, NoLiveNodesError
+from raysource.journal.errors import ConfigError
+from raysource.sharding.errors import NoLiveNodesError
 from raysource.sharding.allocation import (
     Move,
     ShardId,

@@ -21,7 +21,7 @@ import ray.cloudpickle as ray_cloudpickle
 
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import (
+from raysource.runtime.errors import (
     CommandRejected,
     HandlerError,
     HostCrashedError,

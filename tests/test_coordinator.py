@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raysource.journal.errors import (
-    ShardingError,
-    ConfigError,
+from raysource.journal.errors import ConfigError, JournalUnavailableError
+from raysource.sharding.errors import (
     CoordinatorFencedError,
-    JournalUnavailableError,
     NoLiveNodesError,
     ShardCountChangedError,
+    ShardingError,
 )
 from raysource.journal.memory import InMemoryJournal
 from raysource.sharding.allocation import ShardId

@@ -9,15 +9,17 @@ import pytest
 
 from raysource.journal.api import StoredSnapshot
 from raysource.journal.errors import (
-    AggregateStoppedError,
-    CommandRejected,
     ConcurrentWriteError,
     CorruptPayloadError,
-    HandlerError,
     PayloadTooLargeError,
+    UnserializableError,
+)
+from raysource.runtime.errors import (
+    AggregateStoppedError,
+    CommandRejected,
+    HandlerError,
     PersistFailedError,
     UnknownCommandError,
-    UnserializableError,
 )
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization

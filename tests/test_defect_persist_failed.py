@@ -29,7 +29,8 @@ from cassandra.query import BatchStatement
 from raysource.examples.ledger import LEDGER, Append
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.errors import OutcomeUnknownError, PersistFailedError
+from raysource.journal.errors import OutcomeUnknownError
+from raysource.runtime.errors import PersistFailedError
 from raysource.runtime.core import EntityCore
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
-from raysource.journal.errors import AggregateStoppedError, CommandRejected
+from raysource.runtime.errors import AggregateStoppedError, CommandRejected
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.core import EntityCore
 from raysource.runtime.stores import StoreSpec, serialization_for

@@ -7,12 +7,8 @@ import sys
 
 import pytest
 
-from raysource.journal.errors import (
-    AggregateStoppedError,
-    CommandRejected,
-    ConcurrentWriteError,
-    PassivatedError,
-)
+from raysource.journal.errors import ConcurrentWriteError
+from raysource.runtime.errors import AggregateStoppedError, CommandRejected, PassivatedError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
 from raysource.examples.seats import (
@@ -263,7 +259,7 @@ async def test_many_callers_shuffled_keep_each_callers_order():
 
 
 async def test_ordered_duplicates_are_refused_and_gaps_are_skipped_after_the_timeout():
-    from raysource.journal.errors import CommandError
+    from raysource.runtime.errors import CommandError
     from raysource.examples.ledger import Append
 
     host = make_ledger_host(order_gap_timeout_s=0.05)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from raysource.journal.errors import ConfigError, PassivatedError
+from raysource.journal.errors import ConfigError
+from raysource.runtime.errors import PassivatedError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
 from raysource.examples.seats import SHOW, ReserveSeat, ShowState

@@ -15,12 +15,8 @@ import pytest
 
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import (
-    ConfigError,
-    InvalidRangeError,
-    UnknownAggregateTypeError,
-    UnknownEntityError,
-)
+from raysource.app.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
+from raysource.journal.errors import ConfigError
 from raysource.app.local_node import free_port
 from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.examples.seats import (

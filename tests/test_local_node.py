@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from raysource.journal.errors import CassandraNodeError, ConfigError
+from raysource.app.errors import CassandraNodeError
+from raysource.journal.errors import ConfigError
 from raysource.app.local_node import (
     LocalCassandra,
     cql_answers,

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from raysource.journal.errors import CommandRejected, PersistFailedError
+from raysource.runtime.errors import CommandRejected, PersistFailedError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
 from raysource.runtime.core import EntityCore

@@ -8,12 +8,8 @@ import asyncio
 
 import pytest
 
-from raysource.journal.errors import (
-    JournalOutcomeUnknownError,
-    JournalUnavailableError,
-    PersistFailedError,
-    WriteOutcomeUnknownError,
-)
+from raysource.journal.errors import JournalOutcomeUnknownError, JournalUnavailableError
+from raysource.runtime.errors import PersistFailedError, WriteOutcomeUnknownError
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.core import EntityCore
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat

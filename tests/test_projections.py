@@ -26,7 +26,7 @@ import ray
 import ray.cloudpickle as ray_cloudpickle
 
 from raysource.journal.api import TagOffset
-from raysource.journal.errors import ProjectionError
+from raysource.readside.errors import ProjectionError
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession

@@ -21,15 +21,14 @@ import ray.cloudpickle as ray_cloudpickle
 from raysource.journal.api import StoredSnapshot
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import (
+from raysource.journal.errors import PayloadTooLargeError, UnserializableError
+from raysource.runtime.errors import (
     AggregateStoppedError,
     CommandRejected,
     HandlerError,
     HostCrashedError,
     PassivatedError,
-    PayloadTooLargeError,
     UnknownCommandError,
-    UnserializableError,
 )
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from raysource.journal.errors import CommandRejected, UnknownCommandError
+from raysource.runtime.errors import CommandRejected, UnknownCommandError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
 from raysource.runtime.core import EntityCore

@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import CommandError, HostCrashedError
+from raysource.runtime.errors import CommandError, HostCrashedError
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.examples.seats import SHOW, ReserveSeat
 from raysource.runtime.stores import StoreSpec
@@ -299,7 +299,7 @@ def test_seat_reservation_through_system_and_raw_handle(cluster) -> None:
     ref = show.actor.ask.remote(ReserveSeat("A1", "bob"))
     with pytest.raises(Exception) as info:
         ray.get(ref)
-    from raysource.journal.errors import CommandRejected
+    from raysource.runtime.errors import CommandRejected
 
     assert isinstance(info.value, CommandRejected)
     assert "already reserved" in str(info.value)

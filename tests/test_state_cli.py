@@ -80,7 +80,7 @@ def ray_info(ref) -> dict:
 def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassandra_keyspace):
     """A retired dedicated actor refuses ``state`` like any call (PassivatedError); the ref
     re-sends it to a fresh activation, which recovers the state."""
-    from raysource.journal.errors import PassivatedError
+    from raysource.runtime.errors import PassivatedError
     from raysource.runtime.actors.refs import EntityRef
     from raysource.testing.local_resolver import LocalResolver
 

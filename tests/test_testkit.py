@@ -6,7 +6,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from raysource.journal.errors import CommandRejected, UnserializableError
+from raysource.journal.errors import UnserializableError
+from raysource.runtime.errors import CommandRejected
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist, reply
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved

@@ -5,7 +5,7 @@ Two placements, one class:
 * **dedicated** (``HostSpec.entity_id`` set): the actor hosts one aggregate and is named
   ``"{system}:{persistence_id}"``, so Ray's named-actor registry keeps one live activation per
   aggregate. When the aggregate passivates (idle), is handed off or is fenced, the actor
-  *retires*: every later call fails with :class:`~raysource.journal.errors.PassivatedError` (not applied;
+  *retires*: every later call fails with :class:`~raysource.runtime.errors.PassivatedError` (not applied;
   a retry reaches a fresh activation), and after ``retire_grace_s`` it exits, freeing its name.
 * **hosted** (``HostSpec.shard`` set): the actor hosts many aggregates of one shard, named
   ``"{system}:shard:{type}:{shard}"``; each aggregate has its own core and mailbox and is
@@ -43,7 +43,8 @@ from typing import Any
 
 import ray
 
-from raysource.journal.errors import ConfigError, PassivatedError
+from raysource.journal.errors import ConfigError
+from raysource.runtime.errors import PassivatedError
 from raysource.runtime.actors.cluster import host_name, shard_host_name
 from raysource.runtime.aggregate import AggregateType, Placement
 from raysource.runtime.host import AggregateHost

@@ -15,7 +15,7 @@ Retry rule (never run a command twice): a command that failed with ``AggregateSt
 (incl. ``PassivatedError``) or hit an actor that exited on purpose (retired after passivation)
 was definitely not applied, so the ref re-resolves and re-sends it under a fresh caller id. A
 host that died otherwise (crash, ``ray.kill``, lost node) leaves the outcome unknown: the ref
-raises :class:`~raysource.journal.errors.HostCrashedError` and only forgets the handle.
+raises :class:`~raysource.runtime.errors.HostCrashedError` and only forgets the handle.
 
 Known limit: a re-sent command goes out under a fresh caller id, so if several pipelined
 commands of one ref are re-sent at once (all were refused by a stopping activation), their
@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from raysource.journal.errors import (
+from raysource.runtime.errors import (
     AggregateStoppedError,
     AskTimeoutError,
     HostCrashedError,

@@ -1,0 +1,26 @@
+"""Errors of the application (CLI, local Cassandra launcher, inspect/replay). The whole tree:
+:mod:`raysource.errors`."""
+
+from __future__ import annotations
+
+from raysource.journal.errors import ConfigError, RaysourceError
+
+__all__ = ["UnknownAggregateTypeError", "UnknownEntityError", "InvalidRangeError", "CassandraNodeError"]
+
+
+class UnknownAggregateTypeError(ConfigError):
+    """No aggregate type of the requested name is known to the application."""
+
+
+class UnknownEntityError(ConfigError):
+    """The journal holds no event for this entity (it was never created, or the id, type or
+    keyspace is misspelt)."""
+
+
+class InvalidRangeError(ConfigError):
+    """A sequence-number range that cannot be inspected (below 1, reversed, or beyond the
+    highest sequence number of the entity)."""
+
+
+class CassandraNodeError(RaysourceError):
+    """The local Cassandra node could not be resolved, started, reached or stopped."""
