@@ -1,6 +1,6 @@
 """The ``raysource`` command line: one CLI, subcommands per job.
 
-    raysource cassandra start|stop|status [--port N]
+    raysource cassandra start|stop|status [--port N] [--keep-data]
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
     raysource demo [--seconds S] [--cassandra H:P] [--keep-running]
     raysource loadtest [--workload seats|ledger] [--entities N] [--clients C]
@@ -13,6 +13,13 @@
 
 The CLI sits at the top of the import graph (it may use every layer); it holds no logic of its
 own beyond argument parsing and printing.
+
+Bad input is one line on stderr and a non-zero exit (2: usage or configuration, 1: a failed
+run), within seconds: arguments are checked before anything connects, a Ray ``--address`` is
+probed before Ray is asked to join it (``raysource.app.ray_join``), and Cassandra is reached
+with a short connect timeout. Cassandra credentials and TLS come from the environment
+(``RAYSOURCE_CASSANDRA_USERNAME``, ``..._PASSWORD_FILE``, ``..._TLS_CA``, ...: see
+``raysource.journal.cassandra.config``), never from the command line.
 """
 
 from __future__ import annotations
@@ -25,10 +32,54 @@ from raysource.journal.errors import ConfigError, RaysourceError
 from raysource.app.local_node import LocalCassandra
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, *, strict: bool = True, high: float | None = None):
+    """An argparse type: ``kind`` > ``low`` (``strict``) or >= ``low``, and <= ``high``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}:"
+                                             f" {text!r}") from None
+        if value != value or (value <= low if strict else value < low) or (
+                high is not None and value > high):
+            bound = f"> {low}" if strict else f">= {low}"
+            raise argparse.ArgumentTypeError(
+                f"must be {bound}" + (f" and <= {high}" if high is not None else "")
+                + f", got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_port = _number(int, 0, high=65535)
+_positive = _number(float, 0.0, high=1e9)
+_count = _number(int, 0)
+_nonneg = _number(int, 0, strict=False)
+
+
+def _contact(text: str) -> str:
+    """``--cassandra host[,host...][:port]``: checked before anything connects."""
+    from raysource.journal.cassandra.config import CassandraConfig
+
+    try:
+        CassandraConfig.from_contact(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _cassandra(args: argparse.Namespace) -> int:
     node = LocalCassandra(port=args.port)
     if args.action == "start":
-        status = node.start(progress=lambda m: print(f"raysource: {m}", file=sys.stderr))
+        status = node.start(progress=lambda m: print(f"raysource: {m}", file=sys.stderr),
+                            fresh=not args.keep_data)
         print(status.describe())
         print(status.contact_point)
     elif args.action == "stop":
@@ -52,9 +103,9 @@ def _schema(args: argparse.Namespace) -> int:
             if not dc or not rf.isdigit():
                 raise ConfigError(f"--dc expects DC:RF (e.g. dc1:3), got {item!r}")
             dcs[dc] = int(rf)
-        config = CassandraConfig(
+        config = CassandraConfig(  # local_dc: any one of them (the CQL does not use it)
             keyspace=args.keyspace, replication_strategy="NetworkTopologyStrategy",
-            datacenters=dcs,
+            datacenters=dcs, local_dc=next(iter(dcs)),
         )
     else:
         config = CassandraConfig(keyspace=args.keyspace, replication_factor=args.rf)
@@ -74,14 +125,28 @@ def _loadtest(args: argparse.Namespace) -> int:
 
     params = LoadTestParams(
         workload=args.workload, entities=args.entities, clients=args.clients,
-        duration_s=None if args.commands else (args.duration or 10.0), commands=args.commands,
+        duration_s=(None if args.commands is not None
+                    else args.duration if args.duration is not None else 10.0),
+        commands=args.commands,
         placement=args.placement, snapshot_every=args.snapshot_every, guard=args.guard == "on",
         window=args.window, shards=args.shards, keyspace=args.keyspace,
         results_dir=args.results, address=args.address,
     )
+    if args.address is not None:
+        import uuid
+
+        from raysource.app.ray_join import join_ray
+
+        join_ray(args.address, f"raysource-{uuid.uuid4().hex[:8]}")
     print("raysource loadtest: " + "  ".join(f"{k}={v}" for k, v in vars(args).items()
                                             if k not in ("func", "command")))
-    return run_standalone(params, contact=args.cassandra, keep=args.keep_running)
+    try:
+        return run_standalone(params, contact=args.cassandra, keep=args.keep_running)
+    finally:
+        if args.address is not None:
+            import ray
+
+            ray.shutdown()
 
 
 def _inspect_contact(args: argparse.Namespace) -> str:
@@ -90,7 +155,7 @@ def _inspect_contact(args: argparse.Namespace) -> str:
     if args.cassandra:
         return args.cassandra
     if os.environ.get("RAYSOURCE_CASSANDRA"):
-        return os.environ["RAYSOURCE_CASSANDRA"]
+        return _contact_env(os.environ["RAYSOURCE_CASSANDRA"])
     status = LocalCassandra().status()
     if not status.running:
         raise ConfigError(
@@ -100,17 +165,30 @@ def _inspect_contact(args: argparse.Namespace) -> str:
     return status.contact_point
 
 
+def _contact_env(text: str) -> str:
+    try:
+        return _contact(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"RAYSOURCE_CASSANDRA: {exc}") from None
+
+
+def _config(args: argparse.Namespace, **kwargs):
+    """The Cassandra config of a command: contact point from the arguments (else the
+    environment or the local node), credentials and TLS from the environment."""
+    from raysource.journal.cassandra.config import CassandraConfig
+
+    return CassandraConfig.from_env(_inspect_contact(args), keyspace=args.keyspace, **kwargs)
+
+
 def _inspect(args: argparse.Namespace) -> int:
     """``events`` and ``replay``: read-only views of one aggregate's journal."""
     import asyncio
 
-    from raysource.journal.cassandra.config import CassandraConfig
     from raysource.app import inspect as ins
 
     agg = ins.resolve_type(args.type, ins.load_app(args.app))
     agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
-    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
-                                          connect_timeout=5.0)
+    config = _config(args, connect_timeout=5.0)
 
     async def run() -> None:
         journal, snaps = await ins.open_readonly(
@@ -147,45 +225,25 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect_ray(address: str, namespace: str) -> None:
-    """Join the Ray cluster at ``address`` (``ConfigError`` if none is reachable there)."""
-    import logging
-    import socket
-
-    import ray
-
-    # ray.init retries an unreachable GCS for minutes; a plain TCP probe answers in seconds
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if host and port.isdigit():
-        try:
-            socket.create_connection((host, int(port)), timeout=3.0).close()
-        except OSError as exc:
-            raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from exc
-    try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False,
-                 configure_logging=False, logging_level=logging.WARNING)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from exc
-
-
 def _state(args: argparse.Namespace) -> int:
     """``state``: ask the live aggregate of a running system for its current state."""
     import dataclasses
     from dataclasses import replace
 
+    from raysource.app import inspect as ins
+    from raysource.app.ray_join import join_ray
+
+    agg = ins.resolve_type(args.type, ins.load_app(args.app))
+    agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
+    config = _config(args, connect_timeout=5.0)
+    join_ray(args.address, args.namespace)  # before Ray is imported: token settings apply
+
     import ray
 
-    from raysource.journal.cassandra.config import CassandraConfig
-    from raysource.app import inspect as ins
     from raysource.runtime.stores import StoreSpec
     from raysource.sharding.ray_nodes import get_coordinator
     from raysource.sharding.system import System
 
-    agg = ins.resolve_type(args.type, ins.load_app(args.app))
-    agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
-    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
-                                          connect_timeout=5.0)
-    _connect_ray(args.address, args.namespace)
     try:
         try:
             coordinator = get_coordinator(args.system, namespace=args.namespace)
@@ -228,32 +286,107 @@ def _load_spec(ref: str):
     return spec
 
 
+_READSIDE_OPS = ("verify", "parked", "retry", "skip", "set-offset")
+
+
+def _projection_op(args: argparse.Namespace) -> int:
+    """``projection verify|parked|retry|skip|set-offset`` (operating a projection)."""
+    import asyncio
+
+    from raysource.app.ray_join import join_ray
+    from raysource.readside.projections import offset_from_str
+
+    spec = _load_spec(args.spec) if args.action in ("verify", "set-offset") or not args.name \
+        else None
+    name = args.name or spec.name
+    if spec is not None and spec.name != name:
+        raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r}")
+    if args.action in ("retry", "skip") and not args.pid:
+        raise ConfigError(f"projection {args.action} needs --pid PERSISTENCE_ID (see "
+                          "`raysource projection parked`)")
+    target = offset_from_str(args.to) if args.action == "set-offset" and args.to != "end" \
+        else None
+    config = _config(args, connect_timeout=5.0)
+    if args.action == "verify":
+        from raysource.readside.verify import verify_cassandra
+
+        report = asyncio.run(verify_cassandra(spec, config))
+        print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+    from raysource.readside.projection_actor import Projections
+
+    if args.action == "parked":
+        parked = asyncio.run(Projections(config).parked(name))
+        for p in parked:
+            print(f"{name} {p['worker']}: {p['persistence_id']} parked at "
+                  f"#{p['sequence_nr']}: {p['error']}")
+        print(f"{len(parked)} parked aggregate stream(s)")
+        return 0
+    join_ray(args.address, args.namespace)
+    control = Projections(config, detached=True)
+
+    async def run() -> str:
+        if args.action in ("retry", "skip"):
+            o = await control.retry(name, args.pid, skip=args.action == "skip")
+            again = f"; parked again at #{o['parked']['sequence_nr']}" if o["parked"] else ""
+            return f"{name}: {args.action} {args.pid}: {o['applied']} event(s) applied{again}"
+        to = target
+        if args.to == "end":
+            from raysource.journal.cassandra.journal import CassandraJournal
+            from raysource.readside.verify import latest_offset
+
+            journal = await CassandraJournal.connect(config)
+            try:
+                to = await latest_offset(journal, spec.tag)
+            finally:
+                await journal.close()
+            if to is None:
+                return f"{name}: tag {spec.tag!r} has no events; offset unchanged"
+        await control.reset(spec, to)
+        from raysource.readside.projections import offset_to_str
+
+        return f"{name}: offset set to {offset_to_str(to)}"
+
+    print(asyncio.run(run()))
+    return 0
+
+
 def _projection(args: argparse.Namespace) -> int:
     """``projection``: control read-side projections on a running Ray cluster."""
     import asyncio
 
-    from raysource.journal.cassandra.config import CassandraConfig
-    from raysource.readside.projection_actor import Projections, connect_ray
+    if args.action in _READSIDE_OPS:
+        return _projection_op(args)
+
+    from raysource.app.ray_join import join_ray
     from raysource.readside.projections import offset_from_str
 
     spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
     name = args.name or spec.name
     if spec is not None and spec.name != name:
-        raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r}")
-    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace)
-    connect_ray(args.address, args.namespace)
+        raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r} (leave the name "
+                          "out to use the spec's)")
+    target = offset_from_str(args.to) if args.action == "reset" else None
+    config = _config(args, connect_timeout=5.0)
+    join_ray(args.address, args.namespace)
+    from raysource.readside.projection_actor import Projections
+
     control = Projections(config, detached=True)
 
     async def run() -> list[dict]:
         if args.action == "start":
             await control.start(spec)
         elif args.action == "reset":
-            await control.reset(spec, offset_from_str(args.to))
+            await control.reset(spec, target)
         elif args.action != "status":
             await getattr(control, args.action)(name)
         return await control.status(name)
 
-    for st in asyncio.run(run()):
+    statuses = asyncio.run(run())
+    if not statuses:
+        raise ConfigError(f"no projection {name!r} on this cluster: no live workers and no "
+                          f"stored offsets in keyspace {config.keyspace!r}")
+    for st in statuses:
         lag = (f"lag {st['lag_events']} events / {st['lag_seconds']:.1f} s"
                if st.get("lag_events") is not None else "lag ?")
         err = f"  error: {st['error']}" if st.get("error") else ""
@@ -266,12 +399,10 @@ def _view(args: argparse.Namespace) -> int:
     """``view reservations CUSTOMER``: query the example read-side view."""
     import asyncio
 
-    from raysource.journal.cassandra.config import CassandraConfig
     from raysource.journal.cassandra.session import CassandraSession
     from raysource.examples.reservations_view import reservations_of
 
-    config = CassandraConfig.from_contact(_inspect_contact(args), keyspace=args.keyspace,
-                                          connect_timeout=5.0)
+    config = _config(args, connect_timeout=5.0)
 
     async def run() -> list[tuple[str, str]]:
         async with CassandraSession(config) as session:
@@ -285,24 +416,28 @@ def _view(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raysource", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="raysource", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     cas = sub.add_parser("cassandra", help="start, stop or check the local Cassandra node")
     cas.add_argument("action", choices=["start", "stop", "status"])
-    cas.add_argument("--port", type=int, default=None, help="CQL port (default 9042 or a free one)")
+    cas.add_argument("--port", type=_port, default=None,
+                     help="CQL port (default 9042 or a free one)")
+    cas.add_argument("--keep-data", action="store_true",
+                     help="start on the node's existing data (default: a fresh, empty node)")
     cas.set_defaults(func=_cassandra)
 
     schema = sub.add_parser("schema", help="print the production CQL schema for operators")
     schema.add_argument("--keyspace", default="raysource")
-    schema.add_argument("--rf", type=int, default=3, help="SimpleStrategy replication factor")
+    schema.add_argument("--rf", type=_count, default=3, help="SimpleStrategy replication factor")
     schema.add_argument("--dc", action="append", default=[],
                         help="DC:RF for NetworkTopologyStrategy (repeatable)")
     schema.set_defaults(func=_schema)
 
     demo = sub.add_parser("demo", help="run the main job on local Ray with a local Cassandra")
-    demo.add_argument("--seconds", type=float, default=20.0, help="how long to drive load")
-    demo.add_argument("--cassandra", default=None, help="host:port of an existing Cassandra")
+    demo.add_argument("--seconds", type=_positive, default=20.0, help="how long to drive load")
+    demo.add_argument("--cassandra", type=_contact, default=None,
+                      help="host:port of an existing Cassandra")
     demo.add_argument("--keep-running", action="store_true",
                       help="leave the Cassandra node it started running")
     demo.set_defaults(func=_demo)
@@ -310,25 +445,25 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("loadtest", help="drive a workload from Ray actor clients; summary, "
                                          "consistency check, JSON + PNG report")
     lt.add_argument("--workload", choices=["seats", "ledger"], default="seats")
-    lt.add_argument("--entities", type=int, default=200, help="shows / ledgers (default 200)")
-    lt.add_argument("--clients", type=int, default=2, help="load client actors (default 2)")
+    lt.add_argument("--entities", type=_count, default=200, help="shows / ledgers (default 200)")
+    lt.add_argument("--clients", type=_count, default=2, help="load client actors (default 2)")
     amount = lt.add_mutually_exclusive_group()
-    amount.add_argument("--duration", type=float, default=None,
+    amount.add_argument("--duration", type=_positive, default=None,
                         help="seconds of load (default 10)")
-    amount.add_argument("--commands", type=int, default=None,
+    amount.add_argument("--commands", type=_count, default=None,
                         help="total commands over all clients (instead of --duration)")
     lt.add_argument("--placement", choices=["dedicated", "hosted"], default="hosted",
                     help="one Ray actor per aggregate, or many per shard actor (default)")
-    lt.add_argument("--shards", type=int, default=None,
+    lt.add_argument("--shards", type=_count, default=None,
                     help="override the type's number of shards (hosted: actors)")
-    lt.add_argument("--snapshot-every", type=int, default=None,
+    lt.add_argument("--snapshot-every", type=_nonneg, default=None,
                     help="snapshot every N events (0: never; default: the type's policy)")
     lt.add_argument("--guard", choices=["on", "off"], default="on",
                     help="the journal's single-writer fencing (conditional writes)")
-    lt.add_argument("--window", type=int, default=8,
+    lt.add_argument("--window", type=_count, default=8,
                     help="commands each client keeps in flight (default 8)")
     lt.add_argument("--address", default=None, help="Ray address (default: start local Ray)")
-    lt.add_argument("--cassandra", default=None,
+    lt.add_argument("--cassandra", type=_contact, default=None,
                     help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
                          "Docker, else a node started from the Maven jars)")
     lt.add_argument("--keyspace", default="raysource")
@@ -340,20 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("type", help="aggregate type name (e.g. show)")
     common.add_argument("id", help="entity id")
-    common.add_argument("--cassandra", default=None,
+    common.add_argument("--cassandra", type=_contact, default=None,
                         help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
     common.add_argument("--keyspace", default="raysource")
     common.add_argument("--app", default="raysource.examples.seats:SHOW",
                         help="module:ATTR naming the application's AggregateType(s)")
     events = sub.add_parser("events", parents=[common],
                             help="print an aggregate's decoded event log (read-only)")
-    events.add_argument("--from", dest="from_seq", type=int, default=1)
-    events.add_argument("--to", dest="to_seq", type=int, default=None)
+    events.add_argument("--from", dest="from_seq", type=_count, default=1)
+    events.add_argument("--to", dest="to_seq", type=_count, default=None)
     events.set_defaults(func=_inspect)
     replay = sub.add_parser("replay", parents=[common],
                             help="rebuild an aggregate's state event by event, with diffs "
                                  "(read-only; the live aggregate is not activated)")
-    replay.add_argument("--to", dest="to_seq", type=int, default=None,
+    replay.add_argument("--to", dest="to_seq", type=_count, default=None,
                         help="stop at this sequence number (default: the last event)")
     replay.add_argument("--snapshot", action="store_true",
                         help="start from the newest snapshot at or below --to")
@@ -365,17 +500,20 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--system", required=True, help="the running system's name")
     state.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
     state.add_argument("--namespace", default="raysource", help="Ray namespace of the system")
-    state.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
+    state.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait")
     state.set_defaults(func=_state)
 
     proj = sub.add_parser("projection", help="start/stop/pause/resume/reset/status a read-side "
                                              "projection on a running Ray cluster")
-    proj.add_argument("action", choices=["start", "stop", "pause", "resume", "reset", "status"])
+    proj.add_argument("action", choices=["start", "stop", "pause", "resume", "reset", "status",
+                                         *_READSIDE_OPS])
     proj.add_argument("name", nargs="?", default=None, help="projection name (default: --spec's)")
     proj.add_argument("--spec", default="raysource.examples.reservations_view:RESERVATIONS",
                       help="module:ATTR of a ProjectionSpec (or a function returning one)")
-    proj.add_argument("--to", default="start", help="reset target: 'start' or TS_US:SEQ:PID")
-    proj.add_argument("--cassandra", default=None,
+    proj.add_argument("--to", default="start", help="reset/set-offset target: 'start' or "
+                                                    "TS_US:SEQ:PID ('end' for set-offset)")
+    proj.add_argument("--pid", default=None, help="retry/skip: the parked persistence id")
+    proj.add_argument("--cassandra", type=_contact, default=None,
                       help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
     proj.add_argument("--keyspace", default="raysource")
     proj.add_argument("--address", default="auto", help="Ray cluster address")
@@ -385,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="query a read-side view")
     view.add_argument("view", choices=["reservations"])
     view.add_argument("customer")
-    view.add_argument("--cassandra", default=None,
+    view.add_argument("--cassandra", type=_contact, default=None,
                       help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
     view.add_argument("--keyspace", default="raysource")
     view.set_defaults(func=_view)
@@ -397,7 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RaysourceError as exc:
-        print(f"raysource: error: {exc}", file=sys.stderr)
+        # one line: a multi-line message (a CQL statement, a node's log tail after "---")
+        # is cut at the tail and folded
+        text = " ".join(str(exc).split("\n---", 1)[0].split())
+        print(f"raysource: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -192,6 +192,11 @@ class LocalCassandra:
     storage_port: int | None = None
     start_timeout: float = 180.0
 
+    def __post_init__(self) -> None:
+        for what, port in (("port", self.port), ("storage port", self.storage_port)):
+            if port is not None and not (isinstance(port, int) and 0 < port < 65536):
+                raise ConfigError(f"invalid {what} {port!r}: must be 1-65535")
+
     # ------------------------------------------------------------------ paths
 
     @property
@@ -266,6 +271,7 @@ class LocalCassandra:
         data_dir = self.state_dir / "data"
         if fresh:
             shutil.rmtree(data_dir, ignore_errors=True)
+        self._private_state_dir()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         yaml_path = self.state_dir / "cassandra.yaml"
@@ -306,7 +312,8 @@ class LocalCassandra:
                 self._terminate(proc.pid)
                 raise CassandraNodeError(
                     f"Cassandra did not answer CQL on {self.host}:{port} within "
-                    f"{self.start_timeout:.0f} s; log: {self.log_file}\n{self.tail_log()}"
+                    f"{self.start_timeout:.0f} s; log: {self.log_file}\n--- last log lines "
+                    f"---\n{self.tail_log()}"
                 )
             time.sleep(0.5)
 
@@ -486,8 +493,13 @@ batch_size_fail_threshold: 16MiB
             return {}
 
     def _write_state(self, info: dict) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._private_state_dir()
         self._state_file.write_text(json.dumps(info))
+
+    def _private_state_dir(self) -> None:
+        """The state dir (data, logs, config, credentials) is readable by its owner only."""
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state_dir.chmod(0o700)
 
 
 def _alive(pid: int) -> bool:
@@ -600,7 +612,8 @@ def select_cassandra(
         say(f"raysource: Cassandra source = {src.description}")
         return src
     say("raysource: Cassandra source = local node from Maven jars (starting) ...")
-    status = node.start(progress=lambda m: say(f"raysource: {m}"))
+    # on the node's existing data: a test or demo run never wipes what an earlier one kept
+    status = node.start(progress=lambda m: say(f"raysource: {m}"), fresh=False)
     src = CassandraSource(
         "local-started", status.host, status.port,
         f"local node started from Maven jars at {status.contact_point} "

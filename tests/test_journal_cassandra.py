@@ -56,7 +56,7 @@ def test_config_validation_and_from_contact():
 def test_schema_cql_for_operators():
     cql = schema_cql(CassandraConfig(
         keyspace="prod_ks", replication_strategy="NetworkTopologyStrategy",
-        datacenters={"dc1": 3, "dc2": 3}))
+        datacenters={"dc1": 3, "dc2": 3}, local_dc="dc1"))
     assert "CREATE KEYSPACE IF NOT EXISTS prod_ks WITH replication = {'class': " \
            "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
     assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)" in cql

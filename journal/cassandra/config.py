@@ -1,16 +1,40 @@
-"""Configuration of the Cassandra session, journal and snapshot store."""
+"""Configuration of the Cassandra session, journal and snapshot store.
+
+Everything here is plain, picklable data: a config travels to every Ray host in its store spec,
+and each process builds its own driver objects (TLS context, auth provider) from it when it
+connects. Secrets never appear in a config's repr (and so not in a host or store spec's).
+
+Environment (``CassandraConfig.from_env``; the CLI reads the same variables):
+
+==========================================  ==================================================
+``RAYSOURCE_CASSANDRA``                      ``host[,host2...][:port]`` contact points
+``RAYSOURCE_CASSANDRA_USERNAME``             role name (PasswordAuthenticator)
+``RAYSOURCE_CASSANDRA_PASSWORD_FILE``        file holding the password (preferred: only the path
+                                             travels in specs; each process reads the file)
+``RAYSOURCE_CASSANDRA_PASSWORD``             the password itself (if no file)
+``RAYSOURCE_CASSANDRA_TLS_CA``               CA bundle (PEM): client-to-node TLS on
+``RAYSOURCE_CASSANDRA_TLS_CERT``/``_KEY``    client certificate and key (PEM) for mutual TLS
+``RAYSOURCE_CASSANDRA_TLS_CHECK_HOSTNAME``   ``0`` to skip hostname checking (default: checked)
+``RAYSOURCE_CASSANDRA_LOCAL_DC``             the driver's local data centre
+==========================================  ==================================================
+
+Credentials are never taken from a command line (argv is visible to every local user).
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from raysource.journal.errors import ConfigError
 
-__all__ = ["CassandraConfig", "validate_identifier", "CONSISTENCY_NAMES"]
+__all__ = ["CassandraConfig", "TlsSettings", "validate_identifier", "CONSISTENCY_NAMES",
+           "replicas_required"]
 
 _IDENT = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{0,47}")
 
@@ -18,6 +42,7 @@ CONSISTENCY_NAMES = (
     "ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
     "SERIAL", "LOCAL_SERIAL", "LOCAL_ONE",
 )
+_ENV = "RAYSOURCE_CASSANDRA"
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
@@ -32,20 +57,97 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """Client-to-node TLS as plain paths (picklable): each process builds its own
+    ``ssl.SSLContext`` with :meth:`ssl_context` (an ``SSLContext`` itself cannot be pickled,
+    so it cannot travel to Ray hosts).
+
+    * ``ca_file``: PEM bundle of the CA(s) that signed the nodes' certificates (None: the
+      system's default CAs);
+    * ``cert_file``/``key_file``: the client's certificate and key for mutual TLS (optional;
+      both or neither);
+    * ``check_hostname``: the node's certificate must name the contact point (default on).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("TLS cert_file and key_file go together")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A fresh client context (TLS 1.2+, certificates verified). ``ConfigError`` if a file
+        is missing or unreadable."""
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.check_hostname = self.check_hostname
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            if self.cert_file is not None:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS files ({type(exc).__name__}: "
+                              f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})"
+                              ) from None
+        return ctx
+
+
+def replicas_required(level: str, total_rf: int, local_rf: int) -> tuple[int, int]:
+    """(replicas that must answer anywhere, of which guaranteed in the local data centre) for a
+    consistency level, given the keyspace's total and local-DC replication factors."""
+    remote = total_rf - local_rf
+    local_quorum = local_rf // 2 + 1
+    if level == "ANY":
+        return 0, 0
+    if level in ("LOCAL_ONE", "LOCAL_QUORUM", "LOCAL_SERIAL"):
+        n = 1 if level == "LOCAL_ONE" else local_quorum
+        return n, n
+    if level == "EACH_QUORUM":
+        # a quorum in every DC: the local one's, plus the remote DCs' (at least one each)
+        return local_quorum + (remote // 2 + 1 if remote else 0), local_quorum
+    n = {"ONE": 1, "TWO": 2, "THREE": 3, "QUORUM": total_rf // 2 + 1,
+         "SERIAL": total_rf // 2 + 1, "ALL": total_rf}[level]
+    return n, max(0, n - remote)
+
+
+@dataclass(frozen=True)
 class CassandraConfig:
     """Where and how to reach Cassandra, and how the journal lays out its tables.
 
-    * replication: ``replication_strategy`` "SimpleStrategy" with ``replication_factor``, or
-      "NetworkTopologyStrategy" with ``datacenters`` {dc: rf} (used only when creating the
-      keyspace).
-    * consistency: ``write_consistency``/``read_consistency`` (default LOCAL_QUORUM),
-      ``serial_consistency`` for the fencing guard's conditional batches (default LOCAL_SERIAL).
+    Defaults (a development node; production sets replication, ``local_dc``, auth and TLS):
+
+    * ``contact_points`` ("127.0.0.1",) and ``port`` 9042: give several contact points in
+      production (any one answering is enough to discover the ring).
+    * replication: ``replication_strategy`` "SimpleStrategy" with ``replication_factor`` 1, or
+      "NetworkTopologyStrategy" with ``datacenters`` {dc: rf} (used when creating the keyspace,
+      and to check the consistency levels below).
+    * ``local_dc``: the driver's local data centre. Required with NetworkTopologyStrategy when
+      several data centres are named (LOCAL_QUORUM/LOCAL_SERIAL are per data centre, so every
+      coordinator must be in the same one); with one data centre it defaults to that one. Must
+      be one of ``datacenters``.
+    * consistency: ``write_consistency``/``read_consistency`` (default LOCAL_QUORUM) must
+      overlap for the replication factor (a read must see every acknowledged write:
+      R + W > RF, counted in the local data centre or over all replicas), else ``ConfigError``;
+      ``serial_consistency`` for the fencing guard's conditional batches (default
+      LOCAL_SERIAL).
+    * ``username``/``password`` (PasswordAuthenticator), or ``password_file`` (read by each
+      process when it connects, so only the path travels to Ray hosts). Never in the repr.
+    * ``tls``: :class:`TlsSettings` (client-to-node TLS, picklable). ``ssl_context`` is the
+      older form: it works in one process, but a config carrying it cannot be sent to Ray hosts
+      (pickling it raises ``ConfigError``; use ``tls``).
+    * timeouts: ``request_timeout`` 10 s, ``connect_timeout`` 10 s; ``reconnect_max_delay``
+      10 s bounds the driver's exponential reconnection back-off (the driver's default grows to
+      600 s, so a node back after a long outage was not used again for up to 10 minutes).
     * ``partition_size``: events per (persistence id, partition) — bounds partition size; an
-      atomic group may not contain more events than this.
+      atomic group may not contain more events than this (default 5000).
     * ``fencing``: the single-writer guard (conditional batches), default on.
-    * ``eventual_consistency_delay``: seconds the tag query stays behind "now" (see
-      ``raysource.journal.cassandra.journal``); ``tag_write_budget`` must be smaller (default: half of it).
-    * ``max_payload_bytes``: the serializer's limit (passed on by the runtime).
+    * ``eventual_consistency_delay``: seconds the tag query stays behind "now" (default 5; see
+      ``raysource.journal.cassandra.journal``); ``tag_write_budget`` must be smaller (default:
+      half of it).
+    * ``max_payload_bytes``: the serializer's limit (passed on by the runtime), default 1 MB.
     """
 
     contact_points: Sequence[str] = ("127.0.0.1",)
@@ -56,14 +158,17 @@ class CassandraConfig:
     replication_factor: int = 1
     datacenters: Mapping[str, int] = field(default_factory=dict)
     username: str | None = None
-    password: str | None = None
-    ssl_context: ssl.SSLContext | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+    tls: TlsSettings | None = None
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
     write_consistency: str = "LOCAL_QUORUM"
     read_consistency: str = "LOCAL_QUORUM"
     serial_consistency: str = "LOCAL_SERIAL"
     partition_size: int = 5000
     request_timeout: float = 10.0
     connect_timeout: float = 10.0
+    reconnect_max_delay: float = 10.0
     fencing: bool = True
     max_payload_bytes: int = 1_000_000
     fetch_size: int = 1000
@@ -86,33 +191,23 @@ class CassandraConfig:
         ):
             raise ConfigError(f"contact_points must be non-empty host names: "
                               f"{self.contact_points!r}")
-        if not 0 < self.port < 65536:
+        if not (isinstance(self.port, int) and 0 < self.port < 65536):
             raise ConfigError(f"invalid port {self.port!r}")
         validate_identifier(self.keyspace, "keyspace")
         for t in (self.events_table, self.metadata_table, self.tag_table, self.tag_metadata_table,
                   self.snapshots_table):
             validate_identifier(t, "table name")
-        if self.replication_strategy not in ("SimpleStrategy", "NetworkTopologyStrategy"):
-            raise ConfigError(f"unknown replication strategy {self.replication_strategy!r}")
-        if self.replication_strategy == "NetworkTopologyStrategy":
-            if not self.datacenters:
-                raise ConfigError("NetworkTopologyStrategy needs datacenters={dc: rf}")
-            for dc, rf in self.datacenters.items():
-                if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", dc) or not (
-                    isinstance(rf, int) and rf >= 1
-                ):
-                    raise ConfigError(f"invalid datacenter replication {dc!r}: {rf!r}")
-        elif not (isinstance(self.replication_factor, int) and self.replication_factor >= 1):
-            raise ConfigError(f"invalid replication_factor {self.replication_factor!r}")
+        self._check_replication()
         for name in ("write_consistency", "read_consistency"):
             if getattr(self, name) not in CONSISTENCY_NAMES:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}")
         if self.serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):
             raise ConfigError(f"serial_consistency must be SERIAL or LOCAL_SERIAL, got "
                               f"{self.serial_consistency!r}")
+        self._check_consistency()
         if not (isinstance(self.partition_size, int) and self.partition_size >= 1):
             raise ConfigError(f"partition_size must be an int >= 1, got {self.partition_size!r}")
-        for name in ("request_timeout", "connect_timeout"):
+        for name in ("request_timeout", "connect_timeout", "reconnect_max_delay"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.fetch_size < 1 or self.executor_threads < 1 or self.max_payload_bytes < 1:
@@ -122,8 +217,61 @@ class CassandraConfig:
         budget = self.tag_budget
         if not 0 < budget < self.eventual_consistency_delay:
             raise ConfigError("tag_write_budget must be > 0 and < eventual_consistency_delay")
-        if (self.username is None) != (self.password is None):
-            raise ConfigError("username and password go together")
+        if self.password is not None and self.password_file is not None:
+            raise ConfigError("give password or password_file, not both")
+        if (self.username is None) != (self.password is None and self.password_file is None):
+            raise ConfigError("username and password (or password_file) go together")
+        if self.tls is not None and self.ssl_context is not None:
+            raise ConfigError("give tls or ssl_context, not both")
+        if self.tls is not None and not isinstance(self.tls, TlsSettings):
+            raise ConfigError(f"tls must be TlsSettings, got {type(self.tls).__name__}")
+
+    def _check_replication(self) -> None:
+        if self.replication_strategy not in ("SimpleStrategy", "NetworkTopologyStrategy"):
+            raise ConfigError(f"unknown replication strategy {self.replication_strategy!r}")
+        if self.replication_strategy == "SimpleStrategy":
+            if not (isinstance(self.replication_factor, int) and self.replication_factor >= 1):
+                raise ConfigError(f"invalid replication_factor {self.replication_factor!r}")
+            return
+        if not self.datacenters:
+            raise ConfigError("NetworkTopologyStrategy needs datacenters={dc: rf}")
+        for dc, rf in self.datacenters.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", dc) or not (
+                isinstance(rf, int) and rf >= 1
+            ):
+                raise ConfigError(f"invalid datacenter replication {dc!r}: {rf!r}")
+        if self.local_dc is None:
+            if len(self.datacenters) > 1:
+                raise ConfigError(
+                    "NetworkTopologyStrategy with several data centres needs local_dc (LOCAL_* "
+                    f"consistency is per data centre): one of {sorted(self.datacenters)}")
+            object.__setattr__(self, "local_dc", next(iter(self.datacenters)))
+        elif self.local_dc not in self.datacenters:
+            raise ConfigError(f"local_dc {self.local_dc!r} is not one of the keyspace's data "
+                              f"centres {sorted(self.datacenters)}")
+
+    def _check_consistency(self) -> None:
+        if self.replication_strategy == "SimpleStrategy":
+            total = local = self.replication_factor
+        else:
+            total = sum(self.datacenters.values())
+            local = self.datacenters[self.local_dc]  # type: ignore[index]
+        if self.read_consistency == "ANY":
+            raise ConfigError("read_consistency ANY is not a read level")
+        (w, wl), (r, rl) = (replicas_required(self.write_consistency, total, local),
+                            replicas_required(self.read_consistency, total, local))
+        for name, level, n in (("write", self.write_consistency, w),
+                               ("read", self.read_consistency, r)):
+            if n > total:
+                raise ConfigError(f"{name} consistency {level} needs {n} replicas; the "
+                                  f"replication factor is {total}")
+        if not (r + w > total or rl + wl > local):
+            raise ConfigError(
+                f"read consistency {self.read_consistency} and write consistency "
+                f"{self.write_consistency} do not overlap with replication factor {total}"
+                + (f" ({local} in {self.local_dc})" if local != total else "")
+                + ": a read could miss an acknowledged event (need R + W > RF, e.g. "
+                "LOCAL_QUORUM for both)")
 
     @property
     def tag_budget(self) -> float:
@@ -131,22 +279,85 @@ class CassandraConfig:
             return self.tag_write_budget
         return self.eventual_consistency_delay / 2
 
+    def credentials(self) -> tuple[str, str] | None:
+        """(username, password) for the driver's auth provider, reading ``password_file`` now
+        (in the process that connects). ``ConfigError`` if the file cannot be read."""
+        if self.username is None:
+            return None
+        if self.password_file is not None:
+            try:
+                password = Path(self.password_file).read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(f"cannot read the Cassandra password file "
+                                  f"{self.password_file!r}: {exc.strerror}") from None
+            return self.username, password
+        return self.username, self.password  # type: ignore[return-value]
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context this process connects with (built from ``tls``), or None."""
+        if self.tls is not None:
+            return self.tls.ssl_context()
+        return self.ssl_context
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.ssl_context is not None:
+            raise ConfigError("a CassandraConfig with ssl_context cannot be sent to another "
+                              "process (an SSLContext cannot be pickled): give "
+                              "tls=TlsSettings(ca_file=..., ...) instead")
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
     @classmethod
     def from_contact(cls, contact: str | tuple[str, int], **kwargs: Any) -> "CassandraConfig":
-        """Build a config from ``"host:port"`` (or a ``(host, port)`` tuple) plus overrides."""
+        """Build a config from ``"host:port"``, ``"h1,h2,h3:port"`` (several contact points,
+        one port) or a ``(host, port)`` tuple, plus overrides."""
         if isinstance(contact, tuple):
-            host, port = contact
+            hosts, port = (contact[0],), contact[1]
         else:
-            host, sep, port_s = contact.strip().rpartition(":")
-            if not sep:
-                host, port_s = contact.strip(), "9042"
+            text = contact.strip()
+            host_part, sep, port_s = text.rpartition(":")
+            if not sep or "]" in port_s:
+                host_part, port_s = text, "9042"
             try:
                 port = int(port_s)
-            except ValueError as exc:
-                raise ConfigError(f"invalid contact point {contact!r}") from exc
-        if not host:
-            raise ConfigError(f"invalid contact point {contact!r}")
-        return cls(contact_points=(host,), port=int(port), **kwargs)
+            except ValueError:
+                raise ConfigError(f"invalid contact point {contact!r}") from None
+            hosts = tuple(h.strip().strip("[]") for h in host_part.split(","))
+        if not hosts or not all(h and re.fullmatch(r"[A-Za-z0-9_.:\-]+", h) for h in hosts):
+            raise ConfigError(f"invalid contact point {contact!r}; expected host[,host...]:port")
+        return cls(contact_points=hosts, port=int(port), **kwargs)
+
+    @classmethod
+    def from_env(cls, contact: str | None = None, *, environ: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> "CassandraConfig":
+        """A config from the ``RAYSOURCE_CASSANDRA*`` variables (see the module docstring):
+        ``contact`` wins over ``RAYSOURCE_CASSANDRA``; ``kwargs`` over everything."""
+        env = os.environ if environ is None else environ
+        contact = contact or env.get(_ENV) or "127.0.0.1:9042"
+        settings: dict[str, Any] = {}
+        if env.get(f"{_ENV}_USERNAME"):
+            settings["username"] = env[f"{_ENV}_USERNAME"]
+            if env.get(f"{_ENV}_PASSWORD_FILE"):
+                settings["password_file"] = env[f"{_ENV}_PASSWORD_FILE"]
+            elif f"{_ENV}_PASSWORD" in env:
+                settings["password"] = env[f"{_ENV}_PASSWORD"]
+            else:
+                raise ConfigError(f"{_ENV}_USERNAME is set but neither {_ENV}_PASSWORD_FILE "
+                                  f"nor {_ENV}_PASSWORD")
+        if env.get(f"{_ENV}_TLS_CA") or env.get(f"{_ENV}_TLS_CERT"):
+            check = env.get(f"{_ENV}_TLS_CHECK_HOSTNAME", "1").strip().lower()
+            settings["tls"] = TlsSettings(
+                ca_file=env.get(f"{_ENV}_TLS_CA") or None,
+                cert_file=env.get(f"{_ENV}_TLS_CERT") or None,
+                key_file=env.get(f"{_ENV}_TLS_KEY") or None,
+                check_hostname=check not in ("0", "false", "no", "off"))
+        if env.get(f"{_ENV}_LOCAL_DC"):
+            settings["local_dc"] = env[f"{_ENV}_LOCAL_DC"]
+        settings.update(kwargs)
+        return cls.from_contact(contact, **settings)
 
     def with_(self, **changes: Any) -> "CassandraConfig":
         return replace(self, **changes)

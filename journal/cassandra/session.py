@@ -43,6 +43,7 @@ from cassandra import (
     ConsistencyLevel,
     OperationTimedOut,
     RequestValidationException,
+    UnresolvableContactPoints,
 )
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
@@ -55,6 +56,7 @@ from cassandra.cluster import (
 )
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
     RetryPolicy,
     RoundRobinPolicy,
     TokenAwarePolicy,
@@ -203,29 +205,40 @@ class CassandraSession:
         kwargs: dict[str, Any] = {}
         if cfg.protocol_version is not None:
             kwargs["protocol_version"] = cfg.protocol_version
-        if cfg.username is not None:
-            kwargs["auth_provider"] = PlainTextAuthProvider(cfg.username, cfg.password)
-        if cfg.ssl_context is not None:
-            kwargs["ssl_context"] = cfg.ssl_context
-        cluster = Cluster(
-            contact_points=list(cfg.contact_points),
-            port=cfg.port,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile, RAW_PROFILE: raw},
-            connect_timeout=cfg.connect_timeout,
-            # The driver leaves Nagle on: every request over a few KB (a group-commit batch,
-            # a group's tag rows) then waits ~40 ms for a delayed ACK. Measured here: a
-            # 100-row batch 43.8 ms -> 0.4 ms with TCP_NODELAY.
-            sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            **kwargs,
-        )
+        credentials = cfg.credentials()  # a password file is read here, in this process
+        if credentials is not None:
+            kwargs["auth_provider"] = PlainTextAuthProvider(*credentials)
+        ssl_context = cfg.client_ssl_context()  # built per process from picklable settings
+        if ssl_context is not None:
+            kwargs["ssl_context"] = ssl_context
+        where = f"connect to {','.join(cfg.contact_points)}:{cfg.port}"
+        try:
+            cluster = Cluster(
+                contact_points=list(cfg.contact_points),
+                port=cfg.port,
+                execution_profiles={EXEC_PROFILE_DEFAULT: profile, RAW_PROFILE: raw},
+                connect_timeout=cfg.connect_timeout,
+                # The driver's default backs off to 600 s: a node back after a long outage
+                # was not used again for up to ten minutes.
+                reconnection_policy=ExponentialReconnectionPolicy(
+                    base_delay=min(0.5, cfg.reconnect_max_delay),
+                    max_delay=cfg.reconnect_max_delay),
+                # The driver leaves Nagle on: every request over a few KB (a group-commit
+                # batch, a group's tag rows) then waits ~40 ms for a delayed ACK. Measured
+                # here: a 100-row batch 43.8 ms -> 0.4 ms with TCP_NODELAY.
+                sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                **kwargs,
+            )
+        except UnresolvableContactPoints as exc:  # raised before anything is sent
+            raise JournalUnavailableError(
+                f"{where}: no contact point resolves to an address ({exc!r})") from None
         ks = cfg.keyspace if keyspace is None else (keyspace or None)
         loop = asyncio.get_running_loop()
         try:
             session = await loop.run_in_executor(self._executor, cluster.connect, ks)
         except Exception as exc:
             await loop.run_in_executor(self._executor, cluster.shutdown)
-            raise wrap_driver_error(exc, f"connect to {cfg.contact_points}:{cfg.port}",
-                                    sent=False) from exc
+            raise wrap_driver_error(exc, where, sent=False) from exc
         self._cluster, self._session = cluster, session
         return self
 
