@@ -34,7 +34,7 @@ from typing import Any
 from raysource.journal.errors import ConfigError
 
 __all__ = ["CassandraConfig", "TlsSettings", "validate_identifier", "CONSISTENCY_NAMES",
-           "replicas_required"]
+           "consistency_overlap"]
 
 _IDENT = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{0,47}")
 
@@ -95,22 +95,42 @@ class TlsSettings:
         return ctx
 
 
-def replicas_required(level: str, total_rf: int, local_rf: int) -> tuple[int, int]:
-    """(replicas that must answer anywhere, of which guaranteed in the local data centre) for a
-    consistency level, given the keyspace's total and local-DC replication factors."""
-    remote = total_rf - local_rf
-    local_quorum = local_rf // 2 + 1
+def _satisfies(level: str, counts: Sequence[int], rfs: Sequence[int], local: int) -> bool:
+    """Do ``counts`` acknowledging replicas per data centre (``rfs`` replicas each; index
+    ``local`` is the local one) satisfy consistency ``level``?"""
+    total = sum(counts)
     if level == "ANY":
-        return 0, 0
-    if level in ("LOCAL_ONE", "LOCAL_QUORUM", "LOCAL_SERIAL"):
-        n = 1 if level == "LOCAL_ONE" else local_quorum
-        return n, n
+        return True  # a hint anywhere: no replica at all
     if level == "EACH_QUORUM":
-        # a quorum in every DC: the local one's, plus the remote DCs' (at least one each)
-        return local_quorum + (remote // 2 + 1 if remote else 0), local_quorum
-    n = {"ONE": 1, "TWO": 2, "THREE": 3, "QUORUM": total_rf // 2 + 1,
-         "SERIAL": total_rf // 2 + 1, "ALL": total_rf}[level]
-    return n, max(0, n - remote)
+        return all(c >= rf // 2 + 1 for c, rf in zip(counts, rfs))
+    if level in ("LOCAL_ONE", "LOCAL_QUORUM", "LOCAL_SERIAL"):
+        need = 1 if level == "LOCAL_ONE" else rfs[local] // 2 + 1
+        return counts[local] >= need
+    need = {"ONE": 1, "TWO": 2, "THREE": 3, "QUORUM": sum(rfs) // 2 + 1,
+            "SERIAL": sum(rfs) // 2 + 1, "ALL": sum(rfs)}[level]
+    return total >= need
+
+
+def consistency_overlap(write: str, read: str, rfs: Sequence[int], local: int = 0) -> str | None:
+    """Why ``write``/``read`` do not guarantee that every read sees every acknowledged write,
+    for replication factors ``rfs`` per data centre (``local``: the driver's DC), or None when
+    they do. Exact: it looks for a set of replicas that acknowledges a write and a disjoint set
+    that answers a read (over acknowledgement counts per data centre)."""
+    import itertools
+
+    vectors = list(itertools.product(*(range(rf + 1) for rf in rfs)))
+    for name, level in (("write", write), ("read", read)):
+        if not any(_satisfies(level, v, rfs, local) for v in vectors):
+            return f"{name} consistency {level} can never be met with replication {list(rfs)}"
+    for w in vectors:
+        if not _satisfies(write, w, rfs, local):
+            continue
+        rest = [rf - c for rf, c in zip(rfs, w)]
+        if _satisfies(read, rest, rfs, local):  # monotone: all the others, or none will do
+            return (f"read consistency {read} and write consistency {write} do not overlap "
+                    f"with replication {list(rfs)}: a read could miss an acknowledged event "
+                    "(need R + W > RF, e.g. LOCAL_QUORUM for both)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -251,27 +271,16 @@ class CassandraConfig:
                               f"centres {sorted(self.datacenters)}")
 
     def _check_consistency(self) -> None:
-        if self.replication_strategy == "SimpleStrategy":
-            total = local = self.replication_factor
-        else:
-            total = sum(self.datacenters.values())
-            local = self.datacenters[self.local_dc]  # type: ignore[index]
         if self.read_consistency == "ANY":
             raise ConfigError("read_consistency ANY is not a read level")
-        (w, wl), (r, rl) = (replicas_required(self.write_consistency, total, local),
-                            replicas_required(self.read_consistency, total, local))
-        for name, level, n in (("write", self.write_consistency, w),
-                               ("read", self.read_consistency, r)):
-            if n > total:
-                raise ConfigError(f"{name} consistency {level} needs {n} replicas; the "
-                                  f"replication factor is {total}")
-        if not (r + w > total or rl + wl > local):
-            raise ConfigError(
-                f"read consistency {self.read_consistency} and write consistency "
-                f"{self.write_consistency} do not overlap with replication factor {total}"
-                + (f" ({local} in {self.local_dc})" if local != total else "")
-                + ": a read could miss an acknowledged event (need R + W > RF, e.g. "
-                "LOCAL_QUORUM for both)")
+        if self.replication_strategy == "SimpleStrategy":
+            rfs, local = [self.replication_factor], 0
+        else:
+            dcs = list(self.datacenters)
+            rfs, local = [self.datacenters[d] for d in dcs], dcs.index(self.local_dc)
+        problem = consistency_overlap(self.write_consistency, self.read_consistency, rfs, local)
+        if problem is not None:
+            raise ConfigError(problem)
 
     @property
     def tag_budget(self) -> float:
