@@ -46,7 +46,9 @@ class ReservationsByCustomer(ProjectionHandler):
     def __init__(self, session: CassandraSession, keyspace: str, *, audit: bool = False) -> None:
         self.session = session
         self.table = f"{validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE}"
-        self.writer = EffectivelyOnceView(session, keyspace, VIEW_TABLE, audit=audit)
+        # a view row (customer, show, seat) is written only by events of its show and seat
+        self.writer = EffectivelyOnceView(session, keyspace, VIEW_TABLE, audit=audit,
+                                          conflict_key=_show_and_seat)
 
     async def global_prepare(self) -> None:
         await self.session.execute(
@@ -72,8 +74,6 @@ class ReservationsByCustomer(ProjectionHandler):
                 return []  # other events still advance the watermark
 
     async def handle_batch(self, envelopes: list[EventEnvelope]) -> None:
-        # a row (customer, show, seat) is written by events of one show only: the writer's
-        # default conflict key (the persistence id) keeps each batch's rows distinct
         await self.writer.apply_batch([(env, self._mutations(env)) for env in envelopes])
 
     async def verify(self, events: list[EventEnvelope]) -> list[str]:
@@ -98,6 +98,10 @@ class ReservationsByCustomer(ProjectionHandler):
         if offset is None:  # replay from the start rebuilds the view
             await self.session.execute(f"TRUNCATE {self.table}", prepare=False, timeout=60.0)
             await self.writer.clear()
+
+
+def _show_and_seat(envelope: EventEnvelope) -> tuple[str, str]:
+    return (envelope.persistence_id, getattr(envelope.event, "seat", ""))
 
 
 @dataclass(frozen=True)

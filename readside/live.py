@@ -8,10 +8,13 @@ beyond ``ProjectionSettings.live_buffer``) and applies them at once, ahead of th
 
 Rules that keep the read side complete and exactly-once:
 
-* an offered event is applied only if it is the **next** event of its aggregate the worker
-  knows of: ``sequence_nr == last applied + 1`` (or 1 for an aggregate never seen). Anything
-  else (a gap: a dropped or reordered message, an aggregate not seen since the worker started)
-  is left to the durable path, which delivers every event in order;
+* an offered event is applied only after every earlier event of its aggregate: if it is not
+  the **next** one the worker knows of (``sequence_nr == last applied + 1``, or 1 for an
+  aggregate never seen), the missing ones are first read from the journal by persistence id
+  (a *backfill*: a dropped or reordered message, an untagged event in between; the journal
+  holds them, since this later event is acknowledged). An aggregate the worker does not know
+  (none of its events seen since the worker started) and a gap of more than ``max_backfill``
+  events are left to the durable path, which delivers every event in order;
 * an event at or below the last applied number is a duplicate and is dropped (both paths
   de-duplicate by ``(persistence_id, sequence_nr)``);
 * the live path never moves the stored offset: only the durable tag query does, past what it
@@ -38,20 +41,23 @@ class LiveStats:
     offered: int = 0  # events offered to this worker (its tag, any slice)
     applied: int = 0  # applied through the live path
     duplicates: int = 0  # already applied (usually by the durable path)
-    gaps: int = 0  # not the next event of their aggregate: left to the durable path
+    backfilled: int = 0  # missed events read from the journal by id to close a gap
+    gaps: int = 0  # after a gap it could not close: left to the durable path
     dropped: int = 0  # pushed out of a full inbox, or offered while not running
 
     def as_dict(self) -> dict[str, int]:
         return {"offered": self.offered, "applied": self.applied,
-                "duplicates": self.duplicates, "gaps": self.gaps, "dropped": self.dropped}
+                "backfilled": self.backfilled, "duplicates": self.duplicates,
+                "gaps": self.gaps, "dropped": self.dropped}
 
 
 class LiveInbox:
     """Bounded buffer of offered events, and the rule that picks which to apply."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_backfill: int = 1000) -> None:
         self._events: deque[StoredEvent] = deque()
         self.capacity = capacity
+        self.max_backfill = max_backfill
         self.stats = LiveStats()
 
     def __len__(self) -> int:
@@ -75,11 +81,15 @@ class LiveInbox:
         return out
 
     def select(self, events: list[StoredEvent], wanted: Callable[[str], bool],
-               last: Callable[[str], int | None]) -> list[StoredEvent]:
-        """The events to apply now, in order: for each aggregate ``wanted`` (its slice, not
-        parked), those that continue its applied sequence (``last(pid)``: the highest applied
-        number, None if unknown) without a gap."""
-        out: list[StoredEvent] = []
+               last: Callable[[str], int | None]) -> list[tuple[StoredEvent, int | None]]:
+        """What to apply now, in order, as ``(event, backfill_from)``: for each aggregate
+        ``wanted`` (its slice, not parked), the events that continue its applied sequence
+        (``last(pid)``: the highest applied number, None if unknown). ``backfill_from`` is
+        set when the event follows a gap after a known number: the caller first applies the
+        aggregate's stored events ``backfill_from .. sequence_nr - 1`` that carry the tag,
+        read from the journal by persistence id (they are durable: this one is acknowledged).
+        An aggregate not known yet starts only at its first event."""
+        out: list[tuple[StoredEvent, int | None]] = []
         running: dict[str, int | None] = {}
         for e in events:
             pid = e.persistence_id
@@ -89,9 +99,12 @@ class LiveInbox:
             if prev is not None and e.sequence_nr <= prev:
                 self.stats.duplicates += 1
                 continue
+            fill_from = None
             if e.sequence_nr != (prev or 0) + 1:
-                self.stats.gaps += 1
-                continue
+                if prev is None or e.sequence_nr - prev > self.max_backfill:
+                    self.stats.gaps += 1
+                    continue
+                fill_from = prev + 1
             running[pid] = e.sequence_nr
-            out.append(e)
+            out.append((e, fill_from))
         return out

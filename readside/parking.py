@@ -69,6 +69,8 @@ class ParkedStreams:
 
     @staticmethod
     async def events_from(journal: Journal, persistence_id: str, sequence_nr: int,
-                          tag: str) -> list[StoredEvent]:
-        """The aggregate's stored events from ``sequence_nr`` on that carry ``tag``."""
-        return [e async for e in journal.replay(persistence_id, sequence_nr) if tag in e.tags]
+                          tag: str, to_sequence_nr: int | None = None) -> list[StoredEvent]:
+        """The aggregate's stored events from ``sequence_nr`` (to ``to_sequence_nr``) that
+        carry ``tag``."""
+        return [e async for e in journal.replay(persistence_id, sequence_nr, to_sequence_nr)
+                if tag in e.tags]

@@ -20,7 +20,8 @@ from typing import Any
 from raysource.journal.api import Journal
 from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSpec
 
-__all__ = ["VerifyReport", "tag_events", "verify_applied", "verify_projection"]
+__all__ = ["VerifyReport", "latest_offset", "tag_events", "verify_applied", "verify_cassandra",
+           "verify_projection"]
 
 
 @dataclass
@@ -114,3 +115,24 @@ def _ranges(seqs: list[int]) -> str:
         if s is not None:
             start = prev = s
     return ",".join(out)
+
+
+async def verify_cassandra(spec: ProjectionSpec, config: Any) -> VerifyReport:
+    """:func:`verify_projection` against the Cassandra journal and view of ``config`` (what
+    ``raysource projection verify NAME`` runs)."""
+    from raysource.journal.cassandra.journal import CassandraJournal
+    from raysource.journal.cassandra.session import CassandraSession
+
+    async with CassandraSession(config) as session:
+        journal = CassandraJournal(session, config)
+        return await verify_projection(spec, journal, spec.handler_factory(session, config))
+
+
+async def latest_offset(journal: Journal, tag: str) -> Any:
+    """The offset of the newest visible event of ``tag`` (None if it has none): where
+    ``set-offset --to end`` moves a projection (a full read of the tag)."""
+    last = None
+    async with contextlib.aclosing(journal.events_by_tag(tag)) as rows:
+        async for te in rows:
+            last = te.offset
+    return last

@@ -12,14 +12,16 @@ each persistence id applied to the view. ``apply_batch([(envelope, mutations), .
 
 Statements of one batch share one write timestamp, so two statements in one batch that write
 the same row would not apply in order (a delete beats an insert, say). The writer therefore
-never puts two events with the same *conflict key* in one batch: by default the persistence id
-(a view row written by events of one aggregate only, as in the example view); a view whose rows
-are written by events of several aggregates passes ``conflict_key`` (e.g. the row's partition
-key). Events are layered: an event goes into the layer after the last one holding an event of
-its id or its conflict key; layers are written in order, a layer's batches (at most
-``max_batch`` events each) concurrently. Per id, events are thus applied in sequence order and
-each batch raises the id's mark to its last event, so a crash between batches leaves every id's
-mark at a prefix of its events: a redelivery applies exactly the rest.
+never puts two events with the same *conflict key* in one batch. The default key is the
+persistence id (one event per aggregate per batch: safe for any view); a view passes
+``conflict_key`` (envelope -> hashable) naming what an event writes (the example view: the
+show and seat), so events of one aggregate that write different rows share a batch. Events
+are layered in delivery order: an event goes into the first layer after the last one holding
+its conflict key, and never below its aggregate's previous event; layers are written in
+order, a layer's batches (about ``max_batch`` events; an aggregate's events of one layer stay
+in one batch) concurrently. Each batch raises the marks of its aggregates to their last event
+in it, so a crash between batches leaves every aggregate's mark at a prefix of its events: a
+redelivery applies exactly the rest.
 
 Assumption (the read-modify-write is not a compare-and-set): at most one writer applies a given
 persistence id at a time. Projection workers give that: a persistence id belongs to exactly one
@@ -42,6 +44,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from raysource.journal.cassandra.readside_statements import ViewStatements
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.journal.errors import ConfigError
 from raysource.readside.projections import EventEnvelope
 
 __all__ = ["EffectivelyOnceView", "Mutation"]
@@ -57,7 +60,7 @@ class EffectivelyOnceView:
                  audit: bool = False, max_batch: int = 50,
                  conflict_key: Callable[[EventEnvelope], Hashable] | None = None) -> None:
         if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+            raise ConfigError("max_batch must be >= 1")
         self.session = session
         self.cql = ViewStatements(keyspace, view)
         self.view = view
@@ -101,8 +104,9 @@ class EffectivelyOnceView:
         unknown = {env.persistence_id for env, _ in items} - self._marks.keys()
         if unknown:
             await asyncio.gather(*(self.watermark(pid) for pid in unknown))
-        layers: list[list[tuple[EventEnvelope, Sequence[Mutation]]]] = []
-        last_layer: dict[Any, int] = {}
+        layers: list[dict[str, list[tuple[EventEnvelope, Sequence[Mutation]]]]] = []
+        pid_layer: dict[str, int] = {}  # per id: its current layer (never decreases)
+        key_layer: dict[Any, int] = {}  # per conflict key: the last layer that wrote it
         running = dict(self._marks)
         for env, mutations in items:
             pid = env.persistence_id
@@ -110,21 +114,24 @@ class EffectivelyOnceView:
                 self.ignored += 1
                 continue
             running[pid] = env.sequence_nr
-            keys = [("p", pid)]
-            if self.conflict_key is not None:
-                keys.append(("k", self.conflict_key(env)))
-            layer = 1 + max(last_layer.get(k, -1) for k in keys)
-            for k in keys:
-                last_layer[k] = layer
-            if layer == len(layers):
-                layers.append([])
-            layers[layer].append((env, mutations))
+            key = pid if self.conflict_key is None else self.conflict_key(env)
+            layer = max(pid_layer.get(pid, 0), key_layer.get(key, -1) + 1)
+            if layer < len(layers) and len(layers[layer].get(pid, ())) >= self.max_batch:
+                layer += 1
+            pid_layer[pid] = key_layer[key] = layer
+            while len(layers) <= layer:
+                layers.append({})
+            layers[layer].setdefault(pid, []).append((env, mutations))
         set_mark = await self.session.prepare(self.cql.set_mark)
         audit = await self.session.prepare(self.cql.audit) if self.audit else None
         written = 0
-        for layer_items in layers:
-            chunks = [layer_items[i:i + self.max_batch]
-                      for i in range(0, len(layer_items), self.max_batch)]
+        for layer in layers:
+            # an id's events of one layer stay in one batch (its mark is their last one)
+            chunks: list[list[tuple[EventEnvelope, Sequence[Mutation]]]] = [[]]
+            for group in layer.values():
+                if chunks[-1] and len(chunks[-1]) + len(group) > self.max_batch:
+                    chunks.append([])
+                chunks[-1].extend(group)
             results = await asyncio.gather(*(self._write(c, set_mark, audit) for c in chunks),
                                            return_exceptions=True)
             for r in results:

@@ -320,11 +320,20 @@ class ProjectionWorker:
                 return
             try:
                 async with self._apply:
-                    todo = self.live.select(
+                    picks = self.live.select(
                         self.live.take(), lambda p: self._mine(p) and p not in self.parked,
                         self._dedupe.last)
+                    todo: list[_Item] = []
+                    for e, fill_from in picks:
+                        if fill_from is not None:
+                            missing = await ParkedStreams.events_from(
+                                self.journal, e.persistence_id, fill_from, self.spec.tag,
+                                e.sequence_nr - 1)
+                            todo += [(m, None) for m in missing]
+                            self.live.stats.backfilled += len(missing)
+                        todo.append((e, None))
                     if todo:
-                        await self._deliver([(e, None) for e in todo])
+                        await self._deliver(todo)
                         self.live.stats.applied += len(todo)
             except _Halted:
                 return

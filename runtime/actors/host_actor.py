@@ -203,6 +203,8 @@ class _HostActor:
             metrics_host="dedicated" if spec.placement == "dedicated" else f"shard-{spec.shard}",
             on_durable=self._live.publish if self._live is not None else None,
         )
+        if self._live is not None:
+            self._live.refresh()  # find the subscribers before the first append
         self._open_s = time.perf_counter() - started
 
     def _on_deactivated(self, entity_id: str, reason: str) -> None:

@@ -10,9 +10,10 @@ slice_of``), with ``worker.offer.remote(events)`` — one Ray call per worker pe
 Best effort by design; the durable tag query fills whatever this misses:
 
 * subscribers are found by listing the named projection workers (``cluster.projection_name``)
-  and asking each new one its ``subscription()`` once; the list is refreshed when a publish
-  finds it older than ``refresh_s`` (idle hosts never list), so a new worker gets live events
-  within about ``refresh_s``;
+  and asking each new one its ``subscription()`` once; the list is refreshed when the host
+  opens and when a publish finds it older than ``refresh_s`` (idle hosts never list); events
+  published during a refresh wait for it (up to ``refresh_wait_s``), so a worker that existed
+  before the append gets it;
 * at most ``max_in_flight`` offers per worker are outstanding (Ray queues actor calls without
   bound): beyond that events are dropped and counted (``dropped``), not queued;
 * a worker that died is forgotten until the next refresh finds its successor.
@@ -53,12 +54,14 @@ class LivePublisher:
     """Offers acknowledged events to subscribed projection workers (see module docstring).
     Use from one event loop (an async actor's); :meth:`publish` never blocks or raises."""
 
-    def __init__(self, *, refresh_s: float = 1.0, max_in_flight: int = 32) -> None:
+    def __init__(self, *, refresh_s: float = 1.0, max_in_flight: int = 32,
+                 refresh_wait_s: float = 0.5) -> None:
         self.refresh_s = refresh_s
+        self.refresh_wait_s = refresh_wait_s
         self.max_in_flight = max_in_flight
         self._subs: dict[tuple[str, str], _Subscriber] = {}  # (namespace, name) -> subscriber
         self._by_tag: dict[str, list[tuple[tuple[str, str], _Subscriber]]] = {}
-        self._pending: dict[tuple[str, str], list[StoredEvent]] = {}
+        self._queue: list[StoredEvent] = []
         self._refreshed = float("-inf")
         self._refreshing: asyncio.Task | None = None
         self._flush_scheduled = False
@@ -69,15 +72,10 @@ class LivePublisher:
         """The ``on_durable`` listener: queue ``events`` for their subscribers."""
         if time.monotonic() - self._refreshed >= self.refresh_s:
             self.refresh()
-        for e in events:
-            for tag in e.tags:
-                for key, sub in self._by_tag.get(tag, ()):
-                    if sub.n_slices == 1 or \
-                            shard_of(e.persistence_id, sub.n_slices) == sub.slice_index:
-                        self._pending.setdefault(key, []).append(e)
-        if self._pending and not self._flush_scheduled:
+        self._queue.extend(events)
+        if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().create_task(self._flush())
 
     def refresh(self) -> None:
         """Re-list the subscribers in the background (no-op while a refresh runs)."""
@@ -124,21 +122,33 @@ class LivePublisher:
             by_tag.setdefault(sub.tag, []).append((key, sub))
         self._by_tag = by_tag
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
+        refreshing = self._refreshing
+        if refreshing is not None and not refreshing.done():
+            # route with the fresh list (a new subscriber gets these events), but never wait
+            # long for a slow registry: the durable path covers what the old list misses
+            await asyncio.wait({refreshing}, timeout=self.refresh_wait_s)
         self._flush_scheduled = False
-        pending, self._pending = self._pending, {}
-        for key, events in pending.items():
+        events, self._queue = self._queue, []
+        pending: dict[tuple[str, str], list[StoredEvent]] = {}
+        for e in events:
+            for tag in e.tags:
+                for key, sub in self._by_tag.get(tag, ()):
+                    if sub.n_slices == 1 or \
+                            shard_of(e.persistence_id, sub.n_slices) == sub.slice_index:
+                        pending.setdefault(key, []).append(e)
+        for key, batch in pending.items():
             sub = self._subs.get(key)
             if sub is None or sub.in_flight >= self.max_in_flight:
-                self.dropped += len(events)
+                self.dropped += len(batch)
                 continue
             try:
-                ref = sub.handle.offer.remote(events)
+                ref = sub.handle.offer.remote(batch)
             except Exception:
-                self.dropped += len(events)
+                self.dropped += len(batch)
                 continue
             sub.in_flight += 1
-            self.published += len(events)
+            self.published += len(batch)
             asyncio.ensure_future(self._settle(key, sub, ref))
 
     async def _settle(self, key: tuple[str, str], sub: _Subscriber, ref: Any) -> None:
