@@ -5,6 +5,8 @@
   of the first difference, or ``None`` when the round trip is faithful.
 * :func:`forget_msgspec_caches` removes the unpicklable ``__msgspec_cache__`` attribute that
   msgspec leaves on every class it builds a decoder for, from every class reachable from a type.
+* :func:`pin_annotations` resolves string annotations where a class is defined, so a class
+  shipped by value to another process can still be decoded into there.
 
 Pure functions, no state; the serializer owns the policy.
 """
@@ -20,7 +22,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["difference", "forget_msgspec_caches"]
+__all__ = ["difference", "forget_msgspec_caches", "pin_annotations"]
 
 MSGSPEC_CACHE_ATTR = "__msgspec_cache__"
 _MAX_DEPTH = 200
@@ -160,6 +162,41 @@ def forget_msgspec_caches(tp: Any) -> None:
     class's ``__dict__`` when it pickles the class by value (classes of ``__main__``, notebooks,
     test modules) and cannot pickle that info. A decoder keeps its own reference, so removing
     the attribute afterwards changes nothing for the decoder."""
+    for cls in _reachable_classes(tp):
+        if MSGSPEC_CACHE_ATTR in cls.__dict__:
+            try:
+                delattr(cls, MSGSPEC_CACHE_ATTR)
+            except (AttributeError, TypeError):  # a class that refuses attribute changes
+                pass
+
+
+def pin_annotations(tp: Any) -> None:
+    """Replace the string annotations (``from __future__ import annotations``) of every class
+    reachable from ``tp`` by the objects they name, while the defining module is at hand.
+
+    A class shipped by value to another process (Ray does that with ``__main__``, notebooks and
+    test modules) arrives without its module, so names in string annotations could not be
+    resolved there and the class could not be decoded into. Resolving them where the class is
+    defined (``Serialization.register``, ``AggregateType``) makes the annotations travel as the
+    classes themselves. Annotations that cannot be resolved yet are left as they are."""
+    for cls in _reachable_classes(tp):
+        own = cls.__dict__.get("__annotations__")
+        if not isinstance(own, dict) or not any(isinstance(v, str) for v in own.values()):
+            continue
+        try:
+            hints = typing.get_type_hints(cls, include_extras=True)
+        except Exception:  # a forward reference not defined yet: decoding will say so
+            continue
+        try:
+            cls.__annotations__ = {name: hints.get(name, value) for name, value in own.items()}
+        except (AttributeError, TypeError):
+            pass
+
+
+def _reachable_classes(tp: Any) -> list[type]:
+    """Every class reachable from the type ``tp``: itself, its annotations (recursively),
+    union members, generic arguments, NewType/TypeVar targets and bases."""
+    out: list[type] = []
     stack: list[Any] = [tp]
     seen: set[int] = set()
     while stack:
@@ -168,11 +205,9 @@ def forget_msgspec_caches(tp: Any) -> None:
             continue
         seen.add(id(t))
         if isinstance(t, type):
-            if MSGSPEC_CACHE_ATTR in t.__dict__:
-                try:
-                    delattr(t, MSGSPEC_CACHE_ATTR)
-                except (AttributeError, TypeError):  # a class that refuses attribute changes
-                    pass
+            if t.__module__ == "builtins":
+                continue
+            out.append(t)
             stack.extend(_annotations_of(t))
             stack.extend(getattr(t, "__orig_bases__", ()))
             stack.extend(b for b in t.__mro__[1:] if b is not object)
@@ -183,11 +218,10 @@ def forget_msgspec_caches(tp: Any) -> None:
                 if inner is not None:
                     stack.append(inner)
             stack.extend(getattr(t, "__constraints__", ()) or ())
+    return out
 
 
 def _annotations_of(cls: type) -> list[Any]:
-    if cls.__module__ == "builtins":
-        return []
     try:
         return list(typing.get_type_hints(cls, include_extras=True).values())
     except Exception:  # unresolvable names: msgspec could not have built info from them either

@@ -60,6 +60,10 @@ So decoding never asks msgspec to look a class up: each registered class gets on
 cache attribute is removed again from every class the decoder reaches (nested dataclasses,
 enums, TypedDicts, NamedTuples); the decoder keeps its own compiled copy. Encoding leaves no
 cache. Both hold for any number of encodes and decodes (``tests/test_types_anywhere.py``).
+String annotations (``from __future__ import annotations``) would not resolve in a process
+that received the class by value (its module is not there), so ``register`` (and
+``AggregateType``, for the classes it declares) replaces them by the objects they name while the
+defining module is at hand.
 
 Every failure is a typed :class:`~raysource.journal.errors.SerializationError` naming the persistence id
 and sequence number when given. Encoding has no side effect, so a failed encode writes nothing.
@@ -84,7 +88,7 @@ from raysource.journal.errors import (
     UnknownManifestError,
     UnserializableError,
 )
-from raysource.journal.roundtrip import difference, forget_msgspec_caches
+from raysource.journal.roundtrip import difference, forget_msgspec_caches, pin_annotations
 
 __all__ = [
     "JSON_SERIALIZER_ID",
@@ -223,6 +227,8 @@ class Serialization:
                 raise ConfigError(
                     f"upcaster key {n!r} for {name}: must be a version in 1..{version - 1}"
                 )
+        if not pickle:
+            pin_annotations(cls)  # while its module is at hand (see "types defined anywhere")
         reg = _Registration(cls, name, version, ups, pickle)
         old = self._by_name.get(name)
         if old is not None and old.cls is not cls:

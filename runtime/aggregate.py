@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
 from raysource.journal.errors import ConfigError
+from raysource.journal.roundtrip import pin_annotations
 from raysource.runtime.errors import UnknownCommandError
 
 if TYPE_CHECKING:  # only for annotations: keep the module free of serializer imports at runtime
@@ -290,6 +291,8 @@ class AggregateType(Generic[S, C, E]):
             if not all(isinstance(c, type) for c in classes):
                 raise ConfigError(f"{self.name}: {group} must be classes")
             object.__setattr__(self, group, classes)
+        for cls in self.all_types():  # string annotations must resolve in other processes too
+            pin_annotations(cls)
 
     # ------------------------------------------------------------------ identity
 
