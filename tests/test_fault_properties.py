@@ -1,0 +1,69 @@
+"""Property tests: random fault schedules on the in-memory journal, through the real
+EntityCore/AggregateHost, with several concurrent activations and callers; every schedule's
+history is checked against the journal (``raysource.testing.history``). 0 violations allowed.
+
+Schedules (see ``fault_harness``): 3 callers, 2 hosts + an interloper host, 2 entities, up to
+10 commands, up to 4 faults of every kind of ``raysource.testing.faults`` at every point they
+apply to, host crashes and passivations at random moments."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fault_harness import ENTITIES, POINTS, FaultSpec, Schedule, run_schedule
+from raysource.testing.history import assert_no_violations
+from unit_guard import no_ray  # noqa: F401
+
+COUNTS = {"schedules": 0}
+
+commands = st.lists(
+    st.tuples(st.integers(0, 2), st.integers(0, 1), st.sampled_from(ENTITIES),
+              st.integers(1, 9)), min_size=2, max_size=10).map(tuple)
+
+
+@st.composite
+def fault_specs(draw, kinds=tuple(POINTS)):
+    kind = draw(st.sampled_from(kinds))
+    return FaultSpec(kind, draw(st.sampled_from(POINTS[kind])), draw(st.integers(1, 6)),
+                     after=draw(st.booleans()) if kind in ("stall", "interleave") else False,
+                     variant=draw(st.integers(0, 1)) if kind == "timeout" else 0)
+
+
+def schedules(kinds=tuple(POINTS), max_faults=4):
+    return st.builds(
+        Schedule,
+        commands=commands,
+        faults=st.lists(fault_specs(kinds), min_size=1, max_size=max_faults).map(tuple),
+        crashes=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 1)),
+                         max_size=1).map(tuple),
+        passivations=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 1),
+                                        st.sampled_from(ENTITIES)), max_size=2).map(tuple),
+        release=st.integers(0, 60),
+    )
+
+
+def _check(schedule: Schedule) -> None:
+    run = asyncio.run(run_schedule(schedule))
+    COUNTS["schedules"] += 1
+    assert_no_violations(run.violations, {"schedule": schedule, "fired": run.fired,
+                                          "outcomes": dict(run.history.counts())})
+
+
+SETTINGS = dict(deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@settings(max_examples=1400, **SETTINGS)
+@given(schedules())
+def test_random_fault_schedules_keep_every_promise(schedule: Schedule) -> None:
+    _check(schedule)
+
+
+@settings(max_examples=600, **SETTINGS)
+@given(schedules(kinds=("interleave", "stall", "delay", "lose_response", "timeout"),
+                 max_faults=3))
+def test_a_second_writer_at_every_step_of_recovery_and_flush(schedule: Schedule) -> None:
+    _check(schedule)
