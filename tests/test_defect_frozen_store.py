@@ -1,0 +1,131 @@
+"""Issue 10, defect 4 on a really frozen Cassandra: what callers saw matches the journal.
+
+A private node (its own port and state dir; never the shared one) serves several ledgers under
+load while it is frozen (SIGSTOP) for a few seconds and thawed (SIGCONT). Requests sent to the
+frozen node time out on the client, re-reads fail, and the frozen node executes what it had
+received once it runs again. Before the fix a write whose re-read failed was answered
+``PersistFailedError`` and then landed. Checked against the journal, recovered afterwards:
+
+* every acknowledged command is stored exactly once;
+* every command answered "not applied" (``PersistFailedError``, ``AggregateStoppedError``,
+  any ``NotAppliedError``) is absent;
+* a command with an unknown outcome is stored at most once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from raysource.app.local_node import LocalCassandra, free_port, raysource_home
+from raysource.examples.ledger import LEDGER, Append
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.errors import NotAppliedError, OutcomeUnknownError
+from raysource.runtime.core import EntityCore
+from raysource.runtime.stores import StoreSpec, serialization_for
+from raysource.snapshots.memory import InMemorySnapshotStore
+
+pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
+
+SER = serialization_for(LEDGER, StoreSpec())
+LEDGERS = 6
+FREEZE_S = 3.0
+BEFORE_S = AFTER_S = 1.5  # load before and after the freeze
+
+
+@pytest.fixture(scope="module")
+def frozen_node():
+    node = LocalCassandra(name="issue10-freeze", home=raysource_home(), heap="512M",
+                          port=free_port(), storage_port=free_port())
+    node.stop()
+    status = node.start()
+    try:
+        yield status
+    finally:
+        os.kill(status.pid, signal.SIGCONT)  # never leave it stopped
+        node.stop(timeout=15)
+
+
+class Caller:
+    """One client of one ledger: sends numbered commands (two at a time), records what it saw,
+    and moves to a fresh activation when the current one stopped."""
+
+    def __init__(self, journal: CassandraJournal, n: int) -> None:
+        self.journal, self.eid = journal, f"frozen-{n}-{uuid.uuid4().hex[:6]}"
+        self.seen: dict[str, str] = {}  # op id -> "reply" | "not applied" | "unknown"
+        self.core = self._fresh()
+        self.next = 0
+
+    def _fresh(self) -> EntityCore:
+        return EntityCore(LEDGER, self.eid, self.journal, InMemorySnapshotStore(), SER,
+                          writer_id=uuid.uuid4().hex[:12])
+
+    async def _one(self, core: EntityCore, op: str) -> None:
+        try:
+            await core.handle(Append(op, 1))
+            self.seen[op] = "reply"
+        except NotAppliedError:
+            self.seen[op] = "not applied"
+        except OutcomeUnknownError:
+            self.seen[op] = "unknown"
+
+    async def run(self, until: float) -> None:
+        while time.monotonic() < until:
+            if self.core.stopped:
+                await self.core.stop()
+                self.core = self._fresh()
+            ops = [f"{self.eid}:{self.next + i}" for i in range(2)]
+            self.next += 2
+            core = self.core
+            await asyncio.gather(*(self._one(core, op) for op in ops))
+            await asyncio.sleep(0.02)
+        await self.core.stop()
+
+
+async def test_callers_answers_match_the_journal_after_a_freeze(frozen_node) -> None:
+    cfg = CassandraConfig(contact_points=(frozen_node.host,), port=frozen_node.port,
+                          keyspace=f"freeze_{uuid.uuid4().hex[:8]}", request_timeout=1.0)
+    journal = await CassandraJournal.connect(cfg, create_schema=True)
+    callers = [Caller(journal, n) for n in range(LEDGERS)]
+    try:
+        start = time.monotonic()
+        load = asyncio.gather(*(c.run(start + BEFORE_S + FREEZE_S + AFTER_S) for c in callers))
+        await asyncio.sleep(BEFORE_S)
+        os.kill(frozen_node.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(FREEZE_S)
+        finally:
+            os.kill(frozen_node.pid, signal.SIGCONT)
+        await load
+        await asyncio.sleep(2.0)  # what the node received while frozen has landed by now
+
+        seen = Counter(kind for c in callers for kind in c.seen.values())
+        print(f"callers saw {dict(seen)}")
+        assert seen["reply"] > 0 and seen["unknown"] + seen["not applied"] > 0  # it did bite
+        problems = []
+        for c in callers:
+            stored = Counter()
+            pid = LEDGER.persistence_id(c.eid)
+            async for e in journal.replay(pid):
+                stored[SER.decode(e.serializer_id, e.manifest, e.payload).op_id] += 1
+            for op, kind in c.seen.items():
+                n = stored[op]
+                if (kind == "reply" and n != 1) or (kind == "not applied" and n != 0) or n > 1:
+                    problems.append(f"{op}: caller saw {kind}, journal holds it {n}x")
+            problems += [f"{op}: stored but never sent" for op in stored if op not in c.seen]
+            # the next activation holds exactly the journal's fold
+            core = EntityCore(LEDGER, c.eid, journal, InMemorySnapshotStore(), SER,
+                              writer_id="checker")
+            await core.start()
+            assert core.state.count == sum(stored.values())
+            await core.stop()
+        assert problems == [], problems
+    finally:
+        await journal.close()
