@@ -390,8 +390,12 @@ def _projection(args: argparse.Namespace) -> int:
         lag = (f"lag {st['lag_events']} events / {st['lag_seconds']:.1f} s"
                if st.get("lag_events") is not None else "lag ?")
         err = f"  error: {st['error']}" if st.get("error") else ""
+        parked = st.get("parked") or []
+        park = f"  parked {len(parked)} aggregate(s)" if parked else ""
         print(f"{st['projection']} {st['worker']}: {st['state']}  offset {st['offset']}  "
-              f"{lag}{err}")
+              f"{lag}{park}{err}")
+        for p in parked:
+            print(f"  parked {p['persistence_id']} at #{p['sequence_nr']}: {p['error']}")
     return 0
 
 

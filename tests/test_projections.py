@@ -394,7 +394,7 @@ async def test_resume_exactly_after_stored_offset_and_reset_replays(journal, ses
 
 
 async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_order(
-        journal, session, config, control, tmp_path):
+        journal, session, config, control, tmp_path, capsys):
     tag = f"fa{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
     fail_file = tmp_path / "poison-on"
@@ -431,9 +431,22 @@ async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_or
         session, config.keyspace).parked(spec.name)] == [pid]
     assert await control.parked(spec.name) == [rec]
 
+    from raysource.app.cli import main
+
+    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
+            "--keyspace", config.keyspace]
+
+    def cli(*argv: str) -> int:  # the CLI runs its own event loop
+        return main([*argv, *args])
+
+    assert await asyncio.to_thread(cli, "projection", "status", spec.name) == 0
+    assert await asyncio.to_thread(cli, "projection", "parked", spec.name) == 0
+    out = capsys.readouterr().out
+    assert "parked 1 aggregate(s)" in out and f"parked {pid} at #4: RuntimeError" in out
+    assert f"{spec.name} 0/1: {pid} parked at #4" in out and "1 parked aggregate stream" in out
     fail_file.unlink()  # the handler is "fixed"
-    outcome = await control.retry(spec.name, pid)
-    assert outcome["applied"] == 3 and outcome["parked"] is None
+    assert await asyncio.to_thread(cli, "projection", "retry", spec.name, "--pid", pid) == 0
+    assert f"{spec.name}: retry {pid}: 3 event(s) applied" in capsys.readouterr().out
     got = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
     assert [x for x in got if x[0] == pid] == [(pid, s) for s in range(1, 7)], \
         "resumed from the poison event, in order, nothing twice"
