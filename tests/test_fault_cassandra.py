@@ -1,0 +1,91 @@
+"""Random fault schedules against the real Cassandra journal and snapshot store (the faulty
+wrapper around them), through the real EntityCore/AggregateHost, checked by the history
+checker: the same harness as the in-memory property tests, fewer and slower schedules.
+
+A duplicate send reaches Cassandra twice (the second conditional batch is refused with this
+writer's own rows: must be a success), a lost response is decided by the journal's re-read, a
+second writer races recoveries and flushes through real lightweight transactions. Tag streams
+are checked once at the end, over every schedule, after the visibility delay."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fault_harness import LEDGER_T, POINTS, SER, Harness, Schedule
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.snapshots.cassandra import CassandraSnapshotStore
+from raysource.testing.history import History, assert_no_violations, check_history
+from test_fault_properties import fault_specs, schedules
+
+pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
+
+DELAY = 0.5  # tag visibility delay of this module
+RUNS: list = []
+
+
+@pytest.fixture(scope="module")
+def store(cassandra_contact, cassandra_keyspace):
+    host, port = cassandra_contact
+    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
+                          eventual_consistency_delay=DELAY)
+    loop = asyncio.new_event_loop()
+    journal = loop.run_until_complete(CassandraJournal.connect(cfg, create_schema=True))
+    snapshots = CassandraSnapshotStore(journal.session, cfg)
+    yield loop, journal, snapshots
+    loop.run_until_complete(journal.close())
+    loop.close()
+
+
+@st.composite
+def featuring(draw, kind: str) -> Schedule:
+    """A random schedule that has (at least) one fault of ``kind``, early enough to fire."""
+    s = draw(schedules(max_faults=2))
+    f = draw(fault_specs(kinds=(kind,)))
+    return dataclasses.replace(s, faults=(dataclasses.replace(f, nth=min(f.nth, 3)),) + s.faults)
+
+
+@pytest.mark.parametrize("kind", sorted(POINTS))
+@settings(max_examples=8, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fault_schedules_on_cassandra(store, kind: str, data) -> None:
+    schedule = data.draw(featuring(kind))
+    loop, journal, snapshots = store
+
+    async def one():
+        h = Harness(schedule, journal, snapshots, turn_s=0.002, check_tags=False,
+                    call_timeout=20.0)
+        return await h.run()
+
+    run = loop.run_until_complete(one())
+    RUNS.append(run)
+    assert_no_violations(run.violations, {"schedule": schedule, "fired": run.fired})
+
+
+def test_every_stored_event_reached_its_tag_stream(store) -> None:
+    """After the visibility delay, the whole history of every schedule again, tags included."""
+    loop, journal, _ = store
+    assert len(RUNS) >= 50, f"only {len(RUNS)} schedules ran"
+    history = History([o for r in RUNS for o in r.history.observations])
+
+    async def check():
+        await asyncio.sleep(DELAY * 2)
+        return await check_history(
+            history, journal, aggregate_type=LEDGER_T, serialization=SER,
+            persistence_ids=[p for r in RUNS for p in r.persistence_ids],
+            command_of=lambda ev: ev.op_id, categorized=False)
+
+    fired = sorted({f.split("@")[0] for r in RUNS for f in r.fired})
+    assert_no_violations(loop.run_until_complete(check()),
+                         {"schedules": len(RUNS), "outcomes": dict(history.counts())})
+    writes = sum(r.writes for r in RUNS)
+    print(f"{len(RUNS)} schedules on Cassandra, {writes} appends, outcomes "
+          f"{dict(history.counts())}, fault kinds fired: {fired}")
+    assert writes > len(RUNS) and set(fired) == set(POINTS), fired
