@@ -22,6 +22,7 @@ from raysource.journal.api import (
 )
 from raysource.journal.errors import (
     ConcurrentWriteError,
+    JournalOutcomeUnknownError,
     JournalUnavailableError,
 )
 from raysource.journal.serialization import Serialization
@@ -99,11 +100,15 @@ class InMemoryJournal(Journal):
     def fail_next_appends(
         self,
         n: int = 1,
-        exc: type[BaseException] | BaseException = JournalUnavailableError,
+        exc: type[BaseException] | BaseException | None = None,
         *,
         after_write: bool = False,
     ) -> None:
-        """Make the next ``n`` appends raise ``exc`` (before writing, unless ``after_write``)."""
+        """Make the next ``n`` appends raise ``exc`` (before writing, unless ``after_write``).
+        Default: ``JournalUnavailableError`` (nothing written), or with ``after_write``
+        ``JournalOutcomeUnknownError`` (stored, unconfirmed), as the journal contract says."""
+        if exc is None:
+            exc = JournalOutcomeUnknownError if after_write else JournalUnavailableError
         self._failures.append(_Failure(n, exc, after_write))
 
     def events(self, persistence_id: str) -> list[StoredEvent]:

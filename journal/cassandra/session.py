@@ -146,8 +146,8 @@ def wrap_driver_error(exc: BaseException, what: str, *, sent: bool = True) -> Jo
         return JournalUnavailableError(f"{what}: Cassandra unavailable, nothing was sent or "
                                        f"executed ({name})")
     return JournalOutcomeUnknownError(
-        f"{what}: Cassandra did not confirm ({name}); the write may or may not have been "
-        "applied, and may still land")
+        f"{what}: Cassandra did not confirm ({name}); the request may or may not have been "
+        "executed (a write may still land)")
 
 
 class CassandraSession:
