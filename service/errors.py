@@ -1,0 +1,30 @@
+"""Errors of the HTTP front door (:mod:`raysource.service`): what a service replica refuses by
+itself, before or after asking an aggregate or a view. The whole tree: :mod:`raysource.errors`;
+how each error becomes an HTTP status: :mod:`raysource.service.http_errors`.
+"""
+
+from __future__ import annotations
+
+from raysource.journal.errors import NotAppliedError, RaysourceError
+
+__all__ = ["NotFoundError", "OverloadedError", "ServiceError"]
+
+
+class ServiceError(RaysourceError):
+    """The service refused a request itself (not an aggregate's or a store's answer)."""
+
+
+class NotFoundError(ServiceError, LookupError):
+    """The resource a request names does not exist (e.g. the reservation of a free seat)."""
+
+
+class OverloadedError(ServiceError, NotAppliedError):
+    """The replica already has as many commands in flight as it admits: this one was refused
+    before anything was sent (not applied), and may be re-sent after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+    def __reduce__(self):  # keep the field across pickling
+        return (type(self), (str(self), self.retry_after_s))
