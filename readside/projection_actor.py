@@ -59,6 +59,7 @@ class _ProjectionActor:
         configure_from_env()
         self.spec, self.config, self.slice_index = spec, config, slice_index
         self._worker: ProjectionWorker | None = None
+        self._peers: dict[int, Any] = {}  # slice -> actor handle (the reader's followers)
         self._metrics = RayMetrics()  # lag gauges, exported by Ray
         self._lag_task: asyncio.Task[None] | None = None
         # async actor: __init__ runs on the actor's loop, so booting can start right away
@@ -73,6 +74,11 @@ class _ProjectionActor:
         journal = CassandraJournal(session, self.config)
         worker = ProjectionWorker(self.spec, self.slice_index, session, self.config, journal,
                                   metrics=self._metrics)
+        if self.spec.n_slices > 1:  # one read of the tag: slice 0 feeds the others
+            if self.slice_index == 0:
+                worker.lead(self._feed)
+            else:
+                worker.follow()
         await worker.boot()
         self._worker = worker
         if LAG_REFRESH_S > 0:
@@ -126,6 +132,23 @@ class _ProjectionActor:
 
     async def retry(self, persistence_id: str, skip: bool = False) -> dict[str, Any]:
         return await (await self._w()).retry(persistence_id, skip=skip)
+
+    # slices (raysource.readside.slices): slice 0 reads the tag and feeds the others
+
+    async def feed(self, events: list, from_offset: Any, up_to: Any) -> Any:
+        return await (await self._w()).feed(events, from_offset, up_to)
+
+    async def _feed(self, k: int, events: list, from_offset: Any, up_to: Any) -> Any:
+        handle = self._peers.get(k)
+        if handle is None:
+            name = projection_name(self.spec.name, k, self.spec.n_slices)
+            handle = self._peers[k] = await asyncio.get_running_loop().run_in_executor(
+                None, ray.get_actor, name)
+        try:
+            return await handle.feed.remote(events, from_offset, up_to)
+        except Exception:
+            self._peers.pop(k, None)  # found again (maybe re-created) on the next feed
+            raise
 
 
 ProjectionActor = ray.remote(_ProjectionActor)

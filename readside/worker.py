@@ -46,6 +46,7 @@ from raysource.readside.errors import ProjectionError
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
 from raysource.readside.parking import ParkedStreams
+from raysource.readside.slices import Feed, SliceReader, accept_feed
 from raysource.readside.projections import (
     _STORE_ERROR,
     EventEnvelope,
@@ -118,6 +119,9 @@ class ProjectionWorker:
         self._control = asyncio.Lock()
         self._prepared = False
         self._pending, self._last_commit = 0, time.monotonic()
+        self.reader: SliceReader | None = None
+        self.follower = False
+        self.rows_read = 0  # tag rows read by this worker's durable passes
 
     def _mine(self, pid: str) -> bool:
         return self.spec.n_slices == 1 or slice_of(pid, self.spec.n_slices) == self.slice_index
@@ -251,8 +255,29 @@ class ProjectionWorker:
             with contextlib.suppress(Exception):
                 await self.store.set_state(self.spec.name, self.key, "parked", self.error)
 
+    def lead(self, feed: Feed) -> None:
+        """Make this worker (slice 0 of n > 1) the reader that feeds the other slices."""
+        self.reader = SliceReader(self, feed)
+
+    def follow(self) -> None:
+        """Make this worker (slice k > 0) a follower: fed by the reader, no tag query."""
+        self.follower = True
+
+    async def feed(self, events: list, from_offset: TagOffset | None,
+                   up_to: TagOffset) -> TagOffset | None:
+        """A follower's feed from the reader (see :mod:`raysource.readside.slices`)."""
+        return await accept_feed(self, events, from_offset, up_to)
+
     async def _pass(self) -> None:
-        """One current query from the handled offset, in batches; then commit."""
+        """One current query from the handled offset, in batches; then commit. A reader
+        reads for every slice; a follower only commits (it is fed)."""
+        if self.follower:
+            await self._commit_if_due()
+            return
+        if self.reader is not None:
+            await self.reader.run_pass()
+            await self._commit()
+            return
         batch: list = []
         async with contextlib.aclosing(
             self.journal.events_by_tag(self.spec.tag, self.offset)
@@ -260,6 +285,7 @@ class ProjectionWorker:
             async for te in rows:
                 if self._halt.is_set():
                     break
+                self.rows_read += 1
                 batch.append(te)
                 if len(batch) >= self.settings.batch_size:
                     await self._apply_durable(batch)
@@ -274,8 +300,8 @@ class ProjectionWorker:
             seen: dict[str, int] = {}
             for te in batch:
                 pid, seq = te.event.persistence_id, te.event.sequence_nr
-                if not self._mine(pid):
-                    continue
+                if not self._mine(pid) or self.offset is not None and te.offset <= self.offset:
+                    continue  # another slice's, or handled (a reader re-reads for a follower)
                 if pid in self.parked:
                     self.parked.passed_over += 1
                     continue
@@ -288,11 +314,16 @@ class ProjectionWorker:
             if todo:
                 await self._deliver(todo)
             # events of other slices, duplicates and parked ones are done as soon as seen
-            self.offset = batch[-1].offset
+            if self.offset is None or self.offset < batch[-1].offset:
+                self.offset = batch[-1].offset
             self._pending += len(todo)
+        await self._commit_if_due()
+
+    async def _commit_if_due(self) -> None:
         s = self.settings
         if self._pending >= s.commit_every or (
-                self._pending and time.monotonic() - self._last_commit >= s.commit_interval):
+                self.offset != self.committed
+                and time.monotonic() - self._last_commit >= s.commit_interval):
             await self._commit()
 
     async def _commit(self) -> None:
@@ -473,6 +504,8 @@ class ProjectionWorker:
                                      if self.last_event_timestamp else None),
             "parked": [p.as_dict() for p in self.parked.records()],
             "parked_passed_over": self.parked.passed_over,
+            "role": "reader" if self.reader else "follower" if self.follower else "own reads",
+            "tag_rows_read": self.reader.rows_read if self.reader else self.rows_read,
             "live": self.live.stats.as_dict(),
         }
 

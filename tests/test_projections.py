@@ -492,6 +492,9 @@ async def test_two_slice_workers_split_the_tag_keeping_per_aggregate_order(
     statuses = await control.status(spec.name)
     assert [s["worker"] for s in statuses] == ["0/2", "1/2"]
     assert sum(s["handled"] for s in statuses) == 60
+    # one read of the tag: slice 0 reads and feeds slice 1, which never queries the tag
+    assert [(s["role"], s["tag_rows_read"]) for s in statuses] == [("reader", 60),
+                                                                  ("follower", 0)], statuses
     for k in ks.values():
         await k.aclose()
 
