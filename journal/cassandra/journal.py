@@ -257,7 +257,12 @@ class CassandraJournal(Journal):
         pnr = self._pn(first)
         c = self.config
         if self.fencing and pnr > 0:
-            await self._check_previous_partition(pid, pnr, first)
+            try:
+                await self._check_previous_partition(pid, pnr, first)
+            except JournalOutcomeUnknownError as exc:  # a read, before anything was sent
+                raise JournalUnavailableError(
+                    f"{pid} #{first}: nothing was written (the check before it failed: {exc})"
+                ) from exc
         if self.fencing:
             batch = BatchStatement(BatchType.LOGGED,
                                    consistency_level=consistency(c.write_consistency),
