@@ -322,8 +322,8 @@ class CassandraJournal(Journal):
         pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
         try:
             rows = await self.session.select_all(self._ps["range_serial"], (pid, pnr, first, last))
-        except JournalError as exc:
-            raise unknown from None
+        except JournalError:  # cannot decide: still unknown (keeps its driver cause)
+            raise unknown  # noqa: B904
         if rows and _own_rows(rows, events):
             return
         ours = _keys(events)
