@@ -103,7 +103,10 @@ async def test_command_racing_with_passivation_is_never_lost_nor_doubled():
         for _ in range(8):
             tasks.append(asyncio.ensure_future(host.ask("s", ReserveSeat(seat_label(n), f"c{n}"))))
             n += 1
-        await asyncio.sleep(0.02)  # activated, some commands in flight or queued
+        # the previous passivation done and a fresh activation up, some commands in flight or
+        # queued (a fixed 20 ms sleep was too short for that on a loaded machine)
+        while "s" not in host.active or (passivated and not passivated[-1].done()):
+            await asyncio.sleep(0.005)
         for _ in range(4):
             tasks.append(asyncio.ensure_future(host.ask("s", ReserveSeat(seat_label(n), f"c{n}"))))
             n += 1
