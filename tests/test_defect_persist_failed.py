@@ -26,7 +26,7 @@ from cassandra.connection import ConnectionException, ConnectionShutdown
 from cassandra.protocol import ErrorMessage, OverloadedErrorMessage, ServerError
 from cassandra.query import BatchStatement
 
-from raysource.examples.ledger import LEDGER, Append
+from raysource.examples.ledger import LEDGER, Append, Appended
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.errors import OutcomeUnknownError
@@ -161,3 +161,31 @@ async def test_persist_failed_only_for_writes_that_never_happen(config, monkeypa
     if fault.sent:
         # the decisive read after the unknown outcome ran at the serial consistency
         assert any(cl == ConsistencyLevel.LOCAL_SERIAL for _name, cl in fault.after), fault.after
+
+
+async def test_an_unconfirmed_append_over_a_rival_row_is_fenced_not_unknown(config, monkeypatch):
+    """The serial read that decides an unconfirmed append finds another writer's row at its
+    number: the append can never apply (its condition fails), so it is fenced, not unknown."""
+    from datetime import datetime, timezone
+
+    from raysource.journal.api import StoredEvent
+    from raysource.journal.errors import ConcurrentWriteError
+
+    pid = f"ledger|rival-{uuid.uuid4().hex[:6]}"
+    ser_id, manifest, payload = SER.encode(Appended("op-1", 5))
+
+    def event(writer: str) -> StoredEvent:
+        return StoredEvent(pid, 1, payload, manifest, ser_id, datetime.now(timezone.utc), writer)
+
+    journal = await CassandraJournal.connect(config)
+    try:
+        await journal.append([event("rival")])
+        fault = SendFault("client_timeout")
+        fault.install(monkeypatch)
+        fault.armed = True
+        with pytest.raises(ConcurrentWriteError):
+            await journal.append([event("stale")])
+        assert await asyncio.to_thread(fault.landed.wait, 10)  # ran late, and was refused
+        assert [e.writer_id async for e in journal.replay(pid)] == ["rival"]
+    finally:
+        await journal.close()
