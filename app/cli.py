@@ -1,6 +1,6 @@
 """The ``raysource`` command line: one CLI, subcommands per job.
 
-    raysource cassandra start|stop|status [--port N] [--keep-data]
+    raysource cassandra start|stop|status [--port N] [--keep-data] [--auth] [--tls]
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
     raysource demo [--seconds S] [--cassandra H:P] [--keep-running]
     raysource loadtest [--workload seats|ledger] [--entities N] [--clients C]
@@ -76,12 +76,15 @@ def _contact(text: str) -> str:
 
 
 def _cassandra(args: argparse.Namespace) -> int:
-    node = LocalCassandra(port=args.port)
+    node = LocalCassandra(port=args.port, auth=args.auth, tls=args.tls)
     if args.action == "start":
         status = node.start(progress=lambda m: print(f"raysource: {m}", file=sys.stderr),
                             fresh=not args.keep_data)
         print(status.describe())
         print(status.contact_point)
+        for key, value in status.client_env.items():  # file paths, never a password
+            if key != "RAYSOURCE_CASSANDRA":
+                print(f"export {key}={value}")
     elif args.action == "stop":
         stopped = node.stop()
         print("Cassandra stopped" if stopped else "Cassandra was not running")
@@ -429,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CQL port (default 9042 or a free one)")
     cas.add_argument("--keep-data", action="store_true",
                      help="start on the node's existing data (default: a fresh, empty node)")
+    cas.add_argument("--auth", action="store_true",
+                     help="PasswordAuthenticator; a 'raysource' role with a random password in "
+                          "a 0600 file (printed: the variables naming it)")
+    cas.add_argument("--tls", action="store_true",
+                     help="client-to-node TLS only, with a private CA (openssl)")
     cas.set_defaults(func=_cassandra)
 
     schema = sub.add_parser("schema", help="print the production CQL schema for operators")

@@ -31,8 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from raysource.app.errors import CassandraNodeError
+from raysource.app.node_security import NodeSecurity
 from raysource.journal.errors import ConfigError
 
 CASSANDRA_VERSION = "5.0.8"
@@ -123,16 +125,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def cql_answers(host: str, port: int, timeout: float = 5.0) -> bool:
-    """True when a CQL session can run ``SELECT release_version FROM system.local``."""
+def cql_answers(host: str, port: int, timeout: float = 5.0, *,
+                login: tuple[str, str] | None = None, ssl_context: Any = None) -> bool:
+    """True when a CQL session (with ``login`` and TLS ``ssl_context`` if given) can run
+    ``SELECT release_version FROM system.local``."""
     try:
         with socket.create_connection((host, port), timeout=1.0):
             pass
     except OSError:
         return False
+    from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster  # heavy import: only when a port answers
 
-    cluster = Cluster([host], port=port, connect_timeout=timeout, protocol_version=5)
+    cluster = Cluster([host], port=port, connect_timeout=timeout, protocol_version=5,
+                      auth_provider=PlainTextAuthProvider(*login) if login else None,
+                      ssl_context=ssl_context)
     try:
         session = cluster.connect()
         row = session.execute("SELECT release_version FROM system.local", timeout=timeout).one()
@@ -155,6 +162,7 @@ class NodeStatus:
     log_file: Path
     started_by_us: bool = False  # this call started it (False: reused or not running)
     start_seconds: float | None = None
+    client_env: dict[str, str] = field(default_factory=dict)  # RAYSOURCE_CASSANDRA* (no secret)
 
     @property
     def contact_point(self) -> str:
@@ -176,7 +184,9 @@ class LocalCassandra:
     """One local Cassandra node: its jars, state directory, ports and process.
 
     ``name`` separates several nodes (e.g. a 3-node cluster on 127.0.0.1-3) under one home.
-    ``port=None`` picks 9042 when free, else any free port.
+    ``port=None`` picks 9042 when free, else any free port. ``auth``/``tls``: password
+    authentication and TLS-only client connections (``raysource.app.node_security``); the
+    status's ``client_env`` then names the password and CA files a client needs.
     """
 
     name: str = "node1"
@@ -191,6 +201,8 @@ class LocalCassandra:
     initial_token: str = "0"
     storage_port: int | None = None
     start_timeout: float = 180.0
+    auth: bool = False
+    tls: bool = False
 
     def __post_init__(self) -> None:
         for what, port in (("port", self.port), ("storage port", self.storage_port)):
@@ -215,21 +227,33 @@ class LocalCassandra:
     def _state_file(self) -> Path:
         return self.state_dir / "node.json"
 
+    def _security(self, info: dict | None = None) -> NodeSecurity:
+        """The running node's settings (from its state file), else this object's."""
+        auth, tls = (self.auth, self.tls) if not info else (bool(info.get("auth")),
+                                                            bool(info.get("tls")))
+        return NodeSecurity(self.state_dir / "security", self.host, auth, tls)
+
+    def _answers(self, host: str, port: int, sec: NodeSecurity) -> bool:
+        ctx = sec.ssl_context()
+        return any(cql_answers(host, port, login=login, ssl_context=ctx)
+                   for login in (sec.client_logins() or [None]))
+
+    def _status(self, running: bool, host: str, port: int, pid: int | None,
+                sec: NodeSecurity, started: bool = False,
+                took: float | None = None) -> NodeStatus:
+        env = sec.client_env(f"{host}:{port}") if running else {}
+        return NodeStatus(running, host, port, pid if running else None, self.state_dir,
+                          self.log_file, started, took, env)
+
     # ------------------------------------------------------------------ public API
 
     def status(self) -> NodeStatus:
         info = self._read_state()
         pid, port = info.get("pid"), int(info.get("port") or self.port or DEFAULT_NATIVE_PORT)
         host = info.get("host", self.host)
-        running = bool(pid) and self._is_our_process(pid) and cql_answers(host, port)
-        return NodeStatus(
-            running=running,
-            host=host,
-            port=port,
-            pid=pid if running else None,
-            state_dir=self.state_dir,
-            log_file=self.log_file,
-        )
+        sec = self._security(info)
+        running = bool(pid) and self._is_our_process(pid) and self._answers(host, port, sec)
+        return self._status(running, host, port, pid, sec)
 
     def start(
         self, progress: Callable[[str], None] | None = None, *, fresh: bool = True
@@ -244,9 +268,10 @@ class LocalCassandra:
         pid = info.get("pid")
         if pid and self._is_our_process(pid):
             host, port = info["host"], int(info["port"])
+            sec = self._security(info)
             say(f"reusing the running node (pid {pid})")
             deadline = time.monotonic() + self.start_timeout
-            while not cql_answers(host, port):
+            while not self._answers(host, port, sec):
                 if not self._is_our_process(pid):
                     break
                 if time.monotonic() > deadline:
@@ -256,7 +281,8 @@ class LocalCassandra:
                     )
                 time.sleep(1.0)
             else:
-                return NodeStatus(True, host, port, pid, self.state_dir, self.log_file)
+                sec.setup_role(port)
+                return self._status(True, host, port, pid, sec)
         elif pid:
             say(f"removing stale pid file (pid {pid} is not a Cassandra node of ours)")
         self._state_file.unlink(missing_ok=True)
@@ -272,10 +298,13 @@ class LocalCassandra:
         if fresh:
             shutil.rmtree(data_dir, ignore_errors=True)
         self._private_state_dir()
+        sec = self._security()
+        if fresh:  # a wiped node has no raysource role yet
+            sec.password_file.unlink(missing_ok=True)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         data_dir.mkdir(parents=True, exist_ok=True)
         yaml_path = self.state_dir / "cassandra.yaml"
-        yaml_path.write_text(self._yaml(port, storage_port))
+        yaml_path.write_text(self._yaml(port, storage_port) + sec.prepare())
         logback = self.state_dir / "logback.xml"
         logback.write_text(_LOGBACK)
 
@@ -293,7 +322,8 @@ class LocalCassandra:
                 cwd=self.state_dir,
                 start_new_session=True,  # outlives the CLI that started it
             )
-        self._write_state({"pid": proc.pid, "host": self.host, "port": port, "version": self.version})
+        self._write_state({"pid": proc.pid, "host": self.host, "port": port,
+                           "version": self.version, "auth": self.auth, "tls": self.tls})
         deadline = t0 + self.start_timeout
         while True:
             code = proc.poll()
@@ -303,11 +333,10 @@ class LocalCassandra:
                     f"the Cassandra node exited with code {code} during start-up; "
                     f"log: {self.log_file}\n--- last log lines ---\n{self.tail_log()}"
                 )
-            if cql_answers(self.host, port):
+            if self._answers(self.host, port, sec):
+                sec.setup_role(port)
                 took = time.monotonic() - t0
-                return NodeStatus(
-                    True, self.host, port, proc.pid, self.state_dir, self.log_file, True, took
-                )
+                return self._status(True, self.host, port, proc.pid, sec, True, took)
             if time.monotonic() > deadline:
                 self._terminate(proc.pid)
                 raise CassandraNodeError(
