@@ -1,11 +1,12 @@
 """A fault-schedule runner shared by the property tests (in-memory and Cassandra journals).
 
 One schedule: a few entities of a ledger-like aggregate (every event names its command), two
-hosts (two activations of one entity may be live at once), an interloper host (the second
-writer that ``interleave`` faults inject), three callers that send ``Append`` commands to a
+hosts (two activations of one entity may be live at once), a fresh interloper host for each
+second writer that an ``interleave`` fault injects, three callers that send ``Append`` commands to a
 host each and re-send a command reported not applied (as ``EntityRef`` does), plus random
 passivations and host crashes (every core of the host cancelled mid-flight; its callers hear
-``HostCrashedError``). Every outcome goes into a :class:`History`; at the end the live
+``HostCrashedError``). A caller without an answer within ``call_timeout`` is a ``hang``
+violation. Every outcome goes into a :class:`History`; at the end the live
 activations' states, a fresh recovery per entity and the journal are checked with
 :func:`check_history`.
 """
@@ -115,9 +116,10 @@ class Harness:
         self.turn_s = turn_s
         self.check_tags = check_tags
         self.hosts = [self._host(f"h{i}") for i in range(2)]
-        self.interloper = self._host("int")
+        self.interlopers: list[AggregateHost] = []
         self.inflight: list[set[asyncio.Task]] = [set(), set()]
         self.n_interleaves = 0
+        self.hangs: list[str] = []
         for f in schedule.faults:
             self._arm(f)
 
@@ -141,14 +143,17 @@ class Harness:
         (self.snapshots if spec.point.startswith("snapshot.") else self.journal).add(f)
 
     async def _second_writer(self) -> None:
-        """Another activation appends to the entity that is mid-recovery / mid-flush."""
+        """Another activation appends to the entity that is mid-recovery / mid-flush. Each
+        second writer is a host of its own (another process): it never waits for the
+        activation it interrupts, as a second writer of the real system cannot."""
         self.n_interleaves += 1
         i = self.n_interleaves
+        interloper = self._host(f"int{i}")
+        self.interlopers.append(interloper)
         for n, eid in enumerate(self.entities):
             cmd = f"{self.tag}:int{i}-{n}"
-            call = self.interloper.ask(eid, Append(cmd, 100))
-            await self.history.ask(cmd, asyncio.wait_for(call, self.call_timeout),
-                                   caller="interloper")
+            call = interloper.ask(eid, Append(cmd, 100))
+            await self.history.ask(cmd, self._bounded(cmd, call), caller="interloper")
 
     async def _ask(self, host_idx: int, eid: str, cmd: str, amount: int, caller: str) -> str:
         host = self.hosts[host_idx]
@@ -165,9 +170,18 @@ class Harness:
             finally:
                 self.inflight[host_idx].discard(task)
 
-        obs = await self.history.ask(cmd, asyncio.wait_for(crashed_is_unknown(),
-                                                           self.call_timeout), caller=caller)
+        obs = await self.history.ask(cmd, self._bounded(cmd, crashed_is_unknown()),
+                                     caller=caller)
         return obs.outcome
+
+    async def _bounded(self, cmd: str, call: Any) -> Any:
+        """A caller never waits forever: no answer within ``call_timeout`` is a hang (the
+        attempt counts as unknown, and the hang is a violation of its own)."""
+        try:
+            return await asyncio.wait_for(call, self.call_timeout)
+        except asyncio.TimeoutError:
+            self.hangs.append(cmd)
+            raise
 
     async def _caller(self, idx: int) -> None:
         for n, (c, h, e, amount) in enumerate(self.schedule.commands):
@@ -212,12 +226,12 @@ class Harness:
         self.journal.faults_enabled = False
         self.snapshots._inj.enabled = False
         live = []
-        for host in self.hosts + [self.interloper]:
+        for host in self.hosts + self.interlopers:
             for eid, core in host._cores.items():
                 if not core.stopped:
                     live.append(LiveState(core.persistence_id, core.sequence_nr, core.state,
                                           core.writer_id))
-        for host in self.hosts + [self.interloper]:
+        for host in self.hosts + self.interlopers:
             await asyncio.wait_for(host.close(), 10)
         for eid in self.entities:
             # the next activation (faults off): its recovery (snapshots included) must equal
@@ -236,6 +250,8 @@ class Harness:
             expected_reply=lambda _cmd, state: state.balance,
             categorized=CATEGORIZED, tags=self.check_tags,
         )
+        violations += [Violation("hang", f"{cmd}: no answer within {self.call_timeout} s",
+                                 command_id=cmd) for cmd in self.hangs]
         return Run([LEDGER_T.persistence_id(e) for e in self.entities], self.history,
                    violations, [f.fault for f in self.journal.fired] +
                    [f.fault for f in self.snapshots.fired], len(self.journal.writes))
