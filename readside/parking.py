@@ -12,12 +12,17 @@ the one after it).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
+from raysource.readside.errors import ProjectionError
 from raysource.readside.offsets import OffsetStore, ParkedStream, now_us
 
-__all__ = ["ParkedStreams"]
+__all__ = ["ParkedStreams", "retry_stream"]
+
+log = logging.getLogger(__name__)
 
 
 class ParkedStreams:
@@ -74,3 +79,45 @@ class ParkedStreams:
         carry ``tag``."""
         return [e async for e in journal.replay(persistence_id, sequence_nr, to_sequence_nr)
                 if tag in e.tags]
+
+
+async def retry_stream(worker: Any, persistence_id: str, *, skip: bool = False
+                       ) -> dict[str, Any]:
+    """Re-apply ``worker``'s parked stream of ``persistence_id`` from the journal: from its
+    poison event, or (``skip``) from the event after it (which is then never applied). Runs
+    under the worker's apply lock, one event at a time with the usual retries; if an event
+    fails again the stream stays parked there. Returns ``applied`` (events) and ``parked``
+    (the new record, or None). ``ProjectionError`` if the aggregate is not parked here, or if
+    the worker was paused or stopped meanwhile (the stream stays parked)."""
+    w = worker
+    async with w._apply:
+        rec = w.parked.get(persistence_id)
+        if rec is None:
+            raise ProjectionError(f"{persistence_id!r} is not parked in projection "
+                                  f"{w.spec.name!r} (worker {w.key})")
+        first = rec.sequence_nr + (1 if skip else 0)
+        events = await ParkedStreams.events_from(w.journal, persistence_id, first, w.spec.tag)
+        w.parked.forget(persistence_id)
+        if skip:
+            w._dedupe.mark(persistence_id, rec.sequence_nr)
+        applied, again = 0, None
+        try:
+            for e in events:
+                if w._dedupe.is_duplicate(e.persistence_id, e.sequence_nr):
+                    continue
+                if not await w._deliver_one(e, None):
+                    again = w.parked.get(persistence_id)
+                    break
+                applied += 1
+        except BaseException:
+            w.parked.restore(rec)  # still parked
+            if w._halt.is_set():
+                raise ProjectionError(f"{persistence_id!r}: the worker was paused or stopped "
+                                      "during the retry; the stream stays parked") from None
+            raise
+        if again is None:
+            await w.store.unpark(w.spec.name, persistence_id)
+    log.info("projection %s %s: %s parked %r #%d: %d applied", w.spec.name, w.key,
+             "skipped" if skip else "retried", persistence_id, rec.sequence_nr, applied)
+    return {"persistence_id": persistence_id, "skipped": rec.sequence_nr if skip else None,
+            "applied": applied, "parked": again.as_dict() if again else None}

@@ -22,12 +22,12 @@ Slices
 ------
 A tag is split into ``n_slices`` fixed slices by a stable hash of the persistence id
 (:func:`slice_of`, BLAKE2b-64 mod n, the same definition as the shard hash). A projection runs
-one worker per slice; each reads the tag and keeps its own slice's events, so every persistence
-id belongs to exactly one worker and its order is kept. The filter runs at read time because a
-tagger only sees the event, not its persistence id, so it cannot write per-slice tags; the cost
-is that each worker reads the whole tag (n reads of the tag for n slices). The slice count is
-part of a projection's stored identity (offsets are stored per ``"<slice>/<n>"``); changing it
-starts fresh offsets.
+one worker per slice, so every persistence id belongs to exactly one worker and its order is
+kept. The split happens at read time (a tagger only sees the event, not its persistence id, so
+it cannot write per-slice tags). The tag is read once for all slices: slice 0 reads it and
+feeds the other slices their events (:mod:`raysource.readside.slices`); ``EventStreams``'s
+``slices=`` filter is for a reader of its own. The slice count is part of a projection's
+stored identity (offsets are stored per ``"<slice>/<n>"``); changing it starts fresh offsets.
 
 The projection worker
 ---------------------

@@ -24,8 +24,10 @@ Both de-duplicate by ``(persistence_id, sequence_nr)``. A handler error is retri
 ``retry_attempts`` times with exponential backoff; then the event's *aggregate* is parked
 (:mod:`raysource.readside.parking`): its later events are passed over, every other aggregate
 keeps flowing, status lists it, and :meth:`ProjectionWorker.retry` / ``skip`` re-apply its
-stream from the journal. A failing journal or offset store is not the handler's fault: the
-worker keeps running, shows the error in ``status`` and retries with backoff. An unexpected
+stream from the journal. A failing journal or offset store is not the handler's fault, nor
+is a view store that cannot be reached (a handler raising ``JournalUnavailableError``, as
+``EffectivelyOnceView`` does): the worker parks nothing, keeps running, shows the error in
+``status`` and retries the pass from its offset with backoff. An unexpected
 worker bug parks the whole worker (state ``parked``) visibly.
 """
 
@@ -41,11 +43,10 @@ from datetime import datetime
 from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent, TagOffset
-from raysource.journal.errors import ConfigError, JournalError
-from raysource.readside.errors import ProjectionError
+from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
-from raysource.readside.parking import ParkedStreams
+from raysource.readside.parking import ParkedStreams, retry_stream
 from raysource.readside.slices import Feed, SliceReader, accept_feed
 from raysource.readside.projections import (
     _STORE_ERROR,
@@ -395,8 +396,8 @@ class ProjectionWorker:
                 await self.handler.handle_batch(envs)
                 self._done(envs)
                 return
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, JournalUnavailableError):
+                raise  # a store outage is nobody's poison: the pass is retried with backoff
             except Exception as exc:  # find the poison event: one by one, with retries
                 self._log(logging.WARNING, f"batch of {len(items)} failed ({exc!r}); "
                                            "delivering one by one")
@@ -421,7 +422,7 @@ class ProjectionWorker:
                         await result
                 self._done([env])
                 return True
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, JournalUnavailableError):
                 raise
             except Exception as exc:
                 error = (f"{type(exc).__name__}: {exc} [at {e.persistence_id!r} "
@@ -444,39 +445,9 @@ class ProjectionWorker:
 
     async def retry(self, persistence_id: str, *, skip: bool = False) -> dict[str, Any]:
         """Re-apply a parked aggregate stream from the journal: from its poison event, or
-        (``skip``) from the event after it. Returns the outcome (``applied`` events, and
-        ``parked``: the new record if it parked again). Raises ``ProjectionError`` if the
-        aggregate is not parked here."""
-        async with self._apply:
-            rec = self.parked.get(persistence_id)
-            if rec is None:
-                raise ProjectionError(f"{persistence_id!r} is not parked in projection "
-                                      f"{self.spec.name!r} (worker {self.key})")
-            first = rec.sequence_nr + (1 if skip else 0)
-            events = await ParkedStreams.events_from(self.journal, persistence_id, first,
-                                                     self.spec.tag)
-            self.parked.forget(persistence_id)
-            if skip:
-                self._dedupe.mark(persistence_id, rec.sequence_nr)
-            applied, again = 0, None
-            try:
-                for e in events:
-                    if self._dedupe.is_duplicate(e.persistence_id, e.sequence_nr):
-                        continue
-                    if not await self._deliver_one(e, None):
-                        again = self.parked.get(persistence_id)
-                        break
-                    applied += 1
-            except BaseException:
-                self.parked.restore(rec)  # still parked
-                raise
-            if again is None:
-                await self.store.unpark(self.spec.name, persistence_id)
-        self._log(logging.INFO, f"{'skipped' if skip else 'retried'} parked {persistence_id!r}"
-                                f" #{rec.sequence_nr}: {applied} applied",
-                  persistence_id, rec.sequence_nr)
-        return {"persistence_id": persistence_id, "skipped": rec.sequence_nr if skip else None,
-                "applied": applied, "parked": again.as_dict() if again else None}
+        (``skip``) from the event after it (:func:`raysource.readside.parking.retry_stream`).
+        ``ProjectionError`` if the aggregate is not parked here."""
+        return await retry_stream(self, persistence_id, skip=skip)
 
     # ------------------------------------------------------------------ status
 

@@ -11,9 +11,10 @@ Best effort by design; the durable tag query fills whatever this misses:
 
 * subscribers are found by listing the named projection workers (``cluster.projection_name``)
   and asking each new one its ``subscription()`` once; the list is refreshed when the host
-  opens and when a publish finds it older than ``refresh_s`` (idle hosts never list); events
-  published during a refresh wait for it (up to ``refresh_wait_s``), so a worker that existed
-  before the append gets it;
+  opens (the first events wait for that first list, up to ``refresh_wait_s``) and when a
+  publish finds it older than ``refresh_s`` (in the background; idle hosts never list). A
+  worker the refresh finds new is sent the events published in the last ``2 * refresh_s``
+  (at most ``recent_max`` kept), so it misses none that were appended after it started;
 * at most ``max_in_flight`` offers per worker are outstanding (Ray queues actor calls without
   bound): beyond that events are dropped and counted (``dropped``), not queued;
 * a worker that died is forgotten until the next refresh finds its successor.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +57,15 @@ class LivePublisher:
     Use from one event loop (an async actor's); :meth:`publish` never blocks or raises."""
 
     def __init__(self, *, refresh_s: float = 1.0, max_in_flight: int = 32,
-                 refresh_wait_s: float = 0.5) -> None:
+                 refresh_wait_s: float = 0.5, recent_max: int = 5000) -> None:
         self.refresh_s = refresh_s
         self.refresh_wait_s = refresh_wait_s
         self.max_in_flight = max_in_flight
         self._subs: dict[tuple[str, str], _Subscriber] = {}  # (namespace, name) -> subscriber
         self._by_tag: dict[str, list[tuple[tuple[str, str], _Subscriber]]] = {}
         self._queue: list[StoredEvent] = []
+        self._recent: deque[tuple[float, StoredEvent]] = deque(maxlen=recent_max)
+        self._listed = False  # a first list of subscribers arrived
         self._refreshed = float("-inf")
         self._refreshing: asyncio.Task | None = None
         self._flush_scheduled = False
@@ -88,7 +92,7 @@ class LivePublisher:
         try:
             entries = await loop.run_in_executor(
                 None, lambda: ray.util.list_named_actors(all_namespaces=True))
-            found = set()
+            found, known = set(), set(self._subs)
             for entry in entries:
                 name, ns = (entry, "") if isinstance(entry, str) else (
                     entry.get("name", ""), entry.get("namespace", ""))
@@ -100,7 +104,16 @@ class LivePublisher:
                     await self._subscribe(ns, name)
             for key in set(self._subs) - found:
                 del self._subs[key]
+            new = {k: s for k, s in self._subs.items() if k not in known}
             self._index()
+            self._listed = True
+            if new:  # what they missed while unknown: the events of the last refresh_s
+                horizon = time.monotonic() - 2 * self.refresh_s
+                recent = [e for t, e in self._recent if t >= horizon]
+                by_tag: dict[str, list] = {}
+                for key, sub in new.items():
+                    by_tag.setdefault(sub.tag, []).append((key, sub))
+                self._send(self._route(recent, by_tag))
         except Exception as exc:  # best effort: try again at the next refresh
             log.info("live publisher: listing subscribers failed: %r", exc)
 
@@ -124,19 +137,28 @@ class LivePublisher:
 
     async def _flush(self) -> None:
         refreshing = self._refreshing
-        if refreshing is not None and not refreshing.done():
-            # route with the fresh list (a new subscriber gets these events), but never wait
-            # long for a slow registry: the durable path covers what the old list misses
+        if not self._listed and refreshing is not None and not refreshing.done():
+            # the first list of a new host: route with it, but never wait long for a slow
+            # registry (the durable path covers what is missed)
             await asyncio.wait({refreshing}, timeout=self.refresh_wait_s)
         self._flush_scheduled = False
         events, self._queue = self._queue, []
+        now = time.monotonic()
+        self._recent.extend((now, e) for e in events)
+        self._send(self._route(events, self._by_tag))
+
+    def _route(self, events: Sequence[StoredEvent], by_tag: dict[str, list]
+               ) -> dict[tuple[str, str], list[StoredEvent]]:
         pending: dict[tuple[str, str], list[StoredEvent]] = {}
         for e in events:
             for tag in e.tags:
-                for key, sub in self._by_tag.get(tag, ()):
+                for key, sub in by_tag.get(tag, ()):
                     if sub.n_slices == 1 or \
                             shard_of(e.persistence_id, sub.n_slices) == sub.slice_index:
                         pending.setdefault(key, []).append(e)
+        return pending
+
+    def _send(self, pending: dict[tuple[str, str], list[StoredEvent]]) -> None:
         for key, batch in pending.items():
             sub = self._subs.get(key)
             if sub is None or sub.in_flight >= self.max_in_flight:
