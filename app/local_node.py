@@ -484,7 +484,9 @@ auto_bootstrap: false
 phi_convict_threshold: 12
 # Paxos v2 halves the round trips of the journal's conditional (fenced) batches.
 paxos_variant: v2
-# A group-commit flush is one single-partition batch; the 50KiB default would refuse big flushes.
+# A group-commit flush is one single-partition batch: exempt from these thresholds. A group that
+# crosses a partition boundary spans two partitions and is checked: the 50KiB default would
+# refuse a big one.
 batch_size_warn_threshold: 1MiB
 batch_size_fail_threshold: 16MiB
 """

@@ -133,3 +133,18 @@ def test_cli_status_reports_the_session_node(cassandra_source) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert f"contact point {cassandra_source.contact_point}" in out.stdout
+
+
+def test_out_of_range_ports_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    for bad in (0, -1, 65536, 99999):
+        with pytest.raises(ConfigError, match="invalid port"):
+            LocalCassandra(name="bad-port", home=tmp_path, port=bad)
+        with pytest.raises(ConfigError, match="invalid storage port"):
+            LocalCassandra(name="bad-port", home=tmp_path, storage_port=bad)
+    assert not (tmp_path / "cassandra").exists()  # nothing was created
+
+
+def test_state_dir_is_private(tmp_path: Path) -> None:
+    node = LocalCassandra(name="private", home=tmp_path)
+    node._write_state({"pid": 0})
+    assert stat.S_IMODE(node.state_dir.stat().st_mode) == 0o700
