@@ -51,7 +51,8 @@ POINTS: dict[str, tuple[str, ...]] = {
     "stall": ("append", "replay", "highest", "snapshot.load"),
     "timeout": ("append",),
     "tag_crash": ("append",),
-    "interleave": ("append", "replay", "highest", "repair_tags", "snapshot.load"),
+    "interleave": ("append", "replay", "highest", "repair_tags", "snapshot.load",
+                   "snapshot.save"),
 }
 
 

@@ -126,6 +126,18 @@ async def test_tag_crash_loses_tag_rows_until_repaired() -> None:
     assert [te.event.sequence_nr async for te in j.events_by_tag("ledger")] == [1, 2]
 
 
+async def test_tag_crash_with_a_gate_is_a_writer_dying_between_events_and_tags() -> None:
+    gate = asyncio.Event()
+    j = fk.FaultyJournal(InMemoryJournal(), [fk.tag_crash(gate=gate)])
+    task = asyncio.ensure_future(j.append([ev(1, "a")]))
+    await turns()
+    assert not task.done() and len(j.inner.events(PID)) == 1  # stored, writer "dead"
+    assert [te async for te in j.events_by_tag("ledger")] == []
+    task.cancel()  # the process is gone: its append never answers
+    await asyncio.gather(task, return_exceptions=True)
+    assert j.lost_tags == {(PID, 1)}
+
+
 async def test_interleave_runs_a_second_writer_at_the_point() -> None:
     order: list[str] = []
     inner = InMemoryJournal()
