@@ -550,6 +550,16 @@ def test_cli_projection_and_view(config, control, capsys):
     assert main(["view", "reservations", "zoe", *args]) == 0
     assert capsys.readouterr().out == "", "on_reset truncated the view"
     assert main(["projection", "pause", "reservations-by-customer", *args]) == 2
+    # skip the whole backlog: the offset moves to the newest visible event of the tag
+    assert main(["projection", "set-offset", "--to", "end", *args]) == 0
+    out = capsys.readouterr().out
+    end = out.strip().rsplit(" ", 1)[1]
+    assert out.startswith("reservations-by-customer: offset set to ") and end != "start"
+    assert offset_from_str(end).timestamp_us > 0
+    assert main(["projection", "status", "reservations-by-customer", *args]) == 0
+    assert f"offset {end}" in capsys.readouterr().out
+    assert main(["projection", "skip", "reservations-by-customer", *args]) == 2
+    assert "needs --pid" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- worker without Ray

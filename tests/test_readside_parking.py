@@ -165,3 +165,41 @@ def test_settings_refuse_bad_batch_and_buffer_sizes():
     for bad in (dict(batch_size=0), dict(live_buffer=0)):
         with pytest.raises(ConfigError, match="batch_size and live_buffer"):
             dataclasses.replace(SETTINGS, **bad)
+
+
+class _FlakyStore(MemoryView):
+    """A view whose store is unreachable for its first ``outage`` batches."""
+
+    def __init__(self, outage: int) -> None:
+        super().__init__()
+        self.outage = outage
+
+    async def handle_batch(self, envelopes) -> None:
+        from raysource.journal.errors import JournalUnavailableError
+
+        if self.outage > 0:
+            self.outage -= 1
+            raise JournalUnavailableError("injected: view store unavailable")
+        await super().handle_batch(envelopes)
+
+
+async def test_a_view_store_outage_is_retried_from_the_offset_and_parks_nothing():
+    journal, store, view = InMemoryJournal(), InMemoryOffsetStore(), _FlakyStore(outage=6)
+    await write(journal, "o", ["a", "b", "c", "d"])
+    worker = worker_on(journal, store, view)
+    await worker.boot()
+    await worker.start()
+    try:
+        seen_error = []
+
+        def done() -> bool:
+            if worker.error:
+                seen_error.append(worker.error)
+            return view.marks.get(SHOW.persistence_id("o")) == 4
+
+        await until(done, 10, "the events after the outage")
+        assert any("view store unavailable" in e for e in seen_error)
+        assert worker.parked.records() == [] and worker.retries == 0
+        assert set(view.applied.values()) == {1} and len(view.applied) == 4
+    finally:
+        await worker.stop()
