@@ -285,24 +285,10 @@ def _background(coro: Awaitable[Any]) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-class FaultyJournal(Journal):
-    """A :class:`Journal` that delegates to ``inner`` and injects ``faults`` (see the module
-    docstring). ``seed`` seeds the random of probabilistic faults. ``faults_enabled`` turns
-    injection off and on (e.g. off while the history checker reads the journal)."""
+class _Controls:
+    """What both wrappers offer to steer and inspect their faults."""
 
-    def __init__(self, inner: Journal, faults: Iterable[Fault] = (), *,
-                 seed: int | None = None) -> None:
-        self.inner = inner
-        self.capabilities = inner.capabilities
-        self._inj = _Injector(faults, seed)
-        self.writes: list[WriteRecord] = []  # every attempt that reached the inner store
-        self.answers: list[WriteRecord] = []  # what each append call answered its writer
-        self.lost_tags: set[tuple[str, int]] = set()
-        self.persistence_ids: set[str] = set()
-
-    max_group_size = property(lambda self: self.inner.max_group_size)  # type: ignore[assignment]
-
-    # ------------------------------------------------------------------ control
+    _inj: _Injector
 
     def add(self, *faults: Fault) -> None:
         """Arm more faults."""
@@ -329,6 +315,24 @@ class FaultyJournal(Journal):
     @faults_enabled.setter
     def faults_enabled(self, value: bool) -> None:
         self._inj.enabled = value
+
+
+class FaultyJournal(_Controls, Journal):
+    """A :class:`Journal` that delegates to ``inner`` and injects ``faults`` (see the module
+    docstring). ``seed`` seeds the random of probabilistic faults. ``faults_enabled`` turns
+    injection off and on (e.g. off while the history checker reads the journal)."""
+
+    def __init__(self, inner: Journal, faults: Iterable[Fault] = (), *,
+                 seed: int | None = None) -> None:
+        self.inner = inner
+        self.capabilities = inner.capabilities
+        self._inj = _Injector(faults, seed)
+        self.writes: list[WriteRecord] = []  # every attempt that reached the inner store
+        self.answers: list[WriteRecord] = []  # what each append call answered its writer
+        self.lost_tags: set[tuple[str, int]] = set()
+        self.persistence_ids: set[str] = set()
+
+    max_group_size = property(lambda self: self.inner.max_group_size)  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ Journal
 
@@ -415,7 +419,7 @@ class FaultyJournal(Journal):
         await self.inner.close()
 
 
-class FaultySnapshotStore(SnapshotStore):
+class FaultySnapshotStore(_Controls, SnapshotStore):
     """A :class:`SnapshotStore` that delegates to ``inner`` and injects ``faults`` at the
     ``snapshot.*`` points (``fail``, ``lose_response``, ``duplicate``, ``delay``, ``stall``,
     ``timeout``, ``interleave``)."""
@@ -424,13 +428,6 @@ class FaultySnapshotStore(SnapshotStore):
                  seed: int | None = None) -> None:
         self.inner = inner
         self._inj = _Injector(faults, seed)
-
-    def add(self, *faults: Fault) -> None:
-        self._inj.add(*faults)
-
-    @property
-    def fired(self) -> list[Fired]:
-        return self._inj.fired
 
     async def save(self, snapshot: StoredSnapshot) -> None:
         await self._inj.call("snapshot.save", snapshot.persistence_id,

@@ -225,7 +225,7 @@ class Harness:
         self.gate.set()
         await _turns(5, self.turn_s)  # late landings
         self.journal.faults_enabled = False
-        self.snapshots._inj.enabled = False
+        self.snapshots.faults_enabled = False
         live = []
         for host in self.hosts + self.interlopers:
             for eid, core in host._cores.items():

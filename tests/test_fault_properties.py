@@ -41,8 +41,6 @@ MINIMAL = {
 from raysource.testing.history import assert_no_violations
 from unit_guard import no_ray  # noqa: F401
 
-COUNTS = {"schedules": 0}
-
 commands = st.lists(
     st.tuples(st.integers(0, 2), st.integers(0, 1), st.sampled_from(ENTITIES),
               st.integers(1, 9)), min_size=2, max_size=10).map(tuple)
@@ -71,7 +69,6 @@ def schedules(kinds=tuple(POINTS), max_faults=4):
 
 def _check(schedule: Schedule) -> None:
     run = asyncio.run(run_schedule(schedule))
-    COUNTS["schedules"] += 1
     assert_no_violations(run.violations, {"schedule": schedule, "fired": run.fired,
                                           "outcomes": dict(run.history.counts())})
 
