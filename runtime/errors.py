@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError, RaysourceError
 
-__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "PassivatedError", "HostCrashedError", "AskTimeoutError"]
+__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "PassivatedError", "HostCrashedError", "AskTimeoutError", "OverloadedError"]
 
 
 class CommandError(RaysourceError):
@@ -65,6 +65,13 @@ class PassivatedError(AggregateStoppedError):
     """The host passivated (idle, evicted, handed off) this aggregate before the command
     reached it. The command was not applied; a retry reaches a fresh activation (references
     re-resolve and re-send transparently)."""
+
+
+class OverloadedError(CommandError, NotAppliedError):
+    """The aggregate's mailbox (``max_mailbox`` commands in flight) or its host
+    (``max_in_flight`` over all its aggregates) is full: the command was refused before it
+    reached the aggregate, so it was not applied. Safe to retry later (back off first); it is
+    not re-sent automatically."""
 
 
 class HostCrashedError(CommandError, OutcomeUnknownError):

@@ -37,7 +37,7 @@ from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import AggregateStoppedError, PassivatedError
+from raysource.runtime.errors import AggregateStoppedError, OverloadedError, PassivatedError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.core import EntityCore
@@ -71,6 +71,7 @@ class HostStats:
     flushes: int = 0
     failed_commands: int = 0
     snapshots: int = 0
+    overloaded: int = 0  # calls refused by max_mailbox / max_in_flight
 
 
 class AggregateHost:
@@ -78,6 +79,9 @@ class AggregateHost:
 
     ``idle_timeout_s`` defaults to the type's; ``max_active`` None means no cap;
     ``sweep_interval_s`` defaults to a quarter of the idle timeout (at most 5 s).
+    Bounded: at most ``max_mailbox`` calls (commands and state reads, queued or running) per
+    aggregate and ``max_in_flight`` over the whole host; a call beyond either is refused at once
+    with ``OverloadedError`` (not applied; None: no limit).
     ``on_deactivated(entity_id, reason)`` is called (synchronously) when an entity leaves the
     host for any reason. ``metrics`` (default: a new in-memory
     :class:`~raysource.runtime.metrics.Metrics`) is shared with every core of this host; ``metrics_host``
@@ -106,7 +110,15 @@ class AggregateHost:
         metrics: Metrics | None = None,
         metrics_host: str = "local",
         on_durable: Callable[[list[StoredEvent]], None] | None = None,
+        max_mailbox: int | None = 1_000,
+        max_in_flight: int | None = 10_000,
     ) -> None:
+        for name, limit in (("max_mailbox", max_mailbox), ("max_in_flight", max_in_flight)):
+            if limit is not None and limit < 1:
+                raise ConfigError(f"{name} must be >= 1 or None")
+        self.max_mailbox = max_mailbox
+        self.max_in_flight = max_in_flight
+        self._in_flight_total = 0
         if max_active is not None and max_active < 1:
             raise ConfigError("max_active must be >= 1 or None")
         if max_concurrent_recoveries < 1:
@@ -328,11 +340,24 @@ class AggregateHost:
     @contextmanager
     def _in_flight(self, entity_id: str) -> Iterator[None]:
         """Count a call on ``entity_id`` for its whole duration (the idle sweep skips busy
-        entities)."""
-        self._inflight[entity_id] = self._inflight.get(entity_id, 0) + 1
+        entities). Refuses it (``OverloadedError``) beyond ``max_mailbox``/``max_in_flight``."""
+        n = self._inflight.get(entity_id, 0)
+        if self.max_mailbox is not None and n >= self.max_mailbox:
+            self.stats.overloaded += 1
+            raise OverloadedError(f"{self.aggregate_type.persistence_id(entity_id)}: mailbox "
+                                  f"full ({n} calls in flight, limit {self.max_mailbox}); "
+                                  "not applied, retry later")
+        if self.max_in_flight is not None and self._in_flight_total >= self.max_in_flight:
+            self.stats.overloaded += 1
+            raise OverloadedError(f"host of {self.aggregate_type.name!r} overloaded "
+                                  f"({self._in_flight_total} calls in flight, limit "
+                                  f"{self.max_in_flight}); not applied, retry later")
+        self._inflight[entity_id] = n + 1
+        self._in_flight_total += 1
         try:
             yield
         finally:
+            self._in_flight_total -= 1
             n = self._inflight[entity_id] - 1
             if n:
                 self._inflight[entity_id] = n
