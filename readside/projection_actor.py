@@ -23,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
 from raysource.runtime.actors.cluster import connect_ray, projection_name, projection_prefix
 
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import RaysourceError
 from raysource.readside.errors import ProjectionError
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.runtime.logs import configure_from_env
@@ -153,6 +156,46 @@ class _ProjectionActor:
 
 ProjectionActor = ray.remote(_ProjectionActor)
 
+# Ray re-creates a crashed worker (max_restarts=-1); control calls wait this long for it
+RESTART_WAIT_S = float(os.environ.get("RAYSOURCE_PROJECTION_RESTART_WAIT_S", "30"))
+
+
+async def _call(handle: Any, method: str, *args: Any, what: str,
+                wait_s: float = RESTART_WAIT_S) -> Any:
+    """``handle.<method>.remote(*args)``, re-sent while Ray restarts the worker (every control
+    call is idempotent: start, pause, stop, reset to an offset, status; a repeated ``retry``
+    of a stream no longer parked is refused by the worker), for at most ``wait_s``.
+    Ends in a reply or a raysource error, never a Ray one: the worker's own raysource error as
+    raised there; ``ProjectionError`` for any other failure in the worker, for a worker that
+    stayed unavailable, and for one that is gone (stopped, or killed for good)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await getattr(handle, method).remote(*args)
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else None
+            if isinstance(cause, RaysourceError):
+                raise cause from None
+            raise ProjectionError(f"{what}: the worker failed: {cause!r}") from err
+        except ActorUnavailableError as err:  # crashed or unreachable, being restarted
+            if time.monotonic() > deadline:
+                raise ProjectionError(f"{what}: the worker stayed unavailable for {wait_s:.0f}s "
+                                      f"({_first_line(err)})") from err
+            await asyncio.sleep(0.2)
+        except RayActorError as err:  # ActorDiedError: no restart left (stopped, killed)
+            raise _WorkerGone(f"{what}: the worker is gone ({_first_line(err)})") from err
+        except RayError as err:  # anything else Ray raises (object lost, system error)
+            raise ProjectionError(f"{what}: {_first_line(err)}") from err
+
+
+class _WorkerGone(ProjectionError):
+    """Internal: the worker actor died for good; ``status`` reports it from the stored row."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
 
 
 class Projections:
@@ -201,31 +244,44 @@ class Projections:
                 opts["lifetime"] = "detached"
             handles.append(ProjectionActor.options(**opts).remote(spec, self.config, i))
         self._owned[spec.name] = handles
-        await handles[0].global_prepare.remote()
-        await asyncio.gather(*(h.start.remote() for h in handles))
-        return await asyncio.gather(*(h.status.remote() for h in handles))
+        what = f"projection {spec.name!r}"
+        await _call(handles[0], "global_prepare", what=what)
+        await asyncio.gather(*(_call(h, "start", what=what) for h in handles))
+        return await asyncio.gather(*(_call(h, "status", what=what) for h in handles))
+
+    async def _all(self, name: str, method: str, *args: Any) -> None:
+        """``method`` on every live worker of projection ``name`` (see :func:`_call`)."""
+        what = f"projection {name!r}"
+        await asyncio.gather(*(_call(h, method, *args, what=f"{what} worker {key}")
+                               for key, h in self._handles_or_fail(name).items()))
 
     async def pause(self, name: str) -> None:
-        await asyncio.gather(*(h.pause.remote() for h in self._handles_or_fail(name).values()))
+        await self._all(name, "pause")
 
     async def resume(self, name: str) -> None:
-        await asyncio.gather(*(h.start.remote() for h in self._handles_or_fail(name).values()))
+        await self._all(name, "start")
 
     async def stop(self, name: str) -> None:
         """Stop every worker (offsets stay stored; desired state "stopped") and end them."""
         handles = self._handles_or_fail(name)
-        await asyncio.gather(*(h.stop.remote() for h in handles.values()))
+        results = await asyncio.gather(
+            *(_call(h, "stop", what=f"projection {name!r} worker {key}")
+              for key, h in handles.items()), return_exceptions=True)
         for h in handles.values():
-            ray.kill(h, no_restart=True)
+            with contextlib.suppress(RayError, ValueError):  # already gone
+                ray.kill(h, no_restart=True)
         self._owned.pop(name, None)
+        failed = [r for r in results if isinstance(r, BaseException)
+                  and not isinstance(r, _WorkerGone)]  # a worker already gone is stopped
+        if failed:
+            raise failed[0]
 
     async def reset(self, spec: ProjectionSpec, offset: TagOffset | None = None) -> None:
         """Reset every worker to ``offset`` (None: the start). Live workers do it themselves
         (and keep running); without workers it runs here, on the stored rows."""
         handles = self.handles(spec.name)
         if handles:
-            await asyncio.gather(*(h.reset.remote(offset_to_str(offset))
-                                   for h in handles.values()))
+            await self._all(spec.name, "reset", offset_to_str(offset))
             return
         from raysource.journal.cassandra.journal import CassandraJournal
 
@@ -239,8 +295,18 @@ class Projections:
     async def status(self, name: str) -> list[dict[str, Any]]:
         """Live workers report themselves; stored rows fill in workers that are not running."""
         handles = self.handles(name)
-        live = dict(zip(handles, await asyncio.gather(
-            *(h.status.remote() for h in handles.values()))))
+        answers = await asyncio.gather(  # a restarting worker gets a few seconds, then is
+            *(_call(h, "status", what=f"projection {name!r} worker {key}", wait_s=5.0)
+              for key, h in handles.items()), return_exceptions=True)  # reported unavailable
+        live: dict[str, Any] = {}
+        unavailable: dict[str, str] = {}  # worker -> why (then reported from its stored row)
+        for key, answer in zip(handles, answers):
+            if isinstance(answer, ProjectionError):
+                unavailable[key] = str(answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                live[key] = answer
         session = CassandraSession(self.config)
         try:
             await session.connect(keyspace="")
@@ -252,13 +318,18 @@ class Projections:
             await session.close()
         for row in rows:
             if row.worker not in live:
+                why = unavailable.get(row.worker)
                 live[row.worker] = {
                     "projection": name, "worker": row.worker,
-                    "state": f"not running (last: {row.state or '-'})",
+                    "state": f"unavailable: {why}" if why else
+                    f"not running (last: {row.state or '-'})",
                     "desired": row.desired, "offset": offset_to_str(row.offset),
                     "error": row.error,
                     "parked": [p.as_dict() for p in parked if p.worker == row.worker],
                 }
+        for key, why in unavailable.items():
+            live.setdefault(key, {"projection": name, "worker": key,
+                                  "state": f"unavailable: {why}"})
         return [live[k] for k in sorted(live)]
 
     async def parked(self, name: str) -> list[dict[str, Any]]:
@@ -281,7 +352,8 @@ class Projections:
         if key not in handles:
             raise ProjectionError(f"projection {name!r}: worker {key} of {persistence_id!r} "
                                   "is not running")
-        return await handles[key].retry.remote(persistence_id, skip)
+        return await _call(handles[key], "retry", persistence_id, skip,
+                           what=f"projection {name!r} worker {key}")
 
 
 class _suppress_gone:

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from raysource.runtime.actors.cluster import connect_ray
 from raysource.journal.api import Journal
-from raysource.journal.errors import ConfigError
-from raysource.sharding.errors import NoLiveNodesError
+from raysource.journal.errors import ConfigError, RaysourceError
+from raysource.sharding.errors import NoLiveNodesError, ShardingError
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.stores import StoreSpec, open_stores
@@ -202,12 +202,10 @@ class System:
         coordinator = get_or_create_coordinator(
             name, CoordinatorJournal(store), coordinator_settings, namespace=namespace
         )
-        try:
-            for t in types:
-                ray.get(coordinator.register_type.remote(t.name, t.number_of_shards))
-        except RayTaskError as err:
-            cause = err.cause if isinstance(err.cause, BaseException) else err
-            raise cause from None
+        for t in types:
+            _ask_coordinator(lambda t=t: coordinator.register_type.remote(t.name,
+                                                                         t.number_of_shards),
+                             f"registering aggregate type {t.name!r}")
         return cls(spec, coordinator)
 
     @property
@@ -232,7 +230,7 @@ class System:
 
     def allocation(self) -> dict[str, list]:
         """The coordinator's table: node id -> shards."""
-        return ray.get(self.coordinator.allocation.remote())
+        return _ask_coordinator(self.coordinator.allocation.remote, "reading the allocation")
 
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator).
@@ -253,6 +251,28 @@ class System:
             except Exception:  # already exited
                 pass
         stop_coordinator(self.name, namespace=self.spec.namespace)
+
+
+def _ask_coordinator(call: Any, what: str) -> Any:
+    """``ray.get(call())`` of an idempotent coordinator call, re-sent while Ray restarts the
+    coordinator (for up to ``_RESOLVE_DEADLINE_S``). Ends in the reply or a raysource error:
+    the coordinator's own (e.g. ``ShardCountChangedError``), else ``ShardingError``."""
+    deadline = time.monotonic() + _RESOLVE_DEADLINE_S
+    while True:
+        try:
+            return ray.get(call(), timeout=_ACTIVATE_TIMEOUT_S)
+        except RayTaskError as err:
+            cause = err.cause if isinstance(err.cause, BaseException) else None
+            if isinstance(cause, RaysourceError):
+                raise cause from None
+            raise ShardingError(f"{what}: the shard coordinator failed: {cause!r}") from err
+        except (RayActorError, GetTimeoutError) as err:  # restarting, or busy
+            if time.monotonic() > deadline:
+                raise ShardingError(f"{what}: the shard coordinator did not answer within "
+                                    f"{_RESOLVE_DEADLINE_S:.0f}s ({type(err).__name__})") from err
+            time.sleep(0.2)
+        except RayError as err:
+            raise ShardingError(f"{what}: {type(err).__name__}: {err}") from err
 
 
 def unique_system_name(prefix: str = "rs") -> str:

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from raysource.runtime.errors import (
     AggregateStoppedError,
@@ -69,17 +69,26 @@ class Resolver(Protocol):
 
 def unwrap_error(err: BaseException) -> BaseException:
     """The raysource error behind Ray's wrappers (``RayTaskError`` -> its cause;
-    ``GetTimeoutError`` -> ``AskTimeoutError``; a crashed actor -> ``HostCrashedError``)."""
-    if isinstance(err, RayTaskError):
-        cause = err.cause
-        return cause if isinstance(cause, BaseException) else err
+    ``GetTimeoutError`` -> ``AskTimeoutError``; a crashed actor -> ``HostCrashedError``; an
+    actor that exited on purpose -> ``PassivatedError``; any other Ray failure of the call ->
+    ``HostCrashedError``, outcome unknown). Never a Ray error."""
+    if isinstance(err, RayTaskError) and isinstance(err.cause, BaseException):
+        return err.cause
     if isinstance(err, (GetTimeoutError, asyncio.TimeoutError)):
         return AskTimeoutError("no reply within the timeout; the command may or may not run")
-    if isinstance(err, RayActorError) and not _intended_exit(err):
-        crashed = HostCrashedError(f"the host actor died with the command in flight: {err}")
-        crashed.__cause__ = err
-        return crashed
-    return err
+    if _intended_exit(err):
+        out: BaseException = PassivatedError(
+            f"the host actor retired (exited on purpose) before the command ran; not applied: "
+            f"{err}")
+    elif isinstance(err, RayActorError):
+        out = HostCrashedError(f"the host actor died with the command in flight: {err}")
+    elif isinstance(err, RayError):  # e.g. a reply or argument Ray could not (de)serialize
+        out = HostCrashedError(f"Ray failed the call ({type(err).__name__}); the outcome is "
+                               f"unknown: {err}")
+    else:
+        return err
+    out.__cause__ = err
+    return out
 
 
 _INTENDED_EXIT_MARKS = ("INTENDED_USER_EXIT", "IntentionalSystemExit")
@@ -360,6 +369,8 @@ class EntityRef:
                     return self._raise(self._give_up(epoch, err), with_epoch)
                 self._renew(epoch, retired=_refused(err))
                 continue
+            except RayError as err:  # any other Ray failure: typed by unwrap_error
+                return self._raise(self._give_up(epoch, err), with_epoch)
             return (answer, epoch) if with_epoch else answer
 
     @staticmethod
