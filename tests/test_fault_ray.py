@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 
 import pytest
 import ray
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow,
 DELAY = 1.0  # tag visibility delay
 ENTITIES = ("f1", "f2")
 CALLERS = 4
-COMMANDS = 10  # per caller
+COMMANDS = 10  # per caller, at least (they go on until the chaos is over)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +67,13 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
     history = History()
     lock = threading.Lock()
     chaos_log: list[str] = []
+    chaos_done = threading.Event()
 
     def caller(idx: int) -> None:
         refs = {e: system.entity(LEDGER, e) for e in ENTITIES}
-        for n in range(COMMANDS):
+        n = -1
+        while n < COMMANDS or not chaos_done.is_set():  # keep commands in flight throughout
+            n += 1
             cmd = f"c{idx}-{n}"
             ref = refs[ENTITIES[(idx + n) % len(ENTITIES)]]
             try:
@@ -79,7 +83,7 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
             with lock:
                 history.record(cmd, classify(err), err if err is not None else reply,
                                f"caller{idx}")
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def kill(entity: str) -> None:
         try:
@@ -89,20 +93,24 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
             chaos_log.append(f"kill {entity}: {exc!r}")
 
     def chaos() -> None:
-        time.sleep(1.0)
-        kill(ENTITIES[0])
-        time.sleep(1.0)
-        os.kill(private_node.pid, signal.SIGSTOP)
-        chaos_log.append("froze Cassandra")
         try:
             time.sleep(1.0)
-            kill(ENTITIES[1])  # killed while the store is frozen
-            time.sleep(3.0)  # > request_timeout: writes in flight time out, outcome unknown
+            kill(ENTITIES[0])
+            time.sleep(1.0)
+            os.kill(private_node.pid, signal.SIGSTOP)
+            chaos_log.append("froze Cassandra")
+            try:
+                time.sleep(1.0)
+                kill(ENTITIES[1])  # killed while the store is frozen
+                time.sleep(3.0)  # > request_timeout: writes in flight time out (unknown)
+            finally:
+                os.kill(private_node.pid, signal.SIGCONT)
+                chaos_log.append("thawed Cassandra")
+            time.sleep(1.0)
+            kill(ENTITIES[0])
+            time.sleep(0.5)
         finally:
-            os.kill(private_node.pid, signal.SIGCONT)
-            chaos_log.append("thawed Cassandra")
-        time.sleep(1.0)
-        kill(ENTITIES[0])
+            chaos_done.set()  # the callers stop after it
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
     chaos_thread = threading.Thread(target=chaos)
@@ -135,8 +143,9 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
 
     counts = dict(history.counts())
     assert_no_violations(asyncio.run(check()), {"outcomes": counts, "chaos": chaos_log})
-    assert len(history.observations) == CALLERS * COMMANDS
+    assert len(history.observations) >= CALLERS * COMMANDS
     # the faults did bite: something failed or was unknown, and most commands went through
     assert counts.get("ok", 0) >= CALLERS * COMMANDS // 3, counts
     assert sum(v for k, v in counts.items() if k != "ok") >= 1, (counts, chaos_log)
-    print("outcomes:", counts, "chaos:", chaos_log)
+    errors = Counter(type(o.value).__name__ for o in history.observations if o.outcome != "ok")
+    print("outcomes:", counts, "errors:", dict(errors), "chaos:", chaos_log)
