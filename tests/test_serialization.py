@@ -271,3 +271,86 @@ def test_errors_pickle_with_location():
     err = CorruptPayloadError("bad", persistence_id="p", sequence_nr=4)
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is CorruptPayloadError and back.sequence_nr == 4
+
+
+# --------------------------------------------------------------------------- the round-trip rule
+
+
+def test_round_trip_rule_refuses_with_the_field_path_and_accepts_the_numeric_tower():
+    ser = Serialization()
+    ser.register(SeatReserved, "seats.SeatReserved")
+    base = sample()
+    from dataclasses import replace
+
+    wrong_row = r"Expected `int`, got `str` - at `\$\.seat\.row`"
+    with pytest.raises(UnserializableError, match=wrong_row) as ei:
+        ser.encode(replace(base, seat=Seat("3", "A")), persistence_id="p", sequence_nr=5)
+    assert ei.value.persistence_id == "p" and ei.value.sequence_nr == 5
+    with pytest.raises(UnserializableError, match="NaN"):
+        ser.encode(replace(base, price=Decimal("NaN")))
+    with pytest.raises(UnserializableError, match=r"\$\.pair.*list.*tuple"):
+        ser.encode(replace(base, pair=[7, "x"]))
+    with pytest.raises(UnserializableError, match=r"\$\.labels.*set.*frozenset"):
+        ser.encode(replace(base, labels={"vip"}))
+    with pytest.raises(UnserializableError, match="null"):  # NaN in a float field
+        ser.register(Reading, "r.Reading")
+        ser.encode(Reading(float("nan")))
+    assert ser.roundtrip(Reading(2)) == Reading(2.0)  # an int for a float: the equal float
+    assert type(ser.roundtrip(Reading(2)).value) is float
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float
+
+
+@dataclass(frozen=True)
+class Stamped:
+    at: datetime
+
+
+def test_datetimes_keep_their_offset_and_an_offset_json_cannot_hold_is_refused():
+    from datetime import timedelta
+
+    ser = Serialization()
+    ser.register(Stamped, "s.Stamped")
+    plus2 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    back = ser.roundtrip(Stamped(plus2))
+    assert back == Stamped(plus2) and back.at.utcoffset() == timedelta(hours=2)
+    assert ser.roundtrip(Stamped(datetime(2026, 5, 1))).at.tzinfo is None  # naive stays naive
+    odd = datetime(2026, 5, 1, tzinfo=timezone(timedelta(hours=1, seconds=30)))
+    with pytest.raises(UnserializableError):  # RFC 3339 offsets have no seconds
+        ser.encode(Stamped(odd))
+
+
+def test_a_class_msgspec_cannot_decode_is_a_typed_error_both_ways():
+    class Opaque2:
+        pass
+
+    @dataclass(frozen=True)
+    class Holds:
+        x: Opaque2
+
+    ser = Serialization()
+    ser.register(Holds, "h.Holds")
+    with pytest.raises(UnserializableError):
+        ser.encode(Holds(Opaque2()))
+    with pytest.raises(CorruptPayloadError, match="cannot decode"):
+        ser.decode(JSON_SERIALIZER_ID, "h.Holds#1", b'{"x": 1}')
+
+
+def test_a_serialization_pickles_and_keeps_working():
+    import pickle
+
+    ser = Serialization(max_payload_bytes=10_000)
+    ser.register(SeatReserved, "seats.SeatReserved")
+    stored = ser.encode(sample())  # builds the typed decoder (not pickled)
+    copy = pickle.loads(pickle.dumps(ser))
+    assert copy.decode(*stored) == sample() and copy.max_payload_bytes == 10_000
+
+
+def test_register_resolves_string_annotations_while_the_module_is_at_hand():
+    # this module uses `from __future__ import annotations`: the annotations are strings
+    assert isinstance(Stamped.__dict__["__annotations__"]["at"], (str, type))
+    Serialization().register(Stamped, "s.Stamped")
+    assert Stamped.__annotations__ == {"at": datetime}
