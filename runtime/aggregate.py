@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # only for annotations: keep the module free of serializer im
 __all__ = [
     "AggregateType",
     "Effect",
+    "IdempotencyPolicy",
     "NoOp",
     "PERSISTENCE_ID_SEPARATOR",
     "Persist",
@@ -199,6 +200,45 @@ class SnapshotPolicy:
 NO_SNAPSHOTS = SnapshotPolicy()
 
 
+# --------------------------------------------------------------------------- idempotency
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyPolicy:
+    """Idempotency keys of an aggregate type (see ``raysource.runtime.idempotency``).
+
+    ``enabled`` (default True): references send every command under a key (one per logical
+    send, or the caller's) and re-send outcome-unknown failures under the same key until the
+    call's deadline; the aggregate applies a key at most once and answers a repeat with the
+    original reply (or rejection), writing nothing. Off: keys are refused at the reference and
+    ignored by the core (outcome-unknown failures reach the caller, as before).
+
+    Retention, per activation: the newest ``max_keys`` applied keys (default 1,000), and only
+    keys applied within ``max_age_s`` seconds (default None: no age limit). A key beyond the
+    window is forgotten: sending it again applies the command again. Choose the window to
+    cover the longest redelivery of your callers (a queue's redelivery, a client's retries).
+    Memory: roughly (key + encoded reply + ~100 bytes) per remembered key per active
+    aggregate; snapshots carry the durable keys too.
+    """
+
+    enabled: bool = True
+    max_keys: int | None = 1_000
+    max_age_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_keys is not None and (not isinstance(self.max_keys, int)
+                                          or self.max_keys < 1):
+            raise ConfigError(f"max_keys must be an int >= 1 or None, got {self.max_keys!r}")
+        if self.max_age_s is not None and (not isinstance(self.max_age_s, (int, float))
+                                           or self.max_age_s <= 0):
+            raise ConfigError(f"max_age_s must be > 0 or None, got {self.max_age_s!r}")
+        if self.enabled and self.max_keys is None and self.max_age_s is None:
+            raise ConfigError("idempotency keys need a bound: max_keys and/or max_age_s")
+
+
+NO_IDEMPOTENCY = IdempotencyPolicy(enabled=False)
+
+
 # --------------------------------------------------------------------------- aggregate type
 
 
@@ -252,6 +292,8 @@ class AggregateType(Generic[S, C, E]):
 
     Compared and hashed by identity (handlers are not comparable); use ``name`` as a key.
 
+    ``idempotency``: keys on commands and their retention (:class:`IdempotencyPolicy`).
+
     ``placement``: ``"dedicated"`` (one Ray actor per aggregate) or ``"hosted"`` (many per
     actor); ``idle_timeout_s``: passivation after this much inactivity; ``number_of_shards``:
     fixed for the life of the data.
@@ -269,9 +311,12 @@ class AggregateType(Generic[S, C, E]):
     placement: Placement = "dedicated"
     idle_timeout_s: float = 120.0
     number_of_shards: int = 32
+    idempotency: IdempotencyPolicy = IdempotencyPolicy()
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        if not isinstance(self.idempotency, IdempotencyPolicy):
+            raise ConfigError(f"{self.name}: idempotency must be an IdempotencyPolicy")
         if not callable(self.command_handler) or not callable(self.event_handler):
             raise ConfigError(f"{self.name}: command_handler and event_handler must be callable")
         if self.tagger is not None and not callable(self.tagger):

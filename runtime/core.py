@@ -30,6 +30,7 @@ survives passivation — and :meth:`EntityCore.stop` to passivate, using
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import sys
@@ -58,6 +59,7 @@ from raysource.runtime.errors import (
 )
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
+from raysource.runtime.idempotency import KeyTable, Keyed
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.snapshots.api import SnapshotStore
 
@@ -113,6 +115,8 @@ class _Flush:
     side_effects: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
     snapshot_due: bool = False
     bytes: int = 0
+    # idempotency key -> (the first command's outcome, its first event if it persisted)
+    keyed: dict[str, tuple[_Outcome, StoredEvent | None]] = field(default_factory=dict)
 
 
 def _utcnow() -> datetime:
@@ -174,6 +178,9 @@ class EntityCore:
         self.recovery: RecoveryStats | None = None
         self._state: Any = aggregate_type.initial_state
         self._seq = 0
+        # applied idempotency keys (runtime.idempotency): rebuilt by every recovery
+        self.keys = KeyTable(aggregate_type.idempotency, serialization, self.persistence_id,
+                             wall_clock)
         self._last_activity = clock()
         self._mailbox: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -358,20 +365,34 @@ class EntityCore:
         for i, (command, fut) in enumerate(batch):
             if fut.done():  # the caller gave up before we started: skip it
                 continue
+            key = None
+            if isinstance(command, Keyed):
+                command, key = command.command, (command.key if self.keys.enabled else None)
+            if key is not None and self._repeated(key, fut, flush):
+                continue  # answered like the first application of its key, nothing written
             outcome = _Outcome(fut)
-            decided = self._decide(command, state, seq, outcome, flush)
+            before = len(flush.events)
+            decided = self._decide(command, state, seq, outcome, flush, key)
             if decided is None:  # this write is full: the rest goes into the next one
                 self._carry.extendleft(reversed(batch[i:]))
                 break
             state, seq = decided
             self.stats.commands += 1
             flush.outcomes.append(outcome)
+            if key is not None:
+                first = flush.events[before] if len(flush.events) > before else None
+                flush.keyed[key] = (outcome, first)
 
         self.stats.flushes += 1
         old_seq = self._seq
         if flush.events and not await self._write(flush):
             return
         self._state, self._seq = state, seq
+        for key, (o, first) in flush.keyed.items():
+            if first is not None:
+                self.keys.applied(first, o.value, known=True)
+            elif isinstance(o.error, CommandRejected):
+                self.keys.rejected(key, o.error)
         for o in flush.outcomes:
             self._resolve(o.future, o.value, o.error)
         for fn, new_state in flush.side_effects:
@@ -460,8 +481,25 @@ class EntityCore:
             for a, b in zip(stored, events)
         )
 
+    def _repeated(self, key: str, fut: asyncio.Future, flush: _Flush) -> bool:
+        """If ``key`` was applied (or rejected) already, in this flush or before, answer
+        ``fut`` as the first time (in this flush: with that command's outcome) and return
+        True; the command is not run again."""
+        earlier = flush.keyed.get(key)
+        if earlier is not None:
+            first = earlier[0]
+            flush.outcomes.append(_Outcome(fut, first.value, first.error))
+            return True
+        try:
+            found, value, error = self.keys.answer(key)
+        except Exception as exc:  # the stored reply cannot be decoded any more
+            found, value, error = True, None, exc
+        if found:  # applied by an earlier, durable write: answer now, whatever this write does
+            self._resolve(fut, value, error)
+        return found
+
     def _decide(self, command: Any, state: Any, seq: int, outcome: _Outcome,
-                flush: _Flush) -> tuple[Any, int] | None:
+                flush: _Flush, key: str | None = None) -> tuple[Any, int] | None:
         """Run one command against the tentative ``state``; record its outcome and events.
         Returns the tentative state and sequence number after it, or None if its events do
         not fit into this write any more (the command must be re-run in the next flush)."""
@@ -482,7 +520,7 @@ class EntityCore:
         elif isinstance(effect, NoOp):
             pass
         elif isinstance(effect, Persist):
-            return self._apply_persist(command, effect, state, seq, outcome, flush)
+            return self._apply_persist(command, effect, state, seq, outcome, flush, key)
         else:
             outcome.error = HandlerError(
                 f"{self.persistence_id}: command handler returned {effect!r} for "
@@ -491,7 +529,8 @@ class EntityCore:
         return state, seq
 
     def _apply_persist(self, command: Any, effect: Persist, state: Any, seq: int,
-                       outcome: _Outcome, flush: _Flush) -> tuple[Any, int] | None:
+                       outcome: _Outcome, flush: _Flush,
+                       key: str | None = None) -> tuple[Any, int] | None:
         agg = self.aggregate_type
         predicate = agg.snapshot.predicate
         stored: list[StoredEvent] = []
@@ -512,6 +551,9 @@ class EntityCore:
                     writer_id=self.writer_id, tags=agg.tags_for(event),
                 ))
             outcome.value = effect.reply_for(new_state)
+            if key is not None and stored:  # the key and reply, in the same atomic append
+                stored[0] = dataclasses.replace(stored[0], metadata={
+                    **stored[0].metadata, **self.keys.metadata(key, outcome.value, seq + 1)})
         except (SerializationError, CommandError) as exc:
             outcome.error = exc
             return state, seq
@@ -588,9 +630,9 @@ class EntityCore:
     async def _save_snapshot(self) -> None:
         policy = self.aggregate_type.snapshot
         try:
-            ser_id, manifest, payload = self.serialization.encode(
+            ser_id, manifest, payload = self.keys.wrap_snapshot(*self.serialization.encode(
                 self._state, persistence_id=self.persistence_id, sequence_nr=self._seq
-            )
+            ))
             await self.snapshot_store.save(StoredSnapshot(
                 persistence_id=self.persistence_id, sequence_nr=self._seq, payload=payload,
                 manifest=manifest, serializer_id=ser_id, timestamp=self._wall_clock(),
@@ -620,6 +662,7 @@ class EntityCore:
             log.warning("%s: snapshot at %d is beyond the journal's highest %d; full replay",
                         self.persistence_id, seq, highest, extra=self.log_context(seq))
             state, seq, snap_seq = self.aggregate_type.initial_state, 0, None
+            self.keys.clear()
         state, seq, replayed = await self._replay(state, seq, highest)
         # Numbers up to ``highest`` that the replay did not return are deleted (``delete_to``
         # removes a prefix); they still occupy their numbers: never reuse them.
@@ -643,11 +686,13 @@ class EntityCore:
         skipped = 0
         while True:
             snap = await self.snapshot_store.load(self.persistence_id, max_seq)
+            self.keys.clear()
             if snap is None:
                 return self.aggregate_type.initial_state, 0, None, skipped
             try:
+                ser_id, manifest, payload = self.keys.unwrap_snapshot(snap)  # + its keys
                 state = self.serialization.decode(
-                    snap.serializer_id, snap.manifest, snap.payload,
+                    ser_id, manifest, payload,
                     persistence_id=self.persistence_id, sequence_nr=snap.sequence_nr,
                 )
                 return state, snap.sequence_nr, snap.sequence_nr, skipped
@@ -658,6 +703,7 @@ class EntityCore:
                             extra=self.log_context(snap.sequence_nr))
                 max_seq = snap.sequence_nr - 1
                 if max_seq < 1:
+                    self.keys.clear()
                     return self.aggregate_type.initial_state, 0, None, skipped
 
     async def _replay(self, state: Any, seq: int, to: int) -> tuple[Any, int, int]:
@@ -675,6 +721,8 @@ class EntityCore:
             state = handler(state, event)
             seq = stored.sequence_nr
             replayed += 1
+            if stored.metadata:
+                self.keys.applied(stored)
             # one flush = one atomic group: same writer, same timestamp
             if (stored.writer_id, stored.timestamp) != group:
                 group = (stored.writer_id, stored.timestamp)

@@ -27,6 +27,9 @@ The checks, per command id (its events name it: ``command_of(event)``) with ``A`
   fold of the journal just after the command's events says it must be (catches an activation
   that decided on a stale state, i.e. an interleaving);
 * ``missing_tag``: a stored event that is absent from one of its tags' streams;
+* ``key_applied_twice``: an idempotency key (``raysource.runtime.idempotency``: the ``"ik"``
+  metadata of a command's first event) stored with two applications, i.e. each key is applied
+  at most once (checked on every history; events without a key are not concerned);
 * ``uncategorized``: a caller saw an error outside both categories.
 
 One application of a command is one run of its events: a command must persist events that are
@@ -47,6 +50,7 @@ from raysource.journal.errors import NotAppliedError, OutcomeUnknownError
 from raysource.runtime.errors import CommandRejected
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.idempotency import KEY_FIELD
 
 __all__ = ["OUTCOMES", "History", "LiveState", "Observation", "Violation",
            "assert_no_violations", "check_history", "check_history_sync", "classify"]
@@ -193,6 +197,7 @@ async def check_history(
                 after_cmd[cmd] = state
         folds[pid] = states
         all_stored.extend(stored)
+        out.extend(_check_keys(pid, stored))
     if tags:
         out.extend(await _check_tags(journal, all_stored))
 
@@ -253,6 +258,19 @@ def _check_command(cmd: str, seen: Counter[str], stored: list[tuple[str, int, An
                 "not_applied_present": "reported not applied"}[kind]
         return [Violation(kind, f"{cmd}: {what} ({callers}); stored at {where}", pid, cmd, seqs)]
     return []
+
+
+def _check_keys(pid: str, stored: list[StoredEvent]) -> list[Violation]:
+    """Each idempotency key applied at most once (its key is on one command's first event)."""
+    where: dict[str, list[int]] = defaultdict(list)
+    for ev in stored:
+        key = ev.metadata.get(KEY_FIELD) if ev.metadata else None
+        if key is not None:
+            where[key].append(ev.sequence_nr)
+    return [Violation("key_applied_twice", f"{pid}: idempotency key {key!r} applied "
+                      f"{len(seqs)} times (#{', #'.join(map(str, seqs))})", pid,
+                      sequence_nrs=tuple(seqs))
+            for key, seqs in where.items() if len(seqs) > 1]
 
 
 def _check_writers(writes: Iterable[Any]) -> list[Violation]:
