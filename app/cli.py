@@ -4,7 +4,9 @@
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
     raysource demo [--seconds S] [--cassandra H:P] [--keep-running]
     raysource loadtest [--workload seats|ledger] [--entities N] [--clients C]
-                       [--duration S | --commands N] [--placement dedicated|hosted] ...
+                       [--duration S | --commands N] [--placement dedicated|hosted]
+                       [--via refs|http|both] [--replicas N] ...
+    raysource serve [--port N] [--replicas N] [--cassandra H:P] [--seconds S] [--demo]
     raysource events TYPE ID [--from N] [--to M] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource state TYPE ID --system NAME [--address RAY] [--namespace NS] [--cassandra H:P] ...
@@ -134,6 +136,7 @@ def _loadtest(args: argparse.Namespace) -> int:
         placement=args.placement, snapshot_every=args.snapshot_every, guard=args.guard == "on",
         window=args.window, shards=args.shards, keyspace=args.keyspace,
         results_dir=args.results, address=args.address,
+        via=args.via, replicas=args.replicas, http_port=args.http_port,
     )
     if args.address is not None:
         import uuid
@@ -150,6 +153,19 @@ def _loadtest(args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from raysource.app.serve import run_serve  # heavy imports (Ray Serve) only for this command
+
+    if args.address is not None:
+        from raysource.app.ray_join import join_ray
+
+        join_ray(args.address, args.namespace)
+    return run_serve(host=args.host, port=args.port, replicas=args.replicas,
+                     contact=args.cassandra, keyspace=args.keyspace, system=args.system,
+                     address=args.address, namespace=args.namespace, seconds=args.seconds,
+                     demo=args.demo, keep=args.keep_running)
 
 
 def _inspect_contact(args: argparse.Namespace) -> str:
@@ -474,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the journal's single-writer fencing (conditional writes)")
     lt.add_argument("--window", type=_count, default=8,
                     help="commands each client keeps in flight (default 8)")
+    lt.add_argument("--via", choices=["refs", "http", "both"], default="refs",
+                    help="send through entity references (default), through the HTTP seat "
+                         "service, or both one after the other (side-by-side figures)")
+    lt.add_argument("--replicas", type=_count, default=1,
+                    help="Ray Serve replicas of the seat service (--via http|both)")
+    lt.add_argument("--http-port", type=_nonneg, default=0,
+                    help="the service's HTTP port (default: a free one)")
     lt.add_argument("--address", default=None, help="Ray address (default: start local Ray)")
     lt.add_argument("--cassandra", type=_contact, default=None,
                     help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
@@ -483,6 +506,26 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--keep-running", action="store_true",
                     help="leave a Cassandra node it started running")
     lt.set_defaults(func=_loadtest)
+
+    srv = sub.add_parser("serve", help="the seat service over HTTP (Ray Serve + FastAPI, "
+                                       "OpenAPI at /docs) with its system and view")
+    srv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
+    srv.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000)")
+    srv.add_argument("--replicas", type=_count, default=1, help="Serve replicas (default 1)")
+    srv.add_argument("--system", default="seats", help="the system's name (default seats)")
+    srv.add_argument("--seconds", type=_positive, default=None,
+                     help="serve this long, then stop (default: until Ctrl-C)")
+    srv.add_argument("--demo", action="store_true",
+                     help="call every endpoint once, print the answers, and exit")
+    srv.add_argument("--cassandra", type=_contact, default=None,
+                     help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
+                          "Docker, else a node started from the Maven jars)")
+    srv.add_argument("--keyspace", default="raysource")
+    srv.add_argument("--address", default=None, help="Ray address (default: start local Ray)")
+    srv.add_argument("--namespace", default="raysource", help="Ray namespace of the system")
+    srv.add_argument("--keep-running", action="store_true",
+                     help="leave a Cassandra node it started running")
+    srv.set_defaults(func=_serve)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("type", help="aggregate type name (e.g. show)")

@@ -3,7 +3,10 @@
 Clients are Ray actors so load can come from every node of a cluster. Each joins the system by
 name (``System.start`` is get-or-create), holds its *own* :class:`~raysource.runtime.actors.refs.EntityRef` per
 entity (one ref = one caller, so its commands keep their send order) and keeps ``window``
-commands in flight with ``ask_async``.
+commands in flight with ``ask_async``. With ``ClientSetup.http_url`` it sends the same
+commands over HTTP instead, to the seat service (:mod:`raysource.service.seats`) with an httpx
+client: 2xx is accepted, 409 rejected, anything else an error (so both paths report the same
+figures, and the HTTP layer's cost shows beside direct reference calls).
 
 Contract of :meth:`LoadClient.run`: every command it sends gets exactly one recorded outcome —
 ``accepted`` (a reply), ``rejected`` (``CommandRejected``) or ``error`` (anything else,
@@ -46,6 +49,7 @@ class ClientSetup:
     host_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
     ask_timeout_s: float = 30.0
+    http_url: str | None = None  # send through the HTTP service at this base URL
 
 
 @dataclass
@@ -77,6 +81,7 @@ class _LoadClient:
         self.refs: dict[str, EntityRef] = {}
         self.result = ClientResult(index, node_id=ray.get_runtime_context().get_node_id())
         self._done = [0, 0, 0]  # accepted, rejected, errors (for progress)
+        self.http: Any = None  # an httpx.AsyncClient in HTTP mode
 
     async def prepare(self) -> float:
         """Join the system, resolve every entity's host handle and wait until those host
@@ -87,6 +92,8 @@ class _LoadClient:
 
         t0 = time.perf_counter()
         s = self.setup
+        if s.http_url is not None:
+            return await self._prepare_http(t0)
         agg = s.workload.aggregate_type
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(8) as pool:
@@ -103,6 +110,43 @@ class _LoadClient:
         await asyncio.gather(*[h.ping.remote() for h in set(handles)])
         self.result.prepare_s = time.perf_counter() - t0
         return self.result.prepare_s
+
+    async def _prepare_http(self, t0: float) -> float:
+        """HTTP mode: open the client and ask the service for every entity's state once, so
+        its replica has resolved the host before the timed run (as ``prepare`` does for refs;
+        this also activates the entity, which the refs mode leaves to the timed run)."""
+        import httpx
+
+        from raysource.examples.seats import GetShow
+        from raysource.service.seats import http_request
+
+        self.http = httpx.AsyncClient(base_url=self.setup.http_url,
+                                      timeout=self.setup.ask_timeout_s,
+                                      limits=httpx.Limits(max_connections=256,
+                                                          max_keepalive_connections=256))
+        sem = asyncio.Semaphore(16)
+
+        async def warm(entity_id: str) -> None:
+            method, path, _, _ = http_request(entity_id, GetShow())
+            async with sem:
+                (await self.http.request(method, path)).raise_for_status()
+
+        await asyncio.gather(*[warm(e) for e in self.setup.workload.entity_ids()])
+        self.result.prepare_s = time.perf_counter() - t0
+        return self.result.prepare_s
+
+    async def _http_ask(self, entity_id: str, command: Any) -> None:
+        """Send ``command`` through the service: returns on 2xx, raises ``CommandRejected``
+        on 409 and ``RuntimeError`` naming the status otherwise."""
+        from raysource.service.seats import http_request
+
+        method, path, body, query = http_request(entity_id, command)
+        answer = await self.http.request(method, path, json=body, params=query)
+        if answer.status_code < 300:
+            return
+        if answer.status_code == 409:
+            raise CommandRejected(answer.json().get("detail", ""))
+        raise RuntimeError(f"HTTP {answer.status_code}: {answer.text[:200]}")
 
     async def progress(self) -> tuple[int, int, int]:
         """Completed commands so far: (accepted, rejected, errors)."""
@@ -125,7 +169,10 @@ class _LoadClient:
                 entity_id, command, kind = source.next()
                 t0 = time.perf_counter()
                 try:
-                    await self.refs[entity_id].ask_async(command, timeout=timeout)
+                    if self.http is None:
+                        await self.refs[entity_id].ask_async(command, timeout=timeout)
+                    else:
+                        await self._http_ask(entity_id, command)
                     outcome = 0
                 except CommandRejected:
                     outcome = 1
@@ -140,6 +187,9 @@ class _LoadClient:
         await asyncio.gather(*[worker() for _ in range(window)])
         res.finished_at = time.time()
         res.tallies = {k: dict(v) for k, v in res.tallies.items()}
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
         return res
 
     def _record(self, entity_id: str, kind: str, outcome: int, latency_ms: float,

@@ -14,6 +14,11 @@ is left (``LoadTestReport.leftover_actors``).
 
 :func:`run_standalone` adds what a command line needs around it: selecting Cassandra (and
 stopping a node it started), starting and stopping Ray, printing the summary.
+
+``via="http"`` deploys the seat service (:mod:`raysource.service.seats`, ``replicas`` Ray
+Serve replicas joined to the run's system) and the clients send the same commands over HTTP;
+``via="both"`` (:func:`run_standalone`) runs the workload through references, then through
+HTTP, on the same Ray and Cassandra, and prints both figures side by side.
 """
 
 from __future__ import annotations
@@ -78,8 +83,17 @@ class LoadTestParams:
     sample: int = 10
     seed: int = 0
     eventual_consistency_delay: float | None = None
+    via: str = "refs"
+    replicas: int = 1
+    http_port: int = 0  # 0: a free port
 
     def __post_init__(self) -> None:
+        if self.via not in ("refs", "http", "both"):
+            raise ConfigError(f"via must be refs, http or both, got {self.via!r}")
+        if self.via != "refs" and self.workload != "seats":
+            raise ConfigError("the HTTP mode drives the seat service: use --workload seats")
+        if self.replicas < 1:
+            raise ConfigError(f"replicas must be >= 1, got {self.replicas}")
         if self.workload not in WORKLOADS:
             raise ConfigError(f"unknown workload {self.workload!r} (one of {WORKLOADS})")
         if (self.duration_s is None) == (self.commands is None):
@@ -146,6 +160,8 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
     the module docstring for the steps and guarantees)."""
     if not ray.is_initialized():
         raise ConfigError("run_loadtest needs Ray initialised (run_standalone does it)")
+    if params.via == "both":
+        raise ConfigError("run_loadtest runs one path: refs or http (run_standalone does both)")
     run_id = run_id or new_run_id(params.workload)
     workload = make_workload(params.workload, run_id=run_id, entities=params.entities,
                              shards=params.shards, snapshot_every=params.snapshot_every)
@@ -165,9 +181,13 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
     say(f"system {name}: {agg.name} x {params.entities} ({params.placement}, "
         f"{agg.number_of_shards} shards), started in {time.perf_counter() - t0:.1f} s")
     clients: list[Any] = []
+    service: str | None = None
     try:
+        http_url = None
+        if params.via == "http":
+            service, http_url = _deploy_service(params, name, store, agg, namespace, say)
         setup = ClientSetup(name, namespace, store, workload, params.placement,
-                            seed=params.seed)
+                            seed=params.seed, http_url=http_url)
         clients = [
             LoadClient.options(num_cpus=0.01, scheduling_strategy="SPREAD").remote(i, setup)
             for i in range(params.clients)
@@ -194,6 +214,10 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
             extension.close(say)
         for c in clients:
             ray.kill(c)
+        if service is not None:
+            from ray import serve
+
+            serve.delete(service)
         system.shutdown()
         leftovers = _wait_gone(name, namespace)
     result = {
@@ -209,6 +233,23 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
     }
     json_path, png_path = write(result, Path(params.results_dir) / run_id)
     return LoadTestReport(run_id, name, result, consistency, json_path, png_path, leftovers)
+
+
+def _deploy_service(params: LoadTestParams, name: str, store: StoreSpec, agg: Any,
+                    namespace: str, say: Say) -> tuple[str, str]:
+    """Deploy the seat service for system ``name``; returns (Serve app name, base URL)."""
+    from raysource.service.deployment import ServiceSpec, run_service
+    from raysource.service.seats import seats_app
+
+    t0 = time.perf_counter()
+    spec = ServiceSpec(name, store, (agg,), namespace, placement={agg.name: params.placement},
+                       ask_timeout_s=30.0, max_in_flight=100_000)
+    app = seats_app(spec, num_replicas=params.replicas,
+                    max_ongoing_requests=max(256, params.clients * params.window))
+    url = run_service(app, name=name, port=params.http_port, route_prefix=f"/{name}")
+    say(f"seat service: {params.replicas} Ray Serve replica(s) at {url} up in "
+        f"{time.perf_counter() - t0:.1f} s (OpenAPI: {url}/docs)")
+    return name, url
 
 
 def _drive(params: LoadTestParams, clients: list[Any], progress: bool, say: Say
@@ -319,13 +360,16 @@ def _wait_gone(name: str, namespace: str, timeout: float = 10.0) -> list[str]:
 
 
 def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: bool = False,
-                   say: Say = print, extension: LoadExtension | None = None) -> int:
+                   say: Say = print, extension: LoadExtension | None = None,
+                   on_report: Callable[[LoadTestReport], None] | None = None) -> int:
     """Select Cassandra, start (or connect to) Ray, run, print the summary, the consistency
     check (and ``extension``'s lines) and the report paths; stop Ray and a Cassandra node it
     started (unless ``keep``). Returns the exit code: 0 if the consistency check (and the
     extension) passed and nothing was left running."""
     from raysource.app.local_node import select_cassandra
 
+    if params.via == "both":
+        return _run_both(params, contact=contact, keep=keep, say=say, extension=extension)
     t_all = time.perf_counter()
     source = select_cassandra(contact, stop_started_node=not keep, say=say)
     started_ray = False
@@ -343,6 +387,8 @@ def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: 
             say(f"ray: {where} ({int(ray.cluster_resources().get('CPU', 0))} CPUs, "
                 f"{len(ray.nodes())} node(s)) up in {time.perf_counter() - t0:.1f} s")
         report = run_loadtest(params, source.contact_point, say=say, extension=extension)
+        if on_report is not None:
+            on_report(report)
         for line in summary_lines(report.result):
             say(line)
         for line in report.consistency.lines():
@@ -367,3 +413,55 @@ def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: 
         say(f"done in {time.perf_counter() - t_all:.1f} s"
             + ("" if source.kind != "local-started" or keep else " (stopped the Cassandra node "
                "it started)"))
+
+
+def _run_both(params: LoadTestParams, *, contact: str | None, keep: bool, say: Say,
+              extension: LoadExtension | None) -> int:
+    """The workload through references, then through HTTP, on one Ray and one Cassandra;
+    prints both runs and then the two side by side (HTTP's cost as a ratio)."""
+    from dataclasses import replace
+
+    from raysource.app.local_node import select_cassandra
+
+    source = select_cassandra(contact, stop_started_node=not keep, say=say)
+    reports: dict[str, LoadTestReport] = {}
+    started_ray = False
+    try:
+        if not ray.is_initialized():
+            ray.init(address=params.address, log_to_driver=False,
+                     namespace=f"raysource-{uuid.uuid4().hex[:8]}",
+                     logging_level=logging.WARNING,
+                     **({"include_dashboard": False} if params.address is None else {}))
+            started_ray = True
+        codes = []
+        for via in ("refs", "http"):
+            say(f"--- via {via}")
+            codes.append(run_standalone(
+                replace(params, via=via), contact=source.contact_point, keep=True, say=say,
+                extension=extension if via == "http" else None,
+                on_report=lambda r, via=via: reports.__setitem__(via, r)))
+        for line in comparison_lines(reports):
+            say(line)
+        return max(codes)
+    finally:
+        if started_ray:
+            ray.shutdown()
+        source.release()
+
+
+def comparison_lines(reports: dict[str, LoadTestReport]) -> list[str]:
+    """The refs and HTTP runs side by side: commands/s, p50/p99, and HTTP / refs ratios."""
+    lines = [f"{'via':<6}{'commands/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'accepted':>10}"
+             f"{'rejected':>10}{'errors':>8}"]
+    figures = {via: r.result["figures"] for via, r in reports.items()}
+    for via, f in figures.items():
+        lines.append(f"{via:<6}{f['commands_per_s']:>12,.0f}{f['latency_ms']['p50']:>9.2f}"
+                     f"{f['latency_ms']['p99']:>9.2f}{f['accepted']:>10,}{f['rejected']:>10,}"
+                     f"{f['errors']:>8,}")
+    if {"refs", "http"} <= figures.keys() and figures["refs"]["commands_per_s"] > 0:
+        refs, http = figures["refs"], figures["http"]
+        lines.append(
+            f"HTTP / refs: throughput x{http['commands_per_s'] / refs['commands_per_s']:.2f}, "
+            f"p50 +{http['latency_ms']['p50'] - refs['latency_ms']['p50']:.2f} ms, "
+            f"p99 +{http['latency_ms']['p99'] - refs['latency_ms']['p99']:.2f} ms (same run)")
+    return lines

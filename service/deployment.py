@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -111,7 +112,7 @@ class ServiceContext:
             placement=dict(spec.placement), host_settings=dict(spec.host_settings))
         self.retry_safe = refs_take_idempotency_keys()
         self._refs: OrderedDict[tuple[str, str], EntityRef] = OrderedDict()
-        self._resolving: dict[tuple[str, str], asyncio.Future] = {}
+        self._resolving: dict[tuple[str, str], asyncio.Task] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="raysource-resolve")
         self._in_flight = 0
         self._session: Any = None
@@ -128,21 +129,22 @@ class ServiceContext:
         if cached is not None:
             self._refs.move_to_end(key)
             return cached
-        pending = self._resolving.get(key)
-        if pending is None:  # one resolve per aggregate, however many requests wait for it
-            loop = asyncio.get_running_loop()
-            pending = loop.run_in_executor(self._pool, lambda: ref.actor)
-            self._resolving[key] = pending
-            try:
-                await pending
-                self._refs[key] = ref
-                while len(self._refs) > _MAX_REFS:
-                    self._refs.popitem(last=False)
-            finally:
-                self._resolving.pop(key, None)
+        resolving = self._resolving.get(key)
+        if resolving is None:  # one resolve per aggregate, however many requests wait for it
+            resolving = asyncio.ensure_future(self._resolve(key, ref))
+            self._resolving[key] = resolving
+        # shielded: a request that goes away does not cancel the others' resolve
+        return await asyncio.shield(resolving)
+
+    async def _resolve(self, key: tuple[str, str], ref: EntityRef) -> EntityRef:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, lambda: ref.actor)
+            self._refs[key] = ref
+            while len(self._refs) > _MAX_REFS:
+                self._refs.popitem(last=False)
             return ref
-        await pending
-        return self._refs.get(key) or await self.ref(aggregate_type, entity_id)
+        finally:
+            self._resolving.pop(key, None)
 
     def _forget(self, ref: EntityRef) -> None:
         key = (ref.aggregate_type.name, ref.entity_id)
@@ -288,9 +290,20 @@ def service_deployment(spec: ServiceSpec, build_api: Callable[[ServiceContext], 
 
 def run_service(app: Any, *, name: str = "raysource-service", host: str = "127.0.0.1",
                 port: int = 8000, route_prefix: str = "/") -> str:
-    """Start Serve's HTTP proxy on ``host:port`` (if Serve is not running on this Ray
-    cluster yet) and deploy ``app`` under ``route_prefix``; returns its base URL once every
-    replica is up."""
+    """Start Serve's HTTP proxy on ``host:port`` (``port=0``: a free one) if Serve is not
+    running on this Ray cluster yet, and deploy ``app`` under ``route_prefix``; returns its
+    base URL (on the proxy's actual address) once every replica is up."""
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
     serve.start(http_options={"host": host, "port": port})
+    try:  # Serve was running already: its proxy keeps the address it has
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config
+        host, port = config.host, config.port
+    except Exception:  # noqa: BLE001 - a private accessor; the requested address stands
+        pass
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
