@@ -11,7 +11,8 @@ import pytest
 
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import JournalUnavailableError
+from raysource.journal.errors import JournalOutcomeUnknownError, JournalUnavailableError
+from raysource.runtime.errors import WriteOutcomeUnknownError
 from raysource.runtime.core import EntityCore
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat
 from raysource.runtime.stores import serialization_for, StoreSpec
@@ -28,7 +29,7 @@ class DiesBeforeTags(CassandraJournal):
 
     async def _write_tags(self, events):  # noqa: ANN001
         if events[-1].sequence_nr >= 3:
-            raise JournalUnavailableError("writer died between the events and their tag rows")
+            raise JournalOutcomeUnknownError("writer died between the events and their tag rows")
         await super()._write_tags(events)
 
 
@@ -80,7 +81,9 @@ async def test_next_activation_retags_a_group_whose_writer_died(config) -> None:
     await healthy.journal.close()
 
     dying = await _core(DiesBeforeTags, config, eid)
-    with pytest.raises(Exception):  # its events landed, then it "died": never acknowledged
+    # its events landed, then it "died" (every tag write fails, the re-read's repair too):
+    # never acknowledged, and never called "not stored"
+    with pytest.raises(WriteOutcomeUnknownError):
         await dying.handle(ReserveSeat("A3", "carol"))
     await dying.journal.close()
     assert await _tagged_seqs(config, eid) == [1, 2]  # seat A3 is stored but untagged
