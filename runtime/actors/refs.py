@@ -43,14 +43,16 @@ from raysource.runtime.errors import (
     HostCrashedError,
     PassivatedError,
 )
+from raysource.journal.errors import ConfigError
 from raysource.runtime.aggregate import AggregateType
 
-__all__ = ["EntityRef", "Resolver", "unwrap_error"]
+__all__ = ["DEFAULT_TIMEOUT_S", "EntityRef", "Resolver", "unwrap_error"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RETRY_DEADLINE_S = 30.0  # a retiring actor holds its name until a quiet period passed
+DEFAULT_TIMEOUT_S = 120.0  # a call without a timeout: its deadline (EntityRef.default_timeout)
 _WAIT_FOR_NAME_S = 0.05  # poll interval while the resolver still returns a retiring actor
 
 
@@ -190,10 +192,19 @@ class EntityRef:
     ``ask_many(cmds, timeout=None)`` / ``ask_many_async`` send a batch in one Ray call and
     return a reply or typed error object per command.
     ``actor`` is the current host handle for raw ``handle.ask.remote(cmd, entity_id)`` calls.
+
+    Every call has a deadline: ``timeout=None`` means ``default_timeout`` (default
+    ``DEFAULT_TIMEOUT_S``, 120 s; longer than the retry rule's 30 s), after which the call
+    raises (or, per command, answers) ``AskTimeoutError``. Set ``default_timeout=None`` on a ref
+    to wait without a deadline.
     """
 
-    def __init__(self, aggregate_type: AggregateType, entity_id: str, resolver: Resolver) -> None:
+    def __init__(self, aggregate_type: AggregateType, entity_id: str, resolver: Resolver,
+                 *, default_timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
         aggregate_type.persistence_id(entity_id)
+        if default_timeout is not None and not default_timeout > 0:
+            raise ConfigError(f"default_timeout must be > 0 or None, got {default_timeout!r}")
+        self.default_timeout = default_timeout
         self.aggregate_type = aggregate_type
         self.entity_id = entity_id
         self.resolver = resolver
@@ -380,6 +391,8 @@ class EntityRef:
         raise error
 
     async def _deadline(self, call: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        if timeout is None:
+            timeout = self.default_timeout
         if timeout is None:
             return await call
         try:
