@@ -34,6 +34,9 @@ here and from ``raysource``.
     ├── ShardingError                    sharding: the shard coordinator could not do what was asked
     │   ├── NoLiveNodesError             no live Ray node can take a shard
     │   └── CoordinatorFencedError       another coordinator instance owns the table
+    ├── ServiceError                     service: the HTTP front door refused a request itself
+    │   ├── NotFoundError                the resource a request names does not exist
+    │   └── ReplicaOverloadedError   [N] the replica's in-flight limit (also an OverloadedError)
     └── CommandError                     runtime: a command did not succeed
         ├── CommandRejected              the aggregate said no (domain reason)
         ├── UnknownCommandError      [N] the aggregate type has no handler for this command
@@ -60,5 +63,7 @@ from raysource.runtime.errors import *  # noqa: F403
 from raysource.runtime.errors import __all__ as _runtime
 from raysource.sharding.errors import *  # noqa: F403
 from raysource.sharding.errors import __all__ as _sharding
+from raysource.service.errors import *  # noqa: F403
+from raysource.service.errors import __all__ as _service
 
-__all__ = sorted({*_store, *_runtime, *_sharding, *_readside, *_app})
+__all__ = sorted({*_store, *_runtime, *_sharding, *_readside, *_app, *_service})

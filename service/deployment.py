@@ -50,7 +50,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.stores import StoreSpec
-from raysource.service.errors import OverloadedError
+from raysource.service.errors import ReplicaOverloadedError
 from raysource.service.http_errors import http_error
 from raysource.sharding.system import System
 
@@ -67,6 +67,13 @@ def refs_take_idempotency_keys() -> bool:
     """Whether :meth:`EntityRef.ask_async` accepts ``idempotency_key=`` (idempotent
     commands); the service passes the request's key through only then."""
     return "idempotency_key" in inspect.signature(EntityRef.ask_async).parameters
+
+
+def _keys_on(aggregate_type: AggregateType) -> bool:
+    """Whether commands of this type are applied at most once per key (the type's
+    idempotency policy; a ref refuses a key for a type with keys off)."""
+    policy = getattr(aggregate_type, "idempotency", None)
+    return bool(policy is not None and policy.enabled)
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,9 @@ class ServiceContext:
         self.system = System.start(
             spec.system, store=spec.store, types=spec.types, namespace=spec.namespace,
             placement=dict(spec.placement), host_settings=dict(spec.host_settings))
-        self.retry_safe = refs_take_idempotency_keys()
+        # a 504's key is safe to re-send only if refs take keys and every type applies them
+        self._pass_keys = refs_take_idempotency_keys()
+        self.retry_safe = self._pass_keys and all(_keys_on(t) for t in spec.types)
         self._refs: OrderedDict[tuple[str, str], EntityRef] = OrderedDict()
         self._resolving: dict[tuple[str, str], asyncio.Task] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="raysource-resolve")
@@ -153,7 +162,7 @@ class ServiceContext:
 
     def _admit(self) -> None:
         if self._in_flight >= self.spec.max_in_flight:
-            raise OverloadedError(
+            raise ReplicaOverloadedError(
                 f"replica {self.replica} has {self._in_flight} requests in flight (its limit); "
                 "not applied, retry later", retry_after_s=1.0)
         self._in_flight += 1
@@ -168,7 +177,7 @@ class ServiceContext:
         try:
             ref = await self.ref(aggregate_type, entity_id)
             kwargs: dict[str, Any] = {"timeout": self.spec.ask_timeout_s}
-            if self.retry_safe and idempotency_key is not None:
+            if self._pass_keys and idempotency_key is not None and _keys_on(ref.aggregate_type):
                 kwargs["idempotency_key"] = idempotency_key
             try:
                 return await ref.ask_async(command, **kwargs)

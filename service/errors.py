@@ -5,9 +5,10 @@ how each error becomes an HTTP status: :mod:`raysource.service.http_errors`.
 
 from __future__ import annotations
 
-from raysource.journal.errors import NotAppliedError, RaysourceError
+from raysource.journal.errors import RaysourceError
+from raysource.runtime.errors import OverloadedError
 
-__all__ = ["NotFoundError", "OverloadedError", "ServiceError"]
+__all__ = ["NotFoundError", "ReplicaOverloadedError", "ServiceError"]
 
 
 class ServiceError(RaysourceError):
@@ -18,9 +19,10 @@ class NotFoundError(ServiceError, LookupError):
     """The resource a request names does not exist (e.g. the reservation of a free seat)."""
 
 
-class OverloadedError(ServiceError, NotAppliedError):
-    """The replica already has as many commands in flight as it admits: this one was refused
-    before anything was sent (not applied), and may be re-sent after ``retry_after_s``."""
+class ReplicaOverloadedError(ServiceError, OverloadedError):
+    """The service replica already has as many requests in flight as it admits: this one was
+    refused before anything was sent (not applied, like a full host's ``OverloadedError``),
+    and may be re-sent after ``retry_after_s``."""
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         self.retry_after_s = retry_after_s

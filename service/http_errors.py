@@ -7,7 +7,8 @@
     413     PayloadTooLargeError              the command's events exceed the store's size limit
     422     UnserializableError               the command cannot be encoded (bad field values)
     400     ConfigError                       bad input: an invalid entity id, name or setting
-    429     OverloadedError                   the replica's in-flight limit: retry after Retry-After
+    429     OverloadedError                   a full host mailbox, or the replica's in-flight limit
+                                              (ReplicaOverloadedError): retry after Retry-After
     504     OutcomeUnknownError (category)    may or may not have been applied: the answer carries
                                               the Idempotency-Key to re-send it with
     503     NoLiveNodesError, JournalUnavail- not applied (store or cluster unavailable, activation
@@ -42,6 +43,7 @@ from raysource.errors import (
     NoLiveNodesError,
     NotAppliedError,
     OutcomeUnknownError,
+    OverloadedError,
     PayloadTooLargeError,
     RaysourceError,
     UnknownAggregateTypeError,
@@ -49,7 +51,7 @@ from raysource.errors import (
     UnknownEntityError,
     UnserializableError,
 )
-from raysource.service.errors import NotFoundError, OverloadedError
+from raysource.service.errors import NotFoundError
 
 __all__ = ["ERROR_RESPONSES", "HttpMapping", "Problem", "STATUS_TABLE", "http_error", "mapping_of"]
 

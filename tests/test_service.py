@@ -29,6 +29,7 @@ from raysource.errors import (
     JournalOutcomeUnknownError,
     JournalUnavailableError,
     NoLiveNodesError,
+    OverloadedError,
     PassivatedError,
     PayloadTooLargeError,
     PersistFailedError,
@@ -38,7 +39,7 @@ from raysource.errors import (
     WriteOutcomeUnknownError,
 )
 from raysource.examples.seats import SHOW, SeatReserved
-from raysource.service.errors import NotFoundError, OverloadedError
+from raysource.service.errors import NotFoundError, ReplicaOverloadedError
 from raysource.service.http_errors import STATUS_TABLE, http_error
 
 # --------------------------------------------------------------------------- the table (no Ray)
@@ -50,7 +51,8 @@ CASES = [
     (PayloadTooLargeError("too big"), 413, "too_large"),
     (UnserializableError("cannot encode"), 422, "bad_input"),
     (ConfigError("entity id must be a non-empty string"), 400, "bad_input"),
-    (OverloadedError("busy", retry_after_s=2.5), 429, "overloaded"),
+    (ReplicaOverloadedError("busy", retry_after_s=2.5), 429, "overloaded"),
+    (OverloadedError("mailbox full"), 429, "overloaded"),  # the host's, not applied
     (HostCrashedError("died"), 504, "outcome_unknown"),
     (AskTimeoutError("slow"), 504, "outcome_unknown"),
     (WriteOutcomeUnknownError("unconfirmed"), 504, "outcome_unknown"),
@@ -78,7 +80,7 @@ def test_error_table_maps_each_error_to_its_status(error, status, code) -> None:
         assert body["retry_safe"] is False and body["category"] == "outcome_unknown"
     else:
         assert "idempotency_key" not in body
-    if isinstance(error, OverloadedError):
+    if isinstance(error, ReplicaOverloadedError):
         assert headers["Retry-After"] == "3"  # the error's own delay, rounded up
 
 
@@ -285,6 +287,35 @@ def test_overload_is_429_and_an_unknown_outcome_is_504_with_the_key(live: Live) 
     reserved = [e.event for e in live.events(show)]
     assert Counter(reserved)[SeatReserved("A5", "dora")] <= 1
     assert set(reserved) <= {SeatReserved("A5", "dora"), SeatReserved("A6", "dora")}
+
+
+@pytest.mark.ray
+@pytest.mark.cassandra
+@pytest.mark.timeout(120)
+def test_re_sending_the_key_of_a_504_applies_the_command_once(live: Live) -> None:
+    """The Idempotency-Key header becomes the command's key: a 504's key re-sent (to any
+    replica) answers the command's one outcome, and a repeat never writes again."""
+    from raysource.service.deployment import refs_take_idempotency_keys
+
+    show, key = _show(), f"key-{uuid.uuid4().hex}"
+    body = {"seat": "A7", "customer": "erin"}
+    with httpx.Client(base_url=live.strict, timeout=30) as strict:
+        first = strict.post(f"/shows/{show}/reservations", json=body,
+                            headers={"Idempotency-Key": key})
+    assert first.status_code == 504 and first.json()["idempotency_key"] == key
+    retry_safe = first.json()["retry_safe"]
+    assert retry_safe is refs_take_idempotency_keys()  # True once idempotent commands exist
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        answers = [http.post(f"/shows/{show}/reservations", json=body,
+                             headers={"Idempotency-Key": key}) for _ in range(3)]
+    statuses = [a.status_code for a in answers]
+    if retry_safe:  # the same key: the original outcome each time, applied once
+        assert statuses == [201, 201, 201], [a.text for a in answers]
+        assert all(a.json() == {"show": show, **body} for a in answers)
+    else:  # without keys a re-send is a new command: the seat is then taken
+        assert statuses[1:] == [409, 409] and statuses[0] in (201, 409)
+    time.sleep(1.0)  # an unconfirmed first attempt would have landed by now
+    assert [e.event for e in live.events(show)] == [SeatReserved("A7", "erin")]
 
 
 @pytest.mark.ray
