@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
+.PHONY: setup demo serve-demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 # flags pass through, e.g. make demo DEMO_ARGS="--seconds 5 --keep-running"
 demo: setup
 	$(BIN)/raysource demo $(DEMO_ARGS)
+
+# the seat service over HTTP (Ray Serve + FastAPI): every endpoint once, then exit; drop --demo
+# to keep serving (OpenAPI at http://127.0.0.1:8000/docs), e.g. make serve-demo SERVE_ARGS=--replicas=2
+serve-demo: setup
+	$(BIN)/raysource serve --demo $(SERVE_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -128,8 +128,8 @@ class _LoadClient:
 
         async def warm(entity_id: str) -> None:
             method, path, _, _ = http_request(entity_id, GetShow())
-            async with sem:
-                (await self.http.request(method, path)).raise_for_status()
+            async with sem:  # activations on a busy machine may take long: not timed
+                (await self.http.request(method, path, timeout=120.0)).raise_for_status()
 
         await asyncio.gather(*[warm(e) for e in self.setup.workload.entity_ids()])
         self.result.prepare_s = time.perf_counter() - t0
