@@ -27,6 +27,7 @@ from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.runtime.core import EntityCore
 from raysource.runtime.host import AggregateHost
+from raysource.runtime.idempotency import Keyed
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.api import SnapshotStore
 from raysource.snapshots.memory import InMemorySnapshotStore
@@ -104,7 +105,7 @@ async def _turns(n: int, turn_s: float = 0.0) -> None:
 class Harness:
     def __init__(self, schedule: Schedule, journal: Journal, snapshots: SnapshotStore,
                  *, call_timeout: float = 5.0, tag: str = "", turn_s: float = 0.0,
-                 check_tags: bool = True) -> None:
+                 check_tags: bool = True, keyed: bool = False) -> None:
         self.schedule = schedule
         self.gate = asyncio.Event()
         self.history = History()
@@ -116,6 +117,7 @@ class Harness:
         self.call_timeout = call_timeout
         self.turn_s = turn_s
         self.check_tags = check_tags
+        self.keyed = keyed  # callers send Keyed commands and re-send unknown outcomes too
         self.hosts = [self._host(f"h{i}") for i in range(2)]
         self.interlopers: list[AggregateHost] = []
         self.inflight: list[set[asyncio.Task]] = [set(), set()]
@@ -158,7 +160,8 @@ class Harness:
 
     async def _ask(self, host_idx: int, eid: str, cmd: str, amount: int, caller: str) -> str:
         host = self.hosts[host_idx]
-        task = asyncio.ensure_future(host.ask(eid, Append(cmd, amount)))
+        command: Any = Keyed(Append(cmd, amount), cmd) if self.keyed else Append(cmd, amount)
+        task = asyncio.ensure_future(host.ask(eid, command))
         self.inflight[host_idx].add(task)
 
         async def crashed_is_unknown() -> Any:
@@ -189,9 +192,11 @@ class Harness:
             if c != idx:
                 continue
             cmd = f"{self.tag}:c{idx}-{n}"
-            for _ in range(RETRIES):  # not applied: safe to re-send, like EntityRef
+            # re-send what was not applied (like EntityRef); under a key, unknown outcomes too
+            again = ("not_applied", "unknown", "uncategorized") if self.keyed else ("not_applied",)
+            for _ in range(RETRIES):
                 if await self._ask(h, self.entities[ENTITIES.index(e)], cmd, amount,
-                                   f"caller{idx}") != "not_applied":
+                                   f"caller{idx}") not in again:
                     break
 
     async def _crash(self, turns: int, host_idx: int) -> None:

@@ -67,8 +67,8 @@ def schedules(kinds=tuple(POINTS), max_faults=4):
     )
 
 
-def _check(schedule: Schedule) -> None:
-    run = asyncio.run(run_schedule(schedule))
+def _check(schedule: Schedule, **kw) -> None:
+    run = asyncio.run(run_schedule(schedule, **kw))
     assert_no_violations(run.violations, {"schedule": schedule, "fired": run.fired,
                                           "outcomes": dict(run.history.counts())})
 
@@ -93,3 +93,11 @@ def test_random_fault_schedules_keep_every_promise(schedule: Schedule) -> None:
                  max_faults=3))
 def test_a_second_writer_at_every_step_of_recovery_and_flush(schedule: Schedule) -> None:
     _check(schedule)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(schedules())
+def test_keyed_commands_resent_after_unknown_outcomes_apply_once(schedule: Schedule) -> None:
+    """Callers send ``Keyed`` commands (issue 15) and re-send unknown outcomes too: each key is
+    applied at most once (``key_applied_twice``) and a re-send answers the original reply."""
+    _check(schedule, keyed=True)
