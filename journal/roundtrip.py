@@ -36,6 +36,7 @@ _SIMPLE = frozenset({str, int, float, bool, bytes, Decimal, uuid.UUID, dt.date, 
 
 # per-class dataclass field names, None for other classes (bounded below)
 _DATACLASS_FIELDS: dict[type, tuple[str, ...] | None] = {}
+_UNSEEN: Any = object()
 
 
 def _fields_of(cls: type) -> tuple[str, ...] | None:
@@ -89,7 +90,9 @@ def _compare(a: Any, b: Any, depth: int) -> None:
         _mismatch(a, b)
     if depth > _MAX_DEPTH:
         raise _Differs(f"nested deeper than {_MAX_DEPTH} levels")
-    names = _DATACLASS_FIELDS[ta] if ta in _DATACLASS_FIELDS else _fields_of(ta)
+    names = _DATACLASS_FIELDS.get(ta, _UNSEEN)  # one lookup: safe beside a clear()
+    if names is _UNSEEN:
+        names = _fields_of(ta)
     if names is not None:
         for name in names:
             x, y = getattr(a, name), getattr(b, name)

@@ -101,8 +101,9 @@ class ShardedResolver:
                 if isinstance(cause, ConfigError):  # unknown type, bad shard: not transient
                     raise cause from None
                 failure: BaseException = cause
-            except (RayActorError, GetTimeoutError) as err:
-                # the coordinator is restarting, or the region's node is gone
+            except (RayActorError, GetTimeoutError, RayError) as err:
+                # the coordinator is restarting, or the region's node is gone (any other Ray
+                # failure is retried the same way, then typed as NoLiveNodesError)
                 failure = err
             with self._lock:  # ask the coordinator afresh (it re-homes a dead node's shards)
                 self._stale.add((aggregate_type.name, shard))
