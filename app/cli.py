@@ -168,20 +168,26 @@ def _serve(args: argparse.Namespace) -> int:
                      demo=args.demo, keep=args.keep_running)
 
 
-def _inspect_contact(args: argparse.Namespace) -> str:
+def _inspect_contact(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """(contact point, environment for ``CassandraConfig.from_env``): ``--cassandra``, else
+    ``$RAYSOURCE_CASSANDRA``, else the running local node (whose password and CA files are used
+    when it runs with ``--auth``/``--tls`` and the environment names none)."""
     import os
 
+    env = dict(os.environ)
     if args.cassandra:
-        return args.cassandra
-    if os.environ.get("RAYSOURCE_CASSANDRA"):
-        return _contact_env(os.environ["RAYSOURCE_CASSANDRA"])
+        return args.cassandra, env
+    if env.get("RAYSOURCE_CASSANDRA"):
+        return _contact_env(env["RAYSOURCE_CASSANDRA"]), env
     status = LocalCassandra().status()
     if not status.running:
         raise ConfigError(
             "no Cassandra to read from: pass --cassandra host:port, set RAYSOURCE_CASSANDRA, "
             "or start the local node with `raysource cassandra start`"
         )
-    return status.contact_point
+    for key, value in status.client_env.items():
+        env.setdefault(key, value)
+    return status.contact_point, env
 
 
 def _contact_env(text: str) -> str:
@@ -196,7 +202,8 @@ def _config(args: argparse.Namespace, **kwargs):
     environment or the local node), credentials and TLS from the environment."""
     from raysource.journal.cassandra.config import CassandraConfig
 
-    return CassandraConfig.from_env(_inspect_contact(args), keyspace=args.keyspace, **kwargs)
+    contact, env = _inspect_contact(args)
+    return CassandraConfig.from_env(contact, environ=env, keyspace=args.keyspace, **kwargs)
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -198,6 +198,13 @@ class TestCli:
         assert out.returncode == 2 and len(lines) == 1, out.stderr
         assert "Cassandra unavailable" in lines[0]
 
+    def test_cli_uses_the_secured_local_node_without_variables(self, secure) -> None:
+        """No RAYSOURCE_* variables: the CLI finds the running local node and its password and
+        CA files by itself."""
+        node, env = secure
+        out = _cli({}, node.home, "events", "show", "gala", "--keyspace", self.keyspace)
+        assert out.returncode == 0 and out.stdout.count("SeatReserved") == 2, out.stderr
+
     def test_cli_restart_keeps_data_and_login(self, secure) -> None:
         """Last: ``raysource cassandra stop`` then ``start --keep-data --auth --tls`` on the same
         state dir; the events and the raysource role's password survive."""
