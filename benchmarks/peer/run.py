@@ -75,13 +75,17 @@ def run_raysource(contact: str, out: Path, a: argparse.Namespace) -> dict:
 
 
 def med(rounds: list[dict], *path: str) -> float:
+    """Median over the rounds that have the figure (a failed workload has only "error")."""
     values = []
     for r in rounds:
         v: Any = r
-        for p in path:
-            v = v[p]
+        try:
+            for p in path:
+                v = v[p]
+        except KeyError:
+            continue
         values.append(float(v))
-    return statistics.median(values)
+    return statistics.median(values) if values else float("nan")
 
 
 def table(rs: list[dict], pk: list[dict], a: argparse.Namespace) -> tuple[list, dict]:
@@ -90,8 +94,8 @@ def table(rs: list[dict], pk: list[dict], a: argparse.Namespace) -> tuple[list, 
     p = lambda *q: med(pk, *q)  # noqa: E731
     lim = {k: m("limits", k) for k in rs[0]["limits"]}
     floor = lim["bare_ray_call_p50_ms"] + lim["insert_p50_ms"] + 0.5
-    w1h, w1d, w1o, w1p = (m("w1_hosted_on", "commands_per_s"), m("w1_dedicated_on", "commands_per_s"),
-                          m("w1_hosted_off", "commands_per_s"), p("w1", "commands_per_s"))
+    w1h, w1d = m("w1_hosted_on", "commands_per_s"), m("w1_dedicated_on", "commands_per_s")
+    w1o, w1p = m("w1_hosted_off", "commands_per_s"), p("w1", "commands_per_s")
     w2h, w2o, w2p = (m("w2_hosted_on", "commands_per_s"), m("w2_hosted_off", "commands_per_s"),
                      p("w2", "commands_per_s"))
     w2h99, w2p99 = m("w2_hosted_on", "p99_ms"), p("w2", "p99_ms")
@@ -101,7 +105,9 @@ def table(rs: list[dict], pk: list[dict], a: argparse.Namespace) -> tuple[list, 
                      p("w3", "median_ms"))
     mem_r, mem_p = m("w2_hosted_on", "memory", "rss_bytes") / MiB, p("rss_after_w2_bytes") / MiB
     procs = m("w2_hosted_on", "memory", "processes")
+    pss_r = m("w2_hosted_on", "memory", "pss_bytes") / MiB
     touch_r, touch_p = m("w2_hosted_on", "first_touch_s"), p("w2", "first_touch_s")
+    touch_errors = sum(r.get("w2_hosted_on", {}).get("first_touch_errors", 0) for r in rs)
     ok = lambda c: "met" if c else "NOT met"  # noqa: E731
     rows = [
         (f"W1 one hot aggregate, {a.callers} callers, {a.seconds:g} s",
@@ -112,7 +118,8 @@ def table(rs: list[dict], pk: list[dict], a: argparse.Namespace) -> tuple[list, 
         (f"W2 {a.entities:,} aggregates, {a.callers} callers at random, {a.seconds:g} s",
          f"{w2h:,.0f} cmd/s hosted, p50 {m('w2_hosted_on', 'p50_ms'):.0f} ms, p99 {w2h99:.0f} ms",
          f"{w2o:,.0f}", f"{w2p:,.0f} cmd/s, p50 {p('w2', 'p50_ms'):.0f} ms, p99 {w2p99:.0f} ms",
-         f"{w2h / w2p:.2f}x", f"≥ 1.5x, p99 ≤ Pekko's: {ok(w2h / w2p >= 1.5 and w2h99 <= w2p99)}"),
+         f"{w2h / w2p:.2f}x",
+         f"≥ 1.5x, p99 ≤ Pekko's: {ok(w2h / w2p >= 1.5 and w2h99 <= w2p99)}"),
         (f"W4 one sequential caller, {a.sequential:,} commands",
          f"p50 {w4h:.2f} ms hosted ({m('w4_hosted_on', 'commands_per_s'):.0f} cmd/s), "
          f"{w4d:.2f} ms dedicated", f"p50 {w4o:.2f} ms",
@@ -122,19 +129,23 @@ def table(rs: list[dict], pk: list[dict], a: argparse.Namespace) -> tuple[list, 
          f"{w3h:,.0f} ms hosted, {w3d:,.0f} ms dedicated", "", f"{w3p:,.0f} ms",
          f"{w3p / w3h:.1f}x faster hosted, {w3p / w3d:.1f}x dedicated",
          f"≥ 2x faster both: {ok(w3p / w3h >= 2 and w3p / w3d >= 2)}"),
-        ("memory right after W2 (RSS)", f"{mem_r:,.0f} MiB in {procs:.0f} processes", "",
-         f"{mem_p:,.0f} MiB (one JVM)", f"{mem_r / mem_p:.1f}x", f"≤ 2x: {ok(mem_r / mem_p <= 2)}"),
-        (f"first touch of {a.entities:,} hosted aggregates (concurrent)", f"{touch_r:.1f} s", "",
+        ("memory right after W2 (RSS)",
+         f"{mem_r:,.0f} MiB in {procs:.0f} processes (PSS {pss_r:,.0f} MiB)", "",
+         f"{mem_p:,.0f} MiB (one JVM)", f"{mem_r / mem_p:.1f}x",
+         f"≤ 2x: {ok(mem_r / mem_p <= 2)}"),
+        (f"first touch of {a.entities:,} hosted aggregates (concurrent)",
+         f"{touch_r:.1f} s" + (f" ({touch_errors} failed at first, re-sent)" if touch_errors
+                                else ""), "",
          f"{touch_p:.1f} s", f"{touch_r / touch_p:.1f}x", f"≤ 2 s: {ok(touch_r <= 2)}"),
     ]
-    if all("cpu_ms_per_command" in r["w2_hosted_on"] for r in rs) and \
-            all("cpu_ms_per_command" in r["w2"] for r in pk):
+    if any("cpu_ms_per_command" in r.get("w2_hosted_on", {}) for r in rs):
         cpu_r, cpu_p = m("w2_hosted_on", "cpu_ms_per_command"), p("w2", "cpu_ms_per_command")
         cpu_w1 = m("w1_hosted_on", "cpu_ms_per_command"), p("w1", "cpu_ms_per_command")
         rows.append(("CPU per command, W2 (W1), runtime processes without Cassandra",
                      f"{cpu_r:.2f} ms ({cpu_w1[0]:.2f} ms)", "",
                      f"{cpu_p:.2f} ms ({cpu_w1[1]:.2f} ms)", f"{cpu_r / cpu_p:.1f}x", ""))
-    limits = [("plain insert p50 (one ~111-byte event row, sequential)", f"{lim['insert_p50_ms']:.2f} ms"),
+    limits = [("plain insert p50 (one ~111-byte event row, sequential)",
+               f"{lim['insert_p50_ms']:.2f} ms"),
               ("IF NOT EXISTS insert p50", f"{lim['insert_if_not_exists_p50_ms']:.2f} ms"),
               ("plain inserts/s, 50 in flight", f"{lim['inserts_per_s_50_in_flight']:,.0f}"),
               ("bare Ray actor call p50", f"{lim['bare_ray_call_p50_ms']:.2f} ms"),
@@ -168,14 +179,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recovery-events", type=int, default=10000)
     ap.add_argument("--recoveries", type=int, default=3)
     ap.add_argument("--keyspace-prefix", default="peer")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="no run: the table over the rounds of these peer-bench-*.json files")
     a = ap.parse_args(argv)
+    if a.merge:
+        runs = [json.loads(Path(f).read_text()) for f in a.merge]
+        for k, v in runs[0]["args"].items():  # the workload sizes of the runs
+            if k not in ("merge", "rounds"):
+                setattr(a, k, v)
+        rs = [r for run in runs for r in run["raysource_rounds"]]
+        pk = [r for run in runs for r in run["pekko_rounds"]]
+        (rows, limits), _ = table(rs, pk, a)
+        print(render(rows, limits, f"\nmedians of {len(rs)}/{len(pk)} raysource/Pekko rounds "
+                                   f"from {len(runs)} runs: {', '.join(a.merge)}"))
+        return 0
 
     cp = build_pekko()
     source = select_cassandra(a.contact, say=print)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     work = ROOT / "results" / f"peer-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
-    rs, pk = [], []
+    rs: list[dict] = []
+    pk: list[dict] = []
+    failed: list[str] = []
     t0 = time.monotonic()
     try:
         for i in range(a.rounds):
@@ -184,17 +210,34 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / f"round{i + 1}-{side}.json"
                 print(f"round {i + 1}/{a.rounds}: {side} ... ({time.monotonic() - t0:.0f} s)",
                       flush=True)
-                if side == "raysource":
-                    rs.append(run_raysource(source.contact_point, out, a))
-                else:
-                    pk.append(run_pekko(cp, source.contact_point, out, a))
+                for attempt in (1, 2):  # a loaded machine: Ray or the JVM may fail to start
+                    try:
+                        if side == "raysource":
+                            rs.append(run_raysource(source.contact_point, out, a))
+                        else:
+                            pk.append(run_pekko(cp, source.contact_point, out, a))
+                        break
+                    except (subprocess.SubprocessError, OSError, ValueError) as exc:
+                        why = (f"exit code {exc.returncode}"
+                               if isinstance(exc, subprocess.CalledProcessError) else repr(exc))
+                        failed.append(f"round {i + 1} {side} (attempt {attempt}): {why[:300]}")
+                        print(f"round {i + 1}: {side} FAILED ({why}), see above", flush=True)
     finally:
         source.release()
+    if not rs or not pk:
+        print("no complete side to compare:\n  " + "\n  ".join(failed))
+        return 1
     (rows, limits), medians = table(rs, pk, a)
     load = [r["loadavg_start"][0] for r in rs] + [r["loadavg_end"][0] for r in rs]
-    spread = (f"\nmedians of {a.rounds} rounds (alternating order), {time.monotonic() - t0:.0f} s;"
+    spread = (f"\nmedians of {len(rs)}/{len(pk)} complete raysource/Pekko rounds of {a.rounds}"
+              f" (alternating order), {time.monotonic() - t0:.0f} s;"
               f" 1-min load average seen by the raysource side {min(load):.1f}-{max(load):.1f} "
               f"on {__import__('os').cpu_count()} cores (shared machine: read the ratios)")
+    failures = failed + [f"round {i + 1} {k}: {v['error']}" for i, r in enumerate(rs)
+                         for k, v in r.items() if isinstance(v, dict) and "error" in v]
+    if failures:
+        spread += ("\nfailures (a failed side is re-run once; a failed workload is left out "
+                   "of the medians):\n  " + "\n  ".join(failures))
     text = render(rows, limits, spread)
     print("\n" + text)
     path = ROOT / "results" / f"peer-bench-{stamp}.json"

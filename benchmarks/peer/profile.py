@@ -1,0 +1,373 @@
+"""Where a command's time goes on raysource, under one peer-benchmark workload (W2 or W4).
+
+Runs the workload on its own local Ray instance for ``--seconds`` and, over a window after the
+warm-up, (1) reads the CPU time of every process involved (this driver, the host actors, the
+raylet, GCS, other Ray workers, and the Cassandra node) and divides it by the commands answered
+in the window: CPU ms per command by process; (2) samples the driver and the busiest host actors
+with py-spy (``pip install py-spy``; needs ptrace rights, e.g. root) and attributes the samples
+to categories (Ray call machinery, asyncio, ordering buffer, entity core, journal, Cassandra
+driver, serialization, ...), self time by the innermost frame that names a category.
+
+  python -m benchmarks.peer.profile --workload w4 --guard on --seconds 30
+  python -m benchmarks.peer.profile --workload w2 --guard on --seconds 40
+
+Writes the folded stacks and a JSON summary into ``results/peer-profile-<stamp>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+
+from benchmarks.peer import raysource_side as side
+from benchmarks.peer.aggregate import PAYLOAD, PEER, Add
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.sharding.system import System
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+# (category, substring of a frame's "function (file:line)"), first match from the leaf up
+CATEGORIES = [
+    ("serialization (msgspec, raysource serializer)", ("msgspec", "journal/serialization.py")),
+    ("ray serialization (pickle of args/replies)", ("ray/_private/serialization.py",
+                                                    "cloudpickle", "pickle")),
+    ("cassandra-driver (encode, io, callbacks)", ("cassandra/",)),
+    ("raysource journal (append, batch building)", ("journal/cassandra/", "journal/api.py")),
+    ("raysource ordering buffer", ("runtime/ordering.py",)),
+    ("raysource entity core (mailbox, flush, decide)", ("runtime/core.py", "runtime/aggregate.py",
+                                                        "benchmarks/peer/aggregate.py")),
+    ("raysource host (routing, activation, bookkeeping)", ("runtime/host.py",
+                                                           "runtime/metrics.py")),
+    ("raysource host actor / metrics glue", ("runtime/actors/host_actor.py",
+                                             "runtime/actors/ray_metrics.py")),
+    ("raysource refs (caller side)", ("runtime/actors/refs.py", "sharding/system.py")),
+    ("ray core worker (submit, execute, reply)", ("ray/",)),
+    ("asyncio event loop", ("asyncio/",)),
+    ("benchmark harness", ("benchmarks/peer",)),
+]
+
+
+def category(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        for name, needles in CATEGORIES:
+            if any(n in frame for n in needles):
+                return name
+    return "other"
+
+
+def analyse(folded: Path) -> dict:
+    """Self-time categories, top leaf functions and top inclusive raysource functions."""
+    cats: Counter = Counter()
+    leaves: Counter = Counter()
+    inclusive: Counter = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack_s, _, n_s = line.rpartition(" ")
+        if not stack_s:
+            continue
+        n = int(n_s)
+        frames = stack_s.split(";")
+        if frames and frames[0].startswith(("thread", "process")):
+            frames = frames[1:]
+        total += n
+        cats[category(frames)] += n
+        leaves[_short(frames[-1])] += n
+        for f in set(frames):
+            if any(k in f for k in ("runtime/", "journal/", "sharding/")):
+                inclusive[_short(f)] += n
+    def pct(c: Counter) -> dict:
+        return {k: round(100 * v / max(1, total), 1) for k, v in c.most_common(15)}
+
+    return {"samples": total, "self_by_category_pct": pct(cats),
+            "top_leaf_functions_pct": pct(leaves),
+            "top_inclusive_raysource_functions_pct": pct(inclusive)}
+
+
+def _short(frame: str) -> str:
+    func, _, loc = frame.partition(" (")
+    path = loc.rstrip(")")
+    parts = path.split("/")
+    return f"{func} ({'/'.join(parts[-2:])})"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def classify() -> dict[int, str]:
+    """pid -> role for this driver's process tree and the Cassandra node."""
+    procs = side._rss_and_children()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        kids.setdefault(ppid, []).append(pid)
+    roles, todo = {}, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        cmd = cmdline(pid)
+        roles[pid] = ("driver" if pid == os.getpid() else
+                      "host actors" if "_HostActor" in cmd else
+                      "raylet" if "raylet" in cmd else
+                      "gcs_server" if "gcs_server" in cmd else
+                      "py-spy" if "py-spy" in cmd else "other ray processes")
+    for pid in procs:
+        if "CassandraDaemon" in cmdline(pid):
+            roles[pid] = "cassandra node (shared with other users)"
+    return roles
+
+
+# --------------------------------------------------------------------------- the load
+
+
+class Load:
+    """The workload on a background event loop; ``answered`` counts replies."""
+
+    def __init__(self, system: System, workload: str, entities: int, callers: int) -> None:
+        self.system, self.workload = system, workload
+        self.entities, self.callers = entities, callers
+        self.answered = self.errors = 0
+        self.stop = self.go = False
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        if self.workload == "w4":
+            ref = self.system.entity(PEER, f"seq-{uuid.uuid4().hex[:8]}")
+            while not self.stop:
+                await self._one(ref)
+            return
+        ids = [f"p-{uuid.uuid4().hex[:6]}-{i}" for i in range(self.entities)]
+        await asyncio.gather(*(self._one(self.system.entity(PEER, e)) for e in ids))
+        self.ready_at = time.monotonic()
+        while not self.go:  # the driver measures the idle tree meanwhile
+            await asyncio.sleep(0.05)
+        refs: list[dict] = [{} for _ in range(self.callers)]
+        import random
+
+        rng = random.Random(2)
+
+        async def caller(c: int) -> None:
+            while not self.stop:
+                e = ids[rng.randrange(len(ids))]
+                ref = refs[c].get(e) or refs[c].setdefault(e, self.system.entity(PEER, e))
+                await self._one(ref)
+
+        await asyncio.gather(*(caller(c) for c in range(self.callers)))
+
+    async def _one(self, ref) -> None:  # noqa: ANN001
+        try:
+            await ref.ask_async(Add(PAYLOAD), timeout=30)
+            self.answered += 1
+        except Exception:  # noqa: BLE001 - counted; the load goes on
+            self.errors += 1
+
+
+# --------------------------------------------------------------------------- W4 decomposition
+
+
+async def _append_p50(config: CassandraConfig, n: int) -> float:
+    """p50 of one-event appends through raysource's Cassandra journal, from this process."""
+    from datetime import datetime
+
+    from raysource.journal.api import StoredEvent
+    from raysource.journal.cassandra.journal import CassandraJournal
+
+    journal = await CassandraJournal.connect(config)
+    pid, payload = f"peer|append-{uuid.uuid4().hex[:8]}", ('{"data":"' + PAYLOAD + '"}').encode()
+    times = []
+    try:
+        for i in range(1, n + 21):
+            ev = StoredEvent(pid, i, payload, "peer.Added#1", 1, datetime.now(timezone.utc), "w")
+            t = time.perf_counter()
+            await journal.append([ev])
+            if i > 20:
+                times.append(time.perf_counter() - t)
+    finally:
+        await journal.close()
+    return side.pct(times, 50) * 1000
+
+
+def decompose(a: argparse.Namespace) -> dict:
+    """One sequential caller, step by step, all in this run: the bare Ray call (blocking and
+    awaited), raysource's read-only call through the host (``state``: refs + host actor + host,
+    no journal), the write (``ask``, blocking and awaited), and one append through the journal
+    from the driver; the host's own mean journal-write time from its metrics."""
+    out: dict = {}
+    n = a.samples
+    bare = side.Bare.remote()
+    ray.get(bare.ping.remote())
+
+    def timed(fn) -> float:  # noqa: ANN001
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return side.pct(times, 50) * 1000
+
+    async def timed_async(fn) -> float:  # noqa: ANN001
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            await fn()
+            times.append(time.perf_counter() - t)
+        return side.pct(times, 50) * 1000
+
+    out["bare_ray_get_p50_ms"] = timed(lambda: ray.get(bare.ping.remote()))
+    out["bare_await_p50_ms"] = asyncio.run(timed_async(lambda: bare.ping.remote()))
+    for guard in ("on", "off"):
+        config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace,
+                                              fencing=guard == "on")
+        out[f"journal_append_p50_ms_guard_{guard}"] = asyncio.run(_append_p50(config, n))
+        system = side.start(config, a.placement)
+        try:
+            ref = system.entity(PEER, f"dec-{uuid.uuid4().hex[:8]}")
+            ref.ask(Add(PAYLOAD), timeout=60)
+            m0 = ray.get(ref.actor.info.remote())["metrics"]
+            out[f"ask_p50_ms_guard_{guard}"] = timed(lambda: ref.ask(Add(PAYLOAD), timeout=30))
+            m1 = ray.get(ref.actor.info.remote())["metrics"]
+            out[f"ask_async_p50_ms_guard_{guard}"] = asyncio.run(
+                timed_async(lambda: ref.ask_async(Add(PAYLOAD), timeout=30)))
+            out[f"state_p50_ms_guard_{guard}"] = timed(lambda: ref.state(timeout=30))
+            out[f"host_write_mean_ms_guard_{guard}"] = _mean_write_ms(m0, m1)
+        finally:
+            system.shutdown()
+    ray.kill(bare)
+    return out
+
+
+def _mean_write_ms(before: dict, after: dict) -> float | None:
+    """Mean of the host's persist-latency histogram between two metric snapshots."""
+    for name, series in after.items():
+        if "persist_latency" in name:
+            c = sum(v["count"] for v in series.values())
+            s_ = sum(v["sum"] for v in series.values())
+            old = before.get(name, {})
+            c -= sum(v["count"] for v in old.values())
+            s_ -= sum(v["sum"] for v in old.values())
+            return 1000 * s_ / c if c else None
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contact", default="127.0.0.1:9042")
+    ap.add_argument("--keyspace", default="peer_raysource")
+    ap.add_argument("--workload", choices=("w2", "w4", "w4-decompose"), default="w4")
+    ap.add_argument("--samples", type=int, default=300, help="w4-decompose: calls per step")
+    ap.add_argument("--guard", choices=("on", "off"), default="on")
+    ap.add_argument("--placement", choices=("hosted", "dedicated"), default="hosted")
+    ap.add_argument("--entities", type=int, default=1000)
+    ap.add_argument("--callers", type=int, default=50)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--seconds", type=float, default=20, help="the measured window")
+    ap.add_argument("--rate", type=int, default=100, help="py-spy samples/s")
+    ap.add_argument("--hosts", type=int, default=3, help="host actors to sample (busiest)")
+    a = ap.parse_args()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path("results") / f"peer-profile-{stamp}-{a.workload}-{a.guard}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=a.guard == "on")
+    ray.init(namespace=f"peerprof-{uuid.uuid4().hex[:6]}", include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    if a.workload == "w4-decompose":
+        summary = {"placement": a.placement, "loadavg_start": os.getloadavg(), **decompose(a),
+                   "loadavg_end": os.getloadavg()}
+        ray.shutdown()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+        return
+    system = side.start(config, a.placement)
+    load = Load(system, a.workload, a.entities, a.callers)
+    t_start = time.monotonic()
+    load.thread.start()
+    while a.workload == "w2" and not hasattr(load, "ready_at") and load.thread.is_alive():
+        time.sleep(0.5)
+    idle = {}
+    if a.workload == "w2":  # every aggregate active, no command: what the processes burn idle
+        roles = classify()
+        c0, i0 = {p: cpu_seconds(p) for p in roles}, time.monotonic()
+        time.sleep(5)
+        c1, i1 = {p: cpu_seconds(p) for p in roles}, time.monotonic()
+        per: Counter = Counter()
+        for p, role in roles.items():
+            per[role] += c1.get(p, 0) - c0.get(p, 0)
+        idle = {r: round(100 * v / (i1 - i0), 1) for r, v in per.most_common()}
+    load.go = True
+    time.sleep(a.warmup)
+
+    roles = classify()
+    busy = sorted((p for p, r in roles.items() if r == "host actors"),
+                  key=cpu_seconds, reverse=True)[:a.hosts]
+    targets = {"driver": os.getpid(), **{f"host-{p}": p for p in busy}}
+    spies = {name: subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(int(a.seconds)), "--rate",
+         str(a.rate), "--nonblocking", "--full-filenames", "--format", "raw", "-o",
+         str(out / f"{name}.folded")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, pid in targets.items()}
+    cpu0 = {p: cpu_seconds(p) for p in roles}
+    n0, t0 = load.answered, time.monotonic()
+    time.sleep(a.seconds)
+    n1, t1 = load.answered, time.monotonic()
+    cpu1 = {p: cpu_seconds(p) for p in roles}
+    for s in spies.values():
+        s.wait(timeout=60)
+    load.stop = True
+    load.thread.join(timeout=30)
+
+    commands = n1 - n0
+    per_role: Counter = Counter()
+    for p, role in roles.items():
+        per_role[role] += cpu1.get(p, 0) - cpu0.get(p, 0)
+    summary = {
+        "workload": a.workload, "guard": a.guard, "placement": a.placement,
+        "commands": commands, "commands_per_s": commands / (t1 - t0), "errors": load.errors,
+        "window_s": t1 - t0, "loadavg": os.getloadavg(),
+        "cpu_ms_per_command": {r: round(1000 * s / max(1, commands), 3)
+                               for r, s in per_role.most_common()},
+        "cpu_share_of_2_cores_pct": {r: round(100 * s / (t1 - t0) / (os.cpu_count() or 1), 1)
+                                     for r, s in per_role.most_common()},
+        "idle_cpu_pct_of_one_core_before_the_load": idle,
+        "first_touch_s": getattr(load, "ready_at", t0) - t_start,
+        "profiles": {name: analyse(out / f"{name}.folded")
+                     for name in targets if (out / f"{name}.folded").exists()},
+    }
+    system.shutdown()
+    ray.shutdown()
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"folded stacks and summary: {out}")
+
+
+if __name__ == "__main__":
+    main()
