@@ -63,7 +63,7 @@ class FaultSpec:
     point: str
     nth: int
     after: bool = False
-    variant: int = 0  # timeout: 0 no landing, 1 lands at the gate; delay: yields
+    variant: int = 0  # timeout: 1 lands at the gate; tag_crash: 1 hangs until the gate
 
     def __str__(self) -> str:
         return f"{self.kind}@{self.point}#{self.nth}{' after' if self.after else ''}" \
@@ -141,6 +141,8 @@ class Harness:
             f = fk.timeout(spec.point, land=self.gate if spec.variant else None, **kw)
         elif k == "interleave":
             f = fk.interleave(self._second_writer, spec.point, after=spec.after, **kw)
+        elif k == "tag_crash":  # variant 1: the writer hangs after the batch (dies, if crashed)
+            f = fk.tag_crash(spec.point, gate=self.gate if spec.variant else None, **kw)
         else:
             f = getattr(fk, k)(spec.point, **kw)
         (self.snapshots if spec.point.startswith("snapshot.") else self.journal).add(f)

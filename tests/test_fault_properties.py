@@ -51,7 +51,7 @@ def fault_specs(draw, kinds=tuple(POINTS)):
     kind = draw(st.sampled_from(kinds))
     return FaultSpec(kind, draw(st.sampled_from(POINTS[kind])), draw(st.integers(1, 6)),
                      after=draw(st.booleans()) if kind in ("stall", "interleave") else False,
-                     variant=draw(st.integers(0, 1)) if kind == "timeout" else 0)
+                     variant=draw(st.integers(0, 1)) if kind in ("timeout", "tag_crash") else 0)
 
 
 def schedules(kinds=tuple(POINTS), max_faults=4):
