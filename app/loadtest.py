@@ -169,8 +169,9 @@ def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
     extra: dict[str, Any] = {}
     if params.eventual_consistency_delay is not None:
         extra["eventual_consistency_delay"] = params.eventual_consistency_delay
-    config = CassandraConfig.from_contact(contact, keyspace=params.keyspace,
-                                          fencing=params.guard, **extra)
+    # credentials and TLS from the RAYSOURCE_CASSANDRA_* variables, as the CLI's other commands
+    config = CassandraConfig.from_env(contact, keyspace=params.keyspace,
+                                      fencing=params.guard, **extra)
     store = StoreSpec.for_cassandra(config, create_schema=True)
     name = unique_system_name("lt")
     namespace = ray.get_runtime_context().namespace
