@@ -216,3 +216,37 @@ async def test_projection_control_right_after_worker_crashes(config, ray_local) 
     finally:
         for h in control.handles(name).values():
             ray.kill(h, no_restart=True)
+
+
+def test_cli_projection_commands_right_after_worker_crashes(config, ray_local, capsys) -> None:
+    """The CLI prints a reply or one ``raysource: error:`` line (exit 2), never a traceback."""
+    from raysource.app.cli import main
+
+    asyncio.run(_create_journal(config))
+    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
+            "--keyspace", config.keyspace]
+    name = "reservations-by-customer"
+    control = Projections(config)
+    try:
+        assert main(["projection", "start", *args]) == 0
+        capsys.readouterr()
+        for command in (["status", name], ["pause", name], ["resume", name],
+                        ["status", name], ["stop", name]):
+            for h in control.handles(name).values():
+                ray.kill(h, no_restart=False)
+            time.sleep(0.3)
+            code = main(["projection", *command, *args])
+            captured = capsys.readouterr()
+            assert code in (0, 2), (command, code, captured)
+            if code == 2:
+                lines = captured.err.strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith("raysource: error: "), lines
+        assert control.handles(name) == {}
+    finally:
+        for h in control.handles(name).values():
+            ray.kill(h, no_restart=True)
+
+
+async def _create_journal(config: CassandraConfig) -> None:
+    journal = await CassandraJournal.connect(config, create_schema=True)
+    await journal.close()
