@@ -42,11 +42,18 @@ from typing import Any
 import msgspec
 
 from raysource.journal.api import StoredEvent, StoredSnapshot
-from raysource.journal.errors import CorruptPayloadError
+from raysource.journal.errors import (
+    ConfigError,
+    CorruptPayloadError,
+    OutcomeUnknownError,
+    SerializationError,
+)
 from raysource.journal.serialization import JSON_SERIALIZER_ID, Serialization
 from raysource.runtime.aggregate import IdempotencyPolicy
+from raysource.runtime.errors import CommandRejected, HandlerError, UnknownCommandError
 
-__all__ = ["KEYED_SNAPSHOT_MANIFEST", "KEY_FIELD", "REPLY_FIELD", "KeyTable", "Keyed"]
+__all__ = ["KEYED_SNAPSHOT_MANIFEST", "KEY_FIELD", "REPLY_FIELD", "KeyTable", "Keyed", "key_of",
+           "naming_key", "unsettled"]
 
 KEY_FIELD = "ik"  # event metadata: the idempotency key of the command that wrote the event
 REPLY_FIELD = "ir"  # event metadata: that command's encoded reply
@@ -63,8 +70,6 @@ class Keyed:
     key: str
 
     def __post_init__(self) -> None:
-        from raysource.journal.errors import ConfigError  # the error of bad input
-
         if not isinstance(self.key, str) or not self.key or len(self.key) > _MAX_KEY_LENGTH:
             raise ConfigError(f"an idempotency key must be a non-empty str of at most "
                               f"{_MAX_KEY_LENGTH} characters, got {self.key!r}")
@@ -191,6 +196,49 @@ class KeyTable:
         """The remembered keys, least recently applied first (for tests and diagnostics)."""
         self._expire()
         return list(self._entries)
+
+
+# ---------------------------------------------------------------------- the references' rule
+
+
+def key_of(command: Any) -> str | None:
+    """The idempotency key ``command`` is sent under (None: not keyed)."""
+    return command.key if isinstance(command, Keyed) else None
+
+
+def _final_not_applied(err: BaseException) -> bool:
+    """Not applied, and re-sending would give the same answer: the command itself failed."""
+    return isinstance(err, (HandlerError, UnknownCommandError, SerializationError, ConfigError))
+
+
+def unsettled(err: BaseException, unknown_seen: bool) -> bool:
+    """Keyed: ``err`` leaves the key's outcome open, so the same key is re-sent. After an
+    unknown outcome only the command's own answer settles it (a rejection, or a failure of the
+    command itself); a store or activation failure of the re-send (``PersistFailedError``,
+    ``OverloadedError``, a recovery's ``JournalUnavailableError``) says nothing about the
+    earlier attempt."""
+    if isinstance(err, OutcomeUnknownError):
+        return True
+    return unknown_seen and not isinstance(err, CommandRejected) and not _final_not_applied(err)
+
+
+def naming_key(err: BaseException, key: str | None) -> BaseException:
+    """``err`` (an outcome-unknown error) with a message that names the idempotency ``key`` to
+    re-send with, and the key as ``err.idempotency_key`` (unchanged without a key)."""
+    if key is None or getattr(err, "idempotency_key", None) == key:
+        return err
+    msg = (f"{err}; idempotency key {key!r}: the outcome is unknown, re-send the command with "
+           f"this key to learn it (it is applied at most once)")
+    try:
+        out = type(err)(msg)
+        out.__cause__ = err
+    except Exception:  # an error class with another signature: keep it, add the attribute
+        out = err
+    try:
+        out.idempotency_key = key  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    return out
 
 
 class _Envelope(msgspec.Struct):

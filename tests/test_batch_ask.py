@@ -7,6 +7,7 @@ scripted stand-in host (the split a real passivation makes inside one batch is a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import sys
@@ -30,7 +31,7 @@ from raysource.runtime.errors import (
 )
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
-from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.aggregate import AggregateType, IdempotencyPolicy
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
@@ -276,6 +277,11 @@ def test_batches_straddling_passivation_lose_and_duplicate_nothing(make_resolver
 # --------------------------------------------------------------------------- re-send rules
 
 
+# The stand-ins speak the raw protocol (plain commands): idempotency keys off. With keys on a
+# crash is re-sent under the same keys until the deadline (tests/test_idempotent_refs.py).
+SHOW_RAW = dataclasses.replace(SHOW, idempotency=IdempotencyPolicy(enabled=False))
+
+
 class StandIn:
     """A scripted host: answers ``ask_many`` with ``script[call]`` (or crashes) and records
     every call."""
@@ -319,7 +325,7 @@ def test_not_applied_suffix_is_resent_in_order_under_a_fresh_caller(ray_local):
     actor = ray.remote(StandIn)
     a, b = actor.remote("split"), actor.remote("fresh")
     try:
-        ref = EntityRef(SHOW, eid(), ScriptedResolver([a, b]))
+        ref = EntityRef(SHOW_RAW, eid(), ScriptedResolver([a, b]))
         out = ref.ask_many(["c0", "c1", "c2", "c3"], timeout=30)
         assert out == ["A:c0", "A:c1", "B:c2", "B:c3"]
         (caller_a, seq_a, cmds_a), = ray.get(a.get_calls.remote())
@@ -339,6 +345,6 @@ def test_host_crash_mid_batch_reports_every_unknown_command(ray_local):
 
     actor = ray.remote(StandIn).options(max_restarts=0)
     a = actor.remote("crash")
-    ref = EntityRef(SHOW, eid(), ScriptedResolver([a]))
+    ref = EntityRef(SHOW_RAW, eid(), ScriptedResolver([a]))
     out = ref.ask_many(["c0", "c1", "c2"], timeout=30)
     assert len(out) == 3 and all(isinstance(o, HostCrashedError) for o in out)

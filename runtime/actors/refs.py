@@ -17,6 +17,20 @@ was definitely not applied, so the ref re-resolves and re-sends it under a fresh
 host that died otherwise (crash, ``ray.kill``, lost node) leaves the outcome unknown: the ref
 raises :class:`~raysource.runtime.errors.HostCrashedError` and only forgets the handle.
 
+Idempotency keys (the type's ``idempotency.enabled``, the default): every command goes out as
+:class:`~raysource.runtime.idempotency.Keyed` under a key, one per logical send (a uuid4) unless
+the caller gives one (``idempotency_key=``, ``idempotency_keys=`` for a batch); every re-send of
+that send reuses it, and the aggregate applies a key at most once. So the ref also re-sends
+*outcome-unknown* failures (``HostCrashedError``, ``WriteOutcomeUnknownError``, any Ray
+failure of the call) until the call's deadline (``timeout``, else ``default_timeout``), backing
+off; once an attempt's outcome was unknown, a later "not applied" answer
+(``PersistFailedError``, ``OverloadedError``, a recovery's ``JournalUnavailableError``) settles
+nothing (the unknown write may still land) and is re-sent too. The caller sees a reply, a
+rejection, another final error of the command (``HandlerError``, ...), or at the deadline an
+``OutcomeUnknownError`` (``AskTimeoutError``, ``HostCrashedError``,
+``WriteOutcomeUnknownError``) whose message names the key and whose ``idempotency_key``
+attribute holds it: re-send with that key to learn the outcome.
+
 Known limit: a re-sent command goes out under a fresh caller id, so if several pipelined
 commands of one ref are re-sent at once (all were refused by a stopping activation), their
 relative order is the order the failures came back in, not necessarily the send order.
@@ -43,8 +57,9 @@ from raysource.runtime.errors import (
     HostCrashedError,
     PassivatedError,
 )
-from raysource.journal.errors import ConfigError
+from raysource.journal.errors import ConfigError, OutcomeUnknownError
 from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.idempotency import Keyed, key_of, naming_key, unsettled
 
 __all__ = ["DEFAULT_TIMEOUT_S", "EntityRef", "Resolver", "unwrap_error"]
 
@@ -54,6 +69,7 @@ T = TypeVar("T")
 _RETRY_DEADLINE_S = 30.0  # a retiring actor holds its name until a quiet period passed
 DEFAULT_TIMEOUT_S = 120.0  # a call without a timeout: its deadline (EntityRef.default_timeout)
 _WAIT_FOR_NAME_S = 0.05  # poll interval while the resolver still returns a retiring actor
+_UNKNOWN_BACKOFF_S = (0.02, 0.5)  # first and longest pause before re-sending an unknown outcome
 
 
 class Resolver(Protocol):
@@ -102,12 +118,6 @@ def _intended_exit(err: BaseException) -> bool:
     # so only in the message: ActorDiedError "INTENDED_USER_EXIT" for calls after the exit,
     # ActorUnavailableError "IntentionalSystemExit" for calls racing with it.
     return isinstance(err, RayActorError) and any(m in str(err) for m in _INTENDED_EXIT_MARKS)
-
-
-def _fill(results: list[Any], indices: list[int], error: BaseException) -> list[Any]:
-    for i in indices:
-        results[i] = error
-    return results
 
 
 class _GaveUp(Exception):
@@ -259,18 +269,41 @@ class EntityRef:
 
     # ------------------------------------------------------------------ the one implementation
 
-    async def ask_async(self, command: Any, timeout: float | None = None) -> Any:
+    async def ask_async(self, command: Any, timeout: float | None = None, *,
+                        idempotency_key: str | None = None) -> Any:
         """Send ``command`` and return the reply once its events are durable, or raise the
         typed raysource error. :meth:`ask` is the blocking form of this same call.
+        ``idempotency_key``: the key to send it under (default: a new one; see the module
+        docstring; ``ConfigError`` if the type has keys off).
 
         The command is submitted when the coroutine first runs: await (or schedule) calls
         in send order."""
-        return await self._ask(command, timeout, None)
+        return await self._ask(self._keyed(command, idempotency_key), timeout, None)
+
+    def _keyed(self, command: Any, key: str | None) -> Any:
+        """``command`` in its :class:`Keyed` envelope (a new key unless given), or as it is
+        when the type has keys off."""
+        if not self.aggregate_type.idempotency.enabled:
+            if key is not None:
+                raise ConfigError(f"aggregate type {self.aggregate_type.name!r} has idempotency "
+                                  f"keys off; cannot send under key {key!r}")
+            return command
+        if isinstance(command, Keyed):
+            return command
+        return Keyed(command, uuid.uuid4().hex if key is None else key)
+
+    def _call_deadline(self, timeout: float | None) -> float:
+        """Until when keyed calls re-send unknown outcomes: the call's deadline."""
+        t = self.default_timeout if timeout is None else timeout
+        return time.monotonic() + (_RETRY_DEADLINE_S if t is None else t)
 
     async def _ask(self, command: Any, timeout: float | None,
                    first: tuple[Any, int] | None) -> Any:
+        key = key_of(command)
         return await self._deadline(
-            self._until_answered(lambda: self._send(command), first=first), timeout)
+            self._until_answered(lambda: self._send(command), first=first,
+                                 keyed_until=self._call_deadline(timeout) if key else None),
+            timeout, key)
 
     async def state_async(self, timeout: float | None = None) -> Any:
         """The aggregate's current state (after every durable event), activating it if it is
@@ -283,8 +316,9 @@ class EntityRef:
         return await self._deadline(self._until_answered(self._send_state, first=first),
                                     timeout)
 
-    async def ask_many_async(self, commands: Iterable[Any],
-                             timeout: float | None = None) -> list[Any]:
+    async def ask_many_async(self, commands: Iterable[Any], timeout: float | None = None, *,
+                             idempotency_keys: Iterable[str | None] | None = None
+                             ) -> list[Any]:
         """Send ``commands`` as one batch (one Ray call) and return one outcome per command, in
         order: its reply, or its typed error *object* (``CommandRejected``, ``HandlerError``,
         ``SerializationError``, ``PersistFailedError``, ... — never raised per command).
@@ -297,15 +331,29 @@ class EntityRef:
         a fresh activation under a fresh caller id. Where the outcome is unknown, every command
         of the batch not yet answered gets a ``HostCrashedError`` (the host died) or an
         ``AskTimeoutError`` (``timeout`` seconds passed) object: it may or may not have run.
-        Raises only what submitting raises (e.g. an unpicklable command).
+        With idempotency keys (one per command; ``idempotency_keys`` gives them, None entries
+        get a new one) outcome-unknown failures are re-sent under the same keys until the
+        deadline, as for :meth:`ask_async`. Raises only what submitting raises (e.g. an
+        unpicklable command) or ``ConfigError`` for bad keys.
         """
-        return await self._ask_many(list(commands), timeout, None)
+        return await self._ask_many(self._keyed_batch(list(commands), idempotency_keys),
+                                    timeout, None)
+
+    def _keyed_batch(self, commands: list[Any],
+                     keys: Iterable[str | None] | None) -> list[Any]:
+        keys = [None] * len(commands) if keys is None else list(keys)
+        if len(keys) != len(commands):
+            raise ConfigError(f"{len(keys)} idempotency keys for {len(commands)} commands")
+        return [self._keyed(c, k) for c, k in zip(commands, keys)]
 
     async def _ask_many(self, commands: list[Any], timeout: float | None,
                         first: tuple[Any, int] | None) -> list[Any]:
         results: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))  # indices without a final outcome yet
         retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        keyed_until = self._call_deadline(timeout) \
+            if any(isinstance(c, Keyed) for c in commands) else None
+        unknown: dict[int, BaseException] = {}  # keyed: the last unknown outcome per command
 
         async def run() -> None:
             nonlocal first
@@ -314,30 +362,40 @@ class EntityRef:
                 try:
                     outcomes, epoch = await self._until_answered(
                         lambda: self._send_batch(batch), retry_until, first=first,
-                        with_epoch=True)
+                        with_epoch=True, keyed_until=keyed_until)
                     first = None
                 except _GaveUp as gave_up:
-                    _fill(results, pending, gave_up.error)
+                    for i in pending:
+                        results[i] = naming_key(gave_up.error, key_of(commands[i])) \
+                            if isinstance(gave_up.error, OutcomeUnknownError) else gave_up.error
                     pending.clear()
                     return
-                pending[:] = self._settle(list(pending), outcomes, results, epoch, retry_until)
+                pending[:] = self._settle(list(pending), outcomes, results, epoch, retry_until,
+                                          commands, unknown, keyed_until)
+                if any(i in unknown for i in pending):
+                    await asyncio.sleep(_UNKNOWN_BACKOFF_S[0])
 
         try:
             await self._deadline(run(), timeout)
         except AskTimeoutError as timed_out:
-            _fill(results, pending, timed_out)
+            for i in pending:
+                results[i] = naming_key(timed_out, key_of(commands[i]))
         return results
 
-    def tell(self, command: Any) -> None:
+    def tell(self, command: Any, *, idempotency_key: str | None = None) -> None:
         """Send ``command`` without waiting. Order with this ref's other commands is kept (it
         is submitted before ``tell`` returns). A not-applied failure is re-sent (at the end of
-        the order); other failures are logged."""
+        the order), and with idempotency keys an outcome-unknown one too (same key, until
+        ``default_timeout``); other failures are logged."""
+        command = self._keyed(command, idempotency_key)
         first = self._first(lambda: self._send(command))
         _LOOP.submit(self._tell_rest(command, first))
 
     async def _tell_rest(self, command: Any, first: tuple[Any, int] | None) -> None:
         try:
-            await self._until_answered(lambda: self._send(command), first=first)
+            await self._until_answered(
+                lambda: self._send(command), first=first,
+                keyed_until=self._call_deadline(None) if key_of(command) else None)
         except Exception as err:  # noqa: BLE001 - fire and forget: logged
             log.warning("tell %r to %s failed: %r", type(command).__qualname__,
                         self.aggregate_type.persistence_id(self.entity_id), err)
@@ -355,13 +413,18 @@ class EntityRef:
     async def _until_answered(self, submit: Callable[[], tuple[Any, int]],
                               retry_until: float | None = None, *,
                               first: tuple[Any, int] | None = None,
-                              with_epoch: bool = False) -> Any:
+                              with_epoch: bool = False,
+                              keyed_until: float | None = None) -> Any:
         """The retry rule, written once for every call shape: submit (``submit() ->
         (ObjectRef, epoch)``) and await the answer, re-submitting to a fresh activation while
-        the answer is "not applied" (see the module docstring). Gives up with the unwrapped,
-        typed error (``_GaveUp`` when ``with_epoch``, for batches that fill it in)."""
+        the answer is "not applied" (until ``retry_until``) and, for commands under
+        idempotency keys (``keyed_until`` set: the call's deadline), while the outcome is
+        unknown (see the module docstring). Gives up with the unwrapped, typed error
+        (``_GaveUp`` when ``with_epoch``, for batches that fill it in; callers name the keys)."""
         if retry_until is None:
             retry_until = time.monotonic() + _RETRY_DEADLINE_S
+        unknown: BaseException | None = None  # keyed: the last outcome-unknown failure
+        pause = _UNKNOWN_BACKOFF_S[0]
         while True:
             if first is not None:
                 (ref, epoch), first = first, None
@@ -375,13 +438,19 @@ class EntityRef:
                     continue
             try:
                 answer = await ref
-            except (RayTaskError, RayActorError) as err:
-                if not _retryable(err) or time.monotonic() > retry_until:
-                    return self._raise(self._give_up(epoch, err), with_epoch)
-                self._renew(epoch, retired=_refused(err))
-                continue
-            except RayError as err:  # any other Ray failure: typed by unwrap_error
-                return self._raise(self._give_up(epoch, err), with_epoch)
+            except RayError as err:  # typed by unwrap_error
+                if _retryable(err) and time.monotonic() <= retry_until:  # not applied
+                    self._renew(epoch, retired=_refused(err))
+                    continue
+                out = self._give_up(epoch, err)
+                if keyed_until is not None and unsettled(out, unknown is not None):
+                    unknown = out if isinstance(out, OutcomeUnknownError) else unknown
+                    if time.monotonic() + pause <= keyed_until:
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, _UNKNOWN_BACKOFF_S[1])
+                        continue
+                    out = unknown if unknown is not None else out
+                return self._raise(out, with_epoch)
             return (answer, epoch) if with_epoch else answer
 
     @staticmethod
@@ -390,23 +459,31 @@ class EntityRef:
             raise _GaveUp(error)
         raise error
 
-    async def _deadline(self, call: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    async def _deadline(self, call: Coroutine[Any, Any, T], timeout: float | None,
+                        key: str | None = None) -> T:
+        """``call`` within ``timeout``; an outcome-unknown error it raises names ``key``."""
         if timeout is None:
             timeout = self.default_timeout
-        if timeout is None:
-            return await call
         try:
+            if timeout is None:
+                return await call
             return await asyncio.wait_for(call, timeout)
         except asyncio.TimeoutError:
-            raise AskTimeoutError(
+            raise naming_key(AskTimeoutError(
                 f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
                 f"{timeout}s; the command may or may not run"
-            ) from None
+            ), key) from None
+        except OutcomeUnknownError as err:
+            if key is None:
+                raise
+            raise naming_key(err, key) from err.__cause__
 
     # ------------------------------------------------------------------ blocking forms
 
-    def ask(self, command: Any, timeout: float | None = None) -> Any:
+    def ask(self, command: Any, timeout: float | None = None, *,
+            idempotency_key: str | None = None) -> Any:
         """Blocking form of :meth:`ask_async`: the reply, or the typed raysource error."""
+        command = self._keyed(command, idempotency_key)
         first = self._first(lambda: self._send(command))
         return _LOOP.run(self._ask(command, timeout, first))
 
@@ -414,10 +491,11 @@ class EntityRef:
         """Blocking form of :meth:`state_async`."""
         return _LOOP.run(self._state(timeout, self._first(self._send_state)))
 
-    def ask_many(self, commands: Iterable[Any], timeout: float | None = None) -> list[Any]:
+    def ask_many(self, commands: Iterable[Any], timeout: float | None = None, *,
+                 idempotency_keys: Iterable[str | None] | None = None) -> list[Any]:
         """Blocking form of :meth:`ask_many_async`: one reply or typed error object per
         command, in order."""
-        commands = list(commands)
+        commands = self._keyed_batch(list(commands), idempotency_keys)
         first = self._first(lambda: self._send_batch(commands))
         return _LOOP.run(self._ask_many(commands, timeout, first))
 
@@ -452,16 +530,30 @@ class EntityRef:
             return ref, self._epoch
 
     def _settle(self, pending: list[int], outcomes: list[Any], results: list[Any],
-                epoch: int, retry_until: float) -> list[int]:
+                epoch: int, retry_until: float, commands: list[Any],
+                unknown: dict[int, BaseException], keyed_until: float | None) -> list[int]:
         """Record the final outcomes of one batch call; returns the indices to re-send (not
-        applied), renewing the caller id if there are any."""
+        applied; keyed: also outcome unknown, see :meth:`_until_answered`), renewing the
+        caller id if there are any."""
         if len(outcomes) != len(pending):
             raise RuntimeError(f"ask_many answered {len(outcomes)} outcomes for "
                                f"{len(pending)} commands")
         again: list[int] = []
         retired = False
+        now = time.monotonic()
         for i, outcome in zip(pending, outcomes):
-            if isinstance(outcome, AggregateStoppedError) and time.monotonic() <= retry_until:
+            key = key_of(commands[i])
+            if not isinstance(outcome, BaseException):
+                results[i] = outcome
+            elif keyed_until is not None and key is not None \
+                    and unsettled(outcome, i in unknown):
+                if isinstance(outcome, OutcomeUnknownError):
+                    unknown[i] = outcome
+                if now <= keyed_until:
+                    again.append(i)
+                else:
+                    results[i] = naming_key(unknown.get(i, outcome), key)
+            elif isinstance(outcome, AggregateStoppedError) and now <= retry_until:
                 again.append(i)
                 retired = retired or isinstance(outcome, PassivatedError)
             else:

@@ -1,0 +1,84 @@
+"""Cost of idempotency keys (issue 15): sequential ``ask`` latency with and without keys, on the
+in-memory journal and on Cassandra, through the real AggregateHost/EntityCore (no Ray: the
+difference is what the keys add — a uuid, the reply's encoding into the first event's
+metadata, its bytes in the append, the table). Rounds alternate keys off/on so load drift on a
+shared machine hits both alike.
+
+    .venv/bin/python benchmarks/idempotency_bench.py [--cassandra HOST:PORT] [-n 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+
+from raysource.examples.ledger import LEDGER, Append
+from raysource.journal.memory import InMemoryJournal
+from raysource.runtime.host import AggregateHost
+from raysource.runtime.idempotency import Keyed
+from raysource.runtime.stores import StoreSpec, serialization_for
+from raysource.snapshots.memory import InMemorySnapshotStore
+
+SER = serialization_for(LEDGER, StoreSpec())
+
+
+async def _round(host: AggregateHost, eid: str, n: int, keyed: bool) -> list[float]:
+    out = []
+    for i in range(n):
+        cmd = Append(f"op{i}", 1)
+        if keyed:
+            cmd = Keyed(cmd, uuid.uuid4().hex)
+        t = time.perf_counter()
+        await host.ask(eid, cmd)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+async def bench(journal, snapshots, n: int, rounds: int = 4) -> dict[str, list[float]]:
+    host = AggregateHost(LEDGER, journal, snapshots, SER)
+    lat: dict[str, list[float]] = {"off": [], "on": []}
+    eids = {k: f"bench-{k}-{uuid.uuid4().hex[:6]}" for k in lat}
+    for k in lat:  # warm up both aggregates
+        await _round(host, eids[k], 20, k == "on")
+    for r in range(rounds):
+        for k in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            lat[k] += await _round(host, eids[k], n // rounds, k == "on")
+    await host.close()
+    return lat
+
+
+def report(name: str, lat: dict[str, list[float]]) -> None:
+    p50 = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
+    p99 = {k: sorted(v)[int(len(v) * 0.99)] * 1e6 for k, v in lat.items()}
+    print(f"{name}: n={len(lat['on'])} p50 off {p50['off']:.0f} us, on {p50['on']:.0f} us "
+          f"(ratio {p50['on'] / p50['off']:.3f}); p99 off {p99['off']:.0f} us, "
+          f"on {p99['on']:.0f} us")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cassandra", default=None)
+    ap.add_argument("-n", type=int, default=2000)
+    a = ap.parse_args()
+    report("in-memory", await bench(InMemoryJournal(), InMemorySnapshotStore(), a.n))
+    if a.cassandra:
+        from raysource.journal.cassandra.config import CassandraConfig
+        from raysource.journal.cassandra.journal import CassandraJournal
+        from raysource.snapshots.cassandra import CassandraSnapshotStore
+
+        host, port = a.cassandra.rsplit(":", 1)
+        cfg = CassandraConfig(contact_points=(host,), port=int(port),
+                              keyspace="raysource_ikbench")
+        journal = await CassandraJournal.connect(cfg, create_schema=True)
+        snaps = CassandraSnapshotStore(journal.session, cfg)
+        try:
+            report("cassandra", await bench(journal, snaps, max(a.n // 4, 100)))
+        finally:
+            await journal.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
