@@ -4,7 +4,10 @@ difference is what the keys add — a uuid, the reply's encoding into the first 
 metadata, its bytes in the append, the table). Rounds alternate keys off/on so load drift on a
 shared machine hits both alike.
 
-    .venv/bin/python benchmarks/idempotency_bench.py [--cassandra HOST:PORT] [-n 2000]
+    .venv/bin/python benchmarks/idempotency_bench.py [--cassandra HOST:PORT] [-n 2000] [--ray]
+
+``--ray``: the same through Ray (``EntityRef.ask`` to a dedicated host actor on the in-memory
+store, local Ray), keys on (the default) vs a copy of the type with keys off.
 """
 
 from __future__ import annotations
@@ -58,11 +61,48 @@ def report(name: str, lat: dict[str, list[float]]) -> None:
           f"on {p99['on']:.0f} us")
 
 
+def bench_ray(n: int, rounds: int = 4) -> dict[str, list[float]]:
+    import dataclasses
+
+    import ray
+
+    from raysource.runtime.actors.refs import EntityRef
+    from raysource.runtime.aggregate import IdempotencyPolicy
+    from raysource.testing.local_resolver import LocalResolver
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             namespace=f"ikbench-{uuid.uuid4().hex[:6]}")
+    types = {"on": LEDGER, "off": dataclasses.replace(
+        LEDGER, idempotency=IdempotencyPolicy(enabled=False))}
+    resolver = LocalResolver(f"ikb{uuid.uuid4().hex[:6]}", StoreSpec(),
+                             placement={LEDGER.name: "dedicated"})
+    refs = {k: EntityRef(t, f"bench-{k}-{uuid.uuid4().hex[:6]}", resolver)
+            for k, t in types.items()}
+    lat: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for k, ref in refs.items():  # warm up: actor start, first recovery
+            for i in range(50):
+                ref.ask(Append(f"w{i}", 1), timeout=60)
+        for r in range(rounds):
+            for k in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                for i in range(n // rounds):
+                    t = time.perf_counter()
+                    refs[k].ask(Append(f"r{r}-{i}", 1), timeout=60)
+                    lat[k].append(time.perf_counter() - t)
+    finally:
+        resolver.kill_all()
+        ray.shutdown()
+    return lat
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cassandra", default=None)
     ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("--ray", action="store_true")
     a = ap.parse_args()
+    if a.ray:
+        report("ray (in-memory store)", bench_ray(a.n))
     report("in-memory", await bench(InMemoryJournal(), InMemorySnapshotStore(), a.n))
     if a.cassandra:
         from raysource.journal.cassandra.config import CassandraConfig
