@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(case: str, argv: list[str], home: Path, **fmt: str) -> tuple[int, list[str], float]:
+def _run(case: str, argv: list[str], home: Path, **fmt: str) -> tuple[int, str, float]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAYSOURCE_", "RAY_AUTH_"))}  # as an operator's shell would be
     env["RAYSOURCE_HOME"] = str(home)
@@ -155,41 +156,72 @@ def _run(case: str, argv: list[str], home: Path, **fmt: str) -> tuple[int, list[
         out = subprocess.run([sys.executable, "-m", "raysource.app.cli", *args],
                              capture_output=True, text=True, timeout=HANG_S, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{case}: `raysource {' '.join(args)}` still running after {HANG_S:.0f} s")
-    took = time.monotonic() - t0
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert "Traceback" not in out.stderr, f"{case}: traceback:\n{out.stderr}"
-    return out.returncode, lines, took
+        return -1, f"`raysource {' '.join(args)}` still running after {HANG_S:.0f} s", HANG_S
+    return out.returncode, out.stderr, time.monotonic() - t0
 
 
-def _check(case: str, argv: list[str], fragment: str, home: Path, **fmt: str) -> None:
-    code, lines, took = _run(case, argv, home, **fmt)
+def _run_all(table, home: Path, **fmt: str) -> dict[str, tuple[int, str, float]]:
+    """Every case of ``table``, four processes at a time (each waits mostly on imports and
+    sockets), keyed by case id."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {case: pool.submit(_run, case, argv, home, **fmt) for case, argv, _ in table}
+        return {case: f.result() for case, f in futures.items()}
+
+
+def _check(case: str, result: tuple[int, str, float], fragment: str, **fmt: str) -> None:
+    code, stderr, _took = result
+    assert code != -1, f"{case}: {stderr}"  # hung
+    assert "Traceback" not in stderr, f"{case}: traceback:\n{stderr}"
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert code == 2, f"{case}: exit {code}, stderr {lines}"
     assert len(lines) == 1, f"{case}: {len(lines)} stderr lines: {lines}"
     assert lines[0].startswith("raysource") and "error: " in lines[0], lines[0]
     assert fragment.format(**fmt) in lines[0], f"{case}: {lines[0]!r}"
 
 
+@pytest.fixture(scope="module")
+def offline_results(tmp_path_factory):
+    return _run_all(OFFLINE, tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="module")
+def network_fmt(cassandra_contact, cassandra_keyspace) -> dict[str, str]:
+    host, port = cassandra_contact
+    return {"cas": f"{host}:{port}", "ks": cassandra_keyspace, "closed": str(_closed_port())}
+
+
+@pytest.fixture(scope="module")
+def network_results(tmp_path_factory, network_fmt):
+    return _run_all(NETWORK, tmp_path_factory.mktemp("home"), **network_fmt)
+
+
+@pytest.fixture(scope="module")
+def ray_fmt(ray_local, cassandra_contact, cassandra_keyspace) -> dict[str, str]:
+    ctx = ray_local.get_runtime_context()
+    host, port = cassandra_contact
+    return {"cas": f"{host}:{port}", "ks": cassandra_keyspace, "gcs": ctx.gcs_address,
+            "ns": ctx.namespace}
+
+
+@pytest.fixture(scope="module")
+def ray_results(tmp_path_factory, ray_fmt):
+    return _run_all(RAY, tmp_path_factory.mktemp("home"), **ray_fmt)
+
+
 @pytest.mark.parametrize("case,argv,fragment", OFFLINE, ids=[c[0] for c in OFFLINE])
-def test_offline_bad_input(case, argv, fragment, tmp_path) -> None:
-    _check(case, argv, fragment, tmp_path)
+def test_offline_bad_input(case, argv, fragment, offline_results) -> None:
+    _check(case, offline_results[case], fragment)
 
 
 @pytest.mark.cassandra
 @pytest.mark.parametrize("case,argv,fragment", NETWORK, ids=[c[0] for c in NETWORK])
-def test_unreachable_or_wrong_targets(case, argv, fragment, tmp_path, cassandra_contact,
-                                      cassandra_keyspace) -> None:
-    host, port = cassandra_contact
-    _check(case, argv, fragment, tmp_path, cas=f"{host}:{port}", ks=cassandra_keyspace,
-           closed=str(_closed_port()))
+def test_unreachable_or_wrong_targets(case, argv, fragment, network_results,
+                                      network_fmt) -> None:
+    _check(case, network_results[case], fragment, **network_fmt)
 
 
 @pytest.mark.ray
 @pytest.mark.cassandra
 @pytest.mark.parametrize("case,argv,fragment", RAY, ids=[c[0] for c in RAY])
-def test_ray_joins(case, argv, fragment, tmp_path, ray_local, cassandra_contact,
-                   cassandra_keyspace) -> None:
-    ctx = ray_local.get_runtime_context()
-    host, port = cassandra_contact
-    _check(case, argv, fragment, tmp_path, cas=f"{host}:{port}", ks=cassandra_keyspace,
-           gcs=ctx.gcs_address, ns=ctx.namespace)
+def test_ray_joins(case, argv, fragment, ray_results, ray_fmt) -> None:
+    _check(case, ray_results[case], fragment, **ray_fmt)
