@@ -25,9 +25,11 @@ Rules that keep the read side complete and exactly-once:
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from raysource.journal.api import StoredEvent
 
@@ -44,11 +46,29 @@ class LiveStats:
     backfilled: int = 0  # missed events read from the journal by id to close a gap
     gaps: int = 0  # after a gap it could not close: left to the durable path
     dropped: int = 0  # pushed out of a full inbox, or offered while not running
+    applies: int = 0  # handler calls of the live path
+    apply_s: float = 0.0  # their total duration
+    apply_s_max: float = 0.0
+    wait_s_max: float = 0.0  # longest an event waited in the inbox before its apply began
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return {"offered": self.offered, "applied": self.applied,
                 "backfilled": self.backfilled, "duplicates": self.duplicates,
-                "gaps": self.gaps, "dropped": self.dropped}
+                "gaps": self.gaps, "dropped": self.dropped, "applies": self.applies,
+                "apply_ms_mean": round(self.apply_s / self.applies * 1e3, 1)
+                if self.applies else None,
+                "apply_ms_max": round(self.apply_s_max * 1e3, 1),
+                "wait_ms_max": round(self.wait_s_max * 1e3, 1)}
+
+    def timed(self, started: float, oldest: float | None) -> None:
+        """Record one apply that began at ``started`` (monotonic) and just ended; ``oldest``:
+        when the oldest of its events arrived."""
+        took = time.monotonic() - started
+        self.applies += 1
+        self.apply_s += took
+        self.apply_s_max = max(self.apply_s_max, took)
+        if oldest is not None:
+            self.wait_s_max = max(self.wait_s_max, started - oldest)
 
 
 class LiveInbox:
@@ -58,12 +78,15 @@ class LiveInbox:
         self._events: deque[StoredEvent] = deque()
         self.capacity = capacity
         self.max_backfill = max_backfill
+        self.oldest: float | None = None
         self.stats = LiveStats()
 
     def __len__(self) -> int:
         return len(self._events)
 
     def put(self, events: Iterable[StoredEvent]) -> None:
+        if not self._events:
+            self.oldest = time.monotonic()
         for e in events:
             self.stats.offered += 1
             self._events.append(e)
@@ -76,6 +99,7 @@ class LiveInbox:
         self._events.clear()
 
     def take(self) -> list[StoredEvent]:
+        """Every buffered event (``oldest``: when the first of them arrived)."""
         out = list(self._events)
         self._events.clear()
         return out

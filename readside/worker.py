@@ -352,6 +352,7 @@ class ProjectionWorker:
                 return
             try:
                 async with self._apply:
+                    started, oldest = time.monotonic(), self.live.oldest
                     picks = self.live.select(
                         self.live.take(), lambda p: self._mine(p) and p not in self.parked,
                         self._dedupe.last)
@@ -367,6 +368,7 @@ class ProjectionWorker:
                     if todo:
                         await self._deliver(todo)
                         self.live.stats.applied += len(todo)
+                        self.live.stats.timed(started, oldest)
             except _Halted:
                 return
             except Exception as exc:  # a store error: the durable path delivers them later

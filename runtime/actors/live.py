@@ -17,7 +17,11 @@ Best effort by design; the durable tag query fills whatever this misses:
   (at most ``recent_max`` kept), so it misses none that were appended after it started;
 * at most ``max_in_flight`` offers per worker are outstanding (Ray queues actor calls without
   bound): beyond that events are dropped and counted (``dropped``), not queued;
-* a worker that died is forgotten until the next refresh finds its successor.
+* a worker that died is forgotten until the next refresh finds its successor (and sends it
+  the recent events);
+* cost: one ``list_named_actors`` (all namespaces) per ``refresh_s`` per publishing host, which
+  grows with the number of named actors (every dedicated host is one): a registry that lists
+  only projection workers would scale better.
 Ordering: Ray delivers one caller's calls to one actor in order; the worker still checks each
 event continues its aggregate's sequence (``raysource.readside.live``).
 """
@@ -56,7 +60,7 @@ class LivePublisher:
     """Offers acknowledged events to subscribed projection workers (see module docstring).
     Use from one event loop (an async actor's); :meth:`publish` never blocks or raises."""
 
-    def __init__(self, *, refresh_s: float = 1.0, max_in_flight: int = 32,
+    def __init__(self, *, refresh_s: float = 3.0, max_in_flight: int = 32,
                  refresh_wait_s: float = 0.5, recent_max: int = 5000) -> None:
         self.refresh_s = refresh_s
         self.refresh_wait_s = refresh_wait_s
