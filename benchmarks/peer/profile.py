@@ -291,6 +291,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20, help="the measured window")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples/s")
     ap.add_argument("--hosts", type=int, default=3, help="host actors to sample (busiest)")
+    ap.add_argument("--no-gil", dest="gil", action="store_false",
+                    help="sample every thread py-spy sees as running (by default only the "
+                         "thread holding the GIL: Ray's native threads blocked in C++ would "
+                         "otherwise count as busy)")
     a = ap.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -298,8 +302,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=a.guard == "on")
-    ray.init(namespace=f"peerprof-{uuid.uuid4().hex[:6]}", include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    side.init_ray(f"peerprof-{uuid.uuid4().hex[:6]}")
     if a.workload == "w4-decompose":
         summary = {"placement": a.placement, "loadavg_start": os.getloadavg(), **decompose(a),
                    "loadavg_end": os.getloadavg()}
@@ -332,7 +335,8 @@ def main() -> None:
     targets = {"driver": os.getpid(), **{f"host-{p}": p for p in busy}}
     spies = {name: subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--duration", str(int(a.seconds)), "--rate",
-         str(a.rate), "--nonblocking", "--full-filenames", "--format", "raw", "-o",
+         str(a.rate), "--nonblocking", "--full-filenames", "--format", "raw",
+         *(["--gil"] if a.gil else []), "-o",
          str(out / f"{name}.folded")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, pid in targets.items()}
     cpu0 = {p: cpu_seconds(p) for p in roles}
