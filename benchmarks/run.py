@@ -24,6 +24,7 @@ BENCHES = [
     ("runtime", "benchmarks.runtime_bench", []),
     ("sharding", "benchmarks.sharding_bench", []),
     ("projection", "benchmarks.projection_bench", []),
+    ("service", "benchmarks.service_bench", []),
 ]
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", default=None, help="host:port of Cassandra")
     ap.add_argument("--only", action="append", default=[],
-                    help="run only these (journal, runtime, sharding, projection)")
+                    help="run only these (journal, runtime, sharding, projection, service)")
     args = ap.parse_args(argv)
 
     source = select_cassandra(args.contact, say=print)

@@ -245,15 +245,29 @@ def install(api: FastAPI, context: ServiceContext) -> FastAPI:
         return JSONResponse(body, status_code=status, headers=headers)
 
     api.add_exception_handler(RaysourceError, on_error)
-
-    @api.middleware("http")
-    async def tag_replica(request: Request, call_next: Callable) -> Any:
-        response = await call_next(request)
-        response.headers[REPLICA_HEADER] = context.replica
-        return response
-
+    api.add_middleware(_TagReplica, replica=context.replica)
     api.state.raysource = context
     return api
+
+
+class _TagReplica:
+    """Pure ASGI middleware adding ``X-Raysource-Replica`` to every answer (Starlette's
+    ``BaseHTTPMiddleware`` would wrap each request in extra tasks and streams)."""
+
+    def __init__(self, app: Any, replica: str) -> None:
+        self.app = app
+        self.header = (REPLICA_HEADER.lower().encode(), replica.encode())
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await self.app(scope, receive, tagged)
 
 
 class _Replica:
@@ -282,18 +296,20 @@ _ServiceReplica = serve.ingress()(_Replica)
 
 def service_deployment(spec: ServiceSpec, build_api: Callable[[ServiceContext], FastAPI], *,
                        name: str = "raysource-service", num_replicas: int = 1,
-                       max_ongoing_requests: int = 256,
+                       max_ongoing_requests: int = 256, access_log: bool = False,
                        ray_actor_options: Mapping[str, Any] | None = None) -> Any:
     """The Serve application: ``num_replicas`` replicas of the service whose routes
     ``build_api(context)`` defines (a picklable function, e.g. a module-level one).
     ``max_ongoing_requests`` is Serve's per-replica concurrency (its default of 5 would
-    serialise a service whose requests mostly wait on I/O)."""
+    serialise a service whose requests mostly wait on I/O). ``access_log``: Serve's per-request
+    log line in each replica (off by default: it costs CPU on every request)."""
     if num_replicas < 1:
         raise ConfigError(f"num_replicas must be >= 1, got {num_replicas}")
     options = {"num_cpus": 0.01, **(ray_actor_options or {})}
     deployment = serve.deployment(
         _ServiceReplica, name=name, num_replicas=num_replicas,
-        max_ongoing_requests=max_ongoing_requests, ray_actor_options=options)
+        max_ongoing_requests=max_ongoing_requests, ray_actor_options=options,
+        logging_config={"enable_access_log": access_log})
     return deployment.bind(spec, build_api)
 
 
