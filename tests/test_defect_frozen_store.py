@@ -129,3 +129,66 @@ async def test_callers_answers_match_the_journal_after_a_freeze(frozen_node) -> 
         assert problems == [], problems
     finally:
         await journal.close()
+
+
+async def test_keyed_refs_settle_every_command_across_a_freeze(frozen_node) -> None:
+    """Issue 15 on the same frozen node: callers use ``EntityRef`` with idempotency keys (a
+    stand-in actor handle around a real host on the private node: test_idempotent_refs), so
+    every unconfirmed write, failed recovery or fenced re-send during the freeze is re-sent
+    under its key. Every call is answered with a reply before its deadline (none unknown), and
+    the journal holds each command and each key exactly once, the replies are its fold."""
+    from raysource.runtime.actors.refs import EntityRef
+    from raysource.runtime.idempotency import KEY_FIELD
+    from test_idempotent_refs import FakeResolver
+
+    cfg = CassandraConfig(contact_points=(frozen_node.host,), port=frozen_node.port,
+                          keyspace=f"freeze_ik_{uuid.uuid4().hex[:8]}", request_timeout=1.0)
+    journal = await CassandraJournal.connect(cfg, create_schema=True)
+    resolvers = [FakeResolver(LEDGER, journal) for _ in range(LEDGERS)]
+    eids = [f"frozen-ik-{n}-{uuid.uuid4().hex[:6]}" for n in range(LEDGERS)]
+    seen: dict[str, list] = {e: [] for e in eids}  # (op, reply or error), in send order
+
+    async def caller(r: FakeResolver, eid: str, until: float) -> None:
+        ref, n = EntityRef(LEDGER, eid, r), 0
+        while time.monotonic() < until:
+            op = f"{eid}:{n}"
+            n += 1
+            try:
+                seen[eid].append((op, await ref.ask_async(Append(op, 1), timeout=30)))
+            except Exception as exc:  # noqa: BLE001 - every outcome is data here
+                seen[eid].append((op, exc))
+            await asyncio.sleep(0.02)
+
+    try:
+        start = time.monotonic()
+        load = asyncio.gather(*(caller(r, e, start + BEFORE_S + FREEZE_S + AFTER_S)
+                                for r, e in zip(resolvers, eids)))
+        await asyncio.sleep(BEFORE_S)
+        os.kill(frozen_node.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(FREEZE_S)
+        finally:
+            os.kill(frozen_node.pid, signal.SIGCONT)
+        await load
+        await asyncio.sleep(2.0)  # what the node received while frozen has landed by now
+
+        errors = [(op, out) for v in seen.values() for op, out in v
+                  if isinstance(out, BaseException)]
+        restarts = sum(r.actors[0].host.stats.activations
+                       + r.actors[0].host.stats.failed_activations for r in resolvers) - LEDGERS
+        print(f"{sum(map(len, seen.values()))} keyed calls, errors {errors[:3]}, "
+              f"{restarts} re-activations")
+        assert errors == []  # no unknown outcome (nor anything else) before the deadline
+        for eid in eids:
+            stored = [e async for e in journal.replay(LEDGER.persistence_id(eid))]
+            ops = [SER.decode(e.serializer_id, e.manifest, e.payload).op_id for e in stored]
+            assert ops == [op for op, _ in seen[eid]]  # each once, in send order
+            assert [out for _, out in seen[eid]] == list(range(1, len(ops) + 1))
+            keys = [e.metadata.get(KEY_FIELD) for e in stored]
+            assert None not in keys and len(set(keys)) == len(keys)
+        # the freeze did bite: some activations stopped on an unknown write and were replaced
+        assert restarts > 0
+    finally:
+        for r in resolvers:
+            await r.close()
+        await journal.close()

@@ -72,9 +72,9 @@ class FakeActor:
 class FakeResolver:
     """A new actor (a new host on the same stores) whenever the current one is dead."""
 
-    def __init__(self, agg=LEDGER) -> None:
+    def __init__(self, agg=LEDGER, journal=None) -> None:
         self.agg = agg
-        self.journal = fk.FaultyJournal(InMemoryJournal())
+        self.journal = fk.FaultyJournal(journal or InMemoryJournal())
         self.snapshots = InMemorySnapshotStore()
         self.actors: list[FakeActor] = []
 
@@ -88,8 +88,8 @@ class FakeResolver:
     def invalidate(self, _agg, _eid, handle=None):
         pass
 
-    async def stored(self) -> list:
-        return [e async for e in self.journal.inner.replay(PID)]
+    async def stored(self, pid: str = PID) -> list:
+        return [e async for e in self.journal.inner.replay(pid)]
 
     async def close(self) -> None:
         for a in self.actors:
