@@ -193,23 +193,23 @@ async def test_projection_control_right_after_worker_crashes(config, ray_local) 
         for outcome in statuses:
             assert_typed(outcome, "status")
         assert isinstance(statuses[-1], list) and len(statuses[-1]) == 2
-        # every other control call, each right after a crash of every worker
-        for call_name, call in (
-            ("pause", lambda: control.pause(name)),
-            ("resume", lambda: control.resume(name)),
-            ("reset", lambda: control.reset(spec)),
-            ("parked", lambda: control.parked(name)),
-            ("retry", lambda: control.retry(name, "ledger|nobody")),
-            ("stop", lambda: control.stop(name)),
-        ):
-            for h in control.handles(name).values():
-                ray.kill(h, no_restart=False)
-            await asyncio.sleep(0.3)
-            try:
-                outcome = await call()
-            except Exception as exc:  # noqa: BLE001
-                outcome = exc
+        # every other control call, all at once right after a crash of every worker
+        for h in control.handles(name).values():
+            ray.kill(h, no_restart=False)
+        await asyncio.sleep(0.3)
+        calls = {"pause": control.pause(name), "resume": control.resume(name),
+                 "reset": control.reset(spec), "parked": control.parked(name),
+                 "retry": control.retry(name, "ledger|nobody"), "status": control.status(name)}
+        outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
+        for call_name, outcome in zip(calls, outcomes):
             assert_typed(outcome, call_name)
+        for h in control.handles(name).values():  # and stop right after a crash
+            ray.kill(h, no_restart=False)
+        await asyncio.sleep(0.3)
+        try:
+            await control.stop(name)
+        except Exception as exc:  # noqa: BLE001
+            assert_typed(exc, "stop")
         assert control.handles(name) == {}  # stopped for good
         rows = await control.status(name)
         assert [r["state"].startswith("not running") for r in rows] == [True, True]
