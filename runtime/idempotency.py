@@ -53,7 +53,7 @@ from raysource.runtime.aggregate import IdempotencyPolicy
 from raysource.runtime.errors import CommandRejected, HandlerError, UnknownCommandError
 
 __all__ = ["KEYED_SNAPSHOT_MANIFEST", "KEY_FIELD", "REPLY_FIELD", "KeyTable", "Keyed", "key_of",
-           "naming_key", "unsettled"]
+           "naming_key", "snapshot_state", "unsettled"]
 
 KEY_FIELD = "ik"  # event metadata: the idempotency key of the command that wrote the event
 REPLY_FIELD = "ir"  # event metadata: that command's encoded reply
@@ -180,14 +180,9 @@ class KeyTable:
         """The state's ``(serializer id, manifest, payload)`` of ``snap``; loads the keys of an
         envelope into this (cleared) table. Raises ``CorruptPayloadError`` for a bad one."""
         self.clear()
-        if snap.manifest != KEYED_SNAPSHOT_MANIFEST:
+        body = _open_envelope(snap)
+        if body is None:
             return snap.serializer_id, snap.manifest, snap.payload
-        try:
-            body = msgspec.msgpack.decode(snap.payload, type=_Envelope)
-        except msgspec.DecodeError as exc:
-            raise CorruptPayloadError(f"corrupt keyed snapshot: {exc}",
-                                      persistence_id=snap.persistence_id,
-                                      sequence_nr=snap.sequence_nr) from exc
         for key, at, reply in body.k:
             self._put(key, _Entry(at, reply))
         return body.s
@@ -244,6 +239,24 @@ def naming_key(err: BaseException, key: str | None) -> BaseException:
 class _Envelope(msgspec.Struct):
     s: tuple[int, str, bytes]
     k: list[tuple[str, float, str]]
+
+
+def _open_envelope(snap: StoredSnapshot) -> _Envelope | None:
+    if snap.manifest != KEYED_SNAPSHOT_MANIFEST:
+        return None
+    try:
+        return msgspec.msgpack.decode(snap.payload, type=_Envelope)
+    except msgspec.DecodeError as exc:
+        raise CorruptPayloadError(f"corrupt keyed snapshot: {exc}",
+                                  persistence_id=snap.persistence_id,
+                                  sequence_nr=snap.sequence_nr) from exc
+
+
+def snapshot_state(snap: StoredSnapshot) -> tuple[int, str, bytes]:
+    """The ``(serializer id, manifest, payload)`` of the state in ``snap``, keyed envelope or
+    not (for tools that decode snapshots, e.g. ``raysource inspect``)."""
+    body = _open_envelope(snap)
+    return (snap.serializer_id, snap.manifest, snap.payload) if body is None else body.s
 
 
 def _join(ser_id: int, manifest: str, payload: bytes) -> str:

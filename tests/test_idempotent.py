@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from raysource.errors import CommandRejected, ConfigError, UnserializableError
-from raysource.examples.ledger import LEDGER, Append, Appended, GetBalance
+from raysource.examples.ledger import LEDGER, Append, Appended, GetBalance, LedgerState
 from raysource.journal.api import StoredEvent
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.actors.refs import EntityRef
@@ -27,7 +27,12 @@ from raysource.runtime.aggregate import (
 )
 from raysource.runtime.core import EntityCore
 from raysource.runtime.host import AggregateHost
-from raysource.runtime.idempotency import KEY_FIELD, KEYED_SNAPSHOT_MANIFEST, Keyed
+from raysource.runtime.idempotency import (
+    KEY_FIELD,
+    KEYED_SNAPSHOT_MANIFEST,
+    Keyed,
+    snapshot_state,
+)
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.history import History, check_history
@@ -96,8 +101,29 @@ def test_a_key_survives_passivation_and_a_restart_from_a_snapshot() -> None:
     assert replies == (5, 5, 5, 6)
     assert rec.snapshot_sequence_nr == 2 and rec.events_replayed == 0
     assert len(stored) == 2  # the retries after the restart wrote nothing
-    # the state decodes from the envelope (and the snapshot store was not written again)
-    assert len(snaps.snapshots(PID)) == 1
+    # the state inside the envelope, for tools that decode snapshots
+    (snap,) = snaps.snapshots(PID)
+    assert SER.decode(*snapshot_state(snap)) == LedgerState(balance=6, count=2)
+
+
+def test_a_corrupt_keyed_snapshot_falls_back_to_the_events_keys_included() -> None:
+    async def main():
+        j, snaps = InMemoryJournal(), InMemorySnapshotStore()
+        core = _core(j, snaps)
+        for n in range(2):
+            await core.handle(Keyed(Append(f"o{n}", 1), f"k{n}"))
+        await core.stop()
+        (snap,) = snaps.snapshots(PID)
+        await snaps.save(dataclasses.replace(snap, payload=b"not msgpack"))
+        fresh = _core(j, snaps, writer="w2")
+        again = await fresh.handle(Keyed(Append("o0", 1), "k0"))
+        rec = fresh.recovery
+        await fresh.stop()
+        return again, rec, await _stored(j)
+
+    again, rec, stored = _run(main())
+    assert rec.snapshots_skipped == 1 and rec.events_replayed == 2
+    assert again == 1 and len(stored) == 2
 
 
 def test_a_journal_without_usable_snapshots_rebuilds_the_keys_from_the_events() -> None:

@@ -24,6 +24,10 @@ Public raw-handle API (every method is a coroutine; call ``handle.<method>.remot
     info() -> dict                                # entities, stats, node id, pid, memory
     ping() -> "pong"
 
+A ``command`` may be a :class:`~raysource.runtime.idempotency.Keyed` envelope (the command and
+its idempotency key; references send every command so unless the type has keys off): it passes
+through unchanged, and the aggregate applies each key at most once.
+
 Actor options (:func:`actor_options`): detached, ``get_if_exists``, ``max_restarts=0`` (the next
 activation recovers from the journal; a Ray restart would re-run ``__init__`` anyway),
 ``num_cpus=0.01`` (so node affinity works), ``max_concurrency=1000`` (pipelining).
