@@ -161,6 +161,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     p = result["parameters"]
     fig.suptitle(f"raysource loadtest {result['run_id']}: {p.get('workload')}, "
                  f"{p.get('entities')} entities, {p.get('clients')} clients, "
-                 f"{p.get('placement')} — {result['figures']['commands_per_s']:,.0f} commands/s")
+                 f"{p.get('placement')}"
+                 + (f", via {p['via']}" if p.get("via", "refs") != "refs" else "")
+                 + f" — {result['figures']['commands_per_s']:,.0f} commands/s")
     fig.tight_layout()
     fig.savefig(path, format="png")
