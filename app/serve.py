@@ -95,7 +95,7 @@ def run_serve(*, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
                 pass
         if sys_ is not None:
             sys_.shutdown()
-        if ray.is_initialized():  # stops a Ray it started, disconnects from a joined one
+        if started_ray and ray.is_initialized():  # a Ray it started or joined itself
             ray.shutdown()
         source.release()
 

@@ -228,6 +228,22 @@ def test_every_endpoint_of_the_seat_service(live: Live) -> None:
 @pytest.mark.ray
 @pytest.mark.cassandra
 @pytest.mark.timeout(120)
+def test_the_serve_demo_walkthrough_passes_against_the_live_service(live: Live) -> None:
+    """What ``raysource serve --demo`` prints and checks, against the running service."""
+    from raysource.app.serve import demo_walkthrough
+
+    lines: list[str] = []
+    assert demo_walkthrough(live.url, say=lines.append)
+    text = "\n".join(lines)
+    for status in ("-> 201", "-> 409", "-> 422", "-> 404", "-> 200"):
+        assert status in text
+    assert "expected" not in text.replace("as expected", "")
+    assert lines[-1] == "demo: every endpoint answered as expected"
+
+
+@pytest.mark.ray
+@pytest.mark.cassandra
+@pytest.mark.timeout(120)
 def test_bad_input_is_a_typed_4xx_and_leaves_the_aggregate_intact(live: Live) -> None:
     show = _show()
     with httpx.Client(base_url=live.url, timeout=30) as http:
