@@ -57,7 +57,7 @@ class EffectivelyOnceView:
     view; its bookkeeping tables are ``<view>_watermarks`` (and ``<view>_applied``)."""
 
     def __init__(self, session: CassandraSession, keyspace: str, view: str, *,
-                 audit: bool = False, max_batch: int = 50,
+                 audit: bool = False, max_batch: int = 100,
                  conflict_key: Callable[[EventEnvelope], Hashable] | None = None) -> None:
         if max_batch < 1:
             raise ConfigError("max_batch must be >= 1")

@@ -279,21 +279,45 @@ class ProjectionWorker:
             await self.reader.run_pass()
             await self._commit()
             return
-        batch: list = []
-        async with contextlib.aclosing(
-            self.journal.events_by_tag(self.spec.tag, self.offset)
-        ) as rows:
-            async for te in rows:
+        # the next batch is read while this one is applied (one batch ahead, bounded)
+        batches: asyncio.Queue = asyncio.Queue(maxsize=1)
+        reading = asyncio.get_running_loop().create_task(self._read_batches(batches))
+        try:
+            while (batch := await batches.get()) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
                 if self._halt.is_set():
                     break
-                self.rows_read += 1
-                batch.append(te)
-                if len(batch) >= self.settings.batch_size:
-                    await self._apply_durable(batch)
-                    batch = []
-            if batch and not self._halt.is_set():
                 await self._apply_durable(batch)
+        finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
         await self._commit()
+
+    async def _read_batches(self, out: asyncio.Queue) -> None:
+        """The tag query from the handled offset, as batches into ``out``; then None (or
+        the error that ended it)."""
+        batch: list = []
+        try:
+            async with contextlib.aclosing(
+                self.journal.events_by_tag(self.spec.tag, self.offset)
+            ) as rows:
+                async for te in rows:
+                    if self._halt.is_set():
+                        break
+                    self.rows_read += 1
+                    batch.append(te)
+                    if len(batch) >= self.settings.batch_size:
+                        await out.put(batch)
+                        batch = []
+            if batch:
+                await out.put(batch)
+            await out.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the consumer raises it (a journal outage: retried)
+            await out.put(exc)
 
     async def _apply_durable(self, batch: list) -> None:
         async with self._apply:
