@@ -13,10 +13,12 @@ and a restart with ``raysource cassandra start --keep-data`` keeps the data and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -31,6 +33,7 @@ pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 WRONG = "definitely-Not-the-pa55word"
+SHOW_GALA = "show|gala"  # the persistence id test_ray_host_through_a_system writes
 
 
 @pytest.fixture(scope="module")
@@ -209,13 +212,44 @@ class TestCli:
         """Last: ``raysource cassandra stop`` then ``start --keep-data --auth --tls`` on the same
         state dir; the events and the raysource role's password survive."""
         node, env = secure
+        # a session open across the restart must find the node again by itself, within the
+        # bounded reconnection delay (the driver's default backs off to 600 s)
+        loop = asyncio.new_event_loop()
+        cfg = _config(env, keyspace=self.keyspace, reconnect_max_delay=2.0)
+        journal = loop.run_until_complete(CassandraJournal.connect(cfg))
+        assert loop.run_until_complete(journal.highest_sequence_nr(SHOW_GALA)) == 2
+        policy = journal.session._cluster.reconnection_policy
+        delays = list(itertools.islice(policy.new_schedule(), 40))
+        assert max(delays) == 2.0 and len(delays) == 40  # bounded, and it never gives up
         stop = _cli({}, node.home, "cassandra", "stop")
         assert stop.returncode == 0 and "Cassandra stopped" in stop.stdout, stop.stderr
         start = _cli({}, node.home, "cassandra", "start", "--keep-data", "--auth", "--tls",
                      "--port", str(node.port))
         assert start.returncode == 0, start.stderr
+
+        async def reconnected() -> float:
+            t0 = time.monotonic()
+            while True:
+                try:
+                    assert await journal.highest_sequence_nr(SHOW_GALA) == 2
+                    return time.monotonic() - t0
+                except JournalError:
+                    if time.monotonic() - t0 > 60:
+                        raise
+                    await asyncio.sleep(0.5)
+
+        try:
+            waited = loop.run_until_complete(reconnected())
+        finally:
+            loop.run_until_complete(journal.close())
+            loop.close()
+        # the same session came back by itself (60 s: a hang guard, not a speed target), and its
+        # driver retries on the bounded schedule (the driver's default grows to 600 s)
+        assert waited < 60
+
         assert f"export RAYSOURCE_CASSANDRA_PASSWORD_FILE={env['RAYSOURCE_CASSANDRA_PASSWORD_FILE']}" \
             in start.stdout
         assert _password(env) not in start.stdout + start.stderr
         out = _cli(env, node.home, "events", "show", "gala", "--keyspace", self.keyspace)
         assert out.returncode == 0 and out.stdout.count("SeatReserved") == 2, out.stderr
+
