@@ -86,6 +86,8 @@ class HostSpec:
     max_concurrent_recoveries: int = 8
     idle_timeout_s: float | None = None
     max_batch: int = 256
+    max_mailbox: int | None = 1_000  # calls in flight per aggregate (OverloadedError beyond)
+    max_in_flight: int | None = 10_000  # calls in flight per host actor (OverloadedError beyond)
     retire_grace_s: float = 0.3  # quiet time (no calls) a retired actor waits before exiting
 
     def __post_init__(self) -> None:
@@ -202,6 +204,8 @@ class _HostActor:
             idle_timeout_s=spec.idle_timeout_s,
             reactivate=spec.placement == "hosted",
             max_batch=spec.max_batch,
+            max_mailbox=spec.max_mailbox,
+            max_in_flight=spec.max_in_flight,
             on_deactivated=self._on_deactivated,
             metrics=self._metrics,
             metrics_host="dedicated" if spec.placement == "dedicated" else f"shard-{spec.shard}",
