@@ -15,15 +15,17 @@ import asyncio
 import time
 from collections import Counter
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fault_harness import Harness, Schedule, run_schedule  # noqa: F401
+from fault_harness import POINTS, Harness, Schedule
 from raysource.examples.ledger import Append
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.idempotency import KEY_FIELD, Keyed
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.history import assert_no_violations, classify
+from test_fault_cassandra import featuring
 from test_fault_properties import SETTINGS, schedules
 from unit_guard import no_ray  # noqa: F401
 
@@ -34,8 +36,9 @@ class KeyedHarness(Harness):
     """The issue-10 harness with keys: each command is sent as ``Keyed(Append, key=command
     id)`` and re-sent under the same key until settled or the deadline passes."""
 
-    def __init__(self, *a, **kw) -> None:
-        super().__init__(*a, call_timeout=DEADLINE_S, **kw)
+    def __init__(self, *a, deadline: float = DEADLINE_S, **kw) -> None:
+        super().__init__(*a, call_timeout=deadline, **kw)
+        self.deadline = deadline
         self.final: dict[str, str] = {}
 
     async def _ask(self, host_idx, eid, cmd, amount, caller):  # type: ignore[override]
@@ -63,7 +66,7 @@ class KeyedHarness(Harness):
             if c != idx:
                 continue
             cmd = f"{self.tag}:c{idx}-{n}"
-            deadline = time.monotonic() + DEADLINE_S
+            deadline = time.monotonic() + self.deadline
             unknown_seen, pause = False, 0.001
             while True:
                 obs = await self._ask(h, self.entities[("e1", "e2").index(e)], cmd, amount,
@@ -85,8 +88,9 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, (AggregateStoppedError, PersistFailedError, JournalError))
 
 
-async def _run(schedule: Schedule):
-    h = KeyedHarness(schedule, InMemoryJournal(), InMemorySnapshotStore())
+async def _run(schedule: Schedule, journal=None, snapshots=None, **kw):
+    h = KeyedHarness(schedule, journal or InMemoryJournal(), snapshots or InMemorySnapshotStore(),
+                     **kw)
     run = await h.run()
     keys: Counter[str] = Counter()
     for pid in run.persistence_ids:
@@ -96,8 +100,8 @@ async def _run(schedule: Schedule):
     return h, run, keys
 
 
-def _check(schedule: Schedule) -> Counter[str]:
-    h, run, keys = asyncio.run(_run(schedule))
+def _check(schedule: Schedule, run_in=asyncio.run, **kw) -> Counter[str]:
+    h, run, keys = run_in(_run(schedule, **kw))
     context = {"schedule": schedule, "fired": run.fired, "final": h.final,
                "outcomes": dict(run.history.counts())}
     assert_no_violations(run.violations, context)
@@ -140,3 +144,37 @@ def test_lost_responses_and_duplicates_with_a_crash(nth: int, crash_at: int, dup
                                                                    nth + 2)),
                         crashes=((crash_at, 0),))
     TOTALS.update(_check(schedule))
+
+
+# ------------------------------------------------------------------ the same on real Cassandra
+
+
+@pytest.fixture(scope="module")
+def cassandra_store(cassandra_contact, cassandra_keyspace):
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.journal.cassandra.journal import CassandraJournal
+    from raysource.snapshots.cassandra import CassandraSnapshotStore
+
+    host, port = cassandra_contact
+    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+    loop = asyncio.new_event_loop()
+    journal = loop.run_until_complete(CassandraJournal.connect(cfg, create_schema=True))
+    yield loop, journal, CassandraSnapshotStore(journal.session, cfg)
+    loop.run_until_complete(journal.close())
+    loop.close()
+
+
+@pytest.mark.cassandra
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(POINTS))
+@settings(max_examples=2, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_keyed_schedules_on_cassandra(cassandra_store, kind: str, data) -> None:
+    """Two schedules per fault kind (featuring it early) on the real journal and snapshot store:
+    duplicate sends and lost responses through real LWTs, with keys; same checks."""
+    loop, journal, snapshots = cassandra_store
+    schedule = data.draw(featuring(kind))
+    TOTALS.update(_check(schedule, loop.run_until_complete, journal=journal,
+                         snapshots=snapshots, deadline=20.0, turn_s=0.002, check_tags=False))
