@@ -34,63 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from raysource.app.errors import CassandraNodeError
+from raysource.app.node_config import LOGBACK, cassandra_yaml, jvm_flags
 from raysource.app.node_security import NodeSecurity
 from raysource.journal.errors import ConfigError
 
 CASSANDRA_VERSION = "5.0.8"
 DEFAULT_NATIVE_PORT = 9042
 _REPO_POM = Path(__file__).resolve().parent / "cassandra-pom.xml"  # package data
-
-# Cassandra's conf/jvm17-server.options: the JVM dies at start without these on Java 17.
-_JDK17_EXPORTS = [
-    "java.base/jdk.internal.misc",
-    "java.management.rmi/com.sun.jmx.remote.internal.rmi",
-    "java.rmi/sun.rmi.registry",
-    "java.rmi/sun.rmi.server",
-    "java.sql/java.sql",
-    "java.base/java.lang.ref",
-    "jdk.unsupported/sun.misc",
-    "jdk.compiler/com.sun.tools.javac.file",
-    "jdk.attach/sun.tools.attach",
-]
-_JDK17_OPENS = [
-    "java.base/java.lang.module",
-    "java.base/jdk.internal.loader",
-    "java.base/jdk.internal.ref",
-    "java.base/jdk.internal.reflect",
-    "java.base/jdk.internal.math",
-    "java.base/jdk.internal.module",
-    "java.base/jdk.internal.util.jar",
-    "jdk.management/com.sun.management.internal",
-    "java.base/sun.nio.ch",
-    "java.base/java.io",
-    "java.base/java.lang.reflect",
-    "jdk.compiler/com.sun.tools.javac",
-    "java.base/java.lang",
-    "java.base/java.util",
-    "java.base/java.nio",
-]
-# Fast start for a throwaway node; skip_sync/unsafesystem drop fsync (dev and tests only).
-_FAST_START = {
-    "cassandra.skip_wait_for_gossip_to_settle": "0",
-    "cassandra.ring_delay_ms": "1000",
-    "cassandra.superuser_setup_delay_ms": "0",
-    "cassandra.shutdown_announce_in_ms": "0",
-    "cassandra.skip_sync": "true",
-    "cassandra.unsafesystem": "true",
-    "cassandra.available_processors": "2",
-}
-
-_LOGBACK = """<configuration scan="false">
-  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
-    <encoder><pattern>%-5level [%thread] %date{ISO8601} %F:%L - %msg%n</pattern></encoder>
-  </appender>
-  <logger name="org.apache.cassandra" level="INFO"/>
-  <logger name="com.datastax" level="WARN"/>
-  <root level="WARN"><appender-ref ref="STDOUT"/></root>
-</configuration>
-"""
-
 
 def raysource_home() -> Path:
     """Where raysource keeps caches and state outside the repo."""
@@ -306,7 +256,7 @@ class LocalCassandra:
         yaml_path = self.state_dir / "cassandra.yaml"
         yaml_path.write_text(self._yaml(port, storage_port) + sec.prepare())
         logback = self.state_dir / "logback.xml"
-        logback.write_text(_LOGBACK)
+        logback.write_text(LOGBACK)
 
         cmd = [java, *self._jvm_flags(yaml_path, logback, data_dir)]
         cmd += ["-cp", os.pathsep.join(str(p) for p in sorted(jars.glob("*.jar")))]
@@ -438,58 +388,14 @@ class LocalCassandra:
         return free_port(self.host)
 
     def _jvm_flags(self, yaml_path: Path, logback: Path, data_dir: Path) -> list[str]:
-        flags = [
-            f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss512k",
-            "-XX:+UseG1GC", "-XX:+CrashOnOutOfMemoryError",
-            "-Djava.net.preferIPv4Stack=true",
-            "-Djdk.attach.allowAttachSelf=true",
-            "-Dio.netty.tryReflectionSetAccessible=true",
-            f"-Dcassandra.config={yaml_path.resolve().as_uri()}",
-            "-Dcassandra-foreground=yes",
-            f"-Dcassandra.storagedir={data_dir}",
-            f"-Dcassandra.logdir={self.log_file.parent}",
-            f"-Dlogback.configurationFile={logback}",
-            f"-Djna.tmpdir={self.state_dir / 'tmp'}",
-        ]
         (self.state_dir / "tmp").mkdir(exist_ok=True)
-        flags += [f"-D{k}={v}" for k, v in _FAST_START.items()]
-        for mod in _JDK17_EXPORTS:
-            flags += ["--add-exports", f"{mod}=ALL-UNNAMED"]
-        for mod in _JDK17_OPENS:
-            flags += ["--add-opens", f"{mod}=ALL-UNNAMED"]
-        return flags
+        return jvm_flags(self.heap, yaml_path, logback, data_dir, self.log_file.parent,
+                         self.state_dir / "tmp")
 
     def _yaml(self, port: int, storage_port: int) -> str:
-        seeds = self.seeds or f"{self.host}:{storage_port}"
-        return f"""# written by raysource (journal/local_node.py) for a throwaway dev/test node
-cluster_name: {self.cluster_name}
-num_tokens: 1
-initial_token: {self.initial_token}
-partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-endpoint_snitch: SimpleSnitch
-commitlog_sync: periodic
-commitlog_sync_period: 10s
-seed_provider:
-  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
-    parameters:
-      - seeds: "{seeds}"
-listen_address: {self.host}
-rpc_address: {self.host}
-storage_port: {storage_port}
-native_transport_port: {port}
-start_native_transport: true
-auto_snapshot: false
-auto_bootstrap: false
-# Two cores shared with Ray: be slow to convict a busy peer as down.
-phi_convict_threshold: 12
-# Paxos v2 halves the round trips of the journal's conditional (fenced) batches.
-paxos_variant: v2
-# A group-commit flush is one single-partition batch: exempt from these thresholds. A group that
-# crosses a partition boundary spans two partitions and is checked: the 50KiB default would
-# refuse a big one.
-batch_size_warn_threshold: 1MiB
-batch_size_fail_threshold: 16MiB
-"""
+        return cassandra_yaml(cluster_name=self.cluster_name, initial_token=self.initial_token,
+                              seeds=self.seeds or f"{self.host}:{storage_port}", host=self.host,
+                              port=port, storage_port=storage_port)
 
     def _is_our_process(self, pid: int) -> bool:
         try:
