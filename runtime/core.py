@@ -96,6 +96,7 @@ class CoreStats:
     snapshots: int = 0
     snapshot_failures: int = 0
     recoveries: int = 0
+    repeats: int = 0  # commands answered from the idempotency key table (nothing run)
 
 
 @dataclass(slots=True)
@@ -489,12 +490,14 @@ class EntityCore:
         if earlier is not None:
             first = earlier[0]
             flush.outcomes.append(_Outcome(fut, first.value, first.error))
+            self.stats.repeats += 1
             return True
         try:
             found, value, error = self.keys.answer(key)
         except Exception as exc:  # the stored reply cannot be decoded any more
             found, value, error = True, None, exc
         if found:  # applied by an earlier, durable write: answer now, whatever this write does
+            self.stats.repeats += 1
             self._resolve(fut, value, error)
         return found
 

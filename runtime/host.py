@@ -72,6 +72,7 @@ class HostStats:
     failed_commands: int = 0
     snapshots: int = 0
     overloaded: int = 0  # calls refused by max_mailbox / max_in_flight
+    repeats: int = 0  # commands answered from an idempotency key table (applied before)
 
 
 class AggregateHost:
@@ -171,7 +172,8 @@ class AggregateHost:
         """A picklable summary: active entities, host counters plus the live cores' counters."""
         totals = asdict(self.stats)
         for core in self._cores.values():
-            for k in ("commands", "writes", "events", "flushes", "failed_commands", "snapshots"):
+            for k in ("commands", "writes", "events", "flushes", "failed_commands", "snapshots",
+                      "repeats"):
                 totals[k] += getattr(core.stats, k)
         return {
             "aggregate_type": self.aggregate_type.name,
@@ -451,6 +453,7 @@ class AggregateHost:
         s.flushes += core.stats.flushes
         s.failed_commands += core.stats.failed_commands
         s.snapshots += core.stats.snapshots
+        s.repeats += core.stats.repeats
 
     def _ensure_sweeper(self) -> None:
         if self._sweeper is None and not self._closed:

@@ -67,16 +67,34 @@ def test_same_key_sequentially_and_concurrently_applies_once_with_the_same_reply
         # concurrently: both copies land in one flush; the second follows the first
         both = await asyncio.gather(*(core.handle(Keyed(Append("z", 2), "k2"))
                                       for _ in range(3)))
+        assert core.stats.repeats == 4
         await core.stop()
         return first, again, late, both, await _stored(j), core.state
 
     first, again, late, both, stored, state = _run(main())
     assert first == again == late == 5
-    assert both == [8, 8, 8]
+    assert both == [8, 8, 8]  # + 2 + 2 repeats counted below
     assert [SER.decode(e.serializer_id, e.manifest, e.payload).op_id for e in stored] == \
         ["x", "y", "z"]
     assert state.balance == 8
     assert [e.metadata.get(KEY_FIELD) for e in stored] == ["k1", None, "k2"]
+
+
+def test_a_copy_arriving_while_the_first_is_being_written_gets_its_reply() -> None:
+    async def main():
+        j = InMemoryJournal(latency=0.02)
+        core = _core(j, InMemorySnapshotStore())
+        await core.start()
+        first = asyncio.ensure_future(core.handle(Keyed(Append("x", 5), "k1")))
+        await asyncio.sleep(0.005)  # the first copy's write is in flight
+        assert not first.done()
+        second = await core.handle(Keyed(Append("x", 5), "k1"))  # the next flush
+        flushes = core.stats.flushes
+        await core.stop()
+        return await first, second, flushes, await _stored(j)
+
+    first, second, flushes, stored = _run(main())
+    assert first == second == 5 and flushes == 2 and len(stored) == 1
 
 
 def test_a_key_survives_passivation_and_a_restart_from_a_snapshot() -> None:
@@ -87,6 +105,7 @@ def test_a_key_survives_passivation_and_a_restart_from_a_snapshot() -> None:
         assert await host.passivate("a")
         r2 = await host.ask("a", Keyed(Append("x", 5), "k1"))  # a fresh activation (replay)
         await host.ask("a", Keyed(Append("y", 1), "k2"))  # #2: a snapshot with both keys
+        assert host.info()["stats"]["repeats"] == 1
         await host.close()
         assert snaps.snapshots(PID)[-1].manifest == KEYED_SNAPSHOT_MANIFEST
         # the restart recovers from the snapshot alone: the keys must come from it
