@@ -390,8 +390,8 @@ class EntityCore:
             return
         self._state, self._seq = state, seq
         for key, (o, first) in flush.keyed.items():
-            if first is not None:
-                self.keys.applied(first, o.value, known=True)
+            if first is not None:  # the reply is kept encoded only (decoded on a repeat)
+                self.keys.applied(first)
             elif isinstance(o.error, CommandRejected):
                 self.keys.rejected(key, o.error)
         for o in flush.outcomes:
