@@ -120,7 +120,7 @@ def _check(schedule: Schedule, run_in=asyncio.run, **kw) -> Counter[str]:
 TOTALS: Counter[str] = Counter()
 
 
-@settings(max_examples=400, **SETTINGS)
+@settings(max_examples=300, **SETTINGS)
 @given(schedules())
 def test_keyed_callers_see_every_command_settled_and_applied_once(schedule: Schedule) -> None:
     TOTALS.update(_check(schedule))
@@ -134,7 +134,7 @@ def test_the_keyed_schedules_did_meet_unknown_outcomes() -> None:
     assert TOTALS["ok"] > 100 and TOTALS["unknown"] == 0, TOTALS
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(st.integers(1, 6), st.integers(0, 60), st.booleans())
 def test_lost_responses_and_duplicates_with_a_crash(nth: int, crash_at: int, dup: bool) -> None:
     from fault_harness import FaultSpec
