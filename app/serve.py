@@ -48,6 +48,7 @@ def run_serve(*, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
     from raysource.sharding.system import System
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    _check_free(host, port)  # before anything starts: a taken port is a one-line error
     source = select_cassandra(contact, stop_started_node=not keep, say=say)
     started_ray = not ray.is_initialized()
     sys_ = control = None
@@ -98,6 +99,20 @@ def run_serve(*, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
         if started_ray and ray.is_initialized():  # a Ray it started or joined itself
             ray.shutdown()
         source.release()
+
+
+def _check_free(host: str, port: int) -> None:
+    import socket
+
+    from raysource.errors import ConfigError
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another "
+                              "process holds it; pick one with --port)") from None
 
 
 def demo_walkthrough(url: str, *, say: Say = print, view_wait_s: float = 30.0) -> bool:

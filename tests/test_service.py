@@ -372,6 +372,19 @@ def test_http_mode_needs_the_seat_workload_and_a_replica(capsys) -> None:
     assert err.count("\n") == 0 and "use --workload seats" in err
 
 
+def test_serve_on_a_taken_port_is_one_line_before_anything_starts(capsys) -> None:
+    from raysource.app.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        t0 = time.monotonic()
+        code = main(["serve", "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and time.monotonic() - t0 < 5
+    assert err.count("\n") == 0 and err.startswith("raysource: error: cannot serve on")
+
+
 def test_serve_usage_errors_are_one_line(capsys) -> None:
     from raysource.app.cli import main
 
