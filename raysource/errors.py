@@ -43,6 +43,8 @@ here and from ``raysource``.
         ├── HandlerError             [N] the user's handler raised; state unchanged
         ├── PersistFailedError       [N] the events of this command could not be made durable
         ├── WriteOutcomeUnknownError [U] the write timed out unconfirmed; activation stopped
+        ├── RecoveryFailedError      [N] the aggregate could not be recovered (store down, bad data)
+        ├── OverloadedError          [N] the mailbox or host in-flight limit: retry later
         ├── AggregateStoppedError    [N] the activation stopped (fenced, passivated) before reply
         │   └── PassivatedError          the host passivated/handed off this aggregate; not applied
         ├── HostCrashedError         [U] the host actor died with the command in flight (unknown)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError, RaysourceError
 
-__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "PassivatedError", "HostCrashedError", "AskTimeoutError", "OverloadedError"]
+__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "RecoveryFailedError", "PassivatedError", "HostCrashedError", "AskTimeoutError", "OverloadedError"]
 
 
 class CommandError(RaysourceError):
@@ -52,6 +52,13 @@ class WriteOutcomeUnknownError(CommandError, OutcomeUnknownError):
     may be stored, or may still land. The activation stopped, so the next command recovers the
     truth from the journal (whichever it holds: the command applied once, or not at all).
     Check the state before re-sending a non-idempotent command."""
+
+
+class RecoveryFailedError(CommandError, NotAppliedError):
+    """The aggregate could not be activated: its recovery failed (the store was unavailable,
+    or a stored event could not be read; the cause is chained). The command was not applied.
+    References do not re-send it on their own (the store may stay down); re-send once the store
+    is back, and the next command tries a fresh recovery."""
 
 
 class AggregateStoppedError(CommandError, NotAppliedError):

@@ -37,7 +37,12 @@ from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import AggregateStoppedError, OverloadedError, PassivatedError
+from raysource.runtime.errors import (
+    AggregateStoppedError,
+    OverloadedError,
+    PassivatedError,
+    RecoveryFailedError,
+)
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.core import EntityCore
@@ -194,8 +199,8 @@ class AggregateHost:
         """The live core of ``entity_id``, activating (recovering) it if needed.
 
         Returns without suspending once the core is live, so a caller that submits right after
-        the await is in that core's mailbox before any passivation can stop it. Raises the
-        recovery error if recovery fails, ``PassivatedError`` for a retired entity
+        the await is in that core's mailbox before any passivation can stop it. Raises
+        ``RecoveryFailedError`` (not applied; the recovery error chained) if recovery fails, ``PassivatedError`` for a retired entity
         (``reactivate=False``) or a closed host.
         """
         self.aggregate_type.persistence_id(entity_id)  # validates the id (ConfigError)
@@ -236,9 +241,17 @@ class AggregateHost:
         except BaseException as exc:
             self.stats.failed_activations += 1
             del self._activating[entity_id]
-            done.set_exception(exc)
+            error: BaseException = exc
+            if isinstance(exc, Exception):  # the command never ran: say so, in its category
+                error = RecoveryFailedError(
+                    f"{core.persistence_id}: recovery failed, the command was not applied: "
+                    f"{exc!r}")
+                error.__cause__ = exc
+            done.set_exception(error)
             done.exception()  # retrieved: waiters may be none
-            raise
+            if error is exc:
+                raise
+            raise error from exc
         self.stats.activations += 1
         self.stats.recovery_s_total += recovery.duration_s
         self.stats.recovery_s_max = max(self.stats.recovery_s_max, recovery.duration_s)

@@ -210,7 +210,7 @@ def unsettled(err: BaseException, unknown_seen: bool) -> bool:
     """Keyed: ``err`` leaves the key's outcome open, so the same key is re-sent. After an
     unknown outcome only the command's own answer settles it (a rejection, or a failure of the
     command itself); a store or activation failure of the re-send (``PersistFailedError``,
-    ``OverloadedError``, a recovery's ``JournalUnavailableError``) says nothing about the
+    ``OverloadedError``, a failed recovery's ``RecoveryFailedError``) says nothing about the
     earlier attempt."""
     if isinstance(err, OutcomeUnknownError):
         return True

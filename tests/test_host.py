@@ -273,3 +273,23 @@ async def test_ordered_duplicates_are_refused_and_gaps_are_skipped_after_the_tim
     assert await asyncio.wait_for(host.ask_ordered("l", "c", 2, Append("b", 5)), 1) == 6
     assert await host.ask_ordered("l", "c", 3, Append("c")) == 7
     await host.close()
+
+
+async def test_a_failed_recovery_is_not_applied_and_the_next_command_recovers():
+    """A recovery that fails (the store down at activation) answers the command with
+    RecoveryFailedError — a NotAppliedError: nothing was written — and the next command
+    activates afresh."""
+    from raysource.errors import NotAppliedError, RecoveryFailedError
+    from raysource.journal.errors import JournalUnavailableError
+    from raysource.testing.faults import FaultyJournal, fail
+
+    journal = FaultyJournal(InMemoryJournal(), [fail("highest", nth=1)])
+    host = make_host(journal)
+    with pytest.raises(RecoveryFailedError) as failed:
+        await host.ask("s", ReserveSeat("A1", "alice"))
+    assert isinstance(failed.value, NotAppliedError)
+    assert isinstance(failed.value.__cause__, JournalUnavailableError)
+    assert journal.inner.events(SHOW.persistence_id("s")) == []
+    assert isinstance(await host.ask("s", ReserveSeat("A1", "bob")), SeatReserved)
+    assert [e.sequence_nr for e in journal.inner.events(SHOW.persistence_id("s"))] == [1]
+    await host.close()
