@@ -23,6 +23,7 @@ from raysource.errors import __all__ as _errors
 from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
+    IdempotencyPolicy,
     NoOp,
     Persist,
     Reject,
@@ -34,6 +35,7 @@ from raysource.runtime.aggregate import (
     reply,
     unknown_command,
 )
+from raysource.runtime.idempotency import Keyed
 from raysource.runtime.stores import StoreSpec
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "CassandraConfig",
     "Effect",
     "EntityRef",
+    "IdempotencyPolicy",
+    "Keyed",
     "NoOp",
     "Persist",
     "Reject",

@@ -51,8 +51,11 @@ here and from ``raysource``.
         └── AskTimeoutError          [U] no reply within the caller's timeout (outcome unknown)
 
 Callers act on the category: ``except NotAppliedError`` (nothing happened: re-send as is) and
-``except OutcomeUnknownError`` (it may have happened: re-send only an idempotent command, or read
-the state first). A ``CommandRejected`` is the aggregate's answer, not a failure.
+``except OutcomeUnknownError`` (it may have happened). With idempotency keys (the default)
+references re-send an unknown outcome themselves under the same key until the deadline, so a
+caller sees one only when the deadline passed, and it names the key to re-send with
+(``err.idempotency_key``); with keys off, re-send only an idempotent command, or read the state
+first. A ``CommandRejected`` is the aggregate's answer, not a failure.
 """
 
 from raysource.app.errors import *  # noqa: F403
