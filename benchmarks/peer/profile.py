@@ -348,6 +348,15 @@ def main() -> None:
         s.wait(timeout=60)
     load.stop = True
     load.thread.join(timeout=30)
+    warm_touch = None
+    if a.workload == "w2":  # every host actor runs now: first touch without process starts
+        async def touch() -> None:
+            await asyncio.gather(*(system.entity(PEER, f"w-{uuid.uuid4().hex[:8]}")
+                                   .ask_async(Add(PAYLOAD), timeout=120)
+                                   for _ in range(a.entities)))
+        t = time.monotonic()
+        asyncio.run(touch())
+        warm_touch = time.monotonic() - t
 
     commands = n1 - n0
     per_role: Counter = Counter()
@@ -363,6 +372,8 @@ def main() -> None:
                                      for r, s in per_role.most_common()},
         "idle_cpu_pct_of_one_core_before_the_load": idle,
         "first_touch_s": getattr(load, "ready_at", t0) - t_start,
+        "first_touch_warm_hosts_s": warm_touch,
+        "host_actors": sum(r == "host actors" for r in roles.values()),
         "profiles": {name: analyse(out / f"{name}.folded")
                      for name in targets if (out / f"{name}.folded").exists()},
     }
