@@ -119,6 +119,29 @@ async def test_every_ref_call_during_a_host_crash_ends_in_a_reply_or_a_raysource
         system.shutdown()
 
 
+async def test_a_command_ray_cannot_pickle_is_not_applied_and_the_ref_goes_on(
+        config, ray_local) -> None:
+    """A command holding an unpicklable value never leaves the caller: UnserializableError
+    (not applied), the numbering does not advance, the next command is answered in order."""
+    import threading
+
+    from raysource.errors import NotAppliedError, UnserializableError
+
+    system = _system(config)
+    try:
+        ref = system.entity(LEDGER, "unpicklable")
+        assert await ref.ask_async(Append("first"), timeout=60) == 1
+        for call in (lambda: ref.ask(Append(threading.Lock()), 60),  # type: ignore[arg-type]
+                     lambda: ref.ask_many([Append(threading.Lock())], 60)):  # type: ignore
+            with pytest.raises(UnserializableError) as info:
+                await asyncio.to_thread(call)
+            assert isinstance(info.value, NotAppliedError)
+        assert await ref.ask_async(Append("second"), timeout=60) == 2
+        assert (await ref.state_async(timeout=60)).count == 2
+    finally:
+        system.shutdown()
+
+
 async def test_system_calls_while_the_coordinator_restarts(config, ray_local) -> None:
     system = _system(config)
     try:

@@ -57,7 +57,7 @@ from raysource.runtime.errors import (
     HostCrashedError,
     PassivatedError,
 )
-from raysource.journal.errors import ConfigError, OutcomeUnknownError
+from raysource.journal.errors import ConfigError, OutcomeUnknownError, UnserializableError
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.idempotency import Keyed, key_of, naming_key, unsettled
 
@@ -511,13 +511,25 @@ class EntityRef:
         Raises ``_NotFreeYet`` while only a retiring activation can be resolved."""
         with self._lock:
             handle = self._current()
-            ref = handle.ask_ordered.remote(self.entity_id, self._caller_id, self._seq, command)
+            ref = self._remote(handle.ask_ordered, self.entity_id, self._caller_id, self._seq,
+                               command)
             self._seq += 1
             return ref, self._epoch
 
+    def _remote(self, method: Any, *args: Any) -> Any:
+        """``method.remote(*args)``; a command Ray cannot pickle is an ``UnserializableError``
+        (not applied: nothing was sent, the numbering does not advance)."""
+        try:
+            return method.remote(*args)
+        except TypeError as exc:
+            pid = self.aggregate_type.persistence_id(self.entity_id)
+            raise UnserializableError(
+                f"the command cannot be sent to its host (Ray could not pickle it): {exc}",
+                persistence_id=pid) from exc
+
     def _send_state(self) -> tuple[Any, int]:
         with self._lock:
-            return self._current().state.remote(self.entity_id), self._epoch
+            return self._remote(self._current().state, self.entity_id), self._epoch
 
     def _send_batch(self, commands: list[Any]) -> tuple[Any, int]:
         """Submit ``commands`` numbered from the next sequence number on (the numbering
@@ -525,7 +537,8 @@ class EntityRef:
         like :meth:`_send`."""
         with self._lock:
             handle = self._current()
-            ref = handle.ask_many.remote(self.entity_id, self._caller_id, self._seq, commands)
+            ref = self._remote(handle.ask_many, self.entity_id, self._caller_id, self._seq,
+                               commands)
             self._seq += len(commands)
             return ref, self._epoch
 
