@@ -1,5 +1,8 @@
 """The ``raysource`` command line: one CLI, subcommands per job.
 
+Size: ~610 lines: each subcommand's argument checks sit beside its handler (bad input is one
+line and exit 2 before anything connects); the work itself lives in the modules they call.
+
     raysource cassandra start|stop|status [--port N] [--keep-data] [--auth] [--tls]
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
     raysource demo [--seconds S] [--cassandra H:P] [--keep-running]

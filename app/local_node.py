@@ -1,5 +1,8 @@
 """A real, local Apache Cassandra node for development, tests and the demo — no Docker needed.
 
+Size: ~560 lines: the node's life cycle (resolve, configure, start, wait, stop, status) and the
+source selection; its JVM flags and yaml are plain data in ``raysource.app.node_config``.
+
 The node is built from Maven Central's ``cassandra-all`` jars (resolved once with the small pom in
 ``cassandra-pom.xml`` (package data beside this module) into a cache outside the repo) and started as a plain
 ``CassandraDaemon`` JVM with the JDK 17 flags and fast-start settings of a throwaway node.

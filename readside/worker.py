@@ -1,5 +1,8 @@
 """The projection worker: one slice of a projection, on any journal and offset store.
 
+Size: ~530 lines: the durable path, the live path's hand-off and parking share one worker's
+offset and per-aggregate state; the live buffer, parking and slices are modules of their own.
+
 No Ray here (the actor is :mod:`raysource.readside.projection_actor`).
 
 Lifecycle like Lagom's ReadSideProcessor, on a user

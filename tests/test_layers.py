@@ -83,3 +83,16 @@ def test_import_raysource_is_ray_free() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd="/")
     assert out.stdout.strip() == "False"
+
+
+def test_no_room_over_500_lines_without_a_stated_reason() -> None:
+    """A module longer than ~500 lines says why in its docstring (a ``Size:`` paragraph)."""
+    long = []
+    for room in [*RANK, "raysource", "service"]:
+        for path in _files(room):
+            text = path.read_text()
+            if text.count("\n") > 520:
+                doc = ast.get_docstring(ast.parse(text)) or ""
+                if "Size:" not in doc:
+                    long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert not long, long

@@ -41,7 +41,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +143,7 @@ class _HostActor:
         self._calls = 0
         self._open_s: float | None = None
         self._last_call = time.monotonic()
-        self._in_calls = 0  # ask/ask_ordered calls in progress
+        self._in_calls = 0  # calls into the host in progress (_through_host)
         self._watchdog: asyncio.Task | None = None
         # the read side's live path: acknowledged events to subscribed projection workers
         self._live = LivePublisher() if LIVE_READSIDE else None
@@ -265,6 +265,18 @@ class _HostActor:
             )
         return entity_id
 
+    async def _through_host(self, entity_id: str | None,
+                            call: Callable[[AggregateHost, str], Awaitable[Any]]) -> Any:
+        """Every call into the host: counts it in flight (a retiring actor waits for a quiet
+        moment), checks the entity, opens the stores on first use, then runs ``call``."""
+        self._touch()
+        eid = self._entity(entity_id)
+        self._in_calls += 1
+        try:
+            return await call(await self._get_host(), eid)
+        finally:
+            self._in_calls -= 1
+
     # ------------------------------------------------------------------ public API
 
     async def ask(self, command: Any, entity_id: str | None = None) -> Any:
@@ -272,27 +284,14 @@ class _HostActor:
         reply once its events are durable, or raise the typed error (``CommandRejected``,
         ``UnknownCommandError``, ``HandlerError``, ``SerializationError``,
         ``PersistFailedError``, ``AggregateStoppedError``/``PassivatedError``: not applied)."""
-        self._touch()
-        eid = self._entity(entity_id)
-        self._in_calls += 1
-        try:
-            host = await self._get_host()
-            return await host.ask(eid, command)
-        finally:
-            self._in_calls -= 1
+        return await self._through_host(entity_id, lambda h, e: h.ask(e, command))
 
     async def ask_ordered(self, entity_id: str | None, caller_id: str, seq: int,
                           command: Any) -> Any:
         """Like :meth:`ask`; commands of one ``caller_id`` are processed in ``seq`` order
         (0, 1, 2, ... per caller id; a new caller id after any ``AggregateStoppedError``)."""
-        self._touch()
-        eid = self._entity(entity_id)
-        self._in_calls += 1
-        try:
-            host = await self._get_host()
-            return await host.ask_ordered(eid, caller_id, seq, command)
-        finally:
-            self._in_calls -= 1
+        return await self._through_host(
+            entity_id, lambda h, e: h.ask_ordered(e, caller_id, seq, command))
 
     async def ask_many(self, entity_id: str | None, caller_id: str, first_seq: int,
                         commands: list[Any]) -> list[Outcome]:
@@ -312,26 +311,13 @@ class _HostActor:
         * any other outcome (a reply, ``CommandRejected``, ``PersistFailedError``,
           ``WriteOutcomeUnknownError``, ...): final, exactly as :meth:`ask` would report it.
         """
-        self._touch()
-        eid = self._entity(entity_id)
-        self._in_calls += 1
-        try:
-            host = await self._get_host()
-            return await host.ask_many(eid, caller_id, first_seq, list(commands))
-        finally:
-            self._in_calls -= 1
+        return await self._through_host(
+            entity_id, lambda h, e: h.ask_many(e, caller_id, first_seq, list(commands)))
 
     async def state(self, entity_id: str | None = None) -> Any:
         """The aggregate's current state (after every durable event), activating it if it is
         not active. Read-only: no journal write. ``PassivatedError`` once retired."""
-        self._touch()
-        eid = self._entity(entity_id)
-        self._in_calls += 1
-        try:
-            host = await self._get_host()
-            return await host.state(eid)
-        finally:
-            self._in_calls -= 1
+        return await self._through_host(entity_id, lambda h, e: h.state(e))
 
     async def passivate(self, entity_id: str | None = None) -> bool:
         """Stop the aggregate after its queued commands; True if it was active. A dedicated

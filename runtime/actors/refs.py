@@ -1,5 +1,8 @@
 """Entity references: send commands to an aggregate wherever its host actor lives.
 
+Size: ~580 lines, most of it contract docstrings; the code is one retry loop
+(``_until_answered``) shared by every call shape.
+
 * :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
   it (get-or-create) and forgets a handle that turned out stale. The sharding layer provides
   the coordinator-based resolver with node affinity; ``raysource.testing.local_resolver`` a
