@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -153,6 +154,7 @@ class Load:
 
     def __init__(self, system: System, workload: str, entities: int, callers: int) -> None:
         self.system, self.workload = system, workload
+        self.type = system.spec.types[0]
         self.entities, self.callers = entities, callers
         self.answered = self.errors = 0
         self.stop = self.go = False
@@ -160,12 +162,12 @@ class Load:
 
     async def _run(self) -> None:
         if self.workload == "w4":
-            ref = self.system.entity(PEER, f"seq-{uuid.uuid4().hex[:8]}")
+            ref = self.system.entity(self.type, f"seq-{uuid.uuid4().hex[:8]}")
             while not self.stop:
                 await self._one(ref)
             return
         ids = [f"p-{uuid.uuid4().hex[:6]}-{i}" for i in range(self.entities)]
-        await asyncio.gather(*(self._one(self.system.entity(PEER, e)) for e in ids))
+        await asyncio.gather(*(self._one(self.system.entity(self.type, e)) for e in ids))
         self.ready_at = time.monotonic()
         while not self.go:  # the driver measures the idle tree meanwhile
             await asyncio.sleep(0.05)
@@ -177,7 +179,7 @@ class Load:
         async def caller(c: int) -> None:
             while not self.stop:
                 e = ids[rng.randrange(len(ids))]
-                ref = refs[c].get(e) or refs[c].setdefault(e, self.system.entity(PEER, e))
+                ref = refs[c].get(e) or refs[c].setdefault(e, self.system.entity(self.type, e))
                 await self._one(ref)
 
         await asyncio.gather(*(caller(c) for c in range(self.callers)))
@@ -249,7 +251,7 @@ def decompose(a: argparse.Namespace) -> dict:
         out[f"journal_append_p50_ms_guard_{guard}"] = asyncio.run(_append_p50(config, n))
         system = side.start(config, a.placement)
         try:
-            ref = system.entity(PEER, f"dec-{uuid.uuid4().hex[:8]}")
+            ref = system.entity(system.spec.types[0], f"dec-{uuid.uuid4().hex[:8]}")
             ref.ask(Add(PAYLOAD), timeout=60)
             m0 = ray.get(ref.actor.info.remote())["metrics"]
             out[f"ask_p50_ms_guard_{guard}"] = timed(lambda: ref.ask(Add(PAYLOAD), timeout=30))
@@ -291,6 +293,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20, help="the measured window")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples/s")
     ap.add_argument("--hosts", type=int, default=3, help="host actors to sample (busiest)")
+    ap.add_argument("--shards", type=int, default=None,
+                    help="number_of_shards of the aggregate (hosted: host actors; default 32)")
     ap.add_argument("--no-gil", dest="gil", action="store_false",
                     help="sample every thread py-spy sees as running (by default only the "
                          "thread holding the GIL: Ray's native threads blocked in C++ would "
@@ -310,7 +314,10 @@ def main() -> None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))
         return
-    system = side.start(config, a.placement)
+    aggregate = PEER
+    if a.shards:  # another type name: the coordinator refuses a new shard count for "peer"
+        aggregate = dataclasses.replace(PEER, name=f"peer{a.shards}", number_of_shards=a.shards)
+    system = side.start(config, a.placement, aggregate)
     load = Load(system, a.workload, a.entities, a.callers)
     t_start = time.monotonic()
     load.thread.start()
@@ -346,12 +353,13 @@ def main() -> None:
     cpu1 = {p: cpu_seconds(p) for p in roles}
     for s in spies.values():
         s.wait(timeout=60)
+    memory = side.tree_rss()  # every aggregate active, right after the window (like W2's row)
     load.stop = True
     load.thread.join(timeout=30)
     warm_touch = None
     if a.workload == "w2":  # every host actor runs now: first touch without process starts
         async def touch() -> None:
-            await asyncio.gather(*(system.entity(PEER, f"w-{uuid.uuid4().hex[:8]}")
+            await asyncio.gather(*(system.entity(system.spec.types[0], f"w-{uuid.uuid4().hex[:8]}")
                                    .ask_async(Add(PAYLOAD), timeout=120)
                                    for _ in range(a.entities)))
         t = time.monotonic()
@@ -364,6 +372,7 @@ def main() -> None:
         per_role[role] += cpu1.get(p, 0) - cpu0.get(p, 0)
     summary = {
         "workload": a.workload, "guard": a.guard, "placement": a.placement,
+        "shards": aggregate.number_of_shards,
         "commands": commands, "commands_per_s": commands / (t1 - t0), "errors": load.errors,
         "window_s": t1 - t0, "loadavg": os.getloadavg(),
         "cpu_ms_per_command": {r: round(1000 * s / max(1, commands), 3)
@@ -373,6 +382,8 @@ def main() -> None:
         "idle_cpu_pct_of_one_core_before_the_load": idle,
         "first_touch_s": getattr(load, "ready_at", t0) - t_start,
         "first_touch_warm_hosts_s": warm_touch,
+        "memory_mib": {k: round(v / 2**20) if k != "processes" else v
+                       for k, v in memory.items()},
         "host_actors": sum(r == "host actors" for r in roles.values()),
         "profiles": {name: analyse(out / f"{name}.folded")
                      for name in targets if (out / f"{name}.folded").exists()},

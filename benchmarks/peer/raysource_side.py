@@ -31,6 +31,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 from benchmarks.peer.aggregate import PAYLOAD, PEER, Add
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.actors.refs import EntityRef
+from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.system import System
 
@@ -336,9 +337,9 @@ def w3_dedicated(system: System, entity: str, recoveries: int) -> list[float]:
 # --------------------------------------------------------------------------- main
 
 
-def start(config: CassandraConfig, placement: str) -> System:
+def start(config: CassandraConfig, placement: str, aggregate: AggregateType = PEER) -> System:
     return System.start(f"peer{uuid.uuid4().hex[:8]}", store=StoreSpec.for_cassandra(config),
-                        types=[PEER], placement={PEER.name: placement})
+                        types=[aggregate], placement={aggregate.name: placement})
 
 
 def main() -> None:
