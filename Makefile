@@ -31,7 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run
 
-# raysource beside Pekko (builds benchmarks/peer with Maven; Java 17 + Maven 3.8), ~15 min;
+# raysource beside Pekko (builds benchmarks/peer with Maven; Java 17 + Maven 3.8), 15-25 min;
 # flags pass through, e.g. make peer-bench PEER_ARGS="--rounds 1 --seconds 5"
 peer-bench: setup
 	cd benchmarks/peer && mvn -q -B package
