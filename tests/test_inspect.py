@@ -1,13 +1,12 @@
-"""Inspect and replay (runtime/inspect.py, `raysource events|replay`) on a real Cassandra node,
+"""Inspect and replay (app/inspect.py, `raysource events|replay`) on a real Cassandra node,
 plus pure unit tests of the state diff."""
 
 from __future__ import annotations
 
-import re
-
 import asyncio
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
