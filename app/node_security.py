@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,14 @@ class NodeSecurity:
                 "AND LOGIN = false", timeout=timeout)
         finally:
             cluster.shutdown()
+        # Cassandra caches credentials (credentials_validity, 2 s by default): the old login
+        # keeps working until the cache entry expires. Return only once it is refused.
+        deadline = time.monotonic() + timeout
+        while self._login_works(port, _DEFAULT_ROLE):
+            if time.monotonic() > deadline:
+                raise CassandraNodeError("the default superuser still logs in after it was "
+                                         "locked on the secured node")
+            time.sleep(0.25)
 
     def _password(self) -> str:
         return self.password_file.read_text().strip()

@@ -479,7 +479,7 @@ async def test_two_slice_workers_split_the_tag_keeping_per_aggregate_order(
         d = await deliveries(session, config.keyspace, tag)
         return d if len(d) >= 60 else None
 
-    rows = await until(delivered, 20, "60 deliveries")
+    rows = await until(delivered, 60, "60 deliveries")  # generous: CI machines are loaded
     per_pid = defaultdict(list)
     workers = defaultdict(set)
     for w, _b, _n, p, s in rows:  # sorted by worker, activation, delivery number
@@ -492,9 +492,12 @@ async def test_two_slice_workers_split_the_tag_keeping_per_aggregate_order(
     statuses = await control.status(spec.name)
     assert [s["worker"] for s in statuses] == ["0/2", "1/2"]
     assert sum(s["handled"] for s in statuses) == 60
-    # one read of the tag: slice 0 reads and feeds slice 1, which never queries the tag
-    assert [(s["role"], s["tag_rows_read"]) for s in statuses] == [("reader", 60),
-                                                                  ("follower", 0)], statuses
+    # one read of the tag: slice 0 reads and feeds slice 1, which never queries the tag, so the
+    # tag is read about once in total, by the reader only (a tag row re-written by the
+    # writer's at-least-once tag write, or a re-read page, may add a few)
+    assert [s["role"] for s in statuses] == ["reader", "follower"], statuses
+    assert 60 <= statuses[0]["tag_rows_read"] <= 66 and statuses[1]["tag_rows_read"] == 0, \
+        statuses
     for k in ks.values():
         await k.aclose()
 
