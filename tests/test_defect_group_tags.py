@@ -16,16 +16,15 @@ import uuid
 import pytest
 
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
-from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.errors import JournalOutcomeUnknownError, OutcomeUnknownError
 from raysource.runtime.core import EntityCore
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
+from test_tag_repair import _tagged_seqs, config  # noqa: F401  (the fixture and the tag check)
 
 pytestmark = pytest.mark.cassandra
 
-DELAY = 0.4  # tag visibility delay of these tests
 
 
 class TagWriteFails(CassandraJournal):
@@ -41,30 +40,9 @@ class TagWriteFails(CassandraJournal):
         await super()._write_tags(events)
 
 
-@pytest.fixture
-async def config(cassandra_contact, cassandra_keyspace):
-    host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=DELAY)
-    journal = await CassandraJournal.connect(cfg, create_schema=True)
-    await journal.close()
-    return cfg
-
-
 async def _core(journal: CassandraJournal, entity_id: str) -> EntityCore:
     return EntityCore(SHOW, entity_id, journal, InMemorySnapshotStore(),
                       serialization_for(SHOW, StoreSpec()), writer_id=uuid.uuid4().hex)
-
-
-async def _tagged(cfg: CassandraConfig, entity_id: str) -> list[int]:
-    await asyncio.sleep(DELAY + 0.3)  # past the visibility delay
-    journal = await CassandraJournal.connect(cfg)
-    try:
-        pid = SHOW.persistence_id(entity_id)
-        return sorted({t.event.sequence_nr async for t in journal.events_by_tag("show")
-                       if t.event.persistence_id == pid})
-    finally:
-        await journal.close()
 
 
 async def _one_flush_of_three(core: EntityCore) -> list:
@@ -84,7 +62,7 @@ async def test_a_flush_acknowledged_after_a_failed_tag_write_is_tagged_whole(con
                        SeatReserved("A3", "cat")]  # acknowledged: the re-read found them
     await core.stop()
     await journal.close()
-    assert await _tagged(config, eid) == [1, 2, 3]
+    assert await _tagged_seqs(config, eid) == [1, 2, 3]
 
 
 async def test_the_next_activation_tags_a_whole_flush_whose_writer_died(config) -> None:
@@ -96,13 +74,13 @@ async def test_the_next_activation_tags_a_whole_flush_whose_writer_died(config) 
     assert all(isinstance(r, OutcomeUnknownError) for r in replies), replies  # never acked
     await core.stop()
     await dying.close()
-    assert await _tagged(config, eid) == []  # stored, untagged
+    assert await _tagged_seqs(config, eid) == []  # stored, untagged
 
     journal = await CassandraJournal.connect(config)
     fresh = await _core(journal, eid)
     state = await fresh.handle(GetShow())  # recovery repairs before answering
     assert [state.holder(s) for s in ("A1", "A2", "A3")] == ["ann", "ben", "cat"]
-    assert await _tagged(config, eid) == [1, 2, 3]
+    assert await _tagged_seqs(config, eid) == [1, 2, 3]
     await fresh.stop()
     await journal.close()
 
