@@ -3,6 +3,7 @@
 Only light modules are imported eagerly; the Cassandra pieces load cassandra-driver on access.
 """
 
+from raysource.journal._lazy import lazy_getattr
 from raysource.journal.api import (
     Journal,
     JournalCapabilities,
@@ -33,10 +34,4 @@ __all__ = [
 _LAZY = {name: "raysource.journal.cassandra" for name in (
     "CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema", "schema_cql")}
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'raysource.journal' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

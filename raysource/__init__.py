@@ -18,6 +18,7 @@ Errors: ``raysource.errors`` lists the whole tree.
 
 from __future__ import annotations
 
+from raysource.journal._lazy import lazy_getattr
 from raysource.errors import *  # noqa: F403 - the error tree is part of the public API
 from raysource.errors import __all__ as _errors
 from raysource.runtime.aggregate import (
@@ -68,10 +69,4 @@ _LAZY = {
     "CassandraConfig": "raysource.journal.cassandra.config",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'raysource' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -3,6 +3,7 @@
 ``config`` is light (no driver import); the other names load cassandra-driver on first access.
 """
 
+from raysource.journal._lazy import lazy_getattr
 from raysource.journal.cassandra.config import CassandraConfig
 
 __all__ = ["CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema",
@@ -15,10 +16,4 @@ _LAZY = {
     "schema_cql": "raysource.journal.cassandra.schema",
 }
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'raysource.journal.cassandra' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
