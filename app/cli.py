@@ -21,8 +21,8 @@ own beyond argument parsing and printing.
 
 Bad input is one line on stderr and a non-zero exit (2: usage or configuration, 1: a failed
 run), within seconds: arguments are checked before anything connects, a Ray ``--address`` is
-probed before Ray is asked to join it (``raysource.app.ray_join``), and Cassandra is reached
-with a short connect timeout. Cassandra credentials and TLS come from the environment
+probed before Ray is asked to join it (``raysource.runtime.actors.cluster.connect_ray``), and
+Cassandra is reached with a short connect timeout. Cassandra credentials and TLS come from the environment
 (``RAYSOURCE_CASSANDRA_USERNAME``, ``..._PASSWORD_FILE``, ``..._TLS_CA``, ...: see
 ``raysource.journal.cassandra.config``), never from the command line.
 """
@@ -144,9 +144,10 @@ def _loadtest(args: argparse.Namespace) -> int:
     if args.address is not None:
         import uuid
 
-        from raysource.app.ray_join import join_ray
+        from raysource.runtime.actors.cluster import connect_ray
 
-        join_ray(args.address, f"raysource-{uuid.uuid4().hex[:8]}")
+        connect_ray(args.address or "auto", quiet=True,
+                    namespace=f"raysource-{uuid.uuid4().hex[:8]}")
     print("raysource loadtest: " + "  ".join(f"{k}={v}" for k, v in vars(args).items()
                                             if k not in ("func", "command")))
     try:
@@ -162,9 +163,9 @@ def _serve(args: argparse.Namespace) -> int:
     from raysource.app.serve import run_serve  # heavy imports (Ray Serve) only for this command
 
     if args.address is not None:
-        from raysource.app.ray_join import join_ray
+        from raysource.runtime.actors.cluster import connect_ray
 
-        join_ray(args.address, args.namespace)
+        connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
     return run_serve(host=args.host, port=args.port, replicas=args.replicas,
                      contact=args.cassandra, keyspace=args.keyspace, system=args.system,
                      address=args.address, namespace=args.namespace, seconds=args.seconds,
@@ -260,12 +261,13 @@ def _state(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from raysource.app import inspect as ins
-    from raysource.app.ray_join import join_ray
+    from raysource.runtime.actors.cluster import connect_ray
 
     agg = ins.resolve_type(args.type, ins.load_app(args.app))
     agg.persistence_id(args.id)  # a bad id is a usage error, before any connection
     config = _config(args, connect_timeout=5.0)
-    join_ray(args.address, args.namespace)  # before Ray is imported: token settings apply
+    # before Ray is imported: token settings apply
+    connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
 
     import ray
 
@@ -322,7 +324,7 @@ def _projection_op(args: argparse.Namespace) -> int:
     """``projection verify|parked|retry|skip|set-offset`` (operating a projection)."""
     import asyncio
 
-    from raysource.app.ray_join import join_ray
+    from raysource.runtime.actors.cluster import connect_ray
     from raysource.readside.projections import offset_from_str
 
     spec = _load_spec(args.spec) if args.action in ("verify", "set-offset") or not args.name \
@@ -351,7 +353,7 @@ def _projection_op(args: argparse.Namespace) -> int:
                   f"#{p['sequence_nr']}: {p['error']}")
         print(f"{len(parked)} parked aggregate stream(s)")
         return 0
-    join_ray(args.address, args.namespace)
+    connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
     control = Projections(config, detached=True)
 
     async def run() -> str:
@@ -387,7 +389,7 @@ def _projection(args: argparse.Namespace) -> int:
     if args.action in _READSIDE_OPS:
         return _projection_op(args)
 
-    from raysource.app.ray_join import join_ray
+    from raysource.runtime.actors.cluster import connect_ray
     from raysource.readside.projections import offset_from_str
 
     spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
@@ -397,7 +399,7 @@ def _projection(args: argparse.Namespace) -> int:
                           "out to use the spec's)")
     target = offset_from_str(args.to) if args.action == "reset" else None
     config = _config(args, connect_timeout=5.0)
-    join_ray(args.address, args.namespace)
+    connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
     from raysource.readside.projection_actor import Projections
 
     control = Projections(config, detached=True)

@@ -1,4 +1,5 @@
-"""How raysource meets the Ray cluster: joining it (:func:`connect_ray`) and naming its actors.
+"""How raysource meets the Ray cluster: joining it (:func:`connect_ray`, the one way every
+process joins: ``System``, the CLI, the service) and naming its actors.
 
 Every named actor raysource creates is spelled, and parsed back, here and nowhere else:
 
@@ -14,18 +15,22 @@ projection worker           ``raysource-projection:<projection>:<slice>-of-<n sl
 
 >>> host_name("demo", "show|hamlet")
 'demo:show|hamlet'
->>> parse_name(shard_host_name("demo", "show", 3))
-ActorName(kind='hosted', system='demo', type_name='show', shard=3, persistence_id=None, node_id=None, projection=None, slice_index=None, n_slices=None)
+>>> parse_name(shard_host_name("demo", "show", 3)).shard
+3
 >>> parse_name(projection_name("by-customer", 0, 2)).projection
 'by-customer'
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from raysource.journal.errors import ConfigError
@@ -128,33 +133,144 @@ def system_of(name: str) -> str | None:
 
 
 def connect_ray(address: str | None = "auto", namespace: str | None = None, *,
-                probe_timeout_s: float = 3.0, **init_options: Any) -> None:
-    """Join the Ray cluster at ``address`` (a no-op if this process is already connected).
+                quiet: bool = False, **init_options: Any) -> None:
+    """Join the Ray cluster at ``address`` (``"auto"``: the one this machine runs), or start a
+    local one (``None``/``"local"``); a no-op if this process is already connected. Every way
+    this fails is one ``ConfigError``.
 
-    ``address=None`` starts a local Ray instance. A ``host:port`` address is probed with a
-    plain TCP connection first (``ray.init`` retries an unreachable GCS for minutes), so an
-    unreachable address is a ``ConfigError`` within ``probe_timeout_s``; so is any failure
-    of ``ray.init`` itself (e.g. a token-authenticated cluster without the token: the
-    message says how to pass it). ``init_options`` go to ``ray.init`` as they are.
+    Joining is bounded and authenticated:
+
+    * a ``host:port`` address is probed first — a plain TCP connection, then the HTTP/2 client
+      preface (Ray's GCS is a gRPC server and answers it with a SETTINGS frame) — so an
+      unreachable address, or a port that is not a Ray GCS (e.g. Cassandra's), is a
+      ``ConfigError`` within seconds where Ray's own connect loop retries for 20 s to minutes;
+      Ray's GCS connect budget is shortened too (only where the caller did not set it);
+    * token auth: Ray 2.60 clusters started by a local ``ray.init()`` (and every deployment in
+      ``deploy/``) require a token, which a joining driver only sends with
+      ``RAY_AUTH_MODE=token``. When the mode is not set and a token is available
+      (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), token mode is
+      switched on for this process; a refused token is a ``ConfigError`` saying how to pass
+      the right one. The token itself is never printed.
+
+    ``quiet`` silences Ray's C++ client on file descriptor 2 while joining (the CLI's error is
+    one line). ``init_options`` go to ``ray.init`` as they are. Call it before anything imports
+    ``ray`` when joining a token-authenticated cluster (Ray reads these settings at import; a
+    token mode switched on later is pushed into Ray's cached config).
     """
+    joining = address not in (None, "local")
+    if address not in (None, "local", "auto"):
+        _probe(address)
+    switched = _prepare_env() if joining else False
+    if switched and "ray" in sys.modules:
+        from ray._raylet import Config  # Ray caches its config at import: refresh it
+
+        Config.initialize("")
     import ray
 
     if ray.is_initialized():
         return
-    if address not in (None, "auto", "local"):
-        host, _, port = address.split("://", 1)[-1].rpartition(":")
-        if host and port.isdigit():
-            try:
-                socket.create_connection((host, int(port)), timeout=probe_timeout_s).close()
-            except OSError as exc:
-                raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from exc
+    options = {"log_to_driver": False, "configure_logging": False,
+               "logging_level": logging.WARNING, **init_options}
     try:
-        options = {"log_to_driver": False, "configure_logging": False,
-                   "logging_level": logging.WARNING, **init_options}
-        ray.init(address=address, namespace=namespace, **options)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        hint = ""
-        if "auth" in str(exc).lower() and not os.environ.get("RAY_AUTH_MODE"):
-            hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token "
-                    "and the cluster's token, see Ray's token authentication docs)")
-        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}{hint}") from exc
+        with _quiet_stderr() if quiet else contextlib.nullcontext():
+            ray.init(address=address, namespace=namespace, **options)
+    except Exception as exc:  # noqa: BLE001 - every way Ray fails to join becomes one line
+        if _auth_refused(exc):
+            raise ConfigError(
+                f"the Ray cluster at {address!r} refused this client's auth token: pass the "
+                "cluster's token with RAY_AUTH_TOKEN=... or RAY_AUTH_TOKEN_PATH=file (and "
+                "RAY_AUTH_MODE=token)") from exc
+        raise ConfigError(f"could not join the Ray cluster at {address!r}: "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+# ------------------------------------------------------------------------ joining, the parts
+
+PROBE_TIMEOUT_S = 3.0
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_BOUNDED_ENV = {
+    "RAY_gcs_server_port_wait_time_s": "3",  # connect attempts (~1 s each), default 20
+    "RAY_gcs_rpc_server_connect_timeout_s": "5",
+}
+
+
+def ray_token_available() -> bool:
+    """True when a Ray auth token can be found the way Ray looks for one."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    candidate = Path(path).expanduser() if path else Path.home() / ".ray" / "auth_token"
+    try:
+        return bool(candidate.read_text().strip())
+    except OSError:
+        return False
+
+
+def is_grpc_server(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True when ``host:port`` answers the HTTP/2 client preface with a SETTINGS frame (as every
+    gRPC server, and so Ray's GCS, does). ``OSError`` when nothing accepts the connection."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(_H2_PREFACE)
+        head = b""
+        try:
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError:
+            return False
+    return len(head) == 9 and head[3] == 0x04
+
+
+def _probe(address: str) -> None:
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid Ray address {address!r}: expected host:port or 'auto'")
+    try:
+        grpc = is_grpc_server(host, int(port))
+    except OSError as exc:
+        raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from None
+    if not grpc:
+        raise ConfigError(f"{address!r} does not answer like a Ray cluster (GCS) address; "
+                          "pass the head node's GCS address (host:6379 by default)")
+
+
+def _prepare_env() -> bool:
+    """Set the bounded connect and token settings; True if token mode was switched on here."""
+    for key, value in _BOUNDED_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("RAY_AUTH_MODE") is None and ray_token_available():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the duration (the CLI's error is one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _auth_refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = f"{type(seen).__name__} {seen}"
+        if "AuthenticationError" in text or "InvalidAuthToken" in text or "Unauthenticated" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
