@@ -72,8 +72,7 @@ class _ProjectionActor:
     async def _boot(self) -> None:
         from raysource.journal.cassandra.journal import CassandraJournal
 
-        session = CassandraSession(self.config)
-        await session.connect(keyspace="")
+        session = await CassandraSession.open(self.config)
         journal = CassandraJournal(session, self.config)
         worker = ProjectionWorker(self.spec, self.slice_index, session, self.config, journal,
                                   metrics=self._metrics)
@@ -307,9 +306,8 @@ class Projections:
                 raise answer
             else:
                 live[key] = answer
-        session = CassandraSession(self.config)
+        session = await CassandraSession.open(self.config)
         try:
-            await session.connect(keyspace="")
             store = CassandraOffsetStore(session, self.config.keyspace)
             await store.create()
             rows = await store.list(name)
