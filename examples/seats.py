@@ -9,6 +9,11 @@ Rules: a seat cannot be double-booked ("seat A1 is already reserved"), unknown s
 rejected, and only the customer who holds a reservation can cancel it. ``GetShow()`` is
 read-only and never touches the journal.
 
+Holds (durable timers): ``HoldSeat(seat, customer, seconds)`` holds a free seat for a customer
+and schedules ``ReleaseHold`` after ``seconds``; ``ConfirmHold`` turns the hold into a
+reservation and cancels the timer. A hold that is not confirmed in time is released by the
+timer, even if the show was passivated or its node lost meanwhile.
+
     from raysource.journal.serialization import Serialization
     ser = Serialization()
     SHOW.register_types(ser)
@@ -22,17 +27,24 @@ from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
     SnapshotPolicy,
+    none,
     persist,
     reject,
     reply,
+    schedule,
     unknown_command,
 )
 
 __all__ = [
     "SHOW",
     "CancelReservation",
+    "ConfirmHold",
     "CreateShow",
     "GetShow",
+    "HoldReleased",
+    "HoldSeat",
+    "ReleaseHold",
+    "SeatHeld",
     "ReservationCancelled",
     "ReserveSeat",
     "SeatReserved",
@@ -104,6 +116,31 @@ class CancelReservation:
 
 
 @dataclass(frozen=True)
+class HoldSeat:
+    """Hold a free seat for ``customer``; released after ``seconds`` unless confirmed."""
+
+    seat: str
+    customer: str
+    seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class ConfirmHold:
+    """Turn the customer's hold into a reservation (and cancel its release timer)."""
+
+    seat: str
+    customer: str
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    """Release the customer's hold (sent by the hold's timer; a no-op if it is gone)."""
+
+    seat: str
+    customer: str
+
+
+@dataclass(frozen=True)
 class GetShow:
     """Read-only: replies the current :class:`ShowState`."""
 
@@ -134,6 +171,23 @@ class ReservationCancelled:
     customer: str
 
 
+@dataclass(frozen=True)
+class SeatHeld:
+    """The seat is held for the customer until ``seconds`` after this event."""
+
+    seat: str
+    customer: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HoldReleased:
+    """The customer's hold of the seat ended without a reservation."""
+
+    seat: str
+    customer: str
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -145,6 +199,7 @@ class ShowState:
     seats: int = DEFAULT_SEATS
     created: bool = False
     reservations: dict[str, str] = field(default_factory=dict)
+    holds: dict[str, str] = field(default_factory=dict)  # seat -> customer
 
     def holder(self, seat: str) -> str | None:
         return self.reservations.get(seat)
@@ -155,7 +210,7 @@ class ShowState:
 
     @property
     def available(self) -> int:
-        return self.seats - len(self.reservations)
+        return self.seats - len(self.reservations) - len(self.holds)
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -171,7 +226,31 @@ def handle_command(state: ShowState, command: object) -> Effect:
             holder = state.holder(seat)
             if holder is not None:
                 return reject(f"seat {seat} is already reserved")
+            if seat in state.holds:
+                return reject(f"seat {seat} is held")
             return persist(SeatReserved(seat, customer), reply=SeatReserved(seat, customer))
+        case HoldSeat(seat=seat, customer=customer, seconds=seconds):
+            if not customer:
+                return reject("a hold needs a customer")
+            if not state.is_seat(seat):
+                return reject(f"seat {seat} does not exist")
+            if state.holder(seat) is not None or seat in state.holds:
+                return reject(f"seat {seat} is not free")
+            if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86_400:
+                return reject(f"a hold lasts 0 to 86400 seconds, got {seconds!r}")
+            event = SeatHeld(seat, customer, float(seconds))
+            return persist(event, reply=event, schedule=schedule(
+                f"hold-{seat}", ReleaseHold(seat, customer), after=float(seconds)))
+        case ConfirmHold(seat=seat, customer=customer):
+            if state.holds.get(seat) != customer:
+                return reject(f"seat {seat} is not held by {customer}")
+            event = SeatReserved(seat, customer)
+            return persist(event, reply=event, cancel=f"hold-{seat}")
+        case ReleaseHold(seat=seat, customer=customer):
+            if state.holds.get(seat) != customer:
+                return none()  # confirmed, or released already
+            released = HoldReleased(seat, customer)
+            return persist(released, reply=released, cancel=f"hold-{seat}")
         case CancelReservation(seat=seat, customer=customer):
             if not state.is_seat(seat):
                 return reject(f"seat {seat} does not exist")
@@ -198,13 +277,21 @@ def handle_command(state: ShowState, command: object) -> Effect:
 
 def apply_event(state: ShowState, event: object) -> ShowState:
     match event:
-        case SeatReserved(seat=seat, customer=customer):
-            return ShowState(state.seats, state.created, {**state.reservations, seat: customer})
+        case SeatReserved(seat=seat, customer=customer):  # also confirms a hold
+            holds = {s: c for s, c in state.holds.items() if s != seat}
+            return ShowState(state.seats, state.created, {**state.reservations, seat: customer},
+                             holds)
         case ReservationCancelled(seat=seat):
             rest = {s: c for s, c in state.reservations.items() if s != seat}
-            return ShowState(state.seats, state.created, rest)
+            return ShowState(state.seats, state.created, rest, state.holds)
         case ShowCreated(seats=seats):
-            return ShowState(seats, True, state.reservations)
+            return ShowState(seats, True, state.reservations, state.holds)
+        case SeatHeld(seat=seat, customer=customer):
+            return ShowState(state.seats, state.created, state.reservations,
+                             {**state.holds, seat: customer})
+        case HoldReleased(seat=seat):
+            holds = {s: c for s, c in state.holds.items() if s != seat}
+            return ShowState(state.seats, state.created, state.reservations, holds)
     raise TypeError(f"unknown event {type(event).__qualname__}")
 
 
@@ -219,7 +306,8 @@ SHOW: AggregateType[ShowState, object, object] = AggregateType(
     event_handler=apply_event,
     tagger=tags,
     snapshot=SnapshotPolicy(every_n_events=100, keep=2),
-    events=(ShowCreated, SeatReserved, ReservationCancelled),
-    commands=(CreateShow, ReserveSeat, CancelReservation, GetShow),
+    events=(ShowCreated, SeatReserved, ReservationCancelled, SeatHeld, HoldReleased),
+    commands=(CreateShow, ReserveSeat, CancelReservation, GetShow, HoldSeat, ConfirmHold,
+              ReleaseHold),
     types=(ShowState,),
 )

@@ -16,6 +16,8 @@ An aggregate type is a value (:class:`AggregateType`) made of:
 Effects (build them with the functions, match on the classes)::
 
     persist(*events, reply=..., then=(...,))  # store events atomically, then reply
+    persist(*events, schedule=schedule("expire", Expire(), after=600), cancel="remind")
+                                               # + durable timers (raysource.runtime.timers)
     reply(value)                               # answer without touching the journal (queries)
     reject("seat A1 is already reserved")      # CommandRejected(reason) at the caller
     none()                                     # no-op, reply None
@@ -32,10 +34,12 @@ a :class:`HandlerError`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
 from raysource.journal.errors import ConfigError
@@ -100,6 +104,8 @@ class Persist(Effect):
     events: tuple[Any, ...]
     reply: Any = None
     then: tuple[Callable[[Any], Any], ...] = ()
+    schedule: tuple["Schedule", ...] = ()
+    cancel: tuple[str, ...] = ()
 
     def reply_for(self, new_state: Any) -> Any:
         """The reply value for the state after this effect's events."""
@@ -135,13 +141,81 @@ def persist(
     *events: Any,
     reply: Any = None,
     then: Callable[[Any], Any] | Iterable[Callable[[Any], Any]] = (),
+    schedule: "Schedule | Iterable[Schedule]" = (),
+    cancel: str | Iterable[str] = (),
 ) -> Persist:
     """Persist ``events`` atomically, then reply ``reply`` (a value or ``(new_state) -> value``).
 
     ``then`` is one callable or several, each called with the new state once durable.
+    ``schedule``: one :class:`Schedule` or several (durable timers: the aggregate receives the
+    timer's command at its due time, even if passivated or its node is lost); ``cancel``: the
+    name of a pending timer, or several, that must never fire. Both are stored in the same
+    atomic append as ``events`` (so at least one event is required: ``ConfigError``); a
+    schedule under the name of a pending timer replaces it. Cancel first, then schedule.
     """
     thens = (then,) if callable(then) else tuple(then)
-    return Persist(tuple(events), reply, thens)
+    schedules = (schedule,) if isinstance(schedule, Schedule) else tuple(schedule)
+    cancels = (cancel,) if isinstance(cancel, str) else tuple(cancel)
+    if not all(isinstance(s, Schedule) for s in schedules):
+        raise ConfigError(f"schedule= takes Schedule values (see schedule()), got {schedules!r}")
+    for name in cancels:
+        _check_timer_name(name)
+    if (schedules or cancels) and not events:
+        raise ConfigError("a schedule or cancel is journaled with the events of its command: "
+                          "persist at least one event with it")
+    return Persist(tuple(events), reply, thens, schedules, cancels)
+
+
+# --------------------------------------------------------------------------- durable timers
+
+_MAX_TIMER_NAME = 200
+
+
+def _check_timer_name(name: Any) -> str:
+    if not isinstance(name, str) or not name or len(name) > _MAX_TIMER_NAME:
+        raise ConfigError(f"a timer name must be a non-empty str of at most {_MAX_TIMER_NAME} "
+                          f"characters, got {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A durable timer: deliver ``command`` to this aggregate at ``at`` (an aware datetime)
+    or ``after_s`` seconds after the events that schedule it. One pending timer per ``name``
+    and aggregate. Build with :func:`schedule`."""
+
+    name: str
+    command: Any
+    after_s: float | None = None
+    at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _check_timer_name(self.name)
+        if (self.after_s is None) == (self.at is None):
+            raise ConfigError(f"timer {self.name!r}: give exactly one of after= or at=")
+        if self.after_s is not None and (isinstance(self.after_s, bool)
+                                         or not isinstance(self.after_s, (int, float))
+                                         or not math.isfinite(self.after_s)
+                                         or self.after_s < 0):
+            raise ConfigError(f"timer {self.name!r}: after= must be a finite number of seconds "
+                              f">= 0, got {self.after_s!r}")
+        if self.at is not None and (not isinstance(self.at, datetime) or self.at.tzinfo is None):
+            raise ConfigError(f"timer {self.name!r}: at= must be a timezone-aware datetime, "
+                              f"got {self.at!r}")
+
+    def due(self, now: datetime) -> datetime:
+        """The due time when scheduled at ``now`` (the events' timestamp)."""
+        if self.at is not None:
+            return self.at
+        return now + timedelta(seconds=float(self.after_s or 0.0))
+
+
+def schedule(name: str, command: Any, *, after: float | None = None,
+             at: datetime | None = None) -> Schedule:
+    """A durable timer named ``name`` that sends ``command`` (a command of this aggregate
+    type) to this aggregate ``after`` seconds from now or ``at`` a time; pass it to
+    ``persist(..., schedule=...)``."""
+    return Schedule(name, command, after, at)
 
 
 def reply(value: Any = None) -> Reply:

@@ -49,6 +49,7 @@ from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
 from raysource.journal.errors import (
     ConcurrentWriteError,
     JournalError,
+    JournalOutcomeUnknownError,
     NotAppliedError,
     OutcomeUnknownError,
     SerializationError,
@@ -62,10 +63,14 @@ from raysource.runtime.errors import (
     WriteOutcomeUnknownError,
 )
 from raysource.journal.serialization import Serialization
+from raysource.journal.errors import ConfigError
 from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
 from raysource.runtime.idempotency import KeyTable, Keyed
 from raysource.runtime.metrics import Metrics, error_kind
+from raysource.runtime.shard_id import shard_of
+from raysource.runtime.timers import FIRED_FIELD, Pending, TimerFire, TimerTable
 from raysource.snapshots.api import SnapshotStore
+from raysource.timers.api import DEFAULT_BUCKET_MS, DEFAULT_SETTLE_MS, TimerStore
 
 __all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
 
@@ -101,6 +106,8 @@ class CoreStats:
     snapshot_failures: int = 0
     recoveries: int = 0
     repeats: int = 0  # commands answered from the idempotency key table (nothing run)
+    timers_fired: int = 0  # timer fires that ran their command
+    stale_fires: int = 0  # fires of timers no longer pending (cancelled, replaced, fired)
 
 
 @dataclass(slots=True)
@@ -122,6 +129,9 @@ class _Flush:
     bytes: int = 0
     # idempotency key -> (the first command's outcome, its first event if it persisted)
     keyed: dict[str, tuple[_Outcome, StoredEvent | None]] = field(default_factory=dict)
+    # durable timers: the flush's tentative changes, and fires that wrote no event
+    timers: dict[str, Pending | None] = field(default_factory=dict)
+    silent_fires: list[TimerFire] = field(default_factory=list)
 
 
 def _utcnow() -> datetime:
@@ -160,6 +170,7 @@ class EntityCore:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utcnow,
         metrics: Metrics | None = None,
+        timer_store: TimerStore | None = None,
     ) -> None:
         if min(max_batch, max_events_per_write, max_bytes_per_write) < 1:
             raise ValueError("max_batch, max_events_per_write and max_bytes_per_write must be >= 1")
@@ -186,6 +197,12 @@ class EntityCore:
         # applied idempotency keys (runtime.idempotency): rebuilt by every recovery
         self.keys = KeyTable(aggregate_type.idempotency, serialization, self.persistence_id,
                              wall_clock)
+        # pending durable timers (runtime.timers) and their index: rebuilt by every recovery
+        self.timer_store = timer_store
+        self.timers = TimerTable(
+            serialization, aggregate_type.name, self.persistence_id,
+            shard_of(entity_id, aggregate_type.number_of_shards),
+            timer_store.bucket_ms if timer_store is not None else DEFAULT_BUCKET_MS)
         self._last_activity = clock()
         self._mailbox: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
@@ -376,12 +393,23 @@ class EntityCore:
             if key is not None and self._repeated(key, fut, flush):
                 continue  # answered like the first application of its key, nothing written
             outcome = _Outcome(fut)
+            fire = command if isinstance(command, TimerFire) else None
+            if fire is not None:
+                command = self._timer_command(fire, outcome, flush)
+                if command is None:  # stale (or undecodable): answered, nothing run
+                    flush.outcomes.append(outcome)
+                    continue
             before = len(flush.events)
-            decided = self._decide(command, state, seq, outcome, flush, key)
+            decided = self._decide(command, state, seq, outcome, flush, key, fire)
             if decided is None:  # this write is full: the rest goes into the next one
                 self._carry.extendleft(reversed(batch[i:]))
                 break
             state, seq = decided
+            if fire is not None:
+                self.stats.timers_fired += 1
+                if len(flush.events) == before:  # consumed, but nothing journals it
+                    flush.timers[fire.name] = None
+                    flush.silent_fires.append(fire)
             self.stats.commands += 1
             flush.outcomes.append(outcome)
             if key is not None:
@@ -393,6 +421,8 @@ class EntityCore:
         if flush.events and not await self._write(flush):
             return
         self._state, self._seq = state, seq
+        for fire in flush.silent_fires:
+            self.timers.fired_without_events(fire)
         for key, (o, first) in flush.keyed.items():
             if first is not None:  # the reply is kept encoded only (decoded on a repeat)
                 self.keys.applied(first)
@@ -432,7 +462,46 @@ class EntityCore:
             return await self._after_failed_write(flush, exc)
         self.stats.events += len(flush.events)
         self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
+        try:
+            await self._index_timers(flush.events)
+        except Exception as exc:  # stored, but not indexed: a recovery re-indexes (as tags)
+            self.metrics.journal_error(type_name, "timer-index")
+            log.warning("%s: timer index write after #%d failed: %r", self.persistence_id,
+                        flush.events[-1].sequence_nr, exc,
+                        extra=self.log_context(flush.events[-1].sequence_nr))
+            # the events ARE stored: never "not applied" (a re-read decides, as for tags)
+            unknown = JournalOutcomeUnknownError(
+                f"{self.persistence_id}: events stored, their timer index write failed: {exc!r}")
+            unknown.__cause__ = exc
+            return await self._after_failed_write(flush, unknown)
         return True
+
+    async def _index_timers(self, events: list[StoredEvent]) -> None:
+        """Apply the timer metadata of durable ``events`` to the table and write their index
+        rows (before anyone is answered: an acknowledged schedule is always indexed)."""
+        upserts, deletes = [], []
+        for e in events:
+            if e.metadata:
+                u, d = self.timers.applied(e)
+                upserts += u
+                deletes += d
+        if not (upserts or deletes):
+            return
+        if self.timer_store is None:
+            raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
+        started = self._wall_clock()
+        if deletes:  # best effort: a row left behind fires as stale and is deleted then
+            try:
+                await self.timer_store.delete(deletes)
+            except Exception as exc:
+                log.warning("%s: deleting cancelled timer rows failed: %r",
+                            self.persistence_id, exc, extra=self.log_context())
+        if upserts:
+            await self.timer_store.upsert(upserts)
+            took_ms = (self._wall_clock() - started).total_seconds() * 1000
+            if took_ms > DEFAULT_SETTLE_MS / 2:  # its bucket may be retired: write it anew
+                await self.timer_store.upsert(
+                    self.timers.rows_now({r.name for r in upserts}, self._wall_clock()))
 
     async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
         """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,
@@ -505,8 +574,22 @@ class EntityCore:
             self._resolve(fut, value, error)
         return found
 
+    def _timer_command(self, fire: TimerFire, outcome: _Outcome, flush: _Flush) -> Any | None:
+        """The command of a timer fire, or None (answered: stale, or undecodable)."""
+        try:
+            command = self.timers.command_of(fire, flush.timers)
+        except Exception as exc:  # its stored command cannot be decoded any more
+            outcome.error = self._handler_error("timer command decoding", fire, exc)
+            flush.timers[fire.name] = None
+            flush.silent_fires.append(fire)
+            return None
+        if command is None:
+            self.stats.stale_fires += 1
+        return command
+
     def _decide(self, command: Any, state: Any, seq: int, outcome: _Outcome,
-                flush: _Flush, key: str | None = None) -> tuple[Any, int] | None:
+                flush: _Flush, key: str | None = None,
+                fire: TimerFire | None = None) -> tuple[Any, int] | None:
         """Run one command against the tentative ``state``; record its outcome and events.
         Returns the tentative state and sequence number after it, or None if its events do
         not fit into this write any more (the command must be re-run in the next flush)."""
@@ -527,7 +610,7 @@ class EntityCore:
         elif isinstance(effect, NoOp):
             pass
         elif isinstance(effect, Persist):
-            return self._apply_persist(command, effect, state, seq, outcome, flush, key)
+            return self._apply_persist(command, effect, state, seq, outcome, flush, key, fire)
         else:
             outcome.error = HandlerError(
                 f"{self.persistence_id}: command handler returned {effect!r} for "
@@ -536,8 +619,8 @@ class EntityCore:
         return state, seq
 
     def _apply_persist(self, command: Any, effect: Persist, state: Any, seq: int,
-                       outcome: _Outcome, flush: _Flush,
-                       key: str | None = None) -> tuple[Any, int] | None:
+                       outcome: _Outcome, flush: _Flush, key: str | None = None,
+                       fire: TimerFire | None = None) -> tuple[Any, int] | None:
         agg = self.aggregate_type
         predicate = agg.snapshot.predicate
         stored: list[StoredEvent] = []
@@ -558,9 +641,19 @@ class EntityCore:
                     writer_id=self.writer_id, tags=agg.tags_for(event),
                 ))
             outcome.value = effect.reply_for(new_state)
+            meta: dict[str, str] = {}
             if key is not None and stored:  # the key and reply, in the same atomic append
-                stored[0] = dataclasses.replace(stored[0], metadata={
-                    **stored[0].metadata, **self.keys.metadata(key, outcome.value, seq + 1)})
+                meta.update(self.keys.metadata(key, outcome.value, seq + 1))
+            if fire is not None and stored:  # the fire, journaled with what it caused
+                meta[FIRED_FIELD] = fire.timer_id
+            if effect.schedule or effect.cancel:  # the timers, with the events creating them
+                if not stored:
+                    raise ConfigError("a schedule or cancel needs at least one event")
+                meta.update(self.timers.metadata(effect.schedule, effect.cancel, timestamp,
+                                                 seq + 1))
+            if meta:
+                stored[0] = dataclasses.replace(stored[0],
+                                                metadata={**stored[0].metadata, **meta})
         except (SerializationError, CommandError) as exc:
             outcome.error = exc
             return state, seq
@@ -570,6 +663,8 @@ class EntityCore:
         if flush.events and self._over_limit(flush, stored):
             return None
         flush.events.extend(stored)
+        if stored and stored[0].metadata:
+            self.timers.tentative(stored[0], flush.timers)
         flush.bytes += sum(len(e.payload) for e in stored)
         flush.side_effects.extend((fn, new_state) for fn in effect.then)
         flush.snapshot_due = flush.snapshot_due or snap
@@ -639,7 +734,7 @@ class EntityCore:
         try:
             ser_id, manifest, payload = self.keys.wrap_snapshot(*self.serialization.encode(
                 self._state, persistence_id=self.persistence_id, sequence_nr=self._seq
-            ))
+            ), timers=self.timers.to_lists())
             await self.snapshot_store.save(StoredSnapshot(
                 persistence_id=self.persistence_id, sequence_nr=self._seq, payload=payload,
                 manifest=manifest, serializer_id=ser_id, timestamp=self._wall_clock(),
@@ -670,6 +765,7 @@ class EntityCore:
                         self.persistence_id, seq, highest, extra=self.log_context(seq))
             state, seq, snap_seq = self.aggregate_type.initial_state, 0, None
             self.keys.clear()
+            self.timers.clear()
         state, seq, replayed = await self._replay(state, seq, highest)
         # Numbers up to ``highest`` that the replay did not return are deleted (``delete_to``
         # removes a prefix); they still occupy their numbers: never reuse them.
@@ -678,6 +774,7 @@ class EntityCore:
             # Its writer may have died (or failed) between the events and their tag rows:
             # put the newest group into its tag streams before anyone is answered.
             await self.journal.repair_tags(list(self._newest_group))
+        await self._repair_timer_index()
         self._newest_group.clear()
         self._state, self._seq = state, seq
         stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
@@ -688,16 +785,30 @@ class EntityCore:
                  extra=self.log_context())
         return stats
 
+    async def _repair_timer_index(self) -> None:
+        """Its writer may have died between the newest group and its timer rows: index the
+        group's schedules that are still pending (in a bucket at or after now; a copy left
+        in the old bucket fires as stale). Every older group was indexed before the next
+        append."""
+        names = [name for e in self._newest_group if e.metadata
+                 for name in self.timers.scheduled_in(e)]
+        if names:
+            if self.timer_store is None:
+                raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
+            await self.timer_store.upsert(self.timers.rows_now(names, self._wall_clock()))
+
     async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
         max_seq = sys.maxsize
         skipped = 0
         while True:
             snap = await self.snapshot_store.load(self.persistence_id, max_seq)
             self.keys.clear()
+            self.timers.clear()
             if snap is None:
                 return self.aggregate_type.initial_state, 0, None, skipped
             try:
-                ser_id, manifest, payload = self.keys.unwrap_snapshot(snap)  # + its keys
+                ser_id, manifest, payload = self.keys.unwrap_snapshot(  # + its keys, timers
+                    snap, on_timers=self.timers.load_lists)
                 state = self.serialization.decode(
                     ser_id, manifest, payload,
                     persistence_id=self.persistence_id, sequence_nr=snap.sequence_nr,
@@ -711,6 +822,7 @@ class EntityCore:
                 max_seq = snap.sequence_nr - 1
                 if max_seq < 1:
                     self.keys.clear()
+                    self.timers.clear()
                     return self.aggregate_type.initial_state, 0, None, skipped
 
     async def _replay(self, state: Any, seq: int, to: int) -> tuple[Any, int, int]:
@@ -730,6 +842,7 @@ class EntityCore:
             replayed += 1
             if stored.metadata:
                 self.keys.applied(stored)
+                self.timers.applied(stored)
             # one flush = one atomic group: same writer, same timestamp
             if (stored.writer_id, stored.timestamp) != group:
                 group = (stored.writer_id, stored.timestamp)

@@ -20,9 +20,9 @@ A rejection is remembered in memory only (it writes nothing, so deciding it agai
 restart is safe; it may then be decided differently, on the newer state). Read-only answers
 (``reply``/``none`` effects) are not remembered: re-reading is harmless.
 
-Snapshots carry the table in an **envelope**: when the table holds keys, the snapshot's
-payload is ``msgpack({"s": [serializer id, manifest, state payload], "k": [[key, timestamp
-(epoch s), reply], ...]})`` under the manifest :data:`KEYED_SNAPSHOT_MANIFEST`. No schema or
+Snapshots carry the table in an **envelope**: when the table holds keys (or the aggregate has
+pending durable timers), the snapshot's payload is ``msgpack({"s": [serializer id, manifest,
+state payload], "k": [[key, timestamp (epoch s), reply], ...], "t": [pending timer, ...]})`` under the manifest :data:`KEYED_SNAPSHOT_MANIFEST`. No schema or
 snapshot-store change is needed; a reader that does not know the envelope (an older
 raysource, ``raysource inspect``) cannot decode it and falls back to an older snapshot or a
 full replay, as for any undecodable snapshot (correct, slower). A snapshot store that loses
@@ -166,25 +166,33 @@ class KeyTable:
 
     # ------------------------------------------------------------------ snapshots
 
-    def wrap_snapshot(self, ser_id: int, manifest: str, payload: bytes) -> tuple[int, str, bytes]:
+    def wrap_snapshot(self, ser_id: int, manifest: str, payload: bytes, *,
+                      timers: list[list[Any]] | None = None) -> tuple[int, str, bytes]:
         """The snapshot ``(serializer id, manifest, payload)`` of a state, with the durable keys
-        in the envelope (unchanged when there are none)."""
+        and the pending ``timers`` (``raysource.runtime.timers``) in the envelope (unchanged
+        when there are neither)."""
         self._expire()
         keys = [[k, e.at, e.reply] for k, e in self._entries.items() if e.reply is not None]
-        if not keys:
+        if not keys and not timers:
             return ser_id, manifest, payload
-        body = msgspec.msgpack.encode({"s": [ser_id, manifest, payload], "k": keys})
+        body = msgspec.msgpack.encode({"s": [ser_id, manifest, payload], "k": keys,
+                                       "t": timers or []})
         return JSON_SERIALIZER_ID, KEYED_SNAPSHOT_MANIFEST, body
 
-    def unwrap_snapshot(self, snap: StoredSnapshot) -> tuple[int, str, bytes]:
+    def unwrap_snapshot(self, snap: StoredSnapshot, *,
+                        on_timers: Callable[[list[list[Any]]], None] | None = None
+                        ) -> tuple[int, str, bytes]:
         """The state's ``(serializer id, manifest, payload)`` of ``snap``; loads the keys of an
-        envelope into this (cleared) table. Raises ``CorruptPayloadError`` for a bad one."""
+        envelope into this (cleared) table and hands its pending timers to ``on_timers``.
+        Raises ``CorruptPayloadError`` for a bad one."""
         self.clear()
         body = _open_envelope(snap)
         if body is None:
             return snap.serializer_id, snap.manifest, snap.payload
         for key, at, reply in body.k:
             self._put(key, _Entry(at, reply))
+        if on_timers is not None:
+            on_timers(body.t)
         return body.s
 
     def keys(self) -> Iterable[str]:
@@ -239,6 +247,7 @@ def naming_key(err: BaseException, key: str | None) -> BaseException:
 class _Envelope(msgspec.Struct):
     s: tuple[int, str, bytes]
     k: list[tuple[str, float, str]]
+    t: list[list[Any]] = []  # pending timers (runtime.timers.Pending.to_list)
 
 
 def _open_envelope(snap: StoredSnapshot) -> _Envelope | None:

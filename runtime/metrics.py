@@ -41,6 +41,9 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 # seconds: recovery ranges from a snapshot read (ms) to replaying a long history (tens of s)
 RECOVERY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                                        5.0, 10.0, 30.0, 60.0)
+# seconds: a timer service polls every second; the tail shows a backlog after downtime
+TIMER_LATENESS_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                                             300.0, 3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,10 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
                "Visible events of a projection slice not handled yet"),
     MetricSpec("raysource_projection_lag_seconds", "gauge", ("projection", "slice"),
                "Age of the oldest unhandled event of a projection slice (0 when caught up)"),
+    MetricSpec("raysource_timers_fired_total", "counter", ("type",),
+               "Durable timer fires answered by their aggregate (run, rejected or stale)"),
+    MetricSpec("raysource_timer_lateness_seconds", "histogram", ("type",),
+               "Answer time of a timer fire minus its due time", TIMER_LATENESS_BUCKETS),
 )}
 
 _LabelKey = tuple[tuple[str, str], ...]

@@ -16,6 +16,8 @@ from raysource.journal.api import Journal
 from raysource.journal.memory import InMemoryJournal
 from raysource.snapshots.api import SnapshotStore
 from raysource.snapshots.memory import InMemorySnapshotStore
+from raysource.timers.api import TimerStore
+from raysource.timers.memory import InMemoryTimerStore
 
 __all__ = ["Backend", "ContractBackend"]
 
@@ -30,6 +32,10 @@ class ContractBackend(Protocol):
 
     def snapshots(self) -> SnapshotStore:
         """A snapshot store."""
+        ...
+
+    def timers(self) -> TimerStore:
+        """A timer store (for :mod:`raysource.testing.timer_contract`)."""
         ...
 
     def pid(self, prefix: str = "p") -> str:
@@ -72,6 +78,14 @@ class Backend:
 
         assert self.session is not None
         return CassandraSnapshotStore(self.session, self.config)
+
+    def timers(self) -> TimerStore:
+        if self.name == "memory":
+            return InMemoryTimerStore()
+        from raysource.timers.cassandra import CassandraTimerStore
+
+        assert self.session is not None
+        return CassandraTimerStore(self.session, self.config)
 
     @staticmethod
     def pid(prefix: str = "p") -> str:

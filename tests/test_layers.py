@@ -1,7 +1,7 @@
 """The rooms and the one-way import rule, read statically (a lazy import inside a function
 counts too).
 
-    app  ->  service  ->  examples  ->  testing  ->  sharding | readside  ->  runtime  ->  snapshots  ->  journal
+    app  ->  service  ->  examples  ->  testing  ->  sharding | readside  ->  runtime  ->  snapshots | timers  ->  journal
 
 ``sharding`` and ``readside`` are peers (neither imports the other). The storage layers and the
 entity engine know nothing of Ray (only ``runtime/actors`` is Ray glue), and nothing below the
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RANK = {"journal": 0, "snapshots": 1, "runtime": 2, "readside": 3, "sharding": 3,
+RANK = {"journal": 0, "snapshots": 1, "timers": 1, "runtime": 2, "readside": 3, "sharding": 3,
         "testing": 4, "examples": 5, "service": 6, "app": 7}
-RAY_FREE = ("journal", "snapshots", "runtime", "testing")
+RAY_FREE = ("journal", "snapshots", "timers", "runtime", "testing")
 RAY_GLUE = ("runtime/actors", "testing/local_resolver.py")
 DRIVER_ALLOWED = ("journal/cassandra", "readside", "app")
 

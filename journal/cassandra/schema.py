@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.readside_statements import readside_schema
+from raysource.journal.cassandra.timer_statements import timer_schema
 
 __all__ = ["schema_statements", "schema_cql", "create_schema"]
 
@@ -94,6 +95,7 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
 ) WITH CLUSTERING ORDER BY (sequence_nr DESC)""",
     ]
     stmts += readside_schema(ks)
+    stmts += timer_schema(ks)
     return stmts
 
 

@@ -1,0 +1,12 @@
+"""The timer store: the durable index of pending timers (``raysource.timers.api``), in memory
+(``raysource.timers.memory``) and on Cassandra (``raysource.timers.cassandra``)."""
+
+from raysource.journal._lazy import lazy_getattr
+from raysource.timers.api import TimerRow, TimerStore, bucket_of
+
+__all__ = ["CassandraTimerStore", "InMemoryTimerStore", "TimerRow", "TimerStore", "bucket_of"]
+
+__getattr__ = lazy_getattr(__name__, {
+    "InMemoryTimerStore": "raysource.timers.memory",
+    "CassandraTimerStore": "raysource.timers.cassandra",
+})
