@@ -52,6 +52,7 @@ from raysource.runtime.core import EntityCore
 from raysource.runtime.metrics import Metrics
 from raysource.runtime.ordering import CallerOrder
 from raysource.snapshots.api import SnapshotStore
+from raysource.timers.api import TimerStore
 
 __all__ = ["AggregateHost", "DeactivationReason", "HostStats", "ids_matching"]
 
@@ -121,6 +122,7 @@ class AggregateHost:
         on_durable: Callable[[list[StoredEvent]], None] | None = None,
         max_mailbox: int | None = 1_000,
         max_in_flight: int | None = 10_000,
+        timer_store: TimerStore | None = None,
     ) -> None:
         for name, limit in (("max_mailbox", max_mailbox), ("max_in_flight", max_in_flight)):
             if limit is not None and limit < 1:
@@ -133,6 +135,7 @@ class AggregateHost:
         if max_concurrent_recoveries < 1:
             raise ConfigError("max_concurrent_recoveries must be >= 1")
         self.aggregate_type = aggregate_type
+        self.timer_store = timer_store  # durable timers' index (raysource.timers)
         self.journal = journal if on_durable is None else _NotifyingJournal(journal, on_durable)
         self.snapshot_store = snapshot_store
         self.serialization = serialization
@@ -236,7 +239,7 @@ class AggregateHost:
             self.aggregate_type, entity_id, self.journal, self.snapshot_store,
             self.serialization, writer_id=f"{self.writer_prefix}-{self._generation}",
             max_batch=self.max_batch, clock=self._clock,
-            metrics=self.metrics,
+            metrics=self.metrics, timer_store=self.timer_store,
         )
         try:
             async with self._recoveries:

@@ -17,8 +17,9 @@ from raysource.journal.errors import ConfigError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.snapshots.api import SnapshotStore
+from raysource.timers.api import TimerStore
 
-__all__ = ["StoreSpec", "open_stores", "serialization_for"]
+__all__ = ["StoreSpec", "open_stores", "serialization_for", "timer_store_for"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,19 @@ def serialization_for(aggregate_type: AggregateType, spec: StoreSpec) -> Seriali
     ser = Serialization(max_payload_bytes=spec.payload_limit)
     aggregate_type.register_types(ser)
     return ser
+
+
+def timer_store_for(spec: StoreSpec, journal: Journal) -> TimerStore:
+    """The timer store beside ``journal`` (opened by :func:`open_stores`): on Cassandra it
+    shares the journal's session; in memory it is this process's own (timers of a memory
+    store fire only where that process runs a timer pump, e.g. the test kit)."""
+    if spec.kind == "memory":
+        from raysource.timers.memory import InMemoryTimerStore
+
+        return InMemoryTimerStore()
+    from raysource.timers.cassandra import CassandraTimerStore
+
+    return CassandraTimerStore(journal.session, spec.cassandra)  # type: ignore[attr-defined]
 
 
 async def open_stores(spec: StoreSpec) -> tuple[Journal, SnapshotStore]:

@@ -37,9 +37,16 @@ from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.stores import StoreSpec, open_stores
 from raysource.sharding.coordinator import CoordinatorSettings
-from raysource.sharding.ray_nodes import get_or_create_coordinator, named_actors, stop_coordinator
+from raysource.sharding.ray_nodes import (
+    get_or_create_coordinator,
+    live_nodes,
+    named_actors,
+    stop_coordinator,
+)
 from raysource.sharding.region import SystemSpec, get_or_create_region
 from raysource.runtime.shard_id import shard_of
+from raysource.sharding.timer_pump import TimerSettings
+from raysource.sharding.timer_service import get_or_create_timer_service
 
 __all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
 
@@ -184,11 +191,15 @@ class System:
         max_active_per_node: int = 2000,
         host_settings: Mapping[str, Mapping[str, Any]] | None = None,
         placement: Mapping[str, str] | None = None,
+        timers: TimerSettings | None = TimerSettings(),
     ) -> "System":
         """Start the system ``name`` on Ray (connecting with ``address`` if Ray is not yet
         initialised in this process) or join it if it runs. Registers ``types`` with the
         coordinator: a changed ``number_of_shards`` of a type with data is refused
-        (``ShardCountChangedError``)."""
+        (``ShardCountChangedError``). ``timers``: the settings of the timer services that
+        fire durable timers (one per node, :mod:`raysource.sharding.timer_service`; started
+        for Cassandra stores); None starts none (timers are then still journaled and
+        indexed, and fire once a system with services runs)."""
         types = tuple(types)
         names = [t.name for t in types]
         if len(set(names)) != len(names):
@@ -207,6 +218,9 @@ class System:
             _ask_coordinator(lambda t=t: coordinator.register_type.remote(t.name,
                                                                          t.number_of_shards),
                              f"registering aggregate type {t.name!r}")
+        if timers is not None and store.kind == "cassandra":
+            for node in live_nodes():
+                get_or_create_timer_service(spec, node, timers)
         return cls(spec, coordinator)
 
     @property
@@ -233,20 +247,31 @@ class System:
         """The coordinator's table: node id -> shards."""
         return _ask_coordinator(self.coordinator.allocation.remote, "reading the allocation")
 
+    def timer_info(self, *, timeout: float = 15.0) -> list[dict[str, Any]]:
+        """``info()`` of every timer service of this system (fired, retried, backlog, owned
+        shards, lateness p50/p99/max in ms), one per node."""
+        handles = [ray.get_actor(n, namespace=ns)
+                   for n, ns in named_actors(self.spec.namespace, f"{self.name}:timers:")]
+        return ray.get([h.info.remote() for h in handles], timeout=timeout)
+
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator).
         Acknowledged commands are durable in the journal; the next start recovers them."""
-        hosts, regions = [], []
+        hosts, regions, timers = [], [], []
         for name, namespace in named_actors(self.spec.namespace, f"{self.name}:"):
             try:
                 h = ray.get_actor(name, namespace=namespace)
             except ValueError:
                 continue
-            (regions if ":region:" in name else hosts).append(h)
+            (regions if ":region:" in name else timers if ":timers:" in name else hosts
+             ).append(h)
+        if timers:  # no fires into a stopping system
+            ray.wait([t.stop.remote() for t in timers], num_returns=len(timers),
+                     timeout=timeout)
         pending = [h.handoff.remote(None) for h in hosts]  # finish queued work, then exit
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=timeout)
-        for h in hosts + regions:
+        for h in hosts + regions + timers:
             try:
                 ray.kill(h)
             except Exception:  # already exited

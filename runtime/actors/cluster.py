@@ -45,13 +45,14 @@ __all__ = [
     "projection_prefix",
     "region_name",
     "shard_host_name",
+    "timer_service_name",
     "system_of",
 ]
 
 _COORDINATOR = "raysource-coordinator-"
 _PROJECTION = "raysource-projection:"
 
-Kind = Literal["dedicated", "hosted", "region", "coordinator", "projection"]
+Kind = Literal["dedicated", "hosted", "region", "timers", "coordinator", "projection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,11 @@ def shard_host_name(system: str, type_name: str, shard: int) -> str:
 def region_name(system: str, node_id: str) -> str:
     """The shard region actor of one node."""
     return f"{system}:region:{node_id}"
+
+
+def timer_service_name(system: str, node_id: str) -> str:
+    """The timer service actor of one node (``raysource.sharding.timer_service``)."""
+    return f"{system}:timers:{node_id}"
 
 
 def coordinator_name(system: str) -> str:
@@ -120,6 +126,8 @@ def parse_name(name: str) -> ActorName | None:
         return None
     if rest.startswith("region:"):
         return ActorName("region", system=system, node_id=rest[len("region:"):])
+    if rest.startswith("timers:"):
+        return ActorName("timers", system=system, node_id=rest[len("timers:"):])
     type_name, bar, _entity = rest.partition("|")
     if bar and type_name:
         return ActorName("dedicated", system=system, type_name=type_name, persistence_id=rest)

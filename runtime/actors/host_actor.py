@@ -55,7 +55,7 @@ from raysource.runtime.host import AggregateHost
 from raysource.runtime.logs import configure_from_env
 from raysource.runtime.actors.live import LivePublisher
 from raysource.runtime.actors.ray_metrics import RayMetrics
-from raysource.runtime.stores import StoreSpec, open_stores, serialization_for
+from raysource.runtime.stores import StoreSpec, open_stores, serialization_for, timer_store_for
 
 __all__ = ["HostActor", "HostSpec", "Outcome", "actor_options"]
 
@@ -210,6 +210,7 @@ class _HostActor:
             metrics=self._metrics,
             metrics_host="dedicated" if spec.placement == "dedicated" else f"shard-{spec.shard}",
             on_durable=self._live.publish if self._live is not None else None,
+            timer_store=timer_store_for(spec.store, journal),
         )
         if self._live is not None:
             self._live.refresh()  # find the subscribers before the first append
