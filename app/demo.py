@@ -13,6 +13,9 @@ The read side runs alongside: the example projection *reservations by customer*
 load; after it the demo waits (bounded) until the projection's lag is 0 with every event of
 the run visible, then checks for a sample of customers that the view equals what the live state
 of every show the run touched says they hold (:class:`ReadSideCheck`), and stops the projection.
+
+Durable timers run alongside too: seat holds that expire unless confirmed
+(:class:`~raysource.app.demo_holds.HoldCheck`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.app.loadtest import LoadTestParams, Say, run_standalone
+from raysource.app.demo_holds import HoldCheck
+from raysource.app.loadtest import LoadExtension, LoadTestParams, Say, run_standalone
 from raysource.sharding.system import System
 
 __all__ = ["DEMO_PARAMS", "DemoResult", "ReadSideCheck", "run_demo"]
@@ -174,13 +178,41 @@ async def _view_rows(config: CassandraConfig, customers: list[str]
         return {c: await reservations_of(session, config.keyspace, c) for c in customers}
 
 
+@dataclass
+class _Checks:
+    """Several load extensions as one (each in turn; ``ok`` when all are)."""
+
+    parts: list[LoadExtension]
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.parts)
+
+    def before_load(self, *args: Any) -> None:
+        for p in self.parts:
+            p.before_load(*args)
+
+    def after_load(self, *args: Any) -> None:
+        for p in self.parts:
+            p.after_load(*args)
+
+    def close(self, say: Say) -> None:
+        for p in self.parts:
+            p.close(say)
+
+    def lines(self) -> list[str]:
+        return [line for p in self.parts for line in p.lines()]
+
+
 @dataclass(frozen=True)
 class DemoResult:
-    """What :func:`run_demo` did: ``exit_code`` (0: the consistency and read-side checks
-    passed and nothing it started is left running) and the read side's outcome."""
+    """What :func:`run_demo` did: ``exit_code`` (0: the consistency, read-side and
+    durable-timer checks passed and nothing it started is left running) and the read side's
+    and the holds' outcomes."""
 
     exit_code: int
     read_side: ReadSideCheck
+    holds: HoldCheck | None = None
 
     @property
     def read_side_ok(self) -> bool:
@@ -197,7 +229,8 @@ def run_demo(seconds: float = 20.0, contact: str | None = None, keep: bool = Fal
                      results_dir=results_dir or DEMO_PARAMS.results_dir)
     say(f"raysource demo: seat reservations, {params.entities} shows, "
         f"{params.clients} clients, {seconds:g} s of load, read side: reservations by customer")
-    read_side = ReadSideCheck()
-    code = run_standalone(params, contact=contact, keep=keep, say=say, extension=read_side)
+    read_side, holds = ReadSideCheck(), HoldCheck()
+    code = run_standalone(params, contact=contact, keep=keep, say=say,
+                          extension=_Checks([read_side, holds]))
     sys.stdout.flush()
-    return DemoResult(code, read_side)
+    return DemoResult(code, read_side, holds)

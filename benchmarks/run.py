@@ -25,6 +25,7 @@ BENCHES = [
     ("sharding", "benchmarks.sharding_bench", []),
     ("projection", "benchmarks.projection_bench", []),
     ("service", "benchmarks.service_bench", []),
+    ("timers", "benchmarks.timers_bench", []),
 ]
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", default=None, help="host:port of Cassandra")
     ap.add_argument("--only", action="append", default=[],
-                    help="run only these (journal, runtime, sharding, projection, service)")
+                    help="run only these (journal, runtime, sharding, projection, service, timers)")
     args = ap.parse_args(argv)
 
     source = select_cassandra(args.contact, say=print)

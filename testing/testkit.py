@@ -23,6 +23,22 @@ Example (a runnable test; the README reuses it)::
 
 ``run``/``given``/``restart`` are synchronous (the kit owns an event loop); inside ``async``
 tests use ``arun``/``agiven``/``arestart`` instead (do not mix the two styles in one kit).
+
+Durable timers: the kit's wall clock is real time plus an offset that ``advance(seconds)``
+moves forward; ``advance`` then fires every timer due by the new time, earliest first, through
+the same path as a timer service (the core runs a timer's command only while it is pending),
+and returns one :class:`RunResult` per fire. ``pending_timers`` lists what is scheduled::
+
+    from raysource.examples.seats import HoldSeat, ConfirmHold
+
+    def test_an_unconfirmed_hold_is_released():
+        kit = AggregateTestKit(SHOW)
+        kit.run(HoldSeat("A1", "alice", seconds=600))
+        assert [t["name"] for t in kit.pending_timers] == ["hold-A1"]
+        assert kit.advance(599) == []  # not due yet
+        [fired] = kit.advance(1)
+        assert fired.state.holds == {} and kit.pending_timers == []
+        kit.close()
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ import asyncio
 import itertools
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
 from raysource.journal.api import Journal, StoredEvent
@@ -39,7 +55,9 @@ from raysource.runtime.errors import CommandRejected
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.core import EntityCore, RecoveryStats
+from raysource.runtime.timers import TimerFire
 from raysource.snapshots.api import SnapshotStore
+from raysource.timers.memory import InMemoryTimerStore
 
 __all__ = ["AggregateTestKit", "RunResult"]
 
@@ -107,6 +125,8 @@ class AggregateTestKit(Generic[S]):
         self.roundtrip = roundtrip
         self.journal = journal
         self.snapshot_store = snapshot_store
+        self.timer_store = InMemoryTimerStore()
+        self._offset = timedelta()  # advance() moves the kit's wall clock ahead of real time
         self._loop: asyncio.AbstractEventLoop | None = None
         self._core: EntityCore | None = None
 
@@ -124,6 +144,10 @@ class AggregateTestKit(Generic[S]):
         """Stop the current activation, recover a new one from the journal (and snapshots) and
         assert that it has the same state and sequence number."""
         return self._sync(self.arestart())
+
+    def advance(self, seconds: float) -> list[RunResult[S]]:
+        """Move the kit's clock ``seconds`` ahead and fire the timers due by then."""
+        return self._sync(self.aadvance(seconds))
 
     def close(self) -> None:
         """Stop the activation and close the kit's event loop."""
@@ -155,6 +179,37 @@ class AggregateTestKit(Generic[S]):
     @property
     def state(self) -> S:
         return self.core.state
+
+    @property
+    def now(self) -> datetime:
+        """The kit's wall clock (real time plus what :meth:`advance` added)."""
+        return datetime.now(timezone.utc) + self._offset
+
+    @property
+    def pending_timers(self) -> list[dict[str, Any]]:
+        """The pending durable timers: ``name``, ``timer_id``, ``due_ms``, earliest first."""
+        return self.core.timers.info()
+
+    async def aadvance(self, seconds: float) -> list[RunResult[S]]:
+        self._offset += timedelta(seconds=seconds)
+        core = self.core
+        await core.start()
+        now_ms = int(self.now.timestamp() * 1000)
+        due = sorted((r for r in self.timer_store.rows() if r.due_ms <= now_ms),
+                     key=lambda r: (r.due_ms, r.name))
+        results = []
+        for row in due:
+            before = core.sequence_nr
+            reply: Any = None
+            error: BaseException | None = None
+            try:
+                reply = await core.handle(TimerFire(row.name, row.timer_id))
+            except Exception as exc:
+                error = exc
+            await self.timer_store.delete([row])
+            results.append(RunResult(await self._events(before + 1, core.sequence_nr),
+                                     core.state, reply, error))
+        return results
 
     async def arun(self, command: Any) -> RunResult[S]:
         core = self.core
@@ -221,6 +276,7 @@ class AggregateTestKit(Generic[S]):
         return EntityCore(
             self.aggregate_type, self.entity_id, self.journal, self.snapshot_store,
             self.serialization, writer_id=f"testkit-{next(_writer_ids)}",
+            wall_clock=lambda: self.now, timer_store=self.timer_store,
         )
 
     async def _stop_core(self) -> None:

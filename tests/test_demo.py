@@ -1,7 +1,7 @@
 """``run_demo`` end to end on the session's Ray and Cassandra (a short load): the summary, the
 consistency check and the read side — the reservations-by-customer projection catches up (lag
-0) and the view equals the live state for the sampled customers — and the projection is
-stopped afterwards."""
+0) and the view equals the live state for the sampled customers — the seat holds (released by
+their durable timers unless confirmed), and the projection is stopped afterwards."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def test_demo_shows_the_read_side(ray_local, cassandra_contact, cassandra_keyspa
     assert "consistency check PASSED" in text
     assert "read-side check PASSED" in text
     assert "final lag 0 events" in text
+    holds = result.holds  # durable timers: unconfirmed holds released, confirmed reserved
+    assert holds is not None and holds.ok, text
+    assert holds.released == 3 * holds.shows and holds.confirmed == 2 * holds.shows
+    assert "durable-timer check PASSED" in text
     deadline = time.monotonic() + 10  # ray.kill is asynchronous
     while True:
         left = [a["name"] for a in ray_local.util.list_named_actors(all_namespaces=True)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from raysource.journal.cassandra.config import CassandraConfig
@@ -13,6 +13,8 @@ from raysource.journal.cassandra.timer_statements import TimerStatements
 from raysource.timers.api import DEFAULT_BUCKET_MS, TimerRow, TimerStore
 
 __all__ = ["CassandraTimerStore"]
+
+_BATCH = 100
 
 
 class CassandraTimerStore(TimerStore):
@@ -74,15 +76,26 @@ class CassandraTimerStore(TimerStore):
         await asyncio.gather(*(self.session.execute(ps["cursor_new"], (t, shard, bucket))
                                for (t, shard), bucket in first.items()))
         self._cursors_known.update(first)
-        await asyncio.gather(*(self.session.execute(ps["upsert"], (
+        await self._per_partition(ps["upsert"], rows, lambda r: (
             r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id))
-            for r in rows))
 
     async def delete(self, rows: Sequence[TimerRow]) -> None:
         ps = await self._prepare()
-        await asyncio.gather(*(self.session.execute(ps["delete"], (
+        await self._per_partition(ps["delete"], rows, lambda r: (
             r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name))
-            for r in rows))
+
+    async def _per_partition(self, ps: Any, rows: Sequence[TimerRow],
+                             values: Callable[[TimerRow], tuple]) -> None:
+        """One unlogged single-partition batch per (type, shard, bucket) and 100 rows (a
+        command scheduling 100 timers, or a pump answering 100 fires: one request)."""
+        parts: dict[tuple[str, int, int], list[TimerRow]] = {}
+        for r in rows:
+            parts.setdefault((r.type_name, r.shard, r.bucket), []).append(r)
+        w = self.config.write_consistency
+        await asyncio.gather(*(
+            self.session.execute_unlogged(ps, [values(r) for r in part[i:i + _BATCH]],
+                                          consistency_level=w)
+            for part in parts.values() for i in range(0, len(part), _BATCH)))
 
     async def due(self, type_name: str, shard: int, bucket: int, until_ms: int, *,
                   limit: int = 1000) -> list[TimerRow]:

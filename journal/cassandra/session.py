@@ -69,6 +69,7 @@ from cassandra.protocol import (
 )
 from cassandra.query import (
     BatchStatement,
+    BatchType,
     PreparedStatement,
     SimpleStatement,
     Statement,
@@ -366,6 +367,17 @@ class CassandraSession:
     async def execute_batch(self, batch: BatchStatement, *, profile: str | None = None) -> list:
         rows, _ = await self.execute_async(batch, profile=profile, what="batch")
         return rows
+
+    async def execute_unlogged(self, ps: PreparedStatement, rows: Sequence[Sequence[Any]], *,
+                               consistency_level: str, idempotent: bool = True) -> None:
+        """``ps`` bound to each of ``rows`` as ONE unlogged batch (meant for rows of one
+        partition: one request, one mutation)."""
+        batch = BatchStatement(BatchType.UNLOGGED,
+                               consistency_level=consistency(consistency_level))
+        batch.is_idempotent = idempotent
+        for row in rows:
+            batch.add(ps, row)
+        await self.execute_batch(batch)
 
     async def select_one(self, stmt: str | Statement | PreparedStatement,
                          params: Sequence[Any] | None = None, **kw: Any) -> Any | None:
