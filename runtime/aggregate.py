@@ -158,6 +158,9 @@ def persist(
     cancels = (cancel,) if isinstance(cancel, str) else tuple(cancel)
     if not all(isinstance(s, Schedule) for s in schedules):
         raise ConfigError(f"schedule= takes Schedule values (see schedule()), got {schedules!r}")
+    names = [s.name for s in schedules]
+    if len(set(names)) < len(names):  # one id per name and event: which one would fire?
+        raise ConfigError(f"one persist schedules a timer name twice: {names!r}")
     for name in cancels:
         _check_timer_name(name)
     if (schedules or cancels) and not events:

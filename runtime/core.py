@@ -71,7 +71,13 @@ from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.shard_id import shard_of
 from raysource.runtime.timers import FIRED_FIELD, Pending, TimerFire, TimerTable
 from raysource.snapshots.api import SnapshotStore
-from raysource.timers.api import DEFAULT_BUCKET_MS, DEFAULT_SETTLE_MS, TimerStore
+from raysource.timers.api import (
+    DEFAULT_BUCKET_MS,
+    DEFAULT_SETTLE_MS,
+    TimerRow,
+    TimerStore,
+    cursor_floor,
+)
 
 __all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
 
@@ -200,6 +206,7 @@ class EntityCore:
                              wall_clock)
         # pending durable timers (runtime.timers) and their index: rebuilt by every recovery
         self.timer_store = timer_store
+        self._timer_cursor = False  # ensured the shard's cursor exists (once per activation)
         self.timers = TimerTable(
             serialization, aggregate_type.name, self.persistence_id,
             shard_of(entity_id, aggregate_type.number_of_shards),
@@ -480,17 +487,20 @@ class EntityCore:
     async def _index_timers(self, events: list[StoredEvent]) -> None:
         """Apply the timer metadata of durable ``events`` to the table and write their index
         rows (before anyone is answered: an acknowledged schedule is always indexed)."""
-        upserts, deletes = [], []
+        # the net effect per row key, in event order: a row written and then deleted (or
+        # replaced) within these events is not written (nor deleted before it is written)
+        net: dict[tuple, tuple[bool, TimerRow]] = {}
         for e in events:
             if e.metadata:
                 u, d = self.timers.applied(e)
-                upserts += u
-                deletes += d
+                net.update((r.key, (False, r)) for r in d)
+                net.update((r.key, (True, r)) for r in u)
+        upserts = [r for write, r in net.values() if write]
+        deletes = [r for write, r in net.values() if not write]
         if not (upserts or deletes):
             return
         if self.timer_store is None:
             raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
-        started = self._wall_clock()
         if deletes:  # best effort: a row left behind fires as stale and is deleted then
             try:
                 await self.timer_store.delete(deletes)
@@ -498,11 +508,28 @@ class EntityCore:
                 log.warning("%s: deleting cancelled timer rows failed: %r",
                             self.persistence_id, exc, extra=self.log_context())
         if upserts:
-            await self.timer_store.upsert(upserts)
-            took_ms = (self._wall_clock() - started).total_seconds() * 1000
-            if took_ms > DEFAULT_SETTLE_MS / 2:  # its bucket may be retired: write it anew
-                await self.timer_store.upsert(
-                    self.timers.rows_now({r.name for r in upserts}, self._wall_clock()))
+            await self._upsert_timer_rows(upserts)
+            # The flush's timestamp chose the buckets; if the append and this write took so
+            # long that a bucket may be retired (its end settle_ms past, for a pump whose clock
+            # is up to half that ahead), the row is written anew into the current bucket.
+            now = self._wall_clock()
+            now_ms, bucket_ms = int(now.timestamp() * 1000), self.timer_store.bucket_ms
+            late = [r.name for r in upserts
+                    if (r.bucket + 1) * bucket_ms + DEFAULT_SETTLE_MS // 2 <= now_ms]
+            if late:
+                await self._upsert_timer_rows(self.timers.rows_now(late, now))
+
+    async def _upsert_timer_rows(self, rows: list[TimerRow]) -> None:
+        """Write index rows; first (once per activation) make sure the shard's cursor exists,
+        at the floor of this writer's clock (never at a row's bucket: see raysource.timers)."""
+        assert self.timer_store is not None
+        if not self._timer_cursor:
+            now_ms = int(self._wall_clock().timestamp() * 1000)
+            await self.timer_store.ensure_cursor(
+                self.timers.type_name, self.timers.shard,
+                cursor_floor(now_ms, self.timer_store.bucket_ms))
+            self._timer_cursor = True
+        await self.timer_store.upsert(rows)
 
     async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
         """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,
@@ -796,7 +823,7 @@ class EntityCore:
         if names:
             if self.timer_store is None:
                 raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
-            await self.timer_store.upsert(self.timers.rows_now(names, self._wall_clock()))
+            await self._upsert_timer_rows(self.timers.rows_now(names, self._wall_clock()))
 
     async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
         max_seq = sys.maxsize

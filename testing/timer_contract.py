@@ -70,6 +70,22 @@ class TimerStoreContract:
         assert await s.cursor(t, 2) == 45
         assert await s.cursor(t, 3) is None
 
+    async def test_ensure_cursor_creates_it_once_and_rows_never_move_it(self, backend):
+        s = backend.timers()
+        t, b = _type(), s.bucket_ms
+        await s.ensure_cursor(t, 6, 30)
+        assert await s.cursor(t, 6) == 30
+        await s.ensure_cursor(t, 6, 20)  # exists: unchanged (not even backwards)
+        await s.upsert([row(t, 6, 900 * b, "p", "far", bucket_ms=b)])  # a row far ahead
+        assert await s.cursor(t, 6) == 30
+        await s.advance(t, 6, 31)
+        await s.ensure_cursor(t, 6, 25)
+        assert await s.cursor(t, 6) == 31
+        other = backend.timers()  # another process's store, where the backend shares data
+        if await other.cursor(t, 6) is not None:
+            await other.ensure_cursor(t, 6, 20)
+            assert await s.cursor(t, 6) == 31
+
     def test_bucket_is_never_before_the_write_time(self):
         assert bucket_of(due_ms=10_000, now_ms=500_000, bucket_ms=60_000) == 8
         assert bucket_of(due_ms=900_000, now_ms=500_000, bucket_ms=60_000) == 15

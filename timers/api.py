@@ -18,9 +18,10 @@ Layout. Rows are partitioned by ``(aggregate type, shard, bucket)``, where ``buc
 ``max(due, now) // bucket_ms`` (``now``: the writer's wall clock when it writes the row), so
 no partition is hot: 10,000 timers due in the same minute spread over every shard of the type.
 Per ``(type, shard)`` a **cursor** records the oldest bucket that may still hold rows; a
-writer makes sure it exists (``ensure_cursor``, before its first row of that shard) and only
-timer services move it forward, past a bucket that is empty and older than ``settle_ms``
-(see :class:`TimerStore.advance`). Because rows go to a bucket at or after the writer's
+writer makes sure it exists before its first row of that shard (:meth:`TimerStore.ensure_cursor`
+at ``cursor_floor(now)``: never after a bucket any writer may still write to, whatever the
+due times of the rows) and only timer services move it forward, past a bucket that is empty
+and older than ``settle_ms`` (see :class:`TimerStore.advance`). Because rows go to a bucket at or after the writer's
 "now", a bucket whose end lies ``settle_ms`` in the past can receive no new rows as long as
 clocks agree within, and row writes finish within, ``settle_ms`` (default 60 s; a writer
 that finds its own row write took longer re-writes the row into the current bucket).
@@ -38,7 +39,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BUCKET_MS", "DEFAULT_SETTLE_MS", "TimerRow", "TimerStore", "bucket_of"]
+__all__ = ["DEFAULT_BUCKET_MS", "DEFAULT_SETTLE_MS", "TimerRow", "TimerStore", "bucket_of",
+           "cursor_floor"]
 
 DEFAULT_BUCKET_MS = 60_000
 DEFAULT_SETTLE_MS = 60_000
@@ -48,6 +50,15 @@ def bucket_of(due_ms: int, now_ms: int, bucket_ms: int = DEFAULT_BUCKET_MS) -> i
     """The bucket a row for a timer due at ``due_ms`` goes to when written at ``now_ms``
     (never one before "now": a timer scheduled in the past is due at once)."""
     return max(due_ms, now_ms) // bucket_ms
+
+
+def cursor_floor(now_ms: int, bucket_ms: int = DEFAULT_BUCKET_MS,
+                 settle_ms: int = DEFAULT_SETTLE_MS) -> int:
+    """The bucket a new cursor starts at when a writer whose clock says ``now_ms`` creates it:
+    at or before the bucket of every row any writer (clocks within ``settle_ms``) may still
+    write. Not the bucket of the first row: a first row due in a year would hide every
+    nearer row of its shard behind the cursor."""
+    return (now_ms - settle_ms) // bucket_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +87,13 @@ class TimerStore(abc.ABC):
 
     @abc.abstractmethod
     async def upsert(self, rows: Sequence[TimerRow]) -> None:
-        """Insert (or overwrite) ``rows``; ensures each shard's cursor exists first."""
+        """Insert (or overwrite) ``rows``; ensures each shard's cursor exists first (at the
+        smallest row bucket if missing: writers call :meth:`ensure_cursor` before)."""
+
+    @abc.abstractmethod
+    async def ensure_cursor(self, type_name: str, shard: int, bucket: int) -> None:
+        """Create the cursor of ``(type, shard)`` at ``bucket`` unless it exists (an existing
+        cursor never moves; a writer passes :func:`cursor_floor` of its clock)."""
 
     @abc.abstractmethod
     async def delete(self, rows: Sequence[TimerRow]) -> None:

@@ -79,6 +79,12 @@ class CassandraTimerStore(TimerStore):
         await self._per_partition(ps["upsert"], rows, lambda r: (
             r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id))
 
+    async def ensure_cursor(self, type_name: str, shard: int, bucket: int) -> None:
+        if (type_name, shard) not in self._cursors_known:
+            ps = await self._prepare()
+            await self.session.execute(ps["cursor_new"], (type_name, shard, bucket))
+            self._cursors_known.add((type_name, shard))
+
     async def delete(self, rows: Sequence[TimerRow]) -> None:
         ps = await self._prepare()
         await self._per_partition(ps["delete"], rows, lambda r: (

@@ -23,6 +23,9 @@ class InMemoryTimerStore(TimerStore):
             part = self._rows.setdefault((r.type_name, r.shard, r.bucket), {})
             part[(r.due_ms, r.persistence_id, r.name)] = r
 
+    async def ensure_cursor(self, type_name: str, shard: int, bucket: int) -> None:
+        self._cursors.setdefault((type_name, shard), bucket)
+
     async def delete(self, rows: Sequence[TimerRow]) -> None:
         for r in rows:
             part = self._rows.get((r.type_name, r.shard, r.bucket))

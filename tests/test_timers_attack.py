@@ -1,0 +1,538 @@
+"""A hostile second read of durable timers (issue 17), in memory and Ray-free: every test
+tries to break one promise of :mod:`raysource.runtime.timers` / :mod:`raysource.timers.api`
+with the fault kit, duplicate and racing fires, snapshots and odd input, and checks what the
+callers saw against the journal, the pending-timer table and the index.
+
+The aggregate (an "alarm") makes every application of a timer's command visible: a fired
+``Ring(op, name)`` persists ``Rang(op, name)``, so the same value stored twice is a command
+applied twice. The invariant :func:`check_agreement` compares, after recovery, the table
+folded from the journal (``TimerTable.applied``), the live activation's table and the index
+rows (each pending timer has a row the pump can reach: in a bucket at or after its cursor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from raysource.errors import (
+    CommandRejected,
+    ConfigError,
+    HandlerError,
+    NotAppliedError,
+    OutcomeUnknownError,
+    RaysourceError,
+)
+from raysource.journal.memory import InMemoryJournal
+from raysource.runtime.aggregate import (
+    AggregateType,
+    IdempotencyPolicy,
+    SnapshotPolicy,
+    none,
+    persist,
+    reject,
+    reply,
+    schedule,
+    unknown_command,
+)
+from raysource.runtime.core import EntityCore
+from raysource.runtime.idempotency import Keyed
+from raysource.runtime.shard_id import shard_of
+from raysource.runtime.stores import StoreSpec, serialization_for
+from raysource.runtime.timers import TimerFire, TimerTable, fire_key
+from raysource.sharding.timer_pump import TimerPump, TimerSettings
+from raysource.snapshots.memory import InMemorySnapshotStore
+from raysource.testing.faults import (
+    FaultyJournal,
+    delay,
+    duplicate,
+    fail,
+    interleave,
+    lose_response,
+    tag_crash,
+    timeout,
+)
+from raysource.timers.memory import InMemoryTimerStore
+from unit_guard import no_ray  # noqa: F401
+
+T0 = datetime(2026, 12, 1, 8, 0, 30, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- the aggregate
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Schedule ``timers`` ((name, after seconds) pairs) and cancel ``cancel``, in one
+    persist of ``Armed(op)``."""
+
+    op: str
+    timers: tuple[tuple[str, float], ...] = ()
+    cancel: tuple[str, ...] = ()
+    again: float = 0.0  # the timers' Ring re-schedules itself this many s later (recurring)
+
+
+@dataclass(frozen=True)
+class ArmAt:
+    op: str
+    name: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Ring:
+    """A timer's command: persists ``Rang(op, name)`` (``quiet``: writes nothing)."""
+
+    op: str
+    name: str
+    quiet: bool = False
+    again: float = 0.0  # > 0: re-schedule itself under the same name, this many s later
+
+
+@dataclass(frozen=True)
+class Poke:
+    op: str
+
+
+@dataclass(frozen=True)
+class Get:
+    pass
+
+
+@dataclass(frozen=True)
+class Armed:
+    op: str
+
+
+@dataclass(frozen=True)
+class Rang:
+    op: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Poked:
+    op: str
+
+
+@dataclass(frozen=True)
+class Unregistered:
+    x: int
+
+
+@dataclass(frozen=True)
+class Opaque:
+    """Registered, but its field holds something JSON cannot carry."""
+
+    x: object
+
+
+@dataclass(frozen=True)
+class AlarmState:
+    log: tuple[str, ...] = ()
+
+
+def handle(state: AlarmState, command: object):
+    match command:
+        case Arm(op=op, timers=timers, cancel=cancel, again=again):
+            return persist(Armed(op), reply=op, cancel=cancel,
+                           schedule=[schedule(n, Ring(op, n, again=again), after=a)
+                                     for n, a in timers])
+        case ArmAt(op=op, name=name, at_ms=at_ms):
+            at = datetime.fromtimestamp(at_ms / 1000, timezone.utc)
+            return persist(Armed(op), reply=op, schedule=schedule(name, Ring(op, name), at=at))
+        case Ring(op=op, name=name, quiet=quiet, again=again):
+            if quiet:
+                return none()
+            more = (schedule(name, Ring(op, name, again=again), after=again),) if again else ()
+            return persist(Rang(op, name), reply=f"rang {op}/{name}", schedule=more)
+        case Poke(op=op):
+            if op == "reject":
+                return reject("no")
+            return persist(Poked(op), reply=op)
+        case Get():
+            return reply(state)
+        case _:
+            unknown_command(command, "alarm")
+
+
+def apply(state: AlarmState, event: object) -> AlarmState:
+    match event:
+        case Armed(op=op):
+            return AlarmState(state.log + (f"armed:{op}",))
+        case Rang(op=op, name=name):
+            return AlarmState(state.log + (f"rang:{op}/{name}",))
+        case Poked(op=op):
+            return AlarmState(state.log + (f"poked:{op}",))
+    raise TypeError(event)
+
+
+ALARM = AggregateType(
+    name="alarm", initial_state=AlarmState(), command_handler=handle, event_handler=apply,
+    events=(Armed, Rang, Poked), commands=(Arm, ArmAt, Ring, Poke, Get),
+    types=(AlarmState, Opaque), number_of_shards=4)
+NO_KEYS = dataclasses.replace(ALARM, idempotency=IdempotencyPolicy(enabled=False))
+
+
+# --------------------------------------------------------------------------- the world
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def ms(self) -> int:
+        return int(self.now.timestamp() * 1000)
+
+
+class World:
+    """A (faulty) journal, stores and activations by entity id; fires go through ``send``
+    like a timer service's (keyed ``timer:<id>`` when the type keeps keys)."""
+
+    def __init__(self, agg: AggregateType = ALARM, faults=(), store=None) -> None:
+        self.agg = agg
+        self.clock = Clock()
+        self.journal = FaultyJournal(InMemoryJournal(), faults)
+        self.snaps = InMemorySnapshotStore()
+        self.store = store if store is not None else InMemoryTimerStore()
+        self.ser = serialization_for(agg, StoreSpec())
+        self.cores: dict[str, EntityCore] = {}
+        self.activations = 0
+
+    def core(self, eid: str = "e1") -> EntityCore:
+        if eid not in self.cores or self.cores[eid].stopped:
+            self.activations += 1
+            self.cores[eid] = EntityCore(self.agg, eid, self.journal, self.snaps,
+                                         serialization_for(self.agg, StoreSpec()),
+                                         writer_id=f"w{self.activations}",
+                                         wall_clock=self.clock, timer_store=self.store)
+        return self.cores[eid]
+
+    async def restart(self) -> None:
+        """Drop every activation (a crash: nothing is drained that was not already)."""
+        for c in self.cores.values():
+            await c.stop()
+        self.cores.clear()
+
+    def fire_of(self, f: TimerFire):
+        return Keyed(f, fire_key(f.timer_id)) if self.agg.idempotency.enabled else f
+
+    async def send(self, type_name: str, pid: str, fires: list[TimerFire]) -> list:
+        core = self.core(pid.split("|", 1)[1])
+        return list(await asyncio.gather(*(core.handle(self.fire_of(f)) for f in fires),
+                                         return_exceptions=True))
+
+    def pump(self, **settings) -> TimerPump:
+        shards = [(self.agg.name, s) for s in range(self.agg.number_of_shards)]
+
+        async def owned():
+            return shards
+
+        return TimerPump(self.store, self.send, owned,
+                         TimerSettings(**{"retry_after_s": 0.001, **settings}),
+                         wall_ms=self.clock.ms)
+
+    async def events(self, eid: str = "e1") -> list:
+        self.journal.faults_enabled = False
+        try:
+            return [e async for e in self.journal.replay(self.agg.persistence_id(eid))]
+        finally:
+            self.journal.faults_enabled = True
+
+    async def decoded(self, eid: str = "e1") -> list:
+        return [self.ser.decode(e.serializer_id, e.manifest, e.payload)
+                for e in await self.events(eid)]
+
+    async def rings(self, eid: str = "e1") -> Counter:
+        return Counter((e.op, e.name) for e in await self.decoded(eid) if isinstance(e, Rang))
+
+    async def journal_table(self, eid: str = "e1") -> TimerTable:
+        """The pending timers the journal says (a fresh fold of every event's metadata)."""
+        table = TimerTable(self.ser, self.agg.name, self.agg.persistence_id(eid), 0)
+        for e in await self.events(eid):
+            table.applied(e)
+        return table
+
+    async def fire_everything(self, eid: str = "e1", *, rounds: int = 6) -> TimerPump:
+        """Move the clock far past every due time and pump until the index is quiet."""
+        self.clock.now += timedelta(days=2)
+        pump = self.pump()
+        for _ in range(rounds):
+            await pump.run_once()
+            await pump.drain()
+            await asyncio.sleep(0.002)  # past retry_after_s
+        return pump
+
+
+async def check_agreement(w: World, eid: str = "e1") -> dict[str, str]:
+    """After recovery: the live table equals the journal's fold, and every pending timer has
+    an index row with its id that the pump can reach. Returns {name: timer id}."""
+    core = w.core(eid)
+    await core.start()
+    want = {p.name: p.timer_id for p in (await w.journal_table(eid)).pending.values()}
+    have = {p.name: p.timer_id for p in core.timers.pending.values()}
+    assert have == want, f"live table {have} != journal {want}"
+    pid = w.agg.persistence_id(eid)
+    for name, tid in want.items():
+        rows = [r for r in w.store.rows() if r.persistence_id == pid and r.timer_id == tid]
+        assert rows, f"pending timer {tid} has no index row"
+        cursor = await w.store.cursor(w.agg.name, rows[0].shard)
+        assert cursor is not None and any(r.bucket >= cursor for r in rows), \
+            f"{tid}: its rows {rows} lie behind the cursor {cursor}: the pump never reads them"
+    return want
+
+
+async def attempt(call) -> str:
+    try:
+        await call
+        return "ok"
+    except CommandRejected:
+        return "rejected"
+    except NotAppliedError:
+        return "not_applied"
+    except OutcomeUnknownError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- 1. atomicity
+
+ARM1 = Arm("op1", timers=(("a", 60), ("b", 60)))
+ARM2 = Arm("op2", timers=(("c", 60), ("a", 120)), cancel=("b",))  # replace a, cancel b
+
+
+@pytest.mark.parametrize("fault", [
+    fail(nth=2), lose_response(nth=2), duplicate(nth=2), timeout(nth=2),
+    timeout(nth=2, land=0.01), tag_crash(nth=2), delay(0, nth=2)], ids=str)
+def test_a_faulty_append_never_splits_a_schedule_from_its_events(fault) -> None:
+    """Whatever the second append does, after recovery the table, the journal and the index
+    agree, and firing everything rings exactly the journal's pending timers, once each."""
+    async def main():
+        w = World(faults=[fault])
+        assert await attempt(w.core().handle(ARM1)) == "ok"
+        seen = await attempt(w.core().handle(ARM2))
+        await asyncio.sleep(0.05)  # a late write lands meanwhile
+        await w.restart()
+        stored = "armed:op2" in (await w.core().handle(Get())).log
+        assert seen != "ok" or stored, "an acknowledged schedule was lost"
+        assert seen != "not_applied" or not stored, "a failed schedule was stored"
+        pending = await check_agreement(w)
+        want = ({"a": "a@2", "c": "c@2"} if stored else {"a": "a@1", "b": "b@1"})
+        assert pending == want
+        await w.fire_everything()
+        ops = {tid.split("@")[1] for tid in want.values()}
+        assert await w.rings() == Counter({(f"op{o}", n): 1 for n, t in want.items()
+                                           for o in [t.split("@")[1]]}), ops
+        assert w.store.rows() == [], "a fired (or stale) timer's row was left in the index"
+        await w.restart()
+        assert await check_agreement(w) == {}
+    asyncio.run(main())
+
+
+def test_a_write_that_lands_after_the_next_recovery_is_indexed_by_a_later_one() -> None:
+    """A timed-out append that lands only after the next activation recovered: its schedule
+    is in the journal but was never indexed; the fence at the next write stops that
+    activation and the one after repairs the group (still the newest)."""
+    async def main():
+        gate = asyncio.Event()
+        w = World(faults=[timeout(nth=2, land=gate)])
+        await w.core().handle(ARM1)
+        assert await attempt(w.core().handle(ARM2)) == "unknown"
+        await w.restart()
+        await w.core().start()  # recovers without op2
+        gate.set()
+        await asyncio.sleep(0.01)  # op2 lands now, behind the new activation's back
+        assert await attempt(w.core().handle(Poke("p"))) == "not_applied"  # fenced
+        await w.restart()
+        assert await check_agreement(w) == {"a": "a@2", "c": "c@2"}
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- 2. at most once
+
+
+@pytest.mark.parametrize("agg", [ALARM, NO_KEYS], ids=["keys", "no-keys"])
+def test_duplicate_fires_in_every_arrangement_apply_once(agg) -> None:
+    """The same fire sent twice in one flush, in two flushes, after a restart, after a
+    snapshot and by two pumps at once: one Rang per timer, whether or not the type keeps
+    idempotency keys."""
+    async def main():
+        w = World(dataclasses.replace(agg, snapshot=SnapshotPolicy(every_n_events=1, keep=1)))
+        core = w.core()
+        await core.handle(Arm("o", timers=(("a", 0), ("b", 0), ("c", 0), ("d", 0))))
+        fa, fb, fc, fd = (TimerFire(n, f"{n}@1") for n in "abcd")
+        one = await asyncio.gather(*(core.handle(w.fire_of(fa)) for _ in range(3)))
+        assert one.count("rang o/a") >= 1 and set(one) <= {"rang o/a", None}
+        assert await core.handle(w.fire_of(fb)) == "rang o/b"  # two flushes
+        assert await core.handle(w.fire_of(fb)) in ("rang o/b", None)
+        await w.restart()  # after a restart (and the snapshot every event takes)
+        assert await w.core().handle(w.fire_of(fa)) in ("rang o/a", None)
+        await w.restart()
+        w.snaps = InMemorySnapshotStore()  # no snapshot: the journal's "tf" alone
+        assert await w.core().handle(w.fire_of(fb)) in ("rang o/b", None)
+        # c and d: two pumps over the same index at the same time
+        w.clock.now += timedelta(seconds=1)
+        p1, p2 = w.pump(), w.pump()
+        await asyncio.gather(p1.run_once(), p2.run_once())
+        await asyncio.gather(p1.drain(), p2.drain())
+        await w.restart()
+        assert await w.rings() == Counter({("o", n): 1 for n in "abcd"})
+        assert await check_agreement(w) == {}
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("agg", [ALARM, NO_KEYS], ids=["keys", "no-keys"])
+@pytest.mark.parametrize("same_flush", [True, False], ids=["one-flush", "two-flushes"])
+def test_a_fire_racing_a_cancel_or_a_reschedule_never_runs_the_old_command(agg,
+                                                                          same_flush) -> None:
+    """Cancel x, replace y (same name, new id), then the old fires of x and y arrive (and
+    the new y's fire twice): only the new y rings, once."""
+    async def main():
+        w = World(agg)
+        core = w.core()
+        await core.handle(Arm("o1", timers=(("x", 0), ("y", 0))))
+        cmds = [Arm("o2", timers=(("y", 0),), cancel=("x",)),
+                w.fire_of(TimerFire("x", "x@1")), w.fire_of(TimerFire("y", "y@1")),
+                w.fire_of(TimerFire("y", "y@2")), w.fire_of(TimerFire("y", "y@2"))]
+        if same_flush:
+            out = await asyncio.gather(*(core.handle(c) for c in cmds))
+        else:
+            out = [await core.handle(c) for c in cmds]
+        assert out[:3] == ["o2", None, None] and sorted(out[3:], key=str) in (
+            [None, "rang o2/y"], ["rang o2/y", "rang o2/y"])
+        await w.fire_everything()
+        assert await w.rings() == Counter({("o2", "y"): 1})
+        await w.restart()
+        assert await check_agreement(w) == {}
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("agg", [ALARM, NO_KEYS], ids=["keys", "no-keys"])
+def test_a_recurring_timer_rescheduled_by_its_own_fire_runs_once_per_round(agg) -> None:
+    """Ring(again=10) re-schedules its own name from its fire (new id, same name, in the
+    event that journals the fire); each round's fire delivered four times (twice in one
+    flush, once more later, once after a restart) rings once per round."""
+    async def main():
+        w = World(agg)
+        await w.core().handle(Arm("o", timers=(("r", 0),), again=10))
+        tids = []
+        for _ in range(3):
+            tid = (await check_agreement(w))["r"]
+            tids.append(tid)
+            core = w.core()
+            f = w.fire_of(TimerFire("r", tid))
+            await asyncio.gather(core.handle(f), core.handle(f))
+            await core.handle(f)
+            await w.restart()
+            await w.core().handle(f)
+        assert len(set(tids)) == 3
+        assert await w.rings() == Counter({("o", "r"): 3})
+        assert len(await w.events()) == 4
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- 4. the index
+
+
+def test_a_far_future_first_timer_does_not_hide_nearer_ones_of_its_shard() -> None:
+    """The shard's first ever row is a year ahead; a timer due in a minute, written after it
+    into the same shard, still fires on time (the cursor must not start at the first row's
+    bucket)."""
+    async def main():
+        w = World()
+        await w.core().handle(Arm("far", timers=(("year", 365 * 86400),)))
+        await w.core().handle(Arm("near", timers=(("minute", 60),)))
+        await check_agreement(w)
+        w.clock.now += timedelta(seconds=61)
+        pump = w.pump()
+        await pump.run_once()
+        await pump.drain()
+        assert await w.rings() == Counter({("near", "minute"): 1})
+    asyncio.run(main())
+
+
+def test_a_slow_append_does_not_put_its_row_behind_the_cursor() -> None:
+    """The bucket is chosen from the flush's timestamp; the append then takes 3 minutes (a
+    stalled store) while the pump moves the cursor past that (empty, settled) bucket. The row
+    written afterwards must still be reachable."""
+    async def main():
+        w = World()
+        other = next(f"o{i}" for i in range(100) if shard_of(f"o{i}", 4) == shard_of("e1", 4))
+        await w.core(other).handle(Arm("x", timers=(("t", 0),)))  # the shard's cursor: now
+        pump = w.pump()
+
+        async def meanwhile():
+            for _ in range(3):
+                w.clock.now += timedelta(minutes=1)
+                await pump.run_once()
+                await pump.drain()
+
+        w.journal.add(interleave(meanwhile, nth=2))
+        await w.core().handle(Arm("slow", timers=(("s", 0),)))
+        await check_agreement(w)
+        await pump.run_once()
+        await pump.drain()
+        assert await w.rings() == Counter({("slow", "s"): 1})
+        assert await w.rings(other) == Counter({("x", "t"): 1})
+    asyncio.run(main())
+
+
+def test_a_writer_whose_clock_lags_within_the_settle_time_is_not_lost() -> None:
+    """The writer's clock is 40 s behind the pump's (inside the 60 s settle time)."""
+    async def main():
+        w = World()
+        writer = Clock()
+        writer.now = w.clock.now - timedelta(seconds=40)
+        core = EntityCore(ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="skewed",
+                          wall_clock=writer, timer_store=w.store)
+        await core.handle(Arm("x", timers=(("t", 1),)))
+        pump = w.pump()
+        for _ in range(4):  # the pump's clock runs on; the row is due (by the writer's
+            w.clock.now += timedelta(seconds=30)  # clock) long before
+            await pump.run_once()
+        await core.stop()
+        await pump.drain()
+        assert await w.rings() == Counter({("x", "t"): 1})
+    asyncio.run(main())
+
+
+def test_one_persist_scheduling_a_name_twice_is_refused_and_writes_nothing() -> None:
+    """schedule=[a after 10 s, a after 1000 s] in one persist gave both entries the id
+    "a@1": the index kept the first one's row, which then ran the second one's command at
+    10 s. Now it is a typed error at the caller (nothing written, the aggregate goes on)."""
+    with pytest.raises(ConfigError, match="twice"):
+        persist(Armed("o"), schedule=[schedule("a", Ring("o", "a"), after=10),
+                                      schedule("a", Ring("o", "a"), after=1000)])
+
+    async def main():
+        w = World()
+        with pytest.raises(HandlerError, match="twice"):
+            await w.core().handle(Arm("o", timers=(("a", 10), ("a", 1000))))
+        assert await w.events() == [] and w.store.rows() == []
+        assert await w.core().handle(Arm("o2", timers=(("a", 10),))) == "o2"
+        w.clock.now += timedelta(seconds=20)
+        pump = w.pump()
+        await pump.run_once()
+        await pump.drain()
+        assert await w.rings() == Counter({("o2", "a"): 1})
+    asyncio.run(main())
+
+
+def test_two_commands_in_one_flush_scheduling_one_name_leave_no_live_row_of_the_first() -> None:
+    """Two commands of one flush schedule "a" (the second replaces the first): the index must
+    not keep the first one's row (deleted before it was written)."""
+    async def main():
+        w = World()
+        core = w.core()
+        await asyncio.gather(core.handle(Arm("o1", timers=(("a", 10),))),
+                             core.handle(Arm("o2", timers=(("a", 1000),))))
+        assert core.stats.writes == 1
+        assert [r.timer_id for r in w.store.rows()] == ["a@2"]
+    asyncio.run(main())
