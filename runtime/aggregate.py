@@ -34,7 +34,6 @@ a :class:`HandlerError`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -172,6 +171,7 @@ def persist(
 # --------------------------------------------------------------------------- durable timers
 
 _MAX_TIMER_NAME = 200
+_MAX_AFTER_S = 1000 * 365 * 86_400.0  # beyond it a due time leaves datetime's range
 
 
 def _check_timer_name(name: Any) -> str:
@@ -198,10 +198,9 @@ class Schedule:
             raise ConfigError(f"timer {self.name!r}: give exactly one of after= or at=")
         if self.after_s is not None and (isinstance(self.after_s, bool)
                                          or not isinstance(self.after_s, (int, float))
-                                         or not math.isfinite(self.after_s)
-                                         or self.after_s < 0):
-            raise ConfigError(f"timer {self.name!r}: after= must be a finite number of seconds "
-                              f">= 0, got {self.after_s!r}")
+                                         or not 0 <= self.after_s <= _MAX_AFTER_S):  # NaN too
+            raise ConfigError(f"timer {self.name!r}: after= must be a number of seconds from 0 "
+                              f"to {_MAX_AFTER_S:.0f} (1000 years), got {self.after_s!r}")
         if self.at is not None and (not isinstance(self.at, datetime) or self.at.tzinfo is None):
             raise ConfigError(f"timer {self.name!r}: at= must be a timezone-aware datetime, "
                               f"got {self.at!r}")

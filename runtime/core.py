@@ -677,6 +677,11 @@ class EntityCore:
             if effect.schedule or effect.cancel:  # the timers, with the events creating them
                 if not stored:
                     raise ConfigError("a schedule or cancel needs at least one event")
+                for s in effect.schedule:  # else it would be refused only when it fires
+                    if agg.commands and not isinstance(s.command, agg.commands):
+                        raise ConfigError(
+                            f"timer {s.name!r}: {type(s.command).__qualname__} is not a "
+                            f"command of {agg.name!r} (its commands=)")
                 meta.update(self.timers.metadata(effect.schedule, effect.cancel, timestamp,
                                                  seq + 1))
             if meta:

@@ -220,9 +220,18 @@ class TimerTable:
         return [p.to_list() for p in self.pending.values()]
 
     def load_lists(self, items: Iterable[Sequence[Any]]) -> None:
+        """Load a snapshot's timers; raises ``CorruptPayloadError`` for a malformed entry (the
+        recovery then takes an older snapshot, as for an undecodable state)."""
         self.pending.clear()
-        for name, timer_id, due_ms, bucket, command in items:
-            self.pending[name] = Pending(name, timer_id, int(due_ms), int(bucket), command)
+        try:
+            for name, timer_id, due_ms, bucket, command in items:
+                if not all(isinstance(v, str) for v in (name, timer_id, command)):
+                    raise TypeError(f"not a timer entry: {[name, timer_id, command]!r}")
+                self.pending[name] = Pending(name, timer_id, int(due_ms), int(bucket), command)
+        except (ValueError, TypeError) as exc:
+            self.pending.clear()
+            raise CorruptPayloadError(f"corrupt timers in snapshot: {exc}",
+                                      persistence_id=self.persistence_id) from exc
 
     def info(self) -> list[dict[str, Any]]:
         """The pending timers (diagnostics)."""

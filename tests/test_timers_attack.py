@@ -27,6 +27,7 @@ from raysource.errors import (
     NotAppliedError,
     OutcomeUnknownError,
     RaysourceError,
+    UnserializableError,
 )
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import (
@@ -535,4 +536,157 @@ def test_two_commands_in_one_flush_scheduling_one_name_leave_no_live_row_of_the_
                              core.handle(Arm("o2", timers=(("a", 1000),))))
         assert core.stats.writes == 1
         assert [r.timer_id for r in w.store.rows()] == ["a@2"]
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- 3. snapshots
+
+SNAP_EVERY = [1, 2, 3]
+SCRIPT = [Arm("s1", timers=(("a", 50), ("b", 60))), Poke("p1"),
+          Arm("s2", timers=(("c", 70), ("a", 80)), cancel=("b",)), Poke("p2"),
+          Arm("s3", cancel=("c",)), Arm("s4", timers=(("d", 90),))]
+
+
+@pytest.mark.parametrize("every", SNAP_EVERY)
+def test_replay_from_any_snapshot_restores_exactly_the_pending_timers(every) -> None:
+    """Snapshots every N events; after every command a restart (from the newest snapshot, from
+    an undecodable newest one, and from the journal alone) restores the same table."""
+    async def main():
+        agg = dataclasses.replace(ALARM, snapshot=SnapshotPolicy(every_n_events=every, keep=3))
+        w = World(agg)
+        for cmd in SCRIPT:
+            await w.core().handle(cmd)
+            await w.restart()
+            want = await check_agreement(w)
+            await w.restart()
+            newest = await w.snaps.load(agg.persistence_id("e1"))
+            if newest is not None:  # the newest snapshot cannot be decoded: an older one
+                await w.snaps.save(dataclasses.replace(newest, payload=b"\x00garbage"))
+                assert await check_agreement(w) == want
+                await w.restart()
+                await w.snaps.save(newest)
+        assert want == {"a": "a@3", "d": "d@6"}
+        await w.fire_everything()
+        assert await w.rings() == Counter({("s2", "a"): 1, ("s4", "d"): 1})
+    asyncio.run(main())
+
+
+def test_a_snapshot_newer_than_the_journal_is_ignored_with_its_timers() -> None:
+    """A snapshot claims #50 (with a pending timer "ghost") but the journal ends at #2:
+    the full replay must not keep the snapshot's timers."""
+    async def main():
+        agg = dataclasses.replace(ALARM, snapshot=SnapshotPolicy(every_n_events=1, keep=1))
+        w = World(agg)
+        await w.core().handle(Arm("o", timers=(("ghost", 10),)))
+        await w.core().handle(Arm("o2", cancel=("ghost",), timers=(("real", 10),)))
+        await w.restart()
+        snap = await w.snaps.load(agg.persistence_id("e1"))
+        core = w.core()
+        await core.start()
+        ser_id, manifest, payload = core.keys.wrap_snapshot(
+            *w.ser.encode(AlarmState(("armed:o",))), timers=[
+                ["ghost", "ghost@1", T0.timestamp() * 1000, 0, "x"]])
+        await w.restart()
+        await w.snaps.save(dataclasses.replace(snap, sequence_nr=50, payload=payload,
+                                               manifest=manifest, serializer_id=ser_id))
+        assert await check_agreement(w) == {"real": "real@2"}
+    asyncio.run(main())
+
+
+def test_a_snapshot_whose_timer_list_is_corrupt_falls_back_like_an_undecodable_one() -> None:
+    """The envelope decodes but its timer entries do not (wrong arity): recovery must fall
+    back to an older snapshot / the journal, as for an undecodable state, not die."""
+    async def main():
+        agg = dataclasses.replace(ALARM, snapshot=SnapshotPolicy(every_n_events=1, keep=2))
+        w = World(agg)
+        await w.core().handle(Arm("o", timers=(("a", 10),)))
+        core = w.core()
+        snap = await w.snaps.load(agg.persistence_id("e1"))
+        ser_id, manifest, payload = core.keys.wrap_snapshot(
+            *w.ser.encode(core.state), timers=[["a", "a@1"]])  # two of five fields
+        await w.restart()
+        await w.snaps.save(dataclasses.replace(snap, payload=payload, manifest=manifest,
+                                               serializer_id=ser_id))
+        assert await check_agreement(w) == {"a": "a@1"}
+        assert w.core().recovery.snapshots_skipped == 1
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- 5. bad input
+
+
+@pytest.mark.parametrize("kw", [
+    dict(after=1e12), dict(after=10**30), dict(after=2**1100), dict(after=float("inf")),
+    dict(after=float("nan")), dict(after=-1), dict(after=True), dict(after="5"),
+    dict(at=datetime(2030, 1, 1)), dict(at="2030-01-01T00:00:00Z"), dict(),
+    dict(after=1, at=T0), dict(name="n" * 201, after=1), dict(name="", after=1),
+    dict(name=7, after=1)], ids=lambda kw: ",".join(f"{k}={str(v)[:12]}" for k, v in kw.items()))
+def test_weird_schedule_values_are_config_errors_at_once(kw) -> None:
+    name = kw.pop("name", "x")
+    with pytest.raises(ConfigError):
+        schedule(name, Ring("o", "x"), **kw)
+
+
+def _scheduling(command=None, **kw):
+    """ALARM whose Poke schedules ``command`` under "x" (``kw``: after= or at=)."""
+    def h(state, c):
+        if isinstance(c, Poke):
+            return persist(Poked(c.op), reply=c.op, schedule=schedule("x", command, **kw))
+        return handle(state, c)
+    return dataclasses.replace(ALARM, command_handler=h)
+
+
+@pytest.mark.parametrize("command,error", [
+    (Unregistered(1), "HandlerError"), (Ring(object(), "x"), "UnserializableError"),
+    ("a plain string", "HandlerError"), (Armed("an event"), "HandlerError"),
+    (Opaque(1), "HandlerError")], ids=["unregistered", "unencodable", "str", "event", "type"])
+def test_a_timer_command_that_cannot_run_is_refused_when_scheduled(command, error) -> None:
+    """Not registered, not encodable, or not one of the type's commands: a typed NotApplied
+    error at the caller who schedules it (not a silent UnknownCommandError when it fires),
+    nothing written or indexed, and the aggregate goes on."""
+    async def main():
+        w = World(_scheduling(command, after=1))
+        with pytest.raises(RaysourceError) as err:
+            await w.core().handle(Poke("p"))
+        assert type(err.value).__name__ == error and isinstance(err.value, NotAppliedError)
+        assert await w.events() == [] and w.store.rows() == []
+        assert await w.core().handle(Arm("ok", timers=(("y", 1),))) == "ok"
+        await w.fire_everything()
+        assert await w.rings() == Counter({("ok", "y"): 1})
+    asyncio.run(main())
+
+
+def test_an_unregistered_timer_command_of_a_type_without_declared_commands_is_refused() -> None:
+    async def main():
+        w = World(dataclasses.replace(_scheduling(Unregistered(1), after=1), commands=()))
+        with pytest.raises(UnserializableError):
+            await w.core().handle(Poke("p"))
+        assert await w.events() == [] and w.store.rows() == []
+        assert await w.core().handle(Arm("ok")) == "ok"  # alive
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("at,fires", [
+    (datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc), False),
+    (datetime(1, 1, 1, tzinfo=timezone.utc), True),
+    (datetime(2026, 12, 1, 9, 0, tzinfo=timezone(timedelta(hours=5))), True)],
+    ids=["year-9999", "year-1", "utc+5"])
+def test_extreme_due_times_are_stored_and_fire_when_due(at, fires) -> None:
+    """A due time at the end of the calendar stays pending (and hides no nearer timer); one
+    in year 1 (or in another zone, already past) fires at once."""
+    async def main():
+        w = World(_scheduling(Ring("p", "x"), at=at))
+        assert await w.core().handle(Poke("p")) == "p"
+        await w.core().handle(Arm("near", timers=(("n", 5),)))
+        assert set(await check_agreement(w)) == {"x", "n"}
+        w.clock.now += timedelta(seconds=10)
+        pump = w.pump()
+        await pump.run_once()
+        await pump.drain()
+        want = Counter({("near", "n"): 1})
+        if fires:
+            want[("p", "x")] = 1
+        assert await w.rings() == want
+        await w.restart()
+        assert set(await check_agreement(w)) == (set() if fires else {"x"})
     asyncio.run(main())
