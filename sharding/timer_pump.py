@@ -17,14 +17,17 @@ One pass (:meth:`TimerPump.run_once`), for every ``(type, shard)`` the node owns
 A fire's outcome decides its row: an answer (the command's reply, a rejection, a failure of
 the command itself, or a stale fire) deletes it and records the **lateness** (answer time
 minus due time); a failure that says nothing about the fire (the store, the activation or the
-call failed) keeps the row, and the fire is tried again after ``retry_after_s``. Re-fires are
-harmless: the aggregate runs a timer's command only while that exact timer is pending
-(:mod:`raysource.runtime.timers`), and fires carry the idempotency key ``timer:<id>``.
+call failed) keeps the row, and the fire is tried again after ``retry_after_s``; a row that
+keeps failing once its bucket is settled moves to the current bucket, so it never pins the
+shard's cursor (and with it every later timer of the shard, beyond ``buckets_per_pass``).
+Re-fires are harmless: the aggregate runs a timer's command only while that exact timer is
+pending (:mod:`raysource.runtime.timers`), and fires carry the idempotency key ``timer:<id>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -225,13 +228,33 @@ class TimerPump:
                 log.info("%s: %d timer fires not answered (%r); retrying in %.1f s", pid,
                          len(failed), failed[0][1], self.settings.retry_after_s)
                 later = self._clock() + self.settings.retry_after_s
-                for r, _ in failed:
+                for r in await self._move_forward([r for r, _ in failed]):
                     self._retry_at[r.key] = later
         except Exception as exc:  # the row delete failed: the rows fire again (stale)
             log.warning("%s: timer bookkeeping failed: %r", pid, exc)
         finally:
             self._in_flight.difference_update(r.key for r in rows)
             self._slots.release()
+
+    async def _move_forward(self, rows: list[TimerRow]) -> list[TimerRow]:
+        """Failed rows of a settled bucket pin their shard's cursor, and a pass reads at most
+        ``buckets_per_pass`` buckets from it: a timer whose fire fails for hours would stop
+        every later timer of its shard. Such rows are re-indexed into the current bucket (the
+        new row first, then the old one deleted; the fire stays due); returns the rows as
+        they are now."""
+        now_ms, bucket_ms = self._wall_ms(), self.store.bucket_ms
+        settle = self.settings.settle_ms
+        stuck = [r for r in rows if (r.bucket + 1) * bucket_ms + settle <= now_ms]
+        if not stuck:
+            return rows
+        moved = {r.key: dataclasses.replace(r, bucket=now_ms // bucket_ms) for r in stuck}
+        try:
+            await self.store.upsert(list(moved.values()))
+            await self.store.delete(stuck)
+        except Exception as exc:  # stays where it is; tried again with the next failure
+            log.warning("moving %d failing timer rows forward failed: %r", len(stuck), exc)
+            return rows
+        return [moved.get(r.key, r) for r in rows]
 
     # ------------------------------------------------------------------ diagnostics
 

@@ -86,6 +86,15 @@ class TimerStoreContract:
             await other.ensure_cursor(t, 6, 20)
             assert await s.cursor(t, 6) == 31
 
+    async def test_a_new_id_under_the_same_name_and_due_time_is_a_row_of_its_own(self, backend):
+        s = backend.timers()
+        t, b = _type(), s.bucket_ms
+        old = row(t, 0, 9 * b, "p", "a", bucket_ms=b, seq=1)
+        new = row(t, 0, 9 * b, "p", "a", bucket_ms=b, seq=2)
+        await s.upsert([old, new])
+        await s.delete([old])  # the stale fire's row: the re-schedule's stays
+        assert await s.due(t, 0, 9, 10 * b) == [new]
+
     def test_bucket_is_never_before_the_write_time(self):
         assert bucket_of(due_ms=10_000, now_ms=500_000, bucket_ms=60_000) == 8
         assert bucket_of(due_ms=900_000, now_ms=500_000, bucket_ms=60_000) == 15

@@ -690,3 +690,66 @@ def test_extreme_due_times_are_stored_and_fire_when_due(at, fires) -> None:
         await w.restart()
         assert set(await check_agreement(w)) == (set() if fires else {"x"})
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- 4. the pump
+
+
+def test_a_stale_fire_does_not_delete_the_row_of_a_reschedule_with_the_same_due_time() -> None:
+    """The pump reads a@1's row and sends its fire; before it arrives the aggregate re-arms
+    "a" at the same instant (same bucket, due time and name: the same row key, new id a@2).
+    The stale fire of a@1 is answered and its row deleted: that must not delete a@2's."""
+    async def main():
+        w = World()
+        at_ms = w.clock.ms() + 5_000
+        await w.core().handle(ArmAt("o1", "a", at_ms))
+        w.clock.now += timedelta(seconds=10)
+        real_send = w.send
+
+        async def send(type_name, pid, fires):  # the re-arm overtakes the fire
+            await w.core().handle(ArmAt("o2", "a", at_ms))
+            return await real_send(type_name, pid, fires)
+
+        pump = w.pump()
+        pump.send = send
+        assert await pump.run_once() == 1
+        await pump.drain()
+        assert await check_agreement(w) == {"a": "a@2"}  # still pending, so it needs its row
+        pump.send = real_send
+        await pump.run_once()
+        await pump.drain()
+        assert await w.rings() == Counter({("o2", "a"): 1})
+    asyncio.run(main())
+
+
+def test_a_timer_whose_fire_always_fails_does_not_stop_its_shard() -> None:
+    """One aggregate's fires fail forever (its activation cannot start); its row pins the
+    shard's cursor. Timers of other aggregates of that shard due hours later (beyond the
+    pump's buckets_per_pass window from the cursor) must still fire."""
+    async def main():
+        w = World()
+        same = [f"x{i}" for i in range(200) if shard_of(f"x{i}", 4) == shard_of("e1", 4)]
+        poisoned, healthy = same[0], same[1]
+        await w.core(poisoned).handle(Arm("p", timers=(("t", 1),)))
+        await w.core(healthy).handle(Arm("h", timers=(("t", 5 * 3600),)))  # in 5 hours
+        real_send = w.send
+
+        async def send(type_name, pid, fires):
+            if pid.endswith(f"|{poisoned}"):
+                raise ConnectionError("its host cannot start")
+            return await real_send(type_name, pid, fires)
+
+        pump = w.pump()
+        pump.send = send
+        for _ in range(6 * 12):  # six hours, a pass every five minutes
+            w.clock.now += timedelta(minutes=5)
+            await pump.run_once()
+            await pump.drain()
+            await asyncio.sleep(0.002)
+        assert await w.rings(healthy) == Counter({("h", "t"): 1})
+        assert await w.rings(poisoned) == Counter()
+        pump.send = real_send  # healed: it fires (once) after all
+        await pump.run_once()
+        await pump.drain()
+        assert await w.rings(poisoned) == Counter({("p", "t"): 1})
+    asyncio.run(main())

@@ -18,17 +18,22 @@ Layout. Rows are partitioned by ``(aggregate type, shard, bucket)``, where ``buc
 ``max(due, now) // bucket_ms`` (``now``: the writer's wall clock when it writes the row), so
 no partition is hot: 10,000 timers due in the same minute spread over every shard of the type.
 Per ``(type, shard)`` a **cursor** records the oldest bucket that may still hold rows; a
-writer makes sure it exists before its first row of that shard (:meth:`TimerStore.ensure_cursor`
-at ``cursor_floor(now)``: never after a bucket any writer may still write to, whatever the
-due times of the rows) and only timer services move it forward, past a bucket that is empty
-and older than ``settle_ms`` (see :class:`TimerStore.advance`). Because rows go to a bucket at or after the writer's
-"now", a bucket whose end lies ``settle_ms`` in the past can receive no new rows as long as
-clocks agree within, and row writes finish within, ``settle_ms`` (default 60 s; a writer
-that finds its own row write took longer re-writes the row into the current bucket).
+writer makes sure it exists before its first row of that shard
+(:meth:`TimerStore.ensure_cursor` at ``cursor_floor(now)``: never after a bucket any writer
+may still write to, whatever the due times of the rows) and only timer services move it
+forward, past a bucket that is empty and older than ``settle_ms`` (see
+:class:`TimerStore.advance`). Because rows go to a bucket at or after the writer's "now", a
+bucket whose end lies ``settle_ms`` in the past can receive no new rows as long as clocks
+agree within, and row writes finish within, ``settle_ms`` (default 60 s; a writer that
+finds, after its row write, that the row's bucket ended ``settle_ms / 2`` ago — a stalled
+append, a slow write — re-writes the row into the current bucket; a timer service moves a
+row whose fire keeps failing out of a settled bucket the same way).
 
 Contract (checked by :mod:`raysource.testing.timer_contract` for every implementation):
 ``upsert`` is idempotent (same primary key: ``(type_name, shard, bucket, due_ms,
-persistence_id, name)``); ``delete`` of a missing row is a no-op; ``due`` returns the rows of
+persistence_id, name, timer_id)``: the id is part of it, so a re-schedule under the same name
+at the same instant is a row of its own, and deleting the answered row of a stale fire never
+deletes the new one); ``delete`` of a missing row is a no-op; ``due`` returns the rows of
 one bucket with ``due_ms <= until_ms`` in due order; ``advance`` never moves a cursor
 backwards from the caller's point of view (it sets it; callers only ever pass larger values).
 """
@@ -75,9 +80,9 @@ class TimerRow:
     timer_id: str
 
     @property
-    def key(self) -> tuple[str, int, int, int, str, str]:
+    def key(self) -> tuple[str, int, int, int, str, str, str]:
         return (self.type_name, self.shard, self.bucket, self.due_ms, self.persistence_id,
-                self.name)
+                self.name, self.timer_id)
 
 
 class TimerStore(abc.ABC):

@@ -1,4 +1,4 @@
-"""The Cassandra timer store: tables ``timers`` and ``timer_cursors`` (their CQL:
+"""The Cassandra timer store: tables ``timer_index`` and ``timer_cursors`` (their CQL:
 :mod:`raysource.journal.cassandra.timer_statements`)."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class CassandraTimerStore(TimerStore):
     async def delete(self, rows: Sequence[TimerRow]) -> None:
         ps = await self._prepare()
         await self._per_partition(ps["delete"], rows, lambda r: (
-            r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name))
+            r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id))
 
     async def _per_partition(self, ps: Any, rows: Sequence[TimerRow],
                              values: Callable[[TimerRow], tuple]) -> None:

@@ -14,14 +14,14 @@ class InMemoryTimerStore(TimerStore):
 
     def __init__(self, bucket_ms: int = DEFAULT_BUCKET_MS) -> None:
         self.bucket_ms = bucket_ms
-        self._rows: dict[tuple[str, int, int], dict[tuple[int, str, str], TimerRow]] = {}
+        self._rows: dict[tuple[str, int, int], dict[tuple[int, str, str, str], TimerRow]] = {}
         self._cursors: dict[tuple[str, int], int] = {}
 
     async def upsert(self, rows: Sequence[TimerRow]) -> None:
         for r in rows:
             self._cursors.setdefault((r.type_name, r.shard), r.bucket)
             part = self._rows.setdefault((r.type_name, r.shard, r.bucket), {})
-            part[(r.due_ms, r.persistence_id, r.name)] = r
+            part[(r.due_ms, r.persistence_id, r.name, r.timer_id)] = r
 
     async def ensure_cursor(self, type_name: str, shard: int, bucket: int) -> None:
         self._cursors.setdefault((type_name, shard), bucket)
@@ -30,7 +30,7 @@ class InMemoryTimerStore(TimerStore):
         for r in rows:
             part = self._rows.get((r.type_name, r.shard, r.bucket))
             if part is not None:
-                part.pop((r.due_ms, r.persistence_id, r.name), None)
+                part.pop((r.due_ms, r.persistence_id, r.name, r.timer_id), None)
 
     async def due(self, type_name: str, shard: int, bucket: int, until_ms: int, *,
                   limit: int = 1000) -> list[TimerRow]:

@@ -4,9 +4,10 @@
 
 Tables:
 
-* ``timers`` — the pending-timer index, partitioned by ``(type_name, shard, bucket)`` (a
+* ``timer_index`` — the pending-timer index, partitioned by ``(type_name, shard, bucket)`` (a
   bucket is ``max(due, write time) // bucket_ms``), clustered by due time: a timer service
-  reads "due by now" of one partition with one range query, and no partition is hot.
+  reads "due by now" of one partition with one range query, and no partition is hot. The
+  timer id is part of the key: a stale fire's row delete never hits a re-schedule's row.
 * ``timer_cursors`` — per ``(type_name, shard)``: the oldest bucket that may still hold rows.
 """
 
@@ -21,7 +22,7 @@ def timer_schema(keyspace: str) -> list[str]:
     """``CREATE TABLE IF NOT EXISTS`` of the timer tables in ``keyspace``."""
     ks = validate_identifier(keyspace, "keyspace")
     return [
-        f"""CREATE TABLE IF NOT EXISTS {ks}.timers (
+        f"""CREATE TABLE IF NOT EXISTS {ks}.timer_index (
     type_name text,
     shard int,
     bucket bigint,
@@ -29,8 +30,8 @@ def timer_schema(keyspace: str) -> list[str]:
     persistence_id text,
     name text,
     timer_id text,
-    PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name)
-) WITH CLUSTERING ORDER BY (due_ms ASC, persistence_id ASC, name ASC)""",
+    PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)
+) WITH CLUSTERING ORDER BY (due_ms ASC, persistence_id ASC, name ASC, timer_id ASC)""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.timer_cursors (
     type_name text,
     shard int,
@@ -46,11 +47,12 @@ class TimerStatements:
     def __init__(self, keyspace: str) -> None:
         ks = validate_identifier(keyspace, "keyspace")
         self.create = timer_schema(ks)
-        self.upsert = (f"INSERT INTO {ks}.timers (type_name, shard, bucket, due_ms, "
+        self.upsert = (f"INSERT INTO {ks}.timer_index (type_name, shard, bucket, due_ms, "
                        f"persistence_id, name, timer_id) VALUES (?,?,?,?,?,?,?)")
-        self.delete = (f"DELETE FROM {ks}.timers WHERE type_name = ? AND shard = ? "
-                       f"AND bucket = ? AND due_ms = ? AND persistence_id = ? AND name = ?")
-        self.due = (f"SELECT due_ms, persistence_id, name, timer_id FROM {ks}.timers "
+        self.delete = (f"DELETE FROM {ks}.timer_index WHERE type_name = ? AND shard = ? "
+                       f"AND bucket = ? AND due_ms = ? AND persistence_id = ? AND name = ? "
+                       f"AND timer_id = ?")
+        self.due = (f"SELECT due_ms, persistence_id, name, timer_id FROM {ks}.timer_index "
                     f"WHERE type_name = ? AND shard = ? AND bucket = ? AND due_ms <= ? LIMIT ?")
         self.cursor_get = (f"SELECT bucket FROM {ks}.timer_cursors "
                            f"WHERE type_name = ? AND shard = ?")
