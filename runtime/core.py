@@ -677,6 +677,9 @@ class EntityCore:
             if effect.schedule or effect.cancel:  # the timers, with the events creating them
                 if not stored:
                     raise ConfigError("a schedule or cancel needs at least one event")
+                if self.timer_store is None:  # else stored, never indexed, and unrecoverable
+                    raise ConfigError(f"{self.persistence_id}: durable timers need a timer "
+                                      f"store (EntityCore(timer_store=...))")
                 for s in effect.schedule:  # else it would be refused only when it fires
                     if agg.commands and not isinstance(s.command, agg.commands):
                         raise ConfigError(

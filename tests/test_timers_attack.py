@@ -26,8 +26,10 @@ from raysource.errors import (
     HandlerError,
     NotAppliedError,
     OutcomeUnknownError,
+    PersistFailedError,
     RaysourceError,
     UnserializableError,
+    WriteOutcomeUnknownError,
 )
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import (
@@ -198,10 +200,10 @@ class World:
     """A (faulty) journal, stores and activations by entity id; fires go through ``send``
     like a timer service's (keyed ``timer:<id>`` when the type keeps keys)."""
 
-    def __init__(self, agg: AggregateType = ALARM, faults=(), store=None) -> None:
+    def __init__(self, agg: AggregateType = ALARM, faults=(), store=None, seed=None) -> None:
         self.agg = agg
         self.clock = Clock()
-        self.journal = FaultyJournal(InMemoryJournal(), faults)
+        self.journal = FaultyJournal(InMemoryJournal(), faults, seed=seed)
         self.snaps = InMemorySnapshotStore()
         self.store = store if store is not None else InMemoryTimerStore()
         self.ser = serialization_for(agg, StoreSpec())
@@ -752,4 +754,120 @@ def test_a_timer_whose_fire_always_fails_does_not_stop_its_shard() -> None:
         await pump.run_once()
         await pump.drain()
         assert await w.rings(poisoned) == Counter({("p", "t"): 1})
+    asyncio.run(main())
+
+
+def test_scheduling_without_a_timer_store_is_refused_before_anything_is_written() -> None:
+    """An activation built without a timer store used to journal the schedule, fail its
+    index write (outcome unknown, stopped) and then fail every later recovery."""
+    async def main():
+        w = World()
+        core = EntityCore(ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="bare",
+                          wall_clock=w.clock)
+        with pytest.raises(HandlerError, match="timer store"):
+            await core.handle(Arm("o", timers=(("a", 1),)))
+        assert await core.handle(Poke("p")) == "p"  # alive, and nothing of "o" written
+        assert [type(e).__name__ for e in await w.decoded()] == ["Poked"]
+        await core.stop()
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- all at once
+
+
+class FlakyStore(InMemoryTimerStore):
+    """An index whose writes fail (before, or after applying: a lost response) at random."""
+
+    def __init__(self, rng, p: float) -> None:
+        super().__init__()
+        self.rng, self.p, self.on, self.failures = rng, p, True, 0
+
+    async def _maybe(self, write, rows) -> None:
+        roll = self.rng.random() if self.on else 1.0
+        if roll < self.p / 2:
+            self.failures += 1
+            raise PersistFailedError("injected: index unavailable")
+        await write(rows)
+        if roll < self.p:
+            self.failures += 1
+            raise WriteOutcomeUnknownError("injected: index write response lost")
+
+    async def upsert(self, rows) -> None:
+        await self._maybe(super().upsert, rows)
+
+    async def delete(self, rows) -> None:
+        await self._maybe(super().delete, rows)
+
+
+async def expected_rings(w: World, eid: str = "e1") -> Counter:
+    """From the journal alone: each scheduled timer rings once unless a cancel or a
+    re-schedule removed it while pending."""
+    table = TimerTable(w.ser, w.agg.name, w.agg.persistence_id(eid), 0)
+    owner: dict[str, tuple[str, str]] = {}
+    removed: set[str] = set()
+    for stored in await w.events(eid):
+        before = {p.timer_id for p in table.pending.values()}
+        table.applied(stored)
+        after = {p.timer_id for p in table.pending.values()}
+        removed |= before - after - {stored.metadata.get("tf")}
+        event = w.ser.decode(stored.serializer_id, stored.manifest, stored.payload)
+        for tid in after - before:
+            owner[tid] = (event.op, tid.rsplit("@", 1)[0])
+    return Counter({owner[t]: 1 for t in owner if t not in removed})
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_histories_under_journal_and_index_faults_ring_each_live_timer_once(seed) -> None:
+    """Random arms (schedules, cancels, re-schedules), pokes, restarts, pump passes and
+    stray fires (stale ids, duplicates), with the journal failing, losing responses,
+    duplicating and timing out, and the index failing or losing responses, at random. Then,
+    faults off: the table, the journal and the index agree; firing everything rings each
+    timer the journal says is live exactly once and nothing else; callers' answers match
+    the journal; no row is left."""
+    import random
+
+    async def main():
+        rng = random.Random(seed)
+        faults = [fail(probability=0.08, times=None), lose_response(probability=0.08, times=None),
+                  duplicate(probability=0.05, times=None), timeout(probability=0.05, times=None),
+                  fail("replay", probability=0.03, times=None)]
+        agg = dataclasses.replace(
+            rng.choice([ALARM, NO_KEYS]),
+            snapshot=rng.choice([SnapshotPolicy(), SnapshotPolicy(every_n_events=3, keep=2)]))
+        w = World(agg, faults=faults, store=FlakyStore(rng, 0.1), seed=seed)
+        seen: dict[str, str] = {}
+        ids: list[str] = []
+        pump = w.pump()
+        for step in range(30):
+            move = rng.random()
+            if move < 0.4:
+                names = rng.sample("abcd", rng.randint(0, 3))
+                cmd = Arm(f"op{step}", timers=tuple((n, rng.choice([0, 30, 90, 400]))
+                                                    for n in names),
+                          cancel=tuple(rng.sample("abcd", rng.randint(0, 2))))
+                seen[cmd.op] = await attempt(w.core().handle(cmd))
+                ids += [f"{n}@{w.core().sequence_nr}" for n in names]
+            elif move < 0.55:
+                await attempt(w.core().handle(Poke(f"p{step}")))
+            elif move < 0.65:
+                await w.restart()
+            elif move < 0.85:
+                w.clock.now += timedelta(seconds=rng.choice([5, 60, 200]))
+                await pump.run_once()
+                await pump.drain()
+            elif ids:  # a stray fire: a duplicate, a stale or a guessed id
+                tid = rng.choice(ids)
+                await attempt(w.core().handle(w.fire_of(TimerFire(tid.rsplit("@", 1)[0], tid))))
+        w.journal.faults_enabled, w.store.on = False, False
+        await w.restart()
+        await check_agreement(w)
+        await w.fire_everything()
+        await w.restart()
+        assert await check_agreement(w) == {}
+        assert await w.rings() == await expected_rings(w)
+        log = (await w.core().handle(Get())).log
+        for op, outcome in seen.items():
+            assert outcome != "ok" or f"armed:{op}" in log, f"{op} acknowledged, not stored"
+            assert outcome != "not_applied" or f"armed:{op}" not in log, f"{op} stored"
+        assert w.store.rows() == []
     asyncio.run(main())
