@@ -701,7 +701,7 @@ class EntityCore:
         flush.events.extend(stored)
         if stored and stored[0].metadata:
             self.timers.tentative(stored[0], flush.timers)
-        flush.bytes += sum(len(e.payload) for e in stored)
+        flush.bytes += sum(_size(e) for e in stored)
         flush.side_effects.extend((fn, new_state) for fn in effect.then)
         flush.snapshot_due = flush.snapshot_due or snap
         return new_state, new_seq
@@ -709,7 +709,7 @@ class EntityCore:
     def _over_limit(self, flush: _Flush, more: list[StoredEvent]) -> bool:
         if len(flush.events) + len(more) > self.max_events_per_write:
             return True
-        return flush.bytes + sum(len(e.payload) for e in more) > self.max_bytes_per_write
+        return flush.bytes + sum(_size(e) for e in more) > self.max_bytes_per_write
 
     def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError:
         log.warning("%s: %s raised on %s: %r", self.persistence_id, where,
@@ -885,6 +885,11 @@ class EntityCore:
                 self._newest_group.clear()
             self._newest_group.append(stored)  # kept for the tag repair, not re-read
         return state, seq, replayed
+
+
+def _size(event: StoredEvent) -> int:
+    """What an event weighs in a write: its payload and its metadata (timers, keys)."""
+    return len(event.payload) + sum(len(v) for v in event.metadata.values())
 
 
 def _not_applied(exc: BaseException) -> bool:

@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from raysource.journal.api import StoredEvent
-from raysource.journal.errors import CorruptPayloadError
+from raysource.journal.errors import CorruptPayloadError, PayloadTooLargeError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import Schedule
 from raysource.runtime.idempotency import _join, _split
@@ -122,7 +122,8 @@ class TimerTable:
                  timestamp: datetime, sequence_nr: int) -> dict[str, str]:
         """The metadata of the first event (number ``sequence_nr``) of a command that
         schedules/cancels timers. Raises the serialization's error for an unencodable
-        command (the command then fails, nothing written)."""
+        command, ``PayloadTooLargeError`` if the schedules together exceed the payload limit
+        (the command then fails, nothing written)."""
         meta: dict[str, str] = {}
         if cancels:
             meta[CANCEL_FIELD] = json.dumps(list(dict.fromkeys(cancels)))
@@ -135,6 +136,11 @@ class TimerTable:
                     s.command, persistence_id=self.persistence_id, sequence_nr=sequence_nr))
                 entries.append([s.name, due, bucket_of(due, now_ms, self.bucket_ms), cmd])
             meta[SCHEDULE_FIELD] = json.dumps(entries)
+            if len(meta[SCHEDULE_FIELD]) > self.serialization.max_payload_bytes:
+                raise PayloadTooLargeError(
+                    f"{len(schedules)} timers of one persist take {len(meta[SCHEDULE_FIELD])} "
+                    f"bytes, over the payload limit of {self.serialization.max_payload_bytes}",
+                    persistence_id=self.persistence_id, sequence_nr=sequence_nr)
         return meta
 
     def command_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> Any | None:

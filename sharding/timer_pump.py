@@ -66,6 +66,10 @@ class TimerSettings:
     def __post_init__(self) -> None:
         if min(self.poll_interval_s, self.max_fires_per_s, self.retry_after_s) <= 0:
             raise ConfigError("poll_interval_s, max_fires_per_s and retry_after_s must be > 0")
+        if self.settle_ms < DEFAULT_SETTLE_MS:  # writers rely on it (raysource.timers.api)
+            raise ConfigError(f"settle_ms must be >= {DEFAULT_SETTLE_MS} (writers re-write a "
+                              f"row only once its bucket ended {DEFAULT_SETTLE_MS // 2} ms "
+                              f"ago), got {self.settle_ms}")
         if min(self.max_in_flight, self.batch_per_aggregate, self.rows_per_read,
                self.buckets_per_pass) < 1:
             raise ConfigError("max_in_flight, batch_per_aggregate, rows_per_read and "

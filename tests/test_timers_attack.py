@@ -26,6 +26,7 @@ from raysource.errors import (
     HandlerError,
     NotAppliedError,
     OutcomeUnknownError,
+    PayloadTooLargeError,
     PersistFailedError,
     RaysourceError,
     UnserializableError,
@@ -871,3 +872,25 @@ def test_random_histories_under_journal_and_index_faults_ring_each_live_timer_on
             assert outcome != "not_applied" or f"armed:{op}" not in log, f"{op} stored"
         assert w.store.rows() == []
     asyncio.run(main())
+
+
+def test_a_persist_whose_timers_exceed_the_payload_limit_is_refused_whole() -> None:
+    """20,000 timers in one persist (each command small, together ~2 MB of metadata in one
+    event: more than a Cassandra cell should carry): PayloadTooLargeError at the caller,
+    nothing written or indexed; a reasonable number still goes through."""
+    many = tuple((f"t{i}", 60) for i in range(20_000))
+
+    async def main():
+        w = World()
+        with pytest.raises(PayloadTooLargeError):
+            await w.core().handle(Arm("big", timers=many))
+        assert await w.events() == [] and w.store.rows() == []
+        assert await w.core().handle(Arm("ok", timers=many[:500])) == "ok"
+        assert len(w.store.rows()) == 500
+    asyncio.run(main())
+
+
+def test_a_pump_cannot_retire_buckets_faster_than_writers_assume() -> None:
+    with pytest.raises(ConfigError, match="settle_ms"):
+        TimerSettings(settle_ms=1000)
+    assert TimerSettings(settle_ms=120_000).settle_ms == 120_000
