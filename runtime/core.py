@@ -139,6 +139,7 @@ class _Flush:
     # durable timers: the flush's tentative changes, and fires that wrote no event
     timers: dict[str, Pending | None] = field(default_factory=dict)
     silent_fires: list[TimerFire] = field(default_factory=list)
+    behind: bool = False  # a fire showed that this activation missed another one's events
 
 
 def _utcnow() -> datetime:
@@ -403,7 +404,7 @@ class EntityCore:
             outcome = _Outcome(fut)
             fire = command if isinstance(command, TimerFire) else None
             if fire is not None:
-                command = self._timer_command(fire, outcome, flush)
+                command = self._timer_command(fire, outcome, flush, seq)
                 if command is None:  # stale (or undecodable): answered, nothing run
                     flush.outcomes.append(outcome)
                     continue
@@ -443,6 +444,9 @@ class EntityCore:
         policy = self.aggregate_type.snapshot
         if flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
+        if flush.behind:  # like a fenced write: the next activation recovers the truth
+            self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
+            self._mailbox.put_nowait(_STOP)
 
     async def _write(self, flush: _Flush) -> bool:
         """Append the flush's events as one group; True once durable. On failure the flush's
@@ -602,8 +606,10 @@ class EntityCore:
             self._resolve(fut, value, error)
         return found
 
-    def _timer_command(self, fire: TimerFire, outcome: _Outcome, flush: _Flush) -> Any | None:
-        """The command of a timer fire, or None (answered: stale, or undecodable)."""
+    def _timer_command(self, fire: TimerFire, outcome: _Outcome, flush: _Flush,
+                       seq: int) -> Any | None:
+        """The command of a timer fire, or None (answered: stale, undecodable, or this
+        activation is behind; ``seq``: the flush's tentative sequence number)."""
         try:
             command = self.timers.command_of(fire, flush.timers)
         except Exception as exc:  # its stored command cannot be decoded any more
@@ -611,7 +617,14 @@ class EntityCore:
             flush.timers[fire.name] = None
             flush.silent_fires.append(fire)
             return None
-        if command is None:
+        if command is None and _scheduled_at(fire.timer_id) > seq:
+            # scheduled by an event this activation never saw: another activation wrote
+            # after this one recovered. "Stale" from here would delete a live timer's row.
+            outcome.error = AggregateStoppedError(
+                f"{self.persistence_id}: the fire of {fire.timer_id} is beyond this "
+                f"activation's #{seq} (another activation wrote); stopping")
+            flush.behind = True
+        elif command is None:
             self.stats.stale_fires += 1
         return command
 
@@ -885,6 +898,14 @@ class EntityCore:
                 self._newest_group.clear()
             self._newest_group.append(stored)  # kept for the tag repair, not re-read
         return state, seq, replayed
+
+
+def _scheduled_at(timer_id: str) -> int:
+    """The sequence number in a timer id ``"<name>@<nr>"`` (0 if it has none)."""
+    try:
+        return int(timer_id.rsplit("@", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _size(event: StoredEvent) -> int:

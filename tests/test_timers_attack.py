@@ -894,3 +894,30 @@ def test_a_pump_cannot_retire_buckets_faster_than_writers_assume() -> None:
     with pytest.raises(ConfigError, match="settle_ms"):
         TimerSettings(settle_ms=1000)
     assert TimerSettings(settle_ms=120_000).settle_ms == 120_000
+
+
+def test_a_fire_reaching_a_stale_activation_is_not_answered_as_stale() -> None:
+    """Split brain during a handoff: activation A recovered at #1; a newer activation B then
+    schedules x (x@2, indexed). The pump's fire of x@2 reaches A, which has never seen #2.
+    A must not answer "stale" (the pump would delete the row: x pending, never fired); it
+    says it is behind (not answered, the row stays) and stops, and the fire then runs on a
+    fresh activation, once."""
+    async def main():
+        w = World()
+        await w.core().handle(Arm("o1"))  # A, at #1
+        stale = w.core()
+        newer = EntityCore(ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="B",
+                           wall_clock=w.clock, timer_store=w.store)
+        await newer.handle(Arm("o2", timers=(("x", 1),)))  # x@2, indexed
+        await newer.stop()
+        w.clock.now += timedelta(seconds=5)
+        pump = w.pump()
+        await pump.run_once()  # the fire goes to A (w.core() is still A)
+        await pump.drain()
+        assert stale.stopped and stale.stats.stale_fires == 0
+        assert [r.timer_id for r in w.store.rows()] == ["x@2"]
+        await asyncio.sleep(0.002)
+        await pump.run_once()  # now a fresh activation
+        await pump.drain()
+        assert await w.rings() == Counter({("o2", "x"): 1}) and w.store.rows() == []
+    asyncio.run(main())
