@@ -25,9 +25,12 @@ Example (a runnable test; the README reuses it)::
 tests use ``arun``/``agiven``/``arestart`` instead (do not mix the two styles in one kit).
 
 Durable timers: the kit's wall clock is real time plus an offset that ``advance(seconds)``
-moves forward; ``advance`` then fires every timer due by the new time, earliest first, through
-the same path as a timer service (the core runs a timer's command only while it is pending),
-and returns one :class:`RunResult` per fire. ``pending_timers`` lists what is scheduled::
+moves forward; ``advance`` fires every timer due by the new time, earliest first, each with the
+clock at its due time (so a timer its fire schedules is due by then too: a 10 s recurring timer
+fires six times in ``advance(60)``), through the same path as a timer service (the core runs a
+timer's command only while it is pending), and returns one :class:`RunResult` per fire (more
+than ``MAX_FIRES_PER_ADVANCE`` in one call: ``ConfigError``, a timer re-scheduling itself
+without delay). ``pending_timers`` lists what is scheduled::
 
     from raysource.examples.seats import HoldSeat, ConfirmHold
 
@@ -51,6 +54,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, TypeVar
 
 from raysource.journal.api import Journal, StoredEvent
+from raysource.journal.errors import ConfigError
 from raysource.runtime.errors import CommandRejected
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
@@ -59,7 +63,9 @@ from raysource.runtime.timers import TimerFire
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.memory import InMemoryTimerStore
 
-__all__ = ["AggregateTestKit", "RunResult"]
+__all__ = ["MAX_FIRES_PER_ADVANCE", "AggregateTestKit", "RunResult"]
+
+MAX_FIRES_PER_ADVANCE = 10_000
 
 S = TypeVar("S")
 T = TypeVar("T")
@@ -191,14 +197,23 @@ class AggregateTestKit(Generic[S]):
         return self.core.timers.info()
 
     async def aadvance(self, seconds: float) -> list[RunResult[S]]:
-        self._offset += timedelta(seconds=seconds)
+        target = self.now + timedelta(seconds=seconds)
+        target_ms = int(target.timestamp() * 1000)
         core = self.core
         await core.start()
-        now_ms = int(self.now.timestamp() * 1000)
-        due = sorted((r for r in self.timer_store.rows() if r.due_ms <= now_ms),
-                     key=lambda r: (r.due_ms, r.name))
-        results = []
-        for row in due:
+        results: list[RunResult[S]] = []
+        while True:
+            due = [r for r in self.timer_store.rows() if r.due_ms <= target_ms]
+            if not due:
+                break
+            if len(results) >= MAX_FIRES_PER_ADVANCE:
+                raise ConfigError(f"more than {MAX_FIRES_PER_ADVANCE} timer fires in one "
+                                  f"advance({seconds}): a timer re-schedules itself without "
+                                  f"delay?")
+            row = min(due, key=lambda r: (r.due_ms, r.name))
+            at = datetime.fromtimestamp(row.due_ms / 1000, timezone.utc)
+            if at > self.now:  # the fire happens at its due time (never backwards)
+                self._offset += at - self.now
             before = core.sequence_nr
             reply: Any = None
             error: BaseException | None = None
@@ -209,6 +224,8 @@ class AggregateTestKit(Generic[S]):
             await self.timer_store.delete([row])
             results.append(RunResult(await self._events(before + 1, core.sequence_nr),
                                      core.state, reply, error))
+        if target > self.now:
+            self._offset += target - self.now
         return results
 
     async def arun(self, command: Any) -> RunResult[S]:

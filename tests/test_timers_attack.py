@@ -921,3 +921,33 @@ def test_a_fire_reaching_a_stale_activation_is_not_answered_as_stale() -> None:
         await pump.drain()
         assert await w.rings() == Counter({("o2", "x"): 1}) and w.store.rows() == []
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- the test kit
+
+
+def test_the_kit_fires_a_recurring_timer_at_each_due_time_within_one_advance(monkeypatch) -> None:
+    """advance(60) on a 10 s recurring timer: six fires, each at its due time (the events'
+    timestamps 10 s apart), like a timer service would deliver them; a timer re-scheduling
+    itself without delay is a ConfigError, not a hang."""
+    from raysource.testing import testkit
+    from raysource.testing.testkit import AggregateTestKit
+
+    with AggregateTestKit(ALARM) as kit:
+        kit.run(Arm("o", timers=(("r", 10),), again=10))
+        start = kit.now
+        fired = kit.advance(60)
+        assert [r.reply for r in fired] == ["rang o/r"] * 6
+        assert len(kit.pending_timers) == 1 and kit.now >= start + timedelta(seconds=60)
+        stamps = [e.timestamp for e in asyncio.run(_stored(kit))][1:]
+        gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+        assert all(9.9 < g < 10.5 for g in gaps), gaps
+    monkeypatch.setattr(testkit, "MAX_FIRES_PER_ADVANCE", 50)
+    with AggregateTestKit(ALARM) as kit:
+        kit.run(Arm("o", timers=(("r", 0),), again=0.0001))
+        with pytest.raises(ConfigError, match="more than 50 timer fires"):
+            kit.advance(1)
+
+
+async def _stored(kit) -> list:
+    return [e async for e in kit.journal.replay(kit.persistence_id)]
