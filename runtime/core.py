@@ -139,7 +139,8 @@ class _Flush:
     # durable timers: the flush's tentative changes, and fires that wrote no event
     timers: dict[str, Pending | None] = field(default_factory=dict)
     silent_fires: list[TimerFire] = field(default_factory=list)
-    behind: bool = False  # a fire showed that this activation missed another one's events
+    # fires of ids beyond this activation's sequence number (it may have missed events)
+    behind: list[_Outcome] = field(default_factory=list)
 
 
 def _utcnow() -> datetime:
@@ -437,6 +438,11 @@ class EntityCore:
                 self.keys.applied(first)
             elif isinstance(o.error, CommandRejected):
                 self.keys.rejected(key, o.error)
+        ahead = await self._journal_ahead() if flush.behind else False
+        if ahead is False:  # the journal has no such event: stale fires after all
+            for o in flush.behind:
+                o.error = None
+                self.stats.stale_fires += 1
         for o in flush.outcomes:
             self._resolve(o.future, o.value, o.error)
         for fn, new_state in flush.side_effects:
@@ -444,9 +450,19 @@ class EntityCore:
         policy = self.aggregate_type.snapshot
         if flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
-        if flush.behind:  # like a fenced write: the next activation recovers the truth
+        if ahead:  # like a fenced write: the next activation recovers the truth
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
             self._mailbox.put_nowait(_STOP)
+
+    async def _journal_ahead(self) -> bool | None:
+        """True if the journal holds events this activation never applied (another activation
+        wrote after it recovered), None if that cannot be read."""
+        try:
+            return await self.journal.highest_sequence_nr(self.persistence_id) > self._seq
+        except Exception as exc:
+            log.warning("%s: cannot read the highest sequence number: %r",
+                        self.persistence_id, exc, extra=self.log_context())
+            return None
 
     async def _write(self, flush: _Flush) -> bool:
         """Append the flush's events as one group; True once durable. On failure the flush's
@@ -618,12 +634,14 @@ class EntityCore:
             flush.silent_fires.append(fire)
             return None
         if command is None and _scheduled_at(fire.timer_id) > seq:
-            # scheduled by an event this activation never saw: another activation wrote
-            # after this one recovered. "Stale" from here would delete a live timer's row.
+            # scheduled by an event this activation may never have seen (another activation
+            # wrote after this one recovered): "stale" would delete a live timer's row. The
+            # flush asks the journal before answering (_journal_ahead): stale after all, or
+            # this error (the row stays) and the activation stops.
             outcome.error = AggregateStoppedError(
                 f"{self.persistence_id}: the fire of {fire.timer_id} is beyond this "
                 f"activation's #{seq} (another activation wrote); stopping")
-            flush.behind = True
+            flush.behind.append(outcome)
         elif command is None:
             self.stats.stale_fires += 1
         return command

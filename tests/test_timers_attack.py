@@ -951,3 +951,17 @@ def test_the_kit_fires_a_recurring_timer_at_each_due_time_within_one_advance(mon
 
 async def _stored(kit) -> list:
     return [e async for e in kit.journal.replay(kit.persistence_id)]
+
+
+def test_a_fire_of_an_id_the_journal_never_had_is_stale_and_stops_nothing() -> None:
+    """The other side of the check above: a row whose id is beyond the journal (a journal
+    reset under an old index, a forged fire) is answered stale and deleted; the activation
+    is not stopped again and again."""
+    async def main():
+        w = World()
+        core = w.core()
+        await core.handle(Arm("o1"))
+        assert await core.handle(w.fire_of(TimerFire("x", "x@99"))) is None
+        assert not core.stopped and core.stats.stale_fires == 1
+        assert await core.handle(Poke("p")) == "p"
+    asyncio.run(main())
