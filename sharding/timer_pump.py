@@ -189,6 +189,8 @@ class TimerPump:
 
     async def _fire(self, type_name: str, rows: list[TimerRow]) -> int:
         now = self._clock()
+        if len(self._retry_at) > 10_000:  # forget waits that ended (rows fired elsewhere)
+            self._retry_at = {k: t for k, t in self._retry_at.items() if t > now}
         by_aggregate: dict[str, list[TimerRow]] = {}
         for r in sorted(rows, key=lambda r: r.due_ms):
             if r.key in self._in_flight or self._retry_at.get(r.key, 0.0) > now:

@@ -965,3 +965,16 @@ def test_a_fire_of_an_id_the_journal_never_had_is_stale_and_stops_nothing() -> N
         assert not core.stopped and core.stats.stale_fires == 1
         assert await core.handle(Poke("p")) == "p"
     asyncio.run(main())
+
+
+def test_the_pump_forgets_retry_waits_of_rows_that_went_elsewhere() -> None:
+    """Rows whose fire failed and that another pump then fired leave their retry wait
+    behind; the table of waits must not grow without bound."""
+    async def main():
+        w = World()
+        pump = w.pump()
+        for i in range(12_000):
+            pump._retry_at[("alarm", 0, 0, i, "p", "n", f"n@{i}")] = 0.0  # noqa: SLF001
+        await pump._fire("alarm", [])  # noqa: SLF001
+        assert len(pump._retry_at) == 0  # noqa: SLF001
+    asyncio.run(main())
