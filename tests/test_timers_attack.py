@@ -978,3 +978,27 @@ def test_the_pump_forgets_retry_waits_of_rows_that_went_elsewhere() -> None:
         await pump._fire("alarm", [])  # noqa: SLF001
         assert len(pump._retry_at) == 0  # noqa: SLF001
     asyncio.run(main())
+
+
+def test_a_second_writer_interleaved_at_the_append_leaves_only_its_own_timers() -> None:
+    """Another activation appends (and schedules) between this one's decision and its
+    append: this one is fenced (nothing of op2 stored or indexed), the other's timer is
+    indexed, and after recovery everything agrees and fires once."""
+    async def main():
+        w = World()
+        await w.core().handle(ARM1)
+
+        async def other():
+            rival = EntityCore(ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="rival",
+                               wall_clock=w.clock, timer_store=w.store)
+            await rival.handle(Arm("rival", timers=(("r", 30),), cancel=("a",)))
+            await rival.stop()
+
+        w.journal.add(interleave(other, nth=2))  # before op2's append: the rival's
+        assert await attempt(w.core().handle(ARM2)) == "not_applied"
+        await w.restart()
+        assert await check_agreement(w) == {"b": "b@1", "r": "r@2"}
+        await w.fire_everything()
+        assert await w.rings() == Counter({("op1", "b"): 1, ("rival", "r"): 1})
+        assert w.store.rows() == []
+    asyncio.run(main())
