@@ -93,7 +93,10 @@ class AggregateHost:
     aggregate and ``max_in_flight`` over the whole host; a call beyond either is refused at once
     with ``OverloadedError`` (not applied; None: no limit).
     ``on_deactivated(entity_id, reason)`` is called (synchronously) when an entity leaves the
-    host for any reason. ``metrics`` (default: a new in-memory
+    host for any reason. ``admit(entity_id)`` (optional) is asked right before an entity is
+    (re)activated: an error it returns is raised instead (not applied; e.g. the entity's shard
+    was handed off: a shared host actor closes the gate, then calls :meth:`handoff`).
+    ``metrics`` (default: a new in-memory
     :class:`~raysource.runtime.metrics.Metrics`) is shared with every core of this host; ``metrics_host``
     is its ``host`` label on ``raysource_active_aggregates``. Use from one event loop; call
     :meth:`close` at the end.
@@ -123,6 +126,7 @@ class AggregateHost:
         max_mailbox: int | None = 1_000,
         max_in_flight: int | None = 10_000,
         timer_store: TimerStore | None = None,
+        admit: Callable[[str], BaseException | None] | None = None,
     ) -> None:
         for name, limit in (("max_mailbox", max_mailbox), ("max_in_flight", max_in_flight)):
             if limit is not None and limit < 1:
@@ -159,6 +163,7 @@ class AggregateHost:
         self._orders: OrderedDict[str, CallerOrder] = OrderedDict()  # per entity, LRU first
         self.max_ordered_entities = max_ordered_entities
         self._retired: set[str] = set()  # reactivate=False: entities that may not come back
+        self._admit = admit
         self._sweeper: asyncio.Task | None = None
         self._closed = False
         self._generation = 0
@@ -229,6 +234,9 @@ class AggregateHost:
             if pending is not None:
                 await asyncio.shield(pending)  # raises the recovery error for every waiter
                 continue
+            refused = self._admit(entity_id) if self._admit is not None else None
+            if refused is not None:
+                raise refused
             await self._activate(entity_id)
 
     async def _activate(self, entity_id: str) -> None:
@@ -410,11 +418,25 @@ class AggregateHost:
         return True
 
     async def handoff(self, predicate: Callable[[str], bool]) -> int:
-        """Passivate every active entity whose id matches ``predicate`` (finishing queued work);
-        returns how many were stopped."""
-        ids = [eid for eid in list(self._cores) if predicate(eid)]
-        results = await asyncio.gather(*(self.passivate(eid, "handoff") for eid in ids))
-        return sum(results)
+        """Passivate every entity whose id matches ``predicate`` (finishing queued work) and
+        return how many were stopped, once none of them is active, activating or stopping
+        here: a matching activation in progress is waited for and then stopped, and a stop in
+        progress (idle, evicted) is waited for, so no write of theirs lands afterwards. With an
+        ``admit`` gate that refuses them first, nothing matching is active when it returns."""
+        n = 0
+        for _ in range(100):  # each round ends what the previous one let in; bounded anyway
+            activating = [f for e, f in self._activating.items() if predicate(e)]
+            if activating:  # their waiters submit first (FIFO), then the stop below drains them
+                await asyncio.gather(*(asyncio.shield(f) for f in activating),
+                                     return_exceptions=True)
+            ids = [eid for eid in self._cores if predicate(eid)]
+            stopping = [f for e, f in self._stopping.items() if predicate(e)]
+            if not ids and not stopping and not activating:
+                break
+            results = await asyncio.gather(*(self.passivate(eid, "handoff") for eid in ids),
+                                           *(asyncio.shield(f) for f in stopping))
+            n += sum(1 for r in results[:len(ids)] if r)
+        return n
 
     async def sweep(self) -> int:
         """Passivate entities idle for ``idle_timeout_s`` (none with a call in flight);

@@ -4,13 +4,15 @@ One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its no
 ``"{system}:region:{node_id}"``. It is on the *activation* path, never on the per-command path:
 
 * ``activate(type_name, entity_id)`` get-or-creates the host actor of an aggregate on this node
-  (dedicated: the aggregate's own actor; hosted: its shard's actor) and returns the handle.
-  Ray's named-actor registry keeps one live activation per name cluster-wide.
+  (dedicated: the aggregate's own actor; hosted: the shared host of its shard's slot on this
+  node, one of the type's ``hosts_per_node``) and returns the handle. Ray's named-actor
+  registry keeps one live activation per name cluster-wide; a shared host serves a shard only
+  after the coordinator confirmed this node is its home (:class:`HomeCheck`).
 * It enforces the per-node cap on active dedicated aggregates: past ``max_active_per_node`` the
   least recently activated one is passivated (it finishes its queued commands first).
 * ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.HandoffTarget` protocol)
   stops every activation of a moving shard, wherever it runs, before the shard's new node
-  activates it. Activations are found through Ray's named-actor list, so a restarted region
+  activates it (a shared host stops and revokes only that shard; its other shards go on). Activations are found through Ray's named-actor list, so a restarted region
   (or one on another node) hands off correctly without remembering anything.
 """
 
@@ -20,23 +22,45 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
 
-from raysource.runtime.actors.cluster import parse_name, region_name
+from raysource.runtime.actors.cluster import coordinator_name, parse_name, region_name
 from raysource.journal.errors import ConfigError
 from raysource.runtime.aggregate import AggregateType, split_persistence_id
-from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options
+from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options, slot_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.allocation import NodeId, ShardId
 from raysource.sharding.ray_nodes import named_actors, node_affinity
 from raysource.runtime.shard_id import shard_of
 
-__all__ = ["SystemSpec", "ShardRegion", "region_name"]
+__all__ = ["HomeCheck", "SystemSpec", "ShardRegion", "region_name"]
 
 log = logging.getLogger(__name__)
+
+_CHECK_TIMEOUT_S = 30.0  # the coordinator answers a moving shard only after the move
+
+
+@dataclass(frozen=True)
+class HomeCheck:
+    """A shared host's :class:`~raysource.runtime.actors.host_actor.ShardOwner`: asks the
+    system's coordinator whether ``node_id`` is the home of a shard. The coordinator answers
+    for a shard that is being handed off only once the move is recorded, so a check cannot
+    confirm the old home after its handoff began."""
+
+    system: str
+    namespace: str | None
+    node_id: NodeId
+
+    async def __call__(self, type_name: str, shard: int) -> bool:
+        loop = asyncio.get_running_loop()
+        coordinator = await loop.run_in_executor(None, lambda: ray.get_actor(
+            coordinator_name(self.system), namespace=self.namespace))
+        home = await asyncio.wait_for(coordinator.home.remote(type_name, shard),
+                                      _CHECK_TIMEOUT_S)
+        return home == self.node_id
 
 
 @dataclass(frozen=True)
@@ -44,8 +68,9 @@ class SystemSpec:
     """Everything a region needs to create host actors; picklable (shipped to every node).
 
     ``host_settings`` maps a type name to :class:`~raysource.runtime.actors.host_actor.HostSpec` overrides
-    (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000}}``); ``placement`` overrides
-    a type's declared placement by name.
+    (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000, "hosts_per_node": 4}}``;
+    ``hosts_per_node``: a hosted type's shared host actors per node, shard ``s`` in slot
+    ``s % hosts_per_node``); ``placement`` overrides a type's declared placement by name.
     """
 
     name: str
@@ -66,13 +91,21 @@ class SystemSpec:
     def placement_of(self, aggregate_type: AggregateType) -> str:
         return self.placement.get(aggregate_type.name, aggregate_type.placement)
 
-    def host_spec(self, aggregate_type: AggregateType, entity_id: str) -> HostSpec:
+    def host_spec(self, aggregate_type: AggregateType, entity_id: str,
+                  node_id: NodeId | None = None) -> HostSpec:
+        """The host of ``entity_id``: dedicated, its own; hosted, the shared host of its shard's
+        slot on ``node_id`` (the shard's home)."""
         settings = dict(self.host_settings.get(aggregate_type.name, {}))
         shard = shard_of(entity_id, aggregate_type.number_of_shards)
         if self.placement_of(aggregate_type) == "dedicated":
             return HostSpec(self.name, aggregate_type, self.store, "dedicated",
                             entity_id=entity_id, shard=shard, **settings)
-        return HostSpec(self.name, aggregate_type, self.store, "hosted", shard=shard, **settings)
+        if node_id is None:
+            raise ConfigError(f"the host of a hosted {aggregate_type.name!r} needs its node")
+        spec = HostSpec(self.name, aggregate_type, self.store, "hosted", slot=0,
+                        node_id=node_id, owner=HomeCheck(self.name, self.namespace, node_id),
+                        **settings)
+        return replace(spec, slot=slot_of(shard, spec.hosts))
 
 
 class ShardRegion:
@@ -91,7 +124,7 @@ class ShardRegion:
     async def activate(self, type_name: str, entity_id: str) -> Any:
         """The host actor handle for ``entity_id`` (created on this node if not running)."""
         aggregate_type = self.spec.type_named(type_name)
-        spec = self.spec.host_spec(aggregate_type, entity_id)
+        spec = self.spec.host_spec(aggregate_type, entity_id, self.node_id)
         name = spec.actor_name
         cache = self._dedicated if spec.placement == "dedicated" else self._hosted
         if name in cache:
@@ -134,7 +167,9 @@ class ShardRegion:
             if parsed is None or parsed.system != self.spec.name \
                     or parsed.type_name != aggregate_type.name:
                 continue
-            if parsed.kind == "hosted" and parsed.shard == shard.shard:
+            if parsed.kind == "hosted" and parsed.slot is not None:
+                target = "shared"  # any node's: it revokes the shard even if it is checking it
+            elif parsed.kind == "hosted" and parsed.shard == shard.shard:
                 target = "hosted"
             elif parsed.kind == "dedicated":
                 _, eid = split_persistence_id(parsed.persistence_id)
@@ -143,13 +178,14 @@ class ShardRegion:
                 target = "dedicated"
             else:
                 continue
-            self.forget(name)
+            if target != "shared":  # a shared host lives on with its other shards
+                self.forget(name)
             try:
                 handle = await loop.run_in_executor(
                     None, lambda n=name, ns=namespace: ray.get_actor(n, namespace=ns))
             except ValueError:
                 continue  # exited meanwhile
-            if target == "hosted":
+            if target in ("hosted", "shared"):
                 calls.append(handle.handoff.remote([shard.shard]))
             else:
                 calls.append(handle.passivate.remote())

@@ -71,7 +71,10 @@ class CoordinatorJournal:
 class ShardedResolver:
     """:class:`~raysource.runtime.actors.refs.Resolver` through the coordinator: entity -> shard -> home node
     -> that node's region -> the host actor (created on the home node). Caches shard homes,
-    regions and handles; ``invalidate`` makes the next resolve ask the coordinator afresh."""
+    regions and handles: per aggregate for dedicated types, per shard for hosted ones (every
+    aggregate of a shard lives in the same shared host, so touching many aggregates costs one
+    region round trip per shard, not per aggregate); ``invalidate`` drops the handle (a hosted
+    shard's for all its aggregates) and makes the next resolve ask the coordinator afresh."""
 
     def __init__(self, spec: SystemSpec, coordinator: Any) -> None:
         self.spec = spec
@@ -81,12 +84,14 @@ class ShardedResolver:
         self._stale: set[tuple[str, int]] = set()
         self._regions: dict[str, Any] = {}
         # least recently resolved first; bounded so a long-lived driver does not grow forever
-        self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._handles: OrderedDict[tuple[str, str | int], Any] = OrderedDict()
+        self._hosted = {t.name for t in spec.types if spec.placement_of(t) == "hosted"}
         self.resolves = 0  # coordinator round trips (cold resolves), for benchmarks
+        self.activations = 0  # region round trips, for benchmarks and tests
 
     def resolve(self, aggregate_type: AggregateType, entity_id: str) -> Any:
         aggregate_type.persistence_id(entity_id)  # validate before touching Ray
-        key = (aggregate_type.name, entity_id)
+        key = self._key(aggregate_type, entity_id)
         with self._lock:
             handle = self._handles.get(key)
             if handle is not None:
@@ -100,6 +105,7 @@ class ShardedResolver:
             try:
                 node = self._home(aggregate_type.name, shard)
                 region = self._region(node)
+                self.activations += 1
                 handle = ray.get(region.activate.remote(aggregate_type.name, entity_id),
                                  timeout=_ACTIVATE_TIMEOUT_S)
                 break
@@ -128,6 +134,12 @@ class ShardedResolver:
                 self._handles.popitem(last=False)
         return handle
 
+    def _key(self, aggregate_type: AggregateType, entity_id: str) -> tuple[str, str | int]:
+        """The handle cache's key: the entity (dedicated) or its shard (hosted)."""
+        if aggregate_type.name in self._hosted:
+            return aggregate_type.name, shard_of(entity_id, aggregate_type.number_of_shards)
+        return aggregate_type.name, entity_id
+
     def _home(self, type_name: str, shard: int) -> str:
         with self._lock:
             node = self._homes.get((type_name, shard))
@@ -154,7 +166,7 @@ class ShardedResolver:
 
     def invalidate(self, aggregate_type: AggregateType, entity_id: str,
                    handle: Any = None) -> None:
-        key = (aggregate_type.name, entity_id)
+        key = self._key(aggregate_type, entity_id)
         shard = shard_of(entity_id, aggregate_type.number_of_shards)
         with self._lock:
             if handle is None or self._handles.get(key) is handle:
@@ -165,7 +177,7 @@ class ShardedResolver:
             region = self._regions.get(node) if node is not None else None
         if region is not None:
             # the region must not hand the retired (or dead) activation out again
-            name = self.spec.host_spec(aggregate_type, entity_id).actor_name
+            name = self.spec.host_spec(aggregate_type, entity_id, node).actor_name
             region.forget.remote(name)
 
 
@@ -196,8 +208,11 @@ class System:
         """Start the system ``name`` on Ray (connecting with ``address`` if Ray is not yet
         initialised in this process) or join it if it runs. Registers ``types`` with the
         coordinator: a changed ``number_of_shards`` of a type with data is refused
-        (``ShardCountChangedError``). ``timers``: the settings of the timer services that
-        fire durable timers (one per node, :mod:`raysource.sharding.timer_service`; started
+        (``ShardCountChangedError``). ``host_settings``: per type name, fields of
+        :class:`~raysource.runtime.actors.host_actor.HostSpec` (``idle_timeout_s``,
+        ``max_active``, ``hosts_per_node``: a hosted type's shared host actors per node,
+        default 4, shard ``s`` in slot ``s % hosts_per_node``, ...). ``timers``: the
+        settings of the timer services that fire durable timers (one per node, :mod:`raysource.sharding.timer_service`; started
         for Cassandra stores); None starts none (timers are then still journaled and
         indexed, and fire once a system with services runs)."""
         types = tuple(types)

@@ -134,6 +134,49 @@ async def test_handoff_stops_matching_entities():
         await host.ask("b", GetShow())
 
 
+async def test_gated_handoff_leaves_nothing_of_the_moved_group_running():
+    """What a shared host actor does on handoff(shard): close the gate, then handoff. An
+    activation in progress, a stop in progress and queued commands of the moved group all end
+    before handoff returns; later calls of it are refused (not applied); others go on."""
+    gate = asyncio.Event()
+
+    class Slow(InMemoryJournal):
+        async def highest_sequence_nr(self, pid):
+            if pid.endswith("|a-slow"):
+                await gate.wait()  # a recovery that is still running when the handoff starts
+            return await super().highest_sequence_nr(pid)
+
+    journal = Slow(latency=0.002)
+    moved: set[str] = set()
+    host = make_host(journal, admit=lambda e: (
+        AggregateStoppedError(f"{e} moved") if e.startswith("a-") and "a" in moved else None))
+    await host.ask("a-1", ReserveSeat("A1", "x"))
+    await host.ask("b-1", ReserveSeat("A1", "y"))
+    queued = [asyncio.ensure_future(host.ask("a-1", ReserveSeat(seat_label(i), "q")))
+              for i in range(1, 20)]
+    slow = asyncio.ensure_future(host.ask("a-slow", ReserveSeat("A1", "z")))
+    stopping = asyncio.ensure_future(host.passivate("b-1"))  # an unrelated stop goes on
+    await asyncio.sleep(0)
+    assert host.info()["activating"] == 1  # a-slow is recovering
+    moved.add("a")  # the gate closes first (the actor revokes the shard)
+    handoff = asyncio.ensure_future(host.handoff(lambda e: e.startswith("a-")))
+    await asyncio.sleep(0.05)
+    assert not handoff.done()  # it waits for the recovery of a-slow
+    gate.set()
+    assert await handoff == 2  # a-1 and a-slow, each after its queued commands
+    assert all(r == SeatReserved(seat_label(i), "q")
+               for i, r in zip(range(1, 20), await asyncio.gather(*queued)))
+    assert await slow == SeatReserved("A1", "z")
+    assert not [e for e in host.active if e.startswith("a-")]
+    with pytest.raises(AggregateStoppedError, match="moved") as refused:
+        await host.ask("a-1", ReserveSeat("B1", "late"))
+    assert not isinstance(refused.value, PassivatedError)  # refs re-resolve, host lives on
+    assert await stopping is True
+    assert await host.ask("b-1", ReserveSeat("A2", "y")) == SeatReserved("A2", "y")
+    assert len(journal.events(SHOW.persistence_id("a-1"))) == 20  # nothing after the handoff
+    await host.close()
+
+
 async def test_dedicated_mode_never_reactivates():
     host = make_host(reactivate=False)
     await host.ask("s", GetShow())

@@ -7,7 +7,8 @@ Every named actor raysource creates is spelled, and parsed back, here and nowher
 actor                       name
 ==========================  ==============================================================
 dedicated host              ``<system>:<type>|<entity id>`` (the persistence id)
-hosted host (one shard)     ``<system>:shard:<type>:<shard>``
+hosted host (one shard)     ``<system>:shard:<type>:<shard>`` (test doubles, benchmarks)
+shared host (many shards)   ``<system>:hosts:<type>:<node id>:<slot>`` (the sharding layer)
 shard region (one node)     ``<system>:region:<node id>``
 shard coordinator           ``raysource-coordinator-<system>``
 projection worker           ``raysource-projection:<projection>:<slice>-of-<n slices>``
@@ -17,6 +18,8 @@ projection worker           ``raysource-projection:<projection>:<slice>-of-<n sl
 'demo:show|hamlet'
 >>> parse_name(shard_host_name("demo", "show", 3)).shard
 3
+>>> parse_name(shared_host_name("demo", "show", "ab12", 1)).slot
+1
 >>> parse_name(projection_name("by-customer", 0, 2)).projection
 'by-customer'
 """
@@ -45,6 +48,7 @@ __all__ = [
     "projection_prefix",
     "region_name",
     "shard_host_name",
+    "shared_host_name",
     "timer_service_name",
     "system_of",
 ]
@@ -68,6 +72,7 @@ class ActorName:
     projection: str | None = None
     slice_index: int | None = None
     n_slices: int | None = None
+    slot: int | None = None
 
 
 def host_name(system: str, persistence_id: str) -> str:
@@ -78,6 +83,12 @@ def host_name(system: str, persistence_id: str) -> str:
 def shard_host_name(system: str, type_name: str, shard: int) -> str:
     """The hosted-placement actor of one shard of one type."""
     return f"{system}:shard:{type_name}:{shard}"
+
+
+def shared_host_name(system: str, type_name: str, node_id: str, slot: int) -> str:
+    """The hosted-placement actor of one slot of one type on one node (it hosts every shard
+    ``s`` homed on that node with ``s % hosts_per_node == slot``)."""
+    return f"{system}:hosts:{type_name}:{node_id}:{slot}"
 
 
 def region_name(system: str, node_id: str) -> str:
@@ -123,6 +134,13 @@ def parse_name(name: str) -> ActorName | None:
         type_name, _, shard = rest[len("shard:"):].rpartition(":")
         if type_name and shard.isdigit():
             return ActorName("hosted", system=system, type_name=type_name, shard=int(shard))
+        return None
+    if rest.startswith("hosts:"):
+        head, _, slot = rest[len("hosts:"):].rpartition(":")
+        type_name, _, node = head.rpartition(":")
+        if type_name and node and slot.isdigit():
+            return ActorName("hosted", system=system, type_name=type_name, node_id=node,
+                             slot=int(slot))
         return None
     if rest.startswith("region:"):
         return ActorName("region", system=system, node_id=rest[len("region:"):])

@@ -7,9 +7,20 @@ Two placements, one class:
   aggregate. When the aggregate passivates (idle), is handed off or is fenced, the actor
   *retires*: every later call fails with :class:`~raysource.runtime.errors.PassivatedError` (not applied;
   a retry reaches a fresh activation), and after ``retire_grace_s`` it exits, freeing its name.
-* **hosted** (``HostSpec.shard`` set): the actor hosts many aggregates of one shard, named
-  ``"{system}:shard:{type}:{shard}"``; each aggregate has its own core and mailbox and is
-  passivated on its own (idle timeout, ``max_active`` cap). It retires only on handoff.
+* **hosted**, shared (``HostSpec.slot`` set; what the sharding layer creates): the actor hosts
+  the aggregates of *many* shards of one type on one node, named
+  ``"{system}:hosts:{type}:{node id}:{slot}"``. A type has ``hosts_per_node`` of them per node
+  (a host setting, default :data:`DEFAULT_HOSTS_PER_NODE`), and shard ``s`` goes to slot
+  ``s % hosts_per_node``. Each aggregate has its own core and mailbox and is passivated on its
+  own (idle timeout, ``max_active`` cap over the whole actor). The actor serves a shard only
+  once ``HostSpec.owner`` confirmed its node is the shard's home; other calls answer
+  ``AggregateStoppedError`` (not applied; references re-resolve): see
+  :mod:`raysource.runtime.actors.shard_gate`. ``handoff([shard])`` revokes the shard, then
+  returns once none of its aggregates is active, activating or stopping here (queued commands
+  finish first); the actor and its other shards go on. It retires only on ``handoff(None)``.
+* **hosted**, one shard (``HostSpec.shard`` set; test doubles and benchmarks): the actor hosts
+  the aggregates of one shard, named ``"{system}:shard:{type}:{shard}"``, and retires on
+  the handoff of its shard.
 
 Public raw-handle API (every method is a coroutine; call ``handle.<method>.remote(...)`` and
 ``ray.get`` the ObjectRef; a raysource error raised in the actor reaches ``ray.get`` as Ray's
@@ -20,7 +31,8 @@ Public raw-handle API (every method is a coroutine; call ``handle.<method>.remot
     ask_many(entity_id, caller_id, first_seq, commands) -> [reply or error object, ...]
     state(entity_id=None) -> state                # read-only; activates if needed
     passivate(entity_id=None) -> bool             # stop after queued work
-    handoff(shards=None) -> int                   # stop everything (if our shard is in shards)
+    handoff(shards=None) -> int                   # None: stop everything, retire; else stop
+                                                  # (and revoke) only those shards' aggregates
     info() -> dict                                # entities, stats, node id, pid, memory
     ping() -> "pong"
 
@@ -49,15 +61,23 @@ import ray
 
 from raysource.journal.errors import ConfigError
 from raysource.runtime.errors import PassivatedError
-from raysource.runtime.actors.cluster import host_name, shard_host_name
+from raysource.runtime.actors.cluster import host_name, shard_host_name, shared_host_name
 from raysource.runtime.aggregate import AggregateType, Placement
 from raysource.runtime.host import AggregateHost
 from raysource.runtime.logs import configure_from_env
+from raysource.runtime.actors.shard_gate import ShardGate, ShardOwner, slot_of
 from raysource.runtime.actors.live import LivePublisher
 from raysource.runtime.actors.ray_metrics import RayMetrics
 from raysource.runtime.stores import StoreSpec, open_stores, serialization_for, timer_store_for
 
-__all__ = ["HostActor", "HostSpec", "Outcome", "actor_options"]
+__all__ = ["DEFAULT_HOSTS_PER_NODE", "HostActor", "HostSpec", "Outcome", "ShardOwner",
+           "actor_options", "slot_of"]  # the last two re-exported from shard_gate
+
+DEFAULT_HOSTS_PER_NODE = 4
+"""Shared host actors per (hosted type, node) unless the type's host settings say
+``hosts_per_node``. Chosen from benchmarks/peer/hosts_layout.py (W2, 1,000 aggregates, 32
+shards, 2 cores): 4 hosts had the highest commands/s and lowest p99 of 1, 2, 4 and 32, at a
+third of the memory of 32 (2 and 1 save another 15-22% memory for ~15% fewer commands/s)."""
 
 Outcome = Any
 """One command's result in :meth:`HostActor.ask_many`: its reply, or its typed error as an
@@ -72,9 +92,16 @@ LIVE_READSIDE = os.environ.get("RAYSOURCE_LIVE_READSIDE", "1") != "0"
 
 @dataclass(frozen=True)
 class HostSpec:
-    """Everything a host actor needs, picklable. Exactly one of ``entity_id`` (dedicated) and
-    ``shard`` (hosted) is set; a dedicated host may also carry its entity's ``shard`` (for
-    :meth:`HostActor.handoff`). ``idle_timeout_s`` overrides the type's."""
+    """Everything a host actor needs, picklable. Dedicated: ``entity_id`` set (it may also
+    carry its entity's ``shard``, for :meth:`HostActor.handoff`). Hosted: ``slot`` (a shared
+    host; with ``node_id``, its name, and ``owner``, its ownership check, None: every shard
+    of the slot) or ``shard`` (a one-shard host). ``idle_timeout_s`` overrides the type's;
+    ``max_active`` caps the active aggregates of one host actor.
+
+    ``hosts_per_node`` (a host setting, default :data:`DEFAULT_HOSTS_PER_NODE`, at most the
+    type's ``number_of_shards``): how many shared host actors a hosted type gets per node;
+    shard ``s`` goes to slot ``s % hosts_per_node``. Fewer, busier processes: less memory
+    and faster cold starts; more: more CPU cores for one type."""
 
     system: str
     aggregate_type: AggregateType
@@ -89,23 +116,44 @@ class HostSpec:
     max_mailbox: int | None = 1_000  # calls in flight per aggregate (OverloadedError beyond)
     max_in_flight: int | None = 10_000  # calls in flight per host actor (OverloadedError beyond)
     retire_grace_s: float = 0.3  # quiet time (no calls) a retired actor waits before exiting
+    hosts_per_node: int | None = None  # None: DEFAULT_HOSTS_PER_NODE
+    slot: int | None = None
+    node_id: str | None = None
+    owner: ShardOwner | None = None
 
     def __post_init__(self) -> None:
+        hosts = self.hosts_per_node
+        if hosts is not None and (isinstance(hosts, bool) or not isinstance(hosts, int)
+                                  or hosts < 1):
+            raise ConfigError(f"hosts_per_node must be an int >= 1, got {hosts!r}")
         if self.placement == "dedicated":
-            if self.entity_id is None:
-                raise ConfigError("a dedicated host needs entity_id")
+            if self.entity_id is None or self.slot is not None:
+                raise ConfigError("a dedicated host needs entity_id and no slot")
             self.aggregate_type.persistence_id(self.entity_id)
         elif self.placement == "hosted":
-            if self.shard is None or self.entity_id is not None:
-                raise ConfigError("a hosted host needs shard and no entity_id")
+            if self.entity_id is not None or (self.shard is None) == (self.slot is None):
+                raise ConfigError("a hosted host needs exactly one of shard and slot, "
+                                  "and no entity_id")
+            if self.slot is not None and not 0 <= self.slot < self.hosts:
+                raise ConfigError(f"slot {self.slot} out of range for {self.hosts} hosts")
         else:
             raise ConfigError(f"unknown placement {self.placement!r}")
+
+    @property
+    def hosts(self) -> int:
+        """Shared host actors of this type per node (``hosts_per_node`` or the default,
+        at most the type's number of shards)."""
+        return min(self.hosts_per_node or DEFAULT_HOSTS_PER_NODE,
+                   self.aggregate_type.number_of_shards)
 
     @property
     def actor_name(self) -> str:
         if self.placement == "dedicated":
             assert self.entity_id is not None
             return host_name(self.system, self.aggregate_type.persistence_id(self.entity_id))
+        if self.slot is not None:
+            return shared_host_name(self.system, self.aggregate_type.name,
+                                    self.node_id or "local", self.slot)
         assert self.shard is not None
         return shard_host_name(self.system, self.aggregate_type.name, self.shard)
 
@@ -144,6 +192,10 @@ class _HostActor:
         self._open_s: float | None = None
         self._last_call = time.monotonic()
         self._in_calls = 0  # calls into the host in progress (_through_host)
+        # a shared host: the shards it serves (None: a dedicated or one-shard host)
+        self._gate = None if spec.slot is None else ShardGate(
+            spec.actor_name, spec.aggregate_type.name, spec.aggregate_type.number_of_shards,
+            spec.hosts, spec.slot, spec.owner)
         self._watchdog: asyncio.Task | None = None
         # the read side's live path: acknowledged events to subscribed projection workers
         self._live = LivePublisher() if LIVE_READSIDE else None
@@ -208,9 +260,11 @@ class _HostActor:
             max_in_flight=spec.max_in_flight,
             on_deactivated=self._on_deactivated,
             metrics=self._metrics,
-            metrics_host="dedicated" if spec.placement == "dedicated" else f"shard-{spec.shard}",
+            metrics_host=("dedicated" if spec.placement == "dedicated" else
+                          f"shard-{spec.shard}" if self._gate is None else f"hosts-{spec.slot}"),
             on_durable=self._live.publish if self._live is not None else None,
             timer_store=timer_store_for(spec.store, journal),
+            admit=self._gate.refusal if self._gate is not None else None,
         )
         if self._live is not None:
             self._live.refresh()  # find the subscribers before the first append
@@ -269,11 +323,14 @@ class _HostActor:
     async def _through_host(self, entity_id: str | None,
                             call: Callable[[AggregateHost, str], Awaitable[Any]]) -> Any:
         """Every call into the host: counts it in flight (a retiring actor waits for a quiet
-        moment), checks the entity, opens the stores on first use, then runs ``call``."""
+        moment), checks the entity (a shared host: that it may serve its shard), opens the
+        stores on first use, then runs ``call``."""
         self._touch()
         eid = self._entity(entity_id)
         self._in_calls += 1
         try:
+            if self._gate is not None:
+                await self._gate.admit(eid)
             return await call(await self._get_host(), eid)
         finally:
             self._in_calls -= 1
@@ -332,8 +389,14 @@ class _HostActor:
         return await self._host.passivate(eid)
 
     async def handoff(self, shards: Collection[int] | None = None) -> int:
-        """If ``shards`` is None or contains this host's shard: stop every aggregate (after its
-        queued work), retire and exit; returns how many were stopped. Else 0."""
+        """None: stop every aggregate (after its queued work), retire and exit. A shared host
+        given ``shards``: revoke them (later calls of theirs answer ``AggregateStoppedError``)
+        and stop only their aggregates, after their queued work; returns once none of them is
+        active here. A one-shard host: as None if its shard is in ``shards``, else nothing.
+        Returns how many aggregates were stopped."""
+        if shards is not None and self._gate is not None:
+            moving = self._gate.revoke(shards)  # before any await: nothing of theirs admitted
+            return 0 if self._host is None else await self._host.handoff(moving)
         if shards is not None and self.spec.shard not in shards:
             return 0
         n = 0
@@ -357,6 +420,7 @@ class _HostActor:
             "stores_open_s": self._open_s,
             "metrics": self._metrics.snapshot(),
             "metrics_forward_errors": self._metrics.forward_errors,
+            "shards": [self.spec.shard] if self._gate is None else self._gate.granted,
         }
         try:
             import psutil
