@@ -431,8 +431,9 @@ class EntityCore:
         if flush.events and not await self._write(flush):
             return
         self._state, self._seq = state, seq
+        forgot = False  # a fire that wrote nothing: only a snapshot can record it
         for fire in flush.silent_fires:
-            self.timers.fired_without_events(fire)
+            forgot = self.timers.fired_without_events(fire) or forgot
         for key, (o, first) in flush.keyed.items():
             if first is not None:  # the reply is kept encoded only (decoded on a repeat)
                 self.keys.applied(first)
@@ -448,7 +449,7 @@ class EntityCore:
         for fn, new_state in flush.side_effects:
             self._run_side_effect(fn, new_state)
         policy = self.aggregate_type.snapshot
-        if flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
+        if forgot or (flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq))):
             await self._save_snapshot()
         if ahead:  # like a fenced write: the next activation recovers the truth
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))

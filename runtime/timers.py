@@ -23,8 +23,11 @@ already) is a *stale* fire, answered ``None`` with nothing run. So a timer is ap
 once even when fired twice, by two services during a handoff, or after its cancel was
 journaled but before its index row was deleted. A fire whose command persists events is
 journaled as fired (``"tf"``); a fire whose command writes nothing (a reply, a rejection, a
-no-op) is forgotten in memory only: a later recovery of that aggregate may bring it back, and
-it may fire once more against a state that did not change in between.
+no-op) has no event to carry that, so the activation saves a snapshot (its table without the
+timer) right after it: recoveries start from there and do not bring the timer back (without
+it, one whose schedule is the newest group would be re-indexed and run again, and any other
+would stay pending with no index row). Only if that snapshot cannot be written may a later
+recovery bring it back, to fire once more against a state that did not change in between.
 """
 
 from __future__ import annotations
@@ -198,11 +201,14 @@ class TimerTable:
         return [p.name for p in schedules
                 if p.name in self.pending and self.pending[p.name].timer_id == p.timer_id]
 
-    def fired_without_events(self, fire: TimerFire) -> None:
-        """Forget a timer whose fire wrote nothing (memory only; see the module docstring)."""
+    def fired_without_events(self, fire: TimerFire) -> bool:
+        """Forget a timer whose fire wrote nothing (the caller snapshots the table: see the
+        module docstring); True if it was pending."""
         p = self.pending.get(fire.name)
         if p is not None and p.timer_id == fire.timer_id:
             del self.pending[fire.name]
+            return True
+        return False
 
     def row(self, p: Pending) -> TimerRow:
         return TimerRow(self.type_name, self.shard, p.bucket, p.due_ms, self.persistence_id,

@@ -1002,3 +1002,29 @@ def test_a_second_writer_interleaved_at_the_append_leaves_only_its_own_timers() 
         assert await w.rings() == Counter({("op1", "b"): 1, ("rival", "r"): 1})
         assert w.store.rows() == []
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("later_event", [False, True], ids=["newest-group", "older-group"])
+def test_a_fire_that_writes_nothing_stays_fired_after_a_restart(later_event) -> None:
+    """A timer whose command writes nothing (a no-op) fired once. After a restart it came
+    back: pending again and re-indexed (its schedule being the newest group), so the command
+    ran a second time; or pending with no index row forever (a later event). It must stay
+    fired: not pending, no row, not run again."""
+    async def main():
+        w = World(_scheduling(Ring("p", "x", quiet=True), after=1))
+        await w.core().handle(Poke("p"))  # schedules x, whose command is a no-op
+        w.clock.now += timedelta(seconds=5)
+        pump = w.pump()
+        await pump.run_once()
+        await pump.drain()
+        assert w.core().stats.timers_fired == 1 and w.store.rows() == []
+        if later_event:
+            await w.core().handle(Arm("later"))
+        await w.restart()
+        core = w.core()
+        await core.start()
+        assert list(core.timers.pending) == [] and w.store.rows() == []
+        await pump.run_once()
+        await pump.drain()
+        assert core.stats.timers_fired == 0
+    asyncio.run(main())
