@@ -1028,3 +1028,56 @@ def test_a_fire_that_writes_nothing_stays_fired_after_a_restart(later_event) -> 
         await pump.drain()
         assert core.stats.timers_fired == 0
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_fleets_with_two_pumps_and_a_flaky_route_ring_each_live_timer_once(seed) -> None:
+    """Five aggregates over four shards, two pumps at once, fires that fail at random (the
+    route), clocks jumping up to an hour, writers up to 40 s apart (inside the settle time),
+    restarts: at the end every timer the journals say is live rang exactly once."""
+    import random
+
+    async def main():
+        rng = random.Random(1000 + seed)
+        w = World(dataclasses.replace(rng.choice([ALARM, NO_KEYS]), number_of_shards=4))
+        eids = [f"f{i}" for i in range(5)]
+        real_send = w.send
+
+        async def flaky(type_name, pid, fires):
+            if rng.random() < 0.25:
+                raise ConnectionError("injected: route down")
+            return await real_send(type_name, pid, fires)
+
+        pumps = [w.pump(), w.pump()]
+        for p in pumps:
+            p.send = flaky
+        for step in range(40):
+            move, eid = rng.random(), rng.choice(eids)
+            if move < 0.45:
+                names = rng.sample("abc", rng.randint(1, 2))
+                skew = timedelta(seconds=rng.choice([-40, 0, 40]))
+                w.clock.now += skew  # this writer's clock
+                await w.core(eid).handle(Arm(f"{eid}-{step}", timers=tuple(
+                    (n, rng.choice([0, 50, 600, 3000])) for n in names),
+                    cancel=tuple(rng.sample("abc", rng.randint(0, 1)))))
+                w.clock.now -= skew
+            elif move < 0.55:
+                await w.restart()
+            else:
+                w.clock.now += timedelta(seconds=rng.choice([10, 70, 700, 3600]))
+                await asyncio.gather(*(p.run_once() for p in pumps))
+                await asyncio.gather(*(p.drain() for p in pumps))
+                await asyncio.sleep(0.002)
+        for p in pumps:
+            p.send = real_send
+        w.clock.now += timedelta(days=1)
+        for _ in range(4):
+            await asyncio.gather(*(p.run_once() for p in pumps))
+            await asyncio.gather(*(p.drain() for p in pumps))
+            await asyncio.sleep(0.002)
+        await w.restart()
+        for eid in eids:
+            assert await check_agreement(w, eid) == {}
+            assert await w.rings(eid) == await expected_rings(w, eid), eid
+        assert w.store.rows() == []
+    asyncio.run(main())
