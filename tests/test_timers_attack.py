@@ -1081,3 +1081,30 @@ def test_random_fleets_with_two_pumps_and_a_flaky_route_ring_each_live_timer_onc
             assert await w.rings(eid) == await expected_rings(w, eid), eid
         assert w.store.rows() == []
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("agg", [ALARM, NO_KEYS], ids=["keys", "no-keys"])
+def test_a_fire_whose_write_times_out_and_lands_late_is_applied_once(agg) -> None:
+    """The fire's own write times out (the activation stops) and lands only after the
+    pump's retry reached a fresh activation, which runs the timer again and writes the same
+    sequence number: one of the two is fenced; Rang is stored once."""
+    async def main():
+        gate = asyncio.Event()
+        w = World(agg, faults=[timeout(nth=2, land=gate)])
+        await w.core().handle(Arm("o", timers=(("a", 1),)))
+        w.clock.now += timedelta(seconds=5)
+        pump = w.pump()
+        await pump.run_once()
+        await pump.drain()  # the fire's write timed out: unknown, the row stays
+        assert [r.timer_id for r in w.store.rows()] == ["a@1"]
+        await asyncio.sleep(0.002)
+        racer = asyncio.ensure_future(pump.run_once())  # the retry, on a fresh activation
+        await asyncio.sleep(0)
+        gate.set()  # and the first write lands meanwhile
+        await racer
+        await pump.drain()
+        await w.fire_everything()
+        await w.restart()
+        assert await w.rings() == Counter({("o", "a"): 1})
+        assert await check_agreement(w) == {} and w.store.rows() == []
+    asyncio.run(main())
