@@ -444,12 +444,15 @@ class EntityCore:
             for o in flush.behind:
                 o.error = None
                 self.stats.stale_fires += 1
+        if forgot:  # before the answer: the service deletes the row once answered
+            await self._save_snapshot()
         for o in flush.outcomes:
             self._resolve(o.future, o.value, o.error)
         for fn, new_state in flush.side_effects:
             self._run_side_effect(fn, new_state)
         policy = self.aggregate_type.snapshot
-        if forgot or (flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq))):
+        if not forgot and flush.events and (flush.snapshot_due
+                                            or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
         if ahead:  # like a fenced write: the next activation recovers the truth
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))

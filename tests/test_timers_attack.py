@@ -1016,6 +1016,14 @@ def test_a_fire_that_writes_nothing_stays_fired_after_a_restart(later_event) -> 
         await w.core().handle(Poke("p"))  # schedules x, whose command is a no-op
         w.clock.now += timedelta(seconds=5)
         pump = w.pump()
+        real_send = w.send
+
+        async def send(type_name, pid, fires):  # the row goes once answered: the snapshot
+            out = await real_send(type_name, pid, fires)  # must be there by then
+            assert await w.snaps.load(pid) is not None
+            return out
+
+        pump.send = send
         await pump.run_once()
         await pump.drain()
         assert w.core().stats.timers_fired == 1 and w.store.rows() == []
