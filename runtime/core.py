@@ -1,6 +1,6 @@
 """The entity core: one activation of one aggregate, without Ray.
 
-Size: ~860 lines on purpose — one activation's state machine (mailbox, flush and group commit,
+Size: ~950 lines on purpose — one activation's state machine (mailbox, flush and group commit,
 write-failure decisions, recovery, the idempotency table, durable timers) is one class, so every
 transition of that state reads in one place; the pure helpers live apart
 (``raysource.runtime.idempotency``, ``raysource.runtime.timers``).
