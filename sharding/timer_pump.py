@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from raysource.journal.errors import ConfigError
+from raysource.journal.errors import ConfigError, SerializationError
 from raysource.runtime.errors import CommandRejected, HandlerError, UnknownCommandError
 from raysource.runtime.metrics import Metrics
 from raysource.runtime.timers import TimerFire
@@ -86,7 +86,7 @@ def _answered(outcome: Any) -> bool:
         return True
     # the timer's command itself answered (one that fails is not retried), or can never run
     return isinstance(outcome, (CommandRejected, HandlerError, UnknownCommandError,
-                                ConfigError))
+                                ConfigError, SerializationError))
 
 
 class _TokenBucket:

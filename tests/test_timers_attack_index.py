@@ -453,3 +453,21 @@ def test_the_kit_fires_a_recurring_timer_at_each_due_time_within_one_advance(mon
 
 async def _stored(kit) -> list:
     return [e async for e in kit.journal.replay(kit.persistence_id)]
+
+
+def test_a_timer_whose_command_cannot_encode_its_event_is_answered_once() -> None:
+    """The timer's command fails on its own (its event cannot be encoded): like a handler
+    error, that answers the fire (the row goes, no retry); the core forgets the timer."""
+    async def main():
+        def h(state, c):
+            return persist(Opaque(object())) if isinstance(c, Ring) else ALARM.command_handler(
+                state, c)
+        w = World(dataclasses.replace(ALARM, command_handler=h))
+        await w.core().handle(Arm("o", timers=(("a", 1),)))
+        w.clock.now += timedelta(seconds=5)
+        pump = w.pump()
+        await pump.run_once()
+        await pump.drain()
+        assert pump.info()["fired"] == 1 and pump.info()["retried"] == 0
+        assert w.store.rows() == [] and list(w.core().timers.pending) == []
+    asyncio.run(main())
