@@ -61,6 +61,7 @@ from raysource.runtime.errors import (
     CommandRejected,
     HandlerError,
     PersistFailedError,
+    TimerNotDueError,
     WriteOutcomeUnknownError,
 )
 from raysource.journal.serialization import Serialization
@@ -69,7 +70,14 @@ from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Re
 from raysource.runtime.idempotency import KeyTable, Keyed
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.shard_id import shard_of
-from raysource.runtime.timers import FIRED_FIELD, Pending, TimerFire, TimerTable
+from raysource.runtime.timers import (
+    EARLY_FIRE_TOLERANCE_MS,
+    FIRED_FIELD,
+    TIMER_KEY_PREFIX,
+    Pending,
+    TimerFire,
+    TimerTable,
+)
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.api import (
     DEFAULT_BUCKET_MS,
@@ -400,6 +408,12 @@ class EntityCore:
             key = None
             if isinstance(command, Keyed):
                 command, key = command.command, (command.key if self.keys.enabled else None)
+            if key is not None and key.startswith(TIMER_KEY_PREFIX) \
+                    and not isinstance(command, TimerFire):  # would shadow a timer's fire
+                self._resolve(fut, None, ConfigError(
+                    f"idempotency keys starting with {TIMER_KEY_PREFIX!r} are reserved for "
+                    f"durable timers, got {key!r}"))
+                continue
             if key is not None and self._repeated(key, fut, flush):
                 continue  # answered like the first application of its key, nothing written
             outcome = _Outcome(fut)
@@ -630,6 +644,13 @@ class EntityCore:
                        seq: int) -> Any | None:
         """The command of a timer fire, or None (answered: stale, undecodable, or this
         activation is behind; ``seq``: the flush's tentative sequence number)."""
+        due_ms = self.timers.due_ms_of(fire, flush.timers)
+        now_ms = int(flush.timestamp.timestamp() * 1000)
+        if due_ms is not None and due_ms > now_ms + EARLY_FIRE_TOLERANCE_MS:
+            outcome.error = TimerNotDueError(  # not run, still pending: fired again later
+                f"{self.persistence_id}: timer {fire.timer_id} is due in "
+                f"{(due_ms - now_ms) / 1000:.1f} s")
+            return None
         try:
             command = self.timers.command_of(fire, flush.timers)
         except Exception as exc:  # its stored command cannot be decoded any more

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError, RaysourceError
 
-__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "RecoveryFailedError", "PassivatedError", "HostCrashedError", "AskTimeoutError", "OverloadedError"]
+__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "RecoveryFailedError", "PassivatedError", "HostCrashedError", "AskTimeoutError", "OverloadedError", "TimerNotDueError"]
 
 
 class CommandError(RaysourceError):
@@ -79,6 +79,12 @@ class OverloadedError(CommandError, NotAppliedError):
     (``max_in_flight`` over all its aggregates) is full: the command was refused before it
     reached the aggregate, so it was not applied. Safe to retry later (back off first); it is
     not re-sent automatically."""
+
+
+class TimerNotDueError(CommandError, NotAppliedError):
+    """A durable timer's fire reached its aggregate before the timer's due time (a timer
+    service's clock ahead of the aggregate's, or a fire sent by hand): nothing ran and the
+    timer stays pending; a timer service fires it again later."""
 
 
 class HostCrashedError(CommandError, OutcomeUnknownError):

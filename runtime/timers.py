@@ -17,7 +17,9 @@ Replaying the journal therefore rebuilds exactly the pending timers (:meth:`Time
 snapshots carry the table (the keyed-snapshot envelope of :mod:`raysource.runtime.idempotency`).
 
 **Firing.** A timer service sends :class:`TimerFire` (under the idempotency key
-``"timer:<id>"``). The core runs the timer's command *from its own table* (not from the
+``"timer:<id>"``; keys with that prefix are refused on any other command, so a caller's key
+cannot shadow a fire). A fire that arrives more than a second before its timer's due time (a
+service clock ahead, a fire sent by hand) runs nothing: ``TimerNotDueError``, still pending. The core runs the timer's command *from its own table* (not from the
 index row) only if that exact id is still pending; anything else (cancelled, replaced, fired
 already) is a *stale* fire, answered ``None`` with nothing run. So a timer is applied at most
 once even when fired twice, by two services during a handoff, or after its cancel was
@@ -61,9 +63,13 @@ class TimerFire:
     timer_id: str
 
 
+TIMER_KEY_PREFIX = "timer:"  # reserved: only fires are keyed with it
+EARLY_FIRE_TOLERANCE_MS = 1_000  # clock skew between a timer service and an aggregate
+
+
 def fire_key(timer_id: str) -> str:
     """The idempotency key a fire of ``timer_id`` is sent under."""
-    return f"timer:{timer_id}"
+    return f"{TIMER_KEY_PREFIX}{timer_id}"
 
 
 def _parse(event: StoredEvent) -> tuple[str | None, list[str], list[Pending]]:
@@ -145,6 +151,11 @@ class TimerTable:
                     f"bytes, over the payload limit of {self.serialization.max_payload_bytes}",
                     persistence_id=self.persistence_id, sequence_nr=sequence_nr)
         return meta
+
+    def due_ms_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> int | None:
+        """The due time of ``fire``'s timer if that exact timer is pending, else None."""
+        p = overlay[fire.name] if fire.name in overlay else self.pending.get(fire.name)
+        return p.due_ms if p is not None and p.timer_id == fire.timer_id else None
 
     def command_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> Any | None:
         """The decoded command of ``fire`` if that exact timer is pending (``overlay``: the

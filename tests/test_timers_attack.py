@@ -250,6 +250,7 @@ def test_a_recurring_timer_rescheduled_by_its_own_fire_runs_once_per_round(agg) 
         for _ in range(3):
             tid = (await check_agreement(w))["r"]
             tids.append(tid)
+            w.clock.now += timedelta(seconds=10)  # this round's timer is due (not early)
             core = w.core()
             f = w.fire_of(TimerFire("r", tid))
             await asyncio.gather(core.handle(f), core.handle(f))

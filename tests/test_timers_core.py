@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from raysource.errors import CommandRejected, ConfigError, PersistFailedError
+from raysource.errors import CommandRejected, ConfigError, PersistFailedError, TimerNotDueError
 from raysource.examples.seats import (
     SHOW,
     ConfirmHold,
@@ -251,6 +251,24 @@ def test_a_writer_that_dies_between_append_and_index_is_repaired_by_the_next_rec
         await pump.run_once()
         await pump.drain()
         assert _types(await w.events("s1")) == ["SeatHeld", "HoldReleased"]
+    asyncio.run(main())
+
+
+def test_an_early_fire_runs_nothing_and_a_user_key_cannot_shadow_a_fire() -> None:
+    async def main():
+        w = World()
+        core = w.core("s1")
+        await core.handle(HoldSeat("A1", "ann", 60))
+        fire = TimerFire("hold-A1", "hold-A1@1")
+        with pytest.raises(TimerNotDueError):  # forged, or a service clock ahead: not run
+            await core.handle(Keyed(fire, fire_key(fire.timer_id)))
+        with pytest.raises(ConfigError):  # the fire's key is reserved for the fire
+            await core.handle(Keyed(ReleaseHold("A1", "ann"), fire_key(fire.timer_id)))
+        assert [t["name"] for t in core.timers.info()] == ["hold-A1"]  # still pending
+        assert _types(await w.events("s1")) == ["SeatHeld"]
+        w.clock.now += timedelta(seconds=60)
+        assert await core.handle(Keyed(fire, fire_key(fire.timer_id))) == HoldReleased("A1",
+                                                                                       "ann")
     asyncio.run(main())
 
 
