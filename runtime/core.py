@@ -1,9 +1,10 @@
 """The entity core: one activation of one aggregate, without Ray.
 
-Size: ~950 lines on purpose — one activation's state machine (mailbox, flush and group commit,
+Size: ~850 lines on purpose — one activation's state machine (mailbox, flush and group commit,
 write-failure decisions, recovery, the idempotency table, durable timers) is one class, so every
 transition of that state reads in one place; the pure helpers live apart
-(``raysource.runtime.idempotency``, ``raysource.runtime.timers``).
+(``raysource.runtime.idempotency``, ``raysource.runtime.timers``); the timer steps are a
+mixin for size (``raysource.runtime.core_timers``).
 
 :class:`EntityCore` owns the state of one aggregate and everything that happens to it:
 
@@ -61,7 +62,6 @@ from raysource.runtime.errors import (
     CommandRejected,
     HandlerError,
     PersistFailedError,
-    TimerNotDueError,
     WriteOutcomeUnknownError,
 )
 from raysource.journal.serialization import Serialization
@@ -70,8 +70,8 @@ from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Re
 from raysource.runtime.idempotency import KeyTable, Keyed
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.shard_id import shard_of
+from raysource.runtime.core_timers import TimerSteps
 from raysource.runtime.timers import (
-    EARLY_FIRE_TOLERANCE_MS,
     FIRED_FIELD,
     TIMER_KEY_PREFIX,
     Pending,
@@ -79,13 +79,7 @@ from raysource.runtime.timers import (
     TimerTable,
 )
 from raysource.snapshots.api import SnapshotStore
-from raysource.timers.api import (
-    DEFAULT_BUCKET_MS,
-    DEFAULT_SETTLE_MS,
-    TimerRow,
-    TimerStore,
-    cursor_floor,
-)
+from raysource.timers.api import DEFAULT_BUCKET_MS, TimerStore
 
 __all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
 
@@ -155,7 +149,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class EntityCore:
+class EntityCore(TimerSteps):
     """One activation of the aggregate ``(aggregate_type, entity_id)``.
 
     ``writer_id`` names this activation in the journal (diagnostics of fencing conflicts).
@@ -472,16 +466,6 @@ class EntityCore:
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
             self._mailbox.put_nowait(_STOP)
 
-    async def _journal_ahead(self) -> bool | None:
-        """True if the journal holds events this activation never applied (another activation
-        wrote after it recovered), None if that cannot be read."""
-        try:
-            return await self.journal.highest_sequence_nr(self.persistence_id) > self._seq
-        except Exception as exc:
-            log.warning("%s: cannot read the highest sequence number: %r",
-                        self.persistence_id, exc, extra=self.log_context())
-            return None
-
     async def _write(self, flush: _Flush) -> bool:
         """Append the flush's events as one group; True once durable. On failure the flush's
         callers are answered here and False is returned."""
@@ -521,53 +505,6 @@ class EntityCore:
             unknown.__cause__ = exc
             return await self._after_failed_write(flush, unknown)
         return True
-
-    async def _index_timers(self, events: list[StoredEvent]) -> None:
-        """Apply the timer metadata of durable ``events`` to the table and write their index
-        rows (before anyone is answered: an acknowledged schedule is always indexed)."""
-        # the net effect per row key, in event order: a row written and then deleted (or
-        # replaced) within these events is not written (nor deleted before it is written)
-        net: dict[tuple, tuple[bool, TimerRow]] = {}
-        for e in events:
-            if e.metadata:
-                u, d = self.timers.applied(e)
-                net.update((r.key, (False, r)) for r in d)
-                net.update((r.key, (True, r)) for r in u)
-        upserts = [r for write, r in net.values() if write]
-        deletes = [r for write, r in net.values() if not write]
-        if not (upserts or deletes):
-            return
-        if self.timer_store is None:
-            raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
-        if deletes:  # best effort: a row left behind fires as stale and is deleted then
-            try:
-                await self.timer_store.delete(deletes)
-            except Exception as exc:
-                log.warning("%s: deleting cancelled timer rows failed: %r",
-                            self.persistence_id, exc, extra=self.log_context())
-        if upserts:
-            await self._upsert_timer_rows(upserts)
-            # The flush's timestamp chose the buckets; if the append and this write took so
-            # long that a bucket may be retired (its end settle_ms past, for a pump whose clock
-            # is up to half that ahead), the row is written anew into the current bucket.
-            now = self._wall_clock()
-            now_ms, bucket_ms = int(now.timestamp() * 1000), self.timer_store.bucket_ms
-            late = [r.name for r in upserts
-                    if (r.bucket + 1) * bucket_ms + DEFAULT_SETTLE_MS // 2 <= now_ms]
-            if late:
-                await self._upsert_timer_rows(self.timers.rows_now(late, now))
-
-    async def _upsert_timer_rows(self, rows: list[TimerRow]) -> None:
-        """Write index rows; first (once per activation) make sure the shard's cursor exists,
-        at the floor of this writer's clock (never at a row's bucket: see raysource.timers)."""
-        assert self.timer_store is not None
-        if not self._timer_cursor:
-            now_ms = int(self._wall_clock().timestamp() * 1000)
-            await self.timer_store.ensure_cursor(
-                self.timers.type_name, self.timers.shard,
-                cursor_floor(now_ms, self.timer_store.bucket_ms))
-            self._timer_cursor = True
-        await self.timer_store.upsert(rows)
 
     async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
         """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,
@@ -639,37 +576,6 @@ class EntityCore:
             self.stats.repeats += 1
             self._resolve(fut, value, error)
         return found
-
-    def _timer_command(self, fire: TimerFire, outcome: _Outcome, flush: _Flush,
-                       seq: int) -> Any | None:
-        """The command of a timer fire, or None (answered: stale, undecodable, or this
-        activation is behind; ``seq``: the flush's tentative sequence number)."""
-        due_ms = self.timers.due_ms_of(fire, flush.timers)
-        now_ms = int(flush.timestamp.timestamp() * 1000)
-        if due_ms is not None and due_ms > now_ms + EARLY_FIRE_TOLERANCE_MS:
-            outcome.error = TimerNotDueError(  # not run, still pending: fired again later
-                f"{self.persistence_id}: timer {fire.timer_id} is due in "
-                f"{(due_ms - now_ms) / 1000:.1f} s")
-            return None
-        try:
-            command = self.timers.command_of(fire, flush.timers)
-        except Exception as exc:  # its stored command cannot be decoded any more
-            outcome.error = self._handler_error("timer command decoding", fire, exc)
-            flush.timers[fire.name] = None
-            flush.silent_fires.append(fire)
-            return None
-        if command is None and _scheduled_at(fire.timer_id) > seq:
-            # scheduled by an event this activation may never have seen (another activation
-            # wrote after this one recovered): "stale" would delete a live timer's row. The
-            # flush asks the journal before answering (_journal_ahead): stale after all, or
-            # this error (the row stays) and the activation stops.
-            outcome.error = AggregateStoppedError(
-                f"{self.persistence_id}: the fire of {fire.timer_id} is beyond this "
-                f"activation's #{seq} (another activation wrote); stopping")
-            flush.behind.append(outcome)
-        elif command is None:
-            self.stats.stale_fires += 1
-        return command
 
     def _decide(self, command: Any, state: Any, seq: int, outcome: _Outcome,
                 flush: _Flush, key: str | None = None,
@@ -877,18 +783,6 @@ class EntityCore:
                  extra=self.log_context())
         return stats
 
-    async def _repair_timer_index(self) -> None:
-        """Its writer may have died between the newest group and its timer rows: index the
-        group's schedules that are still pending (in a bucket at or after now; a copy left
-        in the old bucket fires as stale). Every older group was indexed before the next
-        append."""
-        names = [name for e in self._newest_group if e.metadata
-                 for name in self.timers.scheduled_in(e)]
-        if names:
-            if self.timer_store is None:
-                raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
-            await self._upsert_timer_rows(self.timers.rows_now(names, self._wall_clock()))
-
     async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
         max_seq = sys.maxsize
         skipped = 0
@@ -941,14 +835,6 @@ class EntityCore:
                 self._newest_group.clear()
             self._newest_group.append(stored)  # kept for the tag repair, not re-read
         return state, seq, replayed
-
-
-def _scheduled_at(timer_id: str) -> int:
-    """The sequence number in a timer id ``"<name>@<nr>"`` (0 if it has none)."""
-    try:
-        return int(timer_id.rsplit("@", 1)[1])
-    except (IndexError, ValueError):
-        return 0
 
 
 def _size(event: StoredEvent) -> int:

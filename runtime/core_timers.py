@@ -1,0 +1,136 @@
+"""The durable-timer steps of the entity core (:class:`raysource.runtime.core.EntityCore`
+inherits them; kept apart for size): answering a fire, writing and repairing the timer index.
+The pure parts (the pending table, how schedules are journaled) are
+:mod:`raysource.runtime.timers`; the rules are in its module docstring.
+
+These methods use the core's attributes (``timers``, ``timer_store``, ``journal``,
+``persistence_id``, ``stats``, ``_seq``, ``_newest_group``, ``_wall_clock``, ...); they are not
+meant to be used on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from raysource.journal.api import StoredEvent
+from raysource.journal.errors import ConfigError
+from raysource.runtime.errors import AggregateStoppedError, TimerNotDueError
+from raysource.runtime.timers import EARLY_FIRE_TOLERANCE_MS, TimerFire
+from raysource.timers.api import DEFAULT_SETTLE_MS, TimerRow, cursor_floor
+
+__all__ = ["TimerSteps", "scheduled_at"]
+
+log = logging.getLogger("raysource.runtime.core")
+
+
+def scheduled_at(timer_id: str) -> int:
+    """The sequence number in a timer id ``"<name>@<nr>"`` (0 if it has none)."""
+    try:
+        return int(timer_id.rsplit("@", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+class TimerSteps:
+    """The durable-timer methods of the entity core (a mixin of ``EntityCore``)."""
+
+    async def _journal_ahead(self) -> bool | None:
+        """True if the journal holds events this activation never applied (another activation
+        wrote after it recovered), None if that cannot be read."""
+        try:
+            return await self.journal.highest_sequence_nr(self.persistence_id) > self._seq
+        except Exception as exc:
+            log.warning("%s: cannot read the highest sequence number: %r",
+                        self.persistence_id, exc, extra=self.log_context())
+            return None
+
+    async def _index_timers(self, events: list[StoredEvent]) -> None:
+        """Apply the timer metadata of durable ``events`` to the table and write their index
+        rows (before anyone is answered: an acknowledged schedule is always indexed)."""
+        # the net effect per row key, in event order: a row written and then deleted (or
+        # replaced) within these events is not written (nor deleted before it is written)
+        net: dict[tuple, tuple[bool, TimerRow]] = {}
+        for e in events:
+            if e.metadata:
+                u, d = self.timers.applied(e)
+                net.update((r.key, (False, r)) for r in d)
+                net.update((r.key, (True, r)) for r in u)
+        upserts = [r for write, r in net.values() if write]
+        deletes = [r for write, r in net.values() if not write]
+        if not (upserts or deletes):
+            return
+        if self.timer_store is None:
+            raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
+        if deletes:  # best effort: a row left behind fires as stale and is deleted then
+            try:
+                await self.timer_store.delete(deletes)
+            except Exception as exc:
+                log.warning("%s: deleting cancelled timer rows failed: %r",
+                            self.persistence_id, exc, extra=self.log_context())
+        if upserts:
+            await self._upsert_timer_rows(upserts)
+            # The flush's timestamp chose the buckets; if the append and this write took so
+            # long that a bucket may be retired (its end settle_ms past, for a pump whose clock
+            # is up to half that ahead), the row is written anew into the current bucket.
+            now = self._wall_clock()
+            now_ms, bucket_ms = int(now.timestamp() * 1000), self.timer_store.bucket_ms
+            late = [r.name for r in upserts
+                    if (r.bucket + 1) * bucket_ms + DEFAULT_SETTLE_MS // 2 <= now_ms]
+            if late:
+                await self._upsert_timer_rows(self.timers.rows_now(late, now))
+
+    async def _upsert_timer_rows(self, rows: list[TimerRow]) -> None:
+        """Write index rows; first (once per activation) make sure the shard's cursor exists,
+        at the floor of this writer's clock (never at a row's bucket: see raysource.timers)."""
+        assert self.timer_store is not None
+        if not self._timer_cursor:
+            now_ms = int(self._wall_clock().timestamp() * 1000)
+            await self.timer_store.ensure_cursor(
+                self.timers.type_name, self.timers.shard,
+                cursor_floor(now_ms, self.timer_store.bucket_ms))
+            self._timer_cursor = True
+        await self.timer_store.upsert(rows)
+
+    def _timer_command(self, fire: TimerFire, outcome: Any, flush: Any,
+                       seq: int) -> Any | None:
+        """The command of a timer fire, or None (answered: stale, undecodable, or this
+        activation is behind; ``seq``: the flush's tentative sequence number)."""
+        due_ms = self.timers.due_ms_of(fire, flush.timers)
+        now_ms = int(flush.timestamp.timestamp() * 1000)
+        if due_ms is not None and due_ms > now_ms + EARLY_FIRE_TOLERANCE_MS:
+            outcome.error = TimerNotDueError(  # not run, still pending: fired again later
+                f"{self.persistence_id}: timer {fire.timer_id} is due in "
+                f"{(due_ms - now_ms) / 1000:.1f} s")
+            return None
+        try:
+            command = self.timers.command_of(fire, flush.timers)
+        except Exception as exc:  # its stored command cannot be decoded any more
+            outcome.error = self._handler_error("timer command decoding", fire, exc)
+            flush.timers[fire.name] = None
+            flush.silent_fires.append(fire)
+            return None
+        if command is None and scheduled_at(fire.timer_id) > seq:
+            # scheduled by an event this activation may never have seen (another activation
+            # wrote after this one recovered): "stale" would delete a live timer's row. The
+            # flush asks the journal before answering (_journal_ahead): stale after all, or
+            # this error (the row stays) and the activation stops.
+            outcome.error = AggregateStoppedError(
+                f"{self.persistence_id}: the fire of {fire.timer_id} is beyond this "
+                f"activation's #{seq} (another activation wrote); stopping")
+            flush.behind.append(outcome)
+        elif command is None:
+            self.stats.stale_fires += 1
+        return command
+
+    async def _repair_timer_index(self) -> None:
+        """Its writer may have died between the newest group and its timer rows: index the
+        group's schedules that are still pending (in a bucket at or after now; a copy left
+        in the old bucket fires as stale). Every older group was indexed before the next
+        append."""
+        names = [name for e in self._newest_group if e.metadata
+                 for name in self.timers.scheduled_in(e)]
+        if names:
+            if self.timer_store is None:
+                raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
+            await self._upsert_timer_rows(self.timers.rows_now(names, self._wall_clock()))
