@@ -1,6 +1,6 @@
 """Entity references: send commands to an aggregate wherever its host actor lives.
 
-Size: ~580 lines, most of it contract docstrings; the code is one retry loop
+Size: ~610 lines, most of it contract docstrings; the code is one retry loop
 (``_until_answered``) shared by every call shape.
 
 * :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
@@ -34,6 +34,13 @@ rejection, another final error of the command (``HandlerError``, ...), or at the
 ``WriteOutcomeUnknownError``) whose message names the key and whose ``idempotency_key``
 attribute holds it: re-send with that key to learn the outcome.
 
+Coalescing (``raysource.runtime.actors.coalesce``): every command goes to its host actor
+through the process's coalescer of that actor, so concurrent calls from one process (any number
+of refs, entities of one hosted actor) share Ray calls (``ask_batches``), and a command's reply
+comes back with its batch-mates'. A sequential caller's call goes out alone, through the same
+host method as before (``ask_ordered``/``ask_many``). Each command keeps its own caller id,
+number, key, deadline and outcome; the retry rule below is applied per call as before.
+
 Known limit: a re-sent command goes out under a fresh caller id, so if several pipelined
 commands of one ref are re-sent at once (all were refused by a stopping activation), their
 relative order is the order the failures came back in, not necessarily the send order.
@@ -61,6 +68,7 @@ from raysource.runtime.errors import (
     PassivatedError,
 )
 from raysource.journal.errors import ConfigError, OutcomeUnknownError, UnserializableError
+from raysource.runtime.actors import coalesce
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.idempotency import Keyed, key_of, naming_key, unsettled
 
@@ -141,7 +149,7 @@ class _RefLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
-    def _get(self) -> asyncio.AbstractEventLoop:
+    def get(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
@@ -152,10 +160,10 @@ class _RefLoop:
             return self._loop
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._get())
+        return asyncio.run_coroutine_threadsafe(coro, self.get())
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self._get()
+        loop = self.get()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -391,7 +399,7 @@ class EntityRef:
         the order), and with idempotency keys an outcome-unknown one too (same key, until
         ``default_timeout``); other failures are logged."""
         command = self._keyed(command, idempotency_key)
-        first = self._first(lambda: self._send(command))
+        first = self._first(lambda: self._send(command, _LOOP.get()))
         _LOOP.submit(self._tell_rest(command, first))
 
     async def _tell_rest(self, command: Any, first: tuple[Any, int] | None) -> None:
@@ -419,10 +427,10 @@ class EntityRef:
                               with_epoch: bool = False,
                               keyed_until: float | None = None) -> Any:
         """The retry rule, written once for every call shape: submit (``submit() ->
-        (ObjectRef, epoch)``) and await the answer, re-submitting to a fresh activation while
-        the answer is "not applied" (until ``retry_until``) and, for commands under
-        idempotency keys (``keyed_until`` set: the call's deadline), while the outcome is
-        unknown (see the module docstring). Gives up with the unwrapped, typed error
+        (awaitable, epoch)``: a coalescer's future, or an ObjectRef) and await the answer,
+        re-submitting to a fresh activation while the answer is "not applied" (until
+        ``retry_until``) and, for commands under idempotency keys (``keyed_until`` set: the
+        call's deadline), while the outcome is unknown (see the module docstring). Gives up with the unwrapped, typed error
         (``_GaveUp`` when ``with_epoch``, for batches that fill it in; callers name the keys)."""
         if retry_until is None:
             retry_until = time.monotonic() + _RETRY_DEADLINE_S
@@ -441,7 +449,7 @@ class EntityRef:
                     continue
             try:
                 answer = await ref
-            except RayError as err:  # typed by unwrap_error
+            except Exception as err:  # Ray's errors (typed by unwrap_error) or the host's
                 if _retryable(err) and time.monotonic() <= retry_until:  # not applied
                     self._renew(epoch, retired=_refused(err))
                     continue
@@ -487,7 +495,7 @@ class EntityRef:
             idempotency_key: str | None = None) -> Any:
         """Blocking form of :meth:`ask_async`: the reply, or the typed raysource error."""
         command = self._keyed(command, idempotency_key)
-        first = self._first(lambda: self._send(command))
+        first = self._first(lambda: self._send(command, _LOOP.get()))
         return _LOOP.run(self._ask(command, timeout, first))
 
     def state(self, timeout: float | None = None) -> Any:
@@ -499,25 +507,45 @@ class EntityRef:
         """Blocking form of :meth:`ask_many_async`: one reply or typed error object per
         command, in order."""
         commands = self._keyed_batch(list(commands), idempotency_keys)
-        first = self._first(lambda: self._send_batch(commands))
+        first = self._first(lambda: self._send_batch(commands, _LOOP.get()))
         return _LOOP.run(self._ask_many(commands, timeout, first))
 
     def submit(self, command: Any) -> Any:
-        """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping):
-        the building block for pipelining from synchronous code."""
-        return self._send(command)[0]
-
-    # ------------------------------------------------------------------ sending
-
-    def _send(self, command: Any) -> tuple[Any, int]:
-        """Submit ``command`` with the next sequence number; returns (ObjectRef, epoch).
-        Raises ``_NotFreeYet`` while only a retiring activation can be resolved."""
+        """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping, no
+        coalescing): the building block for pipelining from synchronous code."""
         with self._lock:
             handle = self._current()
             ref = self._remote(handle.ask_ordered, self.entity_id, self._caller_id, self._seq,
                                command)
             self._seq += 1
-            return ref, self._epoch
+            return ref
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, command: Any,
+              loop: asyncio.AbstractEventLoop | None = None) -> tuple[Any, int]:
+        """Hand ``command`` with the next sequence number to its host's coalescer on ``loop``
+        (default: the running one; see ``raysource.runtime.actors.coalesce``); returns (a
+        future of its reply, epoch). Raises ``_NotFreeYet`` while only a retiring activation
+        can be resolved, ``UnserializableError`` (numbering unchanged) for a command Ray could
+        not pickle."""
+        self._picklable(command)
+        with self._lock:
+            handle = self._current()
+            fut = coalesce.submit(handle, _actor_id(handle), loop or asyncio.get_running_loop(),
+                                  (self.entity_id, self._caller_id, self._seq, [command]),
+                                  single=True)
+            self._seq += 1
+            return fut, self._epoch
+
+    def _picklable(self, command: Any) -> None:
+        try:
+            coalesce.check_picklable(command)
+        except TypeError as exc:
+            pid = self.aggregate_type.persistence_id(self.entity_id)
+            raise UnserializableError(
+                f"the command cannot be sent to its host (Ray could not pickle it): {exc}",
+                persistence_id=pid) from exc
 
     def _remote(self, method: Any, *args: Any) -> Any:
         """``method.remote(*args)``; a command Ray cannot pickle is an ``UnserializableError``
@@ -534,16 +562,20 @@ class EntityRef:
         with self._lock:
             return self._remote(self._current().state, self.entity_id), self._epoch
 
-    def _send_batch(self, commands: list[Any]) -> tuple[Any, int]:
-        """Submit ``commands`` numbered from the next sequence number on (the numbering
-        advances by ``len(commands)``); returns (ObjectRef, epoch). Raises ``_NotFreeYet``
-        like :meth:`_send`."""
+    def _send_batch(self, commands: list[Any],
+                    loop: asyncio.AbstractEventLoop | None = None) -> tuple[Any, int]:
+        """Hand ``commands`` numbered from the next sequence number on (the numbering advances
+        by ``len(commands)``) to the coalescer like :meth:`_send`; returns (a future of the
+        outcome list, epoch). Raises like :meth:`_send`."""
+        for command in commands:
+            self._picklable(command)
         with self._lock:
             handle = self._current()
-            ref = self._remote(handle.ask_many, self.entity_id, self._caller_id, self._seq,
-                               commands)
+            fut = coalesce.submit(handle, _actor_id(handle), loop or asyncio.get_running_loop(),
+                                  (self.entity_id, self._caller_id, self._seq, list(commands)),
+                                  single=False)
             self._seq += len(commands)
-            return ref, self._epoch
+            return fut, self._epoch
 
     def _settle(self, pending: list[int], outcomes: list[Any], results: list[Any],
                 epoch: int, retry_until: float, commands: list[Any],
