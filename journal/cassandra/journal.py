@@ -279,22 +279,23 @@ class CassandraJournal(Journal):
             batch.add(stmt, (pid, pnr, e.sequence_nr, to_us(e.timestamp), e.writer_id,
                              e.serializer_id, e.manifest, bytes(e.payload),
                              set(e.tags) or None, dict(e.metadata) or None))
-        # The default profile gives named rows: a refused conditional batch returns the
-        # existing rows, and we need their sequence_nr column.
+        # Plain tuple rows: the driver's named rows build a namedtuple class per result
+        # (~10% of a host actor's CPU at one command per write, measured by
+        # benchmarks/peer/profile.py). Only ``[applied]`` (column 0) is read here; a refused
+        # batch is decided by _settle's serial read of the group's rows.
         try:
-            rows = await self.session.execute_batch(batch)
+            rows = await self.session.execute_batch(batch, profile=RAW_PROFILE)
         except JournalOutcomeUnknownError as exc:
             if not self.fencing:
                 raise
             await self._settle(events, pnr, exc)  # returns only if the group is stored
         else:
-            if self.fencing and rows and not rows[0][0] and not _own_rows(rows, events):
-                taken = sorted(r.sequence_nr for r in rows
-                               if getattr(r, "sequence_nr", None) is not None)
-                raise ConcurrentWriteError(pid, taken[0] if taken else first)
-            # A refused batch whose existing rows are this group (same writer, numbers and
-            # payloads) was applied by an earlier execution of the same statement (a re-send
-            # after a lost response, a coordinator's Paxos retry): a success.
+            if self.fencing and rows and not rows[0][0]:
+                # Refused: a number is taken. If the rows holding them are this group (same
+                # writer, numbers and payloads), an earlier execution of the same statement
+                # applied it (a re-send after a lost response, a coordinator's Paxos retry):
+                # a success. Else another writer's: ConcurrentWriteError.
+                await self._settle(events, pnr, None)
         self.write_count += 1
         follow_ups = []
         if pnr > 0 and self._hints.get(pid, -1) < pnr:
@@ -311,29 +312,38 @@ class CassandraJournal(Journal):
                 ) from exc
 
     async def _settle(self, events: list[StoredEvent], pnr: int,
-                      unknown: JournalOutcomeUnknownError) -> None:
-        """Decide an unconfirmed conditional append with one read of its rows at the serial
-        consistency, which completes (or supersedes) a Paxos proposal still in flight:
+                      unknown: JournalOutcomeUnknownError | None) -> None:
+        """Decide an unconfirmed (``unknown``) or refused (``unknown`` None) conditional append
+        with one read of its rows at the serial consistency, which completes (or supersedes) a
+        Paxos proposal still in flight:
 
         * every row is this group's: stored, return;
         * a number is held by another writer's row: this group can never be applied (its
           condition fails): ``ConcurrentWriteError``;
-        * else (absent, or the read failed): re-raise the unknown outcome — a coordinator
-          still retrying its Paxos round, or a request queued on a stalled node, may still
-          land it.
+        * else, unconfirmed (absent, or the read failed): re-raise the unknown outcome — a
+          coordinator still retrying its Paxos round, or a request queued on a stalled node,
+          may still land it; refused: the read failed, so whose rows refused it is unknown
+          (``JournalOutcomeUnknownError``), or they are not all there (``ConcurrentWriteError``).
         """
         pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
         try:
-            rows = await self.session.select_all(self._ps["range_serial"], (pid, pnr, first, last))
-        except JournalError:  # cannot decide: still unknown (keeps its driver cause)
+            rows = await self.session.select_all(self._ps["range_serial"], (pid, pnr, first, last),
+                                                 profile=RAW_PROFILE)
+        except JournalError as exc:  # cannot decide: still unknown (keeps its driver cause)
+            if unknown is None:
+                raise JournalOutcomeUnknownError(
+                    f"{pid} #{first}: the conditional append was refused and the read of the "
+                    f"rows that refused it failed (they may be this group's): {exc}") from exc
             raise unknown  # noqa: B904
-        if rows and _own_rows(rows, events):
-            return
+        found = {(seq, writer or "", bytes(payload or b"")) for seq, writer, payload in rows}
         ours = _keys(events)
-        theirs = [r.sequence_nr for r in rows
-                  if (r.sequence_nr, r.writer_id or "", bytes(r.payload or b"")) not in ours]
+        if found == ours:
+            return
+        theirs = [key[0] for key in found if key not in ours]
         if theirs:
             raise ConcurrentWriteError(pid, min(theirs))
+        if unknown is None:
+            raise ConcurrentWriteError(pid, first)
         raise unknown
 
     async def _check_previous_partition(self, pid: str, pnr: int, first: int) -> None:
@@ -520,15 +530,6 @@ class CassandraJournal(Journal):
 
 def _keys(events: Sequence[StoredEvent]) -> set[tuple[int, str, bytes]]:
     return {(e.sequence_nr, e.writer_id, bytes(e.payload)) for e in events}
-
-
-def _own_rows(rows: Sequence[Any], events: Sequence[StoredEvent]) -> bool:
-    """True if ``rows`` (named rows with ``sequence_nr``, ``writer_id``, ``payload``) hold
-    exactly this group: every number present, written by the same writer with the same
-    payload."""
-    found = {(r.sequence_nr, r.writer_id or "", bytes(r.payload or b""))
-             for r in rows if getattr(r, "sequence_nr", None) is not None}
-    return found == _keys(events)
 
 
 def new_writer_id() -> str:
