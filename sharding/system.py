@@ -17,6 +17,7 @@ which failures are re-sent and which are reported as "outcome unknown").
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -211,21 +212,29 @@ class System:
         (``ShardCountChangedError``). ``host_settings``: per type name, fields of
         :class:`~raysource.runtime.actors.host_actor.HostSpec` (``idle_timeout_s``,
         ``max_active``, ``hosts_per_node``: a hosted type's shared host actors per node,
-        default 4, shard ``s`` in slot ``s % hosts_per_node``, ...). ``timers``: the
-        settings of the timer services that fire durable timers (one per node, :mod:`raysource.sharding.timer_service`; started
-        for Cassandra stores); None starts none (timers are then still journaled and
-        indexed, and fire once a system with services runs)."""
+        default 4, shard ``s`` in slot ``s % hosts_per_node``, ...; an unknown or invalid
+        setting is a ``ConfigError`` here, before Ray is touched). ``timers``: the settings
+        of the timer services that fire durable timers (one per node,
+        :mod:`raysource.sharding.timer_service`; started for Cassandra stores); None starts
+        none (timers are then still journaled and indexed, and fire once a system with
+        services runs)."""
         types = tuple(types)
         names = [t.name for t in types]
         if len(set(names)) != len(names):
             raise ConfigError(f"aggregate type names must be unique, got {names}")
-        connect_ray(address, namespace)
-        namespace = namespace or ray.get_runtime_context().namespace
         spec = SystemSpec(
             name=name, store=store, types=types, namespace=namespace,
             max_active_per_node=max_active_per_node,
             host_settings=dict(host_settings or {}), placement=dict(placement or {}),
         )
+        for t in types:  # every type's host settings make a valid HostSpec (or ConfigError)
+            try:
+                spec.host_spec(t, "settings-check", "settings-check")
+            except TypeError as exc:
+                raise ConfigError(f"host_settings of {t.name!r}: {exc}") from None
+        connect_ray(address, namespace)
+        namespace = namespace or ray.get_runtime_context().namespace
+        spec = dataclasses.replace(spec, namespace=namespace)
         coordinator = get_or_create_coordinator(
             name, CoordinatorJournal(store), coordinator_settings, namespace=namespace
         )

@@ -93,3 +93,21 @@ async def test_an_unreachable_owner_is_not_applied():
     with pytest.raises(AggregateStoppedError, match="could not be confirmed"):
         await g.admit(entity_in(0))
     assert g.granted == []
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"hosts_per_node": 0}, "hosts_per_node must be an int >= 1"),
+    ({"hosts_per_node": "4"}, "hosts_per_node must be an int >= 1"),
+    ({"hosts_per_nodes": 4}, "host_settings of 'show'"),
+])
+def test_bad_host_settings_are_a_config_error_before_ray_starts(settings, says):
+    import ray
+
+    from raysource.examples.seats import SHOW
+    from raysource.runtime.stores import StoreSpec
+    from raysource.sharding.system import System
+
+    with pytest.raises(ConfigError, match=says):
+        System.start("bad", store=StoreSpec(), types=[SHOW],
+                     placement={"show": "hosted"}, host_settings={"show": settings})
+    assert not ray.is_initialized()

@@ -9,7 +9,8 @@ before, arranged as an installed ``raysource`` package under ``<dir>``, so both 
 change run in one run, unaffected by uncommitted work in the tree). Figures per layout:
 cold first touch of the 1,000 aggregates (host processes start inside it), commands/s,
 p50/p99, RSS (and PSS) of the whole process tree right after W2, host actors, and the
-resolver's region round trips.
+resolver's region round trips. ``--pekko``: each round also runs the Pekko program of
+``benchmarks/peer`` (all its workloads, short; its W2 figures and JVM RSS are printed beside).
 
   python -m benchmarks.peer.hosts_layout --layouts before=@/tmp/old,32=32,2=2 --rounds 2
 """
@@ -79,6 +80,17 @@ def run_layout(label: str, spec: str, a: argparse.Namespace, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def run_pekko_w2(a: argparse.Namespace, out: Path) -> dict:
+    """One run of the Pekko program (``benchmarks.peer.run``'s; short W1/W4/W3 beside W2)."""
+    from benchmarks.peer.run import build_pekko, run_pekko
+
+    args = argparse.Namespace(keyspace_prefix="peer", seconds=a.seconds, warmup=a.warmup,
+                              callers=a.callers, entities=a.entities, sequential=200,
+                              recovery_events=1000, recoveries=1)
+    res = run_pekko(build_pekko(), a.contact, out, args)
+    return {**res["w2"], "rss": res["rss_after_w2_bytes"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", default="127.0.0.1:9042")
@@ -90,6 +102,7 @@ def main() -> None:
     ap.add_argument("--entities", type=int, default=1000)
     ap.add_argument("--callers", type=int, default=50)
     ap.add_argument("--hosts", type=int, default=0)
+    ap.add_argument("--pekko", action="store_true")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
@@ -99,9 +112,19 @@ def main() -> None:
     layouts = [tuple(x.split("=", 1)) for x in a.layouts.split(",")]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, list[dict]] = {label: [] for label, _ in layouts}
+    pekko: list[dict] = []
     for r in range(a.rounds):
         order = layouts if r % 2 == 0 else layouts[::-1]
+        if a.pekko:  # first in even rounds, last in odd ones
+            order = [("pekko", ""), *order] if r % 2 == 0 else [*order, ("pekko", "")]
         for label, spec in order:
+            if label == "pekko":
+                pekko.append(run_pekko_w2(a, Path(f"/tmp/hosts-layout-{stamp}-pekko-{r}.json")))
+                w = pekko[-1]
+                print(f"round {r} pekko: {w['commands_per_s']:.0f} cmd/s p50 {w['p50_ms']:.1f} "
+                      f"p99 {w['p99_ms']:.1f} ms, first touch {w['first_touch_s']:.2f} s, RSS "
+                      f"{w['rss'] / MiB:.0f} MiB, load {os.getloadavg()[0]:.1f}", flush=True)
+                continue
             out = Path(f"/tmp/hosts-layout-{stamp}-{label}-{r}.json")
             res = run_layout(label, spec, a, out)
             results[label].append(res)
@@ -125,9 +148,14 @@ def main() -> None:
               f"{med(x['memory']['pss_bytes'] for x in rs) / MiB:8.0f} "
               f"{med(x['host_actors'] for x in rs):6.0f} "
               f"{sum(x['errors'] + x['first_touch_errors'] for x in rs):6d}")
+    if pekko:
+        print(f"{'pekko':>8} {med(x['commands_per_s'] for x in pekko):7.0f} "
+              f"{med(x['p50_ms'] for x in pekko):7.1f} {med(x['p99_ms'] for x in pekko):7.1f} "
+              f"{med(x['first_touch_s'] for x in pekko):8.2f} "
+              f"{med(x['rss'] for x in pekko) / MiB:8.0f}")
     path = ROOT / "results" / f"hosts-layout-{stamp}.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    path.write_text(json.dumps({**results, "pekko": pekko}, indent=2))
     print(f"raw: {path}")
 
 
