@@ -212,7 +212,7 @@ class System:
         (``ShardCountChangedError``). ``host_settings``: per type name, fields of
         :class:`~raysource.runtime.actors.host_actor.HostSpec` (``idle_timeout_s``,
         ``max_active``, ``hosts_per_node``: a hosted type's shared host actors per node,
-        default 4, shard ``s`` in slot ``s % hosts_per_node``, ...; an unknown or invalid
+        default 2, shard ``s`` in slot ``s % hosts_per_node``, ...; an unknown or invalid
         setting is a ``ConfigError`` here, before Ray is touched). ``timers``: the settings
         of the timer services that fire durable timers (one per node,
         :mod:`raysource.sharding.timer_service`; started for Cassandra stores); None starts

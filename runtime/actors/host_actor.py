@@ -74,11 +74,12 @@ from raysource.runtime.stores import StoreSpec, open_stores, serialization_for, 
 __all__ = ["DEFAULT_HOSTS_PER_NODE", "HostActor", "HostSpec", "Outcome", "ShardOwner",
            "actor_options", "slot_of"]  # the last two re-exported from shard_gate
 
-DEFAULT_HOSTS_PER_NODE = 4
+DEFAULT_HOSTS_PER_NODE = 2
 """Shared host actors per (hosted type, node) unless the type's host settings say
 ``hosts_per_node``. Chosen from benchmarks/peer/hosts_layout.py (W2, 1,000 aggregates, 32
-shards, 2 cores): 4 hosts had the highest commands/s and lowest p99 of 1, 2, 4 and 32, at a
-third of the memory of 32 (2 and 1 save another 15-22% memory for ~15% fewer commands/s)."""
+shards, 2 cores, two runs): 2 and 4 tie on commands/s and p99 within the noise (787 vs 730
+cmd/s, p99 176 vs 252 ms in the calmer run), 2 uses 15% less memory; 32 (one per shard) had
+a third of their throughput at three times the memory."""
 
 Outcome = Any
 """One command's result in :meth:`HostActor.ask_many`: its reply, or its typed error as an
