@@ -61,7 +61,7 @@ def test_schema_cql_for_operators():
            "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
     assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)" in cql
     assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
-    assert "PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name)" in cql
+    assert "PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)" in cql
     assert cql.count(";") == 10  # + projection_offsets, projection_parked, timers, cursors
 
 

@@ -10,6 +10,7 @@ dedicated host              ``<system>:<type>|<entity id>`` (the persistence id)
 hosted host (one shard)     ``<system>:shard:<type>:<shard>`` (test doubles, benchmarks)
 shared host (many shards)   ``<system>:hosts:<type>:<node id>:<slot>`` (the sharding layer)
 shard region (one node)     ``<system>:region:<node id>``
+timer service (one node)    ``<system>:timers:<node id>``
 shard coordinator           ``raysource-coordinator-<system>``
 projection worker           ``raysource-projection:<projection>:<slice>-of-<n slices>``
 ==========================  ==============================================================
