@@ -104,21 +104,33 @@ async def test_session_select_and_stream(session, config):
 
 
 @pytest.mark.cassandra
-async def test_connect_never_blocks_the_loop(config):
-    ticks = 0
+async def test_connect_never_blocks_the_loop(config, monkeypatch):
+    """Cluster.connect() runs in the pool: made to wait for something only the event loop can
+    do, it finishes (on the loop's thread it would wait out its 10 s and fail the connect)."""
+    import threading
 
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
+    from cassandra.cluster import Cluster
 
-    t = asyncio.create_task(ticker())
+    loop_ran = threading.Event()
+    real_connect = Cluster.connect
+
+    def connect_after_the_loop_ran(self, *args, **kwargs):
+        if not loop_ran.wait(timeout=10):
+            raise RuntimeError("the event loop did not run while Cluster.connect() ran")
+        return real_connect(self, *args, **kwargs)
+
+    monkeypatch.setattr(Cluster, "connect", connect_after_the_loop_ran)
+
+    async def mark() -> None:
+        await asyncio.sleep(0)
+        loop_ran.set()
+
+    t = asyncio.create_task(mark())
     s = CassandraSession(config)
     await s.connect()
-    t.cancel()
+    await t
     await s.close()
-    assert ticks >= 3  # the loop kept running while Cluster.connect() ran in the pool
+    assert loop_ran.is_set()
 
 
 async def test_unreachable_cluster_is_journal_unavailable():
