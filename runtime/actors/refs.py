@@ -1,6 +1,6 @@
 """Entity references: send commands to an aggregate wherever its host actor lives.
 
-Size: ~610 lines, most of it contract docstrings; the code is one retry loop
+Size: ~640 lines, most of it contract docstrings; the code is one retry loop
 (``_until_answered``) shared by every call shape.
 
 * :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
@@ -18,7 +18,10 @@ Retry rule (never run a command twice): a command that failed with ``AggregateSt
 (incl. ``PassivatedError``) or hit an actor that exited on purpose (retired after passivation)
 was definitely not applied, so the ref re-resolves and re-sends it under a fresh caller id. A
 host that died otherwise (crash, ``ray.kill``, lost node) leaves the outcome unknown: the ref
-raises :class:`~raysource.runtime.errors.HostCrashedError` and only forgets the handle.
+raises :class:`~raysource.runtime.errors.HostCrashedError` and only forgets the handle; an
+actor Ray reported dead (``ActorDiedError``) is never called again by this ref, even if the
+resolver still returns it (a get-or-create by name can, until the GCS has processed the death):
+the next call waits for a fresh activation instead of failing on the dead one again.
 
 Idempotency keys (the type's ``idempotency.enabled``, the default): every command goes out as
 :class:`~raysource.runtime.idempotency.Keyed` under a key, one per logical send (a uuid4) unless
@@ -59,7 +62,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from raysource.runtime.errors import (
     AggregateStoppedError,
@@ -179,7 +182,7 @@ _LOOP = _RefLoop()
 
 
 class _NotFreeYet(Exception):
-    """Internal: the resolver still returns an activation that is retiring."""
+    """Internal: the resolver still returns an activation that is retiring or dead."""
 
 
 def _actor_id(handle: Any) -> str:
@@ -234,19 +237,39 @@ class EntityRef:
         self._caller_id = ""
         self._seq = 0
         self._epoch = 0  # bumped whenever the caller id is renewed
-        self._retired: list[str] = []  # actor ids of activations that refused us (retiring)
+        # actor ids never to call again: activations that refused us (retiring; calls would
+        # delay their exit) or that Ray reported dead (a get-or-create by name can still return
+        # a killed actor until the GCS has processed its death)
+        self._retired: list[str] = []
 
     @property
     def actor(self) -> Any:
-        with self._lock:
-            return self._current()
+        """The current host handle (resolved if needed; waits while the name still leads to
+        a retiring or dead activation, ``PassivatedError`` after the retry deadline)."""
+        return self._with_current(lambda handle: handle)
+
+    def _with_current(self, use: Callable[[Any], T]) -> T:
+        """``use(handle)`` under the lock, blocking while :meth:`_current` is
+        :class:`_NotFreeYet` (for the synchronous callers: ``actor`` and ``submit``)."""
+        until = time.monotonic() + _RETRY_DEADLINE_S
+        while True:
+            with self._lock:
+                try:
+                    handle = self._current()
+                except _NotFreeYet:
+                    pass
+                else:
+                    return use(handle)
+            if time.monotonic() > until:
+                raise self._not_free()
+            time.sleep(_WAIT_FOR_NAME_S)
 
     def _current(self) -> Any:
         if self._handle is None:
             handle = self.resolver.resolve(self.aggregate_type, self.entity_id)
             if _actor_id(handle) in self._retired:
-                # the name still leads to the activation that refused us: do not call it (calls
-                # would delay its exit); wait for the resolver to return a fresh one
+                # the name still leads to an activation we must not call: wait for the
+                # resolver to return a fresh one
                 self.resolver.invalidate(self.aggregate_type, self.entity_id, handle)
                 raise _NotFreeYet()
             self._handle = handle
@@ -257,7 +280,8 @@ class EntityRef:
 
     def _renew(self, epoch: int, retired: bool = False) -> None:
         """The host of ``epoch`` is gone or stopped: re-resolve under a fresh caller id.
-        ``retired``: it refused the command because it is retiring (never call it again)."""
+        ``retired``: it refused the command because it is retiring, or Ray reported it dead
+        (never call it again)."""
         with self._lock:
             if epoch == self._epoch and self._handle is not None:
                 if retired:
@@ -268,14 +292,15 @@ class EntityRef:
 
     def _not_free(self) -> PassivatedError:
         return PassivatedError(
-            f"{self.aggregate_type.persistence_id(self.entity_id)}: the retiring activation "
-            f"still holds the name after {_RETRY_DEADLINE_S}s; not applied"
+            f"{self.aggregate_type.persistence_id(self.entity_id)}: the retiring (or dead) "
+            f"activation still holds the name after {_RETRY_DEADLINE_S}s; not applied"
         )
 
     def _give_up(self, epoch: int, err: BaseException) -> BaseException:
         out = unwrap_error(err)
         if isinstance(out, HostCrashedError):
-            self._renew(epoch)
+            # ActorDiedError: Ray will not bring that actor back (hosts have max_restarts=0)
+            self._renew(epoch, retired=isinstance(err, ActorDiedError))
         return out
 
     # ------------------------------------------------------------------ the one implementation
@@ -513,12 +538,12 @@ class EntityRef:
     def submit(self, command: Any) -> Any:
         """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping, no
         coalescing): the building block for pipelining from synchronous code."""
-        with self._lock:
-            handle = self._current()
+        def send(handle: Any) -> Any:
             ref = self._remote(handle.ask_ordered, self.entity_id, self._caller_id, self._seq,
                                command)
             self._seq += 1
             return ref
+        return self._with_current(send)
 
     # ------------------------------------------------------------------ sending
 
