@@ -18,15 +18,14 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
+from ray_cluster import ray_cluster  # noqa: E402
 from raysource.journal.api import Journal, StoredEvent  # noqa: E402
 from raysource.journal.memory import InMemoryJournal  # noqa: E402
 from raysource.sharding.allocation import ShardId  # noqa: E402
 from raysource.sharding.coordinator import CoordinatorSettings  # noqa: E402
 from raysource.sharding.coordinator_state import coordinator_persistence_id  # noqa: E402
 from raysource.sharding.ray_nodes import (  # noqa: E402
-    FAST_HEALTH_CHECKS,
     get_coordinator,
     get_or_create_coordinator,
     live_nodes,
@@ -111,24 +110,8 @@ def wait_until(predicate, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def cluster():
-    prior_namespace = None
-    if ray.is_initialized():
-        prior_namespace = ray.get_runtime_context().namespace
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
-    try:
-        worker = c.add_node(num_cpus=1)
-        ray.init(address=c.address, namespace="raysource-sharding-test", log_to_driver=False,
-                 configure_logging=False)
-        c.wait_for_nodes()
+    with ray_cluster(1, "raysource-sharding-test") as (c, [worker], _):
         yield c, worker
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        if prior_namespace is not None:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, namespace=prior_namespace)
 
 
 @pytest.fixture(scope="module")

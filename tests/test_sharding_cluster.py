@@ -9,27 +9,29 @@ journal exactly once, and nothing may appear twice.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 
-import sys
-
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-
-from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.cassandra.config import CassandraConfig
-from raysource.runtime.errors import CommandError, HostCrashedError
+from ray_cluster import ray_cluster
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.examples.seats import SHOW, ReserveSeat
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.runtime.errors import HostCrashedError
+from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.coordinator import CoordinatorSettings
-from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS, coordinator_name, live_nodes
-from raysource.runtime.shard_id import shard_of
+from raysource.sharding.ray_nodes import (
+    coordinator_name,
+    live_nodes,
+)
 from raysource.sharding.system import System
 
 # functions below run in Ray workers, which cannot import this test module by name
@@ -40,35 +42,20 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow, pytest.m
 
 @pytest.fixture(scope="module")
 def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
-    restore_ns = None
-    if ray.is_initialized():  # the session's local Ray: make room, restore it afterwards
-        restore_ns = ray.get_runtime_context().namespace
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "_system_config": FAST_HEALTH_CHECKS, "include_dashboard": False})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    ns = f"sharding-{uuid.uuid4().hex[:6]}"
-    ray.init(address=c.address, namespace=ns, log_to_driver=False)
-    host, port = cassandra_contact
-    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
-    store = StoreSpec.for_cassandra(config, create_schema=True)
-    system = System.start(
-        "shardsys", store=store, types=[LEDGER, SHOW], namespace=ns,
-        coordinator_settings=CoordinatorSettings(poll_interval=0.5, max_moves=2),
-        host_settings={"ledger": {"retire_grace_s": 0.2}},
-    )
-    try:
-        yield {"cluster": c, "workers": workers, "system": system, "config": config, "ns": ns}
-    finally:
+    with ray_cluster(2, "sharding") as (c, workers, ns):
+        host, port = cassandra_contact
+        config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+        store = StoreSpec.for_cassandra(config, create_schema=True)
+        system = System.start(
+            "shardsys", store=store, types=[LEDGER, SHOW], namespace=ns,
+            coordinator_settings=CoordinatorSettings(poll_interval=0.5, max_moves=2),
+            host_settings={"ledger": {"retire_grace_s": 0.2}},
+        )
         try:
-            system.shutdown(timeout=10)
+            yield {"cluster": c, "workers": workers, "system": system, "config": config,
+                   "ns": ns}
         finally:
-            ray.shutdown()
-            c.shutdown()
-            if restore_ns is not None:
-                ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, namespace=restore_ns)
+            system.shutdown(timeout=10)
 
 
 def journal_ops(config: CassandraConfig, type_pid_prefix: str, ids: list[str]) -> dict:
@@ -130,7 +117,7 @@ class Load:
                     self.failed.append(exc)
             n += 1
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self

@@ -25,8 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
-
+from ray_cluster import ray_cluster
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
@@ -34,7 +33,6 @@ from raysource.journal.serialization import Serialization
 from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.coordinator import CoordinatorSettings
-from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS
 from raysource.sharding.system import System
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -103,7 +101,7 @@ class Load:
                     self.other[eid].append((op, exc))
             n += 1
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self
@@ -116,25 +114,11 @@ class Load:
 
 @pytest.fixture(scope="module")
 def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
-    restore_ns = None
-    if ray.is_initialized():  # the session's local Ray: make room, restore it afterwards
-        restore_ns = ray.get_runtime_context().namespace
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "_system_config": FAST_HEALTH_CHECKS, "include_dashboard": False})
-    ns = f"shared-{uuid.uuid4().hex[:6]}"
-    ray.init(address=c.address, namespace=ns, log_to_driver=False)
-    host, port = cassandra_contact
-    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                             fencing=False)
-    try:
+    with ray_cluster(0, "shared") as (c, _, ns):
+        host, port = cassandra_contact
+        config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
+                                 fencing=False)
         yield {"cluster": c, "config": config, "ns": ns}
-    finally:
-        ray.shutdown()
-        c.shutdown()
-        if restore_ns is not None:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, namespace=restore_ns)
 
 
 def test_moving_one_shard_out_of_a_shared_host_keeps_one_writer_and_the_others_running(

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
-
-from raysource.errors import CommandRejected, ConfigError, PersistFailedError, TimerNotDueError
 from raysource.examples.seats import (
     SHOW,
     ConfirmHold,
@@ -25,30 +23,23 @@ from raysource.examples.seats import (
     SeatHeld,
     SeatReserved,
 )
-from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import SnapshotPolicy, persist, schedule
-from raysource.runtime.core import EntityCore
 from raysource.runtime.idempotency import Keyed
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.runtime.timers import FIRED_FIELD, TimerFire, fire_key
 from raysource.sharding.timer_pump import TimerPump, TimerSettings
-from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.timers.memory import InMemoryTimerStore
+from timer_attack_world import World as AlarmWorld
 from unit_guard import no_ray  # noqa: F401
 
+from raysource.errors import (
+    CommandRejected,
+    ConfigError,
+    PersistFailedError,
+    TimerNotDueError,
+)
+
 SER = serialization_for(SHOW, StoreSpec())
-T0 = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def ms(self) -> int:
-        return int(self.now.timestamp() * 1000)
 
 
 class FlakyTimerStore(InMemoryTimerStore):
@@ -68,50 +59,17 @@ class FlakyTimerStore(InMemoryTimerStore):
         await super().upsert(rows)
 
 
-class World:
-    """A journal, stores and activations by entity id (``passivate`` drops them)."""
+class World(AlarmWorld):
+    """The attack tests' world (tests/timer_attack_world.py) around the seat example, with the
+    pump's default retry delay."""
 
     def __init__(self, agg=SHOW, store=None) -> None:
-        self.agg = agg
-        self.clock = Clock()
-        self.journal = InMemoryJournal()
-        self.snaps = InMemorySnapshotStore()
-        self.store = store or InMemoryTimerStore()
-        self.cores: dict[str, EntityCore] = {}
-        self.activations = 0
-
-    def core(self, eid: str) -> EntityCore:
-        if eid not in self.cores or self.cores[eid].stopped:
-            self.activations += 1
-            self.cores[eid] = EntityCore(self.agg, eid, self.journal, self.snaps,
-                                         serialization_for(self.agg, StoreSpec()),
-                                         writer_id=f"w{self.activations}",
-                                         wall_clock=self.clock, timer_store=self.store)
-        return self.cores[eid]
-
-    async def passivate(self) -> None:
-        for c in self.cores.values():
-            await c.stop()
-        self.cores.clear()
-
-    async def send(self, type_name: str, pid: str, fires: list[TimerFire]) -> list:
-        core = self.core(pid.split("|", 1)[1])
-        out = await asyncio.gather(*(core.handle(Keyed(f, fire_key(f.timer_id)))
-                                     for f in fires), return_exceptions=True)
-        return list(out)
+        super().__init__(agg, store=store)
 
     def pump(self, **settings) -> TimerPump:
-        shards = [(self.agg.name, s) for s in range(self.agg.number_of_shards)]
+        return super().pump(**{"retry_after_s": TimerSettings().retry_after_s, **settings})
 
-        async def owned():
-            return shards
-
-        return TimerPump(self.store, self.send, owned, TimerSettings(**settings),
-                         wall_ms=self.clock.ms)
-
-    async def events(self, eid: str) -> list:
-        pid = self.agg.persistence_id(eid)
-        return [e async for e in self.journal.replay(pid)]
+    passivate = AlarmWorld.restart
 
 
 def _types(events) -> list[str]:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
-
+from ray_cluster import ray_cluster
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.serialization import Serialization
@@ -29,7 +27,6 @@ from raysource.runtime.aggregate import AggregateType, persist, reply, schedule
 from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.coordinator import CoordinatorSettings
-from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS
 from raysource.sharding.system import System
 from raysource.sharding.timer_pump import TimerSettings
 
@@ -100,34 +97,19 @@ ALARM = AggregateType("alarm", (), _handle, _apply, events=(Armed, Disarmed, Ran
 
 @pytest.fixture(scope="module")
 def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
-    restore_ns = None
-    if ray.is_initialized():
-        restore_ns = ray.get_runtime_context().namespace
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "_system_config": FAST_HEALTH_CHECKS, "include_dashboard": False})
-    workers = [c.add_node(num_cpus=1) for _ in range(2)]
-    c.wait_for_nodes()
-    ns = f"timers-{uuid.uuid4().hex[:6]}"
-    ray.init(address=c.address, namespace=ns, log_to_driver=False)
-    host, port = cassandra_contact
-    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
-    system = System.start(
-        "timersys", store=StoreSpec.for_cassandra(config, create_schema=True), types=[ALARM],
-        namespace=ns, coordinator_settings=CoordinatorSettings(poll_interval=0.5),
-        timers=TimerSettings(poll_interval_s=0.5, max_fires_per_s=2000, max_in_flight=8),
-    )
-    try:
-        yield {"cluster": c, "workers": workers, "system": system, "config": config}
-    finally:
+    with ray_cluster(2, "timers") as (c, workers, ns):
+        host, port = cassandra_contact
+        config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+        system = System.start(
+            "timersys", store=StoreSpec.for_cassandra(config, create_schema=True),
+            types=[ALARM], namespace=ns,
+            coordinator_settings=CoordinatorSettings(poll_interval=0.5),
+            timers=TimerSettings(poll_interval_s=0.5, max_fires_per_s=2000, max_in_flight=8),
+        )
         try:
-            system.shutdown(timeout=10)
+            yield {"cluster": c, "workers": workers, "system": system, "config": config}
         finally:
-            ray.shutdown()
-            c.shutdown()
-            if restore_ns is not None:
-                ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False, namespace=restore_ns)
+            system.shutdown(timeout=10)
 
 
 def journal_of(config: CassandraConfig, ids: list[str]) -> dict[str, list]:
@@ -205,11 +187,11 @@ def test_the_timers_of_a_lost_node_fire_from_the_shards_new_home(cluster) -> Non
 def test_ten_thousand_timers_due_at_once_fire_exactly_once(cluster) -> None:
     system: System = cluster["system"]
     ids = [f"crowd-{i}" for i in range(100)]
-    due = datetime.now(timezone.utc) + timedelta(seconds=20)
+    due = datetime.now(UTC) + timedelta(seconds=20)
     fired_before = sum(i.get("fired", 0) for i in system.timer_info())
     for eid in ids:  # 100 aggregates x 100 timers, all due at the same instant
         system.entity(ALARM, eid).ask(Arm(100, at=due), timeout=60)
-    armed_late = datetime.now(timezone.utc) > due
+    armed_late = datetime.now(UTC) > due
     took = wait_for(
         lambda: sum(i.get("fired", 0) for i in system.timer_info()) - fired_before >= 10_000,
         240, "10,000 timers were not all delivered")
