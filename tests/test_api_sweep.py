@@ -26,6 +26,7 @@ from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
     ObjectLostError,
+    RayActorError,
     RayError,
     RaySystemError,
 )
@@ -94,6 +95,20 @@ async def _every_ref_call(ref) -> list[tuple[str, object]]:
     return out
 
 
+async def _until_dead(handle, entity_id: str, within_s: float = 30.0) -> None:
+    """Return once a call to ``handle`` fails with ``ActorDiedError`` (after ``ray.kill``)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await asyncio.wait_for(handle.state.remote(entity_id), 5)
+        except ActorDiedError:
+            return
+        except (RayActorError, asyncio.TimeoutError):
+            pass  # unavailable or slow: not reported dead yet
+        assert time.monotonic() < deadline, "the killed actor was never reported dead"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.parametrize("placement", ["dedicated", "hosted"])
 async def test_every_ref_call_during_a_host_crash_ends_in_a_reply_or_a_raysource_error(
         config, ray_local, placement) -> None:
@@ -103,12 +118,16 @@ async def test_every_ref_call_during_a_host_crash_ends_in_a_reply_or_a_raysource
         assert await ref.ask_async(Append("first"), timeout=60) == 1
         calls = asyncio.ensure_future(_every_ref_call(ref))
         await asyncio.sleep(0.05)  # calls in flight
-        ray.kill(ref.actor)  # the host crashes (not restartable: re-created on resolve)
+        killed = ref.actor
+        ray.kill(killed)  # the host crashes (not restartable: re-created on resolve)
+        # ray.kill returns before the actor is dead: a call right after it may still be
+        # answered by it (CI: the check below then passed on the doomed actor and round 2
+        # met the crash). Wait until Ray reports it dead.
+        await _until_dead(killed, ref.entity_id)
         for name, outcome in await calls:
             assert_typed(outcome, name)
         # after the crash every call reaches a fresh activation (a ref still holding the
-        # dead handle answers HostCrashedError once, then re-resolves: refs' documented rule;
-        # CI once saw a second one: the name still led to the killed actor)
+        # dead handle answers HostCrashedError once, then re-resolves: refs' documented rule)
         try:
             await ref.state_async(timeout=60)
         except HostCrashedError:
@@ -139,6 +158,7 @@ async def test_a_ref_never_calls_an_actor_ray_reported_dead_again(ray_local) -> 
     dead, fresh = host.remote("dead"), host.remote("fresh")
     assert await dead.state.remote("e") == "dead"
     ray.kill(dead)
+    await _until_dead(dead, "e")
 
     class _Lagging:
         """The name leads to the killed actor for the first few resolves."""
