@@ -140,9 +140,9 @@ async def test_every_ref_call_during_a_host_crash_ends_in_a_reply_or_a_raysource
 
 
 async def test_a_ref_never_calls_an_actor_ray_reported_dead_again(ray_local) -> None:
-    """A get-or-create by name can return a killed host until the GCS has processed its death
-    (CI: a second HostCrashedError after the crash). The ref answers HostCrashedError for the
-    dead handle once, then waits for a fresh activation: no later call of any shape fails."""
+    """A get-or-create by name can return a killed host until the GCS has processed its death.
+    The ref answers HostCrashedError for the dead handle once, then waits for a fresh
+    activation: no later call of any shape fails."""
 
     class _Host:
         def __init__(self, name: str) -> None:

@@ -28,10 +28,7 @@ from raysource.runtime.errors import HostCrashedError
 from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.coordinator import CoordinatorSettings
-from raysource.sharding.ray_nodes import (
-    coordinator_name,
-    live_nodes,
-)
+from raysource.sharding.ray_nodes import coordinator_name, live_nodes
 from raysource.sharding.system import System
 
 # functions below run in Ray workers, which cannot import this test module by name

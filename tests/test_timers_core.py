@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
+from raysource.errors import CommandRejected, ConfigError, PersistFailedError, TimerNotDueError
 from raysource.examples.seats import (
     SHOW,
     ConfirmHold,
@@ -31,13 +32,6 @@ from raysource.sharding.timer_pump import TimerPump, TimerSettings
 from raysource.timers.memory import InMemoryTimerStore
 from timer_attack_world import World as AlarmWorld
 from unit_guard import no_ray  # noqa: F401
-
-from raysource.errors import (
-    CommandRejected,
-    ConfigError,
-    PersistFailedError,
-    TimerNotDueError,
-)
 
 SER = serialization_for(SHOW, StoreSpec())
 
