@@ -189,6 +189,89 @@ async def test_a_ref_never_calls_an_actor_ray_reported_dead_again(ray_local) -> 
     ray.kill(fresh)
 
 
+class _Keys:
+    """Which host received which idempotency key (stands in for the journal)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def add(self, key: str, host: str) -> None:
+        self.seen.append((key, host))
+
+    def get(self) -> list[tuple[str, str]]:
+        return self.seen
+
+
+class _DyingHost:
+    """Receives commands (recording their keys); ``hang``: never replies (it dies with them)."""
+
+    def __init__(self, name: str, keys, hang: bool) -> None:  # noqa: ANN001
+        self.name, self.keys, self.hang = name, keys, hang
+
+    async def state(self, _entity_id: str) -> str:
+        return self.name
+
+    async def _take(self, commands) -> None:  # noqa: ANN001
+        for command in commands:
+            await self.keys.add.remote(command.key, self.name)
+        if self.hang:
+            await asyncio.sleep(3600)
+
+    async def ask_ordered(self, _entity_id, _caller, _seq, command) -> str:  # noqa: ANN001
+        await self._take([command])
+        return self.name
+
+    async def ask_many(self, _entity_id, _caller, _seq, commands) -> list:  # noqa: ANN001
+        await self._take(commands)
+        return [self.name] * len(commands)
+
+
+@pytest.mark.parametrize("shape", ["ask", "ask_many"])
+async def test_an_unknown_outcome_is_never_answered_not_applied_while_the_name_lags(
+        ray_local, monkeypatch, shape) -> None:
+    """The host dies with keyed commands in flight after the not-applied retry window has
+    passed, and the name still leads to the dead actor for a few resolves. The commands may be
+    stored, so the ref must not answer "not applied" (a caller would re-send under a new key):
+    it waits for the fresh activation and re-sends under the same keys (hostile review)."""
+    from raysource.runtime.actors import refs
+
+    monkeypatch.setattr(refs, "_RETRY_DEADLINE_S", 1.5)  # the window passes before the kill
+    keys = ray.remote(_Keys).remote()
+    host = ray.remote(_DyingHost).options(max_concurrency=10)
+    dead, fresh = host.remote("dead", keys, True), host.remote("fresh", keys, False)
+    await asyncio.gather(dead.state.remote("e"), fresh.state.remote("e"))
+
+    class _Lagging:
+        killed = False
+        after_kill = 0
+
+        def resolve(self, _type, _entity_id):  # noqa: ANN001
+            if not self.killed:
+                return dead
+            self.after_kill += 1
+            return dead if self.after_kill <= 3 else fresh
+
+        def invalidate(self, _type, _entity_id, handle=None) -> None:  # noqa: ANN001
+            pass
+
+    resolver = _Lagging()
+    ref = EntityRef(LEDGER, "e", resolver)  # idempotency keys on (the default)
+    call = asyncio.ensure_future(
+        ref.ask_async(Append("x"), timeout=60) if shape == "ask"
+        else ref.ask_many_async([Append("x"), Append("y")], timeout=60))
+    await asyncio.sleep(2.5)
+    resolver.killed = True
+    ray.kill(dead)
+    answer = await call
+    answers = [answer] if shape == "ask" else answer
+    assert answers == ["fresh"] * len(answers), answers
+    seen = await keys.get.remote()
+    sent = {k for k, h in seen if h == "dead"}
+    assert len(sent) == len(answers) and sent == {k for k, h in seen if h == "fresh"}, seen
+    assert resolver.after_kill == 4  # it waited the lag out instead of giving up
+    ray.kill(fresh)
+
+
 async def test_a_command_ray_cannot_pickle_is_not_applied_and_the_ref_goes_on(
         config, ray_local) -> None:
     """A command holding an unpicklable value never leaves the caller: UnserializableError

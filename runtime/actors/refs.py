@@ -401,9 +401,10 @@ class EntityRef:
                         with_epoch=True, keyed_until=keyed_until)
                     first = None
                 except _GaveUp as gave_up:
-                    for i in pending:
-                        results[i] = naming_key(gave_up.error, key_of(commands[i])) \
-                            if isinstance(gave_up.error, OutcomeUnknownError) else gave_up.error
+                    for i in pending:  # a command left unknown earlier stays unknown
+                        error = unknown.get(i, gave_up.error)
+                        results[i] = naming_key(error, key_of(commands[i])) \
+                            if isinstance(error, OutcomeUnknownError) else error
                     pending.clear()
                     return
                 pending[:] = self._settle(list(pending), outcomes, results, epoch, retry_until,
@@ -468,8 +469,11 @@ class EntityRef:
                 try:
                     ref, epoch = submit()
                 except _NotFreeYet:
-                    if time.monotonic() > retry_until:
-                        return self._raise(self._not_free(), with_epoch)
+                    # after an unknown outcome the command may be stored: never answer "not
+                    # applied" for it; wait for a fresh activation until the call's deadline
+                    if time.monotonic() > (retry_until if unknown is None else keyed_until):
+                        return self._raise(self._not_free() if unknown is None else unknown,
+                                           with_epoch)
                     await asyncio.sleep(_WAIT_FOR_NAME_S)
                     continue
             try:
