@@ -5,14 +5,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo serve-demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
+.PHONY: setup lint demo serve-demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
 
 setup: $(VENV)/.installed
 
+# editable_mode=strict: a link tree under build/ that static tools (mypy, IDEs, jedi) follow as
+# plain files; a module added later needs `make setup` again (touch pyproject.toml) to be linked.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	$(BIN)/python -c "from raysource.app.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
 	touch $@
 
@@ -24,6 +26,11 @@ demo: setup
 # to keep serving (OpenAPI at http://127.0.0.1:8000/docs), e.g. make serve-demo SERVE_ARGS=--replicas=2
 serve-demo: setup
 	$(BIN)/raysource serve --demo $(SERVE_ARGS)
+
+# ruff (lint + import order) and mypy (strict on the engine, see pyproject.toml [tool.mypy])
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

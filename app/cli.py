@@ -22,8 +22,8 @@ own beyond argument parsing and printing.
 Bad input is one line on stderr and a non-zero exit (2: usage or configuration, 1: a failed
 run), within seconds: arguments are checked before anything connects, a Ray ``--address`` is
 probed before Ray is asked to join it (``raysource.runtime.actors.cluster.connect_ray``), and
-Cassandra is reached with a short connect timeout. Cassandra credentials and TLS come from the environment
-(``RAYSOURCE_CASSANDRA_USERNAME``, ``..._PASSWORD_FILE``, ``..._TLS_CA``, ...: see
+Cassandra is reached with a short connect timeout. Cassandra credentials and TLS come from the
+environment (``RAYSOURCE_CASSANDRA_USERNAME``, ``..._PASSWORD_FILE``, ``..._TLS_CA``, ...: see
 ``raysource.journal.cassandra.config``), never from the command line.
 """
 
@@ -33,8 +33,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from raysource.journal.errors import ConfigError, RaysourceError
 from raysource.app.local_node import LocalCassandra
+from raysource.journal.errors import ConfigError, RaysourceError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -324,8 +324,8 @@ def _projection_op(args: argparse.Namespace) -> int:
     """``projection verify|parked|retry|skip|set-offset`` (operating a projection)."""
     import asyncio
 
-    from raysource.runtime.actors.cluster import connect_ray
     from raysource.readside.projections import offset_from_str
+    from raysource.runtime.actors.cluster import connect_ray
 
     spec = _load_spec(args.spec) if args.action in ("verify", "set-offset") or not args.name \
         else None
@@ -389,8 +389,8 @@ def _projection(args: argparse.Namespace) -> int:
     if args.action in _READSIDE_OPS:
         return _projection_op(args)
 
-    from raysource.runtime.actors.cluster import connect_ray
     from raysource.readside.projections import offset_from_str
+    from raysource.runtime.actors.cluster import connect_ray
 
     spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
     name = args.name or spec.name
@@ -434,8 +434,8 @@ def _view(args: argparse.Namespace) -> int:
     """``view reservations CUSTOMER``: query the example read-side view."""
     import asyncio
 
-    from raysource.journal.cassandra.session import CassandraSession
     from raysource.examples.reservations_view import reservations_of
+    from raysource.journal.cassandra.session import CassandraSession
 
     config = _config(args, connect_timeout=5.0)
 

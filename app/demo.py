@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from raysource.journal.cassandra.config import CassandraConfig
 from raysource.app.demo_holds import HoldCheck
 from raysource.app.loadtest import LoadExtension, LoadTestParams, Say, run_standalone
+from raysource.journal.cassandra.config import CassandraConfig
 from raysource.sharding.system import System
 
 __all__ = ["DEMO_PARAMS", "DemoResult", "ReadSideCheck", "run_demo"]
@@ -171,8 +171,8 @@ class ReadSideCheck:
 
 async def _view_rows(config: CassandraConfig, customers: list[str]
                      ) -> dict[str, list[tuple[str, str]]]:
-    from raysource.journal.cassandra.session import CassandraSession
     from raysource.examples.reservations_view import reservations_of
+    from raysource.journal.cassandra.session import CassandraSession
 
     async with CassandraSession(config) as session:
         return {c: await reservations_of(session, config.keyspace, c) for c in customers}

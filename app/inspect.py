@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from raysource.journal.api import Journal, StoredEvent
 from raysource.app.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
+from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import (
     ConfigError,
     JournalError,

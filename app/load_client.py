@@ -1,12 +1,13 @@
 """The load client: a Ray actor that drives one share of a workload against a system.
 
 Clients are Ray actors so load can come from every node of a cluster. Each joins the system by
-name (``System.start`` is get-or-create), holds its *own* :class:`~raysource.runtime.actors.refs.EntityRef` per
-entity (one ref = one caller, so its commands keep their send order) and keeps ``window``
-commands in flight with ``ask_async``. With ``ClientSetup.http_url`` it sends the same
-commands over HTTP instead, to the seat service (:mod:`raysource.service.seats`) with an httpx
-client: 2xx is accepted, 409 rejected, anything else an error (so both paths report the same
-figures, and the HTTP layer's cost shows beside direct reference calls).
+name (``System.start`` is get-or-create), holds its *own*
+:class:`~raysource.runtime.actors.refs.EntityRef` per entity (one ref = one caller, so its commands
+keep their send order) and keeps ``window`` commands in flight with ``ask_async``. With
+``ClientSetup.http_url`` it sends the same commands over HTTP instead, to the seat service
+(:mod:`raysource.service.seats`) with an httpx client: 2xx is accepted, 409 rejected, anything else
+an error (so both paths report the same figures, and the HTTP layer's cost shows beside direct
+reference calls).
 
 Contract of :meth:`LoadClient.run`: every command it sends gets exactly one recorded outcome —
 ``accepted`` (a reply), ``rejected`` (``CommandRejected``) or ``error`` (anything else,
@@ -26,10 +27,10 @@ from typing import Any
 
 import ray
 
-from raysource.runtime.errors import CommandRejected
-from raysource.runtime.actors.refs import EntityRef
-from raysource.runtime.stores import StoreSpec
 from raysource.app.workloads import Workload
+from raysource.runtime.actors.refs import EntityRef
+from raysource.runtime.errors import CommandRejected
+from raysource.runtime.stores import StoreSpec
 
 __all__ = ["ClientResult", "ClientSetup", "LoadClient", "OUTCOMES"]
 

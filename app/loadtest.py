@@ -36,16 +36,16 @@ from typing import Any, Protocol
 
 import ray
 
-from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ConfigError
-from raysource.runtime.stores import StoreSpec
 from raysource.app.consistency import ConsistencyReport, check, pick_sample
 from raysource.app.load_client import ClientResult, ClientSetup, LoadClient
 from raysource.app.load_report import aggregate, summary_lines, write
+from raysource.app.workloads import WORKLOADS, make_workload
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.errors import ConfigError
 from raysource.runtime.actors.cluster import parse_name, system_of
+from raysource.runtime.stores import StoreSpec
 from raysource.sharding.ray_nodes import named_actors
 from raysource.sharding.system import System, unique_system_name
-from raysource.app.workloads import WORKLOADS, make_workload
 
 __all__ = ["LoadExtension", "LoadTestParams", "LoadTestReport", "run_loadtest",
            "run_standalone"]

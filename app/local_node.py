@@ -4,8 +4,9 @@ Size: ~560 lines: the node's life cycle (resolve, configure, start, wait, stop, 
 source selection; its JVM flags and yaml are plain data in ``raysource.app.node_config``.
 
 The node is built from Maven Central's ``cassandra-all`` jars (resolved once with the small pom in
-``cassandra-pom.xml`` (package data beside this module) into a cache outside the repo) and started as a plain
-``CassandraDaemon`` JVM with the JDK 17 flags and fast-start settings of a throwaway node.
+``cassandra-pom.xml`` (package data beside this module) into a cache outside the repo) and started
+as a plain ``CassandraDaemon`` JVM with the JDK 17 flags and fast-start settings of a throwaway
+node.
 
     node = LocalCassandra()          # state under $RAYSOURCE_HOME (default ~/.cache/raysource)
     status = node.start()            # reuses a running node; waits until CQL answers
@@ -16,8 +17,8 @@ The node is built from Maven Central's ``cassandra-all`` jars (resolved once wit
 contact point (``RAYSOURCE_CASSANDRA=host:port``), a running local node, Docker via
 testcontainers when a Docker engine answers, else it starts the local node from Maven jars.
 
-Every failure raises :class:`~raysource.app.errors.CassandraNodeError` saying what failed and where the
-log is. This module never imports Ray.
+Every failure raises :class:`~raysource.app.errors.CassandraNodeError` saying what failed and where
+the log is. This module never imports Ray.
 """
 
 from __future__ import annotations

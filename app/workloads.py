@@ -23,8 +23,6 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from raysource.journal.errors import ConfigError
-from raysource.runtime.aggregate import NO_SNAPSHOTS, AggregateType, SnapshotPolicy
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.examples.seats import (
     DEFAULT_SEATS,
@@ -34,6 +32,8 @@ from raysource.examples.seats import (
     ReserveSeat,
     seat_label,
 )
+from raysource.journal.errors import ConfigError
+from raysource.runtime.aggregate import NO_SNAPSHOTS, AggregateType, SnapshotPolicy
 
 __all__ = ["WORKLOADS", "CommandSource", "Workload", "make_workload", "zipf_cum_weights"]
 

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raysource.runtime.aggregate import AggregateType, Effect, SnapshotPolicy, persist, reject, reply
-from raysource.runtime.aggregate import unknown_command
+from raysource.runtime.aggregate import (
+    AggregateType,
+    Effect,
+    SnapshotPolicy,
+    persist,
+    reject,
+    reply,
+    unknown_command,
+)
 
 __all__ = ["LEDGER", "Append", "Appended", "GetBalance", "LedgerState"]
 

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from raysource.examples.seats import SHOW, ReservationCancelled, SeatReserved
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig, validate_identifier
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
-from raysource.runtime.aggregate import split_persistence_id
-from raysource.examples.seats import SHOW, ReservationCancelled, SeatReserved
-from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSettings, \
-    ProjectionSpec
+from raysource.readside.projections import (
+    EventEnvelope,
+    ProjectionHandler,
+    ProjectionSettings,
+    ProjectionSpec,
+)
 from raysource.readside.verify import verify_applied
 from raysource.readside.views import EffectivelyOnceView
+from raysource.runtime.aggregate import split_persistence_id
 
 __all__ = [
     "RESERVATIONS",

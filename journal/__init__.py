@@ -3,6 +3,8 @@
 Only light modules are imported eagerly; the Cassandra pieces load cassandra-driver on access.
 """
 
+from typing import TYPE_CHECKING
+
 from raysource.journal._lazy import lazy_getattr
 from raysource.journal.api import (
     Journal,
@@ -30,6 +32,15 @@ __all__ = [
     "create_schema",
     "schema_cql",
 ]
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
+    from raysource.journal.cassandra import (
+        CassandraConfig,
+        CassandraJournal,
+        CassandraSession,
+        create_schema,
+        schema_cql,
+    )
 
 _LAZY = {name: "raysource.journal.cassandra" for name in (
     "CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema", "schema_cql")}

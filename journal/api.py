@@ -9,8 +9,8 @@ Contract (checked for every backend by ``tests/contract``):
   numbers are contiguous and start at the number the writer expects to be next. Either the whole
   group becomes durable and readable, or none of it does.
 * With the fencing guard on (``capabilities.fencing``), an append whose sequence numbers are
-  (partly) taken raises :class:`~raysource.journal.errors.ConcurrentWriteError` and writes nothing. Two
-  writers on one persistence id therefore can never both append the same sequence number; the
+  (partly) taken raises :class:`~raysource.journal.errors.ConcurrentWriteError` and writes nothing.
+  Two writers on one persistence id therefore can never both append the same sequence number; the
   loser learns it is stale. An append of a group that is already stored exactly (every number
   held by the same writer with the same payload: the same append delivered twice) is a success
   that writes nothing. With the guard off, the backend documents what happens instead.
@@ -71,7 +71,7 @@ class TagOffset:
     sequence_nr: int = 0
 
     @classmethod
-    def start(cls) -> "TagOffset":
+    def start(cls) -> TagOffset:
         return cls(0, "", 0)
 
 

@@ -106,7 +106,7 @@ class SerializationError(RaysourceError):
             (type(self), self.detail, self.persistence_id, self.sequence_nr),
         )
 
-    def at(self, persistence_id: str | None, sequence_nr: int | None) -> "SerializationError":
+    def at(self, persistence_id: str | None, sequence_nr: int | None) -> SerializationError:
         """A copy of this error that names the record it happened on."""
         err = type(self)(self.detail, persistence_id=persistence_id, sequence_nr=sequence_nr)
         err.__cause__ = self.__cause__

@@ -1,4 +1,5 @@
-"""The two helpers behind the serializer's round-trip rule (see :mod:`raysource.journal.serialization`).
+"""The two helpers behind the serializer's round-trip rule (see
+:mod:`raysource.journal.serialization`).
 
 * :func:`difference` compares a value with what its payload decoded back to: structurally and
   type-strictly (never through the classes' own ``__eq__``), returning a one-line description

@@ -65,8 +65,9 @@ that received the class by value (its module is not there), so ``register`` (and
 ``AggregateType``, for the classes it declares) replaces them by the objects they name while the
 defining module is at hand.
 
-Every failure is a typed :class:`~raysource.journal.errors.SerializationError` naming the persistence id
-and sequence number when given. Encoding has no side effect, so a failed encode writes nothing.
+Every failure is a typed :class:`~raysource.journal.errors.SerializationError` naming the
+persistence id and sequence number when given. Encoding has no side effect, so a failed encode
+writes nothing.
 """
 
 from __future__ import annotations

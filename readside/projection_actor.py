@@ -2,8 +2,8 @@
 
 Each worker of a :class:`~raysource.readside.projections.ProjectionSpec` is a named async Ray actor
 ``"raysource-projection:<name>:<slice>-of-<n>"`` wrapping a
-:class:`~raysource.readside.projections.ProjectionWorker` (its name keeps one live worker per slice, which
-the effectively-once view writers rely on). It opens its own Cassandra session in its process.
+:class:`~raysource.readside.projections.ProjectionWorker` (its name keeps one live worker per slice,
+which the effectively-once view writers rely on). It opens its own Cassandra session in its process.
 Actors are created with ``max_restarts=-1``: a crashed or killed worker is re-created by Ray,
 re-runs ``__init__``, reads its stored offset and desired state, and resumes by itself.
 ``stop`` kills it for good (``no_restart``); the stored offset stays.
@@ -29,15 +29,11 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError, RayTaskError
 
-from raysource.runtime.actors.cluster import connect_ray, projection_name, projection_prefix
-
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.errors import RaysourceError
 from raysource.readside.errors import ProjectionError
-from raysource.journal.cassandra.session import CassandraSession
-from raysource.runtime.logs import configure_from_env
-from raysource.runtime.actors.ray_metrics import RayMetrics
 from raysource.readside.offsets import CassandraOffsetStore
 from raysource.readside.projections import (
     ProjectionSpec,
@@ -46,6 +42,9 @@ from raysource.readside.projections import (
     worker_key,
 )
 from raysource.readside.worker import ProjectionWorker
+from raysource.runtime.actors.cluster import connect_ray, projection_name, projection_prefix
+from raysource.runtime.actors.ray_metrics import RayMetrics
+from raysource.runtime.logs import configure_from_env
 
 __all__ = ["ProjectionActor", "Projections", "connect_ray"]
 

@@ -7,13 +7,14 @@ Event streams (:class:`EventStreams`)
 * ``current_events_by_tag(tag, after)`` — what is visible now, then completes;
 * ``events_by_tag(tag, after)`` — live: re-runs the current query from the last offset every
   ``poll_interval`` seconds, so a new event shows up within ``eventual_consistency_delay +
-  poll_interval`` (the raysource.journal's tag-visibility delay, see ``raysource.journal.cassandra.journal``);
+  poll_interval`` (the raysource.journal's tag-visibility delay, see
+  ``raysource.journal.cassandra.journal``);
 * ``events_by_persistence_id(pid, from_sequence_nr)`` — one aggregate's events in order.
 
 Every element is an :class:`EventEnvelope` (decoded event, persistence id, sequence number,
-offset, timestamp). Offsets are :class:`~raysource.journal.api.TagOffset` values: totally ordered per tag,
-and serializable with :func:`offset_to_str` / :func:`offset_from_str`. The journal delivers at
-least once (a slow tag write is re-written with a later offset); streams drop a delivery whose
+offset, timestamp). Offsets are :class:`~raysource.journal.api.TagOffset` values: totally ordered
+per tag, and serializable with :func:`offset_to_str` / :func:`offset_from_str`. The journal delivers
+at least once (a slow tag write is re-written with a later offset); streams drop a delivery whose
 sequence number is not above the last one seen for its persistence id (per-id order is the
 journal's order, so this is exact while the id is remembered; ``dedupe_capacity`` ids are kept,
 least recently used first out).
@@ -51,9 +52,9 @@ from typing import Any, Literal
 
 from raysource.journal.api import Journal, TaggedEvent, TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.errors import ConfigError
 from raysource.journal.serialization import Serialization
-from raysource.journal.cassandra.session import CassandraSession
 from raysource.runtime.aggregate import AggregateType
 
 __all__ = [

@@ -50,7 +50,6 @@ from raysource.journal.errors import ConfigError, JournalError, JournalUnavailab
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
 from raysource.readside.parking import ParkedStreams, retry_stream
-from raysource.readside.slices import Feed, SliceReader, accept_feed
 from raysource.readside.projections import (
     _STORE_ERROR,
     EventEnvelope,
@@ -63,6 +62,7 @@ from raysource.readside.projections import (
     slice_of,
     worker_key,
 )
+from raysource.readside.slices import Feed, SliceReader, accept_feed
 from raysource.runtime.metrics import Metrics
 
 __all__ = ["ProjectionWorker"]
@@ -218,7 +218,7 @@ class ProjectionWorker:
                 continue
             try:
                 await asyncio.wait_for(asyncio.shield(task), 30.0)
-            except asyncio.TimeoutError:  # a handler that hangs: give up on it
+            except TimeoutError:  # a handler that hangs: give up on it
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
@@ -467,7 +467,7 @@ class ProjectionWorker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._halt.wait(), delay)
                 if self._halt.is_set():
-                    raise _Halted()
+                    raise _Halted() from None
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ parked streams

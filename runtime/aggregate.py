@@ -103,7 +103,7 @@ class Persist(Effect):
     events: tuple[Any, ...]
     reply: Any = None
     then: tuple[Callable[[Any], Any], ...] = ()
-    schedule: tuple["Schedule", ...] = ()
+    schedule: tuple[Schedule, ...] = ()
     cancel: tuple[str, ...] = ()
 
     def reply_for(self, new_state: Any) -> Any:
@@ -140,7 +140,7 @@ def persist(
     *events: Any,
     reply: Any = None,
     then: Callable[[Any], Any] | Iterable[Callable[[Any], Any]] = (),
-    schedule: "Schedule | Iterable[Schedule]" = (),
+    schedule: Schedule | Iterable[Schedule] = (),
     cancel: str | Iterable[str] = (),
 ) -> Persist:
     """Persist ``events`` atomically, then reply ``reply`` (a value or ``(new_state) -> value``).

@@ -27,9 +27,9 @@ mixin for size (``raysource.runtime.core_timers``).
   (another activation writes this persistence id) fails the flush and everything queued with
   ``AggregateStoppedError`` and stops the core for good.
 
-The host (:class:`raysource.runtime.host.AggregateHost`) calls :meth:`EntityCore.handle` — after restoring
-per-caller submission order, which Ray's async actors do not keep, in its own buffer so that it
-survives passivation — and :meth:`EntityCore.stop` to passivate, using
+The host (:class:`raysource.runtime.host.AggregateHost`) calls :meth:`EntityCore.handle` — after
+restoring per-caller submission order, which Ray's async actors do not keep, in its own buffer so
+that it survives passivation — and :meth:`EntityCore.stop` to passivate, using
 :attr:`EntityCore.last_activity` to decide when.
 """
 
@@ -50,12 +50,16 @@ from typing import Any
 from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
 from raysource.journal.errors import (
     ConcurrentWriteError,
+    ConfigError,
     JournalError,
     JournalOutcomeUnknownError,
     NotAppliedError,
     OutcomeUnknownError,
     SerializationError,
 )
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
+from raysource.runtime.core_timers import TimerSteps
 from raysource.runtime.errors import (
     AggregateStoppedError,
     CommandError,
@@ -64,13 +68,9 @@ from raysource.runtime.errors import (
     PersistFailedError,
     WriteOutcomeUnknownError,
 )
-from raysource.journal.serialization import Serialization
-from raysource.journal.errors import ConfigError
-from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
-from raysource.runtime.idempotency import KeyTable, Keyed
+from raysource.runtime.idempotency import Keyed, KeyTable
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.shard_id import shard_of
-from raysource.runtime.core_timers import TimerSteps
 from raysource.runtime.timers import (
     FIRED_FIELD,
     TIMER_KEY_PREFIX,
@@ -261,8 +261,8 @@ class EntityCore(TimerSteps):
         return not (self._busy or self._carry or not self._mailbox.empty())
 
     def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]:
-        """The ``extra`` of this core's log records (see ``raysource.runtime.logs``); ``sequence_nr``
-        defaults to the last durable one."""
+        """The ``extra`` of this core's log records (see ``raysource.runtime.logs``);
+        ``sequence_nr`` defaults to the last durable one."""
         return {"persistence_id": self.persistence_id,
                 "sequence_nr": self._seq if sequence_nr is None else sequence_nr,
                 "writer_id": self.writer_id, "type": self.aggregate_type.name}
@@ -526,7 +526,8 @@ class EntityCore(TimerSteps):
                         self.persistence_id, extra=self.log_context(last))
             return True
         if _not_applied(exc):
-            detail = "" if rebuilt else " (the activation stopped: the journal could not be re-read)"
+            detail = ("" if rebuilt
+                      else " (the activation stopped: the journal could not be re-read)")
             errors = [PersistFailedError(f"{self.persistence_id}: write failed{detail}: {exc!r}")
                       for _ in flush.outcomes]
         else:

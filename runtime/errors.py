@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError, RaysourceError
 
-__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError", "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError", "RecoveryFailedError", "PassivatedError", "HostCrashedError", "AskTimeoutError", "OverloadedError", "TimerNotDueError"]
+__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError",
+           "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError",
+           "RecoveryFailedError", "PassivatedError", "HostCrashedError", "AskTimeoutError",
+           "OverloadedError", "TimerNotDueError"]
 
 
 class CommandError(RaysourceError):

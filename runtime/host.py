@@ -3,9 +3,9 @@
 Size: ~550 lines: activation, passivation, caps, bounds and per-caller order of one host are
 one lifecycle over one table of cores; splitting it would spread that table's invariants.
 
-:class:`AggregateHost` is what a Ray host actor wraps (``raysource.runtime.actors.host_actor``), in both placements:
-a *dedicated* actor hosts one entity (``reactivate=False``: once that entity is deactivated the
-host never activates it again, the actor retires), a *hosted* actor hosts many.
+:class:`AggregateHost` is what a Ray host actor wraps (``raysource.runtime.actors.host_actor``), in
+both placements: a *dedicated* actor hosts one entity (``reactivate=False``: once that entity is
+deactivated the host never activates it again, the actor retires), a *hosted* actor hosts many.
 
 Contracts:
 
@@ -40,15 +40,15 @@ from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.core import EntityCore
 from raysource.runtime.errors import (
     AggregateStoppedError,
     OverloadedError,
     PassivatedError,
     RecoveryFailedError,
 )
-from raysource.journal.serialization import Serialization
-from raysource.runtime.aggregate import AggregateType
-from raysource.runtime.core import EntityCore
 from raysource.runtime.metrics import Metrics
 from raysource.runtime.ordering import CallerOrder
 from raysource.snapshots.api import SnapshotStore
@@ -97,9 +97,9 @@ class AggregateHost:
     (re)activated: an error it returns is raised instead (not applied; e.g. the entity's shard
     was handed off: a shared host actor closes the gate, then calls :meth:`handoff`).
     ``metrics`` (default: a new in-memory
-    :class:`~raysource.runtime.metrics.Metrics`) is shared with every core of this host; ``metrics_host``
-    is its ``host`` label on ``raysource_active_aggregates``. Use from one event loop; call
-    :meth:`close` at the end.
+    :class:`~raysource.runtime.metrics.Metrics`) is shared with every core of this host;
+    ``metrics_host`` is its ``host`` label on ``raysource_active_aggregates``. Use from one event
+    loop; call :meth:`close` at the end.
     """
 
     def __init__(
@@ -211,8 +211,8 @@ class AggregateHost:
 
         Returns without suspending once the core is live, so a caller that submits right after
         the await is in that core's mailbox before any passivation can stop it. Raises
-        ``RecoveryFailedError`` (not applied; the recovery error chained) if recovery fails, ``PassivatedError`` for a retired entity
-        (``reactivate=False``) or a closed host.
+        ``RecoveryFailedError`` (not applied; the recovery error chained) if recovery fails,
+        ``PassivatedError`` for a retired entity (``reactivate=False``) or a closed host.
         """
         self.aggregate_type.persistence_id(entity_id)  # validates the id (ConfigError)
         self._ensure_sweeper()

@@ -22,12 +22,13 @@ restart is safe; it may then be decided differently, on the newer state). Read-o
 
 Snapshots carry the table in an **envelope**: when the table holds keys (or the aggregate has
 pending durable timers), the snapshot's payload is ``msgpack({"s": [serializer id, manifest,
-state payload], "k": [[key, timestamp (epoch s), reply], ...], "t": [pending timer, ...]})`` under the manifest :data:`KEYED_SNAPSHOT_MANIFEST`. No schema or
-snapshot-store change is needed; a reader that does not know the envelope (an older
-raysource, ``raysource inspect``) cannot decode it and falls back to an older snapshot or a
-full replay, as for any undecodable snapshot (correct, slower). A snapshot store that loses
-snapshots loses nothing but speed: keys then come from the replayed events only (those after
-the snapshot used), so a retry of a key applied before that snapshot would be applied again.
+state payload], "k": [[key, timestamp (epoch s), reply], ...], "t": [pending timer, ...]})`` under
+the manifest :data:`KEYED_SNAPSHOT_MANIFEST`. No schema or snapshot-store change is needed; a reader
+that does not know the envelope (an older raysource, ``raysource inspect``) cannot decode it and
+falls back to an older snapshot or a full replay, as for any undecodable snapshot (correct, slower).
+A snapshot store that loses snapshots loses nothing but speed: keys then come from the replayed
+events only (those after the snapshot used), so a retry of a key applied before that snapshot would
+be applied again.
 """
 
 from __future__ import annotations

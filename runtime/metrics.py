@@ -6,9 +6,9 @@ labels, help, histogram buckets). Components record through a :class:`Metrics` o
 * :class:`Metrics` (the default) keeps the values in memory: counters and gauges by label set,
   histograms as count, sum and bucket counts. ``info()``/``status`` and tests read them through
   :meth:`Metrics.value`, :meth:`Metrics.histogram` and :meth:`Metrics.snapshot`.
-* ``raysource.runtime.actors.ray_metrics.RayMetrics`` (used only inside Ray actors) keeps the same in-memory
-  values and forwards every record to ``ray.util.metrics``, which Ray exports to Prometheus
-  (prefixed ``ray_``) when its metrics agent runs (``ray[default]``).
+* ``raysource.runtime.actors.ray_metrics.RayMetrics`` (used only inside Ray actors) keeps the same
+  in-memory values and forwards every record to ``ray.util.metrics``, which Ray exports to
+  Prometheus (prefixed ``ray_``) when its metrics agent runs (``ray[default]``).
 
 Recording never raises into the runtime: a metric is diagnostics, never a reason to fail a
 command.
@@ -63,7 +63,8 @@ METRICS: dict[str, MetricSpec] = {s.name: s for s in (
                "Commands processed, by outcome: accepted (replied), rejected (CommandRejected), "
                "error (any other error: handler, serialization, persist failed, stopped)"),
     MetricSpec("raysource_persist_latency_seconds", "histogram", ("type",),
-               "Duration of one successful journal write (one group-committed flush)", LATENCY_BUCKETS),
+               "Duration of one successful journal write (one group-committed flush)",
+               LATENCY_BUCKETS),
     MetricSpec("raysource_events_persisted_total", "counter", ("type",),
                "Events durably written to the journal"),
     MetricSpec("raysource_journal_writes_total", "counter", ("type",),

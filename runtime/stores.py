@@ -44,7 +44,7 @@ class StoreSpec:
 
     @classmethod
     def for_cassandra(cls, config: CassandraConfig, *, create_schema: bool = False
-                      ) -> "StoreSpec":
+                      ) -> StoreSpec:
         return cls("cassandra", config, create_schema)
 
     @property

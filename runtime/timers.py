@@ -19,15 +19,15 @@ snapshots carry the table (the keyed-snapshot envelope of :mod:`raysource.runtim
 **Firing.** A timer service sends :class:`TimerFire` (under the idempotency key
 ``"timer:<id>"``; keys with that prefix are refused on any other command, so a caller's key
 cannot shadow a fire). A fire that arrives more than a second before its timer's due time (a
-service clock ahead, a fire sent by hand) runs nothing: ``TimerNotDueError``, still pending. The core runs the timer's command *from its own table* (not from the
-index row) only if that exact id is still pending; anything else (cancelled, replaced, fired
-already) is a *stale* fire, answered ``None`` with nothing run. So a timer is applied at most
-once even when fired twice, by two services during a handoff, or after its cancel was
-journaled but before its index row was deleted. A fire whose command persists events is
-journaled as fired (``"tf"``); a fire whose command writes nothing (a reply, a rejection, a
-no-op) has no event to carry that, so the activation saves a snapshot (its table without the
-timer) right after it: recoveries start from there and do not bring the timer back (without
-it, one whose schedule is the newest group would be re-indexed and run again, and any other
+service clock ahead, a fire sent by hand) runs nothing: ``TimerNotDueError``, still pending. The
+core runs the timer's command *from its own table* (not from the index row) only if that exact id is
+still pending; anything else (cancelled, replaced, fired already) is a *stale* fire, answered
+``None`` with nothing run. So a timer is applied at most once even when fired twice, by two services
+during a handoff, or after its cancel was journaled but before its index row was deleted. A fire
+whose command persists events is journaled as fired (``"tf"``); a fire whose command writes nothing
+(a reply, a rejection, a no-op) has no event to carry that, so the activation saves a snapshot (its
+table without the timer) right after it: recoveries start from there and do not bring the timer back
+(without it, one whose schedule is the newest group would be re-indexed and run again, and any other
 would stay pending with no index row). Only if that snapshot cannot be written may a later
 recovery bring it back, to fire once more against a state that did not change in between.
 """

@@ -7,11 +7,11 @@ Two parts, so the logic is testable without Ray:
   return events; ``apply`` folds an event into the state. Replaying the stored events rebuilds
   exactly the live table.
 * :class:`ShardCoordinator` — the async host: persists the events through any
-  :class:`~raysource.journal.api.Journal` (persistence id ``"__coordinator__|<system>"``), recovers by
-  replay when (re)started, polls node membership, re-allocates a dead node's shards, rebalances
+  :class:`~raysource.journal.api.Journal` (persistence id ``"__coordinator__|<system>"``), recovers
+  by replay when (re)started, polls node membership, re-allocates a dead node's shards, rebalances
   when nodes join (handing shards off first), and answers ``home(type, shard)``.
-  ``raysource.sharding.ray_nodes.get_or_create_coordinator`` runs it as a named, detached, restartable
-  Ray actor; this module itself imports no Ray.
+  ``raysource.sharding.ray_nodes.get_or_create_coordinator`` runs it as a named, detached,
+  restartable Ray actor; this module itself imports no Ray.
 
 The coordinator is not on the per-command path: callers ask ``home`` once per shard and cache.
 """
@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConcurrentWriteError, ConfigError
-from raysource.sharding.errors import CoordinatorFencedError, NoLiveNodesError, ShardingError
+from raysource.runtime.shard_id import shard_of
 from raysource.sharding.allocation import NodeId, ShardId
 from raysource.sharding.coordinator_state import (
     COORDINATOR_SERIALIZATION,
@@ -39,7 +39,7 @@ from raysource.sharding.coordinator_state import (
     ShardMoved,
     coordinator_persistence_id,
 )
-from raysource.runtime.shard_id import shard_of
+from raysource.sharding.errors import CoordinatorFencedError, NoLiveNodesError, ShardingError
 
 __all__ = ["CoordinatorSettings", "HandoffTarget", "ShardCoordinator"]
 
@@ -316,7 +316,8 @@ class ShardCoordinator:
         return sorted(await self._fresh_live())
 
     async def register_region(self, node_id: NodeId, region: Any) -> None:
-        """Register the :class:`HandoffTarget` (the shard region) of ``node_id`` (replaces an older one)."""
+        """Register the :class:`HandoffTarget` (the shard region) of ``node_id`` (replaces an older
+        one)."""
         await self._ready()
         self._regions[node_id] = region
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Union
 
 from raysource.journal.errors import ConfigError
-from raysource.sharding.errors import ShardCountChangedError
 from raysource.journal.serialization import Serialization
 from raysource.sharding.allocation import Move, NodeId, ShardId, allocate, dead_moves, rebalance
+from raysource.sharding.errors import ShardCountChangedError
 
 __all__ = [
     "CoordinatorEvent",
@@ -68,7 +67,7 @@ class NodeRemoved:
     node: str
 
 
-CoordinatorEvent = Union[ShardCountRegistered, ShardAllocated, ShardMoved, NodeRemoved]
+CoordinatorEvent = ShardCountRegistered | ShardAllocated | ShardMoved | NodeRemoved
 
 COORDINATOR_SERIALIZATION = Serialization()
 for _cls in (ShardCountRegistered, ShardAllocated, ShardMoved, NodeRemoved):
@@ -107,7 +106,7 @@ class CoordinatorState:
             raise TypeError(f"not a coordinator event: {event!r}")
 
     @classmethod
-    def replayed(cls, events: Iterable[CoordinatorEvent]) -> "CoordinatorState":
+    def replayed(cls, events: Iterable[CoordinatorEvent]) -> CoordinatorState:
         state = cls()
         for ev in events:
             state.apply(ev)

@@ -96,8 +96,9 @@ def get_or_create_coordinator(
     without limit (``__init__`` re-runs, so it recovers its table from the journal built by
     ``journal_factory``, which must be picklable). If the actor exists, it is returned as is:
     ``journal_factory``/``settings`` of this call are then ignored. Every method of
-    :class:`~raysource.sharding.coordinator.ShardCoordinator` is called as ``handle.<method>.remote()``.
-    ``actor_options`` override Ray options (e.g. ``node_affinity(head, soft=True)``).
+    :class:`~raysource.sharding.coordinator.ShardCoordinator` is called as
+    ``handle.<method>.remote()``. ``actor_options`` override Ray options (e.g. ``node_affinity(head,
+    soft=True)``).
     """
     options: dict[str, Any] = {
         "name": coordinator_name(system),

@@ -10,10 +10,11 @@ One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its no
   after the coordinator confirmed this node is its home (:class:`HomeCheck`).
 * It enforces the per-node cap on active dedicated aggregates: past ``max_active_per_node`` the
   least recently activated one is passivated (it finishes its queued commands first).
-* ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.HandoffTarget` protocol)
-  stops every activation of a moving shard, wherever it runs, before the shard's new node
-  activates it (a shared host stops and revokes only that shard; its other shards go on). Activations are found through Ray's named-actor list, so a restarted region
-  (or one on another node) hands off correctly without remembering anything.
+* ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.HandoffTarget`
+  protocol) stops every activation of a moving shard, wherever it runs, before the shard's new node
+  activates it (a shared host stops and revokes only that shard; its other shards go on).
+  Activations are found through Ray's named-actor list, so a restarted region (or one on another
+  node) hands off correctly without remembering anything.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from typing import Any
 
 import ray
 
-from raysource.runtime.actors.cluster import coordinator_name, parse_name, region_name
 from raysource.journal.errors import ConfigError
-from raysource.runtime.aggregate import AggregateType, split_persistence_id
+from raysource.runtime.actors.cluster import coordinator_name, parse_name, region_name
 from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options, slot_of
+from raysource.runtime.aggregate import AggregateType, split_persistence_id
+from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.allocation import NodeId, ShardId
 from raysource.sharding.ray_nodes import named_actors, node_affinity
-from raysource.runtime.shard_id import shard_of
 
 __all__ = ["HomeCheck", "SystemSpec", "ShardRegion", "region_name"]
 
@@ -67,8 +68,8 @@ class HomeCheck:
 class SystemSpec:
     """Everything a region needs to create host actors; picklable (shipped to every node).
 
-    ``host_settings`` maps a type name to :class:`~raysource.runtime.actors.host_actor.HostSpec` overrides
-    (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000, "hosts_per_node": 4}}``;
+    ``host_settings`` maps a type name to :class:`~raysource.runtime.actors.host_actor.HostSpec`
+    overrides (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000, "hosts_per_node": 4}}``;
     ``hosts_per_node``: a hosted type's shared host actors per node, shard ``s`` in slot
     ``s % hosts_per_node``); ``placement`` overrides a type's declared placement by name.
     """

@@ -9,10 +9,11 @@ its aggregates.
 
 ``System.start`` is get-or-create: every driver or actor of the cluster that calls it with the
 same name (and namespace) joins the same system — the coordinator is a named, detached actor.
-Commands never pass through the coordinator: an :class:`~raysource.runtime.actors.refs.EntityRef` resolves
-(entity -> shard -> node -> region -> host actor) once, caches the handle and calls it
-directly. A dead handle or a moved shard makes the ref re-resolve (see :mod:`raysource.runtime.actors.refs` for
-which failures are re-sent and which are reported as "outcome unknown").
+Commands never pass through the coordinator: an :class:`~raysource.runtime.actors.refs.EntityRef`
+resolves (entity -> shard -> node -> region -> host actor) once, caches the handle and calls it
+directly. A dead handle or a moved shard makes the ref re-resolve (see
+:mod:`raysource.runtime.actors.refs` for which failures are re-sent and which are reported as
+"outcome unknown").
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from raysource.runtime.actors.cluster import connect_ray
 from raysource.journal.api import Journal
 from raysource.journal.errors import ConfigError, RaysourceError
-from raysource.sharding.errors import NoLiveNodesError, ShardingError
-from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.actors.cluster import connect_ray
 from raysource.runtime.actors.refs import EntityRef
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec, open_stores
 from raysource.sharding.coordinator import CoordinatorSettings
+from raysource.sharding.errors import NoLiveNodesError, ShardingError
 from raysource.sharding.ray_nodes import (
     get_or_create_coordinator,
     live_nodes,
@@ -45,7 +47,6 @@ from raysource.sharding.ray_nodes import (
     stop_coordinator,
 )
 from raysource.sharding.region import SystemSpec, get_or_create_region
-from raysource.runtime.shard_id import shard_of
 from raysource.sharding.timer_pump import TimerSettings
 from raysource.sharding.timer_service import get_or_create_timer_service
 
@@ -70,9 +71,9 @@ class CoordinatorJournal:
 
 
 class ShardedResolver:
-    """:class:`~raysource.runtime.actors.refs.Resolver` through the coordinator: entity -> shard -> home node
-    -> that node's region -> the host actor (created on the home node). Caches shard homes,
-    regions and handles: per aggregate for dedicated types, per shard for hosted ones (every
+    """:class:`~raysource.runtime.actors.refs.Resolver` through the coordinator: entity -> shard ->
+    home node -> that node's region -> the host actor (created on the home node). Caches shard
+    homes, regions and handles: per aggregate for dedicated types, per shard for hosted ones (every
     aggregate of a shard lives in the same shared host, so touching many aggregates costs one
     region round trip per shard, not per aggregate); ``invalidate`` drops the handle (a hosted
     shard's for all its aggregates) and makes the next resolve ask the coordinator afresh."""
@@ -204,8 +205,8 @@ class System:
         max_active_per_node: int = 2000,
         host_settings: Mapping[str, Mapping[str, Any]] | None = None,
         placement: Mapping[str, str] | None = None,
-        timers: TimerSettings | None = TimerSettings(),
-    ) -> "System":
+        timers: TimerSettings | None = TimerSettings(),  # noqa: B008 - frozen, shared safely
+    ) -> System:
         """Start the system ``name`` on Ray (connecting with ``address`` if Ray is not yet
         initialised in this process) or join it if it runs. Registers ``types`` with the
         coordinator: a changed ``number_of_shards`` of a type with data is refused

@@ -145,7 +145,7 @@ class TimerPump:
                 log.warning("timer pass failed: %r", exc)
             try:
                 await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         await self.drain()
 

@@ -8,9 +8,9 @@ host. The service
   its node — when a node is lost, the coordinator re-homes its shards and the new home's
   service takes their timers over with its next pass (a fire that two services send during
   a move is applied once: see :mod:`raysource.runtime.timers`);
-* sends each fire through the normal reference path (:class:`~raysource.runtime.actors.refs.EntityRef`,
-  ``ask_many`` per aggregate, idempotency key ``timer:<id>``), which activates a passivated
-  aggregate like any command;
+* sends each fire through the normal reference path
+  (:class:`~raysource.runtime.actors.refs.EntityRef`, ``ask_many`` per aggregate, idempotency key
+  ``timer:<id>``), which activates a passivated aggregate like any command;
 * makes sure every live node has a service (get-or-create, every ``_PEERS_EVERY_S``), so a
   node that joined later still gets one.
 

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from raysource.journal.api import StoredSnapshot
-from raysource.journal.cassandra.journal import from_us, to_us
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import from_us, to_us
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
 from raysource.snapshots.api import SnapshotStore
 
@@ -34,7 +34,7 @@ class CassandraSnapshotStore(SnapshotStore):
 
     @classmethod
     async def connect(cls, config: CassandraConfig, *,
-                      create_schema: bool = False) -> "CassandraSnapshotStore":
+                      create_schema: bool = False) -> CassandraSnapshotStore:
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             store = cls(session, config, own_session=True)

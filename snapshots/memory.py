@@ -1,4 +1,5 @@
-"""An in-memory snapshot store with the contract of the Cassandra one (see ``raysource.snapshots.api``)."""
+"""An in-memory snapshot store with the contract of the Cassandra one (see
+``raysource.snapshots.api``)."""
 
 from __future__ import annotations
 

@@ -47,9 +47,9 @@ from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError
-from raysource.runtime.errors import CommandRejected
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.errors import CommandRejected
 from raysource.runtime.idempotency import KEY_FIELD
 
 __all__ = ["OUTCOMES", "History", "LiveState", "Observation", "Violation",

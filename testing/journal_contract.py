@@ -99,7 +99,8 @@ async def run_ops(backend: ContractBackend, ops: list[tuple]) -> None:
         else:
             frm, span = op[1], op[2]
             got = [(e.sequence_nr, e.payload) async for e in j.replay(pid, frm, frm + span)]
-            want = [(s, acked[s]) for s in range(max(frm, deleted + 1), min(frm + span, highest) + 1)]
+            first, last = max(frm, deleted + 1), min(frm + span, highest)
+            want = [(s, acked[s]) for s in range(first, last + 1)]
             assert got == want
     got = [(e.sequence_nr, e.payload) async for e in j.replay(pid)]
     assert got == [(s, acked[s]) for s in range(deleted + 1, highest + 1)]
@@ -235,7 +236,8 @@ class JournalContract:
                 expected.append((pid, first))
         await backend.wait_for_tags()
         got = [te async for te in j.events_by_tag(tag)]
-        assert sorted((t.event.persistence_id, t.event.sequence_nr) for t in got) == sorted(expected)
+        stored = sorted((t.event.persistence_id, t.event.sequence_nr) for t in got)
+        assert stored == sorted(expected)
         assert all(t.tag == tag and tag in t.event.tags for t in got)
         offsets = [t.offset for t in got]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)

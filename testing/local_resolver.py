@@ -22,7 +22,8 @@ __all__ = ["LocalResolver"]
 
 
 class LocalResolver:
-    """Get-or-create named :data:`~raysource.runtime.actors.host_actor.HostActor` actors on the local Ray cluster.
+    """Get-or-create named :data:`~raysource.runtime.actors.host_actor.HostActor` actors on the
+    local Ray cluster.
 
     Placement per type: ``aggregate_type.placement`` unless ``placement`` overrides it per
     type name. ``host_settings`` (per type name) become :class:`HostSpec` fields, e.g.

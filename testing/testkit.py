@@ -1,7 +1,7 @@
 """A test kit that runs one aggregate in-process, on the in-memory journal and snapshot store.
 
-It drives the real :class:`~raysource.runtime.core.EntityCore` (same recovery, command loop, group commit
-and snapshots as in production), without Ray. By default every command, reply, event and
+It drives the real :class:`~raysource.runtime.core.EntityCore` (same recovery, command loop, group
+commit and snapshots as in production), without Ray. By default every command, reply, event and
 snapshot (the state after every command) round-trips through the real serializer, so a type
 that would fail in production fails in the unit test.
 
@@ -55,10 +55,10 @@ from typing import Any, Generic, TypeVar
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import CommandRejected
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.core import EntityCore, RecoveryStats
+from raysource.runtime.errors import CommandRejected
 from raysource.runtime.timers import TimerFire
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.memory import InMemoryTimerStore

@@ -37,7 +37,7 @@ class CassandraTimerStore(TimerStore):
 
     @classmethod
     async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
-                      bucket_ms: int = DEFAULT_BUCKET_MS) -> "CassandraTimerStore":
+                      bucket_ms: int = DEFAULT_BUCKET_MS) -> CassandraTimerStore:
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             store = cls(session, config, bucket_ms=bucket_ms, own_session=True)

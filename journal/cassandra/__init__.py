@@ -3,11 +3,18 @@
 ``config`` is light (no driver import); the other names load cassandra-driver on first access.
 """
 
+from typing import TYPE_CHECKING
+
 from raysource.journal._lazy import lazy_getattr
 from raysource.journal.cassandra.config import CassandraConfig
 
 __all__ = ["CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema",
            "schema_cql"]
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
+    from raysource.journal.cassandra.journal import CassandraJournal
+    from raysource.journal.cassandra.schema import create_schema, schema_cql
+    from raysource.journal.cassandra.session import CassandraSession
 
 _LAZY = {
     "CassandraJournal": "raysource.journal.cassandra.journal",

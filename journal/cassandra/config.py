@@ -89,9 +89,8 @@ class TlsSettings:
             if self.cert_file is not None:
                 ctx.load_cert_chain(self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load the TLS files ({type(exc).__name__}: "
-                              f"{exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})"
-                              ) from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"cannot load the TLS files ({type(exc).__name__}: {why})") from None
         return ctx
 
 
@@ -320,7 +319,7 @@ class CassandraConfig:
             object.__setattr__(self, k, v)
 
     @classmethod
-    def from_contact(cls, contact: str | tuple[str, int], **kwargs: Any) -> "CassandraConfig":
+    def from_contact(cls, contact: str | tuple[str, int], **kwargs: Any) -> CassandraConfig:
         """Build a config from ``"host:port"``, ``"h1,h2,h3:port"`` (several contact points,
         one port) or a ``(host, port)`` tuple, plus overrides."""
         if isinstance(contact, tuple):
@@ -341,7 +340,7 @@ class CassandraConfig:
 
     @classmethod
     def from_env(cls, contact: str | None = None, *, environ: Mapping[str, str] | None = None,
-                 **kwargs: Any) -> "CassandraConfig":
+                 **kwargs: Any) -> CassandraConfig:
         """A config from the ``RAYSOURCE_CASSANDRA*`` variables (see the module docstring):
         ``contact`` wins over ``RAYSOURCE_CASSANDRA``; ``kwargs`` over everything."""
         env = os.environ if environ is None else environ
@@ -368,5 +367,5 @@ class CassandraConfig:
         settings.update(kwargs)
         return cls.from_contact(contact, **settings)
 
-    def with_(self, **changes: Any) -> "CassandraConfig":
+    def with_(self, **changes: Any) -> CassandraConfig:
         return replace(self, **changes)

@@ -8,8 +8,9 @@ on demand for development (``IF NOT EXISTS``). Names come from a validated
 Tables:
 
 * ``messages`` — the events. Partition ``(persistence_id, partition_nr)``, clustering
-  ``sequence_nr``. Each atomic group lives in one partition (see ``raysource.journal.cassandra.journal``).
-  ``timestamp_us`` keeps the event timestamp at microsecond precision.
+  ``sequence_nr``. Each atomic group lives in one partition (see
+  ``raysource.journal.cassandra.journal``). ``timestamp_us`` keeps the event timestamp at
+  microsecond precision.
 * ``metadata`` — one row per persistence id: the logical ``deleted_to`` mark and a
   ``partition_hint`` (a lower bound of the newest partition, a scan start for
   ``highest_sequence_nr``).

@@ -65,6 +65,8 @@ from cassandra.protocol import (
     ErrorMessage,
     IsBootstrappingErrorMessage,
     OverloadedErrorMessage,
+)
+from cassandra.protocol import (
     RequestValidationException as ValidationErrorMessage,
 )
 from cassandra.query import (
@@ -77,7 +79,11 @@ from cassandra.query import (
 )
 
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
+from raysource.journal.errors import (
+    JournalError,
+    JournalOutcomeUnknownError,
+    JournalUnavailableError,
+)
 
 __all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_driver_error",
            "consistency"]
@@ -178,7 +184,7 @@ class CassandraSession:
             raise JournalError("CassandraSession is not connected")
         return self._session
 
-    async def connect(self, keyspace: str | None = None) -> "CassandraSession":
+    async def connect(self, keyspace: str | None = None) -> CassandraSession:
         """Connect (idempotent). ``keyspace`` overrides the config's; pass ``""`` for none."""
         if self._session is not None:
             return self
@@ -245,7 +251,7 @@ class CassandraSession:
 
     @classmethod
     async def open(cls, config: CassandraConfig, *,
-                   create_schema: bool = False) -> "CassandraSession":
+                   create_schema: bool = False) -> CassandraSession:
         """The one bootstrap of a store session: connect without a keyspace (statements name
         theirs), create the keyspace and tables if asked (development only), and close again
         if any of that fails. The journal, the snapshot store, the host's stores and the
@@ -279,7 +285,7 @@ class CassandraSession:
             await loop.run_in_executor(self._executor, cluster.shutdown)
         self._executor.shutdown(wait=False)
 
-    async def __aenter__(self) -> "CassandraSession":
+    async def __aenter__(self) -> CassandraSession:
         return await self.connect()
 
     async def __aexit__(self, *exc: object) -> None:

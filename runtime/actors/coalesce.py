@@ -84,7 +84,7 @@ class Coalescer:
     (see the module docstring). Created and dropped by :func:`submit`."""
 
     def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop, key: str,
-                 registry: dict[str, "Coalescer"]) -> None:
+                 registry: dict[str, Coalescer]) -> None:
         self.handle, self.loop, self.key, self.registry = handle, loop, key, registry
         self.pending: deque[_Group] = deque()
         self.in_flight = 0
@@ -194,7 +194,7 @@ def raise_in(group: _Group, error: BaseException) -> None:
         group.future.set_exception(error)
 
 
-_REGISTRY: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Coalescer]]" = \
+_REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Coalescer]] = \
     weakref.WeakKeyDictionary()
 
 

@@ -5,8 +5,9 @@ Two placements, one class:
 * **dedicated** (``HostSpec.entity_id`` set): the actor hosts one aggregate and is named
   ``"{system}:{persistence_id}"``, so Ray's named-actor registry keeps one live activation per
   aggregate. When the aggregate passivates (idle), is handed off or is fenced, the actor
-  *retires*: every later call fails with :class:`~raysource.runtime.errors.PassivatedError` (not applied;
-  a retry reaches a fresh activation), and after ``retire_grace_s`` it exits, freeing its name.
+  *retires*: every later call fails with :class:`~raysource.runtime.errors.PassivatedError` (not
+  applied; a retry reaches a fresh activation), and after ``retire_grace_s`` it exits, freeing its
+  name.
 * **hosted**, shared (``HostSpec.slot`` set; what the sharding layer creates): the actor hosts
   the aggregates of *many* shards of one type on one node, named
   ``"{system}:hosts:{type}:{node id}:{slot}"``. A type has ``hosts_per_node`` of them per node
@@ -61,14 +62,14 @@ from typing import Any
 import ray
 
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import PassivatedError
 from raysource.runtime.actors.cluster import host_name, shard_host_name, shared_host_name
-from raysource.runtime.aggregate import AggregateType, Placement
-from raysource.runtime.host import AggregateHost
-from raysource.runtime.logs import configure_from_env
-from raysource.runtime.actors.shard_gate import ShardGate, ShardOwner, slot_of
 from raysource.runtime.actors.live import LivePublisher
 from raysource.runtime.actors.ray_metrics import RayMetrics
+from raysource.runtime.actors.shard_gate import ShardGate, ShardOwner, slot_of
+from raysource.runtime.aggregate import AggregateType, Placement
+from raysource.runtime.errors import PassivatedError
+from raysource.runtime.host import AggregateHost
+from raysource.runtime.logs import configure_from_env
 from raysource.runtime.stores import StoreSpec, open_stores, serialization_for, timer_store_for
 
 __all__ = ["DEFAULT_HOSTS_PER_NODE", "HostActor", "HostSpec", "Outcome", "ShardOwner",
@@ -293,7 +294,8 @@ class _HostActor:
             await self._host.close()
             # Bounded: the name stays taken until we exit, and callers are waiting for it
             # (the driver's Cluster.shutdown can take seconds; the process exit frees it all).
-            for store in (self._host.snapshot_store, self._host.journal):  # journal owns the session
+            # the journal last: it owns the session
+            for store in (self._host.snapshot_store, self._host.journal):
                 try:
                     await asyncio.wait_for(store.close(), 0.5)
                 except Exception:

@@ -64,15 +64,15 @@ from typing import Any, Protocol, TypeVar
 
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
+from raysource.journal.errors import ConfigError, OutcomeUnknownError, UnserializableError
+from raysource.runtime.actors import coalesce
+from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.errors import (
     AggregateStoppedError,
     AskTimeoutError,
     HostCrashedError,
     PassivatedError,
 )
-from raysource.journal.errors import ConfigError, OutcomeUnknownError, UnserializableError
-from raysource.runtime.actors import coalesce
-from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.idempotency import Keyed, key_of, naming_key, unsettled
 
 __all__ = ["DEFAULT_TIMEOUT_S", "EntityRef", "Resolver", "unwrap_error"]
@@ -456,8 +456,9 @@ class EntityRef:
         (awaitable, epoch)``: a coalescer's future, or an ObjectRef) and await the answer,
         re-submitting to a fresh activation while the answer is "not applied" (until
         ``retry_until``) and, for commands under idempotency keys (``keyed_until`` set: the
-        call's deadline), while the outcome is unknown (see the module docstring). Gives up with the unwrapped, typed error
-        (``_GaveUp`` when ``with_epoch``, for batches that fill it in; callers name the keys)."""
+        call's deadline), while the outcome is unknown (see the module docstring). Gives up with the
+        unwrapped, typed error (``_GaveUp`` when ``with_epoch``, for batches that fill it in;
+        callers name the keys)."""
         if retry_until is None:
             retry_until = time.monotonic() + _RETRY_DEADLINE_S
         unknown: BaseException | None = None  # keyed: the last outcome-unknown failure
@@ -508,7 +509,7 @@ class EntityRef:
             if timeout is None:
                 return await call
             return await asyncio.wait_for(call, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise naming_key(AskTimeoutError(
                 f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
                 f"{timeout}s; the command may or may not run"

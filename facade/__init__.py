@@ -18,9 +18,11 @@ Errors: ``raysource.errors`` lists the whole tree.
 
 from __future__ import annotations
 
-from raysource.journal._lazy import lazy_getattr
+from typing import TYPE_CHECKING
+
 from raysource.errors import *  # noqa: F403 - the error tree is part of the public API
 from raysource.errors import __all__ as _errors
+from raysource.journal._lazy import lazy_getattr
 from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
@@ -61,6 +63,12 @@ __all__ = [
     "unknown_command",
     *_errors,
 ]
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs (tests/test_static_tools.py)
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.runtime.actors.refs import EntityRef
+    from raysource.sharding.system import System
+    from raysource.testing.testkit import AggregateTestKit
 
 _LAZY = {
     "System": "raysource.sharding.system",

@@ -30,7 +30,7 @@ here and from ``raysource``.
     │   ├── CorruptPayloadError
     │   ├── UnserializableError      [N]
     │   └── PayloadTooLargeError     [N]
-    ├── ProjectionError                  readside: a read-side projection could not do what was asked
+    ├── ProjectionError                  readside: a projection could not do what was asked
     ├── ShardingError                    sharding: the shard coordinator could not do what was asked
     │   ├── NoLiveNodesError             no live Ray node can take a shard
     │   └── CoordinatorFencedError       another coordinator instance owns the table
@@ -66,9 +66,9 @@ from raysource.readside.errors import *  # noqa: F403
 from raysource.readside.errors import __all__ as _readside
 from raysource.runtime.errors import *  # noqa: F403
 from raysource.runtime.errors import __all__ as _runtime
-from raysource.sharding.errors import *  # noqa: F403
-from raysource.sharding.errors import __all__ as _sharding
 from raysource.service.errors import *  # noqa: F403
 from raysource.service.errors import __all__ as _service
+from raysource.sharding.errors import *  # noqa: F403
+from raysource.sharding.errors import __all__ as _sharding
 
 __all__ = sorted({*_store, *_runtime, *_sharding, *_readside, *_app, *_service})
