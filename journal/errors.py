@@ -9,6 +9,8 @@ the serializer's errors. Every other layer defines its errors where it raises th
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RaysourceError(Exception):
     """Root of every error raised by raysource."""
@@ -55,7 +57,8 @@ class ConcurrentWriteError(JournalError, NotAppliedError):
             or f"concurrent writer on {persistence_id!r}: sequence number {sequence_nr} is taken"
         )
 
-    def __reduce__(self):  # keep fields across pickling (Ray ships errors between processes)
+    # keep fields across pickling (Ray ships errors between processes)
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.persistence_id, self.sequence_nr, str(self)))
 
 
@@ -100,7 +103,7 @@ class SerializationError(RaysourceError):
             where += f", sequence number {sequence_nr}]" if sequence_nr is not None else "]"
         super().__init__(message + where)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_serialization_error,
             (type(self), self.detail, self.persistence_id, self.sequence_nr),
@@ -113,7 +116,9 @@ class SerializationError(RaysourceError):
         return err
 
 
-def _rebuild_serialization_error(cls, detail, persistence_id, sequence_nr):
+def _rebuild_serialization_error(cls: type[SerializationError], detail: str,
+                                 persistence_id: str | None,
+                                 sequence_nr: int | None) -> SerializationError:
     return cls(detail, persistence_id=persistence_id, sequence_nr=sequence_nr)
 
 
@@ -137,5 +142,9 @@ class PayloadTooLargeError(SerializationError, NotAppliedError):
     """The encoded payload exceeds the configured size limit; nothing was written."""
 
 
-__all__ = sorted(name for name, obj in list(globals().items())
-                 if isinstance(obj, type) and issubclass(obj, RaysourceError))
+# Written out so type checkers see the names ``raysource.errors`` re-exports; tests/test_rooms.py
+# checks it lists every error class of this module.
+__all__ = ["ConcurrentWriteError", "ConfigError", "CorruptPayloadError", "InvalidAppendError",
+           "JournalError", "JournalOutcomeUnknownError", "JournalUnavailableError",
+           "MissingUpcasterError", "NotAppliedError", "OutcomeUnknownError", "PayloadTooLargeError",
+           "RaysourceError", "SerializationError", "UnknownManifestError", "UnserializableError"]

@@ -104,7 +104,7 @@ PICKLE_SERIALIZER_ID = 2
 PRIMITIVE_MANIFEST = "json#1"
 _PICKLE_MANIFEST_PREFIX = "pickle:"
 
-Upcaster = Callable[[dict], dict]
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 T = TypeVar("T", bound=type)
 
 _PRIMITIVES = (str, int, float, bool, type(None))
@@ -161,7 +161,7 @@ class Serialization:
         self._decoder = msgspec.json.Decoder()
         # one typed decoder per registered class, built on first use in each process (the
         # module docstring says why decoding never lets msgspec look a class up itself)
-        self._typed: dict[type, msgspec.json.Decoder] = {}
+        self._typed: dict[type, msgspec.json.Decoder[Any]] = {}
         self._typed_lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -268,7 +268,7 @@ class Serialization:
         a value that would not read back equal: NaN, infinities, ...) or
         ``PayloadTooLargeError`` (payload over ``max_payload_bytes``).
         """
-        where = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
+        where: dict[str, Any] = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
         reg = self._by_cls.get(type(obj))
         if reg is not None and reg.pickle:
             ser_id, manifest, payload = self._pickle(obj, reg.manifest, where)
@@ -308,8 +308,8 @@ class Serialization:
             )
         return ser_id, manifest, payload
 
-    def _check_roundtrip(self, obj: object, payload: bytes, decoder: msgspec.json.Decoder,
-                         where: dict) -> None:
+    def _check_roundtrip(self, obj: object, payload: bytes, decoder: msgspec.json.Decoder[Any],
+                         where: dict[str, Any]) -> None:
         """The round-trip rule: ``payload`` must decode to a value equal to ``obj``."""
         what = type(obj).__qualname__
         try:
@@ -330,9 +330,9 @@ class Serialization:
                 f"{what} would not read back as an equal value: {problem}", **where
             )
 
-    def _typed_decoder(self, reg: _Registration, where: dict,
+    def _typed_decoder(self, reg: _Registration, where: dict[str, Any],
                        error: type[SerializationError] = UnserializableError
-                       ) -> msgspec.json.Decoder:
+                       ) -> msgspec.json.Decoder[Any]:
         """This process's typed decoder for ``reg.cls`` (built once; see the module docstring
         for why msgspec's class cache is removed again right away)."""
         decoder = self._typed.get(reg.cls)
@@ -353,7 +353,7 @@ class Serialization:
                 self._typed[reg.cls] = decoder
         return decoder
 
-    def _pickle(self, obj: object, manifest: str, where: dict) -> tuple[int, str, bytes]:
+    def _pickle(self, obj: object, manifest: str, where: dict[str, Any]) -> tuple[int, str, bytes]:
         try:
             return PICKLE_SERIALIZER_ID, manifest, cloudpickle.dumps(obj)
         except Exception as exc:  # cloudpickle raises anything from __reduce__
@@ -378,7 +378,7 @@ class Serialization:
         version newer than the registered one), ``MissingUpcasterError``, or
         ``CorruptPayloadError`` (bad bytes, document that does not fit the class).
         """
-        where = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
+        where: dict[str, Any] = {"persistence_id": persistence_id, "sequence_nr": sequence_nr}
         if serializer_id == PICKLE_SERIALIZER_ID:
             return self._unpickle(manifest, payload, where)
         if serializer_id != JSON_SERIALIZER_ID:
@@ -421,7 +421,7 @@ class Serialization:
             ) from exc
 
     def _upcast(self, reg: _Registration, manifest: str, payload: bytes, stored_version: int,
-                where: dict) -> bytes:
+                where: dict[str, Any]) -> bytes:
         """The payload of an older version, upcast document by document to the registered
         version and encoded again for the typed decoder."""
         try:
@@ -452,7 +452,7 @@ class Serialization:
                 f"{manifest!r}: {exc}", **where
             ) from exc
 
-    def _unpickle(self, manifest: str, payload: bytes, where: dict) -> object:
+    def _unpickle(self, manifest: str, payload: bytes, where: dict[str, Any]) -> object:
         name = manifest[len(_PICKLE_MANIFEST_PREFIX):] if manifest.startswith(
             _PICKLE_MANIFEST_PREFIX) else None
         reg = self._by_name.get(name) if name else None

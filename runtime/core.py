@@ -123,7 +123,7 @@ class CoreStats:
 class _Outcome:
     """The pending result of one command within a flush."""
 
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     value: Any = None
     error: BaseException | None = None
 
@@ -168,7 +168,7 @@ class EntityCore(TimerSteps):
 
     def __init__(
         self,
-        aggregate_type: AggregateType,
+        aggregate_type: AggregateType[Any, Any, Any],
         entity_id: str,
         journal: Journal,
         snapshot_store: SnapshotStore,
@@ -197,7 +197,7 @@ class EntityCore(TimerSteps):
         limit = journal.max_group_size
         self.max_events_per_write = min(max_events_per_write, limit or max_events_per_write)
         self.max_bytes_per_write = max_bytes_per_write
-        self._carry: deque[tuple[Any, asyncio.Future]] = deque()
+        self._carry: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self._clock = clock
         self._wall_clock = wall_clock
         self.stats = CoreStats()
@@ -216,13 +216,13 @@ class EntityCore(TimerSteps):
             shard_of(entity_id, aggregate_type.number_of_shards),
             timer_store.bucket_ms if timer_store is not None else DEFAULT_BUCKET_MS)
         self._last_activity = clock()
-        self._mailbox: asyncio.Queue = asyncio.Queue()
-        self._task: asyncio.Task | None = None
-        self._ready: asyncio.Future | None = None
+        self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Task[Any] | None = None
+        self._ready: asyncio.Future[Any] | None = None
         self._closing = False  # no new commands accepted
         self._busy = False  # a flush is in progress
         self._stop_error: BaseException | None = None  # why the core stopped, if it failed
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         # the newest replayed atomic group (bounded: no group exceeds the journal's limit)
         self._newest_group: deque[StoredEvent] = deque(
             maxlen=journal.max_group_size or max_events_per_write)
@@ -310,7 +310,7 @@ class EntityCore(TimerSteps):
         """
         return await self._submit(command)
 
-    def _submit(self, command: Any) -> asyncio.Future:
+    def _submit(self, command: Any) -> asyncio.Future[Any]:
         """Enqueue ``command``; the returned future resolves with the reply or the error."""
         if self._closing:
             raise self._stopped_error()
@@ -361,10 +361,10 @@ class EntityCore(TimerSteps):
                 self._busy = False
             self._last_activity = self._clock()
 
-    async def _next_batch(self) -> list[tuple[Any, asyncio.Future]] | None:
+    async def _next_batch(self) -> list[tuple[Any, asyncio.Future[Any]]] | None:
         """Commands deferred from the last flush first, then everything queued (bounded);
         None once the stop marker is reached."""
-        batch: list[tuple[Any, asyncio.Future]] = []
+        batch: list[tuple[Any, asyncio.Future[Any]]] = []
         while self._carry and len(batch) < self.max_batch:
             batch.append(self._carry.popleft())
         if not batch:
@@ -393,7 +393,7 @@ class EntityCore(TimerSteps):
 
     # ------------------------------------------------------------------ one flush
 
-    async def _flush(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+    async def _flush(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         flush = _Flush(self._wall_clock())
         state, seq = self._state, self._seq
         for i, (command, fut) in enumerate(batch):
@@ -528,8 +528,9 @@ class EntityCore(TimerSteps):
         if _not_applied(exc):
             detail = ("" if rebuilt
                       else " (the activation stopped: the journal could not be re-read)")
-            errors = [PersistFailedError(f"{self.persistence_id}: write failed{detail}: {exc!r}")
-                      for _ in flush.outcomes]
+            errors: list[Exception] = [
+                PersistFailedError(f"{self.persistence_id}: write failed{detail}: {exc!r}")
+                for _ in flush.outcomes]
         else:
             detail = "" if rebuilt else "; the journal could not be re-read"
             errors = [WriteOutcomeUnknownError(
@@ -559,7 +560,7 @@ class EntityCore(TimerSteps):
             for a, b in zip(stored, events)
         )
 
-    def _repeated(self, key: str, fut: asyncio.Future, flush: _Flush) -> bool:
+    def _repeated(self, key: str, fut: asyncio.Future[Any], flush: _Flush) -> bool:
         """If ``key`` was applied (or rejected) already, in this flush or before, answer
         ``fut`` as the first time (in this flush: with that command's outcome) and return
         True; the command is not run again."""
@@ -683,7 +684,7 @@ class EntityCore(TimerSteps):
         err.__cause__ = exc
         return err
 
-    def _resolve(self, fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    def _resolve(self, fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
         if fut.done():
             return
         if error is None:
@@ -707,7 +708,7 @@ class EntityCore(TimerSteps):
             self._background.add(task)
             task.add_done_callback(self._side_effect_done)
 
-    def _side_effect_done(self, task: asyncio.Task) -> None:
+    def _side_effect_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: side effect failed: %r", self.persistence_id, task.exception(),

@@ -11,13 +11,19 @@ meant to be used on their own.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from raysource.journal.api import StoredEvent
+from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import AggregateStoppedError, TimerNotDueError
-from raysource.runtime.timers import EARLY_FIRE_TOLERANCE_MS, TimerFire
-from raysource.timers.api import DEFAULT_SETTLE_MS, TimerRow, cursor_floor
+from raysource.runtime.errors import AggregateStoppedError, HandlerError, TimerNotDueError
+from raysource.runtime.timers import EARLY_FIRE_TOLERANCE_MS, TimerFire, TimerTable
+from raysource.timers.api import DEFAULT_SETTLE_MS, TimerRow, TimerStore, cursor_floor
+
+if TYPE_CHECKING:
+    from raysource.runtime.core import CoreStats
 
 __all__ = ["TimerSteps", "scheduled_at"]
 
@@ -35,6 +41,21 @@ def scheduled_at(timer_id: str) -> int:
 class TimerSteps:
     """The durable-timer methods of the entity core (a mixin of ``EntityCore``)."""
 
+    # the core's attributes and methods these steps use (set and defined by EntityCore)
+    journal: Journal
+    persistence_id: str
+    stats: CoreStats
+    timers: TimerTable
+    timer_store: TimerStore | None
+    _seq: int
+    _timer_cursor: bool
+    _wall_clock: Callable[[], datetime]
+    _newest_group: deque[StoredEvent]
+
+    if TYPE_CHECKING:
+        def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]: ...
+        def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError: ...
+
     async def _journal_ahead(self) -> bool | None:
         """True if the journal holds events this activation never applied (another activation
         wrote after it recovered), None if that cannot be read."""
@@ -50,7 +71,7 @@ class TimerSteps:
         rows (before anyone is answered: an acknowledged schedule is always indexed)."""
         # the net effect per row key, in event order: a row written and then deleted (or
         # replaced) within these events is not written (nor deleted before it is written)
-        net: dict[tuple, tuple[bool, TimerRow]] = {}
+        net: dict[tuple[Any, ...], tuple[bool, TimerRow]] = {}
         for e in events:
             if e.metadata:
                 u, d = self.timers.applied(e)

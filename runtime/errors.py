@@ -9,6 +9,8 @@ The whole tree: :mod:`raysource.errors`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError, RaysourceError
 
 __all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError",
@@ -31,7 +33,7 @@ class CommandRejected(CommandError):
         self.reason = reason
         super().__init__(reason)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.reason,))
 
 

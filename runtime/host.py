@@ -104,7 +104,7 @@ class AggregateHost:
 
     def __init__(
         self,
-        aggregate_type: AggregateType,
+        aggregate_type: AggregateType[Any, Any, Any],
         journal: Journal,
         snapshot_store: SnapshotStore,
         serialization: Serialization,
@@ -157,14 +157,14 @@ class AggregateHost:
         self._on_deactivated = on_deactivated
         self._recoveries = asyncio.Semaphore(max_concurrent_recoveries)
         self._cores: OrderedDict[str, EntityCore] = OrderedDict()  # LRU first
-        self._activating: dict[str, asyncio.Future] = {}
-        self._stopping: dict[str, asyncio.Future] = {}
+        self._activating: dict[str, asyncio.Future[Any]] = {}
+        self._stopping: dict[str, asyncio.Future[Any]] = {}
         self._inflight: dict[str, int] = {}
         self._orders: OrderedDict[str, CallerOrder] = OrderedDict()  # per entity, LRU first
         self.max_ordered_entities = max_ordered_entities
         self._retired: set[str] = set()  # reactivate=False: entities that may not come back
         self._admit = admit
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[Any] | None = None
         self._closed = False
         self._generation = 0
 

@@ -23,7 +23,7 @@ __all__ = ["CallerOrder"]
 class _Caller:
     next_seq: int = 0
     # seq -> (command, future the submitter awaits); held back until next_seq reaches seq
-    held: dict[int, tuple[Any, asyncio.Future]] = field(default_factory=dict)
+    held: dict[int, tuple[Any, asyncio.Future[Any]]] = field(default_factory=dict)
 
 
 class CallerOrder:
@@ -38,7 +38,7 @@ class CallerOrder:
 
     def __init__(
         self,
-        submit: Callable[[Any], asyncio.Future],
+        submit: Callable[[Any], asyncio.Future[Any]],
         *,
         gap_timeout_s: float = 10.0,
         max_callers: int = 10_000,

@@ -9,7 +9,7 @@ survives the process).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from raysource.journal.api import Journal
 from raysource.journal.cassandra.config import CassandraConfig
@@ -54,7 +54,8 @@ class StoreSpec:
         return self.cassandra.max_payload_bytes if self.cassandra else 1_000_000
 
 
-def serialization_for(aggregate_type: AggregateType, spec: StoreSpec) -> Serialization:
+def serialization_for(aggregate_type: AggregateType[Any, Any, Any],
+                      spec: StoreSpec) -> Serialization:
     """A serializer with ``aggregate_type``'s classes registered (one per host)."""
     ser = Serialization(max_payload_bytes=spec.payload_limit)
     aggregate_type.register_types(ser)

@@ -5,6 +5,8 @@ how each error becomes an HTTP status: :mod:`raysource.service.http_errors`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from raysource.journal.errors import RaysourceError
 from raysource.runtime.errors import OverloadedError
 
@@ -28,5 +30,5 @@ class ReplicaOverloadedError(ServiceError, OverloadedError):
         self.retry_after_s = retry_after_s
         super().__init__(message)
 
-    def __reduce__(self):  # keep the field across pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the field across pickling
         return (type(self), (str(self), self.retry_after_s))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from raysource.journal.errors import ConfigError, RaysourceError
 
 __all__ = ["ShardCountChangedError", "ShardingError", "NoLiveNodesError", "CoordinatorFencedError"]
@@ -24,7 +26,7 @@ class ShardCountChangedError(ConfigError):
             f"{requested} (the shard count is fixed for the life of the data)"
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.type_name, self.stored, self.requested))
 
 

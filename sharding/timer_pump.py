@@ -94,7 +94,7 @@ class _TokenBucket:
         self.rate, self.capacity, self._clock = rate, max(rate, 1.0), clock
         self.tokens, self._at = self.capacity, clock()
 
-    async def take(self, n: int) -> None:
+    async def take(self, n: float) -> None:
         n = min(n, self.capacity)
         while True:
             now = self._clock()
@@ -124,9 +124,10 @@ class TimerPump:
         self.metrics = metrics if metrics is not None else Metrics()
         self._tokens = _TokenBucket(self.settings.max_fires_per_s, clock)
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
-        self._in_flight: set[tuple] = set()  # row keys being fired
-        self._retry_at: dict[tuple, float] = {}  # row key -> monotonic time of the next try
-        self._tasks: set[asyncio.Task] = set()
+        self._in_flight: set[tuple[Any, ...]] = set()  # row keys being fired
+        # row key -> monotonic time of the next try
+        self._retry_at: dict[tuple[Any, ...], float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.lateness_ms: deque[int] = deque(maxlen=100_000)  # newest answered fires
         self.fired = 0  # fires answered (row deleted)
         self.retried = 0  # fires that failed and stay due

@@ -91,7 +91,7 @@ class CassandraTimerStore(TimerStore):
             r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id))
 
     async def _per_partition(self, ps: Any, rows: Sequence[TimerRow],
-                             values: Callable[[TimerRow], tuple]) -> None:
+                             values: Callable[[TimerRow], tuple[Any, ...]]) -> None:
         """One unlogged single-partition batch per (type, shard, bucket) and 100 rows (a
         command scheduling 100 timers, or a pump answering 100 fires: one request)."""
         parts: dict[tuple[str, int, int], list[TimerRow]] = {}

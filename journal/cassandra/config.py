@@ -276,6 +276,7 @@ class CassandraConfig:
             rfs, local = [self.replication_factor], 0
         else:
             dcs = list(self.datacenters)
+            assert self.local_dc is not None  # _check_replication required it
             rfs, local = [self.datacenters[d] for d in dcs], dcs.index(self.local_dc)
         problem = consistency_overlap(self.write_consistency, self.read_consistency, rfs, local)
         if problem is not None:
@@ -322,6 +323,7 @@ class CassandraConfig:
     def from_contact(cls, contact: str | tuple[str, int], **kwargs: Any) -> CassandraConfig:
         """Build a config from ``"host:port"``, ``"h1,h2,h3:port"`` (several contact points,
         one port) or a ``(host, port)`` tuple, plus overrides."""
+        hosts: tuple[str, ...]
         if isinstance(contact, tuple):
             hosts, port = (contact[0],), contact[1]
         else:

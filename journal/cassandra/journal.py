@@ -159,6 +159,8 @@ class CassandraJournal(Journal):
         self.config = config or session.config
         self.fencing = self.config.fencing if fencing is None else fencing
         self.capabilities = JournalCapabilities(fencing=self.fencing, tags=True, delete=True)
+        # a group lives in the partition of its first event
+        self.max_group_size: int | None = self.config.partition_size
         self._own_session = own_session
         self._ps: dict[str, Any] = {}
         self._prep_lock = asyncio.Lock()
@@ -405,10 +407,6 @@ class CassandraJournal(Journal):
             f"{events[-1].sequence_nr} were not written within {budget:.3f} s in "
             f"{_TAG_ATTEMPTS} attempts; the events are stored but were not acknowledged"
         )
-
-    @property
-    def max_group_size(self) -> int:
-        return self.config.partition_size  # a group lives in the partition of its first event
 
     async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
         """Re-write the tag rows of ``events`` (see :meth:`Journal.repair_tags`), in groups of

@@ -97,31 +97,34 @@ _INVALID = (RequestValidationException, ValidationErrorMessage)
 
 
 def consistency(name: str) -> int:
-    return getattr(ConsistencyLevel, name)
+    level: int = getattr(ConsistencyLevel, name)
+    return level
 
 
-class NoResendRetryPolicy(RetryPolicy):
+class NoResendRetryPolicy(RetryPolicy):  # type: ignore[misc]  # the driver is untyped (Any)
     """The driver's default retry policy, except that a statement not marked idempotent is
     never re-sent after it may have reached a coordinator (a write timeout, an unavailable
     error, a server or connection error): the error goes to the caller, who decides with a
     re-read. Without this, a lost response to a conditional batch made the driver send it
     again, and the second execution came back "not applied" with the writer's own rows."""
 
-    def on_write_timeout(self, query, consistency, write_type, required_responses,  # noqa: ANN001
-                         received_responses, retry_num):
+    def on_write_timeout(self, query: Any, consistency: int, write_type: Any,
+                         required_responses: int, received_responses: int,
+                         retry_num: int) -> Any:
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_write_timeout(query, consistency, write_type, required_responses,
                                          received_responses, retry_num)
 
-    def on_unavailable(self, query, consistency, required_replicas, alive_replicas,  # noqa: ANN001
-                       retry_num):
+    def on_unavailable(self, query: Any, consistency: int, required_replicas: int,
+                       alive_replicas: int, retry_num: int) -> Any:
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_unavailable(query, consistency, required_replicas, alive_replicas,
                                       retry_num)
 
-    def on_request_error(self, query, consistency, error, retry_num):  # noqa: ANN001
+    def on_request_error(self, query: Any, consistency: int, error: Exception,
+                         retry_num: int) -> Any:
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_request_error(query, consistency, error, retry_num)
@@ -305,6 +308,7 @@ class CassandraSession:
             ps = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.driver_session.prepare, cql
             )
+            assert ps is not None
         except JournalError:
             raise
         except Exception as exc:
@@ -327,10 +331,10 @@ class CassandraSession:
             return stmt.bind(params or ()), None
         return stmt, params
 
-    def _bridge(self, rf: ResponseFuture, what: str) -> asyncio.Future[tuple[list, Any]]:
+    def _bridge(self, rf: ResponseFuture, what: str) -> asyncio.Future[tuple[list[Any], Any]]:
         """An asyncio future for one page: (rows, paging_state or None)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[list, Any]] = loop.create_future()
+        fut: asyncio.Future[tuple[list[Any], Any]] = loop.create_future()
 
         def _ok(rows: Any) -> None:
             # _paging_state is set by the driver before it runs callbacks; the public
@@ -346,7 +350,7 @@ class CassandraSession:
     def execute_async(self, stmt: Any, params: Sequence[Any] | None = None, *,
                       profile: str | None = None, paging_state: Any = None,
                       timeout: float | None = None,
-                      what: str = "query") -> asyncio.Future[tuple[list, Any]]:
+                      what: str = "query") -> asyncio.Future[tuple[list[Any], Any]]:
         """Low level: start an already bound/built statement, return its first page future."""
         kwargs: dict[str, Any] = {}
         if paging_state is not None:
@@ -363,14 +367,15 @@ class CassandraSession:
 
     async def execute(self, stmt: str | Statement | PreparedStatement,
                       params: Sequence[Any] | None = None, *, prepare: bool = True,
-                      profile: str | None = None, timeout: float | None = None) -> list:
+                      profile: str | None = None, timeout: float | None = None) -> list[Any]:
         """Run one statement; return the rows of its first page (empty for writes)."""
         s, bound_params = await self._statement(stmt, params, prepare)
         rows, _ = await self.execute_async(s, bound_params, profile=profile, timeout=timeout,
                                            what=_describe(stmt))
         return rows
 
-    async def execute_batch(self, batch: BatchStatement, *, profile: str | None = None) -> list:
+    async def execute_batch(self, batch: BatchStatement, *,
+                            profile: str | None = None) -> list[Any]:
         rows, _ = await self.execute_async(batch, profile=profile, what="batch")
         return rows
 
@@ -392,7 +397,7 @@ class CassandraSession:
         return rows[0] if rows else None
 
     async def select_all(self, stmt: str | Statement | PreparedStatement,
-                         params: Sequence[Any] | None = None, **kw: Any) -> list:
+                         params: Sequence[Any] | None = None, **kw: Any) -> list[Any]:
         """Every row (all pages). For large results use ``stream``."""
         return [row async for row in self.stream(stmt, params, **kw)]
 
@@ -404,9 +409,10 @@ class CassandraSession:
         s, bound_params = await self._statement(stmt, params, prepare)
         s.fetch_size = fetch_size or self.config.fetch_size
         what = _describe(stmt)
-        fut = self.execute_async(s, bound_params, profile=profile, what=what)
+        fut: asyncio.Future[tuple[list[Any], Any]] | None = self.execute_async(
+            s, bound_params, profile=profile, what=what)
         try:
-            while True:
+            while fut is not None:
                 rows, state = await fut
                 fut = None
                 if state is not None:
@@ -415,19 +421,17 @@ class CassandraSession:
                 for row in rows:
                     yield row
                 del rows
-                if fut is None:
-                    return
         finally:
             if fut is not None and not fut.done():
                 fut.cancel()
 
 
-def _resolve(fut: asyncio.Future, value: Any) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _fail(fut: asyncio.Future, exc: BaseException, what: str) -> None:
+def _fail(fut: asyncio.Future[Any], exc: BaseException, what: str) -> None:
     if not fut.done():
         err = wrap_driver_error(exc, what)
         err.__cause__ = exc
