@@ -3,8 +3,8 @@
 Size: ~530 lines, a third of it this docstring (layout, the guard's soundness argument, the
 tag query's visibility guarantee); the statements live in ``_prepare``, in one place.
 
-Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by ``(persistence_id,
-partition_nr)`` and clustered by ``sequence_nr``. Every statement is prepared; every append is **one
+Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by ``(persistence_id, partition_nr)``
+and clustered by ``sequence_nr``. Every statement is prepared; every append is **one
 single-partition batch**, so an atomic group is all-or-nothing.
 
 Partition placement and the fencing guard
@@ -114,13 +114,13 @@ from raysource.journal.api import (
     validate_group,
 )
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 from raysource.journal.errors import (
     ConcurrentWriteError,
     JournalError,
     JournalOutcomeUnknownError,
     JournalUnavailableError,
 )
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 
 __all__ = ["CassandraJournal", "to_us", "from_us"]
 
@@ -159,8 +159,6 @@ class CassandraJournal(Journal):
         self.config = config or session.config
         self.fencing = self.config.fencing if fencing is None else fencing
         self.capabilities = JournalCapabilities(fencing=self.fencing, tags=True, delete=True)
-        # a group lives in the partition of its first event
-        self.max_group_size: int | None = self.config.partition_size
         self._own_session = own_session
         self._ps: dict[str, Any] = {}
         self._prep_lock = asyncio.Lock()
@@ -172,7 +170,7 @@ class CassandraJournal(Journal):
 
     @classmethod
     async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
-                      fencing: bool | None = None) -> CassandraJournal:
+                      fencing: bool | None = None) -> "CassandraJournal":
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             journal = cls(session, config, fencing=fencing, own_session=True)
@@ -407,6 +405,10 @@ class CassandraJournal(Journal):
             f"{events[-1].sequence_nr} were not written within {budget:.3f} s in "
             f"{_TAG_ATTEMPTS} attempts; the events are stored but were not acknowledged"
         )
+
+    @property
+    def max_group_size(self) -> int:
+        return self.config.partition_size  # a group lives in the partition of its first event
 
     async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
         """Re-write the tag rows of ``events`` (see :meth:`Journal.repair_tags`), in groups of

@@ -8,9 +8,8 @@ on demand for development (``IF NOT EXISTS``). Names come from a validated
 Tables:
 
 * ``messages`` — the events. Partition ``(persistence_id, partition_nr)``, clustering
-  ``sequence_nr``. Each atomic group lives in one partition (see
-  ``raysource.journal.cassandra.journal``). ``timestamp_us`` keeps the event timestamp at
-  microsecond precision.
+  ``sequence_nr``. Each atomic group lives in one partition (see ``raysource.journal.cassandra.journal``).
+  ``timestamp_us`` keeps the event timestamp at microsecond precision.
 * ``metadata`` — one row per persistence id: the logical ``deleted_to`` mark and a
   ``partition_hint`` (a lower bound of the newest partition, a scan start for
   ``highest_sequence_nr``).
@@ -25,14 +24,9 @@ Tables:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.readside_statements import readside_schema
 from raysource.journal.cassandra.timer_statements import timer_schema
-
-if TYPE_CHECKING:  # the session loads cassandra-driver
-    from raysource.journal.cassandra.session import CassandraSession
 
 __all__ = ["schema_statements", "schema_cql", "create_schema"]
 
@@ -116,7 +110,7 @@ def schema_cql(config: CassandraConfig | None = None) -> str:
     return header + "\n\n".join(s + ";" for s in schema_statements(config)) + "\n"
 
 
-async def create_schema(session: CassandraSession, config: CassandraConfig | None = None, *,
+async def create_schema(session, config: CassandraConfig | None = None, *,
                         keyspace: bool = True) -> None:
     """Create keyspace (unless ``keyspace=False``) and tables if missing. For development;
     production runs ``schema_cql`` through its own change process. ``session`` is a connected

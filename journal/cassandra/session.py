@@ -65,8 +65,6 @@ from cassandra.protocol import (
     ErrorMessage,
     IsBootstrappingErrorMessage,
     OverloadedErrorMessage,
-)
-from cassandra.protocol import (
     RequestValidationException as ValidationErrorMessage,
 )
 from cassandra.query import (
@@ -79,11 +77,7 @@ from cassandra.query import (
 )
 
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import (
-    JournalError,
-    JournalOutcomeUnknownError,
-    JournalUnavailableError,
-)
+from raysource.journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
 
 __all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_driver_error",
            "consistency"]
@@ -97,34 +91,31 @@ _INVALID = (RequestValidationException, ValidationErrorMessage)
 
 
 def consistency(name: str) -> int:
-    level: int = getattr(ConsistencyLevel, name)
-    return level
+    return getattr(ConsistencyLevel, name)
 
 
-class NoResendRetryPolicy(RetryPolicy):  # type: ignore[misc]  # the driver is untyped (Any)
+class NoResendRetryPolicy(RetryPolicy):
     """The driver's default retry policy, except that a statement not marked idempotent is
     never re-sent after it may have reached a coordinator (a write timeout, an unavailable
     error, a server or connection error): the error goes to the caller, who decides with a
     re-read. Without this, a lost response to a conditional batch made the driver send it
     again, and the second execution came back "not applied" with the writer's own rows."""
 
-    def on_write_timeout(self, query: Any, consistency: int, write_type: Any,
-                         required_responses: int, received_responses: int,
-                         retry_num: int) -> Any:
+    def on_write_timeout(self, query, consistency, write_type, required_responses,  # noqa: ANN001
+                         received_responses, retry_num):
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_write_timeout(query, consistency, write_type, required_responses,
                                          received_responses, retry_num)
 
-    def on_unavailable(self, query: Any, consistency: int, required_replicas: int,
-                       alive_replicas: int, retry_num: int) -> Any:
+    def on_unavailable(self, query, consistency, required_replicas, alive_replicas,  # noqa: ANN001
+                       retry_num):
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_unavailable(query, consistency, required_replicas, alive_replicas,
                                       retry_num)
 
-    def on_request_error(self, query: Any, consistency: int, error: Exception,
-                         retry_num: int) -> Any:
+    def on_request_error(self, query, consistency, error, retry_num):  # noqa: ANN001
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
         return super().on_request_error(query, consistency, error, retry_num)
@@ -331,10 +322,10 @@ class CassandraSession:
             return stmt.bind(params or ()), None
         return stmt, params
 
-    def _bridge(self, rf: ResponseFuture, what: str) -> asyncio.Future[tuple[list[Any], Any]]:
+    def _bridge(self, rf: ResponseFuture, what: str) -> asyncio.Future[tuple[list, Any]]:
         """An asyncio future for one page: (rows, paging_state or None)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[list[Any], Any]] = loop.create_future()
+        fut: asyncio.Future[tuple[list, Any]] = loop.create_future()
 
         def _ok(rows: Any) -> None:
             # _paging_state is set by the driver before it runs callbacks; the public
@@ -350,7 +341,7 @@ class CassandraSession:
     def execute_async(self, stmt: Any, params: Sequence[Any] | None = None, *,
                       profile: str | None = None, paging_state: Any = None,
                       timeout: float | None = None,
-                      what: str = "query") -> asyncio.Future[tuple[list[Any], Any]]:
+                      what: str = "query") -> asyncio.Future[tuple[list, Any]]:
         """Low level: start an already bound/built statement, return its first page future."""
         kwargs: dict[str, Any] = {}
         if paging_state is not None:
@@ -367,15 +358,14 @@ class CassandraSession:
 
     async def execute(self, stmt: str | Statement | PreparedStatement,
                       params: Sequence[Any] | None = None, *, prepare: bool = True,
-                      profile: str | None = None, timeout: float | None = None) -> list[Any]:
+                      profile: str | None = None, timeout: float | None = None) -> list:
         """Run one statement; return the rows of its first page (empty for writes)."""
         s, bound_params = await self._statement(stmt, params, prepare)
         rows, _ = await self.execute_async(s, bound_params, profile=profile, timeout=timeout,
                                            what=_describe(stmt))
         return rows
 
-    async def execute_batch(self, batch: BatchStatement, *,
-                            profile: str | None = None) -> list[Any]:
+    async def execute_batch(self, batch: BatchStatement, *, profile: str | None = None) -> list:
         rows, _ = await self.execute_async(batch, profile=profile, what="batch")
         return rows
 
@@ -397,7 +387,7 @@ class CassandraSession:
         return rows[0] if rows else None
 
     async def select_all(self, stmt: str | Statement | PreparedStatement,
-                         params: Sequence[Any] | None = None, **kw: Any) -> list[Any]:
+                         params: Sequence[Any] | None = None, **kw: Any) -> list:
         """Every row (all pages). For large results use ``stream``."""
         return [row async for row in self.stream(stmt, params, **kw)]
 
@@ -409,7 +399,7 @@ class CassandraSession:
         s, bound_params = await self._statement(stmt, params, prepare)
         s.fetch_size = fetch_size or self.config.fetch_size
         what = _describe(stmt)
-        fut: asyncio.Future[tuple[list[Any], Any]] | None = self.execute_async(
+        fut: asyncio.Future[tuple[list, Any]] | None = self.execute_async(
             s, bound_params, profile=profile, what=what)
         try:
             while fut is not None:
@@ -426,12 +416,12 @@ class CassandraSession:
                 fut.cancel()
 
 
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+def _resolve(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _fail(fut: asyncio.Future[Any], exc: BaseException, what: str) -> None:
+def _fail(fut: asyncio.Future, exc: BaseException, what: str) -> None:
     if not fut.done():
         err = wrap_driver_error(exc, what)
         err.__cause__ = exc
