@@ -244,8 +244,8 @@ def handle_command(state: ShowState, command: object) -> Effect:
         case ConfirmHold(seat=seat, customer=customer):
             if state.holds.get(seat) != customer:
                 return reject(f"seat {seat} is not held by {customer}")
-            event = SeatReserved(seat, customer)
-            return persist(event, reply=event, cancel=f"hold-{seat}")
+            reserved = SeatReserved(seat, customer)
+            return persist(reserved, reply=reserved, cancel=f"hold-{seat}")
         case ReleaseHold(seat=seat, customer=customer):
             if state.holds.get(seat) != customer:
                 return none()  # confirmed, or released already
@@ -259,8 +259,8 @@ def handle_command(state: ShowState, command: object) -> Effect:
                 return reject(f"seat {seat} is not reserved")
             if holder != customer:
                 return reject(f"seat {seat} is not reserved by {customer}")
-            event = ReservationCancelled(seat, customer)
-            return persist(event, reply=event)
+            cancelled = ReservationCancelled(seat, customer)
+            return persist(cancelled, reply=cancelled)
         case GetShow():
             return reply(state)
         case CreateShow(seats=seats):

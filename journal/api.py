@@ -31,7 +31,7 @@ Every method is a coroutine (or async iterator) and never blocks the event loop.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -157,7 +157,7 @@ class Journal(abc.ABC):
         persistence_id: str,
         from_sequence_nr: int = 1,
         to_sequence_nr: int | None = None,
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         """Stream events ``from_sequence_nr..to_sequence_nr`` (inclusive) in ascending order.
 
         Paged: memory stays bounded for any history length. Deleted events are skipped.
@@ -181,7 +181,7 @@ class Journal(abc.ABC):
         after: TagOffset | None = None,
         *,
         limit: int | None = None,
-    ) -> AsyncIterator[TaggedEvent]:
+    ) -> AsyncGenerator[TaggedEvent, None]:
         """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
         what is currently visible (a "current" query: the iterator completes)."""
 

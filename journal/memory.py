@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from raysource.journal.api import (
@@ -187,7 +187,7 @@ class InMemoryJournal(Journal):
         persistence_id: str,
         from_sequence_nr: int = 1,
         to_sequence_nr: int | None = None,
-    ) -> AsyncIterator[StoredEvent]:
+    ) -> AsyncGenerator[StoredEvent, None]:
         await self._enter("replay")
         start = max(from_sequence_nr, self._deleted_to.get(persistence_id, 0) + 1, 1)
         seq = start
@@ -224,7 +224,7 @@ class InMemoryJournal(Journal):
         after: TagOffset | None = None,
         *,
         limit: int | None = None,
-    ) -> AsyncIterator[TaggedEvent]:
+    ) -> AsyncGenerator[TaggedEvent, None]:
         await self._enter("events_by_tag")
         rows = list(self._tags.get(tag, ()))  # a "current" query: what is visible now
         after = after or TagOffset.start()

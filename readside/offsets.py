@@ -22,6 +22,7 @@ Every method is a coroutine; a Cassandra outage raises ``JournalUnavailableError
 from __future__ import annotations
 
 import abc
+import builtins
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -105,7 +106,7 @@ class OffsetStore(abc.ABC):
     async def unpark(self, projection: str, persistence_id: str) -> None: ...
 
     @abc.abstractmethod
-    async def parked(self, projection: str) -> list[ParkedStream]:
+    async def parked(self, projection: str) -> builtins.list[ParkedStream]:
         """Every parked stream of ``projection``, by persistence id."""
 
 
@@ -142,7 +143,7 @@ class InMemoryOffsetStore(OffsetStore):
     async def unpark(self, projection: str, persistence_id: str) -> None:
         self._parked.pop((projection, persistence_id), None)
 
-    async def parked(self, projection: str) -> list[ParkedStream]:
+    async def parked(self, projection: str) -> builtins.list[ParkedStream]:
         return [p for (name, _), p in sorted(self._parked.items()) if name == projection]
 
 
@@ -167,7 +168,8 @@ class CassandraOffsetStore(OffsetStore):
         rows = await self._select(self.cql.select_worker, (projection, worker))
         return rows[0] if rows else None
 
-    async def _select(self, cql: str, params: tuple[Any, ...]) -> list[StoredProjectionRow]:
+    async def _select(self, cql: str,
+                      params: tuple[Any, ...]) -> builtins.list[StoredProjectionRow]:
         from raysource.journal.cassandra.session import RAW_PROFILE
 
         out = []
@@ -198,7 +200,7 @@ class CassandraOffsetStore(OffsetStore):
     async def unpark(self, projection: str, persistence_id: str) -> None:
         await self.session.execute(self.cql.unpark, (projection, persistence_id))
 
-    async def parked(self, projection: str) -> list[ParkedStream]:
+    async def parked(self, projection: str) -> builtins.list[ParkedStream]:
         from raysource.journal.cassandra.session import RAW_PROFILE
 
         rows = await self.session.select_all(self.cql.parked, (projection,), profile=RAW_PROFILE)

@@ -107,7 +107,7 @@ async def verify_applied(writer: Any, events: list[EventEnvelope]) -> list[str]:
 
 def _ranges(seqs: list[int]) -> str:
     out, start, prev = [], seqs[0], seqs[0]
-    for s in seqs[1:] + [None]:  # type: ignore[list-item]
+    for s in [*seqs[1:], None]:
         if s is not None and s == prev + 1:
             prev = s
             continue

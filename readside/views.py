@@ -125,10 +125,10 @@ class EffectivelyOnceView:
         set_mark = await self.session.prepare(self.cql.set_mark)
         audit = await self.session.prepare(self.cql.audit) if self.audit else None
         written = 0
-        for layer in layers:
+        for by_pid in layers:
             # an id's events of one layer stay in one batch (its mark is their last one)
             chunks: list[list[tuple[EventEnvelope, Sequence[Mutation]]]] = [[]]
-            for group in layer.values():
+            for group in by_pid.values():
                 if chunks[-1] and len(chunks[-1]) + len(group) > self.max_batch:
                     chunks.append([])
                 chunks[-1].extend(group)

@@ -307,9 +307,9 @@ def service_deployment(spec: ServiceSpec, build_api: Callable[[ServiceContext], 
         raise ConfigError(f"num_replicas must be >= 1, got {num_replicas}")
     options = {"num_cpus": 0.01, **(ray_actor_options or {})}
     deployment = serve.deployment(
-        _ServiceReplica, name=name, num_replicas=num_replicas,
+        name=name, num_replicas=num_replicas,
         max_ongoing_requests=max_ongoing_requests, ray_actor_options=options,
-        logging_config={"enable_access_log": access_log})
+        logging_config={"enable_access_log": access_log})(_ServiceReplica)
     return deployment.bind(spec, build_api)
 
 
@@ -326,8 +326,9 @@ def run_service(app: Any, *, name: str = "raysource-service", host: str = "127.0
     try:  # Serve was running already: its proxy keeps the address it has
         from ray.serve.context import _get_global_client
 
-        config = _get_global_client().http_config
-        host, port = config.host, config.port
+        client = _get_global_client()
+        if client is not None:
+            host, port = client.http_config.host, client.http_config.port
     except Exception:  # noqa: BLE001 - a private accessor; the requested address stands
         pass
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)

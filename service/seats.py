@@ -142,7 +142,7 @@ def build_seats_api(ctx: ServiceContext) -> FastAPI:
     async def customer_reservations(
             customer: str = Path(min_length=1, max_length=200)) -> CustomerReservations:
         session = await ctx.view_session()
-        rows = await reservations_of(session, ctx.spec.view_config.keyspace, customer)
+        rows = await reservations_of(session, session.config.keyspace, customer)
         return CustomerReservations(customer=customer, reservations=[
             CustomerSeat(show=show, seat=seat) for show, seat in rows])
 

@@ -22,7 +22,7 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
@@ -114,7 +114,7 @@ class ShardCoordinator:
     def __init__(
         self,
         system: str,
-        journal_factory: Callable[[], Journal],
+        journal_factory: Callable[[], Journal | Awaitable[Journal]],
         live_nodes: Callable[[], Sequence[NodeId]],
         settings: CoordinatorSettings | None = None,
         *,

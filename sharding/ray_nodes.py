@@ -9,7 +9,7 @@ the head brings it to ~2 s).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ray
@@ -84,7 +84,7 @@ def named_actors(namespace: str | None, prefix: str = "") -> list[tuple[str, str
 
 def get_or_create_coordinator(
     system: str,
-    journal_factory: Callable[[], Journal],
+    journal_factory: Callable[[], Journal | Awaitable[Journal]],
     settings: CoordinatorSettings | None = None,
     *,
     namespace: str | None = None,

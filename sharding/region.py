@@ -20,6 +20,7 @@ One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its no
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -59,8 +60,8 @@ class HomeCheck:
         loop = asyncio.get_running_loop()
         coordinator = await loop.run_in_executor(None, lambda: ray.get_actor(
             coordinator_name(self.system), namespace=self.namespace))
-        home = await asyncio.wait_for(coordinator.home.remote(type_name, shard),
-                                      _CHECK_TIMEOUT_S)
+        home: NodeId = await asyncio.wait_for(coordinator.home.remote(type_name, shard),
+                                              _CHECK_TIMEOUT_S)
         return home == self.node_id
 
 
@@ -162,7 +163,7 @@ class ShardRegion:
         loop = asyncio.get_running_loop()
         names = await loop.run_in_executor(
             None, named_actors, self.spec.namespace, f"{self.spec.name}:")
-        calls = []
+        calls: list[Any] = []
         for name, namespace in names:
             parsed = parse_name(name)
             if parsed is None or parsed.system != self.spec.name \
@@ -172,7 +173,7 @@ class ShardRegion:
                 target = "shared"  # any node's: it revokes the shard even if it is checking it
             elif parsed.kind == "hosted" and parsed.shard == shard.shard:
                 target = "hosted"
-            elif parsed.kind == "dedicated":
+            elif parsed.kind == "dedicated" and parsed.persistence_id is not None:
                 _, eid = split_persistence_id(parsed.persistence_id)
                 if shard_of(eid, aggregate_type.number_of_shards) != shard.shard:
                     continue
@@ -183,7 +184,7 @@ class ShardRegion:
                 self.forget(name)
             try:
                 handle = await loop.run_in_executor(
-                    None, lambda n=name, ns=namespace: ray.get_actor(n, namespace=ns))
+                    None, functools.partial(ray.get_actor, name, namespace=namespace))
             except ValueError:
                 continue  # exited meanwhile
             if target in ("hosted", "shared"):

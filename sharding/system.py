@@ -282,7 +282,9 @@ class System:
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator).
         Acknowledged commands are durable in the journal; the next start recovers them."""
-        hosts, regions, timers = [], [], []
+        hosts: list[Any] = []
+        regions: list[Any] = []
+        timers: list[Any] = []
         for name, namespace in named_actors(self.spec.namespace, f"{self.name}:"):
             try:
                 h = ray.get_actor(name, namespace=namespace)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,7 +332,7 @@ class FaultyJournal(_Controls, Journal):
         self.lost_tags: set[tuple[str, int]] = set()
         self.persistence_ids: set[str] = set()
 
-    max_group_size = property(lambda self: self.inner.max_group_size)  # type: ignore[assignment]
+    max_group_size = property(lambda self: self.inner.max_group_size)
 
     # ------------------------------------------------------------------ Journal
 
@@ -366,7 +366,7 @@ class FaultyJournal(_Controls, Journal):
         self.answers.append(WriteRecord(pid, writer, first, last, None, "ok"))
 
     async def replay(self, persistence_id: str, from_sequence_nr: int = 1,
-                     to_sequence_nr: int | None = None) -> AsyncIterator[StoredEvent]:
+                     to_sequence_nr: int | None = None) -> AsyncGenerator[StoredEvent, None]:
         self.persistence_ids.add(persistence_id)
         faults = self._inj.take("replay", persistence_id)
         for f in faults:
@@ -405,7 +405,7 @@ class FaultyJournal(_Controls, Journal):
         return await self._inj.call("repair_tags", pid, repair)
 
     async def events_by_tag(self, tag: str, after: TagOffset | None = None, *,
-                            limit: int | None = None) -> AsyncIterator[TaggedEvent]:
+                            limit: int | None = None) -> AsyncGenerator[TaggedEvent, None]:
         n = 0
         async for te in self.inner.events_by_tag(tag, after):
             if (te.event.persistence_id, te.event.sequence_nr) in self.lost_tags:

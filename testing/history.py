@@ -216,19 +216,19 @@ async def check_history(
 
     out.extend(_check_writers(writes))
     for lv in live:
-        states = folds.get(lv.persistence_id)
-        if states is None:
+        fold = folds.get(lv.persistence_id)
+        if fold is None:
             continue
-        if lv.sequence_nr >= len(states):
+        if lv.sequence_nr >= len(fold):
             out.append(Violation(
                 "state_mismatch", f"{lv.persistence_id}: activation {lv.writer_id or '?'} is at "
-                f"#{lv.sequence_nr} but the journal ends at #{len(states) - 1}",
+                f"#{lv.sequence_nr} but the journal ends at #{len(fold) - 1}",
                 lv.persistence_id, sequence_nrs=(lv.sequence_nr,)))
-        elif states[lv.sequence_nr] != lv.state:
+        elif fold[lv.sequence_nr] != lv.state:
             out.append(Violation(
                 "state_mismatch", f"{lv.persistence_id}: activation {lv.writer_id or '?'} at "
                 f"#{lv.sequence_nr} holds {lv.state!r}, the journal fold is "
-                f"{states[lv.sequence_nr]!r}", lv.persistence_id,
+                f"{fold[lv.sequence_nr]!r}", lv.persistence_id,
                 sequence_nrs=(lv.sequence_nr,)))
     return out
 

@@ -47,7 +47,7 @@ class LocalResolver:
         self.placement = dict(placement or {})
         self.host_settings = dict(host_settings or {})
         self._shard_of = shard_of
-        self._handles: dict[tuple, Any] = {}
+        self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def spec_for(self, aggregate_type: AggregateType, entity_id: str) -> HostSpec:

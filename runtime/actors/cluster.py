@@ -189,7 +189,8 @@ def connect_ray(address: str | None = "auto", namespace: str | None = None, *,
         _probe(address)
     switched = _prepare_env() if joining else False
     if switched and "ray" in sys.modules:
-        from ray._raylet import Config  # Ray caches its config at import: refresh it
+        # Ray caches its config at import: refresh it
+        from ray._raylet import Config  # type: ignore[attr-defined]  # compiled, no stub
 
         Config.initialize("")
     import ray

@@ -126,7 +126,9 @@ class LivePublisher:
         try:
             handle = await loop.run_in_executor(
                 None, lambda: ray.get_actor(name, namespace=ns or None))
-            tag, index, n, live = await asyncio.wait_for(handle.subscription.remote(), 5.0)
+            subscription: tuple[str, int, int, bool] = await asyncio.wait_for(
+                handle.subscription.remote(), 5.0)
+            tag, index, n, live = subscription
         except Exception as exc:  # booting, gone, or an old worker without the live path
             log.info("live publisher: %s not subscribed: %r", name, exc)
             return

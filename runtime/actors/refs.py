@@ -150,11 +150,12 @@ class _RefLoop:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def get(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or not self._thread.is_alive():
+            if self._loop is None or self._thread is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(target=loop.run_forever, daemon=True,
                                                 name="raysource-refs")
@@ -472,7 +473,10 @@ class EntityRef:
                 except _NotFreeYet:
                     # after an unknown outcome the command may be stored: never answer "not
                     # applied" for it; wait for a fresh activation until the call's deadline
-                    if time.monotonic() > (retry_until if unknown is None else keyed_until):
+                    # (unknown is only kept for keyed calls, which have keyed_until)
+                    deadline = retry_until if unknown is None or keyed_until is None \
+                        else keyed_until
+                    if time.monotonic() > deadline:
                         return self._raise(self._not_free() if unknown is None else unknown,
                                            with_epoch)
                     await asyncio.sleep(_WAIT_FOR_NAME_S)

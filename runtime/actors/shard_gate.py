@@ -19,6 +19,7 @@ Ray-free; :mod:`raysource.runtime.actors.host_actor` wires it into the actor.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Collection
 from typing import Protocol
 
@@ -87,9 +88,13 @@ class ShardGate:
             check = self._checks.get(shard)
             if check is None:
                 check = self._checks[shard] = asyncio.ensure_future(self._check(shard))
-                check.add_done_callback(lambda f, s=shard: (
-                    self._checks.pop(s, None), f.cancelled() or f.exception()))
+                check.add_done_callback(functools.partial(self._checked, shard))
             await asyncio.shield(check)
+
+    def _checked(self, shard: int, check: asyncio.Future[None]) -> None:
+        self._checks.pop(shard, None)
+        if not check.cancelled():
+            check.exception()  # retrieved here: never logged as "never retrieved"
 
     async def _check(self, shard: int) -> None:
         while True:
