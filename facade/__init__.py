@@ -6,12 +6,18 @@ The public API. ``import raysource`` is cheap and Ray-free; the names that need 
 Layers (imports go one way, down; ``tests/test_layers.py`` checks it)::
 
     raysource.app        CLI, demo, load test, local Cassandra launcher, inspect/replay
+    raysource.service    the HTTP front door (Ray Serve + FastAPI)
+    raysource.examples   seat reservations, a ledger, a read-side view
+    raysource.testing    test kit, fault injection, history checker, contract suites
     raysource.sharding   shard allocation (pure), coordinator, regions, System
     raysource.readside   projections, views
     raysource.runtime    aggregate API, entity core + host (no Ray); runtime.actors: Ray glue
     raysource.snapshots  SnapshotStore SPI, Cassandra + in-memory
+    raysource.timers     the durable-timer index SPI, Cassandra + in-memory
     raysource.journal    Journal SPI, errors, serialization; journal.cassandra: the store
-    raysource.testing    test kit, fault injection, history checker, contract suites
+
+The rooms are the ``raysource.*`` entries of pyproject's ``package-dir`` (each maps to its folder
+at the repository root; this package itself lives in ``facade/``).
 
 Errors: ``raysource.errors`` lists the whole tree.
 """

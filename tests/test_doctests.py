@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import doctest
 import importlib
-from pathlib import Path
 
 import pytest
+from rooms import ROOT, top_folders
 
-ROOT = Path(__file__).resolve().parents[1]
-ROOMS = {"journal": "raysource.journal", "snapshots": "raysource.snapshots",
-         "runtime": "raysource.runtime", "readside": "raysource.readside",
-         "sharding": "raysource.sharding", "testing": "raysource.testing",
-         "examples": "raysource.examples", "app": "raysource.app", "raysource": "raysource"}
+ROOMS = top_folders()  # {folder: package}, from pyproject's package-dir
 
 
 def _modules_with_examples() -> list[str]:
