@@ -5,18 +5,35 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup lint demo serve-demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
+.PHONY: FORCE setup lint demo serve-demo test bench peer-bench cassandra-start cassandra-stop cassandra-status clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.linked
 
-# editable_mode=strict: a link tree under build/ that static tools (mypy, IDEs, jedi) follow as
-# plain files; a module added later needs `make setup` again (touch pyproject.toml) to be linked.
+# The project is installed editable in setuptools' strict mode: a link tree under build/ that
+# static tools (mypy, IDEs, jedi) read as plain files, where the default mode's import hook is
+# invisible to them. The tree links the modules that existed at install time, so it is made
+# again whenever a module is added or removed ($(VENV)/.modules, the list of the package
+# folders' files, from pyproject's package-dir, changes).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	$(BIN)/python -c "from raysource.app.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
 	touch $@
+
+ROOMS := $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
+	print(*sorted({f.split('/')[0] for f in d['tool']['setuptools']['package-dir'].values()}))")
+
+$(VENV)/.modules: FORCE
+	@mkdir -p $(VENV)
+	@find $(ROOMS) -name '*.py' -not -path '*/__pycache__/*' | sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(VENV)/.linked: $(VENV)/.installed $(VENV)/.modules
+	$(BIN)/pip install -q --no-deps -e . --config-settings editable_mode=strict
+	touch $@
+
+FORCE:
 
 # flags pass through, e.g. make demo DEMO_ARGS="--seconds 5 --keep-running"
 demo: setup

@@ -84,6 +84,26 @@ def test_the_wheel_installs_one_import_root(wheel_venv: dict) -> None:
         assert gone.returncode != 0 and "ModuleNotFoundError" in gone.stderr, generic
 
 
+def test_every_module_of_every_package_is_in_the_wheel(wheel_venv: dict) -> None:
+    """pyproject's package-dir maps each folder into the import root; a folder missing from it
+    (or from ``packages``) imports fine editable and is silently absent from the wheel."""
+    import zipfile
+
+    from rooms import package_dir
+
+    names = set(zipfile.ZipFile(wheel_venv["wheel"]).namelist())
+    expected = set()
+    for package, folder in package_dir().items():
+        for path in (ROOT / folder).glob("*.py"):
+            expected.add("/".join([*package.split("."), path.name]))
+    # every Python file of the repository's package folders, subfolders included
+    tops = {folder.split("/")[0] for folder in package_dir().values()}
+    on_disk = {p for top in tops for p in (ROOT / top).rglob("*.py")
+               if "__pycache__" not in p.parts}
+    assert len(expected) == len(on_disk), sorted(map(str, on_disk))
+    assert expected <= names, sorted(expected - names)
+
+
 def test_the_readme_first_example_runs_from_the_wheel(wheel_venv: dict) -> None:
     readme = (ROOT / "README.md").read_text()
     first = re.search(r"^```python\n(.*?)^```", readme, re.S | re.M).group(1)
