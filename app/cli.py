@@ -32,9 +32,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from raysource.app.local_node import LocalCassandra
 from raysource.journal.errors import ConfigError, RaysourceError
+
+if TYPE_CHECKING:
+    from raysource.readside.projections import ProjectionSpec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -301,7 +305,7 @@ def _state(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_spec(ref: str):
+def _load_spec(ref: str) -> ProjectionSpec:
     import importlib
 
     from raysource.readside.projections import ProjectionSpec
@@ -317,6 +321,13 @@ def _load_spec(ref: str):
     return spec
 
 
+def _required(spec: ProjectionSpec | None) -> ProjectionSpec:
+    """The spec a command needs (loaded whenever the command needs it)."""
+    if spec is None:
+        raise ConfigError("this projection command needs --spec module:ATTR")
+    return spec
+
+
 _READSIDE_OPS = ("verify", "parked", "retry", "skip", "set-offset")
 
 
@@ -329,7 +340,7 @@ def _projection_op(args: argparse.Namespace) -> int:
 
     spec = _load_spec(args.spec) if args.action in ("verify", "set-offset") or not args.name \
         else None
-    name = args.name or spec.name
+    name = args.name or _required(spec).name
     if spec is not None and spec.name != name:
         raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r}")
     if args.action in ("retry", "skip") and not args.pid:
@@ -341,7 +352,7 @@ def _projection_op(args: argparse.Namespace) -> int:
     if args.action == "verify":
         from raysource.readside.verify import verify_cassandra
 
-        report = asyncio.run(verify_cassandra(spec, config))
+        report = asyncio.run(verify_cassandra(_required(spec), config))
         print("\n".join(report.lines()))
         return 0 if report.ok else 1
     from raysource.readside.projection_actor import Projections
@@ -368,12 +379,12 @@ def _projection_op(args: argparse.Namespace) -> int:
 
             journal = await CassandraJournal.connect(config)
             try:
-                to = await latest_offset(journal, spec.tag)
+                to = await latest_offset(journal, _required(spec).tag)
             finally:
                 await journal.close()
             if to is None:
-                return f"{name}: tag {spec.tag!r} has no events; offset unchanged"
-        await control.reset(spec, to)
+                return f"{name}: tag {_required(spec).tag!r} has no events; offset unchanged"
+        await control.reset(_required(spec), to)
         from raysource.readside.projections import offset_to_str
 
         return f"{name}: offset set to {offset_to_str(to)}"
@@ -393,7 +404,7 @@ def _projection(args: argparse.Namespace) -> int:
     from raysource.runtime.actors.cluster import connect_ray
 
     spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
-    name = args.name or spec.name
+    name = args.name or _required(spec).name
     if spec is not None and spec.name != name:
         raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r} (leave the name "
                           "out to use the spec's)")
@@ -406,9 +417,9 @@ def _projection(args: argparse.Namespace) -> int:
 
     async def run() -> list[dict]:
         if args.action == "start":
-            await control.start(spec)
+            await control.start(_required(spec))
         elif args.action == "reset":
-            await control.reset(spec, target)
+            await control.reset(_required(spec), target)
         elif args.action != "status":
             await getattr(control, args.action)(name)
         return await control.status(name)
@@ -539,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="leave a Cassandra node it started running")
     srv.set_defaults(func=_serve)
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("type", help="aggregate type name (e.g. show)")
     common.add_argument("id", help="entity id")
     common.add_argument("--cassandra", type=_contact, default=None,

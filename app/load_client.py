@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import operator
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -104,7 +105,8 @@ class _LoadClient:
             ))
             self.refs = {eid: system.entity(agg, eid) for eid in s.workload.entity_ids()}
             handles = await asyncio.gather(*[
-                loop.run_in_executor(pool, lambda r=r: r.actor) for r in self.refs.values()
+                loop.run_in_executor(pool, operator.attrgetter("actor"), r)
+                for r in self.refs.values()
             ])
         # creating an actor returns at once; wait until each host process is up (its stores
         # open and entities recover on their first command, inside the timed run)
@@ -121,6 +123,7 @@ class _LoadClient:
         from raysource.examples.seats import GetShow
         from raysource.service.seats import http_request
 
+        assert self.setup.http_url is not None  # HTTP mode
         self.http = httpx.AsyncClient(base_url=self.setup.http_url,
                                       timeout=self.setup.ask_timeout_s,
                                       limits=httpx.Limits(max_connections=256,

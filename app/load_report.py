@@ -59,9 +59,9 @@ def aggregate(results: Iterable[ClientResult], *, elapsed_s: float) -> dict[str,
                 k[o] += counts[o]
                 k["count"] += counts[o]
                 totals[o] += counts[o]
-        for sec, counts in r.per_second.items():
+        for sec, in_second in r.per_second.items():
             for i, o in enumerate(OUTCOMES):
-                series[o][sec] += counts[i]
+                series[o][sec] += in_second[i]
     for kind in by_kind:
         lat = np.concatenate([np.asarray(r.latencies_ms.get(kind, []), dtype=float)
                               for r in results])

@@ -23,6 +23,7 @@ HTTP, on the same Ray and Cassandra, and prints both figures side by side.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -136,7 +137,8 @@ class LoadExtension(Protocol):
     ``close`` always (also on failure). ``lines()`` is printed after the consistency check;
     ``ok`` counts toward the exit code."""
 
-    ok: bool
+    @property
+    def ok(self) -> bool: ...
 
     def before_load(self, system: System, config: CassandraConfig, workload: Any,
                     say: Say) -> None: ...
@@ -153,7 +155,7 @@ def new_run_id(workload: str) -> str:
     return f"{workload}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
-def run_loadtest(params: LoadTestParams, contact: str | tuple[str, int], *,
+def run_loadtest(params: LoadTestParams, contact: str, *,
                  say: Say = print, progress: bool = True, run_id: str | None = None,
                  extension: LoadExtension | None = None) -> LoadTestReport:
     """Run ``params`` against Cassandra at ``contact`` on the already initialised Ray (see
@@ -335,13 +337,14 @@ def _host_stats(name: str, namespace: str) -> dict[str, Any]:
     """Commands vs journal writes summed over the system's host actors (group commit)."""
     handles = []
     for actor_name in _system_actor_names(name, namespace):
-        if parse_name(actor_name).kind in ("dedicated", "hosted"):
+        parsed = parse_name(actor_name)
+        if parsed is not None and parsed.kind in ("dedicated", "hosted"):
             try:
                 handles.append(ray.get_actor(actor_name, namespace=namespace))
             except ValueError:
                 pass
     try:
-        infos = ray.get([h.info.remote() for h in handles], timeout=15.0)
+        infos: list[dict[str, Any]] = ray.get([h.info.remote() for h in handles], timeout=15.0)
     except Exception:  # noqa: BLE001 - diagnostics only; the run's figures stand without it
         return {}
     commands = sum(i.get("stats", {}).get("commands", 0) for i in infos)
@@ -429,10 +432,10 @@ def _run_both(params: LoadTestParams, *, contact: str | None, keep: bool, say: S
     started_ray = False
     try:
         if not ray.is_initialized():
+            local: dict[str, Any] = {"include_dashboard": False} if params.address is None else {}
             ray.init(address=params.address, log_to_driver=False,
                      namespace=f"raysource-{uuid.uuid4().hex[:8]}",
-                     logging_level=logging.WARNING,
-                     **({"include_dashboard": False} if params.address is None else {}))
+                     logging_level=logging.WARNING, **local)
             started_ray = True
         codes = []
         for via in ("refs", "http"):
@@ -440,7 +443,7 @@ def _run_both(params: LoadTestParams, *, contact: str | None, keep: bool, say: S
             codes.append(run_standalone(
                 replace(params, via=via), contact=source.contact_point, keep=True, say=say,
                 extension=extension if via == "http" else None,
-                on_report=lambda r, via=via: reports.__setitem__(via, r)))
+                on_report=functools.partial(reports.__setitem__, via)))
         for line in comparison_lines(reports):
             say(line)
         return max(codes)

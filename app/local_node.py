@@ -189,8 +189,8 @@ class LocalCassandra:
 
     def _answers(self, host: str, port: int, sec: NodeSecurity) -> bool:
         ctx = sec.ssl_context()
-        return any(cql_answers(host, port, login=login, ssl_context=ctx)
-                   for login in (sec.client_logins() or [None]))
+        logins: list[tuple[str, str] | None] = [*sec.client_logins()] or [None]
+        return any(cql_answers(host, port, login=login, ssl_context=ctx) for login in logins)
 
     def _status(self, running: bool, host: str, port: int, pid: int | None,
                 sec: NodeSecurity, started: bool = False,
@@ -206,7 +206,8 @@ class LocalCassandra:
         pid, port = info.get("pid"), int(info.get("port") or self.port or DEFAULT_NATIVE_PORT)
         host = info.get("host", self.host)
         sec = self._security(info)
-        running = bool(pid) and self._is_our_process(pid) and self._answers(host, port, sec)
+        running = pid is not None and bool(pid) and self._is_our_process(pid) \
+            and self._answers(host, port, sec)
         return self._status(running, host, port, pid, sec)
 
     def start(
@@ -484,7 +485,7 @@ class CassandraSource:
     host: str
     port: int
     description: str
-    _cleanup: Callable[[], None] | None = None
+    _cleanup: Callable[[], object] | None = None
 
     @property
     def contact_point(self) -> str:
