@@ -51,6 +51,7 @@ from typing import Any
 from cassandra import (
     ConsistencyLevel,
     OperationTimedOut,
+    RequestExecutionException,
     RequestValidationException,
     UnresolvableContactPoints,
 )
@@ -148,9 +149,10 @@ def _never_sent(exc: NoHostAvailable, writes: bool) -> bool:
 
 
 def _sent(exc: object, writes: bool) -> bool:
-    if writes:
-        return isinstance(exc, (OperationTimedOut, ErrorMessage))
-    return isinstance(exc, (OperationTimedOut, ErrorMessage)) and not isinstance(exc, _REFUSED)
+    # The driver keeps a node's Unavailable/ReadTimeout/WriteTimeout answer as the exception
+    # (``RequestExecutionException``), not as the ``ErrorMessage``: the node had the request.
+    answered = isinstance(exc, (OperationTimedOut, ErrorMessage, RequestExecutionException))
+    return answered and (writes or not isinstance(exc, _REFUSED))
 
 
 def writes(stmt: Any) -> bool:
