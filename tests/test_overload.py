@@ -115,3 +115,8 @@ def test_limits_are_checked() -> None:
             _host(InMemoryJournal(), **bad)
     host = _host(InMemoryJournal())
     assert (host.max_mailbox, host.max_in_flight) == (1_000, 10_000)  # bounded by default
+    # the Ray host actor's spec carries the same defaults into its AggregateHost
+    from raysource.runtime.actors.host_actor import HostSpec
+
+    fields = HostSpec.__dataclass_fields__
+    assert (fields["max_mailbox"].default, fields["max_in_flight"].default) == (1_000, 10_000)

@@ -21,9 +21,10 @@ idempotent writes); any other failure after sending is handed to the caller as a
 Driver errors are wrapped by whether the request could have reached a coordinator
 (:func:`wrap_driver_error`):
 
-* not sent (``NoHostAvailable`` with no request sent), or a *read* refused by an overloaded or
-  bootstrapping coordinator: ``JournalUnavailableError`` — nothing written;
-* sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos commit may
+* not sent (``NoHostAvailable`` with no request sent), or any failure of a *read* (a
+  ``SELECT`` writes nothing, whether it timed out or was refused): ``JournalUnavailableError``
+  — nothing written;
+* a write sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos commit may
   fail on it after the proposal was accepted), replica failures, the connection dropped or the
   server shut down after the request went out, a server error, ``CAS_WRITE_UNKNOWN`` of protocol
   v5, any unknown error): ``JournalOutcomeUnknownError`` — it may or may not have been applied,
@@ -71,12 +72,7 @@ from cassandra.policies import (
     RoundRobinPolicy,
     TokenAwarePolicy,
 )
-from cassandra.protocol import (
-    ErrorMessage,
-    IsBootstrappingErrorMessage,
-    OverloadedErrorMessage,
-    RequestValidationException as ValidationErrorMessage,
-)
+from cassandra.protocol import ErrorMessage, RequestValidationException as ValidationErrorMessage
 from cassandra.query import (
     BatchStatement,
     BatchType,
@@ -94,9 +90,6 @@ __all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_drive
 
 RAW_PROFILE = "raysource_raw"  # plain tuple rows: cheaper than named tuples on hot paths
 
-# Refused by the coordinator: "nothing executed" holds for a read only (see the module
-# docstring: Overloaded can follow a write's send to an earlier replica).
-_REFUSED = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
 # Invalid requests (bad CQL, unauthorized, ...): refused before execution.
 _INVALID = (RequestValidationException, ValidationErrorMessage)
 
@@ -141,18 +134,14 @@ class NoResendRetryPolicy(RetryPolicy):
         return super().on_request_error(query, consistency, error, retry_num)
 
 
-def _never_sent(exc: NoHostAvailable, writes: bool) -> bool:
+def _never_sent(exc: NoHostAvailable) -> bool:
     """``NoHostAvailable`` means no host took the request, unless one of its per-host errors
-    is what a sent request ends with (after a retry of an idempotent statement)."""
+    is what a sent request ends with (after a retry of an idempotent statement). The driver
+    keeps a node's Unavailable/ReadTimeout/WriteTimeout answer there as the exception
+    (``RequestExecutionException``), others as the ``ErrorMessage`` (Overloaded included)."""
     errors = getattr(exc, "errors", None) or {}
-    return not any(_sent(e, writes) for e in errors.values())
-
-
-def _sent(exc: object, writes: bool) -> bool:
-    # The driver keeps a node's Unavailable/ReadTimeout/WriteTimeout answer as the exception
-    # (``RequestExecutionException``), not as the ``ErrorMessage``: the node had the request.
-    answered = isinstance(exc, (OperationTimedOut, ErrorMessage, RequestExecutionException))
-    return answered and (writes or not isinstance(exc, _REFUSED))
+    return not any(isinstance(e, (OperationTimedOut, ErrorMessage, RequestExecutionException))
+                   for e in errors.values())
 
 
 def writes(stmt: Any) -> bool:
@@ -170,16 +159,17 @@ def wrap_driver_error(exc: BaseException, what: str, *, sent: bool = True,
     """The raysource error for a driver exception (the caller raises it ``from exc``), by
     whether the request may have been executed (see the module docstring). ``sent=False``:
     nothing can have been written (raised before the request went out, or by a request that
-    writes nothing: connect, prepare). ``may_write=False``: the request was a read, so a
-    coordinator's Overloaded/IsBootstrapping refusal executed nothing."""
+    writes nothing: connect, prepare). ``may_write=False``: the request was a read (a
+    ``SELECT``), which writes nothing whatever its fate: ``JournalUnavailableError``."""
     if isinstance(exc, JournalError):
         return exc
     name = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _INVALID):
         return JournalError(f"{what}: {name}")
-    refused = not may_write and isinstance(exc, _REFUSED)
-    if not sent or refused or (
-            isinstance(exc, NoHostAvailable) and _never_sent(exc, may_write)):
+    if not may_write:  # a read: whatever happened to it, it wrote nothing
+        return JournalUnavailableError(f"{what}: Cassandra unavailable, the read failed "
+                                       f"({name})")
+    if not sent or (isinstance(exc, NoHostAvailable) and _never_sent(exc)):
         return JournalUnavailableError(f"{what}: Cassandra unavailable, nothing was sent or "
                                        f"executed ({name})")
     return JournalOutcomeUnknownError(
