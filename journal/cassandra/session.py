@@ -24,11 +24,11 @@ Driver errors are wrapped by whether the request could have reached a coordinato
 * not sent (``NoHostAvailable`` with no request sent), or any failure of a *read* (a
   ``SELECT`` writes nothing, whether it timed out or was refused): ``JournalUnavailableError``
   — nothing written;
-* a write sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos commit may
-  fail on it after the proposal was accepted), replica failures, the connection dropped or the
-  server shut down after the request went out, a server error, ``CAS_WRITE_UNKNOWN`` of protocol
-  v5, any unknown error): ``JournalOutcomeUnknownError`` — it may or may not have been applied,
-  and may still land;
+* a write sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos
+  commit may fail on it after the proposal was accepted), replica failures, the connection
+  dropped or the server shut down after the request went out, a server error,
+  ``CAS_WRITE_UNKNOWN`` of protocol v5, any unknown error): ``JournalOutcomeUnknownError`` —
+  it may or may not have been applied, and may still land;
 * ``Overloaded`` or ``IsBootstrapping`` answering a *write* (anything but a ``SELECT``): also
   ``JournalOutcomeUnknownError``, decided by the journal's re-read. Cassandra 5.0 does not
   answer Overloaded only before executing: ``StorageProxy.sendToHintedReplicas`` (plain and
@@ -101,9 +101,10 @@ def consistency(name: str) -> int:
 class NoResendRetryPolicy(RetryPolicy):
     """The driver's default retry policy, except that a statement not marked idempotent is
     never re-sent after it may have reached a coordinator (a read or write timeout, an
-    unavailable error, a server, overloaded or connection error): the error goes to the caller, who decides with a
-    re-read. Without this, a lost response to a conditional batch made the driver send it
-    again, and the second execution came back "not applied" with the writer's own rows."""
+    unavailable error, a server, overloaded or connection error): the error goes to the
+    caller, who decides with a re-read. Without this, a lost response to a conditional batch
+    made the driver send it again, and the second execution came back "not applied" with the
+    writer's own rows."""
 
     def on_read_timeout(self, query, consistency, required_responses,  # noqa: ANN001
                         received_responses, data_retrieved, retry_num):
