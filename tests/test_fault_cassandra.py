@@ -29,6 +29,7 @@ from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.snapshots.cassandra import CassandraSnapshotStore
 from raysource.testing.driver_faults import DRIVER_FAULT_KINDS, DriverFault, DriverFaults
 from raysource.testing.history import History, assert_no_violations, check_history
+from seeds import REPLAY, fresh
 from test_fault_properties import fault_specs, schedules
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
@@ -59,7 +60,8 @@ def featuring(draw, kind: str) -> Schedule:
     return dataclasses.replace(s, faults=(dataclasses.replace(f, nth=min(f.nth, 2)),) + s.faults)
 
 
-EXAMPLES = 8  # schedules per featured kind
+EXAMPLES = 8  # fixed schedules per featured kind
+FRESH = 2  # and schedules per kind from this run's fresh seed
 KINDS = sorted(POINTS) + [f"driver:{k}" for k in DRIVER_FAULT_KINDS]
 
 
@@ -69,6 +71,19 @@ KINDS = sorted(POINTS) + [f"driver:{k}" for k in DRIVER_FAULT_KINDS]
                                  HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fault_schedules_on_cassandra(store, kind: str, data) -> None:
+    _one_schedule(store, kind, data)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@fresh(FRESH)
+@given(data=st.data())
+def test_fresh_seed_fault_schedules_on_cassandra(store, kind: str, data) -> None:
+    """The same, on schedules drawn from this run's fresh seed (tests/seeds.py: printed in the
+    header; RAYSOURCE_TEST_SEED replays)."""
+    _one_schedule(store, kind, data)
+
+
+def _one_schedule(store, kind: str, data) -> None:  # noqa: ANN001
     loop, journal, snapshots = store
     driver = None
     if kind.startswith("driver:"):  # a random schedule plus the driver fault on batch 1 or 2
@@ -86,7 +101,7 @@ def test_fault_schedules_on_cassandra(store, kind: str, data) -> None:
 
     run = loop.run_until_complete(one())
     context = {"schedule": schedule, "fired": run.fired,
-               "driver": driver and driver.faults}
+               "driver": driver and driver.faults, "fresh seed": REPLAY}
     assert_no_violations(run.violations, context)
     if featured not in {f.split("@")[0] for f in run.fired}:
         # its point was never reached (e.g. no third snapshot save): sound, but not a test of
@@ -102,7 +117,7 @@ def test_fault_schedules_on_cassandra(store, kind: str, data) -> None:
 def test_every_stored_event_reached_its_tag_stream(store) -> None:
     """After the visibility delay, the whole history of every schedule again, tags included."""
     loop, journal, _ = store
-    assert len(RUNS) == EXAMPLES * len(KINDS), f"{len(RUNS)} schedules ran"
+    assert len(RUNS) == (EXAMPLES + FRESH) * len(KINDS), f"{len(RUNS)} schedules ran"
     history = History([o for r in RUNS for o in r.history.observations])
 
     async def check():
