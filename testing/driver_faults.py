@@ -62,6 +62,9 @@ def _conditional(query: Any) -> bool:
 
 
 class DriverFaults:
+    """The driver-level faults of one run (see the module docstring); ``install`` patches
+    cassandra-driver's ``ResponseFuture`` until ``uninstall`` (idempotent)."""
+
     _active: "DriverFaults | None" = None
 
     def __init__(self, faults: list[DriverFault] | tuple[DriverFault, ...]) -> None:
