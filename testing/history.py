@@ -15,8 +15,14 @@ The checks, per command id (its events name it: ``command_of(event)``) with ``A`
 ``U`` unknown attempts and ``S`` applications stored in the journal:
 
 * ``lost_ack``: an acknowledged command whose events are not in the journal (``A >= 1, S = 0``);
-* ``applied_twice``: stored more often than acknowledged + unknown attempts allow
-  (``S > A + U`` with ``A >= 1``); ``unknown_applied_twice`` the same with ``A = 0``;
+* ``applied_twice``: stored more often than its attempts allow (``A >= 1``);
+  ``unknown_applied_twice`` the same with ``A = 0``. The bound: a command whose events carry an
+  idempotency key (it was sent ``Keyed``, and every re-send reuses the key) is applied at most
+  once, ``S <= 1``, however many attempts it had; so an acknowledged keyed command is stored
+  *exactly once*. A command without a key is a new request on every attempt (a caller that
+  re-sends an unknown outcome without a key may get it applied twice), so its bound is the
+  attempts that may have been applied, ``S <= A + U``: each acknowledged attempt is stored,
+  none more than once;
 * ``not_applied_present``: only rejected / not-applied attempts, yet events are stored;
 * ``phantom``: events of a command no caller ever sent;
 * ``two_writers``: a sequence number stored by two different writers (activations), from the
@@ -177,6 +183,7 @@ async def check_history(
 
     handler = aggregate_type.event_handler
     stored_by_cmd: dict[str, list[tuple[str, int, Any]]] = defaultdict(list)
+    keyed: set[str] = set()  # commands stored with an idempotency key: at most once
     after_cmd: dict[str, Any] = {}  # fold state just after the command's last event
     folds: dict[str, list[Any]] = {}
     all_stored: list[StoredEvent] = []
@@ -194,6 +201,8 @@ async def check_history(
             cmd = command_of(event)
             if cmd is not None:
                 stored_by_cmd[cmd].append((pid, ev.sequence_nr, event))
+                if ev.metadata and ev.metadata.get(KEY_FIELD) is not None:
+                    keyed.add(cmd)
                 after_cmd[cmd] = state
         folds[pid] = states
         all_stored.extend(stored)
@@ -203,7 +212,7 @@ async def check_history(
 
     for cmd in sorted(set(per_cmd) | set(stored_by_cmd)):
         out.extend(_check_command(cmd, per_cmd.get(cmd, Counter()),
-                                  stored_by_cmd.get(cmd, []), obs))
+                                  stored_by_cmd.get(cmd, []), obs, cmd in keyed))
         if expected_reply is not None and cmd in after_cmd:
             want = expected_reply(cmd, after_cmd[cmd])
             for o in replies.get(cmd, []):
@@ -234,8 +243,9 @@ async def check_history(
 
 
 def _check_command(cmd: str, seen: Counter[str], stored: list[tuple[str, int, Any]],
-                   obs: list[Observation]) -> list[Violation]:
+                   obs: list[Observation], keyed: bool = False) -> list[Violation]:
     acked, unknown = seen["ok"], seen["unknown"] + seen["uncategorized"]
+    bound = min(1, acked + unknown) if keyed else acked + unknown
     # one application = one copy of each of its (distinct) event values
     copies = Counter(repr(e) for _, _, e in stored)
     applied = max(copies.values(), default=0)
@@ -249,12 +259,13 @@ def _check_command(cmd: str, seen: Counter[str], stored: list[tuple[str, int, An
     if acked and not applied:
         return [Violation("lost_ack", f"{cmd}: acknowledged ({callers}) but not in the journal",
                           command_id=cmd)]
-    if applied > acked + unknown:
+    if applied > bound:
         kind = ("applied_twice" if acked else
                 "unknown_applied_twice" if unknown else "not_applied_present")
-        what = {"applied_twice": f"applied {applied} times",
+        what = {"applied_twice": f"applied {applied} times" + (", under a key" if keyed
+                                                                 else ""),
                 "unknown_applied_twice": f"applied {applied} times with {unknown} unknown "
-                                         f"attempt(s)",
+                                         f"attempt(s)" + (", under a key" if keyed else ""),
                 "not_applied_present": "reported not applied"}[kind]
         return [Violation(kind, f"{cmd}: {what} ({callers}); stored at {where}", pid, cmd, seqs)]
     return []

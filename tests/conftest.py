@@ -83,3 +83,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Run the Ray-free unit tests first: they assert Ray is not running (``unit_guard``), and
     the session's local Ray, once started by a Ray test, stays up until the end."""
     items.sort(key=lambda item: 0 if "no_ray" in getattr(item, "fixturenames", ()) else 1)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The property suites' fresh seed of this run (``tests/seeds.py``): set it to replay."""
+    from seeds import REPLAY
+
+    return f"property tests: fresh seed {REPLAY} (set it in the environment to replay this run)"

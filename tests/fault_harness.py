@@ -105,7 +105,8 @@ async def _turns(n: int, turn_s: float = 0.0) -> None:
 class Harness:
     def __init__(self, schedule: Schedule, journal: Journal, snapshots: SnapshotStore,
                  *, call_timeout: float = 5.0, tag: str = "", turn_s: float = 0.0,
-                 check_tags: bool = True, keyed: bool = False) -> None:
+                 check_tags: bool = True, keyed: bool = False,
+                 driver: Any = None) -> None:
         self.schedule = schedule
         self.gate = asyncio.Event()
         self.history = History()
@@ -118,6 +119,9 @@ class Harness:
         self.turn_s = turn_s
         self.check_tags = check_tags
         self.keyed = keyed  # callers send Keyed commands and re-send unknown outcomes too
+        # raysource.testing.driver_faults.DriverFaults: faults below a Cassandra journal,
+        # installed for the schedule, removed before the checks
+        self.driver = driver
         self.hosts = [self._host(f"h{i}") for i in range(2)]
         self.interlopers: list[AggregateHost] = []
         self.inflight: list[set[asyncio.Task]] = [set(), set()]
@@ -224,6 +228,15 @@ class Harness:
 
     async def run(self) -> Run:
         s = self.schedule
+        if self.driver is not None:
+            self.driver.install()
+        try:
+            return await self._run(s)
+        finally:
+            if self.driver is not None:
+                self.driver.uninstall()
+
+    async def _run(self, s: Schedule) -> Run:
         tasks = [asyncio.ensure_future(self._caller(i)) for i in range(3)]
         side = [asyncio.ensure_future(self._release())]
         side += [asyncio.ensure_future(self._crash(t, h)) for t, h in s.crashes]
@@ -231,6 +244,9 @@ class Harness:
         await asyncio.gather(*tasks, *side)
         self.gate.set()
         await _turns(5, self.turn_s)  # late landings
+        if self.driver is not None:
+            await self.driver.wait_landed()  # every late batch ran: the journal is final
+            self.driver.uninstall()
         self.journal.faults_enabled = False
         self.snapshots.faults_enabled = False
         live = []
@@ -262,7 +278,9 @@ class Harness:
                                  command_id=cmd) for cmd in self.hangs]
         return Run([LEDGER_T.persistence_id(e) for e in self.entities], self.history,
                    violations, [f.fault for f in self.journal.fired] +
-                   [f.fault for f in self.snapshots.fired], len(self.journal.writes))
+                   [f.fault for f in self.snapshots.fired] +
+                   (list(self.driver.fired) if self.driver is not None else []),
+                   len(self.journal.writes))
 
 
 async def run_schedule(schedule: Schedule, journal: Journal | None = None,

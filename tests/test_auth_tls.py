@@ -109,6 +109,7 @@ async def test_plain_text_client_is_refused(secure) -> None:
     plain = _config(env).with_(tls=None)
     with pytest.raises(JournalError) as info:
         await CassandraJournal.connect(plain)
+    _assert_refused(info.value)
     assert _password(env) not in str(info.value)
     from cassandra.cluster import Cluster, NoHostAvailable
 
@@ -136,8 +137,30 @@ async def test_bad_credentials_or_trust_are_refused(secure, who, tmp_path) -> No
         await CassandraJournal.connect(cfg)
     text = str(info.value)
     assert WRONG not in text and _password(env) not in text
+    causes = _assert_refused(info.value)
+    if who in ("wrong-password", "default-superuser", "no-credentials"):
+        from cassandra import AuthenticationFailed
+
+        assert all(isinstance(c, AuthenticationFailed) for c in causes), causes
     if who in ("wrong-password", "default-superuser"):
-        assert "Bad credentials" in text or "AuthenticationFailed" in text, text
+        assert "Bad credentials" in text, text
+    if who == "untrusted-ca":
+        assert any("CERTIFICATE_VERIFY_FAILED" in str(c) for c in causes), causes
+
+
+def _assert_refused(err: JournalError) -> list:
+    """A refused connect is exactly ``JournalUnavailableError`` (nothing sent: not the unknown
+    outcome, not an invalid request) caused by the driver's ``NoHostAvailable``; returns its
+    per-host errors."""
+    from cassandra.cluster import NoHostAvailable
+
+    from raysource.journal.errors import JournalUnavailableError
+
+    assert type(err) is JournalUnavailableError, repr(err)
+    assert isinstance(err.__cause__, NoHostAvailable), repr(err.__cause__)
+    causes = list(err.__cause__.errors.values())
+    assert causes, err.__cause__
+    return causes
 
 
 @pytest.mark.ray

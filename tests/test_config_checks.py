@@ -139,6 +139,13 @@ def test_secrets_stay_out_of_reprs_and_errors(tmp_path) -> None:
     pw.write_text(secret + "\n")
     by_file = CassandraConfig(username="app", password_file=str(pw))
     assert by_file.credentials() == ("app", secret) and secret not in repr(by_file)
+    # the config a host actor receives (pickled, also inside its StoreSpec) holds the file's
+    # path, never the password: each process reads the file itself (issue 23, item 9)
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        for obj in (by_file, StoreSpec.for_cassandra(by_file)):
+            data = dumps(obj)
+            assert secret.encode() not in data and str(pw).encode() in data
+        assert pickle.loads(dumps(by_file)).credentials() == ("app", secret)
     missing = CassandraConfig(username="app", password_file=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="cannot read the Cassandra password file") as info:
         missing.credentials()

@@ -150,6 +150,21 @@ def make_core(journal=None, snaps=None, agg=ACCT, *, ser=None, writer="w1", **kw
     )
 
 
+class HeldJournal(InMemoryJournal):
+    """The first append waits at ``release`` once it has begun (``begun`` is set): a write
+    that is certainly in flight, whatever the machine's speed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun, self.release = asyncio.Event(), asyncio.Event()
+
+    async def append(self, events):  # noqa: ANN001
+        if not self.begun.is_set():
+            self.begun.set()
+            await self.release.wait()
+        return await super().append(events)
+
+
 def journal_totals(journal: InMemoryJournal, ser: Serialization, pid="acct|1") -> list[int]:
     return [ser.decode(e.serializer_id, e.manifest, e.payload).n for e in journal.events(pid)]
 
@@ -239,15 +254,18 @@ async def test_group_commit_with_50_concurrent_commands():
 
 
 async def test_commands_queued_during_a_write_form_the_next_flush():
-    journal = InMemoryJournal(latency=0.02)
+    journal = HeldJournal()
     ser = make_ser()
     core = make_core(journal, ser=ser)
     await core.start()
     first = asyncio.create_task(core.handle(Add(1)))
-    await asyncio.sleep(0.005)  # the first write is in flight now
+    await journal.begun.wait()  # the first write is in flight now
     rest = [asyncio.create_task(core.handle(Add(i))) for i in range(2, 12)]
     rejected = asyncio.create_task(core.handle(Take(10_000)))
     query = asyncio.create_task(core.handle(Get()))
+    for _ in range(10):  # the queued commands reach the mailbox while the write is held
+        await asyncio.sleep(0)
+    journal.release.set()
     await asyncio.gather(first, *rest)
     assert journal.write_count == 2
     with pytest.raises(CommandRejected):
@@ -380,15 +398,20 @@ async def test_failed_rebuild_stops_the_core():
 
 
 async def test_fencing_stops_the_activation_and_fails_queued_commands():
-    journal = InMemoryJournal(latency=0.02)
+    journal = HeldJournal()
+    journal.begun.set()  # the fresh writer's append is not held
     ser = make_ser()
     stale = make_core(journal, ser=ser, writer="stale")
     await stale.start()
     fresh = make_core(journal, ser=ser, writer="fresh")
     assert await fresh.handle(Add(100)) == 100  # takes sequence number 1
+    journal.begun.clear()  # hold the stale writer's first append
     first = asyncio.create_task(stale.handle(Add(1)))
-    await asyncio.sleep(0.005)
+    await journal.begun.wait()  # its write is in flight
     queued = [asyncio.create_task(stale.handle(Add(i))) for i in range(3)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    journal.release.set()
     results = await asyncio.gather(first, *queued, return_exceptions=True)
     assert all(isinstance(r, AggregateStoppedError) for r in results), results
     assert isinstance(results[0].__cause__, ConcurrentWriteError)

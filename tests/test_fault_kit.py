@@ -6,6 +6,7 @@ missing tag row, an uncategorized error."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import datetime, timezone
 
 import pytest
@@ -326,3 +327,25 @@ async def test_history_records_every_attempt_through_the_real_core() -> None:
                      writes=journal.writes)
     assert vs == []
     await core.stop()
+
+
+async def test_a_keyed_command_is_stored_at_most_once_whatever_its_attempts() -> None:
+    """Issue 23, item 10: under an idempotency key the bound is one application, not the
+    attempts' count. A keyed command re-sent with a fresh key per attempt (a caller bug the
+    key rule alone cannot see: two distinct keys) is applied twice with one reply and one
+    unknown attempt: flagged, although ``S <= A + U``. Without a key the same history is
+    sound (two attempts may both apply)."""
+    from raysource.runtime.idempotency import KEY_FIELD
+
+    def keyed(seq: int, op: str, key: str | None) -> StoredEvent:
+        e = ev(seq, op, 5)
+        return dataclasses.replace(e, metadata={KEY_FIELD: key} if key else {})
+
+    obs = [Observation("op1", "ok", 5), Observation("op1", "unknown")]
+    for keys, want in (((None, None), []), (("k-a", "k-b"), ["applied_twice"])):
+        j = InMemoryJournal()
+        await j.append([keyed(1, "op1", keys[0])])
+        await j.append([keyed(2, "op1", keys[1])])
+        vs = await check(j, obs, expected_reply=None)
+        assert [v.kind for v in vs] == want, (keys, vs)
+    assert "under a key" in str(vs[0])

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fault_harness import POINTS, Harness, Schedule
@@ -25,7 +25,7 @@ from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.idempotency import KEY_FIELD, Keyed
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.history import assert_no_violations, classify
-from test_fault_cassandra import featuring
+from test_fault_cassandra import KINDS, featuring
 from test_fault_properties import SETTINGS, schedules
 from unit_guard import no_ray  # noqa: F401
 
@@ -100,8 +100,11 @@ async def _run(schedule: Schedule, journal=None, snapshots=None, **kw):
     return h, run, keys
 
 
-def _check(schedule: Schedule, run_in=asyncio.run, **kw) -> Counter[str]:
+def _check(schedule: Schedule, run_in=asyncio.run, fired: list | None = None,
+           **kw) -> Counter[str]:
     h, run, keys = run_in(_run(schedule, **kw))
+    if fired is not None:
+        fired.extend(run.fired)
     context = {"schedule": schedule, "fired": run.fired, "final": h.final,
                "outcomes": dict(run.history.counts())}
     assert_no_violations(run.violations, context)
@@ -166,15 +169,31 @@ def cassandra_store(cassandra_contact, cassandra_keyspace):
 
 @pytest.mark.cassandra
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", sorted(POINTS))
+@pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=2, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_keyed_schedules_on_cassandra(cassandra_store, kind: str, data) -> None:
     """Two schedules per fault kind (featuring it early) on the real journal and snapshot store:
-    duplicate sends and lost responses through real LWTs, with keys; same checks."""
+    duplicate sends and lost responses through real LWTs, and driver-level faults below the
+    journal (its own re-read decides), with keys; same checks. The featured fault must fire
+    (a schedule that never reaches its point is discarded and another drawn)."""
+    from raysource.testing.driver_faults import DriverFault, DriverFaults
+
     loop, journal, snapshots = cassandra_store
-    schedule = data.draw(featuring(kind))
+    driver = None
+    if kind.startswith("driver:"):
+        schedule = data.draw(schedules(max_faults=2))
+        featured = kind.split(":")[1]
+        driver = DriverFaults([DriverFault(featured, nth=data.draw(st.integers(1, 2)))])
+    else:
+        schedule = data.draw(featuring(kind))
+        featured = kind
+    fired: list[str] = []
     TOTALS.update(_check(schedule, loop.run_until_complete, journal=journal,
-                         snapshots=snapshots, deadline=20.0, turn_s=0.002, check_tags=False))
+                         snapshots=snapshots, deadline=20.0, turn_s=0.002, check_tags=False,
+                         driver=driver, fired=fired))
+    assume(featured in {f.split("@")[0] for f in fired})
+    if driver is not None:
+        assert driver.serial_reads >= 1, (schedule, fired)

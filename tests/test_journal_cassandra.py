@@ -142,10 +142,15 @@ async def test_unreachable_cluster_is_journal_unavailable():
 
 @pytest.mark.cassandra
 async def test_client_timeout_is_journal_unavailable(session, config):
-    # a tiny client-side timeout on a full scan surfaces as JournalUnavailableError
-    with pytest.raises(JournalUnavailableError):
+    """A tiny client-side timeout on a full scan surfaces as exactly JournalUnavailableError: a
+    read writes nothing, so not the unknown outcome (its subclass); the driver's cause kept."""
+    from cassandra import OperationTimedOut
+
+    with pytest.raises(JournalUnavailableError) as info:
         for _ in range(20):
             await session.execute(f"SELECT * FROM {config.keyspace}.messages", timeout=1e-6)
+    assert type(info.value) is JournalUnavailableError, repr(info.value)
+    assert isinstance(info.value.__cause__, OperationTimedOut), repr(info.value.__cause__)
 
 
 # ---------------------------------------------------------------- journal specifics

@@ -27,9 +27,12 @@ class GatedJournal(InMemoryJournal):
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
+        self.waiting = 0  # appends held at the gate
 
     async def append(self, events):  # noqa: ANN001
+        self.waiting += 1
         await self.gate.wait()
+        self.waiting -= 1
         return await super().append(events)
 
 
@@ -47,9 +50,19 @@ def _seats(journal: InMemoryJournal, show: str) -> set[str]:
             for e in journal.events(SHOW.persistence_id(show))}
 
 
+async def _until(condition, turns: int = 100_000) -> None:
+    """Loop turns until ``condition()`` (a budget in turns, not in seconds)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never met")
+
+
 async def _flood(host, calls):
     tasks = [asyncio.ensure_future(c) for c in calls]
-    await asyncio.sleep(0.05)  # every call reached the host; the journal is still shut
+    # every call reached the host: counted in flight or refused; the journal is still shut
+    await _until(lambda: host._in_flight_total + host.stats.overloaded == len(tasks))
     return tasks
 
 
@@ -99,7 +112,9 @@ async def test_batch_beyond_the_mailbox_gets_refusals_as_a_suffix() -> None:
     seats = [seat_label(i) for i in range(12)]
     batch = asyncio.ensure_future(
         host.ask_many("gala", "caller-1", 0, [ReserveSeat(s, "cy") for s in seats]))
-    await asyncio.sleep(0.05)
+    # every command admitted (in flight) or refused, the first flush held at the gate
+    await _until(lambda: host._in_flight_total + host.stats.overloaded == len(seats)
+                 and journal.waiting > 0)
     journal.gate.set()
     outcomes = await batch
     kinds = ["ok" if o == SeatReserved(s, "cy") else type(o).__name__
@@ -115,3 +130,8 @@ def test_limits_are_checked() -> None:
             _host(InMemoryJournal(), **bad)
     host = _host(InMemoryJournal())
     assert (host.max_mailbox, host.max_in_flight) == (1_000, 10_000)  # bounded by default
+    # the Ray host actor's spec carries the same defaults into its AggregateHost
+    from raysource.runtime.actors.host_actor import HostSpec
+
+    fields = HostSpec.__dataclass_fields__
+    assert (fields["max_mailbox"].default, fields["max_in_flight"].default) == (1_000, 10_000)

@@ -49,6 +49,7 @@ from raysource.readside.projections import (
 )
 from raysource.testing.testkit import AggregateTestKit
 from raysource.snapshots.memory import InMemorySnapshotStore
+from readside_idle import until_caught_up
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -304,6 +305,7 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
 
     written, _ = await asyncio.gather(asyncio.gather(*(writer(k) for k in ks.values())),
                                       disrupt())
+    written_at = time.time()
     total = sum(written)
     assert total > 300
 
@@ -328,7 +330,7 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
         return expected_keys <= set(await applied())
 
     await until(all_applied, 40, "every event applied to the view")
-    await asyncio.sleep(1.0)  # let any stray redelivery land before counting
+    await until_caught_up(control, spec.name, written_at, DELAY)  # no stray redelivery follows
     counts = await applied()
     assert set(counts) == expected_keys, "no event missed, nothing foreign"
     assert max(counts.values()) == 1, "no event applied twice"
@@ -452,7 +454,9 @@ async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_or
         "resumed from the poison event, in order, nothing twice"
     (status,) = await control.status(spec.name)
     assert status["parked"] == [] and await control.parked(spec.name) == []
-    await asyncio.sleep(DELAY + 0.5)  # the tag stream re-delivers nothing already applied
+    # every write is done: once the worker is at the journal's end, the tag stream has had
+    # its chance to re-deliver what was already applied
+    await until_caught_up(control, spec.name, time.time(), DELAY)
     again = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
     assert sorted(again) == sorted(set(again)) and len(again) == 6 + 3
     with pytest.raises(ProjectionError, match="is not parked"):

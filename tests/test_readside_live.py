@@ -33,6 +33,7 @@ from raysource.readside.projections import ProjectionHandler, ProjectionSettings
 from raysource.readside.verify import tag_events, verify_cassandra
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.system import System
+from readside_idle import until_caught_up
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -183,6 +184,7 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
 
         written, _ = await asyncio.gather(asyncio.gather(*(writer(s) for s in shows)),
                                           disrupt())
+        written_at = time.time()
         total = sum(written)
         expected = {(SHOW.persistence_id(s), n) for s in shows
                     for n in range(1, 1 + written[shows.index(s)])}
@@ -192,7 +194,9 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
                 return expected <= set(await applied_counts(session, config.keyspace))
 
             await until(all_applied, 40, "every event applied", interval=0.3)
-            await asyncio.sleep(config.eventual_consistency_delay + 1.0)  # stray redeliveries
+            # no stray redelivery can follow: every write visible, every worker at the end
+            await until_caught_up(control, spec.name, written_at,
+                                  config.eventual_consistency_delay)
             counts = await applied_counts(session, config.keyspace)
             assert set(counts) == expected, "0 missed, nothing foreign"
             assert max(counts.values()) == 1, "0 applied twice"
@@ -277,7 +281,7 @@ async def test_a_dropped_live_message_is_filled_by_the_durable_path(
         try:
             for i, who in enumerate(["a", "b", "c", "d", "e"]):
                 assert (await kit.arun(ReserveSeat(f"A{i + 1}", who))).ok
-            written = time.monotonic()
+            written, written_wall = time.monotonic(), time.time()
             pid = agg.persistence_id("d")
             stored = [e async for e in journal.replay(pid)]
             assert [e.sequence_nr for e in stored] == [1, 2, 3, 4, 5]
@@ -300,13 +304,28 @@ async def test_a_dropped_live_message_is_filled_by_the_durable_path(
                 return len(handler.got) >= 5
 
             await until(all_five, 10, "the durable path to deliver the dropped #5")
-            await asyncio.sleep(config.eventual_consistency_delay + 0.5)
+
+            class _One:  # until_caught_up over this one worker
+                async def status(self, _name: str) -> list:
+                    return [await worker.status()]
+
+            # every write visible and the worker at the journal's end: nothing is left that
+            # the tag stream could still deliver
+            await until_caught_up(_One(), spec.name, written_wall,
+                                  config.eventual_consistency_delay)
             assert handler.got == [(pid, n) for n in range(1, 6)], \
                 "in order, each exactly once"
             st = await worker.status()
             assert st["duplicates_skipped"] == 4 and st["offset"] != "start"
             worker.offer([stored[4]])  # a late duplicate of the live path
-            await asyncio.sleep(0.2)
+
+            judged = ("duplicates", "applied", "dropped", "gaps")
+
+            async def offer_handled():  # the live loop took it and judged it
+                live = (await worker.status())["live"]
+                return sum(live[k] for k in judged) > sum(st["live"][k] for k in judged)
+
+            await until(offer_handled, 10, "the late duplicate to be judged")
             assert len(handler.got) == 5
         finally:
             await worker.stop()

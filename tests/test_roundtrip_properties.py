@@ -31,20 +31,26 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 
 from raysource.journal.errors import UnserializableError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist
 from raysource.testing.testkit import AggregateTestKit
+from seeds import SEED
 from unit_guard import no_ray  # noqa: F401
 
 
 
-def examples(n: int) -> settings:
-    return settings(max_examples=n, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def examples(n: int):  # noqa: ANN201 - a decorator
+    """``n`` examples drawn from this run's fresh seed (tests/seeds.py: RAYSOURCE_TEST_SEED
+    replays a run)."""
+    def wrap(test):  # noqa: ANN001, ANN202
+        return seed(SEED)(settings(max_examples=n, deadline=None, database=None,
+                                   suppress_health_check=[HealthCheck.too_slow,
+                                                          HealthCheck.data_too_large])(test))
+    return wrap
 
 
 class Color(enum.Enum):

@@ -13,7 +13,13 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-from raysource.errors import CommandRejected, ConfigError, PersistFailedError, TimerNotDueError
+from raysource.errors import (
+    CommandRejected,
+    ConfigError,
+    PersistFailedError,
+    TimerNotDueError,
+    WriteOutcomeUnknownError,
+)
 from raysource.examples.seats import (
     SHOW,
     ConfirmHold,
@@ -174,9 +180,10 @@ def test_a_failed_index_write_is_repaired_before_the_reply() -> None:
                                                                                  10.0)
         assert [r.name for r in store.rows()] == ["hold-A1"]
         store.fail = 2  # the write and the repair fail: stored, but the outcome is unknown
-        with pytest.raises(Exception) as err:
+        with pytest.raises(WriteOutcomeUnknownError) as err:
             await w.core("s1").handle(HoldSeat("A2", "bob", 10))
-        assert "not confirmed" in str(err.value) or "unknown" in type(err.value).__name__.lower()
+        assert type(err.value) is WriteOutcomeUnknownError, repr(err.value)
+        assert "events stored, their timer index write failed" in str(err.value), str(err.value)
         await w.passivate()  # the next activation indexes the newest group
         await w.core("s1").start()
         assert sorted(r.name for r in store.rows()) == ["hold-A1", "hold-A2"]

@@ -135,6 +135,24 @@ def rings(events: list) -> list[int]:
     return [e.i for e in events if isinstance(e, Rang)]
 
 
+def wait_timers_idle(system: System, passes: int = 2) -> None:
+    """Until every timer service has run ``passes`` full polling passes since now that found
+    nothing due (backlog 0) with nothing in flight: a due timer, even a wrongly kept one, would
+    have been fired by such a pass. Then "this never fired" can be asserted."""
+    base = [i["passes"] for i in system.timer_info()]
+
+    def idle() -> bool:
+        nonlocal base
+        now = system.timer_info()
+        if len(now) != len(base):  # services came or went: count again from here
+            base = [i["passes"] for i in now]
+            return False
+        return all(i["passes"] >= b + passes and i["backlog"] == 0 and i["in_flight"] == 0
+                   for i, b in zip(now, base))
+
+    wait_for(idle, 120, "the timer services never went idle")
+
+
 def wait_for(predicate, timeout: float, what: str) -> float:
     started = time.monotonic()
     while not predicate():
@@ -152,7 +170,7 @@ def test_a_timer_fires_into_a_passivated_aggregate_and_a_cancelled_one_never(clu
     config = cluster["config"]
     wait_for(lambda: len(rings(journal_of(config, ["sleeper"])["sleeper"])) >= 2, 60,
              "the timers did not fire")
-    time.sleep(2.0)  # a late, wrong fire of t1 would land by now (polls every 0.5 s)
+    wait_timers_idle(system)  # past t1's due time: a wrong fire of it would have happened
     events = journal_of(config, ["sleeper"])["sleeper"]
     assert sorted(rings(events)) == [0, 2]  # once each; the cancelled t1 never
     assert ref.ask(GetRings()) in ((0, 2), (2, 0))
@@ -176,7 +194,7 @@ def test_the_timers_of_a_lost_node_fire_from_the_shards_new_home(cluster) -> Non
     config = cluster["config"]
     took = wait_for(lambda: all(len(rings(ev)) >= 5 for ev in journal_of(config, ids).values()),
                     120, "the lost node's timers did not fire elsewhere")
-    time.sleep(1.0)
+    wait_timers_idle(system)  # no second fire is still on its way
     for eid, events in journal_of(config, ids).items():
         assert sorted(rings(events)) == [0, 1, 2, 3, 4], (eid, events)
     assert victim.node_id not in system.allocation()
@@ -195,7 +213,7 @@ def test_ten_thousand_timers_due_at_once_fire_exactly_once(cluster) -> None:
     took = wait_for(
         lambda: sum(i.get("fired", 0) for i in system.timer_info()) - fired_before >= 10_000,
         240, "10,000 timers were not all delivered")
-    time.sleep(1.0)
+    wait_timers_idle(system)  # no second fire is still on its way
     journal = journal_of(cluster["config"], ids)
     counts = Counter(len(rings(ev)) for ev in journal.values())
     assert counts == {100: 100}, counts

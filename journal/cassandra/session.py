@@ -21,13 +21,23 @@ idempotent writes); any other failure after sending is handed to the caller as a
 Driver errors are wrapped by whether the request could have reached a coordinator
 (:func:`wrap_driver_error`):
 
-* not sent, or refused before it was executed (``NoHostAvailable`` with no request sent,
-  overloaded or bootstrapping coordinator): ``JournalUnavailableError`` — nothing written;
-* sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos commit may
-  fail on it after the proposal was accepted), replica failures, the connection dropped or the
-  server shut down after the request went out, a server error, ``CAS_WRITE_UNKNOWN`` of protocol
-  v5, any unknown error): ``JournalOutcomeUnknownError`` — it may or may not have been applied,
-  and may still land;
+* not sent (``NoHostAvailable`` with no request sent), or any failure of a *read* (a
+  ``SELECT`` writes nothing, whether it timed out or was refused): ``JournalUnavailableError``
+  — nothing written;
+* a write sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos
+  commit may fail on it after the proposal was accepted), replica failures, the connection
+  dropped or the server shut down after the request went out, a server error,
+  ``CAS_WRITE_UNKNOWN`` of protocol v5, any unknown error): ``JournalOutcomeUnknownError`` —
+  it may or may not have been applied, and may still land;
+* ``Overloaded`` or ``IsBootstrapping`` answering a *write* (anything but a ``SELECT``): also
+  ``JournalOutcomeUnknownError``, decided by the journal's re-read. Cassandra 5.0 does not
+  answer Overloaded only before executing: ``StorageProxy.sendToHintedReplicas`` (plain and
+  batch writes) and ``StorageProxy.commitPaxos`` (the commit of a conditional write, after its
+  proposal was accepted) call ``checkHintOverload(replica)`` inside the loop that sends the
+  mutation to each replica, so the exception can follow a send to (or a local apply on) an
+  earlier replica. ``IsBootstrappingException`` is thrown by ``StorageProxy.read`` (its
+  ``isSafeToPerformRead`` check); a conditional write reaches it after ``beginAndRepairPaxos``
+  has already completed in-flight proposals, and we do not rely on that staying the only path;
 * invalid request (bad CQL, unauthorized, ...): ``JournalError`` — nothing written.
 """
 
@@ -42,6 +52,7 @@ from typing import Any
 from cassandra import (
     ConsistencyLevel,
     OperationTimedOut,
+    RequestExecutionException,
     RequestValidationException,
     UnresolvableContactPoints,
 )
@@ -61,12 +72,7 @@ from cassandra.policies import (
     RoundRobinPolicy,
     TokenAwarePolicy,
 )
-from cassandra.protocol import (
-    ErrorMessage,
-    IsBootstrappingErrorMessage,
-    OverloadedErrorMessage,
-    RequestValidationException as ValidationErrorMessage,
-)
+from cassandra.protocol import ErrorMessage, RequestValidationException as ValidationErrorMessage
 from cassandra.query import (
     BatchStatement,
     BatchType,
@@ -80,12 +86,10 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
 
 __all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_driver_error",
-           "consistency"]
+           "consistency", "writes"]
 
 RAW_PROFILE = "raysource_raw"  # plain tuple rows: cheaper than named tuples on hot paths
 
-# A coordinator refused these before executing anything: nothing was written.
-_REFUSED = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
 # Invalid requests (bad CQL, unauthorized, ...): refused before execution.
 _INVALID = (RequestValidationException, ValidationErrorMessage)
 
@@ -96,10 +100,20 @@ def consistency(name: str) -> int:
 
 class NoResendRetryPolicy(RetryPolicy):
     """The driver's default retry policy, except that a statement not marked idempotent is
-    never re-sent after it may have reached a coordinator (a write timeout, an unavailable
-    error, a server or connection error): the error goes to the caller, who decides with a
-    re-read. Without this, a lost response to a conditional batch made the driver send it
-    again, and the second execution came back "not applied" with the writer's own rows."""
+    never re-sent after it may have reached a coordinator (a read or write timeout, an
+    unavailable error, a server, overloaded or connection error): the error goes to the
+    caller, who decides with a re-read. Without this, a lost response to a conditional batch
+    made the driver send it again, and the second execution came back "not applied" with the
+    writer's own rows."""
+
+    def on_read_timeout(self, query, consistency, required_responses,  # noqa: ANN001
+                        received_responses, data_retrieved, retry_num):
+        # A conditional write's Paxos read can time out after its prepare round repaired
+        # (completed) proposals in flight: not re-sent either.
+        if not getattr(query, "is_idempotent", False):
+            return self.RETHROW, None
+        return super().on_read_timeout(query, consistency, required_responses,
+                                        received_responses, data_retrieved, retry_num)
 
     def on_write_timeout(self, query, consistency, write_type, required_responses,  # noqa: ANN001
                          received_responses, retry_num):
@@ -123,27 +137,40 @@ class NoResendRetryPolicy(RetryPolicy):
 
 def _never_sent(exc: NoHostAvailable) -> bool:
     """``NoHostAvailable`` means no host took the request, unless one of its per-host errors
-    is what a sent request ends with (after a retry of an idempotent statement)."""
+    is what a sent request ends with (after a retry of an idempotent statement). The driver
+    keeps a node's Unavailable/ReadTimeout/WriteTimeout answer there as the exception
+    (``RequestExecutionException``), others as the ``ErrorMessage`` (Overloaded included)."""
     errors = getattr(exc, "errors", None) or {}
-    return not any(_sent(e) for e in errors.values())
+    return not any(isinstance(e, (OperationTimedOut, ErrorMessage, RequestExecutionException))
+                   for e in errors.values())
 
 
-def _sent(exc: object) -> bool:
-    return isinstance(exc, (OperationTimedOut, ErrorMessage)) and not isinstance(exc, _REFUSED)
+def writes(stmt: Any) -> bool:
+    """Whether ``stmt`` may write: anything but a ``SELECT`` (a batch always may)."""
+    if isinstance(stmt, BatchStatement):
+        return True
+    text = stmt if isinstance(stmt, str) else getattr(stmt, "query_string", None)
+    if text is None and hasattr(stmt, "prepared_statement"):
+        text = stmt.prepared_statement.query_string
+    return not (text or "").lstrip().upper().startswith("SELECT")
 
 
-def wrap_driver_error(exc: BaseException, what: str, *, sent: bool = True) -> JournalError:
+def wrap_driver_error(exc: BaseException, what: str, *, sent: bool = True,
+                      may_write: bool = True) -> JournalError:
     """The raysource error for a driver exception (the caller raises it ``from exc``), by
     whether the request may have been executed (see the module docstring). ``sent=False``:
     nothing can have been written (raised before the request went out, or by a request that
-    writes nothing: connect, prepare)."""
+    writes nothing: connect, prepare). ``may_write=False``: the request was a read (a
+    ``SELECT``), which writes nothing whatever its fate: ``JournalUnavailableError``."""
     if isinstance(exc, JournalError):
         return exc
     name = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _INVALID):
         return JournalError(f"{what}: {name}")
-    if not sent or isinstance(exc, _REFUSED) or (
-            isinstance(exc, NoHostAvailable) and _never_sent(exc)):
+    if not may_write:  # a read: whatever happened to it, it wrote nothing
+        return JournalUnavailableError(f"{what}: Cassandra unavailable, the read failed "
+                                       f"({name})")
+    if not sent or (isinstance(exc, NoHostAvailable) and _never_sent(exc)):
         return JournalUnavailableError(f"{what}: Cassandra unavailable, nothing was sent or "
                                        f"executed ({name})")
     return JournalOutcomeUnknownError(
@@ -322,7 +349,8 @@ class CassandraSession:
             return stmt.bind(params or ()), None
         return stmt, params
 
-    def _bridge(self, rf: ResponseFuture, what: str) -> asyncio.Future[tuple[list, Any]]:
+    def _bridge(self, rf: ResponseFuture, what: str,
+                may_write: bool = True) -> asyncio.Future[tuple[list, Any]]:
         """An asyncio future for one page: (rows, paging_state or None)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[list, Any]] = loop.create_future()
@@ -333,7 +361,7 @@ class CassandraSession:
             loop.call_soon_threadsafe(_resolve, fut, (list(rows or ()), rf._paging_state))
 
         def _err(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(_fail, fut, exc, what)
+            loop.call_soon_threadsafe(_fail, fut, exc, what, may_write)
 
         rf.add_callbacks(_ok, _err)
         return fut
@@ -354,7 +382,7 @@ class CassandraSession:
             )
         except Exception as exc:  # raised before the request went out
             raise wrap_driver_error(exc, what, sent=False) from exc
-        return self._bridge(rf, what)
+        return self._bridge(rf, what, writes(stmt))
 
     async def execute(self, stmt: str | Statement | PreparedStatement,
                       params: Sequence[Any] | None = None, *, prepare: bool = True,
@@ -421,9 +449,9 @@ def _resolve(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-def _fail(fut: asyncio.Future, exc: BaseException, what: str) -> None:
+def _fail(fut: asyncio.Future, exc: BaseException, what: str, may_write: bool) -> None:
     if not fut.done():
-        err = wrap_driver_error(exc, what)
+        err = wrap_driver_error(exc, what, may_write=may_write)
         err.__cause__ = exc
         fut.set_exception(err)
 
