@@ -65,7 +65,7 @@ class DriverFaults:
     """The driver-level faults of one run (see the module docstring); ``install`` patches
     cassandra-driver's ``ResponseFuture`` until ``uninstall`` (idempotent)."""
 
-    _active: "DriverFaults | None" = None
+    _active: DriverFaults | None = None
 
     def __init__(self, faults: list[DriverFault] | tuple[DriverFault, ...]) -> None:
         self.faults = list(faults)
@@ -82,7 +82,7 @@ class DriverFaults:
 
     # ------------------------------------------------------------------ install
 
-    def __enter__(self) -> "DriverFaults":
+    def __enter__(self) -> DriverFaults:
         self.install()
         return self
 
