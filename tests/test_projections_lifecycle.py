@@ -106,6 +106,7 @@ async def cycle(control: Projections, spec: ProjectionSpec, rounds: int) -> None
         await assert_dead(worker, what)
 
 
+@pytest.mark.timeout(900)  # 100 worker processes started: ~1 s each alone, more on busy cores
 async def test_start_stop_start_same_name_both_modes(config, schema, ray_local) -> None:
     """start -> stop -> start of one name, ROUNDS times in a row, by the API (owned workers)
     and, at the same time under another name, detached as the CLI runs it (the CLI itself:
