@@ -75,10 +75,10 @@ def _freeze_heap() -> None:
     collection walked all of it: measured in one process (issue 30), 150-500 ms pauses, a few
     per 20,000 events caught up, about a third of the worker's CPU in the effectively-once
     view's catch-up (which allocates more per event than a no-op handler, so collects more
-    often); a pause that long also holds up the live path. Frozen objects are never collected: what boot built and later drops in a cycle
-    stays (driver metadata of a keyspace that existed at boot and changes later), and so do
-    boot's own cyclic leftovers (no collection first: it would add a full pause to every
-    start, while freezing is constant time).
+    often); a pause that long also holds up the live path. Frozen objects are never collected:
+    what boot built and later drops in a cycle stays (driver metadata of a keyspace that existed
+    at boot and changes later), and so do boot's own cyclic leftovers (no collection first: it
+    would add a full pause to every start, while freezing is constant time).
     """
     gc.freeze()
 
