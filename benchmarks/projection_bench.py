@@ -173,7 +173,7 @@ async def probe(config: CassandraConfig, stop: asyncio.Event) -> dict:
         await session.execute(f"CREATE TABLE IF NOT EXISTS {config.keyspace}.bench_probe "
                               "(k int PRIMARY KEY, v int)", prepare=False, timeout=60.0)
         i = 0
-        while not stop.is_set():
+        while not stop.is_set() or not ray_ms:  # at least one sample, even in a tiny run
             t = time.perf_counter()
             await echo.ping.remote()
             ray_ms.append((time.perf_counter() - t) * 1e3)

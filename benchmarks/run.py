@@ -177,7 +177,7 @@ BENCHES = [
           tiny=["--concurrency", "8", "--events", "200", "--sizes", "100",
                 "--replay-events", "300"]),
     Bench("runtime", "benchmarks.runtime_bench", _runtime,
-          tiny=["--callers", "4", "--per-caller", "40", "--entities", "2", "--round-trips", "10",
+          tiny=["--callers", "4", "--per-caller", "40", "--entities", "1", "--round-trips", "10",
                 "--batch", "20", "--scale", "0.03"]),
     Bench("sharding", "benchmarks.sharding_bench", _sharding,
           tiny=["--cold", "1", "--calls", "10", "--entities", "4"]),
@@ -189,7 +189,7 @@ BENCHES = [
     Bench("timers", "benchmarks.timers_bench", _timers,
           tiny=["--aggregates", "4", "--timers", "5"]),
     Bench("overload", "benchmarks.overload_bench", _overload, contact=lambda c: [],
-          tiny=["--seconds", "0.5", "--rate", "4000"]),
+          tiny=["--seconds", "0.5", "--rate", "20000"]),
     Bench("idempotency", "benchmarks.idempotency_bench", _idempotency,
           contact=lambda c: ["--cassandra", c], tiny=["-n", "40"]),
     Bench("serialization", "benchmarks.serialization_bench", _serialization,
@@ -202,15 +202,20 @@ BENCHES = [
 ]
 
 
+def headline(name: str, result: dict) -> list[Row]:
+    """The headline rows of benchmark ``name`` from its JSON ``result`` (raises KeyError etc.
+    if the figures are missing)."""
+    return next(b for b in BENCHES if b.name == name).headline(result)
+
+
 def summary(names: list[str], results: dict[str, dict], failed: dict[str, str]) -> str:
     """One table: each benchmark's headline rows (figure, value, limit or peer, ratio), and a
     FAILED row for each benchmark that did not run; raises nothing."""
     rows: list[tuple[str, ...]] = []
     for name in names:
-        bench = next(b for b in BENCHES if b.name == name)
         if name in results:
             try:
-                got = bench.headline(results[name])
+                got = headline(name, results[name])
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
                 failed[name] = f"no headline figure in its JSON ({exc!r})"
             else:
@@ -230,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only these (" + ", ".join(b.name for b in BENCHES) + ")")
     ap.add_argument("--tiny", action="store_true",
                     help="tiny parameters: a smoke run (proves each benchmark runs)")
+    ap.add_argument("--results", default=str(ROOT / "results"),
+                    help="directory for the JSON files (default: results/)")
     args = ap.parse_args(argv)
     unknown = set(args.only) - {b.name for b in BENCHES}
     if unknown:
@@ -237,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 
     source = select_cassandra(args.contact, say=print)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = ROOT / "results"
-    out_dir.mkdir(exist_ok=True)
+    out_dir = Path(args.results).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     combined: dict = {"started": stamp, "contact": source.contact_point, "tiny": args.tiny,
                       "benchmarks": {}}
     failed: dict[str, str] = {}

@@ -285,11 +285,11 @@ def round_trips(resolver: LocalResolver, n: int) -> dict:
             "read_p50_ms": ms(pct(reads, 50)), "read_p99_ms": ms(pct(reads, 99))}
 
 
-def bare_calls(n: int) -> tuple[dict, list]:
+def bare_calls(n: int, creates_n: int = 5) -> tuple[dict, list]:
     times = []
     creates = []
     actors = []
-    for _ in range(5):
+    for _ in range(creates_n):
         t = time.perf_counter()
         a = Bare.remote()
         ray.get(a.ping.remote())
@@ -416,7 +416,7 @@ def main() -> None:
                     "insert_lwt_per_s": raw_inserts(session, config.keyspace, n(2000, 64), 64, True)}
         cluster.shutdown()
 
-        bare, bare_actors = bare_calls(args.round_trips)
+        bare, bare_actors = bare_calls(args.round_trips, n(5, 1))
         r["bare_actor"] = bare
         for a in bare_actors:
             ray.kill(a)
