@@ -412,8 +412,9 @@ def main() -> None:
         cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5,
                           sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         session = cluster.connect()
-        r["raw"] = {"insert_per_s": raw_inserts(session, config.keyspace, n(4000, 64), 64, False),
-                    "insert_lwt_per_s": raw_inserts(session, config.keyspace, n(2000, 64), 64, True)}
+        r["raw"] = {
+            "insert_per_s": raw_inserts(session, config.keyspace, n(4000, 64), 64, False),
+            "insert_lwt_per_s": raw_inserts(session, config.keyspace, n(2000, 64), 64, True)}
         cluster.shutdown()
 
         bare, bare_actors = bare_calls(args.round_trips, n(5, 1))

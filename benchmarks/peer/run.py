@@ -46,13 +46,13 @@ def build_pekko() -> list[str]:
     sources = [HERE / "pom.xml", *(HERE / "src").rglob("*")]
     if not cp_file.exists() or max(p.stat().st_mtime for p in sources) > cp_file.stat().st_mtime:
         print("building the Pekko side (mvn -q -B -o package) ...", flush=True)
-        offline = subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "-o", "package"], cwd=HERE,
-                                 capture_output=True, text=True)
+        mvn = ["mvn", "-q", "-B", "-Dstyle.color=never"]
+        offline = subprocess.run([*mvn, "-o", "package"], cwd=HERE, capture_output=True,
+                                 text=True)
         if offline.returncode != 0:
             print("offline build failed (local Maven cache incomplete?); mvn -q -B package ...",
                   flush=True)
-            subprocess.run(["mvn", "-q", "-B", "-Dstyle.color=never", "package"], cwd=HERE,
-                           check=True)
+            subprocess.run([*mvn, "package"], cwd=HERE, check=True)
     return [str(target / "classes"), cp_file.read_text().strip()]
 
 
