@@ -11,9 +11,9 @@ The peer benchmark runs both sides: raysource and the Pekko program (built with 
 from the local cache first). Java and Maven are part of the test environment here and in CI: if
 they are missing the peer smoke *fails*, it is never skipped.
 
-The runs go a few at a time (``SMOKE_PARALLEL``) so the whole smoke run stays short; the
-figures say nothing about speed (tiny runs on a shared machine), only that every benchmark still
-runs. Also checked: every benchmark module in ``benchmarks/`` is in the suite, a benchmark that
+The runs go a few at a time (``SMOKE_PARALLEL``, starts ``SMOKE_STAGGER_S`` apart) so the whole
+smoke run stays short; the figures say nothing about speed (tiny runs on a shared machine), only
+that every benchmark still runs. Also checked: every benchmark module in ``benchmarks/`` is in the suite, a benchmark that
 removes a node on purpose keeps Ray's raylet dumps out of the output, and ``benchmarks.run``
 exits non-zero (a FAILED row in its summary) when a benchmark does not run.
 """
@@ -25,6 +25,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,19 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [b.name for b in bench_run.BENCHES]
 SMOKE_PARALLEL = 3  # benchmarks running at once (each its own Ray instance; 2 cores here)
-SMOKE_TIMEOUT_S = 240  # one benchmark's tiny run, on a busy machine
+SMOKE_STAGGER_S = 10.0  # between two starts: Ray gives a starting node 30 s to register, and
+#                         three Ray instances starting at once on a busy 2-core box miss that
+SMOKE_TIMEOUT_S = 300  # one benchmark's tiny run, on a busy machine
+_starts = threading.Lock()
+_last_start = [0.0]
+
+
+def _wait_for_start_slot() -> None:
+    with _starts:
+        wait = _last_start[0] + SMOKE_STAGGER_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        _last_start[0] = time.monotonic()
 
 
 @dataclass
@@ -50,6 +64,7 @@ class Smoke:
 
 def _smoke(name: str, contact: str, results_dir: Path) -> Smoke:
     out_dir = results_dir / name
+    _wait_for_start_slot()
     cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name,
            "--contact", contact, "--results", str(out_dir)]
     try:
@@ -64,14 +79,28 @@ def _smoke(name: str, contact: str, results_dir: Path) -> Smoke:
     return Smoke(code, output, json.loads(combined[-1].read_text()) if combined else {})
 
 
+def _selected(session: pytest.Session) -> set[str]:
+    """The benchmarks the selected tests of this module look at (e.g. ``-k runtime``: one)."""
+    names: set[str] = set()
+    for item in session.items:
+        if item.module is not None and item.module.__name__ == __name__:
+            callspec = getattr(item, "callspec", None)
+            if callspec is not None and "name" in callspec.params:
+                names.add(callspec.params["name"])
+            elif item.name == "test_deliberate_node_removal_keeps_ray_dumps_out":
+                names.add("sharding")
+    return names
+
+
 @pytest.fixture(scope="module")
-def smoke_runs(cassandra_contact, tmp_path_factory) -> dict[str, Smoke]:
-    """Every benchmark's tiny run, ``SMOKE_PARALLEL`` at a time (started once per module)."""
+def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]:
+    """The tiny run of every selected benchmark, ``SMOKE_PARALLEL`` at a time (once)."""
     host, port = cassandra_contact
     results_dir = tmp_path_factory.mktemp("bench-smoke")
     with ThreadPoolExecutor(SMOKE_PARALLEL) as pool:
         # the slowest first (peer: Maven build + JVM; sharding: two Ray clusters)
-        order = sorted(NAMES, key=lambda n: n not in ("peer", "sharding", "projection"))
+        order = sorted(_selected(request.session),
+                       key=lambda n: (n not in ("peer", "sharding", "projection"), n))
         futures = {n: pool.submit(_smoke, n, f"{host}:{port}", results_dir) for n in order}
         return {n: f.result() for n, f in futures.items()}
 
