@@ -9,6 +9,9 @@ holds back only those reports while it is active: raylet termination reports, an
 notices naming a node the benchmark declared (:meth:`Held.expect_node`). They are written to a
 file (named in a one-line summary) instead. Every other message Ray publishes (another node's
 death, a worker crash, an OOM kill, ...) and every exception still shows as before.
+:func:`expected_reports` does the same for other reports named by a pattern (``service_bench``:
+Ray Serve's shutdown kills its own controller, and Ray reports the controller's pending
+``graceful_shutdown`` task as failed).
 
 Uses Ray's private ``ray._private.worker.print_to_stdstream`` (the printer of the driver's
 error listener thread, looked up at each call); if a Ray upgrade removes it, nothing is held
@@ -27,10 +30,14 @@ NODE_DEATH = "has been marked dead"
 
 
 class Held(list):
-    """The reports held back (their text), and the node ids removed on purpose."""
+    """The reports held back (their text); what to hold back: raylet termination reports (if
+    ``raylet_deaths``), death notices of the node ids removed on purpose, and reports that
+    contain one of ``patterns``."""
 
-    def __init__(self) -> None:
+    def __init__(self, raylet_deaths: bool = False, patterns: tuple[str, ...] = ()) -> None:
         super().__init__()
+        self.raylet_deaths = raylet_deaths
+        self.patterns = patterns
         self.node_ids: set[str] = set()
 
     def expect_node(self, node_id: str) -> None:
@@ -41,19 +48,22 @@ class Held(list):
         text = "\n".join(str(line) for line in data.get("lines") or [])
         if data.get("pid") != "raylet":
             return False
-        if text.startswith(RAYLET_DEATH):
+        if self.raylet_deaths and text.startswith(RAYLET_DEATH):
+            return True
+        if any(p in text for p in self.patterns):
             return True
         return NODE_DEATH in text and any(n in text for n in self.node_ids)
 
 
 @contextmanager
-def expected_raylet_deaths(what: str, log_file: str | Path,
-                           say: Callable[[str], None] = print) -> Iterator[Held]:
-    """While active: Ray's raylet termination reports (and death notices of the nodes declared
-    with :meth:`Held.expect_node`) are written to ``log_file`` instead of the terminal.
-    ``what`` (e.g. "removes one of 3 nodes") is said once at the start; at the end one line
-    says how many reports were held back and where they are. Yields the :class:`Held` list."""
-    held = Held()
+def expected_reports(what: str, log_file: str | Path, *, raylet_deaths: bool = False,
+                     patterns: tuple[str, ...] = (),
+                     say: Callable[[str], None] = print) -> Iterator[Held]:
+    """While active: the reports Ray publishes to the driver that :class:`Held` expects are
+    written to ``log_file`` instead of the terminal. ``what`` (e.g. "removes one of 3 nodes")
+    is said once at the start; at the end one line says how many reports were held back and
+    where they are. Yields the :class:`Held` list."""
+    held = Held(raylet_deaths, patterns)
     try:
         import ray._private.worker as ray_worker
 
@@ -69,8 +79,8 @@ def expected_raylet_deaths(what: str, log_file: str | Path,
             return
         original(data, *args, **kwargs)
 
-    say(f"note: this benchmark {what} on purpose; Ray's reports of that node's end are "
-        f"expected and go to {log_file}, not here")
+    say(f"note: this benchmark {what} on purpose; Ray's reports of it are expected and go to "
+        f"{log_file}, not here")
     ray_worker.print_to_stdstream = printer
     try:
         yield held
@@ -80,4 +90,11 @@ def expected_raylet_deaths(what: str, log_file: str | Path,
             path = Path(log_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("\n\n".join(held) + "\n")
-            say(f"({len(held)} report(s) of the deliberate removal held back: {path})")
+            say(f"({len(held)} expected report(s) held back: {path})")
+
+
+def expected_raylet_deaths(what: str, log_file: str | Path,
+                           say: Callable[[str], None] = print):  # noqa: ANN201
+    """:func:`expected_reports` for a benchmark that removes nodes: raylet termination reports
+    and the death notices of the nodes declared with :meth:`Held.expect_node`."""
+    return expected_reports(what, log_file, raylet_deaths=True, say=say)
