@@ -1,4 +1,4 @@
-"""Every raysource benchmark in one run: ``make bench`` / ``raysource bench``.
+"""Every raysource benchmark in one run: ``make bench`` (``python -m benchmarks.run``).
 
 Gets Cassandra once (explicit contact point, running node, Docker, or a node from Maven jars),
 runs each benchmark script against it in turn (each prints its own table: the runtime's figure
