@@ -60,11 +60,13 @@ class Smoke:
     code: int
     output: str
     results: dict  # the run's combined JSON (benchmarks.run), {} if it wrote none
+    seconds: float  # wall time of the run
 
 
 def _smoke(name: str, contact: str, results_dir: Path) -> Smoke:
     out_dir = results_dir / name
     _wait_for_start_slot()
+    t0 = time.monotonic()
     cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name,
            "--contact", contact, "--results", str(out_dir)]
     try:
@@ -76,7 +78,8 @@ def _smoke(name: str, contact: str, results_dir: Path) -> Smoke:
         output = f"timed out after {SMOKE_TIMEOUT_S} s\n" + "".join(
             (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr))
     combined = sorted(out_dir.glob("bench-*-tiny.json"))
-    return Smoke(code, output, json.loads(combined[-1].read_text()) if combined else {})
+    return Smoke(code, output, json.loads(combined[-1].read_text()) if combined else {},
+                 time.monotonic() - t0)
 
 
 def _selected(session: pytest.Session) -> set[str]:
@@ -101,8 +104,12 @@ def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]
         # the slowest first (peer: Maven build + JVM; sharding: two Ray clusters)
         order = sorted(_selected(request.session),
                        key=lambda n: (n not in ("peer", "sharding", "projection"), n))
+        t0 = time.monotonic()
         futures = {n: pool.submit(_smoke, n, f"{host}:{port}", results_dir) for n in order}
-        return {n: f.result() for n, f in futures.items()}
+        runs = {n: f.result() for n, f in futures.items()}
+    print(f"benchmark smoke runs: {time.monotonic() - t0:.0f} s in all; "
+          + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items()))  # shown with -s
+    return runs
 
 
 def _tail(text: str, lines: int = 60) -> str:
