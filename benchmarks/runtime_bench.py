@@ -9,7 +9,12 @@
 * activation latency and memory (USS) per active aggregate: dedicated vs hosted vs a bare Ray
   actor (this is the warm-pool question of DESIGN.md "activation cost").
 
-Usage: python benchmarks/runtime_bench.py [--contact host:port]
+Pipelined measurements keep at most ``--window`` commands in flight per aggregate (default 80%
+of the product's mailbox bound, ``HostSpec.max_mailbox`` = 1,000, stated in the output): beyond
+the bound a command is refused (``OverloadedError``, not applied); refusals are counted and
+printed as a figure, never a traceback. Any other error ends the benchmark (a real failure).
+
+Usage: python -m benchmarks.runtime_bench [--contact host:port] [--window 800] [--scale 1]
 Prints a table and writes results/runtime_bench.json. Read the ratios; absolute figures depend
 on the machine (2 cores here, Ray + Cassandra + the driver all on it).
 """
@@ -36,6 +41,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 from raysource.journal.api import StoredEvent
 from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.serialization import Serialization
 from raysource.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
 from raysource.runtime.actors.host_actor import HostSpec
@@ -357,7 +363,8 @@ def hosted_activation(resolver: LocalResolver, n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contact", default=os.environ.get("RAYSOURCE_CASSANDRA", "127.0.0.1:9042"))
-    ap.add_argument("--keyspace", default="raysource_bench")
+    ap.add_argument("--keyspace", default=None,
+                    help="default: a fresh keyspace for this run, dropped at its end")
     ap.add_argument("--out", default="results/runtime_bench.json")
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--per-caller", type=int, default=250)
@@ -379,10 +386,13 @@ def main() -> None:
     def n(x: int, least: int = 2) -> int:
         return max(least, int(x * args.scale))
 
-    config = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
+    keyspace = args.keyspace or f"bench_rt_{uuid.uuid4().hex[:8]}"
+    config = CassandraConfig.from_contact(args.contact, keyspace=keyspace)
     asyncio.run(_create(config))
-    ray.init(namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}", include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    # address="local": always a Ray instance of its own, never a cluster another process on
+    # this host started (its workers would run that checkout's code)
+    ray.init(address="local", namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}",
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
     store = StoreSpec("cassandra", config)
     r: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "ray": ray.__version__},
@@ -445,6 +455,8 @@ def main() -> None:
     finally:
         done()
         ray.shutdown()
+        if not args.keyspace:
+            asyncio.run(_drop(config))
     r["wall_s"] = time.perf_counter() - t_start
     report(r)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -455,6 +467,12 @@ def main() -> None:
 async def _create(config: CassandraConfig) -> None:
     journal = await CassandraJournal.connect(config, create_schema=True)
     await journal.close()
+
+
+async def _drop(config: CassandraConfig) -> None:
+    async with CassandraSession(config) as session:
+        await session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", prepare=False,
+                              timeout=120.0)
 
 
 def report(r: dict) -> None:

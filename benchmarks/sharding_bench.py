@@ -175,7 +175,7 @@ def main() -> None:
     keyspace = f"bench_sharding_{uuid.uuid4().hex[:6]}"
     results: dict = {}
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  namespace=f"bench-{uuid.uuid4().hex[:6]}")
         config = CassandraConfig(contact_points=(source.host,), port=source.port,
                                  keyspace=keyspace)
