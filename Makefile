@@ -52,8 +52,10 @@ lint: setup
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# every benchmark, then one summary table (headline figure beside its limit or peer, ratio);
+# exit 0 only when every benchmark ran; e.g. make bench BENCH_ARGS="--only runtime" or "--tiny"
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # raysource beside Pekko (builds benchmarks/peer with Maven; Java 17 + Maven 3.8), 15-25 min;
 # flags pass through, e.g. make peer-bench PEER_ARGS="--rounds 1 --seconds 5"

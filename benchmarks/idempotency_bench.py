@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 from raysource.examples.ledger import LEDGER, Append
 from raysource.journal.memory import InMemoryJournal
@@ -53,9 +55,12 @@ async def bench(journal, snapshots, n: int, rounds: int = 4) -> dict[str, list[f
     return lat
 
 
-def report(name: str, lat: dict[str, list[float]]) -> None:
+def report(name: str, lat: dict[str, list[float]], into: dict | None = None) -> None:
     p50 = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
     p99 = {k: sorted(v)[int(len(v) * 0.99)] * 1e6 for k, v in lat.items()}
+    if into is not None:
+        into[name] = {"n": len(lat["on"]), "p50_us": p50, "p99_us": p99,
+                      "p50_on_over_off": p50["on"] / p50["off"]}
     print(f"{name}: n={len(lat['on'])} p50 off {p50['off']:.0f} us, on {p50['on']:.0f} us "
           f"(ratio {p50['on'] / p50['off']:.3f}); p99 off {p99['off']:.0f} us, "
           f"on {p99['on']:.0f} us")
@@ -100,10 +105,12 @@ async def main() -> None:
     ap.add_argument("--cassandra", default=None)
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--ray", action="store_true")
+    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = ap.parse_args()
+    figures: dict = {}
     if a.ray:
-        report("ray (in-memory store)", bench_ray(a.n))
-    report("in-memory", await bench(InMemoryJournal(), InMemorySnapshotStore(), a.n))
+        report("ray (in-memory store)", bench_ray(a.n), figures)
+    report("in-memory", await bench(InMemoryJournal(), InMemorySnapshotStore(), a.n), figures)
     if a.cassandra:
         from raysource.journal.cassandra.config import CassandraConfig
         from raysource.journal.cassandra.journal import CassandraJournal
@@ -115,9 +122,12 @@ async def main() -> None:
         journal = await CassandraJournal.connect(cfg, create_schema=True)
         snaps = CassandraSnapshotStore(journal.session, cfg)
         try:
-            report("cassandra", await bench(journal, snaps, max(a.n // 4, 100)))
+            report("cassandra", await bench(journal, snaps, max(a.n // 4, 100)), figures)
         finally:
             await journal.close()
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

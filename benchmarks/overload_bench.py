@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from raysource.examples.ledger import LEDGER, Append
 from raysource.journal.memory import InMemoryJournal
@@ -80,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--rate", type=int, default=20_000)
     ap.add_argument("--mode", choices=["bounded", "unbounded"], default=None)
+    ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     if args.mode:  # one mode, in this process
         print(json.dumps(asyncio.run(_run(args.mode, args.seconds, args.rate))))
@@ -94,6 +96,9 @@ def main() -> None:
     print("  ".join(f"{k:>15}" for k in keys))
     for row in rows:
         print("  ".join(f"{row[k]!s:>15}" for k in keys))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({row["mode"]: row for row in rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ async def probe(config: CassandraConfig, stop: asyncio.Event) -> dict:
         await session.execute(f"CREATE TABLE IF NOT EXISTS {config.keyspace}.bench_probe "
                               "(k int PRIMARY KEY, v int)", prepare=False, timeout=60.0)
         i = 0
-        while not stop.is_set():
+        while not stop.is_set() or not ray_ms:  # at least one sample, even in a tiny run
             t = time.perf_counter()
             await echo.ping.remote()
             ray_ms.append((time.perf_counter() - t) * 1e3)
@@ -197,7 +197,7 @@ async def lag_run(system: System, control: Projections, config: CassandraConfig,
     # warm-up (not measured): hosts that were running before the worker started find it at
     # their next subscriber refresh (LivePublisher.refresh_s) once they write
     warm = [f"w{i}-{uuid.uuid4().hex[:4]}" for i in range(16)]
-    warm_events = len(await drive(system, warm, 4.0, 2.0))
+    warm_events = len(await drive(system, warm, args.warmup, 2.0))
     shows = [f"{'l' if live else 'd'}{i}-{uuid.uuid4().hex[:4]}" for i in range(args.writers)]
     t0 = time.perf_counter()
     stop = asyncio.Event()
@@ -338,8 +338,10 @@ async def main_async(args: argparse.Namespace) -> dict:
         r["view_after_per_s"] = round(
             await best_of(2, lambda: timed_replay(control, batched, n, last)))
         r["events"] = n
-        r["slice_reads_before"] = {k: await slice_reads(k, False) for k in (1, 2, 4)}
-        r["slice_reads_after"] = {k: await slice_reads(k, True) for k in (1, 2, 4)}
+        r["slice_reads_before"] = {k: await slice_reads(k, False, args.slice_events)
+                                   for k in (1, 2, 4)}
+        r["slice_reads_after"] = {k: await slice_reads(k, True, args.slice_events)
+                                  for k in (1, 2, 4)}
         return r
     finally:
         system.shutdown()
@@ -357,6 +359,9 @@ def main() -> None:
     ap.add_argument("--bulk", type=int, default=20000,
                     help="extra events appended for the catching-up rows")
     ap.add_argument("--out", default="results/projection_bench.json")
+    ap.add_argument("--warmup", type=float, default=4.0, help="warm-up load seconds (tiny runs)")
+    ap.add_argument("--slice-events", type=int, default=2000,
+                    help="events of the n-slices rows (tiny runs)")
     args = ap.parse_args()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False, namespace=f"benchproj-{uuid.uuid4().hex[:6]}")

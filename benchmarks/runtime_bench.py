@@ -9,7 +9,12 @@
 * activation latency and memory (USS) per active aggregate: dedicated vs hosted vs a bare Ray
   actor (this is the warm-pool question of DESIGN.md "activation cost").
 
-Usage: python benchmarks/runtime_bench.py [--contact host:port]
+Pipelined measurements keep at most ``--window`` commands in flight per aggregate (default 80%
+of the product's mailbox bound, ``HostSpec.max_mailbox`` = 1,000, stated in the output): beyond
+the bound a command is refused (``OverloadedError``, not applied); refusals are counted and
+printed as a figure, never a traceback. Any other error ends the benchmark (a real failure).
+
+Usage: python -m benchmarks.runtime_bench [--contact host:port] [--window 800] [--scale 1]
 Prints a table and writes results/runtime_bench.json. Read the ratios; absolute figures depend
 on the machine (2 cores here, Ray + Cassandra + the driver all on it).
 """
@@ -36,13 +41,18 @@ from cassandra.concurrent import execute_concurrent_with_args
 from raysource.journal.api import StoredEvent
 from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.serialization import Serialization
 from raysource.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
+from raysource.runtime.actors.host_actor import HostSpec
 from raysource.runtime.actors.refs import EntityRef
+from raysource.runtime.errors import OverloadedError
 from raysource.testing.local_resolver import LocalResolver
 from raysource.runtime.stores import StoreSpec
 
 BENCH_SHOW = dataclasses.replace(SHOW, name="benchshow", number_of_shards=2)
+# the product's bound on calls in flight per aggregate (HostSpec.max_mailbox, default kept)
+MAILBOX_BOUND = {f.name: f.default for f in dataclasses.fields(HostSpec)}["max_mailbox"]
 
 
 @ray.remote(num_cpus=0.01, max_concurrency=1000)
@@ -114,21 +124,59 @@ def raw_inserts(session, ks: str, n: int, conc: int, lwt: bool) -> float:
 # --------------------------------------------------------------------------- runtime figures
 
 
-def hot_aggregate(resolver: LocalResolver, callers: int, per_caller: int) -> dict:
+class Outcomes:
+    """Counts the outcomes of a measurement: refusals by the mailbox bound are a figure
+    (``OverloadedError``: not applied); any other error is a real failure and is raised."""
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.overloaded = 0
+
+    def add(self, outcome: object) -> None:
+        if isinstance(outcome, OverloadedError):
+            self.overloaded += 1
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        elif not isinstance(outcome, SeatReserved):
+            raise AssertionError(f"unexpected reply {outcome!r}")
+        else:
+            self.ok += 1
+
+
+def _settle(ref: object, outcomes: Outcomes) -> None:
+    """One raw ``submit`` ObjectRef's outcome into ``outcomes``."""
+    try:
+        outcomes.add(ray.get(ref))
+    except ray.exceptions.RayTaskError as err:
+        outcomes.add(err.as_instanceof_cause())
+    except OverloadedError as err:
+        outcomes.add(err)
+
+
+def hot_aggregate(resolver: LocalResolver, callers: int, per_caller: int, window: int) -> dict:
+    """``callers`` refs to one show pipelining single commands (raw ``submit``), at most
+    ``window`` in flight at once (below the mailbox bound)."""
     show = f"hot-{uuid.uuid4().hex[:8]}"
     refs = [EntityRef(BENCH_SHOW, show, resolver) for _ in range(callers)]
     refs[0].ask(CreateShow(callers * per_caller))
     before = ray.get(refs[0].actor.info.remote())["stats"]
+    order = [(c, i) for i in range(per_caller) for c in range(callers)]
+    outcomes, pending = Outcomes(), []
     t0 = time.perf_counter()
-    pending = [refs[c].submit(ReserveSeat(seat_label(c * per_caller + i), f"c{c}"))
-               for i in range(per_caller) for c in range(callers)]
-    ray.get(pending)
+    for c, i in order:
+        if len(pending) >= window:
+            done, pending = ray.wait(pending, num_returns=1, fetch_local=False)
+            _settle(done[0], outcomes)
+        pending.append(refs[c].submit(ReserveSeat(seat_label(c * per_caller + i), f"c{c}")))
+    for ref in pending:
+        _settle(ref, outcomes)
     dt = time.perf_counter() - t0
     after = ray.get(refs[0].actor.info.remote())["stats"]
     writes = after["writes"] - before["writes"]
     n = callers * per_caller
-    return {"commands": n, "commands_per_s": n / dt, "writes": writes,
-            "commands_per_write": n / max(1, writes)}
+    return {"commands": n, "commands_per_s": outcomes.ok / dt, "writes": writes,
+            "commands_per_write": outcomes.ok / max(1, writes), "window": window,
+            "overloaded": outcomes.overloaded}
 
 
 def many_aggregates(resolver: LocalResolver, entities: int, per_entity: int) -> dict:
@@ -137,23 +185,43 @@ def many_aggregates(resolver: LocalResolver, entities: int, per_entity: int) -> 
     ray.get([r.submit(CreateShow(per_entity)) for r in refs])  # activation outside the clock
     t0 = time.perf_counter()
     pending = [r.submit(ReserveSeat(seat_label(i), "c")) for i in range(per_entity) for r in refs]
-    ray.get(pending)
+    outcomes = Outcomes()
+    for ref in pending:
+        _settle(ref, outcomes)
     dt = time.perf_counter() - t0
-    return {"commands": len(pending), "commands_per_s": len(pending) / dt}
+    return {"commands": len(pending), "commands_per_s": outcomes.ok / dt,
+            "overloaded": outcomes.overloaded}
 
 
 def _reservations(first: int, n: int, who: str) -> list[ReserveSeat]:
     return [ReserveSeat(seat_label(first + i), who) for i in range(n)]
 
 
-def _check(outcomes: list) -> None:
-    bad = [o for o in outcomes if not isinstance(o, SeatReserved)]
-    assert not bad, bad[:3]
+def _count(parts: list[list]) -> Outcomes:
+    outcomes = Outcomes()
+    for part in parts:
+        for o in part:
+            outcomes.add(o)
+    return outcomes
 
 
-def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int) -> dict:
+async def _windowed(sends: list, window_batches: int) -> list[list]:
+    """Await ``sends`` (coroutine factories, one ``ask_many_async`` batch each), at most
+    ``window_batches`` in flight at once; the outcomes in order."""
+    gate = asyncio.Semaphore(window_batches)
+
+    async def one(send) -> list:  # noqa: ANN001
+        async with gate:
+            return await send()
+
+    return await asyncio.gather(*(one(s) for s in sends))
+
+
+def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int,
+                window: int) -> dict:
     """One show fed by ``ask_many``: one synchronous caller (batch after batch), then
-    ``callers`` refs pipelining their batches (``ask_many_async``)."""
+    ``callers`` refs pipelining their batches (``ask_many_async``), at most ``window``
+    commands in flight to the show at once (below the mailbox bound)."""
     show = f"hotb-{uuid.uuid4().hex[:8]}"
     refs = [EntityRef(BENCH_SHOW, show, resolver) for _ in range(callers)]
     n_sync, n_pipe = batches * batch, callers * batches * batch
@@ -161,45 +229,51 @@ def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int)
     info = lambda: ray.get(refs[0].actor.info.remote())["stats"]  # noqa: E731
     before = info()
     t0 = time.perf_counter()
-    for b in range(batches):
-        _check(refs[0].ask_many(_reservations(b * batch, batch, "sync")))
+    sync = _count([refs[0].ask_many(_reservations(b * batch, batch, "sync"))
+                   for b in range(batches)])
     dt_sync = time.perf_counter() - t0
     mid = info()
 
-    async def pipelined() -> list:
-        tasks = [asyncio.ensure_future(refs[c].ask_many_async(
-                     _reservations(n_sync + (c * batches + b) * batch, batch, f"c{c}")))
-                 for b in range(batches) for c in range(callers)]
-        return [o for part in await asyncio.gather(*tasks) for o in part]
+    def send(c: int, b: int):  # noqa: ANN202
+        cmds = _reservations(n_sync + (c * batches + b) * batch, batch, f"c{c}")
+        return lambda: refs[c].ask_many_async(cmds)
 
+    sends = [send(c, b) for b in range(batches) for c in range(callers)]
     t0 = time.perf_counter()
-    _check(asyncio.run(pipelined()))
+    pipe = _count(asyncio.run(_windowed(sends, max(1, window // batch))))
     dt_pipe = time.perf_counter() - t0
     after = info()
-    return {"batch": batch,
-            "sync_commands_per_s": n_sync / dt_sync,
-            "sync_commands_per_write": n_sync / max(1, mid["writes"] - before["writes"]),
+    return {"batch": batch, "window": max(1, window // batch) * batch,
+            "sync_commands_per_s": sync.ok / dt_sync,
+            "sync_commands_per_write": sync.ok / max(1, mid["writes"] - before["writes"]),
             "pipelined_callers": callers,
-            "pipelined_commands_per_s": n_pipe / dt_pipe,
-            "pipelined_commands_per_write": n_pipe / max(1, after["writes"] - mid["writes"])}
+            "pipelined_commands_per_s": pipe.ok / dt_pipe,
+            "pipelined_commands_per_write": pipe.ok / max(1, after["writes"] - mid["writes"]),
+            "overloaded": sync.overloaded + pipe.overloaded}
 
 
-def many_batched(resolver: LocalResolver, entities: int, per_entity: int, batch: int) -> dict:
-    """``entities`` shows, each fed by its own ref with pipelined ``ask_many_async`` batches."""
+def many_batched(resolver: LocalResolver, entities: int, per_entity: int, batch: int,
+                 window: int) -> dict:
+    """``entities`` shows, each fed by its own ref with pipelined ``ask_many_async`` batches,
+    at most ``window`` commands in flight per show."""
     refs = [EntityRef(BENCH_SHOW, f"manyb-{uuid.uuid4().hex[:8]}", resolver)
             for _ in range(entities)]
     ray.get([r.submit(CreateShow(per_entity)) for r in refs])  # activation outside the clock
 
-    async def run() -> list:
-        tasks = [asyncio.ensure_future(r.ask_many_async(_reservations(i, batch, "c")))
-                 for i in range(0, per_entity, batch) for r in refs]
-        return [o for part in await asyncio.gather(*tasks) for o in part]
+    def send(r: EntityRef, i: int):  # noqa: ANN202
+        cmds = _reservations(i, batch, "c")
+        return lambda: r.ask_many_async(cmds)
+
+    async def run() -> list[list]:
+        per_show = [_windowed([send(r, i) for i in range(0, per_entity, batch)],
+                              max(1, window // batch)) for r in refs]
+        return [part for parts in await asyncio.gather(*per_show) for part in parts]
 
     t0 = time.perf_counter()
-    outcomes = asyncio.run(run())
+    outcomes = _count(asyncio.run(run()))
     dt = time.perf_counter() - t0
-    _check(outcomes)
-    return {"commands": len(outcomes), "batch": batch, "commands_per_s": len(outcomes) / dt}
+    return {"commands": outcomes.ok + outcomes.overloaded, "batch": batch,
+            "commands_per_s": outcomes.ok / dt, "overloaded": outcomes.overloaded}
 
 
 def round_trips(resolver: LocalResolver, n: int) -> dict:
@@ -217,11 +291,11 @@ def round_trips(resolver: LocalResolver, n: int) -> dict:
             "read_p50_ms": ms(pct(reads, 50)), "read_p99_ms": ms(pct(reads, 99))}
 
 
-def bare_calls(n: int) -> tuple[dict, list]:
+def bare_calls(n: int, creates_n: int = 5) -> tuple[dict, list]:
     times = []
     creates = []
     actors = []
-    for _ in range(5):
+    for _ in range(creates_n):
         t = time.perf_counter()
         a = Bare.remote()
         ray.get(a.ping.remote())
@@ -289,22 +363,43 @@ def hosted_activation(resolver: LocalResolver, n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contact", default=os.environ.get("RAYSOURCE_CASSANDRA", "127.0.0.1:9042"))
-    ap.add_argument("--keyspace", default="raysource_bench")
+    ap.add_argument("--keyspace", default=None,
+                    help="default: a fresh keyspace for this run, dropped at its end")
     ap.add_argument("--out", default="results/runtime_bench.json")
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--per-caller", type=int, default=250)
     ap.add_argument("--entities", type=int, default=8)
     ap.add_argument("--round-trips", type=int, default=200)
     ap.add_argument("--batch", type=int, default=100, help="commands per ask_many batch")
+    ap.add_argument("--window", type=int, default=None,
+                    help="commands in flight per aggregate (default: 80%% of the mailbox bound)")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiplies the fixed counts (appends, inserts, batches, activations); "
+                         "e.g. 0.05 for a smoke run")
     args = ap.parse_args()
+    bound = MAILBOX_BOUND
+    window = args.window or int(bound * 0.8)
+    if bound is not None and window >= bound:
+        ap.error(f"--window {window} must stay below the mailbox bound ({bound})")
+    window = max(window, args.batch)
 
-    config = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
+    def n(x: int, least: int = 2) -> int:
+        return max(least, int(x * args.scale))
+
+    keyspace = args.keyspace or f"bench_rt_{uuid.uuid4().hex[:8]}"
+    config = CassandraConfig.from_contact(args.contact, keyspace=keyspace)
     asyncio.run(_create(config))
-    ray.init(namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}", include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    # address="local": always a Ray instance of its own, never a cluster another process on
+    # this host started (its workers would run that checkout's code)
+    ray.init(address="local", namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}",
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
     store = StoreSpec("cassandra", config)
     r: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "ray": ray.__version__}}
+                           "ray": ray.__version__},
+               "mailbox_bound": bound, "window": window}
+    print(f"runtime benchmark: at most {window} commands in flight per aggregate (the "
+          f"product's mailbox bound is {bound}; beyond it commands are refused, "
+          "OverloadedError, counted as 'refused')", flush=True)
     resolvers: list[LocalResolver] = []
 
     def resolver(placement: str) -> LocalResolver:
@@ -320,40 +415,48 @@ def main() -> None:
 
     t_start = time.perf_counter()
     try:
-        lat = asyncio.run(append_latencies(config, 200))
+        lat = asyncio.run(append_latencies(config, n(200)))
         r["append"] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
                        "one_writer_limit_per_s": 1 / statistics.median(lat)}
 
         cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5,
                           sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         session = cluster.connect()
-        r["raw"] = {"insert_per_s": raw_inserts(session, config.keyspace, 4000, 64, False),
-                    "insert_lwt_per_s": raw_inserts(session, config.keyspace, 2000, 64, True)}
+        r["raw"] = {
+            "insert_per_s": raw_inserts(session, config.keyspace, n(4000, 64), 64, False),
+            "insert_lwt_per_s": raw_inserts(session, config.keyspace, n(2000, 64), 64, True)}
         cluster.shutdown()
 
-        bare, bare_actors = bare_calls(args.round_trips)
+        bare, bare_actors = bare_calls(args.round_trips, n(5, 1))
         r["bare_actor"] = bare
         for a in bare_actors:
             ray.kill(a)
 
         for placement in ("dedicated", "hosted"):
             res = resolver(placement)
-            r[f"hot_{placement}"] = hot_aggregate(res, args.callers, args.per_caller)
-            r[f"hot_batched_{placement}"] = hot_batched(res, args.callers, 10, args.batch)
+            r[f"hot_{placement}"] = hot_aggregate(res, args.callers, args.per_caller,
+                                                     window)
+            r[f"hot_batched_{placement}"] = hot_batched(res, args.callers, n(10, 1),
+                                                           args.batch, window)
             r[f"rtt_{placement}"] = round_trips(res, args.round_trips)
             done()
-            r[f"many_{placement}"] = many_aggregates(resolver(placement), args.entities, 150)
+            r[f"many_{placement}"] = many_aggregates(resolver(placement), args.entities,
+                                                     n(150))
             done()
             r[f"many_batched_{placement}"] = many_batched(resolver(placement), args.entities,
-                                                          1000, args.batch)
+                                                          n(1000 // args.batch, 1) * args.batch,
+                                                          args.batch,
+                                                          window)
             done()
-        r["activation_dedicated"] = dedicated_activation(resolver("dedicated"), 5)
+        r["activation_dedicated"] = dedicated_activation(resolver("dedicated"), n(5, 1))
         done()
-        r["activation_hosted"] = hosted_activation(resolver("hosted"), 200)
+        r["activation_hosted"] = hosted_activation(resolver("hosted"), n(200))
         done()
     finally:
         done()
         ray.shutdown()
+        if not args.keyspace:
+            asyncio.run(_drop(config))
     r["wall_s"] = time.perf_counter() - t_start
     report(r)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -364,6 +467,12 @@ def main() -> None:
 async def _create(config: CassandraConfig) -> None:
     journal = await CassandraJournal.connect(config, create_schema=True)
     await journal.close()
+
+
+async def _drop(config: CassandraConfig) -> None:
+    async with CassandraSession(config) as session:
+        await session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", prepare=False,
+                              timeout=120.0)
 
 
 def report(r: dict) -> None:
@@ -423,6 +532,10 @@ def report(r: dict) -> None:
     rows.append((f"hosted USS KiB per aggregate ({h['active']} active)",
                  f"{h['uss_kib_per_aggregate']:.1f}",
                  f"{h['uss_kib_per_aggregate'] / 1024 / b['uss_mib']:.4f} x bare"))
+    refused = sum(v.get("overloaded", 0) for v in r.values() if isinstance(v, dict))
+    rows.append((f"commands refused by the mailbox bound (OverloadedError), "
+                 f"window {r['window']}", f"{refused}",
+                 f"window {r['window'] / r['mailbox_bound']:.2f} x bound {r['mailbox_bound']}"))
     w = max(len(a) for a, _, _ in rows)
     print(f"\n{'figure':<{w}}  {'value':>14}  ratio")
     for a, v, ratio in rows:

@@ -161,7 +161,7 @@ def main() -> None:
         host, port = source.contact_point.rsplit(":", 1)
         config = CassandraConfig(contact_points=(host,), port=int(port),
                                  keyspace=f"timers_bench_{uuid.uuid4().hex[:6]}")
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  namespace=f"timers-bench-{uuid.uuid4().hex[:6]}")
         result = {"paced": run(config, args.aggregates, args.timers, TimerSettings()),
                   "unpaced": run(config, args.aggregates, args.timers,

@@ -46,8 +46,8 @@ def init_ray(namespace: str) -> None:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
-    ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", namespace=namespace, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)  # its own instance, always
 
 
 def pct(xs: list[float], p: float) -> float:

@@ -39,13 +39,20 @@ MiB = 2**20
 
 
 def build_pekko() -> list[str]:
-    """``mvn package`` when the build is missing or older than its sources; the java -cp."""
+    """``mvn package`` when the build is missing or older than its sources (offline first,
+    from the local Maven cache; online if that lacks something); the java -cp."""
     target = HERE / "target"
     cp_file = target / "classpath.txt"
     sources = [HERE / "pom.xml", *(HERE / "src").rglob("*")]
     if not cp_file.exists() or max(p.stat().st_mtime for p in sources) > cp_file.stat().st_mtime:
-        print("building the Pekko side (mvn -q -B package) ...", flush=True)
-        subprocess.run(["mvn", "-q", "-B", "package"], cwd=HERE, check=True)
+        print("building the Pekko side (mvn -q -B -o package) ...", flush=True)
+        mvn = ["mvn", "-q", "-B", "-Dstyle.color=never"]
+        offline = subprocess.run([*mvn, "-o", "package"], cwd=HERE, capture_output=True,
+                                 text=True)
+        if offline.returncode != 0:
+            print("offline build failed (local Maven cache incomplete?); mvn -q -B package ...",
+                  flush=True)
+            subprocess.run([*mvn, "package"], cwd=HERE, check=True)
     return [str(target / "classes"), cp_file.read_text().strip()]
 
 
@@ -179,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recovery-events", type=int, default=10000)
     ap.add_argument("--recoveries", type=int, default=3)
     ap.add_argument("--keyspace-prefix", default="peer")
+    ap.add_argument("--out", default=None, help="also write the run's JSON here")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 if any side or workload failed (even if re-run fine)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                     help="no run: the table over the rounds of these peer-bench-*.json files")
     a = ap.parse_args(argv)
@@ -242,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     path = ROOT / "results" / f"peer-bench-{stamp}.json"
     path.write_text(json.dumps({"args": vars(a), "contact": source.contact_point,
-                                "medians": medians, "table": text,
+                                "medians": medians, "table": text, "failures": failures,
                                 "raysource_rounds": rs, "pekko_rounds": pk}, indent=2))
+    if a.out:
+        Path(a.out).write_text(path.read_text())
     print(f"all figures: {path}")
-    return 0
+    return 1 if a.strict and failures else 0
 
 
 if __name__ == "__main__":
