@@ -71,6 +71,15 @@ class JournalOutcomeUnknownError(JournalUnavailableError, OutcomeUnknownError):
     have been applied, and it may still land later. Callers must re-read before deciding."""
 
 
+class WriterFencedError(JournalOutcomeUnknownError):
+    """The writer's epoch ended (epoch guard): a newer activation claimed the persistence id,
+    or one of this writer's writes (events, fence read, tag rows) was not confirmed.
+
+    The append's outcome is unknown — never "not applied": the newer activation may have
+    recovered its events — and the writer must stop; nothing it appends any more can be
+    acknowledged. The next activation recovers whatever the valid log holds."""
+
+
 class InvalidAppendError(JournalError, NotAppliedError, ValueError):
     """An append is malformed (empty, mixed persistence ids, non-contiguous sequence numbers)."""
 

@@ -23,6 +23,7 @@ here and from ``raysource``.
     │   ├── ConcurrentWriteError     [N] fencing: another writer holds these sequence numbers
     │   ├── JournalUnavailableError      the store could not be reached: nothing was written
     │   │   └── JournalOutcomeUnknownError [U] sent, unconfirmed: it may or may not land
+    │   │       └── WriterFencedError  [U] epoch guard: the writer's epoch ended; it stops
     │   └── InvalidAppendError    [N]    a malformed append (gaps, mixed ids, empty ids)
     ├── SerializationError               encode/decode failed (names persistence id + seq nr)
     │   ├── UnknownManifestError
