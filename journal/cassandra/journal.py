@@ -373,10 +373,12 @@ class CassandraJournal(Journal):
             try:
                 await asyncio.gather(*follow_ups)
             except Exception as exc:
-                self._end(claim)
-                raise WriterFencedError(
+                # The fence read passed: the events are valid for good (every later claim sees
+                # them), so the epoch goes on; a re-read (and the next recovery's tag repair)
+                # decides, as without epochs.
+                raise JournalOutcomeUnknownError(
                     f"{pid} #{first}..#{last}: the events are stored, but their follow-up writes "
-                    f"failed, so they were not acknowledged; epoch {epoch} ends: {exc}") from exc
+                    f"failed, so they were not acknowledged: {exc}") from exc
 
     def _end(self, claim: Claim) -> None:
         claim.ended = True
