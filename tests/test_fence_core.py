@@ -52,3 +52,45 @@ async def test_a_fenced_activation_answers_unknown_and_stops(cassandra_contact,
     finally:
         await s1.close()
         await s2.close()
+
+
+async def test_concurrent_flushes_of_many_aggregates_share_fence_reads(cassandra_contact,
+                                                                       cassandra_keyspace):
+    """20 aggregates flush at once on one journal (a host): their fence reads go out as fewer
+    requests than flushes, and each aggregate still gets its own fence row's answer (one of
+    them is fenced by a newer activation: only it fails, outcome unknown)."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from raysource.journal.api import StoredEvent
+    from raysource.journal.errors import WriterFencedError
+
+    host, port = cassandra_contact
+    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+    s = await CassandraSession.open(cfg, create_schema=True)
+    try:
+        journal = CassandraJournal(s, cfg)
+        pids = [f"many-{uuid.uuid4().hex[:8]}-{i}" for i in range(20)]
+        for p in pids:
+            await journal.begin_activation(p, "host")
+        await CassandraJournal(s, cfg).begin_activation(pids[7], "elsewhere")  # fences #7
+        reads = {"many": 0, "one": 0}
+        real = s.execute
+
+        async def counting(stmt, params=None, **kw):
+            if "writer_fence" in getattr(stmt, "query_string", ""):
+                reads["many" if " IN " in stmt.query_string else "one"] += 1
+            return await real(stmt, params, **kw)
+
+        s.execute = counting
+        now = datetime.now(timezone.utc)
+        res = await asyncio.gather(*(journal.append([StoredEvent(p, 1, b"x", "m#1", 1, now,
+                                                                 "host")]) for p in pids),
+                                   return_exceptions=True)
+        s.execute = real
+        assert [type(r).__name__ for r in res] == [
+            "WriterFencedError" if i == 7 else "NoneType" for i in range(20)]
+        assert isinstance(res[7], WriterFencedError)
+        assert reads["many"] >= 1 and reads["many"] + reads["one"] < len(pids)
+    finally:
+        await s.close()

@@ -27,8 +27,9 @@ Protocol (the design and its proof sketch: ``design/fencing.md``, design B):
 * **Append** (events n..m): a plain single-partition batch at the write consistency (the rows
   carry epoch E: re-sending identical rows is harmless, and no stale row can replace them),
   then a fence read (at the read consistency) that returns ``(E, owner)``; only then the tag
-  rows, then the acknowledgement. One fence read covers every append of the writer whose batch
-  was acknowledged before the read was sent (:class:`_FenceReads`). A fence read naming another
+  rows, then the acknowledgement. A fence read is sent after the caller's batch was
+  acknowledged; the reads of one event-loop tick of a host go out as one request for all its
+  aggregates (:class:`_FenceReads`). A fence read naming another
   epoch, an unconfirmed batch or tag write, or a fence read that keeps failing ends the epoch:
   the append raises :class:`~raysource.journal.errors.WriterFencedError` (outcome unknown,
   never "not applied": the next activation may have seen the rows) and the writer must stop.
@@ -65,6 +66,7 @@ __all__ = ["Claim", "View", "EpochGuard", "segment_epoch", "compact", "check_nex
 LEGACY_CHAIN: tuple[tuple[int, int], ...] = ((0, 1),)
 _CLAIM_ATTEMPTS = 40
 _FENCE_READ_ATTEMPTS = 3
+_FENCE_BATCH = 64  # aggregates per shared fence read
 
 
 def segment_epoch(chain: Sequence[tuple[int, int]], starts: Sequence[int], n: int) -> int | None:
@@ -129,41 +131,46 @@ def check_next(pid: str, h: int, first: int) -> None:
 
 
 class _FenceReads:
-    """Coalesces fence reads of one persistence id: a caller waits for the first read *sent*
-    after it asked, and one read answers every caller waiting for it."""
+    """Fence reads shared by every aggregate of a journal (a host): a caller waits for a read
+    *sent after* it asked; the reads asked for in one event-loop tick go out as one request
+    (``persistence_id IN (...)``, up to ``_FENCE_BATCH`` ids), and one read answers every
+    caller of the same id waiting for it."""
 
-    def __init__(self, read: Callable[[], Awaitable[Any]]) -> None:
-        self._read = read
-        self._running: asyncio.Future | None = None
-        self._next: asyncio.Future | None = None
+    def __init__(self, read_many: Callable[[list[str]], Awaitable[dict]]) -> None:
+        self._read_many = read_many
+        self._pending: dict[str, list[asyncio.Future]] = {}
+        self._scheduled = False
 
-    async def get(self) -> Any:
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            if self._running is None:
-                self._start()
-        fut = self._next if self._next is not None else self._running
-        assert fut is not None
-        return await asyncio.shield(fut)
+    async def get(self, pid: str) -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.setdefault(pid, []).append(fut)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
 
-    def _start(self) -> None:
-        fut, self._running, self._next = self._next, self._next, None
-        assert fut is not None
-        task = asyncio.ensure_future(self._read())
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, {}
+        pids = list(pending)
+        for i in range(0, len(pids), _FENCE_BATCH):
+            part = {p: pending[p] for p in pids[i:i + _FENCE_BATCH]}
+            asyncio.ensure_future(self._read(part))
 
-        def done(t: asyncio.Task) -> None:
-            self._running = None
-            if t.cancelled():
-                fut.cancel()
-            elif t.exception() is not None:
-                fut.set_exception(t.exception())
-                fut.exception()  # retrieved here; every waiter re-raises it
-            else:
-                fut.set_result(t.result())
-            if self._next is not None:
-                self._start()
-
-        task.add_done_callback(done)
+    async def _read(self, part: dict[str, list[asyncio.Future]]) -> None:
+        try:
+            rows = await self._read_many(list(part))
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets it
+            for futs in part.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(exc)
+            return
+        for pid, futs in part.items():
+            for f in futs:
+                if not f.done():
+                    f.set_result(rows.get(pid, (0, None)))
 
 
 class EpochGuard:
@@ -175,7 +182,7 @@ class EpochGuard:
 
     def __init__(self, journal: Any) -> None:
         self.j = journal
-        self._reads: dict[str, _FenceReads] = {}
+        self._reads = _FenceReads(self._fence_many)
 
     # ------------------------------------------------------------------ reads
 
@@ -188,13 +195,15 @@ class EpochGuard:
         return int(row[0]), row[1]
 
     async def fence_shared(self, pid: str) -> tuple[int, uuid.UUID | None]:
-        """A fence read sent after this call, shared with every caller waiting meanwhile."""
-        reads = self._reads.get(pid)
-        if reads is None:
-            reads = self._reads[pid] = _FenceReads(lambda: self.fence(pid))
-            if len(self._reads) > 100_000:
-                self._reads = {pid: reads}
-        return await reads.get()
+        """A fence read sent after this call, shared with every caller of this journal waiting
+        in the same loop tick (one request for many aggregates)."""
+        return await self._reads.get(pid)
+
+    async def _fence_many(self, pids: list[str]) -> dict[str, tuple[int, uuid.UUID | None]]:
+        if len(pids) == 1:
+            return {pids[0]: await self.fence(pids[0])}
+        rows = await self.j.session.execute(self.j._ps["fence_many"], (pids,))
+        return {row[0]: (int(row[1]), row[2]) for row in rows if row[1] is not None}
 
     async def head(self, pid: str, below: int | None = None) -> tuple[int, tuple]:
         """(epoch, chain) of the newest epoch record (below ``below``), or (0, LEGACY_CHAIN)."""

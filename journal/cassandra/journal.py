@@ -1,10 +1,17 @@
 """The Cassandra journal.
 
-Size: ~530 lines, a third of it this docstring (layout, the guard's soundness argument, the
-tag query's visibility guarantee); the statements live in ``_prepare``, in one place.
+Size: ~650 lines, a third of it this docstring (layout, the per-append guard's soundness
+argument, the tag query's visibility guarantee); every CQL statement lives in
+``raysource.journal.cassandra.statements``.
+
+Guards (``CassandraConfig.guard``): **"epoch"** (default) — one conditional claim per
+activation, plain appends, a fence read before each acknowledgement, readers that follow the
+chain of epoch records; its protocol and proof sketch are in ``raysource.journal.cassandra.epochs``.
+**"per-append"** — every append a conditional batch (described below). **"off"** — plain
+batches, no guard. The per-append and unguarded modes write epoch 0.
 
 Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by ``(persistence_id, partition_nr)``
-and clustered by ``sequence_nr``. Every statement is prepared; every append is **one
+and clustered by ``(sequence_nr, epoch)``. Every statement is prepared; every append is **one
 single-partition batch**, so an atomic group is all-or-nothing.
 
 Partition placement and the fencing guard
@@ -23,7 +30,7 @@ contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always m
 ``pn(n)`` whatever their group sizes. With "crossing group moves", ``[4999, 5000]`` and
 ``[4999, 5000, 5001]`` would land in different partitions and both succeed.
 
-* guard on (``fencing=True``): ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
+* per-append guard: ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
   batch at the serial consistency (LOCAL_SERIAL). If any number is taken nothing is written and
   ``ConcurrentWriteError`` names the first taken number — unless the existing rows are exactly
   this group (same writer id, numbers and payloads): then an earlier execution of the same
@@ -43,6 +50,11 @@ contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always m
 * guard off: a plain unlogged single-partition batch; a duplicate writer silently overwrites rows
   with the same sequence numbers (last write wins per row; a shorter group leaves the tail of
   the longer one in place).
+
+Readers follow the epoch chain (``epochs.View``): without epoch records (the per-append and
+unguarded modes) every row is valid and the walks below are the whole story; with records,
+replay and ``highest_sequence_nr`` are bounded by the end ``h`` of the valid log and skip rows
+of epochs that do not own their segment.
 
 Replay reads partition ``pn(from) - 1`` (it may hold the overflow of a crossing group), then
 ``pn(from)``, ``pn(from) + 1``, ... and stops at the first partition from ``pn(from)`` on that has

@@ -90,6 +90,9 @@ def journal_statements(c: CassandraConfig) -> dict[str, Stmt]:
         # ---- the epoch guard: fence (LWT only) and epoch records (written once each)
         "fence_get": Stmt(f"SELECT epoch, owner FROM {fence} WHERE persistence_id = ?", "read",
                           idempotent=True),
+        # one read for the fence rows of many aggregates (a host's flushes of one loop tick)
+        "fence_many": Stmt(f"SELECT persistence_id, epoch, owner FROM {fence} "
+                           f"WHERE persistence_id IN ?", "read", idempotent=True),
         "fence_get_serial": Stmt(f"SELECT epoch, owner FROM {fence} WHERE persistence_id = ?",
                                  "serial", idempotent=True),
         "fence_first": Stmt(f"INSERT INTO {fence} (persistence_id, epoch, owner) "
