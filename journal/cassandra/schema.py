@@ -38,6 +38,10 @@ from raysource.journal.cassandra.timer_statements import timer_schema
 
 __all__ = ["schema_statements", "schema_cql", "create_schema"]
 
+# the epoch chain's column type (spelled in two pieces: three '>' in a row in this file's text
+# would read as a doctest prompt to tests/test_doctests.py)
+_CHAIN_TYPE = "frozen<list<tuple<bigint, bigint>" + ">>"
+
 
 def _replication(config: CassandraConfig) -> str:
     if config.replication_strategy == "NetworkTopologyStrategy":
@@ -79,7 +83,7 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
     persistence_id text,
     epoch bigint,
     start_seq bigint,
-    chain frozen<list<tuple<bigint, bigint>>>,
+    chain {_CHAIN_TYPE},
     owner uuid,
     writer_id text,
     PRIMARY KEY (persistence_id, epoch)
