@@ -118,6 +118,8 @@ class Claim:
     next_seq: int
     confirmed: bool = False
     ended: bool = False
+    #: the confirmed valid log at the claim (chain with this epoch's segment, ``h = start - 1``)
+    view: "View | None" = None
 
 
 def check_next(pid: str, h: int, first: int) -> None:
@@ -280,7 +282,8 @@ class EpochGuard:
         if got != (epoch, owner):
             raise ConcurrentWriteError(pid, start, f"{pid}: epoch {epoch} was superseded by "
                                                    f"epoch {got[0]} before it was confirmed")
-        return Claim(pid, writer_id, epoch, owner, start, start, confirmed=True)
+        return Claim(pid, writer_id, epoch, owner, start, start, confirmed=True,
+                     view=View(tuple(chain), start - 1, epoch))
 
     async def _cas(self, pid: str, owner: uuid.UUID) -> int:
         s, ps = self.j.session, self.j._ps

@@ -182,6 +182,7 @@ class CassandraJournal(Journal):
         self.capabilities = JournalCapabilities(fencing=guard != "off", tags=True, delete=True)
         self.epochs = EpochGuard(self)
         self._claims: dict[tuple[str, str], Claim] = {}  # (pid, writer id) -> live claim
+        self._newest: dict[str, Claim] = {}  # pid -> the newest claim made in this process
         #: test hook: ``await hook(step, **info)`` at the epoch protocol's named steps
         #: (``raysource.testing.fence_faults``); None in production
         self.hook: Any = None
@@ -306,12 +307,22 @@ class CassandraJournal(Journal):
             return
         await self._prepare()
         claim = await self.epochs.claim(persistence_id, writer_id)
-        self._claims[(persistence_id, writer_id)] = claim
+        self._keep(claim)
 
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
         """Forget the activation's claim (passivation). Its epoch stays current until the
         next activation claims."""
-        self._claims.pop((persistence_id, writer_id), None)
+        claim = self._claims.pop((persistence_id, writer_id), None)
+        if claim is not None and self._newest.get(persistence_id) is claim:
+            del self._newest[persistence_id]
+
+    def _keep(self, claim: Claim) -> None:
+        if len(self._claims) > 100_000:  # lost claims of writers that never ended
+            self._claims, self._newest = {}, {}
+        self._claims[(claim.persistence_id, claim.writer_id)] = claim
+        newest = self._newest.get(claim.persistence_id)
+        if newest is None or claim.epoch > newest.epoch:
+            self._newest[claim.persistence_id] = claim
 
     async def _hook(self, step: str, **info: Any) -> None:
         if self.hook is not None:
@@ -337,9 +348,7 @@ class CassandraJournal(Journal):
                 return  # the same append delivered twice
             check_next(pid, view.h, first)
             claim = await self.epochs.claim(pid, writer, expect_next=first)
-            self._claims[key] = claim
-            if len(self._claims) > 100_000:
-                self._claims = {key: claim}
+            self._keep(claim)
         if first != claim.next_seq:
             if first < claim.next_seq and await self._stored_exactly(events, None, claim):
                 return
@@ -567,7 +576,8 @@ class CassandraJournal(Journal):
         contiguous run of its last segment), ``from..to``, paged."""
         await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
-        view = await self.epochs.view(persistence_id, bounded=False)
+        view = self._recovery_view(persistence_id) or await self.epochs.view(
+            persistence_id, bounded=False)
         start = max(from_sequence_nr, deleted_to + 1, 1)
         upper = _MAX_SEQ if to_sequence_nr is None else to_sequence_nr
         if view.h >= 0:
@@ -583,8 +593,17 @@ class CassandraJournal(Journal):
         """The end of the valid log (deletes do not lower it)."""
         await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
-        view = await self.epochs.view(persistence_id)
+        view = self._recovery_view(persistence_id) or await self.epochs.view(persistence_id)
         return max(view.h, deleted_to)
+
+    def _recovery_view(self, pid: str) -> View | None:
+        """The view the newest local claim of ``pid`` confirmed, while its activation recovers
+        (before its first append): that chain is permanent and its segment still empty, so
+        reading the head record and scanning the segment again would return the same."""
+        claim = self._newest.get(pid)
+        if claim is None or claim.ended or claim.next_seq != claim.start:
+            return None
+        return claim.view
 
     async def _max_seq(self, pid: str) -> int:
         """The largest sequence number of any row (the log before epochs: epoch 0 only)."""
