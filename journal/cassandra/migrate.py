@@ -15,20 +15,16 @@ from __future__ import annotations
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import CassandraSession
-from raysource.journal.cassandra.statements import journal_statements
+from raysource.journal.cassandra.statements import journal_statements, migration_statements
 
 __all__ = ["migrate_events", "legacy_table_exists"]
 
-_LEGACY_SELECT = ("SELECT persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, "
-                  "ser_id, manifest, payload, tags, meta FROM {ks}.{table}")
 _IN_FLIGHT = 64
 
 
 async def legacy_table_exists(session: CassandraSession, config: CassandraConfig) -> bool:
-    rows = await session.execute(
-        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? "
-        "AND table_name = ?", (config.keyspace, config.legacy_events_table))
-    return bool(rows)
+    stmt = migration_statements(config)["legacy_exists"].cql
+    return bool(await session.execute(stmt, (config.keyspace, config.legacy_events_table)))
 
 
 async def migrate_events(session: CassandraSession, config: CassandraConfig) -> int:
@@ -41,7 +37,7 @@ async def migrate_events(session: CassandraSession, config: CassandraConfig) -> 
         return 0
     insert = await session.prepare(journal_statements(config)["insert"].cql,
                                    consistency_level=config.write_consistency)
-    select = _LEGACY_SELECT.format(ks=config.keyspace, table=config.legacy_events_table)
+    select = migration_statements(config)["legacy_rows"].cql
     pending: set[asyncio.Future] = set()
     copied = 0
     async for row in session.stream(select, prepare=True):

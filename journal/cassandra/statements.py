@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from raysource.journal.cassandra.config import CassandraConfig
 
-__all__ = ["Stmt", "journal_statements", "EVENT_COLUMNS"]
+__all__ = ["Stmt", "journal_statements", "migration_statements", "EVENT_COLUMNS"]
 
 #: The event row's columns in insert order (``epoch`` is part of the key; ``writer_epoch`` is
 #: the same value kept as a regular column, see ``raysource.journal.cassandra.epochs``).
@@ -106,4 +106,19 @@ def journal_statements(c: CassandraConfig) -> dict[str, Stmt]:
                            idempotent=True),
         "record": Stmt(f"INSERT INTO {epochs} (persistence_id, epoch, start_seq, chain, owner, "
                        f"writer_id) VALUES (?, ?, ?, ?, ?, ?)", "write", idempotent=True),
+    }
+
+
+def migration_statements(c: CassandraConfig) -> dict[str, Stmt]:
+    """``raysource schema migrate``'s reads of a pre-epoch keyspace (its ``messages`` table,
+    keyed without the epoch); the copy uses ``journal_statements(c)["insert"]``."""
+    ks = c.keyspace
+    return {
+        "legacy_exists": Stmt("SELECT table_name FROM system_schema.tables "
+                              "WHERE keyspace_name = ? AND table_name = ?", "read",
+                              idempotent=True),
+        "legacy_rows": Stmt(
+            f"SELECT persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, "
+            f"manifest, payload, tags, meta FROM {ks}.{c.legacy_events_table}", "read",
+            idempotent=True),
     }
