@@ -21,11 +21,13 @@ def _writes_fence_without_if(cql: str) -> bool:
 
 def test_the_lint_catches_a_plain_write():
     assert _writes_fence_without_if("UPDATE ks.writer_fence SET epoch = 3 WHERE persistence_id = ?")
-    assert _writes_fence_without_if("INSERT INTO ks.writer_fence (persistence_id, epoch) VALUES (?, ?)")
+    assert _writes_fence_without_if("INSERT INTO ks.writer_fence (persistence_id, epoch) "
+                                    "VALUES (?, ?)")
     assert _writes_fence_without_if("DELETE FROM ks.writer_fence WHERE persistence_id = ?")
     assert not _writes_fence_without_if("UPDATE ks.writer_fence SET epoch = 3 WHERE "
                                         "persistence_id = ? IF epoch = 2")
-    assert not _writes_fence_without_if("SELECT epoch FROM ks.writer_fence WHERE persistence_id = ?")
+    assert not _writes_fence_without_if("SELECT epoch FROM ks.writer_fence "
+                                        "WHERE persistence_id = ?")
 
 
 def test_every_journal_statement_writes_the_fence_only_conditionally():
