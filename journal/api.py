@@ -193,8 +193,9 @@ class Journal(abc.ABC):
         what is currently visible (a "current" query: the iterator completes)."""
 
     async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
-        """Start an activation of ``writer_id`` on ``persistence_id``: called once, BEFORE the
-        activation reads its history (``highest_sequence_nr``, ``replay``). A backend that
+        """Start an activation of ``writer_id`` (unique per activation: the journal keys the
+        activation's claim by it) on ``persistence_id``: called once, BEFORE the activation
+        reads its history (``highest_sequence_nr``, ``replay``). A backend that
         fences per activation claims here; a failure (any ``JournalError``) means the
         activation must not start (nothing of it was written). Default: nothing."""
 
