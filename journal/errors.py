@@ -33,6 +33,11 @@ class ConfigError(RaysourceError, ValueError):
     """A configuration value, name or identifier is invalid."""
 
 
+class MigrationRequiredError(ConfigError):
+    """The keyspace holds events of a version before the epoch key (``messages``) that were
+    not migrated: run ``raysource schema migrate`` first (else they would be invisible)."""
+
+
 # --------------------------------------------------------------------------- journal
 
 

@@ -281,6 +281,12 @@ class JournalContract:
             while done < appends_each:
                 attempt += 1
                 me = f"{name}.{attempt}"  # a fenced writer stops: it comes back as a new one
+                try:  # an activation announces itself before it reads (the epoch claim)
+                    await j.begin_activation(pid, me)
+                except (ConcurrentWriteError, JournalUnavailableError):
+                    conflicts += 1  # superseded before it started: nothing written
+                    await asyncio.sleep(rnd.uniform(0, 0.02))
+                    continue
                 nxt = await j.highest_sequence_nr(pid) + 1
                 n = rnd.randint(1, 3)
                 await asyncio.sleep(0)  # let the others read the same highest number

@@ -120,6 +120,14 @@ class Claim:
     ended: bool = False
     #: the confirmed valid log at the claim (chain with this epoch's segment, ``h = start - 1``)
     view: "View | None" = None
+    #: the last number whose write passed its fence read (valid for good)
+    acked_seq: int = 0
+
+    def own_view(self) -> "View":
+        """The valid log as this live activation knows it for good: the confirmed chain and
+        its own rows up to the last one that passed a fence read."""
+        assert self.view is not None
+        return View(self.view.chain, max(self.acked_seq, self.start - 1), self.epoch)
 
 
 def check_next(pid: str, h: int, first: int) -> None:
@@ -217,16 +225,27 @@ class EpochGuard:
             return 0, LEGACY_CHAIN
         return int(row[0]), tuple((int(e), int(s)) for e, s in row[2])
 
-    async def view(self, pid: str, below: int | None = None, *, bounded: bool = True) -> View:
+    async def view(self, pid: str, below: int | None = None, *, bounded: bool = True,
+                   stable: bool = False) -> View:
         """The valid log's chain and end (see the module docstring). Without epoch records
         every row is valid; then ``h`` is the largest number, or, unless ``bounded``, -1
-        (unknown: a replay walks the partitions as before epochs)."""
+        (unknown: a replay walks the partitions as before epochs).
+
+        ``stable`` (readers that are not the writer): after the rows were read, a fence read
+        must name the head record's epoch — then every later claim reads after this read and
+        sees the same run. If a newer epoch holds the fence (an activation is recovering, or
+        died before writing its record), the open segment's run may still be cut by its
+        record: the view ends before that segment (a permanent prefix)."""
         head, chain = await self.head(pid, below)
         epoch, start = chain[-1]
         if epoch == 0 and head == 0:
             h = await self.j._max_seq(pid) if bounded else -1  # no epochs: every row
         else:
             h = await self._run_end(pid, epoch, start)
+            if stable and h >= start:
+                fenced, _owner = await self.fence(pid)
+                if fenced != head:
+                    h = start - 1
         return View(chain, h, head)
 
     async def _run_end(self, pid: str, epoch: int, start: int) -> int:
@@ -283,7 +302,7 @@ class EpochGuard:
             raise ConcurrentWriteError(pid, start, f"{pid}: epoch {epoch} was superseded by "
                                                    f"epoch {got[0]} before it was confirmed")
         return Claim(pid, writer_id, epoch, owner, start, start, confirmed=True,
-                     view=View(tuple(chain), start - 1, epoch))
+                     view=View(tuple(chain), start - 1, epoch), acked_seq=start - 1)
 
     async def _cas(self, pid: str, owner: uuid.UUID) -> int:
         s, ps = self.j.session, self.j._ps

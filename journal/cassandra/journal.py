@@ -133,6 +133,7 @@ from raysource.journal.errors import (
     JournalError,
     JournalOutcomeUnknownError,
     JournalUnavailableError,
+    MigrationRequiredError,
     WriterFencedError,
 )
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
@@ -230,6 +231,13 @@ class CassandraJournal(Journal):
                 # may retry them on another host. Everything else is never re-sent by the
                 # driver (see NoResendRetryPolicy); in particular no conditional statement.
                 ps[name].is_idempotent = st.idempotent
+            from raysource.journal.cassandra.migrate import unmigrated
+
+            if await unmigrated(self.session, c):
+                raise MigrationRequiredError(
+                    f"keyspace {c.keyspace!r} holds events in {c.legacy_events_table!r} (the "
+                    f"layout before epochs) that were not migrated: run `raysource schema "
+                    f"migrate --keyspace {c.keyspace}` first")
             self._ps = ps
             return ps
 
@@ -365,11 +373,13 @@ class CassandraJournal(Journal):
                          batch=batch)
         try:
             await self.session.execute_batch(batch, profile=RAW_PROFILE)
-        except JournalOutcomeUnknownError as exc:
+        except JournalError as exc:
+            # Any failure: the batch may have reached a coordinator (a connection reset after
+            # the send surfaces as "no host available" too), so it is unknown, never "not
+            # applied"; the epoch ends (its numbers can never be reused with other content).
             self._end(claim)
             raise WriterFencedError(f"{pid} #{first}..#{last}: the write was not confirmed; "
                                     f"epoch {epoch} ends: {exc}") from exc
-        # JournalUnavailableError (never sent): nothing written, the epoch goes on
         claim.next_seq = last + 1  # numbers up to ``last`` may be stored: never reused
         self.write_count += 1
         await self._hook("append.after_w1", pid=pid, epoch=epoch, first=first, last=last)
@@ -384,6 +394,7 @@ class CassandraJournal(Journal):
             raise WriterFencedError(f"{pid} #{first}..#{last}: fenced by epoch {got[0]} (this "
                                     f"writer's epoch {epoch} ends); a newer activation may "
                                     f"have recovered these events")
+        claim.acked_seq = last  # passed its fence read: valid for good
         await self._hook("append.after_fence", pid=pid, epoch=epoch, first=first, last=last)
         follow_ups = []
         if pnr > 0 and self._hints.get(pid, -1) < pnr:
@@ -577,7 +588,7 @@ class CassandraJournal(Journal):
         await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
         view = self._recovery_view(persistence_id) or await self.epochs.view(
-            persistence_id, bounded=False)
+            persistence_id, bounded=False, stable=True)
         start = max(from_sequence_nr, deleted_to + 1, 1)
         upper = _MAX_SEQ if to_sequence_nr is None else to_sequence_nr
         if view.h >= 0:
@@ -593,17 +604,20 @@ class CassandraJournal(Journal):
         """The end of the valid log (deletes do not lower it)."""
         await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
-        view = self._recovery_view(persistence_id) or await self.epochs.view(persistence_id)
+        view = self._recovery_view(persistence_id) or await self.epochs.view(
+            persistence_id, stable=True)
         return max(view.h, deleted_to)
 
     def _recovery_view(self, pid: str) -> View | None:
-        """The view the newest local claim of ``pid`` confirmed, while its activation recovers
-        (before its first append): that chain is permanent and its segment still empty, so
-        reading the head record and scanning the segment again would return the same."""
+        """While this process holds a live claim of ``pid``, its reads (recovery, the re-read
+        after a failed write, ``_is_stored``) follow that claim: its confirmed chain plus its
+        own rows up to the last that passed a fence read — never a newer activation's record,
+        whose chain may drop rows this activation cannot see (its next append is fenced
+        anyway), and never its own rows that did not pass a fence read."""
         claim = self._newest.get(pid)
-        if claim is None or claim.ended or claim.next_seq != claim.start:
+        if claim is None or claim.ended or claim.view is None:
             return None
-        return claim.view
+        return claim.own_view()
 
     async def _max_seq(self, pid: str) -> int:
         """The largest sequence number of any row (the log before epochs: epoch 0 only)."""

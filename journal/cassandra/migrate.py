@@ -17,7 +17,7 @@ from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.cassandra.statements import journal_statements, migration_statements
 
-__all__ = ["migrate_events", "legacy_table_exists"]
+__all__ = ["migrate_events", "legacy_table_exists", "unmigrated"]
 
 _IN_FLIGHT = 64
 
@@ -53,4 +53,18 @@ async def migrate_events(session: CassandraSession, config: CassandraConfig) -> 
         for fut in await asyncio.gather(*pending, return_exceptions=True):
             if isinstance(fut, BaseException):
                 raise fut
+    await session.execute(migration_statements(config)["marker_set"].cql)
     return copied
+
+
+async def unmigrated(session: CassandraSession, config: CassandraConfig) -> bool:
+    """True if the keyspace still has legacy event rows that ``migrate_events`` did not copy
+    to completion (the journal refuses to run on it: those events would be invisible)."""
+    if config.legacy_events_table == config.events_table:
+        return False
+    if not await legacy_table_exists(session, config):
+        return False
+    stmts = migration_statements(config)
+    if not await session.execute(stmts["legacy_any"].cql):
+        return False
+    return not await session.execute(stmts["marker_get"].cql)

@@ -18,7 +18,11 @@ from dataclasses import dataclass
 
 from raysource.journal.cassandra.config import CassandraConfig
 
-__all__ = ["Stmt", "journal_statements", "migration_statements", "EVENT_COLUMNS"]
+__all__ = ["Stmt", "journal_statements", "migration_statements", "EVENT_COLUMNS",
+           "MIGRATED_MARK"]
+
+#: the reserved metadata row ``raysource schema migrate`` writes once its copy completed
+MIGRATED_MARK = "__raysource_migrated_to_epochs__"
 
 #: The event row's columns in insert order (``epoch`` is part of the key; ``writer_epoch`` is
 #: the same value kept as a regular column, see ``raysource.journal.cassandra.epochs``).
@@ -117,6 +121,13 @@ def migration_statements(c: CassandraConfig) -> dict[str, Stmt]:
         "legacy_exists": Stmt("SELECT table_name FROM system_schema.tables "
                               "WHERE keyspace_name = ? AND table_name = ?", "read",
                               idempotent=True),
+        "legacy_any": Stmt(f"SELECT persistence_id FROM {ks}.{c.legacy_events_table} LIMIT 1",
+                           "read", idempotent=True),
+        # the mark ``migrate`` leaves when its copy completed (a reserved metadata row)
+        "marker_get": Stmt(f"SELECT deleted_to FROM {ks}.{c.metadata_table} "
+                           f"WHERE persistence_id = '{MIGRATED_MARK}'", "read", idempotent=True),
+        "marker_set": Stmt(f"UPDATE {ks}.{c.metadata_table} SET deleted_to = 0 "
+                           f"WHERE persistence_id = '{MIGRATED_MARK}'", "write", idempotent=True),
         "legacy_rows": Stmt(
             f"SELECT persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, "
             f"manifest, payload, tags, meta FROM {ks}.{c.legacy_events_table}", "read",
