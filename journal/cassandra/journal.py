@@ -351,15 +351,15 @@ class CassandraJournal(Journal):
             raise WriterFencedError(f"{pid}: writer {writer!r}'s epoch {claim.epoch} ended; "
                                     f"nothing more is written")
         if claim is None:
-            view = await self.epochs.view(pid)
+            view = await self.epochs.view(pid, stable=True)
             if first <= view.h and await self._stored_exactly(events, view):
                 return  # the same append delivered twice
             check_next(pid, view.h, first)
             claim = await self.epochs.claim(pid, writer, expect_next=first)
             self._keep(claim)
         if first != claim.next_seq:
-            if first < claim.next_seq and await self._stored_exactly(events, None, claim):
-                return
+            if last <= claim.acked_seq and await self._stored_exactly(events, None, claim):
+                return  # the same append delivered twice, after it passed its fence read
             check_next(pid, claim.next_seq - 1, first)
         pnr = self._pn(first)
         epoch = claim.epoch
