@@ -285,10 +285,12 @@ class EpochGuard:
         await self.j._hook("claim.after", pid=pid, epoch=epoch, owner=owner)
         view = await self.view(pid, below=epoch)
         start = view.h + 1
-        if expect_next is not None:
-            check_next(pid, view.h, expect_next)
         chain = compact([*view.chain, (epoch, start)])
         await self.j._hook("record.before", pid=pid, epoch=epoch, start=start)
+        # The record is written even when the caller is refused below (a lazy claim on a
+        # stale number): a claimed epoch without a record would leave the fence ahead of the
+        # newest record, and stable readers would stop before the open segment until the next
+        # activation. The refused epoch's segment stays empty.
         try:
             await self.j.session.execute(self.j._ps["record"],
                                          (pid, epoch, start, chain, owner, writer_id))
@@ -296,6 +298,8 @@ class EpochGuard:
             raise JournalUnavailableError(
                 f"{pid}: the record of epoch {epoch} was not confirmed; the activation does "
                 f"not start (none of its events were written): {exc}") from exc
+        if expect_next is not None:
+            check_next(pid, view.h, expect_next)
         await self.j._hook("record.after", pid=pid, epoch=epoch, start=start)
         got = await self._fence_retrying(pid)
         if got != (epoch, owner):
