@@ -5,6 +5,7 @@ line and exit 2 before anything connects); the work itself lives in the modules 
 
     raysource cassandra start|stop|status [--port N] [--keep-data] [--auth] [--tls]
     raysource schema [--keyspace K] [--rf N | --dc DC:RF ...]
+    raysource schema migrate [--keyspace K] [--cassandra H:P]
     raysource demo [--seconds S] [--cassandra H:P] [--keep-running]
     raysource loadtest [--workload seats|ledger] [--entities N] [--clients C]
                        [--duration S | --commands N] [--placement dedicated|hosted]
@@ -108,6 +109,8 @@ def _schema(args: argparse.Namespace) -> int:
     from raysource.journal.cassandra.config import CassandraConfig
     from raysource.journal.cassandra.schema import schema_cql
 
+    if args.action == "migrate":
+        return _schema_migrate(args)
     if args.dc:
         dcs: dict[str, int] = {}
         for item in args.dc:
@@ -122,6 +125,31 @@ def _schema(args: argparse.Namespace) -> int:
     else:
         config = CassandraConfig(keyspace=args.keyspace, replication_factor=args.rf)
     print(schema_cql(config), end="")
+    return 0
+
+
+def _schema_migrate(args: argparse.Namespace) -> int:
+    """Copy a keyspace's legacy ``messages`` rows into the epoch-keyed table (epoch 0)."""
+    import asyncio
+
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.journal.cassandra.migrate import migrate_events
+    from raysource.journal.cassandra.session import CassandraSession
+
+    config = CassandraConfig.from_env(args.cassandra, keyspace=args.keyspace,
+                                      connect_timeout=5.0)
+
+    async def run() -> int:
+        session = CassandraSession(config)
+        await session.connect(keyspace="")
+        try:
+            return await migrate_events(session, config)
+        finally:
+            await session.close()
+
+    copied = asyncio.run(run())
+    print(f"copied {copied} rows from {config.keyspace}.{config.legacy_events_table} into "
+          f"{config.keyspace}.{config.events_table} (epoch 0)")
     return 0
 
 
@@ -478,7 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="client-to-node TLS only, with a private CA (openssl)")
     cas.set_defaults(func=_cassandra)
 
-    schema = sub.add_parser("schema", help="print the production CQL schema for operators")
+    schema = sub.add_parser("schema", help="print the production CQL schema for operators "
+                                           "(or 'migrate': convert a pre-epoch keyspace)")
+    schema.add_argument("action", nargs="?", choices=["migrate"], default=None)
+    schema.add_argument("--cassandra", type=_contact, default=None,
+                        help="host:port (migrate; default RAYSOURCE_CASSANDRA or 127.0.0.1)")
     schema.add_argument("--keyspace", default="raysource")
     schema.add_argument("--rf", type=_count, default=3, help="SimpleStrategy replication factor")
     schema.add_argument("--dc", action="append", default=[],

@@ -17,12 +17,14 @@ here and from ``raysource``.
     │   ├── ShardCountChangedError       sharding: a type registered with another shard count
     │   ├── UnknownAggregateTypeError    app: no aggregate type of that name (lists the known ones)
     │   ├── UnknownEntityError           app: no event was ever journaled for that entity
-    │   └── InvalidRangeError            app: a sequence-number range that cannot be inspected
+    │   ├── InvalidRangeError            app: a sequence-number range that cannot be inspected
+    │   └── MigrationRequiredError       journal: pre-epoch events not migrated (schema migrate)
     ├── CassandraNodeError               app: the local Cassandra launcher could not start/stop
     ├── JournalError                     anything the event journal / snapshot store reports
     │   ├── ConcurrentWriteError     [N] fencing: another writer holds these sequence numbers
     │   ├── JournalUnavailableError      the store could not be reached: nothing was written
     │   │   └── JournalOutcomeUnknownError [U] sent, unconfirmed: it may or may not land
+    │   │       └── WriterFencedError  [U] epoch guard: the writer's epoch ended; it stops
     │   └── InvalidAppendError    [N]    a malformed append (gaps, mixed ids, empty ids)
     ├── SerializationError               encode/decode failed (names persistence id + seq nr)
     │   ├── UnknownManifestError

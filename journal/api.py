@@ -19,6 +19,13 @@ Contract (checked for every backend by ``tests/contract``):
   still land (sent, unconfirmed); any other ``JournalError`` (``ConcurrentWriteError``,
   ``InvalidAppendError``, ``JournalUnavailableError``) only when nothing of it was written and
   nothing can land later. A backend that cannot tell raises ``JournalOutcomeUnknownError``.
+* A writer announces an activation with ``begin_activation(persistence_id, writer_id)`` before
+  it reads its history, and ``end_activation`` when it stops (both no-ops by default). The
+  Cassandra journal's epoch guard claims a new epoch there (one conditional write per
+  activation); afterwards an append of that writer fails with
+  :class:`~raysource.journal.errors.WriterFencedError` — an outcome-unknown error, never "not
+  applied" — once a newer activation has claimed, or when one of its writes was not confirmed;
+  the writer must then stop.
 * ``replay`` streams events in ascending sequence order, paged, with bounded memory however long
   the history is. Events at or below the deleted-to mark are not returned.
 * ``highest_sequence_nr`` is the largest sequence number ever appended (deletes do not lower it).
@@ -184,6 +191,17 @@ class Journal(abc.ABC):
     ) -> AsyncGenerator[TaggedEvent, None]:
         """Stream the events tagged ``tag`` strictly after ``after``, in offset order, up to
         what is currently visible (a "current" query: the iterator completes)."""
+
+    async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
+        """Start an activation of ``writer_id`` (unique per activation: the journal keys the
+        activation's claim by it) on ``persistence_id``: called once, BEFORE the activation
+        reads its history (``highest_sequence_nr``, ``replay``). A backend that
+        fences per activation claims here; a failure (any ``JournalError``) means the
+        activation must not start (nothing of it was written). Default: nothing."""
+
+    async def end_activation(self, persistence_id: str, writer_id: str) -> None:
+        """The activation ended (passivated or stopped); release what it held in this
+        process. Default: nothing."""
 
     async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
         """Make sure these stored events (one persistence id, as read back by ``replay``) are

@@ -35,6 +35,11 @@ class ConfigError(RaysourceError, ValueError):
     """A configuration value, name or identifier is invalid."""
 
 
+class MigrationRequiredError(ConfigError):
+    """The keyspace holds events of a version before the epoch key (``messages``) that were
+    not migrated: run ``raysource schema migrate`` first (else they would be invisible)."""
+
+
 # --------------------------------------------------------------------------- journal
 
 
@@ -72,6 +77,15 @@ class JournalOutcomeUnknownError(JournalUnavailableError, OutcomeUnknownError):
     """The store did not confirm a write that was sent (a client or server timeout, a lost
     connection or response, a server error, Cassandra's CAS_WRITE_UNKNOWN): it may or may not
     have been applied, and it may still land later. Callers must re-read before deciding."""
+
+
+class WriterFencedError(JournalOutcomeUnknownError):
+    """The writer's epoch ended (epoch guard): a newer activation claimed the persistence id,
+    or one of this writer's writes (events, fence read, tag rows) was not confirmed.
+
+    The append's outcome is unknown — never "not applied": the newer activation may have
+    recovered its events — and the writer must stop; nothing it appends any more can be
+    acknowledged. The next activation recovers whatever the valid log holds."""
 
 
 class InvalidAppendError(JournalError, NotAppliedError, ValueError):

@@ -55,6 +55,7 @@ from raysource.journal.errors import (
     NotAppliedError,
     OutcomeUnknownError,
     SerializationError,
+    WriterFencedError,
 )
 from raysource.runtime.errors import (
     AggregateStoppedError,
@@ -330,6 +331,8 @@ class EntityCore(TimerSteps):
     async def _run(self) -> None:
         assert self._ready is not None
         try:
+            # the journal's claim of this activation comes BEFORE the history is read
+            await self.journal.begin_activation(self.persistence_id, self.writer_id)
             self.recovery = await self._recover()
         except BaseException as exc:  # recovery failed: nothing can be processed
             log.error("%s: recovery failed: %r", self.persistence_id, exc,
@@ -360,6 +363,14 @@ class EntityCore(TimerSteps):
             finally:
                 self._busy = False
             self._last_activity = self._clock()
+        await self._end_activation()
+
+    async def _end_activation(self) -> None:
+        try:
+            await self.journal.end_activation(self.persistence_id, self.writer_id)
+        except Exception as exc:  # releases local state only: never fails a stop
+            log.warning("%s: end of activation failed: %r", self.persistence_id, exc,
+                        extra=self.log_context())
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future[Any]]] | None:
         """Commands deferred from the last flush first, then everything queued (bounded);
@@ -474,6 +485,25 @@ class EntityCore(TimerSteps):
         started = time.perf_counter()
         try:
             await self.journal.append(flush.events)
+        except WriterFencedError as exc:
+            # The epoch ended (a newer activation claimed, or a write was not confirmed): the
+            # flush's outcome is unknown (the newer activation may have recovered it) and
+            # nothing this activation appends can be acknowledged any more: stop, no re-read.
+            log.warning("%s: the journal ended this activation's epoch, stopping: %s",
+                        self.persistence_id, exc,
+                        extra=self.log_context(flush.events[0].sequence_nr))
+            self.stats.failed_writes += 1
+            self.metrics.journal_error(type_name, "fenced")
+            first, last = flush.events[0].sequence_nr, flush.events[-1].sequence_nr
+            self._fail_stop(exc)
+            for o in flush.outcomes:
+                err = WriteOutcomeUnknownError(
+                    f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed "
+                    f"(this activation was fenced or lost its write; it stopped): {exc}")
+                err.__cause__ = exc
+                self._resolve(o.future, None, err)
+            await self._end_activation()
+            raise _Fenced from exc
         except ConcurrentWriteError as exc:
             log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc,
                         extra=self.log_context(flush.events[0].sequence_nr))

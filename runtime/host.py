@@ -563,6 +563,12 @@ class _NotifyingJournal(Journal):
     async def repair_tags(self, events: Any) -> int:
         return await self.inner.repair_tags(events)
 
+    async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
+        await self.inner.begin_activation(persistence_id, writer_id)  # the epoch claim
+
+    async def end_activation(self, persistence_id: str, writer_id: str) -> None:
+        await self.inner.end_activation(persistence_id, writer_id)
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -57,6 +57,9 @@ class Backend:
     config: Any = None
     tag_visibility_delay: float = 0.0
     property_examples: int | None = None
+    #: the Cassandra journal's guard when ``journal(fencing=True)`` ("epoch" or "per-append";
+    #: ``fencing=False`` is always "off")
+    guard: str = "epoch"
     _made: list[Any] = field(default_factory=list)
 
     def journal(self, *, fencing: bool = True, partition_size: int = 5000) -> Journal:
@@ -66,7 +69,8 @@ class Backend:
             from raysource.journal.cassandra.journal import CassandraJournal
 
             assert self.session is not None and self.config is not None
-            cfg = self.config.with_(partition_size=partition_size, fencing=fencing)
+            cfg = self.config.with_(partition_size=partition_size, fencing=fencing,
+                                    guard=self.guard if fencing else "off")
             j = CassandraJournal(self.session, cfg)
         self._made.append(j)
         return j

@@ -44,9 +44,11 @@ SER = serialization_for(LEDGER, StoreSpec())
 
 @pytest.fixture
 async def config(cassandra_contact, cassandra_keyspace):
+    # The per-append guard's conditional batch (the epoch guard's plain batch is idempotent:
+    # its rows carry the epoch in the key, re-sending them is harmless).
     host, port = cassandra_contact
     cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=0.4)
+                          eventual_consistency_delay=0.4, guard="per-append")
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     await journal.close()
     return cfg

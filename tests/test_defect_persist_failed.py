@@ -123,8 +123,11 @@ class SendFault:
 
 @pytest.fixture
 async def config(cassandra_contact, cassandra_keyspace):
+    # These faults hit the per-append guard's conditional batch (the epoch guard's unconfirmed
+    # writes are covered by tests/test_fence_schedules.py).
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
+                          guard="per-append")
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     await journal.close()
     return cfg

@@ -59,10 +59,11 @@ def test_schema_cql_for_operators():
         datacenters={"dc1": 3, "dc2": 3}, local_dc="dc1"))
     assert "CREATE KEYSPACE IF NOT EXISTS prod_ks WITH replication = {'class': " \
            "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
-    assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)" in cql
+    assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr, epoch)" in cql
+    assert "prod_ks.writer_fence" in cql and "prod_ks.writer_epochs" in cql
     assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
     assert "PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)" in cql
-    assert cql.count(";") == 10  # + projection_offsets, projection_parked, timers, cursors
+    assert cql.count(";") == 12  # + fence, epochs, projection_offsets/_parked, timers, cursors
 
 
 # ---------------------------------------------------------------- session (real node)
@@ -148,7 +149,8 @@ async def test_client_timeout_is_journal_unavailable(session, config):
 
     with pytest.raises(JournalUnavailableError) as info:
         for _ in range(20):
-            await session.execute(f"SELECT * FROM {config.keyspace}.messages", timeout=1e-6)
+            await session.execute(f"SELECT * FROM {config.keyspace}.{config.events_table}",
+                                  timeout=1e-6)
     assert type(info.value) is JournalUnavailableError, repr(info.value)
     assert isinstance(info.value.__cause__, OperationTimedOut), repr(info.value.__cause__)
 
@@ -199,7 +201,8 @@ async def test_replay_of_100k_events_streams(session, config):
     finally:
         session.execute_async = real  # type: ignore[method-assign]
     assert count == n
-    assert calls_at_first <= 3  # metadata read + first page + prefetch of the second
+    # metadata read + epoch head record + first page + prefetch of the second
+    assert calls_at_first <= 4
     assert calls >= n // 1000  # one request per page of 1000 rows
     print(f"seeded {n} events in {seeded:.1f} s; replay used {calls} requests")
 
@@ -271,17 +274,30 @@ async def test_tag_rows_newer_than_the_delay_are_not_visible_yet(session, config
 
 
 @pytest.mark.cassandra
-async def test_two_journal_instances_fence_each_other(session, config):
-    """Two activations with separate sessions (as on two nodes) race for one id."""
+@pytest.mark.parametrize("guard", ["per-append", "epoch"])
+async def test_two_journal_instances_fence_each_other(session, config, guard):
+    """Two activations with separate sessions (as on two nodes) race for one id. Per-append:
+    exactly one wins. Epoch (claims made lazily by the appends): at most one wins, the loser
+    is refused or fenced (outcome unknown), and the log holds whole groups of one writer."""
     other = await CassandraSession(config).connect()
+    pid = f"dup-{guard}"
     try:
-        a, b = CassandraJournal(session, config), CassandraJournal(other, config)
-        b_event = dataclasses.replace(ev("dup", 1), writer_id="w-b")  # another activation
-        res = await asyncio.gather(a.append([ev("dup", 1), ev("dup", 2)]),
+        cfg = config.with_(guard=guard)
+        a, b = CassandraJournal(session, cfg), CassandraJournal(other, cfg)
+        b_event = dataclasses.replace(ev(pid, 1), writer_id="w-b")  # another activation
+        res = await asyncio.gather(a.append([ev(pid, 1), ev(pid, 2)]),
                                    b.append([b_event]), return_exceptions=True)
-        assert sorted(type(r).__name__ for r in res) == ["ConcurrentWriteError", "NoneType"]
-        assert await a.highest_sequence_nr("dup") in (1, 2)
-        assert [e.sequence_nr async for e in b.replay("dup")] == list(
-            range(1, await b.highest_sequence_nr("dup") + 1))
+        names = sorted(type(r).__name__ for r in res)
+        stored = [(e.sequence_nr, e.writer_id) async for e in b.replay(pid)]
+        if guard == "per-append":
+            assert names == ["ConcurrentWriteError", "NoneType"]
+        else:
+            assert names.count("NoneType") <= 1
+            assert set(names) <= {"ConcurrentWriteError", "WriterFencedError", "NoneType"}
+            for r, want in zip(res, ([(1, "w"), (2, "w")], [(1, "w-b")])):
+                if r is None:
+                    assert stored == want
+        assert stored in ([], [(1, "w"), (2, "w")], [(1, "w-b")])
+        assert await a.highest_sequence_nr(pid) == len(stored)
     finally:
         await other.close()

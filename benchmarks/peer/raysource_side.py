@@ -356,14 +356,21 @@ def main() -> None:
     ap.add_argument("--recoveries", type=int, default=3)
     ap.add_argument("--limit-samples", type=int, default=300)
     ap.add_argument("--workloads", default="w1,w2,w4,w3")
+    ap.add_argument("--per-append", action="store_true",
+                    help="also run W2 and W4 with guard='per-append' (the conditional batch "
+                         "per append; keys w2_hosted_perappend, w4_hosted_perappend)")
     args = ap.parse_args()
     workloads = args.workloads.split(",")
 
     on = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
     off = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace, fencing=False)
+    per_append = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace,
+                                              guard="per-append")
+    r_guard = {"on": on.effective_guard, "off": off.effective_guard}
     t0 = time.perf_counter()
     init_ray(f"peer-{uuid.uuid4().hex[:6]}")
-    r: dict[str, Any] = {"system": "raysource", "loadavg_start": os.getloadavg()}
+    r: dict[str, Any] = {"system": "raysource", "loadavg_start": os.getloadavg(),
+                         "guards": r_guard}
     boot = System.start(f"peerboot{uuid.uuid4().hex[:6]}",
                         store=StoreSpec.for_cassandra(on, create_schema=True), types=[PEER])
     boot.entity(PEER, "boot").ask(Add(PAYLOAD), timeout=120)  # schema + first connect
@@ -396,11 +403,16 @@ def main() -> None:
         run("w2_hosted_on", on, "hosted", w2_mem)
         run("w2_hosted_off", off, "hosted",
             lambda s: w2(s, args.entities, args.callers, args.warmup, args.seconds))
+        if args.per_append:
+            run("w2_hosted_perappend", per_append, "hosted",
+                lambda s: w2(s, args.entities, args.callers, args.warmup, args.seconds))
     if "w4" in workloads:
         for key, config, placement in (("w4_hosted_on", on, "hosted"),
                                        ("w4_hosted_off", off, "hosted"),
                                        ("w4_dedicated_on", on, "dedicated")):
             run(key, config, placement, lambda s: w4(s, args.sequential))
+        if args.per_append:
+            run("w4_hosted_perappend", per_append, "hosted", lambda s: w4(s, args.sequential))
     if "w3" in workloads:
         entity = f"recovery-{uuid.uuid4().hex[:8]}"
 

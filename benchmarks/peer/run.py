@@ -74,6 +74,8 @@ def run_raysource(contact: str, out: Path, a: argparse.Namespace) -> dict:
            "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--callers", str(a.callers),
            "--entities", str(a.entities), "--sequential", str(a.sequential),
            "--recovery-events", str(a.recovery_events), "--recoveries", str(a.recoveries)]
+    if getattr(a, "per_append", False):
+        cmd.append("--per-append")
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=1800)
     return json.loads(out.read_text())
 
@@ -189,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="also write the run's JSON here")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any side or workload failed (even if re-run fine)")
+    ap.add_argument("--per-append", action="store_true",
+                    help="raysource also runs W2/W4 with guard='per-append' (in the JSON)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                     help="no run: the table over the rounds of these peer-bench-*.json files")
     a = ap.parse_args(argv)

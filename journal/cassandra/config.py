@@ -34,7 +34,7 @@ from typing import Any
 from raysource.journal.errors import ConfigError
 
 __all__ = ["CassandraConfig", "TlsSettings", "validate_identifier", "CONSISTENCY_NAMES",
-           "consistency_overlap"]
+           "consistency_overlap", "GUARDS"]
 
 _IDENT = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{0,47}")
 
@@ -43,6 +43,8 @@ CONSISTENCY_NAMES = (
     "SERIAL", "LOCAL_SERIAL", "LOCAL_ONE",
 )
 _ENV = "RAYSOURCE_CASSANDRA"
+#: The single-writer guards of the Cassandra journal (``CassandraConfig.guard``).
+GUARDS = ("epoch", "per-append", "off")
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
@@ -162,7 +164,16 @@ class CassandraConfig:
       600 s, so a node back after a long outage was not used again for up to 10 minutes).
     * ``partition_size``: events per (persistence id, partition) — bounds partition size; an
       atomic group may not contain more events than this (default 5000).
-    * ``fencing``: the single-writer guard (conditional batches), default on.
+    * ``guard``: how the single writer is guarded in the store (see
+      ``raysource.journal.cassandra.epochs``): "epoch" (default: one conditional claim per
+      activation on a fence row, plain appends, a fence read before each acknowledgement),
+      "per-append" (every append a conditional batch, a Paxos round each) or "off" (plain
+      appends, no guard). ``fencing=False`` is the older spelling of "off" and wins over
+      ``guard``; :attr:`effective_guard` is what the journal uses.
+    * ``events_table``: the events table, keyed ``((persistence_id, partition_nr),
+      sequence_nr, epoch)`` ("messages_v2"); ``legacy_events_table`` ("messages") is the
+      table of keyspaces written before the epoch key, which ``raysource schema migrate``
+      copies into it (rows become epoch 0).
     * ``eventual_consistency_delay``: seconds the tag query stays behind "now" (default 5; see
       ``raysource.journal.cassandra.journal``); ``tag_write_budget`` must be smaller (default:
       half of it).
@@ -189,9 +200,13 @@ class CassandraConfig:
     connect_timeout: float = 10.0
     reconnect_max_delay: float = 10.0
     fencing: bool = True
+    guard: str = "epoch"
     max_payload_bytes: int = 1_000_000
     fetch_size: int = 1000
-    events_table: str = "messages"
+    events_table: str = "messages_v2"
+    legacy_events_table: str = "messages"
+    fence_table: str = "writer_fence"
+    epochs_table: str = "writer_epochs"
     metadata_table: str = "metadata"
     tag_table: str = "tag_views"
     tag_metadata_table: str = "tag_metadata"
@@ -214,8 +229,11 @@ class CassandraConfig:
             raise ConfigError(f"invalid port {self.port!r}")
         validate_identifier(self.keyspace, "keyspace")
         for t in (self.events_table, self.metadata_table, self.tag_table, self.tag_metadata_table,
-                  self.snapshots_table):
+                  self.snapshots_table, self.legacy_events_table, self.fence_table,
+                  self.epochs_table):
             validate_identifier(t, "table name")
+        if self.guard not in GUARDS:
+            raise ConfigError(f"guard must be one of {GUARDS}, got {self.guard!r}")
         self._check_replication()
         for name in ("write_consistency", "read_consistency"):
             if getattr(self, name) not in CONSISTENCY_NAMES:
@@ -281,6 +299,11 @@ class CassandraConfig:
         problem = consistency_overlap(self.write_consistency, self.read_consistency, rfs, local)
         if problem is not None:
             raise ConfigError(problem)
+
+    @property
+    def effective_guard(self) -> str:
+        """The guard the journal uses: "off" when ``fencing`` is False, else ``guard``."""
+        return "off" if not self.fencing else self.guard
 
     @property
     def tag_budget(self) -> float:

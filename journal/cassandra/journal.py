@@ -1,10 +1,17 @@
 """The Cassandra journal.
 
-Size: ~530 lines, a third of it this docstring (layout, the guard's soundness argument, the
-tag query's visibility guarantee); the statements live in ``_prepare``, in one place.
+Size: ~650 lines, a third of it this docstring (layout, the per-append guard's soundness
+argument, the tag query's visibility guarantee); every CQL statement lives in
+``raysource.journal.cassandra.statements``.
+
+Guards (``CassandraConfig.guard``): **"epoch"** (default) — one conditional claim per
+activation, plain appends, a fence read before each acknowledgement, readers that follow the
+chain of epoch records; its protocol and proof sketch are in ``raysource.journal.cassandra.epochs``.
+**"per-append"** — every append a conditional batch (described below). **"off"** — plain
+batches, no guard. The per-append and unguarded modes write epoch 0.
 
 Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by ``(persistence_id, partition_nr)``
-and clustered by ``sequence_nr``. Every statement is prepared; every append is **one
+and clustered by ``(sequence_nr, epoch)``. Every statement is prepared; every append is **one
 single-partition batch**, so an atomic group is all-or-nothing.
 
 Partition placement and the fencing guard
@@ -23,7 +30,7 @@ contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always m
 ``pn(n)`` whatever their group sizes. With "crossing group moves", ``[4999, 5000]`` and
 ``[4999, 5000, 5001]`` would land in different partitions and both succeed.
 
-* guard on (``fencing=True``): ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
+* per-append guard: ``INSERT ... IF NOT EXISTS`` for every row, in one conditional
   batch at the serial consistency (LOCAL_SERIAL). If any number is taken nothing is written and
   ``ConcurrentWriteError`` names the first taken number — unless the existing rows are exactly
   this group (same writer id, numbers and payloads): then an earlier execution of the same
@@ -43,6 +50,11 @@ contain both ``n - 1`` and ``n`` unless one of them saw ``n``), so they always m
 * guard off: a plain unlogged single-partition batch; a duplicate writer silently overwrites rows
   with the same sequence numbers (last write wins per row; a shorter group leaves the tail of
   the longer one in place).
+
+Readers follow the epoch chain (``epochs.View``): without epoch records (the per-append and
+unguarded modes) every row is valid and the walks below are the whole story; with records,
+replay and ``highest_sequence_nr`` are bounded by the end ``h`` of the valid log and skip rows
+of epochs that do not own their segment.
 
 Replay reads partition ``pn(from) - 1`` (it may hold the overflow of a crossing group), then
 ``pn(from)``, ``pn(from) + 1``, ... and stops at the first partition from ``pn(from)`` on that has
@@ -114,11 +126,15 @@ from raysource.journal.api import (
     validate_group,
 )
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.epochs import Claim, EpochGuard, View, check_next
+from raysource.journal.cassandra.statements import journal_statements
 from raysource.journal.errors import (
     ConcurrentWriteError,
     JournalError,
     JournalOutcomeUnknownError,
     JournalUnavailableError,
+    MigrationRequiredError,
+    WriterFencedError,
 )
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 
@@ -154,11 +170,27 @@ class CassandraJournal(Journal):
     """
 
     def __init__(self, session: CassandraSession, config: CassandraConfig | None = None, *,
-                 fencing: bool | None = None, own_session: bool = False) -> None:
+                 fencing: bool | None = None, own_session: bool = False,
+                 guard: str | None = None) -> None:
         self.session = session
         self.config = config or session.config
-        self.fencing = self.config.fencing if fencing is None else fencing
-        self.capabilities = JournalCapabilities(fencing=self.fencing, tags=True, delete=True)
+        if guard is None:
+            guard = self.config.effective_guard
+            if fencing is not None:
+                guard = ("epoch" if guard == "off" else guard) if fencing else "off"
+        self.guard = guard
+        self.fencing = guard == "per-append"  # the per-append conditional batch
+        self.capabilities = JournalCapabilities(fencing=guard != "off", tags=True, delete=True)
+        self.epochs = EpochGuard(self)
+        self._claims: dict[tuple[str, str], Claim] = {}  # (pid, writer id) -> live claim
+        self._newest: dict[str, Claim] = {}  # pid -> the newest claim made in this process
+        #: test hook: ``await hook(step, **info)`` at the epoch protocol's named steps
+        #: (``raysource.testing.fence_faults``); None in production
+        self.hook: Any = None
+        #: TEST ONLY: design A of design/fencing.md (the epoch NOT in the row key: rows are
+        #: keyed by sequence number alone, the epoch only a value). Unsound on purpose:
+        #: ``tests/test_fence_schedules.py`` shows schedule S3 losing an acknowledged event.
+        self.unsound_design_a = False
         self._own_session = own_session
         self._ps: dict[str, Any] = {}
         self._prep_lock = asyncio.Lock()
@@ -170,10 +202,11 @@ class CassandraJournal(Journal):
 
     @classmethod
     async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
-                      fencing: bool | None = None) -> "CassandraJournal":
+                      fencing: bool | None = None, guard: str | None = None
+                      ) -> "CassandraJournal":
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
-            journal = cls(session, config, fencing=fencing, own_session=True)
+            journal = cls(session, config, fencing=fencing, own_session=True, guard=guard)
             await journal._prepare()
         except BaseException:
             await session.close()
@@ -187,63 +220,24 @@ class CassandraJournal(Journal):
             if self._ps:
                 return self._ps
             c = self.config
-            ks = c.keyspace
-            ev, md, tv, tm = (f"{ks}.{c.events_table}", f"{ks}.{c.metadata_table}",
-                              f"{ks}.{c.tag_table}", f"{ks}.{c.tag_metadata_table}")
-            w, r, s = c.write_consistency, c.read_consistency, c.serial_consistency
-            cols = ("persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, "
-                    "manifest, payload, tags, meta")
-            p = self.session.prepare
-            ps = {
-                "insert": await p(f"INSERT INTO {ev} ({cols}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                  consistency_level=w),
-                "insert_if": await p(
-                    f"INSERT INTO {ev} ({cols}) VALUES (?,?,?,?,?,?,?,?,?,?) IF NOT EXISTS",
-                    consistency_level=w, serial_consistency_level=s),
-                "range": await p(
-                    f"SELECT sequence_nr, timestamp_us, writer_id, ser_id, manifest, payload, "
-                    f"tags, meta FROM {ev} WHERE persistence_id = ? AND partition_nr = ? "
-                    f"AND sequence_nr >= ? AND sequence_nr <= ?", consistency_level=r),
-                # the decisive read after an unconfirmed conditional append: at the serial
-                # consistency it completes (or supersedes) a Paxos proposal still in flight
-                "range_serial": await p(
-                    f"SELECT sequence_nr, writer_id, payload FROM {ev} "
-                    f"WHERE persistence_id = ? AND partition_nr = ? "
-                    f"AND sequence_nr >= ? AND sequence_nr <= ?", consistency_level=s),
-                "max_in_partition": await p(
-                    f"SELECT sequence_nr FROM {ev} WHERE persistence_id = ? AND partition_nr = ? "
-                    f"ORDER BY sequence_nr DESC LIMIT 1", consistency_level=r),
-                "meta": await p(f"SELECT deleted_to, partition_hint FROM {md} "
-                                f"WHERE persistence_id = ?", consistency_level=r),
-                "set_deleted": await p(f"UPDATE {md} SET deleted_to = ? WHERE persistence_id = ?",
-                                       consistency_level=w),
-                "set_hint": await p(f"UPDATE {md} SET partition_hint = ? "
-                                    f"WHERE persistence_id = ?", consistency_level=w),
-                "tag_insert": await p(
-                    f"INSERT INTO {tv} (tag, bucket, timestamp_us, persistence_id, sequence_nr, "
-                    f"event_timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
-                    f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", consistency_level=w),
-                "tag_select": await p(
-                    f"SELECT timestamp_us, persistence_id, sequence_nr, event_timestamp_us, "
-                    f"writer_id, ser_id, manifest, payload, tags, meta FROM {tv} "
-                    f"WHERE tag = ? AND bucket = ? "
-                    f"AND (timestamp_us, persistence_id, sequence_nr) > (?, ?, ?) "
-                    f"AND timestamp_us <= ?", consistency_level=r),
-                "tag_first_get": await p(f"SELECT first_bucket FROM {tm} WHERE tag = ?",
-                                         consistency_level=r),
-                "tag_first_new": await p(
-                    f"INSERT INTO {tm} (tag, first_bucket) VALUES (?, ?) IF NOT EXISTS",
-                    consistency_level=w, serial_consistency_level=s),
-                "tag_first_lower": await p(
-                    f"UPDATE {tm} SET first_bucket = ? WHERE tag = ? IF first_bucket = ?",
-                    consistency_level=w, serial_consistency_level=s),
-            }
-            # Re-sending these is harmless (reads; writes of the same values): the driver may
-            # retry them on another host. Everything else is never re-sent by the driver (see
-            # NoResendRetryPolicy); in particular not the conditional append.
-            for name in ("range", "range_serial", "max_in_partition", "meta", "set_deleted",
-                         "set_hint", "tag_insert", "tag_select", "tag_first_get"):
-                ps[name].is_idempotent = True
+            levels = {"write": c.write_consistency, "read": c.read_consistency,
+                      "serial": c.serial_consistency}
+            ps = {}
+            for name, st in journal_statements(c).items():
+                ps[name] = await self.session.prepare(
+                    st.cql, consistency_level=levels[st.level],
+                    serial_consistency_level=c.serial_consistency if st.conditional else None)
+                # Re-sending these is harmless (reads; writes of the same values): the driver
+                # may retry them on another host. Everything else is never re-sent by the
+                # driver (see NoResendRetryPolicy); in particular no conditional statement.
+                ps[name].is_idempotent = st.idempotent
+            from raysource.journal.cassandra.migrate import unmigrated
+
+            if await unmigrated(self.session, c):
+                raise MigrationRequiredError(
+                    f"keyspace {c.keyspace!r} holds events in {c.legacy_events_table!r} (the "
+                    f"layout before epochs) that were not migrated: run `raysource schema "
+                    f"migrate --keyspace {c.keyspace}` first")
             self._ps = ps
             return ps
 
@@ -256,6 +250,8 @@ class CassandraJournal(Journal):
         events = list(events)
         validate_group(events, self.config.partition_size)
         ps = await self._prepare()
+        if self.guard == "epoch":
+            return await self._append_epoch(events)
         pid, first = events[0].persistence_id, events[0].sequence_nr
         pnr = self._pn(first)
         c = self.config
@@ -276,9 +272,7 @@ class CassandraJournal(Journal):
                                    consistency_level=consistency(c.write_consistency))
             stmt = ps["insert"]
         for e in events:
-            batch.add(stmt, (pid, pnr, e.sequence_nr, to_us(e.timestamp), e.writer_id,
-                             e.serializer_id, e.manifest, bytes(e.payload),
-                             set(e.tags) or None, dict(e.metadata) or None))
+            batch.add(stmt, _row(e, pnr, 0, 0))
         # Plain tuple rows: the driver's named rows build a namedtuple class per result
         # (~10% of a host actor's CPU at one command per write, measured by
         # benchmarks/peer/profile.py). Only ``[applied]`` (column 0) is read here; a refused
@@ -311,6 +305,151 @@ class CassandraJournal(Journal):
                     f"their follow-up writes failed, so they were not acknowledged: {exc}"
                 ) from exc
 
+    # ------------------------------------------------------------------ epoch guard
+
+    async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
+        """Epoch guard: claim a new epoch for ``writer_id`` on ``persistence_id`` and confirm
+        it (see ``raysource.journal.cassandra.epochs``) BEFORE the activation reads its
+        history; every later read then follows this epoch's chain. Other guards: nothing."""
+        if self.guard != "epoch":
+            return
+        await self._prepare()
+        claim = await self.epochs.claim(persistence_id, writer_id)
+        self._keep(claim)
+
+    async def end_activation(self, persistence_id: str, writer_id: str) -> None:
+        """Forget the activation's claim (passivation). Its epoch stays current until the
+        next activation claims."""
+        claim = self._claims.pop((persistence_id, writer_id), None)
+        if claim is not None and self._newest.get(persistence_id) is claim:
+            del self._newest[persistence_id]
+
+    def _keep(self, claim: Claim) -> None:
+        if len(self._claims) > 100_000:  # lost claims of writers that never ended
+            self._claims, self._newest = {}, {}
+        self._claims[(claim.persistence_id, claim.writer_id)] = claim
+        newest = self._newest.get(claim.persistence_id)
+        if newest is None or claim.epoch > newest.epoch:
+            self._newest[claim.persistence_id] = claim
+
+    async def _hook(self, step: str, **info: Any) -> None:
+        if self.hook is not None:
+            await self.hook(step, **info)
+
+    async def _append_epoch(self, events: list[StoredEvent]) -> None:
+        """W1 (plain batch of epoch E) -> fence read == (E, owner) -> tags -> acknowledge.
+
+        A writer that did not call :meth:`begin_activation` claims lazily here, after checking
+        (before and after the claim) that the valid log ends right before ``first``: it then
+        gets the sequence-number guard (taken numbers: ``ConcurrentWriteError``) but not the
+        no-interleaving guarantee of a claim made before the writer read its state."""
+        pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
+        writer = events[0].writer_id
+        key = (pid, writer)
+        claim = self._claims.get(key)
+        if claim is not None and claim.ended:
+            raise WriterFencedError(f"{pid}: writer {writer!r}'s epoch {claim.epoch} ended; "
+                                    f"nothing more is written")
+        if claim is None:
+            view = await self.epochs.view(pid, stable=True)
+            if first <= view.h and await self._stored_exactly(events, view):
+                return  # the same append delivered twice
+            check_next(pid, view.h, first)
+            claim = await self.epochs.claim(pid, writer, expect_next=first)
+            self._keep(claim)
+        if first != claim.next_seq:
+            if last <= claim.acked_seq and await self._stored_exactly(events, None, claim):
+                return  # the same append delivered twice, after it passed its fence read
+            check_next(pid, claim.next_seq - 1, first)
+        pnr = self._pn(first)
+        epoch = claim.epoch
+        batch = BatchStatement(BatchType.UNLOGGED,
+                               consistency_level=consistency(self.config.write_consistency))
+        batch.is_idempotent = True  # the same rows again: harmless
+        key_epoch = 0 if self.unsound_design_a else epoch
+        for e in events:
+            batch.add(self._ps["insert"], _row(e, pnr, key_epoch, epoch))
+        await self._hook("append.before_w1", pid=pid, epoch=epoch, first=first, last=last,
+                         batch=batch)
+        try:
+            await self.session.execute_batch(batch, profile=RAW_PROFILE)
+        except JournalError as exc:
+            # Any failure: the batch may have reached a coordinator (a connection reset after
+            # the send surfaces as "no host available" too), so it is unknown, never "not
+            # applied"; the epoch ends (its numbers can never be reused with other content).
+            self._end(claim)
+            raise WriterFencedError(f"{pid} #{first}..#{last}: the write was not confirmed; "
+                                    f"epoch {epoch} ends: {exc}") from exc
+        claim.next_seq = last + 1  # numbers up to ``last`` may be stored: never reused
+        self.write_count += 1
+        await self._hook("append.after_w1", pid=pid, epoch=epoch, first=first, last=last)
+        try:
+            got = await self.epochs._fence_retrying(pid, shared=True)
+        except JournalError as exc:
+            self._end(claim)
+            raise WriterFencedError(f"{pid} #{first}..#{last}: stored, but the fence could not "
+                                    f"be read; epoch {epoch} ends: {exc}") from exc
+        if got != (epoch, claim.owner):
+            self._end(claim)
+            raise WriterFencedError(f"{pid} #{first}..#{last}: fenced by epoch {got[0]} (this "
+                                    f"writer's epoch {epoch} ends); a newer activation may "
+                                    f"have recovered these events")
+        claim.acked_seq = last  # passed its fence read: valid for good
+        await self._hook("append.after_fence", pid=pid, epoch=epoch, first=first, last=last)
+        follow_ups = []
+        if pnr > 0 and self._hints.get(pid, -1) < pnr:
+            follow_ups.append(self._write_hint(pid, pnr))
+        if any(e.tags for e in events):
+            follow_ups.append(self._write_tags(events))
+        if follow_ups:
+            try:
+                await asyncio.gather(*follow_ups)
+            except Exception as exc:
+                # The fence read passed: the events are valid for good (every later claim sees
+                # them), so the epoch goes on; a re-read (and the next recovery's tag repair)
+                # decides, as without epochs.
+                raise JournalOutcomeUnknownError(
+                    f"{pid} #{first}..#{last}: the events are stored, but their follow-up writes "
+                    f"failed, so they were not acknowledged: {exc}") from exc
+
+    def _end(self, claim: Claim) -> None:
+        claim.ended = True
+
+    async def _stored_exactly(self, events: list[StoredEvent], view: View | None,
+                              claim: Claim | None = None) -> bool:
+        """Are ``events`` stored as valid rows, each with the same writer and payload?"""
+        pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
+        if claim is not None:
+            rows = [e async for e in self._rows(pid, first, last)
+                    if e[1] == claim.epoch]
+        else:
+            assert view is not None
+            rows = [e async for e in self._rows(pid, first, last) if view.valid(e[0], e[1])]
+        found = {(r[0], r[2].writer_id, bytes(r[2].payload)) for r in rows}
+        return found == _keys(events)
+
+    async def _rows(self, pid: str, first: int, last: int, *, walk: bool = False
+                    ) -> AsyncIterator[tuple]:
+        """Every row ``first..last`` of any epoch: (seq, epoch, StoredEvent), by (seq, epoch).
+
+        ``walk`` (``last`` unbounded): partitions ``pn(first) - 1``, ``pn(first)``, ... until
+        the first one from ``pn(first)`` on without a row in range (partitions have no holes
+        between them: groups are contiguous and no longer than a partition)."""
+        first_p = self._pn(first)
+        p = max(0, first_p - 1)
+        while walk or p <= self._pn(last):
+            n = 0
+            async for row in self.session.stream(self._ps["range"], (pid, p, first, last),
+                                                 profile=RAW_PROFILE):
+                seq, epoch, ts, writer, sid, manifest, payload, tags, meta = row
+                n += 1
+                yield seq, epoch or 0, StoredEvent(
+                    pid, seq, payload, manifest, sid, from_us(ts), writer or "",
+                    frozenset(tags or ()), dict(meta or {}))
+            if walk and p >= first_p and n == 0:
+                return
+            p += 1
+
     async def _settle(self, events: list[StoredEvent], pnr: int,
                       unknown: JournalOutcomeUnknownError | None) -> None:
         """Decide an unconfirmed (``unknown``) or refused (``unknown`` None) conditional append
@@ -335,7 +474,8 @@ class CassandraJournal(Journal):
                     f"{pid} #{first}: the conditional append was refused and the read of the "
                     f"rows that refused it failed (they may be this group's): {exc}") from exc
             raise unknown  # noqa: B904
-        found = {(seq, writer or "", bytes(payload or b"")) for seq, writer, payload in rows}
+        found = {(seq, writer or "", bytes(payload or b""))
+                 for seq, epoch, writer, payload in rows if not epoch}
         ours = _keys(events)
         if found == ours:
             return
@@ -443,35 +583,49 @@ class CassandraJournal(Journal):
 
     async def replay(self, persistence_id: str, from_sequence_nr: int = 1,
                      to_sequence_nr: int | None = None) -> AsyncIterator[StoredEvent]:
-        ps = await self._prepare()
+        """The valid log (``raysource.journal.cassandra.epochs``: the head record's chain, the
+        contiguous run of its last segment), ``from..to``, paged."""
+        await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
+        view = self._recovery_view(persistence_id) or await self.epochs.view(
+            persistence_id, bounded=False, stable=True)
         start = max(from_sequence_nr, deleted_to + 1, 1)
         upper = _MAX_SEQ if to_sequence_nr is None else to_sequence_nr
+        if view.h >= 0:
+            upper = min(upper, view.h)
         if start > upper:
             return
-        first_p = self._pn(start)
-        p = max(0, first_p - 1)
-        while True:
-            n, last = 0, 0
-            async for row in self.session.stream(ps["range"], (persistence_id, p, start, upper),
-                                                 profile=RAW_PROFILE):
-                seq, ts, writer, sid, manifest, payload, tags, meta = row
-                n, last = n + 1, seq
-                yield StoredEvent(persistence_id, seq, payload, manifest, sid, from_us(ts),
-                                  writer or "", frozenset(tags or ()), dict(meta or {}))
-            if last >= upper or (p >= first_p and n == 0):
-                return
-            if n:
-                start = last + 1
-            p += 1
+        async for seq, epoch, event in self._rows(persistence_id, start, upper,
+                                                  walk=view.h < 0):
+            if view.valid(seq, epoch):
+                yield event
 
     async def highest_sequence_nr(self, persistence_id: str) -> int:
-        ps = await self._prepare()
-        deleted_to, hint = await self._meta(persistence_id)
+        """The end of the valid log (deletes do not lower it)."""
+        await self._prepare()
+        deleted_to, _ = await self._meta(persistence_id)
+        view = self._recovery_view(persistence_id) or await self.epochs.view(
+            persistence_id, stable=True)
+        return max(view.h, deleted_to)
+
+    def _recovery_view(self, pid: str) -> View | None:
+        """While this process holds a live claim of ``pid``, its reads (recovery, the re-read
+        after a failed write, ``_is_stored``) follow that claim: its confirmed chain plus its
+        own rows up to the last that passed a fence read — never a newer activation's record,
+        whose chain may drop rows this activation cannot see (its next append is fenced
+        anyway), and never its own rows that did not pass a fence read."""
+        claim = self._newest.get(pid)
+        if claim is None or claim.ended or claim.view is None:
+            return None
+        return claim.own_view()
+
+    async def _max_seq(self, pid: str) -> int:
+        """The largest sequence number of any row (the log before epochs: epoch 0 only)."""
+        deleted_to, hint = await self._meta(pid)
         p0 = max(hint, self._pn(deleted_to) - 1 if deleted_to else 0, 0)
         highest, p = deleted_to, p0
         while True:
-            row = await self.session.select_one(ps["max_in_partition"], (persistence_id, p),
+            row = await self.session.select_one(self._ps["max_in_partition"], (pid, p),
                                                 profile=RAW_PROFILE)
             if row is None:
                 if p > p0:
@@ -526,6 +680,13 @@ class CassandraJournal(Journal):
         self._closed = True
         if self._own_session:
             await self.session.close()
+
+
+def _row(e: StoredEvent, pnr: int, key_epoch: int, epoch: int) -> tuple:
+    """The insert's values for event ``e`` (see ``statements.EVENT_COLUMNS``)."""
+    return (e.persistence_id, pnr, e.sequence_nr, key_epoch, epoch, to_us(e.timestamp),
+            e.writer_id, e.serializer_id, e.manifest, bytes(e.payload), set(e.tags) or None,
+            dict(e.metadata) or None)
 
 
 def _keys(events: Sequence[StoredEvent]) -> set[tuple[int, str, bytes]]:

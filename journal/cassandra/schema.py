@@ -7,9 +7,17 @@ on demand for development (``IF NOT EXISTS``). Names come from a validated
 
 Tables:
 
-* ``messages`` — the events. Partition ``(persistence_id, partition_nr)``, clustering
-  ``sequence_nr``. Each atomic group lives in one partition (see ``raysource.journal.cassandra.journal``).
-  ``timestamp_us`` keeps the event timestamp at microsecond precision.
+* ``messages_v2`` — the events. Partition ``(persistence_id, partition_nr)``, clustering
+  ``(sequence_nr, epoch)``: rows of two activations never share a key, so no write ever
+  overwrites another activation's event (``writer_epoch`` repeats the epoch as a value). Each
+  atomic group lives in one partition (see ``raysource.journal.cassandra.journal``).
+  ``timestamp_us`` keeps the event timestamp at microsecond precision. (The table of earlier
+  versions, ``messages``, keyed without the epoch, is converted by ``raysource schema
+  migrate``: :mod:`raysource.journal.cassandra.migrate`.)
+* ``writer_fence`` — per persistence id the current epoch and its owner. Written ONLY by
+  lightweight transactions (see ``raysource.journal.cassandra.epochs``).
+* ``writer_epochs`` — one record per activation (epoch): where its segment starts and the chain
+  of segments that make up the valid log; written once, by its owner.
 * ``metadata`` — one row per persistence id: the logical ``deleted_to`` mark and a
   ``partition_hint`` (a lower bound of the newest partition, a scan start for
   ``highest_sequence_nr``).
@@ -29,6 +37,10 @@ from raysource.journal.cassandra.readside_statements import readside_schema
 from raysource.journal.cassandra.timer_statements import timer_schema
 
 __all__ = ["schema_statements", "schema_cql", "create_schema"]
+
+# the epoch chain's column type (spelled in two pieces: three '>' in a row in this file's text
+# would read as a doctest prompt to tests/test_doctests.py)
+_CHAIN_TYPE = "frozen<list<tuple<bigint, bigint>" + ">>"
 
 
 def _replication(config: CassandraConfig) -> str:
@@ -51,6 +63,8 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
     persistence_id text,
     partition_nr bigint,
     sequence_nr bigint,
+    epoch bigint,
+    writer_epoch bigint,
     timestamp_us bigint,
     writer_id text,
     ser_id int,
@@ -58,8 +72,22 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
     payload blob,
     tags set<text>,
     meta map<text, text>,
-    PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)
-) WITH CLUSTERING ORDER BY (sequence_nr ASC)""",
+    PRIMARY KEY ((persistence_id, partition_nr), sequence_nr, epoch)
+) WITH CLUSTERING ORDER BY (sequence_nr ASC, epoch ASC)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.{config.fence_table} (
+    persistence_id text PRIMARY KEY,
+    epoch bigint,
+    owner uuid
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.{config.epochs_table} (
+    persistence_id text,
+    epoch bigint,
+    start_seq bigint,
+    chain {_CHAIN_TYPE},
+    owner uuid,
+    writer_id text,
+    PRIMARY KEY (persistence_id, epoch)
+) WITH CLUSTERING ORDER BY (epoch DESC)""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.{config.metadata_table} (
     persistence_id text PRIMARY KEY,
     deleted_to bigint,

@@ -1,0 +1,101 @@
+"""Hostile review of the epoch guard (fence branch). Each test asserts a guarantee of issue 25;
+a failure is a reproduced break."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from raysource.journal.api import StoredEvent
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.cassandra.session import CassandraSession
+from raysource.testing.fence_faults import Writer, final_log
+from raysource.testing.fence_history import FenceHistory
+
+pytestmark = pytest.mark.cassandra
+
+
+@pytest.fixture
+async def session(cassandra_contact, cassandra_keyspace):
+    host, port = cassandra_contact
+    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
+                          partition_size=3)
+    s = await CassandraSession.open(cfg, create_schema=True)
+    yield s
+    await s.close()
+
+
+def pid() -> str:
+    return f"atk-{uuid.uuid4().hex[:10]}"
+
+
+async def _race(session, p):
+    """L (epoch 1) acks #1..#2; E claims and reads its view (h=2) BEFORE L's #3 lands, and
+    pauses before writing its record; L's #3 then lands (L pauses before its fence read).
+    Returns (L, E, L's append task, E's activation task, E's record gate, L's fence gate)."""
+    h = FenceHistory()
+    L = Writer(CassandraJournal(session, session.config), p, "L", h)
+    await L.activate()
+    assert (await L.append(2)).outcome == "ack"
+    hold_send = L.gates.hold("append.before_w1")
+    hold_fence = L.gates.hold("append.after_w1")
+    l_task = asyncio.create_task(L.append(1))  # #3, held before it is sent
+    await hold_send.reached.wait()
+    E = Writer(CassandraJournal(session, session.config), p, "E", h)
+    hold_record = E.gates.hold("record.before")
+    e_task = asyncio.create_task(E.activate())
+    await hold_record.reached.wait()  # E's view: h = 2, its segment starts at #3
+    assert hold_record.info["start"] == 3
+    hold_send.release()
+    await hold_fence.reached.wait()  # (#3, epoch 1) has landed; L not yet fenced
+    return h, L, E, l_task, e_task, hold_record, hold_fence
+
+
+async def test_replay_returns_a_row_that_does_not_stay_valid(session):
+    """Issue 25: readers (events/replay) see only events that stay valid forever."""
+    p = pid()
+    h, L, E, l_task, e_task, hold_record, hold_fence = await _race(session, p)
+    reader = CassandraJournal(session, session.config)
+    seen = [(e.sequence_nr, bytes(e.payload)) async for e in reader.replay(p)]
+    seen_high = await reader.highest_sequence_nr(p)
+    hold_record.release()
+    await e_task
+    assert (await E.append(1)).outcome == "ack"  # E's own #3
+    hold_fence.release()
+    assert (await l_task).outcome == "unknown"  # L fenced
+    final = await final_log(CassandraJournal(session, session.config), p)
+    print("reader saw", seen, "highest", seen_high, "final", final)
+    assert set(seen) <= set(final), f"reader saw {seen}, later the log is {final}"
+
+
+async def test_lazy_claim_writer_interleaves(session):
+    """Issue 25: two activations never interleave. A writer that does not call
+    begin_activation (the sharding coordinator: replay at start, first append claims lazily,
+    sharding/coordinator.py) decides on a replayed row that the valid log then drops, and
+    its next append is acknowledged on top of a different log."""
+    p = pid()
+    h, L, E, l_task, e_task, hold_record, hold_fence = await _race(session, p)
+    c_journal = CassandraJournal(session, session.config)
+    state = [(e.sequence_nr, bytes(e.payload)) async for e in c_journal.replay(p)]
+    hold_record.release()
+    await e_task
+    assert (await E.append(1)).outcome == "ack"  # E's own #3
+    hold_fence.release()
+    await l_task
+    nxt = state[-1][0] + 1 if state else 1
+    ev = StoredEvent(p, nxt, f"C built on {state}".encode(), "x", 1,
+                     datetime.now(timezone.utc), "C")
+    acked = True
+    try:
+        await c_journal.append([ev])
+    except Exception as exc:  # noqa: BLE001
+        acked = False
+        print("C refused:", repr(exc))
+    final = await final_log(CassandraJournal(session, session.config), p)
+    print("C state", state, "acked", acked, "final", final)
+    assert not acked or final[:len(state)] == state, (
+        f"C acked #{nxt} computed from {state}, but the valid log is {final}")
