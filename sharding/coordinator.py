@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
 from raysource.journal.api import Journal, StoredEvent
-from raysource.journal.errors import ConcurrentWriteError, ConfigError
+from raysource.journal.errors import ConcurrentWriteError, ConfigError, WriterFencedError
 from raysource.runtime.shard_id import shard_of
 from raysource.sharding.allocation import NodeId, ShardId
 from raysource.sharding.coordinator_state import (
@@ -138,7 +138,7 @@ class ShardCoordinator:
         self._regions: dict[NodeId, Any] = {}
         self._moving: set[ShardId] = set()
         self._lock = asyncio.Lock()
-        self._fenced: ConcurrentWriteError | None = None
+        self._fenced: ConcurrentWriteError | WriterFencedError | None = None
         self._started: asyncio.Task | None = None
         self._poller: asyncio.Task | None = None
         try:  # inside a Ray async actor a loop runs already: recover and poll without a caller
@@ -155,6 +155,9 @@ class ShardCoordinator:
         made = await loop.run_in_executor(None, self._journal_factory)
         # a factory may return a coroutine (e.g. an async Cassandra connect): finish it here
         self._journal = await made if inspect.isawaitable(made) else made
+        # the activation's claim (epoch guard) comes before it reads its history: its reads and
+        # appends then follow its own confirmed view, never a stale writer's unconfirmed tail
+        await self._journal.begin_activation(self.persistence_id, self._writer_id)
         await self._catch_up()
         if self._poll:
             self._poller = asyncio.ensure_future(self._poll_loop())
@@ -228,6 +231,12 @@ class ShardCoordinator:
                                          writer_id=self._writer_id))
             try:
                 await self._journal.append(group)
+            except WriterFencedError as exc:
+                # epoch guard: a newer instance claimed the journal, or one of our writes was
+                # not confirmed; the group's outcome is unknown (the newer instance recovers it
+                # if it landed) and nothing we append can be acknowledged any more: stop
+                self._stop_fenced(exc)
+                raise self._fenced_error() from exc
             except ConcurrentWriteError as exc:
                 await self._catch_up()
                 if await self._written_by_us(exc.sequence_nr):
@@ -236,12 +245,7 @@ class ShardCoordinator:
                     raise ShardingError(
                         f"coordinator {self.system!r}: an earlier write landed late; retry"
                     ) from exc
-                self._fenced = exc
-                if self._poller is not None and self._poller is not asyncio.current_task():
-                    self._poller.cancel()
-                log.error("coordinator %s fenced on %s: stops serving", self._writer_id, exc)
-                if self._on_fenced is not None:
-                    self._on_fenced()
+                self._stop_fenced(exc)
                 raise self._fenced_error() from exc
             except BaseException:
                 # Outcome unknown: the group may be stored. Re-read before the next decision.
@@ -250,6 +254,14 @@ class ShardCoordinator:
             for ev in chunk:
                 self._state.apply(ev)
             self._seq += len(chunk)
+
+    def _stop_fenced(self, exc: ConcurrentWriteError | WriterFencedError) -> None:
+        self._fenced = exc
+        if self._poller is not None and self._poller is not asyncio.current_task():
+            self._poller.cancel()
+        log.error("coordinator %s fenced on %s: stops serving", self._writer_id, exc)
+        if self._on_fenced is not None:
+            self._on_fenced()
 
     async def _written_by_us(self, sequence_nr: int) -> bool:
         assert self._journal is not None

@@ -41,6 +41,7 @@ class NoLiveNodesError(ShardingError):
 class CoordinatorFencedError(ShardingError):
     """This coordinator instance lost its journal to another instance and stopped serving.
 
-    Raised for every call after its journal reported a ``ConcurrentWriteError``; callers should
+    Raised for every call after its journal reported a ``ConcurrentWriteError`` (or, under the
+    epoch guard, ``WriterFencedError``: the call's write has an unknown outcome); callers should
     look the coordinator up again (its name now leads to the current instance).
     """

@@ -336,6 +336,12 @@ class FaultyJournal(_Controls, Journal):
 
     # ------------------------------------------------------------------ Journal
 
+    async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
+        await self.inner.begin_activation(persistence_id, writer_id)  # the epoch claim, if any
+
+    async def end_activation(self, persistence_id: str, writer_id: str) -> None:
+        await self.inner.end_activation(persistence_id, writer_id)
+
     async def append(self, events: Sequence[StoredEvent]) -> None:
         events = list(events)
         if not events:

@@ -207,7 +207,7 @@ async def schedule_s8(make_journal: Callable[[], Journal], pid: str,
     op4 = h.append_started("L", [(4, ev4.payload)])
     op4.sent = True
     await land_row(old.journal, ev4)
-    h.append_done(op4, asyncio.TimeoutError("pipelined flush, never confirmed"))
+    h.append_done(op4, TimeoutError("pipelined flush, never confirmed"))
     new = Writer(make_journal(), pid, "E", h)
     await new.activate()
     await new.append(2)

@@ -100,10 +100,10 @@ class FenceHistory:
         seqs = [s for s, _ in self.final_log]
         if seqs != list(range(1, len(seqs) + 1)):
             out.append(f"H3: the final log is not gap-free from 1: {seqs}")
-        for w, _t, log in self.recoveries:
-            if log != self.final_log[:len(log)]:
+        for w, _t, rlog in self.recoveries:
+            if rlog != self.final_log[:len(rlog)]:
                 out.append(f"H3: the recovery of {w} is not a prefix of the final log: "
-                           f"{[s for s, _ in log]}")
+                           f"{[s for s, _ in rlog]}")
         for op in self.appends:
             if op.outcome != "not-applied":
                 continue

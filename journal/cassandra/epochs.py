@@ -64,6 +64,8 @@ __all__ = ["Claim", "View", "EpochGuard", "segment_epoch", "compact", "check_nex
 
 #: The chain of a persistence id without epoch records: every row is epoch 0.
 LEGACY_CHAIN: tuple[tuple[int, int], ...] = ((0, 1),)
+#: A fence row as read: (epoch, owner); (0, None) when the aggregate was never claimed.
+Fence = tuple[int, "uuid.UUID | None"]
 _CLAIM_ATTEMPTS = 40
 _FENCE_READ_ATTEMPTS = 3
 _FENCE_BATCH = 64  # aggregates per shared fence read
@@ -119,11 +121,11 @@ class Claim:
     confirmed: bool = False
     ended: bool = False
     #: the confirmed valid log at the claim (chain with this epoch's segment, ``h = start - 1``)
-    view: "View | None" = None
+    view: View | None = None
     #: the last number whose write passed its fence read (valid for good)
     acked_seq: int = 0
 
-    def own_view(self) -> "View":
+    def own_view(self) -> View:
         """The valid log as this live activation knows it for good: the confirmed chain and
         its own rows up to the last one that passed a fence read."""
         assert self.view is not None
@@ -146,14 +148,14 @@ class _FenceReads:
     (``persistence_id IN (...)``, up to ``_FENCE_BATCH`` ids), and one read answers every
     caller of the same id waiting for it."""
 
-    def __init__(self, read_many: Callable[[list[str]], Awaitable[dict]]) -> None:
+    def __init__(self, read_many: Callable[[list[str]], Awaitable[dict[str, Fence]]]) -> None:
         self._read_many = read_many
-        self._pending: dict[str, list[asyncio.Future]] = {}
+        self._pending: dict[str, list[asyncio.Future[Fence]]] = {}
         self._scheduled = False
 
-    async def get(self, pid: str) -> Any:
+    async def get(self, pid: str) -> Fence:
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut: asyncio.Future[Fence] = loop.create_future()
         self._pending.setdefault(pid, []).append(fut)
         if not self._scheduled:
             self._scheduled = True
@@ -168,7 +170,7 @@ class _FenceReads:
             part = {p: pending[p] for p in pids[i:i + _FENCE_BATCH]}
             asyncio.ensure_future(self._read(part))
 
-    async def _read(self, part: dict[str, list[asyncio.Future]]) -> None:
+    async def _read(self, part: dict[str, list[asyncio.Future[Fence]]]) -> None:
         try:
             rows = await self._read_many(list(part))
         except BaseException as exc:  # noqa: BLE001 - every waiter gets it
@@ -196,26 +198,29 @@ class EpochGuard:
 
     # ------------------------------------------------------------------ reads
 
-    async def fence(self, pid: str, *, serial: bool = False) -> tuple[int, uuid.UUID | None]:
+    async def fence(self, pid: str, *, serial: bool = False) -> Fence:
         """The fence row (epoch 0 if none), at the read or the serial consistency."""
         name = "fence_get_serial" if serial else "fence_get"
         row = await self.j.session.select_one(self.j._ps[name], (pid,))
         if row is None or row[0] is None:
             return 0, None
-        return int(row[0]), row[1]
+        owner: uuid.UUID | None = row[1]
+        return int(row[0]), owner
 
-    async def fence_shared(self, pid: str) -> tuple[int, uuid.UUID | None]:
+    async def fence_shared(self, pid: str) -> Fence:
         """A fence read sent after this call, shared with every caller of this journal waiting
         in the same loop tick (one request for many aggregates)."""
         return await self._reads.get(pid)
 
-    async def _fence_many(self, pids: list[str]) -> dict[str, tuple[int, uuid.UUID | None]]:
+    async def _fence_many(self, pids: list[str]) -> dict[str, Fence]:
         if len(pids) == 1:
             return {pids[0]: await self.fence(pids[0])}
         rows = await self.j.session.execute(self.j._ps["fence_many"], (pids,))
         return {row[0]: (int(row[1]), row[2]) for row in rows if row[1] is not None}
 
-    async def head(self, pid: str, below: int | None = None) -> tuple[int, tuple]:
+    async def head(
+        self, pid: str, below: int | None = None
+    ) -> tuple[int, tuple[tuple[int, int], ...]]:
         """(epoch, chain) of the newest epoch record (below ``below``), or (0, LEGACY_CHAIN)."""
         if below is None:
             row = await self.j.session.select_one(self.j._ps["head"], (pid,))
@@ -332,7 +337,7 @@ class EpochGuard:
         raise JournalUnavailableError(f"{pid}: could not claim an epoch in {_CLAIM_ATTEMPTS} "
                                       f"attempts (contended); nothing was written")
 
-    async def _serial_fence(self, pid: str) -> tuple[int, uuid.UUID | None]:
+    async def _serial_fence(self, pid: str) -> Fence:
         try:
             return await self.fence(pid, serial=True)
         except JournalError as exc:
@@ -341,7 +346,7 @@ class EpochGuard:
                 f"does not start (it writes nothing): {exc}") from exc
 
     async def _fence_retrying(self, pid: str, shared: bool = False
-                              ) -> tuple[int, uuid.UUID | None]:
+                              ) -> Fence:
         last: Exception | None = None
         for _ in range(_FENCE_READ_ATTEMPTS):
             try:

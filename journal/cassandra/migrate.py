@@ -12,6 +12,9 @@ is left in place (drop it once the copy is checked).
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import CassandraSession
@@ -38,7 +41,7 @@ async def migrate_events(session: CassandraSession, config: CassandraConfig) -> 
     insert = await session.prepare(journal_statements(config)["insert"].cql,
                                    consistency_level=config.write_consistency)
     select = migration_statements(config)["legacy_rows"].cql
-    pending: set[asyncio.Future] = set()
+    pending: set[asyncio.Future[Any]] = set()
     copied = 0
     async for row in session.stream(select, prepare=True):
         pid, pnr, seq, ts, writer, sid, manifest, payload, tags, meta = row
@@ -50,9 +53,9 @@ async def migrate_events(session: CassandraSession, config: CassandraConfig) -> 
             for fut in done:
                 fut.result()
     if pending:
-        for fut in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(fut, BaseException):
-                raise fut
+        for outcome in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
     await session.execute(migration_statements(config)["marker_set"].cql)
     return copied
 
