@@ -160,5 +160,6 @@ class PayloadTooLargeError(SerializationError, NotAppliedError):
 # checks it lists every error class of this module.
 __all__ = ["ConcurrentWriteError", "ConfigError", "CorruptPayloadError", "InvalidAppendError",
            "JournalError", "JournalOutcomeUnknownError", "JournalUnavailableError",
-           "MissingUpcasterError", "NotAppliedError", "OutcomeUnknownError", "PayloadTooLargeError",
-           "RaysourceError", "SerializationError", "UnknownManifestError", "UnserializableError"]
+           "MigrationRequiredError", "MissingUpcasterError", "NotAppliedError",
+           "OutcomeUnknownError", "PayloadTooLargeError", "RaysourceError", "SerializationError",
+           "UnknownManifestError", "UnserializableError", "WriterFencedError"]

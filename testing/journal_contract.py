@@ -322,12 +322,12 @@ class JournalContract:
         s = 1
         while s <= len(stored):  # the log is a sequence of whole groups, one writer each
             name = by_seq[s].writer_id
-            group = groups.get((name, s))
-            assert group is not None, f"#{s} by {name} starts no group that was appended"
-            for k in range(s, s + group):
+            size = groups.get((name, s))
+            assert size is not None, f"#{s} by {name} starts no group that was appended"
+            for k in range(s, s + size):
                 assert k in by_seq and by_seq[k].writer_id == name
                 assert by_seq[k].payload == ev(pid, k, writer=name).payload
-            s += group
+            s += size
         assert sum(n for _, _, n in acked) <= len(stored)
         assert conflicts > 0  # they really raced
 
