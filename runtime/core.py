@@ -50,6 +50,7 @@ from typing import Any
 from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
 from raysource.journal.errors import (
     ConcurrentWriteError,
+    ConfigError,
     JournalError,
     JournalOutcomeUnknownError,
     NotAppliedError,
@@ -57,6 +58,9 @@ from raysource.journal.errors import (
     SerializationError,
     WriterFencedError,
 )
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
+from raysource.runtime.core_timers import TimerSteps
 from raysource.runtime.errors import (
     AggregateStoppedError,
     CommandError,
@@ -65,13 +69,9 @@ from raysource.runtime.errors import (
     PersistFailedError,
     WriteOutcomeUnknownError,
 )
-from raysource.journal.serialization import Serialization
-from raysource.journal.errors import ConfigError
-from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
-from raysource.runtime.idempotency import KeyTable, Keyed
+from raysource.runtime.idempotency import Keyed, KeyTable
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.shard_id import shard_of
-from raysource.runtime.core_timers import TimerSteps
 from raysource.runtime.timers import (
     FIRED_FIELD,
     TIMER_KEY_PREFIX,

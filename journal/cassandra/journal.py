@@ -10,9 +10,9 @@ chain of epoch records; its protocol and proof sketch are in ``raysource.journal
 **"per-append"** — every append a conditional batch (described below). **"off"** — plain
 batches, no guard. The per-append and unguarded modes write epoch 0.
 
-Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by ``(persistence_id, partition_nr)``
-and clustered by ``(sequence_nr, epoch)``. Every statement is prepared; every append is **one
-single-partition batch**, so an atomic group is all-or-nothing.
+Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by
+``(persistence_id, partition_nr)`` and clustered by ``(sequence_nr, epoch)``. Every statement is
+prepared; every append is **one single-partition batch**, so an atomic group is all-or-nothing.
 
 Partition placement and the fencing guard
 -----------------------------------------
@@ -111,7 +111,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -127,6 +127,7 @@ from raysource.journal.api import (
 )
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.epochs import Claim, EpochGuard, View, check_next
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 from raysource.journal.cassandra.statements import journal_statements
 from raysource.journal.errors import (
     ConcurrentWriteError,
@@ -136,7 +137,6 @@ from raysource.journal.errors import (
     MigrationRequiredError,
     WriterFencedError,
 )
-from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
 
 __all__ = ["CassandraJournal", "to_us", "from_us"]
 
@@ -181,6 +181,8 @@ class CassandraJournal(Journal):
         self.guard = guard
         self.fencing = guard == "per-append"  # the per-append conditional batch
         self.capabilities = JournalCapabilities(fencing=guard != "off", tags=True, delete=True)
+        # a group lives in the partition of its first event (the config is frozen)
+        self.max_group_size = self.config.partition_size
         self.epochs = EpochGuard(self)
         self._claims: dict[tuple[str, str], Claim] = {}  # (pid, writer id) -> live claim
         self._newest: dict[str, Claim] = {}  # pid -> the newest claim made in this process
@@ -203,7 +205,7 @@ class CassandraJournal(Journal):
     @classmethod
     async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
                       fencing: bool | None = None, guard: str | None = None
-                      ) -> "CassandraJournal":
+                      ) -> CassandraJournal:
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             journal = cls(session, config, fencing=fencing, own_session=True, guard=guard)
@@ -429,7 +431,7 @@ class CassandraJournal(Journal):
         return found == _keys(events)
 
     async def _rows(self, pid: str, first: int, last: int, *, walk: bool = False
-                    ) -> AsyncIterator[tuple]:
+                    ) -> AsyncIterator[tuple[int, int, StoredEvent]]:
         """Every row ``first..last`` of any epoch: (seq, epoch, StoredEvent), by (seq, epoch).
 
         ``walk`` (``last`` unbounded): partitions ``pn(first) - 1``, ``pn(first)``, ... until
@@ -546,10 +548,6 @@ class CassandraJournal(Journal):
             f"{_TAG_ATTEMPTS} attempts; the events are stored but were not acknowledged"
         )
 
-    @property
-    def max_group_size(self) -> int:
-        return self.config.partition_size  # a group lives in the partition of its first event
-
     async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
         """Re-write the tag rows of ``events`` (see :meth:`Journal.repair_tags`), in groups of
         at most 500 events."""
@@ -582,7 +580,7 @@ class CassandraJournal(Journal):
         return row[0] or 0, row[1] or 0
 
     async def replay(self, persistence_id: str, from_sequence_nr: int = 1,
-                     to_sequence_nr: int | None = None) -> AsyncIterator[StoredEvent]:
+                     to_sequence_nr: int | None = None) -> AsyncGenerator[StoredEvent, None]:
         """The valid log (``raysource.journal.cassandra.epochs``: the head record's chain, the
         contiguous run of its last segment), ``from..to``, paged."""
         await self._prepare()
@@ -642,7 +640,7 @@ class CassandraJournal(Journal):
             await self.session.execute(ps["set_deleted"], (to, persistence_id))
 
     async def events_by_tag(self, tag: str, after: TagOffset | None = None, *,
-                            limit: int | None = None) -> AsyncIterator[TaggedEvent]:
+                            limit: int | None = None) -> AsyncGenerator[TaggedEvent, None]:
         ps = await self._prepare()
         after = after or TagOffset.start()
         cutoff = _now_us() - int(self.config.eventual_consistency_delay * 1_000_000)
@@ -682,7 +680,7 @@ class CassandraJournal(Journal):
             await self.session.close()
 
 
-def _row(e: StoredEvent, pnr: int, key_epoch: int, epoch: int) -> tuple:
+def _row(e: StoredEvent, pnr: int, key_epoch: int, epoch: int) -> tuple[Any, ...]:
     """The insert's values for event ``e`` (see ``statements.EVENT_COLUMNS``)."""
     return (e.persistence_id, pnr, e.sequence_nr, key_epoch, epoch, to_us(e.timestamp),
             e.writer_id, e.serializer_id, e.manifest, bytes(e.payload), set(e.tags) or None,

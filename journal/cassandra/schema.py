@@ -32,9 +32,14 @@ Tables:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.readside_statements import readside_schema
 from raysource.journal.cassandra.timer_statements import timer_schema
+
+if TYPE_CHECKING:
+    from raysource.journal.cassandra.session import CassandraSession
 
 __all__ = ["schema_statements", "schema_cql", "create_schema"]
 
@@ -138,7 +143,7 @@ def schema_cql(config: CassandraConfig | None = None) -> str:
     return header + "\n\n".join(s + ";" for s in schema_statements(config)) + "\n"
 
 
-async def create_schema(session, config: CassandraConfig | None = None, *,
+async def create_schema(session: CassandraSession, config: CassandraConfig | None = None, *,
                         keyspace: bool = True) -> None:
     """Create keyspace (unless ``keyspace=False``) and tables if missing. For development;
     production runs ``schema_cql`` through its own change process. ``session`` is a connected

@@ -72,7 +72,8 @@ from cassandra.policies import (
     RoundRobinPolicy,
     TokenAwarePolicy,
 )
-from cassandra.protocol import ErrorMessage, RequestValidationException as ValidationErrorMessage
+from cassandra.protocol import ErrorMessage
+from cassandra.protocol import RequestValidationException as ValidationErrorMessage
 from cassandra.query import (
     BatchStatement,
     BatchType,
@@ -83,7 +84,11 @@ from cassandra.query import (
 )
 
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import JournalError, JournalOutcomeUnknownError, JournalUnavailableError
+from raysource.journal.errors import (
+    JournalError,
+    JournalOutcomeUnknownError,
+    JournalUnavailableError,
+)
 
 __all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_driver_error",
            "consistency", "writes"]
@@ -95,10 +100,16 @@ _INVALID = (RequestValidationException, ValidationErrorMessage)
 
 
 def consistency(name: str) -> int:
-    return getattr(ConsistencyLevel, name)
+    level: int = getattr(ConsistencyLevel, name)
+    return level
 
 
-class NoResendRetryPolicy(RetryPolicy):
+# A retry decision as the driver reads it: (RETRY | RETHROW | IGNORE | RETRY_NEXT_HOST,
+# consistency level to retry at, or None).
+_Decision = tuple[int, int | None]
+
+
+class NoResendRetryPolicy(RetryPolicy):  # type: ignore[misc]  # the driver is untyped (Any)
     """The driver's default retry policy, except that a statement not marked idempotent is
     never re-sent after it may have reached a coordinator (a read or write timeout, an
     unavailable error, a server, overloaded or connection error): the error goes to the
@@ -106,33 +117,41 @@ class NoResendRetryPolicy(RetryPolicy):
     made the driver send it again, and the second execution came back "not applied" with the
     writer's own rows."""
 
-    def on_read_timeout(self, query, consistency, required_responses,  # noqa: ANN001
-                        received_responses, data_retrieved, retry_num):
+    def on_read_timeout(self, query: Any, consistency: int, required_responses: int,
+                        received_responses: int, data_retrieved: bool,
+                        retry_num: int) -> _Decision:
         # A conditional write's Paxos read can time out after its prepare round repaired
         # (completed) proposals in flight: not re-sent either.
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
-        return super().on_read_timeout(query, consistency, required_responses,
-                                        received_responses, data_retrieved, retry_num)
+        decision: _Decision = super().on_read_timeout(
+            query, consistency, required_responses, received_responses, data_retrieved,
+            retry_num)
+        return decision
 
-    def on_write_timeout(self, query, consistency, write_type, required_responses,  # noqa: ANN001
-                         received_responses, retry_num):
+    def on_write_timeout(self, query: Any, consistency: int, write_type: int,
+                         required_responses: int, received_responses: int,
+                         retry_num: int) -> _Decision:
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
-        return super().on_write_timeout(query, consistency, write_type, required_responses,
-                                         received_responses, retry_num)
+        decision: _Decision = super().on_write_timeout(
+            query, consistency, write_type, required_responses, received_responses, retry_num)
+        return decision
 
-    def on_unavailable(self, query, consistency, required_replicas, alive_replicas,  # noqa: ANN001
-                       retry_num):
+    def on_unavailable(self, query: Any, consistency: int, required_replicas: int,
+                       alive_replicas: int, retry_num: int) -> _Decision:
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
-        return super().on_unavailable(query, consistency, required_replicas, alive_replicas,
-                                      retry_num)
+        decision: _Decision = super().on_unavailable(
+            query, consistency, required_replicas, alive_replicas, retry_num)
+        return decision
 
-    def on_request_error(self, query, consistency, error, retry_num):  # noqa: ANN001
+    def on_request_error(self, query: Any, consistency: int, error: Exception,
+                         retry_num: int) -> _Decision:
         if not getattr(query, "is_idempotent", False):
             return self.RETHROW, None
-        return super().on_request_error(query, consistency, error, retry_num)
+        decision: _Decision = super().on_request_error(query, consistency, error, retry_num)
+        return decision
 
 
 def _never_sent(exc: NoHostAvailable) -> bool:
@@ -350,10 +369,10 @@ class CassandraSession:
         return stmt, params
 
     def _bridge(self, rf: ResponseFuture, what: str,
-                may_write: bool = True) -> asyncio.Future[tuple[list, Any]]:
+                may_write: bool = True) -> asyncio.Future[tuple[list[Any], Any]]:
         """An asyncio future for one page: (rows, paging_state or None)."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[list, Any]] = loop.create_future()
+        fut: asyncio.Future[tuple[list[Any], Any]] = loop.create_future()
 
         def _ok(rows: Any) -> None:
             # _paging_state is set by the driver before it runs callbacks; the public
@@ -369,7 +388,7 @@ class CassandraSession:
     def execute_async(self, stmt: Any, params: Sequence[Any] | None = None, *,
                       profile: str | None = None, paging_state: Any = None,
                       timeout: float | None = None,
-                      what: str = "query") -> asyncio.Future[tuple[list, Any]]:
+                      what: str = "query") -> asyncio.Future[tuple[list[Any], Any]]:
         """Low level: start an already bound/built statement, return its first page future."""
         kwargs: dict[str, Any] = {}
         if paging_state is not None:
@@ -386,14 +405,15 @@ class CassandraSession:
 
     async def execute(self, stmt: str | Statement | PreparedStatement,
                       params: Sequence[Any] | None = None, *, prepare: bool = True,
-                      profile: str | None = None, timeout: float | None = None) -> list:
+                      profile: str | None = None, timeout: float | None = None) -> list[Any]:
         """Run one statement; return the rows of its first page (empty for writes)."""
         s, bound_params = await self._statement(stmt, params, prepare)
         rows, _ = await self.execute_async(s, bound_params, profile=profile, timeout=timeout,
                                            what=_describe(stmt))
         return rows
 
-    async def execute_batch(self, batch: BatchStatement, *, profile: str | None = None) -> list:
+    async def execute_batch(self, batch: BatchStatement, *,
+                            profile: str | None = None) -> list[Any]:
         rows, _ = await self.execute_async(batch, profile=profile, what="batch")
         return rows
 
@@ -415,7 +435,7 @@ class CassandraSession:
         return rows[0] if rows else None
 
     async def select_all(self, stmt: str | Statement | PreparedStatement,
-                         params: Sequence[Any] | None = None, **kw: Any) -> list:
+                         params: Sequence[Any] | None = None, **kw: Any) -> list[Any]:
         """Every row (all pages). For large results use ``stream``."""
         return [row async for row in self.stream(stmt, params, **kw)]
 
@@ -427,7 +447,7 @@ class CassandraSession:
         s, bound_params = await self._statement(stmt, params, prepare)
         s.fetch_size = fetch_size or self.config.fetch_size
         what = _describe(stmt)
-        fut: asyncio.Future[tuple[list, Any]] | None = self.execute_async(
+        fut: asyncio.Future[tuple[list[Any], Any]] | None = self.execute_async(
             s, bound_params, profile=profile, what=what)
         try:
             while fut is not None:
@@ -444,12 +464,12 @@ class CassandraSession:
                 fut.cancel()
 
 
-def _resolve(fut: asyncio.Future, value: Any) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _fail(fut: asyncio.Future, exc: BaseException, what: str, may_write: bool) -> None:
+def _fail(fut: asyncio.Future[Any], exc: BaseException, what: str, may_write: bool) -> None:
     if not fut.done():
         err = wrap_driver_error(exc, what, may_write=may_write)
         err.__cause__ = exc
