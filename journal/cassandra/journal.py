@@ -355,13 +355,19 @@ class CassandraJournal(Journal):
         if claim is None:
             view = await self.epochs.view(pid, stable=True)
             if first <= view.h and await self._stored_exactly(events, view):
-                return  # the same append delivered twice
+                # the same append delivered twice, valid in a stable view: its follow-up
+                # writes (tags, hint) may be what failed the first time, so they go again
+                await self._follow_ups(events, self._pn(first))
+                return
             check_next(pid, view.h, first)
             claim = await self.epochs.claim(pid, writer, expect_next=first)
             self._keep(claim)
         if first != claim.next_seq:
             if last <= claim.acked_seq and await self._stored_exactly(events, None, claim):
-                return  # the same append delivered twice, after it passed its fence read
+                # the same append delivered twice, after it passed its fence read: valid for
+                # good; its follow-up writes may be what failed the first time
+                await self._follow_ups(events, self._pn(first))
+                return
             check_next(pid, claim.next_seq - 1, first)
         pnr = self._pn(first)
         epoch = claim.epoch
@@ -396,8 +402,15 @@ class CassandraJournal(Journal):
             raise WriterFencedError(f"{pid} #{first}..#{last}: fenced by epoch {got[0]} (this "
                                     f"writer's epoch {epoch} ends); a newer activation may "
                                     f"have recovered these events")
-        claim.acked_seq = last  # passed its fence read: valid for good
+        # passed its fence read: valid for good (max: a later flush's read may answer first)
+        claim.acked_seq = max(claim.acked_seq, last)
         await self._hook("append.after_fence", pid=pid, epoch=epoch, first=first, last=last)
+        await self._follow_ups(events, pnr)
+
+    async def _follow_ups(self, events: list[StoredEvent], pnr: int) -> None:
+        """The writes that follow valid events: the partition hint and the tag rows (both
+        idempotent); a failure leaves the events valid but unacknowledged (outcome unknown)."""
+        pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
         follow_ups = []
         if pnr > 0 and self._hints.get(pid, -1) < pnr:
             follow_ups.append(self._write_hint(pid, pnr))
