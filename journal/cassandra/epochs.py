@@ -64,6 +64,8 @@ __all__ = ["Claim", "View", "EpochGuard", "segment_epoch", "compact", "check_nex
 
 #: The chain of a persistence id without epoch records: every row is epoch 0.
 LEGACY_CHAIN: tuple[tuple[int, int], ...] = ((0, 1),)
+#: Re-reads of a stable view while a newer epoch holds the fence without a record (~4 s).
+_STABLE_TRIES = 8
 #: A fence row as read: (epoch, owner); (0, None) when the aggregate was never claimed.
 Fence = tuple[int, "uuid.UUID | None"]
 _CLAIM_ATTEMPTS = 40
@@ -238,20 +240,32 @@ class EpochGuard:
 
         ``stable`` (readers that are not the writer): after the rows were read, a fence read
         must name the head record's epoch — then every later claim reads after this read and
-        sees the same run. If a newer epoch holds the fence (an activation is recovering, or
-        died before writing its record), the open segment's run may still be cut by its
-        record: the view ends before that segment (a permanent prefix)."""
-        head, chain = await self.head(pid, below)
-        epoch, start = chain[-1]
-        if epoch == 0 and head == 0:
-            h = await self.j._max_seq(pid) if bounded else -1  # no epochs: every row
-        else:
-            h = await self._run_end(pid, epoch, start)
-            if stable and h >= start:
-                fenced, _owner = await self.fence(pid)
-                if fenced != head:
-                    h = start - 1
-        return View(chain, h, head)
+        sees the same chain and run. If a newer epoch holds the fence, the head record may be
+        void (superseded before it was confirmed: its closed segments may disagree with the
+        newer activation's chain, second hostile review) or a newer activation is recovering:
+        the view is read again until its record is there (a few seconds, the time of a
+        recovery); if it is still missing, ``JournalUnavailableError`` (nothing returned that
+        might not stay valid; the next activation of the aggregate writes the record)."""
+        attempt = 0
+        while True:
+            head, chain = await self.head(pid, below)
+            epoch, start = chain[-1]
+            if epoch == 0 and head == 0:
+                h = await self.j._max_seq(pid) if bounded else -1  # no epochs: every row
+            else:
+                h = await self._run_end(pid, epoch, start)
+            if not stable:
+                return View(chain, h, head)
+            fenced, _owner = await self.fence(pid)
+            if fenced == head:
+                return View(chain, h, head)
+            if attempt >= _STABLE_TRIES:
+                raise JournalUnavailableError(
+                    f"{pid}: epoch {fenced} holds the fence but its record is not written "
+                    f"(newest record: epoch {head}): a newer activation is recovering, or "
+                    f"stopped before it recorded its view; read again later")
+            await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+            attempt += 1
 
     async def _run_end(self, pid: str, epoch: int, start: int) -> int:
         """The last number of the contiguous run of ``epoch``'s rows from ``start``
