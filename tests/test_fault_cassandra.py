@@ -16,6 +16,7 @@ streams are checked once at the end, over every schedule, after the visibility d
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import dataclasses
 from collections import Counter
 
@@ -47,6 +48,10 @@ def store(cassandra_contact, cassandra_keyspace):
     loop = asyncio.new_event_loop()
     journal = loop.run_until_complete(CassandraJournal.connect(cfg, create_schema=True))
     snapshots = CassandraSnapshotStore(journal.session, cfg)
+    # the driver-level faults target the per-append guard's conditional batch and its deciding
+    # serial re-read (the epoch guard has its own schedules: tests/test_fence_schedules.py)
+    per_append = CassandraJournal(journal.session, replace(cfg, guard="per-append"))
+    PER_APPEND.append(per_append)
     yield loop, journal, snapshots
     loop.run_until_complete(journal.close())
     loop.close()
@@ -62,6 +67,8 @@ def featuring(draw, kind: str) -> Schedule:
 
 EXAMPLES = 8  # fixed schedules per featured kind
 FRESH = 2  # and schedules per kind from this run's fresh seed
+#: the per-append journal of the module's store (driver-level schedules run on it)
+PER_APPEND: list[CassandraJournal] = []
 KINDS = sorted(POINTS) + [f"driver:{k}" for k in DRIVER_FAULT_KINDS]
 
 
@@ -87,6 +94,7 @@ def _one_schedule(store, kind: str, data) -> None:  # noqa: ANN001
     loop, journal, snapshots = store
     driver = None
     if kind.startswith("driver:"):  # a random schedule plus the driver fault on batch 1 or 2
+        journal = PER_APPEND[-1]
         schedule = data.draw(schedules(max_faults=2))
         featured = kind.split(":")[1]
         driver = DriverFaults([DriverFault(featured, nth=data.draw(st.integers(1, 2)))])

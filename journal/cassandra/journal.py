@@ -368,6 +368,14 @@ class CassandraJournal(Journal):
                 # good; its follow-up writes may be what failed the first time
                 await self._follow_ups(events, self._pn(first))
                 return
+            if first > claim.next_seq and self._newest.get(pid) is not claim:
+                # A newer activation of ``pid`` claimed in this process: this writer's reads
+                # (which follow the newest claim here) showed it a log its own epoch never
+                # saw. Refuse (nothing written) and end the epoch: the writer must stop.
+                self._end(claim)
+                raise ConcurrentWriteError(
+                    pid, first, f"{pid}: writer {writer!r} (epoch {claim.epoch}) was superseded "
+                    f"by a newer activation in this process; #{first} not written")
             check_next(pid, claim.next_seq - 1, first)
         pnr = self._pn(first)
         epoch = claim.epoch
