@@ -38,14 +38,18 @@ from raysource.journal.cassandra.session import CassandraSession
 NOW = datetime.now(timezone.utc)
 
 
+# the journal's events table (epoch 0: the raw rows are what an unguarded writer would store)
+EVENTS_TABLE = CassandraConfig.events_table  # the dataclass default, "messages_v2"
+
 def payload(size: int, i: int) -> bytes:
     return (b'{"n":%d,"pad":"' % i).ljust(size - 2, b"x") + b'"}'
 
 
 def raw_inserts(session, ks: str, n: int, size: int, conc: int) -> float:
     stmt = session.prepare(
-        f"INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
-        "writer_id, ser_id, manifest, payload, tags, meta) VALUES (?,?,?,?,?,?,?,?,?,?)")
+        f"INSERT INTO {ks}.{EVENTS_TABLE} (persistence_id, partition_nr, sequence_nr, epoch, "
+        "writer_epoch, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
+        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)")
     run = uuid.uuid4().hex[:6]
     ts = to_us(NOW)
     args = [(f"raw-{run}-{i % conc}", 0, i // conc + 1, ts, "w", 1, "b.E#1", payload(size, i),
@@ -63,8 +67,9 @@ async def raw_inserts_async(session: CassandraSession, ks: str, n: int, size: in
     """The same single-row inserts as plain ``execute_async`` calls through the asyncio bridge
     the journal uses, from ``conc`` concurrent writers (the journal's pattern minus the journal)."""
     stmt = await session.prepare(
-        f"INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
-        "writer_id, ser_id, manifest, payload, tags, meta) VALUES (?,?,?,?,?,?,?,?,?,?)")
+        f"INSERT INTO {ks}.{EVENTS_TABLE} (persistence_id, partition_nr, sequence_nr, epoch, "
+        "writer_epoch, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
+        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)")
     run = uuid.uuid4().hex[:6]
     ts = to_us(NOW)
     per = n // conc
@@ -117,7 +122,7 @@ def raw_replay(session, ks: str, pid: str, n: int, partition_size: int) -> float
     session.row_factory = tuple_factory
     stmt = session.prepare(
         f"SELECT sequence_nr, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta "
-        f"FROM {ks}.messages WHERE persistence_id = ? AND partition_nr = ?")
+        f"FROM {ks}.{EVENTS_TABLE} WHERE persistence_id = ? AND partition_nr = ?")
     stmt.fetch_size = 1000
     t0 = time.perf_counter()
     count = 0

@@ -69,6 +69,9 @@ class Bare:
         return {"rss": m.rss, "uss": m.uss}
 
 
+# the journal's events table (epoch 0: the raw rows are what an unguarded writer would store)
+EVENTS_TABLE = CassandraConfig.events_table  # the dataclass default, "messages_v2"
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -106,8 +109,9 @@ def raw_inserts(session, ks: str, n: int, conc: int, lwt: bool) -> float:
     SHOW.register_types(ser)
     sid, man, payload = ser.encode(SeatReserved("A1", "customer-0001"))
     stmt = session.prepare(
-        f"INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
-        "writer_id, ser_id, manifest, payload, tags, meta) VALUES (?,?,?,?,?,?,?,?,?,?)"
+        f"INSERT INTO {ks}.{EVENTS_TABLE} (persistence_id, partition_nr, sequence_nr, epoch, "
+        "writer_epoch, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
+        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)"
         + (" IF NOT EXISTS" if lwt else ""))
     run = uuid.uuid4().hex[:6]
     ts = to_us(datetime.now(timezone.utc))
