@@ -293,19 +293,7 @@ class CassandraJournal(Journal):
                 # a success. Else another writer's: ConcurrentWriteError.
                 await self._settle(events, pnr, None)
         self.write_count += 1
-        follow_ups = []
-        if pnr > 0 and self._hints.get(pid, -1) < pnr:
-            follow_ups.append(self._write_hint(pid, pnr))
-        if any(e.tags for e in events):
-            follow_ups.append(self._write_tags(events))
-        if follow_ups:
-            try:
-                await asyncio.gather(*follow_ups)
-            except Exception as exc:  # the events ARE stored: never report "not written"
-                raise JournalOutcomeUnknownError(
-                    f"{pid} #{first}..#{events[-1].sequence_nr}: the events are stored, but "
-                    f"their follow-up writes failed, so they were not acknowledged: {exc}"
-                ) from exc
+        await self._follow_ups(events, pnr)  # the events ARE stored: never "not written"
 
     # ------------------------------------------------------------------ epoch guard
 
@@ -428,9 +416,9 @@ class CassandraJournal(Journal):
             try:
                 await asyncio.gather(*follow_ups)
             except Exception as exc:
-                # The fence read passed: the events are valid for good (every later claim sees
-                # them), so the epoch goes on; a re-read (and the next recovery's tag repair)
-                # decides, as without epochs.
+                # The events are stored (per-append) or passed their fence read (epoch: valid
+                # for good, the epoch goes on); a re-read and the next recovery's tag repair
+                # decide.
                 raise JournalOutcomeUnknownError(
                     f"{pid} #{first}..#{last}: the events are stored, but their follow-up writes "
                     f"failed, so they were not acknowledged: {exc}") from exc
