@@ -131,13 +131,13 @@ async def _old_writer(make_journal: Callable[[], Journal], pid: str,
     return old
 
 
-async def schedule_s1(make_journal: Callable[[], Journal], pid: str) -> FenceHistory:
-    """S1: the stale writer pauses after its write (acked) and before its fence read; a new
-    writer claims, recovers and acknowledges the next number; the stale writer resumes: its
-    fence read fails -> outcome unknown. Its event is in the log iff the new writer saw it."""
+async def _stale_writer_paused_at(step: str, make_journal: Callable[[], Journal],
+                                  pid: str) -> FenceHistory:
+    """The stale writer's #3 pauses at ``step``; a new writer claims, recovers and
+    acknowledges the next number; then the stale writer resumes."""
     h = FenceHistory()
     old = await _old_writer(make_journal, pid, h)
-    gate = old.gates.hold("append.after_w1")
+    gate = old.gates.hold(step)
     stale = asyncio.create_task(old.append(1))  # #3
     await gate.reached.wait()
     new = Writer(make_journal(), pid, "E", h)
@@ -146,23 +146,20 @@ async def schedule_s1(make_journal: Callable[[], Journal], pid: str) -> FenceHis
     gate.release()
     await stale
     return await _finish(make_journal, pid, h)
+
+
+async def schedule_s1(make_journal: Callable[[], Journal], pid: str) -> FenceHistory:
+    """S1: the stale writer pauses after its write (acked) and before its fence read; a new
+    writer claims, recovers and acknowledges the next number; the stale writer resumes: its
+    fence read fails -> outcome unknown. Its event is in the log iff the new writer saw it."""
+    return await _stale_writer_paused_at("append.after_w1", make_journal, pid)
 
 
 async def schedule_s2(make_journal: Callable[[], Journal], pid: str) -> FenceHistory:
     """S2: the stale writer pauses after its fence read passed, before the acknowledgement; a
     new writer claims and acknowledges; then the stale writer acknowledges: its event must be
     in the final log."""
-    h = FenceHistory()
-    old = await _old_writer(make_journal, pid, h)
-    gate = old.gates.hold("append.after_fence")
-    stale = asyncio.create_task(old.append(1))  # #3
-    await gate.reached.wait()
-    new = Writer(make_journal(), pid, "E", h)
-    await new.activate()
-    await new.append(1)
-    gate.release()
-    await stale
-    return await _finish(make_journal, pid, h)
+    return await _stale_writer_paused_at("append.after_fence", make_journal, pid)
 
 
 async def schedule_s3(make_journal: Callable[[], Journal], pid: str) -> FenceHistory:
