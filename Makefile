@@ -44,9 +44,10 @@ demo: setup
 serve-demo: setup
 	$(BIN)/raysource serve --demo $(SERVE_ARGS)
 
-# ruff (lint + import order) and mypy (strict on the engine, see pyproject.toml [tool.mypy])
+# ruff (lint + import order + format) and mypy (strict on the engine, see pyproject.toml [tool.mypy])
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: setup

@@ -51,19 +51,27 @@ class _Parser(argparse.ArgumentParser):
 
 def _number(kind: type, low: float, *, strict: bool = True, high: float | None = None):
     """An argparse type: ``kind`` > ``low`` (``strict``) or >= ``low``, and <= ``high``."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}:"
-                                             f" {text!r}") from None
-        if value != value or (value <= low if strict else value < low) or (
-                high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"not a{'n integer' if kind is int else ' number'}: {text!r}"
+            ) from None
+        if (
+            value != value
+            or (value <= low if strict else value < low)
+            or (high is not None and value > high)
+        ):
             bound = f"> {low}" if strict else f">= {low}"
             raise argparse.ArgumentTypeError(
-                f"must be {bound}" + (f" and <= {high}" if high is not None else "")
-                + f", got {text}")
+                f"must be {bound}"
+                + (f" and <= {high}" if high is not None else "")
+                + f", got {text}"
+            )
         return value
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -88,8 +96,9 @@ def _contact(text: str) -> str:
 def _cassandra(args: argparse.Namespace) -> int:
     node = LocalCassandra(port=args.port, auth=args.auth, tls=args.tls)
     if args.action == "start":
-        status = node.start(progress=lambda m: print(f"raysource: {m}", file=sys.stderr),
-                            fresh=not args.keep_data)
+        status = node.start(
+            progress=lambda m: print(f"raysource: {m}", file=sys.stderr), fresh=not args.keep_data
+        )
         print(status.describe())
         print(status.contact_point)
         for key, value in status.client_env.items():  # file paths, never a password
@@ -119,8 +128,10 @@ def _schema(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--dc expects DC:RF (e.g. dc1:3), got {item!r}")
             dcs[dc] = int(rf)
         config = CassandraConfig(  # local_dc: any one of them (the CQL does not use it)
-            keyspace=args.keyspace, replication_strategy="NetworkTopologyStrategy",
-            datacenters=dcs, local_dc=next(iter(dcs)),
+            keyspace=args.keyspace,
+            replication_strategy="NetworkTopologyStrategy",
+            datacenters=dcs,
+            local_dc=next(iter(dcs)),
         )
     else:
         config = CassandraConfig(keyspace=args.keyspace, replication_factor=args.rf)
@@ -136,8 +147,7 @@ def _schema_migrate(args: argparse.Namespace) -> int:
     from raysource.journal.cassandra.migrate import migrate_events
     from raysource.journal.cassandra.session import CassandraSession
 
-    config = CassandraConfig.from_env(args.cassandra, keyspace=args.keyspace,
-                                      connect_timeout=5.0)
+    config = CassandraConfig.from_env(args.cassandra, keyspace=args.keyspace, connect_timeout=5.0)
 
     async def run() -> int:
         session = CassandraSession(config)
@@ -148,40 +158,59 @@ def _schema_migrate(args: argparse.Namespace) -> int:
             await session.close()
 
     copied = asyncio.run(run())
-    print(f"copied {copied} rows from {config.keyspace}.{config.legacy_events_table} into "
-          f"{config.keyspace}.{config.events_table} (epoch 0)")
+    print(
+        f"copied {copied} rows from {config.keyspace}.{config.legacy_events_table} into "
+        f"{config.keyspace}.{config.events_table} (epoch 0)"
+    )
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from raysource.app.demo import run_demo  # heavy imports (Ray) only for this command
 
-    return run_demo(seconds=args.seconds, contact=args.cassandra,
-                    keep=args.keep_running).exit_code
+    return run_demo(seconds=args.seconds, contact=args.cassandra, keep=args.keep_running).exit_code
 
 
 def _loadtest(args: argparse.Namespace) -> int:
-    from raysource.app.loadtest import LoadTestParams, run_standalone
+    from raysource.app.loadtest import LoadTestParams
+    from raysource.app.standalone import run_standalone
 
     params = LoadTestParams(
-        workload=args.workload, entities=args.entities, clients=args.clients,
-        duration_s=(None if args.commands is not None
-                    else args.duration if args.duration is not None else 10.0),
+        workload=args.workload,
+        entities=args.entities,
+        clients=args.clients,
+        duration_s=(
+            None
+            if args.commands is not None
+            else args.duration
+            if args.duration is not None
+            else 10.0
+        ),
         commands=args.commands,
-        placement=args.placement, snapshot_every=args.snapshot_every, guard=args.guard == "on",
-        window=args.window, shards=args.shards, keyspace=args.keyspace,
-        results_dir=args.results, address=args.address,
-        via=args.via, replicas=args.replicas, http_port=args.http_port,
+        placement=args.placement,
+        snapshot_every=args.snapshot_every,
+        guard=args.guard == "on",
+        window=args.window,
+        shards=args.shards,
+        keyspace=args.keyspace,
+        results_dir=args.results,
+        address=args.address,
+        via=args.via,
+        replicas=args.replicas,
+        http_port=args.http_port,
     )
     if args.address is not None:
         import uuid
 
         from raysource.runtime.actors.cluster import connect_ray
 
-        connect_ray(args.address or "auto", quiet=True,
-                    namespace=f"raysource-{uuid.uuid4().hex[:8]}")
-    print("raysource loadtest: " + "  ".join(f"{k}={v}" for k, v in vars(args).items()
-                                            if k not in ("func", "command")))
+        connect_ray(
+            args.address or "auto", quiet=True, namespace=f"raysource-{uuid.uuid4().hex[:8]}"
+        )
+    print(
+        "raysource loadtest: "
+        + "  ".join(f"{k}={v}" for k, v in vars(args).items() if k not in ("func", "command"))
+    )
     try:
         return run_standalone(params, contact=args.cassandra, keep=args.keep_running)
     finally:
@@ -198,10 +227,19 @@ def _serve(args: argparse.Namespace) -> int:
         from raysource.runtime.actors.cluster import connect_ray
 
         connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
-    return run_serve(host=args.host, port=args.port, replicas=args.replicas,
-                     contact=args.cassandra, keyspace=args.keyspace, system=args.system,
-                     address=args.address, namespace=args.namespace, seconds=args.seconds,
-                     demo=args.demo, keep=args.keep_running)
+    return run_serve(
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        contact=args.cassandra,
+        keyspace=args.keyspace,
+        system=args.system,
+        address=args.address,
+        namespace=args.namespace,
+        seconds=args.seconds,
+        demo=args.demo,
+        keep=args.keep_running,
+    )
 
 
 def _inspect_contact(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
@@ -254,23 +292,33 @@ def _inspect(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         journal, snaps = await ins.open_readonly(
-            config, snapshots=args.command == "replay" and args.snapshot)
+            config, snapshots=args.command == "replay" and args.snapshot
+        )
         try:
             if args.command == "events":
-                async for e in ins.event_log(journal, None, agg, args.id, args.from_seq,
-                                             args.to_seq):
+                async for e in ins.event_log(
+                    journal, None, agg, args.id, args.from_seq, args.to_seq
+                ):
                     tags = ",".join(sorted(e.tags)) or "-"
-                    print(f"{e.sequence_nr:>6}  {e.timestamp.isoformat(timespec='milliseconds')}"
-                          f"  {e.event!r}  tags={tags}")
+                    print(
+                        f"{e.sequence_nr:>6}  {e.timestamp.isoformat(timespec='milliseconds')}"
+                        f"  {e.event!r}  tags={tags}"
+                    )
                 return
             final = None
-            async for step in ins.replay_states(journal, None, agg, args.id, args.to_seq,
-                                                snapshots=snaps):
+            async for step in ins.replay_states(
+                journal, None, agg, args.id, args.to_seq, snapshots=snaps
+            ):
                 if step.is_origin:
-                    origin = (f"the snapshot at {step.sequence_nr}" if step.from_snapshot
-                              else "the initial state")
-                    print(f"replaying {agg.persistence_id(args.id)} from {origin}: "
-                          f"{step.state_after!r}")
+                    origin = (
+                        f"the snapshot at {step.sequence_nr}"
+                        if step.from_snapshot
+                        else "the initial state"
+                    )
+                    print(
+                        f"replaying {agg.persistence_id(args.id)} from {origin}: "
+                        f"{step.state_after!r}"
+                    )
                 else:
                     print(f"{step.sequence_nr:>6}  {step.event!r}")
                     for line in step.diff or ("(no change)",):
@@ -311,16 +359,24 @@ def _state(args: argparse.Namespace) -> int:
         try:
             coordinator = get_coordinator(args.system, namespace=args.namespace)
         except ValueError:
-            raise ConfigError(f"no raysource system {args.system} is running on this Ray "
-                              f"cluster (namespace {args.namespace!r})") from None
+            raise ConfigError(
+                f"no raysource system {args.system} is running on this Ray "
+                f"cluster (namespace {args.namespace!r})"
+            ) from None
         counts = ray.get(coordinator.shard_counts.remote(), timeout=30)
         if agg.name not in counts:
-            raise ConfigError(f"aggregate type {agg.name!r} is not registered in system "
-                              f"{args.system} (registered: {', '.join(sorted(counts)) or 'none'})")
+            raise ConfigError(
+                f"aggregate type {agg.name!r} is not registered in system "
+                f"{args.system} (registered: {', '.join(sorted(counts)) or 'none'})"
+            )
         # the running system's shard count wins (e.g. the demo runs SHOW with fewer shards)
         agg = replace(agg, number_of_shards=counts[agg.name])
-        system = System.start(args.system, store=StoreSpec.for_cassandra(config), types=[agg],
-                              namespace=args.namespace)
+        system = System.start(
+            args.system,
+            store=StoreSpec.for_cassandra(config),
+            types=[agg],
+            namespace=args.namespace,
+        )
         state = system.entity(agg, args.id).state(timeout=args.timeout)
     finally:
         ray.shutdown()
@@ -366,16 +422,18 @@ def _projection_op(args: argparse.Namespace) -> int:
     from raysource.readside.projections import offset_from_str
     from raysource.runtime.actors.cluster import connect_ray
 
-    spec = _load_spec(args.spec) if args.action in ("verify", "set-offset") or not args.name \
-        else None
+    spec = (
+        _load_spec(args.spec) if args.action in ("verify", "set-offset") or not args.name else None
+    )
     name = args.name or _required(spec).name
     if spec is not None and spec.name != name:
         raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r}")
     if args.action in ("retry", "skip") and not args.pid:
-        raise ConfigError(f"projection {args.action} needs --pid PERSISTENCE_ID (see "
-                          "`raysource projection parked`)")
-    target = offset_from_str(args.to) if args.action == "set-offset" and args.to != "end" \
-        else None
+        raise ConfigError(
+            f"projection {args.action} needs --pid PERSISTENCE_ID (see "
+            "`raysource projection parked`)"
+        )
+    target = offset_from_str(args.to) if args.action == "set-offset" and args.to != "end" else None
     config = _config(args, connect_timeout=5.0)
     if args.action == "verify":
         from raysource.readside.verify import verify_cassandra
@@ -388,8 +446,10 @@ def _projection_op(args: argparse.Namespace) -> int:
     if args.action == "parked":
         parked = asyncio.run(Projections(config).parked(name))
         for p in parked:
-            print(f"{name} {p['worker']}: {p['persistence_id']} parked at "
-                  f"#{p['sequence_nr']}: {p['error']}")
+            print(
+                f"{name} {p['worker']}: {p['persistence_id']} parked at "
+                f"#{p['sequence_nr']}: {p['error']}"
+            )
         print(f"{len(parked)} parked aggregate stream(s)")
         return 0
     connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
@@ -434,8 +494,10 @@ def _projection(args: argparse.Namespace) -> int:
     spec = _load_spec(args.spec) if args.action in ("start", "reset") or not args.name else None
     name = args.name or _required(spec).name
     if spec is not None and spec.name != name:
-        raise ConfigError(f"--spec names projection {spec.name!r}, not {name!r} (leave the name "
-                          "out to use the spec's)")
+        raise ConfigError(
+            f"--spec names projection {spec.name!r}, not {name!r} (leave the name "
+            "out to use the spec's)"
+        )
     target = offset_from_str(args.to) if args.action == "reset" else None
     config = _config(args, connect_timeout=5.0)
     connect_ray(args.address or "auto", quiet=True, namespace=args.namespace)
@@ -454,16 +516,23 @@ def _projection(args: argparse.Namespace) -> int:
 
     statuses = asyncio.run(run())
     if not statuses:
-        raise ConfigError(f"no projection {name!r} on this cluster: no live workers and no "
-                          f"stored offsets in keyspace {config.keyspace!r}")
+        raise ConfigError(
+            f"no projection {name!r} on this cluster: no live workers and no "
+            f"stored offsets in keyspace {config.keyspace!r}"
+        )
     for st in statuses:
-        lag = (f"lag {st['lag_events']} events / {st['lag_seconds']:.1f} s"
-               if st.get("lag_events") is not None else "lag ?")
+        lag = (
+            f"lag {st['lag_events']} events / {st['lag_seconds']:.1f} s"
+            if st.get("lag_events") is not None
+            else "lag ?"
+        )
         err = f"  error: {st['error']}" if st.get("error") else ""
         parked = st.get("parked") or []
         park = f"  parked {len(parked)} aggregate(s)" if parked else ""
-        print(f"{st['projection']} {st['worker']}: {st['state']}  offset {st['offset']}  "
-              f"{lag}{park}{err}")
+        print(
+            f"{st['projection']} {st['worker']}: {st['state']}  offset {st['offset']}  "
+            f"{lag}{park}{err}"
+        )
         for p in parked:
             print(f"  parked {p['persistence_id']} at #{p['sequence_nr']}: {p['error']}")
     return 0
@@ -495,136 +564,239 @@ def build_parser() -> argparse.ArgumentParser:
 
     cas = sub.add_parser("cassandra", help="start, stop or check the local Cassandra node")
     cas.add_argument("action", choices=["start", "stop", "status"])
-    cas.add_argument("--port", type=_port, default=None,
-                     help="CQL port (default 9042 or a free one)")
-    cas.add_argument("--keep-data", action="store_true",
-                     help="start on the node's existing data (default: a fresh, empty node)")
-    cas.add_argument("--auth", action="store_true",
-                     help="PasswordAuthenticator; a 'raysource' role with a random password in "
-                          "a 0600 file (printed: the variables naming it)")
-    cas.add_argument("--tls", action="store_true",
-                     help="client-to-node TLS only, with a private CA (openssl)")
+    cas.add_argument(
+        "--port", type=_port, default=None, help="CQL port (default 9042 or a free one)"
+    )
+    cas.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="start on the node's existing data (default: a fresh, empty node)",
+    )
+    cas.add_argument(
+        "--auth",
+        action="store_true",
+        help="PasswordAuthenticator; a 'raysource' role with a random password in "
+        "a 0600 file (printed: the variables naming it)",
+    )
+    cas.add_argument(
+        "--tls", action="store_true", help="client-to-node TLS only, with a private CA (openssl)"
+    )
     cas.set_defaults(func=_cassandra)
 
-    schema = sub.add_parser("schema", help="print the production CQL schema for operators "
-                                           "(or 'migrate': convert a pre-epoch keyspace)")
+    schema = sub.add_parser(
+        "schema",
+        help="print the production CQL schema for operators "
+        "(or 'migrate': convert a pre-epoch keyspace)",
+    )
     schema.add_argument("action", nargs="?", choices=["migrate"], default=None)
-    schema.add_argument("--cassandra", type=_contact, default=None,
-                        help="host:port (migrate; default RAYSOURCE_CASSANDRA or 127.0.0.1)")
+    schema.add_argument(
+        "--cassandra",
+        type=_contact,
+        default=None,
+        help="host:port (migrate; default RAYSOURCE_CASSANDRA or 127.0.0.1)",
+    )
     schema.add_argument("--keyspace", default="raysource")
     schema.add_argument("--rf", type=_count, default=3, help="SimpleStrategy replication factor")
-    schema.add_argument("--dc", action="append", default=[],
-                        help="DC:RF for NetworkTopologyStrategy (repeatable)")
+    schema.add_argument(
+        "--dc", action="append", default=[], help="DC:RF for NetworkTopologyStrategy (repeatable)"
+    )
     schema.set_defaults(func=_schema)
 
     demo = sub.add_parser("demo", help="run the main job on local Ray with a local Cassandra")
     demo.add_argument("--seconds", type=_positive, default=20.0, help="how long to drive load")
-    demo.add_argument("--cassandra", type=_contact, default=None,
-                      help="host:port of an existing Cassandra")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="leave the Cassandra node it started running")
+    demo.add_argument(
+        "--cassandra", type=_contact, default=None, help="host:port of an existing Cassandra"
+    )
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the Cassandra node it started running"
+    )
     demo.set_defaults(func=_demo)
 
-    lt = sub.add_parser("loadtest", help="drive a workload from Ray actor clients; summary, "
-                                         "consistency check, JSON + PNG report")
+    lt = sub.add_parser(
+        "loadtest",
+        help="drive a workload from Ray actor clients; summary, "
+        "consistency check, JSON + PNG report",
+    )
     lt.add_argument("--workload", choices=["seats", "ledger"], default="seats")
     lt.add_argument("--entities", type=_count, default=200, help="shows / ledgers (default 200)")
     lt.add_argument("--clients", type=_count, default=2, help="load client actors (default 2)")
     amount = lt.add_mutually_exclusive_group()
-    amount.add_argument("--duration", type=_positive, default=None,
-                        help="seconds of load (default 10)")
-    amount.add_argument("--commands", type=_count, default=None,
-                        help="total commands over all clients (instead of --duration)")
-    lt.add_argument("--placement", choices=["dedicated", "hosted"], default="hosted",
-                    help="one Ray actor per aggregate, or many per shard actor (default)")
-    lt.add_argument("--shards", type=_count, default=None,
-                    help="override the type's number of shards (hosted: actors)")
-    lt.add_argument("--snapshot-every", type=_nonneg, default=None,
-                    help="snapshot every N events (0: never; default: the type's policy)")
-    lt.add_argument("--guard", choices=["on", "off"], default="on",
-                    help="the journal's single-writer fencing (conditional writes)")
-    lt.add_argument("--window", type=_count, default=8,
-                    help="commands each client keeps in flight (default 8)")
-    lt.add_argument("--via", choices=["refs", "http", "both"], default="refs",
-                    help="send through entity references (default), through the HTTP seat "
-                         "service, or both one after the other (side-by-side figures)")
-    lt.add_argument("--replicas", type=_count, default=1,
-                    help="Ray Serve replicas of the seat service (--via http|both)")
-    lt.add_argument("--http-port", type=_nonneg, default=0,
-                    help="the service's HTTP port (default: a free one)")
+    amount.add_argument(
+        "--duration", type=_positive, default=None, help="seconds of load (default 10)"
+    )
+    amount.add_argument(
+        "--commands",
+        type=_count,
+        default=None,
+        help="total commands over all clients (instead of --duration)",
+    )
+    lt.add_argument(
+        "--placement",
+        choices=["dedicated", "hosted"],
+        default="hosted",
+        help="one Ray actor per aggregate, or many per shard actor (default)",
+    )
+    lt.add_argument(
+        "--shards",
+        type=_count,
+        default=None,
+        help="override the type's number of shards (hosted: actors)",
+    )
+    lt.add_argument(
+        "--snapshot-every",
+        type=_nonneg,
+        default=None,
+        help="snapshot every N events (0: never; default: the type's policy)",
+    )
+    lt.add_argument(
+        "--guard",
+        choices=["on", "off"],
+        default="on",
+        help="the journal's single-writer fencing (conditional writes)",
+    )
+    lt.add_argument(
+        "--window", type=_count, default=8, help="commands each client keeps in flight (default 8)"
+    )
+    lt.add_argument(
+        "--via",
+        choices=["refs", "http", "both"],
+        default="refs",
+        help="send through entity references (default), through the HTTP seat "
+        "service, or both one after the other (side-by-side figures)",
+    )
+    lt.add_argument(
+        "--replicas",
+        type=_count,
+        default=1,
+        help="Ray Serve replicas of the seat service (--via http|both)",
+    )
+    lt.add_argument(
+        "--http-port", type=_nonneg, default=0, help="the service's HTTP port (default: a free one)"
+    )
     lt.add_argument("--address", default=None, help="Ray address (default: start local Ray)")
-    lt.add_argument("--cassandra", type=_contact, default=None,
-                    help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
-                         "Docker, else a node started from the Maven jars)")
+    lt.add_argument(
+        "--cassandra",
+        type=_contact,
+        default=None,
+        help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
+        "Docker, else a node started from the Maven jars)",
+    )
     lt.add_argument("--keyspace", default="raysource")
     lt.add_argument("--results", default="results", help="results folder (default results/)")
-    lt.add_argument("--keep-running", action="store_true",
-                    help="leave a Cassandra node it started running")
+    lt.add_argument(
+        "--keep-running", action="store_true", help="leave a Cassandra node it started running"
+    )
     lt.set_defaults(func=_loadtest)
 
-    srv = sub.add_parser("serve", help="the seat service over HTTP (Ray Serve + FastAPI, "
-                                       "OpenAPI at /docs) with its system and view")
+    srv = sub.add_parser(
+        "serve",
+        help="the seat service over HTTP (Ray Serve + FastAPI, "
+        "OpenAPI at /docs) with its system and view",
+    )
     srv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1)")
     srv.add_argument("--port", type=_port, default=8000, help="HTTP port (default 8000)")
     srv.add_argument("--replicas", type=_count, default=1, help="Serve replicas (default 1)")
     srv.add_argument("--system", default="seats", help="the system's name (default seats)")
-    srv.add_argument("--seconds", type=_positive, default=None,
-                     help="serve this long, then stop (default: until Ctrl-C)")
-    srv.add_argument("--demo", action="store_true",
-                     help="call every endpoint once, print the answers, and exit")
-    srv.add_argument("--cassandra", type=_contact, default=None,
-                     help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
-                          "Docker, else a node started from the Maven jars)")
+    srv.add_argument(
+        "--seconds",
+        type=_positive,
+        default=None,
+        help="serve this long, then stop (default: until Ctrl-C)",
+    )
+    srv.add_argument(
+        "--demo", action="store_true", help="call every endpoint once, print the answers, and exit"
+    )
+    srv.add_argument(
+        "--cassandra",
+        type=_contact,
+        default=None,
+        help="host:port (default: $RAYSOURCE_CASSANDRA, a running local node, "
+        "Docker, else a node started from the Maven jars)",
+    )
     srv.add_argument("--keyspace", default="raysource")
     srv.add_argument("--address", default=None, help="Ray address (default: start local Ray)")
     srv.add_argument("--namespace", default="raysource", help="Ray namespace of the system")
-    srv.add_argument("--keep-running", action="store_true",
-                     help="leave a Cassandra node it started running")
+    srv.add_argument(
+        "--keep-running", action="store_true", help="leave a Cassandra node it started running"
+    )
     srv.set_defaults(func=_serve)
 
     common = _Parser(add_help=False)
     common.add_argument("type", help="aggregate type name (e.g. show)")
     common.add_argument("id", help="entity id")
-    common.add_argument("--cassandra", type=_contact, default=None,
-                        help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
+    common.add_argument(
+        "--cassandra",
+        type=_contact,
+        default=None,
+        help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)",
+    )
     common.add_argument("--keyspace", default="raysource")
-    common.add_argument("--app", default="raysource.examples.seats:SHOW",
-                        help="module:ATTR naming the application's AggregateType(s)")
-    events = sub.add_parser("events", parents=[common],
-                            help="print an aggregate's decoded event log (read-only)")
+    common.add_argument(
+        "--app",
+        default="raysource.examples.seats:SHOW",
+        help="module:ATTR naming the application's AggregateType(s)",
+    )
+    events = sub.add_parser(
+        "events", parents=[common], help="print an aggregate's decoded event log (read-only)"
+    )
     events.add_argument("--from", dest="from_seq", type=_count, default=1)
     events.add_argument("--to", dest="to_seq", type=_count, default=None)
     events.set_defaults(func=_inspect)
-    replay = sub.add_parser("replay", parents=[common],
-                            help="rebuild an aggregate's state event by event, with diffs "
-                                 "(read-only; the live aggregate is not activated)")
-    replay.add_argument("--to", dest="to_seq", type=_count, default=None,
-                        help="stop at this sequence number (default: the last event)")
-    replay.add_argument("--snapshot", action="store_true",
-                        help="start from the newest snapshot at or below --to")
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="rebuild an aggregate's state event by event, with diffs "
+        "(read-only; the live aggregate is not activated)",
+    )
+    replay.add_argument(
+        "--to",
+        dest="to_seq",
+        type=_count,
+        default=None,
+        help="stop at this sequence number (default: the last event)",
+    )
+    replay.add_argument(
+        "--snapshot", action="store_true", help="start from the newest snapshot at or below --to"
+    )
     replay.set_defaults(func=_inspect)
 
-    state = sub.add_parser("state", parents=[common],
-                           help="ask the live aggregate of a running system for its current "
-                                "state (read-only; activates it if needed)")
+    state = sub.add_parser(
+        "state",
+        parents=[common],
+        help="ask the live aggregate of a running system for its current "
+        "state (read-only; activates it if needed)",
+    )
     state.add_argument("--system", required=True, help="the running system's name")
     state.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
     state.add_argument("--namespace", default="raysource", help="Ray namespace of the system")
     state.add_argument("--timeout", type=_positive, default=30.0, help="seconds to wait")
     state.set_defaults(func=_state)
 
-    proj = sub.add_parser("projection", help="start/stop/pause/resume/reset/status a read-side "
-                                             "projection on a running Ray cluster")
-    proj.add_argument("action", choices=["start", "stop", "pause", "resume", "reset", "status",
-                                         *_READSIDE_OPS])
+    proj = sub.add_parser(
+        "projection",
+        help="start/stop/pause/resume/reset/status a read-side projection on a running Ray cluster",
+    )
+    proj.add_argument(
+        "action", choices=["start", "stop", "pause", "resume", "reset", "status", *_READSIDE_OPS]
+    )
     proj.add_argument("name", nargs="?", default=None, help="projection name (default: --spec's)")
-    proj.add_argument("--spec", default="raysource.examples.reservations_view:RESERVATIONS",
-                      help="module:ATTR of a ProjectionSpec (or a function returning one)")
-    proj.add_argument("--to", default="start", help="reset/set-offset target: 'start' or "
-                                                    "TS_US:SEQ:PID ('end' for set-offset)")
+    proj.add_argument(
+        "--spec",
+        default="raysource.examples.reservations_view:RESERVATIONS",
+        help="module:ATTR of a ProjectionSpec (or a function returning one)",
+    )
+    proj.add_argument(
+        "--to",
+        default="start",
+        help="reset/set-offset target: 'start' or TS_US:SEQ:PID ('end' for set-offset)",
+    )
     proj.add_argument("--pid", default=None, help="retry/skip: the parked persistence id")
-    proj.add_argument("--cassandra", type=_contact, default=None,
-                      help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
+    proj.add_argument(
+        "--cassandra",
+        type=_contact,
+        default=None,
+        help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)",
+    )
     proj.add_argument("--keyspace", default="raysource")
     proj.add_argument("--address", default="auto", help="Ray cluster address")
     proj.add_argument("--namespace", default="raysource", help="Ray namespace of the workers")
@@ -633,8 +805,12 @@ def build_parser() -> argparse.ArgumentParser:
     view = sub.add_parser("view", help="query a read-side view")
     view.add_argument("view", choices=["reservations"])
     view.add_argument("customer")
-    view.add_argument("--cassandra", type=_contact, default=None,
-                      help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)")
+    view.add_argument(
+        "--cassandra",
+        type=_contact,
+        default=None,
+        help="host:port (default: $RAYSOURCE_CASSANDRA, else the local node)",
+    )
     view.add_argument("--keyspace", default="raysource")
     view.set_defaults(func=_view)
     return parser

@@ -63,8 +63,11 @@ class ConsistencyReport:
             f"  journal replay == live state  {self.replay_equal}/{n}",
             f"  {self.count_rule}  "
             f"{self.counts_equal}/{n - len(self.skipped_counts)}"
-            + (f"  ({len(self.skipped_counts)} skipped: unknown outcomes)"
-               if self.skipped_counts else ""),
+            + (
+                f"  ({len(self.skipped_counts)} skipped: unknown outcomes)"
+                if self.skipped_counts
+                else ""
+            ),
         ]
         if self.count_rule.startswith("reserved"):
             out.append(f"  double bookings in the journal  {self.double_bookings}")
@@ -72,8 +75,9 @@ class ConsistencyReport:
         return out
 
 
-def pick_sample(workload: Workload, tallies: dict[str, dict[str, int]], size: int,
-                seed: int = 0) -> list[str]:
+def pick_sample(
+    workload: Workload, tallies: dict[str, dict[str, int]], size: int, seed: int = 0
+) -> list[str]:
     """The hottest ``size // 2`` entities plus random others that received commands."""
     touched = [eid for eid in workload.entity_ids() if eid in tallies]
     hot = touched[: max(1, size // 2)]
@@ -96,8 +100,9 @@ def _same(workload: Workload, replayed: Any, live: Any) -> bool:
     return replayed == live if workload.name == "seats" else replayed.balance == live
 
 
-async def _replay(config: CassandraConfig, workload: Workload, ids: list[str]
-                  ) -> dict[str, tuple[Any, int, int]]:
+async def _replay(
+    config: CassandraConfig, workload: Workload, ids: list[str]
+) -> dict[str, tuple[Any, int, int]]:
     """entity id -> (folded state, events, double bookings seen while folding)."""
     agg = workload.aggregate_type
     ser = Serialization()
@@ -109,8 +114,13 @@ async def _replay(config: CassandraConfig, workload: Workload, ids: list[str]
             pid = agg.persistence_id(eid)
             state, n, doubles = agg.initial_state, 0, 0
             async for stored in journal.replay(pid):
-                event = ser.decode(stored.serializer_id, stored.manifest, stored.payload,
-                                   persistence_id=pid, sequence_nr=stored.sequence_nr)
+                event = ser.decode(
+                    stored.serializer_id,
+                    stored.manifest,
+                    stored.payload,
+                    persistence_id=pid,
+                    sequence_nr=stored.sequence_nr,
+                )
                 if isinstance(event, SeatReserved) and event.seat in state.reservations:
                     doubles += 1
                 state = agg.apply(state, [event])
@@ -121,16 +131,20 @@ async def _replay(config: CassandraConfig, workload: Workload, ids: list[str]
     return out
 
 
-def check(system: System, config: CassandraConfig, workload: Workload,
-          tallies: dict[str, dict[str, int]], sample: list[str]) -> ConsistencyReport:
+def check(
+    system: System,
+    config: CassandraConfig,
+    workload: Workload,
+    tallies: dict[str, dict[str, int]],
+    sample: list[str],
+) -> ConsistencyReport:
     """Run the checks of the module docstring on ``sample`` (``tallies``: merged accepted
     counts per entity and kind, ``"error"`` for unknown outcomes)."""
     report = ConsistencyReport(sampled=list(sample))
     if workload.name != "seats":
         report.count_rule = "balance == accepted appends"
     agg = workload.aggregate_type
-    live = {eid: system.entity(agg, eid).ask(live_query(workload), timeout=30.0)
-            for eid in sample}
+    live = {eid: system.entity(agg, eid).ask(live_query(workload), timeout=30.0) for eid in sample}
     replayed = asyncio.run(_replay(config, workload, sample))
     for eid in sample:
         state, n, doubles = replayed[eid]

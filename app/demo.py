@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raysource.app.demo_holds import HoldCheck
-from raysource.app.loadtest import LoadExtension, LoadTestParams, Say, run_standalone
+from raysource.app.loadtest import LoadExtension, LoadTestParams, Say
+from raysource.app.standalone import run_standalone
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.sharding.system import System
 
@@ -39,9 +40,16 @@ __all__ = ["DEMO_PARAMS", "DemoResult", "ReadSideCheck", "run_demo"]
 # 8 shards, not the type's 32: a hosted shard is one Ray actor process (~0.5 s, ~40 MB to
 # start), and the demo targets a 2-core laptop finishing in about a minute. A 1 s tag
 # visibility delay (5 s by default) lets the view catch up right after the load.
-DEMO_PARAMS = LoadTestParams(workload="seats", entities=200, clients=2, duration_s=20.0,
-                             placement="hosted", shards=8, window=8,
-                             eventual_consistency_delay=1.0)
+DEMO_PARAMS = LoadTestParams(
+    workload="seats",
+    entities=200,
+    clients=2,
+    duration_s=20.0,
+    placement="hosted",
+    shards=8,
+    window=8,
+    eventual_consistency_delay=1.0,
+)
 
 
 @dataclass
@@ -64,8 +72,7 @@ class ReadSideCheck:
     problems: list[str] = field(default_factory=list)
     _control: Any = None
 
-    def before_load(self, system: System, config: CassandraConfig, workload: Any,
-                    say: Say) -> None:
+    def before_load(self, system: System, config: CassandraConfig, workload: Any, say: Say) -> None:
         """Start the projection on the demo's keyspace (it follows the tag from its stored
         offset)."""
         from raysource.examples.reservations_view import reservations_projection
@@ -76,11 +83,19 @@ class ReadSideCheck:
         t0 = time.perf_counter()
         self._control = Projections(config)
         asyncio.run(self._control.start(spec))
-        say(f"read side: projection {spec.name} started in {time.perf_counter() - t0:.1f} s "
-            f"(tag {spec.tag!r}, visibility delay {config.eventual_consistency_delay:g} s)")
+        say(
+            f"read side: projection {spec.name} started in {time.perf_counter() - t0:.1f} s "
+            f"(tag {spec.tag!r}, visibility delay {config.eventual_consistency_delay:g} s)"
+        )
 
-    def after_load(self, system: System, config: CassandraConfig, workload: Any,
-                   tallies: dict[str, dict[str, int]], say: Say) -> None:
+    def after_load(
+        self,
+        system: System,
+        config: CassandraConfig,
+        workload: Any,
+        tallies: dict[str, dict[str, int]],
+        say: Say,
+    ) -> None:
         """Wait for lag 0, then compare the view with the live state (see the class)."""
         if self._control is None:
             return
@@ -100,15 +115,16 @@ class ReadSideCheck:
                 break
             if waited - last_line >= 2.0:
                 last_line = waited
-                say(f"  [{waited:4.1f} s] read side: projection lag "
-                    f"{'?' if lag is None else f'{lag:,}'} events")
+                say(
+                    f"  [{waited:4.1f} s] read side: projection lag "
+                    f"{'?' if lag is None else f'{lag:,}'} events"
+                )
             time.sleep(0.25)
         self.final_lag = self._lag()
         agg = workload.aggregate_type
         shows = [eid for eid in workload.entity_ids() if eid in tallies]
         with ThreadPoolExecutor(16) as pool:
-            states = list(pool.map(lambda eid: system.entity(agg, eid).state(timeout=30.0),
-                                   shows))
+            states = list(pool.map(lambda eid: system.entity(agg, eid).state(timeout=30.0), shows))
         expected: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for show, state in zip(shows, states):
             for seat, customer in state.reservations.items():
@@ -129,8 +145,9 @@ class ReadSideCheck:
                 self.matched += 1
             else:
                 self.problems.append(f"{customer}: view {got} != live state {want}")
-        self.ok = (self.caught_up and not self.problems and bool(self.sampled)
-                   and self.final_lag == 0)
+        self.ok = (
+            self.caught_up and not self.problems and bool(self.sampled) and self.final_lag == 0
+        )
 
     def close(self, say: Say) -> None:
         """Stop the projection (its offset stays stored)."""
@@ -157,8 +174,11 @@ class ReadSideCheck:
         if not self.projection:
             return ["read-side check not run"]
         lag = "?" if self.final_lag is None else f"{self.final_lag:,}"
-        caught = (f"caught up {self.catch_up_s:.1f} s after the load" if self.caught_up
-                  else f"NOT caught up within {self.catch_up_timeout_s:g} s")
+        caught = (
+            f"caught up {self.catch_up_s:.1f} s after the load"
+            if self.caught_up
+            else f"NOT caught up within {self.catch_up_timeout_s:g} s"
+        )
         out = [
             f"read side: projection {self.projection} {caught}, final lag {lag} events",
             f"read-side check {'PASSED' if self.ok else 'FAILED'} on {len(self.sampled)} sampled "
@@ -169,8 +189,9 @@ class ReadSideCheck:
         return out
 
 
-async def _view_rows(config: CassandraConfig, customers: list[str]
-                     ) -> dict[str, list[tuple[str, str]]]:
+async def _view_rows(
+    config: CassandraConfig, customers: list[str]
+) -> dict[str, list[tuple[str, str]]]:
     from raysource.examples.reservations_view import reservations_of
     from raysource.journal.cassandra.session import CassandraSession
 
@@ -219,18 +240,30 @@ class DemoResult:
         return self.read_side.ok
 
 
-def run_demo(seconds: float = 20.0, contact: str | None = None, keep: bool = False, *,
-             keyspace: str | None = None, results_dir: str | None = None,
-             say: Say = print) -> DemoResult:
+def run_demo(
+    seconds: float = 20.0,
+    contact: str | None = None,
+    keep: bool = False,
+    *,
+    keyspace: str | None = None,
+    results_dir: str | None = None,
+    say: Say = print,
+) -> DemoResult:
     """Run the demo for ``seconds`` of load (``keyspace``/``results_dir`` override the
     defaults, e.g. in tests)."""
-    params = replace(DEMO_PARAMS, duration_s=seconds,
-                     keyspace=keyspace or DEMO_PARAMS.keyspace,
-                     results_dir=results_dir or DEMO_PARAMS.results_dir)
-    say(f"raysource demo: seat reservations, {params.entities} shows, "
-        f"{params.clients} clients, {seconds:g} s of load, read side: reservations by customer")
+    params = replace(
+        DEMO_PARAMS,
+        duration_s=seconds,
+        keyspace=keyspace or DEMO_PARAMS.keyspace,
+        results_dir=results_dir or DEMO_PARAMS.results_dir,
+    )
+    say(
+        f"raysource demo: seat reservations, {params.entities} shows, "
+        f"{params.clients} clients, {seconds:g} s of load, read side: reservations by customer"
+    )
     read_side, holds = ReadSideCheck(), HoldCheck()
-    code = run_standalone(params, contact=contact, keep=keep, say=say,
-                          extension=_Checks([read_side, holds]))
+    code = run_standalone(
+        params, contact=contact, keep=keep, say=say, extension=_Checks([read_side, holds])
+    )
     sys.stdout.flush()
     return DemoResult(code, read_side, holds)

@@ -42,8 +42,7 @@ class HoldCheck:
     timers: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def before_load(self, system: System, config: CassandraConfig, workload: Any,
-                    say: Say) -> None:
+    def before_load(self, system: System, config: CassandraConfig, workload: Any, say: Say) -> None:
         run = uuid.uuid4().hex[:6]
         self.show_ids = [f"holds-{run}-{i}" for i in range(self.shows)]
         self.held_at = time.monotonic()
@@ -53,12 +52,20 @@ class HoldCheck:
                 show.ask(HoldSeat(seat, f"holder-{seat}", self.hold_s), timeout=30.0)
             for seat in _CONFIRMED:
                 show.ask(ConfirmHold(seat, f"holder-{seat}"), timeout=30.0)
-        say(f"durable timers: {len(_SEATS) * self.shows} seats held for {self.hold_s:g} s on "
+        say(
+            f"durable timers: {len(_SEATS) * self.shows} seats held for {self.hold_s:g} s on "
             f"{self.shows} shows, {len(_CONFIRMED) * self.shows} confirmed; the rest are "
-            f"released by their timers")
+            f"released by their timers"
+        )
 
-    def after_load(self, system: System, config: CassandraConfig, workload: Any,
-                   tallies: dict[str, dict[str, int]], say: Say) -> None:
+    def after_load(
+        self,
+        system: System,
+        config: CassandraConfig,
+        workload: Any,
+        tallies: dict[str, dict[str, int]],
+        say: Say,
+    ) -> None:
         deadline = self.held_at + self.hold_s + self.release_timeout_s
         while True:
             states = [system.entity(SHOW, sid).state(timeout=30.0) for sid in self.show_ids]
@@ -73,8 +80,13 @@ class HoldCheck:
             if state.reservations != want:
                 self.problems.append(f"{sid}: reservations {state.reservations} != {want}")
             self.confirmed += len(set(state.reservations) & set(_CONFIRMED))
-            self.released += len([s for s in _SEATS if s not in _CONFIRMED
-                                  and s not in state.holds and s not in state.reservations])
+            self.released += len(
+                [
+                    s
+                    for s in _SEATS
+                    if s not in _CONFIRMED and s not in state.holds and s not in state.reservations
+                ]
+            )
         try:
             self.timers = system.timer_info()
         except Exception as exc:  # noqa: BLE001 - diagnostics only
@@ -90,9 +102,11 @@ class HoldCheck:
         fired = sum(t.get("fired", 0) for t in self.timers)
         p50 = max((t.get("lateness_ms", {}).get("p50") or 0 for t in self.timers), default=0)
         p99 = max((t.get("lateness_ms", {}).get("p99") or 0 for t in self.timers), default=0)
-        out = [f"durable-timer check {'PASSED' if self.ok else 'FAILED'}: "
-               f"{self.released} holds released by their timers, {self.confirmed} confirmed "
-               f"(reserved), checked {self.waited_s or 0:.1f} s after holding; timer services "
-               f"fired {fired}, lateness p50 {p50} ms, p99 {p99} ms"]
+        out = [
+            f"durable-timer check {'PASSED' if self.ok else 'FAILED'}: "
+            f"{self.released} holds released by their timers, {self.confirmed} confirmed "
+            f"(reserved), checked {self.waited_s or 0:.1f} s after holding; timer services "
+            f"fired {fired}, lateness p50 {p50} ms, p99 {p99} ms"
+        ]
         out += [f"  problem: {p}" for p in self.problems[:10]]
         return out

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from raysource.journal.errors import ConfigError, RaysourceError
 
-__all__ = ["UnknownAggregateTypeError", "UnknownEntityError", "InvalidRangeError",
-           "CassandraNodeError"]
+__all__ = [
+    "UnknownAggregateTypeError",
+    "UnknownEntityError",
+    "InvalidRangeError",
+    "CassandraNodeError",
+]
 
 
 class UnknownAggregateTypeError(ConfigError):

@@ -111,9 +111,7 @@ def resolve_type(name: str, types: Iterable[AggregateType]) -> AggregateType:
         if agg.name == name:
             return agg
     names = ", ".join(sorted(a.name for a in known)) or "none"
-    raise UnknownAggregateTypeError(
-        f"unknown aggregate type {name!r}; known types: {names}"
-    )
+    raise UnknownAggregateTypeError(f"unknown aggregate type {name!r}; known types: {names}")
 
 
 def load_app(spec: str = DEFAULT_APP) -> tuple[AggregateType, ...]:
@@ -134,9 +132,7 @@ def load_app(spec: str = DEFAULT_APP) -> tuple[AggregateType, ...]:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(
-            f"cannot import the application module {module_name!r}: {exc}"
-        ) from exc
+        raise ConfigError(f"cannot import the application module {module_name!r}: {exc}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -157,8 +153,11 @@ def load_app(spec: str = DEFAULT_APP) -> tuple[AggregateType, ...]:
 # --------------------------------------------------------------------------- reading
 
 
-async def open_readonly(config: CassandraConfig, *, snapshots: bool = False,
-                        ) -> tuple[Journal, SnapshotStore | None]:
+async def open_readonly(
+    config: CassandraConfig,
+    *,
+    snapshots: bool = False,
+) -> tuple[Journal, SnapshotStore | None]:
     """Connect a Cassandra journal (and snapshot store if ``snapshots``) for reading only.
 
     Never creates a keyspace or table. Raises :class:`JournalUnavailableError` when Cassandra
@@ -195,8 +194,13 @@ def _serialization(serialization: Serialization | None, agg: AggregateType) -> S
 
 
 def _decode(ser: Serialization, stored: StoredEvent) -> Any:
-    return ser.decode(stored.serializer_id, stored.manifest, stored.payload,
-                      persistence_id=stored.persistence_id, sequence_nr=stored.sequence_nr)
+    return ser.decode(
+        stored.serializer_id,
+        stored.manifest,
+        stored.payload,
+        persistence_id=stored.persistence_id,
+        sequence_nr=stored.sequence_nr,
+    )
 
 
 async def _highest(journal: Journal, agg: AggregateType, entity_id: str) -> tuple[str, int]:
@@ -240,8 +244,14 @@ async def event_log(
             f"--from {from_seq} is beyond the last event of {pid!r} (sequence number {highest})"
         )
     async for stored in journal.replay(pid, from_seq, to_seq):
-        yield LogEntry(stored.sequence_nr, stored.timestamp, stored.manifest,
-                       _decode(ser, stored), stored.tags, stored.writer_id)
+        yield LogEntry(
+            stored.sequence_nr,
+            stored.timestamp,
+            stored.manifest,
+            _decode(ser, stored),
+            stored.tags,
+            stored.writer_id,
+        )
 
 
 async def replay_states(
@@ -299,21 +309,28 @@ async def replay_states(
         event = _decode(ser, stored)
         before, state = state, handler(state, event)
         seq = stored.sequence_nr
-        yield ReplayStep(seq, event, before, state, tuple(diff_states(before, state)),
-                         stored.timestamp)
+        yield ReplayStep(
+            seq, event, before, state, tuple(diff_states(before, state)), stored.timestamp
+        )
     if seq < to_seq:
         raise JournalError(f"{pid!r}: the journal ended at {seq}, expected events up to {to_seq}")
 
 
-async def _load_snapshot(store: SnapshotStore, ser: Serialization, pid: str,
-                         max_seq: int) -> tuple[Any, int] | None:
+async def _load_snapshot(
+    store: SnapshotStore, ser: Serialization, pid: str, max_seq: int
+) -> tuple[Any, int] | None:
     while max_seq >= 1:
         snap = await store.load(pid, max_seq)
         if snap is None:
             return None
         try:
-            return ser.decode(snap.serializer_id, snap.manifest, snap.payload,
-                              persistence_id=pid, sequence_nr=snap.sequence_nr), snap.sequence_nr
+            return ser.decode(
+                snap.serializer_id,
+                snap.manifest,
+                snap.payload,
+                persistence_id=pid,
+                sequence_nr=snap.sequence_nr,
+            ), snap.sequence_nr
         except SerializationError:
             max_seq = snap.sequence_nr - 1
     return None
@@ -371,20 +388,34 @@ def _diff(before: Any, after: Any, path: str, out: list[str], depth: int) -> Non
     if _is_dataclass_instance(before) and type(before) is type(after):
         for f in dataclasses.fields(before):
             sub = f"{path}.{f.name}" if path else f.name
-            _diff(getattr(before, f.name, _MISSING), getattr(after, f.name, _MISSING),
-                  sub, out, depth + 1)
+            _diff(
+                getattr(before, f.name, _MISSING),
+                getattr(after, f.name, _MISSING),
+                sub,
+                out,
+                depth + 1,
+            )
         return
     if isinstance(before, Mapping) and isinstance(after, Mapping):
         keys = list(before) + [k for k in after if k not in before]
         for key in keys:
-            _diff(before.get(key, _MISSING), after.get(key, _MISSING),
-                  f"{path or 'state'}[{key!r}]", out, depth + 1)
+            _diff(
+                before.get(key, _MISSING),
+                after.get(key, _MISSING),
+                f"{path or 'state'}[{key!r}]",
+                out,
+                depth + 1,
+            )
         return
     if isinstance(before, (list, tuple)) and type(before) is type(after):
         for i in range(max(len(before), len(after))):
-            _diff(before[i] if i < len(before) else _MISSING,
-                  after[i] if i < len(after) else _MISSING, f"{path or 'state'}[{i}]", out,
-                  depth + 1)
+            _diff(
+                before[i] if i < len(before) else _MISSING,
+                after[i] if i < len(after) else _MISSING,
+                f"{path or 'state'}[{i}]",
+                out,
+                depth + 1,
+            )
         return
     if isinstance(before, (set, frozenset)) and isinstance(after, (set, frozenset)):
         name = path or "state"

@@ -99,15 +99,24 @@ class _LoadClient:
         agg = s.workload.aggregate_type
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(8) as pool:
-            system = await loop.run_in_executor(pool, lambda: System.start(
-                s.system, store=s.store, types=[agg], namespace=s.namespace,
-                placement={agg.name: s.placement}, host_settings=s.host_settings,
-            ))
+            system = await loop.run_in_executor(
+                pool,
+                lambda: System.start(
+                    s.system,
+                    store=s.store,
+                    types=[agg],
+                    namespace=s.namespace,
+                    placement={agg.name: s.placement},
+                    host_settings=s.host_settings,
+                ),
+            )
             self.refs = {eid: system.entity(agg, eid) for eid in s.workload.entity_ids()}
-            handles = await asyncio.gather(*[
-                loop.run_in_executor(pool, operator.attrgetter("actor"), r)
-                for r in self.refs.values()
-            ])
+            handles = await asyncio.gather(
+                *[
+                    loop.run_in_executor(pool, operator.attrgetter("actor"), r)
+                    for r in self.refs.values()
+                ]
+            )
         # creating an actor returns at once; wait until each host process is up (its stores
         # open and entities recover on their first command, inside the timed run)
         await asyncio.gather(*[h.ping.remote() for h in set(handles)])
@@ -124,10 +133,11 @@ class _LoadClient:
         from raysource.service.seats import http_request
 
         assert self.setup.http_url is not None  # HTTP mode
-        self.http = httpx.AsyncClient(base_url=self.setup.http_url,
-                                      timeout=self.setup.ask_timeout_s,
-                                      limits=httpx.Limits(max_connections=256,
-                                                          max_keepalive_connections=256))
+        self.http = httpx.AsyncClient(
+            base_url=self.setup.http_url,
+            timeout=self.setup.ask_timeout_s,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+        )
         sem = asyncio.Semaphore(16)
 
         async def warm(entity_id: str) -> None:
@@ -156,8 +166,9 @@ class _LoadClient:
         """Completed commands so far: (accepted, rejected, errors)."""
         return self._done[0], self._done[1], self._done[2]
 
-    async def run(self, start_at: float, duration_s: float | None, commands: int | None,
-                  window: int) -> ClientResult:
+    async def run(
+        self, start_at: float, duration_s: float | None, commands: int | None, window: int
+    ) -> ClientResult:
         """Send commands from ``start_at`` (wall clock) until ``duration_s`` has passed or
         ``commands`` were sent, keeping ``window`` in flight; returns the record."""
         source = self.setup.workload.generator(self.index, self.setup.seed)
@@ -196,8 +207,9 @@ class _LoadClient:
             self.http = None
         return res
 
-    def _record(self, entity_id: str, kind: str, outcome: int, latency_ms: float,
-                since_start: float) -> None:
+    def _record(
+        self, entity_id: str, kind: str, outcome: int, latency_ms: float, since_start: float
+    ) -> None:
         res = self.result
         self._done[outcome] += 1
         res.latencies_ms.setdefault(kind, []).append(latency_ms)

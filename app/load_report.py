@@ -26,9 +26,13 @@ def _latency_figures(values: np.ndarray) -> dict[str, float]:
     if values.size == 0:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": round(float(p50), 3), "p95": round(float(p95), 3),
-            "p99": round(float(p99), 3), "max": round(float(values.max()), 3),
-            "mean": round(float(values.mean()), 3)}
+    return {
+        "p50": round(float(p50), 3),
+        "p95": round(float(p95), 3),
+        "p99": round(float(p99), 3),
+        "max": round(float(values.max()), 3),
+        "mean": round(float(values.mean()), 3),
+    }
 
 
 def _histogram(values: np.ndarray) -> dict[str, list[float]]:
@@ -63,8 +67,9 @@ def aggregate(results: Iterable[ClientResult], *, elapsed_s: float) -> dict[str,
             for i, o in enumerate(OUTCOMES):
                 series[o][sec] += in_second[i]
     for kind in by_kind:
-        lat = np.concatenate([np.asarray(r.latencies_ms.get(kind, []), dtype=float)
-                              for r in results])
+        lat = np.concatenate(
+            [np.asarray(r.latencies_ms.get(kind, []), dtype=float) for r in results]
+        )
         by_kind[kind].update(_latency_figures(lat))
         all_lat.append(lat)
     latencies = np.concatenate(all_lat) if all_lat else np.zeros(0)
@@ -82,8 +87,15 @@ def aggregate(results: Iterable[ClientResult], *, elapsed_s: float) -> dict[str,
         "figures": figures,
         "series": {"second": list(range(last_second + 1)), **series},
         "latency_histogram": _histogram(latencies),
-        "clients": [{"index": r.index, "node_id": r.node_id, "sent": r.sent,
-                     "prepare_s": round(r.prepare_s, 3)} for r in results],
+        "clients": [
+            {
+                "index": r.index,
+                "node_id": r.node_id,
+                "sent": r.sent,
+                "prepare_s": round(r.prepare_s, 3),
+            }
+            for r in results
+        ],
         "error_samples": [e for r in results for e in r.error_samples][:10],
     }
 
@@ -107,13 +119,17 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"{'p50 ms':>9}{'p99 ms':>9}",
     ]
     for kind, k in f["by_kind"].items():
-        lines.append(f"{kind:<10}{k['count']:>9,}{k['accepted']:>10,}{k['rejected']:>10,}"
-                     f"{k['errors']:>8,}{k['p50']:>9.1f}{k['p99']:>9.1f}")
+        lines.append(
+            f"{kind:<10}{k['count']:>9,}{k['accepted']:>10,}{k['rejected']:>10,}"
+            f"{k['errors']:>8,}{k['p50']:>9.1f}{k['p99']:>9.1f}"
+        )
     gc = f.get("group_commit")
     if gc and gc.get("writes"):
-        lines.append(f"{'group commit':<22}{gc['commands']:,} commands in {gc['writes']:,} "
-                     f"journal writes ({gc['commands_per_write']:.2f} per write, "
-                     f"{gc['hosts']} host actors)")
+        lines.append(
+            f"{'group commit':<22}{gc['commands']:,} commands in {gc['writes']:,} "
+            f"journal writes ({gc['commands_per_write']:.2f} per write, "
+            f"{gc['hosts']} host actors)"
+        )
     return lines
 
 
@@ -136,16 +152,23 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     s = result["series"]
     x = np.asarray(s["second"], dtype=float)
     bottom = np.zeros_like(x)
-    colors: dict[str, str] = {"accepted": "tab:green", "rejected": "tab:orange",
-                              "errors": "tab:red"}
+    colors: dict[str, str] = {
+        "accepted": "tab:green",
+        "rejected": "tab:orange",
+        "errors": "tab:red",
+    }
     for outcome in OUTCOMES:
         y = np.asarray(s[outcome], dtype=float)
         if y.any():
-            ax1.bar(x, y, bottom=bottom, width=0.9, align="edge", color=colors[outcome],
-                    label=outcome)
+            ax1.bar(
+                x, y, bottom=bottom, width=0.9, align="edge", color=colors[outcome], label=outcome
+            )
         bottom = bottom + y
-    ax1.set(title="throughput (commands completed per second)", xlabel="second of the run",
-            ylabel="commands/s")
+    ax1.set(
+        title="throughput (commands completed per second)",
+        xlabel="second of the run",
+        ylabel="commands/s",
+    )
     ax1.legend(loc="best")
     h = result["latency_histogram"]
     if h["counts"]:
@@ -154,15 +177,16 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ax2.set_xscale("log")
         lat = result["figures"]["latency_ms"]
         for name, ls in (("p50", "-"), ("p95", "--"), ("p99", ":")):
-            ax2.axvline(lat[name], color="black", linestyle=ls,
-                        label=f"{name} {lat[name]:.1f} ms")
+            ax2.axvline(lat[name], color="black", linestyle=ls, label=f"{name} {lat[name]:.1f} ms")
         ax2.legend()
     ax2.set(title="latency histogram", xlabel="latency (ms, log scale)", ylabel="commands")
     p = result["parameters"]
-    fig.suptitle(f"raysource loadtest {result['run_id']}: {p.get('workload')}, "
-                 f"{p.get('entities')} entities, {p.get('clients')} clients, "
-                 f"{p.get('placement')}"
-                 + (f", via {p['via']}" if p.get("via", "refs") != "refs" else "")
-                 + f" — {result['figures']['commands_per_s']:,.0f} commands/s")
+    fig.suptitle(
+        f"raysource loadtest {result['run_id']}: {p.get('workload')}, "
+        f"{p.get('entities')} entities, {p.get('clients')} clients, "
+        f"{p.get('placement')}"
+        + (f", via {p['via']}" if p.get("via", "refs") != "refs" else "")
+        + f" — {result['figures']['commands_per_s']:,.0f} commands/s"
+    )
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -12,26 +12,26 @@ sample, and writes ``<results>/<run-id>/result.json`` and ``report.png``. Whatev
 kills its clients and shuts the system down, then verifies that no named actor of the system
 is left (``LoadTestReport.leftover_actors``).
 
-:func:`run_standalone` adds what a command line needs around it: selecting Cassandra (and
-stopping a node it started), starting and stopping Ray, printing the summary.
+:func:`~raysource.app.standalone.run_standalone` adds what a command line needs around it:
+selecting Cassandra (and stopping a node it started), starting and stopping Ray, printing the
+summary.
 
 ``via="http"`` deploys the seat service (:mod:`raysource.service.seats`, ``replicas`` Ray
 Serve replicas joined to the run's system) and the clients send the same commands over HTTP;
-``via="both"`` (:func:`run_standalone`) runs the workload through references, then through
-HTTP, on the same Ray and Cassandra, and prints both figures side by side.
+``via="both"`` (:func:`~raysource.app.standalone.run_standalone`) runs the workload through
+references, then through HTTP, on the same Ray and Cassandra, and prints both figures side by
+side.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ import ray
 
 from raysource.app.consistency import ConsistencyReport, check, pick_sample
 from raysource.app.load_client import ClientResult, ClientSetup, LoadClient
-from raysource.app.load_report import aggregate, summary_lines, write
+from raysource.app.load_report import aggregate, write
 from raysource.app.workloads import WORKLOADS, make_workload
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.errors import ConfigError
@@ -48,8 +48,7 @@ from raysource.runtime.stores import StoreSpec
 from raysource.sharding.ray_nodes import named_actors
 from raysource.sharding.system import System, unique_system_name
 
-__all__ = ["LoadExtension", "LoadTestParams", "LoadTestReport", "run_loadtest",
-           "run_standalone"]
+__all__ = ["LoadExtension", "LoadTestParams", "LoadTestReport", "Say", "run_loadtest"]
 
 Say = Callable[[str], None]
 
@@ -140,11 +139,18 @@ class LoadExtension(Protocol):
     @property
     def ok(self) -> bool: ...
 
-    def before_load(self, system: System, config: CassandraConfig, workload: Any,
-                    say: Say) -> None: ...
+    def before_load(
+        self, system: System, config: CassandraConfig, workload: Any, say: Say
+    ) -> None: ...
 
-    def after_load(self, system: System, config: CassandraConfig, workload: Any,
-                   tallies: dict[str, dict[str, int]], say: Say) -> None: ...
+    def after_load(
+        self,
+        system: System,
+        config: CassandraConfig,
+        workload: Any,
+        tallies: dict[str, dict[str, int]],
+        say: Say,
+    ) -> None: ...
 
     def close(self, say: Say) -> None: ...
 
@@ -155,9 +161,15 @@ def new_run_id(workload: str) -> str:
     return f"{workload}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:4]}"
 
 
-def run_loadtest(params: LoadTestParams, contact: str, *,
-                 say: Say = print, progress: bool = True, run_id: str | None = None,
-                 extension: LoadExtension | None = None) -> LoadTestReport:
+def run_loadtest(
+    params: LoadTestParams,
+    contact: str,
+    *,
+    say: Say = print,
+    progress: bool = True,
+    run_id: str | None = None,
+    extension: LoadExtension | None = None,
+) -> LoadTestReport:
     """Run ``params`` against Cassandra at ``contact`` on the already initialised Ray (see
     the module docstring for the steps and guarantees)."""
     if not ray.is_initialized():
@@ -165,40 +177,50 @@ def run_loadtest(params: LoadTestParams, contact: str, *,
     if params.via == "both":
         raise ConfigError("run_loadtest runs one path: refs or http (run_standalone does both)")
     run_id = run_id or new_run_id(params.workload)
-    workload = make_workload(params.workload, run_id=run_id, entities=params.entities,
-                             shards=params.shards, snapshot_every=params.snapshot_every)
+    workload = make_workload(
+        params.workload,
+        run_id=run_id,
+        entities=params.entities,
+        shards=params.shards,
+        snapshot_every=params.snapshot_every,
+    )
     agg = workload.aggregate_type
     extra: dict[str, Any] = {}
     if params.eventual_consistency_delay is not None:
         extra["eventual_consistency_delay"] = params.eventual_consistency_delay
     # credentials and TLS from the RAYSOURCE_CASSANDRA_* variables, as the CLI's other commands
-    config = CassandraConfig.from_env(contact, keyspace=params.keyspace,
-                                      fencing=params.guard, **extra)
+    config = CassandraConfig.from_env(
+        contact, keyspace=params.keyspace, fencing=params.guard, **extra
+    )
     store = StoreSpec.for_cassandra(config, create_schema=True)
     name = unique_system_name("lt")
     namespace = ray.get_runtime_context().namespace
     placement = {agg.name: params.placement}
     t0 = time.perf_counter()
-    system = System.start(name, store=store, types=[agg], namespace=namespace,
-                          placement=placement)
-    say(f"system {name}: {agg.name} x {params.entities} ({params.placement}, "
-        f"{agg.number_of_shards} shards), started in {time.perf_counter() - t0:.1f} s")
+    system = System.start(name, store=store, types=[agg], namespace=namespace, placement=placement)
+    say(
+        f"system {name}: {agg.name} x {params.entities} ({params.placement}, "
+        f"{agg.number_of_shards} shards), started in {time.perf_counter() - t0:.1f} s"
+    )
     clients: list[Any] = []
     service: str | None = None
     try:
         http_url = None
         if params.via == "http":
             service, http_url = _deploy_service(params, name, store, agg, namespace, say)
-        setup = ClientSetup(name, namespace, store, workload, params.placement,
-                            seed=params.seed, http_url=http_url)
+        setup = ClientSetup(
+            name, namespace, store, workload, params.placement, seed=params.seed, http_url=http_url
+        )
         clients = [
             LoadClient.options(num_cpus=0.01, scheduling_strategy="SPREAD").remote(i, setup)
             for i in range(params.clients)
         ]
         t0 = time.perf_counter()
         ray.get([c.prepare.remote() for c in clients])
-        say(f"{params.clients} load clients joined and resolved their entities in "
-            f"{time.perf_counter() - t0:.1f} s")
+        say(
+            f"{params.clients} load clients joined and resolved their entities in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         if extension is not None:
             extension.before_load(system, config, workload, say)
         results = _drive(params, clients, progress, say)
@@ -226,10 +248,13 @@ def run_loadtest(params: LoadTestParams, contact: str, *,
     result = {
         "run_id": run_id,
         "system": name,
-        "started_at": datetime.fromtimestamp(start_at, timezone.utc).isoformat(),
+        "started_at": datetime.fromtimestamp(start_at, UTC).isoformat(),
         "parameters": {k: v for k, v in asdict(params).items() if k != "results_dir"},
-        "aggregate_type": {"name": agg.name, "shards": agg.number_of_shards,
-                           "snapshot_every": agg.snapshot.every_n_events},
+        "aggregate_type": {
+            "name": agg.name,
+            "shards": agg.number_of_shards,
+            "snapshot_every": agg.snapshot.every_n_events,
+        },
         **result,
         "consistency": consistency.to_json(),
         "leftover_actors": leftovers,
@@ -238,25 +263,39 @@ def run_loadtest(params: LoadTestParams, contact: str, *,
     return LoadTestReport(run_id, name, result, consistency, json_path, png_path, leftovers)
 
 
-def _deploy_service(params: LoadTestParams, name: str, store: StoreSpec, agg: Any,
-                    namespace: str, say: Say) -> tuple[str, str]:
+def _deploy_service(
+    params: LoadTestParams, name: str, store: StoreSpec, agg: Any, namespace: str, say: Say
+) -> tuple[str, str]:
     """Deploy the seat service for system ``name``; returns (Serve app name, base URL)."""
     from raysource.service.deployment import ServiceSpec, run_service
     from raysource.service.seats import seats_app
 
     t0 = time.perf_counter()
-    spec = ServiceSpec(name, store, (agg,), namespace, placement={agg.name: params.placement},
-                       ask_timeout_s=30.0, max_in_flight=100_000)
-    app = seats_app(spec, num_replicas=params.replicas,
-                    max_ongoing_requests=max(256, params.clients * params.window))
+    spec = ServiceSpec(
+        name,
+        store,
+        (agg,),
+        namespace,
+        placement={agg.name: params.placement},
+        ask_timeout_s=30.0,
+        max_in_flight=100_000,
+    )
+    app = seats_app(
+        spec,
+        num_replicas=params.replicas,
+        max_ongoing_requests=max(256, params.clients * params.window),
+    )
     url = run_service(app, name=name, port=params.http_port, route_prefix=f"/{name}")
-    say(f"seat service: {params.replicas} Ray Serve replica(s) at {url} up in "
-        f"{time.perf_counter() - t0:.1f} s (OpenAPI: {url}/docs)")
+    say(
+        f"seat service: {params.replicas} Ray Serve replica(s) at {url} up in "
+        f"{time.perf_counter() - t0:.1f} s (OpenAPI: {url}/docs)"
+    )
     return name, url
 
 
-def _drive(params: LoadTestParams, clients: list[Any], progress: bool, say: Say
-           ) -> list[tuple[ClientResult, float]]:
+def _drive(
+    params: LoadTestParams, clients: list[Any], progress: bool, say: Say
+) -> list[tuple[ClientResult, float]]:
     """Start every client at the same wall-clock instant and show progress until all are
     done; returns each client's record with the shared start time."""
     n = len(clients)
@@ -265,8 +304,10 @@ def _drive(params: LoadTestParams, clients: list[Any], progress: bool, say: Say
         base, extra = divmod(params.commands, n)
         shares = [base + (1 if i < extra else 0) for i in range(n)]
     start_at = time.time() + 0.3
-    pending = [c.run.remote(start_at, params.duration_s, shares[i], params.window)
-               for i, c in enumerate(clients)]
+    pending = [
+        c.run.remote(start_at, params.duration_s, shares[i], params.window)
+        for i, c in enumerate(clients)
+    ]
     display = _Progress(params, enabled=progress, say=say)
     waiting = list(pending)
     try:
@@ -294,8 +335,12 @@ class _Progress:
             from tqdm import tqdm
 
             if params.duration_s is not None:
-                self.bar = tqdm(total=round(params.duration_s, 1), unit="s", file=sys.stderr,
-                                bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s{postfix}")
+                self.bar = tqdm(
+                    total=round(params.duration_s, 1),
+                    unit="s",
+                    file=sys.stderr,
+                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s{postfix}",
+                )
             else:
                 self.bar = tqdm(total=params.commands, unit="cmd", file=sys.stderr)
 
@@ -304,11 +349,16 @@ class _Progress:
             return
         total = sum(done)
         rate = total / elapsed if elapsed > 0 else 0.0
-        text = (f"{total:,} commands, {rate:,.0f}/s, accepted {done[0]:,}, "
-                f"rejected {done[1]:,}, errors {done[2]:,}")
+        text = (
+            f"{total:,} commands, {rate:,.0f}/s, accepted {done[0]:,}, "
+            f"rejected {done[1]:,}, errors {done[2]:,}"
+        )
         if self.bar is not None:
-            self.bar.n = (min(round(elapsed, 1), self.bar.total)
-                          if self.params.duration_s is not None else total)
+            self.bar.n = (
+                min(round(elapsed, 1), self.bar.total)
+                if self.params.duration_s is not None
+                else total
+            )
             self.bar.set_postfix_str(text, refresh=False)
             self.bar.refresh()
         elif elapsed - self._last_line >= 2.0:
@@ -349,8 +399,12 @@ def _host_stats(name: str, namespace: str) -> dict[str, Any]:
         return {}
     commands = sum(i.get("stats", {}).get("commands", 0) for i in infos)
     writes = sum(i.get("stats", {}).get("writes", 0) for i in infos)
-    return {"hosts": len(infos), "commands": commands, "writes": writes,
-            "commands_per_write": round(commands / writes, 3) if writes else 0.0}
+    return {
+        "hosts": len(infos),
+        "commands": commands,
+        "writes": writes,
+        "commands_per_write": round(commands / writes, 3) if writes else 0.0,
+    }
 
 
 def _wait_gone(name: str, namespace: str, timeout: float = 10.0) -> list[str]:
@@ -361,111 +415,3 @@ def _wait_gone(name: str, namespace: str, timeout: float = 10.0) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
-
-
-def run_standalone(params: LoadTestParams, *, contact: str | None = None, keep: bool = False,
-                   say: Say = print, extension: LoadExtension | None = None,
-                   on_report: Callable[[LoadTestReport], None] | None = None) -> int:
-    """Select Cassandra, start (or connect to) Ray, run, print the summary, the consistency
-    check (and ``extension``'s lines) and the report paths; stop Ray and a Cassandra node it
-    started (unless ``keep``). Returns the exit code: 0 if the consistency check (and the
-    extension) passed and nothing was left running."""
-    from raysource.app.local_node import select_cassandra
-
-    if params.via == "both":
-        return _run_both(params, contact=contact, keep=keep, say=say, extension=extension)
-    t_all = time.perf_counter()
-    source = select_cassandra(contact, stop_started_node=not keep, say=say)
-    started_ray = False
-    try:
-        if not ray.is_initialized():
-            t0 = time.perf_counter()
-            kwargs: dict[str, Any] = {"address": params.address, "log_to_driver": False,
-                                      "namespace": f"raysource-{uuid.uuid4().hex[:8]}",
-                                      "logging_level": logging.WARNING}
-            if params.address is None:
-                kwargs["include_dashboard"] = False
-            ray.init(**kwargs)
-            started_ray = True
-            where = params.address or "local"
-            say(f"ray: {where} ({int(ray.cluster_resources().get('CPU', 0))} CPUs, "
-                f"{len(ray.nodes())} node(s)) up in {time.perf_counter() - t0:.1f} s")
-        report = run_loadtest(params, source.contact_point, say=say, extension=extension)
-        if on_report is not None:
-            on_report(report)
-        for line in summary_lines(report.result):
-            say(line)
-        for line in report.consistency.lines():
-            say(line)
-        if extension is not None:
-            for line in extension.lines():
-                say(line)
-        say(f"report: {report.json_path}")
-        say(f"        {report.png_path}")
-        if report.leftover_actors:
-            say(f"WARNING: actors left running: {report.leftover_actors}")
-        hot = report.consistency.sampled[0] if report.consistency.sampled else None
-        if hot and (keep or source.kind != "local-started"):  # a started node is wiped
-            app = "" if params.workload == "seats" else " --app raysource.examples.ledger:LEDGER"
-            say(f"inspect: raysource events {report.result['aggregate_type']['name']} {hot} "
-                f"--keyspace {params.keyspace} --cassandra {source.contact_point}{app}")
-        return 0 if report.ok and (extension is None or extension.ok) else 1
-    finally:
-        if started_ray:
-            ray.shutdown()
-        source.release()
-        say(f"done in {time.perf_counter() - t_all:.1f} s"
-            + ("" if source.kind != "local-started" or keep else " (stopped the Cassandra node "
-               "it started)"))
-
-
-def _run_both(params: LoadTestParams, *, contact: str | None, keep: bool, say: Say,
-              extension: LoadExtension | None) -> int:
-    """The workload through references, then through HTTP, on one Ray and one Cassandra;
-    prints both runs and then the two side by side (HTTP's cost as a ratio)."""
-    from dataclasses import replace
-
-    from raysource.app.local_node import select_cassandra
-
-    source = select_cassandra(contact, stop_started_node=not keep, say=say)
-    reports: dict[str, LoadTestReport] = {}
-    started_ray = False
-    try:
-        if not ray.is_initialized():
-            local: dict[str, Any] = {"include_dashboard": False} if params.address is None else {}
-            ray.init(address=params.address, log_to_driver=False,
-                     namespace=f"raysource-{uuid.uuid4().hex[:8]}",
-                     logging_level=logging.WARNING, **local)
-            started_ray = True
-        codes = []
-        for via in ("refs", "http"):
-            say(f"--- via {via}")
-            codes.append(run_standalone(
-                replace(params, via=via), contact=source.contact_point, keep=True, say=say,
-                extension=extension if via == "http" else None,
-                on_report=functools.partial(reports.__setitem__, via)))
-        for line in comparison_lines(reports):
-            say(line)
-        return max(codes)
-    finally:
-        if started_ray:
-            ray.shutdown()
-        source.release()
-
-
-def comparison_lines(reports: dict[str, LoadTestReport]) -> list[str]:
-    """The refs and HTTP runs side by side: commands/s, p50/p99, and HTTP / refs ratios."""
-    lines = [f"{'via':<6}{'commands/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'accepted':>10}"
-             f"{'rejected':>10}{'errors':>8}"]
-    figures = {via: r.result["figures"] for via, r in reports.items()}
-    for via, f in figures.items():
-        lines.append(f"{via:<6}{f['commands_per_s']:>12,.0f}{f['latency_ms']['p50']:>9.2f}"
-                     f"{f['latency_ms']['p99']:>9.2f}{f['accepted']:>10,}{f['rejected']:>10,}"
-                     f"{f['errors']:>8,}")
-    if {"refs", "http"} <= figures.keys() and figures["refs"]["commands_per_s"] > 0:
-        refs, http = figures["refs"], figures["http"]
-        lines.append(
-            f"HTTP / refs: throughput x{http['commands_per_s'] / refs['commands_per_s']:.2f}, "
-            f"p50 +{http['latency_ms']['p50'] - refs['latency_ms']['p50']:.2f} ms, "
-            f"p99 +{http['latency_ms']['p99'] - refs['latency_ms']['p99']:.2f} ms (same run)")
-    return lines

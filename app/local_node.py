@@ -46,6 +46,7 @@ CASSANDRA_VERSION = "5.0.8"
 DEFAULT_NATIVE_PORT = 9042
 _REPO_POM = Path(__file__).resolve().parent / "cassandra-pom.xml"  # package data
 
+
 def raysource_home() -> Path:
     """Where raysource keeps caches and state outside the repo."""
     return Path(os.environ.get("RAYSOURCE_HOME", Path.home() / ".cache" / "raysource"))
@@ -79,8 +80,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def cql_answers(host: str, port: int, timeout: float = 5.0, *,
-                login: tuple[str, str] | None = None, ssl_context: Any = None) -> bool:
+def cql_answers(
+    host: str,
+    port: int,
+    timeout: float = 5.0,
+    *,
+    login: tuple[str, str] | None = None,
+    ssl_context: Any = None,
+) -> bool:
     """True when a CQL session (with ``login`` and TLS ``ssl_context`` if given) can run
     ``SELECT release_version FROM system.local``."""
     try:
@@ -91,9 +98,14 @@ def cql_answers(host: str, port: int, timeout: float = 5.0, *,
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster  # heavy import: only when a port answers
 
-    cluster = Cluster([host], port=port, connect_timeout=timeout, protocol_version=5,
-                      auth_provider=PlainTextAuthProvider(*login) if login else None,
-                      ssl_context=ssl_context)
+    cluster = Cluster(
+        [host],
+        port=port,
+        connect_timeout=timeout,
+        protocol_version=5,
+        auth_provider=PlainTextAuthProvider(*login) if login else None,
+        ssl_context=ssl_context,
+    )
     try:
         session = cluster.connect()
         row = session.execute("SELECT release_version FROM system.local", timeout=timeout).one()
@@ -183,8 +195,9 @@ class LocalCassandra:
 
     def _security(self, info: dict | None = None) -> NodeSecurity:
         """The running node's settings (from its state file), else this object's."""
-        auth, tls = (self.auth, self.tls) if not info else (bool(info.get("auth")),
-                                                            bool(info.get("tls")))
+        auth, tls = (
+            (self.auth, self.tls) if not info else (bool(info.get("auth")), bool(info.get("tls")))
+        )
         return NodeSecurity(self.state_dir / "security", self.host, auth, tls)
 
     def _answers(self, host: str, port: int, sec: NodeSecurity) -> bool:
@@ -192,12 +205,28 @@ class LocalCassandra:
         logins: list[tuple[str, str] | None] = [*sec.client_logins()] or [None]
         return any(cql_answers(host, port, login=login, ssl_context=ctx) for login in logins)
 
-    def _status(self, running: bool, host: str, port: int, pid: int | None,
-                sec: NodeSecurity, started: bool = False,
-                took: float | None = None) -> NodeStatus:
+    def _status(
+        self,
+        running: bool,
+        host: str,
+        port: int,
+        pid: int | None,
+        sec: NodeSecurity,
+        started: bool = False,
+        took: float | None = None,
+    ) -> NodeStatus:
         env = sec.client_env(f"{host}:{port}") if running else {}
-        return NodeStatus(running, host, port, pid if running else None, self.state_dir,
-                          self.log_file, started, took, env)
+        return NodeStatus(
+            running,
+            host,
+            port,
+            pid if running else None,
+            self.state_dir,
+            self.log_file,
+            started,
+            took,
+            env,
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -206,8 +235,12 @@ class LocalCassandra:
         pid, port = info.get("pid"), int(info.get("port") or self.port or DEFAULT_NATIVE_PORT)
         host = info.get("host", self.host)
         sec = self._security(info)
-        running = pid is not None and bool(pid) and self._is_our_process(pid) \
+        running = (
+            pid is not None
+            and bool(pid)
+            and self._is_our_process(pid)
             and self._answers(host, port, sec)
+        )
         return self._status(running, host, port, pid, sec)
 
     def start(
@@ -277,8 +310,16 @@ class LocalCassandra:
                 cwd=self.state_dir,
                 start_new_session=True,  # outlives the CLI that started it
             )
-        self._write_state({"pid": proc.pid, "host": self.host, "port": port,
-                           "version": self.version, "auth": self.auth, "tls": self.tls})
+        self._write_state(
+            {
+                "pid": proc.pid,
+                "host": self.host,
+                "port": port,
+                "version": self.version,
+                "auth": self.auth,
+                "tls": self.tls,
+            }
+        )
         deadline = t0 + self.start_timeout
         while True:
             code = proc.poll()
@@ -329,8 +370,14 @@ class LocalCassandra:
         pom.write_text(_pom_text().replace(_pom_version(_pom_text()), self.version))
         log = self.jars_dir.parent / "mvn.log"
         cmd = [
-            mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={self.jars_dir}",
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={self.jars_dir}",
         ]
         with open(log, "wb") as out:
             code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -394,13 +441,19 @@ class LocalCassandra:
 
     def _jvm_flags(self, yaml_path: Path, logback: Path, data_dir: Path) -> list[str]:
         (self.state_dir / "tmp").mkdir(exist_ok=True)
-        return jvm_flags(self.heap, yaml_path, logback, data_dir, self.log_file.parent,
-                         self.state_dir / "tmp")
+        return jvm_flags(
+            self.heap, yaml_path, logback, data_dir, self.log_file.parent, self.state_dir / "tmp"
+        )
 
     def _yaml(self, port: int, storage_port: int) -> str:
-        return cassandra_yaml(cluster_name=self.cluster_name, initial_token=self.initial_token,
-                              seeds=self.seeds or f"{self.host}:{storage_port}", host=self.host,
-                              port=port, storage_port=storage_port)
+        return cassandra_yaml(
+            cluster_name=self.cluster_name,
+            initial_token=self.initial_token,
+            seeds=self.seeds or f"{self.host}:{storage_port}",
+            host=self.host,
+            port=port,
+            storage_port=storage_port,
+        )
 
     def _is_our_process(self, pid: int) -> bool:
         try:
@@ -536,7 +589,9 @@ def select_cassandra(
     status = node.status()
     if status.running:
         src = CassandraSource(
-            "local-running", status.host, status.port,
+            "local-running",
+            status.host,
+            status.port,
             f"running local node {status.contact_point} (pid {status.pid})",
         )
         say(f"raysource: Cassandra source = {src.description}")
@@ -549,15 +604,18 @@ def select_cassandra(
         container.start()
         host = container.get_container_host_ip()
         port = int(container.get_exposed_port(9042))
-        src = CassandraSource("docker", host, port, f"Docker container {host}:{port}",
-                              container.stop)
+        src = CassandraSource(
+            "docker", host, port, f"Docker container {host}:{port}", container.stop
+        )
         say(f"raysource: Cassandra source = {src.description}")
         return src
     say("raysource: Cassandra source = local node from Maven jars (starting) ...")
     # on the node's existing data: a test or demo run never wipes what an earlier one kept
     status = node.start(progress=lambda m: say(f"raysource: {m}"), fresh=False)
     src = CassandraSource(
-        "local-started", status.host, status.port,
+        "local-started",
+        status.host,
+        status.port,
         f"local node started from Maven jars at {status.contact_point} "
         f"in {status.start_seconds or 0:.1f} s (log {status.log_file})",
         node.stop if stop_started_node else None,

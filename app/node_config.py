@@ -59,13 +59,16 @@ LOGBACK = """<configuration scan="false">
 """
 
 
-
-def jvm_flags(heap: str, yaml_path: Path, logback: Path, data_dir: Path, log_dir: Path,
-              tmp_dir: Path) -> list[str]:
+def jvm_flags(
+    heap: str, yaml_path: Path, logback: Path, data_dir: Path, log_dir: Path, tmp_dir: Path
+) -> list[str]:
     """The ``java`` arguments before the class path for one node."""
     flags = [
-        f"-Xms{heap}", f"-Xmx{heap}", "-Xss512k",
-        "-XX:+UseG1GC", "-XX:+CrashOnOutOfMemoryError",
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-Xss512k",
+        "-XX:+UseG1GC",
+        "-XX:+CrashOnOutOfMemoryError",
         "-Djava.net.preferIPv4Stack=true",
         "-Djdk.attach.allowAttachSelf=true",
         "-Dio.netty.tryReflectionSetAccessible=true",
@@ -84,8 +87,9 @@ def jvm_flags(heap: str, yaml_path: Path, logback: Path, data_dir: Path, log_dir
     return flags
 
 
-def cassandra_yaml(*, cluster_name: str, initial_token: str, seeds: str, host: str, port: int,
-                   storage_port: int) -> str:
+def cassandra_yaml(
+    *, cluster_name: str, initial_token: str, seeds: str, host: str, port: int, storage_port: int
+) -> str:
     """``cassandra.yaml`` of a throwaway dev/test node (authentication and TLS lines are added
     by ``raysource.app.node_security``)."""
     return f"""# written by raysource (raysource.app.local_node) for a throwaway dev/test node

@@ -70,19 +70,23 @@ class NodeSecurity:
         self.dir.chmod(0o700)
         lines = []
         if self.auth:
-            lines += ["authenticator: PasswordAuthenticator",
-                      "authorizer: CassandraAuthorizer",
-                      "role_manager: CassandraRoleManager"]
+            lines += [
+                "authenticator: PasswordAuthenticator",
+                "authorizer: CassandraAuthorizer",
+                "role_manager: CassandraRoleManager",
+            ]
         if self.tls:
             self._make_certificates()
             store_pw = (self.dir / "keystore.password").read_text().strip()
-            lines += ["client_encryption_options:",
-                      "  enabled: true",
-                      "  optional: false",
-                      f"  keystore: {self.keystore}",
-                      f"  keystore_password: {store_pw}",
-                      "  store_type: PKCS12",
-                      "  require_client_auth: false"]
+            lines += [
+                "client_encryption_options:",
+                "  enabled: true",
+                "  optional: false",
+                f"  keystore: {self.keystore}",
+                f"  keystore_password: {store_pw}",
+                "  store_type: PKCS12",
+                "  require_client_auth: false",
+            ]
         return "\n".join(lines) + ("\n" if lines else "")
 
     def _make_certificates(self) -> None:
@@ -90,33 +94,94 @@ class NodeSecurity:
             return
         openssl = shutil.which("openssl")
         if openssl is None:
-            raise CassandraNodeError("'openssl' is not on PATH; it is needed to make the local "
-                                     "node's TLS certificates")
+            raise CassandraNodeError(
+                "'openssl' is not on PATH; it is needed to make the local node's TLS certificates"
+            )
         d = self.dir
         _private_write(d / "keystore.password", secrets.token_urlsafe(18) + "\n")
-        san = f"subjectAltName=IP:{self.host},DNS:localhost" if _is_ip(self.host) else \
-            f"subjectAltName=DNS:{self.host},DNS:localhost"
+        san = (
+            f"subjectAltName=IP:{self.host},DNS:localhost"
+            if _is_ip(self.host)
+            else f"subjectAltName=DNS:{self.host},DNS:localhost"
+        )
         (d / "node.ext").write_text(f"{san}\nextendedKeyUsage=serverAuth\n")
         steps = [
-            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.pem", "-days", "3650", "-subj", "/CN=raysource local CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr",
-             "-subj", f"/CN={self.host}"],
-            ["x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "node.pem", "-days", "3650", "-extfile", "node.ext"],
-            ["pkcs12", "-export", "-in", "node.pem", "-inkey", "node.key", "-certfile", "ca.pem",
-             "-name", "node", "-out", "node.p12", "-passout", "file:keystore.password"],
+            [
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=raysource local CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            [
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "node.key",
+                "-out",
+                "node.csr",
+                "-subj",
+                f"/CN={self.host}",
+            ],
+            [
+                "x509",
+                "-req",
+                "-in",
+                "node.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "node.pem",
+                "-days",
+                "3650",
+                "-extfile",
+                "node.ext",
+            ],
+            [
+                "pkcs12",
+                "-export",
+                "-in",
+                "node.pem",
+                "-inkey",
+                "node.key",
+                "-certfile",
+                "ca.pem",
+                "-name",
+                "node",
+                "-out",
+                "node.p12",
+                "-passout",
+                "file:keystore.password",
+            ],
         ]
         old = os.umask(0o077)
         try:
             for step in steps:
-                out = subprocess.run([openssl, *step], cwd=d, capture_output=True, text=True,
-                                     timeout=60)
+                out = subprocess.run(
+                    [openssl, *step], cwd=d, capture_output=True, text=True, timeout=60
+                )
                 if out.returncode != 0:
-                    raise CassandraNodeError(f"openssl {step[0]} failed (exit {out.returncode}): "
-                                             f"{out.stderr.strip()[-300:]}")
+                    raise CassandraNodeError(
+                        f"openssl {step[0]} failed (exit {out.returncode}): "
+                        f"{out.stderr.strip()[-300:]}"
+                    )
         finally:
             os.umask(old)
 
@@ -141,29 +206,46 @@ class NodeSecurity:
         if self.password_file.exists() and self._login_works(port, (ROLE, self._password())):
             return
         password = secrets.token_urlsafe(24)  # [A-Za-z0-9_-]: safe inside a CQL literal
-        cluster = Cluster([self.host], port=port, protocol_version=5, connect_timeout=timeout,
-                          auth_provider=PlainTextAuthProvider(*_DEFAULT_ROLE),
-                          ssl_context=self.ssl_context())
+        cluster = Cluster(
+            [self.host],
+            port=port,
+            protocol_version=5,
+            connect_timeout=timeout,
+            auth_provider=PlainTextAuthProvider(*_DEFAULT_ROLE),
+            ssl_context=self.ssl_context(),
+        )
         try:
             s = cluster.connect()
-            exists = s.execute("SELECT role FROM system_auth.roles WHERE role = %s", (ROLE,),
-                               timeout=timeout).one()
+            exists = s.execute(
+                "SELECT role FROM system_auth.roles WHERE role = %s", (ROLE,), timeout=timeout
+            ).one()
             verb = "ALTER" if exists else "CREATE"  # (changing it just after CREATE is refused)
-            s.execute(f"{verb} ROLE {ROLE} WITH PASSWORD = '{password}' AND LOGIN = true "
-                      "AND SUPERUSER = true", timeout=timeout)
+            s.execute(
+                f"{verb} ROLE {ROLE} WITH PASSWORD = '{password}' AND LOGIN = true "
+                "AND SUPERUSER = true",
+                timeout=timeout,
+            )
         except Exception as exc:  # noqa: BLE001 - one clear error, without the password
-            raise CassandraNodeError(f"could not set up the {ROLE} role on the secured node "
-                                     f"({type(exc).__name__})") from None
+            raise CassandraNodeError(
+                f"could not set up the {ROLE} role on the secured node ({type(exc).__name__})"
+            ) from None
         finally:
             cluster.shutdown()
         _private_write(self.password_file, password + "\n")
-        cluster = Cluster([self.host], port=port, protocol_version=5, connect_timeout=timeout,
-                          auth_provider=PlainTextAuthProvider(ROLE, password),
-                          ssl_context=self.ssl_context())
+        cluster = Cluster(
+            [self.host],
+            port=port,
+            protocol_version=5,
+            connect_timeout=timeout,
+            auth_provider=PlainTextAuthProvider(ROLE, password),
+            ssl_context=self.ssl_context(),
+        )
         try:  # the well-known default superuser must not stay usable
             cluster.connect().execute(
                 f"ALTER ROLE cassandra WITH PASSWORD = '{secrets.token_urlsafe(24)}' "
-                "AND LOGIN = false", timeout=timeout)
+                "AND LOGIN = false",
+                timeout=timeout,
+            )
         finally:
             cluster.shutdown()
         # Cassandra caches credentials (credentials_validity, 2 s by default): the old login
@@ -171,8 +253,9 @@ class NodeSecurity:
         deadline = time.monotonic() + timeout
         while self._login_works(port, _DEFAULT_ROLE):
             if time.monotonic() > deadline:
-                raise CassandraNodeError("the default superuser still logs in after it was "
-                                         "locked on the secured node")
+                raise CassandraNodeError(
+                    "the default superuser still logs in after it was locked on the secured node"
+                )
             time.sleep(0.25)
 
     def _password(self) -> str:

@@ -29,11 +29,21 @@ __all__ = ["demo_walkthrough", "run_serve"]
 Say = Callable[[str], None]
 
 
-def run_serve(*, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
-              contact: str | None = None, keyspace: str = "raysource", system: str = "seats",
-              address: str | None = None, namespace: str = "raysource",
-              seconds: float | None = None, demo: bool = False, keep: bool = False,
-              say: Say = print) -> int:
+def run_serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    contact: str | None = None,
+    keyspace: str = "raysource",
+    system: str = "seats",
+    address: str | None = None,
+    namespace: str = "raysource",
+    seconds: float | None = None,
+    demo: bool = False,
+    keep: bool = False,
+    say: Say = print,
+) -> int:
     """See the module docstring; returns the exit code."""
     import ray
     from ray import serve
@@ -54,29 +64,33 @@ def run_serve(*, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
     sys_ = control = None
     projection = reservations_projection()
     try:
-        connect_ray(address, namespace, **({"include_dashboard": False} if address is None
-                                            else {}))
-        config = CassandraConfig.from_env(source.contact_point, keyspace=keyspace,
-                                          eventual_consistency_delay=1.0)
+        connect_ray(address, namespace, **({"include_dashboard": False} if address is None else {}))
+        config = CassandraConfig.from_env(
+            source.contact_point, keyspace=keyspace, eventual_consistency_delay=1.0
+        )
         store = StoreSpec.for_cassandra(config, create_schema=True)
         t0 = time.perf_counter()
         sys_ = System.start(system, store=store, types=[SHOW], namespace=namespace)
         control = Projections(config)
         asyncio.run(control.start(projection))
         spec = ServiceSpec(system, store, (SHOW,), namespace)
-        url = run_service(seats_app(spec, num_replicas=replicas), name="seats", host=host,
-                          port=port)
-        say(f"seat service: {replicas} replica(s) of system {system!r} (keyspace {keyspace}) "
-            f"at {url}, up in {time.perf_counter() - t0:.1f} s")
+        url = run_service(
+            seats_app(spec, num_replicas=replicas), name="seats", host=host, port=port
+        )
+        say(
+            f"seat service: {replicas} replica(s) of system {system!r} (keyspace {keyspace}) "
+            f"at {url}, up in {time.perf_counter() - t0:.1f} s"
+        )
         say(f"  OpenAPI: {url}/docs   ({url}/openapi.json)")
-        say(f"  try: curl -X POST {url}/shows/hamlet/reservations -H 'content-type: "
-            "application/json' -d '{\"seat\": \"A1\", \"customer\": \"alice\"}'")
+        say(
+            f"  try: curl -X POST {url}/shows/hamlet/reservations -H 'content-type: "
+            'application/json\' -d \'{"seat": "A1", "customer": "alice"}\''
+        )
         ok = True
         if demo:
             ok = demo_walkthrough(url, say=say)
         if seconds is not None or not demo:
-            say("serving" + (f" for {seconds:g} s" if seconds is not None
-                             else " until Ctrl-C"))
+            say("serving" + (f" for {seconds:g} s" if seconds is not None else " until Ctrl-C"))
             deadline = time.monotonic() + (seconds if seconds is not None else float("inf"))
             try:
                 while time.monotonic() < deadline:
@@ -111,8 +125,10 @@ def _check_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (another "
-                              "process holds it; pick one with --port)") from None
+            raise ConfigError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (another "
+                "process holds it; pick one with --port)"
+            ) from None
 
 
 def demo_walkthrough(url: str, *, say: Say = print, view_wait_s: float = 30.0) -> bool:
@@ -140,8 +156,10 @@ def demo_walkthrough(url: str, *, say: Say = print, view_wait_s: float = 30.0) -
         deadline = time.monotonic() + view_wait_s  # the view follows the journal's tag stream
         while True:
             answer = http.get(f"/customers/{customer}/reservations")
-            if answer.json().get("reservations") == [{"show": show, "seat": "B2"}] or \
-                    time.monotonic() > deadline:
+            if (
+                answer.json().get("reservations") == [{"show": show, "seat": "B2"}]
+                or time.monotonic() > deadline
+            ):
                 break
             time.sleep(0.5)
         ok &= _show(say, "GET", f"/customers/{customer}/reservations", None, None, answer, 200)
@@ -150,11 +168,11 @@ def demo_walkthrough(url: str, *, say: Say = print, view_wait_s: float = 30.0) -
     return ok
 
 
-def _show(say: Say, method: str, path: str, body: Any, query: Any, answer: Any,
-          expected: int) -> bool:
+def _show(
+    say: Say, method: str, path: str, body: Any, query: Any, answer: Any, expected: int
+) -> bool:
     sent = f" {body}" if body is not None else ""
     q = "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
     mark = "" if answer.status_code == expected else f"  (expected {expected})"
     say(f"  {method} {path}{q}{sent}\n    -> {answer.status_code} {answer.text[:300]}{mark}")
     return answer.status_code == expected
-

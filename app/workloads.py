@@ -112,8 +112,11 @@ def make_workload(
     if shards is not None:
         changes["number_of_shards"] = shards
     if snapshot_every is not None:
-        changes["snapshot"] = (NO_SNAPSHOTS if snapshot_every == 0
-                               else SnapshotPolicy(every_n_events=snapshot_every, keep=2))
+        changes["snapshot"] = (
+            NO_SNAPSHOTS
+            if snapshot_every == 0
+            else SnapshotPolicy(every_n_events=snapshot_every, keep=2)
+        )
     if changes:
         agg = replace(agg, **changes)
     return Workload(name, agg, run_id, entities, zipf_s=zipf_s)

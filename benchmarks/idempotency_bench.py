@@ -49,7 +49,7 @@ async def bench(journal, snapshots, n: int, rounds: int = 4) -> dict[str, list[f
     for k in lat:  # warm up both aggregates
         await _round(host, eids[k], 20, k == "on")
     for r in range(rounds):
-        for k in (("off", "on") if r % 2 == 0 else ("on", "off")):
+        for k in ("off", "on") if r % 2 == 0 else ("on", "off"):
             lat[k] += await _round(host, eids[k], n // rounds, k == "on")
     await host.close()
     return lat
@@ -59,11 +59,17 @@ def report(name: str, lat: dict[str, list[float]], into: dict | None = None) -> 
     p50 = {k: statistics.median(v) * 1e6 for k, v in lat.items()}
     p99 = {k: sorted(v)[int(len(v) * 0.99)] * 1e6 for k, v in lat.items()}
     if into is not None:
-        into[name] = {"n": len(lat["on"]), "p50_us": p50, "p99_us": p99,
-                      "p50_on_over_off": p50["on"] / p50["off"]}
-    print(f"{name}: n={len(lat['on'])} p50 off {p50['off']:.0f} us, on {p50['on']:.0f} us "
-          f"(ratio {p50['on'] / p50['off']:.3f}); p99 off {p99['off']:.0f} us, "
-          f"on {p99['on']:.0f} us")
+        into[name] = {
+            "n": len(lat["on"]),
+            "p50_us": p50,
+            "p99_us": p99,
+            "p50_on_over_off": p50["on"] / p50["off"],
+        }
+    print(
+        f"{name}: n={len(lat['on'])} p50 off {p50['off']:.0f} us, on {p50['on']:.0f} us "
+        f"(ratio {p50['on'] / p50['off']:.3f}); p99 off {p99['off']:.0f} us, "
+        f"on {p99['on']:.0f} us"
+    )
 
 
 def bench_ray(n: int, rounds: int = 4) -> dict[str, list[float]]:
@@ -75,21 +81,30 @@ def bench_ray(n: int, rounds: int = 4) -> dict[str, list[float]]:
     from raysource.runtime.aggregate import IdempotencyPolicy
     from raysource.testing.local_resolver import LocalResolver
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             namespace=f"ikbench-{uuid.uuid4().hex[:6]}")
-    types = {"on": LEDGER, "off": dataclasses.replace(
-        LEDGER, idempotency=IdempotencyPolicy(enabled=False))}
-    resolver = LocalResolver(f"ikb{uuid.uuid4().hex[:6]}", StoreSpec(),
-                             placement={LEDGER.name: "dedicated"})
-    refs = {k: EntityRef(t, f"bench-{k}-{uuid.uuid4().hex[:6]}", resolver)
-            for k, t in types.items()}
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=f"ikbench-{uuid.uuid4().hex[:6]}",
+    )
+    types = {
+        "on": LEDGER,
+        "off": dataclasses.replace(LEDGER, idempotency=IdempotencyPolicy(enabled=False)),
+    }
+    resolver = LocalResolver(
+        f"ikb{uuid.uuid4().hex[:6]}", StoreSpec(), placement={LEDGER.name: "dedicated"}
+    )
+    refs = {
+        k: EntityRef(t, f"bench-{k}-{uuid.uuid4().hex[:6]}", resolver) for k, t in types.items()
+    }
     lat: dict[str, list[float]] = {"off": [], "on": []}
     try:
-        for k, ref in refs.items():  # warm up: actor start, first recovery
+        for ref in refs.values():  # warm up: actor start, first recovery
             for i in range(50):
                 ref.ask(Append(f"w{i}", 1), timeout=60)
         for r in range(rounds):
-            for k in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            for k in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 for i in range(n // rounds):
                     t = time.perf_counter()
                     refs[k].ask(Append(f"r{r}-{i}", 1), timeout=60)
@@ -117,8 +132,7 @@ async def main() -> None:
         from raysource.snapshots.cassandra import CassandraSnapshotStore
 
         host, port = a.cassandra.rsplit(":", 1)
-        cfg = CassandraConfig(contact_points=(host,), port=int(port),
-                              keyspace="raysource_ikbench")
+        cfg = CassandraConfig(contact_points=(host,), port=int(port), keyspace="raysource_ikbench")
         journal = await CassandraJournal.connect(cfg, create_schema=True)
         snaps = CassandraSnapshotStore(journal.session, cfg)
         try:

@@ -22,7 +22,7 @@ import platform
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cassandra.cluster import Cluster
@@ -30,16 +30,17 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import tuple_factory
 
 from raysource.journal.api import StoredEvent
-from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import CassandraSession
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 # the journal's events table (epoch 0: the raw rows are what an unguarded writer would store)
 EVENTS_TABLE = CassandraConfig.events_table  # the dataclass default, "messages_v2"
+
 
 def payload(size: int, i: int) -> bytes:
     return (b'{"n":%d,"pad":"' % i).ljust(size - 2, b"x") + b'"}'
@@ -49,35 +50,53 @@ def raw_inserts(session, ks: str, n: int, size: int, conc: int) -> float:
     stmt = session.prepare(
         f"INSERT INTO {ks}.{EVENTS_TABLE} (persistence_id, partition_nr, sequence_nr, epoch, "
         "writer_epoch, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
-        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)")
+        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)"
+    )
     run = uuid.uuid4().hex[:6]
     ts = to_us(NOW)
-    args = [(f"raw-{run}-{i % conc}", 0, i // conc + 1, ts, "w", 1, "b.E#1", payload(size, i),
-             None, None) for i in range(n)]
+    args = [
+        (
+            f"raw-{run}-{i % conc}",
+            0,
+            i // conc + 1,
+            ts,
+            "w",
+            1,
+            "b.E#1",
+            payload(size, i),
+            None,
+            None,
+        )
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
-    results = execute_concurrent_with_args(session, stmt, args, concurrency=conc,
-                                           raise_on_first_error=True)
+    results = execute_concurrent_with_args(
+        session, stmt, args, concurrency=conc, raise_on_first_error=True
+    )
     dt = time.perf_counter() - t0
     assert all(ok for ok, _ in results)
     return n / dt
 
 
-async def raw_inserts_async(session: CassandraSession, ks: str, n: int, size: int,
-                            conc: int) -> float:
+async def raw_inserts_async(
+    session: CassandraSession, ks: str, n: int, size: int, conc: int
+) -> float:
     """The same single-row inserts as plain ``execute_async`` calls through the asyncio bridge
     the journal uses, from ``conc`` concurrent writers (the journal's pattern minus the journal)."""
     stmt = await session.prepare(
         f"INSERT INTO {ks}.{EVENTS_TABLE} (persistence_id, partition_nr, sequence_nr, epoch, "
         "writer_epoch, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
-        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)")
+        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)"
+    )
     run = uuid.uuid4().hex[:6]
     ts = to_us(NOW)
     per = n // conc
 
     async def writer(w: int) -> None:
         for s in range(1, per + 1):
-            await session.execute(stmt, (f"rawa-{run}-{w}", 0, s, ts, "w", 1, "b.E#1",
-                                         payload(size, s), None, None))
+            await session.execute(
+                stmt, (f"rawa-{run}-{w}", 0, s, ts, "w", 1, "b.E#1", payload(size, s), None, None)
+            )
 
     t0 = time.perf_counter()
     await asyncio.gather(*(writer(w) for w in range(conc)))
@@ -103,8 +122,12 @@ async def seed(journal: CassandraJournal, pid: str, n: int, size: int) -> None:
 
     async def put(first: int) -> None:
         async with sem:
-            await journal.append([StoredEvent(pid, s, payload(size, s), "b.E#1", 1, NOW, "w")
-                                  for s in range(first, min(first + 500, n + 1))])
+            await journal.append(
+                [
+                    StoredEvent(pid, s, payload(size, s), "b.E#1", 1, NOW, "w")
+                    for s in range(first, min(first + 500, n + 1))
+                ]
+            )
 
     await asyncio.gather(*(put(f) for f in range(1, n + 1, 500)))
 
@@ -122,7 +145,8 @@ def raw_replay(session, ks: str, pid: str, n: int, partition_size: int) -> float
     session.row_factory = tuple_factory
     stmt = session.prepare(
         f"SELECT sequence_nr, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta "
-        f"FROM {ks}.{EVENTS_TABLE} WHERE persistence_id = ? AND partition_nr = ?")
+        f"FROM {ks}.{EVENTS_TABLE} WHERE persistence_id = ? AND partition_nr = ?"
+    )
     stmt.fetch_size = 1000
     t0 = time.perf_counter()
     count = 0
@@ -143,18 +167,24 @@ def main() -> None:
     ap.add_argument("--out", default="results/journal_bench.json")
     args = ap.parse_args()
     ks = f"bench_{uuid.uuid4().hex[:8]}"
-    cfg = CassandraConfig.from_contact(args.contact, keyspace=ks, request_timeout=60.0,
-                                       executor_threads=2)
+    cfg = CassandraConfig.from_contact(
+        args.contact, keyspace=ks, request_timeout=60.0, executor_threads=2
+    )
     sizes = [int(s) for s in args.sizes.split(",")]
     conc = args.concurrency
     host, port = cfg.contact_points[0], cfg.port
     # same socket options as the journal session: Nagle off (see journal/session.py)
-    cluster = Cluster([host], port=port,
-                      sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    cluster = Cluster([host], port=port, sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     raw = cluster.connect()
-    results: dict = {"contact": args.contact, "concurrency": conc, "events": args.events,
-                     "python": platform.python_version(), "cpus": os.cpu_count(), "writes": [],
-                     "started": datetime.now(timezone.utc).isoformat()}
+    results: dict = {
+        "contact": args.contact,
+        "concurrency": conc,
+        "events": args.events,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "writes": [],
+        "started": datetime.now(UTC).isoformat(),
+    }
 
     async def setup() -> CassandraSession:
         s = await CassandraSession(cfg).connect(keyspace="")
@@ -165,8 +195,9 @@ def main() -> None:
     try:
         # warm-up: prepare, connections, JIT-free but caches warm
         raw_inserts(raw, ks, 4096, 100, conc)
-        asyncio.run(journal_appends(CassandraJournal(session, cfg.with_(fencing=False)), 1024, 100,
-                                    conc))
+        asyncio.run(
+            journal_appends(CassandraJournal(session, cfg.with_(fencing=False)), 1024, 100, conc)
+        )
         asyncio.run(raw_inserts_async(session, ks, 1024, 100, conc))
         for size in sizes:
             # Timings here are noisy: alternate the contenders over two rounds and keep each
@@ -174,19 +205,38 @@ def main() -> None:
             best: dict[str, float] = {}
             for _round in range(2):
                 for key, measure in (
-                    ("raw_execute_concurrent_per_s",
-                     lambda: raw_inserts(raw, ks, args.events, size, conc)),
-                    ("raw_execute_async_per_s",
-                     lambda: asyncio.run(raw_inserts_async(session, ks, args.events, size,
-                                                           conc))),
-                    ("journal_guard_off_events_per_s",
-                     lambda: asyncio.run(journal_appends(
-                         CassandraJournal(session, cfg.with_(fencing=False)), args.events,
-                         size, conc))),
-                    ("journal_guard_on_events_per_s",
-                     lambda: asyncio.run(journal_appends(
-                         CassandraJournal(session, cfg.with_(fencing=True)), args.events // 2,
-                         size, conc))),
+                    (
+                        "raw_execute_concurrent_per_s",
+                        lambda: raw_inserts(raw, ks, args.events, size, conc),
+                    ),
+                    (
+                        "raw_execute_async_per_s",
+                        lambda: asyncio.run(
+                            raw_inserts_async(session, ks, args.events, size, conc)
+                        ),
+                    ),
+                    (
+                        "journal_guard_off_events_per_s",
+                        lambda: asyncio.run(
+                            journal_appends(
+                                CassandraJournal(session, cfg.with_(fencing=False)),
+                                args.events,
+                                size,
+                                conc,
+                            )
+                        ),
+                    ),
+                    (
+                        "journal_guard_on_events_per_s",
+                        lambda: asyncio.run(
+                            journal_appends(
+                                CassandraJournal(session, cfg.with_(fencing=True)),
+                                args.events // 2,
+                                size,
+                                conc,
+                            )
+                        ),
+                    ),
                 ):
                     best[key] = max(best.get(key, 0.0), measure())
             # the limit is the better of two plain-driver ways to insert the same rows
@@ -203,9 +253,14 @@ def main() -> None:
         raw_replay(raw, ks, pid, n, cfg.partition_size)  # warm
         raw_s = raw_replay(raw, ks, pid, n, cfg.partition_size)
         jr_s = asyncio.run(journal_replay(jr, pid, n))
-        results["replay"] = {"events": n, "raw_s": raw_s, "journal_s": jr_s,
-                             "ratio_journal_over_raw_time": jr_s / raw_s,
-                             "raw_events_per_s": n / raw_s, "journal_events_per_s": n / jr_s}
+        results["replay"] = {
+            "events": n,
+            "raw_s": raw_s,
+            "journal_s": jr_s,
+            "ratio_journal_over_raw_time": jr_s / raw_s,
+            "raw_events_per_s": n / raw_s,
+            "journal_events_per_s": n / jr_s,
+        }
     finally:
         try:
             raw.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
@@ -214,18 +269,24 @@ def main() -> None:
             asyncio.run(session.close())
 
     print(f"\njournal benchmark ({args.contact}, concurrency {conc}, {os.cpu_count()} cpus)")
-    print(f"{'size':>6} | {'raw ev/s':>9} | {'guard off ev/s':>14} | {'off/raw':>7} | "
-          f"{'guard on ev/s':>13} | {'on/raw':>6}")
+    print(
+        f"{'size':>6} | {'raw ev/s':>9} | {'guard off ev/s':>14} | {'off/raw':>7} | "
+        f"{'guard on ev/s':>13} | {'on/raw':>6}"
+    )
     print("-" * 72)
     for r in results["writes"]:
-        print(f"{r['size']:>5}B | {r['raw_events_per_s']:>9.0f} | "
-              f"{r['journal_guard_off_events_per_s']:>14.0f} | {r['ratio_guard_off']:>7.2f} | "
-              f"{r['journal_guard_on_events_per_s']:>13.0f} | {r['ratio_guard_on']:>6.2f}")
+        print(
+            f"{r['size']:>5}B | {r['raw_events_per_s']:>9.0f} | "
+            f"{r['journal_guard_off_events_per_s']:>14.0f} | {r['ratio_guard_off']:>7.2f} | "
+            f"{r['journal_guard_on_events_per_s']:>13.0f} | {r['ratio_guard_on']:>6.2f}"
+        )
     rp = results["replay"]
-    print(f"\nreplay {rp['events']} events: raw driver {rp['raw_s']:.3f} s "
-          f"({rp['raw_events_per_s']:.0f} ev/s), journal {rp['journal_s']:.3f} s "
-          f"({rp['journal_events_per_s']:.0f} ev/s), journal/raw time "
-          f"{rp['ratio_journal_over_raw_time']:.2f}")
+    print(
+        f"\nreplay {rp['events']} events: raw driver {rp['raw_s']:.3f} s "
+        f"({rp['raw_events_per_s']:.0f} ev/s), journal {rp['journal_s']:.3f} s "
+        f"({rp['journal_events_per_s']:.0f} ev/s), journal/raw time "
+        f"{rp['ratio_journal_over_raw_time']:.2f}"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -5,7 +5,8 @@
 One ``AggregateHost`` (the engine every host actor runs) over a journal that takes 50 ms per
 append and keeps nothing; an open-loop producer submits ``--rate`` commands per second to one
 hot ledger aggregate (every command a separate ``ask``, never awaited by the producer) for
-``--seconds``: about four times what group commit gets through (``max_batch`` 256 per 50 ms). Each mode runs in its own process so its RSS is its own:
+``--seconds``: about four times what group commit gets through (``max_batch`` 256 per 50 ms).
+Each mode runs in its own process so its RSS is its own:
 
 * ``bounded``: the defaults (``max_mailbox`` 1000, ``max_in_flight`` 10000): the excess is
   refused at once (``OverloadedError``); calls in flight stay at the limit, RSS stays flat.
@@ -51,14 +52,16 @@ async def _run(mode: str, seconds: float, rate: int) -> dict:
     ser = Serialization()
     LEDGER.register_types(ser)
     limits = {} if mode == "bounded" else {"max_mailbox": None, "max_in_flight": None}
-    host = AggregateHost(LEDGER, SlowSink(), InMemorySnapshotStore(), ser,
-                         sweep_interval_s=3600, **limits)
+    host = AggregateHost(
+        LEDGER, SlowSink(), InMemorySnapshotStore(), ser, sweep_interval_s=3600, **limits
+    )
     counts = {"sent": 0, "applied": 0, "refused": 0, "other": 0}
 
     def done(task: asyncio.Task) -> None:
         exc = task.exception()
-        key = "applied" if exc is None else "refused" if isinstance(exc, OverloadedError) \
-            else "other"
+        key = (
+            "applied" if exc is None else "refused" if isinstance(exc, OverloadedError) else "other"
+        )
         counts[key] += 1
 
     rss0, peak, tick = _rss_mib(), 0, 0.01
@@ -72,8 +75,14 @@ async def _run(mode: str, seconds: float, rate: int) -> dict:
         peak = max(peak, host._in_flight_total)
         await asyncio.sleep(tick)
     rss1 = _rss_mib()
-    return {"mode": mode, **counts, "peak_in_flight": peak, "rss_start_mib": round(rss0, 1),
-            "rss_end_mib": round(rss1, 1), "rss_growth_mib": round(rss1 - rss0, 1)}
+    return {
+        "mode": mode,
+        **counts,
+        "peak_in_flight": peak,
+        "rss_start_mib": round(rss0, 1),
+        "rss_end_mib": round(rss1, 1),
+        "rss_growth_mib": round(rss1 - rss0, 1),
+    }
 
 
 def main() -> None:
@@ -88,9 +97,22 @@ def main() -> None:
         return
     rows = []
     for mode in ("bounded", "unbounded"):
-        out = subprocess.run([sys.executable, "-m", "benchmarks.overload_bench", "--mode", mode,
-                              "--seconds", str(args.seconds), "--rate", str(args.rate)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.overload_bench",
+                "--mode",
+                mode,
+                "--seconds",
+                str(args.seconds),
+                "--rate",
+                str(args.rate),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = list(rows[0])
     print("  ".join(f"{k:>15}" for k in keys))

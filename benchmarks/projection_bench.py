@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ray
@@ -45,16 +45,20 @@ import ray
 from raysource.examples.reservations_view import VIEW_TABLE, reservations_projection
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved, seat_label
 from raysource.journal.api import StoredEvent
-from raysource.journal.serialization import Serialization
-from raysource.journal.errors import JournalUnavailableError
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.journal.errors import JournalUnavailableError
 from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
 from raysource.readside.offsets import InMemoryOffsetStore
 from raysource.readside.projection_actor import Projections
-from raysource.readside.projections import ProjectionHandler, ProjectionSettings, ProjectionSpec, \
-    offset_to_str
+from raysource.readside.projections import (
+    ProjectionHandler,
+    ProjectionSettings,
+    ProjectionSpec,
+    offset_to_str,
+)
 from raysource.readside.worker import ProjectionWorker
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.system import System
@@ -82,14 +86,19 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-async def drive(system: System, shows: list[str], seconds: float, per_writer_rate: float,
-                ) -> dict[tuple[str, int], float]:
+async def drive(
+    system: System,
+    shows: list[str],
+    seconds: float,
+    per_writer_rate: float,
+) -> dict[tuple[str, int], float]:
     """Reserve seats on every show, paced; (pid, seq) -> ack time (epoch s)."""
     acks: dict[tuple[str, int], float] = {}
-    for attempt in range(10):  # activate the hosts first (their Cassandra sessions)
+    for _attempt in range(10):  # activate the hosts first (their Cassandra sessions)
         try:
-            await asyncio.gather(*(system.entity(BENCH_SHOW, s).ask_async(GetShow())
-                                   for s in shows))
+            await asyncio.gather(
+                *(system.entity(BENCH_SHOW, s).ask_async(GetShow()) for s in shows)
+            )
             break
         except JournalUnavailableError:
             await asyncio.sleep(2.0)
@@ -114,8 +123,9 @@ async def status_of(control: Projections, name: str) -> dict:
     return await handle.status.remote()  # the worker itself (no Cassandra session per poll)
 
 
-async def wait_caught_up(control: Projections, name: str, handled_at_least: int,
-                         timeout: float = 300.0) -> dict:
+async def wait_caught_up(
+    control: Projections, name: str, handled_at_least: int, timeout: float = 300.0
+) -> dict:
     (handle,) = control.handles(name).values()
     deadline = time.monotonic() + timeout
     while True:
@@ -132,7 +142,7 @@ async def bulk_load(journal: CassandraJournal, shows: int, per_show: int) -> int
     show), as an aggregate would have written them: a backlog to catch up on."""
     ser = Serialization()
     SHOW.register_types(ser)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     async def one(i: int) -> None:
         pid = SHOW.persistence_id(f"bulk{i}")
@@ -140,8 +150,11 @@ async def bulk_load(journal: CassandraJournal, shows: int, per_show: int) -> int
         for n in range(1, per_show + 1):
             ev = SeatReserved(seat_label(n - 1), f"c{(i * 7 + n) % 50}")
             sid, manifest, payload = ser.encode(ev, persistence_id=pid, sequence_nr=n)
-            group.append(StoredEvent(pid, n, payload, manifest, sid, now, "bench",
-                                     frozenset(SHOW.tagger(ev))))
+            group.append(
+                StoredEvent(
+                    pid, n, payload, manifest, sid, now, "bench", frozenset(SHOW.tagger(ev))
+                )
+            )
         await journal.append(group)
 
     for first in range(0, shows, 20):
@@ -153,7 +166,9 @@ async def applied(config: CassandraConfig) -> list[tuple[str, int, float]]:
     async with CassandraSession(config) as session:
         rows = await session.select_all(
             f"SELECT persistence_id, sequence_nr, toUnixTimestamp(applied) "
-            f"FROM {config.keyspace}.{VIEW_TABLE}_applied", profile=RAW_PROFILE)
+            f"FROM {config.keyspace}.{VIEW_TABLE}_applied",
+            profile=RAW_PROFILE,
+        )
     return [(r[0], r[1], r[2] / 1e3) for r in rows]
 
 
@@ -170,29 +185,45 @@ async def probe(config: CassandraConfig, stop: asyncio.Event) -> dict:
     await echo.ping.remote()
     ray_ms, cql_ms = [], []
     async with CassandraSession(config) as session:
-        await session.execute(f"CREATE TABLE IF NOT EXISTS {config.keyspace}.bench_probe "
-                              "(k int PRIMARY KEY, v int)", prepare=False, timeout=60.0)
+        await session.execute(
+            f"CREATE TABLE IF NOT EXISTS {config.keyspace}.bench_probe (k int PRIMARY KEY, v int)",
+            prepare=False,
+            timeout=60.0,
+        )
         i = 0
         while not stop.is_set() or not ray_ms:  # at least one sample, even in a tiny run
             t = time.perf_counter()
             await echo.ping.remote()
             ray_ms.append((time.perf_counter() - t) * 1e3)
             t = time.perf_counter()
-            await session.execute(f"INSERT INTO {config.keyspace}.bench_probe (k, v) "
-                                  "VALUES (?, ?)", (i % 100, i))
+            await session.execute(
+                f"INSERT INTO {config.keyspace}.bench_probe (k, v) VALUES (?, ?)", (i % 100, i)
+            )
             cql_ms.append((time.perf_counter() - t) * 1e3)
             i += 1
             await asyncio.sleep(0.02)
     ray.kill(echo)
-    return {"ray_call_p50_ms": round(pct(ray_ms, 50), 1), "ray_call_p99_ms": round(pct(ray_ms, 99), 1),
-            "cql_write_p50_ms": round(pct(cql_ms, 50), 1),
-            "cql_write_p99_ms": round(pct(cql_ms, 99), 1)}
+    return {
+        "ray_call_p50_ms": round(pct(ray_ms, 50), 1),
+        "ray_call_p99_ms": round(pct(ray_ms, 99), 1),
+        "cql_write_p50_ms": round(pct(cql_ms, 50), 1),
+        "cql_write_p99_ms": round(pct(cql_ms, 99), 1),
+    }
 
 
-async def lag_run(system: System, control: Projections, config: CassandraConfig, *, live: bool,
-                  args: argparse.Namespace) -> dict:
-    spec = reservations_projection(f"bench-lag-{'live' if live else 'durable'}", audit=True,
-                                   settings=dataclasses.replace(DEFAULTS, live=live))
+async def lag_run(
+    system: System,
+    control: Projections,
+    config: CassandraConfig,
+    *,
+    live: bool,
+    args: argparse.Namespace,
+) -> dict:
+    spec = reservations_projection(
+        f"bench-lag-{'live' if live else 'durable'}",
+        audit=True,
+        settings=dataclasses.replace(DEFAULTS, live=live),
+    )
     await control.start(spec)
     # warm-up (not measured): hosts that were running before the worker started find it at
     # their next subscriber refresh (LivePublisher.refresh_s) once they write
@@ -217,16 +248,23 @@ async def lag_run(system: System, control: Projections, config: CassandraConfig,
     await control.stop(spec.name)
     counts = Counter((p, s) for p, s, _ in rows)
     lags = [t - acks[(p, s)] for p, s, t in rows]
-    return {"events": len(acks), "warm_up_events": warm_events, "load_s": round(load_s, 2),
-            "offered_per_s": round(len(acks) / load_s, 1),
-            "missed": len(set(acks) - set(counts)),
-            "doubled": sum(1 for c in counts.values() if c > 1),
-            **{f"lag_p{p}_ms": round(pct(lags, p) * 1e3, 1) for p in (50, 90, 95, 99)},
-            "lag_max_ms": round(max(lags) * 1e3, 1), "live": st.get("live"), **floor}
+    return {
+        "events": len(acks),
+        "warm_up_events": warm_events,
+        "load_s": round(load_s, 2),
+        "offered_per_s": round(len(acks) / load_s, 1),
+        "missed": len(set(acks) - set(counts)),
+        "doubled": sum(1 for c in counts.values() if c > 1),
+        **{f"lag_p{p}_ms": round(pct(lags, p) * 1e3, 1) for p in (50, 90, 95, 99)},
+        "lag_max_ms": round(max(lags) * 1e3, 1),
+        "live": st.get("live"),
+        **floor,
+    }
 
 
-async def timed_replay(control: Projections, spec: ProjectionSpec, n: int, last: str,
-                       max_s: float = 600.0) -> float:
+async def timed_replay(
+    control: Projections, spec: ProjectionSpec, n: int, last: str, max_s: float = 600.0
+) -> float:
     """Events/s of a catch-up through the tag's ``n`` events (offset ``last``) after a reset;
     after ``max_s`` the rate of what was handled so far."""
     await control.start(spec)
@@ -269,16 +307,26 @@ async def slice_reads(n_slices: int, shared: bool, events: int = 2000) -> float:
     journal = _CountingJournal()
     for i in range(events):
         pid = f"show|s{i % 50}"
-        await journal.append([StoredEvent(pid, i // 50 + 1, b"{}", "x", 1,
-                                          datetime.now(timezone.utc), tags=frozenset({"t"}))])
-    spec = ProjectionSpec("slices", "t", _NoopFactory(), (), n_slices,
-                          dataclasses.replace(REPLAY, live=False, poll_interval=0.01))
+        await journal.append(
+            [StoredEvent(pid, i // 50 + 1, b"{}", "x", 1, datetime.now(UTC), tags=frozenset({"t"}))]
+        )
+    spec = ProjectionSpec(
+        "slices",
+        "t",
+        _NoopFactory(),
+        (),
+        n_slices,
+        dataclasses.replace(REPLAY, live=False, poll_interval=0.01),
+    )
     store = InMemoryOffsetStore()
-    workers = [ProjectionWorker(spec, i, None, None, journal, offsets=store, handler=_Noop())
-               for i in range(n_slices)]
+    workers = [
+        ProjectionWorker(spec, i, None, None, journal, offsets=store, handler=_Noop())
+        for i in range(n_slices)
+    ]
     for w in workers:
         w.serialization = _RawSerialization()
     if shared and n_slices > 1:
+
         async def feed(k, evs, from_offset, up_to):
             return await workers[k].feed(evs, from_offset, up_to)
 
@@ -293,8 +341,7 @@ async def slice_reads(n_slices: int, shared: bool, events: int = 2000) -> float:
         await asyncio.sleep(0.01)
     for w in workers:
         await w.stop()
-    return sum(w.rows_read + (w.reader.rows_read if w.reader else 0)
-               for w in workers) / events
+    return sum(w.rows_read + (w.reader.rows_read if w.reader else 0) for w in workers) / events
 
 
 class _RawSerialization:
@@ -306,12 +353,18 @@ async def main_async(args: argparse.Namespace) -> dict:
     ks = f"bench_proj_{uuid.uuid4().hex[:6]}"
     config = CassandraConfig.from_contact(args.contact, keyspace=ks)  # default 5 s delay
     journal = await CassandraJournal.connect(config, create_schema=True)
-    system = System.start("benchproj", store=StoreSpec.for_cassandra(config),
-                          types=[BENCH_SHOW], placement={SHOW.name: "hosted"})
+    system = System.start(
+        "benchproj",
+        store=StoreSpec.for_cassandra(config),
+        types=[BENCH_SHOW],
+        placement={SHOW.name: "hosted"},
+    )
     control = Projections(config)
     try:
-        r: dict = {"eventual_consistency_delay_s": config.eventual_consistency_delay,
-                   "poll_interval_s": DEFAULTS.poll_interval}
+        r: dict = {
+            "eventual_consistency_delay_s": config.eventual_consistency_delay,
+            "poll_interval_s": DEFAULTS.poll_interval,
+        }
         r["lag_before"] = await lag_run(system, control, config, live=False, args=args)
         r["lag_after"] = await lag_run(system, control, config, live=True, args=args)
         n = sum(r[k]["events"] + r[k]["warm_up_events"] for k in ("lag_before", "lag_after"))
@@ -327,8 +380,9 @@ async def main_async(args: argparse.Namespace) -> dict:
 
         noop = ProjectionSpec("bench-noop", "show", _NoopFactory(), (SHOW,), 1, REPLAY)
         # (the audit rows are test instrumentation: off, as in production, before and after)
-        one = reservations_projection("bench-view-1",
-                                      settings=dataclasses.replace(REPLAY, batch_size=1))
+        one = reservations_projection(
+            "bench-view-1", settings=dataclasses.replace(REPLAY, batch_size=1)
+        )
         batched = reservations_projection("bench-view-b", settings=REPLAY)
         r["raw_per_s"] = round(await best_of(3, raw_rate))
         assert len(raw) == n, (len(raw), n)
@@ -336,12 +390,15 @@ async def main_async(args: argparse.Namespace) -> dict:
         r["noop_per_s"] = round(await best_of(2, lambda: timed_replay(control, noop, n, last)))
         r["view_before_per_s"] = round(await timed_replay(control, one, n, last, max_s=30.0))
         r["view_after_per_s"] = round(
-            await best_of(2, lambda: timed_replay(control, batched, n, last)))
+            await best_of(2, lambda: timed_replay(control, batched, n, last))
+        )
         r["events"] = n
-        r["slice_reads_before"] = {k: await slice_reads(k, False, args.slice_events)
-                                   for k in (1, 2, 4)}
-        r["slice_reads_after"] = {k: await slice_reads(k, True, args.slice_events)
-                                  for k in (1, 2, 4)}
+        r["slice_reads_before"] = {
+            k: await slice_reads(k, False, args.slice_events) for k in (1, 2, 4)
+        }
+        r["slice_reads_after"] = {
+            k: await slice_reads(k, True, args.slice_events) for k in (1, 2, 4)
+        }
         return r
     finally:
         system.shutdown()
@@ -356,54 +413,103 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--writers", type=int, default=40)
     ap.add_argument("--rate", type=float, default=150.0, help="offered events/s, all writers")
-    ap.add_argument("--bulk", type=int, default=20000,
-                    help="extra events appended for the catching-up rows")
+    ap.add_argument(
+        "--bulk", type=int, default=20000, help="extra events appended for the catching-up rows"
+    )
     ap.add_argument("--out", default="results/projection_bench.json")
     ap.add_argument("--warmup", type=float, default=4.0, help="warm-up load seconds (tiny runs)")
-    ap.add_argument("--slice-events", type=int, default=2000,
-                    help="events of the n-slices rows (tiny runs)")
+    ap.add_argument(
+        "--slice-events", type=int, default=2000, help="events of the n-slices rows (tiny runs)"
+    )
     args = ap.parse_args()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, namespace=f"benchproj-{uuid.uuid4().hex[:6]}")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        namespace=f"benchproj-{uuid.uuid4().hex[:6]}",
+    )
     try:
         r = asyncio.run(main_async(args))
     finally:
         ray.shutdown()
     b, a = r["lag_before"], r["lag_after"]
     noop = r["noop_per_s"]
-    print(f"\nread side, one run ({r['events']} events; tag visibility delay "
-          f"{r['eventual_consistency_delay_s']} s, poll {r['poll_interval_s']} s: defaults)")
+    print(
+        f"\nread side, one run ({r['events']} events; tag visibility delay "
+        f"{r['eventual_consistency_delay_s']} s, poll {r['poll_interval_s']} s: defaults)"
+    )
     print(f"{'goal row':46} {'before':>16} {'after':>16}   limit")
     rows = [
-        ("lag ack -> view row p50 (W2-style load)", f"{b['lag_p50_ms']:.0f} ms",
-         f"{a['lag_p50_ms']:.0f} ms", ""),
-        ("lag ack -> view row p99", f"{b['lag_p99_ms']:.0f} ms", f"{a['lag_p99_ms']:.0f} ms",
-         f"<= 100 ms  (after/limit x{a['lag_p99_ms'] / 100:.2f})"),
-        ("lag p90 / p95", f"{b['lag_p90_ms']:.0f} / {b['lag_p95_ms']:.0f} ms",
-         f"{a['lag_p90_ms']:.0f} / {a['lag_p95_ms']:.0f} ms", ""),
+        (
+            "lag ack -> view row p50 (W2-style load)",
+            f"{b['lag_p50_ms']:.0f} ms",
+            f"{a['lag_p50_ms']:.0f} ms",
+            "",
+        ),
+        (
+            "lag ack -> view row p99",
+            f"{b['lag_p99_ms']:.0f} ms",
+            f"{a['lag_p99_ms']:.0f} ms",
+            f"<= 100 ms  (after/limit x{a['lag_p99_ms'] / 100:.2f})",
+        ),
+        (
+            "lag p90 / p95",
+            f"{b['lag_p90_ms']:.0f} / {b['lag_p95_ms']:.0f} ms",
+            f"{a['lag_p90_ms']:.0f} / {a['lag_p95_ms']:.0f} ms",
+            "",
+        ),
         ("lag max", f"{b['lag_max_ms']:.0f} ms", f"{a['lag_max_ms']:.0f} ms", ""),
-        ("  machine floor: Ray actor call p50 / p99",
-         f"{b['ray_call_p50_ms']:.0f} / {b['ray_call_p99_ms']:.0f} ms",
-         f"{a['ray_call_p50_ms']:.0f} / {a['ray_call_p99_ms']:.0f} ms", "(same run, beside)"),
-        ("  machine floor: Cassandra write p50 / p99",
-         f"{b['cql_write_p50_ms']:.0f} / {b['cql_write_p99_ms']:.0f} ms",
-         f"{a['cql_write_p50_ms']:.0f} / {a['cql_write_p99_ms']:.0f} ms", "(same run, beside)"),
-        ("completeness: missed / applied twice", f"{b['missed']} / {b['doubled']}",
-         f"{a['missed']} / {a['doubled']}", "0 / 0"),
-        ("EffectivelyOnceView, catching up", f"{r['view_before_per_s']} ev/s",
-         f"{r['view_after_per_s']} ev/s", f"no-op {noop} ev/s (best of 2)"),
-        ("  as x no-op", f"x{r['view_before_per_s'] / noop:.2f}",
-         f"x{r['view_after_per_s'] / noop:.2f}", ">= x0.50"),
-        ("no-op projection as x raw events_by_tag", "", f"x{noop / r['raw_per_s']:.2f}",
-         f">= x0.70 (raw {r['raw_per_s']} ev/s, best of 3)"),
-        ("tag rows read per event, 1/2/4 slices",
-         " / ".join(f"{r['slice_reads_before'][k]:.1f}" for k in (1, 2, 4)),
-         " / ".join(f"{r['slice_reads_after'][k]:.1f}" for k in (1, 2, 4)), "about 1"),
+        (
+            "  machine floor: Ray actor call p50 / p99",
+            f"{b['ray_call_p50_ms']:.0f} / {b['ray_call_p99_ms']:.0f} ms",
+            f"{a['ray_call_p50_ms']:.0f} / {a['ray_call_p99_ms']:.0f} ms",
+            "(same run, beside)",
+        ),
+        (
+            "  machine floor: Cassandra write p50 / p99",
+            f"{b['cql_write_p50_ms']:.0f} / {b['cql_write_p99_ms']:.0f} ms",
+            f"{a['cql_write_p50_ms']:.0f} / {a['cql_write_p99_ms']:.0f} ms",
+            "(same run, beside)",
+        ),
+        (
+            "completeness: missed / applied twice",
+            f"{b['missed']} / {b['doubled']}",
+            f"{a['missed']} / {a['doubled']}",
+            "0 / 0",
+        ),
+        (
+            "EffectivelyOnceView, catching up",
+            f"{r['view_before_per_s']} ev/s",
+            f"{r['view_after_per_s']} ev/s",
+            f"no-op {noop} ev/s (best of 2)",
+        ),
+        (
+            "  as x no-op",
+            f"x{r['view_before_per_s'] / noop:.2f}",
+            f"x{r['view_after_per_s'] / noop:.2f}",
+            ">= x0.50",
+        ),
+        (
+            "no-op projection as x raw events_by_tag",
+            "",
+            f"x{noop / r['raw_per_s']:.2f}",
+            f">= x0.70 (raw {r['raw_per_s']} ev/s, best of 3)",
+        ),
+        (
+            "tag rows read per event, 1/2/4 slices",
+            " / ".join(f"{r['slice_reads_before'][k]:.1f}" for k in (1, 2, 4)),
+            " / ".join(f"{r['slice_reads_after'][k]:.1f}" for k in (1, 2, 4)),
+            "about 1",
+        ),
     ]
     for label, before, after, limit in rows:
         print(f"{label:46} {before:>16} {after:>16}   {limit}")
-    print(f"offered load: {a['offered_per_s']} events/s over {args.writers} shows; "
-          f"live path (in the worker): {a['live']}")
+    print(
+        f"offered load: {a['offered_per_s']} events/s over {args.writers} shows; "
+        f"live path (in the worker): {a['live']}"
+    )
     r["machine"] = {"python": platform.python_version(), "cpus": __import__("os").cpu_count()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

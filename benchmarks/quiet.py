@@ -56,9 +56,14 @@ class Held(list):
 
 
 @contextmanager
-def expected_reports(what: str, log_file: str | Path, *, raylet_deaths: bool = False,
-                     patterns: tuple[str, ...] = (),
-                     say: Callable[[str], None] = print) -> Iterator[Held]:
+def expected_reports(
+    what: str,
+    log_file: str | Path,
+    *,
+    raylet_deaths: bool = False,
+    patterns: tuple[str, ...] = (),
+    say: Callable[[str], None] = print,
+) -> Iterator[Held]:
     """While active: the reports Ray publishes to the driver that :class:`Held` expects are
     written to ``log_file`` instead of the terminal. ``what`` (e.g. "removes one of 3 nodes")
     is said once at the start; at the end one line says how many reports were held back and
@@ -79,8 +84,10 @@ def expected_reports(what: str, log_file: str | Path, *, raylet_deaths: bool = F
             return
         original(data, *args, **kwargs)
 
-    say(f"note: this benchmark {what} on purpose; Ray's reports of it are expected and go to "
-        f"{log_file}, not here")
+    say(
+        f"note: this benchmark {what} on purpose; Ray's reports of it are expected and go to "
+        f"{log_file}, not here"
+    )
     ray_worker.print_to_stdstream = printer
     try:
         yield held
@@ -93,8 +100,7 @@ def expected_reports(what: str, log_file: str | Path, *, raylet_deaths: bool = F
             say(f"({len(held)} expected report(s) held back: {path})")
 
 
-def expected_raylet_deaths(what: str, log_file: str | Path,
-                           say: Callable[[str], None] = print):  # noqa: ANN201
+def expected_raylet_deaths(what: str, log_file: str | Path, say: Callable[[str], None] = print):  # noqa: ANN201
     """:func:`expected_reports` for a benchmark that removes nodes: raylet termination reports
     and the death notices of the nodes declared with :meth:`Held.expect_node`."""
     return expected_reports(what, log_file, raylet_deaths=True, say=say)

@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from raysource.app.local_node import select_cassandra
@@ -41,14 +41,23 @@ def _x(a: float, b: float, digits: int = 2) -> str:
 def _journal(r: dict) -> list[Row]:
     rows = []
     for w in r["writes"]:
-        rows.append((f"append {w['size']} B, guard on, {r['concurrency']} writers",
-                     f"{w['journal_guard_on_events_per_s']:,.0f} ev/s",
-                     f"raw driver inserts {w['raw_events_per_s']:,.0f} ev/s",
-                     f"x{w['ratio_guard_on']:.2f}"))
+        rows.append(
+            (
+                f"append {w['size']} B, guard on, {r['concurrency']} writers",
+                f"{w['journal_guard_on_events_per_s']:,.0f} ev/s",
+                f"raw driver inserts {w['raw_events_per_s']:,.0f} ev/s",
+                f"x{w['ratio_guard_on']:.2f}",
+            )
+        )
     rp = r["replay"]
-    rows.append((f"replay {rp['events']:,} events", f"{rp['journal_events_per_s']:,.0f} ev/s",
-                 f"raw paged read {rp['raw_events_per_s']:,.0f} ev/s",
-                 _x(rp["journal_events_per_s"], rp["raw_events_per_s"])))
+    rows.append(
+        (
+            f"replay {rp['events']:,} events",
+            f"{rp['journal_events_per_s']:,.0f} ev/s",
+            f"raw paged read {rp['raw_events_per_s']:,.0f} ev/s",
+            _x(rp["journal_events_per_s"], rp["raw_events_per_s"]),
+        )
+    )
     return rows
 
 
@@ -59,87 +68,159 @@ def _runtime(r: dict) -> list[Row]:
     floor = r["bare_actor"]["call_p50_ms"] + r["append"]["p50_ms"]
     refused = sum(v.get("overloaded", 0) for v in r.values() if isinstance(v, dict))
     return [
-        ("hot aggregate hosted, pipelined asks", f"{hot['commands_per_s']:,.0f} cmd/s",
-         f"1 / append latency {limit:,.0f} /s", _x(hot["commands_per_s"], limit)),
-        (f"many aggregates hosted, ask_many x{many['batch']}",
-         f"{many['commands_per_s']:,.0f} cmd/s", f"raw LWT inserts {raw_lwt:,.0f} /s",
-         _x(many["commands_per_s"], raw_lwt)),
-        ("ask write hosted p50", f"{r['rtt_hosted']['write_p50_ms']:.2f} ms",
-         f"bare call + append {floor:.2f} ms", _x(r["rtt_hosted"]["write_p50_ms"], floor)),
-        (f"refused by the mailbox bound (window {r['window']})", f"{refused} commands",
-         f"bound {r['mailbox_bound']} in flight", _x(r["window"], r["mailbox_bound"])),
+        (
+            "hot aggregate hosted, pipelined asks",
+            f"{hot['commands_per_s']:,.0f} cmd/s",
+            f"1 / append latency {limit:,.0f} /s",
+            _x(hot["commands_per_s"], limit),
+        ),
+        (
+            f"many aggregates hosted, ask_many x{many['batch']}",
+            f"{many['commands_per_s']:,.0f} cmd/s",
+            f"raw LWT inserts {raw_lwt:,.0f} /s",
+            _x(many["commands_per_s"], raw_lwt),
+        ),
+        (
+            "ask write hosted p50",
+            f"{r['rtt_hosted']['write_p50_ms']:.2f} ms",
+            f"bare call + append {floor:.2f} ms",
+            _x(r["rtt_hosted"]["write_p50_ms"], floor),
+        ),
+        (
+            f"refused by the mailbox bound (window {r['window']})",
+            f"{refused} commands",
+            f"bound {r['mailbox_bound']} in flight",
+            _x(r["window"], r["mailbox_bound"]),
+        ),
     ]
 
 
 def _sharding(r: dict) -> list[Row]:
     res = r["resolve"]
-    rows = [("cached ref ask p50", f"{res['cached_ref_ask']['p50_ms']:.2f} ms",
-             f"raw handle ask {res['raw_handle_ask']['p50_ms']:.2f} ms",
-             _x(res["cached_ref_ask"]["p50_ms"], res["raw_handle_ask"]["p50_ms"])),
-            ("coordinator hop p50", f"{res['coordinator_hop']['p50_ms']:.2f} ms",
-             f"direct actor call {res['direct_actor_call']['p50_ms']:.2f} ms",
-             _x(res["coordinator_hop"]["p50_ms"], res["direct_actor_call"]["p50_ms"]))]
+    rows = [
+        (
+            "cached ref ask p50",
+            f"{res['cached_ref_ask']['p50_ms']:.2f} ms",
+            f"raw handle ask {res['raw_handle_ask']['p50_ms']:.2f} ms",
+            _x(res["cached_ref_ask"]["p50_ms"], res["raw_handle_ask"]["p50_ms"]),
+        ),
+        (
+            "coordinator hop p50",
+            f"{res['coordinator_hop']['p50_ms']:.2f} ms",
+            f"direct actor call {res['direct_actor_call']['p50_ms']:.2f} ms",
+            _x(res["coordinator_hop"]["p50_ms"], res["direct_actor_call"]["p50_ms"]),
+        ),
+    ]
     if "node_loss" in r:
         nl = r["node_loss"]
-        rows.append((f"node loss: {nl['entities_on_lost_node']} entities serving again",
-                     f"{nl['all_serving_again_s']:.2f} s",
-                     f"dead-node detection ~{nl['health_check_detection_s']} s",
-                     _x(nl["all_serving_again_s"], nl["health_check_detection_s"])))
+        rows.append(
+            (
+                f"node loss: {nl['entities_on_lost_node']} entities serving again",
+                f"{nl['all_serving_again_s']:.2f} s",
+                f"dead-node detection ~{nl['health_check_detection_s']} s",
+                _x(nl["all_serving_again_s"], nl["health_check_detection_s"]),
+            )
+        )
     return rows
 
 
 def _projection(r: dict) -> list[Row]:
     a, noop = r["lag_after"], r["noop_per_s"]
-    return [("lag ack -> view row p99 (live path)", f"{a['lag_p99_ms']:.0f} ms", "100 ms",
-             _x(a["lag_p99_ms"], 100)),
-            ("completeness: missed / applied twice", f"{a['missed']} / {a['doubled']}", "0 / 0",
-             ""),
-            ("EffectivelyOnceView catching up", f"{r['view_after_per_s']:,} ev/s",
-             f"no-op projection {noop:,} ev/s", _x(r["view_after_per_s"], noop)),
-            ("no-op projection", f"{noop:,} ev/s", f"raw events_by_tag {r['raw_per_s']:,} ev/s",
-             _x(noop, r["raw_per_s"]))]
+    return [
+        (
+            "lag ack -> view row p99 (live path)",
+            f"{a['lag_p99_ms']:.0f} ms",
+            "100 ms",
+            _x(a["lag_p99_ms"], 100),
+        ),
+        ("completeness: missed / applied twice", f"{a['missed']} / {a['doubled']}", "0 / 0", ""),
+        (
+            "EffectivelyOnceView catching up",
+            f"{r['view_after_per_s']:,} ev/s",
+            f"no-op projection {noop:,} ev/s",
+            _x(r["view_after_per_s"], noop),
+        ),
+        (
+            "no-op projection",
+            f"{noop:,} ev/s",
+            f"raw events_by_tag {r['raw_per_s']:,} ev/s",
+            _x(noop, r["raw_per_s"]),
+        ),
+    ]
 
 
 def _service(r: dict) -> list[Row]:
     rows = []
     for row in ("sequential reserve", "concurrent reserve"):
         refs, http = r[row]["refs"], r[row]["http"]
-        rows.append((f"{row} over HTTP", f"{http['per_s']:,.1f} /s",
-                     f"through refs {refs['per_s']:,.1f} /s", _x(http["per_s"], refs["per_s"])))
+        rows.append(
+            (
+                f"{row} over HTTP",
+                f"{http['per_s']:,.1f} /s",
+                f"through refs {refs['per_s']:,.1f} /s",
+                _x(http["per_s"], refs["per_s"]),
+            )
+        )
     return rows
 
 
 def _timers(r: dict) -> list[Row]:
-    return [(f"timers due at once, pacing {v['max_fires_per_s']:,.0f}/s",
-             f"{v['fires_per_s']:,.0f} fires/s",
-             f"ask_many {v['limit_ask_many_cmd_per_s']:,.0f} cmd/s",
-             f"x{v['ratio_to_limit']:.2f}") for v in (r["paced"], r["unpaced"])]
+    return [
+        (
+            f"timers due at once, pacing {v['max_fires_per_s']:,.0f}/s",
+            f"{v['fires_per_s']:,.0f} fires/s",
+            f"ask_many {v['limit_ask_many_cmd_per_s']:,.0f} cmd/s",
+            f"x{v['ratio_to_limit']:.2f}",
+        )
+        for v in (r["paced"], r["unpaced"])
+    ]
 
 
 def _overload(r: dict) -> list[Row]:
     b, u = r["bounded"], r["unbounded"]
-    return [("flood, bounded: peak calls in flight", f"{b['peak_in_flight']:,}",
-             f"unbounded {u['peak_in_flight']:,}", _x(b["peak_in_flight"], u["peak_in_flight"])),
-            ("flood, bounded: RSS growth", f"{b['rss_growth_mib']} MiB",
-             f"unbounded {u['rss_growth_mib']} MiB", ""),
-            ("flood, bounded: refused (not applied)", f"{b['refused']:,} of {b['sent']:,}",
-             "", "")]
+    return [
+        (
+            "flood, bounded: peak calls in flight",
+            f"{b['peak_in_flight']:,}",
+            f"unbounded {u['peak_in_flight']:,}",
+            _x(b["peak_in_flight"], u["peak_in_flight"]),
+        ),
+        (
+            "flood, bounded: RSS growth",
+            f"{b['rss_growth_mib']} MiB",
+            f"unbounded {u['rss_growth_mib']} MiB",
+            "",
+        ),
+        ("flood, bounded: refused (not applied)", f"{b['refused']:,} of {b['sent']:,}", "", ""),
+    ]
 
 
 def _idempotency(r: dict) -> list[Row]:
-    return [(f"ask p50 with idempotency keys ({name})", f"{v['p50_us']['on']:.0f} us",
-             f"keys off {v['p50_us']['off']:.0f} us", f"x{v['p50_on_over_off']:.2f}")
-            for name, v in r.items()]
+    return [
+        (
+            f"ask p50 with idempotency keys ({name})",
+            f"{v['p50_us']['on']:.0f} us",
+            f"keys off {v['p50_us']['off']:.0f} us",
+            f"x{v['p50_on_over_off']:.2f}",
+        )
+        for name, v in r.items()
+    ]
 
 
 def _serialization(r: dict) -> list[Row]:
     us = r["us_per_call"]
-    enc, raw = us["encode: Serialization.encode (checked)"], \
-        us["encode: raw msgspec.json.encode (limit)"]
-    dec, old = us["decode: Serialization.decode"], \
-        us["decode: msgspec.convert(decode(b)) (old path)"]
-    return [("checked encode", f"{enc:.2f} us", f"raw msgspec encode {raw:.2f} us", _x(enc, raw)),
-            ("decode", f"{dec:.2f} us", f"old convert path {old:.2f} us", _x(dec, old))]
+    enc, raw = (
+        us["encode: Serialization.encode (checked)"],
+        us["encode: raw msgspec.json.encode (limit)"],
+    )
+    dec, old = (
+        us["decode: Serialization.decode"],
+        us["decode: msgspec.convert(decode(b)) (old path)"],
+    )
+    return [
+        ("checked encode", f"{enc:.2f} us", f"raw msgspec encode {raw:.2f} us", _x(enc, raw)),
+        ("decode", f"{dec:.2f} us", f"old convert path {old:.2f} us", _x(dec, old)),
+    ]
 
 
 def _peer(r: dict) -> list[Row]:
@@ -148,12 +229,12 @@ def _peer(r: dict) -> list[Row]:
     w2h, _, w2p, _, _ = m["w2"]
     w4h, _, _, w4p = m["w4_p50_ms"]
     mem_r, mem_p = m["memory_mib"]
-    return [("W1 one hot aggregate", f"{w1h:,.0f} cmd/s", f"Pekko {w1p:,.0f} cmd/s",
-             _x(w1h, w1p)),
-            ("W2 many aggregates", f"{w2h:,.0f} cmd/s", f"Pekko {w2p:,.0f} cmd/s", _x(w2h, w2p)),
-            ("W4 sequential p50", f"{w4h:.2f} ms", f"Pekko {w4p:.2f} ms", _x(w4h, w4p)),
-            ("memory after W2 (RSS)", f"{mem_r:,.0f} MiB", f"Pekko {mem_p:,.0f} MiB",
-             _x(mem_r, mem_p))]
+    return [
+        ("W1 one hot aggregate", f"{w1h:,.0f} cmd/s", f"Pekko {w1p:,.0f} cmd/s", _x(w1h, w1p)),
+        ("W2 many aggregates", f"{w2h:,.0f} cmd/s", f"Pekko {w2p:,.0f} cmd/s", _x(w2h, w2p)),
+        ("W4 sequential p50", f"{w4h:.2f} ms", f"Pekko {w4p:.2f} ms", _x(w4h, w4p)),
+        ("memory after W2 (RSS)", f"{mem_r:,.0f} MiB", f"Pekko {mem_p:,.0f} MiB", _x(mem_r, mem_p)),
+    ]
 
 
 @dataclass(frozen=True)
@@ -170,37 +251,126 @@ class Bench:
     default: bool = True  # in ``make bench`` without --only
 
     def command(self, contact: str, out: Path, tiny: bool) -> list[str]:
-        return [sys.executable, "-m", self.module, *self.contact(contact), "--out", str(out),
-                *(self.tiny if tiny else self.real)]
+        return [
+            sys.executable,
+            "-m",
+            self.module,
+            *self.contact(contact),
+            "--out",
+            str(out),
+            *(self.tiny if tiny else self.real),
+        ]
 
 
 BENCHES = [
-    Bench("journal", "benchmarks.journal_bench", _journal,
-          tiny=["--concurrency", "8", "--events", "200", "--sizes", "100",
-                "--replay-events", "300"]),
-    Bench("runtime", "benchmarks.runtime_bench", _runtime,
-          tiny=["--callers", "4", "--per-caller", "40", "--entities", "1", "--round-trips", "10",
-                "--batch", "20", "--scale", "0.03"]),
-    Bench("sharding", "benchmarks.sharding_bench", _sharding,
-          tiny=["--cold", "1", "--calls", "10", "--entities", "4"]),
-    Bench("projection", "benchmarks.projection_bench", _projection,
-          tiny=["--seconds", "1.5", "--writers", "4", "--rate", "40", "--bulk", "200",
-                "--warmup", "0.5", "--slice-events", "200"]),
-    Bench("service", "benchmarks.service_bench", _service,
-          tiny=["--rounds", "1", "--per-round", "4", "--concurrency", "2", "--seconds", "0.5"]),
-    Bench("timers", "benchmarks.timers_bench", _timers,
-          tiny=["--aggregates", "4", "--timers", "5"]),
-    Bench("overload", "benchmarks.overload_bench", _overload, contact=lambda c: [],
-          tiny=["--seconds", "0.5", "--rate", "20000"]),
-    Bench("idempotency", "benchmarks.idempotency_bench", _idempotency,
-          contact=lambda c: ["--cassandra", c], tiny=["-n", "40"]),
-    Bench("serialization", "benchmarks.serialization_bench", _serialization,
-          contact=lambda c: [], tiny=["--n", "300"]),
-    Bench("peer", "benchmarks.peer.run", _peer, default=False,
-          tiny=["--rounds", "1", "--seconds", "1", "--warmup", "0.5", "--callers", "4",
-                "--entities", "20", "--sequential", "20", "--recovery-events", "50",
-                "--recoveries", "1", "--keyspace-prefix", "smoke_peer", "--strict"],
-          real=["--strict"]),
+    Bench(
+        "journal",
+        "benchmarks.journal_bench",
+        _journal,
+        tiny=["--concurrency", "8", "--events", "200", "--sizes", "100", "--replay-events", "300"],
+    ),
+    Bench(
+        "runtime",
+        "benchmarks.runtime_bench",
+        _runtime,
+        tiny=[
+            "--callers",
+            "4",
+            "--per-caller",
+            "40",
+            "--entities",
+            "1",
+            "--round-trips",
+            "10",
+            "--batch",
+            "20",
+            "--scale",
+            "0.03",
+        ],
+    ),
+    Bench(
+        "sharding",
+        "benchmarks.sharding_bench",
+        _sharding,
+        tiny=["--cold", "1", "--calls", "10", "--entities", "4"],
+    ),
+    Bench(
+        "projection",
+        "benchmarks.projection_bench",
+        _projection,
+        tiny=[
+            "--seconds",
+            "1.5",
+            "--writers",
+            "4",
+            "--rate",
+            "40",
+            "--bulk",
+            "200",
+            "--warmup",
+            "0.5",
+            "--slice-events",
+            "200",
+        ],
+    ),
+    Bench(
+        "service",
+        "benchmarks.service_bench",
+        _service,
+        tiny=["--rounds", "1", "--per-round", "4", "--concurrency", "2", "--seconds", "0.5"],
+    ),
+    Bench(
+        "timers", "benchmarks.timers_bench", _timers, tiny=["--aggregates", "4", "--timers", "5"]
+    ),
+    Bench(
+        "overload",
+        "benchmarks.overload_bench",
+        _overload,
+        contact=lambda c: [],
+        tiny=["--seconds", "0.5", "--rate", "20000"],
+    ),
+    Bench(
+        "idempotency",
+        "benchmarks.idempotency_bench",
+        _idempotency,
+        contact=lambda c: ["--cassandra", c],
+        tiny=["-n", "40"],
+    ),
+    Bench(
+        "serialization",
+        "benchmarks.serialization_bench",
+        _serialization,
+        contact=lambda c: [],
+        tiny=["--n", "300"],
+    ),
+    Bench(
+        "peer",
+        "benchmarks.peer.run",
+        _peer,
+        default=False,
+        tiny=[
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.5",
+            "--callers",
+            "4",
+            "--entities",
+            "20",
+            "--sequential",
+            "20",
+            "--recovery-events",
+            "50",
+            "--recoveries",
+            "1",
+            "--keyspace-prefix",
+            "smoke_peer",
+            "--strict",
+        ],
+        real=["--strict"],
+    ),
 ]
 
 
@@ -237,8 +407,9 @@ RAY_START_TIMEOUT = "The current node timed out during startup"
 
 def _run(cmd: list[str]) -> tuple[int, str]:
     """Run ``cmd``, its output passed through as it comes; (exit code, output)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -251,23 +422,37 @@ def _run(cmd: list[str]) -> tuple[int, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", default=None, help="host:port of Cassandra")
-    ap.add_argument("--only", action="append", default=[],
-                    help="run only these (" + ", ".join(b.name for b in BENCHES) + ")")
-    ap.add_argument("--tiny", action="store_true",
-                    help="tiny parameters: a smoke run (proves each benchmark runs)")
-    ap.add_argument("--results", default=str(ROOT / "results"),
-                    help="directory for the JSON files (default: results/)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only these (" + ", ".join(b.name for b in BENCHES) + ")",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny parameters: a smoke run (proves each benchmark runs)",
+    )
+    ap.add_argument(
+        "--results",
+        default=str(ROOT / "results"),
+        help="directory for the JSON files (default: results/)",
+    )
     args = ap.parse_args(argv)
     unknown = set(args.only) - {b.name for b in BENCHES}
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
 
     source = select_cassandra(args.contact, say=print)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.results).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    combined: dict = {"started": stamp, "contact": source.contact_point, "tiny": args.tiny,
-                      "benchmarks": {}}
+    combined: dict = {
+        "started": stamp,
+        "contact": source.contact_point,
+        "tiny": args.tiny,
+        "benchmarks": {},
+    }
     failed: dict[str, str] = {}
     selected = [b for b in BENCHES if (b.name in args.only if args.only else b.default)]
     took: dict[str, float] = {}
@@ -276,13 +461,19 @@ def main(argv: list[str] | None = None) -> int:
             out = out_dir / (f"{bench.name}_bench{'_tiny' if args.tiny else ''}.json")
             out.unlink(missing_ok=True)
             cmd = bench.command(source.contact_point, out, args.tiny)
-            print(f"\n=== [{i}/{len(selected)}] {bench.name} benchmark "
-                  f"({' '.join(cmd[2:3])}{' --tiny' if args.tiny else ''})", flush=True)
+            print(
+                f"\n=== [{i}/{len(selected)}] {bench.name} benchmark "
+                f"({' '.join(cmd[2:3])}{' --tiny' if args.tiny else ''})",
+                flush=True,
+            )
             t0 = time.monotonic()
             code, output = _run(cmd)
             if code != 0 and RAY_START_TIMEOUT in output:
-                print(f"=== {bench.name}: Ray did not start within its 30 s (a busy machine): "
-                      "once more", flush=True)
+                print(
+                    f"=== {bench.name}: Ray did not start within its 30 s (a busy machine): "
+                    "once more",
+                    flush=True,
+                )
                 out.unlink(missing_ok=True)
                 code, output = _run(cmd)
             took[bench.name] = time.monotonic() - t0
@@ -300,10 +491,18 @@ def main(argv: list[str] | None = None) -> int:
     combined["seconds"] = took
     path = out_dir / f"bench-{stamp}{'-tiny' if args.tiny else ''}.json"
     path.write_text(json.dumps(combined, indent=2))
-    print(f"\n=== summary ({'tiny parameters: proves each runs, not speed; ' if args.tiny else ''}"
-          f"one shared machine: read the ratios)\n{table}")
-    print(f"\nall figures: {path}" + (f"; FAILED: {', '.join(failed)}" if failed else
-                                      f"; {len(selected)} of {len(selected)} benchmarks ran"))
+    print(
+        f"\n=== summary ({'tiny parameters: proves each runs, not speed; ' if args.tiny else ''}"
+        f"one shared machine: read the ratios)\n{table}"
+    )
+    print(
+        f"\nall figures: {path}"
+        + (
+            f"; FAILED: {', '.join(failed)}"
+            if failed
+            else f"; {len(selected)} of {len(selected)} benchmarks ran"
+        )
+    )
     return 1 if failed else 0
 
 

@@ -31,24 +31,31 @@ import socket
 import statistics
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ray
 from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 
+from raysource.examples.seats import (
+    SHOW,
+    CreateShow,
+    GetShow,
+    ReserveSeat,
+    SeatReserved,
+    seat_label,
+)
 from raysource.journal.api import StoredEvent
-from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal, to_us
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.serialization import Serialization
-from raysource.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, SeatReserved, seat_label
 from raysource.runtime.actors.host_actor import HostSpec
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.errors import OverloadedError
-from raysource.testing.local_resolver import LocalResolver
 from raysource.runtime.stores import StoreSpec
+from raysource.testing.local_resolver import LocalResolver
 
 BENCH_SHOW = dataclasses.replace(SHOW, name="benchshow", number_of_shards=2)
 # the product's bound on calls in flight per aggregate (HostSpec.max_mailbox, default kept)
@@ -72,6 +79,7 @@ class Bare:
 # the journal's events table (epoch 0: the raw rows are what an unguarded writer would store)
 EVENTS_TABLE = CassandraConfig.events_table  # the dataclass default, "messages_v2"
 
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -94,8 +102,9 @@ async def append_latencies(config: CassandraConfig, n: int) -> list[float]:
     try:
         for i in range(1, n + 1):
             sid, man, payload = ser.encode(SeatReserved(seat_label(i % 1000), "alice"))
-            ev = StoredEvent(pid, i, payload, man, sid, datetime.now(timezone.utc), "bench",
-                             frozenset({"show"}))
+            ev = StoredEvent(
+                pid, i, payload, man, sid, datetime.now(UTC), "bench", frozenset({"show"})
+            )
             t = time.perf_counter()
             await journal.append([ev])
             out.append(time.perf_counter() - t)
@@ -111,15 +120,18 @@ def raw_inserts(session, ks: str, n: int, conc: int, lwt: bool) -> float:
     stmt = session.prepare(
         f"INSERT INTO {ks}.{EVENTS_TABLE} (persistence_id, partition_nr, sequence_nr, epoch, "
         "writer_epoch, timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
-        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)"
-        + (" IF NOT EXISTS" if lwt else ""))
+        "VALUES (?,?,?,0,0,?,?,?,?,?,?,?)" + (" IF NOT EXISTS" if lwt else "")
+    )
     run = uuid.uuid4().hex[:6]
-    ts = to_us(datetime.now(timezone.utc))
-    args = [(f"raw-{run}-{i % conc}", 0, i // conc + 1, ts, "w", sid, man, payload,
-             {"show"}, None) for i in range(n)]
+    ts = to_us(datetime.now(UTC))
+    args = [
+        (f"raw-{run}-{i % conc}", 0, i // conc + 1, ts, "w", sid, man, payload, {"show"}, None)
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
-    results = execute_concurrent_with_args(session, stmt, args, concurrency=conc,
-                                           raise_on_first_error=True)
+    results = execute_concurrent_with_args(
+        session, stmt, args, concurrency=conc, raise_on_first_error=True
+    )
     dt = time.perf_counter() - t0
     assert all(ok for ok, _ in results)
     return n / dt
@@ -178,14 +190,20 @@ def hot_aggregate(resolver: LocalResolver, callers: int, per_caller: int, window
     after = ray.get(refs[0].actor.info.remote())["stats"]
     writes = after["writes"] - before["writes"]
     n = callers * per_caller
-    return {"commands": n, "commands_per_s": outcomes.ok / dt, "writes": writes,
-            "commands_per_write": outcomes.ok / max(1, writes), "window": window,
-            "overloaded": outcomes.overloaded}
+    return {
+        "commands": n,
+        "commands_per_s": outcomes.ok / dt,
+        "writes": writes,
+        "commands_per_write": outcomes.ok / max(1, writes),
+        "window": window,
+        "overloaded": outcomes.overloaded,
+    }
 
 
 def many_aggregates(resolver: LocalResolver, entities: int, per_entity: int) -> dict:
-    refs = [EntityRef(BENCH_SHOW, f"many-{uuid.uuid4().hex[:8]}", resolver)
-            for _ in range(entities)]
+    refs = [
+        EntityRef(BENCH_SHOW, f"many-{uuid.uuid4().hex[:8]}", resolver) for _ in range(entities)
+    ]
     ray.get([r.submit(CreateShow(per_entity)) for r in refs])  # activation outside the clock
     t0 = time.perf_counter()
     pending = [r.submit(ReserveSeat(seat_label(i), "c")) for i in range(per_entity) for r in refs]
@@ -193,8 +211,11 @@ def many_aggregates(resolver: LocalResolver, entities: int, per_entity: int) -> 
     for ref in pending:
         _settle(ref, outcomes)
     dt = time.perf_counter() - t0
-    return {"commands": len(pending), "commands_per_s": outcomes.ok / dt,
-            "overloaded": outcomes.overloaded}
+    return {
+        "commands": len(pending),
+        "commands_per_s": outcomes.ok / dt,
+        "overloaded": outcomes.overloaded,
+    }
 
 
 def _reservations(first: int, n: int, who: str) -> list[ReserveSeat]:
@@ -221,8 +242,9 @@ async def _windowed(sends: list, window_batches: int) -> list[list]:
     return await asyncio.gather(*(one(s) for s in sends))
 
 
-def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int,
-                window: int) -> dict:
+def hot_batched(
+    resolver: LocalResolver, callers: int, batches: int, batch: int, window: int
+) -> dict:
     """One show fed by ``ask_many``: one synchronous caller (batch after batch), then
     ``callers`` refs pipelining their batches (``ask_many_async``), at most ``window``
     commands in flight to the show at once (below the mailbox bound)."""
@@ -233,8 +255,9 @@ def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int,
     info = lambda: ray.get(refs[0].actor.info.remote())["stats"]  # noqa: E731
     before = info()
     t0 = time.perf_counter()
-    sync = _count([refs[0].ask_many(_reservations(b * batch, batch, "sync"))
-                   for b in range(batches)])
+    sync = _count(
+        [refs[0].ask_many(_reservations(b * batch, batch, "sync")) for b in range(batches)]
+    )
     dt_sync = time.perf_counter() - t0
     mid = info()
 
@@ -247,21 +270,26 @@ def hot_batched(resolver: LocalResolver, callers: int, batches: int, batch: int,
     pipe = _count(asyncio.run(_windowed(sends, max(1, window // batch))))
     dt_pipe = time.perf_counter() - t0
     after = info()
-    return {"batch": batch, "window": max(1, window // batch) * batch,
-            "sync_commands_per_s": sync.ok / dt_sync,
-            "sync_commands_per_write": sync.ok / max(1, mid["writes"] - before["writes"]),
-            "pipelined_callers": callers,
-            "pipelined_commands_per_s": pipe.ok / dt_pipe,
-            "pipelined_commands_per_write": pipe.ok / max(1, after["writes"] - mid["writes"]),
-            "overloaded": sync.overloaded + pipe.overloaded}
+    return {
+        "batch": batch,
+        "window": max(1, window // batch) * batch,
+        "sync_commands_per_s": sync.ok / dt_sync,
+        "sync_commands_per_write": sync.ok / max(1, mid["writes"] - before["writes"]),
+        "pipelined_callers": callers,
+        "pipelined_commands_per_s": pipe.ok / dt_pipe,
+        "pipelined_commands_per_write": pipe.ok / max(1, after["writes"] - mid["writes"]),
+        "overloaded": sync.overloaded + pipe.overloaded,
+    }
 
 
-def many_batched(resolver: LocalResolver, entities: int, per_entity: int, batch: int,
-                 window: int) -> dict:
+def many_batched(
+    resolver: LocalResolver, entities: int, per_entity: int, batch: int, window: int
+) -> dict:
     """``entities`` shows, each fed by its own ref with pipelined ``ask_many_async`` batches,
     at most ``window`` commands in flight per show."""
-    refs = [EntityRef(BENCH_SHOW, f"manyb-{uuid.uuid4().hex[:8]}", resolver)
-            for _ in range(entities)]
+    refs = [
+        EntityRef(BENCH_SHOW, f"manyb-{uuid.uuid4().hex[:8]}", resolver) for _ in range(entities)
+    ]
     ray.get([r.submit(CreateShow(per_entity)) for r in refs])  # activation outside the clock
 
     def send(r: EntityRef, i: int):  # noqa: ANN202
@@ -269,15 +297,21 @@ def many_batched(resolver: LocalResolver, entities: int, per_entity: int, batch:
         return lambda: r.ask_many_async(cmds)
 
     async def run() -> list[list]:
-        per_show = [_windowed([send(r, i) for i in range(0, per_entity, batch)],
-                              max(1, window // batch)) for r in refs]
+        per_show = [
+            _windowed([send(r, i) for i in range(0, per_entity, batch)], max(1, window // batch))
+            for r in refs
+        ]
         return [part for parts in await asyncio.gather(*per_show) for part in parts]
 
     t0 = time.perf_counter()
     outcomes = _count(asyncio.run(run()))
     dt = time.perf_counter() - t0
-    return {"commands": outcomes.ok + outcomes.overloaded, "batch": batch,
-            "commands_per_s": outcomes.ok / dt, "overloaded": outcomes.overloaded}
+    return {
+        "commands": outcomes.ok + outcomes.overloaded,
+        "batch": batch,
+        "commands_per_s": outcomes.ok / dt,
+        "overloaded": outcomes.overloaded,
+    }
 
 
 def round_trips(resolver: LocalResolver, n: int) -> dict:
@@ -291,8 +325,12 @@ def round_trips(resolver: LocalResolver, n: int) -> dict:
         t = time.perf_counter()
         ref.ask(GetShow())
         reads.append(time.perf_counter() - t)
-    return {"write_p50_ms": ms(pct(writes, 50)), "write_p99_ms": ms(pct(writes, 99)),
-            "read_p50_ms": ms(pct(reads, 50)), "read_p99_ms": ms(pct(reads, 99))}
+    return {
+        "write_p50_ms": ms(pct(writes, 50)),
+        "write_p99_ms": ms(pct(writes, 99)),
+        "read_p50_ms": ms(pct(reads, 50)),
+        "read_p99_ms": ms(pct(reads, 99)),
+    }
 
 
 def bare_calls(n: int, creates_n: int = 5) -> tuple[dict, list]:
@@ -310,9 +348,16 @@ def bare_calls(n: int, creates_n: int = 5) -> tuple[dict, list]:
         ray.get(actors[0].ping.remote())
         times.append(time.perf_counter() - t)
     mem = ray.get(actors[0].memory.remote())
-    return ({"call_p50_ms": ms(pct(times, 50)), "call_p99_ms": ms(pct(times, 99)),
-             "create_ms": ms(statistics.median(creates)), "uss_mib": mem["uss"] / 2**20,
-             "rss_mib": mem["rss"] / 2**20}, actors)
+    return (
+        {
+            "call_p50_ms": ms(pct(times, 50)),
+            "call_p99_ms": ms(pct(times, 99)),
+            "create_ms": ms(statistics.median(creates)),
+            "uss_mib": mem["uss"] / 2**20,
+            "rss_mib": mem["rss"] / 2**20,
+        },
+        actors,
+    )
 
 
 def dedicated_activation(resolver: LocalResolver, n: int) -> dict:
@@ -327,11 +372,13 @@ def dedicated_activation(resolver: LocalResolver, n: int) -> dict:
         rss.append(info["rss"])
         recov.append(info["recovery"]["recovery_s_total"])
         opens.append(info["stores_open_s"])
-    return {"activation_ms": ms(statistics.median(times)),
-            "recovery_ms": ms(statistics.median(recov)),
-            "stores_open_ms": ms(statistics.median(opens)),
-            "uss_mib_per_aggregate": statistics.median(uss) / 2**20,
-            "rss_mib": statistics.median(rss) / 2**20}
+    return {
+        "activation_ms": ms(statistics.median(times)),
+        "recovery_ms": ms(statistics.median(recov)),
+        "stores_open_ms": ms(statistics.median(opens)),
+        "uss_mib_per_aggregate": statistics.median(uss) / 2**20,
+        "rss_mib": statistics.median(rss) / 2**20,
+    }
 
 
 def hosted_activation(resolver: LocalResolver, n: int) -> dict:
@@ -355,10 +402,13 @@ def hosted_activation(resolver: LocalResolver, n: int) -> dict:
         ref.ask(ReserveSeat("A1", "c"))  # activation + recovery + one write, like a real first use
         times.append(time.perf_counter() - t)
     info = ray.get(first.actor.info.remote())
-    return {"cold_actor_ms": ms(cold), "activation_ms": ms(statistics.median(times)),
-            "active": info["active"],
-            "uss_kib_per_aggregate": (info["uss"] - base) / max(1, n) / 1024,
-            "actor_uss_mib": info["uss"] / 2**20}
+    return {
+        "cold_actor_ms": ms(cold),
+        "activation_ms": ms(statistics.median(times)),
+        "active": info["active"],
+        "uss_kib_per_aggregate": (info["uss"] - base) / max(1, n) / 1024,
+        "actor_uss_mib": info["uss"] / 2**20,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -367,19 +417,30 @@ def hosted_activation(resolver: LocalResolver, n: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contact", default=os.environ.get("RAYSOURCE_CASSANDRA", "127.0.0.1:9042"))
-    ap.add_argument("--keyspace", default=None,
-                    help="default: a fresh keyspace for this run, dropped at its end")
+    ap.add_argument(
+        "--keyspace",
+        default=None,
+        help="default: a fresh keyspace for this run, dropped at its end",
+    )
     ap.add_argument("--out", default="results/runtime_bench.json")
     ap.add_argument("--callers", type=int, default=8)
     ap.add_argument("--per-caller", type=int, default=250)
     ap.add_argument("--entities", type=int, default=8)
     ap.add_argument("--round-trips", type=int, default=200)
     ap.add_argument("--batch", type=int, default=100, help="commands per ask_many batch")
-    ap.add_argument("--window", type=int, default=None,
-                    help="commands in flight per aggregate (default: 80%% of the mailbox bound)")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="multiplies the fixed counts (appends, inserts, batches, activations); "
-                         "e.g. 0.05 for a smoke run")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="commands in flight per aggregate (default: 80%% of the mailbox bound)",
+    )
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiplies the fixed counts (appends, inserts, batches, activations); "
+        "e.g. 0.05 for a smoke run",
+    )
     args = ap.parse_args()
     bound = MAILBOX_BOUND
     window = args.window or int(bound * 0.8)
@@ -395,20 +456,35 @@ def main() -> None:
     asyncio.run(_create(config))
     # address="local": always a Ray instance of its own, never a cluster another process on
     # this host started (its workers would run that checkout's code)
-    ray.init(address="local", namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}",
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",
+        namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     store = StoreSpec("cassandra", config)
-    r: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                           "ray": ray.__version__},
-               "mailbox_bound": bound, "window": window}
-    print(f"runtime benchmark: at most {window} commands in flight per aggregate (the "
-          f"product's mailbox bound is {bound}; beyond it commands are refused, "
-          "OverloadedError, counted as 'refused')", flush=True)
+    r: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+        },
+        "mailbox_bound": bound,
+        "window": window,
+    }
+    print(
+        f"runtime benchmark: at most {window} commands in flight per aggregate (the "
+        f"product's mailbox bound is {bound}; beyond it commands are refused, "
+        "OverloadedError, counted as 'refused')",
+        flush=True,
+    )
     resolvers: list[LocalResolver] = []
 
     def resolver(placement: str) -> LocalResolver:
-        res = LocalResolver(f"b{uuid.uuid4().hex[:6]}", store,
-                            placement={BENCH_SHOW.name: placement})
+        res = LocalResolver(
+            f"b{uuid.uuid4().hex[:6]}", store, placement={BENCH_SHOW.name: placement}
+        )
         resolvers.append(res)
         return res
 
@@ -420,15 +496,23 @@ def main() -> None:
     t_start = time.perf_counter()
     try:
         lat = asyncio.run(append_latencies(config, n(200)))
-        r["append"] = {"p50_ms": ms(pct(lat, 50)), "p99_ms": ms(pct(lat, 99)),
-                       "one_writer_limit_per_s": 1 / statistics.median(lat)}
+        r["append"] = {
+            "p50_ms": ms(pct(lat, 50)),
+            "p99_ms": ms(pct(lat, 99)),
+            "one_writer_limit_per_s": 1 / statistics.median(lat),
+        }
 
-        cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5,
-                          sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        cluster = Cluster(
+            list(config.contact_points),
+            port=config.port,
+            protocol_version=5,
+            sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
         session = cluster.connect()
         r["raw"] = {
             "insert_per_s": raw_inserts(session, config.keyspace, n(4000, 64), 64, False),
-            "insert_lwt_per_s": raw_inserts(session, config.keyspace, n(2000, 64), 64, True)}
+            "insert_lwt_per_s": raw_inserts(session, config.keyspace, n(2000, 64), 64, True),
+        }
         cluster.shutdown()
 
         bare, bare_actors = bare_calls(args.round_trips, n(5, 1))
@@ -438,19 +522,21 @@ def main() -> None:
 
         for placement in ("dedicated", "hosted"):
             res = resolver(placement)
-            r[f"hot_{placement}"] = hot_aggregate(res, args.callers, args.per_caller,
-                                                     window)
-            r[f"hot_batched_{placement}"] = hot_batched(res, args.callers, n(10, 1),
-                                                           args.batch, window)
+            r[f"hot_{placement}"] = hot_aggregate(res, args.callers, args.per_caller, window)
+            r[f"hot_batched_{placement}"] = hot_batched(
+                res, args.callers, n(10, 1), args.batch, window
+            )
             r[f"rtt_{placement}"] = round_trips(res, args.round_trips)
             done()
-            r[f"many_{placement}"] = many_aggregates(resolver(placement), args.entities,
-                                                     n(150))
+            r[f"many_{placement}"] = many_aggregates(resolver(placement), args.entities, n(150))
             done()
-            r[f"many_batched_{placement}"] = many_batched(resolver(placement), args.entities,
-                                                          n(1000 // args.batch, 1) * args.batch,
-                                                          args.batch,
-                                                          window)
+            r[f"many_batched_{placement}"] = many_batched(
+                resolver(placement),
+                args.entities,
+                n(1000 // args.batch, 1) * args.batch,
+                args.batch,
+                window,
+            )
             done()
         r["activation_dedicated"] = dedicated_activation(resolver("dedicated"), n(5, 1))
         done()
@@ -475,71 +561,138 @@ async def _create(config: CassandraConfig) -> None:
 
 async def _drop(config: CassandraConfig) -> None:
     async with CassandraSession(config) as session:
-        await session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", prepare=False,
-                              timeout=120.0)
+        await session.execute(
+            f"DROP KEYSPACE IF EXISTS {config.keyspace}", prepare=False, timeout=120.0
+        )
 
 
 def report(r: dict) -> None:
     limit = r["append"]["one_writer_limit_per_s"]
-    rows = [("single append (guard on) p50 / p99 ms",
-             f"{r['append']['p50_ms']} / {r['append']['p99_ms']}", ""),
-            ("1 / append latency (one writer, no batching) /s", f"{limit:.0f}", "1.00")]
+    rows = [
+        (
+            "single append (guard on) p50 / p99 ms",
+            f"{r['append']['p50_ms']} / {r['append']['p99_ms']}",
+            "",
+        ),
+        ("1 / append latency (one writer, no batching) /s", f"{limit:.0f}", "1.00"),
+    ]
     for p in ("dedicated", "hosted"):
         h = r[f"hot_{p}"]
-        rows.append((f"hot aggregate {p}: cmds/s ({h['commands_per_write']:.1f} cmds/write)",
-                     f"{h['commands_per_s']:.0f}", f"{h['commands_per_s'] / limit:.2f} x limit"))
+        rows.append(
+            (
+                f"hot aggregate {p}: cmds/s ({h['commands_per_write']:.1f} cmds/write)",
+                f"{h['commands_per_s']:.0f}",
+                f"{h['commands_per_s'] / limit:.2f} x limit",
+            )
+        )
         b = r[f"hot_batched_{p}"]
-        rows.append((f"  via ask_many x{b['batch']}, 1 sync caller "
-                     f"({b['sync_commands_per_write']:.1f} cmds/write)",
-                     f"{b['sync_commands_per_s']:.0f}",
-                     f"{b['sync_commands_per_s'] / limit:.2f} x limit, "
-                     f"{b['sync_commands_per_s'] / h['commands_per_s']:.1f} x single asks"))
-        rows.append((f"  via ask_many x{b['batch']}, {b['pipelined_callers']} pipelining callers "
-                     f"({b['pipelined_commands_per_write']:.1f} cmds/write)",
-                     f"{b['pipelined_commands_per_s']:.0f}",
-                     f"{b['pipelined_commands_per_s'] / limit:.2f} x limit, "
-                     f"{b['pipelined_commands_per_s'] / h['commands_per_s']:.1f} x single asks"))
+        rows.append(
+            (
+                f"  via ask_many x{b['batch']}, 1 sync caller "
+                f"({b['sync_commands_per_write']:.1f} cmds/write)",
+                f"{b['sync_commands_per_s']:.0f}",
+                f"{b['sync_commands_per_s'] / limit:.2f} x limit, "
+                f"{b['sync_commands_per_s'] / h['commands_per_s']:.1f} x single asks",
+            )
+        )
+        rows.append(
+            (
+                f"  via ask_many x{b['batch']}, {b['pipelined_callers']} pipelining callers "
+                f"({b['pipelined_commands_per_write']:.1f} cmds/write)",
+                f"{b['pipelined_commands_per_s']:.0f}",
+                f"{b['pipelined_commands_per_s'] / limit:.2f} x limit, "
+                f"{b['pipelined_commands_per_s'] / h['commands_per_s']:.1f} x single asks",
+            )
+        )
     raw, raw_lwt = r["raw"]["insert_per_s"], r["raw"]["insert_lwt_per_s"]
     rows.append(("raw driver inserts /s (plain, 64 in flight)", f"{raw:.0f}", "1.00"))
     rows.append(("raw driver inserts /s (IF NOT EXISTS)", f"{raw_lwt:.0f}", f"{raw_lwt / raw:.2f}"))
     for p in ("dedicated", "hosted"):
         m = r[f"many_{p}"]["commands_per_s"]
-        rows.append((f"many aggregates {p}: cmds/s", f"{m:.0f}",
-                     f"{m / raw:.2f} x raw, {m / raw_lwt:.2f} x raw LWT"))
+        rows.append(
+            (
+                f"many aggregates {p}: cmds/s",
+                f"{m:.0f}",
+                f"{m / raw:.2f} x raw, {m / raw_lwt:.2f} x raw LWT",
+            )
+        )
         mb = r[f"many_batched_{p}"]
-        rows.append((f"  via ask_many x{mb['batch']}", f"{mb['commands_per_s']:.0f}",
-                     f"{mb['commands_per_s'] / raw:.2f} x raw, "
-                     f"{mb['commands_per_s'] / raw_lwt:.2f} x raw LWT, "
-                     f"{mb['commands_per_s'] / m:.1f} x single asks"))
+        rows.append(
+            (
+                f"  via ask_many x{mb['batch']}",
+                f"{mb['commands_per_s']:.0f}",
+                f"{mb['commands_per_s'] / raw:.2f} x raw, "
+                f"{mb['commands_per_s'] / raw_lwt:.2f} x raw LWT, "
+                f"{mb['commands_per_s'] / m:.1f} x single asks",
+            )
+        )
     b = r["bare_actor"]
     floor = b["call_p50_ms"] + r["append"]["p50_ms"]
     rows.append(("bare actor call p50 / p99 ms", f"{b['call_p50_ms']} / {b['call_p99_ms']}", ""))
     rows.append(("bare call + one append p50 ms (floor)", f"{floor:.2f}", "1.00"))
     for p in ("dedicated", "hosted"):
         t = r[f"rtt_{p}"]
-        rows.append((f"ask write {p} p50 / p99 ms", f"{t['write_p50_ms']} / {t['write_p99_ms']}",
-                     f"{t['write_p50_ms'] / floor:.2f} x floor"))
-        rows.append((f"ask read-only {p} p50 / p99 ms", f"{t['read_p50_ms']} / {t['read_p99_ms']}",
-                     f"{t['read_p50_ms'] / b['call_p50_ms']:.2f} x bare call"))
+        rows.append(
+            (
+                f"ask write {p} p50 / p99 ms",
+                f"{t['write_p50_ms']} / {t['write_p99_ms']}",
+                f"{t['write_p50_ms'] / floor:.2f} x floor",
+            )
+        )
+        rows.append(
+            (
+                f"ask read-only {p} p50 / p99 ms",
+                f"{t['read_p50_ms']} / {t['read_p99_ms']}",
+                f"{t['read_p50_ms'] / b['call_p50_ms']:.2f} x bare call",
+            )
+        )
     d, h = r["activation_dedicated"], r["activation_hosted"]
     rows.append(("bare Ray actor create + first call ms", f"{b['create_ms']}", "1.00"))
-    rows.append(("dedicated activation ms (create+connect+recover)", f"{d['activation_ms']}",
-                 f"{d['activation_ms'] / b['create_ms']:.2f} x bare"))
-    rows.append(("  of which Cassandra session connect ms", f"{d['stores_open_ms']}",
-                 f"{d['stores_open_ms'] / d['activation_ms']:.2f} of it"))
+    rows.append(
+        (
+            "dedicated activation ms (create+connect+recover)",
+            f"{d['activation_ms']}",
+            f"{d['activation_ms'] / b['create_ms']:.2f} x bare",
+        )
+    )
+    rows.append(
+        (
+            "  of which Cassandra session connect ms",
+            f"{d['stores_open_ms']}",
+            f"{d['stores_open_ms'] / d['activation_ms']:.2f} of it",
+        )
+    )
     rows.append(("  of which recovery ms", f"{d['recovery_ms']}", ""))
-    rows.append(("hosted activation ms (in a warm host, + 1 write)", f"{h['activation_ms']}",
-                 f"{h['activation_ms'] / b['create_ms']:.3f} x bare"))
+    rows.append(
+        (
+            "hosted activation ms (in a warm host, + 1 write)",
+            f"{h['activation_ms']}",
+            f"{h['activation_ms'] / b['create_ms']:.3f} x bare",
+        )
+    )
     rows.append(("bare Ray actor USS MiB", f"{b['uss_mib']:.1f}", "1.00"))
-    rows.append(("dedicated USS MiB per aggregate", f"{d['uss_mib_per_aggregate']:.1f}",
-                 f"{d['uss_mib_per_aggregate'] / b['uss_mib']:.2f} x bare"))
-    rows.append((f"hosted USS KiB per aggregate ({h['active']} active)",
-                 f"{h['uss_kib_per_aggregate']:.1f}",
-                 f"{h['uss_kib_per_aggregate'] / 1024 / b['uss_mib']:.4f} x bare"))
+    rows.append(
+        (
+            "dedicated USS MiB per aggregate",
+            f"{d['uss_mib_per_aggregate']:.1f}",
+            f"{d['uss_mib_per_aggregate'] / b['uss_mib']:.2f} x bare",
+        )
+    )
+    rows.append(
+        (
+            f"hosted USS KiB per aggregate ({h['active']} active)",
+            f"{h['uss_kib_per_aggregate']:.1f}",
+            f"{h['uss_kib_per_aggregate'] / 1024 / b['uss_mib']:.4f} x bare",
+        )
+    )
     refused = sum(v.get("overloaded", 0) for v in r.values() if isinstance(v, dict))
-    rows.append((f"commands refused by the mailbox bound (OverloadedError), "
-                 f"window {r['window']}", f"{refused}",
-                 f"window {r['window'] / r['mailbox_bound']:.2f} x bound {r['mailbox_bound']}"))
+    rows.append(
+        (
+            f"commands refused by the mailbox bound (OverloadedError), window {r['window']}",
+            f"{refused}",
+            f"window {r['window'] / r['mailbox_bound']:.2f} x bound {r['mailbox_bound']}",
+        )
+    )
     w = max(len(a) for a, _, _ in rows)
     print(f"\n{'figure':<{w}}  {'value':>14}  ratio")
     for a, v, ratio in rows:

@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -52,9 +52,14 @@ class SeatReserved:
 
 def sample() -> SeatReserved:
     return SeatReserved(
-        Seat("A", 12), "alice", Kind.ADULT, Decimal("42.50"),
-        datetime(2026, 12, 1, 20, 0, tzinfo=timezone.utc), uuid.UUID(int=7),
-        history=(Seat("B", 1), Seat("B", 2)), extras={"popcorn": 2},
+        Seat("A", 12),
+        "alice",
+        Kind.ADULT,
+        Decimal("42.50"),
+        datetime(2026, 12, 1, 20, 0, tzinfo=UTC),
+        uuid.UUID(int=7),
+        history=(Seat("B", 1), Seat("B", 2)),
+        extras={"popcorn": 2},
     )
 
 
@@ -84,9 +89,9 @@ def run(n: int) -> dict[str, float]:
         "encode: Serialization.encode (checked)": _per_call_us(lambda: ser.encode(ev), n),
         "decode: raw typed msgspec Decoder (limit)": _per_call_us(lambda: typed.decode(payload), n),
         "decode: msgspec.convert(decode(b)) (old path)": _per_call_us(
-            lambda: msgspec.convert(plain.decode(payload), SeatReserved, str_keys=True), n),
-        "decode: Serialization.decode": _per_call_us(
-            lambda: ser.decode(sid, manifest, payload), n),
+            lambda: msgspec.convert(plain.decode(payload), SeatReserved, str_keys=True), n
+        ),
+        "decode: Serialization.decode": _per_call_us(lambda: ser.decode(sid, manifest, payload), n),
     }
     return rows
 
@@ -100,16 +105,29 @@ def main() -> None:
     width = max(map(len, rows))
     for name, us in rows.items():
         print(f"{name:<{width}}  {us:7.2f} us")
-    enc_ratio = rows["encode: Serialization.encode (checked)"] / \
-        rows["encode: raw msgspec.json.encode (limit)"]
-    dec_ratio = rows["decode: Serialization.decode"] / \
-        rows["decode: msgspec.convert(decode(b)) (old path)"]
-    print(f"checked encode / raw encode = {enc_ratio:.1f}x; "
-          f"decode / old convert path = {dec_ratio:.2f}x")
+    enc_ratio = (
+        rows["encode: Serialization.encode (checked)"]
+        / rows["encode: raw msgspec.json.encode (limit)"]
+    )
+    dec_ratio = (
+        rows["decode: Serialization.decode"] / rows["decode: msgspec.convert(decode(b)) (old path)"]
+    )
+    print(
+        f"checked encode / raw encode = {enc_ratio:.1f}x; "
+        f"decode / old convert path = {dec_ratio:.2f}x"
+    )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"us_per_call": rows, "encode_over_raw": enc_ratio,
-                                              "decode_over_old_path": dec_ratio}, indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "us_per_call": rows,
+                    "encode_over_raw": enc_ratio,
+                    "decode_over_old_path": dec_ratio,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

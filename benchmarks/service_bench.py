@@ -39,8 +39,12 @@ from raysource.sharding.system import System, unique_system_name
 def _figures(latencies_ms: list[float], elapsed_s: float) -> dict[str, float]:
     arr = np.asarray(latencies_ms)
     p50, p99 = np.percentile(arr, [50, 99])
-    return {"n": int(arr.size), "p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2),
-            "per_s": round(arr.size / elapsed_s, 1)}
+    return {
+        "n": int(arr.size),
+        "p50_ms": round(float(p50), 2),
+        "p99_ms": round(float(p99), 2),
+        "per_s": round(arr.size / elapsed_s, 1),
+    }
 
 
 HALL = 100_000  # seats per show: enough fresh seats for every round
@@ -67,16 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False,
-             namespace=f"bench-{uuid.uuid4().hex[:6]}")
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=f"bench-{uuid.uuid4().hex[:6]}",
+    )
     config = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
     store = StoreSpec.for_cassandra(config, create_schema=True)
     name = unique_system_name("sb")
     namespace = ray.get_runtime_context().namespace
     agg = replace(SHOW, number_of_shards=4)
     system = System.start(name, store=store, types=[agg], namespace=namespace)
-    url = run_service(seats_app(ServiceSpec(name, store, (agg,), namespace)), name="bench",
-                      port=0)
+    url = run_service(seats_app(ServiceSpec(name, store, (agg,), namespace)), name="bench", port=0)
     shows = [f"{name}-show-{i}" for i in range(8)]
     seats = _Seats(shows)
     refs = {s: system.entity(agg, s) for s in shows}
@@ -104,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
 
             def reserve_http(_s: str) -> None:
                 show, seat = seats.next()
-                http.post(f"/shows/{show}/reservations",
-                          json={"seat": seat, "customer": "bench"}).raise_for_status()
+                http.post(
+                    f"/shows/{show}/reservations", json={"seat": seat, "customer": "bench"}
+                ).raise_for_status()
 
             for _ in range(args.rounds):
                 timed("sequential query", "refs", lambda s: refs[s].ask(GetShow(), timeout=60))
-                timed("sequential query", "http",
-                      lambda s: http.get(f"/shows/{s}").raise_for_status())
+                timed(
+                    "sequential query", "http", lambda s: http.get(f"/shows/{s}").raise_for_status()
+                )
                 timed("sequential reserve", "refs", reserve_ref)
                 timed("sequential reserve", "http", reserve_http)
         for _ in range(args.rounds):
@@ -123,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         from ray import serve
 
         log = Path(args.out or "results/service_bench.json").with_name(
-            "service_bench_ray_reports.log")
-        with expected_reports("shuts Ray Serve down (Serve kills its controller)", log,
-                              patterns=("ServeController.graceful_shutdown failed",)):
+            "service_bench_ray_reports.log"
+        )
+        with expected_reports(
+            "shuts Ray Serve down (Serve kills its controller)",
+            log,
+            patterns=("ServeController.graceful_shutdown failed",),
+        ):
             serve.shutdown()
             system.shutdown()
             ray.shutdown()
@@ -134,24 +147,32 @@ def main(argv: list[str] | None = None) -> int:
     for row, by_via in rows.items():
         result[row] = {via: _figures(lat, elapsed[row][via]) for via, lat in by_via.items()}
         for via, f in result[row].items():
-            print(f"{row:<22}{via:<6}{f['n']:>6}{f['p50_ms']:>9.2f}{f['p99_ms']:>9.2f}"
-                  f"{f['per_s']:>9.1f}")
+            print(
+                f"{row:<22}{via:<6}{f['n']:>6}{f['p50_ms']:>9.2f}{f['p99_ms']:>9.2f}"
+                f"{f['per_s']:>9.1f}"
+            )
         r, h = result[row]["refs"], result[row]["http"]
-        result[row]["http_over_refs"] = {"p50_ms_added": round(h["p50_ms"] - r["p50_ms"], 2),
-                                         "throughput_ratio": round(h["per_s"] / r["per_s"], 3)}
-        print(f"{'':<22}HTTP adds {h['p50_ms'] - r['p50_ms']:.2f} ms at p50; "
-              f"throughput x{h['per_s'] / r['per_s']:.2f} of refs")
+        result[row]["http_over_refs"] = {
+            "p50_ms_added": round(h["p50_ms"] - r["p50_ms"], 2),
+            "throughput_ratio": round(h["per_s"] / r["per_s"], 3),
+        }
+        print(
+            f"{'':<22}HTTP adds {h['p50_ms'] - r['p50_ms']:.2f} ms at p50; "
+            f"throughput x{h['per_s'] / r['per_s']:.2f} of refs"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
 
 
-async def _concurrent(via: str, url: str, refs: dict, args: argparse.Namespace,
-                      seats: _Seats) -> tuple[list[float], float]:
+async def _concurrent(
+    via: str, url: str, refs: dict, args: argparse.Namespace, seats: _Seats
+) -> tuple[list[float], float]:
     lat: list[float] = []
     deadline = time.perf_counter() + args.seconds
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 show, seat = seats.next()
@@ -159,9 +180,11 @@ async def _concurrent(via: str, url: str, refs: dict, args: argparse.Namespace,
                 if via == "refs":
                     await refs[show].ask_async(ReserveSeat(seat, "bench"), timeout=60)
                 else:
-                    (await http.post(f"/shows/{show}/reservations",
-                                     json={"seat": seat, "customer": "bench"})
-                     ).raise_for_status()
+                    (
+                        await http.post(
+                            f"/shows/{show}/reservations", json={"seat": seat, "customer": "bench"}
+                        )
+                    ).raise_for_status()
                 lat.append((time.perf_counter() - t0) * 1000)
 
         t_all = time.perf_counter()

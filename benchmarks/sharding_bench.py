@@ -26,13 +26,13 @@ from pathlib import Path
 import ray
 
 from benchmarks.quiet import Held, expected_raylet_deaths
-from raysource.journal.cassandra.config import CassandraConfig
 from raysource.app.local_node import select_cassandra
 from raysource.examples.ledger import LEDGER, Append, GetBalance
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.coordinator import CoordinatorSettings
 from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS, dead_node_detection_s
-from raysource.runtime.shard_id import shard_of
 from raysource.sharding.system import System
 
 
@@ -55,7 +55,7 @@ def resolve_costs(system: System, n_cold: int, n_calls: int) -> dict:
     out: dict = {}
     cold, bare_create = [], []
     refs = []
-    for i in range(n_cold):
+    for _i in range(n_cold):
         ref = system.entity(LEDGER, f"cold-{uuid.uuid4().hex[:8]}")
         t = time.perf_counter()
         ref.ask(GetBalance())
@@ -93,29 +93,36 @@ def resolve_costs(system: System, n_cold: int, n_calls: int) -> dict:
     return out
 
 
-def node_loss(contact: tuple[str, int], n_entities: int, keyspace: str,
-              log_file: Path) -> dict:
+def node_loss(contact: tuple[str, int], n_entities: int, keyspace: str, log_file: Path) -> dict:
     """Time until the entities of a node removed on purpose serve again (a 3-node local
     cluster). Ray's reports of the removed raylet's end go to ``log_file``, not the terminal
     (see :mod:`benchmarks.quiet`)."""
-    with expected_raylet_deaths("removes one of 3 local Ray nodes (node loss)",
-                                log_file) as held:
+    with expected_raylet_deaths("removes one of 3 local Ray nodes (node loss)", log_file) as held:
         return _node_loss(contact, n_entities, keyspace, held)
 
 
 def _node_loss(contact: tuple[str, int], n_entities: int, keyspace: str, held: Held) -> dict:
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False,
-        "_system_config": FAST_HEALTH_CHECKS})
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": False,
+            "_system_config": FAST_HEALTH_CHECKS,
+        },
+    )
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, namespace=f"bench-{uuid.uuid4().hex[:6]}", log_to_driver=False)
     config = CassandraConfig(contact_points=(contact[0],), port=contact[1], keyspace=keyspace)
-    system = System.start("benchloss", store=StoreSpec.for_cassandra(config, create_schema=True),
-                          types=[LEDGER], placement={"ledger": "hosted"},
-                          coordinator_settings=CoordinatorSettings(poll_interval=0.5))
+    system = System.start(
+        "benchloss",
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        types=[LEDGER],
+        placement={"ledger": "hosted"},
+        coordinator_settings=CoordinatorSettings(poll_interval=0.5),
+    )
     try:
         refs = {f"e{i}": system.entity(LEDGER, f"e{i}") for i in range(n_entities)}
         for eid, ref in refs.items():
@@ -123,9 +130,12 @@ def _node_loss(contact: tuple[str, int], n_entities: int, keyspace: str, held: H
         alloc = system.allocation()
         victim = max(workers, key=lambda w: len(alloc.get(w.node_id, [])))
         on_victim = [
-            eid for eid in refs
-            if ray.get(system.coordinator.home.remote(
-                "ledger", shard_of(eid, LEDGER.number_of_shards))) == victim.node_id
+            eid
+            for eid in refs
+            if ray.get(
+                system.coordinator.home.remote("ledger", shard_of(eid, LEDGER.number_of_shards))
+            )
+            == victim.node_id
         ]
         held.expect_node(victim.node_id)
         t0 = time.perf_counter()  # includes Ray noticing the node is gone
@@ -175,12 +185,17 @@ def main() -> None:
     keyspace = f"bench_sharding_{uuid.uuid4().hex[:6]}"
     results: dict = {}
     try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 namespace=f"bench-{uuid.uuid4().hex[:6]}")
-        config = CassandraConfig(contact_points=(source.host,), port=source.port,
-                                 keyspace=keyspace)
-        system = System.start("bench", store=StoreSpec.for_cassandra(config, create_schema=True),
-                              types=[LEDGER])
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace=f"bench-{uuid.uuid4().hex[:6]}",
+        )
+        config = CassandraConfig(contact_points=(source.host,), port=source.port, keyspace=keyspace)
+        system = System.start(
+            "bench", store=StoreSpec.for_cassandra(config, create_schema=True), types=[LEDGER]
+        )
         try:
             results["resolve"] = resolve_costs(system, args.cold, args.calls)
         finally:
@@ -188,8 +203,11 @@ def main() -> None:
             ray.shutdown()
         if not args.no_node_loss:
             results["node_loss"] = node_loss(
-                (source.host, source.port), args.entities, keyspace,
-                Path(args.out).with_name("sharding_bench_raylet_reports.log"))
+                (source.host, source.port),
+                args.entities,
+                keyspace,
+                Path(args.out).with_name("sharding_bench_raylet_reports.log"),
+            )
     finally:
         source.release()
 
@@ -197,23 +215,30 @@ def main() -> None:
     print("\nsharding benchmark (2 cores; compare ratios, not absolute times)")
     print(f"{'figure':38} {'p50 ms':>9} {'p99 ms':>9}   limit / ratio")
     rows = [
-        ("cold resolve + first ask (dedicated)", "cold_resolve_and_first_ask",
-         "bare_actor_create_and_call"),
+        (
+            "cold resolve + first ask (dedicated)",
+            "cold_resolve_and_first_ask",
+            "bare_actor_create_and_call",
+        ),
         ("cached ref ask", "cached_ref_ask", "raw_handle_ask"),
         ("raw handle ask", "raw_handle_ask", "direct_actor_call"),
         ("coordinator hop (home of a shard)", "coordinator_hop", "direct_actor_call"),
     ]
     for label, key, limit in rows:
         fig, lim = r[key], r[limit]
-        print(f"{label:38} {fig['p50_ms']:9.2f} {fig['p99_ms']:9.2f}   vs {limit} "
-              f"{lim['p50_ms']:.2f} ms -> x{fig['p50_ms'] / lim['p50_ms']:.2f}")
+        print(
+            f"{label:38} {fig['p50_ms']:9.2f} {fig['p99_ms']:9.2f}   vs {limit} "
+            f"{lim['p50_ms']:.2f} ms -> x{fig['p50_ms'] / lim['p50_ms']:.2f}"
+        )
     if "node_loss" in results:
         nl = results["node_loss"]
-        print(f"node loss: {nl['entities_on_lost_node']} of {nl['entities']} entities on the "
-              f"lost node; all serving again after {nl['all_serving_again_s']:.2f} s "
-              f"(first after {nl['first_serving_again_s']:.2f} s; the removal itself took "
-              f"{nl['remove_node_call_s']:.2f} s; Ray's dead-node detection configured at "
-              f"~{nl['health_check_detection_s']} s)")
+        print(
+            f"node loss: {nl['entities_on_lost_node']} of {nl['entities']} entities on the "
+            f"lost node; all serving again after {nl['all_serving_again_s']:.2f} s "
+            f"(first after {nl['first_serving_again_s']:.2f} s; the removal itself took "
+            f"{nl['remove_node_call_s']:.2f} s; Ray's dead-node detection configured at "
+            f"~{nl['health_check_detection_s']} s)"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"written {args.out}")

@@ -27,7 +27,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ray
@@ -71,8 +71,7 @@ class Rang:
 def _handle(state: int, cmd: object):
     match cmd:
         case Arm(count=n, at=at):
-            return persist(Armed(n), schedule=[schedule(f"t{i}", Ring(i), at=at)
-                                               for i in range(n)])
+            return persist(Armed(n), schedule=[schedule(f"t{i}", Ring(i), at=at) for i in range(n)])
         case Ring(i=i):
             return persist(Rang(i), reply=i)
         case Count():
@@ -83,19 +82,31 @@ def _apply(state: int, event: object) -> int:
     return state + 1 if isinstance(event, Rang) else state
 
 
-BELL = AggregateType("bell", 0, _handle, _apply, events=(Armed, Rang),
-                     commands=(Arm, Ring, Count), placement="hosted", number_of_shards=8)
+BELL = AggregateType(
+    "bell",
+    0,
+    _handle,
+    _apply,
+    events=(Armed, Rang),
+    commands=(Arm, Ring, Count),
+    placement="hosted",
+    number_of_shards=8,
+)
 
 
 def _fired(system: System) -> int:
     return sum(i.get("fired", 0) for i in system.timer_info())
 
 
-def run(config: CassandraConfig, aggregates: int, timers: int, settings: TimerSettings,
-        say=print) -> dict:
-    system = System.start(f"tb{uuid.uuid4().hex[:6]}", types=[BELL],
-                          store=StoreSpec.for_cassandra(config, create_schema=True),
-                          timers=settings)
+def run(
+    config: CassandraConfig, aggregates: int, timers: int, settings: TimerSettings, say=print
+) -> dict:
+    system = System.start(
+        f"tb{uuid.uuid4().hex[:6]}",
+        types=[BELL],
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        timers=settings,
+    )
     try:
         ids = [f"bell-{uuid.uuid4().hex[:6]}-{i}" for i in range(aggregates)]
         with ThreadPoolExecutor(8) as pool:  # activate every aggregate first
@@ -103,19 +114,26 @@ def run(config: CassandraConfig, aggregates: int, timers: int, settings: TimerSe
         # the limit: the same commands from the driver, one ask_many per aggregate
         started = time.perf_counter()
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda e: system.entity(BELL, e).ask_many(
-                [Ring(i) for i in range(timers)], timeout=120), ids))
+            list(
+                pool.map(
+                    lambda e: system.entity(BELL, e).ask_many(
+                        [Ring(i) for i in range(timers)], timeout=120
+                    ),
+                    ids,
+                )
+            )
         ask_many_s = time.perf_counter() - started
         limit = aggregates * timers / ask_many_s
-        say(f"limit: {aggregates * timers:,} commands by ask_many in {ask_many_s:.1f} s "
-            f"= {limit:,.0f} cmd/s")
+        say(
+            f"limit: {aggregates * timers:,} commands by ask_many in {ask_many_s:.1f} s "
+            f"= {limit:,.0f} cmd/s"
+        )
         # the crowd: every timer due at one instant
         before = _fired(system)
-        due = datetime.now(timezone.utc) + timedelta(seconds=3 + aggregates * 0.05)
+        due = datetime.now(UTC) + timedelta(seconds=3 + aggregates * 0.05)
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda e: system.entity(BELL, e).ask(Arm(timers, due), timeout=60),
-                          ids))
-        if datetime.now(timezone.utc) > due:
+            list(pool.map(lambda e: system.entity(BELL, e).ask(Arm(timers, due), timeout=60), ids))
+        if datetime.now(UTC) > due:
             say("warning: arming took longer than the lead time; lateness includes it")
         total = aggregates * timers
         deadline = time.monotonic() + 600
@@ -127,23 +145,27 @@ def run(config: CassandraConfig, aggregates: int, timers: int, settings: TimerSe
                 last_say = time.monotonic()
                 say(f"  fired {done:,}/{total:,}")
             time.sleep(0.2)
-        finished = datetime.now(timezone.utc)
+        finished = datetime.now(UTC)
         info = system.timer_info()
         lat = {k: max((i["lateness_ms"][k] or 0) for i in info) for k in ("p50", "p99", "max")}
         span_s = max(1e-3, lat["max"] / 1000)  # due instant -> last answer
         out = {
             "max_fires_per_s": settings.max_fires_per_s,
-            "aggregates": aggregates, "timers_per_aggregate": timers, "total": total,
+            "aggregates": aggregates,
+            "timers_per_aggregate": timers,
+            "total": total,
             "fires_per_s": total / span_s,
             "lateness_ms": lat,
             "checked_at_s_after_due": (finished - due).total_seconds(),
             "limit_ask_many_cmd_per_s": limit,
             "ratio_to_limit": (total / span_s) / limit,
         }
-        say(f"timers (pacing {settings.max_fires_per_s:,.0f}/s): {total:,} due at once -> "
+        say(
+            f"timers (pacing {settings.max_fires_per_s:,.0f}/s): {total:,} due at once -> "
             f"{out['fires_per_s']:,.0f} fires/s, lateness p50 "
             f"{lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; ask_many limit "
-            f"{limit:,.0f} cmd/s (ratio {out['ratio_to_limit']:.2f})")
+            f"{limit:,.0f} cmd/s (ratio {out['ratio_to_limit']:.2f})"
+        )
         return out
     finally:
         system.shutdown()
@@ -159,21 +181,35 @@ def main() -> None:
     source = select_cassandra(args.contact, say=print)
     try:
         host, port = source.contact_point.rsplit(":", 1)
-        config = CassandraConfig(contact_points=(host,), port=int(port),
-                                 keyspace=f"timers_bench_{uuid.uuid4().hex[:6]}")
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 namespace=f"timers-bench-{uuid.uuid4().hex[:6]}")
-        result = {"paced": run(config, args.aggregates, args.timers, TimerSettings()),
-                  "unpaced": run(config, args.aggregates, args.timers,
-                                 TimerSettings(max_fires_per_s=100_000))}
-        print("\n| durable timers, {:,} due at once | fires/s | lateness p50 | p99 | max | "
-              "ask_many limit (same run) | ratio |".format(args.aggregates * args.timers))
+        config = CassandraConfig(
+            contact_points=(host,), port=int(port), keyspace=f"timers_bench_{uuid.uuid4().hex[:6]}"
+        )
+        ray.init(
+            address="local",
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace=f"timers-bench-{uuid.uuid4().hex[:6]}",
+        )
+        result = {
+            "paced": run(config, args.aggregates, args.timers, TimerSettings()),
+            "unpaced": run(
+                config, args.aggregates, args.timers, TimerSettings(max_fires_per_s=100_000)
+            ),
+        }
+        print(
+            f"\n| durable timers, {args.aggregates * args.timers:,} due at once "
+            "| fires/s | lateness p50 | p99 | max | "
+            "ask_many limit (same run) | ratio |"
+        )
         print("|---|---|---|---|---|---|---|")
         for name, r in result.items():
             lat = r["lateness_ms"]
-            print(f"| {name} (max {r['max_fires_per_s']:,.0f}/s) | {r['fires_per_s']:,.0f} | "
-                  f"{lat['p50']} ms | {lat['p99']} ms | {lat['max']} ms | "
-                  f"{r['limit_ask_many_cmd_per_s']:,.0f} cmd/s | {r['ratio_to_limit']:.2f} |")
+            print(
+                f"| {name} (max {r['max_fires_per_s']:,.0f}/s) | {r['fires_per_s']:,.0f} | "
+                f"{lat['p50']} ms | {lat['p99']} ms | {lat['max']} ms | "
+                f"{r['limit_ask_many_cmd_per_s']:,.0f} cmd/s | {r['ratio_to_limit']:.2f} |"
+            )
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2))
     finally:

@@ -51,20 +51,26 @@ class ReservationsByCustomer(ProjectionHandler):
         self.session = session
         self.table = f"{validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE}"
         # a view row (customer, show, seat) is written only by events of its show and seat
-        self.writer = EffectivelyOnceView(session, keyspace, VIEW_TABLE, audit=audit,
-                                          conflict_key=_show_and_seat)
+        self.writer = EffectivelyOnceView(
+            session, keyspace, VIEW_TABLE, audit=audit, conflict_key=_show_and_seat
+        )
 
     async def global_prepare(self) -> None:
         await self.session.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} (customer text, show text, seat text, "
-            "PRIMARY KEY ((customer), show, seat))", prepare=False, timeout=60.0)
+            "PRIMARY KEY ((customer), show, seat))",
+            prepare=False,
+            timeout=60.0,
+        )
         await self.writer.create_tables()
 
     async def prepare(self) -> None:
         self.insert = await self.session.prepare(
-            f"INSERT INTO {self.table} (customer, show, seat) VALUES (?, ?, ?)")
+            f"INSERT INTO {self.table} (customer, show, seat) VALUES (?, ?, ?)"
+        )
         self.delete = await self.session.prepare(
-            f"DELETE FROM {self.table} WHERE customer = ? AND show = ? AND seat = ?")
+            f"DELETE FROM {self.table} WHERE customer = ? AND show = ? AND seat = ?"
+        )
         self.writer.forget_cache()
 
     def _mutations(self, envelope: EventEnvelope) -> list:
@@ -91,8 +97,9 @@ class ReservationsByCustomer(ProjectionHandler):
                     expected.add((customer, show, seat))
                 case ReservationCancelled(seat=seat, customer=customer):
                     expected.discard((customer, show, seat))
-        rows = await self.session.select_all(f"SELECT customer, show, seat FROM {self.table}",
-                                             profile=RAW_PROFILE)
+        rows = await self.session.select_all(
+            f"SELECT customer, show, seat FROM {self.table}", profile=RAW_PROFILE
+        )
         actual = {tuple(r) for r in rows}
         problems = [f"missing row {r}" for r in sorted(expected - actual)]
         problems += [f"unexpected row {r}" for r in sorted(actual - expected)]
@@ -116,21 +123,30 @@ class _Factory:
         return ReservationsByCustomer(session, config.keyspace, audit=self.audit)
 
 
-def reservations_projection(name: str = "reservations-by-customer", *, n_slices: int = 1,
-                            settings: ProjectionSettings | None = None,
-                            audit: bool = False) -> ProjectionSpec:
+def reservations_projection(
+    name: str = "reservations-by-customer",
+    *,
+    n_slices: int = 1,
+    settings: ProjectionSettings | None = None,
+    audit: bool = False,
+) -> ProjectionSpec:
     """The projection spec (``audit=True`` records every applied delivery; for tests)."""
-    return ProjectionSpec(name, "show", _Factory(audit), (SHOW,), n_slices,
-                          settings or ProjectionSettings())
+    return ProjectionSpec(
+        name, "show", _Factory(audit), (SHOW,), n_slices, settings or ProjectionSettings()
+    )
 
 
 RESERVATIONS = reservations_projection()
 
 
-async def reservations_of(session: CassandraSession, keyspace: str,
-                          customer: str) -> list[tuple[str, str]]:
+async def reservations_of(
+    session: CassandraSession, keyspace: str, customer: str
+) -> list[tuple[str, str]]:
     """The ``(show, seat)`` pairs ``customer`` holds, sorted, as the view has them now."""
     rows = await session.select_all(
         f"SELECT show, seat FROM {validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE} "
-        "WHERE customer = ?", (customer,), profile=RAW_PROFILE)
+        "WHERE customer = ?",
+        (customer,),
+        profile=RAW_PROFILE,
+    )
     return sorted((r[0], r[1]) for r in rows)

@@ -79,7 +79,7 @@ def seat_label(index: int) -> str:
 def seat_index(label: str) -> int | None:
     """The 0-based index of a seat label, or None if it is not a well-formed label."""
     letters = label.rstrip("0123456789")
-    digits = label[len(letters):]
+    digits = label[len(letters) :]
     if not letters or not digits or not letters.isascii() or not letters.isupper():
         return None
     if not letters.isalpha() or digits.startswith("0"):
@@ -239,8 +239,13 @@ def handle_command(state: ShowState, command: object) -> Effect:
             if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86_400:
                 return reject(f"a hold lasts 0 to 86400 seconds, got {seconds!r}")
             event = SeatHeld(seat, customer, float(seconds))
-            return persist(event, reply=event, schedule=schedule(
-                f"hold-{seat}", ReleaseHold(seat, customer), after=float(seconds)))
+            return persist(
+                event,
+                reply=event,
+                schedule=schedule(
+                    f"hold-{seat}", ReleaseHold(seat, customer), after=float(seconds)
+                ),
+            )
         case ConfirmHold(seat=seat, customer=customer):
             if state.holds.get(seat) != customer:
                 return reject(f"seat {seat} is not held by {customer}")
@@ -279,16 +284,18 @@ def apply_event(state: ShowState, event: object) -> ShowState:
     match event:
         case SeatReserved(seat=seat, customer=customer):  # also confirms a hold
             holds = {s: c for s, c in state.holds.items() if s != seat}
-            return ShowState(state.seats, state.created, {**state.reservations, seat: customer},
-                             holds)
+            return ShowState(
+                state.seats, state.created, {**state.reservations, seat: customer}, holds
+            )
         case ReservationCancelled(seat=seat):
             rest = {s: c for s, c in state.reservations.items() if s != seat}
             return ShowState(state.seats, state.created, rest, state.holds)
         case ShowCreated(seats=seats):
             return ShowState(seats, True, state.reservations, state.holds)
         case SeatHeld(seat=seat, customer=customer):
-            return ShowState(state.seats, state.created, state.reservations,
-                             {**state.holds, seat: customer})
+            return ShowState(
+                state.seats, state.created, state.reservations, {**state.holds, seat: customer}
+            )
         case HoldReleased(seat=seat):
             holds = {s: c for s, c in state.holds.items() if s != seat}
             return ShowState(state.seats, state.created, state.reservations, holds)
@@ -307,7 +314,14 @@ SHOW: AggregateType[ShowState, object, object] = AggregateType(
     tagger=tags,
     snapshot=SnapshotPolicy(every_n_events=100, keep=2),
     events=(ShowCreated, SeatReserved, ReservationCancelled, SeatHeld, HoldReleased),
-    commands=(CreateShow, ReserveSeat, CancelReservation, GetShow, HoldSeat, ConfirmHold,
-              ReleaseHold),
+    commands=(
+        CreateShow,
+        ReserveSeat,
+        CancelReservation,
+        GetShow,
+        HoldSeat,
+        ConfirmHold,
+        ReleaseHold,
+    ),
     types=(ShowState,),
 )

@@ -42,7 +42,15 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
         schema_cql,
     )
 
-_LAZY = {name: "raysource.journal.cassandra" for name in (
-    "CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema", "schema_cql")}
+_LAZY = {
+    name: "raysource.journal.cassandra"
+    for name in (
+        "CassandraConfig",
+        "CassandraJournal",
+        "CassandraSession",
+        "create_schema",
+        "schema_cql",
+    )
+}
 
 __getattr__ = lazy_getattr(__name__, _LAZY)

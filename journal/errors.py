@@ -130,9 +130,9 @@ class SerializationError(RaysourceError):
         return err
 
 
-def _rebuild_serialization_error(cls: type[SerializationError], detail: str,
-                                 persistence_id: str | None,
-                                 sequence_nr: int | None) -> SerializationError:
+def _rebuild_serialization_error(
+    cls: type[SerializationError], detail: str, persistence_id: str | None, sequence_nr: int | None
+) -> SerializationError:
     return cls(detail, persistence_id=persistence_id, sequence_nr=sequence_nr)
 
 
@@ -158,8 +158,22 @@ class PayloadTooLargeError(SerializationError, NotAppliedError):
 
 # Written out so type checkers see the names ``raysource.errors`` re-exports; tests/test_rooms.py
 # checks it lists every error class of this module.
-__all__ = ["ConcurrentWriteError", "ConfigError", "CorruptPayloadError", "InvalidAppendError",
-           "JournalError", "JournalOutcomeUnknownError", "JournalUnavailableError",
-           "MigrationRequiredError", "MissingUpcasterError", "NotAppliedError",
-           "OutcomeUnknownError", "PayloadTooLargeError", "RaysourceError", "SerializationError",
-           "UnknownManifestError", "UnserializableError", "WriterFencedError"]
+__all__ = [
+    "ConcurrentWriteError",
+    "ConfigError",
+    "CorruptPayloadError",
+    "InvalidAppendError",
+    "JournalError",
+    "JournalOutcomeUnknownError",
+    "JournalUnavailableError",
+    "MigrationRequiredError",
+    "MissingUpcasterError",
+    "NotAppliedError",
+    "OutcomeUnknownError",
+    "PayloadTooLargeError",
+    "RaysourceError",
+    "SerializationError",
+    "UnknownManifestError",
+    "UnserializableError",
+    "WriterFencedError",
+]

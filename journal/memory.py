@@ -156,8 +156,11 @@ class InMemoryJournal(Journal):
         if self.serialization is not None:
             for ev in events:
                 self.serialization.decode(
-                    ev.serializer_id, ev.manifest, bytes(ev.payload),
-                    persistence_id=pid, sequence_nr=ev.sequence_nr,
+                    ev.serializer_id,
+                    ev.manifest,
+                    bytes(ev.payload),
+                    persistence_id=pid,
+                    sequence_nr=ev.sequence_nr,
                 )
         stored = self._events.setdefault(pid, {})
         if self.fencing:
@@ -239,4 +242,3 @@ class InMemoryJournal(Journal):
 
     async def close(self) -> None:
         """No-op: the data stays readable so a test can "restart" on the same journal."""
-

@@ -43,8 +43,9 @@ _UNSEEN: Any = object()
 def _fields_of(cls: type) -> tuple[str, ...] | None:
     if len(_DATACLASS_FIELDS) > 10_000:  # classes made on the fly: do not grow forever
         _DATACLASS_FIELDS.clear()
-    names = tuple(f.name for f in dataclasses.fields(cls)) \
-        if dataclasses.is_dataclass(cls) else None
+    names = (
+        tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+    )
     _DATACLASS_FIELDS[cls] = names
     return names
 

@@ -180,13 +180,26 @@ class Serialization:
     # ------------------------------------------------------------------ registration
 
     @overload
-    def register(self, cls: T, name: str | None = None, *, version: int = 1,
-                 upcasters: Mapping[int, Upcaster] | None = None, pickle: bool = False) -> T: ...
+    def register(
+        self,
+        cls: T,
+        name: str | None = None,
+        *,
+        version: int = 1,
+        upcasters: Mapping[int, Upcaster] | None = None,
+        pickle: bool = False,
+    ) -> T: ...
 
     @overload
-    def register(self, cls: None = None, name: str | None = None, *, version: int = 1,
-                 upcasters: Mapping[int, Upcaster] | None = None,
-                 pickle: bool = False) -> Callable[[T], T]: ...
+    def register(
+        self,
+        cls: None = None,
+        name: str | None = None,
+        *,
+        version: int = 1,
+        upcasters: Mapping[int, Upcaster] | None = None,
+        pickle: bool = False,
+    ) -> Callable[[T], T]: ...
 
     def register(
         self,
@@ -208,8 +221,9 @@ class Serialization:
         another class is a ``ConfigError``.
         """
         if cls is None:
-            return lambda c: self.register(c, name, version=version, upcasters=upcasters,
-                                           pickle=pickle)
+            return lambda c: self.register(
+                c, name, version=version, upcasters=upcasters, pickle=pickle
+            )
         if not isinstance(cls, type):
             raise ConfigError(f"register() needs a class, got {cls!r}")
         if not pickle and not dataclasses.is_dataclass(cls):
@@ -290,7 +304,8 @@ class Serialization:
             self._check_roundtrip(obj, payload, self._decoder, where)
         elif self.allow_pickle:
             ser_id, manifest, payload = self._pickle(
-                obj, f"{_PICKLE_MANIFEST_PREFIX}{type(obj).__module__}.{type(obj).__qualname__}",
+                obj,
+                f"{_PICKLE_MANIFEST_PREFIX}{type(obj).__module__}.{type(obj).__qualname__}",
                 where,
             )
         else:
@@ -308,18 +323,23 @@ class Serialization:
             )
         return ser_id, manifest, payload
 
-    def _check_roundtrip(self, obj: object, payload: bytes, decoder: msgspec.json.Decoder[Any],
-                         where: dict[str, Any]) -> None:
+    def _check_roundtrip(
+        self, obj: object, payload: bytes, decoder: msgspec.json.Decoder[Any], where: dict[str, Any]
+    ) -> None:
         """The round-trip rule: ``payload`` must decode to a value equal to ``obj``."""
         what = type(obj).__qualname__
         try:
             back = decoder.decode(payload)
         except Exception as exc:  # ValidationError, or a __post_init__ that refuses the copy
-            hint = " (NaN and infinities are written as null: refused)" \
-                if "got `null`" in str(exc) else ""
+            hint = (
+                " (NaN and infinities are written as null: refused)"
+                if "got `null`" in str(exc)
+                else ""
+            )
             raise UnserializableError(
                 f"{what} would be stored but could not be read back ({exc}); field values "
-                f"must have the declared types{hint}", **where
+                f"must have the declared types{hint}",
+                **where,
             ) from None
         try:
             problem = difference(obj, back)
@@ -330,9 +350,12 @@ class Serialization:
                 f"{what} would not read back as an equal value: {problem}", **where
             )
 
-    def _typed_decoder(self, reg: _Registration, where: dict[str, Any],
-                       error: type[SerializationError] = UnserializableError
-                       ) -> msgspec.json.Decoder[Any]:
+    def _typed_decoder(
+        self,
+        reg: _Registration,
+        where: dict[str, Any],
+        error: type[SerializationError] = UnserializableError,
+    ) -> msgspec.json.Decoder[Any]:
         """This process's typed decoder for ``reg.cls`` (built once; see the module docstring
         for why msgspec's class cache is removed again right away)."""
         decoder = self._typed.get(reg.cls)
@@ -346,7 +369,8 @@ class Serialization:
                 except Exception as exc:  # unsupported or unresolvable annotations
                     raise error(
                         f"{reg.cls.__qualname__} ({reg.name}) has field types the JSON "
-                        f"serializer cannot decode: {exc}", **where
+                        f"serializer cannot decode: {exc}",
+                        **where,
                     ) from exc
                 finally:
                     forget_msgspec_caches(reg.cls)
@@ -413,22 +437,30 @@ class Serialization:
                 f"stored {manifest!r} does not fit {reg.cls.__qualname__}: {exc}", **where
             ) from exc
         except msgspec.DecodeError as exc:
-            raise CorruptPayloadError(f"corrupt JSON payload for {manifest!r}: {exc}",
-                                      **where) from exc
+            raise CorruptPayloadError(
+                f"corrupt JSON payload for {manifest!r}: {exc}", **where
+            ) from exc
         except (TypeError, ValueError) as exc:  # e.g. raised by the class's __post_init__
             raise CorruptPayloadError(
                 f"stored {manifest!r} does not fit {reg.cls.__qualname__}: {exc!r}", **where
             ) from exc
 
-    def _upcast(self, reg: _Registration, manifest: str, payload: bytes, stored_version: int,
-                where: dict[str, Any]) -> bytes:
+    def _upcast(
+        self,
+        reg: _Registration,
+        manifest: str,
+        payload: bytes,
+        stored_version: int,
+        where: dict[str, Any],
+    ) -> bytes:
         """The payload of an older version, upcast document by document to the registered
         version and encoded again for the typed decoder."""
         try:
             doc = self._decoder.decode(payload)
         except msgspec.DecodeError as exc:
-            raise CorruptPayloadError(f"corrupt JSON payload for {manifest!r}: {exc}",
-                                      **where) from exc
+            raise CorruptPayloadError(
+                f"corrupt JSON payload for {manifest!r}: {exc}", **where
+            ) from exc
         name = reg.name
         for v in range(stored_version, reg.version):
             up = reg.upcasters.get(v)
@@ -449,12 +481,16 @@ class Serialization:
         except (TypeError, ValueError, OverflowError) as exc:
             raise CorruptPayloadError(
                 f"upcasters of {name} produced a document that is not JSON from stored "
-                f"{manifest!r}: {exc}", **where
+                f"{manifest!r}: {exc}",
+                **where,
             ) from exc
 
     def _unpickle(self, manifest: str, payload: bytes, where: dict[str, Any]) -> object:
-        name = manifest[len(_PICKLE_MANIFEST_PREFIX):] if manifest.startswith(
-            _PICKLE_MANIFEST_PREFIX) else None
+        name = (
+            manifest[len(_PICKLE_MANIFEST_PREFIX) :]
+            if manifest.startswith(_PICKLE_MANIFEST_PREFIX)
+            else None
+        )
         reg = self._by_name.get(name) if name else None
         if not (self.allow_pickle or (reg is not None and reg.pickle)):
             raise UnknownManifestError(
@@ -473,4 +509,3 @@ class Serialization:
         """Encode then decode ``obj``: the decoded copy, or the ``UnserializableError`` of the
         round-trip rule (the test kit checks commands, replies, events and states with it)."""
         return self.decode(*self.encode(obj))
-

@@ -52,13 +52,18 @@ class LiveStats:
     wait_s_max: float = 0.0  # longest an event waited in the inbox before its apply began
 
     def as_dict(self) -> dict[str, Any]:
-        return {"offered": self.offered, "applied": self.applied,
-                "backfilled": self.backfilled, "duplicates": self.duplicates,
-                "gaps": self.gaps, "dropped": self.dropped, "applies": self.applies,
-                "apply_ms_mean": round(self.apply_s / self.applies * 1e3, 1)
-                if self.applies else None,
-                "apply_ms_max": round(self.apply_s_max * 1e3, 1),
-                "wait_ms_max": round(self.wait_s_max * 1e3, 1)}
+        return {
+            "offered": self.offered,
+            "applied": self.applied,
+            "backfilled": self.backfilled,
+            "duplicates": self.duplicates,
+            "gaps": self.gaps,
+            "dropped": self.dropped,
+            "applies": self.applies,
+            "apply_ms_mean": round(self.apply_s / self.applies * 1e3, 1) if self.applies else None,
+            "apply_ms_max": round(self.apply_s_max * 1e3, 1),
+            "wait_ms_max": round(self.wait_s_max * 1e3, 1),
+        }
 
     def timed(self, started: float, oldest: float | None) -> None:
         """Record one apply that began at ``started`` (monotonic) and just ended; ``oldest``:
@@ -104,8 +109,12 @@ class LiveInbox:
         self._events.clear()
         return out
 
-    def select(self, events: list[StoredEvent], wanted: Callable[[str], bool],
-               last: Callable[[str], int | None]) -> list[tuple[StoredEvent, int | None]]:
+    def select(
+        self,
+        events: list[StoredEvent],
+        wanted: Callable[[str], bool],
+        last: Callable[[str], int | None],
+    ) -> list[tuple[StoredEvent, int | None]]:
         """What to apply now, in order, as ``(event, backfill_from)``: for each aggregate
         ``wanted`` (its slice, not parked), the events that continue its applied sequence
         (``last(pid)``: the highest applied number, None if unknown). ``backfill_from`` is

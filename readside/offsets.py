@@ -69,9 +69,13 @@ class ParkedStream:
     parked_us: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"persistence_id": self.persistence_id, "worker": self.worker,
-                "sequence_nr": self.sequence_nr, "error": self.error,
-                "parked_us": self.parked_us}
+        return {
+            "persistence_id": self.persistence_id,
+            "worker": self.worker,
+            "sequence_nr": self.sequence_nr,
+            "error": self.error,
+            "parked_us": self.parked_us,
+        }
 
 
 class OffsetStore(abc.ABC):
@@ -119,23 +123,25 @@ class InMemoryOffsetStore(OffsetStore):
 
     def _row(self, projection: str, worker: str) -> StoredProjectionRow:
         return self._rows.get((projection, worker)) or StoredProjectionRow(
-            projection, worker, None, "", "", "", 0)
+            projection, worker, None, "", "", "", 0
+        )
 
     async def list(self, projection: str) -> list[StoredProjectionRow]:
         return [r for (p, _), r in sorted(self._rows.items()) if p == projection]
 
     async def save_offset(self, projection: str, worker: str, offset: TagOffset | None) -> None:
         off = None if offset is None or offset == TagOffset.start() else offset
-        self._rows[(projection, worker)] = replace(self._row(projection, worker), offset=off,
-                                                   updated_us=now_us())
+        self._rows[(projection, worker)] = replace(
+            self._row(projection, worker), offset=off, updated_us=now_us()
+        )
 
     async def set_desired(self, projection: str, worker: str, desired: str) -> None:
-        self._rows[(projection, worker)] = replace(self._row(projection, worker),
-                                                   desired=desired)
+        self._rows[(projection, worker)] = replace(self._row(projection, worker), desired=desired)
 
     async def set_state(self, projection: str, worker: str, state: str, error: str) -> None:
-        self._rows[(projection, worker)] = replace(self._row(projection, worker), state=state,
-                                                   error=error, updated_us=now_us())
+        self._rows[(projection, worker)] = replace(
+            self._row(projection, worker), state=state, error=error, updated_us=now_us()
+        )
 
     async def park(self, parked: ParkedStream) -> None:
         self._parked[(parked.projection, parked.persistence_id)] = parked
@@ -168,34 +174,48 @@ class CassandraOffsetStore(OffsetStore):
         rows = await self._select(self.cql.select_worker, (projection, worker))
         return rows[0] if rows else None
 
-    async def _select(self, cql: str,
-                      params: tuple[Any, ...]) -> builtins.list[StoredProjectionRow]:
+    async def _select(
+        self, cql: str, params: tuple[Any, ...]
+    ) -> builtins.list[StoredProjectionRow]:
         from raysource.journal.cassandra.session import RAW_PROFILE
 
         out = []
         for r in await self.session.select_all(cql, params, profile=RAW_PROFILE):
-            off = None if r[2] is None or r[2] == 0 and not r[3] else TagOffset(
-                r[2], r[3] or "", r[4] or 0)
-            out.append(StoredProjectionRow(r[0], r[1], off, r[5] or "", r[6] or "", r[7] or "",
-                                           r[8] or 0))
+            off = (
+                None
+                if r[2] is None or r[2] == 0 and not r[3]
+                else TagOffset(r[2], r[3] or "", r[4] or 0)
+            )
+            out.append(
+                StoredProjectionRow(r[0], r[1], off, r[5] or "", r[6] or "", r[7] or "", r[8] or 0)
+            )
         return out
 
     async def save_offset(self, projection: str, worker: str, offset: TagOffset | None) -> None:
         o = offset or TagOffset.start()
-        await self.session.execute(self.cql.save_offset, (
-            o.timestamp_us, o.persistence_id, o.sequence_nr, now_us(), projection, worker))
+        await self.session.execute(
+            self.cql.save_offset,
+            (o.timestamp_us, o.persistence_id, o.sequence_nr, now_us(), projection, worker),
+        )
 
     async def set_desired(self, projection: str, worker: str, desired: str) -> None:
         await self.session.execute(self.cql.set_desired, (desired, projection, worker))
 
     async def set_state(self, projection: str, worker: str, state: str, error: str) -> None:
-        await self.session.execute(self.cql.set_state,
-                                   (state, error, now_us(), projection, worker))
+        await self.session.execute(self.cql.set_state, (state, error, now_us(), projection, worker))
 
     async def park(self, parked: ParkedStream) -> None:
-        await self.session.execute(self.cql.park, (
-            parked.projection, parked.persistence_id, parked.worker, parked.sequence_nr,
-            parked.error, parked.parked_us))
+        await self.session.execute(
+            self.cql.park,
+            (
+                parked.projection,
+                parked.persistence_id,
+                parked.worker,
+                parked.sequence_nr,
+                parked.error,
+                parked.parked_us,
+            ),
+        )
 
     async def unpark(self, projection: str, persistence_id: str) -> None:
         await self.session.execute(self.cql.unpark, (projection, persistence_id))
@@ -204,5 +224,7 @@ class CassandraOffsetStore(OffsetStore):
         from raysource.journal.cassandra.session import RAW_PROFILE
 
         rows = await self.session.select_all(self.cql.parked, (projection,), profile=RAW_PROFILE)
-        return [ParkedStream(projection, r[0], r[1] or "", r[2] or 0, r[3] or "", r[4] or 0)
-                for r in rows]
+        return [
+            ParkedStream(projection, r[0], r[1] or "", r[2] or 0, r[3] or "", r[4] or 0)
+            for r in rows
+        ]

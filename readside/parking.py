@@ -50,12 +50,16 @@ class ParkedStreams:
     async def load(self, mine: Callable[[str], bool]) -> None:
         """Take over the stored records of this worker's aggregates (by slice, so a record
         survives a change of worker key)."""
-        self._parked = {p.persistence_id: p for p in await self.store.parked(self.projection)
-                        if mine(p.persistence_id)}
+        self._parked = {
+            p.persistence_id: p
+            for p in await self.store.parked(self.projection)
+            if mine(p.persistence_id)
+        }
 
     async def park(self, persistence_id: str, sequence_nr: int, error: str) -> ParkedStream:
-        rec = ParkedStream(self.projection, persistence_id, self.worker, sequence_nr, error,
-                           now_us())
+        rec = ParkedStream(
+            self.projection, persistence_id, self.worker, sequence_nr, error, now_us()
+        )
         await self.store.park(rec)
         self._parked[persistence_id] = rec
         return rec
@@ -73,16 +77,23 @@ class ParkedStreams:
         return self._parked.pop(persistence_id, None)
 
     @staticmethod
-    async def events_from(journal: Journal, persistence_id: str, sequence_nr: int,
-                          tag: str, to_sequence_nr: int | None = None) -> list[StoredEvent]:
+    async def events_from(
+        journal: Journal,
+        persistence_id: str,
+        sequence_nr: int,
+        tag: str,
+        to_sequence_nr: int | None = None,
+    ) -> list[StoredEvent]:
         """The aggregate's stored events from ``sequence_nr`` (to ``to_sequence_nr``) that
         carry ``tag``."""
-        return [e async for e in journal.replay(persistence_id, sequence_nr, to_sequence_nr)
-                if tag in e.tags]
+        return [
+            e
+            async for e in journal.replay(persistence_id, sequence_nr, to_sequence_nr)
+            if tag in e.tags
+        ]
 
 
-async def retry_stream(worker: Any, persistence_id: str, *, skip: bool = False
-                       ) -> dict[str, Any]:
+async def retry_stream(worker: Any, persistence_id: str, *, skip: bool = False) -> dict[str, Any]:
     """Re-apply ``worker``'s parked stream of ``persistence_id`` from the journal: from its
     poison event, or (``skip``) from the event after it (which is then never applied). Runs
     under the worker's apply lock, one event at a time with the usual retries; if an event
@@ -93,8 +104,9 @@ async def retry_stream(worker: Any, persistence_id: str, *, skip: bool = False
     async with w._apply:
         rec = w.parked.get(persistence_id)
         if rec is None:
-            raise ProjectionError(f"{persistence_id!r} is not parked in projection "
-                                  f"{w.spec.name!r} (worker {w.key})")
+            raise ProjectionError(
+                f"{persistence_id!r} is not parked in projection {w.spec.name!r} (worker {w.key})"
+            )
         first = rec.sequence_nr + (1 if skip else 0)
         events = await ParkedStreams.events_from(w.journal, persistence_id, first, w.spec.tag)
         w.parked.forget(persistence_id)
@@ -112,12 +124,25 @@ async def retry_stream(worker: Any, persistence_id: str, *, skip: bool = False
         except BaseException:
             w.parked.restore(rec)  # still parked
             if w._halt.is_set():
-                raise ProjectionError(f"{persistence_id!r}: the worker was paused or stopped "
-                                      "during the retry; the stream stays parked") from None
+                raise ProjectionError(
+                    f"{persistence_id!r}: the worker was paused or stopped "
+                    "during the retry; the stream stays parked"
+                ) from None
             raise
         if again is None:
             await w.store.unpark(w.spec.name, persistence_id)
-    log.info("projection %s %s: %s parked %r #%d: %d applied", w.spec.name, w.key,
-             "skipped" if skip else "retried", persistence_id, rec.sequence_nr, applied)
-    return {"persistence_id": persistence_id, "skipped": rec.sequence_nr if skip else None,
-            "applied": applied, "parked": again.as_dict() if again else None}
+    log.info(
+        "projection %s %s: %s parked %r #%d: %d applied",
+        w.spec.name,
+        w.key,
+        "skipped" if skip else "retried",
+        persistence_id,
+        rec.sequence_nr,
+        applied,
+    )
+    return {
+        "persistence_id": persistence_id,
+        "skipped": rec.sequence_nr if skip else None,
+        "applied": applied,
+        "parked": again.as_dict() if again else None,
+    }

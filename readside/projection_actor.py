@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -50,140 +49,15 @@ from raysource.readside.errors import ProjectionError
 from raysource.readside.offsets import CassandraOffsetStore
 from raysource.readside.projections import (
     ProjectionSpec,
-    offset_from_str,
     offset_to_str,
     worker_key,
 )
 from raysource.readside.worker import ProjectionWorker
+from raysource.readside.worker_actor import ProjectionActor
 from raysource.runtime.actors.cluster import connect_ray, projection_name, projection_prefix
-from raysource.runtime.actors.ray_metrics import RayMetrics
-from raysource.runtime.logs import configure_from_env
 
 __all__ = ["ProjectionActor", "Projections", "connect_ray"]
 
-# How often a running worker refreshes its lag gauges on its own (status() refreshes them too).
-# Each refresh scans the tag from the offset (bounded by lag_scan_limit): keep it coarse.
-LAG_REFRESH_S = float(os.environ.get("RAYSOURCE_PROJECTION_LAG_REFRESH_S", "30"))
-
-
-def _freeze_heap() -> None:
-    """Put what the worker's process built until now out of the cyclic GC's reach (once, at
-    boot; the process is the worker's own).
-
-    By then the process holds Ray's objects and the Cassandra driver's schema metadata (every
-    keyspace of the cluster: tens of thousands of objects), none of it garbage. Each full
-    collection walked all of it: measured in one process (issue 30), 150-500 ms pauses, a few
-    per 20,000 events caught up, about a third of the worker's CPU in the effectively-once
-    view's catch-up (which allocates more per event than a no-op handler, so collects more
-    often); a pause that long also holds up the live path. Frozen objects are never collected:
-    what boot built and later drops in a cycle stays (driver metadata of a keyspace that existed
-    at boot and changes later), and so do boot's own cyclic leftovers (no collection first: it
-    would add a full pause to every start, while freezing is constant time).
-    """
-    gc.freeze()
-
-
-class _ProjectionActor:
-    """The Ray actor around one :class:`ProjectionWorker`. Offsets cross the boundary as
-    strings (:func:`offset_to_str`)."""
-
-    def __init__(self, spec: ProjectionSpec, config: CassandraConfig, slice_index: int) -> None:
-        configure_from_env()
-        self.spec, self.config, self.slice_index = spec, config, slice_index
-        self._worker: ProjectionWorker | None = None
-        self._peers: dict[int, Any] = {}  # slice -> actor handle (the reader's followers)
-        self._metrics = RayMetrics()  # lag gauges, exported by Ray
-        self._lag_task: asyncio.Task[None] | None = None
-        # async actor: __init__ runs on the actor's loop, so booting can start right away
-        # (and does again after a Ray restart, resuming a worker whose desired state is running)
-        self._booting = asyncio.get_running_loop().create_task(self._boot())
-
-    async def _boot(self) -> None:
-        from raysource.journal.cassandra.journal import CassandraJournal
-
-        session = await CassandraSession.open(self.config)
-        journal = CassandraJournal(session, self.config)
-        worker = ProjectionWorker(self.spec, self.slice_index, session, self.config, journal,
-                                  metrics=self._metrics)
-        if self.spec.n_slices > 1:  # one read of the tag: slice 0 feeds the others
-            if self.slice_index == 0:
-                worker.lead(self._feed)
-            else:
-                worker.follow()
-        await worker.boot()
-        self._worker = worker
-        _freeze_heap()
-        if LAG_REFRESH_S > 0:
-            self._lag_task = asyncio.get_running_loop().create_task(self._refresh_lag(worker))
-
-    async def _refresh_lag(self, worker: ProjectionWorker) -> None:
-        while True:
-            await asyncio.sleep(LAG_REFRESH_S)
-            if worker.state not in ("running", "parked"):
-                continue
-            with contextlib.suppress(Exception):  # diagnostics only; status() shows errors
-                await worker.status()  # records the lag gauges
-
-    async def _w(self) -> ProjectionWorker:
-        await asyncio.shield(self._booting)
-        assert self._worker is not None
-        return self._worker
-
-    async def global_prepare(self) -> None:
-        await (await self._w()).global_prepare()
-
-    async def start(self) -> None:
-        await (await self._w()).start()
-
-    async def pause(self) -> None:
-        await (await self._w()).pause()
-
-    async def stop(self) -> None:
-        await (await self._w()).stop()
-
-    async def reset(self, offset: str) -> None:
-        await (await self._w()).reset(offset_from_str(offset))
-
-    async def status(self) -> dict[str, Any]:
-        return await (await self._w()).status()
-
-    async def ping(self) -> str:
-        await self._w()
-        return "pong"
-
-    # the live path (raysource.runtime.actors.live offers events after their append)
-
-    def subscription(self) -> tuple[str, int, int, bool]:
-        """(tag, slice, n_slices, live): what a live publisher sends here."""
-        return (self.spec.tag, self.slice_index, self.spec.n_slices, self.spec.settings.live)
-
-    def offer(self, events: list) -> None:
-        """Acknowledged events of this worker's tag (best effort; dropped while booting)."""
-        if self._worker is not None:
-            self._worker.offer(events)
-
-    async def retry(self, persistence_id: str, skip: bool = False) -> dict[str, Any]:
-        return await (await self._w()).retry(persistence_id, skip=skip)
-
-    # slices (raysource.readside.slices): slice 0 reads the tag and feeds the others
-
-    async def feed(self, events: list, from_offset: Any, up_to: Any) -> Any:
-        return await (await self._w()).feed(events, from_offset, up_to)
-
-    async def _feed(self, k: int, events: list, from_offset: Any, up_to: Any) -> Any:
-        handle = self._peers.get(k)
-        if handle is None:
-            name = projection_name(self.spec.name, k, self.spec.n_slices)
-            handle = self._peers[k] = await asyncio.get_running_loop().run_in_executor(
-                None, ray.get_actor, name)
-        try:
-            return await handle.feed.remote(events, from_offset, up_to)
-        except Exception:
-            self._peers.pop(k, None)  # found again (maybe re-created) on the next feed
-            raise
-
-
-ProjectionActor = ray.remote(_ProjectionActor)
 
 # Ray re-creates a crashed worker (max_restarts=-1); control calls wait this long for it
 RESTART_WAIT_S = float(os.environ.get("RAYSOURCE_PROJECTION_RESTART_WAIT_S", "30"))
@@ -191,8 +65,9 @@ RESTART_WAIT_S = float(os.environ.get("RAYSOURCE_PROJECTION_RESTART_WAIT_S", "30
 _Method = TypeVar("_Method", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 
-async def _call(handle: Any, method: str, *args: Any, what: str,
-                wait_s: float = RESTART_WAIT_S) -> Any:
+async def _call(
+    handle: Any, method: str, *args: Any, what: str, wait_s: float = RESTART_WAIT_S
+) -> Any:
     """``handle.<method>.remote(*args)``, re-sent while Ray restarts the worker (every control
     call is idempotent: start, pause, stop, reset to an offset, status; a repeated ``retry``
     of a stream no longer parked is refused by the worker), for at most ``wait_s``.
@@ -210,8 +85,9 @@ async def _call(handle: Any, method: str, *args: Any, what: str,
             raise ProjectionError(f"{what}: the worker failed: {cause!r}") from err
         except ActorUnavailableError as err:  # crashed or unreachable, being restarted
             if time.monotonic() > deadline:
-                raise ProjectionError(f"{what}: the worker stayed unavailable for {wait_s:.0f}s "
-                                      f"({_first_line(err)})") from err
+                raise ProjectionError(
+                    f"{what}: the worker stayed unavailable for {wait_s:.0f}s ({_first_line(err)})"
+                ) from err
             await asyncio.sleep(0.2)
         except RayActorError as err:  # ActorDiedError: no restart left (stopped, killed)
             raise _WorkerGone(f"{what}: the worker is gone ({_first_line(err)})") from err
@@ -280,8 +156,9 @@ async def _released(actor: str, actor_id: Any, what: str, wait_s: float) -> None
         if found._actor_id != actor_id:
             return
         if time.monotonic() > deadline:
-            raise ProjectionError(f"{what}: the stopped worker {actor!r} still held its name "
-                                  f"after {wait_s:.0f}s")
+            raise ProjectionError(
+                f"{what}: the stopped worker {actor!r} still held its name after {wait_s:.0f}s"
+            )
         await asyncio.sleep(_GONE_POLL_S)
 
 
@@ -333,8 +210,9 @@ class Projections:
             left = max(0.0, deadline - time.monotonic())
             if handle is None:  # the name was taken and let go while we looked
                 if not left:
-                    raise ProjectionError(f"{what}: could not create worker {actor!r} "
-                                          f"within {RESTART_WAIT_S:.0f}s")
+                    raise ProjectionError(
+                        f"{what}: could not create worker {actor!r} within {RESTART_WAIT_S:.0f}s"
+                    )
                 await asyncio.sleep(_GONE_POLL_S)
                 continue
             try:
@@ -349,8 +227,13 @@ class Projections:
     def _create(self, spec: ProjectionSpec, i: int, actor: str) -> Any | None:
         """The worker named ``actor``: created here (its creator's handle is kept) or found
         under that name; None if the name was taken by a worker that went away meanwhile."""
-        opts: dict[str, Any] = dict(name=actor, get_if_exists=True, max_restarts=-1,
-                                    max_concurrency=64, num_cpus=spec.num_cpus)
+        opts: dict[str, Any] = dict(
+            name=actor,
+            get_if_exists=True,
+            max_restarts=-1,
+            max_concurrency=64,
+            num_cpus=spec.num_cpus,
+        )
         if self.detached:
             opts["lifetime"] = "detached"
         try:
@@ -358,8 +241,9 @@ class Projections:
         except ValueError:  # taken when creating, gone when looked up again
             return None
         except RayError as err:
-            raise ProjectionError(f"projection {spec.name!r}: could not create worker "
-                                  f"{actor!r} ({_first_line(err)})") from err
+            raise ProjectionError(
+                f"projection {spec.name!r}: could not create worker {actor!r} ({_first_line(err)})"
+            ) from err
         if not self.detached:
             _CREATED[(_job(), actor)] = handle
         return handle
@@ -371,8 +255,7 @@ class Projections:
         """Create the workers (or adopt the running ones), run ``global_prepare`` once, start
         them all. Right after a ``stop`` of the same name it starts new workers."""
         what = f"projection {spec.name!r}"
-        handles = await asyncio.gather(*(self._worker(spec, i, what)
-                                         for i in range(spec.n_slices)))
+        handles = await asyncio.gather(*(self._worker(spec, i, what) for i in range(spec.n_slices)))
         await _call(handles[0], "global_prepare", what=what)
         await asyncio.gather(*(_call(h, "start", what=what) for h in handles))
         return await asyncio.gather(*(_call(h, "status", what=what) for h in handles))
@@ -380,8 +263,12 @@ class Projections:
     async def _all(self, name: str, method: str, *args: Any) -> None:
         """``method`` on every live worker of projection ``name`` (see :func:`_call`)."""
         what = f"projection {name!r}"
-        await asyncio.gather(*(_call(h, method, *args, what=f"{what} worker {key}")
-                               for key, h in self._handles_or_fail(name).items()))
+        await asyncio.gather(
+            *(
+                _call(h, method, *args, what=f"{what} worker {key}")
+                for key, h in self._handles_or_fail(name).items()
+            )
+        )
 
     @_public
     async def pause(self, name: str) -> None:
@@ -399,8 +286,12 @@ class Projections:
         if not named:
             raise ProjectionError(f"projection {name!r} has no running workers")
         results = await asyncio.gather(
-            *(_call(h, "stop", what=f"projection {name!r} worker {key}")
-              for key, (_, h) in named.items()), return_exceptions=True)
+            *(
+                _call(h, "stop", what=f"projection {name!r} worker {key}")
+                for key, (_, h) in named.items()
+            ),
+            return_exceptions=True,
+        )
         job, prefix = _job(), projection_prefix(name)
         kept = {a: h for (j, a), h in _CREATED.items() if j == job and a.startswith(prefix)}
         ending = {a: h for a, h in named.values()} | kept
@@ -408,12 +299,19 @@ class Projections:
             with contextlib.suppress(RayError, ValueError):  # already gone
                 ray.kill(h, no_restart=True)
         gone = await asyncio.gather(
-            *(_released(a, h._actor_id, f"projection {name!r}", RESTART_WAIT_S)
-              for a, h in ending.items()), return_exceptions=True)
+            *(
+                _released(a, h._actor_id, f"projection {name!r}", RESTART_WAIT_S)
+                for a, h in ending.items()
+            ),
+            return_exceptions=True,
+        )
         for a in kept:
             _forget(a)
-        failed = [r for r in [*results, *gone] if isinstance(r, BaseException)
-                  and not isinstance(r, _WorkerGone)]  # a worker already gone is stopped
+        failed = [
+            r
+            for r in [*results, *gone]
+            if isinstance(r, BaseException) and not isinstance(r, _WorkerGone)
+        ]  # a worker already gone is stopped
         if failed:
             raise failed[0]
 
@@ -438,8 +336,12 @@ class Projections:
         """Live workers report themselves; stored rows fill in workers that are not running."""
         handles = self.handles(name)
         answers = await asyncio.gather(  # a restarting worker gets a few seconds, then is
-            *(_call(h, "status", what=f"projection {name!r} worker {key}", wait_s=5.0)
-              for key, h in handles.items()), return_exceptions=True)  # reported unavailable
+            *(
+                _call(h, "status", what=f"projection {name!r} worker {key}", wait_s=5.0)
+                for key, h in handles.items()
+            ),
+            return_exceptions=True,
+        )  # reported unavailable
         live: dict[str, Any] = {}
         unavailable: dict[str, str] = {}  # worker -> why (then reported from its stored row)
         for key, answer in zip(handles, answers):
@@ -461,16 +363,20 @@ class Projections:
             if row.worker not in live:
                 why = unavailable.get(row.worker)
                 live[row.worker] = {
-                    "projection": name, "worker": row.worker,
-                    "state": f"unavailable: {why}" if why else
-                    f"not running (last: {row.state or '-'})",
-                    "desired": row.desired, "offset": offset_to_str(row.offset),
+                    "projection": name,
+                    "worker": row.worker,
+                    "state": f"unavailable: {why}"
+                    if why
+                    else f"not running (last: {row.state or '-'})",
+                    "desired": row.desired,
+                    "offset": offset_to_str(row.offset),
                     "error": row.error,
                     "parked": [p.as_dict() for p in parked if p.worker == row.worker],
                 }
         for key, why in unavailable.items():
-            live.setdefault(key, {"projection": name, "worker": key,
-                                  "state": f"unavailable: {why}"})
+            live.setdefault(
+                key, {"projection": name, "worker": key, "state": f"unavailable: {why}"}
+            )
         return [live[k] for k in sorted(live)]
 
     async def parked(self, name: str) -> list[dict[str, Any]]:
@@ -481,8 +387,7 @@ class Projections:
             return [p.as_dict() for p in await store.parked(name)]
 
     @_public
-    async def retry(self, name: str, persistence_id: str, *, skip: bool = False
-                    ) -> dict[str, Any]:
+    async def retry(self, name: str, persistence_id: str, *, skip: bool = False) -> dict[str, Any]:
         """Re-apply a parked aggregate stream from its poison event (``skip``: from the event
         after it) in the worker of its slice. ``ProjectionError`` if no worker runs it or the
         aggregate is not parked."""
@@ -492,10 +397,12 @@ class Projections:
 
         key = worker_key(slice_of(persistence_id, n), n)
         if key not in handles:
-            raise ProjectionError(f"projection {name!r}: worker {key} of {persistence_id!r} "
-                                  "is not running")
-        return await _call(handles[key], "retry", persistence_id, skip,
-                           what=f"projection {name!r} worker {key}")
+            raise ProjectionError(
+                f"projection {name!r}: worker {key} of {persistence_id!r} is not running"
+            )
+        return await _call(
+            handles[key], "retry", persistence_id, skip, what=f"projection {name!r} worker {key}"
+        )
 
 
 class _suppress_gone:

@@ -148,8 +148,13 @@ class _Dedupe:
 
 def _decode(serialization: Serialization, te: TaggedEvent) -> EventEnvelope:
     e = te.event
-    obj = serialization.decode(e.serializer_id, e.manifest, bytes(e.payload),
-                               persistence_id=e.persistence_id, sequence_nr=e.sequence_nr)
+    obj = serialization.decode(
+        e.serializer_id,
+        e.manifest,
+        bytes(e.payload),
+        persistence_id=e.persistence_id,
+        sequence_nr=e.sequence_nr,
+    )
     return EventEnvelope(obj, e.persistence_id, e.sequence_nr, e.timestamp, te.offset, te.tag)
 
 
@@ -160,8 +165,14 @@ class EventStreams:
     whose persistence id falls in one of those slices.
     """
 
-    def __init__(self, journal: Journal, serialization: Serialization, *,
-                 poll_interval: float = 0.5, dedupe_capacity: int = 100_000) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        serialization: Serialization,
+        *,
+        poll_interval: float = 0.5,
+        dedupe_capacity: int = 100_000,
+    ) -> None:
         if poll_interval <= 0:
             raise ConfigError("poll_interval must be > 0")
         self.journal = journal
@@ -170,7 +181,10 @@ class EventStreams:
         self.dedupe_capacity = dedupe_capacity
 
     async def current_events_by_tag(
-        self, tag: str, after: TagOffset | None = None, *,
+        self,
+        tag: str,
+        after: TagOffset | None = None,
+        *,
         slices: tuple[Iterable[int], int] | None = None,
     ) -> AsyncIterator[EventEnvelope]:
         """Events tagged ``tag`` strictly after ``after`` that are visible now; completes."""
@@ -185,7 +199,10 @@ class EventStreams:
                 yield _decode(self.serialization, te)
 
     async def events_by_tag(
-        self, tag: str, after: TagOffset | None = None, *,
+        self,
+        tag: str,
+        after: TagOffset | None = None,
+        *,
         slices: tuple[Iterable[int], int] | None = None,
     ) -> AsyncIterator[EventEnvelope]:
         """Live: every event tagged ``tag`` after ``after``, following new ones; never
@@ -204,16 +221,23 @@ class EventStreams:
             await asyncio.sleep(self.poll_interval)
 
     async def events_by_persistence_id(
-        self, persistence_id: str, from_sequence_nr: int = 1, to_sequence_nr: int | None = None,
+        self,
+        persistence_id: str,
+        from_sequence_nr: int = 1,
+        to_sequence_nr: int | None = None,
     ) -> AsyncIterator[EventEnvelope]:
         """Events of one aggregate, ascending from ``from_sequence_nr``; completes."""
         async with contextlib.aclosing(
             self.journal.replay(persistence_id, from_sequence_nr, to_sequence_nr)
         ) as rows:
             async for e in rows:
-                obj = self.serialization.decode(e.serializer_id, e.manifest, bytes(e.payload),
-                                                persistence_id=e.persistence_id,
-                                                sequence_nr=e.sequence_nr)
+                obj = self.serialization.decode(
+                    e.serializer_id,
+                    e.manifest,
+                    bytes(e.payload),
+                    persistence_id=e.persistence_id,
+                    sequence_nr=e.sequence_nr,
+                )
                 yield EventEnvelope(obj, e.persistence_id, e.sequence_nr, e.timestamp)
 
 
@@ -293,10 +317,15 @@ class ProjectionSettings:
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.commit_interval <= 0:
             raise ConfigError("poll_interval and commit_interval must be > 0")
-        if self.commit_every < 1 or self.retry_attempts < 1 or self.batch_size < 1 \
-                or self.live_buffer < 1:
-            raise ConfigError("commit_every, retry_attempts, batch_size and live_buffer must "
-                              "be >= 1")
+        if (
+            self.commit_every < 1
+            or self.retry_attempts < 1
+            or self.batch_size < 1
+            or self.live_buffer < 1
+        ):
+            raise ConfigError(
+                "commit_every, retry_attempts, batch_size and live_buffer must be >= 1"
+            )
         if self.retry_backoff < 0 or self.retry_backoff_max < 0:
             raise ConfigError("retry backoff must be >= 0")
 

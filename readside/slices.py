@@ -45,8 +45,9 @@ __all__ = ["Feed", "SliceReader", "accept_feed"]
 log = logging.getLogger(__name__)
 
 # feed(slice, events, from_offset, up_to) -> the follower's offset after it
-Feed = Callable[[int, list[TaggedEvent], "TagOffset | None", TagOffset],
-                Awaitable["TagOffset | None"]]
+Feed = Callable[
+    [int, list[TaggedEvent], "TagOffset | None", TagOffset], Awaitable["TagOffset | None"]
+]
 
 
 def _before(a: TagOffset | None, b: TagOffset | None) -> bool:
@@ -92,8 +93,9 @@ class SliceReader:
                     continue
                 if pending[k] or final:
                     sends.append(k)
-            results = await asyncio.gather(*(self._send(k, pending[k], self.known.get(k), up_to)
-                                             for k in sends))
+            results = await asyncio.gather(
+                *(self._send(k, pending[k], self.known.get(k), up_to) for k in sends)
+            )
             for k, ok in zip(sends, results):
                 pending[k] = []
                 if not ok:
@@ -114,20 +116,24 @@ class SliceReader:
         if batch and not w._halt.is_set():
             await flush(batch[-1].offset, True)
 
-    async def _send(self, k: int, events: list[TaggedEvent], from_offset: TagOffset | None,
-                    up_to: TagOffset) -> bool:
+    async def _send(
+        self, k: int, events: list[TaggedEvent], from_offset: TagOffset | None, up_to: TagOffset
+    ) -> bool:
         try:
             got = await self.feed(k, events, from_offset, up_to)
         except Exception as exc:  # down, restarting, not running: it gets them in a later pass
-            log.info("projection %s: feed to slice %d failed: %r", self.worker.spec.name, k,
-                     exc)
+            log.info("projection %s: feed to slice %d failed: %r", self.worker.spec.name, k, exc)
             return False
         self.known[k] = got
         return got == up_to
 
 
-async def accept_feed(worker: ProjectionWorker, events: list[TaggedEvent],
-                      from_offset: TagOffset | None, up_to: TagOffset) -> TagOffset | None:
+async def accept_feed(
+    worker: ProjectionWorker,
+    events: list[TaggedEvent],
+    from_offset: TagOffset | None,
+    up_to: TagOffset,
+) -> TagOffset | None:
     """A follower's side of a feed (see the module docstring): its offset afterwards."""
     if worker.state != "running":
         raise ProjectionError(f"projection {worker.spec.name} {worker.key} is {worker.state}")

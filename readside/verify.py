@@ -20,8 +20,14 @@ from typing import Any
 from raysource.journal.api import Journal
 from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSpec
 
-__all__ = ["VerifyReport", "latest_offset", "tag_events", "verify_applied", "verify_cassandra",
-           "verify_projection"]
+__all__ = [
+    "VerifyReport",
+    "latest_offset",
+    "tag_events",
+    "verify_applied",
+    "verify_cassandra",
+    "verify_projection",
+]
 
 
 @dataclass
@@ -40,14 +46,17 @@ class VerifyReport:
         return self.problems == []
 
     def lines(self) -> list[str]:
-        head = (f"projection {self.projection} (tag {self.tag!r}): {self.events} events of "
-                f"{self.aggregates} aggregates in the journal")
+        head = (
+            f"projection {self.projection} (tag {self.tag!r}): {self.events} events of "
+            f"{self.aggregates} aggregates in the journal"
+        )
         if self.problems is None:
             return [head, "NOT VERIFIED: the handler has no verify()"]
         if not self.problems:
             return [head, "COMPLETE: every stored event of the tag is applied exactly once"]
         return [head, f"INCOMPLETE: {len(self.problems)} problem(s)"] + [
-            f"  {p}" for p in self.problems]
+            f"  {p}" for p in self.problems
+        ]
 
 
 async def tag_events(journal: Journal, spec: ProjectionSpec) -> list[EventEnvelope]:
@@ -64,21 +73,28 @@ async def tag_events(journal: Journal, spec: ProjectionSpec) -> list[EventEnvelo
     for pid in pids:
         async for e in journal.replay(pid):
             if spec.tag in e.tags:
-                obj = ser.decode(e.serializer_id, e.manifest, bytes(e.payload),
-                                 persistence_id=pid, sequence_nr=e.sequence_nr)
+                obj = ser.decode(
+                    e.serializer_id,
+                    e.manifest,
+                    bytes(e.payload),
+                    persistence_id=pid,
+                    sequence_nr=e.sequence_nr,
+                )
                 out.append(EventEnvelope(obj, pid, e.sequence_nr, e.timestamp, None, spec.tag))
     return out
 
 
-async def verify_projection(spec: ProjectionSpec, journal: Journal,
-                            handler: ProjectionHandler) -> VerifyReport:
+async def verify_projection(
+    spec: ProjectionSpec, journal: Journal, handler: ProjectionHandler
+) -> VerifyReport:
     """Check ``handler``'s view against the journal (see the module docstring). The handler
     is prepared first (it may need its statements)."""
     await handler.prepare()
     events = await tag_events(journal, spec)
     problems = await handler.verify(events)
-    return VerifyReport(spec.name, spec.tag, len(events),
-                        len({e.persistence_id for e in events}), problems)
+    return VerifyReport(
+        spec.name, spec.tag, len(events), len({e.persistence_id for e in events}), problems
+    )
 
 
 async def verify_applied(writer: Any, events: list[EventEnvelope]) -> list[str]:
@@ -92,8 +108,7 @@ async def verify_applied(writer: Any, events: list[EventEnvelope]) -> list[str]:
         if e.sequence_nr > marks.get(e.persistence_id, 0):
             missing.setdefault(e.persistence_id, []).append(e.sequence_nr)
     for pid, seqs in sorted(missing.items()):
-        problems.append(f"not applied: {pid} #{_ranges(seqs)} (watermark "
-                        f"{marks.get(pid, 0)})")
+        problems.append(f"not applied: {pid} #{_ranges(seqs)} (watermark {marks.get(pid, 0)})")
     if writer.audit:
         counts = await writer.applied_counts()
         for e in events:

@@ -56,9 +56,16 @@ class EffectivelyOnceView:
     """Idempotent writes of one view (see the module docstring). ``keyspace.view`` names the
     view; its bookkeeping tables are ``<view>_watermarks`` (and ``<view>_applied``)."""
 
-    def __init__(self, session: CassandraSession, keyspace: str, view: str, *,
-                 audit: bool = False, max_batch: int = 100,
-                 conflict_key: Callable[[EventEnvelope], Hashable] | None = None) -> None:
+    def __init__(
+        self,
+        session: CassandraSession,
+        keyspace: str,
+        view: str,
+        *,
+        audit: bool = False,
+        max_batch: int = 100,
+        conflict_key: Callable[[EventEnvelope], Hashable] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ConfigError("max_batch must be >= 1")
         self.session = session
@@ -83,8 +90,9 @@ class EffectivelyOnceView:
         """The last applied sequence number of ``persistence_id`` (0 if none)."""
         mark = self._marks.get(persistence_id)
         if mark is None:
-            row = await self.session.select_one(self.cql.select_mark, (persistence_id,),
-                                                profile=RAW_PROFILE)
+            row = await self.session.select_one(
+                self.cql.select_mark, (persistence_id,), profile=RAW_PROFILE
+            )
             mark = row[0] if row and row[0] is not None else 0
             self._marks.setdefault(persistence_id, mark)
         return self._marks[persistence_id]
@@ -94,8 +102,7 @@ class EffectivelyOnceView:
         written, False if ignored."""
         return await self.apply_batch([(envelope, mutations)]) == 1
 
-    async def apply_batch(self, items: Iterable[tuple[EventEnvelope, Sequence[Mutation]]]
-                          ) -> int:
+    async def apply_batch(self, items: Iterable[tuple[EventEnvelope, Sequence[Mutation]]]) -> int:
         """Apply each ``(envelope, mutations)`` (CQL text or prepared statements with
         parameters) unless its event was applied already; ``items`` in delivery order (per
         persistence id ascending). Returns how many were written. On an error some batches
@@ -132,22 +139,30 @@ class EffectivelyOnceView:
                 if chunks[-1] and len(chunks[-1]) + len(group) > self.max_batch:
                     chunks.append([])
                 chunks[-1].extend(group)
-            results = await asyncio.gather(*(self._write(c, set_mark, audit) for c in chunks),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(self._write(c, set_mark, audit) for c in chunks), return_exceptions=True
+            )
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
                 written += r
         return written
 
-    async def _write(self, chunk: list[tuple[EventEnvelope, Sequence[Mutation]]],
-                     set_mark: PreparedStatement, audit: PreparedStatement | None) -> int:
+    async def _write(
+        self,
+        chunk: list[tuple[EventEnvelope, Sequence[Mutation]]],
+        set_mark: PreparedStatement,
+        audit: PreparedStatement | None,
+    ) -> int:
         batch = BatchStatement(batch_type=BatchType.LOGGED)
         marks: dict[str, int] = {}
         for env, mutations in chunk:
             for stmt, params in mutations:
-                ps = stmt if isinstance(stmt, PreparedStatement) \
+                ps = (
+                    stmt
+                    if isinstance(stmt, PreparedStatement)
                     else await self.session.prepare(stmt)
+                )
                 batch.add(ps, tuple(params))
             marks[env.persistence_id] = max(env.sequence_nr, marks.get(env.persistence_id, 0))
             if audit is not None:

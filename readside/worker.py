@@ -88,10 +88,18 @@ class ProjectionWorker:
     its (projection, slice): the Ray actor name guarantees that.
     """
 
-    def __init__(self, spec: ProjectionSpec, slice_index: int, session: Any, config: Any,
-                 journal: Journal, metrics: Metrics | None = None, *,
-                 offsets: OffsetStore | None = None,
-                 handler: ProjectionHandler | None = None) -> None:
+    def __init__(
+        self,
+        spec: ProjectionSpec,
+        slice_index: int,
+        session: Any,
+        config: Any,
+        journal: Journal,
+        metrics: Metrics | None = None,
+        *,
+        offsets: OffsetStore | None = None,
+        handler: ProjectionHandler | None = None,
+    ) -> None:
         if not 0 <= slice_index < spec.n_slices:
             raise ConfigError(f"slice {slice_index} outside 0..{spec.n_slices - 1}")
         if offsets is None and (session is None or config is None):
@@ -131,9 +139,19 @@ class ProjectionWorker:
         return self.spec.n_slices == 1 or slice_of(pid, self.spec.n_slices) == self.slice_index
 
     def _log(self, level: int, msg: str, pid: str | None = None, seq: int | None = None) -> None:
-        log.log(level, "projection %s %s: %s", self.spec.name, self.key, msg, extra={
-            "projection": self.spec.name, "worker": self.key, "persistence_id": pid,
-            "sequence_nr": seq})
+        log.log(
+            level,
+            "projection %s %s: %s",
+            self.spec.name,
+            self.key,
+            msg,
+            extra={
+                "projection": self.spec.name,
+                "worker": self.key,
+                "persistence_id": pid,
+                "sequence_nr": seq,
+            },
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,8 +194,9 @@ class ProjectionWorker:
         async with self._control:
             was_running = self._task is not None and not self._task.done()
             if self.state != "idle":
-                await self._stop_loop("paused" if self.state in ("running", "parked")
-                                      else self.state)
+                await self._stop_loop(
+                    "paused" if self.state in ("running", "parked") else self.state
+                )
             if self.state == "parked":
                 self.state = "paused"
             await self.store.save_offset(self.spec.name, self.key, offset)
@@ -267,8 +286,9 @@ class ProjectionWorker:
         """Make this worker (slice k > 0) a follower: fed by the reader, no tag query."""
         self.follower = True
 
-    async def feed(self, events: list, from_offset: TagOffset | None,
-                   up_to: TagOffset) -> TagOffset | None:
+    async def feed(
+        self, events: list, from_offset: TagOffset | None, up_to: TagOffset
+    ) -> TagOffset | None:
         """A follower's feed from the reader (see :mod:`raysource.readside.slices`)."""
         return await accept_feed(self, events, from_offset, up_to)
 
@@ -350,8 +370,9 @@ class ProjectionWorker:
     async def _commit_if_due(self) -> None:
         s = self.settings
         if self._pending >= s.commit_every or (
-                self.offset != self.committed
-                and time.monotonic() - self._last_commit >= s.commit_interval):
+            self.offset != self.committed
+            and time.monotonic() - self._last_commit >= s.commit_interval
+        ):
             await self._commit()
 
     async def _commit(self) -> None:
@@ -381,14 +402,20 @@ class ProjectionWorker:
                 async with self._apply:
                     started, oldest = time.monotonic(), self.live.oldest
                     picks = self.live.select(
-                        self.live.take(), lambda p: self._mine(p) and p not in self.parked,
-                        self._dedupe.last)
+                        self.live.take(),
+                        lambda p: self._mine(p) and p not in self.parked,
+                        self._dedupe.last,
+                    )
                     todo: list[_Item] = []
                     for e, fill_from in picks:
                         if fill_from is not None:
                             missing = await ParkedStreams.events_from(
-                                self.journal, e.persistence_id, fill_from, self.spec.tag,
-                                e.sequence_nr - 1)
+                                self.journal,
+                                e.persistence_id,
+                                fill_from,
+                                self.spec.tag,
+                                e.sequence_nr - 1,
+                            )
                             todo += [(m, None) for m in missing]
                             self.live.stats.backfilled += len(missing)
                         todo.append((e, None))
@@ -404,11 +431,16 @@ class ProjectionWorker:
     # ------------------------------------------------------------------ delivery
 
     def _envelope(self, e: StoredEvent, offset: TagOffset | None) -> EventEnvelope:
-        obj = self.serialization.decode(e.serializer_id, e.manifest, bytes(e.payload),
-                                        persistence_id=e.persistence_id,
-                                        sequence_nr=e.sequence_nr)
-        return EventEnvelope(obj, e.persistence_id, e.sequence_nr, e.timestamp, offset,
-                             self.spec.tag)
+        obj = self.serialization.decode(
+            e.serializer_id,
+            e.manifest,
+            bytes(e.payload),
+            persistence_id=e.persistence_id,
+            sequence_nr=e.sequence_nr,
+        )
+        return EventEnvelope(
+            obj, e.persistence_id, e.sequence_nr, e.timestamp, offset, self.spec.tag
+        )
 
     def _done(self, envs: list[EventEnvelope]) -> None:
         for env in envs:
@@ -428,8 +460,10 @@ class ProjectionWorker:
             except (asyncio.CancelledError, JournalUnavailableError):
                 raise  # a store outage is nobody's poison: the pass is retried with backoff
             except Exception as exc:  # find the poison event: one by one, with retries
-                self._log(logging.WARNING, f"batch of {len(items)} failed ({exc!r}); "
-                                           "delivering one by one")
+                self._log(
+                    logging.WARNING,
+                    f"batch of {len(items)} failed ({exc!r}); delivering one by one",
+                )
         for e, off in items:
             if e.persistence_id in self.parked:
                 self.parked.passed_over += 1
@@ -454,13 +488,19 @@ class ProjectionWorker:
             except (asyncio.CancelledError, JournalUnavailableError):
                 raise
             except Exception as exc:
-                error = (f"{type(exc).__name__}: {exc} [at {e.persistence_id!r} "
-                         f"#{e.sequence_nr}, attempt {attempt}/{s.retry_attempts}]")
+                error = (
+                    f"{type(exc).__name__}: {exc} [at {e.persistence_id!r} "
+                    f"#{e.sequence_nr}, attempt {attempt}/{s.retry_attempts}]"
+                )
                 self._log(logging.WARNING, error, e.persistence_id, e.sequence_nr)
                 if attempt == s.retry_attempts:
                     await self.parked.park(e.persistence_id, e.sequence_nr, error)
-                    self._log(logging.ERROR, f"aggregate stream parked: {error}",
-                              e.persistence_id, e.sequence_nr)
+                    self._log(
+                        logging.ERROR,
+                        f"aggregate stream parked: {error}",
+                        e.persistence_id,
+                        e.sequence_nr,
+                    )
                     return False
                 self.retries += 1
                 delay = min(s.retry_backoff * 2 ** (attempt - 1), s.retry_backoff_max)
@@ -491,17 +531,26 @@ class ProjectionWorker:
             lag, oldest = await self._lag()
         except JournalError:  # status must answer during an outage; the error shows it
             lag = None
-        lag_seconds = (None if lag is None else 0.0 if oldest is None
-                       else max(0.0, (now_us() - oldest) / 1e6))
+        lag_seconds = (
+            None if lag is None else 0.0 if oldest is None else max(0.0, (now_us() - oldest) / 1e6)
+        )
         self.metrics.projection_lag(self.spec.name, self.key, lag, lag_seconds)
         return {
-            "projection": self.spec.name, "worker": self.key, "tag": self.spec.tag,
-            "state": self.state, "offset": offset_to_str(self.offset),
-            "committed_offset": offset_to_str(self.committed), "handled": self.handled,
-            "duplicates_skipped": self.duplicates_skipped, "retries": self.retries,
-            "error": self.error, "lag_events": lag, "lag_seconds": lag_seconds,
-            "last_event_timestamp": (self.last_event_timestamp.isoformat()
-                                     if self.last_event_timestamp else None),
+            "projection": self.spec.name,
+            "worker": self.key,
+            "tag": self.spec.tag,
+            "state": self.state,
+            "offset": offset_to_str(self.offset),
+            "committed_offset": offset_to_str(self.committed),
+            "handled": self.handled,
+            "duplicates_skipped": self.duplicates_skipped,
+            "retries": self.retries,
+            "error": self.error,
+            "lag_events": lag,
+            "lag_seconds": lag_seconds,
+            "last_event_timestamp": (
+                self.last_event_timestamp.isoformat() if self.last_event_timestamp else None
+            ),
             "parked": [p.as_dict() for p in self.parked.records()],
             "parked_passed_over": self.parked.passed_over,
             "role": "reader" if self.reader else "follower" if self.follower else "own reads",
@@ -513,13 +562,17 @@ class ProjectionWorker:
         lag, oldest = 0, None
         seen = _Dedupe()
         async with contextlib.aclosing(
-            self.journal.events_by_tag(self.spec.tag, self.offset,
-                                       limit=self.settings.lag_scan_limit)
+            self.journal.events_by_tag(
+                self.spec.tag, self.offset, limit=self.settings.lag_scan_limit
+            )
         ) as rows:
             async for te in rows:
                 pid, seq = te.event.persistence_id, te.event.sequence_nr
-                if not self._mine(pid) or self._dedupe.is_duplicate(pid, seq) \
-                        or seen.is_duplicate(pid, seq):
+                if (
+                    not self._mine(pid)
+                    or self._dedupe.is_duplicate(pid, seq)
+                    or seen.is_duplicate(pid, seq)
+                ):
                     continue
                 seen.mark(pid, seq)
                 lag += 1

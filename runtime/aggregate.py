@@ -163,8 +163,10 @@ def persist(
     for name in cancels:
         _check_timer_name(name)
     if (schedules or cancels) and not events:
-        raise ConfigError("a schedule or cancel is journaled with the events of its command: "
-                          "persist at least one event with it")
+        raise ConfigError(
+            "a schedule or cancel is journaled with the events of its command: "
+            "persist at least one event with it"
+        )
     return Persist(tuple(events), reply, thens, schedules, cancels)
 
 
@@ -176,8 +178,10 @@ _MAX_AFTER_S = 1000 * 365 * 86_400.0  # beyond it a due time leaves datetime's r
 
 def _check_timer_name(name: Any) -> str:
     if not isinstance(name, str) or not name or len(name) > _MAX_TIMER_NAME:
-        raise ConfigError(f"a timer name must be a non-empty str of at most {_MAX_TIMER_NAME} "
-                          f"characters, got {name!r}")
+        raise ConfigError(
+            f"a timer name must be a non-empty str of at most {_MAX_TIMER_NAME} "
+            f"characters, got {name!r}"
+        )
     return name
 
 
@@ -196,14 +200,19 @@ class Schedule:
         _check_timer_name(self.name)
         if (self.after_s is None) == (self.at is None):
             raise ConfigError(f"timer {self.name!r}: give exactly one of after= or at=")
-        if self.after_s is not None and (isinstance(self.after_s, bool)
-                                         or not isinstance(self.after_s, (int, float))
-                                         or not 0 <= self.after_s <= _MAX_AFTER_S):  # NaN too
-            raise ConfigError(f"timer {self.name!r}: after= must be a number of seconds from 0 "
-                              f"to {_MAX_AFTER_S:.0f} (1000 years), got {self.after_s!r}")
+        if self.after_s is not None and (
+            isinstance(self.after_s, bool)
+            or not isinstance(self.after_s, (int, float))
+            or not 0 <= self.after_s <= _MAX_AFTER_S
+        ):  # NaN too
+            raise ConfigError(
+                f"timer {self.name!r}: after= must be a number of seconds from 0 "
+                f"to {_MAX_AFTER_S:.0f} (1000 years), got {self.after_s!r}"
+            )
         if self.at is not None and (not isinstance(self.at, datetime) or self.at.tzinfo is None):
-            raise ConfigError(f"timer {self.name!r}: at= must be a timezone-aware datetime, "
-                              f"got {self.at!r}")
+            raise ConfigError(
+                f"timer {self.name!r}: at= must be a timezone-aware datetime, got {self.at!r}"
+            )
 
     def due(self, now: datetime) -> datetime:
         """The due time when scheduled at ``now`` (the events' timestamp)."""
@@ -212,8 +221,9 @@ class Schedule:
         return now + timedelta(seconds=float(self.after_s or 0.0))
 
 
-def schedule(name: str, command: Any, *, after: float | None = None,
-             at: datetime | None = None) -> Schedule:
+def schedule(
+    name: str, command: Any, *, after: float | None = None, at: datetime | None = None
+) -> Schedule:
     """A durable timer named ``name`` that sends ``command`` (a command of this aggregate
     type) to this aggregate ``after`` seconds from now or ``at`` a time; pass it to
     ``persist(..., schedule=...)``."""
@@ -302,11 +312,11 @@ class IdempotencyPolicy:
     max_age_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.max_keys is not None and (not isinstance(self.max_keys, int)
-                                          or self.max_keys < 1):
+        if self.max_keys is not None and (not isinstance(self.max_keys, int) or self.max_keys < 1):
             raise ConfigError(f"max_keys must be an int >= 1 or None, got {self.max_keys!r}")
-        if self.max_age_s is not None and (not isinstance(self.max_age_s, (int, float))
-                                           or self.max_age_s <= 0):
+        if self.max_age_s is not None and (
+            not isinstance(self.max_age_s, (int, float)) or self.max_age_s <= 0
+        ):
             raise ConfigError(f"max_age_s must be > 0 or None, got {self.max_age_s!r}")
         if self.enabled and self.max_keys is None and self.max_age_s is None:
             raise ConfigError("idempotency keys need a bound: max_keys and/or max_age_s")

@@ -44,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
@@ -147,7 +147,7 @@ class _Flush:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class EntityCore(TimerSteps):
@@ -207,15 +207,19 @@ class EntityCore(TimerSteps):
         self._state: Any = aggregate_type.initial_state
         self._seq = 0
         # applied idempotency keys (runtime.idempotency): rebuilt by every recovery
-        self.keys = KeyTable(aggregate_type.idempotency, serialization, self.persistence_id,
-                             wall_clock)
+        self.keys = KeyTable(
+            aggregate_type.idempotency, serialization, self.persistence_id, wall_clock
+        )
         # pending durable timers (runtime.timers) and their index: rebuilt by every recovery
         self.timer_store = timer_store
         self._timer_cursor = False  # ensured the shard's cursor exists (once per activation)
         self.timers = TimerTable(
-            serialization, aggregate_type.name, self.persistence_id,
+            serialization,
+            aggregate_type.name,
+            self.persistence_id,
             shard_of(entity_id, aggregate_type.number_of_shards),
-            timer_store.bucket_ms if timer_store is not None else DEFAULT_BUCKET_MS)
+            timer_store.bucket_ms if timer_store is not None else DEFAULT_BUCKET_MS,
+        )
         self._last_activity = clock()
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[Any] | None = None
@@ -226,7 +230,8 @@ class EntityCore(TimerSteps):
         self._background: set[asyncio.Task[Any]] = set()
         # the newest replayed atomic group (bounded: no group exceeds the journal's limit)
         self._newest_group: deque[StoredEvent] = deque(
-            maxlen=journal.max_group_size or max_events_per_write)
+            maxlen=journal.max_group_size or max_events_per_write
+        )
 
     # ------------------------------------------------------------------ read-only views
 
@@ -264,9 +269,12 @@ class EntityCore(TimerSteps):
     def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]:
         """The ``extra`` of this core's log records (see ``raysource.runtime.logs``);
         ``sequence_nr`` defaults to the last durable one."""
-        return {"persistence_id": self.persistence_id,
-                "sequence_nr": self._seq if sequence_nr is None else sequence_nr,
-                "writer_id": self.writer_id, "type": self.aggregate_type.name}
+        return {
+            "persistence_id": self.persistence_id,
+            "sequence_nr": self._seq if sequence_nr is None else sequence_nr,
+            "writer_id": self.writer_id,
+            "type": self.aggregate_type.name,
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -335,8 +343,7 @@ class EntityCore(TimerSteps):
             await self.journal.begin_activation(self.persistence_id, self.writer_id)
             self.recovery = await self._recover()
         except BaseException as exc:  # recovery failed: nothing can be processed
-            log.error("%s: recovery failed: %r", self.persistence_id, exc,
-                      extra=self.log_context())
+            log.error("%s: recovery failed: %r", self.persistence_id, exc, extra=self.log_context())
             if isinstance(exc, Exception):
                 self.metrics.journal_error(self.aggregate_type.name, error_kind(exc))
             self._ready.set_exception(exc)
@@ -354,8 +361,11 @@ class EntityCore(TimerSteps):
             except _Fenced:
                 return
             except Exception as exc:  # a bug in the core: never leave callers hanging
-                log.exception("%s: command loop failed, stopping", self.persistence_id,
-                              extra=self.log_context())
+                log.exception(
+                    "%s: command loop failed, stopping",
+                    self.persistence_id,
+                    extra=self.log_context(),
+                )
                 self._fail_stop(exc)
                 for _, fut in batch:
                     self._resolve(fut, None, self._stopped_error())
@@ -369,8 +379,12 @@ class EntityCore(TimerSteps):
         try:
             await self.journal.end_activation(self.persistence_id, self.writer_id)
         except Exception as exc:  # releases local state only: never fails a stop
-            log.warning("%s: end of activation failed: %r", self.persistence_id, exc,
-                        extra=self.log_context())
+            log.warning(
+                "%s: end of activation failed: %r",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(),
+            )
 
     async def _next_batch(self) -> list[tuple[Any, asyncio.Future[Any]]] | None:
         """Commands deferred from the last flush first, then everything queued (bounded);
@@ -413,11 +427,19 @@ class EntityCore(TimerSteps):
             key = None
             if isinstance(command, Keyed):
                 command, key = command.command, (command.key if self.keys.enabled else None)
-            if key is not None and key.startswith(TIMER_KEY_PREFIX) \
-                    and not isinstance(command, TimerFire):  # would shadow a timer's fire
-                self._resolve(fut, None, ConfigError(
-                    f"idempotency keys starting with {TIMER_KEY_PREFIX!r} are reserved for "
-                    f"durable timers, got {key!r}"))
+            if (
+                key is not None
+                and key.startswith(TIMER_KEY_PREFIX)
+                and not isinstance(command, TimerFire)
+            ):  # would shadow a timer's fire
+                self._resolve(
+                    fut,
+                    None,
+                    ConfigError(
+                        f"idempotency keys starting with {TIMER_KEY_PREFIX!r} are reserved for "
+                        f"durable timers, got {key!r}"
+                    ),
+                )
                 continue
             if key is not None and self._repeated(key, fut, flush):
                 continue  # answered like the first application of its key, nothing written
@@ -470,8 +492,7 @@ class EntityCore(TimerSteps):
         for fn, new_state in flush.side_effects:
             self._run_side_effect(fn, new_state)
         policy = self.aggregate_type.snapshot
-        if not forgot and flush.events and (flush.snapshot_due
-                                            or policy.crossed(old_seq, seq)):
+        if not forgot and flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
         if ahead:  # like a fenced write: the next activation recovers the truth
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
@@ -489,9 +510,12 @@ class EntityCore(TimerSteps):
             # The epoch ended (a newer activation claimed, or a write was not confirmed): the
             # flush's outcome is unknown (the newer activation may have recovered it) and
             # nothing this activation appends can be acknowledged any more: stop, no re-read.
-            log.warning("%s: the journal ended this activation's epoch, stopping: %s",
-                        self.persistence_id, exc,
-                        extra=self.log_context(flush.events[0].sequence_nr))
+            log.warning(
+                "%s: the journal ended this activation's epoch, stopping: %s",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(flush.events[0].sequence_nr),
+            )
             self.stats.failed_writes += 1
             self.metrics.journal_error(type_name, "fenced")
             first, last = flush.events[0].sequence_nr, flush.events[-1].sequence_nr
@@ -499,14 +523,19 @@ class EntityCore(TimerSteps):
             for o in flush.outcomes:
                 err = WriteOutcomeUnknownError(
                     f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed "
-                    f"(this activation was fenced or lost its write; it stopped): {exc}")
+                    f"(this activation was fenced or lost its write; it stopped): {exc}"
+                )
                 err.__cause__ = exc
                 self._resolve(o.future, None, err)
             await self._end_activation()
             raise _Fenced from exc
         except ConcurrentWriteError as exc:
-            log.warning("%s: fenced by another writer, stopping: %s", self.persistence_id, exc,
-                        extra=self.log_context(flush.events[0].sequence_nr))
+            log.warning(
+                "%s: fenced by another writer, stopping: %s",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(flush.events[0].sequence_nr),
+            )
             self.stats.failed_writes += 1
             self.metrics.journal_error(type_name, "fenced")
             self._fail_stop(exc)
@@ -516,9 +545,14 @@ class EntityCore(TimerSteps):
         except Exception as exc:
             self.stats.failed_writes += 1
             self.metrics.journal_error(type_name, error_kind(exc))
-            log.warning("%s: write of %d events from #%d failed: %r",
-                        self.persistence_id, len(flush.events), flush.events[0].sequence_nr, exc,
-                        extra=self.log_context(flush.events[0].sequence_nr))
+            log.warning(
+                "%s: write of %d events from #%d failed: %r",
+                self.persistence_id,
+                len(flush.events),
+                flush.events[0].sequence_nr,
+                exc,
+                extra=self.log_context(flush.events[0].sequence_nr),
+            )
             return await self._after_failed_write(flush, exc)
         self.stats.events += len(flush.events)
         self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
@@ -526,12 +560,17 @@ class EntityCore(TimerSteps):
             await self._index_timers(flush.events)
         except Exception as exc:  # stored, but not indexed: a recovery re-indexes (as tags)
             self.metrics.journal_error(type_name, "timer-index")
-            log.warning("%s: timer index write after #%d failed: %r", self.persistence_id,
-                        flush.events[-1].sequence_nr, exc,
-                        extra=self.log_context(flush.events[-1].sequence_nr))
+            log.warning(
+                "%s: timer index write after #%d failed: %r",
+                self.persistence_id,
+                flush.events[-1].sequence_nr,
+                exc,
+                extra=self.log_context(flush.events[-1].sequence_nr),
+            )
             # the events ARE stored: never "not applied" (a re-read decides, as for tags)
             unknown = JournalOutcomeUnknownError(
-                f"{self.persistence_id}: events stored, their timer index write failed: {exc!r}")
+                f"{self.persistence_id}: events stored, their timer index write failed: {exc!r}"
+            )
             unknown.__cause__ = exc
             return await self._after_failed_write(flush, unknown)
         return True
@@ -552,20 +591,29 @@ class EntityCore(TimerSteps):
         first, last = flush.events[0].sequence_nr, flush.events[-1].sequence_nr
         rebuilt = await self._rebuild_after_failure()
         if rebuilt and await self._is_stored(flush.events):
-            log.warning("%s: the failed write was stored after all; acknowledging it",
-                        self.persistence_id, extra=self.log_context(last))
+            log.warning(
+                "%s: the failed write was stored after all; acknowledging it",
+                self.persistence_id,
+                extra=self.log_context(last),
+            )
             return True
         if _not_applied(exc):
-            detail = ("" if rebuilt
-                      else " (the activation stopped: the journal could not be re-read)")
+            detail = (
+                "" if rebuilt else " (the activation stopped: the journal could not be re-read)"
+            )
             errors: list[Exception] = [
                 PersistFailedError(f"{self.persistence_id}: write failed{detail}: {exc!r}")
-                for _ in flush.outcomes]
+                for _ in flush.outcomes
+            ]
         else:
             detail = "" if rebuilt else "; the journal could not be re-read"
-            errors = [WriteOutcomeUnknownError(
-                f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed"
-                f"{detail}: {exc}") for _ in flush.outcomes]
+            errors = [
+                WriteOutcomeUnknownError(
+                    f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed"
+                    f"{detail}: {exc}"
+                )
+                for _ in flush.outcomes
+            ]
             if rebuilt:
                 self._fail_stop(exc)
                 self._mailbox.put_nowait(_STOP)
@@ -582,8 +630,12 @@ class EntityCore(TimerSteps):
         try:
             stored = [e async for e in self.journal.replay(self.persistence_id, first, last)]
         except Exception as exc:
-            log.warning("%s: cannot check the failed write: %r", self.persistence_id, exc,
-                        extra=self.log_context(first))
+            log.warning(
+                "%s: cannot check the failed write: %r",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(first),
+            )
             return False
         return len(stored) == len(events) and all(
             (a.writer_id, a.manifest, bytes(a.payload)) == (b.writer_id, b.manifest, b.payload)
@@ -609,9 +661,16 @@ class EntityCore(TimerSteps):
             self._resolve(fut, value, error)
         return found
 
-    def _decide(self, command: Any, state: Any, seq: int, outcome: _Outcome,
-                flush: _Flush, key: str | None = None,
-                fire: TimerFire | None = None) -> tuple[Any, int] | None:
+    def _decide(
+        self,
+        command: Any,
+        state: Any,
+        seq: int,
+        outcome: _Outcome,
+        flush: _Flush,
+        key: str | None = None,
+        fire: TimerFire | None = None,
+    ) -> tuple[Any, int] | None:
         """Run one command against the tentative ``state``; record its outcome and events.
         Returns the tentative state and sequence number after it, or None if its events do
         not fit into this write any more (the command must be re-run in the next flush)."""
@@ -640,9 +699,17 @@ class EntityCore(TimerSteps):
             )
         return state, seq
 
-    def _apply_persist(self, command: Any, effect: Persist, state: Any, seq: int,
-                       outcome: _Outcome, flush: _Flush, key: str | None = None,
-                       fire: TimerFire | None = None) -> tuple[Any, int] | None:
+    def _apply_persist(
+        self,
+        command: Any,
+        effect: Persist,
+        state: Any,
+        seq: int,
+        outcome: _Outcome,
+        flush: _Flush,
+        key: str | None = None,
+        fire: TimerFire | None = None,
+    ) -> tuple[Any, int] | None:
         agg = self.aggregate_type
         predicate = agg.snapshot.predicate
         stored: list[StoredEvent] = []
@@ -657,11 +724,18 @@ class EntityCore(TimerSteps):
                 new_state = agg.event_handler(new_state, event)
                 if predicate is not None and predicate(new_state, event):
                     snap = True
-                stored.append(StoredEvent(
-                    persistence_id=self.persistence_id, sequence_nr=new_seq, payload=payload,
-                    manifest=manifest, serializer_id=ser_id, timestamp=timestamp,
-                    writer_id=self.writer_id, tags=agg.tags_for(event),
-                ))
+                stored.append(
+                    StoredEvent(
+                        persistence_id=self.persistence_id,
+                        sequence_nr=new_seq,
+                        payload=payload,
+                        manifest=manifest,
+                        serializer_id=ser_id,
+                        timestamp=timestamp,
+                        writer_id=self.writer_id,
+                        tags=agg.tags_for(event),
+                    )
+                )
             outcome.value = effect.reply_for(new_state)
             meta: dict[str, str] = {}
             if key is not None and stored:  # the key and reply, in the same atomic append
@@ -672,18 +746,21 @@ class EntityCore(TimerSteps):
                 if not stored:
                     raise ConfigError("a schedule or cancel needs at least one event")
                 if self.timer_store is None:  # else stored, never indexed, and unrecoverable
-                    raise ConfigError(f"{self.persistence_id}: durable timers need a timer "
-                                      f"store (EntityCore(timer_store=...))")
+                    raise ConfigError(
+                        f"{self.persistence_id}: durable timers need a timer "
+                        f"store (EntityCore(timer_store=...))"
+                    )
                 for s in effect.schedule:  # else it would be refused only when it fires
                     if agg.commands and not isinstance(s.command, agg.commands):
                         raise ConfigError(
                             f"timer {s.name!r}: {type(s.command).__qualname__} is not a "
-                            f"command of {agg.name!r} (its commands=)")
-                meta.update(self.timers.metadata(effect.schedule, effect.cancel, timestamp,
-                                                 seq + 1))
+                            f"command of {agg.name!r} (its commands=)"
+                        )
+                meta.update(
+                    self.timers.metadata(effect.schedule, effect.cancel, timestamp, seq + 1)
+                )
             if meta:
-                stored[0] = dataclasses.replace(stored[0],
-                                                metadata={**stored[0].metadata, **meta})
+                stored[0] = dataclasses.replace(stored[0], metadata={**stored[0].metadata, **meta})
         except (SerializationError, CommandError) as exc:
             outcome.error = exc
             return state, seq
@@ -706,8 +783,14 @@ class EntityCore(TimerSteps):
         return flush.bytes + sum(_size(e) for e in more) > self.max_bytes_per_write
 
     def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError:
-        log.warning("%s: %s raised on %s: %r", self.persistence_id, where,
-                    type(command).__qualname__, exc, extra=self.log_context())
+        log.warning(
+            "%s: %s raised on %s: %r",
+            self.persistence_id,
+            where,
+            type(command).__qualname__,
+            exc,
+            extra=self.log_context(),
+        )
         err = HandlerError(
             f"{self.persistence_id}: {where} raised on {type(command).__qualname__}: {exc!r}"
         )
@@ -730,8 +813,9 @@ class EntityCore(TimerSteps):
         try:
             result = fn(new_state)
         except Exception:
-            log.exception("%s: side effect %r failed", self.persistence_id, fn,
-                          extra=self.log_context())
+            log.exception(
+                "%s: side effect %r failed", self.persistence_id, fn, extra=self.log_context()
+            )
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)
@@ -741,8 +825,12 @@ class EntityCore(TimerSteps):
     def _side_effect_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s: side effect failed: %r", self.persistence_id, task.exception(),
-                      extra=self.log_context())
+            log.error(
+                "%s: side effect failed: %r",
+                self.persistence_id,
+                task.exception(),
+                extra=self.log_context(),
+            )
 
     async def _rebuild_after_failure(self) -> bool:
         """Rebuild the state from the journal; on failure stop the core and return False."""
@@ -750,8 +838,12 @@ class EntityCore(TimerSteps):
             self.recovery = await self._recover()
             return True
         except Exception as exc:
-            log.error("%s: rebuild after a failed write failed, stopping: %r",
-                      self.persistence_id, exc, extra=self.log_context())
+            log.error(
+                "%s: rebuild after a failed write failed, stopping: %r",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(),
+            )
             self.metrics.journal_error(self.aggregate_type.name, error_kind(exc))
             self._fail_stop(exc)
             self._mailbox.put_nowait(_STOP)
@@ -762,20 +854,34 @@ class EntityCore(TimerSteps):
     async def _save_snapshot(self) -> None:
         policy = self.aggregate_type.snapshot
         try:
-            ser_id, manifest, payload = self.keys.wrap_snapshot(*self.serialization.encode(
-                self._state, persistence_id=self.persistence_id, sequence_nr=self._seq
-            ), timers=self.timers.to_lists())
-            await self.snapshot_store.save(StoredSnapshot(
-                persistence_id=self.persistence_id, sequence_nr=self._seq, payload=payload,
-                manifest=manifest, serializer_id=ser_id, timestamp=self._wall_clock(),
-            ))
+            ser_id, manifest, payload = self.keys.wrap_snapshot(
+                *self.serialization.encode(
+                    self._state, persistence_id=self.persistence_id, sequence_nr=self._seq
+                ),
+                timers=self.timers.to_lists(),
+            )
+            await self.snapshot_store.save(
+                StoredSnapshot(
+                    persistence_id=self.persistence_id,
+                    sequence_nr=self._seq,
+                    payload=payload,
+                    manifest=manifest,
+                    serializer_id=ser_id,
+                    timestamp=self._wall_clock(),
+                )
+            )
             self.stats.snapshots += 1
             await self.snapshot_store.keep_newest(self.persistence_id, policy.keep)
         except Exception as exc:  # a snapshot is an optimisation: never fail commands for it
             self.stats.snapshot_failures += 1
             self.metrics.journal_error(self.aggregate_type.name, "snapshot")
-            log.warning("%s: snapshot at %d failed: %r", self.persistence_id, self._seq, exc,
-                        extra=self.log_context())
+            log.warning(
+                "%s: snapshot at %d failed: %r",
+                self.persistence_id,
+                self._seq,
+                exc,
+                extra=self.log_context(),
+            )
 
     # ------------------------------------------------------------------ recovery
 
@@ -791,8 +897,13 @@ class EntityCore(TimerSteps):
         highest = await self.journal.highest_sequence_nr(self.persistence_id)
         if highest < seq:
             # A snapshot newer than the journal cannot be trusted: rebuild from events alone.
-            log.warning("%s: snapshot at %d is beyond the journal's highest %d; full replay",
-                        self.persistence_id, seq, highest, extra=self.log_context(seq))
+            log.warning(
+                "%s: snapshot at %d is beyond the journal's highest %d; full replay",
+                self.persistence_id,
+                seq,
+                highest,
+                extra=self.log_context(seq),
+            )
             state, seq, snap_seq = self.aggregate_type.initial_state, 0, None
             self.keys.clear()
             self.timers.clear()
@@ -809,10 +920,15 @@ class EntityCore(TimerSteps):
         self._state, self._seq = state, seq
         stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
         self.metrics.recovery(self.aggregate_type.name, stats.duration_s)
-        log.info("%s: recovered at #%d in %.3f s (snapshot %s, %d events replayed)",
-                 self.persistence_id, seq, stats.duration_s,
-                 "none" if snap_seq is None else f"#{snap_seq}", replayed,
-                 extra=self.log_context())
+        log.info(
+            "%s: recovered at #%d in %.3f s (snapshot %s, %d events replayed)",
+            self.persistence_id,
+            seq,
+            stats.duration_s,
+            "none" if snap_seq is None else f"#{snap_seq}",
+            replayed,
+            extra=self.log_context(),
+        )
         return stats
 
     async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
@@ -826,17 +942,25 @@ class EntityCore(TimerSteps):
                 return self.aggregate_type.initial_state, 0, None, skipped
             try:
                 ser_id, manifest, payload = self.keys.unwrap_snapshot(  # + its keys, timers
-                    snap, on_timers=self.timers.load_lists)
+                    snap, on_timers=self.timers.load_lists
+                )
                 state = self.serialization.decode(
-                    ser_id, manifest, payload,
-                    persistence_id=self.persistence_id, sequence_nr=snap.sequence_nr,
+                    ser_id,
+                    manifest,
+                    payload,
+                    persistence_id=self.persistence_id,
+                    sequence_nr=snap.sequence_nr,
                 )
                 return state, snap.sequence_nr, snap.sequence_nr, skipped
             except SerializationError as exc:
                 skipped += 1
-                log.warning("%s: cannot decode snapshot at %d, trying an older one: %s",
-                            self.persistence_id, snap.sequence_nr, exc,
-                            extra=self.log_context(snap.sequence_nr))
+                log.warning(
+                    "%s: cannot decode snapshot at %d, trying an older one: %s",
+                    self.persistence_id,
+                    snap.sequence_nr,
+                    exc,
+                    extra=self.log_context(snap.sequence_nr),
+                )
                 max_seq = snap.sequence_nr - 1
                 if max_seq < 1:
                     self.keys.clear()
@@ -852,8 +976,11 @@ class EntityCore(TimerSteps):
             return state, seq, replayed
         async for stored in self.journal.replay(self.persistence_id, seq + 1, to):
             event = self.serialization.decode(
-                stored.serializer_id, stored.manifest, stored.payload,
-                persistence_id=self.persistence_id, sequence_nr=stored.sequence_nr,
+                stored.serializer_id,
+                stored.manifest,
+                stored.payload,
+                persistence_id=self.persistence_id,
+                sequence_nr=stored.sequence_nr,
             )
             state = handler(state, event)
             seq = stored.sequence_nr

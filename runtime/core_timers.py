@@ -53,6 +53,7 @@ class TimerSteps:
     _newest_group: deque[StoredEvent]
 
     if TYPE_CHECKING:
+
         def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]: ...
         def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError: ...
 
@@ -62,8 +63,12 @@ class TimerSteps:
         try:
             return await self.journal.highest_sequence_nr(self.persistence_id) > self._seq
         except Exception as exc:
-            log.warning("%s: cannot read the highest sequence number: %r",
-                        self.persistence_id, exc, extra=self.log_context())
+            log.warning(
+                "%s: cannot read the highest sequence number: %r",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(),
+            )
             return None
 
     async def _index_timers(self, events: list[StoredEvent]) -> None:
@@ -87,8 +92,12 @@ class TimerSteps:
             try:
                 await self.timer_store.delete(deletes)
             except Exception as exc:
-                log.warning("%s: deleting cancelled timer rows failed: %r",
-                            self.persistence_id, exc, extra=self.log_context())
+                log.warning(
+                    "%s: deleting cancelled timer rows failed: %r",
+                    self.persistence_id,
+                    exc,
+                    extra=self.log_context(),
+                )
         if upserts:
             await self._upsert_timer_rows(upserts)
             # The flush's timestamp chose the buckets; if the append and this write took so
@@ -96,8 +105,11 @@ class TimerSteps:
             # is up to half that ahead), the row is written anew into the current bucket.
             now = self._wall_clock()
             now_ms, bucket_ms = int(now.timestamp() * 1000), self.timer_store.bucket_ms
-            late = [r.name for r in upserts
-                    if (r.bucket + 1) * bucket_ms + DEFAULT_SETTLE_MS // 2 <= now_ms]
+            late = [
+                r.name
+                for r in upserts
+                if (r.bucket + 1) * bucket_ms + DEFAULT_SETTLE_MS // 2 <= now_ms
+            ]
             if late:
                 await self._upsert_timer_rows(self.timers.rows_now(late, now))
 
@@ -108,13 +120,14 @@ class TimerSteps:
         if not self._timer_cursor:
             now_ms = int(self._wall_clock().timestamp() * 1000)
             await self.timer_store.ensure_cursor(
-                self.timers.type_name, self.timers.shard,
-                cursor_floor(now_ms, self.timer_store.bucket_ms))
+                self.timers.type_name,
+                self.timers.shard,
+                cursor_floor(now_ms, self.timer_store.bucket_ms),
+            )
             self._timer_cursor = True
         await self.timer_store.upsert(rows)
 
-    def _timer_command(self, fire: TimerFire, outcome: Any, flush: Any,
-                       seq: int) -> Any | None:
+    def _timer_command(self, fire: TimerFire, outcome: Any, flush: Any, seq: int) -> Any | None:
         """The command of a timer fire, or None (answered: stale, undecodable, or this
         activation is behind; ``seq``: the flush's tentative sequence number)."""
         due_ms = self.timers.due_ms_of(fire, flush.timers)
@@ -122,7 +135,8 @@ class TimerSteps:
         if due_ms is not None and due_ms > now_ms + EARLY_FIRE_TOLERANCE_MS:
             outcome.error = TimerNotDueError(  # not run, still pending: fired again later
                 f"{self.persistence_id}: timer {fire.timer_id} is due in "
-                f"{(due_ms - now_ms) / 1000:.1f} s")
+                f"{(due_ms - now_ms) / 1000:.1f} s"
+            )
             return None
         try:
             command = self.timers.command_of(fire, flush.timers)
@@ -138,7 +152,8 @@ class TimerSteps:
             # this error (the row stays) and the activation stops.
             outcome.error = AggregateStoppedError(
                 f"{self.persistence_id}: the fire of {fire.timer_id} is beyond this "
-                f"activation's #{seq} (another activation wrote); stopping")
+                f"activation's #{seq} (another activation wrote); stopping"
+            )
             flush.behind.append(outcome)
         elif command is None:
             self.stats.stale_fires += 1
@@ -149,8 +164,9 @@ class TimerSteps:
         group's schedules that are still pending (in a bucket at or after now; a copy left
         in the old bucket fires as stale). Every older group was indexed before the next
         append."""
-        names = [name for e in self._newest_group if e.metadata
-                 for name in self.timers.scheduled_in(e)]
+        names = [
+            name for e in self._newest_group if e.metadata for name in self.timers.scheduled_in(e)
+        ]
         if names:
             if self.timer_store is None:
                 raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")

@@ -13,10 +13,21 @@ from typing import Any
 
 from raysource.journal.errors import NotAppliedError, OutcomeUnknownError, RaysourceError
 
-__all__ = ["CommandError", "CommandRejected", "UnknownCommandError", "HandlerError",
-           "PersistFailedError", "WriteOutcomeUnknownError", "AggregateStoppedError",
-           "RecoveryFailedError", "PassivatedError", "HostCrashedError", "AskTimeoutError",
-           "OverloadedError", "TimerNotDueError"]
+__all__ = [
+    "CommandError",
+    "CommandRejected",
+    "UnknownCommandError",
+    "HandlerError",
+    "PersistFailedError",
+    "WriteOutcomeUnknownError",
+    "AggregateStoppedError",
+    "RecoveryFailedError",
+    "PassivatedError",
+    "HostCrashedError",
+    "AskTimeoutError",
+    "OverloadedError",
+    "TimerNotDueError",
+]
 
 
 class CommandError(RaysourceError):

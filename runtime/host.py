@@ -188,8 +188,15 @@ class AggregateHost:
         """A picklable summary: active entities, host counters plus the live cores' counters."""
         totals = asdict(self.stats)
         for core in self._cores.values():
-            for k in ("commands", "writes", "events", "flushes", "failed_commands", "snapshots",
-                      "repeats"):
+            for k in (
+                "commands",
+                "writes",
+                "events",
+                "flushes",
+                "failed_commands",
+                "snapshots",
+                "repeats",
+            ):
                 totals[k] += getattr(core.stats, k)
         return {
             "aggregate_type": self.aggregate_type.name,
@@ -198,8 +205,9 @@ class AggregateHost:
             "activating": len(self._activating),
             "stopping": len(self._stopping),
             "stats": totals,
-            "recoveries": {eid: asdict(c.recovery) for eid, c in self._cores.items()
-                           if c.recovery is not None},
+            "recoveries": {
+                eid: asdict(c.recovery) for eid, c in self._cores.items() if c.recovery is not None
+            },
             "sequence_nrs": {eid: c.sequence_nr for eid, c in self._cores.items()},
             "metrics": self.metrics.snapshot(),
         }
@@ -244,10 +252,16 @@ class AggregateHost:
         self._activating[entity_id] = done
         self._generation += 1
         core = EntityCore(
-            self.aggregate_type, entity_id, self.journal, self.snapshot_store,
-            self.serialization, writer_id=f"{self.writer_prefix}-{self._generation}",
-            max_batch=self.max_batch, clock=self._clock,
-            metrics=self.metrics, timer_store=self.timer_store,
+            self.aggregate_type,
+            entity_id,
+            self.journal,
+            self.snapshot_store,
+            self.serialization,
+            writer_id=f"{self.writer_prefix}-{self._generation}",
+            max_batch=self.max_batch,
+            clock=self._clock,
+            metrics=self.metrics,
+            timer_store=self.timer_store,
         )
         try:
             async with self._recoveries:
@@ -258,8 +272,8 @@ class AggregateHost:
             error: BaseException = exc
             if isinstance(exc, Exception):  # the command never ran: say so, in its category
                 error = RecoveryFailedError(
-                    f"{core.persistence_id}: recovery failed, the command was not applied: "
-                    f"{exc!r}")
+                    f"{core.persistence_id}: recovery failed, the command was not applied: {exc!r}"
+                )
                 error.__cause__ = exc
             done.set_exception(error)
             done.exception()  # retrieved: waiters may be none
@@ -327,8 +341,9 @@ class AggregateHost:
         # mailbox (or queues behind the same activation/stop future), so order is kept
         return await order.submit(caller_id, seq, command)
 
-    async def ask_many(self, entity_id: str, caller_id: str, first_seq: int,
-                               commands: list[Any]) -> list[Any]:
+    async def ask_many(
+        self, entity_id: str, caller_id: str, first_seq: int, commands: list[Any]
+    ) -> list[Any]:
         """:meth:`ask_ordered` for ``commands`` numbered ``first_seq, first_seq + 1, ...``;
         returns one outcome per command, in order: its reply, or its typed error *object*
         (never raised per command).
@@ -347,8 +362,10 @@ class AggregateHost:
 
         Raises only for a bad ``entity_id`` (``ConfigError``) or a cancellation."""
         self.aggregate_type.persistence_id(entity_id)
-        tasks = [asyncio.ensure_future(self.ask_ordered(entity_id, caller_id, first_seq + i, c))
-                 for i, c in enumerate(commands)]
+        tasks = [
+            asyncio.ensure_future(self.ask_ordered(entity_id, caller_id, first_seq + i, c))
+            for i, c in enumerate(commands)
+        ]
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         for o in outcomes:
             if isinstance(o, BaseException) and not isinstance(o, Exception):
@@ -373,14 +390,18 @@ class AggregateHost:
         n = self._inflight.get(entity_id, 0)
         if self.max_mailbox is not None and n >= self.max_mailbox:
             self.stats.overloaded += 1
-            raise OverloadedError(f"{self.aggregate_type.persistence_id(entity_id)}: mailbox "
-                                  f"full ({n} calls in flight, limit {self.max_mailbox}); "
-                                  "not applied, retry later")
+            raise OverloadedError(
+                f"{self.aggregate_type.persistence_id(entity_id)}: mailbox "
+                f"full ({n} calls in flight, limit {self.max_mailbox}); "
+                "not applied, retry later"
+            )
         if self.max_in_flight is not None and self._in_flight_total >= self.max_in_flight:
             self.stats.overloaded += 1
-            raise OverloadedError(f"host of {self.aggregate_type.name!r} overloaded "
-                                  f"({self._in_flight_total} calls in flight, limit "
-                                  f"{self.max_in_flight}); not applied, retry later")
+            raise OverloadedError(
+                f"host of {self.aggregate_type.name!r} overloaded "
+                f"({self._in_flight_total} calls in flight, limit "
+                f"{self.max_in_flight}); not applied, retry later"
+            )
         self._inflight[entity_id] = n + 1
         self._in_flight_total += 1
         try:
@@ -427,15 +448,18 @@ class AggregateHost:
         for _ in range(100):  # each round ends what the previous one let in; bounded anyway
             activating = [f for e, f in self._activating.items() if predicate(e)]
             if activating:  # their waiters submit first (FIFO), then the stop below drains them
-                await asyncio.gather(*(asyncio.shield(f) for f in activating),
-                                     return_exceptions=True)
+                await asyncio.gather(
+                    *(asyncio.shield(f) for f in activating), return_exceptions=True
+                )
             ids = [eid for eid in self._cores if predicate(eid)]
             stopping = [f for e, f in self._stopping.items() if predicate(e)]
             if not ids and not stopping and not activating:
                 break
-            results = await asyncio.gather(*(self.passivate(eid, "handoff") for eid in ids),
-                                           *(asyncio.shield(f) for f in stopping))
-            n += sum(1 for r in results[:len(ids)] if r)
+            results = await asyncio.gather(
+                *(self.passivate(eid, "handoff") for eid in ids),
+                *(asyncio.shield(f) for f in stopping),
+            )
+            n += sum(1 for r in results[: len(ids)] if r)
         return n
 
     async def sweep(self) -> int:
@@ -443,8 +467,10 @@ class AggregateHost:
         returns how many. Runs periodically on its own; callable directly (tests)."""
         now = self._clock()
         idle = [
-            eid for eid, core in self._cores.items()
-            if eid not in self._inflight and core.queued == 0
+            eid
+            for eid, core in self._cores.items()
+            if eid not in self._inflight
+            and core.queued == 0
             and now - core.last_activity >= self.idle_timeout_s
         ]
         results = await asyncio.gather(*(self.passivate(eid, "idle") for eid in idle))
@@ -463,16 +489,21 @@ class AggregateHost:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _record_active(self) -> None:
-        self.metrics.active_aggregates(self.aggregate_type.name, self.metrics_host,
-                                       len(self._cores))
+        self.metrics.active_aggregates(
+            self.aggregate_type.name, self.metrics_host, len(self._cores)
+        )
 
-    def _deactivated(self, entity_id: str, reason: DeactivationReason,
-                     core: EntityCore) -> None:
+    def _deactivated(self, entity_id: str, reason: DeactivationReason, core: EntityCore) -> None:
         self._record_active()
         self.metrics.passivation(self.aggregate_type.name, reason)
-        log.log(logging.WARNING if reason == "fenced" else logging.INFO,
-                "%s: deactivated (%s) at #%d", core.persistence_id, reason, core.sequence_nr,
-                extra={**core.log_context(), "reason": reason})
+        log.log(
+            logging.WARNING if reason == "fenced" else logging.INFO,
+            "%s: deactivated (%s) at #%d",
+            core.persistence_id,
+            reason,
+            core.sequence_nr,
+            extra={**core.log_context(), "reason": reason},
+        )
         if not self.reactivate or self._closed:
             self._retired.add(entity_id)
             # Commands held back for a predecessor can never run here now; the predecessor
@@ -522,8 +553,9 @@ class AggregateHost:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._activating:
-            await asyncio.gather(*(asyncio.shield(f) for f in self._activating.values()),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(asyncio.shield(f) for f in self._activating.values()), return_exceptions=True
+            )
         await asyncio.gather(*(self.passivate(e, "closed") for e in list(self._cores)))
         for eid, order in list(self._orders.items()):  # held back, entity not active
             order.fail_all(self._passivated_error(eid))
@@ -547,8 +579,9 @@ class _NotifyingJournal(Journal):
         except Exception:  # the listener is best effort; the append is acknowledged
             log.exception("on_durable listener failed")
 
-    def replay(self, persistence_id: str, from_sequence_nr: int = 1,
-               to_sequence_nr: int | None = None) -> Any:
+    def replay(
+        self, persistence_id: str, from_sequence_nr: int = 1, to_sequence_nr: int | None = None
+    ) -> Any:
         return self.inner.replay(persistence_id, from_sequence_nr, to_sequence_nr)
 
     async def highest_sequence_nr(self, persistence_id: str) -> int:

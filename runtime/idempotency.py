@@ -53,8 +53,17 @@ from raysource.journal.serialization import JSON_SERIALIZER_ID, Serialization
 from raysource.runtime.aggregate import IdempotencyPolicy
 from raysource.runtime.errors import CommandRejected, HandlerError, UnknownCommandError
 
-__all__ = ["KEYED_SNAPSHOT_MANIFEST", "KEY_FIELD", "REPLY_FIELD", "KeyTable", "Keyed", "key_of",
-           "naming_key", "snapshot_state", "unsettled"]
+__all__ = [
+    "KEYED_SNAPSHOT_MANIFEST",
+    "KEY_FIELD",
+    "REPLY_FIELD",
+    "KeyTable",
+    "Keyed",
+    "key_of",
+    "naming_key",
+    "snapshot_state",
+    "unsettled",
+]
 
 KEY_FIELD = "ik"  # event metadata: the idempotency key of the command that wrote the event
 REPLY_FIELD = "ir"  # event metadata: that command's encoded reply
@@ -72,8 +81,10 @@ class Keyed:
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key or len(self.key) > _MAX_KEY_LENGTH:
-            raise ConfigError(f"an idempotency key must be a non-empty str of at most "
-                              f"{_MAX_KEY_LENGTH} characters, got {self.key!r}")
+            raise ConfigError(
+                f"an idempotency key must be a non-empty str of at most "
+                f"{_MAX_KEY_LENGTH} characters, got {self.key!r}"
+            )
 
 
 @dataclass(slots=True)
@@ -88,8 +99,13 @@ class KeyTable:
     """The applied keys of one activation (see the module docstring). Not thread-safe (one
     core, one event loop). ``wall_clock`` returns an aware ``datetime`` (the core's)."""
 
-    def __init__(self, policy: IdempotencyPolicy, serialization: Serialization,
-                 persistence_id: str, wall_clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        policy: IdempotencyPolicy,
+        serialization: Serialization,
+        persistence_id: str,
+        wall_clock: Callable[[], datetime],
+    ) -> None:
         self.policy = policy
         self.serialization = serialization
         self.persistence_id = persistence_id
@@ -119,8 +135,9 @@ class KeyTable:
             return True, None, entry.value
         if not entry.known:
             ser_id, manifest, payload = _split(entry.reply)
-            entry.value = self.serialization.decode(ser_id, manifest, payload,
-                                                    persistence_id=self.persistence_id)
+            entry.value = self.serialization.decode(
+                ser_id, manifest, payload, persistence_id=self.persistence_id
+            )
             entry.known = True
         return True, entry.value, None
 
@@ -130,7 +147,8 @@ class KeyTable:
         """The metadata of the first event of a command applied under ``key`` with ``reply``.
         Raises the serialization's error if the reply cannot be encoded."""
         ser_id, manifest, payload = self.serialization.encode(
-            reply, persistence_id=self.persistence_id, sequence_nr=sequence_nr)
+            reply, persistence_id=self.persistence_id, sequence_nr=sequence_nr
+        )
         return {KEY_FIELD: key, REPLY_FIELD: _join(ser_id, manifest, payload)}
 
     def applied(self, event: StoredEvent, reply: Any = None, known: bool = False) -> None:
@@ -139,8 +157,10 @@ class KeyTable:
         key = event.metadata.get(KEY_FIELD) if event.metadata else None
         if key is None:
             return
-        self._put(key, _Entry(event.timestamp.timestamp(), event.metadata.get(REPLY_FIELD, ""),
-                              reply, known))
+        self._put(
+            key,
+            _Entry(event.timestamp.timestamp(), event.metadata.get(REPLY_FIELD, ""), reply, known),
+        )
 
     def rejected(self, key: str, error: BaseException) -> None:
         """Remember a rejection (memory only)."""
@@ -167,8 +187,9 @@ class KeyTable:
 
     # ------------------------------------------------------------------ snapshots
 
-    def wrap_snapshot(self, ser_id: int, manifest: str, payload: bytes, *,
-                      timers: list[list[Any]] | None = None) -> tuple[int, str, bytes]:
+    def wrap_snapshot(
+        self, ser_id: int, manifest: str, payload: bytes, *, timers: list[list[Any]] | None = None
+    ) -> tuple[int, str, bytes]:
         """The snapshot ``(serializer id, manifest, payload)`` of a state, with the durable keys
         and the pending ``timers`` (``raysource.runtime.timers``) in the envelope (unchanged
         when there are neither)."""
@@ -176,13 +197,14 @@ class KeyTable:
         keys = [[k, e.at, e.reply] for k, e in self._entries.items() if e.reply is not None]
         if not keys and not timers:
             return ser_id, manifest, payload
-        body = msgspec.msgpack.encode({"s": [ser_id, manifest, payload], "k": keys,
-                                       "t": timers or []})
+        body = msgspec.msgpack.encode(
+            {"s": [ser_id, manifest, payload], "k": keys, "t": timers or []}
+        )
         return JSON_SERIALIZER_ID, KEYED_SNAPSHOT_MANIFEST, body
 
-    def unwrap_snapshot(self, snap: StoredSnapshot, *,
-                        on_timers: Callable[[list[list[Any]]], None] | None = None
-                        ) -> tuple[int, str, bytes]:
+    def unwrap_snapshot(
+        self, snap: StoredSnapshot, *, on_timers: Callable[[list[list[Any]]], None] | None = None
+    ) -> tuple[int, str, bytes]:
         """The state's ``(serializer id, manifest, payload)`` of ``snap``; loads the keys of an
         envelope into this (cleared) table and hands its pending timers to ``on_timers``.
         Raises ``CorruptPayloadError`` for a bad one."""
@@ -231,8 +253,10 @@ def naming_key(err: BaseException, key: str | None) -> BaseException:
     re-send with, and the key as ``err.idempotency_key`` (unchanged without a key)."""
     if key is None or getattr(err, "idempotency_key", None) == key:
         return err
-    msg = (f"{err}; idempotency key {key!r}: the outcome is unknown, re-send the command with "
-           f"this key to learn it (it is applied at most once)")
+    msg = (
+        f"{err}; idempotency key {key!r}: the outcome is unknown, re-send the command with "
+        f"this key to learn it (it is applied at most once)"
+    )
     try:
         out = type(err)(msg)
         out.__cause__ = err
@@ -257,9 +281,11 @@ def _open_envelope(snap: StoredSnapshot) -> _Envelope | None:
     try:
         return msgspec.msgpack.decode(snap.payload, type=_Envelope)
     except msgspec.DecodeError as exc:
-        raise CorruptPayloadError(f"corrupt keyed snapshot: {exc}",
-                                  persistence_id=snap.persistence_id,
-                                  sequence_nr=snap.sequence_nr) from exc
+        raise CorruptPayloadError(
+            f"corrupt keyed snapshot: {exc}",
+            persistence_id=snap.persistence_id,
+            sequence_nr=snap.sequence_nr,
+        ) from exc
 
 
 def snapshot_state(snap: StoredSnapshot) -> tuple[int, str, bytes]:

@@ -15,13 +15,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["CONTEXT_FIELDS", "JsonFormatter", "configure_from_env", "configure_json_logging"]
 
-CONTEXT_FIELDS: tuple[str, ...] = ("persistence_id", "sequence_nr", "writer_id", "type",
-                                   "projection", "worker", "reason", "entity_id")
+CONTEXT_FIELDS: tuple[str, ...] = (
+    "persistence_id",
+    "sequence_nr",
+    "writer_id",
+    "type",
+    "projection",
+    "worker",
+    "reason",
+    "entity_id",
+)
 
 _ENV = "RAYSOURCE_LOG_JSON"
 _MARK = "_raysource_json"
@@ -33,7 +41,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -36,14 +36,51 @@ log = logging.getLogger(__name__)
 MetricKind = Literal["counter", "gauge", "histogram"]
 
 # seconds: a journal write is ~1-20 ms on a healthy cluster; the tail shows timeouts
-LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                      0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 # seconds: recovery ranges from a snapshot read (ms) to replaying a long history (tens of s)
-RECOVERY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                                       5.0, 10.0, 30.0, 60.0)
+RECOVERY_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 # seconds: a timer service polls every second; the tail shows a backlog after downtime
-TIMER_LATENESS_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                                             300.0, 3600.0)
+TIMER_LATENESS_BUCKETS: tuple[float, ...] = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    3600.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,36 +95,89 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
 
 
-METRICS: dict[str, MetricSpec] = {s.name: s for s in (
-    MetricSpec("raysource_commands_total", "counter", ("type", "outcome"),
-               "Commands processed, by outcome: accepted (replied), rejected (CommandRejected), "
-               "error (any other error: handler, serialization, persist failed, stopped)"),
-    MetricSpec("raysource_persist_latency_seconds", "histogram", ("type",),
-               "Duration of one successful journal write (one group-committed flush)",
-               LATENCY_BUCKETS),
-    MetricSpec("raysource_events_persisted_total", "counter", ("type",),
-               "Events durably written to the journal"),
-    MetricSpec("raysource_journal_writes_total", "counter", ("type",),
-               "Journal writes (flushes with events); below commands under group commit"),
-    MetricSpec("raysource_recovery_seconds", "histogram", ("type",),
-               "Duration of one recovery (snapshot load + replay)", RECOVERY_BUCKETS),
-    MetricSpec("raysource_active_aggregates", "gauge", ("type", "host"),
-               "Aggregates with a live entity core in a host"),
-    MetricSpec("raysource_passivations_total", "counter", ("type", "reason"),
-               "Aggregates leaving a host, by reason: idle, evicted, passivated, handoff, "
-               "closed, fenced"),
-    MetricSpec("raysource_journal_errors_total", "counter", ("type", "kind"),
-               "Failed journal writes and recoveries, by kind: fenced, unavailable, invalid, "
-               "serialization, other; failed snapshot saves: snapshot"),
-    MetricSpec("raysource_projection_lag_events", "gauge", ("projection", "slice"),
-               "Visible events of a projection slice not handled yet"),
-    MetricSpec("raysource_projection_lag_seconds", "gauge", ("projection", "slice"),
-               "Age of the oldest unhandled event of a projection slice (0 when caught up)"),
-    MetricSpec("raysource_timers_fired_total", "counter", ("type",),
-               "Durable timer fires answered by their aggregate (run, rejected or stale)"),
-    MetricSpec("raysource_timer_lateness_seconds", "histogram", ("type",),
-               "Answer time of a timer fire minus its due time", TIMER_LATENESS_BUCKETS),
-)}
+METRICS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec(
+            "raysource_commands_total",
+            "counter",
+            ("type", "outcome"),
+            "Commands processed, by outcome: accepted (replied), rejected (CommandRejected), "
+            "error (any other error: handler, serialization, persist failed, stopped)",
+        ),
+        MetricSpec(
+            "raysource_persist_latency_seconds",
+            "histogram",
+            ("type",),
+            "Duration of one successful journal write (one group-committed flush)",
+            LATENCY_BUCKETS,
+        ),
+        MetricSpec(
+            "raysource_events_persisted_total",
+            "counter",
+            ("type",),
+            "Events durably written to the journal",
+        ),
+        MetricSpec(
+            "raysource_journal_writes_total",
+            "counter",
+            ("type",),
+            "Journal writes (flushes with events); below commands under group commit",
+        ),
+        MetricSpec(
+            "raysource_recovery_seconds",
+            "histogram",
+            ("type",),
+            "Duration of one recovery (snapshot load + replay)",
+            RECOVERY_BUCKETS,
+        ),
+        MetricSpec(
+            "raysource_active_aggregates",
+            "gauge",
+            ("type", "host"),
+            "Aggregates with a live entity core in a host",
+        ),
+        MetricSpec(
+            "raysource_passivations_total",
+            "counter",
+            ("type", "reason"),
+            "Aggregates leaving a host, by reason: idle, evicted, passivated, handoff, "
+            "closed, fenced",
+        ),
+        MetricSpec(
+            "raysource_journal_errors_total",
+            "counter",
+            ("type", "kind"),
+            "Failed journal writes and recoveries, by kind: fenced, unavailable, invalid, "
+            "serialization, other; failed snapshot saves: snapshot",
+        ),
+        MetricSpec(
+            "raysource_projection_lag_events",
+            "gauge",
+            ("projection", "slice"),
+            "Visible events of a projection slice not handled yet",
+        ),
+        MetricSpec(
+            "raysource_projection_lag_seconds",
+            "gauge",
+            ("projection", "slice"),
+            "Age of the oldest unhandled event of a projection slice (0 when caught up)",
+        ),
+        MetricSpec(
+            "raysource_timers_fired_total",
+            "counter",
+            ("type",),
+            "Durable timer fires answered by their aggregate (run, rejected or stale)",
+        ),
+        MetricSpec(
+            "raysource_timer_lateness_seconds",
+            "histogram",
+            ("type",),
+            "Answer time of a timer fire minus its due time",
+            TIMER_LATENESS_BUCKETS,
+        ),
+    )
+}
 
 _LabelKey = tuple[tuple[str, str], ...]
 
@@ -181,15 +271,16 @@ class Metrics:
     def passivation(self, type: str, reason: str) -> None:
         self.inc("raysource_passivations_total", 1, type=type, reason=reason)
 
-    def projection_lag(self, projection: str, slice: str, events: int | None,
-                       seconds: float | None) -> None:
+    def projection_lag(
+        self, projection: str, slice: str, events: int | None, seconds: float | None
+    ) -> None:
         """The lag of one projection slice; None (journal unreadable) records nothing."""
         if events is not None:
-            self.set("raysource_projection_lag_events", events, projection=projection,
-                     slice=slice)
+            self.set("raysource_projection_lag_events", events, projection=projection, slice=slice)
         if seconds is not None:
-            self.set("raysource_projection_lag_seconds", seconds, projection=projection,
-                     slice=slice)
+            self.set(
+                "raysource_projection_lag_seconds", seconds, projection=projection, slice=slice
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -218,8 +309,9 @@ class Metrics:
             for name, series in self._values.items():
                 out[name] = {_label_str(k): v for k, v in series.items()}
             for name, hseries in self._histograms.items():
-                out[name] = {_label_str(k): {"count": h.count, "sum": h.sum}
-                             for k, h in hseries.items()}
+                out[name] = {
+                    _label_str(k): {"count": h.count, "sum": h.sum} for k, h in hseries.items()
+                }
         return out
 
     @property
@@ -236,8 +328,12 @@ class Metrics:
             # a programming error, but never one that fails a command
             if name not in self._failed:
                 self._failed.add(name)
-                log.error("metric %s (%s) recorded with labels %s: not as declared",
-                          name, kind, sorted(labels))
+                log.error(
+                    "metric %s (%s) recorded with labels %s: not as declared",
+                    name,
+                    kind,
+                    sorted(labels),
+                )
             return None
         return tuple((k, str(labels[k])) for k in spec.labels)
 
@@ -247,8 +343,7 @@ class Metrics:
         except Exception as exc:
             if name not in self._failed:
                 self._failed.add(name)
-                log.warning("forwarding metric %s failed (recorded in memory only): %r",
-                            name, exc)
+                log.warning("forwarding metric %s failed (recorded in memory only): %r", name, exc)
 
     def _forward(self, spec: MetricSpec, value: float, labels: dict[str, str]) -> None:
         """Hook for subclasses: called after every in-memory record."""

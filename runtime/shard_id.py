@@ -24,8 +24,11 @@ def shard_of(entity_id: str, number_of_shards: int) -> int:
     """
     if not isinstance(entity_id, str):
         raise ConfigError(f"entity id must be a str, got {type(entity_id).__name__}")
-    if isinstance(number_of_shards, bool) or not isinstance(number_of_shards, int) \
-            or number_of_shards < 1:
+    if (
+        isinstance(number_of_shards, bool)
+        or not isinstance(number_of_shards, int)
+        or number_of_shards < 1
+    ):
         raise ConfigError(f"number of shards must be an int >= 1, got {number_of_shards!r}")
     try:
         data = entity_id.encode("utf-8")

@@ -43,8 +43,7 @@ class StoreSpec:
             raise ConfigError("StoreSpec(kind='cassandra') needs a CassandraConfig")
 
     @classmethod
-    def for_cassandra(cls, config: CassandraConfig, *, create_schema: bool = False
-                      ) -> StoreSpec:
+    def for_cassandra(cls, config: CassandraConfig, *, create_schema: bool = False) -> StoreSpec:
         return cls("cassandra", config, create_schema)
 
     @property
@@ -54,8 +53,9 @@ class StoreSpec:
         return self.cassandra.max_payload_bytes if self.cassandra else 1_000_000
 
 
-def serialization_for(aggregate_type: AggregateType[Any, Any, Any],
-                      spec: StoreSpec) -> Serialization:
+def serialization_for(
+    aggregate_type: AggregateType[Any, Any, Any], spec: StoreSpec
+) -> Serialization:
     """A serializer with ``aggregate_type``'s classes registered (one per host)."""
     ser = Serialization(max_payload_bytes=spec.payload_limit)
     aggregate_type.register_types(ser)

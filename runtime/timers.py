@@ -47,8 +47,15 @@ from raysource.runtime.aggregate import Schedule
 from raysource.runtime.idempotency import _join, _split
 from raysource.timers.api import DEFAULT_BUCKET_MS, TimerRow, bucket_of
 
-__all__ = ["CANCEL_FIELD", "FIRED_FIELD", "SCHEDULE_FIELD", "Pending", "TimerFire",
-           "TimerTable", "fire_key"]
+__all__ = [
+    "CANCEL_FIELD",
+    "FIRED_FIELD",
+    "SCHEDULE_FIELD",
+    "Pending",
+    "TimerFire",
+    "TimerTable",
+    "fire_key",
+]
 
 SCHEDULE_FIELD = "ts"
 CANCEL_FIELD = "tc"
@@ -77,14 +84,18 @@ def _parse(event: StoredEvent) -> tuple[str | None, list[str], list[Pending]]:
     meta = event.metadata
     try:
         cancels = json.loads(meta[CANCEL_FIELD]) if CANCEL_FIELD in meta else []
-        schedules = [Pending(name, f"{name}@{event.sequence_nr}", int(due_ms), int(bucket),
-                             command)
-                     for name, due_ms, bucket, command in
-                     (json.loads(meta[SCHEDULE_FIELD]) if SCHEDULE_FIELD in meta else [])]
+        schedules = [
+            Pending(name, f"{name}@{event.sequence_nr}", int(due_ms), int(bucket), command)
+            for name, due_ms, bucket, command in (
+                json.loads(meta[SCHEDULE_FIELD]) if SCHEDULE_FIELD in meta else []
+            )
+        ]
     except (ValueError, TypeError, KeyError) as exc:
-        raise CorruptPayloadError(f"corrupt timer metadata: {exc}",
-                                  persistence_id=event.persistence_id,
-                                  sequence_nr=event.sequence_nr) from exc
+        raise CorruptPayloadError(
+            f"corrupt timer metadata: {exc}",
+            persistence_id=event.persistence_id,
+            sequence_nr=event.sequence_nr,
+        ) from exc
     return meta.get(FIRED_FIELD), [str(n) for n in cancels], schedules
 
 
@@ -110,8 +121,14 @@ class TimerTable:
     """The pending timers of one activation of ``persistence_id`` (type ``type_name``, shard
     ``shard``). ``bucket_ms``: the timer store's bucket width."""
 
-    def __init__(self, serialization: Serialization, type_name: str, persistence_id: str,
-                 shard: int, bucket_ms: int = DEFAULT_BUCKET_MS) -> None:
+    def __init__(
+        self,
+        serialization: Serialization,
+        type_name: str,
+        persistence_id: str,
+        shard: int,
+        bucket_ms: int = DEFAULT_BUCKET_MS,
+    ) -> None:
         self.serialization = serialization
         self.type_name = type_name
         self.persistence_id = persistence_id
@@ -127,8 +144,13 @@ class TimerTable:
 
     # ------------------------------------------------------------------ deciding
 
-    def metadata(self, schedules: Sequence[Schedule], cancels: Sequence[str],
-                 timestamp: datetime, sequence_nr: int) -> dict[str, str]:
+    def metadata(
+        self,
+        schedules: Sequence[Schedule],
+        cancels: Sequence[str],
+        timestamp: datetime,
+        sequence_nr: int,
+    ) -> dict[str, str]:
         """The metadata of the first event (number ``sequence_nr``) of a command that
         schedules/cancels timers. Raises the serialization's error for an unencodable
         command, ``PayloadTooLargeError`` if the schedules together exceed the payload limit
@@ -141,15 +163,20 @@ class TimerTable:
             entries = []
             for s in schedules:
                 due = _ms(s.due(timestamp))
-                cmd = _join(*self.serialization.encode(
-                    s.command, persistence_id=self.persistence_id, sequence_nr=sequence_nr))
+                cmd = _join(
+                    *self.serialization.encode(
+                        s.command, persistence_id=self.persistence_id, sequence_nr=sequence_nr
+                    )
+                )
                 entries.append([s.name, due, bucket_of(due, now_ms, self.bucket_ms), cmd])
             meta[SCHEDULE_FIELD] = json.dumps(entries)
             if len(meta[SCHEDULE_FIELD]) > self.serialization.max_payload_bytes:
                 raise PayloadTooLargeError(
                     f"{len(schedules)} timers of one persist take {len(meta[SCHEDULE_FIELD])} "
                     f"bytes, over the payload limit of {self.serialization.max_payload_bytes}",
-                    persistence_id=self.persistence_id, sequence_nr=sequence_nr)
+                    persistence_id=self.persistence_id,
+                    sequence_nr=sequence_nr,
+                )
         return meta
 
     def due_ms_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> int | None:
@@ -164,8 +191,9 @@ class TimerTable:
         if p is None or p.timer_id != fire.timer_id:
             return None
         ser_id, manifest, payload = _split(p.command)
-        return self.serialization.decode(ser_id, manifest, payload,
-                                         persistence_id=self.persistence_id)
+        return self.serialization.decode(
+            ser_id, manifest, payload, persistence_id=self.persistence_id
+        )
 
     # ------------------------------------------------------------------ applying
 
@@ -209,8 +237,11 @@ class TimerTable:
         if not event.metadata or SCHEDULE_FIELD not in event.metadata:
             return []
         _fired, _cancels, schedules = _parse(event)
-        return [p.name for p in schedules
-                if p.name in self.pending and self.pending[p.name].timer_id == p.timer_id]
+        return [
+            p.name
+            for p in schedules
+            if p.name in self.pending and self.pending[p.name].timer_id == p.timer_id
+        ]
 
     def fired_without_events(self, fire: TimerFire) -> bool:
         """Forget a timer whose fire wrote nothing (the caller snapshots the table: see the
@@ -222,8 +253,9 @@ class TimerTable:
         return False
 
     def row(self, p: Pending) -> TimerRow:
-        return TimerRow(self.type_name, self.shard, p.bucket, p.due_ms, self.persistence_id,
-                        p.name, p.timer_id)
+        return TimerRow(
+            self.type_name, self.shard, p.bucket, p.due_ms, self.persistence_id, p.name, p.timer_id
+        )
 
     def rows_now(self, names: Iterable[str], now: datetime) -> list[TimerRow]:
         """Index rows for the pending timers ``names`` in a bucket at or after ``now`` (a
@@ -253,10 +285,13 @@ class TimerTable:
                 self.pending[name] = Pending(name, timer_id, int(due_ms), int(bucket), command)
         except (ValueError, TypeError) as exc:
             self.pending.clear()
-            raise CorruptPayloadError(f"corrupt timers in snapshot: {exc}",
-                                      persistence_id=self.persistence_id) from exc
+            raise CorruptPayloadError(
+                f"corrupt timers in snapshot: {exc}", persistence_id=self.persistence_id
+            ) from exc
 
     def info(self) -> list[dict[str, Any]]:
         """The pending timers (diagnostics)."""
-        return [{"name": p.name, "timer_id": p.timer_id, "due_ms": p.due_ms}
-                for p in sorted(self.pending.values(), key=lambda p: p.due_ms)]
+        return [
+            {"name": p.name, "timer_id": p.timer_id, "due_ms": p.due_ms}
+            for p in sorted(self.pending.values(), key=lambda p: p.due_ms)
+        ]

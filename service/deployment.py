@@ -54,9 +54,16 @@ from raysource.service.errors import ReplicaOverloadedError
 from raysource.service.http_errors import http_error
 from raysource.sharding.system import System
 
-__all__ = ["IDEMPOTENCY_HEADER", "REPLICA_HEADER", "ServiceContext", "ServiceSpec",
-           "idempotency_key", "refs_take_idempotency_keys", "run_service",
-           "service_deployment"]
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "REPLICA_HEADER",
+    "ServiceContext",
+    "ServiceSpec",
+    "idempotency_key",
+    "refs_take_idempotency_keys",
+    "run_service",
+    "service_deployment",
+]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLICA_HEADER = "X-Raysource-Replica"
@@ -115,8 +122,13 @@ class ServiceContext:
         self.spec = spec
         self.replica = replica
         self.system = System.start(
-            spec.system, store=spec.store, types=spec.types, namespace=spec.namespace,
-            placement=dict(spec.placement), host_settings=dict(spec.host_settings))
+            spec.system,
+            store=spec.store,
+            types=spec.types,
+            namespace=spec.namespace,
+            placement=dict(spec.placement),
+            host_settings=dict(spec.host_settings),
+        )
         # a 504's key is safe to re-send only if refs take keys and every type applies them
         self._pass_keys = refs_take_idempotency_keys()
         self.retry_safe = self._pass_keys and all(_keys_on(t) for t in spec.types)
@@ -164,13 +176,21 @@ class ServiceContext:
         if self._in_flight >= self.spec.max_in_flight:
             raise ReplicaOverloadedError(
                 f"replica {self.replica} has {self._in_flight} requests in flight (its limit); "
-                "not applied, retry later", retry_after_s=1.0)
+                "not applied, retry later",
+                retry_after_s=1.0,
+            )
         self._in_flight += 1
 
     # ------------------------------------------------------------------ calls
 
-    async def ask(self, aggregate_type: AggregateType | str, entity_id: str, command: Any,
-                  *, idempotency_key: str | None = None) -> Any:
+    async def ask(
+        self,
+        aggregate_type: AggregateType | str,
+        entity_id: str,
+        command: Any,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """Send ``command`` and return the reply, or raise the typed error (mapped to HTTP by
         the service). ``idempotency_key`` is passed to the reference when it takes one."""
         self._admit()
@@ -224,9 +244,13 @@ class ServiceContext:
 
 async def idempotency_key(
     request: Request,
-    key: str | None = Header(None, alias=IDEMPOTENCY_HEADER, max_length=200,
-                             description="a client-chosen key for this command; returned "
-                                         "with a 504 so the command can be re-sent under it"),
+    key: str | None = Header(
+        None,
+        alias=IDEMPOTENCY_HEADER,
+        max_length=200,
+        description="a client-chosen key for this command; returned "
+        "with a 504 so the command can be re-sent under it",
+    ),
 ) -> str:
     """FastAPI dependency: the request's ``Idempotency-Key`` (else a fresh one), kept on
     ``request.state`` for the error answer."""
@@ -240,8 +264,10 @@ def install(api: FastAPI, context: ServiceContext) -> FastAPI:
 
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         status, body, headers = http_error(
-            exc, idempotency_key=getattr(request.state, "idempotency_key", None),
-            retry_safe=context.retry_safe)
+            exc,
+            idempotency_key=getattr(request.state, "idempotency_key", None),
+            retry_safe=context.retry_safe,
+        )
         return JSONResponse(body, status_code=status, headers=headers)
 
     api.add_exception_handler(RaysourceError, on_error)
@@ -274,8 +300,7 @@ class _Replica:
     """The Serve deployment class: a :class:`ServiceContext` plus the FastAPI app that
     ``build_api(context)`` returns (built in the replica, after the context)."""
 
-    def __init__(self, spec: ServiceSpec, build_api: Callable[[ServiceContext], FastAPI]
-                 ) -> None:
+    def __init__(self, spec: ServiceSpec, build_api: Callable[[ServiceContext], FastAPI]) -> None:
         try:
             replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 - outside Serve (a direct test): a local name
@@ -294,10 +319,16 @@ class _Replica:
 _ServiceReplica = serve.ingress()(_Replica)
 
 
-def service_deployment(spec: ServiceSpec, build_api: Callable[[ServiceContext], FastAPI], *,
-                       name: str = "raysource-service", num_replicas: int = 1,
-                       max_ongoing_requests: int = 256, access_log: bool = False,
-                       ray_actor_options: Mapping[str, Any] | None = None) -> Any:
+def service_deployment(
+    spec: ServiceSpec,
+    build_api: Callable[[ServiceContext], FastAPI],
+    *,
+    name: str = "raysource-service",
+    num_replicas: int = 1,
+    max_ongoing_requests: int = 256,
+    access_log: bool = False,
+    ray_actor_options: Mapping[str, Any] | None = None,
+) -> Any:
     """The Serve application: ``num_replicas`` replicas of the service whose routes
     ``build_api(context)`` defines (a picklable function, e.g. a module-level one).
     ``max_ongoing_requests`` is Serve's per-replica concurrency (its default of 5 would
@@ -307,14 +338,23 @@ def service_deployment(spec: ServiceSpec, build_api: Callable[[ServiceContext], 
         raise ConfigError(f"num_replicas must be >= 1, got {num_replicas}")
     options = {"num_cpus": 0.01, **(ray_actor_options or {})}
     deployment = serve.deployment(
-        name=name, num_replicas=num_replicas,
-        max_ongoing_requests=max_ongoing_requests, ray_actor_options=options,
-        logging_config={"enable_access_log": access_log})(_ServiceReplica)
+        name=name,
+        num_replicas=num_replicas,
+        max_ongoing_requests=max_ongoing_requests,
+        ray_actor_options=options,
+        logging_config={"enable_access_log": access_log},
+    )(_ServiceReplica)
     return deployment.bind(spec, build_api)
 
 
-def run_service(app: Any, *, name: str = "raysource-service", host: str = "127.0.0.1",
-                port: int = 8000, route_prefix: str = "/") -> str:
+def run_service(
+    app: Any,
+    *,
+    name: str = "raysource-service",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    route_prefix: str = "/",
+) -> str:
     """Start Serve's HTTP proxy on ``host:port`` (``port=0``: a free one) if Serve is not
     running on this Ray cluster yet, and deploy ``app`` under ``route_prefix``; returns its
     base URL (on the proxy's actual address) once every replica is up."""

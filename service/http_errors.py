@@ -118,8 +118,9 @@ def mapping_of(error: BaseException) -> HttpMapping:
     return HttpMapping(type(error), 500, "internal")
 
 
-def http_error(error: BaseException, *, idempotency_key: str | None = None,
-               retry_safe: bool = False) -> tuple[int, dict[str, Any], dict[str, str]]:
+def http_error(
+    error: BaseException, *, idempotency_key: str | None = None, retry_safe: bool = False
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``(status, body, headers)`` answering ``error`` (see :data:`STATUS_TABLE`).
     ``idempotency_key`` is the request's key (returned with an unknown outcome, so the client
     can re-send under it); ``retry_safe`` whether the references honour it."""
@@ -128,7 +129,8 @@ def http_error(error: BaseException, *, idempotency_key: str | None = None,
     body: dict[str, Any] = {"error": row.code, "type": type(error).__name__, "detail": detail}
     headers: dict[str, str] = {}
     if isinstance(error, NotAppliedError) or (
-            row.status in (429, 503) and not isinstance(error, OutcomeUnknownError)):
+        row.status in (429, 503) and not isinstance(error, OutcomeUnknownError)
+    ):
         body["category"] = "not_applied"  # the 503 rows are raised before anything is sent
     elif isinstance(error, OutcomeUnknownError):
         body["category"] = "outcome_unknown"

@@ -51,8 +51,7 @@ SEAT_PATTERN = r"^[A-Z]{1,3}([1-9]|10)$"  # a well-formed label (A1 .. A10, B1, 
 
 
 class NewShow(BaseModel):
-    seats: int = Field(ge=1, le=100_000, description="the hall's number of seats",
-                       examples=[120])
+    seats: int = Field(ge=1, le=100_000, description="the hall's number of seats", examples=[120])
 
 
 class NewReservation(BaseModel):
@@ -82,54 +81,81 @@ class CustomerSeat(BaseModel):
 class CustomerReservations(BaseModel):
     customer: str
     reservations: list[CustomerSeat] = Field(
-        description="from the read-side view: eventually consistent with the shows")
+        description="from the read-side view: eventually consistent with the shows"
+    )
 
 
 def build_seats_api(ctx: ServiceContext) -> FastAPI:
     """The FastAPI app of one replica (``ctx`` is the replica's context)."""
-    api = FastAPI(title="raysource seats", version="1",
-                  description="Seat reservations for shows: commands go to the show "
-                              "aggregates, customer queries to the read-side view.")
+    api = FastAPI(
+        title="raysource seats",
+        version="1",
+        description="Seat reservations for shows: commands go to the show "
+        "aggregates, customer queries to the read-side view.",
+    )
     show_id = Path(min_length=1, max_length=512, description="the show's entity id")
     seat_label = Path(pattern=SEAT_PATTERN)
     agg = ctx.system.aggregate_type(SHOW.name)  # the system's type (e.g. its shard count)
 
     def show_out(show: str, state: ShowState) -> Show:
-        return Show(show=show, seats=state.seats, created=state.created,
-                    available=state.available, reservations=dict(state.reservations))
+        return Show(
+            show=show,
+            seats=state.seats,
+            created=state.created,
+            available=state.available,
+            reservations=dict(state.reservations),
+        )
 
-    @api.put("/shows/{show}", status_code=201, responses=ERROR_RESPONSES,
-             summary="create a show with its number of seats (before any reservation)")
-    async def create_show(body: NewShow, show: str = show_id,
-                          key: str = Depends(idempotency_key)) -> Show:
+    @api.put(
+        "/shows/{show}",
+        status_code=201,
+        responses=ERROR_RESPONSES,
+        summary="create a show with its number of seats (before any reservation)",
+    )
+    async def create_show(
+        body: NewShow, show: str = show_id, key: str = Depends(idempotency_key)
+    ) -> Show:
         await ctx.ask(agg, show, CreateShow(body.seats), idempotency_key=key)
         return show_out(show, await ctx.state(agg, show))
 
-    @api.post("/shows/{show}/reservations", status_code=201, responses=ERROR_RESPONSES,
-              summary="reserve a seat (409 if it is taken or does not exist)")
-    async def reserve(body: NewReservation, show: str = show_id,
-                      key: str = Depends(idempotency_key)) -> Reservation:
-        done = await ctx.ask(agg, show, ReserveSeat(body.seat, body.customer),
-                             idempotency_key=key)
+    @api.post(
+        "/shows/{show}/reservations",
+        status_code=201,
+        responses=ERROR_RESPONSES,
+        summary="reserve a seat (409 if it is taken or does not exist)",
+    )
+    async def reserve(
+        body: NewReservation, show: str = show_id, key: str = Depends(idempotency_key)
+    ) -> Reservation:
+        done = await ctx.ask(agg, show, ReserveSeat(body.seat, body.customer), idempotency_key=key)
         return Reservation(show=show, seat=done.seat, customer=done.customer)
 
-    @api.delete("/shows/{show}/reservations/{seat}", responses=ERROR_RESPONSES,
-                summary="cancel a reservation (only its customer can)")
-    async def cancel(show: str = show_id, seat: str = seat_label,
-                     customer: str = Query(min_length=1, max_length=200),
-                     key: str = Depends(idempotency_key)) -> Reservation:
-        done = await ctx.ask(agg, show, CancelReservation(seat, customer),
-                             idempotency_key=key)
+    @api.delete(
+        "/shows/{show}/reservations/{seat}",
+        responses=ERROR_RESPONSES,
+        summary="cancel a reservation (only its customer can)",
+    )
+    async def cancel(
+        show: str = show_id,
+        seat: str = seat_label,
+        customer: str = Query(min_length=1, max_length=200),
+        key: str = Depends(idempotency_key),
+    ) -> Reservation:
+        done = await ctx.ask(agg, show, CancelReservation(seat, customer), idempotency_key=key)
         return Reservation(show=show, seat=done.seat, customer=done.customer)
 
     @api.get("/shows/{show}", responses=ERROR_RESPONSES, summary="a show's live state")
     async def get_show(show: str = show_id) -> Show:
         return show_out(show, await ctx.ask(agg, show, GetShow()))
 
-    @api.get("/shows/{show}/reservations/{seat}",
-             responses={**ERROR_RESPONSES, 404: ERROR_RESPONSES[409] | {
-                 "description": "the seat is free (or not in the hall)"}},
-             summary="who holds a seat")
+    @api.get(
+        "/shows/{show}/reservations/{seat}",
+        responses={
+            **ERROR_RESPONSES,
+            404: ERROR_RESPONSES[409] | {"description": "the seat is free (or not in the hall)"},
+        },
+        summary="who holds a seat",
+    )
     async def get_reservation(show: str = show_id, seat: str = seat_label) -> Reservation:
         state: ShowState = await ctx.ask(agg, show, GetShow())
         holder = state.holder(seat)
@@ -137,14 +163,20 @@ def build_seats_api(ctx: ServiceContext) -> FastAPI:
             raise NotFoundError(f"seat {seat} of show {show} is not reserved")
         return Reservation(show=show, seat=seat, customer=holder)
 
-    @api.get("/customers/{customer}/reservations", responses=ERROR_RESPONSES,
-             summary="a customer's reservations, from the read-side view")
+    @api.get(
+        "/customers/{customer}/reservations",
+        responses=ERROR_RESPONSES,
+        summary="a customer's reservations, from the read-side view",
+    )
     async def customer_reservations(
-            customer: str = Path(min_length=1, max_length=200)) -> CustomerReservations:
+        customer: str = Path(min_length=1, max_length=200),
+    ) -> CustomerReservations:
         session = await ctx.view_session()
         rows = await reservations_of(session, session.config.keyspace, customer)
-        return CustomerReservations(customer=customer, reservations=[
-            CustomerSeat(show=show, seat=seat) for show, seat in rows])
+        return CustomerReservations(
+            customer=customer,
+            reservations=[CustomerSeat(show=show, seat=seat) for show, seat in rows],
+        )
 
     @api.get("/healthz", summary="the replica answering")
     async def healthz() -> dict[str, str]:
@@ -159,8 +191,9 @@ def seats_app(spec: ServiceSpec, **deployment_options: Any) -> Any:
     return service_deployment(spec, build_seats_api, **deployment_options)
 
 
-def http_request(show: str, command: Any) -> tuple[str, str, dict[str, Any] | None,
-                                                   dict[str, str] | None]:
+def http_request(
+    show: str, command: Any
+) -> tuple[str, str, dict[str, Any] | None, dict[str, str] | None]:
     """``(method, path, json body, query)`` of the HTTP request that sends ``command`` to
     ``show`` through this service (ids are percent-encoded by the caller's client)."""
     from urllib.parse import quote

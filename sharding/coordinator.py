@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from raysource.journal.api import Journal, StoredEvent
@@ -209,8 +209,11 @@ class ShardCoordinator:
         assert self._journal is not None
         async for stored in self._journal.replay(self.persistence_id, self._seq + 1):
             event = COORDINATOR_SERIALIZATION.decode(
-                stored.serializer_id, stored.manifest, bytes(stored.payload),
-                persistence_id=stored.persistence_id, sequence_nr=stored.sequence_nr,
+                stored.serializer_id,
+                stored.manifest,
+                bytes(stored.payload),
+                persistence_id=stored.persistence_id,
+                sequence_nr=stored.sequence_nr,
             )
             self._state.apply(event)  # type: ignore[arg-type]
             self._seq = stored.sequence_nr
@@ -221,14 +224,23 @@ class ShardCoordinator:
         step = self.settings.max_events_per_write
         for i in range(0, len(events), step):
             chunk = events[i : i + step]
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             group = []
             for j, ev in enumerate(chunk, start=self._seq + 1):
                 ser_id, manifest, payload = COORDINATOR_SERIALIZATION.encode(
                     ev, persistence_id=self.persistence_id, sequence_nr=j
                 )
-                group.append(StoredEvent(self.persistence_id, j, payload, manifest, ser_id, now,
-                                         writer_id=self._writer_id))
+                group.append(
+                    StoredEvent(
+                        self.persistence_id,
+                        j,
+                        payload,
+                        manifest,
+                        ser_id,
+                        now,
+                        writer_id=self._writer_id,
+                    )
+                )
             try:
                 await self._journal.append(group)
             except WriterFencedError as exc:
@@ -298,8 +310,12 @@ class ShardCoordinator:
         await self._ready()
         sid = ShardId(type_name, shard)
         current = self._state.owner.get(sid)
-        if current is not None and current in self._live and sid not in self._moving \
-                and not refresh:
+        if (
+            current is not None
+            and current in self._live
+            and sid not in self._moving
+            and not refresh
+        ):
             return current
         async with self._lock:
             live = await self._fresh_live()
@@ -359,7 +375,8 @@ class ShardCoordinator:
         self, live: set[NodeId], max_moves: int | None = None
     ) -> list[ShardMoved]:
         moves = self._state.plan_rebalance(
-            live, self.settings.max_moves if max_moves is None else max_moves,
+            live,
+            self.settings.max_moves if max_moves is None else max_moves,
             self.settings.rebalance_threshold,
         )
         done: list[ShardMoved] = []
@@ -368,11 +385,13 @@ class ShardCoordinator:
             self._moving.add(m.shard)
             try:
                 if region is not None:
-                    await asyncio.wait_for(_call_handoff(region, m.shard),
-                                           self.settings.handoff_timeout)
+                    await asyncio.wait_for(
+                        _call_handoff(region, m.shard), self.settings.handoff_timeout
+                    )
             except Exception as exc:  # noqa: BLE001 - the shard stays; retried next round
-                log.warning("handoff of %s from %s failed (%r): not moved", m.shard,
-                            m.from_node, exc)
+                log.warning(
+                    "handoff of %s from %s failed (%r): not moved", m.shard, m.from_node, exc
+                )
                 continue
             else:
                 ev = ShardMoved(m.shard.type_name, m.shard.shard, m.from_node, m.to_node)

@@ -140,8 +140,11 @@ class CoordinatorState:
         another; else the registration event."""
         if not isinstance(type_name, str) or not type_name or "|" in type_name:
             raise ConfigError(f"invalid aggregate type name {type_name!r}")
-        if isinstance(number_of_shards, bool) or not isinstance(number_of_shards, int) \
-                or number_of_shards < 1:
+        if (
+            isinstance(number_of_shards, bool)
+            or not isinstance(number_of_shards, int)
+            or number_of_shards < 1
+        ):
             raise ConfigError(f"number of shards must be an int >= 1, got {number_of_shards!r}")
         known = self.shard_counts.get(type_name)
         if known == number_of_shards:
@@ -183,4 +186,3 @@ class CoordinatorState:
     ) -> list[Move]:
         """One bounded rebalance round among live nodes (see ``allocation.rebalance``)."""
         return rebalance(self.allocation(), self.usable(live_nodes), max_moves, threshold)
-

@@ -47,8 +47,9 @@ FAST_HEALTH_CHECKS: dict[str, int] = {
 
 def dead_node_detection_s(system_config: dict[str, int]) -> float:
     """About how long Ray takes to declare a crashed node dead under ``system_config``."""
-    return (system_config["health_check_period_ms"]
-            * system_config["health_check_failure_threshold"]) / 1000
+    return (
+        system_config["health_check_period_ms"] * system_config["health_check_failure_threshold"]
+    ) / 1000
 
 
 def live_nodes() -> list[NodeId]:
@@ -77,7 +78,8 @@ def named_actors(namespace: str | None, prefix: str = "") -> list[tuple[str, str
     """``(name, namespace)`` of the live named actors in ``namespace`` (all namespaces if
     None) whose name starts with ``prefix``. A blocking GCS call: run it off the loop."""
     return [
-        (e["name"], e["namespace"]) for e in ray.util.list_named_actors(all_namespaces=True)
+        (e["name"], e["namespace"])
+        for e in ray.util.list_named_actors(all_namespaces=True)
         if (namespace is None or e["namespace"] == namespace) and e["name"].startswith(prefix)
     ]
 
@@ -111,8 +113,9 @@ def get_or_create_coordinator(
         options["namespace"] = namespace
     options.update(actor_options or {})
     actor_cls = ray.remote(ShardCoordinator)
-    return actor_cls.options(**options).remote(system, journal_factory, live_nodes, settings,
-                                               on_fenced=_restart_this_process)
+    return actor_cls.options(**options).remote(
+        system, journal_factory, live_nodes, settings, on_fenced=_restart_this_process
+    )
 
 
 def _restart_this_process() -> None:

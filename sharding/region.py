@@ -58,10 +58,12 @@ class HomeCheck:
 
     async def __call__(self, type_name: str, shard: int) -> bool:
         loop = asyncio.get_running_loop()
-        coordinator = await loop.run_in_executor(None, lambda: ray.get_actor(
-            coordinator_name(self.system), namespace=self.namespace))
-        home: NodeId = await asyncio.wait_for(coordinator.home.remote(type_name, shard),
-                                              _CHECK_TIMEOUT_S)
+        coordinator = await loop.run_in_executor(
+            None, lambda: ray.get_actor(coordinator_name(self.system), namespace=self.namespace)
+        )
+        home: NodeId = await asyncio.wait_for(
+            coordinator.home.remote(type_name, shard), _CHECK_TIMEOUT_S
+        )
         return home == self.node_id
 
 
@@ -93,20 +95,35 @@ class SystemSpec:
     def placement_of(self, aggregate_type: AggregateType) -> str:
         return self.placement.get(aggregate_type.name, aggregate_type.placement)
 
-    def host_spec(self, aggregate_type: AggregateType, entity_id: str,
-                  node_id: NodeId | None = None) -> HostSpec:
+    def host_spec(
+        self, aggregate_type: AggregateType, entity_id: str, node_id: NodeId | None = None
+    ) -> HostSpec:
         """The host of ``entity_id``: dedicated, its own; hosted, the shared host of its shard's
         slot on ``node_id`` (the shard's home)."""
         settings = dict(self.host_settings.get(aggregate_type.name, {}))
         shard = shard_of(entity_id, aggregate_type.number_of_shards)
         if self.placement_of(aggregate_type) == "dedicated":
-            return HostSpec(self.name, aggregate_type, self.store, "dedicated",
-                            entity_id=entity_id, shard=shard, **settings)
+            return HostSpec(
+                self.name,
+                aggregate_type,
+                self.store,
+                "dedicated",
+                entity_id=entity_id,
+                shard=shard,
+                **settings,
+            )
         if node_id is None:
             raise ConfigError(f"the host of a hosted {aggregate_type.name!r} needs its node")
-        spec = HostSpec(self.name, aggregate_type, self.store, "hosted", slot=0,
-                        node_id=node_id, owner=HomeCheck(self.name, self.namespace, node_id),
-                        **settings)
+        spec = HostSpec(
+            self.name,
+            aggregate_type,
+            self.store,
+            "hosted",
+            slot=0,
+            node_id=node_id,
+            owner=HomeCheck(self.name, self.namespace, node_id),
+            **settings,
+        )
         return replace(spec, slot=slot_of(shard, spec.hosts))
 
 
@@ -162,12 +179,16 @@ class ShardRegion:
         aggregate_type = self.spec.type_named(shard.type_name)
         loop = asyncio.get_running_loop()
         names = await loop.run_in_executor(
-            None, named_actors, self.spec.namespace, f"{self.spec.name}:")
+            None, named_actors, self.spec.namespace, f"{self.spec.name}:"
+        )
         calls: list[Any] = []
         for name, namespace in names:
             parsed = parse_name(name)
-            if parsed is None or parsed.system != self.spec.name \
-                    or parsed.type_name != aggregate_type.name:
+            if (
+                parsed is None
+                or parsed.system != self.spec.name
+                or parsed.type_name != aggregate_type.name
+            ):
                 continue
             if parsed.kind == "hosted" and parsed.slot is not None:
                 target = "shared"  # any node's: it revokes the shard even if it is checking it
@@ -184,7 +205,8 @@ class ShardRegion:
                 self.forget(name)
             try:
                 handle = await loop.run_in_executor(
-                    None, functools.partial(ray.get_actor, name, namespace=namespace))
+                    None, functools.partial(ray.get_actor, name, namespace=namespace)
+                )
             except ValueError:
                 continue  # exited meanwhile
             if target in ("hosted", "shared"):
@@ -226,4 +248,3 @@ def get_or_create_region(spec: SystemSpec, node_id: NodeId) -> Any:
     if spec.namespace is not None:
         options["namespace"] = spec.namespace
     return RegionActor.options(**options).remote(spec, node_id)
-

@@ -108,8 +108,10 @@ class ShardedResolver:
                 node = self._home(aggregate_type.name, shard)
                 region = self._region(node)
                 self.activations += 1
-                handle = ray.get(region.activate.remote(aggregate_type.name, entity_id),
-                                 timeout=_ACTIVATE_TIMEOUT_S)
+                handle = ray.get(
+                    region.activate.remote(aggregate_type.name, entity_id),
+                    timeout=_ACTIVATE_TIMEOUT_S,
+                )
                 break
             except RayTaskError as err:
                 cause = err.cause if isinstance(err.cause, BaseException) else err
@@ -149,8 +151,10 @@ class ShardedResolver:
         if node is not None:
             return node
         self.resolves += 1
-        node = ray.get(self.coordinator.home.remote(type_name, shard, refresh=refresh),
-                       timeout=_ACTIVATE_TIMEOUT_S)
+        node = ray.get(
+            self.coordinator.home.remote(type_name, shard, refresh=refresh),
+            timeout=_ACTIVATE_TIMEOUT_S,
+        )
         with self._lock:
             self._homes[(type_name, shard)] = node
             self._stale.discard((type_name, shard))
@@ -166,8 +170,7 @@ class ShardedResolver:
                 self._regions[node] = region
         return region
 
-    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
-                   handle: Any = None) -> None:
+    def invalidate(self, aggregate_type: AggregateType, entity_id: str, handle: Any = None) -> None:
         key = self._key(aggregate_type, entity_id)
         shard = shard_of(entity_id, aggregate_type.number_of_shards)
         with self._lock:
@@ -224,9 +227,13 @@ class System:
         if len(set(names)) != len(names):
             raise ConfigError(f"aggregate type names must be unique, got {names}")
         spec = SystemSpec(
-            name=name, store=store, types=types, namespace=namespace,
+            name=name,
+            store=store,
+            types=types,
+            namespace=namespace,
             max_active_per_node=max_active_per_node,
-            host_settings=dict(host_settings or {}), placement=dict(placement or {}),
+            host_settings=dict(host_settings or {}),
+            placement=dict(placement or {}),
         )
         for t in types:  # every type's host settings make a valid HostSpec (or ConfigError)
             try:
@@ -240,9 +247,10 @@ class System:
             name, CoordinatorJournal(store), coordinator_settings, namespace=namespace
         )
         for t in types:
-            _ask_coordinator(lambda t=t: coordinator.register_type.remote(t.name,
-                                                                         t.number_of_shards),
-                             f"registering aggregate type {t.name!r}")
+            _ask_coordinator(
+                lambda t=t: coordinator.register_type.remote(t.name, t.number_of_shards),
+                f"registering aggregate type {t.name!r}",
+            )
         if timers is not None and store.kind == "cassandra":
             for node in live_nodes():
                 get_or_create_timer_service(spec, node, timers)
@@ -275,8 +283,10 @@ class System:
     def timer_info(self, *, timeout: float = 15.0) -> list[dict[str, Any]]:
         """``info()`` of every timer service of this system (fired, retried, backlog, owned
         shards, lateness p50/p99/max in ms), one per node."""
-        handles = [ray.get_actor(n, namespace=ns)
-                   for n, ns in named_actors(self.spec.namespace, f"{self.name}:timers:")]
+        handles = [
+            ray.get_actor(n, namespace=ns)
+            for n, ns in named_actors(self.spec.namespace, f"{self.name}:timers:")
+        ]
         return ray.get([h.info.remote() for h in handles], timeout=timeout)
 
     def shutdown(self, *, timeout: float = 30.0) -> None:
@@ -290,11 +300,9 @@ class System:
                 h = ray.get_actor(name, namespace=namespace)
             except ValueError:
                 continue
-            (regions if ":region:" in name else timers if ":timers:" in name else hosts
-             ).append(h)
+            (regions if ":region:" in name else timers if ":timers:" in name else hosts).append(h)
         if timers:  # no fires into a stopping system
-            ray.wait([t.stop.remote() for t in timers], num_returns=len(timers),
-                     timeout=timeout)
+            ray.wait([t.stop.remote() for t in timers], num_returns=len(timers), timeout=timeout)
         pending = [h.handoff.remote(None) for h in hosts]  # finish queued work, then exit
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=timeout)
@@ -321,8 +329,10 @@ def _ask_coordinator(call: Any, what: str) -> Any:
             raise ShardingError(f"{what}: the shard coordinator failed: {cause!r}") from err
         except (RayActorError, GetTimeoutError) as err:  # restarting, or busy
             if time.monotonic() > deadline:
-                raise ShardingError(f"{what}: the shard coordinator did not answer within "
-                                    f"{_RESOLVE_DEADLINE_S:.0f}s ({type(err).__name__})") from err
+                raise ShardingError(
+                    f"{what}: the shard coordinator did not answer within "
+                    f"{_RESOLVE_DEADLINE_S:.0f}s ({type(err).__name__})"
+                ) from err
             time.sleep(0.2)
         except RayError as err:
             raise ShardingError(f"{what}: {type(err).__name__}: {err}") from err
@@ -331,4 +341,3 @@ def _ask_coordinator(call: Any, what: str) -> Any:
 def unique_system_name(prefix: str = "rs") -> str:
     """A fresh system name (tests, benchmarks, the demo)."""
     return f"{prefix}{uuid.uuid4().hex[:8]}"
-

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from raysource.journal.errors import ConfigError, SerializationError
@@ -67,17 +67,28 @@ class TimerSettings:
         if min(self.poll_interval_s, self.max_fires_per_s, self.retry_after_s) <= 0:
             raise ConfigError("poll_interval_s, max_fires_per_s and retry_after_s must be > 0")
         if self.settle_ms < DEFAULT_SETTLE_MS:  # writers rely on it (raysource.timers.api)
-            raise ConfigError(f"settle_ms must be >= {DEFAULT_SETTLE_MS} (writers re-write a "
-                              f"row only once its bucket ended {DEFAULT_SETTLE_MS // 2} ms "
-                              f"ago), got {self.settle_ms}")
-        if min(self.max_in_flight, self.batch_per_aggregate, self.rows_per_read,
-               self.buckets_per_pass) < 1:
-            raise ConfigError("max_in_flight, batch_per_aggregate, rows_per_read and "
-                              "buckets_per_pass must be >= 1")
+            raise ConfigError(
+                f"settle_ms must be >= {DEFAULT_SETTLE_MS} (writers re-write a "
+                f"row only once its bucket ended {DEFAULT_SETTLE_MS // 2} ms "
+                f"ago), got {self.settle_ms}"
+            )
+        if (
+            min(
+                self.max_in_flight,
+                self.batch_per_aggregate,
+                self.rows_per_read,
+                self.buckets_per_pass,
+            )
+            < 1
+        ):
+            raise ConfigError(
+                "max_in_flight, batch_per_aggregate, rows_per_read and "
+                "buckets_per_pass must be >= 1"
+            )
 
 
 def _utcnow_ms() -> int:
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def _answered(outcome: Any) -> bool:
@@ -85,8 +96,10 @@ def _answered(outcome: Any) -> bool:
     if not isinstance(outcome, BaseException):
         return True
     # the timer's command itself answered (one that fails is not retried), or can never run
-    return isinstance(outcome, (CommandRejected, HandlerError, UnknownCommandError,
-                                ConfigError, SerializationError))
+    return isinstance(
+        outcome,
+        (CommandRejected, HandlerError, UnknownCommandError, ConfigError, SerializationError),
+    )
 
 
 class _TokenBucket:
@@ -110,11 +123,17 @@ class TimerPump:
     """Fires the due timers of the shards ``owned()`` returns (``(type name, shard)`` pairs)
     through ``send``. ``wall_ms`` is the wall clock in epoch milliseconds."""
 
-    def __init__(self, store: TimerStore, send: SendFires,
-                 owned: Callable[[], Awaitable[Iterable[tuple[str, int]]]],
-                 settings: TimerSettings | None = None, *,
-                 wall_ms: Callable[[], int] = _utcnow_ms, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: TimerStore,
+        send: SendFires,
+        owned: Callable[[], Awaitable[Iterable[tuple[str, int]]]],
+        settings: TimerSettings | None = None,
+        *,
+        wall_ms: Callable[[], int] = _utcnow_ms,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.send = send
         self.owned = owned
@@ -200,7 +219,7 @@ class TimerPump:
         started = 0
         for pid, group in by_aggregate.items():
             for i in range(0, len(group), self.settings.batch_per_aggregate):
-                chunk = group[i:i + self.settings.batch_per_aggregate]
+                chunk = group[i : i + self.settings.batch_per_aggregate]
                 await self._tokens.take(len(chunk))
                 await self._slots.acquire()
                 self._in_flight.update(r.key for r in chunk)
@@ -213,8 +232,9 @@ class TimerPump:
     async def _fire_chunk(self, type_name: str, pid: str, rows: list[TimerRow]) -> None:
         try:
             try:
-                outcomes = list(await self.send(
-                    type_name, pid, [TimerFire(r.name, r.timer_id) for r in rows]))
+                outcomes = list(
+                    await self.send(type_name, pid, [TimerFire(r.name, r.timer_id) for r in rows])
+                )
             except Exception as exc:  # the call itself failed: every fire stays due
                 outcomes = [exc] * len(rows)
             done = [r for r, o in zip(rows, outcomes) if _answered(o)]
@@ -225,15 +245,21 @@ class TimerPump:
                 for r in done:
                     late = max(0, now_ms - r.due_ms)
                     self.lateness_ms.append(late)
-                    self.metrics.observe("raysource_timer_lateness_seconds", late / 1000,
-                                         type=type_name)
+                    self.metrics.observe(
+                        "raysource_timer_lateness_seconds", late / 1000, type=type_name
+                    )
                     self.metrics.inc("raysource_timers_fired_total", type=type_name)
                     self._retry_at.pop(r.key, None)
                 self.fired += len(done)
             if failed:
                 self.retried += len(failed)
-                log.info("%s: %d timer fires not answered (%r); retrying in %.1f s", pid,
-                         len(failed), failed[0][1], self.settings.retry_after_s)
+                log.info(
+                    "%s: %d timer fires not answered (%r); retrying in %.1f s",
+                    pid,
+                    len(failed),
+                    failed[0][1],
+                    self.settings.retry_after_s,
+                )
                 later = self._clock() + self.settings.retry_after_s
                 for r in await self._move_forward([r for r, _ in failed]):
                     self._retry_at[r.key] = later
@@ -273,7 +299,12 @@ class TimerPump:
         def pct(q: float) -> int | None:
             return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
 
-        return {"fired": self.fired, "retried": self.retried, "backlog": self.backlog,
-                "in_flight": len(self._in_flight), "owned_shards": self.owned_shards,
-                "passes": self.passes, "lateness_ms": {"p50": pct(0.5), "p99": pct(0.99),
-                                                       "max": lat[-1] if lat else None}}
+        return {
+            "fired": self.fired,
+            "retried": self.retried,
+            "backlog": self.backlog,
+            "in_flight": len(self._in_flight),
+            "owned_shards": self.owned_shards,
+            "passes": self.passes,
+            "lateness_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] if lat else None},
+        }

@@ -81,18 +81,23 @@ class TimerService:
         store = timer_store_for(self.spec.store, journal)
         coordinator = get_coordinator(self.spec.name, namespace=self.spec.namespace)
         system = System(self.spec, coordinator)
-        calls = ThreadPoolExecutor(self.settings.max_in_flight + 2,
-                                   thread_name_prefix="raysource-timer-fire")
+        calls = ThreadPoolExecutor(
+            self.settings.max_in_flight + 2, thread_name_prefix="raysource-timer-fire"
+        )
         loop = self._loop
         peers_at = 0.0
 
         async def send(type_name: str, pid: str, fires: list[TimerFire]) -> list[Any]:
             aggregate_type = self.spec.type_named(type_name)
             ref = system.entity(aggregate_type, split_persistence_id(pid)[1])
-            keys = ([fire_key(f.timer_id) for f in fires]
-                    if aggregate_type.idempotency.enabled else None)
-            return await loop.run_in_executor(calls, lambda: ref.ask_many(
-                fires, timeout=_FIRE_TIMEOUT_S, idempotency_keys=keys))
+            keys = (
+                [fire_key(f.timer_id) for f in fires]
+                if aggregate_type.idempotency.enabled
+                else None
+            )
+            return await loop.run_in_executor(
+                calls, lambda: ref.ask_many(fires, timeout=_FIRE_TIMEOUT_S, idempotency_keys=keys)
+            )
 
         def read_allocation() -> list[tuple[str, int]]:
             nonlocal peers_at
@@ -131,8 +136,9 @@ class TimerService:
 _TimerServiceActor = ray.remote(TimerService)
 
 
-def get_or_create_timer_service(spec: SystemSpec, node_id: NodeId,
-                                settings: TimerSettings | None = None) -> Any:
+def get_or_create_timer_service(
+    spec: SystemSpec, node_id: NodeId, settings: TimerSettings | None = None
+) -> Any:
     """The timer service of ``node_id`` (created, pinned to that node, if missing)."""
     options: dict[str, Any] = {
         "name": timer_service_name(spec.name, node_id),
@@ -144,5 +150,4 @@ def get_or_create_timer_service(spec: SystemSpec, node_id: NodeId,
     }
     if spec.namespace is not None:
         options["namespace"] = spec.namespace
-    return _TimerServiceActor.options(**options).remote(spec, node_id,
-                                                        settings or TimerSettings())
+    return _TimerServiceActor.options(**options).remote(spec, node_id, settings or TimerSettings())

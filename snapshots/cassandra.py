@@ -23,8 +23,13 @@ class CassandraSnapshotStore(SnapshotStore):
     policy's K plus what accumulated since) and deletes the older rows one by one.
     """
 
-    def __init__(self, session: CassandraSession, config: CassandraConfig | None = None, *,
-                 own_session: bool = False) -> None:
+    def __init__(
+        self,
+        session: CassandraSession,
+        config: CassandraConfig | None = None,
+        *,
+        own_session: bool = False,
+    ) -> None:
         self.session = session
         self.config = config or session.config
         self._own_session = own_session
@@ -33,8 +38,9 @@ class CassandraSnapshotStore(SnapshotStore):
         self._closed = False
 
     @classmethod
-    async def connect(cls, config: CassandraConfig, *,
-                      create_schema: bool = False) -> CassandraSnapshotStore:
+    async def connect(
+        cls, config: CassandraConfig, *, create_schema: bool = False
+    ) -> CassandraSnapshotStore:
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             store = cls(session, config, own_session=True)
@@ -54,33 +60,52 @@ class CassandraSnapshotStore(SnapshotStore):
                 w, r = c.write_consistency, c.read_consistency
                 p = self.session.prepare
                 self._ps = {
-                    "save": await p(f"INSERT INTO {t} (persistence_id, sequence_nr, timestamp_us, "
-                                    f"ser_id, manifest, payload) VALUES (?,?,?,?,?,?)",
-                                    consistency_level=w),
-                    "load": await p(f"SELECT sequence_nr, timestamp_us, ser_id, manifest, payload "
-                                    f"FROM {t} WHERE persistence_id = ? AND sequence_nr <= ? "
-                                    f"LIMIT 1", consistency_level=r),
-                    "seqs": await p(f"SELECT sequence_nr FROM {t} WHERE persistence_id = ?",
-                                    consistency_level=r),
-                    "delete": await p(f"DELETE FROM {t} WHERE persistence_id = ? "
-                                      f"AND sequence_nr = ?", consistency_level=w),
+                    "save": await p(
+                        f"INSERT INTO {t} (persistence_id, sequence_nr, timestamp_us, "
+                        f"ser_id, manifest, payload) VALUES (?,?,?,?,?,?)",
+                        consistency_level=w,
+                    ),
+                    "load": await p(
+                        f"SELECT sequence_nr, timestamp_us, ser_id, manifest, payload "
+                        f"FROM {t} WHERE persistence_id = ? AND sequence_nr <= ? "
+                        f"LIMIT 1",
+                        consistency_level=r,
+                    ),
+                    "seqs": await p(
+                        f"SELECT sequence_nr FROM {t} WHERE persistence_id = ?", consistency_level=r
+                    ),
+                    "delete": await p(
+                        f"DELETE FROM {t} WHERE persistence_id = ? AND sequence_nr = ?",
+                        consistency_level=w,
+                    ),
                 }
         return self._ps
 
     async def save(self, snapshot: StoredSnapshot) -> None:
         ps = await self._prepare()
         if not snapshot.persistence_id or snapshot.sequence_nr < 0:
-            raise ValueError(f"invalid snapshot key {snapshot.persistence_id!r}/"
-                             f"{snapshot.sequence_nr}")
-        await self.session.execute(ps["save"], (
-            snapshot.persistence_id, snapshot.sequence_nr, to_us(snapshot.timestamp),
-            snapshot.serializer_id, snapshot.manifest, bytes(snapshot.payload)))
+            raise ValueError(
+                f"invalid snapshot key {snapshot.persistence_id!r}/{snapshot.sequence_nr}"
+            )
+        await self.session.execute(
+            ps["save"],
+            (
+                snapshot.persistence_id,
+                snapshot.sequence_nr,
+                to_us(snapshot.timestamp),
+                snapshot.serializer_id,
+                snapshot.manifest,
+                bytes(snapshot.payload),
+            ),
+        )
 
-    async def load(self, persistence_id: str,
-                   max_sequence_nr: int = sys.maxsize) -> StoredSnapshot | None:
+    async def load(
+        self, persistence_id: str, max_sequence_nr: int = sys.maxsize
+    ) -> StoredSnapshot | None:
         ps = await self._prepare()
-        row = await self.session.select_one(ps["load"], (persistence_id, max_sequence_nr),
-                                            profile=RAW_PROFILE)
+        row = await self.session.select_one(
+            ps["load"], (persistence_id, max_sequence_nr), profile=RAW_PROFILE
+        )
         if row is None:
             return None
         seq, ts, sid, manifest, payload = row
@@ -88,11 +113,14 @@ class CassandraSnapshotStore(SnapshotStore):
 
     async def keep_newest(self, persistence_id: str, keep: int) -> None:
         ps = await self._prepare()
-        seqs = [r[0] async for r in self.session.stream(ps["seqs"], (persistence_id,),
-                                                          profile=RAW_PROFILE)]
-        old = seqs[max(keep, 0):]  # clustering order is DESC: newest first
-        await asyncio.gather(*(self.session.execute(ps["delete"], (persistence_id, s))
-                               for s in old))
+        seqs = [
+            r[0]
+            async for r in self.session.stream(ps["seqs"], (persistence_id,), profile=RAW_PROFILE)
+        ]
+        old = seqs[max(keep, 0) :]  # clustering order is DESC: newest first
+        await asyncio.gather(
+            *(self.session.execute(ps["delete"], (persistence_id, s)) for s in old)
+        )
 
     async def delete(self, persistence_id: str, sequence_nr: int) -> None:
         ps = await self._prepare()

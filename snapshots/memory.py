@@ -49,8 +49,9 @@ class InMemorySnapshotStore(SnapshotStore):
             exc = self._fail_saves.pop(0)
             raise exc("injected failure") if isinstance(exc, type) else exc
         if not snapshot.persistence_id or snapshot.sequence_nr < 0:
-            raise ValueError(f"invalid snapshot key {snapshot.persistence_id!r}/"
-                             f"{snapshot.sequence_nr}")
+            raise ValueError(
+                f"invalid snapshot key {snapshot.persistence_id!r}/{snapshot.sequence_nr}"
+            )
         self._snaps.setdefault(snapshot.persistence_id, {})[snapshot.sequence_nr] = snapshot
         self.save_count += 1
 
@@ -65,7 +66,7 @@ class InMemorySnapshotStore(SnapshotStore):
     async def keep_newest(self, persistence_id: str, keep: int) -> None:
         await self._enter("keep_newest")
         snaps = self._snaps.get(persistence_id, {})
-        for s in sorted(snaps, reverse=True)[max(keep, 0):]:
+        for s in sorted(snaps, reverse=True)[max(keep, 0) :]:
             del snaps[s]
 
     async def delete(self, persistence_id: str, sequence_nr: int) -> None:

@@ -69,8 +69,11 @@ class Backend:
             from raysource.journal.cassandra.journal import CassandraJournal
 
             assert self.session is not None and self.config is not None
-            cfg = self.config.with_(partition_size=partition_size, fencing=fencing,
-                                    guard=self.guard if fencing else "off")
+            cfg = self.config.with_(
+                partition_size=partition_size,
+                fencing=fencing,
+                guard=self.guard if fencing else "off",
+            )
             j = CassandraJournal(self.session, cfg)
         self._made.append(j)
         return j

@@ -103,8 +103,9 @@ class DriverFaults:
                 return send(fut, error_no_hosts)
             if fault.kind == "late":
                 hook._schedule_landing(fut.session, fut.query, fault.land_s)
-                fut._set_final_exception(OperationTimedOut(
-                    {"injected": f"{fault}: answered before it ran"}))
+                fut._set_final_exception(
+                    OperationTimedOut({"injected": f"{fault}: answered before it ran"})
+                )
                 return True
             hook._lose.add(id(fut))  # lost_response: send it, lose the answer
             return send(fut, error_no_hosts)
@@ -116,8 +117,9 @@ class DriverFaults:
             if lose:
                 if pool:
                     pool.return_connection(connection)
-                fut._set_final_exception(OperationTimedOut(
-                    {str(host): "injected: executed, answer lost"}))
+                fut._set_final_exception(
+                    OperationTimedOut({str(host): "injected: executed, answer lost"})
+                )
                 return None
             return set_result(fut, host, connection, pool, response)
 

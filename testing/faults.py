@@ -60,17 +60,44 @@ from raysource.journal.errors import (
 from raysource.snapshots.api import SnapshotStore
 
 __all__ = [
-    "FAULT_KINDS", "JOURNAL_POINTS", "SNAPSHOT_POINTS",
-    "Fault", "FaultyJournal", "FaultySnapshotStore", "Fired", "WriteRecord",
-    "delay", "duplicate", "fail", "interleave", "lose_response", "stall", "tag_crash", "timeout",
+    "FAULT_KINDS",
+    "JOURNAL_POINTS",
+    "SNAPSHOT_POINTS",
+    "Fault",
+    "FaultyJournal",
+    "FaultySnapshotStore",
+    "Fired",
+    "WriteRecord",
+    "delay",
+    "duplicate",
+    "fail",
+    "interleave",
+    "lose_response",
+    "stall",
+    "tag_crash",
+    "timeout",
 ]
 
-FAULT_KINDS = ("fail", "lose_response", "duplicate", "delay", "stall", "timeout", "tag_crash",
-               "interleave")
+FAULT_KINDS = (
+    "fail",
+    "lose_response",
+    "duplicate",
+    "delay",
+    "stall",
+    "timeout",
+    "tag_crash",
+    "interleave",
+)
 JOURNAL_POINTS = ("append", "replay", "highest", "repair_tags", "delete_to")
 SNAPSHOT_POINTS = ("snapshot.load", "snapshot.save", "snapshot.keep_newest", "snapshot.delete")
-_WRITES = ("append", "delete_to", "repair_tags", "snapshot.save", "snapshot.keep_newest",
-           "snapshot.delete")
+_WRITES = (
+    "append",
+    "delete_to",
+    "repair_tags",
+    "snapshot.save",
+    "snapshot.keep_newest",
+    "snapshot.delete",
+)
 
 
 @dataclass
@@ -99,8 +126,9 @@ class Fault:
         if self.point not in JOURNAL_POINTS + SNAPSHOT_POINTS:
             raise ValueError(f"unknown point {self.point!r}")
         if self.kind == "duplicate" and self.point not in ("append", "snapshot.save"):
-            raise ValueError(f"duplicate applies to writes (append, snapshot.save), "
-                             f"not {self.point!r}")
+            raise ValueError(
+                f"duplicate applies to writes (append, snapshot.save), not {self.point!r}"
+            )
         if self.kind == "tag_crash" and self.point != "append":
             raise ValueError(f"tag_crash applies to append, not {self.point!r}")
         if self.kind == "stall" and self.gate is None:
@@ -139,8 +167,9 @@ def stall(gate: asyncio.Event, point: str = "append", **kw: Any) -> Fault:
     return Fault("stall", point, gate=gate, **kw)
 
 
-def timeout(point: str = "append", *, land: asyncio.Event | float | None = None,
-            **kw: Any) -> Fault:
+def timeout(
+    point: str = "append", *, land: asyncio.Event | float | None = None, **kw: Any
+) -> Fault:
     """Raise ``JournalOutcomeUnknownError`` without applying; with ``land`` (an event to wait
     for, or seconds) the write is applied later in the background."""
     if isinstance(land, asyncio.Event):
@@ -218,10 +247,15 @@ class _Injector:
             out.append(f)
         return out
 
-    async def call(self, point: str, pid: str | None, fn: Callable[[], Awaitable[Any]],
-                   write: Callable[[], Awaitable[Any]] | None = None,
-                   late: Callable[[], Awaitable[Any]] | None = None,
-                   lose_tags: Callable[[], None] | None = None) -> Any:
+    async def call(
+        self,
+        point: str,
+        pid: str | None,
+        fn: Callable[[], Awaitable[Any]],
+        write: Callable[[], Awaitable[Any]] | None = None,
+        late: Callable[[], Awaitable[Any]] | None = None,
+        lose_tags: Callable[[], None] | None = None,
+    ) -> Any:
         """Run ``fn`` under the faults firing at this call. ``write`` (default ``fn``) is
         what a duplicate re-sends, ``late`` (default ``write``) what a timed-out write lands;
         ``lose_tags`` hides the tag rows of the call's events (tag_crash)."""
@@ -322,8 +356,9 @@ class FaultyJournal(_Controls, Journal):
     docstring). ``seed`` seeds the random of probabilistic faults. ``faults_enabled`` turns
     injection off and on (e.g. off while the history checker reads the journal)."""
 
-    def __init__(self, inner: Journal, faults: Iterable[Fault] = (), *,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, inner: Journal, faults: Iterable[Fault] = (), *, seed: int | None = None
+    ) -> None:
         self.inner = inner
         self.capabilities = inner.capabilities
         self._inj = _Injector(faults, seed)
@@ -354,8 +389,9 @@ class FaultyJournal(_Controls, Journal):
             try:
                 await self.inner.append(events)
             except Exception as exc:
-                self.writes.append(WriteRecord(pid, writer, first, last, False,
-                                               type(exc).__name__, how))
+                self.writes.append(
+                    WriteRecord(pid, writer, first, last, False, type(exc).__name__, how)
+                )
                 raise
             self.writes.append(WriteRecord(pid, writer, first, last, True, "ok", how))
 
@@ -363,16 +399,22 @@ class FaultyJournal(_Controls, Journal):
             self.lost_tags.update((e.persistence_id, e.sequence_nr) for e in events if e.tags)
 
         try:
-            await self._inj.call("append", pid, lambda: write("sent"),
-                                 lambda: write("resent"), lambda: write("late"), lose_tags)
+            await self._inj.call(
+                "append",
+                pid,
+                lambda: write("sent"),
+                lambda: write("resent"),
+                lambda: write("late"),
+                lose_tags,
+            )
         except BaseException as exc:
-            self.answers.append(WriteRecord(pid, writer, first, last, None,
-                                            type(exc).__name__))
+            self.answers.append(WriteRecord(pid, writer, first, last, None, type(exc).__name__))
             raise
         self.answers.append(WriteRecord(pid, writer, first, last, None, "ok"))
 
-    async def replay(self, persistence_id: str, from_sequence_nr: int = 1,
-                     to_sequence_nr: int | None = None) -> AsyncGenerator[StoredEvent, None]:
+    async def replay(
+        self, persistence_id: str, from_sequence_nr: int = 1, to_sequence_nr: int | None = None
+    ) -> AsyncGenerator[StoredEvent, None]:
         self.persistence_ids.add(persistence_id)
         faults = self._inj.take("replay", persistence_id)
         for f in faults:
@@ -390,12 +432,16 @@ class FaultyJournal(_Controls, Journal):
 
     async def highest_sequence_nr(self, persistence_id: str) -> int:
         self.persistence_ids.add(persistence_id)
-        return await self._inj.call("highest", persistence_id,
-                                    lambda: self.inner.highest_sequence_nr(persistence_id))
+        return await self._inj.call(
+            "highest", persistence_id, lambda: self.inner.highest_sequence_nr(persistence_id)
+        )
 
     async def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
-        await self._inj.call("delete_to", persistence_id,
-                             lambda: self.inner.delete_to(persistence_id, to_sequence_nr))
+        await self._inj.call(
+            "delete_to",
+            persistence_id,
+            lambda: self.inner.delete_to(persistence_id, to_sequence_nr),
+        )
 
     async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
         events = list(events)
@@ -410,8 +456,9 @@ class FaultyJournal(_Controls, Journal):
 
         return await self._inj.call("repair_tags", pid, repair)
 
-    async def events_by_tag(self, tag: str, after: TagOffset | None = None, *,
-                            limit: int | None = None) -> AsyncGenerator[TaggedEvent, None]:
+    async def events_by_tag(
+        self, tag: str, after: TagOffset | None = None, *, limit: int | None = None
+    ) -> AsyncGenerator[TaggedEvent, None]:
         n = 0
         async for te in self.inner.events_by_tag(tag, after):
             if (te.event.persistence_id, te.event.sequence_nr) in self.lost_tags:
@@ -430,28 +477,39 @@ class FaultySnapshotStore(_Controls, SnapshotStore):
     ``snapshot.*`` points (``fail``, ``lose_response``, ``duplicate``, ``delay``, ``stall``,
     ``timeout``, ``interleave``)."""
 
-    def __init__(self, inner: SnapshotStore, faults: Iterable[Fault] = (), *,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, inner: SnapshotStore, faults: Iterable[Fault] = (), *, seed: int | None = None
+    ) -> None:
         self.inner = inner
         self._inj = _Injector(faults, seed)
 
     async def save(self, snapshot: StoredSnapshot) -> None:
-        await self._inj.call("snapshot.save", snapshot.persistence_id,
-                             lambda: self.inner.save(snapshot))
+        await self._inj.call(
+            "snapshot.save", snapshot.persistence_id, lambda: self.inner.save(snapshot)
+        )
 
-    async def load(self, persistence_id: str, max_sequence_nr: int = 2**63 - 1
-                   ) -> StoredSnapshot | None:
-        return await self._inj.call("snapshot.load", persistence_id,
-                                    lambda: self.inner.load(persistence_id, max_sequence_nr))
+    async def load(
+        self, persistence_id: str, max_sequence_nr: int = 2**63 - 1
+    ) -> StoredSnapshot | None:
+        return await self._inj.call(
+            "snapshot.load",
+            persistence_id,
+            lambda: self.inner.load(persistence_id, max_sequence_nr),
+        )
 
     async def keep_newest(self, persistence_id: str, keep: int) -> None:
-        await self._inj.call("snapshot.keep_newest", persistence_id,
-                             lambda: self.inner.keep_newest(persistence_id, keep))
+        await self._inj.call(
+            "snapshot.keep_newest",
+            persistence_id,
+            lambda: self.inner.keep_newest(persistence_id, keep),
+        )
 
     async def delete(self, persistence_id: str, sequence_nr: int) -> None:
-        await self._inj.call("snapshot.delete", persistence_id,
-                             lambda: self.inner.delete(persistence_id, sequence_nr))
+        await self._inj.call(
+            "snapshot.delete",
+            persistence_id,
+            lambda: self.inner.delete(persistence_id, sequence_nr),
+        )
 
     async def close(self) -> None:
         await self.inner.close()
-

@@ -18,15 +18,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import JournalError
 from raysource.testing.fence_history import AppendOp, FenceHistory
 
-__all__ = ["Gate", "Gates", "Writer", "schedule_s1", "schedule_s2", "schedule_s3",
-           "schedule_s5", "schedule_s8", "final_log"]
+__all__ = [
+    "Gate",
+    "Gates",
+    "Writer",
+    "schedule_s1",
+    "schedule_s2",
+    "schedule_s3",
+    "schedule_s5",
+    "schedule_s8",
+    "final_log",
+]
 
 
 @dataclass
@@ -69,8 +78,9 @@ class Gates:
 
 
 def _event(pid: str, seq: int, writer: str) -> StoredEvent:
-    return StoredEvent(pid, seq, f"{writer}:{seq}".encode(), "fence.E#1", 1,
-                       datetime.now(timezone.utc), writer)
+    return StoredEvent(
+        pid, seq, f"{writer}:{seq}".encode(), "fence.E#1", 1, datetime.now(UTC), writer
+    )
 
 
 class Writer:
@@ -93,8 +103,10 @@ class Writer:
         started = self.history.tick()
         await self.journal.begin_activation(self.pid, self.name)
         highest = await self.journal.highest_sequence_nr(self.pid)
-        log = [(e.sequence_nr, bytes(e.payload))
-               async for e in self.journal.replay(self.pid, 1, highest)]
+        log = [
+            (e.sequence_nr, bytes(e.payload))
+            async for e in self.journal.replay(self.pid, 1, highest)
+        ]
         self.history.recovered(self.name, started, log)
         self.next_seq = highest + 1
         return log
@@ -123,16 +135,16 @@ async def _finish(make_journal: Callable[[], Journal], pid: str, h: FenceHistory
     return h
 
 
-async def _old_writer(make_journal: Callable[[], Journal], pid: str,
-                      h: FenceHistory) -> Writer:
+async def _old_writer(make_journal: Callable[[], Journal], pid: str, h: FenceHistory) -> Writer:
     old = Writer(make_journal(), pid, "L", h)
     await old.activate()
     assert (await old.append(2)).outcome == "ack"  # #1..#2
     return old
 
 
-async def _stale_writer_paused_at(step: str, make_journal: Callable[[], Journal],
-                                  pid: str) -> FenceHistory:
+async def _stale_writer_paused_at(
+    step: str, make_journal: Callable[[], Journal], pid: str
+) -> FenceHistory:
     """The stale writer's #3 pauses at ``step``; a new writer claims, recovers and
     acknowledges the next number; then the stale writer resumes."""
     h = FenceHistory()
@@ -190,8 +202,9 @@ async def schedule_s5(make_journal: Callable[[], Journal], pid: str) -> FenceHis
     return await _finish(make_journal, pid, h)
 
 
-async def schedule_s8(make_journal: Callable[[], Journal], pid: str,
-                      land_row: Callable[[Journal, StoredEvent], Any]) -> FenceHistory:
+async def schedule_s8(
+    make_journal: Callable[[], Journal], pid: str, land_row: Callable[[Journal, StoredEvent], Any]
+) -> FenceHistory:
     """S8: a gap in the old writer's pipeline: its flush #3 is held, its next flush #4 lands
     (``land_row`` writes that row as the old writer's epoch would). The new writer must start
     at #3 (the contiguous run ends at #2); #4 of the old epoch stays invalid for good."""

@@ -27,7 +27,7 @@ __all__ = ["FenceHistory", "AppendOp", "outcome_of"]
 
 
 def outcome_of(exc: BaseException | None) -> str:
-    """"ack", "unknown" or "not-applied" for an append's result (None: acknowledged)."""
+    """ "ack", "unknown" or "not-applied" for an append's result (None: acknowledged)."""
     if exc is None:
         return "ack"
     if isinstance(exc, OutcomeUnknownError):
@@ -89,29 +89,39 @@ class FenceHistory:
             for seq, payload in op.events:
                 if final.get(seq) != payload:
                     rule = "H1" if seq not in final else "H2"
-                    out.append(f"{rule}: acked #{seq} by {op.writer} is "
-                               f"{'missing from' if seq not in final else 'overwritten in'} "
-                               f"the final log")
+                    out.append(
+                        f"{rule}: acked #{seq} by {op.writer} is "
+                        f"{'missing from' if seq not in final else 'overwritten in'} "
+                        f"the final log"
+                    )
                 for w, t, log in reads:
                     if t > (op.done or 0) and log.get(seq) != payload:
                         rule = "H1" if seq not in log else "H2"
-                        out.append(f"{rule}: recovery of {w} (started after the ack of #{seq} by "
-                                   f"{op.writer}) has {log.get(seq)!r}")
+                        out.append(
+                            f"{rule}: recovery of {w} (started after the ack of #{seq} by "
+                            f"{op.writer}) has {log.get(seq)!r}"
+                        )
         seqs = [s for s, _ in self.final_log]
         if seqs != list(range(1, len(seqs) + 1)):
             out.append(f"H3: the final log is not gap-free from 1: {seqs}")
         for w, _t, rlog in self.recoveries:
-            if rlog != self.final_log[:len(rlog)]:
-                out.append(f"H3: the recovery of {w} is not a prefix of the final log: "
-                           f"{[s for s, _ in rlog]}")
+            if rlog != self.final_log[: len(rlog)]:
+                out.append(
+                    f"H3: the recovery of {w} is not a prefix of the final log: "
+                    f"{[s for s, _ in rlog]}"
+                )
         for op in self.appends:
             if op.outcome != "not-applied":
                 continue
             if op.sent:
-                out.append(f"H5: {op.writer}'s append of #{op.events[0][0]} was sent but "
-                           f"answered not applied ({op.error})")
+                out.append(
+                    f"H5: {op.writer}'s append of #{op.events[0][0]} was sent but "
+                    f"answered not applied ({op.error})"
+                )
             for seq, payload in op.events:
                 if final.get(seq) == payload:
-                    out.append(f"H5: #{seq} of {op.writer} was answered not applied but is in "
-                               f"the final log")
+                    out.append(
+                        f"H5: #{seq} of {op.writer} was answered not applied but is in "
+                        f"the final log"
+                    )
         return out

@@ -58,8 +58,17 @@ from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.errors import CommandRejected
 from raysource.runtime.idempotency import KEY_FIELD
 
-__all__ = ["OUTCOMES", "History", "LiveState", "Observation", "Violation",
-           "assert_no_violations", "check_history", "check_history_sync", "classify"]
+__all__ = [
+    "OUTCOMES",
+    "History",
+    "LiveState",
+    "Observation",
+    "Violation",
+    "assert_no_violations",
+    "check_history",
+    "check_history_sync",
+    "classify",
+]
 
 OUTCOMES = ("ok", "rejected", "not_applied", "unknown", "uncategorized")
 
@@ -134,8 +143,9 @@ class History:
             return self.record(command_id, classify(exc), exc, caller)
         return self.record(command_id, "ok", value, caller)
 
-    def record(self, command_id: str, outcome: str, value: Any = None,
-               caller: str = "") -> Observation:
+    def record(
+        self, command_id: str, outcome: str, value: Any = None, caller: str = ""
+    ) -> Observation:
         obs = Observation(command_id, outcome, value, caller)
         self.observations.append(obs)
         return obs
@@ -171,9 +181,15 @@ async def check_history(
     out: list[Violation] = []
     for o in obs:
         if o.outcome == "uncategorized" and categorized:
-            out.append(Violation("uncategorized", f"{o.command_id}: caller {o.caller or '?'} "
-                                 f"got {o.value!r}, neither NotAppliedError nor "
-                                 f"OutcomeUnknownError", command_id=o.command_id))
+            out.append(
+                Violation(
+                    "uncategorized",
+                    f"{o.command_id}: caller {o.caller or '?'} "
+                    f"got {o.value!r}, neither NotAppliedError nor "
+                    f"OutcomeUnknownError",
+                    command_id=o.command_id,
+                )
+            )
     per_cmd: dict[str, Counter[str]] = defaultdict(Counter)
     replies: dict[str, list[Observation]] = defaultdict(list)
     for o in obs:
@@ -192,8 +208,13 @@ async def check_history(
         states = [state]  # states[n] = fold after #n
         stored = [e async for e in journal.replay(pid)]
         for ev in stored:
-            event = serialization.decode(ev.serializer_id, ev.manifest, ev.payload,
-                                         persistence_id=pid, sequence_nr=ev.sequence_nr)
+            event = serialization.decode(
+                ev.serializer_id,
+                ev.manifest,
+                ev.payload,
+                persistence_id=pid,
+                sequence_nr=ev.sequence_nr,
+            )
             state = handler(state, event)
             while len(states) < ev.sequence_nr:  # deleted or missing numbers keep the state
                 states.append(states[-1])
@@ -211,17 +232,27 @@ async def check_history(
         out.extend(await _check_tags(journal, all_stored))
 
     for cmd in sorted(set(per_cmd) | set(stored_by_cmd)):
-        out.extend(_check_command(cmd, per_cmd.get(cmd, Counter()),
-                                  stored_by_cmd.get(cmd, []), obs, cmd in keyed))
+        out.extend(
+            _check_command(
+                cmd, per_cmd.get(cmd, Counter()), stored_by_cmd.get(cmd, []), obs, cmd in keyed
+            )
+        )
         if expected_reply is not None and cmd in after_cmd:
             want = expected_reply(cmd, after_cmd[cmd])
             for o in replies.get(cmd, []):
                 if o.value != want:
                     pid, seq, _ = stored_by_cmd[cmd][-1]
-                    out.append(Violation(
-                        "reply_mismatch", f"{cmd}: caller {o.caller or '?'} got {o.value!r}, "
-                        f"but the journal fold after {pid}#{seq} gives {want!r} (the writer "
-                        f"decided on a state that missed events)", pid, cmd, (seq,)))
+                    out.append(
+                        Violation(
+                            "reply_mismatch",
+                            f"{cmd}: caller {o.caller or '?'} got {o.value!r}, "
+                            f"but the journal fold after {pid}#{seq} gives {want!r} (the writer "
+                            f"decided on a state that missed events)",
+                            pid,
+                            cmd,
+                            (seq,),
+                        )
+                    )
 
     out.extend(_check_writers(writes))
     for lv in live:
@@ -229,21 +260,36 @@ async def check_history(
         if fold is None:
             continue
         if lv.sequence_nr >= len(fold):
-            out.append(Violation(
-                "state_mismatch", f"{lv.persistence_id}: activation {lv.writer_id or '?'} is at "
-                f"#{lv.sequence_nr} but the journal ends at #{len(fold) - 1}",
-                lv.persistence_id, sequence_nrs=(lv.sequence_nr,)))
+            out.append(
+                Violation(
+                    "state_mismatch",
+                    f"{lv.persistence_id}: activation {lv.writer_id or '?'} is at "
+                    f"#{lv.sequence_nr} but the journal ends at #{len(fold) - 1}",
+                    lv.persistence_id,
+                    sequence_nrs=(lv.sequence_nr,),
+                )
+            )
         elif fold[lv.sequence_nr] != lv.state:
-            out.append(Violation(
-                "state_mismatch", f"{lv.persistence_id}: activation {lv.writer_id or '?'} at "
-                f"#{lv.sequence_nr} holds {lv.state!r}, the journal fold is "
-                f"{fold[lv.sequence_nr]!r}", lv.persistence_id,
-                sequence_nrs=(lv.sequence_nr,)))
+            out.append(
+                Violation(
+                    "state_mismatch",
+                    f"{lv.persistence_id}: activation {lv.writer_id or '?'} at "
+                    f"#{lv.sequence_nr} holds {lv.state!r}, the journal fold is "
+                    f"{fold[lv.sequence_nr]!r}",
+                    lv.persistence_id,
+                    sequence_nrs=(lv.sequence_nr,),
+                )
+            )
     return out
 
 
-def _check_command(cmd: str, seen: Counter[str], stored: list[tuple[str, int, Any]],
-                   obs: list[Observation], keyed: bool = False) -> list[Violation]:
+def _check_command(
+    cmd: str,
+    seen: Counter[str],
+    stored: list[tuple[str, int, Any]],
+    obs: list[Observation],
+    keyed: bool = False,
+) -> list[Violation]:
     acked, unknown = seen["ok"], seen["unknown"] + seen["uncategorized"]
     bound = min(1, acked + unknown) if keyed else acked + unknown
     # one application = one copy of each of its (distinct) event values
@@ -254,19 +300,31 @@ def _check_command(cmd: str, seen: Counter[str], stored: list[tuple[str, int, An
     pid = stored[0][0] if stored else ""
     callers = "; ".join(f"{o.caller or '?'}: {o.outcome}" for o in obs if o.command_id == cmd)
     if not seen:
-        return [Violation("phantom", f"{cmd}: stored at {where}, but no caller sent it",
-                          pid, cmd, seqs)]
+        return [
+            Violation("phantom", f"{cmd}: stored at {where}, but no caller sent it", pid, cmd, seqs)
+        ]
     if acked and not applied:
-        return [Violation("lost_ack", f"{cmd}: acknowledged ({callers}) but not in the journal",
-                          command_id=cmd)]
+        return [
+            Violation(
+                "lost_ack",
+                f"{cmd}: acknowledged ({callers}) but not in the journal",
+                command_id=cmd,
+            )
+        ]
     if applied > bound:
-        kind = ("applied_twice" if acked else
-                "unknown_applied_twice" if unknown else "not_applied_present")
-        what = {"applied_twice": f"applied {applied} times" + (", under a key" if keyed
-                                                                 else ""),
-                "unknown_applied_twice": f"applied {applied} times with {unknown} unknown "
-                                         f"attempt(s)" + (", under a key" if keyed else ""),
-                "not_applied_present": "reported not applied"}[kind]
+        kind = (
+            "applied_twice"
+            if acked
+            else "unknown_applied_twice"
+            if unknown
+            else "not_applied_present"
+        )
+        what = {
+            "applied_twice": f"applied {applied} times" + (", under a key" if keyed else ""),
+            "unknown_applied_twice": f"applied {applied} times with {unknown} unknown "
+            f"attempt(s)" + (", under a key" if keyed else ""),
+            "not_applied_present": "reported not applied",
+        }[kind]
         return [Violation(kind, f"{cmd}: {what} ({callers}); stored at {where}", pid, cmd, seqs)]
     return []
 
@@ -278,10 +336,17 @@ def _check_keys(pid: str, stored: list[StoredEvent]) -> list[Violation]:
         key = ev.metadata.get(KEY_FIELD) if ev.metadata else None
         if key is not None:
             where[key].append(ev.sequence_nr)
-    return [Violation("key_applied_twice", f"{pid}: idempotency key {key!r} applied "
-                      f"{len(seqs)} times (#{', #'.join(map(str, seqs))})", pid,
-                      sequence_nrs=tuple(seqs))
-            for key, seqs in where.items() if len(seqs) > 1]
+    return [
+        Violation(
+            "key_applied_twice",
+            f"{pid}: idempotency key {key!r} applied "
+            f"{len(seqs)} times (#{', #'.join(map(str, seqs))})",
+            pid,
+            sequence_nrs=tuple(seqs),
+        )
+        for key, seqs in where.items()
+        if len(seqs) > 1
+    ]
 
 
 def _check_writers(writes: Iterable[Any]) -> list[Violation]:
@@ -293,10 +358,15 @@ def _check_writers(writes: Iterable[Any]) -> list[Violation]:
         for seq in range(w.first, w.last + 1):
             prev = owner.setdefault((w.persistence_id, seq), w.writer_id)
             if prev != w.writer_id:
-                out.append(Violation(
-                    "two_writers", f"{w.persistence_id}#{seq} was written by activation "
-                    f"{prev} and by activation {w.writer_id}", w.persistence_id,
-                    sequence_nrs=(seq,)))
+                out.append(
+                    Violation(
+                        "two_writers",
+                        f"{w.persistence_id}#{seq} was written by activation "
+                        f"{prev} and by activation {w.writer_id}",
+                        w.persistence_id,
+                        sequence_nrs=(seq,),
+                    )
+                )
     return out
 
 
@@ -307,16 +377,24 @@ async def _check_tags(journal: Journal, stored: list[StoredEvent]) -> list[Viola
             wanted[tag].add((ev.persistence_id, ev.sequence_nr))
     out = []
     for tag in sorted(wanted):
-        found = {(te.event.persistence_id, te.event.sequence_nr)
-                 async for te in journal.events_by_tag(tag)}
+        found = {
+            (te.event.persistence_id, te.event.sequence_nr)
+            async for te in journal.events_by_tag(tag)
+        }
         missing = sorted(wanted[tag] - found)
         by_pid: dict[str, list[int]] = defaultdict(list)
         for pid, seq in missing:
             by_pid[pid].append(seq)
         for pid, seqs in by_pid.items():
-            out.append(Violation(
-                "missing_tag", f"{pid}: #{', #'.join(map(str, seqs))} stored but not in "
-                f"the stream of tag {tag!r}", pid, sequence_nrs=tuple(seqs)))
+            out.append(
+                Violation(
+                    "missing_tag",
+                    f"{pid}: #{', #'.join(map(str, seqs))} stored but not in "
+                    f"the stream of tag {tag!r}",
+                    pid,
+                    sequence_nrs=tuple(seqs),
+                )
+            )
     return out
 
 
@@ -325,11 +403,11 @@ def check_history_sync(*args: Any, **kwargs: Any) -> list[Violation]:
     return asyncio.run(check_history(*args, **kwargs))
 
 
-def assert_no_violations(violations: Iterable[Violation],
-                         context: Mapping[str, Any] | None = None) -> None:
+def assert_no_violations(
+    violations: Iterable[Violation], context: Mapping[str, Any] | None = None
+) -> None:
     """Raise ``AssertionError`` listing every violation (and ``context``, e.g. the schedule)."""
     vs = list(violations)
     if vs:
         extra = "".join(f"\n  {k}: {v}" for k, v in (context or {}).items())
-        raise AssertionError(f"{len(vs)} violation(s):\n  " +
-                             "\n  ".join(map(str, vs)) + extra)
+        raise AssertionError(f"{len(vs)} violation(s):\n  " + "\n  ".join(map(str, vs)) + extra)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -37,16 +37,22 @@ from raysource.journal.errors import (
 )
 from raysource.testing.contract_backend import ContractBackend
 
-T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 
 
-def ev(pid: str, seq: int, *, writer: str = "w1", tags=(), payload: bytes | None = None,
-       meta=None) -> StoredEvent:
+def ev(
+    pid: str, seq: int, *, writer: str = "w1", tags=(), payload: bytes | None = None, meta=None
+) -> StoredEvent:
     return StoredEvent(
-        persistence_id=pid, sequence_nr=seq,
+        persistence_id=pid,
+        sequence_nr=seq,
         payload=payload if payload is not None else f'{{"n":{seq},"w":"{writer}"}}'.encode(),
-        manifest="test.Event#1", serializer_id=1, timestamp=T0 + timedelta(microseconds=seq),
-        writer_id=writer, tags=frozenset(tags), metadata=meta or {},
+        manifest="test.Event#1",
+        serializer_id=1,
+        timestamp=T0 + timedelta(microseconds=seq),
+        writer_id=writer,
+        tags=frozenset(tags),
+        metadata=meta or {},
     )
 
 
@@ -59,8 +65,10 @@ async def seqs(j: Journal, pid: str, frm: int = 1, to: int | None = None) -> lis
 
 
 def prop_group(pid: str, first: int, n: int, writer: str) -> list[StoredEvent]:
-    return [StoredEvent(pid, s, f"{writer}:{s}".encode(), "test.E#1", 1, T0, writer)
-            for s in range(first, first + n)]
+    return [
+        StoredEvent(pid, s, f"{writer}:{s}".encode(), "test.E#1", 1, T0, writer)
+        for s in range(first, first + n)
+    ]
 
 
 OPS = st.lists(
@@ -123,9 +131,12 @@ class JournalContract:
         """Property: any sequence of appends (stale, fenced ones included) and deletes replays
         exactly what was acknowledged."""
 
-        @settings(max_examples=getattr(backend, "property_examples", None)
-                  or self.property_examples, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture])
+        @settings(
+            max_examples=getattr(backend, "property_examples", None) or self.property_examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
         @given(ops=OPS)
         def check(ops: list[tuple]) -> None:
             try:
@@ -151,7 +162,6 @@ class JournalContract:
         assert await seqs(j, backend.pid()) == []
         assert await j.highest_sequence_nr(backend.pid()) == 0
 
-
     async def test_fencing_conflict_writes_nothing(self, backend):
         j = backend.journal(fencing=True)
         assert j.capabilities.fencing
@@ -166,7 +176,6 @@ class JournalContract:
         assert [e.writer_id async for e in j.replay(pid)] == ["A", "A"]
         await j.append(group(pid, 3, 2, writer="A"))  # the rightful writer continues
         assert await seqs(j, pid) == [1, 2, 3, 4]
-
 
     @pytest.mark.parametrize("case", ["empty", "mixed", "gap", "zero", "descending", "too_big"])
     async def test_invalid_appends_are_rejected_and_write_nothing(self, backend, case):
@@ -184,7 +193,6 @@ class JournalContract:
             await j.append(bad)
         assert await j.highest_sequence_nr(pid) == 0
         assert await seqs(j, pid) == []
-
 
     async def test_delete_to_is_logical(self, backend):
         j = backend.journal()
@@ -208,7 +216,6 @@ class JournalContract:
         assert await seqs(j, pid) == [6]
         assert await j.highest_sequence_nr(pid) == 6
 
-
     async def test_groups_crossing_partitions_replay_in_order(self, backend):
         j = backend.journal(partition_size=3)
         pid = backend.pid()
@@ -226,7 +233,6 @@ class JournalContract:
         await j.delete_to(pid, 7)
         assert await seqs(j, pid) == list(range(8, total + 1))
         assert await j.highest_sequence_nr(pid) == total
-
 
     async def test_events_by_tag_resumes_from_offsets(self, backend):
         j = backend.journal()
@@ -253,7 +259,7 @@ class JournalContract:
         # resume from every offset: exactly the rest, in the same order
         for i in (0, 3, len(got) - 1):
             rest = [t async for t in j.events_by_tag(tag, got[i].offset)]
-            assert [t.offset for t in rest] == offsets[i + 1:]
+            assert [t.offset for t in rest] == offsets[i + 1 :]
         first4 = [t async for t in j.events_by_tag(tag, limit=4)]
         assert [t.offset for t in first4] == offsets[:4]
         # events appended after a reader's last offset are found when it resumes
@@ -263,7 +269,6 @@ class JournalContract:
         assert [(t.event.persistence_id, t.event.sequence_nr) for t in later] == [(pids[0], 7)]
         assert [t async for t in j.events_by_tag(f"none{random.randrange(10**9)}")] == []
         assert [t async for t in j.events_by_tag(tag, TagOffset.start(), limit=0)] == []
-
 
     async def test_racing_writers_with_guard_never_interleave(self, backend):
         """N writers race for the same numbers on one id: exactly one wins each number, the log is
@@ -316,8 +321,10 @@ class JournalContract:
         by_seq = {e.sequence_nr: e for e in stored}
         for name, first, n in acked:  # every acknowledged group, exactly
             for s in range(first, first + n):
-                assert by_seq[s].writer_id == name and by_seq[s].payload == ev(pid, s,
-                                                                                  writer=name).payload
+                assert (
+                    by_seq[s].writer_id == name
+                    and by_seq[s].payload == ev(pid, s, writer=name).payload
+                )
         groups = {(name, first): n for name, first, n in acked + unknown}
         s = 1
         while s <= len(stored):  # the log is a sequence of whole groups, one writer each
@@ -330,7 +337,6 @@ class JournalContract:
             s += size
         assert sum(n for _, _, n in acked) <= len(stored)
         assert conflicts > 0  # they really raced
-
 
     async def test_without_guard_last_write_wins(self, backend):
         """Documents the unguarded mode: a stale writer is not stopped; rows with the same sequence
@@ -346,13 +352,13 @@ class JournalContract:
 
         # concurrent racers: every append is acknowledged, one value per number survives
         pid2 = backend.pid("noguard-race")
-        results = await asyncio.gather(*(j.append(group(pid2, 1, 2, writer=f"w{i}"))
-                                         for i in range(5)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(j.append(group(pid2, 1, 2, writer=f"w{i}")) for i in range(5)), return_exceptions=True
+        )
         assert all(r is None for r in results)
         rows = [e async for e in j.replay(pid2)]
         assert [e.sequence_nr for e in rows] == [1, 2]
         assert {e.writer_id for e in rows} <= {f"w{i}" for i in range(5)}
-
 
     async def test_stale_writer_inside_a_crossing_group_is_fenced(self, backend):
         """Numbers in the overflow of a group that crossed a partition boundary are still taken."""
@@ -365,4 +371,5 @@ class JournalContract:
                 await j.append(group(pid, first, n, writer="stale"))
         await j.append(group(pid, 6, 2, writer="A"))
         assert [(e.sequence_nr, e.writer_id) async for e in j.replay(pid)] == [
-            (s, "A") for s in range(1, 8)]
+            (s, "A") for s in range(1, 8)
+        ]

@@ -54,10 +54,22 @@ class LocalResolver:
         placement = self.placement.get(aggregate_type.name, aggregate_type.placement)
         settings = self.host_settings.get(aggregate_type.name, {})
         if placement == "dedicated":
-            return HostSpec(self.system, aggregate_type, self.store, "dedicated",
-                            entity_id=entity_id, **settings)
-        return HostSpec(self.system, aggregate_type, self.store, "hosted",
-                        shard=self._shard(aggregate_type, entity_id), **settings)
+            return HostSpec(
+                self.system,
+                aggregate_type,
+                self.store,
+                "dedicated",
+                entity_id=entity_id,
+                **settings,
+            )
+        return HostSpec(
+            self.system,
+            aggregate_type,
+            self.store,
+            "hosted",
+            shard=self._shard(aggregate_type, entity_id),
+            **settings,
+        )
 
     def _shard(self, aggregate_type: AggregateType, entity_id: str) -> int:
         if self._shard_of is None:
@@ -78,8 +90,7 @@ class LocalResolver:
                 self._handles[key] = handle
             return handle
 
-    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
-                   handle: Any = None) -> None:
+    def invalidate(self, aggregate_type: AggregateType, entity_id: str, handle: Any = None) -> None:
         key = self._key(self.spec_for(aggregate_type, entity_id))
         with self._lock:
             if handle is None or self._handles.get(key) is handle:
@@ -99,5 +110,3 @@ class LocalResolver:
                 ray.kill(h)
             except Exception:
                 pass
-
-

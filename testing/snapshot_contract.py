@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from raysource.journal.api import StoredSnapshot
 
-T0 = datetime(2026, 3, 4, 5, 6, 7, 654321, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 4, 5, 6, 7, 654321, tzinfo=UTC)
 
 
 def snap(pid: str, seq: int, payload: bytes | None = None) -> StoredSnapshot:
@@ -33,14 +33,12 @@ class SnapshotContract:
         assert (await s.load(pid, newest.sequence_nr - 1)).sequence_nr == 20
         assert await s.load(backend.pid("other")) is None
 
-
     async def test_save_replaces_same_sequence_nr(self, backend):
         s = backend.snapshots()
         pid = backend.pid("snap")
         await s.save(snap(pid, 5, b"old"))
         await s.save(snap(pid, 5, b"new"))
         assert (await s.load(pid)).payload == b"new"
-
 
     async def test_keep_newest_and_delete(self, backend):
         s = backend.snapshots()

@@ -50,7 +50,7 @@ import asyncio
 import itertools
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from raysource.journal.api import Journal, StoredEvent
@@ -121,8 +121,9 @@ class AggregateTestKit(Generic[S]):
             from raysource.snapshots.memory import InMemorySnapshotStore
 
             journal = journal if journal is not None else InMemoryJournal()
-            snapshot_store = snapshot_store if snapshot_store is not None \
-                else InMemorySnapshotStore()
+            snapshot_store = (
+                snapshot_store if snapshot_store is not None else InMemorySnapshotStore()
+            )
         self.aggregate_type = aggregate_type
         self.entity_id = entity_id
         self.persistence_id = aggregate_type.persistence_id(entity_id)
@@ -189,7 +190,7 @@ class AggregateTestKit(Generic[S]):
     @property
     def now(self) -> datetime:
         """The kit's wall clock (real time plus what :meth:`advance` added)."""
-        return datetime.now(timezone.utc) + self._offset
+        return datetime.now(UTC) + self._offset
 
     @property
     def pending_timers(self) -> list[dict[str, Any]]:
@@ -207,11 +208,13 @@ class AggregateTestKit(Generic[S]):
             if not due:
                 break
             if len(results) >= MAX_FIRES_PER_ADVANCE:
-                raise ConfigError(f"more than {MAX_FIRES_PER_ADVANCE} timer fires in one "
-                                  f"advance({seconds}): a timer re-schedules itself without "
-                                  f"delay?")
+                raise ConfigError(
+                    f"more than {MAX_FIRES_PER_ADVANCE} timer fires in one "
+                    f"advance({seconds}): a timer re-schedules itself without "
+                    f"delay?"
+                )
             row = min(due, key=lambda r: (r.due_ms, r.name))
-            at = datetime.fromtimestamp(row.due_ms / 1000, timezone.utc)
+            at = datetime.fromtimestamp(row.due_ms / 1000, UTC)
             if at > self.now:  # the fire happens at its due time (never backwards)
                 self._offset += at - self.now
             before = core.sequence_nr
@@ -222,8 +225,11 @@ class AggregateTestKit(Generic[S]):
             except Exception as exc:
                 error = exc
             await self.timer_store.delete([row])
-            results.append(RunResult(await self._events(before + 1, core.sequence_nr),
-                                     core.state, reply, error))
+            results.append(
+                RunResult(
+                    await self._events(before + 1, core.sequence_nr), core.state, reply, error
+                )
+            )
         if target > self.now:
             self._offset += target - self.now
         return results
@@ -251,15 +257,23 @@ class AggregateTestKit(Generic[S]):
         await self._stop_core()
         highest = await self.journal.highest_sequence_nr(self.persistence_id)
         stored = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for i, event in enumerate(events, start=highest + 1):
             ser_id, manifest, payload = self.serialization.encode(
                 event, persistence_id=self.persistence_id, sequence_nr=i
             )
-            stored.append(StoredEvent(
-                self.persistence_id, i, payload, manifest, ser_id, now, writer_id="testkit",
-                tags=self.aggregate_type.tags_for(event),
-            ))
+            stored.append(
+                StoredEvent(
+                    self.persistence_id,
+                    i,
+                    payload,
+                    manifest,
+                    ser_id,
+                    now,
+                    writer_id="testkit",
+                    tags=self.aggregate_type.tags_for(event),
+                )
+            )
         if stored:
             await self.journal.append(stored)
         await self.core.start()
@@ -291,9 +305,14 @@ class AggregateTestKit(Generic[S]):
 
     def _new_core(self) -> EntityCore:
         return EntityCore(
-            self.aggregate_type, self.entity_id, self.journal, self.snapshot_store,
-            self.serialization, writer_id=f"testkit-{next(_writer_ids)}",
-            wall_clock=lambda: self.now, timer_store=self.timer_store,
+            self.aggregate_type,
+            self.entity_id,
+            self.journal,
+            self.snapshot_store,
+            self.serialization,
+            writer_id=f"testkit-{next(_writer_ids)}",
+            wall_clock=lambda: self.now,
+            timer_store=self.timer_store,
         )
 
     async def _stop_core(self) -> None:
@@ -304,13 +323,18 @@ class AggregateTestKit(Generic[S]):
     async def _events(self, first: int, last: int | None) -> tuple[Any, ...]:
         if last is not None and last < first:
             return ()
-        return tuple([
-            self.serialization.decode(
-                e.serializer_id, e.manifest, e.payload,
-                persistence_id=e.persistence_id, sequence_nr=e.sequence_nr,
-            )
-            async for e in self.journal.replay(self.persistence_id, first, last)
-        ])
+        return tuple(
+            [
+                self.serialization.decode(
+                    e.serializer_id,
+                    e.manifest,
+                    e.payload,
+                    persistence_id=e.persistence_id,
+                    sequence_nr=e.sequence_nr,
+                )
+                async for e in self.journal.replay(self.persistence_id, first, last)
+            ]
+        )
 
     def _check_roundtrip(self, obj: Any, what: str) -> Any:
         """The copy of ``obj`` after a serializer round trip, under the serializer's own rule

@@ -13,10 +13,20 @@ def _type() -> str:
     return f"t{uuid.uuid4().hex[:10]}"  # a type name (and so partitions) no other test uses
 
 
-def row(type_name: str, shard: int, due_ms: int, pid: str, name: str, *, bucket_ms: int = 60_000,
-        now_ms: int = 0, seq: int = 1) -> TimerRow:
-    return TimerRow(type_name, shard, bucket_of(due_ms, now_ms, bucket_ms), due_ms, pid, name,
-                    f"{name}@{seq}")
+def row(
+    type_name: str,
+    shard: int,
+    due_ms: int,
+    pid: str,
+    name: str,
+    *,
+    bucket_ms: int = 60_000,
+    now_ms: int = 0,
+    seq: int = 1,
+) -> TimerRow:
+    return TimerRow(
+        type_name, shard, bucket_of(due_ms, now_ms, bucket_ms), due_ms, pid, name, f"{name}@{seq}"
+    )
 
 
 class TimerStoreContract:
@@ -32,8 +42,11 @@ class TimerStoreContract:
         got = await s.due(t, 3, 1000, base + 20)
         assert [r.due_ms for r in got] == [base + 10, base + 20]
         assert got[0] == rows[1]
-        assert [r.due_ms for r in await s.due(t, 3, 1000, base + b)] == [base + 10, base + 20,
-                                                                        base + 30]
+        assert [r.due_ms for r in await s.due(t, 3, 1000, base + b)] == [
+            base + 10,
+            base + 20,
+            base + 30,
+        ]
         assert await s.due(t, 3, 1000, base + 20, limit=1) == [rows[1]]
         assert await s.due(t, 4, 1000, base + b) == []  # another shard
         assert await s.due(t, 3, 1001, base + 2 * b) == []  # another bucket
@@ -52,11 +65,15 @@ class TimerStoreContract:
     async def test_same_name_of_two_aggregates_and_two_names_of_one_are_distinct(self, backend):
         s = backend.timers()
         t, b = _type(), s.bucket_ms
-        rows = [row(t, 1, 7 * b, "a", "x", bucket_ms=b), row(t, 1, 7 * b, "b", "x", bucket_ms=b),
-                row(t, 1, 7 * b, "a", "y", bucket_ms=b)]
+        rows = [
+            row(t, 1, 7 * b, "a", "x", bucket_ms=b),
+            row(t, 1, 7 * b, "b", "x", bucket_ms=b),
+            row(t, 1, 7 * b, "a", "y", bucket_ms=b),
+        ]
         await s.upsert(rows)
         assert sorted(await s.due(t, 1, 7, 8 * b), key=lambda r: r.key) == sorted(
-            rows, key=lambda r: r.key)
+            rows, key=lambda r: r.key
+        )
 
     async def test_a_cursor_exists_from_the_first_row_and_only_advance_moves_it(self, backend):
         s = backend.timers()

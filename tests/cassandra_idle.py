@@ -17,13 +17,21 @@ from raysource.journal.cassandra.session import CassandraSession
 
 __all__ = ["settle_partitions", "wait_node_idle"]
 
-STAGES = ("Native-Transport-Requests", "MutationStage", "ReadStage", "CounterMutationStage",
-          "RequestResponseStage", "PaxosRepairStage", "ViewMutationStage")
+STAGES = (
+    "Native-Transport-Requests",
+    "MutationStage",
+    "ReadStage",
+    "CounterMutationStage",
+    "RequestResponseStage",
+    "PaxosRepairStage",
+    "ViewMutationStage",
+)
 PROBE = "SELECT name, active_tasks, pending_tasks FROM system_views.thread_pools"
 
 
-async def wait_node_idle(session: CassandraSession, *, quiet_probes: int = 3,
-                         max_probes: int = 2000) -> int:
+async def wait_node_idle(
+    session: CassandraSession, *, quiet_probes: int = 3, max_probes: int = 2000
+) -> int:
     """Probe until ``quiet_probes`` consecutive probes see the node idle; return the probes
     used. Raises ``AssertionError`` (with the busy stages) after ``max_probes``."""
     quiet, busy = 0, {}
@@ -41,8 +49,9 @@ async def wait_node_idle(session: CassandraSession, *, quiet_probes: int = 3,
     raise AssertionError(f"the node never became idle in {max_probes} probes: {busy}")
 
 
-async def settle_partitions(session: CassandraSession, keyspace: str, table: str,
-                            partitions: Iterable[tuple[str, int]]) -> None:
+async def settle_partitions(
+    session: CassandraSession, keyspace: str, table: str, partitions: Iterable[tuple[str, int]]
+) -> None:
     """One serial read per ``(persistence_id, partition_nr)``: completes (or supersedes) any
     Paxos proposal still in progress there."""
     from cassandra import ConsistencyLevel
@@ -51,5 +60,7 @@ async def settle_partitions(session: CassandraSession, keyspace: str, table: str
     for pid, pnr in partitions:
         stmt = SimpleStatement(
             f"SELECT sequence_nr FROM {keyspace}.{table} WHERE persistence_id = %s "
-            "AND partition_nr = %s LIMIT 1", consistency_level=ConsistencyLevel.LOCAL_SERIAL)
+            "AND partition_nr = %s LIMIT 1",
+            consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+        )
         await session.execute(stmt, (pid, pnr))

@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from raysource.errors import HostCrashedError
 from raysource.examples.ledger import LEDGER, Append, Appended
 from raysource.journal.api import Journal
-from raysource.errors import HostCrashedError
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.runtime.core import EntityCore
@@ -52,8 +52,7 @@ POINTS: dict[str, tuple[str, ...]] = {
     "stall": ("append", "replay", "highest", "snapshot.load"),
     "timeout": ("append",),
     "tag_crash": ("append",),
-    "interleave": ("append", "replay", "highest", "repair_tags", "snapshot.load",
-                   "snapshot.save"),
+    "interleave": ("append", "replay", "highest", "repair_tags", "snapshot.load", "snapshot.save"),
 }
 
 
@@ -66,8 +65,10 @@ class FaultSpec:
     variant: int = 0  # timeout: 1 lands at the gate; tag_crash: 1 hangs until the gate
 
     def __str__(self) -> str:
-        return f"{self.kind}@{self.point}#{self.nth}{' after' if self.after else ''}" \
-               f"{f' v{self.variant}' if self.variant else ''}"
+        return (
+            f"{self.kind}@{self.point}#{self.nth}{' after' if self.after else ''}"
+            f"{f' v{self.variant}' if self.variant else ''}"
+        )
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,19 @@ async def _turns(n: int, turn_s: float = 0.0) -> None:
 
 
 class Harness:
-    def __init__(self, schedule: Schedule, journal: Journal, snapshots: SnapshotStore,
-                 *, call_timeout: float = 5.0, tag: str = "", turn_s: float = 0.0,
-                 check_tags: bool = True, keyed: bool = False,
-                 driver: Any = None) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        journal: Journal,
+        snapshots: SnapshotStore,
+        *,
+        call_timeout: float = 5.0,
+        tag: str = "",
+        turn_s: float = 0.0,
+        check_tags: bool = True,
+        keyed: bool = False,
+        driver: Any = None,
+    ) -> None:
         self.schedule = schedule
         self.gate = asyncio.Event()
         self.history = History()
@@ -131,8 +141,14 @@ class Harness:
             self._arm(f)
 
     def _host(self, prefix: str) -> AggregateHost:
-        return AggregateHost(LEDGER_T, self.journal, self.snapshots, SER,
-                             writer_prefix=f"{prefix}-{uuid.uuid4().hex[:4]}", max_batch=8)
+        return AggregateHost(
+            LEDGER_T,
+            self.journal,
+            self.snapshots,
+            SER,
+            writer_prefix=f"{prefix}-{uuid.uuid4().hex[:4]}",
+            max_batch=8,
+        )
 
     def _arm(self, spec: FaultSpec) -> None:
         kw: dict[str, Any] = {"nth": spec.nth}
@@ -180,8 +196,7 @@ class Harness:
             finally:
                 self.inflight[host_idx].discard(task)
 
-        obs = await self.history.ask(cmd, self._bounded(cmd, crashed_is_unknown()),
-                                     caller=caller)
+        obs = await self.history.ask(cmd, self._bounded(cmd, crashed_is_unknown()), caller=caller)
         return obs.outcome
 
     async def _bounded(self, cmd: str, call: Any) -> Any:
@@ -189,7 +204,7 @@ class Harness:
         attempt counts as unknown, and the hang is a violation of its own)."""
         try:
             return await asyncio.wait_for(call, self.call_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.hangs.append(cmd)
             raise
 
@@ -201,8 +216,12 @@ class Harness:
             # re-send what was not applied (like EntityRef); under a key, unknown outcomes too
             again = ("not_applied", "unknown", "uncategorized") if self.keyed else ("not_applied",)
             for _ in range(RETRIES):
-                if await self._ask(h, self.entities[ENTITIES.index(e)], cmd, amount,
-                                   f"caller{idx}") not in again:
+                if (
+                    await self._ask(
+                        h, self.entities[ENTITIES.index(e)], cmd, amount, f"caller{idx}"
+                    )
+                    not in again
+                ):
                     break
 
     async def _crash(self, turns: int, host_idx: int) -> None:
@@ -251,44 +270,71 @@ class Harness:
         self.snapshots.faults_enabled = False
         live = []
         for host in self.hosts + self.interlopers:
-            for eid, core in host._cores.items():
+            for core in host._cores.values():
                 if not core.stopped:
-                    live.append(LiveState(core.persistence_id, core.sequence_nr, core.state,
-                                          core.writer_id))
+                    live.append(
+                        LiveState(core.persistence_id, core.sequence_nr, core.state, core.writer_id)
+                    )
         for host in self.hosts + self.interlopers:
             await asyncio.wait_for(host.close(), 10)
         for eid in self.entities:
             # the next activation (faults off): its recovery (snapshots included) must equal
             # the fold, and it repairs the tag rows of the newest group, as in production
-            core = EntityCore(LEDGER_T, eid, self.journal, self.snapshots, SER,
-                              writer_id="fresh-recovery")
+            core = EntityCore(
+                LEDGER_T, eid, self.journal, self.snapshots, SER, writer_id="fresh-recovery"
+            )
             await core.start()
-            live.append(LiveState(core.persistence_id, core.sequence_nr, core.state,
-                                  core.writer_id))
+            live.append(
+                LiveState(core.persistence_id, core.sequence_nr, core.state, core.writer_id)
+            )
             await core.stop()
         violations = await check_history(
-            self.history, self.journal, aggregate_type=LEDGER_T, serialization=SER,
+            self.history,
+            self.journal,
+            aggregate_type=LEDGER_T,
+            serialization=SER,
             persistence_ids=[LEDGER_T.persistence_id(e) for e in self.entities],
             command_of=lambda ev: ev.op_id if isinstance(ev, Appended) else None,
-            live=live, writes=self.journal.writes,
+            live=live,
+            writes=self.journal.writes,
             expected_reply=lambda _cmd, state: state.balance,
-            categorized=CATEGORIZED, tags=self.check_tags,
+            categorized=CATEGORIZED,
+            tags=self.check_tags,
         )
-        violations += [Violation("hang", f"{cmd}: no answer within {self.call_timeout} s",
-                                 command_id=cmd) for cmd in self.hangs]
-        return Run([LEDGER_T.persistence_id(e) for e in self.entities], self.history,
-                   violations, [f.fault for f in self.journal.fired] +
-                   [f.fault for f in self.snapshots.fired] +
-                   (list(self.driver.fired) if self.driver is not None else []),
-                   len(self.journal.writes))
+        violations += [
+            Violation("hang", f"{cmd}: no answer within {self.call_timeout} s", command_id=cmd)
+            for cmd in self.hangs
+        ]
+        return Run(
+            [LEDGER_T.persistence_id(e) for e in self.entities],
+            self.history,
+            violations,
+            [f.fault for f in self.journal.fired]
+            + [f.fault for f in self.snapshots.fired]
+            + (list(self.driver.fired) if self.driver is not None else []),
+            len(self.journal.writes),
+        )
 
 
-async def run_schedule(schedule: Schedule, journal: Journal | None = None,
-                       snapshots: SnapshotStore | None = None, **kw: Any) -> Run:
-    h = Harness(schedule, journal or InMemoryJournal(), snapshots or InMemorySnapshotStore(),
-                **kw)
+async def run_schedule(
+    schedule: Schedule,
+    journal: Journal | None = None,
+    snapshots: SnapshotStore | None = None,
+    **kw: Any,
+) -> Run:
+    h = Harness(schedule, journal or InMemoryJournal(), snapshots or InMemorySnapshotStore(), **kw)
     return await h.run()
 
 
-__all__ = ["ENTITIES", "POINTS", "FaultSpec", "Harness", "LEDGER_T", "Run", "SER", "Schedule",
-           "classify", "run_schedule"]
+__all__ = [
+    "ENTITIES",
+    "POINTS",
+    "FaultSpec",
+    "Harness",
+    "LEDGER_T",
+    "Run",
+    "SER",
+    "Schedule",
+    "classify",
+    "run_schedule",
+]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import ray
 from ray.cluster_utils import Cluster
+
 from raysource.sharding.ray_nodes import FAST_HEALTH_CHECKS
 
 
@@ -21,8 +22,14 @@ def ray_cluster(workers: int, namespace_prefix: str) -> Iterator[tuple[Cluster, 
     if ray.is_initialized():
         restore_ns = ray.get_runtime_context().namespace
         ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "_system_config": FAST_HEALTH_CHECKS, "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "_system_config": FAST_HEALTH_CHECKS,
+            "include_dashboard": False,
+        },
+    )
     try:
         nodes = [c.add_node(num_cpus=1) for _ in range(workers)]
         c.wait_for_nodes()
@@ -33,5 +40,10 @@ def ray_cluster(workers: int, namespace_prefix: str) -> Iterator[tuple[Cluster, 
         ray.shutdown()
         c.shutdown()
         if restore_ns is not None:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, namespace=restore_ns)
+            ray.init(
+                num_cpus=4,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                namespace=restore_ns,
+            )

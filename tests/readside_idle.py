@@ -19,19 +19,22 @@ async def _until(pred: Any, timeout: float, what: str, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def until_caught_up(control: Any, name: str, written_at: float, delay: float,
-                          timeout: float = 120) -> None:
+async def until_caught_up(
+    control: Any, name: str, written_at: float, delay: float, timeout: float = 120
+) -> None:
     """Every event written by ``written_at`` (``time.time()``) is visible to the tag query
     (``delay``, its visibility delay, has passed), and every worker of projection ``name`` has
     handled all visible events (``lag_events`` 0) and committed the offset it handled: a stray
     redelivery would have happened by then."""
+
     async def visible() -> bool:
         return time.time() > written_at + delay
 
     async def caught_up() -> bool:
         statuses = await control.status(name)
         return bool(statuses) and all(
-            s["lag_events"] == 0 and s["offset"] == s["committed_offset"] for s in statuses)
+            s["lag_events"] == 0 and s["offset"] == s["committed_offset"] for s in statuses
+        )
 
     await _until(visible, timeout, "the visibility delay", 0.05)
     await _until(caught_up, timeout, f"every worker of {name} at the journal's end", 0.2)

@@ -24,13 +24,22 @@ REPLAY = f"{ENV}={SEED}"
 
 def fresh(max_examples: int) -> Callable[[Any], Any]:
     """Decorator (put it above ``@given``): ``max_examples`` drawn from this run's seed."""
+
     def wrap(test: Any) -> Any:
-        test = settings(max_examples=max_examples, deadline=None, database=None,
-                        derandomize=False, print_blob=False,
-                        suppress_health_check=[HealthCheck.too_slow,
-                                               HealthCheck.data_too_large,
-                                               HealthCheck.function_scoped_fixture])(test)
+        test = settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            print_blob=False,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.function_scoped_fixture,
+            ],
+        )(test)
         return seed(SEED)(test)
+
     return wrap
 
 

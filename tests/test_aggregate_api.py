@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import UnknownCommandError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import (
     AggregateType,
@@ -26,7 +26,7 @@ from raysource.runtime.aggregate import (
     split_persistence_id,
     unknown_command,
 )
-from unit_guard import no_ray  # noqa: F401
+from raysource.runtime.errors import UnknownCommandError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 from raysource.journal.errors import ConfigError
-from raysource.sharding.errors import NoLiveNodesError
 from raysource.sharding.allocation import (
     Move,
     ShardId,
@@ -21,7 +21,7 @@ from raysource.sharding.allocation import (
     reallocate_dead,
     rebalance,
 )
-from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
+from raysource.sharding.errors import NoLiveNodesError
 
 NODES = [f"node-{i}" for i in range(6)]
 
@@ -112,7 +112,7 @@ def test_rebalance_is_bounded_and_converges(sc, max_moves: int, threshold: int) 
             bound += max(0, c - total // n)
     max_rounds = math.ceil(bound / max_moves) + 1
     moved: Counter[ShardId] = Counter()
-    for rounds in range(1, max_rounds + 1):
+    for _rounds in range(1, max_rounds + 1):
         moves = rebalance(allocation, live, max_moves, threshold)
         assert len(moves) <= max_moves
         assert all(m.from_node in live and m.to_node in live for m in moves)

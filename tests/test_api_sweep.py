@@ -39,7 +39,6 @@ from raysource.readside.projection_actor import Projections
 from raysource.readside.projections import ProjectionHandler, ProjectionSettings, ProjectionSpec
 from raysource.runtime.actors.refs import EntityRef, unwrap_error
 from raysource.runtime.aggregate import IdempotencyPolicy
-
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.system import System
 
@@ -54,10 +53,14 @@ def assert_typed(outcome: object, what: str) -> None:
 
 
 def test_unwrap_error_never_returns_a_ray_error() -> None:
-    for err in (ActorDiedError(), ActorUnavailableError("unreachable", None),
-                RaySystemError("cannot deserialize the reply"),
-                ObjectLostError("00" * 28, None, "call site"), GetTimeoutError("slow"),
-                ActorUnavailableError("exiting: IntentionalSystemExit", None)):
+    for err in (
+        ActorDiedError(),
+        ActorUnavailableError("unreachable", None),
+        RaySystemError("cannot deserialize the reply"),
+        ObjectLostError("00" * 28, None, "call site"),
+        GetTimeoutError("slow"),
+        ActorUnavailableError("exiting: IntentionalSystemExit", None),
+    ):
         out = unwrap_error(err)
         assert_typed(out, repr(err))
         assert isinstance(out, RaysourceError)
@@ -70,9 +73,12 @@ def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
 
 
 def _system(config: CassandraConfig, name: str | None = None, **kw) -> System:
-    return System.start(name or f"sw{uuid.uuid4().hex[:6]}",
-                        store=StoreSpec.for_cassandra(config, create_schema=True),
-                        types=[LEDGER], **kw)
+    return System.start(
+        name or f"sw{uuid.uuid4().hex[:6]}",
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        types=[LEDGER],
+        **kw,
+    )
 
 
 async def _every_ref_call(ref) -> list[tuple[str, object]]:
@@ -103,7 +109,7 @@ async def _until_dead(handle, entity_id: str, within_s: float = 30.0) -> None:
             await asyncio.wait_for(handle.state.remote(entity_id), 5)
         except ActorDiedError:
             return
-        except (RayActorError, asyncio.TimeoutError):
+        except (TimeoutError, RayActorError):
             pass  # unavailable or slow: not reported dead yet
         assert time.monotonic() < deadline, "the killed actor was never reported dead"
         await asyncio.sleep(0.05)
@@ -111,7 +117,8 @@ async def _until_dead(handle, entity_id: str, within_s: float = 30.0) -> None:
 
 @pytest.mark.parametrize("placement", ["dedicated", "hosted"])
 async def test_every_ref_call_during_a_host_crash_ends_in_a_reply_or_a_raysource_error(
-        config, ray_local, placement) -> None:
+    config, ray_local, placement
+) -> None:
     system = _system(config, placement={"ledger": placement})
     try:
         ref = system.entity(LEDGER, f"crash-{placement}")
@@ -162,6 +169,7 @@ async def test_a_ref_never_calls_an_actor_ray_reported_dead_again(ray_local) -> 
 
     class _Lagging:
         """The name leads to the killed actor for the first few resolves."""
+
         resolves = 0
 
         def resolve(self, _type, _entity_id):  # noqa: ANN001
@@ -173,8 +181,9 @@ async def test_a_ref_never_calls_an_actor_ray_reported_dead_again(ray_local) -> 
 
     for call in ("state_async", "state", "actor", "submit"):
         resolver = _Lagging()
-        ref = EntityRef(dataclasses.replace(LEDGER, idempotency=IdempotencyPolicy(enabled=False)),
-                        "e", resolver)
+        ref = EntityRef(
+            dataclasses.replace(LEDGER, idempotency=IdempotencyPolicy(enabled=False)), "e", resolver
+        )
         with pytest.raises(HostCrashedError):  # it held the dead handle: once
             await ref.state_async(timeout=20)
         if call == "state_async":
@@ -228,7 +237,8 @@ class _DyingHost:
 
 @pytest.mark.parametrize("shape", ["ask", "ask_many"])
 async def test_an_unknown_outcome_is_never_answered_not_applied_while_the_name_lags(
-        ray_local, monkeypatch, shape) -> None:
+    ray_local, monkeypatch, shape
+) -> None:
     """The host dies with keyed commands in flight after the not-applied retry window has
     passed, and the name still leads to the dead actor for a few resolves. The commands may be
     stored, so the ref must not answer "not applied" (a caller would re-send under a new key):
@@ -257,8 +267,10 @@ async def test_an_unknown_outcome_is_never_answered_not_applied_while_the_name_l
     resolver = _Lagging()
     ref = EntityRef(LEDGER, "e", resolver)  # idempotency keys on (the default)
     call = asyncio.ensure_future(
-        ref.ask_async(Append("x"), timeout=60) if shape == "ask"
-        else ref.ask_many_async([Append("x"), Append("y")], timeout=60))
+        ref.ask_async(Append("x"), timeout=60)
+        if shape == "ask"
+        else ref.ask_many_async([Append("x"), Append("y")], timeout=60)
+    )
     await asyncio.sleep(2.5)
     resolver.killed = True
     ray.kill(dead)
@@ -273,7 +285,8 @@ async def test_an_unknown_outcome_is_never_answered_not_applied_while_the_name_l
 
 
 async def test_a_command_ray_cannot_pickle_is_not_applied_and_the_ref_goes_on(
-        config, ray_local) -> None:
+    config, ray_local
+) -> None:
     """A command holding an unpicklable value never leaves the caller: UnserializableError
     (not applied), the numbering does not advance, the next command is answered in order."""
     import threading
@@ -284,8 +297,10 @@ async def test_a_command_ray_cannot_pickle_is_not_applied_and_the_ref_goes_on(
     try:
         ref = system.entity(LEDGER, "unpicklable")
         assert await ref.ask_async(Append("first"), timeout=60) == 1
-        for call in (lambda: ref.ask(Append(threading.Lock()), 60),  # type: ignore[arg-type]
-                     lambda: ref.ask_many([Append(threading.Lock())], 60)):  # type: ignore
+        for call in (
+            lambda: ref.ask(Append(threading.Lock()), 60),  # type: ignore[arg-type]
+            lambda: ref.ask_many([Append(threading.Lock())], 60),
+        ):  # type: ignore
             with pytest.raises(UnserializableError) as info:
                 await asyncio.to_thread(call)
             assert isinstance(info.value, NotAppliedError)
@@ -351,8 +366,14 @@ async def test_projection_control_right_after_worker_crashes(config, ray_local) 
     await journal.close()
     control = Projections(config)
     name = f"sweep{uuid.uuid4().hex[:6]}"
-    spec = ProjectionSpec(name, f"tag{name}", quiet, (LEDGER,), 2,
-                          ProjectionSettings(poll_interval=0.2, commit_interval=0.2))
+    spec = ProjectionSpec(
+        name,
+        f"tag{name}",
+        quiet,
+        (LEDGER,),
+        2,
+        ProjectionSettings(poll_interval=0.2, commit_interval=0.2),
+    )
     try:
         await control.start(spec)
         # defect 4: status() about a second after a crash raised ActorUnavailableError
@@ -373,9 +394,14 @@ async def test_projection_control_right_after_worker_crashes(config, ray_local) 
         for h in control.handles(name).values():
             ray.kill(h, no_restart=False)
         await asyncio.sleep(0.3)
-        calls = {"pause": control.pause(name), "resume": control.resume(name),
-                 "reset": control.reset(spec), "parked": control.parked(name),
-                 "retry": control.retry(name, "ledger|nobody"), "status": control.status(name)}
+        calls = {
+            "pause": control.pause(name),
+            "resume": control.resume(name),
+            "reset": control.reset(spec),
+            "parked": control.parked(name),
+            "retry": control.retry(name, "ledger|nobody"),
+            "status": control.status(name),
+        }
         outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
         for call_name, outcome in zip(calls, outcomes):
             assert_typed(outcome, call_name)
@@ -399,15 +425,24 @@ def test_cli_projection_commands_right_after_worker_crashes(config, ray_local, c
     from raysource.app.cli import main
 
     asyncio.run(_create_journal(config))
-    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
-            "--keyspace", config.keyspace]
+    args = [
+        "--cassandra",
+        f"{config.contact_points[0]}:{config.port}",
+        "--keyspace",
+        config.keyspace,
+    ]
     name = "reservations-by-customer"
     control = Projections(config)
     try:
         assert main(["projection", "start", *args]) == 0
         capsys.readouterr()
-        for command in (["status", name], ["pause", name], ["resume", name],
-                        ["status", name], ["stop", name]):
+        for command in (
+            ["status", name],
+            ["pause", name],
+            ["resume", name],
+            ["status", name],
+            ["stop", name],
+        ):
             for h in control.handles(name).values():
                 ray.kill(h, no_restart=False)
             time.sleep(0.3)

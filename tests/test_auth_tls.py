@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,7 @@ def secure(tmp_path_factory):
 
 
 def _config(env: dict[str, str], **kw) -> CassandraConfig:
-    return CassandraConfig.from_env(environ=env, connect_timeout=10.0, request_timeout=20.0,
-                                    **kw)
+    return CassandraConfig.from_env(environ=env, connect_timeout=10.0, request_timeout=20.0, **kw)
 
 
 def _password(env: dict[str, str]) -> str:
@@ -64,9 +64,14 @@ def _password(env: dict[str, str]) -> str:
 
 def _cli(env: dict[str, str], home: Path, *args: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAYSOURCE_")}
-    return subprocess.run([sys.executable, "-m", "raysource.app.cli", *args],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**base, **env, "RAYSOURCE_HOME": str(home)})
+    return subprocess.run(
+        [sys.executable, "-m", "raysource.app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**base, **env, "RAYSOURCE_HOME": str(home)},
+    )
 
 
 def test_secrets_are_private_and_never_shown(secure) -> None:
@@ -89,13 +94,12 @@ async def test_journal_round_trip_over_authenticated_tls(secure) -> None:
     cfg = _config(env, keyspace=f"sec_{uuid.uuid4().hex[:8]}")
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     try:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from raysource.journal.api import StoredEvent
 
-        now = datetime.now(timezone.utc)
-        events = [StoredEvent("acct|1", n, b"e%d" % n, "t.E#1", 1, now, "w1")
-                  for n in (1, 2, 3)]
+        now = datetime.now(UTC)
+        events = [StoredEvent("acct|1", n, b"e%d" % n, "t.E#1", 1, now, "w1") for n in (1, 2, 3)]
         await journal.append(events)
         assert await journal.highest_sequence_nr("acct|1") == 3
         back = [e.payload async for e in journal.replay("acct|1")]
@@ -120,8 +124,9 @@ async def test_plain_text_client_is_refused(secure) -> None:
     cluster.shutdown()
 
 
-@pytest.mark.parametrize("who", ["wrong-password", "default-superuser", "untrusted-ca",
-                                 "no-credentials"])
+@pytest.mark.parametrize(
+    "who", ["wrong-password", "default-superuser", "untrusted-ca", "no-credentials"]
+)
 async def test_bad_credentials_or_trust_are_refused(secure, who, tmp_path) -> None:
     _, env = secure
     cfg = _config(env)
@@ -173,9 +178,12 @@ def test_ray_host_through_a_system(secure, ray_local) -> None:
 
     _, env = secure
     cfg = _config(env, keyspace=f"sec_{uuid.uuid4().hex[:8]}")
-    system = System.start(f"sec{uuid.uuid4().hex[:6]}", types=[SHOW],
-                          store=StoreSpec.for_cassandra(cfg, create_schema=True),
-                          placement={"show": "hosted"})
+    system = System.start(
+        f"sec{uuid.uuid4().hex[:6]}",
+        types=[SHOW],
+        store=StoreSpec.for_cassandra(cfg, create_schema=True),
+        placement={"show": "hosted"},
+    )
     try:
         ref = system.entity(SHOW, "gala")
         ref.ask(ReserveSeat("A1", "alice"), timeout=60)
@@ -210,8 +218,15 @@ class TestCli:
         node, env = secure
         bad = tmp_path / "pw"
         bad.write_text(WRONG)
-        out = _cli({**env, "RAYSOURCE_CASSANDRA_PASSWORD_FILE": str(bad)}, node.home,
-                   "events", "show", "gala", "--keyspace", self.keyspace)
+        out = _cli(
+            {**env, "RAYSOURCE_CASSANDRA_PASSWORD_FILE": str(bad)},
+            node.home,
+            "events",
+            "show",
+            "gala",
+            "--keyspace",
+            self.keyspace,
+        )
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1, out.stderr
         assert "Bad credentials" in lines[0] and WRONG not in out.stderr + out.stdout
@@ -246,8 +261,17 @@ class TestCli:
         assert max(delays) == 2.0 and len(delays) == 40  # bounded, and it never gives up
         stop = _cli({}, node.home, "cassandra", "stop")
         assert stop.returncode == 0 and "Cassandra stopped" in stop.stdout, stop.stderr
-        start = _cli({}, node.home, "cassandra", "start", "--keep-data", "--auth", "--tls",
-                     "--port", str(node.port))
+        start = _cli(
+            {},
+            node.home,
+            "cassandra",
+            "start",
+            "--keep-data",
+            "--auth",
+            "--tls",
+            "--port",
+            str(node.port),
+        )
         assert start.returncode == 0, start.stderr
 
         async def reconnected() -> float:
@@ -270,9 +294,10 @@ class TestCli:
         # driver retries on the bounded schedule (the driver's default grows to 600 s)
         assert waited < 60
 
-        assert f"export RAYSOURCE_CASSANDRA_PASSWORD_FILE={env['RAYSOURCE_CASSANDRA_PASSWORD_FILE']}" \
+        assert (
+            f"export RAYSOURCE_CASSANDRA_PASSWORD_FILE={env['RAYSOURCE_CASSANDRA_PASSWORD_FILE']}"
             in start.stdout
+        )
         assert _password(env) not in start.stdout + start.stderr
         out = _cli(env, node.home, "events", "show", "gala", "--keyspace", self.keyspace)
         assert out.returncode == 0 and out.stdout.count("SeatReserved") == 2, out.stderr
-

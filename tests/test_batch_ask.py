@@ -20,18 +20,6 @@ import cloudpickle
 import pytest
 import ray.cloudpickle as ray_cloudpickle
 
-from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.cassandra.config import CassandraConfig
-from raysource.runtime.errors import (
-    CommandRejected,
-    HandlerError,
-    HostCrashedError,
-    PassivatedError,
-    UnknownCommandError,
-)
-from raysource.journal.memory import InMemoryJournal
-from raysource.journal.serialization import Serialization
-from raysource.runtime.aggregate import AggregateType, IdempotencyPolicy
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
@@ -42,11 +30,23 @@ from raysource.examples.seats import (
     SeatReserved,
     seat_label,
 )
-from raysource.runtime.host import AggregateHost
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
 from raysource.runtime.actors.refs import EntityRef
-from raysource.testing.local_resolver import LocalResolver
+from raysource.runtime.aggregate import AggregateType, IdempotencyPolicy
+from raysource.runtime.errors import (
+    CommandRejected,
+    HandlerError,
+    HostCrashedError,
+    PassivatedError,
+    UnknownCommandError,
+)
+from raysource.runtime.host import AggregateHost
 from raysource.runtime.stores import StoreSpec
 from raysource.snapshots.memory import InMemorySnapshotStore
+from raysource.testing.local_resolver import LocalResolver
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -77,9 +77,12 @@ def make_resolver(ray_local, config):
     made: list[LocalResolver] = []
 
     def make(placement: str, **settings: Any) -> LocalResolver:
-        r = LocalResolver(f"b{uuid.uuid4().hex[:8]}", StoreSpec("cassandra", config),
-                          placement={SHOW.name: placement},
-                          host_settings={SHOW.name: dict(settings)})
+        r = LocalResolver(
+            f"b{uuid.uuid4().hex[:8]}",
+            StoreSpec("cassandra", config),
+            placement={SHOW.name: placement},
+            host_settings={SHOW.name: dict(settings)},
+        )
         made.append(r)
         return r
 
@@ -101,8 +104,10 @@ def journal_events(config: CassandraConfig, agg: AggregateType, entity_id: str) 
         journal = await CassandraJournal.connect(config)
         try:
             pid = agg.persistence_id(entity_id)
-            return [(e.sequence_nr, ser.decode(e.serializer_id, e.manifest, e.payload))
-                    async for e in journal.replay(pid)]
+            return [
+                (e.sequence_nr, ser.decode(e.serializer_id, e.manifest, e.payload))
+                async for e in journal.replay(pid)
+            ]
         finally:
             await journal.close()
 
@@ -130,8 +135,10 @@ def sequential(commands: list) -> list:
 
 def same(a: list, b: list) -> bool:
     """Equal outcomes: equal replies, errors of the same type and message."""
+
     def key(o: Any) -> Any:
         return (type(o), str(o)) if isinstance(o, BaseException) else o
+
     return [key(o) for o in a] == [key(o) for o in b]
 
 
@@ -139,7 +146,7 @@ def order_dependent(n: int, seed: int) -> list:
     """Reservations and cancellations over few seats: outcomes depend on the order."""
     rng = random.Random(seed)
     cmds: list = []
-    for i in range(n):
+    for _i in range(n):
         seat = seat_label(rng.randrange(40))
         who = f"c{rng.randrange(3)}"
         cmds.append(ReserveSeat(seat, who) if rng.random() < 0.6 else CancelReservation(seat, who))
@@ -191,9 +198,17 @@ def test_batch_of_500_runs_in_order_with_group_commit(make_resolver, config, pla
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_per_command_errors_leave_neighbours_alone(make_resolver, config, placement):
     ref = EntityRef(SHOW, eid(), make_resolver(placement))
-    cmds = [ReserveSeat("A1", "alice"), ReserveSeat("A1", "bob"), ReserveSeat("A2", "bob"),
-            ReserveSeat(None, "x"), "not a command", ReserveSeat("A3", "carol"),
-            CancelReservation("A2", "alice"), CancelReservation("A2", "bob"), GetShow()]
+    cmds = [
+        ReserveSeat("A1", "alice"),
+        ReserveSeat("A1", "bob"),
+        ReserveSeat("A2", "bob"),
+        ReserveSeat(None, "x"),
+        "not a command",
+        ReserveSeat("A3", "carol"),
+        CancelReservation("A2", "alice"),
+        CancelReservation("A2", "bob"),
+        GetShow(),
+    ]
     out = ref.ask_many(cmds, timeout=60)
     assert out[0] == SeatReserved("A1", "alice")
     assert isinstance(out[1], CommandRejected) and "already reserved" in out[1].reason
@@ -214,15 +229,17 @@ def test_per_command_errors_leave_neighbours_alone(make_resolver, config, placem
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_batches_straddling_passivation_lose_and_duplicate_nothing(make_resolver, config,
-                                                                   placement):
+def test_batches_straddling_passivation_lose_and_duplicate_nothing(
+    make_resolver, config, placement
+):
     import ray
 
     resolver = make_resolver(placement, idle_timeout_s=0.6)
     ref = EntityRef(SHOW, eid(), resolver)
     assert ref.ask(CreateShow(1000)) is not None
-    batches = [[ReserveSeat(seat_label(b * 100 + i), f"c{b}") for i in range(100)]
-               for b in range(6)]
+    batches = [
+        [ReserveSeat(seat_label(b * 100 + i), f"c{b}") for i in range(100)] for b in range(6)
+    ]
 
     def ok(outcomes: list, batch: list) -> None:
         assert outcomes == [SeatReserved(c.seat, c.customer) for c in batch]
@@ -236,8 +253,11 @@ def test_batches_straddling_passivation_lose_and_duplicate_nothing(make_resolver
     deadline = time.monotonic() + 10
     while True:
         try:
-            gone = (ray.get(ref.actor.info.remote(), timeout=5)["active"] == 0
-                    if placement == "hosted" else False)
+            gone = (
+                ray.get(ref.actor.info.remote(), timeout=5)["active"] == 0
+                if placement == "hosted"
+                else False
+            )
         except Exception:
             gone = True
         if placement == "dedicated":
@@ -296,8 +316,9 @@ class StandIn:
             os._exit(1)
         if self.mode == "split" and len(self.calls) == 1:
             # the first two applied, the rest refused by a stopping activation
-            return [f"A:{c}" for c in commands[:2]] + [PassivatedError("retiring")
-                                                        for _ in commands[2:]]
+            return [f"A:{c}" for c in commands[:2]] + [
+                PassivatedError("retiring") for _ in commands[2:]
+            ]
         return [f"B:{c}" for c in commands]
 
     async def get_calls(self) -> list:
@@ -328,8 +349,8 @@ def test_not_applied_suffix_is_resent_in_order_under_a_fresh_caller(ray_local):
         ref = EntityRef(SHOW_RAW, eid(), ScriptedResolver([a, b]))
         out = ref.ask_many(["c0", "c1", "c2", "c3"], timeout=30)
         assert out == ["A:c0", "A:c1", "B:c2", "B:c3"]
-        (caller_a, seq_a, cmds_a), = ray.get(a.get_calls.remote())
-        (caller_b, seq_b, cmds_b), = ray.get(b.get_calls.remote())
+        ((caller_a, seq_a, cmds_a),) = ray.get(a.get_calls.remote())
+        ((caller_b, seq_b, cmds_b),) = ray.get(b.get_calls.remote())
         assert (seq_a, cmds_a) == (0, ["c0", "c1", "c2", "c3"])
         assert caller_b != caller_a and (seq_b, cmds_b) == (0, ["c2", "c3"])
         # the ref never calls the refusing activation again; numbering advanced by the batch

@@ -13,7 +13,8 @@ they are missing the peer smoke *fails*, it is never skipped.
 
 The runs go a few at a time (``SMOKE_PARALLEL``, starts ``SMOKE_STAGGER_S`` apart) so the whole
 smoke run stays short; the figures say nothing about speed (tiny runs on a shared machine), only
-that every benchmark still runs. Also checked: every benchmark module in ``benchmarks/`` is in the suite, a benchmark that
+that every benchmark still runs. Also checked: every benchmark module in ``benchmarks/`` is in
+the suite, a benchmark that
 removes a node on purpose keeps Ray's raylet dumps out of the output, and ``benchmarks.run``
 exits non-zero (a FAILED row in its summary) when a benchmark does not run.
 """
@@ -67,19 +68,40 @@ def _smoke(name: str, contact: str, results_dir: Path) -> Smoke:
     out_dir = results_dir / name
     _wait_for_start_slot()
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name,
-           "--contact", contact, "--results", str(out_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.run",
+        "--tiny",
+        "--only",
+        name,
+        "--contact",
+        contact,
+        "--results",
+        str(out_dir),
+    ]
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                              timeout=SMOKE_TIMEOUT_S.get(name, 300), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=SMOKE_TIMEOUT_S.get(name, 300),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         code, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:  # the child's Ray is ended by its own shutdown
         code = -1
         output = f"timed out after {SMOKE_TIMEOUT_S.get(name, 300)} s\n" + "".join(
-            (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr))
+            (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr)
+        )
     combined = sorted(out_dir.glob("bench-*-tiny.json"))
-    return Smoke(code, output, json.loads(combined[-1].read_text()) if combined else {},
-                 time.monotonic() - t0)
+    return Smoke(
+        code,
+        output,
+        json.loads(combined[-1].read_text()) if combined else {},
+        time.monotonic() - t0,
+    )
 
 
 def _selected(session: pytest.Session) -> set[str]:
@@ -102,13 +124,17 @@ def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]
     results_dir = tmp_path_factory.mktemp("bench-smoke")
     with ThreadPoolExecutor(SMOKE_PARALLEL) as pool:
         # the slowest first (peer: Maven build + JVM; sharding: two Ray clusters)
-        order = sorted(_selected(request.session),
-                       key=lambda n: (n not in ("peer", "sharding", "projection"), n))
+        order = sorted(
+            _selected(request.session),
+            key=lambda n: (n not in ("peer", "sharding", "projection"), n),
+        )
         t0 = time.monotonic()
         futures = {n: pool.submit(_smoke, n, f"{host}:{port}", results_dir) for n in order}
         runs = {n: f.result() for n, f in futures.items()}
-    print(f"benchmark smoke runs: {time.monotonic() - t0:.0f} s in all; "
-          + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items()))  # shown with -s
+    print(
+        f"benchmark smoke runs: {time.monotonic() - t0:.0f} s in all; "
+        + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items())
+    )  # shown with -s
     return runs
 
 
@@ -133,11 +159,12 @@ def test_benchmark_runs_with_tiny_parameters(name: str, smoke_runs: dict[str, Sm
     assert name in smoke.results.get("benchmarks", {}), _tail(smoke.output)
     rows = bench_run.headline(name, smoke.results["benchmarks"][name])
     assert rows and all(re.search(r"\d", value) for _, value, _, _ in rows), rows
-    summary = smoke.output[smoke.output.rindex("=== summary"):]
+    summary = smoke.output[smoke.output.rindex("=== summary") :]
     assert "FAILED" not in summary, summary
     for figure, value, _, _ in rows:  # the headline figures are printed, in the summary
-        assert re.search(rf"{re.escape(name)}\s+{re.escape(figure)}\s+{re.escape(value)}",
-                         summary), summary
+        assert re.search(
+            rf"{re.escape(name)}\s+{re.escape(figure)}\s+{re.escape(value)}", summary
+        ), summary
 
 
 def test_deliberate_node_removal_keeps_ray_dumps_out(smoke_runs: dict[str, Smoke]):
@@ -148,20 +175,32 @@ def test_deliberate_node_removal_keeps_ray_dumps_out(smoke_runs: dict[str, Smoke
     assert "Raylet is terminated" not in out and "[state-dump]" not in out, _tail(out, 120)
 
 
-def test_run_fails_when_a_benchmark_does_not_run(monkeypatch, cassandra_contact, tmp_path,
-                                                 capsys):
+def test_run_fails_when_a_benchmark_does_not_run(monkeypatch, cassandra_contact, tmp_path, capsys):
     """``make bench`` exits non-zero, with a FAILED row in its summary table, when one benchmark
     exits non-zero; the benchmarks that ran still have their rows."""
     host, port = cassandra_contact
-    monkeypatch.setattr(bench_run, "BENCHES", [
-        bench_run.Bench("serialization", "benchmarks.serialization_bench",
-                        bench_run._serialization, contact=lambda c: [], tiny=["--n", "50"]),
-        bench_run.Bench("broken", "benchmarks.no_such_benchmark", bench_run._serialization,
-                        contact=lambda c: []),
-    ])
+    monkeypatch.setattr(
+        bench_run,
+        "BENCHES",
+        [
+            bench_run.Bench(
+                "serialization",
+                "benchmarks.serialization_bench",
+                bench_run._serialization,
+                contact=lambda c: [],
+                tiny=["--n", "50"],
+            ),
+            bench_run.Bench(
+                "broken",
+                "benchmarks.no_such_benchmark",
+                bench_run._serialization,
+                contact=lambda c: [],
+            ),
+        ],
+    )
     code = bench_run.main(["--tiny", "--contact", f"{host}:{port}", "--results", str(tmp_path)])
     out = capsys.readouterr().out
-    summary = out[out.rindex("=== summary"):]
+    summary = out[out.rindex("=== summary") :]
     assert code == 1
     assert re.search(r"broken\s+FAILED\s+exit 1", summary), summary
     assert re.search(r"serialization\s+checked encode\s+\d", summary), summary

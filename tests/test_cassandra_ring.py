@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from raysource.journal.api import StoredEvent
-from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.cassandra.config import CassandraConfig
 from raysource.app.local_node import LocalCassandra, port_is_free
+from raysource.journal.api import StoredEvent
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
@@ -36,8 +36,14 @@ def ring() -> Iterator[tuple[list[LocalCassandra], int]]:
     native = _free_on_all(9142)
     nodes = [
         LocalCassandra(
-            name=f"ring{i + 1}", host=ip, port=native, storage_port=storage, heap="512M",
-            seeds=f"{IPS[0]}:{storage}", cluster_name="raysource-ring", initial_token=TOKENS[i],
+            name=f"ring{i + 1}",
+            host=ip,
+            port=native,
+            storage_port=storage,
+            heap="512M",
+            seeds=f"{IPS[0]}:{storage}",
+            cluster_name="raysource-ring",
+            initial_token=TOKENS[i],
         )
         for i, ip in enumerate(IPS)
     ]
@@ -64,8 +70,11 @@ def _wait_for_ring(port: int, timeout: float = 90.0) -> None:
         while time.monotonic() < deadline:
             peers = list(session.execute("SELECT peer FROM system.peers"))
             up = [h for h in cluster.metadata.all_hosts() if h.is_up]
-            if (len(peers) == 2 and len(up) == 3
-                    and cluster.control_connection.wait_for_schema_agreement(wait_time=30)):
+            if (
+                len(peers) == 2
+                and len(up) == 3
+                and cluster.control_connection.wait_for_schema_agreement(wait_time=30)
+            ):
                 return
             time.sleep(0.5)
         raise AssertionError("the 3-node ring did not form / agree on the schema")
@@ -74,7 +83,7 @@ def _wait_for_ring(port: int, timeout: float = 90.0) -> None:
 
 
 def _events(pid: str, start: int, n: int) -> list[StoredEvent]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return [
         StoredEvent(pid, seq, f"e{seq}".encode(), "test.E#1", 1, now, "ring-test")
         for seq in range(start, start + n)
@@ -91,8 +100,13 @@ async def _append_round(journal: CassandraJournal, pids: list[str], acked: dict)
 async def test_quorum_writes_survive_one_node_down(ring) -> None:
     nodes, port = ring
     config = CassandraConfig(
-        contact_points=tuple(IPS), port=port, keyspace="ring_test", replication_factor=3,
-        write_consistency="QUORUM", read_consistency="QUORUM", serial_consistency="SERIAL",
+        contact_points=tuple(IPS),
+        port=port,
+        keyspace="ring_test",
+        replication_factor=3,
+        write_consistency="QUORUM",
+        read_consistency="QUORUM",
+        serial_consistency="SERIAL",
         request_timeout=20.0,
     )
     journal = await CassandraJournal.connect(config, create_schema=True)

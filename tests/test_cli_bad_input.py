@@ -49,8 +49,11 @@ OFFLINE = [
     ("loadtest-shards-zero", ["loadtest", "--shards", "0"], "--shards"),
     ("loadtest-snapshot-negative", ["loadtest", "--snapshot-every", "-1"], "--snapshot-every"),
     ("loadtest-commands-zero", ["loadtest", "--commands", "0"], "--commands"),
-    ("loadtest-duration-and-commands", ["loadtest", "--duration", "1", "--commands", "5"],
-     "not allowed with"),
+    (
+        "loadtest-duration-and-commands",
+        ["loadtest", "--duration", "1", "--commands", "5"],
+        "not allowed with",
+    ),
     ("loadtest-unknown-workload", ["loadtest", "--workload", "bank"], "invalid choice"),
     ("loadtest-contact-bad-port", ["loadtest", "--cassandra", "h:99999"], "invalid port"),
     ("demo-seconds-zero", ["demo", "--seconds", "0"], "--seconds: must be > 0"),
@@ -59,23 +62,41 @@ OFFLINE = [
     ("events-from-zero", ["events", "show", "x", "--from", "0"], "--from: must be > 0"),
     ("events-empty-id", ["events", "show", ""], "entity id"),
     ("events-unknown-type", ["events", "nosuchtype", "x"], "unknown aggregate type"),
-    ("events-bad-app", ["events", "show", "x", "--app", "nosuch.module:X"],
-     "cannot import the application module"),
-    ("events-bad-keyspace", ["events", "show", "x", "--cassandra", "127.0.0.1:9042",
-                             "--keyspace", "x;drop"], "invalid keyspace"),
-    ("events-contact-spaces", ["events", "show", "x", "--cassandra", "a b"],
-     "invalid contact point"),
-    ("events-contact-port-text", ["events", "show", "x", "--cassandra", "host:port"],
-     "invalid contact point"),
+    (
+        "events-bad-app",
+        ["events", "show", "x", "--app", "nosuch.module:X"],
+        "cannot import the application module",
+    ),
+    (
+        "events-bad-keyspace",
+        ["events", "show", "x", "--cassandra", "127.0.0.1:9042", "--keyspace", "x;drop"],
+        "invalid keyspace",
+    ),
+    (
+        "events-contact-spaces",
+        ["events", "show", "x", "--cassandra", "a b"],
+        "invalid contact point",
+    ),
+    (
+        "events-contact-port-text",
+        ["events", "show", "x", "--cassandra", "host:port"],
+        "invalid contact point",
+    ),
     ("events-env-contact-bad", ["events", "show", "x"], "RAYSOURCE_CASSANDRA"),
     ("replay-to-zero", ["replay", "show", "x", "--to", "0"], "--to: must be > 0"),
-    ("state-timeout-negative", ["state", "show", "x", "--system", "s", "--timeout", "-1"],
-     "--timeout"),
+    (
+        "state-timeout-negative",
+        ["state", "show", "x", "--system", "s", "--timeout", "-1"],
+        "--timeout",
+    ),
     ("state-no-system", ["state", "show", "x"], "--system"),
     ("projection-bad-action", ["projection", "restart"], "invalid choice"),
     ("view-unknown-view", ["view", "orders", "bob"], "invalid choice"),
-    ("cassandra-user-without-password", ["events", "show", "x", "--cassandra", "127.0.0.1:1"],
-     "RAYSOURCE_CASSANDRA_USERNAME is set but"),
+    (
+        "cassandra-user-without-password",
+        ["events", "show", "x", "--cassandra", "127.0.0.1:1"],
+        "RAYSOURCE_CASSANDRA_USERNAME is set but",
+    ),
 ]
 ENV_FOR = {
     "events-env-contact-bad": {"RAYSOURCE_CASSANDRA": "db:notaport"},
@@ -83,60 +104,218 @@ ENV_FOR = {
 }
 
 NETWORK = [
-    ("unresolvable-host", ["view", "reservations", "bob", "--cassandra",
-                           "no-such-host.invalid:9042"], "no contact point resolves"),
-    ("cassandra-refused", ["events", "show", "x", "--cassandra", "127.0.0.1:{closed}"],
-     "Cassandra unavailable"),
-    ("missing-keyspace", ["events", "show", "x", "--cassandra", "{cas}", "--keyspace",
-                          "no_such_keyspace_here"], "keyspace"),
-    ("view-missing-keyspace", ["view", "reservations", "bob", "--cassandra", "{cas}",
-                               "--keyspace", "no_such_keyspace_here"], "no_such_keyspace_here"),
-    ("ray-address-refused", ["state", "show", "x", "--system", "s", "--cassandra", "{cas}",
-                             "--address", "127.0.0.1:{closed}"], "no Ray cluster reachable"),
-    ("ray-address-unresolvable", ["projection", "status", "p", "--cassandra", "{cas}",
-                                  "--address", "no-such-host.invalid:6379"],
-     "no Ray cluster reachable"),
-    ("ray-address-not-ray", ["projection", "status", "p", "--cassandra", "{cas}",
-                             "--address", "{cas}"], "does not answer like a Ray cluster"),
-    ("loadtest-ray-address-not-ray", ["loadtest", "--cassandra", "{cas}", "--duration", "1",
-                                      "--address", "{cas}"], "does not answer like a Ray"),
-    ("loadtest-ray-address-refused", ["loadtest", "--cassandra", "{cas}", "--duration", "1",
-                                      "--address", "127.0.0.1:{closed}"],
-     "no Ray cluster reachable"),
-    ("ray-address-garbage", ["state", "show", "x", "--system", "s", "--cassandra", "{cas}",
-                             "--address", "nonsense"], "invalid Ray address"),
+    (
+        "unresolvable-host",
+        ["view", "reservations", "bob", "--cassandra", "no-such-host.invalid:9042"],
+        "no contact point resolves",
+    ),
+    (
+        "cassandra-refused",
+        ["events", "show", "x", "--cassandra", "127.0.0.1:{closed}"],
+        "Cassandra unavailable",
+    ),
+    (
+        "missing-keyspace",
+        ["events", "show", "x", "--cassandra", "{cas}", "--keyspace", "no_such_keyspace_here"],
+        "keyspace",
+    ),
+    (
+        "view-missing-keyspace",
+        [
+            "view",
+            "reservations",
+            "bob",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "no_such_keyspace_here",
+        ],
+        "no_such_keyspace_here",
+    ),
+    (
+        "ray-address-refused",
+        [
+            "state",
+            "show",
+            "x",
+            "--system",
+            "s",
+            "--cassandra",
+            "{cas}",
+            "--address",
+            "127.0.0.1:{closed}",
+        ],
+        "no Ray cluster reachable",
+    ),
+    (
+        "ray-address-unresolvable",
+        [
+            "projection",
+            "status",
+            "p",
+            "--cassandra",
+            "{cas}",
+            "--address",
+            "no-such-host.invalid:6379",
+        ],
+        "no Ray cluster reachable",
+    ),
+    (
+        "ray-address-not-ray",
+        ["projection", "status", "p", "--cassandra", "{cas}", "--address", "{cas}"],
+        "does not answer like a Ray cluster",
+    ),
+    (
+        "loadtest-ray-address-not-ray",
+        ["loadtest", "--cassandra", "{cas}", "--duration", "1", "--address", "{cas}"],
+        "does not answer like a Ray",
+    ),
+    (
+        "loadtest-ray-address-refused",
+        ["loadtest", "--cassandra", "{cas}", "--duration", "1", "--address", "127.0.0.1:{closed}"],
+        "no Ray cluster reachable",
+    ),
+    (
+        "ray-address-garbage",
+        ["state", "show", "x", "--system", "s", "--cassandra", "{cas}", "--address", "nonsense"],
+        "invalid Ray address",
+    ),
 ]
 
 # joins the session's token-auth Ray WITHOUT RAY_AUTH_MODE in the environment
 RAY = [
-    ("ray-join-token-found", ["state", "show", "x", "--system", "nosuchsystem", "--cassandra",
-                              "{cas}", "--keyspace", "{ks}", "--address", "{gcs}",
-                              "--namespace", "{ns}"], "no raysource system nosuchsystem"),
-    ("ray-join-wrong-token", ["state", "show", "x", "--system", "s", "--cassandra", "{cas}",
-                              "--keyspace", "{ks}", "--address", "{gcs}"],
-     "refused this client's auth token"),
-    ("ray-join-no-token", ["state", "show", "x", "--system", "s", "--cassandra", "{cas}",
-                           "--keyspace", "{ks}", "--address", "{gcs}"],
-     "refused this client's auth token"),
-    ("projection-status-unknown", ["projection", "status", "no-such-projection", "--cassandra",
-                                   "{cas}", "--keyspace", "{ks}", "--address", "{gcs}",
-                                   "--namespace", "{ns}"], "'no-such-projection'"),
-    ("projection-stop-unknown", ["projection", "stop", "no-such-projection", "--cassandra",
-                                 "{cas}", "--keyspace", "{ks}", "--address", "{gcs}",
-                                 "--namespace", "{ns}"], "'no-such-projection'"),
-    ("projection-readme-name", ["projection", "start", "reservations", "--cassandra", "{cas}",
-                                "--keyspace", "{ks}", "--address", "{gcs}", "--namespace",
-                                "{ns}"], "names projection 'reservations-by-customer'"),
-    ("projection-reset-bad-offset", ["projection", "reset", "--to", "garbage", "--cassandra",
-                                     "{cas}", "--keyspace", "{ks}", "--address", "{gcs}"],
-     "not an offset"),
-    ("projection-bad-spec", ["projection", "start", "--spec", "nosuch:X", "--address", "{gcs}"],
-     "--spec 'nosuch:X'"),
+    (
+        "ray-join-token-found",
+        [
+            "state",
+            "show",
+            "x",
+            "--system",
+            "nosuchsystem",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+            "--namespace",
+            "{ns}",
+        ],
+        "no raysource system nosuchsystem",
+    ),
+    (
+        "ray-join-wrong-token",
+        [
+            "state",
+            "show",
+            "x",
+            "--system",
+            "s",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+        ],
+        "refused this client's auth token",
+    ),
+    (
+        "ray-join-no-token",
+        [
+            "state",
+            "show",
+            "x",
+            "--system",
+            "s",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+        ],
+        "refused this client's auth token",
+    ),
+    (
+        "projection-status-unknown",
+        [
+            "projection",
+            "status",
+            "no-such-projection",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+            "--namespace",
+            "{ns}",
+        ],
+        "'no-such-projection'",
+    ),
+    (
+        "projection-stop-unknown",
+        [
+            "projection",
+            "stop",
+            "no-such-projection",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+            "--namespace",
+            "{ns}",
+        ],
+        "'no-such-projection'",
+    ),
+    (
+        "projection-readme-name",
+        [
+            "projection",
+            "start",
+            "reservations",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+            "--namespace",
+            "{ns}",
+        ],
+        "names projection 'reservations-by-customer'",
+    ),
+    (
+        "projection-reset-bad-offset",
+        [
+            "projection",
+            "reset",
+            "--to",
+            "garbage",
+            "--cassandra",
+            "{cas}",
+            "--keyspace",
+            "{ks}",
+            "--address",
+            "{gcs}",
+        ],
+        "not an offset",
+    ),
+    (
+        "projection-bad-spec",
+        ["projection", "start", "--spec", "nosuch:X", "--address", "{gcs}"],
+        "--spec 'nosuch:X'",
+    ),
 ]
-ENV_FOR.update({
-    "ray-join-wrong-token": {"RAY_AUTH_TOKEN": "not-the-cluster-token"},
-    "ray-join-no-token": {"RAY_AUTH_TOKEN_PATH": "/nonexistent/raysource-test-token"},
-})
+ENV_FOR.update(
+    {
+        "ray-join-wrong-token": {"RAY_AUTH_TOKEN": "not-the-cluster-token"},
+        "ray-join-no-token": {"RAY_AUTH_TOKEN_PATH": "/nonexistent/raysource-test-token"},
+    }
+)
 
 
 def _closed_port() -> int:
@@ -146,15 +325,22 @@ def _closed_port() -> int:
 
 
 def _run(case: str, argv: list[str], home: Path, **fmt: str) -> tuple[int, str, float]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAYSOURCE_", "RAY_AUTH_"))}  # as an operator's shell would be
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAYSOURCE_", "RAY_AUTH_"))
+    }  # as an operator's shell would be
     env["RAYSOURCE_HOME"] = str(home)
     env.update(ENV_FOR.get(case, {}))
     args = [a.format(**fmt) for a in argv]
     t0 = time.monotonic()
     try:
-        out = subprocess.run([sys.executable, "-m", "raysource.app.cli", *args],
-                             capture_output=True, text=True, timeout=HANG_S, cwd=ROOT, env=env)
+        out = subprocess.run(
+            [sys.executable, "-m", "raysource.app.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=HANG_S,
+            cwd=ROOT,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return -1, f"`raysource {' '.join(args)}` still running after {HANG_S:.0f} s", HANG_S
     return out.returncode, out.stderr, time.monotonic() - t0
@@ -199,8 +385,12 @@ def network_results(tmp_path_factory, network_fmt):
 def ray_fmt(ray_local, cassandra_contact, cassandra_keyspace) -> dict[str, str]:
     ctx = ray_local.get_runtime_context()
     host, port = cassandra_contact
-    return {"cas": f"{host}:{port}", "ks": cassandra_keyspace, "gcs": ctx.gcs_address,
-            "ns": ctx.namespace}
+    return {
+        "cas": f"{host}:{port}",
+        "ks": cassandra_keyspace,
+        "gcs": ctx.gcs_address,
+        "ns": ctx.namespace,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -215,8 +405,7 @@ def test_offline_bad_input(case, argv, fragment, offline_results) -> None:
 
 @pytest.mark.cassandra
 @pytest.mark.parametrize("case,argv,fragment", NETWORK, ids=[c[0] for c in NETWORK])
-def test_unreachable_or_wrong_targets(case, argv, fragment, network_results,
-                                      network_fmt) -> None:
+def test_unreachable_or_wrong_targets(case, argv, fragment, network_results, network_fmt) -> None:
     _check(case, network_results[case], fragment, **network_fmt)
 
 

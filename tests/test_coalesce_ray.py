@@ -56,8 +56,12 @@ def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
 
 def _one_host(config: CassandraConfig) -> LocalResolver:
     """Every ledger on one hosted actor (shard 0), so calls of different aggregates coalesce."""
-    return LocalResolver(f"co{uuid.uuid4().hex[:8]}", StoreSpec("cassandra", config),
-                         placement={LEDGER.name: "hosted"}, shard_of=lambda _e, _n: 0)
+    return LocalResolver(
+        f"co{uuid.uuid4().hex[:8]}",
+        StoreSpec("cassandra", config),
+        placement={LEDGER.name: "hosted"},
+        shard_of=lambda _e, _n: 0,
+    )
 
 
 async def _check(config: CassandraConfig, history: History, entities: list[str]) -> dict:
@@ -65,14 +69,23 @@ async def _check(config: CassandraConfig, history: History, entities: list[str])
     journal = await CassandraJournal.connect(config)
     try:
         violations = await check_history(
-            history, journal, aggregate_type=LEDGER, serialization=SER,
+            history,
+            journal,
+            aggregate_type=LEDGER,
+            serialization=SER,
             persistence_ids=[LEDGER.persistence_id(e) for e in entities],
             command_of=lambda event: event.op_id,
-            expected_reply=lambda _op, state: state.balance, tags=False)
+            expected_reply=lambda _op, state: state.balance,
+            tags=False,
+        )
         assert_no_violations(violations)
-        return {e: [SER.decode(ev.serializer_id, ev.manifest, ev.payload).op_id
-                    async for ev in journal.replay(LEDGER.persistence_id(e))]
-                for e in entities}
+        return {
+            e: [
+                SER.decode(ev.serializer_id, ev.manifest, ev.payload).op_id
+                async for ev in journal.replay(LEDGER.persistence_id(e))
+            ]
+            for e in entities
+        }
     finally:
         await journal.close()
 
@@ -103,13 +116,18 @@ async def test_concurrent_callers_share_calls_and_each_keeps_its_order(config, r
             for burst in range(3):
                 ops = [f"c{c}-{burst}-{i}" for i in range(4)]
                 sent[(f"c{c}", entity)].extend(ops)
-                calls = [history.ask(op, ref.ask_async(Append(op, 1), timeout=60),
-                                     caller=f"c{c}") for op in ops[:2]]
+                calls = [
+                    history.ask(op, ref.ask_async(Append(op, 1), timeout=60), caller=f"c{c}")
+                    for op in ops[:2]
+                ]
                 # a rejection and an unpicklable command among them fail only themselves
-                calls.append(history.ask(f"c{c}-{burst}-rejected",
-                                         ref.ask_async(Append("x", 0), timeout=60)))
-                calls += [history.ask(op, ref.ask_async(Append(op, 1), timeout=60),
-                                      caller=f"c{c}") for op in ops[2:]]
+                calls.append(
+                    history.ask(f"c{c}-{burst}-rejected", ref.ask_async(Append("x", 0), timeout=60))
+                )
+                calls += [
+                    history.ask(op, ref.ask_async(Append(op, 1), timeout=60), caller=f"c{c}")
+                    for op in ops[2:]
+                ]
                 try:
                     await ref.ask_async(Append(threading.Lock()), timeout=60)  # type: ignore
                 except UnserializableError as exc:
@@ -158,8 +176,7 @@ def test_a_host_killed_mid_batch_loses_nothing_and_applies_nothing_twice(config,
             for n in range(per_caller):
                 op = f"k{c}-{n}"
                 sent[(f"k{c}", entity)].append(op)
-                await history.ask(op, ref.ask_async(Append(op, 1), timeout=90),
-                                  caller=f"k{c}")
+                await history.ask(op, ref.ask_async(Append(op, 1), timeout=90), caller=f"k{c}")
                 state["answered"] += 1
 
         await asyncio.gather(*(caller(c) for c in range(callers)))
@@ -204,8 +221,11 @@ def test_a_host_killed_mid_batch_loses_nothing_and_applies_nothing_twice(config,
         async def writers() -> set[str]:
             journal = await CassandraJournal.connect(config)
             try:
-                return {ev.writer_id for e in entities
-                        async for ev in journal.replay(LEDGER.persistence_id(e))}
+                return {
+                    ev.writer_id
+                    for e in entities
+                    async for ev in journal.replay(LEDGER.persistence_id(e))
+                }
             finally:
                 await journal.close()
 
@@ -243,20 +263,26 @@ async def test_a_stuck_call_delays_its_hosts_other_callers_only_by_the_hold_boun
         async def ask_batches(self, groups):  # noqa: ANN001
             async def group(entity_id, _caller, _seq, commands):  # noqa: ANN001
                 return [await self._one(entity_id, c) for c in commands]
+
             return await asyncio.gather(*(group(*g) for g in groups))
 
     actor = ray_local.remote(_Stuck).options(max_concurrency=100).remote()
     try:
         resolver = _Fixed(actor)
         stuck = asyncio.ensure_future(
-            EntityRef(LEDGER_RAW, "stuck", resolver).ask_async(Append("s"), timeout=20))
+            EntityRef(LEDGER_RAW, "stuck", resolver).ask_async(Append("s"), timeout=20)
+        )
         await asyncio.sleep(0.3)  # its call is in flight and never returns
         for round_ in range(5):
             t0 = time.monotonic()
-            replies = await asyncio.gather(*(
-                EntityRef(LEDGER_RAW, f"ok{i}", resolver).ask_async(Append(f"{round_}-{i}"),
-                                                                     timeout=20)
-                for i in range(20)))
+            replies = await asyncio.gather(
+                *(
+                    EntityRef(LEDGER_RAW, f"ok{i}", resolver).ask_async(
+                        Append(f"{round_}-{i}"), timeout=20
+                    )
+                    for i in range(20)
+                )
+            )
             assert replies == [f"{round_}-{i}" for i in range(20)]
             assert time.monotonic() - t0 < 5.0  # not behind the stuck call (20 s)
         assert not stuck.done()

@@ -30,9 +30,13 @@ def _acks(level: str, replicas: set[tuple[int, int]], rfs: list[int], local: int
     per_dc = [sum(1 for d, _ in replicas if d == dc) for dc in range(len(rfs))]
     quorum = sum(rfs) // 2 + 1
     return {
-        "ANY": True, "ONE": len(replicas) >= 1, "TWO": len(replicas) >= 2,
-        "THREE": len(replicas) >= 3, "QUORUM": len(replicas) >= quorum,
-        "ALL": len(replicas) == sum(rfs), "LOCAL_ONE": per_dc[local] >= 1,
+        "ANY": True,
+        "ONE": len(replicas) >= 1,
+        "TWO": len(replicas) >= 2,
+        "THREE": len(replicas) >= 3,
+        "QUORUM": len(replicas) >= quorum,
+        "ALL": len(replicas) == sum(rfs),
+        "LOCAL_ONE": per_dc[local] >= 1,
         "LOCAL_QUORUM": per_dc[local] >= rfs[local] // 2 + 1,
         "EACH_QUORUM": all(c >= rf // 2 + 1 for c, rf in zip(per_dc, rfs)),
     }[level]
@@ -52,12 +56,17 @@ def _oracle_safe(write: str, read: str, rfs: list[int], local: int) -> bool:
 
 def _config(write: str, read: str, rfs: list[int], local: int) -> CassandraConfig:
     if len(rfs) == 1 and local == 0:
-        return CassandraConfig(replication_factor=rfs[0], write_consistency=write,
-                               read_consistency=read)
+        return CassandraConfig(
+            replication_factor=rfs[0], write_consistency=write, read_consistency=read
+        )
     dcs = {f"dc{i}": rf for i, rf in enumerate(rfs)}
-    return CassandraConfig(replication_strategy="NetworkTopologyStrategy", datacenters=dcs,
-                           local_dc=f"dc{local}", write_consistency=write,
-                           read_consistency=read)
+    return CassandraConfig(
+        replication_strategy="NetworkTopologyStrategy",
+        datacenters=dcs,
+        local_dc=f"dc{local}",
+        write_consistency=write,
+        read_consistency=read,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -76,23 +85,25 @@ def test_config_accepts_exactly_the_overlapping_levels(rfs, data) -> None:
             _config(write, read, rfs, local)
 
 
-@pytest.mark.parametrize("write,read,rf,ok", [
-    ("LOCAL_QUORUM", "LOCAL_QUORUM", 3, True),  # the default
-    ("QUORUM", "QUORUM", 3, True),
-    ("ALL", "ONE", 3, True),
-    ("ONE", "ONE", 3, False),  # issue 14: was accepted
-    ("ONE", "ONE", 1, True),
-    ("LOCAL_QUORUM", "LOCAL_ONE", 3, False),
-    ("ANY", "ALL", 3, False),  # a hint is no replica
-    ("THREE", "ONE", 2, False),  # can never be met
-])
+@pytest.mark.parametrize(
+    "write,read,rf,ok",
+    [
+        ("LOCAL_QUORUM", "LOCAL_QUORUM", 3, True),  # the default
+        ("QUORUM", "QUORUM", 3, True),
+        ("ALL", "ONE", 3, True),
+        ("ONE", "ONE", 3, False),  # issue 14: was accepted
+        ("ONE", "ONE", 1, True),
+        ("LOCAL_QUORUM", "LOCAL_ONE", 3, False),
+        ("ANY", "ALL", 3, False),  # a hint is no replica
+        ("THREE", "ONE", 2, False),  # can never be met
+    ],
+)
 def test_consistency_table(write, read, rf, ok) -> None:
     if ok:
         CassandraConfig(replication_factor=rf, write_consistency=write, read_consistency=read)
     else:
         with pytest.raises(ConfigError):
-            CassandraConfig(replication_factor=rf, write_consistency=write,
-                            read_consistency=read)
+            CassandraConfig(replication_factor=rf, write_consistency=write, read_consistency=read)
     with pytest.raises(ConfigError, match="not a read level"):
         CassandraConfig(read_consistency="ANY")
 
@@ -102,27 +113,34 @@ def test_local_dc_with_network_topology() -> None:
     with pytest.raises(ConfigError, match="needs local_dc"):
         CassandraConfig(replication_strategy="NetworkTopologyStrategy", datacenters=two)
     with pytest.raises(ConfigError, match="not one of the keyspace's data centres"):
-        CassandraConfig(replication_strategy="NetworkTopologyStrategy", datacenters=two,
-                        local_dc="dc3")
-    ok = CassandraConfig(replication_strategy="NetworkTopologyStrategy", datacenters=two,
-                         local_dc="dc2")
+        CassandraConfig(
+            replication_strategy="NetworkTopologyStrategy", datacenters=two, local_dc="dc3"
+        )
+    ok = CassandraConfig(
+        replication_strategy="NetworkTopologyStrategy", datacenters=two, local_dc="dc2"
+    )
     assert ok.local_dc == "dc2"
-    one = CassandraConfig(replication_strategy="NetworkTopologyStrategy",
-                          datacenters={"east": 3})
+    one = CassandraConfig(replication_strategy="NetworkTopologyStrategy", datacenters={"east": 3})
     assert one.local_dc == "east"  # one data centre: it is the local one
 
 
 def test_defaults_are_documented_values() -> None:
     c = CassandraConfig()
     assert (c.write_consistency, c.read_consistency, c.serial_consistency) == (
-        "LOCAL_QUORUM", "LOCAL_QUORUM", "LOCAL_SERIAL")
+        "LOCAL_QUORUM",
+        "LOCAL_QUORUM",
+        "LOCAL_SERIAL",
+    )
     assert c.reconnect_max_delay == 10.0 and c.request_timeout == 10.0
     assert c.connect_timeout == 10.0 and c.partition_size == 5000
     doc = CassandraConfig.__doc__ or ""
     for text in ("reconnect_max_delay", "10 s", "LOCAL_QUORUM", "local_dc", "5000"):
         assert text in doc, text
-    for bad in ({"reconnect_max_delay": 0}, {"password_file": "/x"},
-                {"username": "u", "password": "p", "password_file": "/x"}):
+    for bad in (
+        {"reconnect_max_delay": 0},
+        {"password_file": "/x"},
+        {"username": "u", "password": "p", "password_file": "/x"},
+    ):
         with pytest.raises(ConfigError):
             CassandraConfig(**bad)
 

@@ -8,15 +8,11 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 from raysource.journal.errors import ConfigError, JournalUnavailableError
-from raysource.sharding.errors import (
-    CoordinatorFencedError,
-    NoLiveNodesError,
-    ShardCountChangedError,
-    ShardingError,
-)
 from raysource.journal.memory import InMemoryJournal
+from raysource.runtime.shard_id import shard_of
 from raysource.sharding.allocation import ShardId
 from raysource.sharding.coordinator import CoordinatorSettings, ShardCoordinator
 from raysource.sharding.coordinator_state import (
@@ -27,8 +23,12 @@ from raysource.sharding.coordinator_state import (
     ShardCountRegistered,
     ShardMoved,
 )
-from raysource.runtime.shard_id import shard_of
-from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
+from raysource.sharding.errors import (
+    CoordinatorFencedError,
+    NoLiveNodesError,
+    ShardCountChangedError,
+    ShardingError,
+)
 
 NODES = ["n1", "n2", "n3", "n4"]
 
@@ -72,8 +72,10 @@ def test_replay_equals_live_state_and_invariants(script) -> None:
             if state.usable(live):
                 assert set(state.allocation()) <= state.usable(live)
         else:
-            run(ShardMoved(m.shard.type_name, m.shard.shard, m.from_node, m.to_node)
-                for m in state.plan_rebalance(live, op[1]))
+            run(
+                ShardMoved(m.shard.type_name, m.shard.shard, m.from_node, m.to_node)
+                for m in state.plan_rebalance(live, op[1])
+            )
     assert CoordinatorState.replayed(log) == state
     # every event survives the real serializer
     for ev in log:
@@ -100,14 +102,21 @@ def test_register_rules() -> None:
 
 
 def test_dead_node_events() -> None:
-    state = CoordinatorState.replayed([
-        ShardCountRegistered("a", 4),
-        ShardAllocated("a", 0, "n1"), ShardAllocated("a", 1, "n2"),
-        ShardAllocated("a", 2, "n1"), ShardAllocated("a", 3, "n2"),
-    ])
+    state = CoordinatorState.replayed(
+        [
+            ShardCountRegistered("a", 4),
+            ShardAllocated("a", 0, "n1"),
+            ShardAllocated("a", 1, "n2"),
+            ShardAllocated("a", 2, "n1"),
+            ShardAllocated("a", 3, "n2"),
+        ]
+    )
     events = state.decide_dead(["n1", "n3"])
-    assert events == [ShardMoved("a", 1, "n2", "n3"), ShardMoved("a", 3, "n2", "n3"),
-                      NodeRemoved("n2")]
+    assert events == [
+        ShardMoved("a", 1, "n2", "n3"),
+        ShardMoved("a", 3, "n2", "n3"),
+        NodeRemoved("n2"),
+    ]
     assert state.decide_dead([]) == []  # nowhere to go: keep the table
 
 
@@ -243,8 +252,7 @@ async def test_unknown_write_outcome_is_reread() -> None:
 
 async def test_poll_loop_reallocates_without_callers() -> None:
     journal, members = InMemoryJournal(), Membership("n1", "n2")
-    c = ShardCoordinator("sys", lambda: journal, members,
-                         CoordinatorSettings(poll_interval=0.02))
+    c = ShardCoordinator("sys", lambda: journal, members, CoordinatorSettings(poll_interval=0.02))
     try:
         await c.register_type("a", 4)
         for s in range(4):

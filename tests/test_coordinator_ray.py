@@ -20,6 +20,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from ray_cluster import ray_cluster  # noqa: E402
+
 from raysource.journal.api import Journal, StoredEvent  # noqa: E402
 from raysource.journal.memory import InMemoryJournal  # noqa: E402
 from raysource.sharding.allocation import ShardId  # noqa: E402
@@ -39,6 +40,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 SYSTEM = "shardtest"
+
 
 class JournalStore:
     """A Ray actor holding an in-memory journal, so it survives coordinator restarts."""
@@ -68,10 +70,10 @@ class StoreJournal(Journal):
     async def append(self, events: Sequence[StoredEvent]) -> None:
         await self.store.append.remote(list(events))
 
-    async def replay(self, persistence_id, from_sequence_nr=1, to_sequence_nr=None
-                     ) -> AsyncIterator[StoredEvent]:
-        for ev in await self.store.replay.remote(persistence_id, from_sequence_nr,
-                                                 to_sequence_nr):
+    async def replay(
+        self, persistence_id, from_sequence_nr=1, to_sequence_nr=None
+    ) -> AsyncIterator[StoredEvent]:
+        for ev in await self.store.replay.remote(persistence_id, from_sequence_nr, to_sequence_nr):
             yield ev
 
     async def highest_sequence_nr(self, persistence_id: str) -> int:
@@ -121,8 +123,9 @@ def system(cluster):
     pin = node_affinity(head)  # on the head: the tests remove worker nodes
     store = ray.remote(JournalStore).options(**pin).remote()
     settings = CoordinatorSettings(poll_interval=0.2, max_moves=1)
-    coord = get_or_create_coordinator(SYSTEM, lambda: StoreJournal(store), settings,
-                                      actor_options=pin)
+    coord = get_or_create_coordinator(
+        SYSTEM, lambda: StoreJournal(store), settings, actor_options=pin
+    )
     yield coord, store, head
     assert stop_coordinator(SYSTEM)
     ray.kill(store)
@@ -143,8 +146,14 @@ def test_allocates_to_live_nodes_and_survives_restart(system) -> None:
 
     old = ray.get(coord.describe.remote())["instance"]
     ray.kill(coord, no_restart=False)  # asynchronous: wait for a new instance, not any answer
-    wait_until(lambda: (_try(lambda: ray.get(coord.describe.remote(), timeout=10)) or {})
-               .get("instance") not in (None, old), 60, "coordinator restart")
+    wait_until(
+        lambda: (
+            (_try(lambda: ray.get(coord.describe.remote(), timeout=10)) or {}).get("instance")
+            not in (None, old)
+        ),
+        60,
+        "coordinator restart",
+    )
     assert table(coord) == before
     # get-or-create finds the restarted instance instead of making a second one
     again = get_or_create_coordinator(SYSTEM, lambda: None)
@@ -155,8 +164,11 @@ def test_allocates_to_live_nodes_and_survives_restart(system) -> None:
 def _try(fn):
     try:
         return fn()
-    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
-            ray.exceptions.GetTimeoutError):
+    except (
+        ray.exceptions.RayActorError,
+        ray.exceptions.ActorUnavailableError,
+        ray.exceptions.GetTimeoutError,
+    ):
         return None
 
 
@@ -172,8 +184,9 @@ def test_join_triggers_bounded_rebalance_with_handoff(cluster, system) -> None:
 
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
-    wait_until(lambda: sorted(len(v) for v in table(coord).values()) == [2, 2, 2], 30,
-               "rebalance to 2/2/2")
+    wait_until(
+        lambda: sorted(len(v) for v in table(coord).values()) == [2, 2, 2], 30, "rebalance to 2/2/2"
+    )
     moves = ray.get(store.manifests.remote(pid)).count("ShardMoved") - moved_before
     assert moves == 2  # the minimum for 3/3/0 -> 2/2/2, one per round (max_moves=1)
     handed = sum(len(ray.get(r.calls.remote())) for r in regions.values())
@@ -189,8 +202,11 @@ def test_crashed_node_shards_reallocated(cluster, system) -> None:
     assert table(coord).get(victim), "the first worker should hold shards"
     c.remove_node(worker, allow_graceful=False)  # a crash: Ray's health check must notice
     started = time.monotonic()
-    final = wait_until(lambda: (t := table(coord)) and victim not in t and t, 30,
-                       "re-allocation of the dead node's shards")
+    final = wait_until(
+        lambda: (t := table(coord)) and victim not in t and t,
+        30,
+        "re-allocation of the dead node's shards",
+    )
     elapsed = time.monotonic() - started
     live = set(live_nodes())
     assert victim not in live and set(final) <= live

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, replace
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.journal.api import StoredSnapshot
 from raysource.journal.errors import (
@@ -14,6 +15,10 @@ from raysource.journal.errors import (
     PayloadTooLargeError,
     UnserializableError,
 )
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, none, persist, reject, reply
+from raysource.runtime.core import EntityCore
 from raysource.runtime.errors import (
     AggregateStoppedError,
     CommandRejected,
@@ -21,12 +26,7 @@ from raysource.runtime.errors import (
     PersistFailedError,
     UnknownCommandError,
 )
-from raysource.journal.memory import InMemoryJournal
-from raysource.journal.serialization import Serialization
-from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, none, persist, reject, reply
-from raysource.runtime.core import EntityCore
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 # --------------------------------------------------------------------------- a test aggregate
 
@@ -130,8 +130,14 @@ def apply(state: Acct, ev: object) -> Acct:
 
 
 ACCT = AggregateType(
-    "acct", Acct(), decide, apply, tagger=lambda e: {"acct"},
-    events=(Added, Blob), commands=(Add, AddMany, Take, Get), types=(Acct,),
+    "acct",
+    Acct(),
+    decide,
+    apply,
+    tagger=lambda e: {"acct"},
+    events=(Added, Blob),
+    commands=(Add, AddMany, Take, Get),
+    types=(Acct,),
 )
 SNAPPY = replace(ACCT, snapshot=SnapshotPolicy(every_n_events=100, keep=2))
 
@@ -144,9 +150,13 @@ def make_ser() -> Serialization:
 
 def make_core(journal=None, snaps=None, agg=ACCT, *, ser=None, writer="w1", **kw) -> EntityCore:
     return EntityCore(
-        agg, "1", journal if journal is not None else InMemoryJournal(),
-        snaps if snaps is not None else InMemorySnapshotStore(), ser or make_ser(),
-        writer_id=writer, **kw,
+        agg,
+        "1",
+        journal if journal is not None else InMemoryJournal(),
+        snaps if snaps is not None else InMemorySnapshotStore(),
+        ser or make_ser(),
+        writer_id=writer,
+        **kw,
     )
 
 
@@ -217,6 +227,7 @@ async def test_effects():
 async def test_side_effects_run_only_after_durability():
     journal = GatedJournal()
     seen: list[int] = []
+
     def decide_with_side_effect(state, cmd):
         return persist(Added(cmd.n), then=lambda st: seen.append(st.total))
 
@@ -349,7 +360,10 @@ async def test_write_failure_fails_the_whole_flush_and_rebuilds_state():
     assert await core.handle(Add(1)) == 1
     journal.fail_next_appends(1)
     results = await asyncio.gather(
-        core.handle(Add(2)), core.handle(Get()), core.handle(Take(1000)), core.handle(Add(3)),
+        core.handle(Add(2)),
+        core.handle(Get()),
+        core.handle(Take(1000)),
+        core.handle(Add(3)),
         return_exceptions=True,
     )
     assert all(isinstance(r, PersistFailedError) for r in results), results
@@ -464,7 +478,10 @@ async def test_unserializable_event_fails_only_that_command():
     ser = make_ser()
     core = make_core(journal, ser=ser)
     results = await asyncio.gather(
-        core.handle(Add(1)), core.handle(Unstorable()), core.handle(Huge()), core.handle(Add(2)),
+        core.handle(Add(1)),
+        core.handle(Unstorable()),
+        core.handle(Huge()),
+        core.handle(Add(2)),
         return_exceptions=True,
     )
     assert results[0] == 1 and results[3] == 3

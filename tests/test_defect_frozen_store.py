@@ -42,8 +42,13 @@ BEFORE_S = AFTER_S = 1.5  # load before and after the freeze
 
 @pytest.fixture(scope="module")
 def frozen_node():
-    node = LocalCassandra(name="issue10-freeze", home=raysource_home(), heap="512M",
-                          port=free_port(), storage_port=free_port())
+    node = LocalCassandra(
+        name="issue10-freeze",
+        home=raysource_home(),
+        heap="512M",
+        port=free_port(),
+        storage_port=free_port(),
+    )
     node.stop()
     status = node.start()
     try:
@@ -84,8 +89,12 @@ async def _settle_node(journal: CassandraJournal, cfg: CassandraConfig, eids: li
     from cassandra_idle import settle_partitions, wait_node_idle
 
     await wait_node_idle(journal.session)
-    await settle_partitions(journal.session, cfg.keyspace, cfg.events_table,
-                            [(LEDGER.persistence_id(e), 0) for e in eids])
+    await settle_partitions(
+        journal.session,
+        cfg.keyspace,
+        cfg.events_table,
+        [(LEDGER.persistence_id(e), 0) for e in eids],
+    )
     await wait_node_idle(journal.session)
 
 
@@ -100,8 +109,14 @@ class Caller:
         self.next = 0
 
     def _fresh(self) -> EntityCore:
-        return EntityCore(LEDGER, self.eid, self.journal, InMemorySnapshotStore(), SER,
-                          writer_id=uuid.uuid4().hex[:12])
+        return EntityCore(
+            LEDGER,
+            self.eid,
+            self.journal,
+            InMemorySnapshotStore(),
+            SER,
+            writer_id=uuid.uuid4().hex[:12],
+        )
 
     async def _one(self, core: EntityCore, op: str) -> None:
         try:
@@ -126,8 +141,12 @@ class Caller:
 
 
 async def test_callers_answers_match_the_journal_after_a_freeze(frozen_node) -> None:
-    cfg = CassandraConfig(contact_points=(frozen_node.host,), port=frozen_node.port,
-                          keyspace=f"freeze_{uuid.uuid4().hex[:8]}", request_timeout=1.0)
+    cfg = CassandraConfig(
+        contact_points=(frozen_node.host,),
+        port=frozen_node.port,
+        keyspace=f"freeze_{uuid.uuid4().hex[:8]}",
+        request_timeout=1.0,
+    )
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     callers = [Caller(journal, n) for n in range(LEDGERS)]
     try:
@@ -163,8 +182,9 @@ async def test_callers_answers_match_the_journal_after_a_freeze(frozen_node) -> 
                     problems.append(f"{op}: caller saw {kind}, journal holds it {n}x")
             problems += [f"{op}: stored but never sent" for op in stored if op not in c.seen]
             # the next activation holds exactly the journal's fold
-            core = EntityCore(LEDGER, c.eid, journal, InMemorySnapshotStore(), SER,
-                              writer_id="checker")
+            core = EntityCore(
+                LEDGER, c.eid, journal, InMemorySnapshotStore(), SER, writer_id="checker"
+            )
             await core.start()
             assert core.state.count == sum(stored.values())
             await core.stop()
@@ -179,12 +199,17 @@ async def test_keyed_refs_settle_every_command_across_a_freeze(frozen_node) -> N
     every unconfirmed write, failed recovery or fenced re-send during the freeze is re-sent
     under its key. Every call is answered with a reply before its deadline (none unknown), and
     the journal holds each command and each key exactly once, the replies are its fold."""
-    from raysource.runtime.actors.refs import EntityRef
-    from raysource.runtime.idempotency import KEY_FIELD
     from test_idempotent_refs import FakeResolver
 
-    cfg = CassandraConfig(contact_points=(frozen_node.host,), port=frozen_node.port,
-                          keyspace=f"freeze_ik_{uuid.uuid4().hex[:8]}", request_timeout=1.0)
+    from raysource.runtime.actors.refs import EntityRef
+    from raysource.runtime.idempotency import KEY_FIELD
+
+    cfg = CassandraConfig(
+        contact_points=(frozen_node.host,),
+        port=frozen_node.port,
+        keyspace=f"freeze_ik_{uuid.uuid4().hex[:8]}",
+        request_timeout=1.0,
+    )
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     resolvers = [FakeResolver(LEDGER, journal) for _ in range(LEDGERS)]
     eids = [f"frozen-ik-{n}-{uuid.uuid4().hex[:6]}" for n in range(LEDGERS)]
@@ -204,8 +229,9 @@ async def test_keyed_refs_settle_every_command_across_a_freeze(frozen_node) -> N
     try:
         in_flight = _count_batches_in_flight(journal)
         start = time.monotonic()
-        load = asyncio.gather(*(caller(r, e, start + BEFORE_S + FREEZE_S + AFTER_S)
-                                for r, e in zip(resolvers, eids)))
+        load = asyncio.gather(
+            *(caller(r, e, start + BEFORE_S + FREEZE_S + AFTER_S) for r, e in zip(resolvers, eids))
+        )
         await asyncio.sleep(BEFORE_S)
         await _until_batches_in_flight(in_flight)
         os.kill(frozen_node.pid, signal.SIGSTOP)  # conditional appends are in flight
@@ -217,12 +243,20 @@ async def test_keyed_refs_settle_every_command_across_a_freeze(frozen_node) -> N
         # what the node received while frozen has run: proven idle, proposals completed
         await _settle_node(journal, cfg, eids)
 
-        errors = [(op, out) for v in seen.values() for op, out in v
-                  if isinstance(out, BaseException)]
-        restarts = sum(r.actors[0].host.stats.activations
-                       + r.actors[0].host.stats.failed_activations for r in resolvers) - LEDGERS
-        print(f"{sum(map(len, seen.values()))} keyed calls, errors {errors[:3]}, "
-              f"{restarts} re-activations")
+        errors = [
+            (op, out) for v in seen.values() for op, out in v if isinstance(out, BaseException)
+        ]
+        restarts = (
+            sum(
+                r.actors[0].host.stats.activations + r.actors[0].host.stats.failed_activations
+                for r in resolvers
+            )
+            - LEDGERS
+        )
+        print(
+            f"{sum(map(len, seen.values()))} keyed calls, errors {errors[:3]}, "
+            f"{restarts} re-activations"
+        )
         assert errors == []  # no unknown outcome (nor anything else) before the deadline
         for eid in eids:
             stored = [e async for e in journal.replay(LEDGER.persistence_id(eid))]

@@ -14,6 +14,7 @@ import asyncio
 import uuid
 
 import pytest
+from test_tag_repair import _tagged_seqs, config  # noqa: F401  (the fixture and the tag check)
 
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
 from raysource.journal.cassandra.journal import CassandraJournal
@@ -21,10 +22,8 @@ from raysource.journal.errors import JournalOutcomeUnknownError, OutcomeUnknownE
 from raysource.runtime.core import EntityCore
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
-from test_tag_repair import _tagged_seqs, config  # noqa: F401  (the fixture and the tag check)
 
 pytestmark = pytest.mark.cassandra
-
 
 
 class TagWriteFails(CassandraJournal):
@@ -41,15 +40,22 @@ class TagWriteFails(CassandraJournal):
 
 
 async def _core(journal: CassandraJournal, entity_id: str) -> EntityCore:
-    return EntityCore(SHOW, entity_id, journal, InMemorySnapshotStore(),
-                      serialization_for(SHOW, StoreSpec()), writer_id=uuid.uuid4().hex)
+    return EntityCore(
+        SHOW,
+        entity_id,
+        journal,
+        InMemorySnapshotStore(),
+        serialization_for(SHOW, StoreSpec()),
+        writer_id=uuid.uuid4().hex,
+    )
 
 
 async def _one_flush_of_three(core: EntityCore) -> list:
     # queued together before the activation has recovered: one flush, one append
-    return await asyncio.gather(*(core.handle(ReserveSeat(s, c)) for s, c in
-                                  (("A1", "ann"), ("A2", "ben"), ("A3", "cat"))),
-                                return_exceptions=True)
+    return await asyncio.gather(
+        *(core.handle(ReserveSeat(s, c)) for s, c in (("A1", "ann"), ("A2", "ben"), ("A3", "cat"))),
+        return_exceptions=True,
+    )
 
 
 async def test_a_flush_acknowledged_after_a_failed_tag_write_is_tagged_whole(config) -> None:
@@ -58,8 +64,11 @@ async def test_a_flush_acknowledged_after_a_failed_tag_write_is_tagged_whole(con
     core = await _core(journal, eid)
     replies = await _one_flush_of_three(core)
     assert core.stats.writes == 1  # one flush, and its tag write failed
-    assert replies == [SeatReserved("A1", "ann"), SeatReserved("A2", "ben"),
-                       SeatReserved("A3", "cat")]  # acknowledged: the re-read found them
+    assert replies == [
+        SeatReserved("A1", "ann"),
+        SeatReserved("A2", "ben"),
+        SeatReserved("A3", "cat"),
+    ]  # acknowledged: the re-read found them
     await core.stop()
     await journal.close()
     assert await _tagged_seqs(config, eid) == [1, 2, 3]

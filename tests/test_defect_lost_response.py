@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from datetime import UTC
 
 import pytest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, ResponseFuture
@@ -47,8 +48,13 @@ async def config(cassandra_contact, cassandra_keyspace):
     # The per-append guard's conditional batch (the epoch guard's plain batch is idempotent:
     # its rows carry the epoch in the key, re-sending them is harmless).
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=0.4, guard="per-append")
+    cfg = CassandraConfig(
+        contact_points=(host,),
+        port=port,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=0.4,
+        guard="per-append",
+    )
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     await journal.close()
     return cfg
@@ -72,8 +78,9 @@ class LostResponse:
 
         def _set_result(fut, host, connection, pool, response):  # noqa: ANN001
             query = fut.query
-            conditional = (isinstance(query, BatchStatement)
-                           and query.serial_consistency_level is not None)
+            conditional = (
+                isinstance(query, BatchStatement) and query.serial_consistency_level is not None
+            )
             if conditional and isinstance(response, ResultMessage):
                 if hook.armed:
                     hook.armed = False
@@ -83,7 +90,8 @@ class LostResponse:
                         return None
                     response = ConnectionShutdown(
                         f"Connection to {host} was closed (injected: the batch was applied, "
-                        "its response lost)")
+                        "its response lost)"
+                    )
                 elif hook.fired:
                     hook.seen_after += 1
             return original(fut, host, connection, pool, response)
@@ -116,8 +124,10 @@ async def ask_like_a_reference(make_core, core: EntityCore, command) -> tuple[st
 async def stored_ops(cfg: CassandraConfig, pid: str) -> list[str]:
     journal = await CassandraJournal.connect(cfg)
     try:
-        return [SER.decode(e.serializer_id, e.manifest, e.payload).op_id
-                async for e in journal.replay(pid)]
+        return [
+            SER.decode(e.serializer_id, e.manifest, e.payload).op_id
+            async for e in journal.replay(pid)
+        ]
     finally:
         await journal.close()
 
@@ -131,8 +141,9 @@ async def test_a_lost_response_never_applies_a_command_twice(config, monkeypatch
     hook.install(monkeypatch)
 
     def make_core() -> EntityCore:
-        return EntityCore(LEDGER, eid, journal, InMemorySnapshotStore(), SER,
-                          writer_id=uuid.uuid4().hex[:12])
+        return EntityCore(
+            LEDGER, eid, journal, InMemorySnapshotStore(), SER, writer_id=uuid.uuid4().hex[:12]
+        )
 
     try:
         core = make_core()
@@ -158,8 +169,10 @@ async def test_re_appending_the_stored_group_is_a_success_but_a_rival_is_fenced(
         for journal in (InMemoryJournal(), cassandra):
             pid = f"ledger|again-{uuid.uuid4().hex[:6]}"
             ser_id, manifest, payload = SER.encode(Appended("op-1", 5))
-            group = [StoredEvent(pid, 1, payload, manifest, ser_id, _now(), "writer-a"),
-                     StoredEvent(pid, 2, payload + b" ", manifest, ser_id, _now(), "writer-a")]
+            group = [
+                StoredEvent(pid, 1, payload, manifest, ser_id, _now(), "writer-a"),
+                StoredEvent(pid, 2, payload + b" ", manifest, ser_id, _now(), "writer-a"),
+            ]
             await journal.append(group)
             await journal.append(group)  # delivered twice: one write
             assert [e.sequence_nr async for e in journal.replay(pid)] == [1, 2]
@@ -175,9 +188,9 @@ async def test_re_appending_the_stored_group_is_a_success_but_a_rival_is_fenced(
 
 
 def _now():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def test_the_driver_never_re_sends_a_journal_append(config, monkeypatch) -> None:

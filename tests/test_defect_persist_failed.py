@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from datetime import UTC
 
 import pytest
 from cassandra import ConsistencyLevel, OperationTimedOut
@@ -44,8 +45,8 @@ from raysource.journal.errors import (
     JournalUnavailableError,
     OutcomeUnknownError,
 )
-from raysource.runtime.errors import PersistFailedError
 from raysource.runtime.core import EntityCore
+from raysource.runtime.errors import PersistFailedError
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
 
@@ -57,26 +58,39 @@ LAND_AFTER = 1.0  # seconds after the error until a sent request lands
 
 def _cas_write_unknown() -> ErrorMessage:
     # protocol v5 error 0x1700: cassandra-driver 3.x has no class for it (a bare ErrorMessage)
-    return ErrorMessage(0x1700, "CAS operation result is unknown - proposal accepted by 1 but "
-                                "not a quorum.", None)
+    return ErrorMessage(
+        0x1700, "CAS operation result is unknown - proposal accepted by 1 but not a quorum.", None
+    )
 
 
 # kind -> (the error the driver hands the journal, was the request sent to a coordinator?)
 FAULTS = {
     "cas_write_unknown": (_cas_write_unknown, True),
     "server_error": (lambda: ServerError(0x0000, "server shutting down", None), True),
-    "connection_closed": (lambda: ConnectionShutdown("Connection to 127.0.0.1:9042 was closed"),
-                          True),
-    "client_timeout": (lambda: OperationTimedOut({"127.0.0.1:9042": "Client request timeout"}),
-                       True),
+    "connection_closed": (
+        lambda: ConnectionShutdown("Connection to 127.0.0.1:9042 was closed"),
+        True,
+    ),
+    "client_timeout": (
+        lambda: OperationTimedOut({"127.0.0.1:9042": "Client request timeout"}),
+        True,
+    ),
     # Overloaded / IsBootstrapping after the mutation went to a replica (issue 23, item 1)
     "overloaded_in_flight": (
-        lambda: OverloadedErrorMessage(0x1001, "Coordinator node overloaded", None), True),
+        lambda: OverloadedErrorMessage(0x1001, "Coordinator node overloaded", None),
+        True,
+    ),
     "bootstrapping_in_flight": (
-        lambda: IsBootstrappingErrorMessage(0x1002, "Cannot perform", None), True),
-    "no_host": (lambda: NoHostAvailable("Unable to complete the operation against any hosts",
-                                        {"127.0.0.1:9042": ConnectionException("Pool is shutdown")}),
-                False),
+        lambda: IsBootstrappingErrorMessage(0x1002, "Cannot perform", None),
+        True,
+    ),
+    "no_host": (
+        lambda: NoHostAvailable(
+            "Unable to complete the operation against any hosts",
+            {"127.0.0.1:9042": ConnectionException("Pool is shutdown")},
+        ),
+        False,
+    ),
 }
 
 
@@ -101,8 +115,9 @@ class SendFault:
             if not hook.armed and hook.after is not None and not hook.landed.is_set():
                 cl = getattr(fut.message, "consistency_level", None)
                 hook.after.append((type(query).__name__, cl))
-            conditional = (isinstance(query, BatchStatement)
-                           and query.serial_consistency_level is not None)
+            conditional = (
+                isinstance(query, BatchStatement) and query.serial_consistency_level is not None
+            )
             if hook.armed and conditional:
                 hook.armed = False
                 hook.after = []
@@ -126,8 +141,9 @@ async def config(cassandra_contact, cassandra_keyspace):
     # These faults hit the per-append guard's conditional batch (the epoch guard's unconfirmed
     # writes are covered by tests/test_fence_schedules.py).
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          guard="per-append")
+    cfg = CassandraConfig(
+        contact_points=(host,), port=port, keyspace=cassandra_keyspace, guard="per-append"
+    )
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     await journal.close()
     return cfg
@@ -139,8 +155,10 @@ async def _ops(cfg: CassandraConfig, eid: str) -> list[str]:
     core = EntityCore(LEDGER, eid, journal, InMemorySnapshotStore(), SER, writer_id="reader")
     try:
         await core.start()
-        return [SER.decode(e.serializer_id, e.manifest, e.payload).op_id
-                async for e in journal.replay(LEDGER.persistence_id(eid))]
+        return [
+            SER.decode(e.serializer_id, e.manifest, e.payload).op_id
+            async for e in journal.replay(LEDGER.persistence_id(eid))
+        ]
     finally:
         await core.stop()
         await journal.close()
@@ -152,8 +170,9 @@ async def test_persist_failed_only_for_writes_that_never_happen(config, monkeypa
     journal = await CassandraJournal.connect(config)
     fault = SendFault(kind)
     fault.install(monkeypatch)
-    core = EntityCore(LEDGER, eid, journal, InMemorySnapshotStore(), SER,
-                      writer_id=uuid.uuid4().hex[:12])
+    core = EntityCore(
+        LEDGER, eid, journal, InMemorySnapshotStore(), SER, writer_id=uuid.uuid4().hex[:12]
+    )
     try:
         assert await core.handle(Append("op-1", 5)) == 5
         fault.armed = True
@@ -186,7 +205,7 @@ async def test_persist_failed_only_for_writes_that_never_happen(config, monkeypa
 async def test_an_unconfirmed_append_over_a_rival_row_is_fenced_not_unknown(config, monkeypatch):
     """The serial read that decides an unconfirmed append finds another writer's row at its
     number: the append can never apply (its condition fails), so it is fenced, not unknown."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from raysource.journal.api import StoredEvent
     from raysource.journal.errors import ConcurrentWriteError
@@ -195,7 +214,7 @@ async def test_an_unconfirmed_append_over_a_rival_row_is_fenced_not_unknown(conf
     ser_id, manifest, payload = SER.encode(Appended("op-1", 5))
 
     def event(writer: str) -> StoredEvent:
-        return StoredEvent(pid, 1, payload, manifest, ser_id, datetime.now(timezone.utc), writer)
+        return StoredEvent(pid, 1, payload, manifest, ser_id, datetime.now(UTC), writer)
 
     journal = await CassandraJournal.connect(config)
     try:
@@ -254,7 +273,7 @@ class AnswerFault:
 
 def _text(query) -> str:  # noqa: ANN001
     ps = getattr(query, "prepared_statement", None)
-    return (getattr(ps or query, "query_string", "") or "")
+    return getattr(ps or query, "query_string", "") or ""
 
 
 def _conditional(query) -> bool:  # noqa: ANN001
@@ -266,7 +285,7 @@ async def test_overloaded_after_the_write_landed(config, monkeypatch, kind):
     """Cassandra executes the conditional append, then the coordinator's answer is Overloaded
     (IsBootstrapping): ``append`` must not raise "nothing written" (``JournalUnavailableError``
     proper). Its serial re-read finds the group: ``append`` returns, the group is stored once."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from raysource.journal.api import StoredEvent
 
@@ -277,7 +296,7 @@ async def test_overloaded_after_the_write_landed(config, monkeypatch, kind):
 
     def event(seq: int, op: str) -> StoredEvent:
         ser_id, manifest, payload = SER.encode(Appended(op, seq))
-        return StoredEvent(pid, seq, payload, manifest, ser_id, datetime.now(timezone.utc), "w")
+        return StoredEvent(pid, seq, payload, manifest, ser_id, datetime.now(UTC), "w")
 
     try:
         await journal.append([event(1, "op-1")])
@@ -285,8 +304,10 @@ async def test_overloaded_after_the_write_landed(config, monkeypatch, kind):
         await journal.append([event(2, "op-2"), event(3, "op-3")])  # decided by the re-read
         assert fault.fired == 1 and fault.sends == 1, (fault.fired, fault.sends)  # not re-sent
         assert fault.real[0].parsed_rows[0][0] is True  # Cassandra really applied the batch
-        stored = [SER.decode(e.serializer_id, e.manifest, e.payload).op_id
-                  async for e in journal.replay(pid)]
+        stored = [
+            SER.decode(e.serializer_id, e.manifest, e.payload).op_id
+            async for e in journal.replay(pid)
+        ]
         assert stored == ["op-1", "op-2", "op-3"]
     finally:
         await journal.close()
@@ -308,8 +329,9 @@ async def test_overloaded_write_is_an_unknown_outcome_read_is_not(config, monkey
         fault.install(monkeypatch)
         fault.armed = True
         with pytest.raises(JournalOutcomeUnknownError):
-            await session.execute(f"INSERT INTO {ks}.ov (k, v) VALUES (%s, %s)", ("a", 1),
-                                  prepare=False)
+            await session.execute(
+                f"INSERT INTO {ks}.ov (k, v) VALUES (%s, %s)", ("a", 1), prepare=False
+            )
         assert fault.fired == 1 and fault.sends == 1
         assert await session.select_one(f"SELECT v FROM {ks}.ov WHERE k = 'a'") is not None
         is_select = lambda q: "SELECT v FROM" in _text(q)  # noqa: E731

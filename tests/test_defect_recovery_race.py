@@ -15,14 +15,14 @@ journal when it is alive, and a command the new activation was fenced on is abse
 from __future__ import annotations
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
-from raysource.runtime.errors import AggregateStoppedError, CommandRejected
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.core import EntityCore
+from raysource.runtime.errors import AggregateStoppedError, CommandRejected
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 SER = serialization_for(SHOW, StoreSpec())
 EID = "race"
@@ -73,8 +73,7 @@ def journal_fold(journal: InMemoryJournal):
     return state, invalid
 
 
-@pytest.mark.parametrize("point", ["replay-end", "replay-start", "before-highest",
-                                   "after-highest"])
+@pytest.mark.parametrize("point", ["replay-end", "replay-start", "before-highest", "after-highest"])
 async def test_a_second_writer_during_recovery_is_fenced_or_seen(point) -> None:
     journal = HookedJournal()
     old = _core(journal, "old")
@@ -95,8 +94,9 @@ async def test_a_second_writer_during_recovery_is_fenced_or_seen(point) -> None:
     assert invalid == [], f"seat booked twice at {point}: {invalid}"
     assert state.holder("A2") == "bob"
     assert not isinstance(outcome, SeatReserved), outcome  # carol never got A2
-    holders = [SER.decode(e.serializer_id, e.manifest, e.payload).customer
-               for e in journal.events(PID)]
+    holders = [
+        SER.decode(e.serializer_id, e.manifest, e.payload).customer for e in journal.events(PID)
+    ]
     assert "carol" not in holders  # a fenced command is absent
     if not new.stopped:  # a live activation holds exactly the journal's state
         assert (await new.handle(GetShow())) == state and new.sequence_nr == len(holders)
@@ -127,8 +127,9 @@ async def test_recovery_replays_every_number_up_to_the_highest_it_read() -> None
     # what the new activation holds is exactly the fold of the numbers it claims
     prefix = SHOW.initial_state
     for stored in journal.events(PID)[: new.sequence_nr]:
-        prefix = SHOW.event_handler(prefix, SER.decode(stored.serializer_id, stored.manifest,
-                                                       stored.payload))
+        prefix = SHOW.event_handler(
+            prefix, SER.decode(stored.serializer_id, stored.manifest, stored.payload)
+        )
     assert new.state == prefix
     await new.stop()
     await old.stop()

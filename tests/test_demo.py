@@ -18,8 +18,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 def test_demo_shows_the_read_side(ray_local, cassandra_contact, cassandra_keyspace, tmp_path):
     host, port = cassandra_contact
     lines: list[str] = []
-    result = run_demo(seconds=4, contact=f"{host}:{port}", keyspace=cassandra_keyspace,
-                      results_dir=str(tmp_path), say=lines.append)
+    result = run_demo(
+        seconds=4,
+        contact=f"{host}:{port}",
+        keyspace=cassandra_keyspace,
+        results_dir=str(tmp_path),
+        say=lines.append,
+    )
     text = "\n".join(lines)
     assert result.exit_code == 0, text
     assert result.read_side_ok, text
@@ -35,8 +40,11 @@ def test_demo_shows_the_read_side(ray_local, cassandra_contact, cassandra_keyspa
     assert "durable-timer check PASSED" in text
     deadline = time.monotonic() + 10  # ray.kill is asynchronous
     while True:
-        left = [a["name"] for a in ray_local.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"raysource-projection:{rs.projection}:")]
+        left = [
+            a["name"]
+            for a in ray_local.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"raysource-projection:{rs.projection}:")
+        ]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.2)

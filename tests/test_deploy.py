@@ -46,13 +46,23 @@ def _no_unpinned_install(text: str) -> None:
 def test_ray_up_cluster_config() -> None:
     path = DEPLOY / "ray" / "cluster.yaml"
     (cfg,) = _docs(path)
-    for key in ("cluster_name", "provider", "auth", "head_start_ray_commands",
-                "worker_start_ray_commands", "setup_commands", "file_mounts"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "auth",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "setup_commands",
+        "file_mounts",
+    ):
         assert key in cfg, key
     assert cfg["provider"]["type"] == "local"
     assert cfg["provider"]["head_ip"] and cfg["provider"]["worker_ips"]
-    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
-              if "ray start" in c]
+    starts = [
+        c
+        for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
     assert any("ray start --head" in c for c in starts) and len(starts) == 2
     for cmd in starts:  # token auth on every node, the same token file copied to each
         assert "RAY_AUTH_MODE=token" in cmd, cmd
@@ -91,8 +101,10 @@ def test_kuberay_raycluster() -> None:
     dockerfile = (DEPLOY / "image" / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{PINNED_RAY}-py311" in dockerfile
     _no_unpinned_install(dockerfile)
-    for container, pod in ((head, head_group["template"]["spec"]),
-                           (worker, group["template"]["spec"])):
+    for container, pod in (
+        (head, head_group["template"]["spec"]),
+        (worker, group["template"]["spec"]),
+    ):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in env), env
         config = CassandraConfig.from_env(environ={k: v for k, v in env.items() if v})
@@ -108,8 +120,12 @@ def test_kuberay_raycluster() -> None:
 def test_cassandra_statefulset() -> None:
     path = DEPLOY / "cassandra" / "statefulset.yaml"
     kinds = _by_kind(path)
-    svc, sts, pdb, cm = (kinds["Service"], kinds["StatefulSet"], kinds["PodDisruptionBudget"],
-                         kinds["ConfigMap"])
+    svc, sts, pdb, cm = (
+        kinds["Service"],
+        kinds["StatefulSet"],
+        kinds["PodDisruptionBudget"],
+        kinds["ConfigMap"],
+    )
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
     assert sts["kind"] == "StatefulSet" and sts["spec"]["replicas"] == 3
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
@@ -148,7 +164,10 @@ def test_cassandra_statefulset() -> None:
 def test_production_schema_file_matches_cli() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "raysource.app.cli", "schema", "--dc", "dc1:3"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     assert (DEPLOY / "cassandra" / "schema.cql").read_text() == printed
     assert "'class': 'NetworkTopologyStrategy', 'dc1': 3" in printed
@@ -157,7 +176,9 @@ def test_production_schema_file_matches_cli() -> None:
 def test_schema_cli_refuses_unsafe_keyspace() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "raysource.app.cli", "schema", "--keyspace", "x; DROP TABLE y"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 2
     assert "invalid keyspace" in out.stderr and out.stdout == ""
@@ -167,6 +188,12 @@ def test_runbook_covers_security_and_the_corrected_batch_advice() -> None:
     text = (DEPLOY / "RUNBOOK.md").read_text()
     assert "single-partition" in text and "exempt" in text
     assert "Raise\n  `batch_size_fail_threshold`" not in text  # the old, wrong advice
-    for topic in ("RAY_AUTH_MODE=token", "PasswordAuthenticator", "cassandra-tls",
-                  "cassandra-credentials", "PodDisruptionBudget", "RAYSOURCE_CASSANDRA_PASSWORD_FILE"):
+    for topic in (
+        "RAY_AUTH_MODE=token",
+        "PasswordAuthenticator",
+        "cassandra-tls",
+        "cassandra-credentials",
+        "PodDisruptionBudget",
+        "RAYSOURCE_CASSANDRA_PASSWORD_FILE",
+    ):
         assert topic in text, topic

@@ -16,22 +16,22 @@ streams are checked once at the end, over every schedule, after the visibility d
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import dataclasses
 from collections import Counter
+from dataclasses import replace
 
 import pytest
+from fault_harness import LEDGER_T, POINTS, SER, Harness, Schedule
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from seeds import REPLAY, fresh
+from test_fault_properties import fault_specs, schedules
 
-from fault_harness import LEDGER_T, POINTS, SER, Harness, Schedule
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.snapshots.cassandra import CassandraSnapshotStore
 from raysource.testing.driver_faults import DRIVER_FAULT_KINDS, DriverFault, DriverFaults
 from raysource.testing.history import History, assert_no_violations, check_history
-from seeds import REPLAY, fresh
-from test_fault_properties import fault_specs, schedules
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
@@ -43,8 +43,12 @@ DISCARDED: Counter = Counter()  # schedules per kind whose featured fault could 
 @pytest.fixture(scope="module")
 def store(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=DELAY)
+    cfg = CassandraConfig(
+        contact_points=(host,),
+        port=port,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=DELAY,
+    )
     loop = asyncio.new_event_loop()
     journal = loop.run_until_complete(CassandraJournal.connect(cfg, create_schema=True))
     snapshots = CassandraSnapshotStore(journal.session, cfg)
@@ -73,9 +77,17 @@ KINDS = sorted(POINTS) + [f"driver:{k}" for k in DRIVER_FAULT_KINDS]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(data=st.data())
 def test_fault_schedules_on_cassandra(store, kind: str, data) -> None:
     _one_schedule(store, kind, data)
@@ -103,13 +115,24 @@ def _one_schedule(store, kind: str, data) -> None:  # noqa: ANN001
         featured = kind
 
     async def one():
-        h = Harness(schedule, journal, snapshots, turn_s=0.002, check_tags=False,
-                    call_timeout=20.0, driver=driver)
+        h = Harness(
+            schedule,
+            journal,
+            snapshots,
+            turn_s=0.002,
+            check_tags=False,
+            call_timeout=20.0,
+            driver=driver,
+        )
         return await h.run()
 
     run = loop.run_until_complete(one())
-    context = {"schedule": schedule, "fired": run.fired,
-               "driver": driver and driver.faults, "fresh seed": REPLAY}
+    context = {
+        "schedule": schedule,
+        "fired": run.fired,
+        "driver": driver and driver.faults,
+        "fresh seed": REPLAY,
+    }
     assert_no_violations(run.violations, context)
     if featured not in {f.split("@")[0] for f in run.fired}:
         # its point was never reached (e.g. no third snapshot save): sound, but not a test of
@@ -131,15 +154,24 @@ def test_every_stored_event_reached_its_tag_stream(store) -> None:
     async def check():
         await asyncio.sleep(DELAY * 2)
         return await check_history(
-            history, journal, aggregate_type=LEDGER_T, serialization=SER,
+            history,
+            journal,
+            aggregate_type=LEDGER_T,
+            serialization=SER,
             persistence_ids=[p for r in RUNS for p in r.persistence_ids],
-            command_of=lambda ev: ev.op_id, categorized=False)
+            command_of=lambda ev: ev.op_id,
+            categorized=False,
+        )
 
     fired = sorted({f.split("@")[0] for r in RUNS for f in r.fired})
-    assert_no_violations(loop.run_until_complete(check()),
-                         {"schedules": len(RUNS), "outcomes": dict(history.counts())})
+    assert_no_violations(
+        loop.run_until_complete(check()),
+        {"schedules": len(RUNS), "outcomes": dict(history.counts())},
+    )
     writes = sum(r.writes for r in RUNS)
-    print(f"{len(RUNS)} schedules on Cassandra, {writes} appends, outcomes "
-          f"{dict(history.counts())}, fault kinds fired: {fired}, discarded (featured fault "
-          f"never reached): {dict(DISCARDED)}")
+    print(
+        f"{len(RUNS)} schedules on Cassandra, {writes} appends, outcomes "
+        f"{dict(history.counts())}, fault kinds fired: {fired}, discarded (featured fault "
+        f"never reached): {dict(DISCARDED)}"
+    )
     assert writes > len(RUNS) and set(fired) == set(POINTS) | set(DRIVER_FAULT_KINDS), fired

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
-from raysource.examples.ledger import LEDGER, Append, Appended, LedgerState
-from raysource.journal.api import StoredEvent, StoredSnapshot
 from raysource.errors import (
     AggregateStoppedError,
     CommandRejected,
@@ -22,6 +21,8 @@ from raysource.errors import (
     PersistFailedError,
     WriteOutcomeUnknownError,
 )
+from raysource.examples.ledger import LEDGER, Append, Appended, LedgerState
+from raysource.journal.api import StoredEvent, StoredSnapshot
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.core import EntityCore
 from raysource.runtime.stores import StoreSpec, serialization_for
@@ -35,11 +36,10 @@ from raysource.testing.history import (
     check_history,
     classify,
 )
-from unit_guard import no_ray  # noqa: F401
 
 SER = serialization_for(LEDGER, StoreSpec())
 PID = LEDGER.persistence_id("acct")
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def ev(seq: int, op: str, amount: int = 1, writer: str = "w1") -> StoredEvent:
@@ -156,11 +156,14 @@ async def test_interleave_after_replay_and_scripting_by_nth_and_id() -> None:
     seen: list[int] = []
     inner = InMemoryJournal()
     await inner.append([ev(1, "a")])
-    j = fk.FaultyJournal(inner, [
-        fk.interleave(lambda: _note(seen, inner), "replay", after=True),
-        fk.fail("highest", nth=2, persistence_id=PID),
-        fk.fail("highest", persistence_id="ledger|other"),
-    ])
+    j = fk.FaultyJournal(
+        inner,
+        [
+            fk.interleave(lambda: _note(seen, inner), "replay", after=True),
+            fk.fail("highest", nth=2, persistence_id=PID),
+            fk.fail("highest", persistence_id="ledger|other"),
+        ],
+    )
     assert [e.sequence_nr async for e in j.replay(PID)] == [1]
     assert seen == [1]
     assert await j.highest_sequence_nr(PID) == 1  # call 1: no fault
@@ -175,8 +178,7 @@ async def _note(seen: list[int], inner: InMemoryJournal) -> None:
 
 async def test_seeded_faults_are_reproducible() -> None:
     async def run(seed: int) -> list[int]:
-        j = fk.FaultyJournal(InMemoryJournal(), [fk.fail(probability=0.5, times=None)],
-                             seed=seed)
+        j = fk.FaultyJournal(InMemoryJournal(), [fk.fail(probability=0.5, times=None)], seed=seed)
         failed = []
         for seq in range(1, 40):
             try:
@@ -191,9 +193,14 @@ async def test_seeded_faults_are_reproducible() -> None:
 
 async def test_faulty_snapshot_store() -> None:
     inner = InMemorySnapshotStore()
-    s = fk.FaultySnapshotStore(inner, [fk.fail("snapshot.save"),
-                                       fk.lose_response("snapshot.save", nth=2),
-                                       fk.fail("snapshot.load", nth=1)])
+    s = fk.FaultySnapshotStore(
+        inner,
+        [
+            fk.fail("snapshot.save"),
+            fk.lose_response("snapshot.save", nth=2),
+            fk.fail("snapshot.load", nth=1),
+        ],
+    )
     snap = StoredSnapshot(PID, 3, b"x", "m", 1, T0)
     with pytest.raises(JournalUnavailableError):
         await s.save(snap)
@@ -223,17 +230,28 @@ def test_bad_fault_specs_are_refused() -> None:
 async def check(journal, observations, **kw):
     kw.setdefault("expected_reply", lambda _cmd, state: state.balance)
     return await check_history(
-        observations, journal, aggregate_type=LEDGER, serialization=SER,
-        persistence_ids=[PID], command_of=lambda e: e.op_id, **kw)
+        observations,
+        journal,
+        aggregate_type=LEDGER,
+        serialization=SER,
+        persistence_ids=[PID],
+        command_of=lambda e: e.op_id,
+        **kw,
+    )
 
 
 async def test_a_sound_history_has_no_violation() -> None:
     j = InMemoryJournal()
     await j.append([ev(1, "op1")])
     await j.append([ev(2, "op2", 2), ev(3, "op3", 3)])
-    obs = [Observation("op1", "ok", 1), Observation("op2", "ok", 3), Observation("op3", "ok", 6),
-           Observation("op4", "not_applied"), Observation("op5", "rejected"),
-           Observation("op6", "unknown")]
+    obs = [
+        Observation("op1", "ok", 1),
+        Observation("op2", "ok", 3),
+        Observation("op3", "ok", 6),
+        Observation("op4", "not_applied"),
+        Observation("op5", "rejected"),
+        Observation("op6", "unknown"),
+    ]
     assert await check(j, obs, live=[LiveState(PID, 3, LedgerState(6, 3))]) == []
 
 
@@ -242,8 +260,11 @@ async def test_a_doubled_command_is_flagged() -> None:
     await j.append([ev(1, "op1")])
     await j.append([ev(2, "op2", 5)])
     await j.append([ev(3, "op2", 5, writer="w2")])
-    obs = [Observation("op1", "ok", 1), Observation("op2", "not_applied"),
-           Observation("op2", "ok", 11)]
+    obs = [
+        Observation("op1", "ok", 1),
+        Observation("op2", "not_applied"),
+        Observation("op2", "ok", 11),
+    ]
     vs = await check(j, obs)
     assert [v.kind for v in vs] == ["applied_twice"]
     assert vs[0].sequence_nrs == (2, 3) and "applied 2 times" in vs[0].message
@@ -262,8 +283,7 @@ async def test_not_applied_but_stored_unknown_twice_and_phantom_are_flagged() ->
     await j.append([ev(1, "op1"), ev(2, "op2"), ev(3, "op2"), ev(4, "ghost")])
     obs = [Observation("op1", "not_applied"), Observation("op2", "unknown")]
     vs = await check(j, obs, expected_reply=None)
-    assert sorted(v.kind for v in vs) == ["not_applied_present", "phantom",
-                                          "unknown_applied_twice"]
+    assert sorted(v.kind for v in vs) == ["not_applied_present", "phantom", "unknown_applied_twice"]
 
 
 async def test_an_interleaving_is_flagged() -> None:
@@ -273,8 +293,11 @@ async def test_an_interleaving_is_flagged() -> None:
     await j.append([ev(1, "op1", 1, "A")])
     await j.append([ev(2, "op2", 2, "A")])
     await j.append([ev(3, "op3", 4, "B")])
-    obs = [Observation("op1", "ok", 1), Observation("op2", "ok", 3),
-           Observation("op3", "ok", 5, "carol")]
+    obs = [
+        Observation("op1", "ok", 1),
+        Observation("op2", "ok", 3),
+        Observation("op3", "ok", 5, "carol"),
+    ]
     vs = await check(j, obs, live=[LiveState(PID, 3, LedgerState(5, 2), "B")])
     assert [v.kind for v in vs] == ["reply_mismatch", "state_mismatch"]
     assert "carol got 5" in vs[0].message and "gives 7" in vs[0].message
@@ -323,8 +346,9 @@ async def test_history_records_every_attempt_through_the_real_core() -> None:
     await h.ask("op3", core.handle(Append("op3", 3)))  # failed before send: not applied
     await h.ask("op4", core.handle(Append("op4", -1)))  # rejected
     assert [o.outcome for o in h.observations] == ["ok", "ok", "not_applied", "rejected"]
-    vs = await check(journal, h, live=[LiveState(PID, core.sequence_nr, core.state)],
-                     writes=journal.writes)
+    vs = await check(
+        journal, h, live=[LiveState(PID, core.sequence_nr, core.state)], writes=journal.writes
+    )
     assert vs == []
     await core.stop()
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fault_harness import ENTITIES, POINTS, FaultSpec, Schedule, run_schedule
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from seeds import REPLAY, fresh
+from unit_guard import no_ray  # noqa: F401
 
-from fault_harness import ENTITIES, POINTS, FaultSpec, Schedule, run_schedule
+from raysource.testing.history import assert_no_violations
 
 F = FaultSpec
 # The four defects of issue 10 as the smallest schedules that showed them on the pre-fix tree
@@ -22,37 +25,46 @@ F = FaultSpec
 MINIMAL = {
     # a lost response re-sent by the driver: the refused re-send was taken as "fenced", the
     # caller re-sent a command that was stored (applied twice)
-    "1-duplicate-send": Schedule(((0, 0, "e1", 1), (0, 0, "e1", 1)),
-                                 (F("duplicate", "append", 1),)),
+    "1-duplicate-send": Schedule(
+        ((0, 0, "e1", 1), (0, 0, "e1", 1)), (F("duplicate", "append", 1),)
+    ),
     # a second writer appends between a recovery's replay and its highest read: the new
     # activation skipped that event (reply, live state and even its snapshot wrong)
-    "2-interleaved-recovery": Schedule(((0, 0, "e1", 1), (0, 1, "e1", 2)),
-                                       (F("interleave", "highest", 2),)),
-    "2-stalled-recovery": Schedule(((0, 0, "e1", 1), (1, 1, "e1", 2), (0, 0, "e1", 3)),
-                                   (F("stall", "highest", 2),), release=30),
+    "2-interleaved-recovery": Schedule(
+        ((0, 0, "e1", 1), (0, 1, "e1", 2)), (F("interleave", "highest", 2),)
+    ),
+    "2-stalled-recovery": Schedule(
+        ((0, 0, "e1", 1), (1, 1, "e1", 2), (0, 0, "e1", 3)), (F("stall", "highest", 2),), release=30
+    ),
     # a two-command flush loses its tag rows: recovery re-tagged only the last command
-    "3-flush-tags": Schedule(((0, 0, "e1", 1), (1, 0, "e1", 2), (2, 0, "e1", 3)),
-                             (F("stall", "append", 1), F("tag_crash", "append", 2)),
-                             release=20),
+    "3-flush-tags": Schedule(
+        ((0, 0, "e1", 1), (1, 0, "e1", 2), (2, 0, "e1", 3)),
+        (F("stall", "append", 1), F("tag_crash", "append", 2)),
+        release=20,
+    ),
     # stored, unconfirmed, and the re-read failed: answered PersistFailedError, re-sent, twice
-    "4-failed-reread": Schedule(((0, 0, "e1", 1), (0, 0, "e1", 1)),
-                                (F("tag_crash", "append", 1), F("fail", "replay", 2))),
+    "4-failed-reread": Schedule(
+        ((0, 0, "e1", 1), (0, 0, "e1", 1)), (F("tag_crash", "append", 1), F("fail", "replay", 2))
+    ),
 }
-from raysource.testing.history import assert_no_violations
-from seeds import REPLAY, fresh
-from unit_guard import no_ray  # noqa: F401
 
 commands = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 1), st.sampled_from(ENTITIES),
-              st.integers(1, 9)), min_size=2, max_size=10).map(tuple)
+    st.tuples(st.integers(0, 2), st.integers(0, 1), st.sampled_from(ENTITIES), st.integers(1, 9)),
+    min_size=2,
+    max_size=10,
+).map(tuple)
 
 
 @st.composite
 def fault_specs(draw, kinds=tuple(POINTS)):
     kind = draw(st.sampled_from(kinds))
-    return FaultSpec(kind, draw(st.sampled_from(POINTS[kind])), draw(st.integers(1, 6)),
-                     after=draw(st.booleans()) if kind in ("stall", "interleave") else False,
-                     variant=draw(st.integers(0, 1)) if kind in ("timeout", "tag_crash") else 0)
+    return FaultSpec(
+        kind,
+        draw(st.sampled_from(POINTS[kind])),
+        draw(st.integers(1, 6)),
+        after=draw(st.booleans()) if kind in ("stall", "interleave") else False,
+        variant=draw(st.integers(0, 1)) if kind in ("timeout", "tag_crash") else 0,
+    )
 
 
 def schedules(kinds=tuple(POINTS), max_faults=4):
@@ -60,23 +72,33 @@ def schedules(kinds=tuple(POINTS), max_faults=4):
         Schedule,
         commands=commands,
         faults=st.lists(fault_specs(kinds), min_size=1, max_size=max_faults).map(tuple),
-        crashes=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 1)),
-                         max_size=1).map(tuple),
-        passivations=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 1),
-                                        st.sampled_from(ENTITIES)), max_size=2).map(tuple),
+        crashes=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 1)), max_size=1).map(tuple),
+        passivations=st.lists(
+            st.tuples(st.integers(0, 60), st.integers(0, 1), st.sampled_from(ENTITIES)), max_size=2
+        ).map(tuple),
         release=st.integers(0, 60),
     )
 
 
 def _check(schedule: Schedule, **kw) -> None:
     run = asyncio.run(run_schedule(schedule, **kw))
-    assert_no_violations(run.violations, {"schedule": schedule, "fired": run.fired,
-                                          "outcomes": dict(run.history.counts()),
-                                          "fresh seed": REPLAY})
+    assert_no_violations(
+        run.violations,
+        {
+            "schedule": schedule,
+            "fired": run.fired,
+            "outcomes": dict(run.history.counts()),
+            "fresh seed": REPLAY,
+        },
+    )
 
 
-SETTINGS = dict(deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.mark.parametrize("name", sorted(MINIMAL))
@@ -91,8 +113,7 @@ def test_random_fault_schedules_keep_every_promise(schedule: Schedule) -> None:
 
 
 @settings(max_examples=600, **SETTINGS)
-@given(schedules(kinds=("interleave", "stall", "delay", "lose_response", "timeout"),
-                 max_faults=3))
+@given(schedules(kinds=("interleave", "stall", "delay", "lose_response", "timeout"), max_faults=3))
 def test_a_second_writer_at_every_step_of_recovery_and_flush(schedule: Schedule) -> None:
     _check(schedule)
 
@@ -114,8 +135,7 @@ def test_fresh_seed_random_fault_schedules(schedule: Schedule) -> None:
 
 
 @fresh(100)
-@given(schedules(kinds=("interleave", "stall", "delay", "lose_response", "timeout"),
-                 max_faults=3))
+@given(schedules(kinds=("interleave", "stall", "delay", "lose_response", "timeout"), max_faults=3))
 def test_fresh_seed_second_writer(schedule: Schedule) -> None:
     _check(schedule)
 

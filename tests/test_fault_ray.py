@@ -26,6 +26,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.sharding.system import System, unique_system_name
+from raysource.testing.faults import WriteRecord
 from raysource.testing.history import (
     History,
     LiveState,
@@ -33,10 +34,8 @@ from raysource.testing.history import (
     check_history,
     classify,
 )
-from raysource.testing.faults import WriteRecord
 
-pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow,
-              pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow, pytest.mark.timeout(600)]
 
 DELAY = 1.0  # tag visibility delay
 ENTITIES = ("f1", "f2")
@@ -47,8 +46,7 @@ COMMANDS = 10  # per caller, at least (they go on until the chaos is over)
 @pytest.fixture(scope="module")
 def private_node():
     """A Cassandra node of our own (its pid is ours to freeze)."""
-    node = LocalCassandra(name="fault-ray", home=raysource_home(), heap="512M",
-                          port=free_port())
+    node = LocalCassandra(name="fault-ray", home=raysource_home(), heap="512M", port=free_port())
     node.stop()
     status = node.start()
     assert status.pid and status.started_by_us
@@ -79,16 +77,24 @@ async def _tag_row_writes(journal: CassandraJournal, cfg: CassandraConfig) -> li
     its own tag row even where the events table kept one row. Feeds ``two_writers``."""
     rows = await journal.session.select_all(
         f"SELECT persistence_id, sequence_nr, writer_id FROM {cfg.keyspace}.{cfg.tag_table}",
-        prepare=False)
+        prepare=False,
+    )
     return [WriteRecord(pid, writer, seq, seq, True, "ok", "tag row") for pid, seq, writer in rows]
 
 
 def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) -> None:
-    cfg = CassandraConfig(contact_points=(private_node.host,), port=private_node.port,
-                          keyspace="fault_ray", eventual_consistency_delay=DELAY,
-                          request_timeout=2.0)
-    system = System.start(unique_system_name("fault"), types=[LEDGER],
-                          store=StoreSpec.for_cassandra(cfg, create_schema=True))
+    cfg = CassandraConfig(
+        contact_points=(private_node.host,),
+        port=private_node.port,
+        keyspace="fault_ray",
+        eventual_consistency_delay=DELAY,
+        request_timeout=2.0,
+    )
+    system = System.start(
+        unique_system_name("fault"),
+        types=[LEDGER],
+        store=StoreSpec.for_cassandra(cfg, create_schema=True),
+    )
     history = History()
     lock = threading.Lock()
     chaos_log: list[str] = []
@@ -112,8 +118,9 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
             with lock:
                 inflight[entity] -= 1
             with lock:
-                history.record(cmd, classify(err), err if err is not None else reply,
-                               f"caller{idx}")
+                history.record(
+                    cmd, classify(err), err if err is not None else reply, f"caller{idx}"
+                )
             time.sleep(0.02)
 
     def kill(entity: str | None = None) -> None:
@@ -123,8 +130,10 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
             busy = inflight[entity]
         try:
             ray.kill(system.entity(LEDGER, entity).actor)
-            chaos_log.append(f"killed host of {entity} at {time.monotonic() - t0:.1f} s "
-                             f"({busy} commands in flight)")
+            chaos_log.append(
+                f"killed host of {entity} at {time.monotonic() - t0:.1f} s "
+                f"({busy} commands in flight)"
+            )
         except Exception as exc:  # noqa: BLE001 - already dead: fine
             chaos_log.append(f"kill {entity}: {exc!r}")
 
@@ -151,8 +160,9 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
             chaos_done.set()  # the callers stop after it
 
     for e in ENTITIES:  # warm up: every host is up before the chaos starts
-        history.record(f"warm-{e}", "ok",
-                       system.entity(LEDGER, e).ask(Append(f"warm-{e}", 1), timeout=120))
+        history.record(
+            f"warm-{e}", "ok", system.entity(LEDGER, e).ask(Append(f"warm-{e}", 1), timeout=120)
+        )
     t0 = time.monotonic()
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(CALLERS)]
     chaos_thread = threading.Thread(target=chaos)
@@ -178,10 +188,16 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
             pids = [LEDGER.persistence_id(e) for e in ENTITIES]
             writes = await _tag_row_writes(journal, cfg)
             violations = await check_history(
-                history, journal, aggregate_type=LEDGER,
+                history,
+                journal,
+                aggregate_type=LEDGER,
                 serialization=serialization_for(LEDGER, StoreSpec()),
-                persistence_ids=pids, command_of=lambda ev: ev.op_id, live=live,
-                writes=writes, expected_reply=lambda _cmd, state: state.balance)
+                persistence_ids=pids,
+                command_of=lambda ev: ev.op_id,
+                live=live,
+                writes=writes,
+                expected_reply=lambda _cmd, state: state.balance,
+            )
             writers = {p: {e.writer_id async for e in journal.replay(p)} for p in pids}
             return violations, writers, writes
         finally:
@@ -190,8 +206,16 @@ def test_kills_and_a_frozen_store_keep_every_promise(private_node, ray_local) ->
     counts = dict(history.counts())
     violations, writers, writes = asyncio.run(check())
     errors = Counter(type(o.value).__name__ for o in history.observations if o.outcome != "ok")
-    print("outcomes:", counts, "errors:", dict(errors), "writers:",
-          {p: len(w) for p, w in writers.items()}, "chaos:", chaos_log)
+    print(
+        "outcomes:",
+        counts,
+        "errors:",
+        dict(errors),
+        "writers:",
+        {p: len(w) for p, w in writers.items()},
+        "chaos:",
+        chaos_log,
+    )
     assert_no_violations(violations, {"outcomes": counts, "chaos": chaos_log})
     # the write log is not empty: the two_writers check had rows to compare
     assert len(writes) >= counts.get("ok", 0), (len(writes), counts)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import uuid
 
-from raysource.journal.errors import MigrationRequiredError
-
 import pytest
 
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.migrate import migrate_events
 from raysource.journal.cassandra.session import CassandraSession
+from raysource.journal.errors import MigrationRequiredError
 from raysource.testing.fence_faults import Writer, final_log
 from raysource.testing.fence_history import FenceHistory
 
@@ -22,15 +21,19 @@ LEGACY = """CREATE TABLE {ks}.messages (
     persistence_id text, partition_nr bigint, sequence_nr bigint, timestamp_us bigint,
     writer_id text, ser_id int, manifest text, payload blob, tags set<text>,
     meta map<text, text>, PRIMARY KEY ((persistence_id, partition_nr), sequence_nr))"""
-INS = ("INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
-       "writer_id, ser_id, manifest, payload) VALUES (?,?,?,?,?,?,?,?)")
+INS = (
+    "INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, timestamp_us, "
+    "writer_id, ser_id, manifest, payload) VALUES (?,?,?,?,?,?,?,?)"
+)
 
 
 async def test_unmigrated_keyspace_is_refused_or_read(cassandra_contact, cassandra_admin):
     host, port = cassandra_contact
     ks = f"atk_legacy_{uuid.uuid4().hex[:8]}"
-    cassandra_admin.execute(f"CREATE KEYSPACE {ks} WITH replication = "
-                            "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    cassandra_admin.execute(
+        f"CREATE KEYSPACE {ks} WITH replication = "
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
     try:
         cassandra_admin.execute(LEGACY.format(ks=ks))
         p = "acct-1"
@@ -61,6 +64,7 @@ async def test_unmigrated_keyspace_is_refused_or_read(cassandra_contact, cassand
             print("migrate copied", copied, "log after migrate:", log)
             await s.close()
             assert [n for n, _ in log][:3] == [1, 2, 3] and log[0][1] == b"old:1", (
-                f"old acknowledged events gone: highest was {high}, log now {log}")
+                f"old acknowledged events gone: highest was {high}, log now {log}"
+            )
     finally:
         cassandra_admin.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=60)

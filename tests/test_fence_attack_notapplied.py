@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -68,15 +68,19 @@ class Proxy:
 async def test_sent_batch_is_not_reported_not_applied(cassandra_contact, cassandra_admin):
     host, port = cassandra_contact
     ks = f"atk_reset_{uuid.uuid4().hex[:8]}"
-    cassandra_admin.execute(f"CREATE KEYSPACE {ks} WITH replication = "
-                            "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    cassandra_admin.execute(
+        f"CREATE KEYSPACE {ks} WITH replication = "
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
     proxy = Proxy(host, port)
     pport = await proxy.start()
     try:
         direct = await CassandraSession.open(
-            CassandraConfig(contact_points=(host,), port=port, keyspace=ks), create_schema=True)
-        cfg = CassandraConfig(contact_points=("127.0.0.1",), port=pport, keyspace=ks,
-                              reconnect_max_delay=1.0)
+            CassandraConfig(contact_points=(host,), port=port, keyspace=ks), create_schema=True
+        )
+        cfg = CassandraConfig(
+            contact_points=("127.0.0.1",), port=pport, keyspace=ks, reconnect_max_delay=1.0
+        )
         s = await CassandraSession.open(cfg)
         j = CassandraJournal(s, cfg)
         p = "acct-1"
@@ -87,7 +91,7 @@ async def test_sent_batch_is_not_reported_not_applied(cassandra_contact, cassand
                 proxy.armed = True
 
         j.hook = hook
-        ev = StoredEvent(p, 1, b"x" * 2500, "m", 1, datetime.now(timezone.utc), "w")
+        ev = StoredEvent(p, 1, b"x" * 2500, "m", 1, datetime.now(UTC), "w")
         err: BaseException | None = None
         try:
             await j.append([ev])
@@ -103,7 +107,8 @@ async def test_sent_batch_is_not_reported_not_applied(cassandra_contact, cassand
             stored = [e.sequence_nr async for e in reader.replay(p)]
         print("append raised", type(err).__name__, err, "; log holds", stored)
         assert not stored or err is None or isinstance(err, JournalOutcomeUnknownError), (
-            f"#1 is in the log, but the append said not applied: {type(err).__name__}: {err}")
+            f"#1 is in the log, but the append said not applied: {type(err).__name__}: {err}"
+        )
         await s.close()
         await direct.close()
     finally:

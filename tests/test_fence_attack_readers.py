@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -23,8 +23,9 @@ pytestmark = pytest.mark.cassandra
 @pytest.fixture
 async def session(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          partition_size=3)
+    cfg = CassandraConfig(
+        contact_points=(host,), port=port, keyspace=cassandra_keyspace, partition_size=3
+    )
     s = await CassandraSession.open(cfg, create_schema=True)
     yield s
     await s.close()
@@ -101,8 +102,7 @@ async def test_lazy_claim_writer_interleaves(session):
     if state is None:
         state = [(e.sequence_nr, bytes(e.payload)) async for e in c_journal.replay(p)]
     nxt = state[-1][0] + 1 if state else 1
-    ev = StoredEvent(p, nxt, f"C built on {state}".encode(), "x", 1,
-                     datetime.now(timezone.utc), "C")
+    ev = StoredEvent(p, nxt, f"C built on {state}".encode(), "x", 1, datetime.now(UTC), "C")
     acked = True
     try:
         await c_journal.append([ev])
@@ -111,8 +111,9 @@ async def test_lazy_claim_writer_interleaves(session):
         print("C refused:", repr(exc))
     final = await final_log(CassandraJournal(session, session.config), p)
     print("C state", state, "acked", acked, "final", final)
-    assert not acked or final[:len(state)] == state, (
-        f"C acked #{nxt} computed from {state}, but the valid log is {final}")
+    assert not acked or final[: len(state)] == state, (
+        f"C acked #{nxt} computed from {state}, but the valid log is {final}"
+    )
 
 
 async def test_a_reader_never_follows_a_void_head_record(session):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -31,8 +31,12 @@ SER = serialization_for(LEDGER, StoreSpec())
 @pytest.fixture
 async def session(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=1.0)
+    cfg = CassandraConfig(
+        contact_points=(host,),
+        port=port,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=1.0,
+    )
     s = await CassandraSession.open(cfg, create_schema=True)
     yield s
     await s.close()
@@ -52,8 +56,9 @@ async def test_rebuild_tags_an_invalid_row(session):
         if step == "append.after_fence" and info.get("first") == 2:
             reached.set()
             await go.wait()
-            raise JournalOutcomeUnknownError("injected: #2 passed its fence read, its tag "
-                                             "write failed")
+            raise JournalOutcomeUnknownError(
+                "injected: #2 passed its fence read, its tag write failed"
+            )
 
     cj.hook = c_hook
     t_c = asyncio.create_task(core.handle(Append("op-2", 2)))
@@ -63,8 +68,7 @@ async def test_rebuild_tags_an_invalid_row(session):
     vj.hook = vg
     await vj.begin_activation(pid, "V")
     sid, manifest, payload = SER.encode(Appended("op-V", 1000))
-    ev3 = StoredEvent(pid, 3, payload, manifest, sid, datetime.now(timezone.utc), "V",
-                      frozenset({"ledger"}))
+    ev3 = StoredEvent(pid, 3, payload, manifest, sid, datetime.now(UTC), "V", frozenset({"ledger"}))
     v_send, v_fence = vg.hold("append.before_w1"), vg.hold("append.after_w1")
     t_v = asyncio.create_task(vj.append([ev3]))
     await v_send.reached.wait()
@@ -87,13 +91,14 @@ async def test_rebuild_tags_an_invalid_row(session):
         await t_v
     except JournalError as exc:
         print("V:", type(exc).__name__)
-    final = [(e.sequence_nr, e.writer_id) async for e in
-             CassandraJournal(session, cfg).replay(pid)]
+    final = [(e.sequence_nr, e.writer_id) async for e in CassandraJournal(session, cfg).replay(pid)]
     done_us = time.time_ns() // 1000
     reader = CassandraJournal(session, cfg)
     while True:  # until the tag query's cutoff has passed every write above
-        tagged = [(t.event.persistence_id, t.event.sequence_nr, t.event.writer_id)
-                  async for t in reader.events_by_tag("ledger")]
+        tagged = [
+            (t.event.persistence_id, t.event.sequence_nr, t.event.writer_id)
+            async for t in reader.events_by_tag("ledger")
+        ]
         if time.time_ns() // 1000 - 1_000_000 > done_us + 200_000:
             break
         await asyncio.sleep(0.2)

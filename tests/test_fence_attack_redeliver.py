@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -23,15 +23,18 @@ pytestmark = pytest.mark.cassandra
 
 async def test_a_redelivered_append_writes_its_tag_rows(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=0.3)
+    cfg = CassandraConfig(
+        contact_points=(host,),
+        port=port,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=0.3,
+    )
     s = await CassandraSession.open(cfg, create_schema=True)
     try:
         j = CassandraJournal(s, cfg)
         p, tag = f"rd-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:6]}"
         await j.begin_activation(p, "w1")
-        ev = [StoredEvent(p, 1, b"a", "m", 1, datetime.now(timezone.utc), "w1",
-                          frozenset({tag}))]
+        ev = [StoredEvent(p, 1, b"a", "m", 1, datetime.now(UTC), "w1", frozenset({tag}))]
 
         async def fail_after_fence(step: str, **info: Any) -> None:
             if step == "append.after_fence":  # stands in for a failed tag write

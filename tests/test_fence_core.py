@@ -5,6 +5,7 @@ lost (real Cassandra, two entity cores as on two hosts)."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 
 import pytest
 
@@ -21,19 +22,20 @@ pytestmark = pytest.mark.cassandra
 SER = serialization_for(LEDGER, StoreSpec())
 
 
-async def test_a_fenced_activation_answers_unknown_and_stops(cassandra_contact,
-                                                             cassandra_keyspace):
+async def test_a_fenced_activation_answers_unknown_and_stops(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
     cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
     s1 = await CassandraSession.open(cfg, create_schema=True)
     s2 = await CassandraSession.open(cfg)
     eid = f"acct-{uuid.uuid4().hex[:8]}"
     try:
-        old = EntityCore(LEDGER, eid, CassandraJournal(s1, cfg), InMemorySnapshotStore(), SER,
-                         writer_id="old")
+        old = EntityCore(
+            LEDGER, eid, CassandraJournal(s1, cfg), InMemorySnapshotStore(), SER, writer_id="old"
+        )
         assert await old.handle(Append("op-1", 5)) == 5
-        new = EntityCore(LEDGER, eid, CassandraJournal(s2, cfg), InMemorySnapshotStore(), SER,
-                         writer_id="new")
+        new = EntityCore(
+            LEDGER, eid, CassandraJournal(s2, cfg), InMemorySnapshotStore(), SER, writer_id="new"
+        )
         await new.start()  # claims epoch 2, recovers #1
         assert new.state.balance == 5
         with pytest.raises(WriteOutcomeUnknownError):
@@ -44,8 +46,10 @@ async def test_a_fenced_activation_answers_unknown_and_stops(cassandra_contact,
         assert await new.handle(Append("op-4", 7)) == 12
         # the fenced write (#2 of epoch 1) is invalid for good: the log is op-1, op-4
         journal = CassandraJournal(s1, cfg)
-        ops = [SER.decode(e.serializer_id, e.manifest, e.payload).op_id
-               async for e in journal.replay(LEDGER.persistence_id(eid))]
+        ops = [
+            SER.decode(e.serializer_id, e.manifest, e.payload).op_id
+            async for e in journal.replay(LEDGER.persistence_id(eid))
+        ]
         assert ops == ["op-1", "op-4"]
         await new.stop()
         await old.stop()
@@ -54,13 +58,14 @@ async def test_a_fenced_activation_answers_unknown_and_stops(cassandra_contact,
         await s2.close()
 
 
-async def test_concurrent_flushes_of_many_aggregates_share_fence_reads(cassandra_contact,
-                                                                       cassandra_keyspace):
+async def test_concurrent_flushes_of_many_aggregates_share_fence_reads(
+    cassandra_contact, cassandra_keyspace
+):
     """20 aggregates flush at once on one journal (a host): their fence reads go out as fewer
     requests than flushes, and each aggregate still gets its own fence row's answer (one of
     them is fenced by a newer activation: only it fails, outcome unknown)."""
     import asyncio
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from raysource.journal.api import StoredEvent
     from raysource.journal.errors import WriterFencedError
@@ -83,13 +88,15 @@ async def test_concurrent_flushes_of_many_aggregates_share_fence_reads(cassandra
             return await real(stmt, params, **kw)
 
         s.execute = counting
-        now = datetime.now(timezone.utc)
-        res = await asyncio.gather(*(journal.append([StoredEvent(p, 1, b"x", "m#1", 1, now,
-                                                                 "host")]) for p in pids),
-                                   return_exceptions=True)
+        now = datetime.now(UTC)
+        res = await asyncio.gather(
+            *(journal.append([StoredEvent(p, 1, b"x", "m#1", 1, now, "host")]) for p in pids),
+            return_exceptions=True,
+        )
         s.execute = real
         assert [type(r).__name__ for r in res] == [
-            "WriterFencedError" if i == 7 else "NoneType" for i in range(20)]
+            "WriterFencedError" if i == 7 else "NoneType" for i in range(20)
+        ]
         assert isinstance(res[7], WriterFencedError)
         assert reads["many"] >= 1 and reads["many"] + reads["one"] < len(pids)
     finally:

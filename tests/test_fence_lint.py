@@ -11,8 +11,10 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.statements import journal_statements
 
 ROOT = Path(__file__).resolve().parents[1]
-WRITE = re.compile(r"\b(INSERT\s+INTO|UPDATE|DELETE\b[^;]*?\bFROM)\s+[\w.{}]*writer_fence\b",
-                   re.IGNORECASE | re.DOTALL)
+WRITE = re.compile(
+    r"\b(INSERT\s+INTO|UPDATE|DELETE\b[^;]*?\bFROM)\s+[\w.{}]*writer_fence\b",
+    re.IGNORECASE | re.DOTALL,
+)
 
 
 def _writes_fence_without_if(cql: str) -> bool:
@@ -21,13 +23,16 @@ def _writes_fence_without_if(cql: str) -> bool:
 
 def test_the_lint_catches_a_plain_write():
     assert _writes_fence_without_if("UPDATE ks.writer_fence SET epoch = 3 WHERE persistence_id = ?")
-    assert _writes_fence_without_if("INSERT INTO ks.writer_fence (persistence_id, epoch) "
-                                    "VALUES (?, ?)")
+    assert _writes_fence_without_if(
+        "INSERT INTO ks.writer_fence (persistence_id, epoch) VALUES (?, ?)"
+    )
     assert _writes_fence_without_if("DELETE FROM ks.writer_fence WHERE persistence_id = ?")
-    assert not _writes_fence_without_if("UPDATE ks.writer_fence SET epoch = 3 WHERE "
-                                        "persistence_id = ? IF epoch = 2")
-    assert not _writes_fence_without_if("SELECT epoch FROM ks.writer_fence "
-                                        "WHERE persistence_id = ?")
+    assert not _writes_fence_without_if(
+        "UPDATE ks.writer_fence SET epoch = 3 WHERE persistence_id = ? IF epoch = 2"
+    )
+    assert not _writes_fence_without_if(
+        "SELECT epoch FROM ks.writer_fence WHERE persistence_id = ?"
+    )
 
 
 def test_every_journal_statement_writes_the_fence_only_conditionally():

@@ -28,9 +28,11 @@ LEGACY_TABLE = """CREATE TABLE IF NOT EXISTS {ks}.messages (
     meta map<text, text>,
     PRIMARY KEY ((persistence_id, partition_nr), sequence_nr)
 ) WITH CLUSTERING ORDER BY (sequence_nr ASC)"""
-LEGACY_INSERT = ("INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, "
-                 "timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
-                 "VALUES (?,?,?,?,?,?,?,?,?,?)")
+LEGACY_INSERT = (
+    "INSERT INTO {ks}.messages (persistence_id, partition_nr, sequence_nr, "
+    "timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 async def test_migrate_converts_a_legacy_keyspace(cassandra_contact):
@@ -39,22 +41,51 @@ async def test_migrate_converts_a_legacy_keyspace(cassandra_contact):
     cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=ks, partition_size=3)
     session = await CassandraSession(cfg).connect(keyspace="")
     try:
-        await session.execute(f"CREATE KEYSPACE {ks} WITH replication = "
-                              "{'class': 'SimpleStrategy', 'replication_factor': 1}",
-                              prepare=False, timeout=60)
+        await session.execute(
+            f"CREATE KEYSPACE {ks} WITH replication = "
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+            prepare=False,
+            timeout=60,
+        )
         await session.execute(LEGACY_TABLE.format(ks=ks), prepare=False, timeout=60)
         pid = LEDGER.persistence_id("old")
         amounts = [5, 7, 11, 13, 17]  # 5 events over two partitions of 3
         for seq, amount in enumerate(amounts, 1):
             from raysource.examples.ledger import Appended
+
             sid, manifest, payload = SER.encode(Appended(f"op-{seq}", amount))
-            await session.execute(LEGACY_INSERT.format(ks=ks), (
-                pid, (seq - 1) // 3, seq, 1_700_000_000_000_000 + seq, "old-writer", sid,
-                manifest, payload, None, None))
+            await session.execute(
+                LEGACY_INSERT.format(ks=ks),
+                (
+                    pid,
+                    (seq - 1) // 3,
+                    seq,
+                    1_700_000_000_000_000 + seq,
+                    "old-writer",
+                    sid,
+                    manifest,
+                    payload,
+                    None,
+                    None,
+                ),
+            )
         # the CLI, as an operator runs it
         out = subprocess.run(
-            [sys.executable, "-m", "raysource.app.cli", "schema", "migrate", "--cassandra",
-             f"{host}:{port}", "--keyspace", ks], capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "raysource.app.cli",
+                "schema",
+                "migrate",
+                "--cassandra",
+                f"{host}:{port}",
+                "--keyspace",
+                ks,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         assert f"copied 5 rows from {ks}.messages into {ks}.messages_v2" in out.stdout
 
@@ -68,14 +99,29 @@ async def test_migrate_converts_a_legacy_keyspace(cassandra_contact):
         assert await core.handle(Append("op-6", 19)) == sum(amounts) + 19
         await core.stop()
         # epoch 1's record starts after the migrated epoch-0 rows
-        rows = await session.execute(f"SELECT epoch, start_seq, chain FROM {ks}.writer_epochs "
-                                     "WHERE persistence_id = ?", (pid,))
+        rows = await session.execute(
+            f"SELECT epoch, start_seq, chain FROM {ks}.writer_epochs WHERE persistence_id = ?",
+            (pid,),
+        )
         assert [(r.epoch, r.start_seq, list(r.chain)) for r in rows] == [(1, 6, [(0, 1), (1, 6)])]
         assert [e.writer_id async for e in journal.replay(pid)] == ["old-writer"] * 5 + ["new"]
         # a second run copies the same rows again (idempotent) and changes nothing
         out = subprocess.run(
-            [sys.executable, "-m", "raysource.app.cli", "schema", "migrate", "--cassandra",
-             f"{host}:{port}", "--keyspace", ks], capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "raysource.app.cli",
+                "schema",
+                "migrate",
+                "--cassandra",
+                f"{host}:{port}",
+                "--keyspace",
+                ks,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0 and "copied 5 rows" in out.stdout
         assert [e.sequence_nr async for e in journal.replay(pid)] == [1, 2, 3, 4, 5, 6]
     finally:

@@ -45,8 +45,9 @@ pytestmark = pytest.mark.cassandra
 @pytest.fixture
 async def session(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          partition_size=3)  # groups cross partitions in every schedule
+    cfg = CassandraConfig(
+        contact_points=(host,), port=port, keyspace=cassandra_keyspace, partition_size=3
+    )  # groups cross partitions in every schedule
     s = await CassandraSession.open(cfg, create_schema=True)
     yield s
     await s.close()
@@ -57,6 +58,7 @@ def maker(session, *, design_a: bool = False):
         j = CassandraJournal(session, session.config)
         j.unsound_design_a = design_a
         return j
+
     return make
 
 
@@ -101,7 +103,9 @@ async def test_s3_late_stale_write_with_a_later_timestamp_changes_nothing(sessio
     ks = session.config.keyspace
     rows = await session.execute(
         f"SELECT writer_id, WRITETIME(payload) FROM {ks}.messages_v2 WHERE persistence_id = ? "
-        f"AND partition_nr = 0 AND sequence_nr = 3", (p,))
+        f"AND partition_nr = 0 AND sequence_nr = 3",
+        (p,),
+    )
     stamps = {r[0]: r[1] for r in rows}
     assert set(stamps) == {"L", "E"} and stamps["L"] > stamps["E"]
 
@@ -134,8 +138,11 @@ class _UnconfirmedClaim:
         return await self._s.execute(stmt, params, **kw)
 
     async def select_one(self, stmt, params=None, **kw):
-        if stmt.serial_consistency_level is None and "writer_fence" in stmt.query_string \
-                and stmt.consistency_level in (8, 9):  # SERIAL, LOCAL_SERIAL
+        if (
+            stmt.serial_consistency_level is None
+            and "writer_fence" in stmt.query_string
+            and stmt.consistency_level in (8, 9)
+        ):  # SERIAL, LOCAL_SERIAL
             self.serial_reads += 1
         return await self._s.select_one(stmt, params, **kw)
 
@@ -162,8 +169,9 @@ async def test_s5_a_claim_that_times_out_is_resolved_by_a_serial_read(session, a
 async def test_s8_a_gap_in_the_old_pipeline_stays_invalid(session):
     async def land(journal, event):  # the old epoch's pipelined next flush lands
         claim = journal._claims[(event.persistence_id, "L")]
-        await session.execute(journal._ps["insert"],
-                              _row(event, journal._pn(4), claim.epoch, claim.epoch))
+        await session.execute(
+            journal._ps["insert"], _row(event, journal._pn(4), claim.epoch, claim.epoch)
+        )
 
     p = pid()
     h = await schedule_s8(maker(session), p, land)
@@ -211,8 +219,9 @@ async def test_last_segment_as_every_row_breaks_the_prefix_in_s8(session, monkey
 
     async def land(journal, event):
         claim = journal._claims[(event.persistence_id, "L")]
-        await session.execute(journal._ps["insert"],
-                              _row(event, journal._pn(4), claim.epoch, claim.epoch))
+        await session.execute(
+            journal._ps["insert"], _row(event, journal._pn(4), claim.epoch, claim.epoch)
+        )
 
     h = await schedule_s8(maker(session), pid(), land)
     assert any(x.startswith("H3") for x in h.problems()), h.problems()

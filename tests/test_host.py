@@ -6,11 +6,8 @@ import asyncio
 import sys
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
-from raysource.journal.errors import ConcurrentWriteError
-from raysource.runtime.errors import AggregateStoppedError, CommandRejected, PassivatedError
-from raysource.journal.memory import InMemoryJournal
-from raysource.journal.serialization import Serialization
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
@@ -20,9 +17,12 @@ from raysource.examples.seats import (
     SeatReserved,
     seat_label,
 )
+from raysource.journal.errors import ConcurrentWriteError
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.errors import AggregateStoppedError, CommandRejected, PassivatedError
 from raysource.runtime.host import AggregateHost, ids_matching
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 
 class Clock:
@@ -58,8 +58,10 @@ async def test_ask_activates_and_replies():
 async def test_ordered_asks_keep_caller_order():
     host = make_host()
     # submit out of order: seq 2, 1, 0 -> processed 0, 1, 2
-    tasks = [asyncio.ensure_future(host.ask_ordered("s", "c", i, ReserveSeat("A1", f"c{i}")))
-             for i in (2, 1, 0)]
+    tasks = [
+        asyncio.ensure_future(host.ask_ordered("s", "c", i, ReserveSeat("A1", f"c{i}")))
+        for i in (2, 1, 0)
+    ]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert results[2] == SeatReserved("A1", "c0")
     assert all(isinstance(r, CommandRejected) for r in results[:2])
@@ -70,8 +72,12 @@ async def test_idle_sweep_passivates_and_reactivation_recovers():
     clock = Clock()
     journal = InMemoryJournal()
     deactivated = []
-    host = make_host(journal, clock=clock, idle_timeout_s=10,
-                     on_deactivated=lambda e, r: deactivated.append((e, r)))
+    host = make_host(
+        journal,
+        clock=clock,
+        idle_timeout_s=10,
+        on_deactivated=lambda e, r: deactivated.append((e, r)),
+    )
     await host.ask("s", ReserveSeat("A1", "alice"))
     assert await host.sweep() == 0
     clock.t += 11
@@ -148,12 +154,18 @@ async def test_gated_handoff_leaves_nothing_of_the_moved_group_running():
 
     journal = Slow(latency=0.002)
     moved: set[str] = set()
-    host = make_host(journal, admit=lambda e: (
-        AggregateStoppedError(f"{e} moved") if e.startswith("a-") and "a" in moved else None))
+    host = make_host(
+        journal,
+        admit=lambda e: (
+            AggregateStoppedError(f"{e} moved") if e.startswith("a-") and "a" in moved else None
+        ),
+    )
     await host.ask("a-1", ReserveSeat("A1", "x"))
     await host.ask("b-1", ReserveSeat("A1", "y"))
-    queued = [asyncio.ensure_future(host.ask("a-1", ReserveSeat(seat_label(i), "q")))
-              for i in range(1, 20)]
+    queued = [
+        asyncio.ensure_future(host.ask("a-1", ReserveSeat(seat_label(i), "q")))
+        for i in range(1, 20)
+    ]
     slow = asyncio.ensure_future(host.ask("a-slow", ReserveSeat("A1", "z")))
     stopping = asyncio.ensure_future(host.passivate("b-1"))  # an unrelated stop goes on
     await asyncio.sleep(0)
@@ -164,8 +176,10 @@ async def test_gated_handoff_leaves_nothing_of_the_moved_group_running():
     assert not handoff.done()  # it waits for the recovery of a-slow
     gate.set()
     assert await handoff == 2  # a-1 and a-slow, each after its queued commands
-    assert all(r == SeatReserved(seat_label(i), "q")
-               for i, r in zip(range(1, 20), await asyncio.gather(*queued)))
+    assert all(
+        r == SeatReserved(seat_label(i), "q")
+        for i, r in zip(range(1, 20), await asyncio.gather(*queued))
+    )
     assert await slow == SeatReserved("A1", "z")
     assert not [e for e in host.active if e.startswith("a-")]
     with pytest.raises(AggregateStoppedError, match="moved") as refused:
@@ -236,8 +250,9 @@ async def test_failed_recovery_reaches_every_waiter_and_next_try_starts_anew():
             return await super().highest_sequence_nr(pid)
 
     host = make_host(Broken())
-    results = await asyncio.gather(*(host.ask("s", GetShow()) for _ in range(3)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(host.ask("s", GetShow()) for _ in range(3)), return_exceptions=True
+    )
     assert all(isinstance(r, Exception) for r in results)
     Broken.fail = False
     assert (await host.ask("s", GetShow())).reservations == {}
@@ -250,10 +265,13 @@ async def test_caller_order_survives_passivation():
     await host.ask_ordered("s", "c", 0, ReserveSeat("A1", "x"))
     await host.passivate("s")
     # the same caller continues its numbering on the fresh activation, out of order
-    results = await asyncio.wait_for(asyncio.gather(
-        host.ask_ordered("s", "c", 2, CancelReservation("A1", "x")),
-        host.ask_ordered("s", "c", 1, ReserveSeat("A2", "x")),
-    ), timeout=5)
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            host.ask_ordered("s", "c", 2, CancelReservation("A1", "x")),
+            host.ask_ordered("s", "c", 1, ReserveSeat("A2", "x")),
+        ),
+        timeout=5,
+    )
     assert results == [ReservationCancelled("A1", "x"), SeatReserved("A2", "x")]
     assert host.stats.activations == 2
     await host.close()
@@ -280,8 +298,7 @@ def make_ledger_host(journal=None, **kw) -> AggregateHost:
     ser = Serialization()
     LEDGER.register_types(ser)
     kw.setdefault("sweep_interval_s", 3600)
-    return AggregateHost(LEDGER, journal or InMemoryJournal(), InMemorySnapshotStore(), ser,
-                         **kw)
+    return AggregateHost(LEDGER, journal or InMemoryJournal(), InMemorySnapshotStore(), ser, **kw)
 
 
 async def test_many_callers_shuffled_keep_each_callers_order():
@@ -292,12 +309,15 @@ async def test_many_callers_shuffled_keep_each_callers_order():
     host = make_ledger_host(InMemoryJournal(latency=0.002))
     calls = [(c, i) for c in range(5) for i in range(40)]
     random.Random(7).shuffle(calls)
-    await asyncio.gather(*(host.ask_ordered("l", f"c{c}", i, Append(f"c{c}-{i:02d}"))
-                           for c, i in calls))
+    await asyncio.gather(
+        *(host.ask_ordered("l", f"c{c}", i, Append(f"c{c}-{i:02d}")) for c, i in calls)
+    )
     assert await host.ask("l", GetBalance()) == 200
     ser = host.serialization
-    ops = [ser.decode(e.serializer_id, e.manifest, e.payload).op_id
-           for e in host.journal.events("ledger|l")]
+    ops = [
+        ser.decode(e.serializer_id, e.manifest, e.payload).op_id
+        for e in host.journal.events("ledger|l")
+    ]
     for c in range(5):
         mine = [op for op in ops if op.startswith(f"c{c}-")]
         assert mine == [f"c{c}-{i:02d}" for i in range(40)]
@@ -305,8 +325,8 @@ async def test_many_callers_shuffled_keep_each_callers_order():
 
 
 async def test_ordered_duplicates_are_refused_and_gaps_are_skipped_after_the_timeout():
-    from raysource.runtime.errors import CommandError
     from raysource.examples.ledger import Append
+    from raysource.runtime.errors import CommandError
 
     host = make_ledger_host(order_gap_timeout_s=0.05)
     assert await host.ask_ordered("l", "c", 0, Append("a")) == 1

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
+from raysource.examples.seats import SHOW, ReserveSeat, ShowState
 from raysource.journal.errors import ConfigError
-from raysource.runtime.errors import PassivatedError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
-from raysource.examples.seats import SHOW, ReserveSeat, ShowState
+from raysource.runtime.errors import PassivatedError
 from raysource.runtime.host import AggregateHost
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 
 def make_host(journal: InMemoryJournal, **kw) -> AggregateHost:
     ser = Serialization()
     SHOW.register_types(ser)
-    return AggregateHost(SHOW, journal, InMemorySnapshotStore(), ser, sweep_interval_s=3600,
-                         **kw)
+    return AggregateHost(SHOW, journal, InMemorySnapshotStore(), ser, sweep_interval_s=3600, **kw)
 
 
 async def test_state_activates_recovers_and_writes_nothing():

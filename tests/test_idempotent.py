@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.errors import CommandRejected, ConfigError, UnserializableError
 from raysource.examples.ledger import LEDGER, Append, Appended, GetBalance, LedgerState
@@ -36,7 +37,6 @@ from raysource.runtime.idempotency import (
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.history import History, check_history
-from unit_guard import no_ray  # noqa: F401
 
 T = dataclasses.replace(LEDGER, snapshot=SnapshotPolicy(every_n_events=2, keep=1))
 SER = serialization_for(T, StoreSpec())
@@ -52,8 +52,9 @@ async def _stored(journal: InMemoryJournal, pid: str = PID) -> list[StoredEvent]
 
 
 def _core(journal, snaps, agg: AggregateType = T, writer: str = "w", **kw) -> EntityCore:
-    return EntityCore(agg, "a", journal, snaps, serialization_for(agg, StoreSpec()),
-                      writer_id=writer, **kw)
+    return EntityCore(
+        agg, "a", journal, snaps, serialization_for(agg, StoreSpec()), writer_id=writer, **kw
+    )
 
 
 def test_same_key_sequentially_and_concurrently_applies_once_with_the_same_reply() -> None:
@@ -65,8 +66,7 @@ def test_same_key_sequentially_and_concurrently_applies_once_with_the_same_reply
         await core.handle(Append("y", 1))  # another command in between moves the state
         late = await core.handle(Keyed(Append("x", 5), "k1"))
         # concurrently: both copies land in one flush; the second follows the first
-        both = await asyncio.gather(*(core.handle(Keyed(Append("z", 2), "k2"))
-                                      for _ in range(3)))
+        both = await asyncio.gather(*(core.handle(Keyed(Append("z", 2), "k2")) for _ in range(3)))
         assert core.stats.repeats == 4
         await core.stop()
         return first, again, late, both, await _stored(j), core.state
@@ -74,8 +74,11 @@ def test_same_key_sequentially_and_concurrently_applies_once_with_the_same_reply
     first, again, late, both, stored, state = _run(main())
     assert first == again == late == 5
     assert both == [8, 8, 8]  # + 2 + 2 repeats counted below
-    assert [SER.decode(e.serializer_id, e.manifest, e.payload).op_id for e in stored] == \
-        ["x", "y", "z"]
+    assert [SER.decode(e.serializer_id, e.manifest, e.payload).op_id for e in stored] == [
+        "x",
+        "y",
+        "z",
+    ]
     assert state.balance == 8
     assert [e.metadata.get(KEY_FIELD) for e in stored] == ["k1", None, "k2"]
 
@@ -224,7 +227,7 @@ def test_retention_by_count_evicts_the_oldest_keys_and_a_forgotten_key_applies_a
 
 def test_retention_by_age_forgets_keys_older_than_max_age() -> None:
     agg = dataclasses.replace(T, idempotency=IdempotencyPolicy(max_keys=None, max_age_s=60))
-    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
 
     async def main():
         j = InMemoryJournal()
@@ -277,8 +280,11 @@ class Opaque:  # a reply type the serialization does not know
 
 
 def _opaque_handler(state, command):
-    return persist(Appended(command.op_id, command.amount), reply=Opaque()) \
-        if command.amount > 0 else reject("no")
+    return (
+        persist(Appended(command.op_id, command.amount), reply=Opaque())
+        if command.amount > 0
+        else reject("no")
+    )
 
 
 def test_a_reply_that_cannot_be_stored_fails_its_command_and_writes_nothing() -> None:
@@ -301,12 +307,20 @@ def test_a_reply_that_cannot_be_stored_fails_its_command_and_writes_nothing() ->
 def test_the_history_checker_flags_a_key_applied_twice() -> None:
     async def main():
         j = InMemoryJournal()
-        ts = datetime.now(timezone.utc)
+        ts = datetime.now(UTC)
 
         def ev(seq, op, key):
             _, manifest, payload = SER.encode(Appended(op, 1))
-            return StoredEvent(PID, seq, payload, manifest, 1, ts, "w",
-                               metadata={KEY_FIELD: key, "ir": "1|json#1|MQ=="})
+            return StoredEvent(
+                PID,
+                seq,
+                payload,
+                manifest,
+                1,
+                ts,
+                "w",
+                metadata={KEY_FIELD: key, "ir": "1|json#1|MQ=="},
+            )
 
         # the same key with two (different-looking) applications: op ids differ, so only the
         # key rule can see that one logical command ran twice
@@ -316,8 +330,14 @@ def test_the_history_checker_flags_a_key_applied_twice() -> None:
         history = History()
         for cmd in ("x-1", "x-2", "y"):
             history.record(cmd, "ok")
-        return await check_history(history, j, aggregate_type=T, serialization=SER,
-                                   persistence_ids=[PID], command_of=lambda e: e.op_id)
+        return await check_history(
+            history,
+            j,
+            aggregate_type=T,
+            serialization=SER,
+            persistence_ids=[PID],
+            command_of=lambda e: e.op_id,
+        )
 
     violations = _run(main())
     assert [v.kind for v in violations] == ["key_applied_twice"]

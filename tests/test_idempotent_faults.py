@@ -12,23 +12,23 @@ unknown outcome left), and every acknowledged key is stored exactly once."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
+from fault_harness import Harness, Schedule
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from test_fault_cassandra import KINDS, featuring
+from test_fault_properties import SETTINGS, schedules
+from unit_guard import no_ray  # noqa: F401
 
-from fault_harness import POINTS, Harness, Schedule
 from raysource.examples.ledger import Append
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.idempotency import KEY_FIELD, Keyed
 from raysource.snapshots.memory import InMemorySnapshotStore
-from raysource.testing.history import assert_no_violations, classify
-from test_fault_cassandra import KINDS, featuring
-from test_fault_properties import SETTINGS, schedules
-from unit_guard import no_ray  # noqa: F401
+from raysource.testing.history import assert_no_violations
 
 DEADLINE_S = 4.0  # a caller's deadline per command (in-memory steps take milliseconds)
 
@@ -49,6 +49,7 @@ class KeyedHarness(Harness):
 
         async def crashed_is_unknown():
             from raysource.errors import HostCrashedError
+
             try:
                 return await task
             except asyncio.CancelledError:
@@ -58,8 +59,7 @@ class KeyedHarness(Harness):
             finally:
                 self.inflight[host_idx].discard(task)
 
-        obs = await self.history.ask(cmd, self._bounded(cmd, crashed_is_unknown()),
-                                     caller=caller)
+        obs = await self.history.ask(cmd, self._bounded(cmd, crashed_is_unknown()), caller=caller)
         return obs
 
     async def _caller(self, idx: int) -> None:
@@ -70,12 +70,14 @@ class KeyedHarness(Harness):
             deadline = time.monotonic() + self.deadline
             unknown_seen, pause = False, 0.001
             while True:
-                obs = await self._ask(h, self.entities[("e1", "e2").index(e)], cmd, amount,
-                                      f"caller{idx}")
+                obs = await self._ask(
+                    h, self.entities[("e1", "e2").index(e)], cmd, amount, f"caller{idx}"
+                )
                 out = obs.outcome
                 unknown_seen = unknown_seen or out == "unknown"
                 settled = out in ("ok", "rejected") or (
-                    out == "not_applied" and not unknown_seen and not _transient(obs.value))
+                    out == "not_applied" and not unknown_seen and not _transient(obs.value)
+                )
                 if settled or time.monotonic() > deadline:
                     self.final[cmd] = out if settled else "unknown"
                     break
@@ -86,12 +88,14 @@ class KeyedHarness(Harness):
 def _transient(err: BaseException) -> bool:
     from raysource.errors import AggregateStoppedError, PersistFailedError
     from raysource.journal.errors import JournalError
+
     return isinstance(err, (AggregateStoppedError, PersistFailedError, JournalError))
 
 
 async def _run(schedule: Schedule, journal=None, snapshots=None, **kw):
-    h = KeyedHarness(schedule, journal or InMemoryJournal(), snapshots or InMemorySnapshotStore(),
-                     **kw)
+    h = KeyedHarness(
+        schedule, journal or InMemoryJournal(), snapshots or InMemorySnapshotStore(), **kw
+    )
     run = await h.run()
     keys: Counter[str] = Counter()
     for pid in run.persistence_ids:
@@ -101,13 +105,16 @@ async def _run(schedule: Schedule, journal=None, snapshots=None, **kw):
     return h, run, keys
 
 
-def _check(schedule: Schedule, run_in=asyncio.run, fired: list | None = None,
-           **kw) -> Counter[str]:
+def _check(schedule: Schedule, run_in=asyncio.run, fired: list | None = None, **kw) -> Counter[str]:
     h, run, keys = run_in(_run(schedule, **kw))
     if fired is not None:
         fired.extend(run.fired)
-    context = {"schedule": schedule, "fired": run.fired, "final": h.final,
-               "outcomes": dict(run.history.counts())}
+    context = {
+        "schedule": schedule,
+        "fired": run.fired,
+        "final": h.final,
+        "outcomes": dict(run.history.counts()),
+    }
     assert_no_violations(run.violations, context)
     # the promise to callers: settled before the deadline, acknowledged keys stored once
     left = {c: o for c, o in h.final.items() if o not in ("ok", "rejected", "not_applied")}
@@ -118,7 +125,8 @@ def _check(schedule: Schedule, run_in=asyncio.run, fired: list | None = None,
         else:
             assert keys[cmd] == 0, f"{cmd}: {out}, yet stored {context}"
     return Counter(h.final.values()) + Counter(
-        f"attempt:{o.outcome}" for o in run.history.observations)
+        f"attempt:{o.outcome}" for o in run.history.observations
+    )
 
 
 TOTALS: Counter[str] = Counter()
@@ -142,11 +150,13 @@ def test_the_keyed_schedules_did_meet_unknown_outcomes() -> None:
 @given(st.integers(1, 6), st.integers(0, 60), st.booleans())
 def test_lost_responses_and_duplicates_with_a_crash(nth: int, crash_at: int, dup: bool) -> None:
     from fault_harness import FaultSpec
+
     kind = "duplicate" if dup else "lose_response"
-    schedule = Schedule(tuple((i % 3, i % 2, "e1", 1 + i) for i in range(8)),
-                        (FaultSpec(kind, "append", nth), FaultSpec("lose_response", "append",
-                                                                   nth + 2)),
-                        crashes=((crash_at, 0),))
+    schedule = Schedule(
+        tuple((i % 3, i % 2, "e1", 1 + i) for i in range(8)),
+        (FaultSpec(kind, "append", nth), FaultSpec("lose_response", "append", nth + 2)),
+        crashes=((crash_at, 0),),
+    )
     TOTALS.update(_check(schedule))
 
 
@@ -171,9 +181,17 @@ def cassandra_store(cassandra_contact, cassandra_keyspace):
 @pytest.mark.cassandra
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=2, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=2,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(data=st.data())
 def test_keyed_schedules_on_cassandra(cassandra_store, kind: str, data) -> None:
     """Two schedules per fault kind (featuring it early) on the real journal and snapshot store:
@@ -195,9 +213,19 @@ def test_keyed_schedules_on_cassandra(cassandra_store, kind: str, data) -> None:
         schedule = data.draw(featuring(kind))
         featured = kind
     fired: list[str] = []
-    TOTALS.update(_check(schedule, loop.run_until_complete, journal=journal,
-                         snapshots=snapshots, deadline=20.0, turn_s=0.002, check_tags=False,
-                         driver=driver, fired=fired))
+    TOTALS.update(
+        _check(
+            schedule,
+            loop.run_until_complete,
+            journal=journal,
+            snapshots=snapshots,
+            deadline=20.0,
+            turn_s=0.002,
+            check_tags=False,
+            driver=driver,
+            fired=fired,
+        )
+    )
     assume(featured in {f.split("@")[0] for f in fired})
     if driver is not None:
         assert driver.serial_reads >= 1, (schedule, fired)

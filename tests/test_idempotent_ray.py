@@ -48,18 +48,21 @@ def _journal(cfg: CassandraConfig, entity_ids) -> dict[str, list]:
     async def read():
         j = await CassandraJournal.connect(cfg)
         try:
-            return {e: [ev async for ev in j.replay(LEDGER.persistence_id(e))]
-                    for e in entity_ids}
+            return {e: [ev async for ev in j.replay(LEDGER.persistence_id(e))] for e in entity_ids}
         finally:
             await j.close()
+
     return asyncio.run(read())
 
 
 def test_killed_hosts_under_keyed_callers_apply_every_command_once(ray_local, config) -> None:
     import ray
 
-    resolver = LocalResolver(f"ik{uuid.uuid4().hex[:8]}", StoreSpec("cassandra", config),
-                             placement={LEDGER.name: "dedicated"})
+    resolver = LocalResolver(
+        f"ik{uuid.uuid4().hex[:8]}",
+        StoreSpec("cassandra", config),
+        placement={LEDGER.name: "dedicated"},
+    )
     entities = [f"ik-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
     replies: dict[str, int] = {}
     errors: list[tuple[str, BaseException]] = []
@@ -84,8 +87,7 @@ def test_killed_hosts_under_keyed_callers_apply_every_command_once(ray_local, co
         kills = 0
         while kills < KILLS and len(replies) + len(errors) < CALLERS * PER_CALLER:
             progress = len(replies)
-            while len(replies) < progress + 2 and len(replies) + len(errors) < \
-                    CALLERS * PER_CALLER:
+            while len(replies) < progress + 2 and len(replies) + len(errors) < CALLERS * PER_CALLER:
                 time.sleep(0.01)  # kill only hosts that are serving commands
             time.sleep(rng.uniform(0.0, 0.05))
             try:
@@ -109,8 +111,11 @@ def test_killed_hosts_under_keyed_callers_apply_every_command_once(ray_local, co
         assert len(replies) == CALLERS * PER_CALLER
 
         events = _journal(config, entities)
-        ops = Counter(SER.decode(e.serializer_id, e.manifest, e.payload).op_id
-                      for evs in events.values() for e in evs)
+        ops = Counter(
+            SER.decode(e.serializer_id, e.manifest, e.payload).op_id
+            for evs in events.values()
+            for e in evs
+        )
         keys = Counter(e.metadata.get(KEY_FIELD) for evs in events.values() for e in evs)
         writers = {e.writer_id for evs in events.values() for e in evs}
         assert len(writers) >= 4, writers  # the kills did end activations mid-load
@@ -123,8 +128,11 @@ def test_killed_hosts_under_keyed_callers_apply_every_command_once(ray_local, co
 
         # an upstream redelivery: the same message ids again, after all the kills
         ref = EntityRef(LEDGER, entities[0], resolver)
-        again = {op: ref.ask(Append(op, 1), timeout=60, idempotency_key=f"msg-{op}")
-                 for op in sorted(replies) if int(op.split("-")[1]) % 2 == 0}
+        again = {
+            op: ref.ask(Append(op, 1), timeout=60, idempotency_key=f"msg-{op}")
+            for op in sorted(replies)
+            if int(op.split("-")[1]) % 2 == 0
+        }
         assert again == {op: replies[op] for op in again}
         after = _journal(config, entities)
         assert {e: len(v) for e, v in after.items()} == {e: len(v) for e, v in events.items()}

@@ -15,6 +15,7 @@ import dataclasses
 
 import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.errors import OutcomeUnknownError, WriteOutcomeUnknownError
 from raysource.examples.ledger import LEDGER, Append
@@ -26,7 +27,6 @@ from raysource.runtime.idempotency import KEY_FIELD
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing import faults as fk
-from unit_guard import no_ray  # noqa: F401
 
 SER = serialization_for(LEDGER, StoreSpec())
 PID = LEDGER.persistence_id("a")
@@ -80,9 +80,17 @@ class FakeResolver:
 
     def resolve(self, _agg, _eid):
         if not self.actors or self.actors[-1].dead:
-            self.actors.append(FakeActor(AggregateHost(
-                self.agg, self.journal, self.snapshots, serialization_for(self.agg, StoreSpec()),
-                writer_prefix=f"actor{len(self.actors)}")))
+            self.actors.append(
+                FakeActor(
+                    AggregateHost(
+                        self.agg,
+                        self.journal,
+                        self.snapshots,
+                        serialization_for(self.agg, StoreSpec()),
+                        writer_prefix=f"actor{len(self.actors)}",
+                    )
+                )
+            )
         return self.actors[-1]
 
     def invalidate(self, _agg, _eid, handle=None):
@@ -177,8 +185,10 @@ def test_a_keyed_batch_is_answered_once_per_command_through_an_unknown_write() -
         r = FakeResolver()
         _unconfirmed_write_with_failed_reread(r)
         out = await EntityRef(LEDGER, "a", r).ask_many_async(
-            [Append(f"o{i}", 1) for i in range(4)], timeout=10,
-            idempotency_keys=[f"m{i}" for i in range(4)])
+            [Append(f"o{i}", 1) for i in range(4)],
+            timeout=10,
+            idempotency_keys=[f"m{i}" for i in range(4)],
+        )
         stored = await r.stored()
         await r.close()
         return out, stored

@@ -14,12 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.cassandra.config import CassandraConfig
 from raysource.app.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
-from raysource.journal.errors import ConfigError
+from raysource.app.inspect import diff_states, event_log, load_app, replay_states, resolve_type
 from raysource.app.local_node import free_port
-from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
@@ -30,9 +27,12 @@ from raysource.examples.seats import (
     ShowCreated,
     ShowState,
 )
-from raysource.app.inspect import diff_states, event_log, load_app, replay_states, resolve_type
-from raysource.testing.testkit import AggregateTestKit
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.errors import ConfigError
+from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.snapshots.cassandra import CassandraSnapshotStore
+from raysource.testing.testkit import AggregateTestKit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,9 @@ def test_diff_names_seat_and_customer():
     assert diff_states(before, after) == ["reservations['A1']: <absent> -> 'alice'"]
     assert diff_states(after, before) == ["reservations['A1']: 'alice' -> <absent>"]
     assert diff_states(ShowState(), ShowState(20, True, {})) == [
-        "seats: 100 -> 20", "created: False -> True"]
+        "seats: 100 -> 20",
+        "created: False -> True",
+    ]
 
 
 def test_diff_nested_dataclass_dict_list_tuple_set():
@@ -119,13 +121,19 @@ def test_resolve_type_and_load_app(tmp_path, monkeypatch):
         resolve_type("shows", [SHOW])
     assert load_app() == (SHOW,)
     (tmp_path / "my_shop_app.py").write_text(
-        "from raysource.examples.seats import SHOW\nTYPES = [SHOW]\nclass ns:\n    one = SHOW\n")
+        "from raysource.examples.seats import SHOW\nTYPES = [SHOW]\nclass ns:\n    one = SHOW\n"
+    )
     monkeypatch.setattr(sys, "path", list(sys.path))  # undo load_app's insert afterwards
     monkeypatch.chdir(tmp_path)  # the application module is found from the working directory
     assert load_app("my_shop_app:TYPES") == (SHOW,)
     assert load_app("my_shop_app:ns.one") == (SHOW,)
-    for bad in ("nocolon", "no_such_module_xyz:A", "raysource.examples.seats:NOPE",
-                "raysource.examples.seats:DEFAULT_SEATS", "my_shop_app:ns"):
+    for bad in (
+        "nocolon",
+        "no_such_module_xyz:A",
+        "raysource.examples.seats:NOPE",
+        "raysource.examples.seats:DEFAULT_SEATS",
+        "my_shop_app:ns",
+    ):
         with pytest.raises(ConfigError):
             load_app(bad)
 
@@ -148,8 +156,7 @@ def written(cassandra_contact, cassandra_keyspace):
         states: dict[str, list[ShowState]] = {}
         try:
             for agg, entity in ((SHOW, "s1"), (SHOW_SNAP, "snap1")):
-                kit = AggregateTestKit(agg, entity_id=entity, journal=journal,
-                                       snapshot_store=snaps)
+                kit = AggregateTestKit(agg, entity_id=entity, journal=journal, snapshot_store=snaps)
                 seen = [agg.initial_state]
                 for cmd in HISTORY:
                     result = await kit.arun(cmd)
@@ -187,11 +194,14 @@ async def test_event_log_returns_events_in_order_and_honours_ranges(journal):
     assert tail == [5, 6]
 
 
-@pytest.mark.parametrize("rng, match", [
-    ((0, None), "--from must be >= 1"),
-    ((4, 3), "below --from"),
-    ((7, None), "beyond the last event .* 6"),
-])
+@pytest.mark.parametrize(
+    "rng, match",
+    [
+        ((0, None), "--from must be >= 1"),
+        ((4, 3), "below --from"),
+        ((7, None), "beyond the last event .* 6"),
+    ],
+)
 async def test_event_log_bad_ranges(journal, rng, match):
     with pytest.raises(InvalidRangeError, match=match):
         [e async for e in event_log(journal, None, SHOW, "s1", *rng)]
@@ -228,8 +238,12 @@ async def test_replay_from_snapshot(journal, written):
     expected = written[1]["snap1"]
     snaps = await CassandraSnapshotStore.connect(written[0])
     try:
-        steps = [s async for s in replay_states(journal, None, SHOW_SNAP, "snap1", to_seq=5,
-                                                snapshots=snaps)]
+        steps = [
+            s
+            async for s in replay_states(
+                journal, None, SHOW_SNAP, "snap1", to_seq=5, snapshots=snaps
+            )
+        ]
     finally:
         await snaps.close()
     assert steps[0].from_snapshot and steps[0].sequence_nr == 4
@@ -247,9 +261,21 @@ def cli(written, *args: str, keyspace: str | None = None, contact: str | None = 
     contact = contact or f"{config.contact_points[0]}:{config.port}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", *args, "--cassandra", contact,
-         "--keyspace", keyspace or config.keyspace],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "raysource.app.cli",
+            *args,
+            "--cassandra",
+            contact,
+            "--keyspace",
+            keyspace or config.keyspace,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -282,16 +308,19 @@ def test_cli_replay_from_snapshot_with_app(written):
     assert r.stdout.splitlines()[-1] == f"state at 6: {written[1]['snap1'][6]!r}"
 
 
-@pytest.mark.parametrize("args, message", [
-    (("events", "concert", "s1"), "unknown aggregate type 'concert'; known types: show"),
-    (("events", "show", "nobody"), "no events for show 'nobody'"),
-    (("replay", "show", "nobody"), "no events for show 'nobody'"),
-    (("events", "show", "s1", "--from", "9"), "--from 9 is beyond the last event"),
-    (("events", "show", "s1", "--from", "3", "--to", "2"), "--to (2) is below --from (3)"),
-    (("replay", "show", "s1", "--to", "0"), "argument --to: must be > 0, got 0"),
-    (("replay", "show", "s1", "--to", "40"), "--to 40 is beyond the last event"),
-    (("events", "show", "s1", "--app", "nope_mod:X"), "cannot import the application module"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("events", "concert", "s1"), "unknown aggregate type 'concert'; known types: show"),
+        (("events", "show", "nobody"), "no events for show 'nobody'"),
+        (("replay", "show", "nobody"), "no events for show 'nobody'"),
+        (("events", "show", "s1", "--from", "9"), "--from 9 is beyond the last event"),
+        (("events", "show", "s1", "--from", "3", "--to", "2"), "--to (2) is below --from (3)"),
+        (("replay", "show", "s1", "--to", "0"), "argument --to: must be > 0, got 0"),
+        (("replay", "show", "s1", "--to", "40"), "--to 40 is beyond the last event"),
+        (("events", "show", "s1", "--app", "nope_mod:X"), "cannot import the application module"),
+    ],
+)
 def test_cli_errors_exit_2(written, args, message):
     r = cli(written, *args)
     assert r.returncode == 2, (r.stdout, r.stderr)

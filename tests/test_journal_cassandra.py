@@ -6,24 +6,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from raysource.journal.api import StoredEvent
-from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
-from raysource.journal.memory import InMemoryJournal
+from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.schema import create_schema, schema_cql
 from raysource.journal.cassandra.session import CassandraSession
+from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
+from raysource.journal.memory import InMemoryJournal
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def ev(pid: str, seq: int, tags=(), size: int = 40) -> StoredEvent:
-    return StoredEvent(pid, seq, (b"%d:" % seq).ljust(size, b"x"), "t.E#1", 1, T0,
-                       "w", frozenset(tags))
+    return StoredEvent(
+        pid, seq, (b"%d:" % seq).ljust(size, b"x"), "t.E#1", 1, T0, "w", frozenset(tags)
+    )
 
 
 # ---------------------------------------------------------------- config and schema (no node)
@@ -42,11 +43,16 @@ def test_config_validation_and_from_contact():
     assert cfg.contact_points == ("db.example",) and cfg.port == 9142
     assert cfg.write_consistency == "LOCAL_QUORUM" and cfg.serial_consistency == "LOCAL_SERIAL"
     assert CassandraConfig.from_contact("h").port == 9042
-    for kwargs in ({"partition_size": 0}, {"write_consistency": "MOST"},
-                   {"serial_consistency": "QUORUM"}, {"replication_strategy": "Nope"},
-                   {"replication_strategy": "NetworkTopologyStrategy"},
-                   {"username": "u"}, {"eventual_consistency_delay": 1, "tag_write_budget": 2},
-                   {"port": 0}):
+    for kwargs in (
+        {"partition_size": 0},
+        {"write_consistency": "MOST"},
+        {"serial_consistency": "QUORUM"},
+        {"replication_strategy": "Nope"},
+        {"replication_strategy": "NetworkTopologyStrategy"},
+        {"username": "u"},
+        {"eventual_consistency_delay": 1, "tag_write_budget": 2},
+        {"port": 0},
+    ):
         with pytest.raises(ConfigError):
             CassandraConfig(**kwargs)
     with pytest.raises(ConfigError):
@@ -54,11 +60,18 @@ def test_config_validation_and_from_contact():
 
 
 def test_schema_cql_for_operators():
-    cql = schema_cql(CassandraConfig(
-        keyspace="prod_ks", replication_strategy="NetworkTopologyStrategy",
-        datacenters={"dc1": 3, "dc2": 3}, local_dc="dc1"))
-    assert "CREATE KEYSPACE IF NOT EXISTS prod_ks WITH replication = {'class': " \
-           "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
+    cql = schema_cql(
+        CassandraConfig(
+            keyspace="prod_ks",
+            replication_strategy="NetworkTopologyStrategy",
+            datacenters={"dc1": 3, "dc2": 3},
+            local_dc="dc1",
+        )
+    )
+    assert (
+        "CREATE KEYSPACE IF NOT EXISTS prod_ks WITH replication = {'class': "
+        "'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 3}" in cql
+    )
     assert "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr, epoch)" in cql
     assert "prod_ks.writer_fence" in cql and "prod_ks.writer_epochs" in cql
     assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
@@ -71,9 +84,13 @@ def test_schema_cql_for_operators():
 
 @pytest.fixture(scope="module")
 def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
-    return CassandraConfig.from_contact(cassandra_contact, keyspace=cassandra_keyspace,
-                                        request_timeout=30.0, fetch_size=1000,
-                                        eventual_consistency_delay=0.4)
+    return CassandraConfig.from_contact(
+        cassandra_contact,
+        keyspace=cassandra_keyspace,
+        request_timeout=30.0,
+        fetch_size=1000,
+        eventual_consistency_delay=0.4,
+    )
 
 
 @pytest.fixture
@@ -87,8 +104,10 @@ async def session(config):
 @pytest.mark.cassandra
 async def test_session_select_and_stream(session, config):
     ks = config.keyspace
-    await session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.kv (k text, n int, v text, "
-                          "PRIMARY KEY (k, n))", prepare=False)
+    await session.execute(
+        f"CREATE TABLE IF NOT EXISTS {ks}.kv (k text, n int, v text, PRIMARY KEY (k, n))",
+        prepare=False,
+    )
     ins = f"INSERT INTO {ks}.kv (k, n, v) VALUES (?, ?, ?)"
     await asyncio.gather(*(session.execute(ins, ("a", i, f"v{i}")) for i in range(25)))
     row = await session.select_one(f"SELECT v FROM {ks}.kv WHERE k = ? AND n = ?", ("a", 3))
@@ -96,8 +115,10 @@ async def test_session_select_and_stream(session, config):
     assert await session.select_one(f"SELECT v FROM {ks}.kv WHERE k = ?", ("zz",)) is None
     rows = await session.select_all(f"SELECT n FROM {ks}.kv WHERE k = ?", ("a",))
     assert [r.n for r in rows] == list(range(25))
-    streamed = [r.n async for r in session.stream(f"SELECT n FROM {ks}.kv WHERE k = ?", ("a",),
-                                                  fetch_size=4)]
+    streamed = [
+        r.n
+        async for r in session.stream(f"SELECT n FROM {ks}.kv WHERE k = ?", ("a",), fetch_size=4)
+    ]
     assert streamed == list(range(25))
     with pytest.raises(JournalError) as ei:
         await session.execute(f"SELECT nope FROM {ks}.missing_table")
@@ -149,8 +170,9 @@ async def test_client_timeout_is_journal_unavailable(session, config):
 
     with pytest.raises(JournalUnavailableError) as info:
         for _ in range(20):
-            await session.execute(f"SELECT * FROM {config.keyspace}.{config.events_table}",
-                                  timeout=1e-6)
+            await session.execute(
+                f"SELECT * FROM {config.keyspace}.{config.events_table}", timeout=1e-6
+            )
     assert type(info.value) is JournalUnavailableError, repr(info.value)
     assert isinstance(info.value.__cause__, OperationTimedOut), repr(info.value.__cause__)
 
@@ -244,7 +266,8 @@ async def test_slow_tag_write_is_rewritten_before_ack(session, config):
         session.execute_batch = real  # type: ignore[method-assign]
     rows = await session.select_all(
         f"SELECT timestamp_us FROM {config.keyspace}.tag_views WHERE tag = ? AND bucket = ?",
-        (tag, time.time_ns() // 1000 // 3_600_000_000))
+        (tag, time.time_ns() // 1000 // 3_600_000_000),
+    )
     assert len(rows) == 2  # the slow row and its re-write
     await asyncio.sleep(0.55)
     got = [t async for t in j.events_by_tag(tag)]
@@ -286,8 +309,9 @@ async def test_two_journal_instances_fence_each_other(session, config, guard):
         cfg = config.with_(guard=guard)
         a, b = CassandraJournal(session, cfg), CassandraJournal(other, cfg)
         b_event = dataclasses.replace(ev(pid, 1), writer_id="w-b")  # another activation
-        res = await asyncio.gather(a.append([ev(pid, 1), ev(pid, 2)]),
-                                   b.append([b_event]), return_exceptions=True)
+        res = await asyncio.gather(
+            a.append([ev(pid, 1), ev(pid, 2)]), b.append([b_event]), return_exceptions=True
+        )
         names = sorted(type(r).__name__ for r in res)
         stored = [(e.sequence_nr, e.writer_id) async for e in b.replay(pid)]
         if guard == "per-append":

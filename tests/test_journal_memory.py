@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from raysource.journal.api import StoredEvent, StoredSnapshot
-from raysource.journal.errors import CorruptPayloadError, JournalUnavailableError, UnknownManifestError
+from raysource.journal.errors import (
+    CorruptPayloadError,
+    JournalUnavailableError,
+    UnknownManifestError,
+)
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
 from raysource.snapshots.memory import InMemorySnapshotStore
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def ev(pid: str, seq: int, payload: bytes = b"{}", manifest: str = "json#1") -> StoredEvent:

@@ -1,7 +1,8 @@
 """The rooms and the one-way import rule, read statically (a lazy import inside a function
 counts too).
 
-    app  ->  service  ->  examples  ->  testing  ->  sharding | readside  ->  runtime  ->  snapshots | timers  ->  journal
+    app  ->  service  ->  examples  ->  testing  ->  sharding | readside  ->  runtime
+         ->  snapshots | timers  ->  journal
 
 ``sharding`` and ``readside`` are peers (neither imports the other). The storage layers and the
 entity engine know nothing of Ray (only ``runtime/actors`` is Ray glue), and nothing below the
@@ -20,8 +21,18 @@ from rooms import facade_folder, rooms
 ROOT = Path(__file__).resolve().parents[1]
 # every room of pyproject's package-dir (tests/rooms.py) with its layer; test_rooms.py checks
 # that the two name the same rooms
-RANK = {"journal": 0, "snapshots": 1, "timers": 1, "runtime": 2, "readside": 3, "sharding": 3,
-        "testing": 4, "examples": 5, "service": 6, "app": 7}
+RANK = {
+    "journal": 0,
+    "snapshots": 1,
+    "timers": 1,
+    "runtime": 2,
+    "readside": 3,
+    "sharding": 3,
+    "testing": 4,
+    "examples": 5,
+    "service": 6,
+    "app": 7,
+}
 RAY_FREE = ("journal", "snapshots", "timers", "runtime", "testing")
 RAY_GLUE = ("runtime/actors", "testing/local_resolver.py")
 # testing/driver_faults.py injects faults below the Cassandra journal (into the driver's own
@@ -89,8 +100,9 @@ def test_import_raysource_is_ray_free() -> None:
     import sys
 
     code = "import sys, raysource; raysource.AggregateType; print('ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
     assert out.stdout.strip() == "False"
 
 

@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 
-from raysource.journal.errors import ConfigError
 from raysource.app.cli import build_parser, main
 from raysource.app.load_client import ClientResult
 from raysource.app.load_report import aggregate
 from raysource.app.loadtest import LoadTestParams, run_loadtest
 from raysource.app.workloads import make_workload, zipf_cum_weights
+from raysource.journal.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -34,18 +34,31 @@ def _check_counts(result: dict) -> None:
     assert sum(s["accepted"]) + sum(s["rejected"]) + sum(s["errors"]) == f["sent"]
     assert sum(result["latency_histogram"]["counts"]) == f["sent"]
     assert sum(k["count"] for k in f["by_kind"].values()) == f["sent"]
-    assert f["latency_ms"]["p50"] <= f["latency_ms"]["p95"] <= f["latency_ms"]["p99"] \
+    assert (
+        f["latency_ms"]["p50"]
+        <= f["latency_ms"]["p95"]
+        <= f["latency_ms"]["p99"]
         <= f["latency_ms"]["max"]
+    )
 
 
 @pytest.mark.ray
 @pytest.mark.cassandra
 @pytest.mark.timeout(120)
-def test_seats_loadtest_writes_consistent_json_and_png(ray_local, cassandra_contact,
-                                                        cassandra_keyspace, tmp_path):
-    params = LoadTestParams(workload="seats", entities=20, clients=2, duration_s=3.0,
-                            placement="hosted", shards=4, keyspace=cassandra_keyspace,
-                            results_dir=str(tmp_path), sample=6)
+def test_seats_loadtest_writes_consistent_json_and_png(
+    ray_local, cassandra_contact, cassandra_keyspace, tmp_path
+):
+    params = LoadTestParams(
+        workload="seats",
+        entities=20,
+        clients=2,
+        duration_s=3.0,
+        placement="hosted",
+        shards=4,
+        keyspace=cassandra_keyspace,
+        results_dir=str(tmp_path),
+        sample=6,
+    )
     report = run_loadtest(params, _contact(cassandra_contact), progress=False)
 
     result = json.loads(report.json_path.read_text())
@@ -67,20 +80,33 @@ def test_seats_loadtest_writes_consistent_json_and_png(ray_local, cassandra_cont
     assert gc["hosts"] >= 1 and gc["writes"] >= 1
 
     assert report.leftover_actors == []
-    left = [a["name"] for a in ray_local.util.list_named_actors(all_namespaces=True)
-            if report.system in a["name"]]
+    left = [
+        a["name"]
+        for a in ray_local.util.list_named_actors(all_namespaces=True)
+        if report.system in a["name"]
+    ]
     assert left == []
 
 
 @pytest.mark.ray
 @pytest.mark.cassandra
 @pytest.mark.timeout(120)
-def test_ledger_by_command_count_dedicated_guard_off(ray_local, cassandra_contact,
-                                                     cassandra_keyspace, tmp_path):
-    params = LoadTestParams(workload="ledger", entities=3, clients=2, duration_s=None,
-                            commands=101, placement="dedicated", guard=False,
-                            snapshot_every=10, keyspace=cassandra_keyspace,
-                            results_dir=str(tmp_path), sample=3)
+def test_ledger_by_command_count_dedicated_guard_off(
+    ray_local, cassandra_contact, cassandra_keyspace, tmp_path
+):
+    params = LoadTestParams(
+        workload="ledger",
+        entities=3,
+        clients=2,
+        duration_s=None,
+        commands=101,
+        placement="dedicated",
+        guard=False,
+        snapshot_every=10,
+        keyspace=cassandra_keyspace,
+        results_dir=str(tmp_path),
+        sample=3,
+    )
     report = run_loadtest(params, _contact(cassandra_contact), progress=False)
     result = report.result
     _check_counts(result)
@@ -97,9 +123,20 @@ def test_cli_loadtest_help_lists_parameters(capsys):
         main(["loadtest", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--workload", "--entities", "--clients", "--duration", "--commands",
-                 "--placement", "--snapshot-every", "--guard", "--address", "--cassandra",
-                 "--keyspace", "--results"):
+    for flag in (
+        "--workload",
+        "--entities",
+        "--clients",
+        "--duration",
+        "--commands",
+        "--placement",
+        "--snapshot-every",
+        "--guard",
+        "--address",
+        "--cassandra",
+        "--keyspace",
+        "--results",
+    ):
         assert flag in out
     args = build_parser().parse_args(["loadtest", "--commands", "50", "--guard", "off"])
     assert args.commands == 50 and args.duration is None and args.guard == "off"

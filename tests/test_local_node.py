@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from raysource.app.errors import CassandraNodeError
-from raysource.journal.errors import ConfigError
 from raysource.app.local_node import (
     LocalCassandra,
     cql_answers,
@@ -22,6 +21,7 @@ from raysource.app.local_node import (
     port_is_free,
     raysource_home,
 )
+from raysource.journal.errors import ConfigError
 
 pytestmark = pytest.mark.cassandra
 
@@ -83,7 +83,7 @@ def test_bogus_java_home_is_a_clear_error(tmp_path: Path) -> None:
 def test_wrong_java_version_is_a_clear_error(tmp_path: Path) -> None:
     fake = tmp_path / "jdk21" / "bin" / "java"
     fake.parent.mkdir(parents=True)
-    fake.write_text('#!/bin/sh\necho \'openjdk version "21.0.2" 2024-01-16\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"21.0.2\" 2024-01-16' >&2\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     with pytest.raises(CassandraNodeError, match="Java 21; Cassandra .* needs Java 17"):
         _node("java21-test", java_home=str(tmp_path / "jdk21")).start()
@@ -129,7 +129,9 @@ def test_cli_status_reports_the_session_node(cassandra_source) -> None:
         pytest.fail("this test needs the local node")  # CI always uses the local node
     out = subprocess.run(
         [sys.executable, "-m", "raysource.app.cli", "cassandra", "status"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert f"contact point {cassandra_source.contact_point}" in out.stdout

@@ -7,17 +7,18 @@ import json
 import logging
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
-from raysource.runtime.errors import CommandRejected, PersistFailedError
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat, seat_label
+from raysource.journal.errors import ConcurrentWriteError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
 from raysource.runtime.core import EntityCore
-from raysource.examples.seats import SHOW, GetShow, ReserveSeat, seat_label
+from raysource.runtime.errors import AggregateStoppedError, CommandRejected, PersistFailedError
 from raysource.runtime.host import AggregateHost
 from raysource.runtime.logs import JsonFormatter, configure_json_logging
 from raysource.runtime.metrics import METRICS, Metrics, error_kind
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 CMD = "raysource_commands_total"
 
@@ -30,13 +31,13 @@ def _ser() -> Serialization:
 
 def make_host(journal: InMemoryJournal | None = None, **kw) -> AggregateHost:
     kw.setdefault("sweep_interval_s", 3600)
-    return AggregateHost(SHOW, journal or InMemoryJournal(), InMemorySnapshotStore(), _ser(),
-                         **kw)
+    return AggregateHost(SHOW, journal or InMemoryJournal(), InMemorySnapshotStore(), _ser(), **kw)
 
 
 def make_core(journal: InMemoryJournal, metrics: Metrics, writer: str = "w1") -> EntityCore:
-    return EntityCore(SHOW, "s", journal, InMemorySnapshotStore(), _ser(), writer_id=writer,
-                      metrics=metrics)
+    return EntityCore(
+        SHOW, "s", journal, InMemorySnapshotStore(), _ser(), writer_id=writer, metrics=metrics
+    )
 
 
 class Clock:
@@ -73,7 +74,11 @@ def test_recorder_counts_sums_and_rejects_undeclared_labels():
 
 
 def test_error_kinds():
-    from raysource.journal.errors import ConcurrentWriteError, JournalUnavailableError, UnserializableError
+    from raysource.journal.errors import (
+        ConcurrentWriteError,
+        JournalUnavailableError,
+        UnserializableError,
+    )
 
     assert error_kind(ConcurrentWriteError("show|s", 2)) == "fenced"
     assert error_kind(JournalUnavailableError("x")) == "unavailable"
@@ -142,8 +147,10 @@ async def test_fencing_counts_a_fenced_journal_error_and_a_fenced_deactivation()
     await host.ask("s", ReserveSeat("A1", "alice"))
     other = make_core(journal, Metrics(), writer="other")  # a second writer takes #2
     await other.handle(ReserveSeat("A2", "bob"))
-    with pytest.raises(Exception):
+    # the write conflict stops the activation; the caller is told it stopped (not applied)
+    with pytest.raises(AggregateStoppedError) as stopped:
         await host.ask("s", ReserveSeat("A3", "carol"))
+    assert isinstance(stopped.value.__cause__, ConcurrentWriteError)
     m = host.metrics
     assert m.value("raysource_journal_errors_total", type="show", kind="fenced") == 1
     assert m.value(CMD, outcome="error") == 1
@@ -173,8 +180,15 @@ async def test_snapshot_failure_is_a_journal_error_not_a_failed_command():
 
 
 def test_json_formatter_carries_persistence_id_and_sequence_nr():
-    record = logging.LogRecord("raysource.runtime.core", logging.WARNING, __file__, 1,
-                               "%s: write failed", ("show|s",), None)
+    record = logging.LogRecord(
+        "raysource.runtime.core",
+        logging.WARNING,
+        __file__,
+        1,
+        "%s: write failed",
+        ("show|s",),
+        None,
+    )
     record.persistence_id, record.sequence_nr, record.writer_id = "show|s", 7, "w1"
     out = json.loads(JsonFormatter().format(record))
     assert out["message"] == "show|s: write failed"

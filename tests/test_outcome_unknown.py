@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat
 from raysource.journal.errors import JournalOutcomeUnknownError, JournalUnavailableError
-from raysource.runtime.errors import PersistFailedError, WriteOutcomeUnknownError
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.core import EntityCore
-from raysource.examples.seats import SHOW, GetShow, ReserveSeat
+from raysource.runtime.errors import PersistFailedError, WriteOutcomeUnknownError
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 
 class LateLandingJournal(InMemoryJournal):
@@ -42,8 +42,14 @@ class LateLandingJournal(InMemoryJournal):
 
 
 def _core(journal, writer: str) -> EntityCore:
-    return EntityCore(SHOW, "late", journal, InMemorySnapshotStore(),
-                      serialization_for(SHOW, StoreSpec()), writer_id=writer)
+    return EntityCore(
+        SHOW,
+        "late",
+        journal,
+        InMemorySnapshotStore(),
+        serialization_for(SHOW, StoreSpec()),
+        writer_id=writer,
+    )
 
 
 async def test_unconfirmed_write_is_reported_unknown_and_the_truth_wins() -> None:

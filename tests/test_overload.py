@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.examples.seats import SHOW, ReserveSeat, SeatReserved, seat_label
 from raysource.journal.errors import ConfigError, NotAppliedError
@@ -18,7 +19,6 @@ from raysource.journal.serialization import Serialization
 from raysource.runtime.errors import OverloadedError
 from raysource.runtime.host import AggregateHost
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
 
 
 class GatedJournal(InMemoryJournal):
@@ -39,15 +39,16 @@ class GatedJournal(InMemoryJournal):
 def _host(journal, **kw) -> AggregateHost:
     ser = Serialization()
     SHOW.register_types(ser)
-    return AggregateHost(SHOW, journal, InMemorySnapshotStore(), ser, sweep_interval_s=3600,
-                         **kw)
+    return AggregateHost(SHOW, journal, InMemorySnapshotStore(), ser, sweep_interval_s=3600, **kw)
 
 
 def _seats(journal: InMemoryJournal, show: str) -> set[str]:
     ser = Serialization()
     SHOW.register_types(ser)
-    return {ser.decode(e.serializer_id, e.manifest, e.payload).seat
-            for e in journal.events(SHOW.persistence_id(show))}
+    return {
+        ser.decode(e.serializer_id, e.manifest, e.payload).seat
+        for e in journal.events(SHOW.persistence_id(show))
+    }
 
 
 async def _until(condition, turns: int = 100_000) -> None:
@@ -98,8 +99,9 @@ async def test_host_wide_limit_across_aggregates() -> None:
         await host.state("show0")  # reads count too
     journal.gate.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-    applied = [(s, seat) for (s, seat), o in zip(calls, outcomes)
-               if not isinstance(o, BaseException)]
+    applied = [
+        (s, seat) for (s, seat), o in zip(calls, outcomes) if not isinstance(o, BaseException)
+    ]
     assert len(applied) == 6
     stored = {(f"show{i}", seat) for i in range(10) for seat in _seats(journal, f"show{i}")}
     assert stored == set(applied)
@@ -111,14 +113,17 @@ async def test_batch_beyond_the_mailbox_gets_refusals_as_a_suffix() -> None:
     host = _host(journal, max_mailbox=4)
     seats = [seat_label(i) for i in range(12)]
     batch = asyncio.ensure_future(
-        host.ask_many("gala", "caller-1", 0, [ReserveSeat(s, "cy") for s in seats]))
+        host.ask_many("gala", "caller-1", 0, [ReserveSeat(s, "cy") for s in seats])
+    )
     # every command admitted (in flight) or refused, the first flush held at the gate
-    await _until(lambda: host._in_flight_total + host.stats.overloaded == len(seats)
-                 and journal.waiting > 0)
+    await _until(
+        lambda: host._in_flight_total + host.stats.overloaded == len(seats) and journal.waiting > 0
+    )
     journal.gate.set()
     outcomes = await batch
-    kinds = ["ok" if o == SeatReserved(s, "cy") else type(o).__name__
-             for s, o in zip(seats, outcomes)]
+    kinds = [
+        "ok" if o == SeatReserved(s, "cy") else type(o).__name__ for s, o in zip(seats, outcomes)
+    ]
     assert kinds == ["ok"] * 4 + ["OverloadedError"] * 8
     assert _seats(journal, "gala") == set(seats[:4])
     await host.close()

@@ -25,17 +25,21 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 def test_batch_beyond_the_mailbox_on_ray(ray_local, cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
     config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
-    system = System.start(unique_system_name("ovl"), types=[LEDGER],
-                          store=StoreSpec.for_cassandra(config, create_schema=True),
-                          placement={"ledger": "dedicated"})
+    system = System.start(
+        unique_system_name("ovl"),
+        types=[LEDGER],
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        placement={"ledger": "dedicated"},
+    )
     acct = f"acct-{uuid.uuid4().hex[:6]}"
     try:
         ref = system.entity(LEDGER, acct)
         ops = [f"op{i}" for i in range(1200)]
         outcomes = ref.ask_many([Append(op) for op in ops], timeout=120)
         kinds = ["reply" if isinstance(o, int) else type(o).__name__ for o in outcomes]
-        assert kinds == ["reply"] * 1000 + ["OverloadedError"] * 200, \
-            {k: kinds.count(k) for k in set(kinds)}
+        assert kinds == ["reply"] * 1000 + ["OverloadedError"] * 200, {
+            k: kinds.count(k) for k in set(kinds)
+        }
         assert outcomes[999] == 1000  # the balance after the last applied one
         assert all(isinstance(o, OverloadedError) for o in outcomes[1000:])
         assert ref.ask(Append("after"), timeout=60) == 1001
@@ -47,8 +51,10 @@ def test_batch_beyond_the_mailbox_on_ray(ray_local, cassandra_contact, cassandra
         LEDGER.register_types(ser)
         journal = await CassandraJournal.connect(config)
         try:
-            return [ser.decode(e.serializer_id, e.manifest, e.payload).op_id
-                    async for e in journal.replay(LEDGER.persistence_id(acct))]
+            return [
+                ser.decode(e.serializer_id, e.manifest, e.payload).op_id
+                async for e in journal.replay(LEDGER.persistence_id(acct))
+            ]
         finally:
             await journal.close()
 

@@ -24,19 +24,21 @@ import cloudpickle
 import pytest
 import ray
 import ray.cloudpickle as ray_cloudpickle
+from readside_idle import until_caught_up
 
+from raysource.examples.reservations_view import (
+    VIEW_TABLE,
+    reservations_of,
+    reservations_projection,
+)
+from raysource.examples.seats import SHOW, CancelReservation, ReserveSeat, SeatReserved, seat_label
 from raysource.journal.api import TagOffset
-from raysource.readside.errors import ProjectionError
-from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
-from raysource.runtime.aggregate import AggregateType
-from raysource.examples.reservations_view import VIEW_TABLE, reservations_of, \
-    reservations_projection
-from raysource.examples.seats import SHOW, CancelReservation, ReserveSeat, SeatReserved, \
-    seat_label
-from raysource.readside.projection_actor import Projections
+from raysource.readside.errors import ProjectionError
 from raysource.readside.offsets import CassandraOffsetStore
+from raysource.readside.projection_actor import Projections
 from raysource.readside.projections import (
     EventStreams,
     ProjectionHandler,
@@ -47,9 +49,9 @@ from raysource.readside.projections import (
     slice_of,
     worker_key,
 )
-from raysource.testing.testkit import AggregateTestKit
+from raysource.runtime.aggregate import AggregateType
 from raysource.snapshots.memory import InMemorySnapshotStore
-from readside_idle import until_caught_up
+from raysource.testing.testkit import AggregateTestKit
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -57,8 +59,14 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 DELAY = 0.5
-FAST = ProjectionSettings(poll_interval=0.1, commit_every=10, commit_interval=0.3,
-                          retry_attempts=3, retry_backoff=0.05, retry_backoff_max=0.2)
+FAST = ProjectionSettings(
+    poll_interval=0.1,
+    commit_every=10,
+    commit_interval=0.3,
+    retry_attempts=3,
+    retry_backoff=0.05,
+    retry_backoff_max=0.2,
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,9 @@ def show_type(tag: str) -> AggregateType:
 
 @pytest.fixture(scope="module")
 def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
-    return CassandraConfig.from_contact(cassandra_contact, keyspace=cassandra_keyspace,
-                                        eventual_consistency_delay=DELAY)
+    return CassandraConfig.from_contact(
+        cassandra_contact, keyspace=cassandra_keyspace, eventual_consistency_delay=DELAY
+    )
 
 
 @pytest.fixture
@@ -112,9 +121,16 @@ async def start(control: Projections, spec: ProjectionSpec) -> None:
 
 
 def kits(journal, aggregate: AggregateType, ids) -> dict[str, AggregateTestKit]:
-    return {i: AggregateTestKit(aggregate, entity_id=i, journal=journal,
-                                snapshot_store=InMemorySnapshotStore(), roundtrip=False)
-            for i in ids}
+    return {
+        i: AggregateTestKit(
+            aggregate,
+            entity_id=i,
+            journal=journal,
+            snapshot_store=InMemorySnapshotStore(),
+            roundtrip=False,
+        )
+        for i in ids
+    }
 
 
 async def reserve_all(kit: AggregateTestKit, customers, first_seat: int = 0) -> None:
@@ -158,7 +174,8 @@ class _Recording(ProjectionHandler):
         await self.session.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} (tag text, worker text, boot bigint, "
             "n bigint, pid text, seq bigint, PRIMARY KEY ((tag), worker, boot, n))",
-            prepare=False)
+            prepare=False,
+        )
 
     async def prepare(self) -> None:
         self.boot, self.n = time.time_ns(), 0
@@ -174,22 +191,36 @@ class _Recording(ProjectionHandler):
         self.n += 1
         await self.session.execute(
             f"INSERT INTO {self.table} (tag, worker, boot, n, pid, seq) VALUES (?,?,?,?,?,?)",
-            (env.tag, f"{slice_of(env.persistence_id, 2)}", self.boot, self.n,
-             env.persistence_id, env.sequence_nr))
+            (
+                env.tag,
+                f"{slice_of(env.persistence_id, 2)}",
+                self.boot,
+                self.n,
+                env.persistence_id,
+                env.sequence_nr,
+            ),
+        )
 
 
 async def deliveries(session, keyspace: str, tag: str) -> list[tuple[str, int, int, str, int]]:
     """(worker slice-of-2, boot, n, pid, seq) in delivery order per worker activation."""
     rows = await session.select_all(
-        f"SELECT worker, boot, n, pid, seq FROM {keyspace}.deliveries WHERE tag = ?", (tag,),
-        profile=RAW_PROFILE)
+        f"SELECT worker, boot, n, pid, seq FROM {keyspace}.deliveries WHERE tag = ?",
+        (tag,),
+        profile=RAW_PROFILE,
+    )
     return sorted(tuple(r) for r in rows)
 
 
-def spec_for(tag: str, aggregate: AggregateType, *, n_slices: int = 1, fail_file: str = "",
-             settings: ProjectionSettings = FAST) -> ProjectionSpec:
-    return ProjectionSpec(f"rec-{tag}", tag, Recorder(fail_file), (aggregate,), n_slices,
-                          settings)
+def spec_for(
+    tag: str,
+    aggregate: AggregateType,
+    *,
+    n_slices: int = 1,
+    fail_file: str = "",
+    settings: ProjectionSettings = FAST,
+) -> ProjectionSpec:
+    return ProjectionSpec(f"rec-{tag}", tag, Recorder(fail_file), (aggregate,), n_slices, settings)
 
 
 # --------------------------------------------------------------------------- streams
@@ -220,10 +251,14 @@ async def test_streams_current_live_by_id_dedupe_and_slices(journal, session, co
     pid = agg.persistence_id("b")
     by_id = [e async for e in streams.events_by_persistence_id(pid, 2)]
     assert [(e.sequence_nr, e.event.customer, e.offset) for e in by_id] == [
-        (2, "u2", None), (3, "u3", None)]
+        (2, "u2", None),
+        (3, "u3", None),
+    ]
 
-    halves = [[e.persistence_id async for e in streams.current_events_by_tag(
-        tag, slices=([s], 2))] for s in (0, 1)]
+    halves = [
+        [e.persistence_id async for e in streams.current_events_by_tag(tag, slices=([s], 2))]
+        for s in (0, 1)
+    ]
     assert sorted(halves[0] + halves[1]) == sorted(e.persistence_id for e in current)
     assert all(slice_of(p, 2) == s for s in (0, 1) for p in halves[s])
 
@@ -240,23 +275,41 @@ async def test_streams_current_live_by_id_dedupe_and_slices(journal, session, co
         await until(lambda: _true(len(got) == 1), DELAY + 3, "the live event")
         first = got[0]
         assert (first.persistence_id, first.sequence_nr, first.event.customer) == (
-            agg.persistence_id("a"), 4, "late")
+            agg.persistence_id("a"),
+            4,
+            "late",
+        )
         # a duplicate tag row with a later offset, as the journal writes when a tag write is slow
         ts = time.time_ns() // 1000
         await session.execute(
             f"INSERT INTO {config.keyspace}.tag_views (tag, bucket, timestamp_us, persistence_id,"
             " sequence_nr, event_timestamp_us, writer_id, ser_id, manifest, payload, tags) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (tag, ts // 3_600_000_000, ts, first.persistence_id, 4, 0, "dup", 1,
-             f"show{tag}.SeatReserved#1", b'{"seat":"C1","customer":"late"}', {tag}))
+            (
+                tag,
+                ts // 3_600_000_000,
+                ts,
+                first.persistence_id,
+                4,
+                0,
+                "dup",
+                1,
+                f"show{tag}.SeatReserved#1",
+                b'{"seat":"C1","customer":"late"}',
+                {tag},
+            ),
+        )
         await ks["c"].arun(ReserveSeat("C2", "after"))
         await until(lambda: _true(len(got) >= 2), DELAY + 3, "the event after the duplicate")
         await asyncio.sleep(DELAY + 0.3)
         raw = [te async for te in journal.events_by_tag(tag, first.offset)]
         assert [(t.event.persistence_id, t.event.sequence_nr) for t in raw].count(
-            (first.persistence_id, 4)) == 1, "the duplicate row is in the raw tag stream"
+            (first.persistence_id, 4)
+        ) == 1, "the duplicate row is in the raw tag stream"
         assert [(e.persistence_id, e.sequence_nr) for e in got] == [
-            (first.persistence_id, 4), (agg.persistence_id("c"), 4)]
+            (first.persistence_id, 4),
+            (agg.persistence_id("c"), 4),
+        ]
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -272,8 +325,9 @@ async def _true(v: bool) -> bool:
 # --------------------------------------------------------------------------- the example view
 
 
-async def test_view_exactly_once_under_load_with_restart_and_kill(journal, session, config,
-                                                                  control):
+async def test_view_exactly_once_under_load_with_restart_and_kill(
+    journal, session, config, control
+):
     spec = reservations_projection(settings=FAST, audit=True)
     await start(control, spec)
     shows = [f"s{i}-{uuid.uuid4().hex[:4]}" for i in range(16)]
@@ -287,8 +341,11 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
         while time.monotonic() < stop_at:
             seat = f"A{rng.randint(1, 6)}"
             holder = kit.state.holder(seat)
-            cmd = CancelReservation(seat, holder) if holder else ReserveSeat(
-                seat, rng.choice(customers))
+            cmd = (
+                CancelReservation(seat, holder)
+                if holder
+                else ReserveSeat(seat, rng.choice(customers))
+            )
             assert (await kit.arun(cmd)).ok
             n += 1
             await asyncio.sleep(rng.uniform(0, 0.03))
@@ -303,8 +360,7 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
         (handle,) = control.handles(spec.name).values()
         ray.kill(handle, no_restart=False)  # crash: Ray re-creates it, it resumes by itself
 
-    written, _ = await asyncio.gather(asyncio.gather(*(writer(k) for k in ks.values())),
-                                      disrupt())
+    written, _ = await asyncio.gather(asyncio.gather(*(writer(k) for k in ks.values())), disrupt())
     written_at = time.time()
     total = sum(written)
     assert total > 300
@@ -313,8 +369,10 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
     expected_keys, expected_rows = set(), set()
     for show in shows:
         pid = SHOW.persistence_id(show)
-        events = [e async for e in EventStreams(journal, spec.serialization())
-                  .events_by_persistence_id(pid)]
+        events = [
+            e
+            async for e in EventStreams(journal, spec.serialization()).events_by_persistence_id(pid)
+        ]
         expected_keys |= {(pid, e.sequence_nr) for e in events}
         state = SHOW.apply(SHOW.initial_state, [e.event for e in events])
         expected_rows |= {(c, show, seat) for seat, c in state.reservations.items()}
@@ -323,7 +381,8 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
     async def applied() -> Counter:
         rows = await session.select_all(
             f"SELECT persistence_id, sequence_nr FROM {config.keyspace}.{VIEW_TABLE}_applied",
-            profile=RAW_PROFILE)
+            profile=RAW_PROFILE,
+        )
         return Counter((r[0], r[1]) for r in rows)
 
     async def all_applied():
@@ -334,12 +393,14 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
     counts = await applied()
     assert set(counts) == expected_keys, "no event missed, nothing foreign"
     assert max(counts.values()) == 1, "no event applied twice"
-    rows = await session.select_all(f"SELECT customer, show, seat FROM {config.keyspace}."
-                                    f"{VIEW_TABLE}", profile=RAW_PROFILE)
+    rows = await session.select_all(
+        f"SELECT customer, show, seat FROM {config.keyspace}.{VIEW_TABLE}", profile=RAW_PROFILE
+    )
     assert {tuple(r) for r in rows} == expected_rows, "the view equals a fold of the journal"
     for c in customers:
         assert await reservations_of(session, config.keyspace, c) == sorted(
-            (s, seat) for cc, s, seat in expected_rows if cc == c)
+            (s, seat) for cc, s, seat in expected_rows if cc == c
+        )
     (status,) = await control.status(spec.name)
     assert status["state"] == "running" and status["lag_events"] == 0
     assert status["error"] == ""
@@ -350,8 +411,9 @@ async def test_view_exactly_once_under_load_with_restart_and_kill(journal, sessi
 # --------------------------------------------------------------------------- offsets
 
 
-async def test_resume_exactly_after_stored_offset_and_reset_replays(journal, session, config,
-                                                                    control):
+async def test_resume_exactly_after_stored_offset_and_reset_replays(
+    journal, session, config, control
+):
     tag = f"of{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
     spec = spec_for(tag, agg)
@@ -384,8 +446,9 @@ async def test_resume_exactly_after_stored_offset_and_reset_replays(journal, ses
     await control.reset(spec, None)
     replay = await until(lambda: delivered(90), 20, "the replay after reset")
     third = [(p, s) for (_, b, _, p, s) in replay if b == max(r[1] for r in replay)]
-    assert sorted(third) == sorted({(agg.persistence_id(i), s)
-                                    for i in "xyz" for s in range(1, 16)})
+    assert sorted(third) == sorted(
+        {(agg.persistence_id(i), s) for i in "xyz" for s in range(1, 16)}
+    )
     (status,) = await control.status(spec.name)
     assert status["state"] == "running"
     for k in ks.values():
@@ -396,7 +459,8 @@ async def test_resume_exactly_after_stored_offset_and_reset_replays(journal, ses
 
 
 async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_order(
-        journal, session, config, control, tmp_path, capsys):
+    journal, session, config, control, tmp_path, capsys
+):
     tag = f"fa{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
     fail_file = tmp_path / "poison-on"
@@ -426,17 +490,24 @@ async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_or
         return d if (qid, 3) in d else None
 
     got = await until(q_done, 20, "q's event after the park")
-    assert [x for x in got if x[0] == pid] == [(pid, 1), (pid, 2), (pid, 3)], \
+    assert [x for x in got if x[0] == pid] == [(pid, 1), (pid, 2), (pid, 3)], (
         "p stops before its poison event (the flaky one delivered after retries)"
+    )
     assert [x for x in got if x[0] == qid] == [(qid, 1), (qid, 2), (qid, 3)]
-    assert [p.persistence_id for p in await CassandraOffsetStore(
-        session, config.keyspace).parked(spec.name)] == [pid]
+    assert [
+        p.persistence_id
+        for p in await CassandraOffsetStore(session, config.keyspace).parked(spec.name)
+    ] == [pid]
     assert await control.parked(spec.name) == [rec]
 
     from raysource.app.cli import main
 
-    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
-            "--keyspace", config.keyspace]
+    args = [
+        "--cassandra",
+        f"{config.contact_points[0]}:{config.port}",
+        "--keyspace",
+        config.keyspace,
+    ]
 
     def cli(*argv: str) -> int:  # the CLI runs its own event loop
         return main([*argv, *args])
@@ -450,8 +521,9 @@ async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_or
     assert await asyncio.to_thread(cli, "projection", "retry", spec.name, "--pid", pid) == 0
     assert f"{spec.name}: retry {pid}: 3 event(s) applied" in capsys.readouterr().out
     got = [(p, s) for (_, _, _, p, s) in await deliveries(session, config.keyspace, tag)]
-    assert [x for x in got if x[0] == pid] == [(pid, s) for s in range(1, 7)], \
+    assert [x for x in got if x[0] == pid] == [(pid, s) for s in range(1, 7)], (
         "resumed from the poison event, in order, nothing twice"
+    )
     (status,) = await control.status(spec.name)
     assert status["parked"] == [] and await control.parked(spec.name) == []
     # every write is done: once the worker is at the journal's end, the tag stream has had
@@ -469,7 +541,8 @@ async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_or
 
 
 async def test_two_slice_workers_split_the_tag_keeping_per_aggregate_order(
-        journal, session, config, control):
+    journal, session, config, control
+):
     tag = f"sl{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
     spec = spec_for(tag, agg, n_slices=2)
@@ -500,8 +573,7 @@ async def test_two_slice_workers_split_the_tag_keeping_per_aggregate_order(
     # tag is read about once in total, by the reader only (a tag row re-written by the
     # writer's at-least-once tag write, or a re-read page, may add a few)
     assert [s["role"] for s in statuses] == ["reader", "follower"], statuses
-    assert 60 <= statuses[0]["tag_rows_read"] <= 66 and statuses[1]["tag_rows_read"] == 0, \
-        statuses
+    assert 60 <= statuses[0]["tag_rows_read"] <= 66 and statuses[1]["tag_rows_read"] == 0, statuses
     for k in ks.values():
         await k.aclose()
 
@@ -528,8 +600,12 @@ def test_cli_projection_and_view(config, control, capsys):
         await j.close()
 
     asyncio.run(write())
-    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
-            "--keyspace", config.keyspace]
+    args = [
+        "--cassandra",
+        f"{config.contact_points[0]}:{config.port}",
+        "--keyspace",
+        config.keyspace,
+    ]
     _started.add("reservations-by-customer")
     assert main(["projection", "start", *args]) == 0
     out = capsys.readouterr().out
@@ -590,6 +666,7 @@ class _FlakyTagReads:
         if self.failures > 0:
             self.failures -= 1
             from raysource.journal.errors import JournalUnavailableError
+
             raise JournalUnavailableError("injected: Cassandra unavailable")
         async for te in self.journal.events_by_tag(tag, after, limit=limit):
             yield te
@@ -601,8 +678,14 @@ async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, se
     tag = f"ou{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)
     handler = _Collect()
-    spec = ProjectionSpec(f"out-{tag}", tag, lambda s, c: handler, (agg,), 1,
-                          dataclasses.replace(FAST, retry_backoff=0.2, retry_backoff_max=0.4))
+    spec = ProjectionSpec(
+        f"out-{tag}",
+        tag,
+        lambda s, c: handler,
+        (agg,),
+        1,
+        dataclasses.replace(FAST, retry_backoff=0.2, retry_backoff_max=0.4),
+    )
     ks = kits(journal, agg, ["o"])
     await reserve_all(ks["o"], ["a", "b", "c"])
     flaky = _FlakyTagReads(journal, failures=4)
@@ -611,6 +694,7 @@ async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, se
     await worker.boot()
     await worker.start()
     try:
+
         async def failing():
             st = await worker.status()
             return st if st["error"] else None
@@ -630,8 +714,8 @@ async def test_worker_rides_out_a_journal_outage_with_a_sync_handler(journal, se
 
 
 async def test_worker_status_records_the_lag_gauges(journal, session, config):
-    from raysource.runtime.metrics import Metrics
     from raysource.readside.worker import ProjectionWorker
+    from raysource.runtime.metrics import Metrics
 
     tag = f"lg{uuid.uuid4().hex[:6]}"
     agg = show_type(tag)

@@ -49,8 +49,9 @@ def quiet(session, config) -> Quiet:
 
 
 # the CLI loads its spec by reference: --spec test_projections_lifecycle:CLI_SPEC
-CLI_SPEC = ProjectionSpec(f"lifecli{uuid.uuid4().hex[:6]}", "lifecycle-cli", quiet, (LEDGER,),
-                          1, SETTINGS)
+CLI_SPEC = ProjectionSpec(
+    f"lifecli{uuid.uuid4().hex[:6]}", "lifecycle-cli", quiet, (LEDGER,), 1, SETTINGS
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,9 @@ def assert_public(exc: BaseException, what: str) -> None:
     """A raysource error whose class is public: importable from ``raysource.errors``."""
     assert isinstance(exc, RaysourceError), f"{what}: untyped {exc!r}"
     name = type(exc).__name__
-    assert getattr(raysource.errors, name, None) is type(exc), \
+    assert getattr(raysource.errors, name, None) is type(exc), (
         f"{what}: {type(exc).__module__}.{name} is not a public raysource error: {exc}"
+    )
 
 
 def only_worker(control: Projections, name: str):
@@ -112,8 +114,12 @@ async def test_start_stop_start_same_name_both_modes(config, schema, ray_local) 
     then under another name detached, as the CLI runs it (the CLI itself: a test below).
     Every call succeeds: no error of any type. (One mode after the other: run at the same
     time they took longer, both starting worker processes on the same cores.)"""
-    specs = [ProjectionSpec(f"life{mode}{uuid.uuid4().hex[:6]}", f"lifecycle-{mode}", quiet,
-                            (LEDGER,), 1, SETTINGS) for mode in ("own", "det")]
+    specs = [
+        ProjectionSpec(
+            f"life{mode}{uuid.uuid4().hex[:6]}", f"lifecycle-{mode}", quiet, (LEDGER,), 1, SETTINGS
+        )
+        for mode in ("own", "det")
+    ]
     controls = [Projections(config), Projections(config, detached=True)]
     try:
         for control, spec in zip(controls, specs):
@@ -128,8 +134,9 @@ async def test_second_start_adopts_the_running_worker(config, schema, ray_local)
     """A start of a running projection (owned) keeps its worker: the same one, still alive
     after Ray had time to act on the handles (the defect: it died, and ``_WorkerGone``
     escaped from start). Two Projections objects of one process share the kept handles."""
-    spec = ProjectionSpec(f"lifetwice{uuid.uuid4().hex[:6]}", "lifecycle-twice", quiet,
-                          (LEDGER,), 1, SETTINGS)
+    spec = ProjectionSpec(
+        f"lifetwice{uuid.uuid4().hex[:6]}", "lifecycle-twice", quiet, (LEDGER,), 1, SETTINGS
+    )
     first, second = Projections(config), Projections(config)
     try:
         await first.start(spec)
@@ -154,15 +161,18 @@ async def test_control_errors_are_public(config, schema, ray_local) -> None:
     projection, on a worker killed for good behind the API's back, and a start right after
     that kill (which replaces the worker)."""
     control = Projections(config)
-    spec = ProjectionSpec(f"lifeerr{uuid.uuid4().hex[:6]}", "lifecycle-err", quiet, (LEDGER,),
-                          1, SETTINGS)
+    spec = ProjectionSpec(
+        f"lifeerr{uuid.uuid4().hex[:6]}", "lifecycle-err", quiet, (LEDGER,), 1, SETTINGS
+    )
     try:
         await control.start(spec)
         await control.stop(spec.name)
-        for what, call in (("pause", control.pause(spec.name)),
-                           ("resume", control.resume(spec.name)),
-                           ("stop", control.stop(spec.name)),
-                           ("retry", control.retry(spec.name, "ledger|nobody"))):
+        for what, call in (
+            ("pause", control.pause(spec.name)),
+            ("resume", control.resume(spec.name)),
+            ("stop", control.stop(spec.name)),
+            ("retry", control.retry(spec.name, "ledger|nobody")),
+        ):
             with pytest.raises(ProjectionError) as caught:
                 await call
             assert_public(caught.value, what)
@@ -171,8 +181,11 @@ async def test_control_errors_are_public(config, schema, ray_local) -> None:
             worker = only_worker(control, spec.name)
             ray.kill(worker, no_restart=True)  # for good, not through the API
             outcomes = await asyncio.gather(
-                control.pause(spec.name), control.resume(spec.name),
-                control.retry(spec.name, "ledger|nobody"), return_exceptions=True)
+                control.pause(spec.name),
+                control.resume(spec.name),
+                control.retry(spec.name, "ledger|nobody"),
+                return_exceptions=True,
+            )
             for what, outcome in zip(("pause", "resume", "retry"), outcomes):
                 if isinstance(outcome, BaseException):
                     assert_public(outcome, what)
@@ -193,8 +206,14 @@ def test_start_stop_start_same_name_cli(config, schema, ray_local, capsys) -> No
     dead; every command exits 0."""
     from raysource.app.cli import main
 
-    args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
-            "--keyspace", config.keyspace, "--spec", f"{__name__}:CLI_SPEC"]
+    args = [
+        "--cassandra",
+        f"{config.contact_points[0]}:{config.port}",
+        "--keyspace",
+        config.keyspace,
+        "--spec",
+        f"{__name__}:CLI_SPEC",
+    ]
     name = CLI_SPEC.name
     control = Projections(config, detached=True)  # to find the workers
     seen = set()

@@ -56,16 +56,30 @@ def test_the_package_ships_to_ray_workers_with_py_modules(tmp_path: Path) -> Non
 
     shipped = Path(raysource.__file__).parent
     assert {p.name for p in shipped.iterdir()} >= {"journal", "runtime", "sharding", "testing"}
-    out = subprocess.run([sys.executable, "-c", DRIVER], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert "ada" in answer["state"], answer["state"]
     files = answer["files"]
-    for room in ("journal", "journal.cassandra", "runtime", "runtime.actors", "sharding",
-                 "readside", "testing", "examples", "snapshots", "timers"):
+    for room in (
+        "journal",
+        "journal.cassandra",
+        "runtime",
+        "runtime.actors",
+        "sharding",
+        "readside",
+        "testing",
+        "examples",
+        "snapshots",
+        "timers",
+    ):
         assert f"raysource.{room}" in files, room
     # every module came from the copy Ray unpacked for the worker, none from this checkout
-    local = [name for name, f in files.items() if f is None or "runtime_resources" not in f
-             or f.startswith((str(ROOT), str(shipped)))]
+    local = [
+        name
+        for name, f in files.items()
+        if f is None or "runtime_resources" not in f or f.startswith((str(ROOT), str(shipped)))
+    ]
     assert not local, {name: files[name] for name in local}

@@ -18,20 +18,6 @@ import cloudpickle
 import pytest
 import ray.cloudpickle as ray_cloudpickle
 
-from raysource.journal.api import StoredSnapshot
-from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import PayloadTooLargeError, UnserializableError
-from raysource.runtime.errors import (
-    AggregateStoppedError,
-    CommandRejected,
-    HandlerError,
-    HostCrashedError,
-    PassivatedError,
-    UnknownCommandError,
-)
-from raysource.journal.serialization import Serialization
-from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist
 from raysource.examples import seats
 from raysource.examples.seats import (
     SHOW,
@@ -43,11 +29,23 @@ from raysource.examples.seats import (
     SeatReserved,
     seat_label,
 )
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.errors import PayloadTooLargeError, UnserializableError
+from raysource.journal.serialization import Serialization
 from raysource.runtime.actors.host_actor import HostActor, actor_options
 from raysource.runtime.actors.refs import EntityRef
-from raysource.testing.local_resolver import LocalResolver
+from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist
+from raysource.runtime.errors import (
+    AggregateStoppedError,
+    CommandRejected,
+    HandlerError,
+    PassivatedError,
+    UnknownCommandError,
+)
 from raysource.runtime.stores import StoreSpec
 from raysource.snapshots.cassandra import CassandraSnapshotStore
+from raysource.testing.local_resolver import LocalResolver
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
@@ -105,7 +103,8 @@ def make_resolver(ray_local, store):
 
     def make(placement: str = "dedicated", **settings) -> LocalResolver:
         r = LocalResolver(
-            f"t{uuid.uuid4().hex[:8]}", store,
+            f"t{uuid.uuid4().hex[:8]}",
+            store,
             placement={t.name: placement for t in (SHOW, SHOW_NO_SNAPSHOTS, BAD_SHOW)},
             host_settings={t.name: dict(settings) for t in (SHOW, SHOW_NO_SNAPSHOTS, BAD_SHOW)},
         )
@@ -138,8 +137,10 @@ def journal_events(config: CassandraConfig, agg: AggregateType, entity_id: str) 
         journal = await CassandraJournal.connect(config)
         try:
             pid = agg.persistence_id(entity_id)
-            return [(e.sequence_nr, ser.decode(e.serializer_id, e.manifest, e.payload),
-                     e.writer_id) async for e in journal.replay(pid)]
+            return [
+                (e.sequence_nr, ser.decode(e.serializer_id, e.manifest, e.payload), e.writer_id)
+                async for e in journal.replay(pid)
+            ]
         finally:
             await journal.close()
 
@@ -207,8 +208,11 @@ PLACEMENTS = ["dedicated", "hosted"]
 # --------------------------------------------------------------------------- sequential
 
 
-@pytest.mark.parametrize("placement,agg", [("dedicated", SHOW), ("hosted", SHOW_NO_SNAPSHOTS)],
-                         ids=["dedicated-snapshots", "hosted-no-snapshots"])
+@pytest.mark.parametrize(
+    "placement,agg",
+    [("dedicated", SHOW), ("hosted", SHOW_NO_SNAPSHOTS)],
+    ids=["dedicated-snapshots", "hosted-no-snapshots"],
+)
 def test_1000_sequential_commands_then_recovery(make_resolver, config, placement, agg):
     ref = EntityRef(agg, eid(), make_resolver(placement))
     assert ref.ask(CreateShow(1000)) == seats.ShowCreated(1000)
@@ -233,6 +237,7 @@ def test_1000_sequential_commands_then_recovery(make_resolver, config, placement
         assert rec["snapshot_sequence_nr"] is None and rec["events_replayed"] == 901
 
     if agg.snapshot.enabled:  # corrupt the newest snapshot: recovery falls back to the older
+
         async def corrupt():
             snaps = await CassandraSnapshotStore.connect(config)
             try:
@@ -303,8 +308,12 @@ def test_pipelined_commands_are_processed_in_send_order(make_resolver, config, p
         cmds += [ReserveSeat("A1", f"c{i}"), CancelReservation("A1", f"c{i}")]
     refs = [ref.submit(c) for c in cmds]  # 200 in flight, none awaited
     replies = ray.get(refs, timeout=60)
-    assert replies == [SeatReserved(c.seat, c.customer) if isinstance(c, ReserveSeat)
-                       else ReservationCancelled(c.seat, c.customer) for c in cmds]
+    assert replies == [
+        SeatReserved(c.seat, c.customer)
+        if isinstance(c, ReserveSeat)
+        else ReservationCancelled(c.seat, c.customer)
+        for c in cmds
+    ]
 
     async def gathered():
         return await asyncio.gather(*(ref.ask_async(c) for c in cmds[:60]))
@@ -441,7 +450,6 @@ def test_two_activations_of_one_persistence_id_are_fenced(make_resolver, config)
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_idle_passivation_and_reactivation(make_resolver, config, placement):
-    import ray
 
     resolver = make_resolver(placement, idle_timeout_s=0.6)
     ref = EntityRef(SHOW, eid(), resolver)
@@ -468,12 +476,15 @@ def test_commands_racing_with_explicit_passivation(make_resolver, config, placem
     ref.ask(GetShow())
 
     async def burst():
-        tasks = [asyncio.ensure_future(ref.ask_async(ReserveSeat(seat_label(i), "c")))
-                 for i in range(40)]
+        tasks = [
+            asyncio.ensure_future(ref.ask_async(ReserveSeat(seat_label(i), "c"))) for i in range(40)
+        ]
         await asyncio.sleep(0.01)
         passivated = ref.actor.passivate.remote(ref.entity_id)
-        tasks += [asyncio.ensure_future(ref.ask_async(ReserveSeat(seat_label(i), "c")))
-                  for i in range(40, 80)]
+        tasks += [
+            asyncio.ensure_future(ref.ask_async(ReserveSeat(seat_label(i), "c")))
+            for i in range(40, 80)
+        ]
         replies = await asyncio.gather(*tasks)
         return replies, await passivated
 
@@ -489,8 +500,7 @@ def test_commands_racing_with_explicit_passivation(make_resolver, config, placem
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_bad_input_gets_typed_errors_and_aggregate_stays_alive(make_resolver, config,
-                                                               placement):
+def test_bad_input_gets_typed_errors_and_aggregate_stays_alive(make_resolver, config, placement):
     ref = EntityRef(BAD_SHOW, eid(), make_resolver(placement))
     assert ref.ask(ReserveSeat("A1", "alice")) == SeatReserved("A1", "alice")
     with pytest.raises(UnknownCommandError):

@@ -22,6 +22,9 @@ for _i, _code in enumerate(_blocks):
 
 def test_every_python_block_ran_and_tests_were_defined() -> None:
     assert len(_blocks) >= 3, "the README lost its runnable examples"
-    names = [n for n in globals()
-             if n.startswith("test_") and n != "test_every_python_block_ran_and_tests_were_defined"]
+    names = [
+        n
+        for n in globals()
+        if n.startswith("test_") and n != "test_every_python_block_ran_and_tests_were_defined"
+    ]
     assert len(names) >= 2, names

@@ -20,6 +20,7 @@ import cloudpickle
 import pytest
 import ray
 import ray.cloudpickle as ray_cloudpickle
+from readside_idle import until_caught_up
 
 from raysource.examples.reservations_view import VIEW_TABLE, reservations_projection
 from raysource.examples.seats import SHOW, CancelReservation, GetShow, ReserveSeat
@@ -33,20 +34,26 @@ from raysource.readside.projections import ProjectionHandler, ProjectionSettings
 from raysource.readside.verify import tag_events, verify_cassandra
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.system import System
-from readside_idle import until_caught_up
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-FAST = ProjectionSettings(poll_interval=0.1, commit_every=10, commit_interval=0.3,
-                          retry_attempts=3, retry_backoff=0.05, retry_backoff_max=0.2)
+FAST = ProjectionSettings(
+    poll_interval=0.1,
+    commit_every=10,
+    commit_interval=0.3,
+    retry_attempts=3,
+    retry_backoff=0.05,
+    retry_backoff_max=0.2,
+)
 
 
 def config_with(contact, keyspace, delay: float) -> CassandraConfig:
-    return CassandraConfig.from_contact(contact, keyspace=keyspace,
-                                        eventual_consistency_delay=delay)
+    return CassandraConfig.from_contact(
+        contact, keyspace=keyspace, eventual_consistency_delay=delay
+    )
 
 
 async def until(pred, timeout: float, what: str, interval: float = 0.1):
@@ -61,9 +68,12 @@ async def until(pred, timeout: float, what: str, interval: float = 0.1):
 
 
 def start_system(config: CassandraConfig, agg) -> System:
-    return System.start(f"live{uuid.uuid4().hex[:6]}",
-                        store=StoreSpec.for_cassandra(config, create_schema=True),
-                        types=[agg], placement={agg.name: "hosted"})
+    return System.start(
+        f"live{uuid.uuid4().hex[:6]}",
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        types=[agg],
+        placement={agg.name: "hosted"},
+    )
 
 
 async def activate(system: System, agg, shows) -> None:
@@ -82,12 +92,14 @@ async def activate(system: System, agg, shows) -> None:
 async def applied_counts(session, keyspace: str) -> Counter:
     rows = await session.select_all(
         f"SELECT persistence_id, sequence_nr FROM {keyspace}.{VIEW_TABLE}_applied",
-        profile=RAW_PROFILE)
+        profile=RAW_PROFILE,
+    )
     return Counter((r[0], r[1]) for r in rows)
 
 
 async def test_live_path_applies_events_before_the_durable_query_sees_them(
-        cassandra_contact, cassandra_keyspace, ray_local):
+    cassandra_contact, cassandra_keyspace, ray_local
+):
     # a 30 s visibility delay: within the test the tag query cannot see any of these events
     config = config_with(cassandra_contact, cassandra_keyspace, 30.0)
     agg = dataclasses.replace(SHOW, number_of_shards=2)
@@ -107,6 +119,7 @@ async def test_live_path_applies_events_before_the_durable_query_sees_them(
             await ref.ask_async(CancelReservation("A2", "ben"))
         expected = {(SHOW.persistence_id(s), n) for s in shows for n in range(1, 5)}
         async with CassandraSession(config) as session:
+
             async def all_applied():
                 return expected <= set(await applied_counts(session, config.keyspace))
 
@@ -114,15 +127,18 @@ async def test_live_path_applies_events_before_the_durable_query_sees_them(
             took = time.monotonic() - started
             assert took < config.eventual_consistency_delay, took
             journal = CassandraJournal(session, config)
-            assert [te async for te in journal.events_by_tag("show")] == [], \
+            assert [te async for te in journal.events_by_tag("show")] == [], (
                 "the tag query does not see them yet"
+            )
             counts = await applied_counts(session, config.keyspace)
             assert set(counts) == expected and max(counts.values()) == 1
             rows = await session.select_all(
                 f"SELECT customer, show, seat FROM {config.keyspace}.{VIEW_TABLE}",
-                profile=RAW_PROFILE)
-            assert {tuple(r) for r in rows} == {(c, s, seat) for s in shows
-                                                for c, seat in (("ann", "A1"), ("ann", "A3"))}
+                profile=RAW_PROFILE,
+            )
+            assert {tuple(r) for r in rows} == {
+                (c, s, seat) for s in shows for c, seat in (("ann", "A1"), ("ann", "A3"))
+            }
             (st,) = await control.status(spec.name)
             assert st["live"]["applied"] == len(expected) and st["live"]["gaps"] == 0
             stored = await CassandraOffsetStore(session, config.keyspace).load(spec.name, "0/1")
@@ -135,7 +151,8 @@ async def test_live_path_applies_events_before_the_durable_query_sees_them(
 
 @pytest.mark.slow
 async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
-        cassandra_contact, cassandra_keyspace, ray_local, capsys):
+    cassandra_contact, cassandra_keyspace, ray_local, capsys
+):
     # its own keyspace: verify reads the whole "show" tag and the whole view
     config = config_with(cassandra_contact, f"{cassandra_keyspace}_kill", 1.0)
     agg = dataclasses.replace(SHOW, number_of_shards=2)
@@ -171,8 +188,9 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
 
         async def disrupt():
             await asyncio.sleep(2.0)
-            live_before_restart.append(sum(
-                st["live"]["applied"] for st in await control.status(spec.name)))
+            live_before_restart.append(
+                sum(st["live"]["applied"] for st in await control.status(spec.name))
+            )
             await control.stop(spec.name)  # restart mid-stream
             await asyncio.sleep(0.5)
             await control.start(spec)
@@ -182,21 +200,23 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
             await asyncio.sleep(1.0)
             ray.kill(control.handles(spec.name)["0/2"], no_restart=False)  # the reader
 
-        written, _ = await asyncio.gather(asyncio.gather(*(writer(s) for s in shows)),
-                                          disrupt())
+        written, _ = await asyncio.gather(asyncio.gather(*(writer(s) for s in shows)), disrupt())
         written_at = time.time()
         total = sum(written)
-        expected = {(SHOW.persistence_id(s), n) for s in shows
-                    for n in range(1, 1 + written[shows.index(s)])}
+        expected = {
+            (SHOW.persistence_id(s), n)
+            for s in shows
+            for n in range(1, 1 + written[shows.index(s)])
+        }
         assert len(expected) == total > 200
         async with CassandraSession(config) as session:
+
             async def all_applied():
                 return expected <= set(await applied_counts(session, config.keyspace))
 
             await until(all_applied, 40, "every event applied", interval=0.3)
             # no stray redelivery can follow: every write visible, every worker at the end
-            await until_caught_up(control, spec.name, written_at,
-                                  config.eventual_consistency_delay)
+            await until_caught_up(control, spec.name, written_at, config.eventual_consistency_delay)
             counts = await applied_counts(session, config.keyspace)
             assert set(counts) == expected, "0 missed, nothing foreign"
             assert max(counts.values()) == 1, "0 applied twice"
@@ -212,15 +232,20 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
             customer, show, seat = next((c, s, seat) for (s, seat), c in holders.items())
             await session.execute(
                 f"DELETE FROM {config.keyspace}.{VIEW_TABLE} WHERE customer = ? AND show = ? "
-                "AND seat = ?", (customer, show, seat))
+                "AND seat = ?",
+                (customer, show, seat),
+            )
             report = await verify_cassandra(spec, config)
             assert report.problems == [f"missing row {(customer, show, seat)}"]
             # ... and an event whose watermark was rolled back (never applied, as far as the
             # view knows)
             pid = SHOW.persistence_id(show)
             last = max(n for p, n in expected if p == pid)
-            await session.execute(f"UPDATE {config.keyspace}.{VIEW_TABLE}_watermarks SET "
-                                  "sequence_nr = ? WHERE persistence_id = ?", (last - 1, pid))
+            await session.execute(
+                f"UPDATE {config.keyspace}.{VIEW_TABLE}_watermarks SET "
+                "sequence_nr = ? WHERE persistence_id = ?",
+                (last - 1, pid),
+            )
             report = await verify_cassandra(spec, config)
             assert f"not applied: {pid} #{last} (watermark {last - 1})" in report.problems
             events = await tag_events(CassandraJournal(session, config), spec)
@@ -228,21 +253,30 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
 
         from raysource.app.cli import main
 
-        args = ["--cassandra", f"{config.contact_points[0]}:{config.port}",
-                "--keyspace", config.keyspace, "--spec",
-                f"{__name__}:live_kill_spec"]
+        args = [
+            "--cassandra",
+            f"{config.contact_points[0]}:{config.port}",
+            "--keyspace",
+            config.keyspace,
+            "--spec",
+            f"{__name__}:live_kill_spec",
+        ]
         # (the CLI runs its own event loop: in a thread)
         assert await asyncio.to_thread(main, ["projection", "verify", "live-kill", *args]) == 1
         out = capsys.readouterr().out
-        assert "INCOMPLETE: 2 problem(s)" in out and f"missing row {(customer, show, seat)}" \
-            in out and f"not applied: {pid} #{last}" in out
+        assert (
+            "INCOMPLETE: 2 problem(s)" in out
+            and f"missing row {(customer, show, seat)}" in out
+            and f"not applied: {pid} #{last}" in out
+        )
     finally:
         if control.handles(spec.name):
             await control.stop(spec.name)
         system.shutdown()
         async with CassandraSession(config) as session:
-            await session.execute(f"DROP KEYSPACE IF EXISTS {config.keyspace}", prepare=False,
-                                  timeout=60.0)
+            await session.execute(
+                f"DROP KEYSPACE IF EXISTS {config.keyspace}", prepare=False, timeout=60.0
+            )
 
 
 def live_kill_spec() -> ProjectionSpec:
@@ -260,7 +294,8 @@ class _Collect(ProjectionHandler):
 
 
 async def test_a_dropped_live_message_is_filled_by_the_durable_path(
-        cassandra_contact, cassandra_keyspace):
+    cassandra_contact, cassandra_keyspace
+):
     from raysource.readside.worker import ProjectionWorker
     from raysource.snapshots.memory import InMemorySnapshotStore
     from raysource.testing.testkit import AggregateTestKit
@@ -276,8 +311,13 @@ async def test_a_dropped_live_message_is_filled_by_the_durable_path(
         await worker.global_prepare()
         await worker.boot()
         await worker.start()
-        kit = AggregateTestKit(agg, entity_id="d", journal=journal,
-                               snapshot_store=InMemorySnapshotStore(), roundtrip=False)
+        kit = AggregateTestKit(
+            agg,
+            entity_id="d",
+            journal=journal,
+            snapshot_store=InMemorySnapshotStore(),
+            roundtrip=False,
+        )
         try:
             for i, who in enumerate(["a", "b", "c", "d", "e"]):
                 assert (await kit.arun(ReserveSeat(f"A{i + 1}", who))).ok
@@ -296,8 +336,13 @@ async def test_a_dropped_live_message_is_filled_by_the_durable_path(
             st = await worker.status()
             counters = ("offered", "applied", "backfilled", "duplicates", "gaps", "dropped")
             assert {k: st["live"][k] for k in counters} == {
-                "offered": 3, "applied": 4, "backfilled": 1, "duplicates": 0, "gaps": 0,
-                "dropped": 0}
+                "offered": 3,
+                "applied": 4,
+                "backfilled": 1,
+                "duplicates": 0,
+                "gaps": 0,
+                "dropped": 0,
+            }
             assert st["offset"] == "start", "nothing confirmed by the tag query yet"
 
             async def all_five():
@@ -311,10 +356,10 @@ async def test_a_dropped_live_message_is_filled_by_the_durable_path(
 
             # every write visible and the worker at the journal's end: nothing is left that
             # the tag stream could still deliver
-            await until_caught_up(_One(), spec.name, written_wall,
-                                  config.eventual_consistency_delay)
-            assert handler.got == [(pid, n) for n in range(1, 6)], \
-                "in order, each exactly once"
+            await until_caught_up(
+                _One(), spec.name, written_wall, config.eventual_consistency_delay
+            )
+            assert handler.got == [(pid, n) for n in range(1, 6)], "in order, each exactly once"
             st = await worker.status()
             assert st["duplicates_skipped"] == 4 and st["offset"] != "start"
             worker.offer([stored[4]])  # a late duplicate of the live path

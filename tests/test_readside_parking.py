@@ -16,17 +16,24 @@ from collections import Counter
 import pytest
 
 from raysource.examples.seats import SHOW, ReserveSeat, seat_label
-from raysource.readside.errors import ProjectionError
 from raysource.journal.memory import InMemoryJournal
+from raysource.readside.errors import ProjectionError
 from raysource.readside.offsets import InMemoryOffsetStore
 from raysource.readside.projections import ProjectionHandler, ProjectionSettings, ProjectionSpec
 from raysource.readside.worker import ProjectionWorker
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.testkit import AggregateTestKit
 
-SETTINGS = ProjectionSettings(poll_interval=0.02, commit_every=5, commit_interval=0.05,
-                              retry_attempts=2, retry_backoff=0.01, retry_backoff_max=0.02,
-                              batch_size=7, live=False)
+SETTINGS = ProjectionSettings(
+    poll_interval=0.02,
+    commit_every=5,
+    commit_interval=0.05,
+    retry_attempts=2,
+    retry_backoff=0.01,
+    retry_backoff_max=0.02,
+    batch_size=7,
+    live=False,
+)
 
 
 class MemoryView(ProjectionHandler):
@@ -62,8 +69,13 @@ async def until(pred, timeout: float, what: str):
 
 
 async def write(journal, show: str, customers, first_seat: int = 0) -> None:
-    kit = AggregateTestKit(SHOW, entity_id=show, journal=journal,
-                           snapshot_store=InMemorySnapshotStore(), roundtrip=False)
+    kit = AggregateTestKit(
+        SHOW,
+        entity_id=show,
+        journal=journal,
+        snapshot_store=InMemorySnapshotStore(),
+        roundtrip=False,
+    )
     for i, c in enumerate(customers, start=first_seat):
         assert (await kit.arun(ReserveSeat(seat_label(i), c))).ok
     await kit.aclose()
@@ -106,8 +118,12 @@ async def test_poison_parks_its_aggregate_only_survives_restart_then_retry_and_s
     with pytest.raises(ProjectionError, match="not parked"):
         await worker.retry(q)
     out = await worker.retry(p)  # still poisoned: parks again at the same event
-    assert out == {"persistence_id": p, "skipped": None, "applied": 0,
-                   "parked": {**out["parked"], "sequence_nr": 3}}
+    assert out == {
+        "persistence_id": p,
+        "skipped": None,
+        "applied": 0,
+        "parked": {**out["parked"], "sequence_nr": 3},
+    }
     view2.poison = {"worse"}  # p's handler is "fixed"; r's event is skipped instead
     assert (await worker.retry(p))["applied"] == 3
     assert (await worker.retry(r, skip=True))["applied"] == 1
@@ -126,8 +142,13 @@ async def test_restart_mid_stream_on_the_memory_journal_applies_everything_exact
     stop_writing = asyncio.Event()
 
     async def writer(show: str) -> int:
-        kit = AggregateTestKit(SHOW, entity_id=show, journal=journal,
-                               snapshot_store=InMemorySnapshotStore(), roundtrip=False)
+        kit = AggregateTestKit(
+            SHOW,
+            entity_id=show,
+            journal=journal,
+            snapshot_store=InMemorySnapshotStore(),
+            roundtrip=False,
+        )
         n = 0
         while not stop_writing.is_set() and n < 100:
             assert (await kit.arun(ReserveSeat(seat_label(n), "c"))).ok
@@ -148,13 +169,15 @@ async def test_restart_mid_stream_on_the_memory_journal_applies_everything_exact
     worker = worker_on(journal, store, view)
     await worker.boot()
     await worker.start()
-    expected = {(SHOW.persistence_id(s), n) for s, c in zip(shows, counts)
-                for n in range(1, c + 1)}
+    expected = {(SHOW.persistence_id(s), n) for s, c in zip(shows, counts) for n in range(1, c + 1)}
     await until(lambda: set(view.applied) >= expected, 10, "every event")
     await worker.stop()
     assert set(view.applied) == expected and set(view.applied.values()) == {1}
-    assert view.rows == {("c", SHOW.persistence_id(s), seat_label(n))
-                         for s, c in zip(shows, counts) for n in range(c)}
+    assert view.rows == {
+        ("c", SHOW.persistence_id(s), seat_label(n))
+        for s, c in zip(shows, counts)
+        for n in range(c)
+    }
     row = await store.load("mem", "0/1")
     assert row is not None and row.state == "stopped" and row.offset is not None
 

@@ -4,7 +4,7 @@ batches, in order per row, exactly once across a failure part-way and a redelive
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -17,7 +17,7 @@ from raysource.readside.views import EffectivelyOnceView
 
 pytestmark = pytest.mark.cassandra
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 @pytest.fixture
@@ -33,15 +33,20 @@ def env(pid: str, seq: int, event) -> EventEnvelope:
 
 async def make_view(session, keyspace: str, **kw):
     view = f"v{uuid.uuid4().hex[:8]}"
-    await session.execute(f"CREATE TABLE {keyspace}.{view} (customer text, show text, "
-                          "seat text, PRIMARY KEY ((customer), show, seat))", prepare=False,
-                          timeout=60.0)
+    await session.execute(
+        f"CREATE TABLE {keyspace}.{view} (customer text, show text, "
+        "seat text, PRIMARY KEY ((customer), show, seat))",
+        prepare=False,
+        timeout=60.0,
+    )
     writer = EffectivelyOnceView(session, keyspace, view, audit=True, **kw)
     await writer.create_tables()
-    ins = await session.prepare(f"INSERT INTO {keyspace}.{view} (customer, show, seat) "
-                                "VALUES (?, ?, ?)")
-    dele = await session.prepare(f"DELETE FROM {keyspace}.{view} WHERE customer = ? AND "
-                                 "show = ? AND seat = ?")
+    ins = await session.prepare(
+        f"INSERT INTO {keyspace}.{view} (customer, show, seat) VALUES (?, ?, ?)"
+    )
+    dele = await session.prepare(
+        f"DELETE FROM {keyspace}.{view} WHERE customer = ? AND show = ? AND seat = ?"
+    )
 
     def items(envs):
         out = []
@@ -51,8 +56,9 @@ async def make_view(session, keyspace: str, **kw):
         return out
 
     async def rows():
-        got = await session.select_all(f"SELECT customer, show, seat FROM {keyspace}.{view}",
-                                       profile=RAW_PROFILE)
+        got = await session.select_all(
+            f"SELECT customer, show, seat FROM {keyspace}.{view}", profile=RAW_PROFILE
+        )
         return {tuple(r) for r in got}
 
     return writer, items, rows
@@ -64,8 +70,13 @@ def stream(pids, per_pid: int):
     for n in range(1, per_pid + 1):
         for pid in pids:
             seat = f"A{(n - 1) // 3 + 1}"
-            ev = (SeatReserved(seat, "ann") if n % 3 == 1 else
-                  ReservationCancelled(seat, "ann") if n % 3 == 2 else SeatReserved(seat, "bo"))
+            ev = (
+                SeatReserved(seat, "ann")
+                if n % 3 == 1
+                else ReservationCancelled(seat, "ann")
+                if n % 3 == 2
+                else SeatReserved(seat, "bo")
+            )
             out.append(env(pid, n, ev))
     return out
 
@@ -80,10 +91,12 @@ def fold(envs) -> set:
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["by-pid", "by-seat"])
 async def test_a_run_of_events_lands_in_few_batches_in_order_exactly_once(
-        session, cassandra_keyspace, keyed):
+    session, cassandra_keyspace, keyed
+):
     key = (lambda e: (e.persistence_id, e.event.seat)) if keyed else None
-    writer, items, rows = await make_view(session, cassandra_keyspace, conflict_key=key,
-                                          max_batch=16)
+    writer, items, rows = await make_view(
+        session, cassandra_keyspace, conflict_key=key, max_batch=16
+    )
     envs = stream([f"show|{i}" for i in range(20)], 9)  # 180 events
     assert await writer.apply_batch(items(envs)) == 180
     assert await rows() == fold(envs), "each row's events applied in their order"
@@ -95,7 +108,8 @@ async def test_a_run_of_events_lands_in_few_batches_in_order_exactly_once(
 
 
 async def test_a_failure_part_way_leaves_a_prefix_and_a_redelivery_applies_the_rest(
-        session, cassandra_keyspace):
+    session, cassandra_keyspace
+):
     writer, items, rows = await make_view(session, cassandra_keyspace, max_batch=8)
     envs = stream([f"show|f{i}" for i in range(6)], 6)  # 36 events, 6 layers of 6
     good = items(envs)

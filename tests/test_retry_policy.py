@@ -25,24 +25,35 @@ from cassandra.protocol import (
     WriteTimeoutErrorMessage,
 )
 from cassandra.query import BatchStatement, BatchType, SimpleStatement
+from test_defect_persist_failed import AnswerFault, _text
 
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, NoResendRetryPolicy
+from raysource.journal.cassandra.driver_errors import NoResendRetryPolicy
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
 from raysource.journal.errors import JournalOutcomeUnknownError
-from test_defect_persist_failed import AnswerFault, _text
 
 ONE, SERIAL = ConsistencyLevel.ONE, ConsistencyLevel.LOCAL_SERIAL
 
 # decision -> the arguments under which the driver's default policy re-sends
 CALLS = {
-    "on_read_timeout": dict(consistency=SERIAL, required_responses=1, received_responses=1,
-                            data_retrieved=False, retry_num=0),
-    "on_write_timeout": dict(consistency=ONE, write_type=WriteType.BATCH_LOG,
-                             required_responses=1, received_responses=0, retry_num=0),
-    "on_unavailable": dict(consistency=ONE, required_replicas=1, alive_replicas=0,
-                           retry_num=0),
-    "on_request_error": dict(consistency=ONE, error=OverloadedErrorMessage(0x1001, "o", None),
-                             retry_num=0),
+    "on_read_timeout": dict(
+        consistency=SERIAL,
+        required_responses=1,
+        received_responses=1,
+        data_retrieved=False,
+        retry_num=0,
+    ),
+    "on_write_timeout": dict(
+        consistency=ONE,
+        write_type=WriteType.BATCH_LOG,
+        required_responses=1,
+        received_responses=0,
+        retry_num=0,
+    ),
+    "on_unavailable": dict(consistency=ONE, required_replicas=1, alive_replicas=0, retry_num=0),
+    "on_request_error": dict(
+        consistency=ONE, error=OverloadedErrorMessage(0x1001, "o", None), retry_num=0
+    ),
 }
 
 
@@ -63,20 +74,38 @@ def test_a_non_idempotent_batch_is_never_resent(decision: str) -> None:
 @pytest.mark.parametrize("decision", sorted(CALLS))
 def test_an_idempotent_statement_keeps_the_default_decision(decision: str) -> None:
     stmt = SimpleStatement("SELECT k FROM ks.t", is_idempotent=True)
-    assert (getattr(NoResendRetryPolicy(), decision)(stmt, **CALLS[decision])
-            == getattr(RetryPolicy(), decision)(stmt, **CALLS[decision]))
+    assert getattr(NoResendRetryPolicy(), decision)(stmt, **CALLS[decision]) == getattr(
+        RetryPolicy(), decision
+    )(stmt, **CALLS[decision])
 
 
 # error kind -> the node's answer (after the real execution)
 ANSWERS = {
-    "unavailable": lambda: UnavailableErrorMessage(0x1000, "Cannot achieve consistency", {
-        "consistency": ONE, "required_replicas": 1, "alive_replicas": 0}),
-    "write_timeout": lambda: WriteTimeoutErrorMessage(0x1100, "timeout", {
-        "consistency": ONE, "required_responses": 1, "received_responses": 0,
-        "write_type": WriteType.BATCH_LOG}),
-    "read_timeout": lambda: ReadTimeoutErrorMessage(0x1200, "timeout", {
-        "consistency": SERIAL, "required_responses": 1, "received_responses": 1,
-        "data_retrieved": False}),
+    "unavailable": lambda: UnavailableErrorMessage(
+        0x1000,
+        "Cannot achieve consistency",
+        {"consistency": ONE, "required_replicas": 1, "alive_replicas": 0},
+    ),
+    "write_timeout": lambda: WriteTimeoutErrorMessage(
+        0x1100,
+        "timeout",
+        {
+            "consistency": ONE,
+            "required_responses": 1,
+            "received_responses": 0,
+            "write_type": WriteType.BATCH_LOG,
+        },
+    ),
+    "read_timeout": lambda: ReadTimeoutErrorMessage(
+        0x1200,
+        "timeout",
+        {
+            "consistency": SERIAL,
+            "required_responses": 1,
+            "received_responses": 1,
+            "data_retrieved": False,
+        },
+    ),
     "overloaded": lambda: OverloadedErrorMessage(0x1001, "Coordinator node overloaded", None),
     "server_error": lambda: ServerError(0x0000, "server error", None),
 }
@@ -87,8 +116,9 @@ async def session(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
     cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
     s = await CassandraSession.open(cfg)
-    await s.execute(f"CREATE TABLE IF NOT EXISTS {cassandra_keyspace}.rp "
-                    "(k text PRIMARY KEY, v int)")
+    await s.execute(
+        f"CREATE TABLE IF NOT EXISTS {cassandra_keyspace}.rp (k text PRIMARY KEY, v int)"
+    )
     yield s
     await s.close()
 
@@ -103,8 +133,9 @@ async def test_both_profiles_carry_the_policy(session) -> None:
 @pytest.mark.cassandra
 @pytest.mark.parametrize("profile", [None, RAW_PROFILE])
 @pytest.mark.parametrize("kind", sorted(ANSWERS))
-async def test_a_real_batch_answered_with_an_error_is_sent_once(session, monkeypatch, kind,
-                                                                 profile) -> None:
+async def test_a_real_batch_answered_with_an_error_is_sent_once(
+    session, monkeypatch, kind, profile
+) -> None:
     ks = session.config.keyspace
     key = uuid.uuid4().hex[:8]
     batch = BatchStatement(BatchType.LOGGED, serial_consistency_level=SERIAL)

@@ -39,8 +39,8 @@ def test_the_facade_docstring_lists_every_room_in_layer_order() -> None:
 
 def test_the_readme_layout_table_maps_every_package_to_its_folder() -> None:
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("| folder | import as | what |"):]
-    table = table[:table.index("\n\n")]
+    table = readme[readme.index("| folder | import as | what |") :]
+    table = table[: table.index("\n\n")]
     rows = re.findall(r"^\| `([\w/]+)/` \| `([\w.]+)` \|", table, re.M)
     assert dict((package, folder) for folder, package in rows) == package_dir()
 
@@ -67,9 +67,13 @@ def _bare_imports(path: Path, names: set[str]) -> list[tuple[int, str]]:
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             modules = [node.module]
-        elif (isinstance(node, ast.Call) and node.args
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             modules = [node.args[0].value]
         found += [(node.lineno, m) for m in modules if m.split(".")[0] in names]
     return sorted(found)
@@ -83,8 +87,11 @@ def test_no_module_imports_a_room_by_its_bare_folder_name() -> None:
     names = _folder_names()
     files = _py_files(sorted(names) + [f for f in OTHER_CODE if (ROOT / f).is_dir()])
     assert len(files) > 100
-    bad = [f"{path.relative_to(ROOT)}:{line} imports {module!r}"
-           for path in files for line, module in _bare_imports(path, names)]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {module!r}"
+        for path in files
+        for line, module in _bare_imports(path, names)
+    ]
     assert not bad, bad
 
 
@@ -92,13 +99,19 @@ def test_the_bare_import_check_sees_each_form(tmp_path: Path) -> None:
     """The check above is not vacuous: each way of naming a room bare is caught, the import
     root is not."""
     sample = tmp_path / "sample.py"
-    sample.write_text("import runtime.core\nfrom journal.api import Journal\n"
-                      "def f():\n    from sharding import system\n"
-                      "importlib.import_module('readside.views')\n"
-                      "from raysource.runtime import core\nimport facade\n")
+    sample.write_text(
+        "import runtime.core\nfrom journal.api import Journal\n"
+        "def f():\n    from sharding import system\n"
+        "importlib.import_module('readside.views')\n"
+        "from raysource.runtime import core\nimport facade\n"
+    )
     assert _bare_imports(sample, _folder_names()) == [
-        (1, "runtime.core"), (2, "journal.api"), (4, "sharding"), (5, "readside.views"),
-        (7, "facade")]
+        (1, "runtime.core"),
+        (2, "journal.api"),
+        (4, "sharding"),
+        (5, "readside.views"),
+        (7, "facade"),
+    ]
 
 
 def _lazy_modules() -> list[str]:
@@ -141,6 +154,9 @@ def test_the_store_errors_list_every_error_class() -> None:
     ``raysource.errors`` re-exports): it must name every error class of the module."""
     from raysource.journal import errors
 
-    classes = {name for name, obj in vars(errors).items()
-               if isinstance(obj, type) and issubclass(obj, errors.RaysourceError)}
+    classes = {
+        name
+        for name, obj in vars(errors).items()
+        if isinstance(obj, type) and issubclass(obj, errors.RaysourceError)
+    }
     assert set(errors.__all__) == classes, set(errors.__all__) ^ classes

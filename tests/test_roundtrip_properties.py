@@ -33,23 +33,29 @@ from typing import Any, Literal
 
 from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
+from seeds import SEED
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.journal.errors import UnserializableError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist
 from raysource.testing.testkit import AggregateTestKit
-from seeds import SEED
-from unit_guard import no_ray  # noqa: F401
-
 
 
 def examples(n: int):  # noqa: ANN201 - a decorator
     """``n`` examples drawn from this run's fresh seed (tests/seeds.py: RAYSOURCE_TEST_SEED
     replays a run)."""
+
     def wrap(test):  # noqa: ANN001, ANN202
-        return seed(SEED)(settings(max_examples=n, deadline=None, database=None,
-                                   suppress_health_check=[HealthCheck.too_slow,
-                                                          HealthCheck.data_too_large])(test))
+        return seed(SEED)(
+            settings(
+                max_examples=n,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+            )(test)
+        )
+
     return wrap
 
 
@@ -112,7 +118,8 @@ INT64 = st.integers(-(2**63), 2**64 - 1)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 SPECIAL_FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, -math.nan])
 WHOLE_MINUTE_TZ = st.one_of(
-    st.none(), st.just(dt.timezone.utc),
+    st.none(),
+    st.just(dt.UTC),
     st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: dt.timezone(dt.timedelta(minutes=m))),
 )
 ODD_TZ = st.integers(1, 59).map(lambda s: dt.timezone(dt.timedelta(hours=1, seconds=s)))
@@ -120,40 +127,70 @@ DATETIMES = st.builds(lambda d, tz: d.replace(tzinfo=tz), st.datetimes(), WHOLE_
 TIMES = st.builds(lambda t, tz: t.replace(tzinfo=tz), st.times(), WHOLE_MINUTE_TZ)
 JSONISH = st.recursive(
     st.none() | st.booleans() | INT64 | FINITE | st.text(),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids,
-                                                              max_size=3),
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3)
+    ),
     max_leaves=6,
 )
 LEAVES = st.builds(Leaf, st.text(max_size=8), INT64)
 
 # the valid values of each field of Everything
 VALID: dict[str, st.SearchStrategy[Any]] = {
-    "i": INT64, "f": FINITE, "s": st.text(), "b": st.booleans(), "raw": st.binary(),
-    "amount": st.decimals(allow_nan=False), "at": DATETIMES, "day": st.dates(),
-    "clock": TIMES, "span": st.timedeltas(), "key": st.uuids(),
-    "color": st.sampled_from(Color), "level": st.sampled_from(Level),
-    "mood": st.sampled_from(Mood), "kind": st.sampled_from(["a", "b"]), "leaf": LEAVES,
-    "maybe_leaf": st.none() | LEAVES, "maybe_f": st.none() | FINITE,
-    "either": st.none() | INT64 | st.text(), "leaves": st.lists(LEAVES, max_size=3),
+    "i": INT64,
+    "f": FINITE,
+    "s": st.text(),
+    "b": st.booleans(),
+    "raw": st.binary(),
+    "amount": st.decimals(allow_nan=False),
+    "at": DATETIMES,
+    "day": st.dates(),
+    "clock": TIMES,
+    "span": st.timedeltas(),
+    "key": st.uuids(),
+    "color": st.sampled_from(Color),
+    "level": st.sampled_from(Level),
+    "mood": st.sampled_from(Mood),
+    "kind": st.sampled_from(["a", "b"]),
+    "leaf": LEAVES,
+    "maybe_leaf": st.none() | LEAVES,
+    "maybe_f": st.none() | FINITE,
+    "either": st.none() | INT64 | st.text(),
+    "leaves": st.lists(LEAVES, max_size=3),
     "ints": st.lists(INT64, max_size=4).map(tuple),
     "pair": st.tuples(INT64, st.text(max_size=5)),
     "tags": st.frozensets(st.text(max_size=5), max_size=3),
     "by_name": st.dictionaries(st.text(max_size=5), LEAVES, max_size=3),
     "by_int": st.dictionaries(INT64, FINITE, max_size=3),
     "by_key": st.dictionaries(st.uuids(), INT64, max_size=3),
-    "anything": JSONISH, "extra": st.lists(INT64, max_size=3) | st.text(max_size=5),
+    "anything": JSONISH,
+    "extra": st.lists(INT64, max_size=3) | st.text(max_size=5),
 }
 
 # values that are sometimes of another type, or not representable: the rule decides
 WRONG = st.one_of(
-    SPECIAL_FLOATS, INT64, st.integers(min_value=2**64), FINITE, st.text(max_size=5),
-    st.booleans(), st.none(), st.binary(max_size=5), st.decimals(), DATETIMES,
+    SPECIAL_FLOATS,
+    INT64,
+    st.integers(min_value=2**64),
+    FINITE,
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+    st.binary(max_size=5),
+    st.decimals(),
+    DATETIMES,
     st.datetimes().map(lambda d: d.replace(tzinfo=dt.timezone(dt.timedelta(seconds=30)))),
     st.builds(lambda t, tz: t.replace(tzinfo=tz), st.times(), ODD_TZ),
-    st.uuids(), st.sampled_from(Color), st.sampled_from(Level), st.sampled_from(Mood),
-    LEAVES, st.lists(INT64, max_size=2), st.lists(INT64, max_size=2).map(tuple),
-    st.sets(st.integers(0, 9), max_size=2), st.frozensets(st.text(max_size=3), max_size=2),
-    st.dictionaries(st.text(max_size=3), INT64, max_size=2), st.text().map(lambda s: s + "\ud800"),
+    st.uuids(),
+    st.sampled_from(Color),
+    st.sampled_from(Level),
+    st.sampled_from(Mood),
+    LEAVES,
+    st.lists(INT64, max_size=2),
+    st.lists(INT64, max_size=2).map(tuple),
+    st.sets(st.integers(0, 9), max_size=2),
+    st.frozensets(st.text(max_size=3), max_size=2),
+    st.dictionaries(st.text(max_size=3), INT64, max_size=2),
+    st.text().map(lambda s: s + "\ud800"),
     st.lists(SPECIAL_FLOATS, min_size=1, max_size=2),
 )
 
@@ -184,8 +221,10 @@ def signature(value: Any) -> Any:
     if t in (int, float):
         return ("number", value)
     if dataclasses.is_dataclass(value):
-        return (t.__qualname__, tuple((f.name, signature(getattr(value, f.name)))
-                                      for f in dataclasses.fields(value)))
+        return (
+            t.__qualname__,
+            tuple((f.name, signature(getattr(value, f.name))) for f in dataclasses.fields(value)),
+        )
     if t in (list, tuple):
         return (t.__name__, tuple(signature(v) for v in value))
     if t is dict:
@@ -245,10 +284,17 @@ def test_plain_json_replies_read_back_or_are_refused(value: Any) -> None:
 
 # generated schemas: (annotation, strategy of valid values), nested through make_dataclass
 _SCALARS: list[tuple[Any, st.SearchStrategy[Any]]] = [
-    (int, INT64), (float, FINITE), (str, st.text(max_size=8)), (bool, st.booleans()),
-    (bytes, st.binary(max_size=8)), (Decimal, st.decimals(allow_nan=False)),
-    (dt.datetime, DATETIMES), (dt.date, st.dates()), (uuid.UUID, st.uuids()),
-    (Color, st.sampled_from(Color)), (Level, st.sampled_from(Level)),
+    (int, INT64),
+    (float, FINITE),
+    (str, st.text(max_size=8)),
+    (bool, st.booleans()),
+    (bytes, st.binary(max_size=8)),
+    (Decimal, st.decimals(allow_nan=False)),
+    (dt.datetime, DATETIMES),
+    (dt.date, st.dates()),
+    (uuid.UUID, st.uuids()),
+    (Color, st.sampled_from(Color)),
+    (Level, st.sampled_from(Level)),
 ]
 _class_ids = iter(range(10**9))
 
@@ -268,11 +314,15 @@ def _compose(kids: st.SearchStrategy[tuple[Any, st.SearchStrategy[Any]]]):
 
     def nested(ks):
         cls = dataclasses.make_dataclass(
-            f"Gen{next(_class_ids)}", [(f"f{i}", k[0]) for i, k in enumerate(ks)], frozen=True)
+            f"Gen{next(_class_ids)}", [(f"f{i}", k[0]) for i, k in enumerate(ks)], frozen=True
+        )
         return (cls, st.builds(cls, *[k[1] for k in ks]))
 
     return st.one_of(
-        kids.map(optional), kids.map(listed), kids.map(tupled), kids.map(mapped),
+        kids.map(optional),
+        kids.map(listed),
+        kids.map(tupled),
+        kids.map(mapped),
         st.lists(kids, min_size=1, max_size=3).map(nested),
     )
 
@@ -284,7 +334,8 @@ FIELD_TYPES = st.recursive(st.sampled_from(_SCALARS), _compose, max_leaves=5)
 def generated(draw: st.DrawFn) -> tuple[Any, Any, bool]:
     fields = draw(st.lists(FIELD_TYPES, min_size=1, max_size=4))
     cls = dataclasses.make_dataclass(
-        f"Top{next(_class_ids)}", [(f"x{i}", f[0]) for i, f in enumerate(fields)], frozen=True)
+        f"Top{next(_class_ids)}", [(f"x{i}", f[0]) for i, f in enumerate(fields)], frozen=True
+    )
     values, valid = [], True
     for _annotation, strategy in fields:
         if draw(st.floats(0, 1)) < 0.15:
@@ -327,8 +378,13 @@ def _evolve(state: Holder, event: Carried) -> Holder:
 
 
 HOLDER = AggregateType(
-    name="holder", initial_state=Holder(), command_handler=_decide, event_handler=_evolve,
-    events=(Carried,), types=(Everything,), snapshot=SnapshotPolicy(every_n_events=1, keep=2),
+    name="holder",
+    initial_state=Holder(),
+    command_handler=_decide,
+    event_handler=_evolve,
+    events=(Carried,),
+    types=(Everything,),
+    snapshot=SnapshotPolicy(every_n_events=1, keep=2),
 )
 
 
@@ -350,6 +406,6 @@ def test_events_and_snapshots_read_back_or_the_command_is_refused(drawn) -> None
         assert len(stored) == len(kit.state.items)
         for snap in kit.snapshot_store.snapshots("holder|test-1"):
             state = kit.serialization.decode(snap.serializer_id, snap.manifest, snap.payload)
-            assert state == Holder(kit.state.items[:snap.sequence_nr])
-            assert signature(state) == signature(Holder(kit.state.items[:snap.sequence_nr]))
+            assert state == Holder(kit.state.items[: snap.sequence_nr])
+            assert signature(state) == signature(Holder(kit.state.items[: snap.sequence_nr]))
         kit.restart()  # asserts the recovered state equals the live one

@@ -6,11 +6,8 @@ import asyncio
 import random
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
-from raysource.runtime.errors import CommandRejected, UnknownCommandError
-from raysource.journal.memory import InMemoryJournal
-from raysource.journal.serialization import Serialization
-from raysource.runtime.core import EntityCore
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
@@ -24,9 +21,12 @@ from raysource.examples.seats import (
     seat_index,
     seat_label,
 )
-from raysource.testing.testkit import AggregateTestKit
+from raysource.journal.memory import InMemoryJournal
+from raysource.journal.serialization import Serialization
+from raysource.runtime.core import EntityCore
+from raysource.runtime.errors import CommandRejected, UnknownCommandError
 from raysource.snapshots.memory import InMemorySnapshotStore
-from unit_guard import no_ray  # noqa: F401
+from raysource.testing.testkit import AggregateTestKit
 
 
 @pytest.fixture
@@ -138,13 +138,17 @@ async def test_many_callers_hammering_one_show():
 
     results = await asyncio.gather(*(attempt(c, s) for c, s in wanted))
     winners = [r for r in results if isinstance(r, SeatReserved)]
-    stored = [ser.decode(e.serializer_id, e.manifest, e.payload)
-              for e in journal.events("show|rush")]
+    stored = [
+        ser.decode(e.serializer_id, e.manifest, e.payload) for e in journal.events("show|rush")
+    ]
     assert stored == winners  # every acknowledged reservation is stored, in reply order
     assert len({w.seat for w in winners}) == len(winners)  # no seat twice
     assert len(winners) == len({s for _, s in wanted})
-    assert all(str(r) == f"seat {s} is already reserved"
-               for r, (_, s) in zip(results, wanted) if isinstance(r, CommandRejected))
+    assert all(
+        str(r) == f"seat {s} is already reserved"
+        for r, (_, s) in zip(results, wanted)
+        if isinstance(r, CommandRejected)
+    )
     assert journal.write_count < len(wanted) / 10
     state: ShowState = await core.handle(GetShow())
     assert state.reservations == {w.seat: w.customer for w in winners}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -57,7 +57,7 @@ def sample() -> SeatReserved:
     return SeatReserved(
         seat=Seat(3, "A"),
         by="alice",
-        at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc),
+        at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
         price=Decimal("12.50"),
         booking=uuid.UUID(int=42),
         color=Color.BLUE,
@@ -168,7 +168,7 @@ def test_unknown_manifest_and_newer_version():
 
 
 @pytest.mark.parametrize(
-    "payload", [b"\xff\x00garbage", b'{"row": "not-an-int", "number": "a"}', b'[1,2]', b'{"row":1}']
+    "payload", [b"\xff\x00garbage", b'{"row": "not-an-int", "number": "a"}', b"[1,2]", b'{"row":1}']
 )
 def test_corrupt_payload(payload):
     ser = Serialization()

@@ -91,7 +91,10 @@ def test_every_row_of_the_table_is_reachable() -> None:
         for earlier in STATUS_TABLE[:i]:
             assert not issubclass(row.error, earlier.error), (row, earlier)
         assert any(issubclass(t, row.error) for t in reached) or row.error.__name__ in (
-            "UnknownEntityError", "NotAppliedError", "RaysourceError"), row
+            "UnknownEntityError",
+            "NotAppliedError",
+            "RaysourceError",
+        ), row
 
 
 # --------------------------------------------------------------------------- the live service
@@ -134,8 +137,12 @@ def live(cassandra_contact, cassandra_keyspace, ray_local):
     from raysource.sharding.system import System, unique_system_name
 
     host, port = cassandra_contact
-    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                             eventual_consistency_delay=0.5)
+    config = CassandraConfig(
+        contact_points=(host,),
+        port=port,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=0.5,
+    )
     store = StoreSpec.for_cassandra(config, create_schema=True)
     name = unique_system_name("svc")
     namespace = ray_local.get_runtime_context().namespace
@@ -145,10 +152,15 @@ def live(cassandra_contact, cassandra_keyspace, ray_local):
     control = Projections(config)
     projection = reservations_projection()
     try:
-        url = run_service(seats_app(spec, num_replicas=2), name="seats", port=http_port,
-                          route_prefix="/seats")
-        strict = run_service(seats_app(replace(spec, max_in_flight=1, ask_timeout_s=0.001)),
-                             name="strict", port=http_port, route_prefix="/strict")
+        url = run_service(
+            seats_app(spec, num_replicas=2), name="seats", port=http_port, route_prefix="/seats"
+        )
+        strict = run_service(
+            seats_app(replace(spec, max_in_flight=1, ask_timeout_s=0.001)),
+            name="strict",
+            port=http_port,
+            route_prefix="/strict",
+        )
         asyncio.run(control.start(projection))
         yield Live(url, strict, config, system)
     finally:
@@ -176,14 +188,18 @@ def test_every_endpoint_of_the_seat_service(live: Live) -> None:
         # create: 201 with the sized hall; a second create is the aggregate's 409
         r = http.put(f"/shows/{show}", json={"seats": 20})
         assert r.status_code == 201, r.text
-        assert r.json() == {"show": show, "seats": 20, "created": True, "available": 20,
-                            "reservations": {}}
+        assert r.json() == {
+            "show": show,
+            "seats": 20,
+            "created": True,
+            "available": 20,
+            "reservations": {},
+        }
         r = http.put(f"/shows/{show}", json={"seats": 30})
         assert (r.status_code, r.json()["detail"]) == (409, "the show already exists")
         # reserve: 201, then the same seat for someone else is 409 (nothing written)
         r = http.post(f"/shows/{show}/reservations", json={"seat": "A1", "customer": alice})
-        assert (r.status_code, r.json()) == (201, {"show": show, "seat": "A1",
-                                                   "customer": alice})
+        assert (r.status_code, r.json()) == (201, {"show": show, "seat": "A1", "customer": alice})
         r = http.post(f"/shows/{show}/reservations", json={"seat": "A1", "customer": "bob"})
         assert r.status_code == 409
         assert r.json()["error"] == "rejected" and r.json()["type"] == "CommandRejected"
@@ -202,15 +218,20 @@ def test_every_endpoint_of_the_seat_service(live: Live) -> None:
         r = http.delete(f"/shows/{show}/reservations/A1", params={"customer": "bob"})
         assert (r.status_code, r.json()["detail"]) == (409, "seat A1 is not reserved by bob")
         r = http.delete(f"/shows/{show}/reservations/A1", params={"customer": alice})
-        assert (r.status_code, r.json()) == (200, {"show": show, "seat": "A1",
-                                                   "customer": alice})
+        assert (r.status_code, r.json()) == (200, {"show": show, "seat": "A1", "customer": alice})
         assert http.get(f"/shows/{show}/reservations/A1").status_code == 404
         # the customer's reservations, from the read-side view (eventually consistent)
         for s, seat in ((show, "B2"), (other, "A3")):
-            assert http.post(f"/shows/{s}/reservations",
-                             json={"seat": seat, "customer": alice}).status_code == 201
-        expected = sorted([{"show": show, "seat": "B2"}, {"show": other, "seat": "A3"}],
-                          key=lambda d: (d["show"], d["seat"]))
+            assert (
+                http.post(
+                    f"/shows/{s}/reservations", json={"seat": seat, "customer": alice}
+                ).status_code
+                == 201
+            )
+        expected = sorted(
+            [{"show": show, "seat": "B2"}, {"show": other, "seat": "A3"}],
+            key=lambda d: (d["show"], d["seat"]),
+        )
         deadline = time.monotonic() + 30
         while True:
             r = http.get(f"/customers/{alice}/reservations")
@@ -221,7 +242,11 @@ def test_every_endpoint_of_the_seat_service(live: Live) -> None:
         assert r.json() == {"customer": alice, "reservations": expected}
     # the journal holds exactly what was acknowledged, in order
     assert [type(e.event).__name__ for e in live.events(show)] == [
-        "ShowCreated", "SeatReserved", "ReservationCancelled", "SeatReserved"]
+        "ShowCreated",
+        "SeatReserved",
+        "ReservationCancelled",
+        "SeatReserved",
+    ]
     assert [e.event for e in live.events(other)] == [SeatReserved("A3", alice)]
 
 
@@ -247,22 +272,40 @@ def test_the_serve_demo_walkthrough_passes_against_the_live_service(live: Live) 
 def test_bad_input_is_a_typed_4xx_and_leaves_the_aggregate_intact(live: Live) -> None:
     show = _show()
     with httpx.Client(base_url=live.url, timeout=30) as http:
-        assert http.post(f"/shows/{show}/reservations",
-                         json={"seat": "A1", "customer": "c"}).status_code == 201
-        for body in ({"seat": "a1", "customer": "c"}, {"seat": "A0", "customer": "c"},
-                     {"seat": "A11", "customer": "c"}, {"seat": "A2", "customer": ""},
-                     {"seat": "A2"}, {"seat": 7, "customer": "c"}):
+        assert (
+            http.post(
+                f"/shows/{show}/reservations", json={"seat": "A1", "customer": "c"}
+            ).status_code
+            == 201
+        )
+        for body in (
+            {"seat": "a1", "customer": "c"},
+            {"seat": "A0", "customer": "c"},
+            {"seat": "A11", "customer": "c"},
+            {"seat": "A2", "customer": ""},
+            {"seat": "A2"},
+            {"seat": 7, "customer": "c"},
+        ):
             r = http.post(f"/shows/{show}/reservations", json=body)
             assert r.status_code == 422, (body, r.text)
-        assert http.post(f"/shows/{show}/reservations", content=b"{not json",
-                         headers={"content-type": "application/json"}).status_code == 422
+        assert (
+            http.post(
+                f"/shows/{show}/reservations",
+                content=b"{not json",
+                headers={"content-type": "application/json"},
+            ).status_code
+            == 422
+        )
         assert http.put(f"/shows/{show}", json={"seats": 0}).status_code == 422
         assert http.delete(f"/shows/{show}/reservations/A1").status_code == 422  # no customer
         assert http.get(f"/shows/{'x' * 600}").status_code == 422  # over the path's limit
         # an entity id the runtime refuses (a control character): its ConfigError is a 400
         r = http.get("/shows/bad%01id")
         assert (r.status_code, r.json()["error"], r.json()["type"]) == (
-            400, "bad_input", "ConfigError")
+            400,
+            "bad_input",
+            "ConfigError",
+        )
         assert "control characters" in r.json()["detail"]
         assert http.get("/no/such/route").status_code == 404
         assert http.get(f"/shows/{show}").json()["reservations"] == {"A1": "c"}
@@ -289,8 +332,11 @@ def test_overload_is_429_and_an_unknown_outcome_is_504_with_the_key(live: Live) 
     assert refused.json()["error"] == "overloaded" and refused.json()["category"] == "not_applied"
     # a 1 ms deadline: the command is sent, its outcome unknown, the key comes back
     with httpx.Client(base_url=live.strict, timeout=30) as http:
-        r = http.post(f"/shows/{show}/reservations", json={"seat": "A5", "customer": "dora"},
-                      headers={"Idempotency-Key": "key-123"})
+        r = http.post(
+            f"/shows/{show}/reservations",
+            json={"seat": "A5", "customer": "dora"},
+            headers={"Idempotency-Key": "key-123"},
+        )
         assert r.status_code == 504, r.text
         body = r.json()
         assert (body["error"], body["type"]) == ("outcome_unknown", "AskTimeoutError")
@@ -316,14 +362,17 @@ def test_re_sending_the_key_of_a_504_applies_the_command_once(live: Live) -> Non
     show, key = _show(), f"key-{uuid.uuid4().hex}"
     body = {"seat": "A7", "customer": "erin"}
     with httpx.Client(base_url=live.strict, timeout=30) as strict:
-        first = strict.post(f"/shows/{show}/reservations", json=body,
-                            headers={"Idempotency-Key": key})
+        first = strict.post(
+            f"/shows/{show}/reservations", json=body, headers={"Idempotency-Key": key}
+        )
     assert first.status_code == 504 and first.json()["idempotency_key"] == key
     retry_safe = first.json()["retry_safe"]
     assert retry_safe is refs_take_idempotency_keys()  # True once idempotent commands exist
     with httpx.Client(base_url=live.url, timeout=30) as http:
-        answers = [http.post(f"/shows/{show}/reservations", json=body,
-                             headers={"Idempotency-Key": key}) for _ in range(3)]
+        answers = [
+            http.post(f"/shows/{show}/reservations", json=body, headers={"Idempotency-Key": key})
+            for _ in range(3)
+        ]
     statuses = [a.status_code for a in answers]
     if retry_safe:  # the same key: the original outcome each time, applied once
         assert statuses == [201, 201, 201], [a.text for a in answers]
@@ -347,8 +396,10 @@ def test_openapi_document(live: Live) -> None:
     assert set(paths["/customers/{customer}/reservations"]) == {"get"}
     reserve = paths["/shows/{show}/reservations"]["post"]
     assert {"201", "409", "422", "429", "503", "504"} <= set(reserve["responses"])
-    assert reserve["responses"]["409"]["content"]["application/json"]["schema"][
-        "$ref"] == "#/components/schemas/Problem"
+    assert (
+        reserve["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
+        == "#/components/schemas/Problem"
+    )
     headers = [p["name"] for p in reserve["parameters"] if p["in"] == "header"]
     assert headers == ["Idempotency-Key"]
     assert doc["components"]["schemas"]["NewReservation"]["properties"]["seat"]["pattern"]
@@ -400,15 +451,26 @@ def test_serve_usage_errors_are_one_line(capsys) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_loadtest_over_http_reports_the_same_figures_beside_refs(
-        live, cassandra_contact, cassandra_keyspace, tmp_path) -> None:
-    from raysource.app.loadtest import LoadTestParams, comparison_lines, run_loadtest
+    live, cassandra_contact, cassandra_keyspace, tmp_path
+) -> None:
+    from raysource.app.loadtest import LoadTestParams, run_loadtest
+    from raysource.app.standalone import comparison_lines
 
     host, port = cassandra_contact
     reports = {}
     for via in ("refs", "http"):  # the http run deploys its app on the module's Serve
-        params = LoadTestParams(workload="seats", entities=20, clients=1, commands=200,
-                                duration_s=None, shards=4, keyspace=cassandra_keyspace,
-                                via=via, results_dir=str(tmp_path), sample=5)
+        params = LoadTestParams(
+            workload="seats",
+            entities=20,
+            clients=1,
+            commands=200,
+            duration_s=None,
+            shards=4,
+            keyspace=cassandra_keyspace,
+            via=via,
+            results_dir=str(tmp_path),
+            sample=5,
+        )
         reports[via] = run_loadtest(params, f"{host}:{port}", progress=False)
     for via, report in reports.items():
         f = report.result["figures"]
@@ -429,8 +491,9 @@ def test_loadtest_over_http_reports_the_same_figures_beside_refs(
 # --------------------------------------------------------------------------- replicas
 
 
-def _reserve_all(url: str, requests: list[tuple[str, str, str]], concurrency: int,
-                 out: list | None = None) -> list[tuple[tuple[str, str, str], int | str, str, float]]:
+def _reserve_all(
+    url: str, requests: list[tuple[str, str, str]], concurrency: int, out: list | None = None
+) -> list[tuple[tuple[str, str, str], int | str, str, float]]:
     """Send every (show, seat, customer) reservation with ``concurrency`` in flight; returns
     (request, status or exception name, replica, monotonic time of the answer) per request."""
     out = [] if out is None else out
@@ -439,15 +502,23 @@ def _reserve_all(url: str, requests: list[tuple[str, str, str]], concurrency: in
         queue = list(reversed(requests))
         limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
             async def worker() -> None:
                 while queue:
                     req = queue.pop()
                     show, seat, customer = req
                     try:
-                        r = await http.post(f"/shows/{show}/reservations",
-                                            json={"seat": seat, "customer": customer})
-                        out.append((req, r.status_code, r.headers.get("x-raysource-replica", ""),
-                                    time.monotonic()))
+                        r = await http.post(
+                            f"/shows/{show}/reservations", json={"seat": seat, "customer": customer}
+                        )
+                        out.append(
+                            (
+                                req,
+                                r.status_code,
+                                r.headers.get("x-raysource-replica", ""),
+                                time.monotonic(),
+                            )
+                        )
                     except httpx.HTTPError as exc:
                         out.append((req, type(exc).__name__, "", time.monotonic()))
 
@@ -480,7 +551,8 @@ def test_two_replicas_serve_the_same_aggregates_without_double_writes(live: Live
         events = live.events(show)
         assert [e.sequence_nr for e in events] == list(range(1, 11))
         assert {(e.event.seat, e.event.customer) for e in events} == {
-            (seat, winners[(show, seat)][0]) for seat in seats}
+            (seat, winners[(show, seat)][0]) for seat in seats
+        }
 
 
 @pytest.mark.ray
@@ -494,8 +566,12 @@ def test_a_replica_killed_under_load_loses_nothing_acknowledged(live: Live) -> N
     from ray import serve
 
     shows = [_show() for _ in range(4)]
-    requests = [(s, f"{row}{n}", f"cust-{s[-4:]}-{row}{n}") for s in shows
-                for row in "ABCDEFGHIJ" for n in range(1, 11)]  # 400 distinct seats
+    requests = [
+        (s, f"{row}{n}", f"cust-{s[-4:]}-{row}{n}")
+        for s in shows
+        for row in "ABCDEFGHIJ"
+        for n in range(1, 11)
+    ]  # 400 distinct seats
     victims: list[str] = []
     killed_at: list[float] = []
 
@@ -506,8 +582,7 @@ def test_a_replica_killed_under_load_loses_nothing_acknowledged(live: Live) -> N
         while len(answers) < 100 and time.monotonic() < deadline:
             time.sleep(0.01)
         for entry in ray.util.list_named_actors(all_namespaces=True):
-            if entry["namespace"] == "serve" and entry["name"].startswith(
-                    "SERVE_REPLICA::seats#"):
+            if entry["namespace"] == "serve" and entry["name"].startswith("SERVE_REPLICA::seats#"):
                 victims.append(entry["name"])
                 ray.kill(ray.get_actor(entry["name"], namespace="serve"), no_restart=True)
                 killed_at.append(time.monotonic())
@@ -521,8 +596,15 @@ def test_a_replica_killed_under_load_loses_nothing_acknowledged(live: Live) -> N
     before = sum(1 for *_, t in answers if t < killed_at[0])
     assert 0 < before < len(answers) - 50, (before, len(answers))  # killed under load
     outcomes = Counter(status for _, status, _, _ in answers)
-    assert outcomes[201] > 0 and set(outcomes) <= {201, 500, 502, 503, 504, "ReadError",
-                                                   "RemoteProtocolError"}, outcomes
+    assert outcomes[201] > 0 and set(outcomes) <= {
+        201,
+        500,
+        502,
+        503,
+        504,
+        "ReadError",
+        "RemoteProtocolError",
+    }, outcomes
     # Serve replaces the killed replica; the service answers from two replicas again
     deadline = time.monotonic() + 60
     while True:
@@ -546,6 +628,8 @@ def test_a_replica_killed_under_load_loses_nothing_acknowledged(live: Live) -> N
         stored.update((show, e.event.seat, e.event.customer) for e in events)
     assert all(stored[req] == 1 for req in acked), [r for r in acked if stored[r] != 1]
     assert set(stored) - acked <= failed and max(stored.values()) == 1
-    print(f"\nreplica kill under load ({before} answered before it): {dict(outcomes)}; "
-          f"stored {len(stored)}, "
-          f"acknowledged {len(acked)}, stored but unacknowledged {len(set(stored) - acked)}")
+    print(
+        f"\nreplica kill under load ({before} answered before it): {dict(outcomes)}; "
+        f"stored {len(stored)}, "
+        f"acknowledged {len(acked)}, stored but unacknowledged {len(set(stored) - acked)}"
+    )

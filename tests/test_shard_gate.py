@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.journal.errors import ConfigError, NotAppliedError
 from raysource.runtime.actors.shard_gate import ShardGate, slot_of
 from raysource.runtime.errors import AggregateStoppedError, PassivatedError
 from raysource.runtime.shard_id import shard_of
-from unit_guard import no_ray  # noqa: F401
 
 SHARDS = 8
 
@@ -95,11 +95,14 @@ async def test_an_unreachable_owner_is_not_applied():
     assert g.granted == []
 
 
-@pytest.mark.parametrize("settings, says", [
-    ({"hosts_per_node": 0}, "hosts_per_node must be an int >= 1"),
-    ({"hosts_per_node": "4"}, "hosts_per_node must be an int >= 1"),
-    ({"hosts_per_nodes": 4}, "host_settings of 'show'"),
-])
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        ({"hosts_per_node": 0}, "hosts_per_node must be an int >= 1"),
+        ({"hosts_per_node": "4"}, "hosts_per_node must be an int >= 1"),
+        ({"hosts_per_nodes": 4}, "host_settings of 'show'"),
+    ],
+)
 def test_bad_host_settings_are_a_config_error_before_ray_starts(settings, says):
     import ray
 
@@ -108,6 +111,11 @@ def test_bad_host_settings_are_a_config_error_before_ray_starts(settings, says):
     from raysource.sharding.system import System
 
     with pytest.raises(ConfigError, match=says):
-        System.start("bad", store=StoreSpec(), types=[SHOW],
-                     placement={"show": "hosted"}, host_settings={"show": settings})
+        System.start(
+            "bad",
+            store=StoreSpec(),
+            types=[SHOW],
+            placement={"show": "hosted"},
+            host_settings={"show": settings},
+        )
     assert not ray.is_initialized()

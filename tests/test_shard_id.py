@@ -11,10 +11,10 @@ from collections import Counter
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 from raysource.journal.errors import ConfigError
 from raysource.runtime.shard_id import shard_of
-from unit_guard import no_ray  # noqa: F401  (autouse: these tests must not start Ray)
 
 
 def _reference(entity_id: str, n: int) -> int:
@@ -46,8 +46,9 @@ def test_same_in_another_process_with_another_hash_seed() -> None:
         f"print([shard_of(i, 97) for i in {ids!r}])"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
     assert out.strip() == str([shard_of(i, 97) for i in ids])
 
 

@@ -20,6 +20,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 from ray_cluster import ray_cluster
+
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.examples.seats import SHOW, ReserveSeat
 from raysource.journal.cassandra.config import CassandraConfig
@@ -44,13 +45,15 @@ def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
         config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
         store = StoreSpec.for_cassandra(config, create_schema=True)
         system = System.start(
-            "shardsys", store=store, types=[LEDGER, SHOW], namespace=ns,
+            "shardsys",
+            store=store,
+            types=[LEDGER, SHOW],
+            namespace=ns,
             coordinator_settings=CoordinatorSettings(poll_interval=0.5, max_moves=2),
             host_settings={"ledger": {"retire_grace_s": 0.2}},
         )
         try:
-            yield {"cluster": c, "workers": workers, "system": system, "config": config,
-                   "ns": ns}
+            yield {"cluster": c, "workers": workers, "system": system, "config": config, "ns": ns}
         finally:
             system.shutdown(timeout=10)
 
@@ -166,12 +169,11 @@ def test_entities_spread_over_nodes_one_activation_each(cluster) -> None:
     raw = refs[0].actor
     assert ray.get(raw.ask.remote(GetBalance())) == 4
     assert len({activation_info(r)["pid"] for r in refs}) == 1
-    (ops, writers), = journal_ops(cluster["config"], "ledger", [eid]).values()
+    ((ops, writers),) = journal_ops(cluster["config"], "ledger", [eid]).values()
     assert len(ops) == 4 and len(writers) == 1
 
 
-def _first_command_from_another_driver(store: StoreSpec, ns: str, entity_id: str,
-                                      op: str) -> int:
+def _first_command_from_another_driver(store: StoreSpec, ns: str, entity_id: str, op: str) -> int:
     # a separate process joining the same system, as another driver would
     from raysource.examples.ledger import LEDGER, Append
     from raysource.examples.seats import SHOW
@@ -185,14 +187,17 @@ def test_concurrent_first_commands_create_one_activation(cluster) -> None:
     task = ray.remote(num_cpus=0)(_first_command_from_another_driver)
     store = cluster["system"].spec.store
     eid = f"fresh-{uuid.uuid4().hex[:6]}"
-    results = ray.get([
-        task.remote(store, cluster["ns"], eid, f"op-{k}") for k in range(4)
-    ], timeout=120)
+    results = ray.get(
+        [task.remote(store, cluster["ns"], eid, f"op-{k}") for k in range(4)], timeout=120
+    )
     assert sorted(results) == [1, 2, 3, 4]  # serialized by one activation
-    names = [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
-             if e["name"].endswith(f"ledger|{eid}")]
+    names = [
+        e["name"]
+        for e in ray.util.list_named_actors(all_namespaces=True)
+        if e["name"].endswith(f"ledger|{eid}")
+    ]
     assert len(names) == 1
-    (ops, writers), = journal_ops(cluster["config"], "ledger", [eid]).values()
+    ((ops, writers),) = journal_ops(cluster["config"], "ledger", [eid]).values()
     assert sorted(ops) == [f"op-{k}" for k in range(4)] and len(writers) == 1
 
 
@@ -247,12 +252,17 @@ def test_node_loss_under_load_moves_shards_and_loses_nothing(cluster) -> None:
     with Load(system, ids) as load:
         time.sleep(2)
         allocation = system.allocation()
-        victim = max((w for w in cluster["workers"] if w.node_id in allocation),
-                     key=lambda w: len(allocation[w.node_id]))
+        victim = max(
+            (w for w in cluster["workers"] if w.node_id in allocation),
+            key=lambda w: len(allocation[w.node_id]),
+        )
         victims_entities = [
-            eid for eid in ids
-            if ray.get(system.coordinator.home.remote(
-                "ledger", shard_of(eid, LEDGER.number_of_shards))) == victim.node_id
+            eid
+            for eid in ids
+            if ray.get(
+                system.coordinator.home.remote("ledger", shard_of(eid, LEDGER.number_of_shards))
+            )
+            == victim.node_id
         ]
         acked_before = {eid: len(load.acked[eid]) for eid in ids}
         c.remove_node(victim, allow_graceful=False)
@@ -262,11 +272,15 @@ def test_node_loss_under_load_moves_shards_and_loses_nothing(cluster) -> None:
         # every entity serves again: new acknowledgements after the loss, on live nodes
         while any(len(load.acked[eid]) <= acked_before[eid] + 1 for eid in ids):
             assert time.monotonic() < deadline, {
-                e: (acked_before[e], len(load.acked[e])) for e in ids}
+                e: (acked_before[e], len(load.acked[e])) for e in ids
+            }
             time.sleep(0.25)
         recovered_s = time.monotonic() - removed_at
-    print(f"node loss: {len(victims_entities)} of {len(ids)} entities on the lost node; "
-          f"all serving again after {recovered_s:.1f} s", flush=True)
+    print(
+        f"node loss: {len(victims_entities)} of {len(ids)} entities on the lost node; "
+        f"all serving again after {recovered_s:.1f} s",
+        flush=True,
+    )
     assert victim.node_id not in system.allocation()
     assert victim.node_id not in live_nodes()
     assert not load.failed, load.failed[:3]  # only "outcome unknown" for in-flight commands

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import pytest
 import ray
 from ray_cluster import ray_cluster
+
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
@@ -85,8 +86,10 @@ class Load:
         self.acked: dict[str, list[tuple[float, str]]] = {i: [] for i in ids}
         self.other: dict[str, list[tuple[str, BaseException]]] = {i: [] for i in ids}
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(ids[k::threads],), daemon=True)
-                         for k in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(ids[k::threads],), daemon=True)
+            for k in range(threads)
+        ]
 
     def _run(self, ids: list[str]) -> None:
         refs = {i: self.system.entity(HLEDGER, i) for i in ids}
@@ -116,19 +119,24 @@ class Load:
 def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
     with ray_cluster(0, "shared") as (c, _, ns):
         host, port = cassandra_contact
-        config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                                 fencing=False)
+        config = CassandraConfig(
+            contact_points=(host,), port=port, keyspace=cassandra_keyspace, fencing=False
+        )
         yield {"cluster": c, "config": config, "ns": ns}
 
 
 def test_moving_one_shard_out_of_a_shared_host_keeps_one_writer_and_the_others_running(
-        cluster) -> None:
+    cluster,
+) -> None:
     config: CassandraConfig = cluster["config"]
     store = StoreSpec.for_cassandra(config, create_schema=True)
-    settings = dict(store=store, types=[HLEDGER], namespace=cluster["ns"],
-                    coordinator_settings=CoordinatorSettings(poll_interval=0.5,
-                                                             rebalance=False),
-                    host_settings={"hledger": {"hosts_per_node": 1}})
+    settings = dict(
+        store=store,
+        types=[HLEDGER],
+        namespace=cluster["ns"],
+        coordinator_settings=CoordinatorSettings(poll_interval=0.5, rebalance=False),
+        host_settings={"hledger": {"hosts_per_node": 1}},
+    )
     name = f"sh{uuid.uuid4().hex[:6]}"
     system = System.start(name, **settings)
     stale = System.start(name, **settings)  # a second driver's view of the same system
@@ -193,7 +201,7 @@ def test_moving_one_shard_out_of_a_shared_host_keeps_one_writer_and_the_others_r
         # ledger it never touched goes there first, is refused (not applied) and re-resolved
         fresh = next(e for e in (f"fresh-{i}" for i in range(1000)) if shard_of(e, 4) == moved)
         assert stale.entity(HLEDGER, fresh).ask(Append(f"{fresh}/1"), timeout=60) == 1
-        (row,), = journal_writers(config, [fresh]).values()
+        ((row,),) = journal_writers(config, [fresh]).values()
         assert f":{worker.node_id}:" in row[1]
         for eid in went:
             balance = stale.entity(HLEDGER, eid).ask(GetBalance(), timeout=60)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from raysource.journal.cassandra.config import CassandraConfig
 from raysource.examples.seats import SHOW, CancelReservation, GetShow, ReserveSeat, ShowState
+from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.ray_nodes import coordinator_name
 from raysource.sharding.system import System
@@ -29,8 +29,12 @@ def system(ray_local, cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
     config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
     name = f"st{uuid.uuid4().hex[:8]}"
-    system = System.start(name, store=StoreSpec.for_cassandra(config, create_schema=True),
-                          types=[SHOW], placement={"show": "hosted"})
+    system = System.start(
+        name,
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        types=[SHOW],
+        placement={"show": "hosted"},
+    )
     yield system
     system.shutdown()
 
@@ -41,10 +45,26 @@ def _cli(ray_local, cassandra_contact, keyspace: str, *args: str) -> subprocess.
     # same environment: Ray 2.60 local clusters use token auth, and the token file it wrote
     # is found again through the same HOME / RAY_* variables
     return subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", "state", *args,
-         "--address", ctx.gcs_address, "--namespace", ctx.namespace,
-         "--cassandra", f"{host}:{port}", "--keyspace", keyspace],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "raysource.app.cli",
+            "state",
+            *args,
+            "--address",
+            ctx.gcs_address,
+            "--namespace",
+            ctx.namespace,
+            "--cassandra",
+            f"{host}:{port}",
+            "--keyspace",
+            keyspace,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ),
     )
 
 
@@ -80,14 +100,17 @@ def ray_info(ref) -> dict:
 def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassandra_keyspace):
     """A retired dedicated actor refuses ``state`` like any call (PassivatedError); the ref
     re-sends it to a fresh activation, which recovers the state."""
-    from raysource.runtime.errors import PassivatedError
     from raysource.runtime.actors.refs import EntityRef
+    from raysource.runtime.errors import PassivatedError
     from raysource.testing.local_resolver import LocalResolver
 
     host, port = cassandra_contact
     config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
-    resolver = LocalResolver(f"sd{uuid.uuid4().hex[:8]}", StoreSpec.for_cassandra(config),
-                             namespace=ray_local.get_runtime_context().namespace)
+    resolver = LocalResolver(
+        f"sd{uuid.uuid4().hex[:8]}",
+        StoreSpec.for_cassandra(config),
+        namespace=ray_local.get_runtime_context().namespace,
+    )
     try:
         ref = EntityRef(SHOW, f"retired-{uuid.uuid4().hex[:6]}", resolver)
         ref.ask(ReserveSeat("C3", "carol"), timeout=30)
@@ -102,15 +125,15 @@ def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassan
 
 
 @pytest.mark.timeout(60)
-def test_cli_state_prints_the_live_state(system, ray_local, cassandra_contact,
-                                         cassandra_keyspace):
+def test_cli_state_prints_the_live_state(system, ray_local, cassandra_contact, cassandra_keyspace):
     show = f"cli-{uuid.uuid4().hex[:6]}"
     ref = system.entity(SHOW, show)
     ref.ask(ReserveSeat("A1", "alice"), timeout=30)
     ref.ask(ReserveSeat("C7", "carol"), timeout=30)
 
-    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", show,
-                "--system", system.name)
+    done = _cli(
+        ray_local, cassandra_contact, cassandra_keyspace, "show", show, "--system", system.name
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"show|{show} ({system.name}):"
@@ -121,26 +144,43 @@ def test_cli_state_prints_the_live_state(system, ray_local, cassandra_contact,
 @pytest.mark.timeout(60)
 def test_cli_state_errors(system, ray_local, cassandra_contact, cassandra_keyspace):
     missing = f"nosuch{uuid.uuid4().hex[:6]}"
-    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", "x",
-                "--system", missing)
+    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", "x", "--system", missing)
     assert done.returncode == 2
     assert f"no raysource system {missing} is running on this Ray cluster" in done.stderr
     names = [a["name"] for a in ray_local.util.list_named_actors(all_namespaces=True)]
     assert coordinator_name(missing) not in names and not any(missing in n for n in names)
 
-    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "movie", "x",
-                "--system", system.name)
+    done = _cli(
+        ray_local, cassandra_contact, cassandra_keyspace, "movie", "x", "--system", system.name
+    )
     assert done.returncode == 2
     assert "unknown aggregate type 'movie'; known types: show" in done.stderr
 
-    done = _cli(ray_local, cassandra_contact, cassandra_keyspace, "show", "",
-                "--system", system.name)
+    done = _cli(
+        ray_local, cassandra_contact, cassandra_keyspace, "show", "", "--system", system.name
+    )
     assert done.returncode == 2 and "entity id must be a non-empty string" in done.stderr
 
     host, port = cassandra_contact
     done = subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", "state", "show", "x", "--system", system.name,
-         "--address", "127.0.0.1:1", "--cassandra", f"{host}:{port}"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "raysource.app.cli",
+            "state",
+            "show",
+            "x",
+            "--system",
+            system.name,
+            "--address",
+            "127.0.0.1:1",
+            "--cassandra",
+            f"{host}:{port}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert done.returncode == 2
     assert "no Ray cluster reachable at '127.0.0.1:1'" in done.stderr

@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 
-from raysource.journal.cassandra.journal import CassandraJournal
-from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import JournalOutcomeUnknownError, JournalUnavailableError
-from raysource.runtime.errors import WriteOutcomeUnknownError
-from raysource.runtime.core import EntityCore
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat
-from raysource.runtime.stores import serialization_for, StoreSpec
+from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.journal import CassandraJournal
+from raysource.journal.errors import JournalOutcomeUnknownError, JournalUnavailableError
+from raysource.runtime.core import EntityCore
+from raysource.runtime.errors import WriteOutcomeUnknownError
+from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.memory import InMemorySnapshotStore
 
 pytestmark = pytest.mark.cassandra
@@ -48,8 +48,12 @@ class TagWriteFailsOnce(CassandraJournal):
 @pytest.fixture
 async def config(cassandra_contact, cassandra_keyspace):
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          eventual_consistency_delay=DELAY)
+    cfg = CassandraConfig(
+        contact_points=(host,),
+        port=port,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=DELAY,
+    )
     journal = await CassandraJournal.connect(cfg, create_schema=True)
     await journal.close()
     return cfg
@@ -57,8 +61,14 @@ async def config(cassandra_contact, cassandra_keyspace):
 
 async def _core(journal_cls, cfg: CassandraConfig, entity_id: str) -> EntityCore:
     journal = await journal_cls.connect(cfg)
-    return EntityCore(SHOW, entity_id, journal, InMemorySnapshotStore(),
-                      serialization_for(SHOW, StoreSpec()), writer_id=uuid.uuid4().hex)
+    return EntityCore(
+        SHOW,
+        entity_id,
+        journal,
+        InMemorySnapshotStore(),
+        serialization_for(SHOW, StoreSpec()),
+        writer_id=uuid.uuid4().hex,
+    )
 
 
 async def _tagged_seqs(cfg: CassandraConfig, entity_id: str) -> list[int]:
@@ -66,8 +76,13 @@ async def _tagged_seqs(cfg: CassandraConfig, entity_id: str) -> list[int]:
     journal = await CassandraJournal.connect(cfg)
     try:
         pid = SHOW.persistence_id(entity_id)
-        return sorted({t.event.sequence_nr async for t in journal.events_by_tag("show")
-                       if t.event.persistence_id == pid})
+        return sorted(
+            {
+                t.event.sequence_nr
+                async for t in journal.events_by_tag("show")
+                if t.event.persistence_id == pid
+            }
+        )
     finally:
         await journal.close()
 
@@ -107,17 +122,30 @@ async def test_acknowledged_after_a_failed_tag_write_is_in_the_tag_stream(config
     await core.journal.close()
 
 
-async def test_group_commit_never_exceeds_the_journal_group_limit(cassandra_contact,
-                                                                  cassandra_keyspace) -> None:
+async def test_group_commit_never_exceeds_the_journal_group_limit(
+    cassandra_contact, cassandra_keyspace
+) -> None:
     host, port = cassandra_contact
-    cfg = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace,
-                          partition_size=10)
+    cfg = CassandraConfig(
+        contact_points=(host,), port=port, keyspace=cassandra_keyspace, partition_size=10
+    )
     core = await _core(CassandraJournal, cfg, f"small-{uuid.uuid4().hex[:6]}")
     # 30 commands queued at once: one flush would be 30 events > 10 per partition
-    replies = await asyncio.gather(*(core.handle(ReserveSeat(f"A{i % 10 + 1}" if i < 10 else
-                                                             f"B{i % 10 + 1}" if i < 20 else
-                                                             f"C{i % 10 + 1}", f"c{i}"))
-                                     for i in range(30)))
+    replies = await asyncio.gather(
+        *(
+            core.handle(
+                ReserveSeat(
+                    f"A{i % 10 + 1}"
+                    if i < 10
+                    else f"B{i % 10 + 1}"
+                    if i < 20
+                    else f"C{i % 10 + 1}",
+                    f"c{i}",
+                )
+            )
+            for i in range(30)
+        )
+    )
     assert len(replies) == 30 and core.sequence_nr == 30
     assert core.stats.writes >= 3
     await core.stop()

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
+from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
 from raysource.journal.errors import UnserializableError
-from raysource.runtime.errors import CommandRejected
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist, reply
-from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
+from raysource.runtime.errors import CommandRejected
 from raysource.testing.testkit import AggregateTestKit
-from unit_guard import no_ray  # noqa: F401
 
 
 def test_a_seat_cannot_be_double_booked():

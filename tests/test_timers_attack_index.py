@@ -10,23 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-
-from raysource.errors import (
-    ConfigError,
-    HandlerError,
-    NotAppliedError,
-    PayloadTooLargeError,
-    RaysourceError,
-    UnserializableError,
-)
-from raysource.runtime.aggregate import persist, schedule
-from raysource.runtime.core import EntityCore
-from raysource.runtime.shard_id import shard_of
-from raysource.sharding.timer_pump import TimerSettings
-from raysource.testing.faults import interleave
 from timer_attack_world import (
     ALARM,
     NO_KEYS,
@@ -47,6 +33,19 @@ from timer_attack_world import (
 )
 from unit_guard import no_ray  # noqa: F401
 
+from raysource.errors import (
+    ConfigError,
+    HandlerError,
+    NotAppliedError,
+    PayloadTooLargeError,
+    RaysourceError,
+    UnserializableError,
+)
+from raysource.runtime.aggregate import persist, schedule
+from raysource.runtime.core import EntityCore
+from raysource.runtime.shard_id import shard_of
+from raysource.sharding.timer_pump import TimerSettings
+from raysource.testing.faults import interleave
 
 # ------------------------------------- 4. the index: every pending timer has a row the pump reaches
 
@@ -55,6 +54,7 @@ def test_a_far_future_first_timer_does_not_hide_nearer_ones_of_its_shard() -> No
     """The shard's first ever row is a year ahead; a timer due in a minute, written after it
     into the same shard, still fires on time (the cursor must not start at the first row's
     bucket)."""
+
     async def main():
         w = World()
         await w.core().handle(Arm("far", timers=(("year", 365 * 86400),)))
@@ -65,6 +65,7 @@ def test_a_far_future_first_timer_does_not_hide_nearer_ones_of_its_shard() -> No
         await pump.run_once()
         await pump.drain()
         assert await w.rings() == Counter({("near", "minute"): 1})
+
     asyncio.run(main())
 
 
@@ -72,6 +73,7 @@ def test_a_slow_append_does_not_put_its_row_behind_the_cursor() -> None:
     """The bucket is chosen from the flush's timestamp; the append then takes 3 minutes (a
     stalled store) while the pump moves the cursor past that (empty, settled) bucket. The row
     written afterwards must still be reachable."""
+
     async def main():
         w = World()
         other = next(f"o{i}" for i in range(100) if shard_of(f"o{i}", 4) == shard_of("e1", 4))
@@ -91,17 +93,27 @@ def test_a_slow_append_does_not_put_its_row_behind_the_cursor() -> None:
         await pump.drain()
         assert await w.rings() == Counter({("slow", "s"): 1})
         assert await w.rings(other) == Counter({("x", "t"): 1})
+
     asyncio.run(main())
 
 
 def test_a_writer_whose_clock_lags_within_the_settle_time_is_not_lost() -> None:
     """The writer's clock is 40 s behind the pump's (inside the 60 s settle time)."""
+
     async def main():
         w = World()
         writer = Clock()
         writer.now = w.clock.now - timedelta(seconds=40)
-        core = EntityCore(ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="skewed",
-                          wall_clock=writer, timer_store=w.store)
+        core = EntityCore(
+            ALARM,
+            "e1",
+            w.journal,
+            w.snaps,
+            w.ser,
+            writer_id="skewed",
+            wall_clock=writer,
+            timer_store=w.store,
+        )
         await core.handle(Arm("x", timers=(("t", 1),)))
         pump = w.pump()
         for _ in range(4):  # the pump's clock runs on; the row is due (by the writer's
@@ -110,19 +122,24 @@ def test_a_writer_whose_clock_lags_within_the_settle_time_is_not_lost() -> None:
         await core.stop()
         await pump.drain()
         assert await w.rings() == Counter({("x", "t"): 1})
+
     asyncio.run(main())
 
 
 def test_two_commands_in_one_flush_scheduling_one_name_leave_no_live_row_of_the_first() -> None:
     """Two commands of one flush schedule "a" (the second replaces the first): the index must
     not keep the first one's row (deleted before it was written)."""
+
     async def main():
         w = World()
         core = w.core()
-        await asyncio.gather(core.handle(Arm("o1", timers=(("a", 10),))),
-                             core.handle(Arm("o2", timers=(("a", 1000),))))
+        await asyncio.gather(
+            core.handle(Arm("o1", timers=(("a", 10),))),
+            core.handle(Arm("o2", timers=(("a", 1000),))),
+        )
         assert core.stats.writes == 1
         assert [r.timer_id for r in w.store.rows()] == ["a@2"]
+
     asyncio.run(main())
 
 
@@ -130,6 +147,7 @@ def test_a_stale_fire_does_not_delete_the_row_of_a_reschedule_with_the_same_due_
     """The pump reads a@1's row and sends its fire; before it arrives the aggregate re-arms
     "a" at the same instant (same bucket, due time and name: the same row key, new id a@2).
     The stale fire of a@1 is answered and its row deleted: that must not delete a@2's."""
+
     async def main():
         w = World()
         at_ms = w.clock.ms() + 5_000
@@ -150,6 +168,7 @@ def test_a_stale_fire_does_not_delete_the_row_of_a_reschedule_with_the_same_due_
         await pump.run_once()
         await pump.drain()
         assert await w.rings() == Counter({("o2", "a"): 1})
+
     asyncio.run(main())
 
 
@@ -157,6 +176,7 @@ def test_a_timer_whose_fire_always_fails_does_not_stop_its_shard() -> None:
     """One aggregate's fires fail forever (its activation cannot start); its row pins the
     shard's cursor. Timers of other aggregates of that shard due hours later (beyond the
     pump's buckets_per_pass window from the cursor) must still fire."""
+
     async def main():
         w = World()
         same = [f"x{i}" for i in range(200) if shard_of(f"x{i}", 4) == shard_of("e1", 4)]
@@ -183,12 +203,14 @@ def test_a_timer_whose_fire_always_fails_does_not_stop_its_shard() -> None:
         await pump.run_once()
         await pump.drain()
         assert await w.rings(poisoned) == Counter({("p", "t"): 1})
+
     asyncio.run(main())
 
 
 def test_the_pump_forgets_retry_waits_of_rows_that_went_elsewhere() -> None:
     """Rows whose fire failed and that another pump then fired leave their retry wait
     behind; the table of waits must not grow without bound."""
+
     async def main():
         w = World()
         pump = w.pump()
@@ -196,6 +218,7 @@ def test_the_pump_forgets_retry_waits_of_rows_that_went_elsewhere() -> None:
             pump._retry_at[("alarm", 0, 0, i, "p", "n", f"n@{i}")] = 0.0  # noqa: SLF001
         await pump._fire("alarm", [])  # noqa: SLF001
         assert len(pump._retry_at) == 0  # noqa: SLF001
+
     asyncio.run(main())
 
 
@@ -232,9 +255,13 @@ def test_random_fleets_with_two_pumps_and_a_flaky_route_ring_each_live_timer_onc
                 names = rng.sample("abc", rng.randint(1, 2))
                 skew = timedelta(seconds=rng.choice([-40, 0, 40]))
                 w.clock.now += skew  # this writer's clock
-                await w.core(eid).handle(Arm(f"{eid}-{step}", timers=tuple(
-                    (n, rng.choice([0, 50, 600, 3000])) for n in names),
-                    cancel=tuple(rng.sample("abc", rng.randint(0, 1)))))
+                await w.core(eid).handle(
+                    Arm(
+                        f"{eid}-{step}",
+                        timers=tuple((n, rng.choice([0, 50, 600, 3000])) for n in names),
+                        cancel=tuple(rng.sample("abc", rng.randint(0, 1))),
+                    )
+                )
                 w.clock.now -= skew
             elif move < 0.55:
                 await w.restart()
@@ -255,12 +282,14 @@ def test_random_fleets_with_two_pumps_and_a_flaky_route_ring_each_live_timer_onc
             assert await check_agreement(w, eid) == {}
             assert await w.rings(eid) == await expected_rings(w, eid), eid
         assert w.store.rows() == []
+
     asyncio.run(main())
 
 
 @pytest.mark.cassandra
 def test_on_cassandra_a_far_future_first_row_and_a_same_instant_reschedule_lose_nothing(
-        cassandra_contact, cassandra_keyspace) -> None:
+    cassandra_contact, cassandra_keyspace
+) -> None:
     """Two of the defects above, on the real journal and timer store (ensure_cursor's
     IF NOT EXISTS, the timer id in the row key): a shard whose first row is a year ahead
     still fires a near timer, and a stale fire answered after a re-schedule at the same
@@ -275,7 +304,7 @@ def test_on_cassandra_a_far_future_first_row_and_a_same_instant_reschedule_lose_
         journal = await CassandraJournal.connect(cfg, create_schema=True)
         try:
             w = World(journal=journal, store=CassandraTimerStore(journal.session, cfg))
-            w.clock.now = datetime.now(timezone.utc)  # the journal's rows carry real times
+            w.clock.now = datetime.now(UTC)  # the journal's rows carry real times
             await w.core().handle(Arm("far", timers=(("year", 365 * 86400),)))
             at_ms = w.clock.ms() + 30_000
             await w.core().handle(ArmAt("o1", "a", at_ms))
@@ -298,18 +327,34 @@ def test_on_cassandra_a_far_future_first_row_and_a_same_instant_reschedule_lose_
             assert await check_agreement_on(w) == {"year": "year@1"}
         finally:
             await journal.close()
+
     asyncio.run(main())
 
 
 # ------------------ 5. bad input: a typed error at the caller, nothing written, the aggregate alive
 
 
-@pytest.mark.parametrize("kw", [
-    dict(after=1e12), dict(after=10**30), dict(after=2**1100), dict(after=float("inf")),
-    dict(after=float("nan")), dict(after=-1), dict(after=True), dict(after="5"),
-    dict(at=datetime(2030, 1, 1)), dict(at="2030-01-01T00:00:00Z"), dict(),
-    dict(after=1, at=T0), dict(name="n" * 201, after=1), dict(name="", after=1),
-    dict(name=7, after=1)], ids=lambda kw: ",".join(f"{k}={str(v)[:12]}" for k, v in kw.items()))
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(after=1e12),
+        dict(after=10**30),
+        dict(after=2**1100),
+        dict(after=float("inf")),
+        dict(after=float("nan")),
+        dict(after=-1),
+        dict(after=True),
+        dict(after="5"),
+        dict(at=datetime(2030, 1, 1)),
+        dict(at="2030-01-01T00:00:00Z"),
+        dict(),
+        dict(after=1, at=T0),
+        dict(name="n" * 201, after=1),
+        dict(name="", after=1),
+        dict(name=7, after=1),
+    ],
+    ids=lambda kw: ",".join(f"{k}={str(v)[:12]}" for k, v in kw.items()),
+)
 def test_weird_schedule_values_are_config_errors_at_once(kw) -> None:
     name = kw.pop("name", "x")
     with pytest.raises(ConfigError):
@@ -321,8 +366,13 @@ def test_one_persist_scheduling_a_name_twice_is_refused_and_writes_nothing() -> 
     "a@1": the index kept the first one's row, which then ran the second one's command at
     10 s. Now it is a typed error at the caller (nothing written, the aggregate goes on)."""
     with pytest.raises(ConfigError, match="twice"):
-        persist(Armed("o"), schedule=[schedule("a", Ring("o", "a"), after=10),
-                                      schedule("a", Ring("o", "a"), after=1000)])
+        persist(
+            Armed("o"),
+            schedule=[
+                schedule("a", Ring("o", "a"), after=10),
+                schedule("a", Ring("o", "a"), after=1000),
+            ],
+        )
 
     async def main():
         w = World()
@@ -335,17 +385,26 @@ def test_one_persist_scheduling_a_name_twice_is_refused_and_writes_nothing() -> 
         await pump.run_once()
         await pump.drain()
         assert await w.rings() == Counter({("o2", "a"): 1})
+
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("command,error", [
-    (Unregistered(1), "HandlerError"), (Ring(object(), "x"), "UnserializableError"),
-    ("a plain string", "HandlerError"), (Armed("an event"), "HandlerError"),
-    (Opaque(1), "HandlerError")], ids=["unregistered", "unencodable", "str", "event", "type"])
+@pytest.mark.parametrize(
+    "command,error",
+    [
+        (Unregistered(1), "HandlerError"),
+        (Ring(object(), "x"), "UnserializableError"),
+        ("a plain string", "HandlerError"),
+        (Armed("an event"), "HandlerError"),
+        (Opaque(1), "HandlerError"),
+    ],
+    ids=["unregistered", "unencodable", "str", "event", "type"],
+)
 def test_a_timer_command_that_cannot_run_is_refused_when_scheduled(command, error) -> None:
     """Not registered, not encodable, or not one of the type's commands: a typed NotApplied
     error at the caller who schedules it (not a silent UnknownCommandError when it fires),
     nothing written or indexed, and the aggregate goes on."""
+
     async def main():
         w = World(_scheduling(command, after=1))
         with pytest.raises(RaysourceError) as err:
@@ -355,6 +414,7 @@ def test_a_timer_command_that_cannot_run_is_refused_when_scheduled(command, erro
         assert await w.core().handle(Arm("ok", timers=(("y", 1),))) == "ok"
         await w.fire_everything()
         assert await w.rings() == Counter({("ok", "y"): 1})
+
     asyncio.run(main())
 
 
@@ -365,21 +425,25 @@ def test_an_unregistered_timer_command_of_a_type_without_declared_commands_is_re
             await w.core().handle(Poke("p"))
         assert await w.events() == [] and w.store.rows() == []
         assert await w.core().handle(Arm("ok")) == "ok"  # alive
+
     asyncio.run(main())
 
 
 def test_scheduling_without_a_timer_store_is_refused_before_anything_is_written() -> None:
     """An activation built without a timer store used to journal the schedule, fail its
     index write (outcome unknown, stopped) and then fail every later recovery."""
+
     async def main():
         w = World()
-        core = EntityCore(ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="bare",
-                          wall_clock=w.clock)
+        core = EntityCore(
+            ALARM, "e1", w.journal, w.snaps, w.ser, writer_id="bare", wall_clock=w.clock
+        )
         with pytest.raises(HandlerError, match="timer store"):
             await core.handle(Arm("o", timers=(("a", 1),)))
         assert await core.handle(Poke("p")) == "p"  # alive, and nothing of "o" written
         assert [type(e).__name__ for e in await w.decoded()] == ["Poked"]
         await core.stop()
+
     asyncio.run(main())
 
 
@@ -396,17 +460,23 @@ def test_a_persist_whose_timers_exceed_the_payload_limit_is_refused_whole() -> N
         assert await w.events() == [] and w.store.rows() == []
         assert await w.core().handle(Arm("ok", timers=many[:500])) == "ok"
         assert len(w.store.rows()) == 500
+
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("at,fires", [
-    (datetime(9999, 12, 31, 23, 59, tzinfo=timezone.utc), False),
-    (datetime(1, 1, 1, tzinfo=timezone.utc), True),
-    (datetime(2026, 12, 1, 9, 0, tzinfo=timezone(timedelta(hours=5))), True)],
-    ids=["year-9999", "year-1", "utc+5"])
+@pytest.mark.parametrize(
+    "at,fires",
+    [
+        (datetime(9999, 12, 31, 23, 59, tzinfo=UTC), False),
+        (datetime(1, 1, 1, tzinfo=UTC), True),
+        (datetime(2026, 12, 1, 9, 0, tzinfo=timezone(timedelta(hours=5))), True),
+    ],
+    ids=["year-9999", "year-1", "utc+5"],
+)
 def test_extreme_due_times_are_stored_and_fire_when_due(at, fires) -> None:
     """A due time at the end of the calendar stays pending (and hides no nearer timer); one
     in year 1 (or in another zone, already past) fires at once."""
+
     async def main():
         w = World(_scheduling(Ring("p", "x"), at=at))
         assert await w.core().handle(Poke("p")) == "p"
@@ -422,6 +492,7 @@ def test_extreme_due_times_are_stored_and_fire_when_due(at, fires) -> None:
         assert await w.rings() == want
         await w.restart()
         assert set(await check_agreement(w)) == (set() if fires else {"x"})
+
     asyncio.run(main())
 
 
@@ -458,10 +529,15 @@ async def _stored(kit) -> list:
 def test_a_timer_whose_command_cannot_encode_its_event_is_answered_once() -> None:
     """The timer's command fails on its own (its event cannot be encoded): like a handler
     error, that answers the fire (the row goes, no retry); the core forgets the timer."""
+
     async def main():
         def h(state, c):
-            return persist(Opaque(object())) if isinstance(c, Ring) else ALARM.command_handler(
-                state, c)
+            return (
+                persist(Opaque(object()))
+                if isinstance(c, Ring)
+                else ALARM.command_handler(state, c)
+            )
+
         w = World(dataclasses.replace(ALARM, command_handler=h))
         await w.core().handle(Arm("o", timers=(("a", 1),)))
         w.clock.now += timedelta(seconds=5)
@@ -470,4 +546,5 @@ def test_a_timer_whose_command_cannot_encode_its_event_is_answered_once() -> Non
         await pump.drain()
         assert pump.info()["fired"] == 1 and pump.info()["retried"] == 0
         assert w.store.rows() == [] and list(w.core().timers.pending) == []
+
     asyncio.run(main())

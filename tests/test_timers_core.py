@@ -13,6 +13,9 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
+from timer_attack_world import World as AlarmWorld
+from unit_guard import no_ray  # noqa: F401
+
 from raysource.errors import (
     CommandRejected,
     ConfigError,
@@ -36,8 +39,6 @@ from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.runtime.timers import FIRED_FIELD, TimerFire, fire_key
 from raysource.sharding.timer_pump import TimerPump, TimerSettings
 from raysource.timers.memory import InMemoryTimerStore
-from timer_attack_world import World as AlarmWorld
-from unit_guard import no_ray  # noqa: F401
 
 SER = serialization_for(SHOW, StoreSpec())
 
@@ -100,6 +101,7 @@ def test_a_hold_fires_after_passivation_once_and_is_journaled_with_its_event() -
         assert w.store.rows() == []  # answered: the row is gone
         assert pump.info()["fired"] == 1 and pump.info()["lateness_ms"]["max"] == 1000
         assert await pump.run_once() == 0  # nothing left
+
     asyncio.run(main())
 
 
@@ -120,6 +122,7 @@ def test_a_cancelled_timer_never_fires_even_when_its_row_is_left_behind() -> Non
         assert _types(await w.events("s1")) == ["SeatHeld", "SeatReserved"]
         assert (await core.handle(GetShow())).reservations == {"A1": "ann"}
         assert w.store.rows() == []  # a stale fire removes its row too
+
     asyncio.run(main())
 
 
@@ -132,9 +135,12 @@ def test_a_cancel_and_a_fire_in_one_flush_and_a_fire_sent_twice_apply_at_most_on
         fire1, fire2 = TimerFire("hold-A1", "hold-A1@1"), TimerFire("hold-A2", "hold-A2@2")
         # one flush: confirm A1 first, then A1's fire (stale), A2's fire twice (plain, so
         # the idempotency table does not hide the second one)
-        results = await asyncio.gather(core.handle(ConfirmHold("A1", "ann")),
-                                       core.handle(fire1), core.handle(fire2),
-                                       core.handle(fire2))
+        results = await asyncio.gather(
+            core.handle(ConfirmHold("A1", "ann")),
+            core.handle(fire1),
+            core.handle(fire2),
+            core.handle(fire2),
+        )
         assert results[0] == SeatReserved("A1", "ann")
         assert results[1] is None  # stale
         assert results[2] == HoldReleased("A2", "bob") and results[3] is None
@@ -142,8 +148,13 @@ def test_a_cancel_and_a_fire_in_one_flush_and_a_fire_sent_twice_apply_at_most_on
         # and once more after a restart: the journal says A2's timer fired
         await w.passivate()
         assert await w.core("s1").handle(fire2) is None
-        assert _types(await w.events("s1")) == ["SeatHeld", "SeatHeld", "SeatReserved",
-                                                "HoldReleased"]
+        assert _types(await w.events("s1")) == [
+            "SeatHeld",
+            "SeatHeld",
+            "SeatReserved",
+            "HoldReleased",
+        ]
+
     asyncio.run(main())
 
 
@@ -168,6 +179,7 @@ def test_replay_and_snapshots_restore_pending_timers() -> None:
         await pump.drain()
         state = await w.core("s1").handle(GetShow())
         assert state.holds == {"B1": "bob"}  # A1 released, B1 not due yet
+
     asyncio.run(main())
 
 
@@ -176,8 +188,7 @@ def test_a_failed_index_write_is_repaired_before_the_reply() -> None:
         store = FlakyTimerStore()
         w = World(store=store)
         store.fail = 1  # the write after the append fails; the rebuild's repair succeeds
-        assert await w.core("s1").handle(HoldSeat("A1", "ann", 10)) == SeatHeld("A1", "ann",
-                                                                                 10.0)
+        assert await w.core("s1").handle(HoldSeat("A1", "ann", 10)) == SeatHeld("A1", "ann", 10.0)
         assert [r.name for r in store.rows()] == ["hold-A1"]
         store.fail = 2  # the write and the repair fail: stored, but the outcome is unknown
         with pytest.raises(WriteOutcomeUnknownError) as err:
@@ -187,6 +198,7 @@ def test_a_failed_index_write_is_repaired_before_the_reply() -> None:
         await w.passivate()  # the next activation indexes the newest group
         await w.core("s1").start()
         assert sorted(r.name for r in store.rows()) == ["hold-A1", "hold-A2"]
+
     asyncio.run(main())
 
 
@@ -210,6 +222,7 @@ def test_a_writer_that_dies_between_append_and_index_is_repaired_by_the_next_rec
         await pump.run_once()
         await pump.drain()
         assert _types(await w.events("s1")) == ["SeatHeld", "HoldReleased"]
+
     asyncio.run(main())
 
 
@@ -226,8 +239,8 @@ def test_an_early_fire_runs_nothing_and_a_user_key_cannot_shadow_a_fire() -> Non
         assert [t["name"] for t in core.timers.info()] == ["hold-A1"]  # still pending
         assert _types(await w.events("s1")) == ["SeatHeld"]
         w.clock.now += timedelta(seconds=60)
-        assert await core.handle(Keyed(fire, fire_key(fire.timer_id))) == HoldReleased("A1",
-                                                                                       "ann")
+        assert await core.handle(Keyed(fire, fire_key(fire.timer_id))) == HoldReleased("A1", "ann")
+
     asyncio.run(main())
 
 
@@ -246,6 +259,7 @@ def test_schedule_errors_are_typed_and_write_nothing() -> None:
         with pytest.raises(CommandRejected):
             await w.core("s1").handle(HoldSeat("A1", "ann", -1))
         assert await w.events("s1") == [] and w.store.rows() == []
+
     asyncio.run(main())
 
 
@@ -280,4 +294,5 @@ def test_the_pump_paces_a_backlog_and_keeps_rows_whose_fire_failed() -> None:
         assert pump.info()["fired"] == 100 and w.store.rows() == []
         for i in range(20):
             assert (await w.core(f"s{i}").handle(GetShow())).holds == {}
+
     asyncio.run(main())

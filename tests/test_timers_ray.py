@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import ray
 from ray_cluster import ray_cluster
+
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.serialization import Serialization
@@ -75,8 +76,10 @@ class GetRings:
 def _handle(state: tuple, cmd: object):
     match cmd:
         case Arm(count=n, after=after, at=at):
-            timers = [schedule(f"t{i}", Ring(i), at=at) if at else
-                      schedule(f"t{i}", Ring(i), after=after) for i in range(n)]
+            timers = [
+                schedule(f"t{i}", Ring(i), at=at) if at else schedule(f"t{i}", Ring(i), after=after)
+                for i in range(n)
+            ]
             return persist(Armed(n), schedule=timers)
         case Disarm(name=name):
             return persist(Disarmed(name), cancel=name)
@@ -90,9 +93,16 @@ def _apply(state: tuple, event: object) -> tuple:
     return (*state, event.i) if isinstance(event, Rang) else state
 
 
-ALARM = AggregateType("alarm", (), _handle, _apply, events=(Armed, Disarmed, Rang),
-                      commands=(Arm, Disarm, Ring, GetRings), placement="hosted",
-                      number_of_shards=8)
+ALARM = AggregateType(
+    "alarm",
+    (),
+    _handle,
+    _apply,
+    events=(Armed, Disarmed, Rang),
+    commands=(Arm, Disarm, Ring, GetRings),
+    placement="hosted",
+    number_of_shards=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +111,10 @@ def cluster(cassandra_contact, cassandra_keyspace) -> Iterator[dict]:
         host, port = cassandra_contact
         config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
         system = System.start(
-            "timersys", store=StoreSpec.for_cassandra(config, create_schema=True),
-            types=[ALARM], namespace=ns,
+            "timersys",
+            store=StoreSpec.for_cassandra(config, create_schema=True),
+            types=[ALARM],
+            namespace=ns,
             coordinator_settings=CoordinatorSettings(poll_interval=0.5),
             timers=TimerSettings(poll_interval_s=0.5, max_fires_per_s=2000, max_in_flight=8),
         )
@@ -122,8 +134,10 @@ def journal_of(config: CassandraConfig, ids: list[str]) -> dict[str, list]:
         out: dict[str, list] = {}
         try:
             for eid in ids:
-                out[eid] = [ser.decode(e.serializer_id, e.manifest, e.payload)
-                            async for e in journal.replay(ALARM.persistence_id(eid))]
+                out[eid] = [
+                    ser.decode(e.serializer_id, e.manifest, e.payload)
+                    async for e in journal.replay(ALARM.persistence_id(eid))
+                ]
         finally:
             await journal.close()
         return out
@@ -147,8 +161,10 @@ def wait_timers_idle(system: System, passes: int = 2) -> None:
         if len(now) != len(base):  # services came or went: count again from here
             base = [i["passes"] for i in now]
             return False
-        return all(i["passes"] >= b + passes and i["backlog"] == 0 and i["in_flight"] == 0
-                   for i, b in zip(now, base))
+        return all(
+            i["passes"] >= b + passes and i["backlog"] == 0 and i["in_flight"] == 0
+            for i, b in zip(now, base)
+        )
 
     wait_for(idle, 120, "the timer services never went idle")
 
@@ -168,8 +184,11 @@ def test_a_timer_fires_into_a_passivated_aggregate_and_a_cancelled_one_never(clu
     ref.ask(Disarm("t1"))
     assert ray.get(ref.actor.passivate.remote("sleeper")) is True
     config = cluster["config"]
-    wait_for(lambda: len(rings(journal_of(config, ["sleeper"])["sleeper"])) >= 2, 60,
-             "the timers did not fire")
+    wait_for(
+        lambda: len(rings(journal_of(config, ["sleeper"])["sleeper"])) >= 2,
+        60,
+        "the timers did not fire",
+    )
     wait_timers_idle(system)  # past t1's due time: a wrong fire of it would have happened
     events = journal_of(config, ["sleeper"])["sleeper"]
     assert sorted(rings(events)) == [0, 2]  # once each; the cancelled t1 never
@@ -184,22 +203,31 @@ def test_the_timers_of_a_lost_node_fire_from_the_shards_new_home(cluster) -> Non
     allocation = system.allocation()
     victim = next(w for w in cluster["workers"] if allocation.get(w.node_id))
     shards = {s.shard for s in allocation[victim.node_id] if s.type_name == "alarm"}
-    ids = [e for e in (f"lost-{i}" for i in range(200))
-           if shard_of(e, ALARM.number_of_shards) in shards][:4]
+    ids = [
+        e
+        for e in (f"lost-{i}" for i in range(200))
+        if shard_of(e, ALARM.number_of_shards) in shards
+    ][:4]
     assert ids, allocation
     for eid in ids:
         system.entity(ALARM, eid).ask(Arm(5, after=6.0))
     cluster["cluster"].remove_node(victim, allow_graceful=False)
     cluster["workers"].remove(victim)
     config = cluster["config"]
-    took = wait_for(lambda: all(len(rings(ev)) >= 5 for ev in journal_of(config, ids).values()),
-                    120, "the lost node's timers did not fire elsewhere")
+    took = wait_for(
+        lambda: all(len(rings(ev)) >= 5 for ev in journal_of(config, ids).values()),
+        120,
+        "the lost node's timers did not fire elsewhere",
+    )
     wait_timers_idle(system)  # no second fire is still on its way
     for eid, events in journal_of(config, ids).items():
         assert sorted(rings(events)) == [0, 1, 2, 3, 4], (eid, events)
     assert victim.node_id not in system.allocation()
-    print(f"node loss: {len(ids) * 5} timers fired from the new homes {took:.1f} s after "
-          f"the node was removed", flush=True)
+    print(
+        f"node loss: {len(ids) * 5} timers fired from the new homes {took:.1f} s after "
+        f"the node was removed",
+        flush=True,
+    )
 
 
 def test_ten_thousand_timers_due_at_once_fire_exactly_once(cluster) -> None:
@@ -212,7 +240,9 @@ def test_ten_thousand_timers_due_at_once_fire_exactly_once(cluster) -> None:
     armed_late = datetime.now(UTC) > due
     took = wait_for(
         lambda: sum(i.get("fired", 0) for i in system.timer_info()) - fired_before >= 10_000,
-        240, "10,000 timers were not all delivered")
+        240,
+        "10,000 timers were not all delivered",
+    )
     wait_timers_idle(system)  # no second fire is still on its way
     journal = journal_of(cluster["config"], ids)
     counts = Counter(len(rings(ev)) for ev in journal.values())
@@ -221,6 +251,9 @@ def test_ten_thousand_timers_due_at_once_fire_exactly_once(cluster) -> None:
     info = system.timer_info()
     p99 = max(i["lateness_ms"]["p99"] or 0 for i in info)
     worst = max(i["lateness_ms"]["max"] or 0 for i in info)
-    print(f"10,000 timers due at once: delivered within {took:.1f} s of the check starting; "
-          f"lateness p99 {p99} ms, max {worst} ms (armed after due: {armed_late})", flush=True)
+    print(
+        f"10,000 timers due at once: delivered within {took:.1f} s of the check starting; "
+        f"lateness p99 {p99} ms, max {worst} ms (armed after due: {armed_late})",
+        flush=True,
+    )
     assert worst < 240_000

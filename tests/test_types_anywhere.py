@@ -16,7 +16,7 @@ import enum
 import sys
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import cloudpickle
@@ -69,7 +69,7 @@ class Box:
     sold: tuple[Sold, ...] = ()
 
 
-AT = datetime(2026, 12, 1, 20, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
 
 
 def _handle(state: Box, command):
@@ -86,8 +86,13 @@ def _apply(state: Box, event: Sold) -> Box:
 
 
 BOX = AggregateType(
-    name="box", initial_state=Box(), command_handler=_handle, event_handler=_apply,
-    events=(Sold,), commands=(Sell, Peek), types=(Price,),
+    name="box",
+    initial_state=Box(),
+    command_handler=_handle,
+    event_handler=_apply,
+    events=(Sold,),
+    commands=(Sell, Peek),
+    types=(Price,),
     snapshot=SnapshotPolicy(every_n_events=2, keep=2),
 )
 
@@ -113,9 +118,12 @@ def _sale(i: int) -> Sell:
 def _start(contact, keyspace, placement: str) -> System:
     host, port = contact
     config = CassandraConfig(contact_points=(host,), port=port, keyspace=keyspace)
-    return System.start(f"any{uuid.uuid4().hex[:6]}",
-                        store=StoreSpec.for_cassandra(config, create_schema=True),
-                        types=[BOX], placement={"box": placement})
+    return System.start(
+        f"any{uuid.uuid4().hex[:6]}",
+        store=StoreSpec.for_cassandra(config, create_schema=True),
+        types=[BOX],
+        placement={"box": placement},
+    )
 
 
 def _assert_picklable_by_value() -> None:
@@ -128,13 +136,15 @@ def _assert_picklable_by_value() -> None:
 
 @pytest.mark.parametrize("placement", ["dedicated", "hosted"])
 def test_types_of_a_user_module_survive_snapshots_and_recovery_through_ray(
-        cassandra_contact, cassandra_keyspace, ray_local, placement) -> None:
+    cassandra_contact, cassandra_keyspace, ray_local, placement
+) -> None:
     # the driver decodes first (as `raysource inspect` does), any number of times
     ser = Serialization()
     BOX.register_types(ser)
     for i in range(3):
-        assert ser.decode(*ser.encode(Sold("Z9", Tier.STALLS, Price(Decimal(i), "EUR"), AT))) \
-            == Sold("Z9", Tier.STALLS, Price(Decimal(i), "EUR"), AT)
+        assert ser.decode(
+            *ser.encode(Sold("Z9", Tier.STALLS, Price(Decimal(i), "EUR"), AT))
+        ) == Sold("Z9", Tier.STALLS, Price(Decimal(i), "EUR"), AT)
         assert ser.decode(*ser.encode(Box())) == Box()
     _assert_picklable_by_value()
 

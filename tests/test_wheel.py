@@ -31,30 +31,73 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("wheel")
     # build from a copy: an in-tree build would leave build/ and *.egg-info in the repository
     source = tmp / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "results", "*.egg-info", "__pycache__", "target", "node_modules"))
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "results",
+            "*.egg-info",
+            "__pycache__",
+            "target",
+            "node_modules",
+        ),
+    )
     dist = tmp / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(dist), str(source)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = dist.glob("raysource-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = venv / "bin" / "python"
-    purelib = Path(subprocess.run(
-        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip())
+    purelib = Path(
+        subprocess.run(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # dependencies only: the suite's site-packages as a plain path entry (its .pth files,
     # among them the editable install of this repository, are not processed from there)
     deps = sysconfig.get_paths()["purelib"]
     (purelib / "suite_deps.pth").write_text(deps + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--target", str(purelib), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(purelib),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     # the console script, as pip would write it into the venv
     script = venv / "bin" / "raysource"
-    script.write_text(f"#!{py}\nimport sys\nfrom raysource.app.cli import main\n"
-                      "sys.exit(main())\n")
+    script.write_text(f"#!{py}\nimport sys\nfrom raysource.app.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
     work = tmp / "elsewhere"  # never the repository: nothing may be found through the cwd
     work.mkdir()
@@ -62,8 +105,14 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _run(venv: dict, *args: str, env: dict | None = None, timeout: float = 120):
-    return subprocess.run(list(args), cwd=venv["work"], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        list(args),
+        cwd=venv["work"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_the_wheel_installs_one_import_root(wheel_venv: dict) -> None:
@@ -74,9 +123,13 @@ def test_the_wheel_installs_one_import_root(wheel_venv: dict) -> None:
     assert tops == {"raysource"}, tops
     assert "raysource/app/cassandra-pom.xml" in names
     assert "raysource/journal/cassandra/schema.cql" in names
-    out = _run(wheel_venv, str(wheel_venv["py"]), "-c",
-               "import raysource, raysource.journal.cassandra.journal, raysource.sharding.system;"
-               " print(raysource.__file__)")
+    out = _run(
+        wheel_venv,
+        str(wheel_venv["py"]),
+        "-c",
+        "import raysource, raysource.journal.cassandra.journal, raysource.sharding.system;"
+        " print(raysource.__file__)",
+    )
     assert out.returncode == 0, out.stderr
     assert str(ROOT) not in out.stdout and "site-packages" in out.stdout
     for generic in ("journal", "runtime", "sharding", "snapshots"):
@@ -98,8 +151,9 @@ def test_every_module_of_every_package_is_in_the_wheel(wheel_venv: dict) -> None
             expected.add("/".join([*package.split("."), path.name]))
     # every Python file of the repository's package folders, subfolders included
     tops = {folder.split("/")[0] for folder in package_dir().values()}
-    on_disk = {p for top in tops for p in (ROOT / top).rglob("*.py")
-               if "__pycache__" not in p.parts}
+    on_disk = {
+        p for top in tops for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts
+    }
     assert len(expected) == len(on_disk), sorted(map(str, on_disk))
     assert expected <= names, sorted(expected - names)
 
@@ -125,8 +179,9 @@ def test_cassandra_start_status_stop_from_the_wheel(wheel_venv: dict) -> None:
     port = free_port()
     cli = str(wheel_venv["script"])
     try:
-        started = _run(wheel_venv, cli, "cassandra", "start", "--port", str(port), env=env,
-                       timeout=300)
+        started = _run(
+            wheel_venv, cli, "cassandra", "start", "--port", str(port), env=env, timeout=300
+        )
         assert started.returncode == 0, started.stderr
         assert f"127.0.0.1:{port}" in started.stdout
         status = _run(wheel_venv, cli, "cassandra", "status", env=env)

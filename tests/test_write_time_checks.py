@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import cloudpickle
 import pytest
+from unit_guard import no_ray  # noqa: F401
 
 from raysource.journal.errors import (
     ConfigError,
@@ -28,7 +29,6 @@ from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType, SnapshotPolicy, persist, reply
 from raysource.runtime.shard_id import shard_of
 from raysource.testing.testkit import AggregateTestKit
-from unit_guard import no_ray  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -79,20 +79,27 @@ def _apply(state: Gauge, event) -> Gauge:
 
 
 GAUGE = AggregateType(
-    name="gauge", initial_state=Gauge(), command_handler=_handle, event_handler=_apply,
-    events=(Measured, Scaled), commands=(Record, Scale),
+    name="gauge",
+    initial_state=Gauge(),
+    command_handler=_handle,
+    event_handler=_apply,
+    events=(Measured, Scaled),
+    commands=(Record, Scale),
     snapshot=SnapshotPolicy(every_n_events=1, keep=5),
 )
 
 
-@pytest.mark.parametrize("value, by", [
-    (math.nan, "alice"),       # was written as null: every later recovery failed
-    (math.inf, "alice"),
-    (-math.inf, "alice"),
-    (1.5, 42),                 # an int where the dataclass says str
-    ("1.5", "alice"),          # a str where it says float
-    (True, "alice"),           # a bool is not a float
-])
+@pytest.mark.parametrize(
+    "value, by",
+    [
+        (math.nan, "alice"),  # was written as null: every later recovery failed
+        (math.inf, "alice"),
+        (-math.inf, "alice"),
+        (1.5, 42),  # an int where the dataclass says str
+        ("1.5", "alice"),  # a str where it says float
+        (True, "alice"),  # a bool is not a float
+    ],
+)
 def test_an_event_that_would_not_read_back_is_refused_and_the_aggregate_lives_on(value, by):
     with AggregateTestKit(GAUGE, roundtrip=False) as kit:
         assert kit.run(Record(2.0, "ok")).reply == 1

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from raysource.errors import (
     CommandRejected,
@@ -42,7 +42,8 @@ from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.faults import FaultyJournal
 from raysource.timers.memory import InMemoryTimerStore
 
-T0 = datetime(2026, 12, 1, 8, 0, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 8, 0, 30, tzinfo=UTC)
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -118,11 +119,14 @@ class AlarmState:
 def handle(state: AlarmState, command: object):
     match command:
         case Arm(op=op, timers=timers, cancel=cancel, again=again):
-            return persist(Armed(op), reply=op, cancel=cancel,
-                           schedule=[schedule(n, Ring(op, n, again=again), after=a)
-                                     for n, a in timers])
+            return persist(
+                Armed(op),
+                reply=op,
+                cancel=cancel,
+                schedule=[schedule(n, Ring(op, n, again=again), after=a) for n, a in timers],
+            )
         case ArmAt(op=op, name=name, at_ms=at_ms):
-            at = datetime.fromtimestamp(at_ms / 1000, timezone.utc)
+            at = datetime.fromtimestamp(at_ms / 1000, UTC)
             return persist(Armed(op), reply=op, schedule=schedule(name, Ring(op, name), at=at))
         case Ring(op=op, name=name, quiet=quiet, again=again):
             if quiet:
@@ -151,11 +155,18 @@ def apply(state: AlarmState, event: object) -> AlarmState:
 
 
 ALARM = AggregateType(
-    name="alarm", initial_state=AlarmState(), command_handler=handle, event_handler=apply,
-    events=(Armed, Rang, Poked), commands=(Arm, ArmAt, Ring, Poke, Get),
-    types=(AlarmState, Opaque), number_of_shards=4)
+    name="alarm",
+    initial_state=AlarmState(),
+    command_handler=handle,
+    event_handler=apply,
+    events=(Armed, Rang, Poked),
+    commands=(Arm, ArmAt, Ring, Poke, Get),
+    types=(AlarmState, Opaque),
+    number_of_shards=4,
+)
 
 NO_KEYS = dataclasses.replace(ALARM, idempotency=IdempotencyPolicy(enabled=False))
+
 
 class Clock:
     def __init__(self) -> None:
@@ -172,8 +183,9 @@ class World:
     """A (faulty) journal, stores and activations by entity id; fires go through ``send``
     like a timer service's (keyed ``timer:<id>`` when the type keeps keys)."""
 
-    def __init__(self, agg: AggregateType = ALARM, faults=(), store=None, seed=None,
-                 journal=None) -> None:
+    def __init__(
+        self, agg: AggregateType = ALARM, faults=(), store=None, seed=None, journal=None
+    ) -> None:
         self.agg = agg
         self.clock = Clock()
         self.journal = FaultyJournal(journal or InMemoryJournal(), faults, seed=seed)
@@ -186,10 +198,16 @@ class World:
     def core(self, eid: str = "e1") -> EntityCore:
         if eid not in self.cores or self.cores[eid].stopped:
             self.activations += 1
-            self.cores[eid] = EntityCore(self.agg, eid, self.journal, self.snaps,
-                                         serialization_for(self.agg, StoreSpec()),
-                                         writer_id=f"w{self.activations}",
-                                         wall_clock=self.clock, timer_store=self.store)
+            self.cores[eid] = EntityCore(
+                self.agg,
+                eid,
+                self.journal,
+                self.snaps,
+                serialization_for(self.agg, StoreSpec()),
+                writer_id=f"w{self.activations}",
+                wall_clock=self.clock,
+                timer_store=self.store,
+            )
         return self.cores[eid]
 
     async def restart(self) -> None:
@@ -203,8 +221,11 @@ class World:
 
     async def send(self, type_name: str, pid: str, fires: list[TimerFire]) -> list:
         core = self.core(pid.split("|", 1)[1])
-        return list(await asyncio.gather(*(core.handle(self.fire_of(f)) for f in fires),
-                                         return_exceptions=True))
+        return list(
+            await asyncio.gather(
+                *(core.handle(self.fire_of(f)) for f in fires), return_exceptions=True
+            )
+        )
 
     def pump(self, **settings) -> TimerPump:
         shards = [(self.agg.name, s) for s in range(self.agg.number_of_shards)]
@@ -212,9 +233,13 @@ class World:
         async def owned():
             return shards
 
-        return TimerPump(self.store, self.send, owned,
-                         TimerSettings(**{"retry_after_s": 0.001, **settings}),
-                         wall_ms=self.clock.ms)
+        return TimerPump(
+            self.store,
+            self.send,
+            owned,
+            TimerSettings(**{"retry_after_s": 0.001, **settings}),
+            wall_ms=self.clock.ms,
+        )
 
     async def events(self, eid: str = "e1") -> list:
         self.journal.faults_enabled = False
@@ -224,8 +249,9 @@ class World:
             self.journal.faults_enabled = True
 
     async def decoded(self, eid: str = "e1") -> list:
-        return [self.ser.decode(e.serializer_id, e.manifest, e.payload)
-                for e in await self.events(eid)]
+        return [
+            self.ser.decode(e.serializer_id, e.manifest, e.payload) for e in await self.events(eid)
+        ]
 
     async def rings(self, eid: str = "e1") -> Counter:
         return Counter((e.op, e.name) for e in await self.decoded(eid) if isinstance(e, Rang))
@@ -258,12 +284,13 @@ async def check_agreement(w: World, eid: str = "e1") -> dict[str, str]:
     have = {p.name: p.timer_id for p in core.timers.pending.values()}
     assert have == want, f"live table {have} != journal {want}"
     pid = w.agg.persistence_id(eid)
-    for name, tid in want.items():
+    for _name, tid in want.items():
         rows = [r for r in w.store.rows() if r.persistence_id == pid and r.timer_id == tid]
         assert rows, f"pending timer {tid} has no index row"
         cursor = await w.store.cursor(w.agg.name, rows[0].shard)
-        assert cursor is not None and any(r.bucket >= cursor for r in rows), \
+        assert cursor is not None and any(r.bucket >= cursor for r in rows), (
             f"{tid}: its rows {rows} lie behind the cursor {cursor}: the pump never reads them"
+        )
     return want
 
 
@@ -296,10 +323,12 @@ async def attempt(call) -> str:
 
 def _scheduling(command=None, **kw):
     """ALARM whose Poke schedules ``command`` under "x" (``kw``: after= or at=)."""
+
     def h(state, c):
         if isinstance(c, Poke):
             return persist(Poked(c.op), reply=c.op, schedule=schedule("x", command, **kw))
         return handle(state, c)
+
     return dataclasses.replace(ALARM, command_handler=h)
 
 

@@ -12,7 +12,10 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from raysource.timers.cassandra import CassandraTimerStore
     from raysource.timers.memory import InMemoryTimerStore
 
-__getattr__ = lazy_getattr(__name__, {
-    "InMemoryTimerStore": "raysource.timers.memory",
-    "CassandraTimerStore": "raysource.timers.cassandra",
-})
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "InMemoryTimerStore": "raysource.timers.memory",
+        "CassandraTimerStore": "raysource.timers.cassandra",
+    },
+)

@@ -44,8 +44,14 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_BUCKET_MS", "DEFAULT_SETTLE_MS", "TimerRow", "TimerStore", "bucket_of",
-           "cursor_floor"]
+__all__ = [
+    "DEFAULT_BUCKET_MS",
+    "DEFAULT_SETTLE_MS",
+    "TimerRow",
+    "TimerStore",
+    "bucket_of",
+    "cursor_floor",
+]
 
 DEFAULT_BUCKET_MS = 60_000
 DEFAULT_SETTLE_MS = 60_000
@@ -57,8 +63,9 @@ def bucket_of(due_ms: int, now_ms: int, bucket_ms: int = DEFAULT_BUCKET_MS) -> i
     return max(due_ms, now_ms) // bucket_ms
 
 
-def cursor_floor(now_ms: int, bucket_ms: int = DEFAULT_BUCKET_MS,
-                 settle_ms: int = DEFAULT_SETTLE_MS) -> int:
+def cursor_floor(
+    now_ms: int, bucket_ms: int = DEFAULT_BUCKET_MS, settle_ms: int = DEFAULT_SETTLE_MS
+) -> int:
     """The bucket a new cursor starts at when a writer whose clock says ``now_ms`` creates it:
     at or before the bucket of every row any writer (clocks within ``settle_ms``) may still
     write. Not the bucket of the first row: a first row due in a year would hide every
@@ -81,8 +88,15 @@ class TimerRow:
 
     @property
     def key(self) -> tuple[str, int, int, int, str, str, str]:
-        return (self.type_name, self.shard, self.bucket, self.due_ms, self.persistence_id,
-                self.name, self.timer_id)
+        return (
+            self.type_name,
+            self.shard,
+            self.bucket,
+            self.due_ms,
+            self.persistence_id,
+            self.name,
+            self.timer_id,
+        )
 
 
 class TimerStore(abc.ABC):
@@ -105,8 +119,9 @@ class TimerStore(abc.ABC):
         """Delete ``rows`` (by primary key; missing rows are ignored)."""
 
     @abc.abstractmethod
-    async def due(self, type_name: str, shard: int, bucket: int, until_ms: int, *,
-                  limit: int = 1000) -> list[TimerRow]:
+    async def due(
+        self, type_name: str, shard: int, bucket: int, until_ms: int, *, limit: int = 1000
+    ) -> list[TimerRow]:
         """The rows of one bucket with ``due_ms <= until_ms``, earliest first (at most
         ``limit``)."""
 

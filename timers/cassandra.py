@@ -24,8 +24,14 @@ class CassandraTimerStore(TimerStore):
     with one ``IF NOT EXISTS`` per ``(type, shard)`` and process (remembered afterwards).
     """
 
-    def __init__(self, session: CassandraSession, config: CassandraConfig | None = None, *,
-                 bucket_ms: int = DEFAULT_BUCKET_MS, own_session: bool = False) -> None:
+    def __init__(
+        self,
+        session: CassandraSession,
+        config: CassandraConfig | None = None,
+        *,
+        bucket_ms: int = DEFAULT_BUCKET_MS,
+        own_session: bool = False,
+    ) -> None:
         self.session = session
         self.config = config or session.config
         self.bucket_ms = bucket_ms
@@ -36,8 +42,13 @@ class CassandraTimerStore(TimerStore):
         self._closed = False
 
     @classmethod
-    async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
-                      bucket_ms: int = DEFAULT_BUCKET_MS) -> CassandraTimerStore:
+    async def connect(
+        cls,
+        config: CassandraConfig,
+        *,
+        create_schema: bool = False,
+        bucket_ms: int = DEFAULT_BUCKET_MS,
+    ) -> CassandraTimerStore:
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             store = cls(session, config, bucket_ms=bucket_ms, own_session=True)
@@ -70,14 +81,30 @@ class CassandraTimerStore(TimerStore):
         first: dict[tuple[str, int], int] = {}
         for r in rows:
             if (r.type_name, r.shard) not in self._cursors_known:
-                first[(r.type_name, r.shard)] = min(r.bucket, first.get((r.type_name, r.shard),
-                                                                        r.bucket))
+                first[(r.type_name, r.shard)] = min(
+                    r.bucket, first.get((r.type_name, r.shard), r.bucket)
+                )
         # the cursor exists before any row it must cover (see raysource.timers.api)
-        await asyncio.gather(*(self.session.execute(ps["cursor_new"], (t, shard, bucket))
-                               for (t, shard), bucket in first.items()))
+        await asyncio.gather(
+            *(
+                self.session.execute(ps["cursor_new"], (t, shard, bucket))
+                for (t, shard), bucket in first.items()
+            )
+        )
         self._cursors_known.update(first)
-        await self._per_partition(ps["upsert"], rows, lambda r: (
-            r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id))
+        await self._per_partition(
+            ps["upsert"],
+            rows,
+            lambda r: (
+                r.type_name,
+                r.shard,
+                r.bucket,
+                r.due_ms,
+                r.persistence_id,
+                r.name,
+                r.timer_id,
+            ),
+        )
 
     async def ensure_cursor(self, type_name: str, shard: int, bucket: int) -> None:
         if (type_name, shard) not in self._cursors_known:
@@ -87,34 +114,55 @@ class CassandraTimerStore(TimerStore):
 
     async def delete(self, rows: Sequence[TimerRow]) -> None:
         ps = await self._prepare()
-        await self._per_partition(ps["delete"], rows, lambda r: (
-            r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id))
+        await self._per_partition(
+            ps["delete"],
+            rows,
+            lambda r: (
+                r.type_name,
+                r.shard,
+                r.bucket,
+                r.due_ms,
+                r.persistence_id,
+                r.name,
+                r.timer_id,
+            ),
+        )
 
-    async def _per_partition(self, ps: Any, rows: Sequence[TimerRow],
-                             values: Callable[[TimerRow], tuple[Any, ...]]) -> None:
+    async def _per_partition(
+        self, ps: Any, rows: Sequence[TimerRow], values: Callable[[TimerRow], tuple[Any, ...]]
+    ) -> None:
         """One unlogged single-partition batch per (type, shard, bucket) and 100 rows (a
         command scheduling 100 timers, or a pump answering 100 fires: one request)."""
         parts: dict[tuple[str, int, int], list[TimerRow]] = {}
         for r in rows:
             parts.setdefault((r.type_name, r.shard, r.bucket), []).append(r)
         w = self.config.write_consistency
-        await asyncio.gather(*(
-            self.session.execute_unlogged(ps, [values(r) for r in part[i:i + _BATCH]],
-                                          consistency_level=w)
-            for part in parts.values() for i in range(0, len(part), _BATCH)))
+        await asyncio.gather(
+            *(
+                self.session.execute_unlogged(
+                    ps, [values(r) for r in part[i : i + _BATCH]], consistency_level=w
+                )
+                for part in parts.values()
+                for i in range(0, len(part), _BATCH)
+            )
+        )
 
-    async def due(self, type_name: str, shard: int, bucket: int, until_ms: int, *,
-                  limit: int = 1000) -> list[TimerRow]:
+    async def due(
+        self, type_name: str, shard: int, bucket: int, until_ms: int, *, limit: int = 1000
+    ) -> list[TimerRow]:
         ps = await self._prepare()
-        rows = await self.session.execute(ps["due"], (type_name, shard, bucket, until_ms, limit),
-                                          profile=RAW_PROFILE)
-        return [TimerRow(type_name, shard, bucket, due, pid, name, tid)
-                for due, pid, name, tid in rows]
+        rows = await self.session.execute(
+            ps["due"], (type_name, shard, bucket, until_ms, limit), profile=RAW_PROFILE
+        )
+        return [
+            TimerRow(type_name, shard, bucket, due, pid, name, tid) for due, pid, name, tid in rows
+        ]
 
     async def cursor(self, type_name: str, shard: int) -> int | None:
         ps = await self._prepare()
-        row = await self.session.select_one(ps["cursor_get"], (type_name, shard),
-                                            profile=RAW_PROFILE)
+        row = await self.session.select_one(
+            ps["cursor_get"], (type_name, shard), profile=RAW_PROFILE
+        )
         return None if row is None else row[0]
 
     async def advance(self, type_name: str, shard: int, bucket: int) -> None:

@@ -32,8 +32,9 @@ class InMemoryTimerStore(TimerStore):
             if part is not None:
                 part.pop((r.due_ms, r.persistence_id, r.name, r.timer_id), None)
 
-    async def due(self, type_name: str, shard: int, bucket: int, until_ms: int, *,
-                  limit: int = 1000) -> list[TimerRow]:
+    async def due(
+        self, type_name: str, shard: int, bucket: int, until_ms: int, *, limit: int = 1000
+    ) -> list[TimerRow]:
         part = self._rows.get((type_name, shard, bucket), {})
         return [part[k] for k in sorted(part) if k[0] <= until_ms][:limit]
 

@@ -43,5 +43,11 @@ def apply(state: Counter, event: Added) -> Counter:
     return Counter(state.count + 1)
 
 
-PEER = AggregateType(name="peer", initial_state=Counter(), command_handler=handle,
-                     event_handler=apply, events=(Added,), commands=(Add,))
+PEER = AggregateType(
+    name="peer",
+    initial_state=Counter(),
+    command_handler=handle,
+    event_handler=apply,
+    events=(Added,),
+    commands=(Add,),
+)

@@ -14,7 +14,7 @@ import json
 import os
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from benchmarks.peer.aggregate import PAYLOAD, PEER, Add
 from raysource.journal.api import StoredEvent
@@ -40,8 +40,10 @@ async def sequential(call, n: int) -> dict:  # noqa: ANN001
         t = time.perf_counter()
         await call()
         times.append(time.perf_counter() - t)
-    return {"p50_ms": round(pct(times, 50) * 1000, 3),
-            "cpu_ms_per_call": round((time.process_time() - c0) * 1000 / n, 3)}
+    return {
+        "p50_ms": round(pct(times, 50) * 1000, 3),
+        "cpu_ms_per_call": round((time.process_time() - c0) * 1000 / n, 3),
+    }
 
 
 async def concurrent(host: AggregateHost, entities: int, callers: int, n: int) -> dict:
@@ -60,8 +62,10 @@ async def concurrent(host: AggregateHost, entities: int, callers: int, n: int) -
 
     await asyncio.gather(*(caller(c) for c in range(callers)))
     done = per * callers
-    return {"commands_per_s": round(done / (time.perf_counter() - t0)),
-            "cpu_ms_per_command": round((time.process_time() - c0) * 1000 / done, 3)}
+    return {
+        "commands_per_s": round(done / (time.perf_counter() - t0)),
+        "cpu_ms_per_command": round((time.process_time() - c0) * 1000 / done, 3),
+    }
 
 
 def make_host(journal) -> AggregateHost:  # noqa: ANN001
@@ -76,24 +80,29 @@ async def run(a: argparse.Namespace) -> dict:
     ent, cid = "seq", uuid.uuid4().hex
     seq = iter(range(10**9))
     out["memory_host_ask_ordered"] = await sequential(
-        lambda: host.ask_ordered(ent, cid, next(seq), Add(PAYLOAD)), a.samples * 5)
+        lambda: host.ask_ordered(ent, cid, next(seq), Add(PAYLOAD)), a.samples * 5
+    )
     out["memory_host_w2_shape"] = await concurrent(host, a.entities, a.callers, a.samples * 10)
     await host.close()
     for guard in ("on", "off"):
-        config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace,
-                                              fencing=guard == "on")
+        config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=guard == "on")
         journal = await CassandraJournal.connect(config)
         pid, payload = f"peer|inproc-{uuid.uuid4().hex[:8]}", f'{{"data":"{PAYLOAD}"}}'.encode()
         nr = iter(range(1, 10**9))
         out[f"cassandra_append_guard_{guard}"] = await sequential(
-            lambda: journal.append([StoredEvent(pid, next(nr), payload, "peer.Added#1", 1,
-                                                datetime.now(timezone.utc), "w")]), a.samples)
+            lambda: journal.append(
+                [StoredEvent(pid, next(nr), payload, "peer.Added#1", 1, datetime.now(UTC), "w")]
+            ),
+            a.samples,
+        )
         host = make_host(journal)
         cid, seq = uuid.uuid4().hex, iter(range(10**9))
         out[f"cassandra_host_ask_ordered_guard_{guard}"] = await sequential(
-            lambda: host.ask_ordered("seq-" + guard, cid, next(seq), Add(PAYLOAD)), a.samples)
+            lambda: host.ask_ordered("seq-" + guard, cid, next(seq), Add(PAYLOAD)), a.samples
+        )
         out[f"cassandra_host_w2_shape_guard_{guard}"] = await concurrent(
-            host, a.entities, a.callers, a.samples * 4)
+            host, a.entities, a.callers, a.samples * 4
+        )
         await host.close()
         await journal.close()
     out["loadavg_end"] = os.getloadavg()

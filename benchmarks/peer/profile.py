@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import ray
@@ -43,17 +43,25 @@ TICK = os.sysconf("SC_CLK_TCK")
 # (category, substring of a frame's "function (file:line)"), first match from the leaf up
 CATEGORIES = [
     ("serialization (msgspec, raysource serializer)", ("msgspec", "journal/serialization.py")),
-    ("ray serialization (pickle of args/replies)", ("ray/_private/serialization.py",
-                                                    "cloudpickle", "pickle")),
+    (
+        "ray serialization (pickle of args/replies)",
+        ("ray/_private/serialization.py", "cloudpickle", "pickle"),
+    ),
     ("cassandra-driver (encode, io, callbacks)", ("cassandra/",)),
     ("raysource journal (append, batch building)", ("journal/cassandra/", "journal/api.py")),
     ("raysource ordering buffer", ("runtime/ordering.py",)),
-    ("raysource entity core (mailbox, flush, decide)", ("runtime/core.py", "runtime/aggregate.py",
-                                                        "benchmarks/peer/aggregate.py")),
-    ("raysource host (routing, activation, bookkeeping)", ("runtime/host.py",
-                                                           "runtime/metrics.py")),
-    ("raysource host actor / metrics glue", ("runtime/actors/host_actor.py",
-                                             "runtime/actors/ray_metrics.py")),
+    (
+        "raysource entity core (mailbox, flush, decide)",
+        ("runtime/core.py", "runtime/aggregate.py", "benchmarks/peer/aggregate.py"),
+    ),
+    (
+        "raysource host (routing, activation, bookkeeping)",
+        ("runtime/host.py", "runtime/metrics.py"),
+    ),
+    (
+        "raysource host actor / metrics glue",
+        ("runtime/actors/host_actor.py", "runtime/actors/ray_metrics.py"),
+    ),
     ("raysource refs (caller side)", ("runtime/actors/refs.py", "sharding/system.py")),
     ("ray core worker (submit, execute, reply)", ("ray/",)),
     ("asyncio event loop", ("asyncio/",)),
@@ -89,12 +97,16 @@ def analyse(folded: Path) -> dict:
         for f in set(frames):
             if any(k in f for k in ("runtime/", "journal/", "sharding/")):
                 inclusive[_short(f)] += n
+
     def pct(c: Counter) -> dict:
         return {k: round(100 * v / max(1, total), 1) for k, v in c.most_common(15)}
 
-    return {"samples": total, "self_by_category_pct": pct(cats),
-            "top_leaf_functions_pct": pct(leaves),
-            "top_inclusive_raysource_functions_pct": pct(inclusive)}
+    return {
+        "samples": total,
+        "self_by_category_pct": pct(cats),
+        "top_leaf_functions_pct": pct(leaves),
+        "top_inclusive_raysource_functions_pct": pct(inclusive),
+    }
 
 
 def _short(frame: str) -> str:
@@ -135,11 +147,19 @@ def classify() -> dict[int, str]:
         pid = todo.pop()
         todo.extend(kids.get(pid, []))
         cmd = cmdline(pid)
-        roles[pid] = ("driver" if pid == os.getpid() else
-                      "host actors" if "_HostActor" in cmd else
-                      "raylet" if "raylet" in cmd else
-                      "gcs_server" if "gcs_server" in cmd else
-                      "py-spy" if "py-spy" in cmd else "other ray processes")
+        roles[pid] = (
+            "driver"
+            if pid == os.getpid()
+            else "host actors"
+            if "_HostActor" in cmd
+            else "raylet"
+            if "raylet" in cmd
+            else "gcs_server"
+            if "gcs_server" in cmd
+            else "py-spy"
+            if "py-spy" in cmd
+            else "other ray processes"
+        )
     for pid in procs:
         if "CassandraDaemon" in cmdline(pid):
             roles[pid] = "cassandra node (shared with other users)"
@@ -207,7 +227,7 @@ async def _append_p50(config: CassandraConfig, n: int) -> float:
     times = []
     try:
         for i in range(1, n + 21):
-            ev = StoredEvent(pid, i, payload, "peer.Added#1", 1, datetime.now(timezone.utc), "w")
+            ev = StoredEvent(pid, i, payload, "peer.Added#1", 1, datetime.now(UTC), "w")
             t = time.perf_counter()
             await journal.append([ev])
             if i > 20:
@@ -246,8 +266,7 @@ def decompose(a: argparse.Namespace) -> dict:
     out["bare_ray_get_p50_ms"] = timed(lambda: ray.get(bare.ping.remote()))
     out["bare_await_p50_ms"] = asyncio.run(timed_async(lambda: bare.ping.remote()))
     for guard in ("on", "off"):
-        config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace,
-                                              fencing=guard == "on")
+        config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=guard == "on")
         out[f"journal_append_p50_ms_guard_{guard}"] = asyncio.run(_append_p50(config, n))
         system = side.start(config, a.placement)
         try:
@@ -257,7 +276,8 @@ def decompose(a: argparse.Namespace) -> dict:
             out[f"ask_p50_ms_guard_{guard}"] = timed(lambda: ref.ask(Add(PAYLOAD), timeout=30))
             m1 = ray.get(ref.actor.info.remote())["metrics"]
             out[f"ask_async_p50_ms_guard_{guard}"] = asyncio.run(
-                timed_async(lambda: ref.ask_async(Add(PAYLOAD), timeout=30)))
+                timed_async(lambda: ref.ask_async(Add(PAYLOAD), timeout=30))
+            )
             out[f"state_p50_ms_guard_{guard}"] = timed(lambda: ref.state(timeout=30))
             out[f"host_write_mean_ms_guard_{guard}"] = _mean_write_ms(m0, m1)
         finally:
@@ -293,23 +313,35 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20, help="the measured window")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples/s")
     ap.add_argument("--hosts", type=int, default=3, help="host actors to sample (busiest)")
-    ap.add_argument("--shards", type=int, default=None,
-                    help="number_of_shards of the aggregate (hosted: host actors; default 32)")
-    ap.add_argument("--no-gil", dest="gil", action="store_false",
-                    help="sample every thread py-spy sees as running (by default only the "
-                         "thread holding the GIL: Ray's native threads blocked in C++ would "
-                         "otherwise count as busy)")
+    ap.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="number_of_shards of the aggregate (hosted: host actors; default 32)",
+    )
+    ap.add_argument(
+        "--no-gil",
+        dest="gil",
+        action="store_false",
+        help="sample every thread py-spy sees as running (by default only the "
+        "thread holding the GIL: Ray's native threads blocked in C++ would "
+        "otherwise count as busy)",
+    )
     a = ap.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path("results") / f"peer-profile-{stamp}-{a.workload}-{a.guard}"
     out.mkdir(parents=True, exist_ok=True)
 
     config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=a.guard == "on")
     side.init_ray(f"peerprof-{uuid.uuid4().hex[:6]}")
     if a.workload == "w4-decompose":
-        summary = {"placement": a.placement, "loadavg_start": os.getloadavg(), **decompose(a),
-                   "loadavg_end": os.getloadavg()}
+        summary = {
+            "placement": a.placement,
+            "loadavg_start": os.getloadavg(),
+            **decompose(a),
+            "loadavg_end": os.getloadavg(),
+        }
         ray.shutdown()
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary, indent=2))
@@ -337,15 +369,34 @@ def main() -> None:
     time.sleep(a.warmup)
 
     roles = classify()
-    busy = sorted((p for p, r in roles.items() if r == "host actors"),
-                  key=cpu_seconds, reverse=True)[:a.hosts]
+    busy = sorted(
+        (p for p, r in roles.items() if r == "host actors"), key=cpu_seconds, reverse=True
+    )[: a.hosts]
     targets = {"driver": os.getpid(), **{f"host-{p}": p for p in busy}}
-    spies = {name: subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--duration", str(int(a.seconds)), "--rate",
-         str(a.rate), "--nonblocking", "--full-filenames", "--format", "raw",
-         *(["--gil"] if a.gil else []), "-o",
-         str(out / f"{name}.folded")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for name, pid in targets.items()}
+    spies = {
+        name: subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(a.seconds)),
+                "--rate",
+                str(a.rate),
+                "--nonblocking",
+                "--full-filenames",
+                "--format",
+                "raw",
+                *(["--gil"] if a.gil else []),
+                "-o",
+                str(out / f"{name}.folded"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets.items()
+    }
     cpu0 = {p: cpu_seconds(p) for p in roles}
     n0, t0 = load.answered, time.monotonic()
     time.sleep(a.seconds)
@@ -358,10 +409,17 @@ def main() -> None:
     load.thread.join(timeout=30)
     warm_touch = None
     if a.workload == "w2":  # every host actor runs now: first touch without process starts
+
         async def touch() -> None:
-            await asyncio.gather(*(system.entity(system.spec.types[0], f"w-{uuid.uuid4().hex[:8]}")
-                                   .ask_async(Add(PAYLOAD), timeout=120)
-                                   for _ in range(a.entities)))
+            await asyncio.gather(
+                *(
+                    system.entity(system.spec.types[0], f"w-{uuid.uuid4().hex[:8]}").ask_async(
+                        Add(PAYLOAD), timeout=120
+                    )
+                    for _ in range(a.entities)
+                )
+            )
+
         t = time.monotonic()
         asyncio.run(touch())
         warm_touch = time.monotonic() - t
@@ -371,22 +429,32 @@ def main() -> None:
     for p, role in roles.items():
         per_role[role] += cpu1.get(p, 0) - cpu0.get(p, 0)
     summary = {
-        "workload": a.workload, "guard": a.guard, "placement": a.placement,
+        "workload": a.workload,
+        "guard": a.guard,
+        "placement": a.placement,
         "shards": aggregate.number_of_shards,
-        "commands": commands, "commands_per_s": commands / (t1 - t0), "errors": load.errors,
-        "window_s": t1 - t0, "loadavg": os.getloadavg(),
-        "cpu_ms_per_command": {r: round(1000 * s / max(1, commands), 3)
-                               for r, s in per_role.most_common()},
-        "cpu_share_of_2_cores_pct": {r: round(100 * s / (t1 - t0) / (os.cpu_count() or 1), 1)
-                                     for r, s in per_role.most_common()},
+        "commands": commands,
+        "commands_per_s": commands / (t1 - t0),
+        "errors": load.errors,
+        "window_s": t1 - t0,
+        "loadavg": os.getloadavg(),
+        "cpu_ms_per_command": {
+            r: round(1000 * s / max(1, commands), 3) for r, s in per_role.most_common()
+        },
+        "cpu_share_of_2_cores_pct": {
+            r: round(100 * s / (t1 - t0) / (os.cpu_count() or 1), 1)
+            for r, s in per_role.most_common()
+        },
         "idle_cpu_pct_of_one_core_before_the_load": idle,
         "first_touch_s": getattr(load, "ready_at", t0) - t_start,
         "first_touch_warm_hosts_s": warm_touch,
-        "memory_mib": {k: round(v / 2**20) if k != "processes" else v
-                       for k, v in memory.items()},
+        "memory_mib": {k: round(v / 2**20) if k != "processes" else v for k, v in memory.items()},
         "host_actors": sum(r == "host actors" for r in roles.values()),
-        "profiles": {name: analyse(out / f"{name}.folded")
-                     for name in targets if (out / f"{name}.folded").exists()},
+        "profiles": {
+            name: analyse(out / f"{name}.folded")
+            for name in targets
+            if (out / f"{name}.folded").exists()
+        },
     }
     system.shutdown()
     ray.shutdown()

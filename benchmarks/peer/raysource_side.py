@@ -46,8 +46,13 @@ def init_ray(namespace: str) -> None:
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(ROOT) not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
-    ray.init(address="local", namespace=namespace, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)  # its own instance, always
+    ray.init(
+        address="local",
+        namespace=namespace,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )  # its own instance, always
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -58,10 +63,14 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def summary(latencies: list[float], seconds: float, errors: int = 0) -> dict:
-    return {"commands": len(latencies), "seconds": seconds,
-            "commands_per_s": len(latencies) / seconds,
-            "p50_ms": pct(latencies, 50) * 1000, "p99_ms": pct(latencies, 99) * 1000,
-            "errors": errors}
+    return {
+        "commands": len(latencies),
+        "seconds": seconds,
+        "commands_per_s": len(latencies) / seconds,
+        "p50_ms": pct(latencies, 50) * 1000,
+        "p99_ms": pct(latencies, 99) * 1000,
+        "errors": errors,
+    }
 
 
 # --------------------------------------------------------------------------- memory (Linux /proc)
@@ -77,7 +86,7 @@ def _rss_and_children() -> dict[int, tuple[int, int]]:
         try:
             with open(f"/proc/{d}/stat") as f:
                 stat = f.read()
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             out[int(d)] = (int(fields[1]), int(fields[21]) * page)
         except (OSError, ValueError, IndexError):
             continue
@@ -98,8 +107,11 @@ def tree_rss(root: int | None = None) -> dict:
         if pid in procs:
             seen.append(pid)
             todo.extend(kids.get(pid, []))
-    return {"rss_bytes": sum(procs[p][1] for p in seen), "pss_bytes": sum(map(_pss, seen)),
-            "processes": len(seen)}
+    return {
+        "rss_bytes": sum(procs[p][1] for p in seen),
+        "pss_bytes": sum(map(_pss, seen)),
+        "processes": len(seen),
+    }
 
 
 def tree_cpu_s(root: int | None = None) -> float:
@@ -148,19 +160,28 @@ class Bare:
 def limits(config: CassandraConfig, n: int) -> dict:
     """Plain and ``IF NOT EXISTS`` single-row insert p50 (sequential), plain inserts/s with 50
     in flight, and a bare Ray actor call p50, measured from this process."""
-    cluster = Cluster(list(config.contact_points), port=config.port, protocol_version=5,
-                      sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    cluster = Cluster(
+        list(config.contact_points),
+        port=config.port,
+        protocol_version=5,
+        sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+    )
     session = cluster.connect()
     ks = config.keyspace
-    session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.limit_rows (persistence_id text, "
-                    "partition_nr bigint, sequence_nr bigint, timestamp_us bigint, "
-                    "writer_id text, ser_id int, manifest text, payload blob, "
-                    "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr))")
-    cols = "(persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, " \
-           "manifest, payload)"
+    session.execute(
+        f"CREATE TABLE IF NOT EXISTS {ks}.limit_rows (persistence_id text, "
+        "partition_nr bigint, sequence_nr bigint, timestamp_us bigint, "
+        "writer_id text, ser_id int, manifest text, payload blob, "
+        "PRIMARY KEY ((persistence_id, partition_nr), sequence_nr))"
+    )
+    cols = (
+        "(persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, "
+        "manifest, payload)"
+    )
     plain = session.prepare(f"INSERT INTO {ks}.limit_rows {cols} VALUES (?,?,?,?,?,?,?,?)")
-    lwt = session.prepare(f"INSERT INTO {ks}.limit_rows {cols} VALUES (?,?,?,?,?,?,?,?) "
-                          "IF NOT EXISTS")
+    lwt = session.prepare(
+        f"INSERT INTO {ks}.limit_rows {cols} VALUES (?,?,?,?,?,?,?,?) IF NOT EXISTS"
+    )
     payload = ('{"data":"' + PAYLOAD + '"}').encode()
     run = uuid.uuid4().hex[:8]
 
@@ -197,8 +218,9 @@ def limits(config: CassandraConfig, n: int) -> dict:
 # --------------------------------------------------------------------------- workloads
 
 
-async def closed_loop(pick: Callable[[int], EntityRef], callers: int, warmup: float,
-                      seconds: float) -> dict:
+async def closed_loop(
+    pick: Callable[[int], EntityRef], callers: int, warmup: float, seconds: float
+) -> dict:
     """``callers`` tasks, each sending its next ``Add`` when the last is answered, for
     ``warmup + seconds``; latencies of commands sent and answered inside the measured window."""
     start = time.perf_counter()
@@ -252,8 +274,9 @@ def w2(system: System, entities: int, callers: int, warmup: float, seconds: floa
     async def touch() -> int:
         """Every aggregate once, concurrently; failed ones (e.g. a host actor whose Cassandra
         connect timed out on a loaded machine) again, one by one, after. Returns failures."""
-        outcomes = await asyncio.gather(*(r.ask_async(Add(PAYLOAD), timeout=120) for r in first),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(r.ask_async(Add(PAYLOAD), timeout=120) for r in first), return_exceptions=True
+        )
         failed = [r for r, o in zip(first, outcomes) if isinstance(o, Exception)]
         for r in failed:
             await r.ask_async(Add(PAYLOAD), timeout=120)
@@ -338,8 +361,12 @@ def w3_dedicated(system: System, entity: str, recoveries: int) -> list[float]:
 
 
 def start(config: CassandraConfig, placement: str, aggregate: AggregateType = PEER) -> System:
-    return System.start(f"peer{uuid.uuid4().hex[:8]}", store=StoreSpec.for_cassandra(config),
-                        types=[aggregate], placement={aggregate.name: placement})
+    return System.start(
+        f"peer{uuid.uuid4().hex[:8]}",
+        store=StoreSpec.for_cassandra(config),
+        types=[aggregate],
+        placement={aggregate.name: placement},
+    )
 
 
 def main() -> None:
@@ -356,30 +383,37 @@ def main() -> None:
     ap.add_argument("--recoveries", type=int, default=3)
     ap.add_argument("--limit-samples", type=int, default=300)
     ap.add_argument("--workloads", default="w1,w2,w4,w3")
-    ap.add_argument("--per-append", action="store_true",
-                    help="also run W2 and W4 with guard='per-append' (the conditional batch "
-                         "per append; keys w2_hosted_perappend, w4_hosted_perappend)")
+    ap.add_argument(
+        "--per-append",
+        action="store_true",
+        help="also run W2 and W4 with guard='per-append' (the conditional batch "
+        "per append; keys w2_hosted_perappend, w4_hosted_perappend)",
+    )
     args = ap.parse_args()
     workloads = args.workloads.split(",")
 
     on = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace)
     off = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace, fencing=False)
-    per_append = CassandraConfig.from_contact(args.contact, keyspace=args.keyspace,
-                                              guard="per-append")
+    per_append = CassandraConfig.from_contact(
+        args.contact, keyspace=args.keyspace, guard="per-append"
+    )
     r_guard = {"on": on.effective_guard, "off": off.effective_guard}
     t0 = time.perf_counter()
     init_ray(f"peer-{uuid.uuid4().hex[:6]}")
-    r: dict[str, Any] = {"system": "raysource", "loadavg_start": os.getloadavg(),
-                         "guards": r_guard}
-    boot = System.start(f"peerboot{uuid.uuid4().hex[:6]}",
-                        store=StoreSpec.for_cassandra(on, create_schema=True), types=[PEER])
+    r: dict[str, Any] = {"system": "raysource", "loadavg_start": os.getloadavg(), "guards": r_guard}
+    boot = System.start(
+        f"peerboot{uuid.uuid4().hex[:6]}",
+        store=StoreSpec.for_cassandra(on, create_schema=True),
+        types=[PEER],
+    )
     boot.entity(PEER, "boot").ask(Add(PAYLOAD), timeout=120)  # schema + first connect
     boot.shutdown()
     r["startup_s"] = time.perf_counter() - t0
     r["limits"] = limits(on, args.limit_samples)
 
-    def run(key: str, config: CassandraConfig, placement: str,
-            body: Callable[[System], Any]) -> None:
+    def run(
+        key: str, config: CassandraConfig, placement: str, body: Callable[[System], Any]
+    ) -> None:
         system = start(config, placement)
         try:
             r[key] = body(system)
@@ -390,26 +424,39 @@ def main() -> None:
         print(f"  raysource {key}: {json.dumps(r[key])[:200]}", flush=True)
 
     if "w1" in workloads:
-        for key, config, placement in (("w1_hosted_on", on, "hosted"),
-                                       ("w1_dedicated_on", on, "dedicated"),
-                                       ("w1_hosted_off", off, "hosted")):
-            run(key, config, placement,
-                lambda s: w1(s, args.callers, args.warmup, args.seconds))
+        for key, config, placement in (
+            ("w1_hosted_on", on, "hosted"),
+            ("w1_dedicated_on", on, "dedicated"),
+            ("w1_hosted_off", off, "hosted"),
+        ):
+            run(key, config, placement, lambda s: w1(s, args.callers, args.warmup, args.seconds))
     if "w2" in workloads:
+
         def w2_mem(s: System) -> dict:
             out = w2(s, args.entities, args.callers, args.warmup, args.seconds)
             out["memory"] = tree_rss()
             return out
+
         run("w2_hosted_on", on, "hosted", w2_mem)
-        run("w2_hosted_off", off, "hosted",
-            lambda s: w2(s, args.entities, args.callers, args.warmup, args.seconds))
+        run(
+            "w2_hosted_off",
+            off,
+            "hosted",
+            lambda s: w2(s, args.entities, args.callers, args.warmup, args.seconds),
+        )
         if args.per_append:
-            run("w2_hosted_perappend", per_append, "hosted",
-                lambda s: w2(s, args.entities, args.callers, args.warmup, args.seconds))
+            run(
+                "w2_hosted_perappend",
+                per_append,
+                "hosted",
+                lambda s: w2(s, args.entities, args.callers, args.warmup, args.seconds),
+            )
     if "w4" in workloads:
-        for key, config, placement in (("w4_hosted_on", on, "hosted"),
-                                       ("w4_hosted_off", off, "hosted"),
-                                       ("w4_dedicated_on", on, "dedicated")):
+        for key, config, placement in (
+            ("w4_hosted_on", on, "hosted"),
+            ("w4_hosted_off", off, "hosted"),
+            ("w4_dedicated_on", on, "dedicated"),
+        ):
             run(key, config, placement, lambda s: w4(s, args.sequential))
         if args.per_append:
             run("w4_hosted_perappend", per_append, "hosted", lambda s: w4(s, args.sequential))
@@ -419,13 +466,19 @@ def main() -> None:
         def hosted(s: System) -> dict:
             fill(s, entity, args.recovery_events)
             ms = w3_hosted(s, entity, args.recoveries)
-            return {"events": args.recovery_events, "first_command_ms": ms,
-                    "median_ms": statistics.median(ms)}
+            return {
+                "events": args.recovery_events,
+                "first_command_ms": ms,
+                "median_ms": statistics.median(ms),
+            }
 
         def dedicated(s: System) -> dict:
             ms = w3_dedicated(s, entity, args.recoveries)
-            return {"events": args.recovery_events, "first_command_ms": ms,
-                    "median_ms": statistics.median(ms)}
+            return {
+                "events": args.recovery_events,
+                "first_command_ms": ms,
+                "median_ms": statistics.median(ms),
+            }
 
         run("w3_hosted_on", on, "hosted", hosted)
         run("w3_dedicated_on", on, "dedicated", dedicated)

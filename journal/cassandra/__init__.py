@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from raysource.journal._lazy import lazy_getattr
 from raysource.journal.cassandra.config import CassandraConfig
 
-__all__ = ["CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema",
-           "schema_cql"]
+__all__ = ["CassandraConfig", "CassandraJournal", "CassandraSession", "create_schema", "schema_cql"]
 
 if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from raysource.journal.cassandra.journal import CassandraJournal

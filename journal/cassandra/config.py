@@ -33,14 +33,29 @@ from typing import Any
 
 from raysource.journal.errors import ConfigError
 
-__all__ = ["CassandraConfig", "TlsSettings", "validate_identifier", "CONSISTENCY_NAMES",
-           "consistency_overlap", "GUARDS"]
+__all__ = [
+    "CassandraConfig",
+    "TlsSettings",
+    "validate_identifier",
+    "CONSISTENCY_NAMES",
+    "consistency_overlap",
+    "GUARDS",
+]
 
 _IDENT = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{0,47}")
 
 CONSISTENCY_NAMES = (
-    "ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM",
-    "SERIAL", "LOCAL_SERIAL", "LOCAL_ONE",
+    "ANY",
+    "ONE",
+    "TWO",
+    "THREE",
+    "QUORUM",
+    "ALL",
+    "LOCAL_QUORUM",
+    "EACH_QUORUM",
+    "SERIAL",
+    "LOCAL_SERIAL",
+    "LOCAL_ONE",
 )
 _ENV = "RAYSOURCE_CASSANDRA"
 #: The single-writer guards of the Cassandra journal (``CassandraConfig.guard``).
@@ -107,8 +122,14 @@ def _satisfies(level: str, counts: Sequence[int], rfs: Sequence[int], local: int
     if level in ("LOCAL_ONE", "LOCAL_QUORUM", "LOCAL_SERIAL"):
         need = 1 if level == "LOCAL_ONE" else rfs[local] // 2 + 1
         return counts[local] >= need
-    need = {"ONE": 1, "TWO": 2, "THREE": 3, "QUORUM": sum(rfs) // 2 + 1,
-            "SERIAL": sum(rfs) // 2 + 1, "ALL": sum(rfs)}[level]
+    need = {
+        "ONE": 1,
+        "TWO": 2,
+        "THREE": 3,
+        "QUORUM": sum(rfs) // 2 + 1,
+        "SERIAL": sum(rfs) // 2 + 1,
+        "ALL": sum(rfs),
+    }[level]
     return total >= need
 
 
@@ -128,9 +149,11 @@ def consistency_overlap(write: str, read: str, rfs: Sequence[int], local: int = 
             continue
         rest = [rf - c for rf, c in zip(rfs, w)]
         if _satisfies(read, rest, rfs, local):  # monotone: all the others, or none will do
-            return (f"read consistency {read} and write consistency {write} do not overlap "
-                    f"with replication {list(rfs)}: a read could miss an acknowledged event "
-                    "(need R + W > RF, e.g. LOCAL_QUORUM for both)")
+            return (
+                f"read consistency {read} and write consistency {write} do not overlap "
+                f"with replication {list(rfs)}: a read could miss an acknowledged event "
+                "(need R + W > RF, e.g. LOCAL_QUORUM for both)"
+            )
     return None
 
 
@@ -223,14 +246,22 @@ class CassandraConfig:
         if not self.contact_points or not all(
             isinstance(c, str) and c.strip() for c in self.contact_points
         ):
-            raise ConfigError(f"contact_points must be non-empty host names: "
-                              f"{self.contact_points!r}")
+            raise ConfigError(
+                f"contact_points must be non-empty host names: {self.contact_points!r}"
+            )
         if not (isinstance(self.port, int) and 0 < self.port < 65536):
             raise ConfigError(f"invalid port {self.port!r}")
         validate_identifier(self.keyspace, "keyspace")
-        for t in (self.events_table, self.metadata_table, self.tag_table, self.tag_metadata_table,
-                  self.snapshots_table, self.legacy_events_table, self.fence_table,
-                  self.epochs_table):
+        for t in (
+            self.events_table,
+            self.metadata_table,
+            self.tag_table,
+            self.tag_metadata_table,
+            self.snapshots_table,
+            self.legacy_events_table,
+            self.fence_table,
+            self.epochs_table,
+        ):
             validate_identifier(t, "table name")
         if self.guard not in GUARDS:
             raise ConfigError(f"guard must be one of {GUARDS}, got {self.guard!r}")
@@ -239,8 +270,10 @@ class CassandraConfig:
             if getattr(self, name) not in CONSISTENCY_NAMES:
                 raise ConfigError(f"invalid {name} {getattr(self, name)!r}")
         if self.serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):
-            raise ConfigError(f"serial_consistency must be SERIAL or LOCAL_SERIAL, got "
-                              f"{self.serial_consistency!r}")
+            raise ConfigError(
+                f"serial_consistency must be SERIAL or LOCAL_SERIAL, got "
+                f"{self.serial_consistency!r}"
+            )
         self._check_consistency()
         if not (isinstance(self.partition_size, int) and self.partition_size >= 1):
             raise ConfigError(f"partition_size must be an int >= 1, got {self.partition_size!r}")
@@ -281,11 +314,14 @@ class CassandraConfig:
             if len(self.datacenters) > 1:
                 raise ConfigError(
                     "NetworkTopologyStrategy with several data centres needs local_dc (LOCAL_* "
-                    f"consistency is per data centre): one of {sorted(self.datacenters)}")
+                    f"consistency is per data centre): one of {sorted(self.datacenters)}"
+                )
             object.__setattr__(self, "local_dc", next(iter(self.datacenters)))
         elif self.local_dc not in self.datacenters:
-            raise ConfigError(f"local_dc {self.local_dc!r} is not one of the keyspace's data "
-                              f"centres {sorted(self.datacenters)}")
+            raise ConfigError(
+                f"local_dc {self.local_dc!r} is not one of the keyspace's data "
+                f"centres {sorted(self.datacenters)}"
+            )
 
     def _check_consistency(self) -> None:
         if self.read_consistency == "ANY":
@@ -320,8 +356,10 @@ class CassandraConfig:
             try:
                 password = Path(self.password_file).read_text().rstrip("\r\n")
             except OSError as exc:
-                raise ConfigError(f"cannot read the Cassandra password file "
-                                  f"{self.password_file!r}: {exc.strerror}") from None
+                raise ConfigError(
+                    f"cannot read the Cassandra password file "
+                    f"{self.password_file!r}: {exc.strerror}"
+                ) from None
             return self.username, password
         return self.username, self.password  # type: ignore[return-value]
 
@@ -333,9 +371,11 @@ class CassandraConfig:
 
     def __getstate__(self) -> dict[str, Any]:
         if self.ssl_context is not None:
-            raise ConfigError("a CassandraConfig with ssl_context cannot be sent to another "
-                              "process (an SSLContext cannot be pickled): give "
-                              "tls=TlsSettings(ca_file=..., ...) instead")
+            raise ConfigError(
+                "a CassandraConfig with ssl_context cannot be sent to another "
+                "process (an SSLContext cannot be pickled): give "
+                "tls=TlsSettings(ca_file=..., ...) instead"
+            )
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -364,8 +404,9 @@ class CassandraConfig:
         return cls(contact_points=hosts, port=int(port), **kwargs)
 
     @classmethod
-    def from_env(cls, contact: str | None = None, *, environ: Mapping[str, str] | None = None,
-                 **kwargs: Any) -> CassandraConfig:
+    def from_env(
+        cls, contact: str | None = None, *, environ: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> CassandraConfig:
         """A config from the ``RAYSOURCE_CASSANDRA*`` variables (see the module docstring):
         ``contact`` wins over ``RAYSOURCE_CASSANDRA``; ``kwargs`` over everything."""
         env = os.environ if environ is None else environ
@@ -378,15 +419,17 @@ class CassandraConfig:
             elif f"{_ENV}_PASSWORD" in env:
                 settings["password"] = env[f"{_ENV}_PASSWORD"]
             else:
-                raise ConfigError(f"{_ENV}_USERNAME is set but neither {_ENV}_PASSWORD_FILE "
-                                  f"nor {_ENV}_PASSWORD")
+                raise ConfigError(
+                    f"{_ENV}_USERNAME is set but neither {_ENV}_PASSWORD_FILE nor {_ENV}_PASSWORD"
+                )
         if env.get(f"{_ENV}_TLS_CA") or env.get(f"{_ENV}_TLS_CERT"):
             check = env.get(f"{_ENV}_TLS_CHECK_HOSTNAME", "1").strip().lower()
             settings["tls"] = TlsSettings(
                 ca_file=env.get(f"{_ENV}_TLS_CA") or None,
                 cert_file=env.get(f"{_ENV}_TLS_CERT") or None,
                 key_file=env.get(f"{_ENV}_TLS_KEY") or None,
-                check_hostname=check not in ("0", "false", "no", "off"))
+                check_hostname=check not in ("0", "false", "no", "off"),
+            )
         if env.get(f"{_ENV}_LOCAL_DC"):
             settings["local_dc"] = env[f"{_ENV}_LOCAL_DC"]
         settings.update(kwargs)

@@ -59,8 +59,7 @@ from raysource.journal.errors import (
     JournalUnavailableError,
 )
 
-__all__ = ["Claim", "View", "EpochGuard", "segment_epoch", "compact", "check_next",
-           "LEGACY_CHAIN"]
+__all__ = ["Claim", "View", "EpochGuard", "segment_epoch", "compact", "check_next", "LEGACY_CHAIN"]
 
 #: The chain of a persistence id without epoch records: every row is epoch 0.
 LEGACY_CHAIN: tuple[tuple[int, int], ...] = ((0, 1),)
@@ -140,8 +139,9 @@ def check_next(pid: str, h: int, first: int) -> None:
     if first <= h:
         raise ConcurrentWriteError(pid, first)
     if first > h + 1:
-        raise InvalidAppendError(f"{pid}: the log ends at #{h}; an append at #{first} would "
-                                 f"leave a gap")
+        raise InvalidAppendError(
+            f"{pid}: the log ends at #{h}; an append at #{first} would leave a gap"
+        )
 
 
 class _FenceReads:
@@ -169,7 +169,7 @@ class _FenceReads:
         pending, self._pending = self._pending, {}
         pids = list(pending)
         for i in range(0, len(pids), _FENCE_BATCH):
-            part = {p: pending[p] for p in pids[i:i + _FENCE_BATCH]}
+            part = {p: pending[p] for p in pids[i : i + _FENCE_BATCH]}
             asyncio.ensure_future(self._read(part))
 
     async def _read(self, part: dict[str, list[asyncio.Future[Fence]]]) -> None:
@@ -232,8 +232,9 @@ class EpochGuard:
             return 0, LEGACY_CHAIN
         return int(row[0]), tuple((int(e), int(s)) for e, s in row[2])
 
-    async def view(self, pid: str, below: int | None = None, *, bounded: bool = True,
-                   stable: bool = False) -> View:
+    async def view(
+        self, pid: str, below: int | None = None, *, bounded: bool = True, stable: bool = False
+    ) -> View:
         """The valid log's chain and end (see the module docstring). Without epoch records
         every row is valid; then ``h`` is the largest number, or, unless ``bounded``, -1
         (unknown: a replay walks the partitions as before epochs).
@@ -263,7 +264,8 @@ class EpochGuard:
                 raise JournalUnavailableError(
                     f"{pid}: epoch {fenced} holds the fence but its record is not written "
                     f"(newest record: epoch {head}): a newer activation is recovering, or "
-                    f"stopped before it recorded its view; read again later")
+                    f"stopped before it recorded its view; read again later"
+                )
             await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
             attempt += 1
 
@@ -311,21 +313,35 @@ class EpochGuard:
         # newest record, and stable readers would stop before the open segment until the next
         # activation. The refused epoch's segment stays empty.
         try:
-            await self.j.session.execute(self.j._ps["record"],
-                                         (pid, epoch, start, chain, owner, writer_id))
+            await self.j.session.execute(
+                self.j._ps["record"], (pid, epoch, start, chain, owner, writer_id)
+            )
         except JournalError as exc:
             raise JournalUnavailableError(
                 f"{pid}: the record of epoch {epoch} was not confirmed; the activation does "
-                f"not start (none of its events were written): {exc}") from exc
+                f"not start (none of its events were written): {exc}"
+            ) from exc
         if expect_next is not None:
             check_next(pid, view.h, expect_next)
         await self.j._hook("record.after", pid=pid, epoch=epoch, start=start)
         got = await self._fence_retrying(pid)
         if got != (epoch, owner):
-            raise ConcurrentWriteError(pid, start, f"{pid}: epoch {epoch} was superseded by "
-                                                   f"epoch {got[0]} before it was confirmed")
-        return Claim(pid, writer_id, epoch, owner, start, start, confirmed=True,
-                     view=View(tuple(chain), start - 1, epoch), acked_seq=start - 1)
+            raise ConcurrentWriteError(
+                pid,
+                start,
+                f"{pid}: epoch {epoch} was superseded by epoch {got[0]} before it was confirmed",
+            )
+        return Claim(
+            pid,
+            writer_id,
+            epoch,
+            owner,
+            start,
+            start,
+            confirmed=True,
+            view=View(tuple(chain), start - 1, epoch),
+            acked_seq=start - 1,
+        )
 
     async def _cas(self, pid: str, owner: uuid.UUID) -> int:
         s, ps = self.j.session, self.j._ps
@@ -347,9 +363,11 @@ class EpochGuard:
                 if row[0]:
                     return want
                 current = int(row.epoch) if getattr(row, "epoch", None) is not None else 0
-            await asyncio.sleep(random.uniform(0.001, 0.002) * min(2 ** attempt, 64))
-        raise JournalUnavailableError(f"{pid}: could not claim an epoch in {_CLAIM_ATTEMPTS} "
-                                      f"attempts (contended); nothing was written")
+            await asyncio.sleep(random.uniform(0.001, 0.002) * min(2**attempt, 64))
+        raise JournalUnavailableError(
+            f"{pid}: could not claim an epoch in {_CLAIM_ATTEMPTS} "
+            f"attempts (contended); nothing was written"
+        )
 
     async def _serial_fence(self, pid: str) -> Fence:
         try:
@@ -357,10 +375,10 @@ class EpochGuard:
         except JournalError as exc:
             raise JournalUnavailableError(
                 f"{pid}: a claim was not confirmed and its serial read failed; this activation "
-                f"does not start (it writes nothing): {exc}") from exc
+                f"does not start (it writes nothing): {exc}"
+            ) from exc
 
-    async def _fence_retrying(self, pid: str, shared: bool = False
-                              ) -> Fence:
+    async def _fence_retrying(self, pid: str, shared: bool = False) -> Fence:
         last: Exception | None = None
         for _ in range(_FENCE_READ_ATTEMPTS):
             try:

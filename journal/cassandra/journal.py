@@ -112,7 +112,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cassandra.query import BatchStatement, BatchType
@@ -126,8 +126,9 @@ from raysource.journal.api import (
     validate_group,
 )
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.driver_errors import consistency
 from raysource.journal.cassandra.epochs import Claim, EpochGuard, View, check_next
-from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession, consistency
+from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
 from raysource.journal.cassandra.statements import journal_statements
 from raysource.journal.errors import (
     ConcurrentWriteError,
@@ -140,7 +141,7 @@ from raysource.journal.errors import (
 
 __all__ = ["CassandraJournal", "to_us", "from_us"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_SEQ = 2**63 - 1
 _BUCKET_US = 3600 * 1_000_000
 _TAG_ATTEMPTS = 3
@@ -149,7 +150,7 @@ _TAG_BATCH = 100  # tag rows per single-partition batch
 
 def to_us(ts: datetime) -> int:
     if ts.tzinfo is None:  # naive timestamps are taken as UTC
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     return (ts - _EPOCH) // timedelta(microseconds=1)
 
 
@@ -169,9 +170,15 @@ class CassandraJournal(Journal):
     session) or ``CassandraJournal(session, config)`` to share a session.
     """
 
-    def __init__(self, session: CassandraSession, config: CassandraConfig | None = None, *,
-                 fencing: bool | None = None, own_session: bool = False,
-                 guard: str | None = None) -> None:
+    def __init__(
+        self,
+        session: CassandraSession,
+        config: CassandraConfig | None = None,
+        *,
+        fencing: bool | None = None,
+        own_session: bool = False,
+        guard: str | None = None,
+    ) -> None:
         self.session = session
         self.config = config or session.config
         if guard is None:
@@ -203,9 +210,14 @@ class CassandraJournal(Journal):
         self.write_count = 0
 
     @classmethod
-    async def connect(cls, config: CassandraConfig, *, create_schema: bool = False,
-                      fencing: bool | None = None, guard: str | None = None
-                      ) -> CassandraJournal:
+    async def connect(
+        cls,
+        config: CassandraConfig,
+        *,
+        create_schema: bool = False,
+        fencing: bool | None = None,
+        guard: str | None = None,
+    ) -> CassandraJournal:
         session = await CassandraSession.open(config, create_schema=create_schema)
         try:
             journal = cls(session, config, fencing=fencing, own_session=True, guard=guard)
@@ -222,13 +234,18 @@ class CassandraJournal(Journal):
             if self._ps:
                 return self._ps
             c = self.config
-            levels = {"write": c.write_consistency, "read": c.read_consistency,
-                      "serial": c.serial_consistency}
+            levels = {
+                "write": c.write_consistency,
+                "read": c.read_consistency,
+                "serial": c.serial_consistency,
+            }
             ps = {}
             for name, st in journal_statements(c).items():
                 ps[name] = await self.session.prepare(
-                    st.cql, consistency_level=levels[st.level],
-                    serial_consistency_level=c.serial_consistency if st.conditional else None)
+                    st.cql,
+                    consistency_level=levels[st.level],
+                    serial_consistency_level=c.serial_consistency if st.conditional else None,
+                )
                 # Re-sending these is harmless (reads; writes of the same values): the driver
                 # may retry them on another host. Everything else is never re-sent by the
                 # driver (see NoResendRetryPolicy); in particular no conditional statement.
@@ -239,7 +256,8 @@ class CassandraJournal(Journal):
                 raise MigrationRequiredError(
                     f"keyspace {c.keyspace!r} holds events in {c.legacy_events_table!r} (the "
                     f"layout before epochs) that were not migrated: run `raysource schema "
-                    f"migrate --keyspace {c.keyspace}` first")
+                    f"migrate --keyspace {c.keyspace}` first"
+                )
             self._ps = ps
             return ps
 
@@ -265,13 +283,16 @@ class CassandraJournal(Journal):
                     f"{pid} #{first}: nothing was written (the check before it failed: {exc})"
                 ) from exc
         if self.fencing:
-            batch = BatchStatement(BatchType.LOGGED,
-                                   consistency_level=consistency(c.write_consistency),
-                                   serial_consistency_level=consistency(c.serial_consistency))
+            batch = BatchStatement(
+                BatchType.LOGGED,
+                consistency_level=consistency(c.write_consistency),
+                serial_consistency_level=consistency(c.serial_consistency),
+            )
             stmt = ps["insert_if"]
         else:
-            batch = BatchStatement(BatchType.UNLOGGED,
-                                   consistency_level=consistency(c.write_consistency))
+            batch = BatchStatement(
+                BatchType.UNLOGGED, consistency_level=consistency(c.write_consistency)
+            )
             stmt = ps["insert"]
         for e in events:
             batch.add(stmt, _row(e, pnr, 0, 0))
@@ -338,8 +359,9 @@ class CassandraJournal(Journal):
         key = (pid, writer)
         claim = self._claims.get(key)
         if claim is not None and claim.ended:
-            raise WriterFencedError(f"{pid}: writer {writer!r}'s epoch {claim.epoch} ended; "
-                                    f"nothing more is written")
+            raise WriterFencedError(
+                f"{pid}: writer {writer!r}'s epoch {claim.epoch} ended; nothing more is written"
+            )
         if claim is None:
             view = await self.epochs.view(pid, stable=True)
             if first <= view.h and await self._stored_exactly(events, view):
@@ -362,19 +384,24 @@ class CassandraJournal(Journal):
                 # saw. Refuse (nothing written) and end the epoch: the writer must stop.
                 self._end(claim)
                 raise ConcurrentWriteError(
-                    pid, first, f"{pid}: writer {writer!r} (epoch {claim.epoch}) was superseded "
-                    f"by a newer activation in this process; #{first} not written")
+                    pid,
+                    first,
+                    f"{pid}: writer {writer!r} (epoch {claim.epoch}) was superseded "
+                    f"by a newer activation in this process; #{first} not written",
+                )
             check_next(pid, claim.next_seq - 1, first)
         pnr = self._pn(first)
         epoch = claim.epoch
-        batch = BatchStatement(BatchType.UNLOGGED,
-                               consistency_level=consistency(self.config.write_consistency))
+        batch = BatchStatement(
+            BatchType.UNLOGGED, consistency_level=consistency(self.config.write_consistency)
+        )
         batch.is_idempotent = True  # the same rows again: harmless
         key_epoch = 0 if self.unsound_design_a else epoch
         for e in events:
             batch.add(self._ps["insert"], _row(e, pnr, key_epoch, epoch))
-        await self._hook("append.before_w1", pid=pid, epoch=epoch, first=first, last=last,
-                         batch=batch)
+        await self._hook(
+            "append.before_w1", pid=pid, epoch=epoch, first=first, last=last, batch=batch
+        )
         try:
             await self.session.execute_batch(batch, profile=RAW_PROFILE)
         except JournalError as exc:
@@ -382,8 +409,9 @@ class CassandraJournal(Journal):
             # the send surfaces as "no host available" too), so it is unknown, never "not
             # applied"; the epoch ends (its numbers can never be reused with other content).
             self._end(claim)
-            raise WriterFencedError(f"{pid} #{first}..#{last}: the write was not confirmed; "
-                                    f"epoch {epoch} ends: {exc}") from exc
+            raise WriterFencedError(
+                f"{pid} #{first}..#{last}: the write was not confirmed; epoch {epoch} ends: {exc}"
+            ) from exc
         claim.next_seq = last + 1  # numbers up to ``last`` may be stored: never reused
         self.write_count += 1
         await self._hook("append.after_w1", pid=pid, epoch=epoch, first=first, last=last)
@@ -391,13 +419,17 @@ class CassandraJournal(Journal):
             got = await self.epochs._fence_retrying(pid, shared=True)
         except JournalError as exc:
             self._end(claim)
-            raise WriterFencedError(f"{pid} #{first}..#{last}: stored, but the fence could not "
-                                    f"be read; epoch {epoch} ends: {exc}") from exc
+            raise WriterFencedError(
+                f"{pid} #{first}..#{last}: stored, but the fence could not "
+                f"be read; epoch {epoch} ends: {exc}"
+            ) from exc
         if got != (epoch, claim.owner):
             self._end(claim)
-            raise WriterFencedError(f"{pid} #{first}..#{last}: fenced by epoch {got[0]} (this "
-                                    f"writer's epoch {epoch} ends); a newer activation may "
-                                    f"have recovered these events")
+            raise WriterFencedError(
+                f"{pid} #{first}..#{last}: fenced by epoch {got[0]} (this "
+                f"writer's epoch {epoch} ends); a newer activation may "
+                f"have recovered these events"
+            )
         # passed its fence read: valid for good (max: a later flush's read may answer first)
         claim.acked_seq = max(claim.acked_seq, last)
         await self._hook("append.after_fence", pid=pid, epoch=epoch, first=first, last=last)
@@ -421,26 +453,28 @@ class CassandraJournal(Journal):
                 # decide.
                 raise JournalOutcomeUnknownError(
                     f"{pid} #{first}..#{last}: the events are stored, but their follow-up writes "
-                    f"failed, so they were not acknowledged: {exc}") from exc
+                    f"failed, so they were not acknowledged: {exc}"
+                ) from exc
 
     def _end(self, claim: Claim) -> None:
         claim.ended = True
 
-    async def _stored_exactly(self, events: list[StoredEvent], view: View | None,
-                              claim: Claim | None = None) -> bool:
+    async def _stored_exactly(
+        self, events: list[StoredEvent], view: View | None, claim: Claim | None = None
+    ) -> bool:
         """Are ``events`` stored as valid rows, each with the same writer and payload?"""
         pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
         if claim is not None:
-            rows = [e async for e in self._rows(pid, first, last)
-                    if e[1] == claim.epoch]
+            rows = [e async for e in self._rows(pid, first, last) if e[1] == claim.epoch]
         else:
             assert view is not None
             rows = [e async for e in self._rows(pid, first, last) if view.valid(e[0], e[1])]
         found = {(r[0], r[2].writer_id, bytes(r[2].payload)) for r in rows}
         return found == _keys(events)
 
-    async def _rows(self, pid: str, first: int, last: int, *, walk: bool = False
-                    ) -> AsyncIterator[tuple[int, int, StoredEvent]]:
+    async def _rows(
+        self, pid: str, first: int, last: int, *, walk: bool = False
+    ) -> AsyncIterator[tuple[int, int, StoredEvent]]:
         """Every row ``first..last`` of any epoch: (seq, epoch, StoredEvent), by (seq, epoch).
 
         ``walk`` (``last`` unbounded): partitions ``pn(first) - 1``, ``pn(first)``, ... until
@@ -450,19 +484,33 @@ class CassandraJournal(Journal):
         p = max(0, first_p - 1)
         while walk or p <= self._pn(last):
             n = 0
-            async for row in self.session.stream(self._ps["range"], (pid, p, first, last),
-                                                 profile=RAW_PROFILE):
+            async for row in self.session.stream(
+                self._ps["range"], (pid, p, first, last), profile=RAW_PROFILE
+            ):
                 seq, epoch, ts, writer, sid, manifest, payload, tags, meta = row
                 n += 1
-                yield seq, epoch or 0, StoredEvent(
-                    pid, seq, payload, manifest, sid, from_us(ts), writer or "",
-                    frozenset(tags or ()), dict(meta or {}))
+                yield (
+                    seq,
+                    epoch or 0,
+                    StoredEvent(
+                        pid,
+                        seq,
+                        payload,
+                        manifest,
+                        sid,
+                        from_us(ts),
+                        writer or "",
+                        frozenset(tags or ()),
+                        dict(meta or {}),
+                    ),
+                )
             if walk and p >= first_p and n == 0:
                 return
             p += 1
 
-    async def _settle(self, events: list[StoredEvent], pnr: int,
-                      unknown: JournalOutcomeUnknownError | None) -> None:
+    async def _settle(
+        self, events: list[StoredEvent], pnr: int, unknown: JournalOutcomeUnknownError | None
+    ) -> None:
         """Decide an unconfirmed (``unknown``) or refused (``unknown`` None) conditional append
         with one read of its rows at the serial consistency, which completes (or supersedes) a
         Paxos proposal still in flight:
@@ -477,16 +525,21 @@ class CassandraJournal(Journal):
         """
         pid, first, last = events[0].persistence_id, events[0].sequence_nr, events[-1].sequence_nr
         try:
-            rows = await self.session.select_all(self._ps["range_serial"], (pid, pnr, first, last),
-                                                 profile=RAW_PROFILE)
+            rows = await self.session.select_all(
+                self._ps["range_serial"], (pid, pnr, first, last), profile=RAW_PROFILE
+            )
         except JournalError as exc:  # cannot decide: still unknown (keeps its driver cause)
             if unknown is None:
                 raise JournalOutcomeUnknownError(
                     f"{pid} #{first}: the conditional append was refused and the read of the "
-                    f"rows that refused it failed (they may be this group's): {exc}") from exc
+                    f"rows that refused it failed (they may be this group's): {exc}"
+                ) from exc
             raise unknown  # noqa: B904
-        found = {(seq, writer or "", bytes(payload or b""))
-                 for seq, epoch, writer, payload in rows if not epoch}
+        found = {
+            (seq, writer or "", bytes(payload or b""))
+            for seq, epoch, writer, payload in rows
+            if not epoch
+        }
         ours = _keys(events)
         if found == ours:
             return
@@ -504,8 +557,9 @@ class CassandraJournal(Journal):
         key = (pid, pnr)
         prev_max = self._prev_max.get(key)
         if prev_max is None:
-            row = await self.session.select_one(self._ps["max_in_partition"], (pid, pnr - 1),
-                                                profile=RAW_PROFILE)
+            row = await self.session.select_one(
+                self._ps["max_in_partition"], (pid, pnr - 1), profile=RAW_PROFILE
+            )
             prev_max = row[0] if row else 0
             if len(self._prev_max) > 100_000:
                 self._prev_max.clear()
@@ -540,13 +594,27 @@ class CassandraJournal(Journal):
                 rows = [e for e in events if tag in e.tags]
                 for i in range(0, len(rows), _TAG_BATCH):
                     batch = BatchStatement(
-                        BatchType.UNLOGGED, consistency_level=consistency(c.write_consistency))
+                        BatchType.UNLOGGED, consistency_level=consistency(c.write_consistency)
+                    )
                     batch.is_idempotent = True  # the same rows again: safe to re-send
-                    for e in rows[i:i + _TAG_BATCH]:
-                        batch.add(ins, (
-                            tag, bucket, ts, e.persistence_id, e.sequence_nr,
-                            to_us(e.timestamp), e.writer_id, e.serializer_id, e.manifest,
-                            bytes(e.payload), set(e.tags), dict(e.metadata) or None))
+                    for e in rows[i : i + _TAG_BATCH]:
+                        batch.add(
+                            ins,
+                            (
+                                tag,
+                                bucket,
+                                ts,
+                                e.persistence_id,
+                                e.sequence_nr,
+                                to_us(e.timestamp),
+                                e.writer_id,
+                                e.serializer_id,
+                                e.manifest,
+                                bytes(e.payload),
+                                set(e.tags),
+                                dict(e.metadata) or None,
+                            ),
+                        )
                     batches.append(self.session.execute_batch(batch))
             await asyncio.gather(*batches)
             if time.monotonic() - started <= budget:
@@ -562,7 +630,7 @@ class CassandraJournal(Journal):
         at most 500 events."""
         tagged = [e for e in events if e.tags]
         for i in range(0, len(tagged), 500):
-            await self._write_tags(tagged[i:i + 500])
+            await self._write_tags(tagged[i : i + 500])
         return sum(len(e.tags) for e in tagged)
 
     async def _ensure_first_bucket(self, tag: str, bucket: int) -> None:
@@ -588,22 +656,23 @@ class CassandraJournal(Journal):
             return 0, 0
         return row[0] or 0, row[1] or 0
 
-    async def replay(self, persistence_id: str, from_sequence_nr: int = 1,
-                     to_sequence_nr: int | None = None) -> AsyncGenerator[StoredEvent, None]:
+    async def replay(
+        self, persistence_id: str, from_sequence_nr: int = 1, to_sequence_nr: int | None = None
+    ) -> AsyncGenerator[StoredEvent, None]:
         """The valid log (``raysource.journal.cassandra.epochs``: the head record's chain, the
         contiguous run of its last segment), ``from..to``, paged."""
         await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
         view = self._recovery_view(persistence_id) or await self.epochs.view(
-            persistence_id, bounded=False, stable=True)
+            persistence_id, bounded=False, stable=True
+        )
         start = max(from_sequence_nr, deleted_to + 1, 1)
         upper = _MAX_SEQ if to_sequence_nr is None else to_sequence_nr
         if view.h >= 0:
             upper = min(upper, view.h)
         if start > upper:
             return
-        async for seq, epoch, event in self._rows(persistence_id, start, upper,
-                                                  walk=view.h < 0):
+        async for seq, epoch, event in self._rows(persistence_id, start, upper, walk=view.h < 0):
             if view.valid(seq, epoch):
                 yield event
 
@@ -612,7 +681,8 @@ class CassandraJournal(Journal):
         await self._prepare()
         deleted_to, _ = await self._meta(persistence_id)
         view = self._recovery_view(persistence_id) or await self.epochs.view(
-            persistence_id, stable=True)
+            persistence_id, stable=True
+        )
         return max(view.h, deleted_to)
 
     def _recovery_view(self, pid: str) -> View | None:
@@ -632,8 +702,9 @@ class CassandraJournal(Journal):
         p0 = max(hint, self._pn(deleted_to) - 1 if deleted_to else 0, 0)
         highest, p = deleted_to, p0
         while True:
-            row = await self.session.select_one(self._ps["max_in_partition"], (pid, p),
-                                                profile=RAW_PROFILE)
+            row = await self.session.select_one(
+                self._ps["max_in_partition"], (pid, p), profile=RAW_PROFILE
+            )
             if row is None:
                 if p > p0:
                     return highest
@@ -648,8 +719,9 @@ class CassandraJournal(Journal):
         if to > deleted_to:
             await self.session.execute(ps["set_deleted"], (to, persistence_id))
 
-    async def events_by_tag(self, tag: str, after: TagOffset | None = None, *,
-                            limit: int | None = None) -> AsyncGenerator[TaggedEvent, None]:
+    async def events_by_tag(
+        self, tag: str, after: TagOffset | None = None, *, limit: int | None = None
+    ) -> AsyncGenerator[TaggedEvent, None]:
         ps = await self._prepare()
         after = after or TagOffset.start()
         cutoff = _now_us() - int(self.config.eventual_consistency_delay * 1_000_000)
@@ -663,8 +735,14 @@ class CassandraJournal(Journal):
         window = int(10 * self.config.eventual_consistency_delay * 1_000_000)
         n = 0
         while bucket <= cutoff // _BUCKET_US:
-            params = (tag, bucket, after.timestamp_us, after.persistence_id, after.sequence_nr,
-                      cutoff)
+            params = (
+                tag,
+                bucket,
+                after.timestamp_us,
+                after.persistence_id,
+                after.sequence_nr,
+                cutoff,
+            )
             async for r in self.session.stream(ps["tag_select"], params, profile=RAW_PROFILE):
                 ts, pid, seq, ets, writer, sid, manifest, payload, tags, meta = r
                 key = (pid, seq)
@@ -676,9 +754,21 @@ class CassandraJournal(Journal):
                 if limit is not None and n >= limit:
                     return
                 n += 1
-                yield TaggedEvent(tag, TagOffset(ts, pid, seq), StoredEvent(
-                    pid, seq, payload, manifest, sid, from_us(ets), writer or "",
-                    frozenset(tags or ()), dict(meta or {})))
+                yield TaggedEvent(
+                    tag,
+                    TagOffset(ts, pid, seq),
+                    StoredEvent(
+                        pid,
+                        seq,
+                        payload,
+                        manifest,
+                        sid,
+                        from_us(ets),
+                        writer or "",
+                        frozenset(tags or ()),
+                        dict(meta or {}),
+                    ),
+                )
             bucket += 1
 
     async def close(self) -> None:
@@ -691,9 +781,20 @@ class CassandraJournal(Journal):
 
 def _row(e: StoredEvent, pnr: int, key_epoch: int, epoch: int) -> tuple[Any, ...]:
     """The insert's values for event ``e`` (see ``statements.EVENT_COLUMNS``)."""
-    return (e.persistence_id, pnr, e.sequence_nr, key_epoch, epoch, to_us(e.timestamp),
-            e.writer_id, e.serializer_id, e.manifest, bytes(e.payload), set(e.tags) or None,
-            dict(e.metadata) or None)
+    return (
+        e.persistence_id,
+        pnr,
+        e.sequence_nr,
+        key_epoch,
+        epoch,
+        to_us(e.timestamp),
+        e.writer_id,
+        e.serializer_id,
+        e.manifest,
+        bytes(e.payload),
+        set(e.tags) or None,
+        dict(e.metadata) or None,
+    )
 
 
 def _keys(events: Sequence[StoredEvent]) -> set[tuple[int, str, bytes]]:
@@ -703,4 +804,3 @@ def _keys(events: Sequence[StoredEvent]) -> set[tuple[int, str, bytes]]:
 def new_writer_id() -> str:
     """A fresh writer id for one activation (diagnostics of fencing conflicts)."""
     return uuid.uuid4().hex[:12]
-

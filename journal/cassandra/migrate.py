@@ -38,8 +38,9 @@ async def migrate_events(session: CassandraSession, config: CassandraConfig) -> 
     await create_schema(session, config, keyspace=False)
     if not await legacy_table_exists(session, config):
         return 0
-    insert = await session.prepare(journal_statements(config)["insert"].cql,
-                                   consistency_level=config.write_consistency)
+    insert = await session.prepare(
+        journal_statements(config)["insert"].cql, consistency_level=config.write_consistency
+    )
     select = migration_statements(config)["legacy_rows"].cql
     pending: set[asyncio.Future[Any]] = set()
     copied = 0

@@ -59,19 +59,29 @@ class OffsetStatements:
         ks = validate_identifier(keyspace, "keyspace")
         off, parked = f"{ks}.projection_offsets", f"{ks}.projection_parked"
         self.create = readside_schema(ks)
-        self.select = (f"SELECT projection, worker, ts_us, persistence_id, sequence_nr, desired, "
-                       f"state, error, updated_us FROM {off} WHERE projection = ?")
+        self.select = (
+            f"SELECT projection, worker, ts_us, persistence_id, sequence_nr, desired, "
+            f"state, error, updated_us FROM {off} WHERE projection = ?"
+        )
         self.select_worker = self.select + " AND worker = ?"
-        self.save_offset = (f"UPDATE {off} SET ts_us = ?, persistence_id = ?, sequence_nr = ?, "
-                            f"updated_us = ? WHERE projection = ? AND worker = ?")
+        self.save_offset = (
+            f"UPDATE {off} SET ts_us = ?, persistence_id = ?, sequence_nr = ?, "
+            f"updated_us = ? WHERE projection = ? AND worker = ?"
+        )
         self.set_desired = f"UPDATE {off} SET desired = ? WHERE projection = ? AND worker = ?"
-        self.set_state = (f"UPDATE {off} SET state = ?, error = ?, updated_us = ? "
-                          f"WHERE projection = ? AND worker = ?")
-        self.park = (f"INSERT INTO {parked} (projection, persistence_id, worker, sequence_nr, "
-                     f"error, parked_us) VALUES (?, ?, ?, ?, ?, ?)")
+        self.set_state = (
+            f"UPDATE {off} SET state = ?, error = ?, updated_us = ? "
+            f"WHERE projection = ? AND worker = ?"
+        )
+        self.park = (
+            f"INSERT INTO {parked} (projection, persistence_id, worker, sequence_nr, "
+            f"error, parked_us) VALUES (?, ?, ?, ?, ?, ?)"
+        )
         self.unpark = f"DELETE FROM {parked} WHERE projection = ? AND persistence_id = ?"
-        self.parked = (f"SELECT persistence_id, worker, sequence_nr, error, parked_us "
-                       f"FROM {parked} WHERE projection = ?")
+        self.parked = (
+            f"SELECT persistence_id, worker, sequence_nr, error, parked_us "
+            f"FROM {parked} WHERE projection = ?"
+        )
 
 
 class ViewStatements:
@@ -82,18 +92,26 @@ class ViewStatements:
         view = validate_identifier(view, "view name")
         self.watermarks_table = f"{ks}.{view}_watermarks"
         self.applied_table = f"{ks}.{view}_applied"
-        self.create_watermarks = (f"CREATE TABLE IF NOT EXISTS {self.watermarks_table} "
-                                  "(persistence_id text PRIMARY KEY, sequence_nr bigint)")
-        self.create_applied = (f"CREATE TABLE IF NOT EXISTS {self.applied_table} "
-                               "(persistence_id text, sequence_nr bigint, applied timeuuid, "
-                               "PRIMARY KEY ((persistence_id), sequence_nr, applied))")
-        self.select_mark = (f"SELECT sequence_nr FROM {self.watermarks_table} "
-                            "WHERE persistence_id = ?")
+        self.create_watermarks = (
+            f"CREATE TABLE IF NOT EXISTS {self.watermarks_table} "
+            "(persistence_id text PRIMARY KEY, sequence_nr bigint)"
+        )
+        self.create_applied = (
+            f"CREATE TABLE IF NOT EXISTS {self.applied_table} "
+            "(persistence_id text, sequence_nr bigint, applied timeuuid, "
+            "PRIMARY KEY ((persistence_id), sequence_nr, applied))"
+        )
+        self.select_mark = (
+            f"SELECT sequence_nr FROM {self.watermarks_table} WHERE persistence_id = ?"
+        )
         self.select_all_marks = f"SELECT persistence_id, sequence_nr FROM {self.watermarks_table}"
-        self.set_mark = (f"UPDATE {self.watermarks_table} SET sequence_nr = ? "
-                         "WHERE persistence_id = ?")
-        self.audit = (f"INSERT INTO {self.applied_table} (persistence_id, sequence_nr, applied) "
-                      "VALUES (?, ?, now())")
+        self.set_mark = (
+            f"UPDATE {self.watermarks_table} SET sequence_nr = ? WHERE persistence_id = ?"
+        )
+        self.audit = (
+            f"INSERT INTO {self.applied_table} (persistence_id, sequence_nr, applied) "
+            "VALUES (?, ?, now())"
+        )
         self.select_applied = f"SELECT persistence_id, sequence_nr FROM {self.applied_table}"
         self.truncate_watermarks = f"TRUNCATE {self.watermarks_table}"
         self.truncate_applied = f"TRUNCATE {self.applied_table}"

@@ -143,8 +143,9 @@ def schema_cql(config: CassandraConfig | None = None) -> str:
     return header + "\n\n".join(s + ";" for s in schema_statements(config)) + "\n"
 
 
-async def create_schema(session: CassandraSession, config: CassandraConfig | None = None, *,
-                        keyspace: bool = True) -> None:
+async def create_schema(
+    session: CassandraSession, config: CassandraConfig | None = None, *, keyspace: bool = True
+) -> None:
     """Create keyspace (unless ``keyspace=False``) and tables if missing. For development;
     production runs ``schema_cql`` through its own change process. ``session`` is a connected
     :class:`~raysource.journal.cassandra.session.CassandraSession`."""

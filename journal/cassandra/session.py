@@ -11,34 +11,8 @@ alternative to the persistence module). Nothing here blocks the event loop:
 
 The driver's default connection class is used (libev where compiled, as in this venv).
 
-Retries: every statement runs under :class:`NoResendRetryPolicy`. The driver's default policy
-re-sends a statement to the next host after a connection error or a server error, whether or not
-the first attempt was applied; for a conditional append that turns a lost response into a second
-execution (which comes back "not applied" with the writer's own rows). Here a statement is
-re-sent only if it is marked idempotent (``is_idempotent``: the journal marks its reads and its
-idempotent writes); any other failure after sending is handed to the caller as an unknown outcome.
-
-Driver errors are wrapped by whether the request could have reached a coordinator
-(:func:`wrap_driver_error`):
-
-* not sent (``NoHostAvailable`` with no request sent), or any failure of a *read* (a
-  ``SELECT`` writes nothing, whether it timed out or was refused): ``JournalUnavailableError``
-  — nothing written;
-* a write sent and unconfirmed (client timeout, ``WriteTimeout``, ``Unavailable`` (a Paxos
-  commit may fail on it after the proposal was accepted), replica failures, the connection
-  dropped or the server shut down after the request went out, a server error,
-  ``CAS_WRITE_UNKNOWN`` of protocol v5, any unknown error): ``JournalOutcomeUnknownError`` —
-  it may or may not have been applied, and may still land;
-* ``Overloaded`` or ``IsBootstrapping`` answering a *write* (anything but a ``SELECT``): also
-  ``JournalOutcomeUnknownError``, decided by the journal's re-read. Cassandra 5.0 does not
-  answer Overloaded only before executing: ``StorageProxy.sendToHintedReplicas`` (plain and
-  batch writes) and ``StorageProxy.commitPaxos`` (the commit of a conditional write, after its
-  proposal was accepted) call ``checkHintOverload(replica)`` inside the loop that sends the
-  mutation to each replica, so the exception can follow a send to (or a local apply on) an
-  earlier replica. ``IsBootstrappingException`` is thrown by ``StorageProxy.read`` (its
-  ``isSafeToPerformRead`` check); a conditional write reaches it after ``beginAndRepairPaxos``
-  has already completed in-flight proposals, and we do not rely on that staying the only path;
-* invalid request (bad CQL, unauthorized, ...): ``JournalError`` — nothing written.
+Retries and the classification of driver errors (not sent / not executed / outcome unknown):
+:mod:`raysource.journal.cassandra.driver_errors`.
 """
 
 from __future__ import annotations
@@ -50,10 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cassandra import (
-    ConsistencyLevel,
-    OperationTimedOut,
-    RequestExecutionException,
-    RequestValidationException,
     UnresolvableContactPoints,
 )
 from cassandra.auth import PlainTextAuthProvider
@@ -61,19 +31,15 @@ from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
     ExecutionProfile,
-    NoHostAvailable,
     ResponseFuture,
     Session,
 )
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     ExponentialReconnectionPolicy,
-    RetryPolicy,
     RoundRobinPolicy,
     TokenAwarePolicy,
 )
-from cassandra.protocol import ErrorMessage
-from cassandra.protocol import RequestValidationException as ValidationErrorMessage
 from cassandra.query import (
     BatchStatement,
     BatchType,
@@ -84,117 +50,20 @@ from cassandra.query import (
 )
 
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.driver_errors import (
+    NoResendRetryPolicy,
+    consistency,
+    wrap_driver_error,
+    writes,
+)
 from raysource.journal.errors import (
     JournalError,
-    JournalOutcomeUnknownError,
     JournalUnavailableError,
 )
 
-__all__ = ["CassandraSession", "NoResendRetryPolicy", "RAW_PROFILE", "wrap_driver_error",
-           "consistency", "writes"]
+__all__ = ["CassandraSession", "RAW_PROFILE"]
 
 RAW_PROFILE = "raysource_raw"  # plain tuple rows: cheaper than named tuples on hot paths
-
-# Invalid requests (bad CQL, unauthorized, ...): refused before execution.
-_INVALID = (RequestValidationException, ValidationErrorMessage)
-
-
-def consistency(name: str) -> int:
-    level: int = getattr(ConsistencyLevel, name)
-    return level
-
-
-# A retry decision as the driver reads it: (RETRY | RETHROW | IGNORE | RETRY_NEXT_HOST,
-# consistency level to retry at, or None).
-_Decision = tuple[int, int | None]
-
-
-class NoResendRetryPolicy(RetryPolicy):  # type: ignore[misc]  # the driver is untyped (Any)
-    """The driver's default retry policy, except that a statement not marked idempotent is
-    never re-sent after it may have reached a coordinator (a read or write timeout, an
-    unavailable error, a server, overloaded or connection error): the error goes to the
-    caller, who decides with a re-read. Without this, a lost response to a conditional batch
-    made the driver send it again, and the second execution came back "not applied" with the
-    writer's own rows."""
-
-    def on_read_timeout(self, query: Any, consistency: int, required_responses: int,
-                        received_responses: int, data_retrieved: bool,
-                        retry_num: int) -> _Decision:
-        # A conditional write's Paxos read can time out after its prepare round repaired
-        # (completed) proposals in flight: not re-sent either.
-        if not getattr(query, "is_idempotent", False):
-            return self.RETHROW, None
-        decision: _Decision = super().on_read_timeout(
-            query, consistency, required_responses, received_responses, data_retrieved,
-            retry_num)
-        return decision
-
-    def on_write_timeout(self, query: Any, consistency: int, write_type: int,
-                         required_responses: int, received_responses: int,
-                         retry_num: int) -> _Decision:
-        if not getattr(query, "is_idempotent", False):
-            return self.RETHROW, None
-        decision: _Decision = super().on_write_timeout(
-            query, consistency, write_type, required_responses, received_responses, retry_num)
-        return decision
-
-    def on_unavailable(self, query: Any, consistency: int, required_replicas: int,
-                       alive_replicas: int, retry_num: int) -> _Decision:
-        if not getattr(query, "is_idempotent", False):
-            return self.RETHROW, None
-        decision: _Decision = super().on_unavailable(
-            query, consistency, required_replicas, alive_replicas, retry_num)
-        return decision
-
-    def on_request_error(self, query: Any, consistency: int, error: Exception,
-                         retry_num: int) -> _Decision:
-        if not getattr(query, "is_idempotent", False):
-            return self.RETHROW, None
-        decision: _Decision = super().on_request_error(query, consistency, error, retry_num)
-        return decision
-
-
-def _never_sent(exc: NoHostAvailable) -> bool:
-    """``NoHostAvailable`` means no host took the request, unless one of its per-host errors
-    is what a sent request ends with (after a retry of an idempotent statement). The driver
-    keeps a node's Unavailable/ReadTimeout/WriteTimeout answer there as the exception
-    (``RequestExecutionException``), others as the ``ErrorMessage`` (Overloaded included)."""
-    errors = getattr(exc, "errors", None) or {}
-    return not any(isinstance(e, (OperationTimedOut, ErrorMessage, RequestExecutionException))
-                   for e in errors.values())
-
-
-def writes(stmt: Any) -> bool:
-    """Whether ``stmt`` may write: anything but a ``SELECT`` (a batch always may)."""
-    if isinstance(stmt, BatchStatement):
-        return True
-    text = stmt if isinstance(stmt, str) else getattr(stmt, "query_string", None)
-    if text is None and hasattr(stmt, "prepared_statement"):
-        text = stmt.prepared_statement.query_string
-    return not (text or "").lstrip().upper().startswith("SELECT")
-
-
-def wrap_driver_error(exc: BaseException, what: str, *, sent: bool = True,
-                      may_write: bool = True) -> JournalError:
-    """The raysource error for a driver exception (the caller raises it ``from exc``), by
-    whether the request may have been executed (see the module docstring). ``sent=False``:
-    nothing can have been written (raised before the request went out, or by a request that
-    writes nothing: connect, prepare). ``may_write=False``: the request was a read (a
-    ``SELECT``), which writes nothing whatever its fate: ``JournalUnavailableError``."""
-    if isinstance(exc, JournalError):
-        return exc
-    name = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, _INVALID):
-        return JournalError(f"{what}: {name}")
-    if not may_write:  # a read: whatever happened to it, it wrote nothing
-        return JournalUnavailableError(f"{what}: Cassandra unavailable, the read failed "
-                                       f"({name})")
-    if not sent or (isinstance(exc, NoHostAvailable) and _never_sent(exc)):
-        return JournalUnavailableError(f"{what}: Cassandra unavailable, nothing was sent or "
-                                       f"executed ({name})")
-    return JournalOutcomeUnknownError(
-        f"{what}: Cassandra did not confirm ({name}); the request may or may not have been "
-        "executed (a write may still land)")
 
 
 class CassandraSession:
@@ -268,8 +137,8 @@ class CassandraSession:
                 # The driver's default backs off to 600 s: a node back after a long outage
                 # was not used again for up to ten minutes.
                 reconnection_policy=ExponentialReconnectionPolicy(
-                    base_delay=min(0.5, cfg.reconnect_max_delay),
-                    max_delay=cfg.reconnect_max_delay),
+                    base_delay=min(0.5, cfg.reconnect_max_delay), max_delay=cfg.reconnect_max_delay
+                ),
                 # The driver leaves Nagle on: every request over a few KB (a group-commit
                 # batch, a group's tag rows) then waits ~40 ms for a delayed ACK. Measured
                 # here: a 100-row batch 43.8 ms -> 0.4 ms with TCP_NODELAY.
@@ -278,7 +147,8 @@ class CassandraSession:
             )
         except UnresolvableContactPoints as exc:  # raised before anything is sent
             raise JournalUnavailableError(
-                f"{where}: no contact point resolves to an address ({exc!r})") from None
+                f"{where}: no contact point resolves to an address ({exc!r})"
+            ) from None
         ks = cfg.keyspace if keyspace is None else (keyspace or None)
         loop = asyncio.get_running_loop()
         try:
@@ -290,8 +160,9 @@ class CassandraSession:
         return self
 
     @classmethod
-    async def open(cls, config: CassandraConfig, *,
-                   create_schema: bool = False) -> CassandraSession:
+    async def open(
+        cls, config: CassandraConfig, *, create_schema: bool = False
+    ) -> CassandraSession:
         """The one bootstrap of a store session: connect without a keyspace (statements name
         theirs), create the keyspace and tables if asked (development only), and close again
         if any of that fails. The journal, the snapshot store, the host's stores and the
@@ -333,8 +204,13 @@ class CassandraSession:
 
     # ------------------------------------------------------------------ statements
 
-    async def prepare(self, cql: str, *, consistency_level: str | None = None,
-                      serial_consistency_level: str | None = None) -> PreparedStatement:
+    async def prepare(
+        self,
+        cql: str,
+        *,
+        consistency_level: str | None = None,
+        serial_consistency_level: str | None = None,
+    ) -> PreparedStatement:
         """Prepare ``cql`` once per session (cached; the blocking driver call runs in the
         session's thread pool). Safe to use from several event loops in turn."""
         key = f"{cql}\x00{consistency_level}\x00{serial_consistency_level}"
@@ -357,8 +233,9 @@ class CassandraSession:
         # Concurrent first callers may both prepare: harmless, the driver dedupes by id.
         return self._prepared.setdefault(key, ps)
 
-    async def _statement(self, stmt: str | Statement | PreparedStatement,
-                         params: Sequence[Any] | None, prepare: bool) -> tuple[Any, Any]:
+    async def _statement(
+        self, stmt: str | Statement | PreparedStatement, params: Sequence[Any] | None, prepare: bool
+    ) -> tuple[Any, Any]:
         """(statement to execute, parameters still to pass to the driver)."""
         if isinstance(stmt, str):
             if prepare:
@@ -368,8 +245,9 @@ class CassandraSession:
             return stmt.bind(params or ()), None
         return stmt, params
 
-    def _bridge(self, rf: ResponseFuture, what: str,
-                may_write: bool = True) -> asyncio.Future[tuple[list[Any], Any]]:
+    def _bridge(
+        self, rf: ResponseFuture, what: str, may_write: bool = True
+    ) -> asyncio.Future[tuple[list[Any], Any]]:
         """An asyncio future for one page: (rows, paging_state or None)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[list[Any], Any]] = loop.create_future()
@@ -385,10 +263,16 @@ class CassandraSession:
         rf.add_callbacks(_ok, _err)
         return fut
 
-    def execute_async(self, stmt: Any, params: Sequence[Any] | None = None, *,
-                      profile: str | None = None, paging_state: Any = None,
-                      timeout: float | None = None,
-                      what: str = "query") -> asyncio.Future[tuple[list[Any], Any]]:
+    def execute_async(
+        self,
+        stmt: Any,
+        params: Sequence[Any] | None = None,
+        *,
+        profile: str | None = None,
+        paging_state: Any = None,
+        timeout: float | None = None,
+        what: str = "query",
+    ) -> asyncio.Future[tuple[list[Any], Any]]:
         """Low level: start an already bound/built statement, return its first page future."""
         kwargs: dict[str, Any] = {}
         if paging_state is not None:
@@ -403,59 +287,88 @@ class CassandraSession:
             raise wrap_driver_error(exc, what, sent=False) from exc
         return self._bridge(rf, what, writes(stmt))
 
-    async def execute(self, stmt: str | Statement | PreparedStatement,
-                      params: Sequence[Any] | None = None, *, prepare: bool = True,
-                      profile: str | None = None, timeout: float | None = None) -> list[Any]:
+    async def execute(
+        self,
+        stmt: str | Statement | PreparedStatement,
+        params: Sequence[Any] | None = None,
+        *,
+        prepare: bool = True,
+        profile: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Run one statement; return the rows of its first page (empty for writes)."""
         s, bound_params = await self._statement(stmt, params, prepare)
-        rows, _ = await self.execute_async(s, bound_params, profile=profile, timeout=timeout,
-                                           what=_describe(stmt))
+        rows, _ = await self.execute_async(
+            s, bound_params, profile=profile, timeout=timeout, what=_describe(stmt)
+        )
         return rows
 
-    async def execute_batch(self, batch: BatchStatement, *,
-                            profile: str | None = None) -> list[Any]:
+    async def execute_batch(
+        self, batch: BatchStatement, *, profile: str | None = None
+    ) -> list[Any]:
         rows, _ = await self.execute_async(batch, profile=profile, what="batch")
         return rows
 
-    async def execute_unlogged(self, ps: PreparedStatement, rows: Sequence[Sequence[Any]], *,
-                               consistency_level: str, idempotent: bool = True) -> None:
+    async def execute_unlogged(
+        self,
+        ps: PreparedStatement,
+        rows: Sequence[Sequence[Any]],
+        *,
+        consistency_level: str,
+        idempotent: bool = True,
+    ) -> None:
         """``ps`` bound to each of ``rows`` as ONE unlogged batch (meant for rows of one
         partition: one request, one mutation)."""
-        batch = BatchStatement(BatchType.UNLOGGED,
-                               consistency_level=consistency(consistency_level))
+        batch = BatchStatement(BatchType.UNLOGGED, consistency_level=consistency(consistency_level))
         batch.is_idempotent = idempotent
         for row in rows:
             batch.add(ps, row)
         await self.execute_batch(batch)
 
-    async def select_one(self, stmt: str | Statement | PreparedStatement,
-                         params: Sequence[Any] | None = None, **kw: Any) -> Any | None:
+    async def select_one(
+        self,
+        stmt: str | Statement | PreparedStatement,
+        params: Sequence[Any] | None = None,
+        **kw: Any,
+    ) -> Any | None:
         """The first row, or None."""
         rows = await self.execute(stmt, params, **kw)
         return rows[0] if rows else None
 
-    async def select_all(self, stmt: str | Statement | PreparedStatement,
-                         params: Sequence[Any] | None = None, **kw: Any) -> list[Any]:
+    async def select_all(
+        self,
+        stmt: str | Statement | PreparedStatement,
+        params: Sequence[Any] | None = None,
+        **kw: Any,
+    ) -> list[Any]:
         """Every row (all pages). For large results use ``stream``."""
         return [row async for row in self.stream(stmt, params, **kw)]
 
-    async def stream(self, stmt: str | Statement | PreparedStatement,
-                     params: Sequence[Any] | None = None, *, fetch_size: int | None = None,
-                     prepare: bool = True, profile: str | None = None) -> AsyncIterator[Any]:
+    async def stream(
+        self,
+        stmt: str | Statement | PreparedStatement,
+        params: Sequence[Any] | None = None,
+        *,
+        fetch_size: int | None = None,
+        prepare: bool = True,
+        profile: str | None = None,
+    ) -> AsyncIterator[Any]:
         """Stream rows page by page (the driver's paging state). At most two pages are held:
         the one being consumed and the next one, fetched while the consumer works."""
         s, bound_params = await self._statement(stmt, params, prepare)
         s.fetch_size = fetch_size or self.config.fetch_size
         what = _describe(stmt)
         fut: asyncio.Future[tuple[list[Any], Any]] | None = self.execute_async(
-            s, bound_params, profile=profile, what=what)
+            s, bound_params, profile=profile, what=what
+        )
         try:
             while fut is not None:
                 rows, state = await fut
                 fut = None
                 if state is not None:
-                    fut = self.execute_async(s, bound_params, profile=profile,
-                                             paging_state=state, what=what)
+                    fut = self.execute_async(
+                        s, bound_params, profile=profile, paging_state=state, what=what
+                    )
                 for row in rows:
                     yield row
                 del rows

@@ -18,16 +18,17 @@ from dataclasses import dataclass
 
 from raysource.journal.cassandra.config import CassandraConfig
 
-__all__ = ["Stmt", "journal_statements", "migration_statements", "EVENT_COLUMNS",
-           "MIGRATED_MARK"]
+__all__ = ["Stmt", "journal_statements", "migration_statements", "EVENT_COLUMNS", "MIGRATED_MARK"]
 
 #: the reserved metadata row ``raysource schema migrate`` writes once its copy completed
 MIGRATED_MARK = "__raysource_migrated_to_epochs__"
 
 #: The event row's columns in insert order (``epoch`` is part of the key; ``writer_epoch`` is
 #: the same value kept as a regular column, see ``raysource.journal.cassandra.epochs``).
-EVENT_COLUMNS = ("persistence_id, partition_nr, sequence_nr, epoch, writer_epoch, timestamp_us, "
-                 "writer_id, ser_id, manifest, payload, tags, meta")
+EVENT_COLUMNS = (
+    "persistence_id, partition_nr, sequence_nr, epoch, writer_epoch, timestamp_us, "
+    "writer_id, ser_id, manifest, payload, tags, meta"
+)
 _MARKS = ",".join("?" * 12)
 
 
@@ -50,66 +51,121 @@ def journal_statements(c: CassandraConfig) -> dict[str, Stmt]:
     key = "persistence_id = ? AND partition_nr = ?"
     return {
         # ---- events
-        "insert": Stmt(f"INSERT INTO {ev} ({EVENT_COLUMNS}) VALUES ({_MARKS})", "write",
-                       idempotent=True),
-        "insert_if": Stmt(f"INSERT INTO {ev} ({EVENT_COLUMNS}) VALUES ({_MARKS}) IF NOT EXISTS",
-                          "write", conditional=True),
+        "insert": Stmt(
+            f"INSERT INTO {ev} ({EVENT_COLUMNS}) VALUES ({_MARKS})", "write", idempotent=True
+        ),
+        "insert_if": Stmt(
+            f"INSERT INTO {ev} ({EVENT_COLUMNS}) VALUES ({_MARKS}) IF NOT EXISTS",
+            "write",
+            conditional=True,
+        ),
         "range": Stmt(
             f"SELECT sequence_nr, writer_epoch, timestamp_us, writer_id, ser_id, manifest, "
             f"payload, tags, meta FROM {ev} WHERE {key} AND sequence_nr >= ? "
-            f"AND sequence_nr <= ?", "read", idempotent=True),
+            f"AND sequence_nr <= ?",
+            "read",
+            idempotent=True,
+        ),
         # the decisive read after an unconfirmed conditional append (per-append guard): at the
         # serial consistency it completes (or supersedes) a Paxos proposal still in flight
         "range_serial": Stmt(
             f"SELECT sequence_nr, writer_epoch, writer_id, payload FROM {ev} WHERE {key} "
-            f"AND sequence_nr >= ? AND sequence_nr <= ?", "serial", idempotent=True),
+            f"AND sequence_nr >= ? AND sequence_nr <= ?",
+            "serial",
+            idempotent=True,
+        ),
         # the epoch guard's scan of the open segment: (sequence number, epoch) only
-        "run_scan": Stmt(f"SELECT sequence_nr, writer_epoch FROM {ev} WHERE {key} "
-                         f"AND sequence_nr >= ?", "read", idempotent=True),
-        "max_in_partition": Stmt(f"SELECT sequence_nr FROM {ev} WHERE {key} "
-                                 f"ORDER BY sequence_nr DESC LIMIT 1", "read", idempotent=True),
+        "run_scan": Stmt(
+            f"SELECT sequence_nr, writer_epoch FROM {ev} WHERE {key} AND sequence_nr >= ?",
+            "read",
+            idempotent=True,
+        ),
+        "max_in_partition": Stmt(
+            f"SELECT sequence_nr FROM {ev} WHERE {key} ORDER BY sequence_nr DESC LIMIT 1",
+            "read",
+            idempotent=True,
+        ),
         # ---- metadata
-        "meta": Stmt(f"SELECT deleted_to, partition_hint FROM {md} WHERE persistence_id = ?",
-                     "read", idempotent=True),
-        "set_deleted": Stmt(f"UPDATE {md} SET deleted_to = ? WHERE persistence_id = ?",
-                            "write", idempotent=True),
-        "set_hint": Stmt(f"UPDATE {md} SET partition_hint = ? WHERE persistence_id = ?",
-                         "write", idempotent=True),
+        "meta": Stmt(
+            f"SELECT deleted_to, partition_hint FROM {md} WHERE persistence_id = ?",
+            "read",
+            idempotent=True,
+        ),
+        "set_deleted": Stmt(
+            f"UPDATE {md} SET deleted_to = ? WHERE persistence_id = ?", "write", idempotent=True
+        ),
+        "set_hint": Stmt(
+            f"UPDATE {md} SET partition_hint = ? WHERE persistence_id = ?", "write", idempotent=True
+        ),
         # ---- tags
         "tag_insert": Stmt(
             f"INSERT INTO {tv} (tag, bucket, timestamp_us, persistence_id, sequence_nr, "
             f"event_timestamp_us, writer_id, ser_id, manifest, payload, tags, meta) "
-            f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", "write", idempotent=True),
+            f"VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "write",
+            idempotent=True,
+        ),
         "tag_select": Stmt(
             f"SELECT timestamp_us, persistence_id, sequence_nr, event_timestamp_us, writer_id, "
             f"ser_id, manifest, payload, tags, meta FROM {tv} WHERE tag = ? AND bucket = ? "
             f"AND (timestamp_us, persistence_id, sequence_nr) > (?, ?, ?) "
-            f"AND timestamp_us <= ?", "read", idempotent=True),
-        "tag_first_get": Stmt(f"SELECT first_bucket FROM {tm} WHERE tag = ?", "read",
-                              idempotent=True),
-        "tag_first_new": Stmt(f"INSERT INTO {tm} (tag, first_bucket) VALUES (?, ?) "
-                              f"IF NOT EXISTS", "write", conditional=True),
-        "tag_first_lower": Stmt(f"UPDATE {tm} SET first_bucket = ? WHERE tag = ? "
-                                f"IF first_bucket = ?", "write", conditional=True),
+            f"AND timestamp_us <= ?",
+            "read",
+            idempotent=True,
+        ),
+        "tag_first_get": Stmt(
+            f"SELECT first_bucket FROM {tm} WHERE tag = ?", "read", idempotent=True
+        ),
+        "tag_first_new": Stmt(
+            f"INSERT INTO {tm} (tag, first_bucket) VALUES (?, ?) IF NOT EXISTS",
+            "write",
+            conditional=True,
+        ),
+        "tag_first_lower": Stmt(
+            f"UPDATE {tm} SET first_bucket = ? WHERE tag = ? IF first_bucket = ?",
+            "write",
+            conditional=True,
+        ),
         # ---- the epoch guard: fence (LWT only) and epoch records (written once each)
-        "fence_get": Stmt(f"SELECT epoch, owner FROM {fence} WHERE persistence_id = ?", "read",
-                          idempotent=True),
+        "fence_get": Stmt(
+            f"SELECT epoch, owner FROM {fence} WHERE persistence_id = ?", "read", idempotent=True
+        ),
         # one read for the fence rows of many aggregates (a host's flushes of one loop tick)
-        "fence_many": Stmt(f"SELECT persistence_id, epoch, owner FROM {fence} "
-                           f"WHERE persistence_id IN ?", "read", idempotent=True),
-        "fence_get_serial": Stmt(f"SELECT epoch, owner FROM {fence} WHERE persistence_id = ?",
-                                 "serial", idempotent=True),
-        "fence_first": Stmt(f"INSERT INTO {fence} (persistence_id, epoch, owner) "
-                            f"VALUES (?, 1, ?) IF NOT EXISTS", "write", conditional=True),
-        "fence_next": Stmt(f"UPDATE {fence} SET epoch = ?, owner = ? WHERE persistence_id = ? "
-                           f"IF epoch = ?", "write", conditional=True),
-        "head": Stmt(f"SELECT epoch, start_seq, chain FROM {epochs} WHERE persistence_id = ? "
-                     f"LIMIT 1", "read", idempotent=True),
-        "head_below": Stmt(f"SELECT epoch, start_seq, chain FROM {epochs} "
-                           f"WHERE persistence_id = ? AND epoch < ? LIMIT 1", "read",
-                           idempotent=True),
-        "record": Stmt(f"INSERT INTO {epochs} (persistence_id, epoch, start_seq, chain, owner, "
-                       f"writer_id) VALUES (?, ?, ?, ?, ?, ?)", "write", idempotent=True),
+        "fence_many": Stmt(
+            f"SELECT persistence_id, epoch, owner FROM {fence} WHERE persistence_id IN ?",
+            "read",
+            idempotent=True,
+        ),
+        "fence_get_serial": Stmt(
+            f"SELECT epoch, owner FROM {fence} WHERE persistence_id = ?", "serial", idempotent=True
+        ),
+        "fence_first": Stmt(
+            f"INSERT INTO {fence} (persistence_id, epoch, owner) VALUES (?, 1, ?) IF NOT EXISTS",
+            "write",
+            conditional=True,
+        ),
+        "fence_next": Stmt(
+            f"UPDATE {fence} SET epoch = ?, owner = ? WHERE persistence_id = ? IF epoch = ?",
+            "write",
+            conditional=True,
+        ),
+        "head": Stmt(
+            f"SELECT epoch, start_seq, chain FROM {epochs} WHERE persistence_id = ? LIMIT 1",
+            "read",
+            idempotent=True,
+        ),
+        "head_below": Stmt(
+            f"SELECT epoch, start_seq, chain FROM {epochs} "
+            f"WHERE persistence_id = ? AND epoch < ? LIMIT 1",
+            "read",
+            idempotent=True,
+        ),
+        "record": Stmt(
+            f"INSERT INTO {epochs} (persistence_id, epoch, start_seq, chain, owner, "
+            f"writer_id) VALUES (?, ?, ?, ?, ?, ?)",
+            "write",
+            idempotent=True,
+        ),
     }
 
 
@@ -118,18 +174,34 @@ def migration_statements(c: CassandraConfig) -> dict[str, Stmt]:
     keyed without the epoch); the copy uses ``journal_statements(c)["insert"]``."""
     ks = c.keyspace
     return {
-        "legacy_exists": Stmt("SELECT table_name FROM system_schema.tables "
-                              "WHERE keyspace_name = ? AND table_name = ?", "read",
-                              idempotent=True),
-        "legacy_any": Stmt(f"SELECT persistence_id FROM {ks}.{c.legacy_events_table} LIMIT 1",
-                           "read", idempotent=True),
+        "legacy_exists": Stmt(
+            "SELECT table_name FROM system_schema.tables "
+            "WHERE keyspace_name = ? AND table_name = ?",
+            "read",
+            idempotent=True,
+        ),
+        "legacy_any": Stmt(
+            f"SELECT persistence_id FROM {ks}.{c.legacy_events_table} LIMIT 1",
+            "read",
+            idempotent=True,
+        ),
         # the mark ``migrate`` leaves when its copy completed (a reserved metadata row)
-        "marker_get": Stmt(f"SELECT deleted_to FROM {ks}.{c.metadata_table} "
-                           f"WHERE persistence_id = '{MIGRATED_MARK}'", "read", idempotent=True),
-        "marker_set": Stmt(f"UPDATE {ks}.{c.metadata_table} SET deleted_to = 0 "
-                           f"WHERE persistence_id = '{MIGRATED_MARK}'", "write", idempotent=True),
+        "marker_get": Stmt(
+            f"SELECT deleted_to FROM {ks}.{c.metadata_table} "
+            f"WHERE persistence_id = '{MIGRATED_MARK}'",
+            "read",
+            idempotent=True,
+        ),
+        "marker_set": Stmt(
+            f"UPDATE {ks}.{c.metadata_table} SET deleted_to = 0 "
+            f"WHERE persistence_id = '{MIGRATED_MARK}'",
+            "write",
+            idempotent=True,
+        ),
         "legacy_rows": Stmt(
             f"SELECT persistence_id, partition_nr, sequence_nr, timestamp_us, writer_id, ser_id, "
-            f"manifest, payload, tags, meta FROM {ks}.{c.legacy_events_table}", "read",
-            idempotent=True),
+            f"manifest, payload, tags, meta FROM {ks}.{c.legacy_events_table}",
+            "read",
+            idempotent=True,
+        ),
     }

@@ -47,16 +47,24 @@ class TimerStatements:
     def __init__(self, keyspace: str) -> None:
         ks = validate_identifier(keyspace, "keyspace")
         self.create = timer_schema(ks)
-        self.upsert = (f"INSERT INTO {ks}.timer_index (type_name, shard, bucket, due_ms, "
-                       f"persistence_id, name, timer_id) VALUES (?,?,?,?,?,?,?)")
-        self.delete = (f"DELETE FROM {ks}.timer_index WHERE type_name = ? AND shard = ? "
-                       f"AND bucket = ? AND due_ms = ? AND persistence_id = ? AND name = ? "
-                       f"AND timer_id = ?")
-        self.due = (f"SELECT due_ms, persistence_id, name, timer_id FROM {ks}.timer_index "
-                    f"WHERE type_name = ? AND shard = ? AND bucket = ? AND due_ms <= ? LIMIT ?")
-        self.cursor_get = (f"SELECT bucket FROM {ks}.timer_cursors "
-                           f"WHERE type_name = ? AND shard = ?")
-        self.cursor_new = (f"INSERT INTO {ks}.timer_cursors (type_name, shard, bucket) "
-                           f"VALUES (?,?,?) IF NOT EXISTS")
-        self.cursor_set = (f"UPDATE {ks}.timer_cursors SET bucket = ? "
-                           f"WHERE type_name = ? AND shard = ?")
+        self.upsert = (
+            f"INSERT INTO {ks}.timer_index (type_name, shard, bucket, due_ms, "
+            f"persistence_id, name, timer_id) VALUES (?,?,?,?,?,?,?)"
+        )
+        self.delete = (
+            f"DELETE FROM {ks}.timer_index WHERE type_name = ? AND shard = ? "
+            f"AND bucket = ? AND due_ms = ? AND persistence_id = ? AND name = ? "
+            f"AND timer_id = ?"
+        )
+        self.due = (
+            f"SELECT due_ms, persistence_id, name, timer_id FROM {ks}.timer_index "
+            f"WHERE type_name = ? AND shard = ? AND bucket = ? AND due_ms <= ? LIMIT ?"
+        )
+        self.cursor_get = f"SELECT bucket FROM {ks}.timer_cursors WHERE type_name = ? AND shard = ?"
+        self.cursor_new = (
+            f"INSERT INTO {ks}.timer_cursors (type_name, shard, bucket) "
+            f"VALUES (?,?,?) IF NOT EXISTS"
+        )
+        self.cursor_set = (
+            f"UPDATE {ks}.timer_cursors SET bucket = ? WHERE type_name = ? AND shard = ?"
+        )

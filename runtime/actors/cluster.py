@@ -120,33 +120,35 @@ def projection_prefix(projection: str) -> str:
 def parse_name(name: str) -> ActorName | None:
     """The :class:`ActorName` behind ``name``, or None if raysource did not spell it."""
     if name.startswith(_COORDINATOR):
-        return ActorName("coordinator", system=name[len(_COORDINATOR):])
+        return ActorName("coordinator", system=name[len(_COORDINATOR) :])
     if name.startswith(_PROJECTION):
-        projection, _, part = name[len(_PROJECTION):].rpartition(":")
+        projection, _, part = name[len(_PROJECTION) :].rpartition(":")
         index, _, total = part.partition("-of-")
         if projection and index.isdigit() and total.isdigit():
-            return ActorName("projection", projection=projection, slice_index=int(index),
-                             n_slices=int(total))
+            return ActorName(
+                "projection", projection=projection, slice_index=int(index), n_slices=int(total)
+            )
         return None
     system, sep, rest = name.partition(":")
     if not sep or not system:
         return None
     if rest.startswith("shard:"):
-        type_name, _, shard = rest[len("shard:"):].rpartition(":")
+        type_name, _, shard = rest[len("shard:") :].rpartition(":")
         if type_name and shard.isdigit():
             return ActorName("hosted", system=system, type_name=type_name, shard=int(shard))
         return None
     if rest.startswith("hosts:"):
-        head, _, slot = rest[len("hosts:"):].rpartition(":")
+        head, _, slot = rest[len("hosts:") :].rpartition(":")
         type_name, _, node = head.rpartition(":")
         if type_name and node and slot.isdigit():
-            return ActorName("hosted", system=system, type_name=type_name, node_id=node,
-                             slot=int(slot))
+            return ActorName(
+                "hosted", system=system, type_name=type_name, node_id=node, slot=int(slot)
+            )
         return None
     if rest.startswith("region:"):
-        return ActorName("region", system=system, node_id=rest[len("region:"):])
+        return ActorName("region", system=system, node_id=rest[len("region:") :])
     if rest.startswith("timers:"):
-        return ActorName("timers", system=system, node_id=rest[len("timers:"):])
+        return ActorName("timers", system=system, node_id=rest[len("timers:") :])
     type_name, bar, _entity = rest.partition("|")
     if bar and type_name:
         return ActorName("dedicated", system=system, type_name=type_name, persistence_id=rest)
@@ -159,8 +161,13 @@ def system_of(name: str) -> str | None:
     return parsed.system if parsed is not None else None
 
 
-def connect_ray(address: str | None = "auto", namespace: str | None = None, *,
-                quiet: bool = False, **init_options: Any) -> None:
+def connect_ray(
+    address: str | None = "auto",
+    namespace: str | None = None,
+    *,
+    quiet: bool = False,
+    **init_options: Any,
+) -> None:
     """Join the Ray cluster at ``address`` (``"auto"``: the one this machine runs), or start a
     local one (``None``/``"local"``); a no-op if this process is already connected. Every way
     this fails is one ``ConfigError``.
@@ -197,8 +204,12 @@ def connect_ray(address: str | None = "auto", namespace: str | None = None, *,
 
     if ray.is_initialized():
         return
-    options = {"log_to_driver": False, "configure_logging": False,
-               "logging_level": logging.WARNING, **init_options}
+    options = {
+        "log_to_driver": False,
+        "configure_logging": False,
+        "logging_level": logging.WARNING,
+        **init_options,
+    }
     try:
         with _quiet_stderr() if quiet else contextlib.nullcontext():
             ray.init(address=address, namespace=namespace, **options)
@@ -207,9 +218,12 @@ def connect_ray(address: str | None = "auto", namespace: str | None = None, *,
             raise ConfigError(
                 f"the Ray cluster at {address!r} refused this client's auth token: pass the "
                 "cluster's token with RAY_AUTH_TOKEN=... or RAY_AUTH_TOKEN_PATH=file (and "
-                "RAY_AUTH_MODE=token)") from exc
-        raise ConfigError(f"could not join the Ray cluster at {address!r}: "
-                          f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                "RAY_AUTH_MODE=token)"
+            ) from exc
+        raise ConfigError(
+            f"could not join the Ray cluster at {address!r}: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
 
 
 # ------------------------------------------------------------------------ joining, the parts
@@ -261,8 +275,10 @@ def _probe(address: str) -> None:
     except OSError as exc:
         raise ConfigError(f"no Ray cluster reachable at {address!r}: {exc}") from None
     if not grpc:
-        raise ConfigError(f"{address!r} does not answer like a Ray cluster (GCS) address; "
-                          "pass the head node's GCS address (host:6379 by default)")
+        raise ConfigError(
+            f"{address!r} does not answer like a Ray cluster (GCS) address; "
+            "pass the head node's GCS address (host:6379 by default)"
+        )
 
 
 def _prepare_env() -> bool:

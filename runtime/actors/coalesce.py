@@ -74,8 +74,13 @@ def check_picklable(command: Any) -> None:
 class _Group:
     __slots__ = ("args", "single", "future", "since")
 
-    def __init__(self, args: tuple[Any, str, int, list[Any]], single: bool,
-                 future: asyncio.Future, since: float) -> None:
+    def __init__(
+        self,
+        args: tuple[Any, str, int, list[Any]],
+        single: bool,
+        future: asyncio.Future,
+        since: float,
+    ) -> None:
         self.args, self.single, self.future, self.since = args, single, future, since
 
 
@@ -83,8 +88,9 @@ class Coalescer:
     """The groups waiting for, and the calls in flight to, one host actor from one event loop
     (see the module docstring). Created and dropped by :func:`submit`."""
 
-    def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop, key: str,
-                 registry: dict[str, Coalescer]) -> None:
+    def __init__(
+        self, handle: Any, loop: asyncio.AbstractEventLoop, key: str, registry: dict[str, Coalescer]
+    ) -> None:
         self.handle, self.loop, self.key, self.registry = handle, loop, key, registry
         self.pending: deque[_Group] = deque()
         self.in_flight = 0
@@ -97,16 +103,20 @@ class Coalescer:
         if not ENABLED:
             self._flush()
         elif self._timer is None:
-            self._timer = (self.loop.call_later(_WINDOW_S, self._flush) if _WINDOW_S
-                           else self.loop.call_soon(self._flush))
+            self._timer = (
+                self.loop.call_later(_WINDOW_S, self._flush)
+                if _WINDOW_S
+                else self.loop.call_soon(self._flush)
+            )
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         now = self.loop.time()
-        while self.pending and (not ENABLED or self.in_flight < _MAX_CALLS
-                                or now - self.pending[0].since >= _HOLD_S):
+        while self.pending and (
+            not ENABLED or self.in_flight < _MAX_CALLS or now - self.pending[0].since >= _HOLD_S
+        ):
             groups = [self.pending.popleft()]
             n = len(groups[0].args[3])
             while ENABLED and self.pending and n + len(self.pending[0].args[3]) <= _MAX_COMMANDS:
@@ -153,7 +163,8 @@ class Coalescer:
     def _pickling_error(group: _Group) -> Exception:
         return UnserializableError(
             f"the command cannot be sent to its host (Ray could not pickle it; entity "
-            f"{group.args[0]!r}); not applied")
+            f"{group.args[0]!r}); not applied"
+        )
 
     async def _receive(self, ref: Any, groups: list[_Group]) -> None:
         try:
@@ -194,8 +205,9 @@ def raise_in(group: _Group, error: BaseException) -> None:
         group.future.set_exception(error)
 
 
-_REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Coalescer]] = \
+_REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Coalescer]] = (
     weakref.WeakKeyDictionary()
+)
 
 
 def _add(handle: Any, key: str, group: _Group) -> None:
@@ -209,8 +221,14 @@ def _add(handle: Any, key: str, group: _Group) -> None:
     coalescer.add(group)
 
 
-def submit(handle: Any, key: str, loop: asyncio.AbstractEventLoop,
-           args: tuple[Any, str, int, list[Any]], *, single: bool) -> asyncio.Future:
+def submit(
+    handle: Any,
+    key: str,
+    loop: asyncio.AbstractEventLoop,
+    args: tuple[Any, str, int, list[Any]],
+    *,
+    single: bool,
+) -> asyncio.Future:
     """Hand ``args`` (``entity_id, caller_id, first_seq, commands``) to the coalescer of
     ``handle`` (``key``: its actor id) on ``loop``; returns the future of its result (see the
     module docstring), awaitable on ``loop``. Callable from any thread."""

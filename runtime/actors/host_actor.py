@@ -72,8 +72,15 @@ from raysource.runtime.host import AggregateHost
 from raysource.runtime.logs import configure_from_env
 from raysource.runtime.stores import StoreSpec, open_stores, serialization_for, timer_store_for
 
-__all__ = ["DEFAULT_HOSTS_PER_NODE", "HostActor", "HostSpec", "Outcome", "ShardOwner",
-           "actor_options", "slot_of"]  # the last two re-exported from shard_gate
+__all__ = [
+    "DEFAULT_HOSTS_PER_NODE",
+    "HostActor",
+    "HostSpec",
+    "Outcome",
+    "ShardOwner",
+    "actor_options",
+    "slot_of",
+]  # the last two re-exported from shard_gate
 
 DEFAULT_HOSTS_PER_NODE = 2
 """Shared host actors per (hosted type, node) unless the type's host settings say
@@ -126,8 +133,9 @@ class HostSpec:
 
     def __post_init__(self) -> None:
         hosts = self.hosts_per_node
-        if hosts is not None and (isinstance(hosts, bool) or not isinstance(hosts, int)
-                                  or hosts < 1):
+        if hosts is not None and (
+            isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1
+        ):
             raise ConfigError(f"hosts_per_node must be an int >= 1, got {hosts!r}")
         if self.placement == "dedicated":
             if self.entity_id is None or self.slot is not None:
@@ -135,8 +143,9 @@ class HostSpec:
             self.aggregate_type.persistence_id(self.entity_id)
         elif self.placement == "hosted":
             if self.entity_id is not None or (self.shard is None) == (self.slot is None):
-                raise ConfigError("a hosted host needs exactly one of shard and slot, "
-                                  "and no entity_id")
+                raise ConfigError(
+                    "a hosted host needs exactly one of shard and slot, and no entity_id"
+                )
             if self.slot is not None and not 0 <= self.slot < self.hosts:
                 raise ConfigError(f"slot {self.slot} out of range for {self.hosts} hosts")
         else:
@@ -146,8 +155,9 @@ class HostSpec:
     def hosts(self) -> int:
         """Shared host actors of this type per node (``hosts_per_node`` or the default,
         at most the type's number of shards)."""
-        return min(self.hosts_per_node or DEFAULT_HOSTS_PER_NODE,
-                   self.aggregate_type.number_of_shards)
+        return min(
+            self.hosts_per_node or DEFAULT_HOSTS_PER_NODE, self.aggregate_type.number_of_shards
+        )
 
     @property
     def actor_name(self) -> str:
@@ -155,8 +165,9 @@ class HostSpec:
             assert self.entity_id is not None
             return host_name(self.system, self.aggregate_type.persistence_id(self.entity_id))
         if self.slot is not None:
-            return shared_host_name(self.system, self.aggregate_type.name,
-                                    self.node_id or "local", self.slot)
+            return shared_host_name(
+                self.system, self.aggregate_type.name, self.node_id or "local", self.slot
+            )
         assert self.shard is not None
         return shard_host_name(self.system, self.aggregate_type.name, self.shard)
 
@@ -196,9 +207,18 @@ class _HostActor:
         self._last_call = time.monotonic()
         self._in_calls = 0  # calls into the host in progress (_through_host)
         # a shared host: the shards it serves (None: a dedicated or one-shard host)
-        self._gate = None if spec.slot is None else ShardGate(
-            spec.actor_name, spec.aggregate_type.name, spec.aggregate_type.number_of_shards,
-            spec.hosts, spec.slot, spec.owner)
+        self._gate = (
+            None
+            if spec.slot is None
+            else ShardGate(
+                spec.actor_name,
+                spec.aggregate_type.name,
+                spec.aggregate_type.number_of_shards,
+                spec.hosts,
+                spec.slot,
+                spec.owner,
+            )
+        )
         self._watchdog: asyncio.Task | None = None
         # the read side's live path: acknowledged events to subscribed projection workers
         self._live = LivePublisher() if LIVE_READSIDE else None
@@ -251,7 +271,9 @@ class _HostActor:
             self._opening = None  # the next call tries again
             raise
         self._host = AggregateHost(
-            spec.aggregate_type, journal, snapshots,
+            spec.aggregate_type,
+            journal,
+            snapshots,
             serialization_for(spec.aggregate_type, spec.store),
             writer_prefix=f"{spec.actor_name}@{os.getpid()}:{uuid.uuid4().hex[:8]}",
             max_active=spec.max_active,
@@ -263,8 +285,13 @@ class _HostActor:
             max_in_flight=spec.max_in_flight,
             on_deactivated=self._on_deactivated,
             metrics=self._metrics,
-            metrics_host=("dedicated" if spec.placement == "dedicated" else
-                          f"shard-{spec.shard}" if self._gate is None else f"hosts-{spec.slot}"),
+            metrics_host=(
+                "dedicated"
+                if spec.placement == "dedicated"
+                else f"shard-{spec.shard}"
+                if self._gate is None
+                else f"hosts-{spec.slot}"
+            ),
             on_durable=self._live.publish if self._live is not None else None,
             timer_store=timer_store_for(spec.store, journal),
             admit=self._gate.refusal if self._gate is not None else None,
@@ -324,8 +351,9 @@ class _HostActor:
             )
         return entity_id
 
-    async def _through_host(self, entity_id: str | None,
-                            call: Callable[[AggregateHost, str], Awaitable[Any]]) -> Any:
+    async def _through_host(
+        self, entity_id: str | None, call: Callable[[AggregateHost, str], Awaitable[Any]]
+    ) -> Any:
         """Every call into the host: counts it in flight (a retiring actor waits for a quiet
         moment), checks the entity (a shared host: that it may serve its shard), opens the
         stores on first use, then runs ``call``."""
@@ -348,15 +376,18 @@ class _HostActor:
         ``PersistFailedError``, ``AggregateStoppedError``/``PassivatedError``: not applied)."""
         return await self._through_host(entity_id, lambda h, e: h.ask(e, command))
 
-    async def ask_ordered(self, entity_id: str | None, caller_id: str, seq: int,
-                          command: Any) -> Any:
+    async def ask_ordered(
+        self, entity_id: str | None, caller_id: str, seq: int, command: Any
+    ) -> Any:
         """Like :meth:`ask`; commands of one ``caller_id`` are processed in ``seq`` order
         (0, 1, 2, ... per caller id; a new caller id after any ``AggregateStoppedError``)."""
         return await self._through_host(
-            entity_id, lambda h, e: h.ask_ordered(e, caller_id, seq, command))
+            entity_id, lambda h, e: h.ask_ordered(e, caller_id, seq, command)
+        )
 
-    async def ask_many(self, entity_id: str | None, caller_id: str, first_seq: int,
-                        commands: list[Any]) -> list[Outcome]:
+    async def ask_many(
+        self, entity_id: str | None, caller_id: str, first_seq: int, commands: list[Any]
+    ) -> list[Outcome]:
         """Process ``commands`` in order as numbers ``first_seq, first_seq + 1, ...`` of
         ``caller_id`` (the numbering of :meth:`ask_ordered`, shared with it) and return one
         :data:`Outcome` per command: its reply or its typed error object (see :meth:`ask`).
@@ -374,15 +405,18 @@ class _HostActor:
           ``WriteOutcomeUnknownError``, ...): final, exactly as :meth:`ask` would report it.
         """
         return await self._through_host(
-            entity_id, lambda h, e: h.ask_many(e, caller_id, first_seq, list(commands)))
+            entity_id, lambda h, e: h.ask_many(e, caller_id, first_seq, list(commands))
+        )
 
-    async def ask_batches(self, groups: list[tuple[str | None, str, int, list[Any]]]
-                          ) -> list[list[Outcome] | BaseException]:
+    async def ask_batches(
+        self, groups: list[tuple[str | None, str, int, list[Any]]]
+    ) -> list[list[Outcome] | BaseException]:
         """Several :meth:`ask_many` calls in one Ray call (references coalesce concurrent
         calls of one process to this actor: ``raysource.runtime.actors.coalesce``): each group
         is the arguments of one :meth:`ask_many`, run exactly as that call (groups admitted in
         order); one result per group: its outcome list, or as an object the error its
         :meth:`ask_many` raised (e.g. ``PassivatedError``: none of that group was applied)."""
+
         async def one(group: tuple[str | None, str, int, list[Any]]) -> Any:
             try:
                 return await self.ask_many(*group)

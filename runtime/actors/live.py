@@ -60,8 +60,14 @@ class LivePublisher:
     """Offers acknowledged events to subscribed projection workers (see module docstring).
     Use from one event loop (an async actor's); :meth:`publish` never blocks or raises."""
 
-    def __init__(self, *, refresh_s: float = 3.0, max_in_flight: int = 32,
-                 refresh_wait_s: float = 0.5, recent_max: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        refresh_s: float = 3.0,
+        max_in_flight: int = 32,
+        refresh_wait_s: float = 0.5,
+        recent_max: int = 5000,
+    ) -> None:
         self.refresh_s = refresh_s
         self.refresh_wait_s = refresh_wait_s
         self.max_in_flight = max_in_flight
@@ -95,11 +101,15 @@ class LivePublisher:
         loop = asyncio.get_running_loop()
         try:
             entries = await loop.run_in_executor(
-                None, lambda: ray.util.list_named_actors(all_namespaces=True))
+                None, lambda: ray.util.list_named_actors(all_namespaces=True)
+            )
             found, known = set(), set(self._subs)
             for entry in entries:
-                name, ns = (entry, "") if isinstance(entry, str) else (
-                    entry.get("name", ""), entry.get("namespace", ""))
+                name, ns = (
+                    (entry, "")
+                    if isinstance(entry, str)
+                    else (entry.get("name", ""), entry.get("namespace", ""))
+                )
                 parsed = parse_name(name)
                 if parsed is None or parsed.kind != "projection":
                     continue
@@ -125,9 +135,11 @@ class LivePublisher:
         loop = asyncio.get_running_loop()
         try:
             handle = await loop.run_in_executor(
-                None, lambda: ray.get_actor(name, namespace=ns or None))
+                None, lambda: ray.get_actor(name, namespace=ns or None)
+            )
             subscription: tuple[str, int, int, bool] = await asyncio.wait_for(
-                handle.subscription.remote(), 5.0)
+                handle.subscription.remote(), 5.0
+            )
             tag, index, n, live = subscription
         except Exception as exc:  # booting, gone, or an old worker without the live path
             log.info("live publisher: %s not subscribed: %r", name, exc)
@@ -153,14 +165,17 @@ class LivePublisher:
         self._recent.extend((now, e) for e in events)
         self._send(self._route(events, self._by_tag))
 
-    def _route(self, events: Sequence[StoredEvent], by_tag: dict[str, list]
-               ) -> dict[tuple[str, str], list[StoredEvent]]:
+    def _route(
+        self, events: Sequence[StoredEvent], by_tag: dict[str, list]
+    ) -> dict[tuple[str, str], list[StoredEvent]]:
         pending: dict[tuple[str, str], list[StoredEvent]] = {}
         for e in events:
             for tag in e.tags:
                 for key, sub in by_tag.get(tag, ()):
-                    if sub.n_slices == 1 or \
-                            shard_of(e.persistence_id, sub.n_slices) == sub.slice_index:
+                    if (
+                        sub.n_slices == 1
+                        or shard_of(e.persistence_id, sub.n_slices) == sub.slice_index
+                    ):
                         pending.setdefault(key, []).append(e)
         return pending
 

@@ -32,8 +32,9 @@ def _ray_metric(spec: MetricSpec) -> Any:
             elif spec.kind == "gauge":
                 obj = ray_metrics.Gauge(spec.name, spec.help, tag_keys=spec.labels)
             else:
-                obj = ray_metrics.Histogram(spec.name, spec.help, boundaries=list(spec.buckets),
-                                            tag_keys=spec.labels)
+                obj = ray_metrics.Histogram(
+                    spec.name, spec.help, boundaries=list(spec.buckets), tag_keys=spec.labels
+                )
             _ray_objects[spec.name] = obj
         return obj
 

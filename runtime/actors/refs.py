@@ -93,8 +93,7 @@ class Resolver(Protocol):
         """The actor handle hosting ``entity_id`` (created if needed). May block briefly."""
         ...
 
-    def invalidate(self, aggregate_type: AggregateType, entity_id: str,
-                   handle: Any = None) -> None:
+    def invalidate(self, aggregate_type: AggregateType, entity_id: str, handle: Any = None) -> None:
         """Forget the cached handle (only if it is ``handle``, when given)."""
         ...
 
@@ -110,13 +109,14 @@ def unwrap_error(err: BaseException) -> BaseException:
         return AskTimeoutError("no reply within the timeout; the command may or may not run")
     if _intended_exit(err):
         out: BaseException = PassivatedError(
-            f"the host actor retired (exited on purpose) before the command ran; not applied: "
-            f"{err}")
+            f"the host actor retired (exited on purpose) before the command ran; not applied: {err}"
+        )
     elif isinstance(err, RayActorError):
         out = HostCrashedError(f"the host actor died with the command in flight: {err}")
     elif isinstance(err, RayError):  # e.g. a reply or argument Ray could not (de)serialize
-        out = HostCrashedError(f"Ray failed the call ({type(err).__name__}); the outcome is "
-                               f"unknown: {err}")
+        out = HostCrashedError(
+            f"Ray failed the call ({type(err).__name__}); the outcome is unknown: {err}"
+        )
     else:
         return err
     out.__cause__ = err
@@ -157,8 +157,9 @@ class _RefLoop:
         with self._lock:
             if self._loop is None or self._thread is None or not self._thread.is_alive():
                 loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                                name="raysource-refs")
+                self._thread = threading.Thread(
+                    target=loop.run_forever, daemon=True, name="raysource-refs"
+                )
                 self._thread.start()
                 self._loop = loop
             return self._loop
@@ -174,8 +175,10 @@ class _RefLoop:
             running = None
         if running is loop:  # pragma: no cover - a misuse that would deadlock
             coro.close()
-            raise RuntimeError("a blocking EntityRef call inside the references' own loop; "
-                               "await the *_async form instead")
+            raise RuntimeError(
+                "a blocking EntityRef call inside the references' own loop; "
+                "await the *_async form instead"
+            )
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
@@ -224,8 +227,14 @@ class EntityRef:
     to wait without a deadline.
     """
 
-    def __init__(self, aggregate_type: AggregateType, entity_id: str, resolver: Resolver,
-                 *, default_timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        aggregate_type: AggregateType,
+        entity_id: str,
+        resolver: Resolver,
+        *,
+        default_timeout: float | None = DEFAULT_TIMEOUT_S,
+    ) -> None:
         aggregate_type.persistence_id(entity_id)
         if default_timeout is not None and not default_timeout > 0:
             raise ConfigError(f"default_timeout must be > 0 or None, got {default_timeout!r}")
@@ -306,8 +315,9 @@ class EntityRef:
 
     # ------------------------------------------------------------------ the one implementation
 
-    async def ask_async(self, command: Any, timeout: float | None = None, *,
-                        idempotency_key: str | None = None) -> Any:
+    async def ask_async(
+        self, command: Any, timeout: float | None = None, *, idempotency_key: str | None = None
+    ) -> Any:
         """Send ``command`` and return the reply once its events are durable, or raise the
         typed raysource error. :meth:`ask` is the blocking form of this same call.
         ``idempotency_key``: the key to send it under (default: a new one; see the module
@@ -322,8 +332,10 @@ class EntityRef:
         when the type has keys off."""
         if not self.aggregate_type.idempotency.enabled:
             if key is not None:
-                raise ConfigError(f"aggregate type {self.aggregate_type.name!r} has idempotency "
-                                  f"keys off; cannot send under key {key!r}")
+                raise ConfigError(
+                    f"aggregate type {self.aggregate_type.name!r} has idempotency "
+                    f"keys off; cannot send under key {key!r}"
+                )
             return command
         if isinstance(command, Keyed):
             return command
@@ -334,13 +346,17 @@ class EntityRef:
         t = self.default_timeout if timeout is None else timeout
         return time.monotonic() + (_RETRY_DEADLINE_S if t is None else t)
 
-    async def _ask(self, command: Any, timeout: float | None,
-                   first: tuple[Any, int] | None) -> Any:
+    async def _ask(self, command: Any, timeout: float | None, first: tuple[Any, int] | None) -> Any:
         key = key_of(command)
         return await self._deadline(
-            self._until_answered(lambda: self._send(command), first=first,
-                                 keyed_until=self._call_deadline(timeout) if key else None),
-            timeout, key)
+            self._until_answered(
+                lambda: self._send(command),
+                first=first,
+                keyed_until=self._call_deadline(timeout) if key else None,
+            ),
+            timeout,
+            key,
+        )
 
     async def state_async(self, timeout: float | None = None) -> Any:
         """The aggregate's current state (after every durable event), activating it if it is
@@ -350,12 +366,15 @@ class EntityRef:
         return await self._state(timeout, None)
 
     async def _state(self, timeout: float | None, first: tuple[Any, int] | None) -> Any:
-        return await self._deadline(self._until_answered(self._send_state, first=first),
-                                    timeout)
+        return await self._deadline(self._until_answered(self._send_state, first=first), timeout)
 
-    async def ask_many_async(self, commands: Iterable[Any], timeout: float | None = None, *,
-                             idempotency_keys: Iterable[str | None] | None = None
-                             ) -> list[Any]:
+    async def ask_many_async(
+        self,
+        commands: Iterable[Any],
+        timeout: float | None = None,
+        *,
+        idempotency_keys: Iterable[str | None] | None = None,
+    ) -> list[Any]:
         """Send ``commands`` as one batch (one Ray call) and return one outcome per command, in
         order: its reply, or its typed error *object* (``CommandRejected``, ``HandlerError``,
         ``SerializationError``, ``PersistFailedError``, ... — never raised per command).
@@ -373,23 +392,25 @@ class EntityRef:
         deadline, as for :meth:`ask_async`. Raises only what submitting raises (e.g. an
         unpicklable command) or ``ConfigError`` for bad keys.
         """
-        return await self._ask_many(self._keyed_batch(list(commands), idempotency_keys),
-                                    timeout, None)
+        return await self._ask_many(
+            self._keyed_batch(list(commands), idempotency_keys), timeout, None
+        )
 
-    def _keyed_batch(self, commands: list[Any],
-                     keys: Iterable[str | None] | None) -> list[Any]:
+    def _keyed_batch(self, commands: list[Any], keys: Iterable[str | None] | None) -> list[Any]:
         keys = [None] * len(commands) if keys is None else list(keys)
         if len(keys) != len(commands):
             raise ConfigError(f"{len(keys)} idempotency keys for {len(commands)} commands")
         return [self._keyed(c, k) for c, k in zip(commands, keys)]
 
-    async def _ask_many(self, commands: list[Any], timeout: float | None,
-                        first: tuple[Any, int] | None) -> list[Any]:
+    async def _ask_many(
+        self, commands: list[Any], timeout: float | None, first: tuple[Any, int] | None
+    ) -> list[Any]:
         results: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))  # indices without a final outcome yet
         retry_until = time.monotonic() + _RETRY_DEADLINE_S
-        keyed_until = self._call_deadline(timeout) \
-            if any(isinstance(c, Keyed) for c in commands) else None
+        keyed_until = (
+            self._call_deadline(timeout) if any(isinstance(c, Keyed) for c in commands) else None
+        )
         unknown: dict[int, BaseException] = {}  # keyed: the last unknown outcome per command
 
         async def run() -> None:
@@ -398,18 +419,33 @@ class EntityRef:
                 batch = [commands[i] for i in pending]
                 try:
                     outcomes, epoch = await self._until_answered(
-                        lambda: self._send_batch(batch), retry_until, first=first,
-                        with_epoch=True, keyed_until=keyed_until)
+                        lambda: self._send_batch(batch),
+                        retry_until,
+                        first=first,
+                        with_epoch=True,
+                        keyed_until=keyed_until,
+                    )
                     first = None
                 except _GaveUp as gave_up:
                     for i in pending:  # a command left unknown earlier stays unknown
                         error = unknown.get(i, gave_up.error)
-                        results[i] = naming_key(error, key_of(commands[i])) \
-                            if isinstance(error, OutcomeUnknownError) else error
+                        results[i] = (
+                            naming_key(error, key_of(commands[i]))
+                            if isinstance(error, OutcomeUnknownError)
+                            else error
+                        )
                     pending.clear()
                     return
-                pending[:] = self._settle(list(pending), outcomes, results, epoch, retry_until,
-                                          commands, unknown, keyed_until)
+                pending[:] = self._settle(
+                    list(pending),
+                    outcomes,
+                    results,
+                    epoch,
+                    retry_until,
+                    commands,
+                    unknown,
+                    keyed_until,
+                )
                 if any(i in unknown for i in pending):
                     await asyncio.sleep(_UNKNOWN_BACKOFF_S[0])
 
@@ -432,11 +468,17 @@ class EntityRef:
     async def _tell_rest(self, command: Any, first: tuple[Any, int] | None) -> None:
         try:
             await self._until_answered(
-                lambda: self._send(command), first=first,
-                keyed_until=self._call_deadline(None) if key_of(command) else None)
+                lambda: self._send(command),
+                first=first,
+                keyed_until=self._call_deadline(None) if key_of(command) else None,
+            )
         except Exception as err:  # noqa: BLE001 - fire and forget: logged
-            log.warning("tell %r to %s failed: %r", type(command).__qualname__,
-                        self.aggregate_type.persistence_id(self.entity_id), err)
+            log.warning(
+                "tell %r to %s failed: %r",
+                type(command).__qualname__,
+                self.aggregate_type.persistence_id(self.entity_id),
+                err,
+            )
 
     @staticmethod
     def _first(submit: Callable[[], tuple[Any, int]]) -> tuple[Any, int] | None:
@@ -448,11 +490,15 @@ class EntityRef:
         except _NotFreeYet:
             return None
 
-    async def _until_answered(self, submit: Callable[[], tuple[Any, int]],
-                              retry_until: float | None = None, *,
-                              first: tuple[Any, int] | None = None,
-                              with_epoch: bool = False,
-                              keyed_until: float | None = None) -> Any:
+    async def _until_answered(
+        self,
+        submit: Callable[[], tuple[Any, int]],
+        retry_until: float | None = None,
+        *,
+        first: tuple[Any, int] | None = None,
+        with_epoch: bool = False,
+        keyed_until: float | None = None,
+    ) -> Any:
         """The retry rule, written once for every call shape: submit (``submit() ->
         (awaitable, epoch)``: a coalescer's future, or an ObjectRef) and await the answer,
         re-submitting to a fresh activation while the answer is "not applied" (until
@@ -474,11 +520,13 @@ class EntityRef:
                     # after an unknown outcome the command may be stored: never answer "not
                     # applied" for it; wait for a fresh activation until the call's deadline
                     # (unknown is only kept for keyed calls, which have keyed_until)
-                    deadline = retry_until if unknown is None or keyed_until is None \
-                        else keyed_until
+                    deadline = (
+                        retry_until if unknown is None or keyed_until is None else keyed_until
+                    )
                     if time.monotonic() > deadline:
-                        return self._raise(self._not_free() if unknown is None else unknown,
-                                           with_epoch)
+                        return self._raise(
+                            self._not_free() if unknown is None else unknown, with_epoch
+                        )
                     await asyncio.sleep(_WAIT_FOR_NAME_S)
                     continue
             try:
@@ -504,8 +552,9 @@ class EntityRef:
             raise _GaveUp(error)
         raise error
 
-    async def _deadline(self, call: Coroutine[Any, Any, T], timeout: float | None,
-                        key: str | None = None) -> T:
+    async def _deadline(
+        self, call: Coroutine[Any, Any, T], timeout: float | None, key: str | None = None
+    ) -> T:
         """``call`` within ``timeout``; an outcome-unknown error it raises names ``key``."""
         if timeout is None:
             timeout = self.default_timeout
@@ -514,10 +563,13 @@ class EntityRef:
                 return await call
             return await asyncio.wait_for(call, timeout)
         except TimeoutError:
-            raise naming_key(AskTimeoutError(
-                f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
-                f"{timeout}s; the command may or may not run"
-            ), key) from None
+            raise naming_key(
+                AskTimeoutError(
+                    f"no reply from {self.aggregate_type.persistence_id(self.entity_id)} within "
+                    f"{timeout}s; the command may or may not run"
+                ),
+                key,
+            ) from None
         except OutcomeUnknownError as err:
             if key is None:
                 raise
@@ -525,8 +577,9 @@ class EntityRef:
 
     # ------------------------------------------------------------------ blocking forms
 
-    def ask(self, command: Any, timeout: float | None = None, *,
-            idempotency_key: str | None = None) -> Any:
+    def ask(
+        self, command: Any, timeout: float | None = None, *, idempotency_key: str | None = None
+    ) -> Any:
         """Blocking form of :meth:`ask_async`: the reply, or the typed raysource error."""
         command = self._keyed(command, idempotency_key)
         first = self._first(lambda: self._send(command, _LOOP.get()))
@@ -536,8 +589,13 @@ class EntityRef:
         """Blocking form of :meth:`state_async`."""
         return _LOOP.run(self._state(timeout, self._first(self._send_state)))
 
-    def ask_many(self, commands: Iterable[Any], timeout: float | None = None, *,
-                 idempotency_keys: Iterable[str | None] | None = None) -> list[Any]:
+    def ask_many(
+        self,
+        commands: Iterable[Any],
+        timeout: float | None = None,
+        *,
+        idempotency_keys: Iterable[str | None] | None = None,
+    ) -> list[Any]:
         """Blocking form of :meth:`ask_many_async`: one reply or typed error object per
         command, in order."""
         commands = self._keyed_batch(list(commands), idempotency_keys)
@@ -547,17 +605,19 @@ class EntityRef:
     def submit(self, command: Any) -> Any:
         """Send ``command`` now and return the raw ObjectRef (no retry, no unwrapping, no
         coalescing): the building block for pipelining from synchronous code."""
+
         def send(handle: Any) -> Any:
-            ref = self._remote(handle.ask_ordered, self.entity_id, self._caller_id, self._seq,
-                               command)
+            ref = self._remote(
+                handle.ask_ordered, self.entity_id, self._caller_id, self._seq, command
+            )
             self._seq += 1
             return ref
+
         return self._with_current(send)
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, command: Any,
-              loop: asyncio.AbstractEventLoop | None = None) -> tuple[Any, int]:
+    def _send(self, command: Any, loop: asyncio.AbstractEventLoop | None = None) -> tuple[Any, int]:
         """Hand ``command`` with the next sequence number to its host's coalescer on ``loop``
         (default: the running one; see ``raysource.runtime.actors.coalesce``); returns (a
         future of its reply, epoch). Raises ``_NotFreeYet`` while only a retiring activation
@@ -566,9 +626,13 @@ class EntityRef:
         self._picklable(command)
         with self._lock:
             handle = self._current()
-            fut = coalesce.submit(handle, _actor_id(handle), loop or asyncio.get_running_loop(),
-                                  (self.entity_id, self._caller_id, self._seq, [command]),
-                                  single=True)
+            fut = coalesce.submit(
+                handle,
+                _actor_id(handle),
+                loop or asyncio.get_running_loop(),
+                (self.entity_id, self._caller_id, self._seq, [command]),
+                single=True,
+            )
             self._seq += 1
             return fut, self._epoch
 
@@ -579,7 +643,8 @@ class EntityRef:
             pid = self.aggregate_type.persistence_id(self.entity_id)
             raise UnserializableError(
                 f"the command cannot be sent to its host (Ray could not pickle it): {exc}",
-                persistence_id=pid) from exc
+                persistence_id=pid,
+            ) from exc
 
     def _remote(self, method: Any, *args: Any) -> Any:
         """``method.remote(*args)``; a command Ray cannot pickle is an ``UnserializableError``
@@ -590,14 +655,16 @@ class EntityRef:
             pid = self.aggregate_type.persistence_id(self.entity_id)
             raise UnserializableError(
                 f"the command cannot be sent to its host (Ray could not pickle it): {exc}",
-                persistence_id=pid) from exc
+                persistence_id=pid,
+            ) from exc
 
     def _send_state(self) -> tuple[Any, int]:
         with self._lock:
             return self._remote(self._current().state, self.entity_id), self._epoch
 
-    def _send_batch(self, commands: list[Any],
-                    loop: asyncio.AbstractEventLoop | None = None) -> tuple[Any, int]:
+    def _send_batch(
+        self, commands: list[Any], loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[Any, int]:
         """Hand ``commands`` numbered from the next sequence number on (the numbering advances
         by ``len(commands)``) to the coalescer like :meth:`_send`; returns (a future of the
         outcome list, epoch). Raises like :meth:`_send`."""
@@ -605,21 +672,34 @@ class EntityRef:
             self._picklable(command)
         with self._lock:
             handle = self._current()
-            fut = coalesce.submit(handle, _actor_id(handle), loop or asyncio.get_running_loop(),
-                                  (self.entity_id, self._caller_id, self._seq, list(commands)),
-                                  single=False)
+            fut = coalesce.submit(
+                handle,
+                _actor_id(handle),
+                loop or asyncio.get_running_loop(),
+                (self.entity_id, self._caller_id, self._seq, list(commands)),
+                single=False,
+            )
             self._seq += len(commands)
             return fut, self._epoch
 
-    def _settle(self, pending: list[int], outcomes: list[Any], results: list[Any],
-                epoch: int, retry_until: float, commands: list[Any],
-                unknown: dict[int, BaseException], keyed_until: float | None) -> list[int]:
+    def _settle(
+        self,
+        pending: list[int],
+        outcomes: list[Any],
+        results: list[Any],
+        epoch: int,
+        retry_until: float,
+        commands: list[Any],
+        unknown: dict[int, BaseException],
+        keyed_until: float | None,
+    ) -> list[int]:
         """Record the final outcomes of one batch call; returns the indices to re-send (not
         applied; keyed: also outcome unknown, see :meth:`_until_answered`), renewing the
         caller id if there are any."""
         if len(outcomes) != len(pending):
-            raise RuntimeError(f"ask_many answered {len(outcomes)} outcomes for "
-                               f"{len(pending)} commands")
+            raise RuntimeError(
+                f"ask_many answered {len(outcomes)} outcomes for {len(pending)} commands"
+            )
         again: list[int] = []
         retired = False
         now = time.monotonic()
@@ -627,8 +707,7 @@ class EntityRef:
             key = key_of(commands[i])
             if not isinstance(outcome, BaseException):
                 results[i] = outcome
-            elif keyed_until is not None and key is not None \
-                    and unsettled(outcome, i in unknown):
+            elif keyed_until is not None and key is not None and unsettled(outcome, i in unknown):
                 if isinstance(outcome, OutcomeUnknownError):
                     unknown[i] = outcome
                 if now <= keyed_until:

@@ -49,8 +49,15 @@ class ShardGate:
     type ``type_name`` with ``number_of_shards`` shards; ``owner`` None grants every shard of
     the slot (no sharding layer). Use from one event loop."""
 
-    def __init__(self, name: str, type_name: str, number_of_shards: int, hosts: int, slot: int,
-                 owner: ShardOwner | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        type_name: str,
+        number_of_shards: int,
+        hosts: int,
+        slot: int,
+        owner: ShardOwner | None,
+    ) -> None:
         self.name, self.type_name = name, type_name
         self.number_of_shards, self.hosts, self.slot = number_of_shards, hosts, slot
         self.owner = owner
@@ -68,7 +75,8 @@ class ShardGate:
     def _moved(self, shard: int, why: str) -> AggregateStoppedError:
         return AggregateStoppedError(
             f"{self.name}: shard {shard} of {self.type_name!r} is not served here ({why}); "
-            "not applied, retry re-resolves")
+            "not applied, retry re-resolves"
+        )
 
     def refusal(self, entity_id: str) -> BaseException | None:
         """The host's activation gate: None for an entity of a granted shard, else the error."""
@@ -82,8 +90,9 @@ class ShardGate:
         if shard in self._granted:
             return
         if slot_of(shard, self.hosts) != self.slot:
-            raise ConfigError(f"{self.name} does not host shard {shard} (slot "
-                              f"{slot_of(shard, self.hosts)})")
+            raise ConfigError(
+                f"{self.name} does not host shard {shard} (slot {slot_of(shard, self.hosts)})"
+            )
         while shard not in self._granted:
             check = self._checks.get(shard)
             if check is None:
@@ -105,8 +114,7 @@ class ShardGate:
                 try:
                     ours = await self.owner(self.type_name, shard)
                 except Exception as exc:  # noqa: BLE001 - the coordinator is unreachable
-                    raise self._moved(shard, f"its home could not be confirmed: {exc!r}") \
-                        from exc
+                    raise self._moved(shard, f"its home could not be confirmed: {exc!r}") from exc
             if self._revocations.get(shard, 0) == revoked:
                 break  # no handoff overtook the answer
         if not ours:

@@ -22,8 +22,12 @@ CASSANDRA_PROPERTY_EXAMPLES = 10
 @pytest.fixture(scope="module")
 def cassandra_backend_session(cassandra_contact, cassandra_keyspace) -> Iterator[Backend]:
     cfg = CassandraConfig.from_contact(
-        cassandra_contact, keyspace=cassandra_keyspace, eventual_consistency_delay=TAG_DELAY,
-        tag_write_budget=TAG_DELAY / 2, request_timeout=30.0, fetch_size=500,
+        cassandra_contact,
+        keyspace=cassandra_keyspace,
+        eventual_consistency_delay=TAG_DELAY,
+        tag_write_budget=TAG_DELAY / 2,
+        request_timeout=30.0,
+        fetch_size=500,
     )
     session = CassandraSession(cfg)
 
@@ -32,8 +36,13 @@ def cassandra_backend_session(cassandra_contact, cassandra_keyspace) -> Iterator
         await create_schema(session, cfg, keyspace=False)
 
     asyncio.run(setup())
-    yield Backend("cassandra", session, cfg, tag_visibility_delay=TAG_DELAY + 0.15,
-                  property_examples=CASSANDRA_PROPERTY_EXAMPLES)
+    yield Backend(
+        "cassandra",
+        session,
+        cfg,
+        tag_visibility_delay=TAG_DELAY + 0.15,
+        property_examples=CASSANDRA_PROPERTY_EXAMPLES,
+    )
     asyncio.run(session.close())
 
 
@@ -44,5 +53,10 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
         return Backend("memory")
     shared: Backend = request.getfixturevalue("cassandra_backend_session")
-    return Backend("cassandra", shared.session, shared.config, shared.tag_visibility_delay,
-                   property_examples=CASSANDRA_PROPERTY_EXAMPLES)
+    return Backend(
+        "cassandra",
+        shared.session,
+        shared.config,
+        shared.tag_visibility_delay,
+        property_examples=CASSANDRA_PROPERTY_EXAMPLES,
+    )

@@ -15,8 +15,14 @@ class TestJournalContractPerAppend(JournalContract):
     @pytest.fixture
     def backend(self, cassandra_backend_session) -> Backend:
         shared: Backend = cassandra_backend_session
-        return Backend("cassandra", shared.session, shared.config, shared.tag_visibility_delay,
-                       property_examples=shared.property_examples, guard="per-append")
+        return Backend(
+            "cassandra",
+            shared.session,
+            shared.config,
+            shared.tag_visibility_delay,
+            property_examples=shared.property_examples,
+            guard="per-append",
+        )
 
     async def test_guard_in_use(self, backend):
         assert backend.journal().guard == "per-append"
