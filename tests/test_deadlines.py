@@ -87,3 +87,45 @@ def test_default_is_bounded_and_checked() -> None:
     for bad in (0, -1.0):
         with pytest.raises(ConfigError):
             EntityRef(SHOW, "x", _Fixed(None), default_timeout=bad)
+
+
+@pytest.fixture
+def unsure(ray_local):
+    @ray_local.remote(num_cpus=0)
+    class Unsure:
+        """Answers the first ``n`` keyed sends "outcome unknown", then acknowledges."""
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+            self.calls = 0
+
+        async def ask_ordered(self, entity_id, caller_id, seq, command):  # noqa: ANN001
+            from raysource.runtime.errors import WriteOutcomeUnknownError
+
+            self.calls += 1
+            if self.calls <= self.n:
+                raise WriteOutcomeUnknownError(f"unconfirmed #{self.calls}")
+            return ("stored", command.key)
+
+        def count(self) -> int:
+            return self.calls
+
+    actor = Unsure.remote(6)
+    yield actor
+    ray_local.kill(actor)
+
+
+async def test_keyed_resends_without_a_deadline_go_on_past_the_retry_window(
+    unsure, ray_local, monkeypatch
+) -> None:
+    """``default_timeout=None`` means no deadline for keyed re-sends either (issue 23 item 9):
+    an unknown outcome is re-sent under its key until it settles, not only for the 30 s retry
+    window. Six unknown answers take 0.02+0.04+...+0.5 s of back-off, far past the window
+    shrunk to 0.2 s here; the call still ends with the acknowledgement."""
+    from raysource.runtime.actors import refs
+
+    monkeypatch.setattr(refs, "_RETRY_DEADLINE_S", 0.2)
+    ref = EntityRef(SHOW, "unsure", _Fixed(unsure), default_timeout=None)
+    answer = await ref.ask_async(ReserveSeat("A1", "ann"), idempotency_key="k-unsure")
+    assert answer == ("stored", "k-unsure")
+    assert await unsure.count.remote() == 7  # six unknown answers re-sent, the seventh settled

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 import uuid
@@ -342,9 +343,11 @@ class EntityRef:
         return Keyed(command, uuid.uuid4().hex if key is None else key)
 
     def _call_deadline(self, timeout: float | None) -> float:
-        """Until when keyed calls re-send unknown outcomes: the call's deadline."""
+        """Until when keyed calls re-send unknown outcomes: the call's deadline (none when the
+        ref has ``default_timeout=None`` and the call no timeout: the key makes every re-send
+        safe, so the call waits for the outcome as long as it takes)."""
         t = self.default_timeout if timeout is None else timeout
-        return time.monotonic() + (_RETRY_DEADLINE_S if t is None else t)
+        return math.inf if t is None else time.monotonic() + t
 
     async def _ask(self, command: Any, timeout: float | None, first: tuple[Any, int] | None) -> Any:
         key = key_of(command)
