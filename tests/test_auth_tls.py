@@ -23,7 +23,9 @@ import uuid
 from datetime import UTC
 from pathlib import Path
 
+import cloudpickle
 import pytest
+import ray
 
 from raysource.app.local_node import LocalCassandra, free_port, raysource_home
 from raysource.journal.cassandra.config import CassandraConfig, TlsSettings
@@ -177,11 +179,16 @@ def test_ray_host_through_a_system(secure, ray_local) -> None:
     from raysource.sharding.system import System
 
     _, env = secure
+    password = _password(env)
     cfg = _config(env, keyspace=f"sec_{uuid.uuid4().hex[:8]}")
+    store = StoreSpec.for_cassandra(cfg, create_schema=True)
+    # what travels to the actors is the password file's path, never the password (issue 23 #9)
+    assert password.encode() not in cloudpickle.dumps(store)
+    assert env["RAYSOURCE_CASSANDRA_PASSWORD_FILE"].encode() in cloudpickle.dumps(store)
     system = System.start(
         f"sec{uuid.uuid4().hex[:6]}",
         types=[SHOW],
-        store=StoreSpec.for_cassandra(cfg, create_schema=True),
+        store=store,
         placement={"show": "hosted"},
     )
     try:
@@ -200,6 +207,11 @@ def test_ray_host_through_a_system(secure, ray_local) -> None:
             await journal.close()
 
     assert asyncio.run(stored()) == 2
+    # ... and no log of this Ray session (drivers, workers, raylet, GCS) shows the password
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    read = [f for f in logs.rglob("*") if f.is_file()]
+    assert read, f"no Ray logs under {logs}"
+    assert [f.name for f in read if password.encode() in f.read_bytes()] == []
     TestCli.keyspace = cfg.keyspace  # the CLI tests read what the host wrote
 
 
