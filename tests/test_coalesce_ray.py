@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import threading
 import time
@@ -289,3 +290,36 @@ async def test_a_stuck_call_delays_its_hosts_other_callers_only_by_the_hold_boun
         stuck.cancel()
     finally:
         ray_local.kill(actor)
+
+
+async def test_coalescing_switched_off_sends_one_call_per_command(config, ray_local, monkeypatch):
+    """``RAYSOURCE_COALESCE=0`` (issue 23 item 9): the switch is read from the environment, and
+    with it off concurrent calls to one host go out one Ray call per command, each answered."""
+    import subprocess
+    import sys
+
+    probe = "from raysource.runtime.actors import coalesce; print(coalesce.ENABLED)"
+    for value, enabled in (("0", "False"), ("1", "True")):
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, "RAYSOURCE_COALESCE": value},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == enabled
+    monkeypatch.setattr(coalesce, "ENABLED", False)
+    resolver = _one_host(config)
+    entity = f"nc-{uuid.uuid4().hex[:6]}"
+    try:
+        ref = EntityRef(LEDGER, entity, resolver)
+        await ref.ask_async(Append("warm", 1), timeout=60)
+        before = dict(coalesce.STATS)
+        replies = await asyncio.gather(
+            *(ref.ask_async(Append(f"nc{i}", 1), timeout=60) for i in range(20))
+        )
+        assert sorted(replies) == list(range(2, 22))  # each reply the balance after its event
+        assert coalesce.STATS["calls"] - before["calls"] == 20
+        assert coalesce.STATS["commands"] - before["commands"] == 20
+    finally:
+        resolver.kill_all()
