@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -326,3 +327,31 @@ async def test_two_journal_instances_fence_each_other(session, config, guard):
         assert await a.highest_sequence_nr(pid) == len(stored)
     finally:
         await other.close()
+
+
+@pytest.mark.cassandra
+@pytest.mark.parametrize("hint", [0, 1, None])
+async def test_a_lost_or_stale_partition_hint_makes_the_scan_longer_never_wrong(
+    session, config, hint
+):
+    """The partition hint (issue 23 item 9) is a lower bound: with its write lost (no hint, or
+    one left behind at an older partition), the highest sequence number and the replay of an id
+    spread over four partitions are still exact, read by a journal instance with no cache."""
+    cfg = config.with_(guard="per-append", partition_size=3)
+    pid = f"hint-{uuid.uuid4().hex[:6]}"
+    writer = CassandraJournal(session, cfg)
+    for group in ((1,), (2, 3), (4, 5, 6), (7,), (8, 9), (10,)):
+        await writer.append([ev(pid, s) for s in group])
+    table = f"{cfg.keyspace}.{cfg.metadata_table}"
+    row = await session.select_one(
+        f"SELECT partition_hint FROM {table} WHERE persistence_id = ?", (pid,)
+    )
+    assert row.partition_hint == 3  # the write path keeps it: the partition of #10
+    await session.execute(
+        f"UPDATE {table} SET partition_hint = ? WHERE persistence_id = ?", (hint, pid)
+    )
+    reader = CassandraJournal(session, cfg)
+    assert await reader.highest_sequence_nr(pid) == 10
+    assert [e.sequence_nr async for e in reader.replay(pid)] == list(range(1, 11))
+    await reader.append([ev(pid, 11)])  # and the next append takes the next number
+    assert await CassandraJournal(session, cfg).highest_sequence_nr(pid) == 11
