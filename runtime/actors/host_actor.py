@@ -474,6 +474,10 @@ class _HostActor:
             "metrics": self._metrics.snapshot(),
             "metrics_forward_errors": self._metrics.forward_errors,
             "shards": [self.spec.shard] if self._gate is None else self._gate.granted,
+            # the read side's live path (None: off, RAYSOURCE_LIVE_READSIDE=0)
+            "live": None
+            if self._live is None
+            else {"published": self._live.published, "dropped": self._live.dropped},
         }
         try:
             import psutil
