@@ -66,6 +66,8 @@ def _forget(args: argparse.Namespace) -> int:
     from raysource.app.cli import _config, _load_spec
     from raysource.journal.errors import ConfigError
 
+    if not args.subject.strip():
+        raise ConfigError("a subject id must be non-empty")
     if args.limit < 1:
         raise ConfigError("--limit must be >= 1")
     if args.settle < 0:
