@@ -239,4 +239,8 @@ def _unb64(text: str) -> bytes:
 
 
 def is_sealed(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(_PREFIX)
+    """True for a sealed value of any scheme version (``rsp<N>:...``)."""
+    if not isinstance(value, str) or not value.startswith("rsp"):
+        return False
+    version, sep, _ = value[3:].partition(":")
+    return bool(sep) and version.isdigit()

@@ -314,7 +314,7 @@ def seal_document(doc: Any, plan: PersonalPlan, ring: KeyRing, where: dict[str, 
             return
         if is_sealed(value):
             raise UnserializableError(
-                f"personal field {name!r} holds text that looks sealed ({SCHEME}:...)", **where
+                f"personal field {name!r} holds text that looks sealed (rsp<N>:...)", **where
             )
         try:
             obj[name] = ring.seal(_subject(obj, subject_field, where), value)

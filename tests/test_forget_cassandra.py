@@ -70,6 +70,7 @@ async def test_a_forgotten_subject_is_gone_from_every_reader_and_view_the_other_
     session = journal.session
     snapshots = CassandraSnapshotStore(session, config)
     worker = None
+    kits: list[AggregateTestKit] = []
     try:
         # the writer's key ring forgets a cached key within max_age (another process forgets)
         writer = Serialization(keys=key_ring(config, session, max_age=0.5))
@@ -81,6 +82,7 @@ async def test_a_forgotten_subject_is_gone_from_every_reader_and_view_the_other_
             serialization=writer,
             roundtrip=False,
         )
+        kits.append(kit)
         pid = FORGETFUL.persistence_id("s1")
         for cmd in (
             ReserveSeat("A1", "alice", name=ALICE, guest="bob", guest_name=BOB),
@@ -154,6 +156,7 @@ async def test_a_forgotten_subject_is_gone_from_every_reader_and_view_the_other_
             serialization=fresh(config, session),
             roundtrip=False,
         )
+        kits.append(revived)
         assert (await revived.arun(GetShow())).state == final  # recovers, then reads
 
         # the live state of the old activation predates the forget: the `state` CLI scrubs it
@@ -211,6 +214,8 @@ async def test_a_forgotten_subject_is_gone_from_every_reader_and_view_the_other_
         if worker is not None:
             await worker.stop()
             await worker.close()
+        for k in kits:
+            await k.aclose()
         await journal.close()
 
 
@@ -230,6 +235,7 @@ async def test_verify_finds_personal_data_written_in_clear(cassandra_contact, ca
             FORGETFUL, entity_id="old", journal=journal, serialization=ser, roundtrip=False
         )
         assert (await kit.arun(ReserveSeat("A1", "dave", name="Dave Old"))).ok
+        await kit.aclose()
         # rewrite the stored payload as an older, unsealed version of the event
         session = journal.session
         pid = FORGETFUL.persistence_id("old")
