@@ -364,6 +364,8 @@ def open_payload(
     payload: bytes, plan: PersonalPlan, ring: KeyRing, manifest: str, where: dict[str, Any]
 ) -> bytes:
     """The JSON ``payload`` with its sealed personal values opened (or the placeholder)."""
+    if b'"rsp' not in payload:  # nothing sealed (e.g. empty personal fields): as it is
+        return payload
     try:
         doc = _JSON_DECODE.decode(payload)
     except msgspec.DecodeError as exc:
