@@ -176,9 +176,9 @@ def _node(tp: Any, objects: dict[type, _ObjPlan | None], where: str) -> _Node | 
             return _Obj(tp)
         return _Obj(tp) if _object(tp, objects) else None
     if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        found = [n for a in args if (n := _node(a, objects, where)) is not None]
-        if found and len(args) > 1:
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        found = [n for a in members if (n := _node(a, objects, where)) is not None]
+        if found and len(members) > 1:
             raise ConfigError(f"{where}: personal fields inside a union of types are not supported")
         return found[0] if found else None
     if origin in (list, set, frozenset) or (
@@ -224,7 +224,7 @@ def _build(cls: type, objects: dict[type, _ObjPlan | None]) -> _ObjPlan | None:
                 f"{cls.__qualname__}: the annotations of its personal fields cannot be resolved"
             ) from None
         hints = {k: (Any if isinstance(v, str) else v) for k, v in hints.items()}
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     personal: list[tuple[str, str]] = []
     nested: list[tuple[str, _Node]] = []
     for name, f in fields.items():
