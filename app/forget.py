@@ -31,7 +31,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.keystore import CassandraKeyStore, key_ring
 from raysource.journal.cassandra.keystore_statements import KeyStoreStatements
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
-from raysource.journal.errors import ConfigError, JournalError
+from raysource.journal.errors import ConfigError
 from raysource.journal.keyring import FORGOTTEN, is_sealed
 from raysource.journal.personal import SubjectForgotten, walk
 from raysource.journal.serialization import Serialization
@@ -188,8 +188,6 @@ async def verify_forgotten(
         for table in sorted(columns):
             await _scan(session, config, table, columns[table], needles, ser, report, limit)
         return report
-    except JournalError:
-        raise
     finally:
         if own:
             await session.close()

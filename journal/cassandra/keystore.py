@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from raysource.journal.cassandra.config import CassandraConfig
@@ -51,19 +52,7 @@ class CassandraKeyStore:
         with self._lock:
             if self._own is None:
                 session = CassandraSession(self.config)
-                failure: list[BaseException] = []
-
-                def connect() -> None:  # its own loop: the caller may be inside one
-                    try:
-                        asyncio.run(session.connect(keyspace=""))
-                    except BaseException as exc:
-                        failure.append(exc)
-
-                t = threading.Thread(target=connect, name="raysource-keystore-connect")
-                t.start()
-                t.join()
-                if failure:
-                    raise failure[0]
+                _in_thread(lambda: session.connect(keyspace=""))
                 self._own = session
             return self._own.driver_session
 
@@ -105,9 +94,28 @@ class CassandraKeyStore:
             self._run("destroy", (at_ms, subject), writes=True)
 
     def close(self) -> None:
+        """Close the connection this store opened itself (a given session is the caller's)."""
         own, self._own = self._own, None
-        if own is not None and own._cluster is not None:
-            own._cluster.shutdown()
+        if own is not None:
+            _in_thread(own.close)
+
+
+def _in_thread(make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Run a coroutine of the session on its own loop in a helper thread (the caller may be
+    inside a running loop: ``encode`` is called from async code), and wait for it."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(make())
+        except BaseException as exc:
+            failure.append(exc)
+
+    t = threading.Thread(target=run, name="raysource-keystore")
+    t.start()
+    t.join()
+    if failure:
+        raise failure[0]
 
 
 def key_ring(
