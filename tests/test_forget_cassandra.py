@@ -204,6 +204,11 @@ async def test_a_forgotten_subject_is_gone_from_every_reader_and_view_the_other_
         out = capsys.readouterr().out
         assert code == 1 and "key PRESENT" in out
         assert "FOUND 'Bob Qwerty' in reservations_by_customer.name" in out
+        # the operator's forget: the default projection (the example view) is scrubbed
+        code = await asyncio.to_thread(main, ["forget", "carol", "--settle", "0", *where])
+        out = capsys.readouterr().out
+        assert code == 0 and "view reservations-by-customer: scrubbed" in out, out
+        assert await names_of(session, config.keyspace, "carol") == [FORGOTTEN]
         # a bound smaller than a table: reported, and not called a proof
         code = await asyncio.to_thread(
             main, ["forget", "alice", "--verify", "--limit", "1", *where, *app]
@@ -260,3 +265,71 @@ async def _epoch(session, config: CassandraConfig, pid: str) -> int:
         profile=RAW_PROFILE,
     )
     return row[0]
+
+
+async def test_key_store_races_one_key_per_subject_and_a_forget_is_final(
+    cassandra_contact, cassandra_keyspace
+):
+    """Eight rings (eight processes, as far as the store can tell) seal for one new subject at
+    once: every value opens with a ninth ring, so they all used the one key the lightweight
+    transaction let in. Then creates race a forget: afterwards the subject is forgotten for
+    every reader and no create brought a key back."""
+    import threading
+
+    from raysource.journal.cassandra.keystore import CassandraKeyStore
+    from raysource.journal.keyring import KeyRing
+
+    config = CassandraConfig.from_contact(cassandra_contact, keyspace=cassandra_keyspace)
+    journal = await CassandraJournal.connect(config, create_schema=True)
+    session = journal.session
+    try:
+        subject = "race-subject"
+        gate = threading.Barrier(8)
+
+        def seal(out: list) -> None:
+            ring = KeyRing(CassandraKeyStore(config, session))
+            gate.wait()
+            out.append(ring.seal(subject, "same secret"))
+
+        sealed: list[str] = []
+        threads = [threading.Thread(target=seal, args=(sealed,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reader = KeyRing(CassandraKeyStore(config, session))
+        assert len(sealed) == 8
+        assert [reader.open(s, {}) for s in sealed] == ["same secret"] * 8
+
+        other = "race-forget"
+        results: list[object] = []
+        start = threading.Barrier(7)
+
+        def create() -> None:
+            ring = KeyRing(CassandraKeyStore(config, session))
+            start.wait()
+            try:
+                results.append(ring.seal(other, "v"))
+            except SubjectForgottenError as exc:
+                results.append(exc)
+
+        def destroy() -> None:
+            start.wait()
+            KeyRing(CassandraKeyStore(config, session)).forget(other)
+
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        threads.append(threading.Thread(target=destroy))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 6
+        late = KeyRing(CassandraKeyStore(config, session))
+        assert late.is_forgotten(other)
+        for r in results:  # sealed before the forget: now the placeholder for every reader
+            if isinstance(r, str):
+                assert late.open(r, {}) == FORGOTTEN
+        with pytest.raises(SubjectForgottenError):
+            late.seal(other, "after")
+    finally:
+        await journal.close()
