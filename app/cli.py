@@ -380,6 +380,7 @@ def _state(args: argparse.Namespace) -> int:
         state = system.entity(agg, args.id).state(timeout=args.timeout)
     finally:
         ray.shutdown()
+    state = ins.scrub_forgotten(state, agg, config)  # the live state may predate a forget
     print(f"{agg.persistence_id(args.id)} ({args.system}):")
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
         for f in dataclasses.fields(state):
@@ -813,6 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.add_argument("--keyspace", default="raysource")
     view.set_defaults(func=_view)
+
+    from raysource.app.cli_forget import register as register_forget
+
+    register_forget(sub, _contact)
     return parser
 
 

@@ -187,8 +187,14 @@ async def open_readonly(
     return journal, store
 
 
-def _serialization(serialization: Serialization | None, agg: AggregateType) -> Serialization:
-    ser = serialization if serialization is not None else Serialization()
+def _serialization(
+    serialization: Serialization | None, agg: AggregateType, journal: Journal
+) -> Serialization:
+    if serialization is None:  # personal fields open with the key store beside the journal
+        from raysource.journal.cassandra.keystore import key_ring_beside
+
+        serialization = Serialization(keys=key_ring_beside(journal))
+    ser = serialization
     agg.register_types(ser)  # idempotent: keeps classes the caller registered itself
     return ser
 
@@ -237,7 +243,7 @@ async def event_log(
         raise InvalidRangeError(f"--from must be >= 1, got {from_seq}")
     if to_seq is not None and to_seq < from_seq:
         raise InvalidRangeError(f"--to ({to_seq}) is below --from ({from_seq})")
-    ser = _serialization(serialization, aggregate_type)
+    ser = _serialization(serialization, aggregate_type, journal)
     pid, highest = await _highest(journal, aggregate_type, entity_id)
     if from_seq > highest:
         raise InvalidRangeError(
@@ -279,7 +285,7 @@ async def replay_states(
     """
     if to_seq is not None and to_seq < 1:
         raise InvalidRangeError(f"--to must be >= 1, got {to_seq}")
-    ser = _serialization(serialization, aggregate_type)
+    ser = _serialization(serialization, aggregate_type, journal)
     pid, highest = await _highest(journal, aggregate_type, entity_id)
     if to_seq is None:
         to_seq = highest
@@ -334,6 +340,21 @@ async def _load_snapshot(
         except SerializationError:
             max_seq = snap.sequence_nr - 1
     return None
+
+
+def scrub_forgotten(state: Any, aggregate_type: AggregateType, config: CassandraConfig) -> Any:
+    """``state`` with the personal data of forgotten subjects replaced by the placeholder (a
+    live aggregate keeps what it decoded before a forget until it recovers again)."""
+    from raysource.journal.cassandra.keystore import CassandraKeyStore, key_ring
+
+    ser = Serialization(keys=key_ring(config))
+    aggregate_type.register_types(ser)
+    try:
+        return ser.scrub(state)
+    finally:
+        store = ser.keys.store
+        if isinstance(store, CassandraKeyStore):
+            store.close()
 
 
 # --------------------------------------------------------------------------- diff

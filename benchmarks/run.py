@@ -223,6 +223,19 @@ def _serialization(r: dict) -> list[Row]:
     ]
 
 
+def _personal(r: dict) -> list[Row]:
+    us = r["us_cpu_per_event"]
+    sealed, plain = us["personal: encode + decode"], us["plain: encode + decode"]
+    return [
+        (
+            "personal fields, encode + decode (2 subjects)",
+            f"{sealed:.2f} us CPU",
+            f"plain path {plain:.2f} us CPU",
+            _x(sealed, plain),
+        )
+    ]
+
+
 def _peer(r: dict) -> list[Row]:
     m = r["medians"]
     w1h, _, _, w1p = m["w1"]
@@ -342,6 +355,12 @@ BENCHES = [
         _serialization,
         contact=lambda c: [],
         tiny=["--n", "300"],
+    ),
+    Bench(
+        "personal",
+        "benchmarks.personal_bench",
+        _personal,
+        tiny=["--n", "300", "--subjects", "5"],
     ),
     Bench(
         "peer",

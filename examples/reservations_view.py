@@ -2,7 +2,9 @@
 
 A projection over the tag ``"show"`` (all events of :data:`raysource.examples.seats.SHOW`) keeps
 ``reservations_by_customer (customer, show, seat)``: ``SeatReserved`` inserts a row,
-``ReservationCancelled`` deletes it. Writes go through
+``ReservationCancelled`` deletes it. The row keeps the customer's ``name`` (personal): when
+the customer is forgotten (``raysource forget``) the view scrubs it to ``"<forgotten>"``, and
+events read after the forget carry that placeholder already. Writes go through
 :class:`~raysource.readside.views.EffectivelyOnceView`, so redelivered events change nothing.
 
     from raysource.readside.projection_actor import Projections
@@ -23,6 +25,7 @@ from raysource.examples.seats import SHOW, ReservationCancelled, SeatReserved
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig, validate_identifier
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.journal.personal import FORGOTTEN, SubjectForgotten
 from raysource.readside.projections import (
     EventEnvelope,
     ProjectionHandler,
@@ -36,6 +39,7 @@ from raysource.runtime.aggregate import split_persistence_id
 __all__ = [
     "RESERVATIONS",
     "ReservationsByCustomer",
+    "names_of",
     "VIEW_TABLE",
     "reservations_of",
     "reservations_projection",
@@ -58,15 +62,33 @@ class ReservationsByCustomer(ProjectionHandler):
     async def global_prepare(self) -> None:
         await self.session.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table} (customer text, show text, seat text, "
-            "PRIMARY KEY ((customer), show, seat))",
+            "name text, PRIMARY KEY ((customer), show, seat))",
             prepare=False,
             timeout=60.0,
         )
+        ks, _, table = self.table.partition(".")
+        columns = await self.session.select_all(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? "
+            "AND table_name = ?",
+            (ks, table),
+            profile=RAW_PROFILE,
+        )
+        if "name" not in {r[0] for r in columns}:  # a view made before names were kept
+            await self.session.execute(
+                f"ALTER TABLE {self.table} ADD name text", prepare=False, timeout=60.0
+            )
         await self.writer.create_tables()
 
     async def prepare(self) -> None:
         self.insert = await self.session.prepare(
-            f"INSERT INTO {self.table} (customer, show, seat) VALUES (?, ?, ?)"
+            f"INSERT INTO {self.table} (customer, show, seat, name) VALUES (?, ?, ?, ?)"
+        )
+        self.rows_of = await self.session.prepare(
+            f"SELECT show, seat FROM {self.table} WHERE customer = ?"
+        )
+        self.scrub = await self.session.prepare(
+            f"UPDATE {self.table} SET name = ? WHERE customer = ? AND show = ? AND seat = ? "
+            "IF EXISTS"
         )
         self.delete = await self.session.prepare(
             f"DELETE FROM {self.table} WHERE customer = ? AND show = ? AND seat = ?"
@@ -76,8 +98,8 @@ class ReservationsByCustomer(ProjectionHandler):
     def _mutations(self, envelope: EventEnvelope) -> list:
         _, show = split_persistence_id(envelope.persistence_id)
         match envelope.event:
-            case SeatReserved(seat=seat, customer=customer):
-                return [(self.insert, (customer, show, seat))]
+            case SeatReserved(seat=seat, customer=customer, name=name):
+                return [(self.insert, (customer, show, seat, name))]
             case ReservationCancelled(seat=seat, customer=customer):
                 return [(self.delete, (customer, show, seat))]
             case _:
@@ -85,6 +107,12 @@ class ReservationsByCustomer(ProjectionHandler):
 
     async def handle_batch(self, envelopes: list[EventEnvelope]) -> None:
         await self.writer.apply_batch([(env, self._mutations(env)) for env in envelopes])
+
+    async def on_subject_forgotten(self, signal: SubjectForgotten) -> None:
+        """Scrub the forgotten customer's name from their rows (idempotent)."""
+        rows = await self.session.select_all(self.rows_of, (signal.subject,), profile=RAW_PROFILE)
+        for show, seat in rows:  # IF EXISTS: a row cancelled meanwhile is not brought back
+            await self.session.execute(self.scrub, (FORGOTTEN, signal.subject, show, seat))
 
     async def verify(self, events: list[EventEnvelope]) -> list[str]:
         """The view against a fold of ``events``: missing and unexpected rows, and events
@@ -137,6 +165,17 @@ def reservations_projection(
 
 
 RESERVATIONS = reservations_projection()
+
+
+async def names_of(session: CassandraSession, keyspace: str, customer: str) -> list[str]:
+    """The names ``customer``'s rows of the view hold (``"<forgotten>"`` once scrubbed)."""
+    rows = await session.select_all(
+        f"SELECT name FROM {validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE} "
+        "WHERE customer = ?",
+        (customer,),
+        profile=RAW_PROFILE,
+    )
+    return sorted(r[0] or "" for r in rows)
 
 
 async def reservations_of(

@@ -14,6 +14,12 @@ and schedules ``ReleaseHold`` after ``seconds``; ``ConfirmHold`` turns the hold 
 reservation and cancels the timer. A hold that is not confirmed in time is released by the
 timer, even if the show was passivated or its node lost meanwhile.
 
+Personal data (crypto-shredding, :mod:`raysource.journal.personal`): a reservation may carry
+the customer's ``name`` and a ``guest`` with their ``guest_name``. Both names are personal
+fields sealed under the key of their own subject (``customer`` and ``guest``, pseudonymous ids
+stored in clear); after ``forget(subject)`` they read as ``"<forgotten>"``. The state keeps
+them per seat in ``attendees`` (so snapshots hold them sealed too).
+
     from raysource.journal.serialization import Serialization
     ser = Serialization()
     SHOW.register_types(ser)
@@ -22,7 +28,9 @@ timer, even if the show was passivated or its node lost meanwhile.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
+from raysource.journal.personal import Personal
 from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
@@ -37,6 +45,7 @@ from raysource.runtime.aggregate import (
 
 __all__ = [
     "SHOW",
+    "Attendees",
     "CancelReservation",
     "ConfirmHold",
     "CreateShow",
@@ -107,6 +116,9 @@ class CreateShow:
 class ReserveSeat:
     seat: str
     customer: str
+    name: str = ""  # the customer's name (personal)
+    guest: str = ""  # the id of the person who will sit there, if not the customer
+    guest_name: str = ""  # their name (personal)
 
 
 @dataclass(frozen=True)
@@ -157,10 +169,14 @@ class ShowCreated:
 
 @dataclass(frozen=True)
 class SeatReserved:
-    """The seat was reserved by the customer ("seat A1 was reserved by Alice")."""
+    """The seat was reserved by the customer ("seat A1 was reserved by Alice"), optionally
+    with the customer's name and a guest (two data subjects, each name under its own key)."""
 
     seat: str
     customer: str
+    name: Annotated[str, Personal("customer")] = ""
+    guest: str = ""
+    guest_name: Annotated[str, Personal("guest")] = ""
 
 
 @dataclass(frozen=True)
@@ -192,6 +208,16 @@ class HoldReleased:
 
 
 @dataclass(frozen=True)
+class Attendees:
+    """Who a named reservation is for (personal fields, sealed in snapshots too)."""
+
+    customer: str
+    name: Annotated[str, Personal("customer")] = ""
+    guest: str = ""
+    guest_name: Annotated[str, Personal("guest")] = ""
+
+
+@dataclass(frozen=True)
 class ShowState:
     """``reservations`` maps seat label -> customer. Treat it as immutable: the event handler
     builds a new dict for every change."""
@@ -200,6 +226,7 @@ class ShowState:
     created: bool = False
     reservations: dict[str, str] = field(default_factory=dict)
     holds: dict[str, str] = field(default_factory=dict)  # seat -> customer
+    attendees: dict[str, Attendees] = field(default_factory=dict)  # named reservations
 
     def holder(self, seat: str) -> str | None:
         return self.reservations.get(seat)
@@ -218,9 +245,11 @@ class ShowState:
 
 def handle_command(state: ShowState, command: object) -> Effect:
     match command:
-        case ReserveSeat(seat=seat, customer=customer):
+        case ReserveSeat(seat=seat, customer=customer, name=name, guest=g, guest_name=g_name):
             if not customer:
                 return reject("a reservation needs a customer")
+            if g_name and not g:
+                return reject("a guest's name needs the guest's id")
             if not state.is_seat(seat):
                 return reject(f"seat {seat} does not exist")
             holder = state.holder(seat)
@@ -228,7 +257,8 @@ def handle_command(state: ShowState, command: object) -> Effect:
                 return reject(f"seat {seat} is already reserved")
             if seat in state.holds:
                 return reject(f"seat {seat} is held")
-            return persist(SeatReserved(seat, customer), reply=SeatReserved(seat, customer))
+            reserved = SeatReserved(seat, customer, name, g, g_name)
+            return persist(reserved, reply=reserved)
         case HoldSeat(seat=seat, customer=customer, seconds=seconds):
             if not customer:
                 return reject("a hold needs a customer")
@@ -281,25 +311,32 @@ def handle_command(state: ShowState, command: object) -> Effect:
 
 
 def apply_event(state: ShowState, event: object) -> ShowState:
+    seats, created, reservations, holds, attendees = (
+        state.seats,
+        state.created,
+        state.reservations,
+        state.holds,
+        state.attendees,
+    )
     match event:
         case SeatReserved(seat=seat, customer=customer):  # also confirms a hold
-            holds = {s: c for s, c in state.holds.items() if s != seat}
-            return ShowState(
-                state.seats, state.created, {**state.reservations, seat: customer}, holds
-            )
+            holds = {s: c for s, c in holds.items() if s != seat}
+            reservations = {**reservations, seat: customer}
+            if event.name or event.guest or event.guest_name:
+                who = Attendees(customer, event.name, event.guest, event.guest_name)
+                attendees = {**attendees, seat: who}
         case ReservationCancelled(seat=seat):
-            rest = {s: c for s, c in state.reservations.items() if s != seat}
-            return ShowState(state.seats, state.created, rest, state.holds)
-        case ShowCreated(seats=seats):
-            return ShowState(seats, True, state.reservations, state.holds)
+            reservations = {s: c for s, c in reservations.items() if s != seat}
+            attendees = {s: a for s, a in attendees.items() if s != seat}
+        case ShowCreated(seats=n):
+            seats, created = n, True
         case SeatHeld(seat=seat, customer=customer):
-            return ShowState(
-                state.seats, state.created, state.reservations, {**state.holds, seat: customer}
-            )
+            holds = {**holds, seat: customer}
         case HoldReleased(seat=seat):
-            holds = {s: c for s, c in state.holds.items() if s != seat}
-            return ShowState(state.seats, state.created, state.reservations, holds)
-    raise TypeError(f"unknown event {type(event).__qualname__}")
+            holds = {s: c for s, c in holds.items() if s != seat}
+        case _:
+            raise TypeError(f"unknown event {type(event).__qualname__}")
+    return ShowState(seats, created, reservations, holds, attendees)
 
 
 def tags(event: object) -> frozenset[str]:
@@ -323,5 +360,5 @@ SHOW: AggregateType[ShowState, object, object] = AggregateType(
         ConfirmHold,
         ReleaseHold,
     ),
-    types=(ShowState,),
+    types=(ShowState, Attendees),
 )

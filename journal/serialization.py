@@ -1,5 +1,8 @@
 """Serialization of events, snapshots and replies to ``(serializer_id, manifest, payload)``.
 
+Size: ~560 lines, most of it this docstring (the round-trip rule); the personal-data code lives
+in :mod:`raysource.journal.personal` and is called from ``encode``/``decode``/``scrub``.
+
 Two serializers exist:
 
 * **Typed JSON** (``JSON_SERIALIZER_ID = 1``, the default): registered dataclasses (frozen
@@ -65,6 +68,10 @@ that received the class by value (its module is not there), so ``register`` (and
 ``AggregateType``, for the classes it declares) replaces them by the objects they name while the
 defining module is at hand.
 
+**Personal fields** (``Annotated[str, Personal("subject_field")]``) are sealed after the
+round-trip check and opened before the typed decode, with the key ring ``keys`` (default: a
+process-local in-memory ring); see :mod:`raysource.journal.personal`.
+
 Every failure is a typed :class:`~raysource.journal.errors.SerializationError` naming the
 persistence id and sequence number when given. Encoding has no side effect, so a failed encode
 writes nothing.
@@ -88,6 +95,14 @@ from raysource.journal.errors import (
     SerializationError,
     UnknownManifestError,
     UnserializableError,
+)
+from raysource.journal.keyring import KeyRing
+from raysource.journal.personal import (
+    PersonalPlan,
+    open_payload,
+    plan_of,
+    scrub_payload,
+    seal_payload,
 )
 from raysource.journal.roundtrip import difference, forget_msgspec_caches, pin_annotations
 
@@ -117,12 +132,17 @@ class _Registration:
     version: int
     upcasters: Mapping[int, Upcaster]
     pickle: bool
+    personal: PersonalPlan | None = None  # where its personal fields are (journal.personal)
 
     @property
     def manifest(self) -> str:
         if self.pickle:
             return f"{_PICKLE_MANIFEST_PREFIX}{self.name}"
         return f"{self.name}#{self.version}"
+
+
+class _LocalRing(KeyRing):
+    """The default key ring: in memory, this process only."""
 
 
 def _is_plain_json(obj: object, depth: int = 0) -> bool:
@@ -150,11 +170,20 @@ class Serialization:
     start-up).
     """
 
-    def __init__(self, *, max_payload_bytes: int = 1_000_000, allow_pickle: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_payload_bytes: int = 1_000_000,
+        allow_pickle: bool = False,
+        keys: KeyRing | None = None,
+    ) -> None:
         if max_payload_bytes < 1:
             raise ConfigError(f"max_payload_bytes must be >= 1, got {max_payload_bytes}")
         self.max_payload_bytes = max_payload_bytes
         self.allow_pickle = allow_pickle
+        # the keys of personal fields (raysource.journal.personal); None: a process-local
+        # in-memory ring, made on first use (the in-memory journal's)
+        self._keys = keys
         self._by_cls: dict[type, _Registration] = {}
         self._by_name: dict[str, _Registration] = {}
         self._encoder = msgspec.json.Encoder()
@@ -168,6 +197,8 @@ class Serialization:
         state = self.__dict__.copy()
         for key in ("_encoder", "_decoder", "_typed", "_typed_lock"):
             del state[key]
+        if isinstance(state.get("_keys"), _LocalRing):  # process-local: not shipped
+            state["_keys"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -242,9 +273,11 @@ class Serialization:
                 raise ConfigError(
                     f"upcaster key {n!r} for {name}: must be a version in 1..{version - 1}"
                 )
+        personal = None
         if not pickle:
             pin_annotations(cls)  # while its module is at hand (see "types defined anywhere")
-        reg = _Registration(cls, name, version, ups, pickle)
+            personal = plan_of(cls)
+        reg = _Registration(cls, name, version, ups, pickle, personal)
         old = self._by_name.get(name)
         if old is not None and old.cls is not cls:
             raise ConfigError(f"manifest name {name!r} is already registered for {old.cls!r}")
@@ -295,6 +328,8 @@ class Serialization:
                     f"cannot encode {type(obj).__qualname__} as JSON: {exc}", **where
                 ) from exc
             self._check_roundtrip(obj, payload, self._typed_decoder(reg, where), where)
+            if reg.personal is not None:
+                payload = seal_payload(payload, reg.personal, self.keys, where)
         elif _is_plain_json(obj):
             ser_id, manifest = JSON_SERIALIZER_ID, PRIMITIVE_MANIFEST
             try:
@@ -430,6 +465,8 @@ class Serialization:
         decoder = self._typed_decoder(reg, where, CorruptPayloadError)
         if stored_version < reg.version:
             payload = self._upcast(reg, manifest, payload, stored_version, where)
+        if reg.personal is not None:
+            payload = open_payload(payload, reg.personal, self.keys, manifest, where)
         try:
             return decoder.decode(payload)
         except msgspec.ValidationError as exc:
@@ -484,6 +521,29 @@ class Serialization:
                 f"{manifest!r}: {exc}",
                 **where,
             ) from exc
+
+    # ------------------------------------------------------------------ personal data
+
+    @property
+    def keys(self) -> KeyRing:
+        """The key ring of personal fields (see :mod:`raysource.journal.personal`)."""
+        if self._keys is None:
+            self._keys = _LocalRing()
+        return self._keys
+
+    def personal_plan(self, manifest: str) -> PersonalPlan | None:
+        """Where the type stored under ``manifest`` keeps personal fields (None: nowhere)."""
+        reg = self._by_name.get(manifest.rpartition("#")[0])
+        return reg.personal if reg is not None else None
+
+    def scrub(self, obj: object) -> object:
+        """``obj`` with the personal fields of forgotten subjects replaced by the placeholder
+        (for values that were decoded before the forget, e.g. a live aggregate's state)."""
+        reg = self._by_cls.get(type(obj))
+        if reg is None or reg.personal is None:
+            return obj
+        payload = scrub_payload(self._encoder.encode(obj), reg.personal, self.keys)
+        return self._typed_decoder(reg, {}).decode(payload)
 
     def _unpickle(self, manifest: str, payload: bytes, where: dict[str, Any]) -> object:
         name = (

@@ -54,6 +54,8 @@ from raysource.journal.api import Journal, TaggedEvent, TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.errors import ConfigError
+from raysource.journal.keyring import KeyRing
+from raysource.journal.personal import SubjectForgotten
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
 
@@ -283,6 +285,13 @@ class ProjectionHandler:
         """The worker was reset to ``offset`` (None: the start); events after it will be
         delivered again. A view that should be rebuilt clears its tables here."""
 
+    async def on_subject_forgotten(self, signal: SubjectForgotten) -> None:
+        """``signal.subject`` was forgotten (its key destroyed): scrub the personal data the
+        view keeps of it (e.g. set it to :data:`~raysource.journal.personal.FORGOTTEN`).
+        Called by ``raysource forget`` (its process, after ``prepare``), effectively once per
+        view and subject: it may run again after a crash, so it must be idempotent. Events
+        delivered later already carry the placeholder."""
+
     async def verify(self, events: list[EventEnvelope]) -> list[str] | None:
         """Check the view against ``events`` (every stored event of the tag, per persistence
         id in order): one line per problem (a missing or unexpected row, an event applied
@@ -353,8 +362,10 @@ class ProjectionSpec:
         slice_of("", self.n_slices)
         object.__setattr__(self, "aggregate_types", tuple(self.aggregate_types))
 
-    def serialization(self) -> Serialization:
-        ser = Serialization()
+    def serialization(self, keys: KeyRing | None = None) -> Serialization:
+        """The serializer of the projection's event types (``keys``: the key ring of personal
+        fields; the workers pass the Cassandra key store of their keyspace)."""
+        ser = Serialization(keys=keys)
         for t in self.aggregate_types:
             t.register_types(ser)
         return ser

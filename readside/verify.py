@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysource.journal.api import Journal
+from raysource.journal.cassandra.keystore import key_ring_beside
 from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSpec
 
 __all__ = [
@@ -68,7 +69,7 @@ async def tag_events(journal: Journal, spec: ProjectionSpec) -> list[EventEnvelo
             if te.event.persistence_id not in seen:
                 seen.add(te.event.persistence_id)
                 pids.append(te.event.persistence_id)
-    ser = spec.serialization()
+    ser = spec.serialization(key_ring_beside(journal))
     out = []
     for pid in pids:
         async for e in journal.replay(pid):

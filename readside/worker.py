@@ -46,6 +46,7 @@ from datetime import datetime
 from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent, TagOffset
+from raysource.journal.cassandra.keystore import key_ring
 from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
@@ -108,7 +109,9 @@ class ProjectionWorker:
         self.slice_index = slice_index
         self.key = worker_key(slice_index, spec.n_slices)
         self.session, self.config, self.journal = session, config, journal
-        self.serialization = spec.serialization()
+        self.serialization = spec.serialization(
+            key_ring(config, session) if session is not None and config is not None else None
+        )
         self.store = offsets or CassandraOffsetStore(session, config.keyspace)
         self.handler = handler or spec.handler_factory(session, config)
         self.settings = s = spec.settings

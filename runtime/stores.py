@@ -54,10 +54,18 @@ class StoreSpec:
 
 
 def serialization_for(
-    aggregate_type: AggregateType[Any, Any, Any], spec: StoreSpec
+    aggregate_type: AggregateType[Any, Any, Any], spec: StoreSpec, journal: Journal | None = None
 ) -> Serialization:
-    """A serializer with ``aggregate_type``'s classes registered (one per host)."""
-    ser = Serialization(max_payload_bytes=spec.payload_limit)
+    """A serializer with ``aggregate_type``'s classes registered (one per host). Personal
+    fields use the key store beside the journal: on Cassandra the key table of its keyspace
+    (sharing ``journal``'s session when given), in memory this process's keys."""
+    keys = None
+    if spec.kind == "cassandra":
+        from raysource.journal.cassandra.keystore import key_ring, key_ring_beside
+
+        assert spec.cassandra is not None
+        keys = key_ring_beside(journal) or key_ring(spec.cassandra)
+    ser = Serialization(max_payload_bytes=spec.payload_limit, keys=keys)
     aggregate_type.register_types(ser)
     return ser
 

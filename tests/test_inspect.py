@@ -285,8 +285,8 @@ def test_cli_events(written):
     lines = r.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].split()[0] == "2"
-    assert "SeatReserved(seat='A1', customer='alice')" in lines[0] and "tags=show" in lines[0]
-    assert "SeatReserved(seat='A2', customer='bob')" in lines[1]
+    assert "SeatReserved(seat='A1', customer='alice'," in lines[0] and "tags=show" in lines[0]
+    assert "SeatReserved(seat='A2', customer='bob'," in lines[1]
 
 
 def test_cli_replay(written):

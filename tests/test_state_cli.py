@@ -141,6 +141,49 @@ def test_cli_state_prints_the_live_state(system, ray_local, cassandra_contact, c
     assert "  seats = 100" in lines
 
 
+@pytest.mark.timeout(90)
+def test_personal_data_on_ray_is_sealed_and_the_state_cli_hides_a_forgotten_subject(
+    system, ray_local, cassandra_contact, cassandra_keyspace
+):
+    """Host actors seal personal fields with the Cassandra key store of their keyspace; after
+    ``forget`` the live aggregate still holds the name in memory, but ``raysource state``
+    prints the placeholder for the forgotten customer and the guest's name as it is."""
+    import asyncio
+
+    from raysource.app.forget import forget_subject
+    from raysource.journal.cassandra.session import CassandraSession
+
+    show = f"pd-{uuid.uuid4().hex[:6]}"
+    customer = f"cust-{uuid.uuid4().hex[:6]}"
+    ref = system.entity(SHOW, show)
+    ref.ask(
+        ReserveSeat("A1", customer, name="Zed Secretname", guest="g1", guest_name="Gus Guest"),
+        timeout=30,
+    )
+    host, port = cassandra_contact
+    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+
+    async def stored_then_forget() -> list[bytes]:
+        async with CassandraSession(config) as session:
+            rows = await session.select_all(
+                f"SELECT payload FROM {cassandra_keyspace}.messages_v2 WHERE "
+                "persistence_id = ? AND partition_nr = 0",
+                (f"show|{show}",),
+            )
+            await forget_subject(config, customer, session=session, settle=0)
+        return [bytes(r[0]) for r in rows]
+
+    payloads = asyncio.run(stored_then_forget())
+    assert payloads and not any(b"Secretname" in p or b"Gus Guest" in p for p in payloads)
+    assert ref.state(timeout=30).attendees["A1"].name == "Zed Secretname"  # in memory still
+    done = _cli(
+        ray_local, cassandra_contact, cassandra_keyspace, "show", show, "--system", system.name
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Secretname" not in done.stdout
+    assert "name='<forgotten>'" in done.stdout and "guest_name='Gus Guest'" in done.stdout
+
+
 @pytest.mark.timeout(60)
 def test_cli_state_errors(system, ray_local, cassandra_contact, cassandra_keyspace):
     missing = f"nosuch{uuid.uuid4().hex[:6]}"

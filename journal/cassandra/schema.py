@@ -28,6 +28,8 @@ Tables:
 * ``snapshots`` — partition ``persistence_id``, clustering ``sequence_nr DESC``.
 * ``projection_offsets``, ``projection_parked`` — the read side's offsets and parked aggregate
   streams (their CQL: ``raysource.journal.cassandra.readside_statements``).
+* ``subject_keys``, ``subject_forget_signals`` — the keys of personal data per data subject
+  and the views told of a forget (their CQL: ``raysource.journal.cassandra.keystore_statements``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.journal.cassandra.keystore_statements import keystore_schema
 from raysource.journal.cassandra.readside_statements import readside_schema
 from raysource.journal.cassandra.timer_statements import timer_schema
 
@@ -129,6 +132,7 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
     ]
     stmts += readside_schema(ks)
     stmts += timer_schema(ks)
+    stmts += keystore_schema(ks)
     return stmts
 
 

@@ -274,7 +274,7 @@ class _HostActor:
             spec.aggregate_type,
             journal,
             snapshots,
-            serialization_for(spec.aggregate_type, spec.store),
+            serialization_for(spec.aggregate_type, spec.store, journal),
             writer_prefix=f"{spec.actor_name}@{os.getpid()}:{uuid.uuid4().hex[:8]}",
             max_active=spec.max_active,
             max_concurrent_recoveries=spec.max_concurrent_recoveries,
