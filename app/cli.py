@@ -813,6 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.add_argument("--keyspace", default="raysource")
     view.set_defaults(func=_view)
+
+    from raysource.app.cli_retention import add_parser as add_retention
+
+    add_retention(sub, _contact, _count)
     return parser
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +221,77 @@ async def test_a_killed_cleaner_resumes_exactly(session, config, step, nth, left
         assert await rows_of(session, config, pid) == list(range(mark + 1, last + 1))
         assert await journal.highest_sequence_nr(pid) == last
     assert (await RetentionCleaner(journal, name, agg.retention).verify()).ok
+
+
+SLOW = dataclasses.replace(CLEANED, name="slowret")
+TYPES = (CLEANED, KEPT, SLOW)  # the --app of the CLI runs below
+HERE = Path(__file__).resolve().parent
+
+
+def cli(config, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "raysource.app.cli",
+        "retention",
+        *args,
+        "--app",
+        "test_retention_cassandra:TYPES",
+        "--cassandra",
+        f"{config.contact_points[0]}:{config.port}",
+        "--keyspace",
+        config.keyspace,
+    ]
+
+
+async def test_cli_run_killed_by_sigkill_then_resumed(session, config):
+    """``raysource retention run`` paced to 1 row/s is SIGKILLed right after it wrote its
+    first mark; a new run finishes the walk and deletes exactly what the policy says; ``plan``
+    then has nothing to do and ``verify`` passes; a type that keeps everything plans nothing.
+    The CLI runs with the default partition size (5000) on data written with 4: the cleaner's
+    walk follows the rows, not the configured size, so it still deletes exactly."""
+    pids = []
+    for n in range(3):
+        c = core(SLOW, f"s{n}", session, config, "w1")
+        for i in range(1, 14):
+            await c.handle(Append(f"s{i}", 1))
+        await c.stop()
+        pids.append(SLOW.persistence_id(f"s{n}"))
+    journal = CassandraJournal(session, config)
+    await journal._prepare()
+    proc = await asyncio.create_subprocess_exec(
+        *cli(config, "run", "slowret", "--rows-per-s", "1"),
+        cwd=HERE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        for _ in range(1200):  # the first mark is written before the paced deletes
+            if any([(await journal._meta(p))[0] for p in pids]):
+                break
+            assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the cleaner never wrote a mark")
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = await RetentionCleaner(journal, "slowret", SLOW.retention).run()
+    assert resumed.finished_walk
+    for p in pids:
+        assert await rows_of(session, config, p) == list(range(6, 14))
+    out = await asyncio.to_thread(
+        subprocess.run, cli(config, "plan", "slowret"), cwd=HERE, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "3 aggregates with snapshots seen, 0 to clean" in out.stdout
+    out = await asyncio.to_thread(
+        subprocess.run, cli(config, "verify", "slowret"), cwd=HERE, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "checked 3 aggregates, 6 partitions: no row below a retention mark" in out.stdout
+    out = await asyncio.to_thread(
+        subprocess.run, cli(config, "plan", "keptledger"), cwd=HERE, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and "keep everything" in out.stdout

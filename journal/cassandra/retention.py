@@ -275,7 +275,7 @@ class RetentionCleaner:
     async def plan_aggregate(self, pid: str, parked: dict[str, int]) -> AggregatePlan:
         """The mark and the deletes for ``pid`` (reads only)."""
         ps = await self._prepare()
-        purged, _ = await self._progress("agg", pid)
+        purged, resume_at = await self._progress("agg", pid)
         deleted_to = await self._deleted_to(pid)
         plan = AggregatePlan(pid, 0, purged, deleted_to)
         if not isinstance(self.policy, KeepFromSnapshot):
@@ -293,30 +293,47 @@ class RetentionCleaner:
             mark, plan.held_by = min(mark, purged), f"snapshot beyond the log's end {highest}"
         plan.mark = max(mark, 0)
         if plan.mark > purged:
-            plan.deletes = await self._partition_deletes(pid, purged, plan.mark)
+            plan.deletes = await self._partition_deletes(pid, resume_at or 0, plan.mark, highest)
         return plan
 
     async def _deleted_to(self, pid: str) -> int:
         row = await self.j.session.select_one(self._ps["deleted_to"], (pid,), profile=RAW_PROFILE)
         return int(row[0] or 0) if row is not None else 0
 
-    async def _partition_deletes(self, pid: str, purged: int, mark: int) -> list[PartitionDelete]:
-        size = self.j.config.partition_size
-        pn = self.j._pn
+    async def _seq(self, name: str, pid: str, p: int) -> int | None:
+        row = await self.j.session.select_one(self._ps[name], (pid, p), profile=RAW_PROFILE)
+        return None if row is None else int(row[0])
+
+    async def _partition_deletes(
+        self, pid: str, start: int, mark: int, highest: int
+    ) -> list[PartitionDelete]:
+        """Walk the partitions from ``start`` (every lower one was deleted whole) and plan one
+        delete for each that holds a row at or below ``mark``. Driven by the rows, not by the
+        configured partition size: a whole-partition delete only where the partition's largest
+        row is at most ``mark`` AND the next partition holds a row at or below ``highest``
+        (then the log's next group can never land in it again); else a range delete."""
         out = []
-        for p in range(max(0, pn(purged + 1) - 1), pn(mark) + 1):
-            full_to = (p + 2) * size - 1  # the last number partition p can hold (overflow)
-            if full_to <= purged:
-                continue  # deleted whole by an earlier run
+        p = start
+        while True:
+            lo = await self._seq("min_in_partition", pid, p)
+            if lo is None:
+                if p == start:  # deleted whole by a run killed before it recorded so
+                    p += 1
+                    continue
+                return out  # partitions have no holes: the end of the log
+            if lo > mark:
+                return out
+            hi = await self._seq("max_in_partition", pid, p)
             row = await self.j.session.select_one(
                 self._ps["count_to"], (pid, p, mark), profile=RAW_PROFILE
             )
             n = int(row[0]) if row is not None else 0
-            if n == 0:
-                continue  # nothing at or below the mark here: no tombstone needed
-            kind = "partition" if full_to <= mark else "range"
-            out.append(PartitionDelete(p, kind, mark, n))
-        return out
+            nxt = await self._seq("min_in_partition", pid, p + 1)
+            whole = hi is not None and hi <= mark and nxt is not None and nxt <= highest
+            out.append(PartitionDelete(p, "partition" if whole else "range", mark, n))
+            if not whole:
+                return out  # rows above the mark here (or the log ends here): done
+            p += 1
 
     async def _pids(self, after: int) -> list[tuple[str, int]]:
         rows = await self.j.session.select_all(
@@ -379,14 +396,18 @@ class RetentionCleaner:
             if await self._deleted_to(pid) < mark:  # clamped: the log is shorter than we read
                 raise ConfigError(f"{pid}: deleted_to did not reach {mark}; nothing deleted")
         await self._hook("mark.after", pid=pid, mark=mark)
+        resume_at = plan.deletes[0].partition_nr if plan.deletes else 0
         for d in plan.deletes:
             await self._pace(d.rows)
             if d.kind == "partition":
                 await self.j.session.execute(self._ps["delete_partition"], (pid, d.partition_nr))
+                await self._hook("deleted", pid=pid, partition_nr=d.partition_nr)
+                resume_at = d.partition_nr + 1  # every partition below it is gone
+                await self._set_progress("agg", pid, plan.purged_to, resume_at)
             else:
                 await self.j.session.execute(self._ps["delete_range"], (pid, d.partition_nr, d.to))
-            await self._hook("deleted", pid=pid, partition_nr=d.partition_nr)
-        await self._set_progress("agg", pid, mark, None)
+                await self._hook("deleted", pid=pid, partition_nr=d.partition_nr)
+        await self._set_progress("agg", pid, mark, resume_at)
         await self._hook("progress.after", pid=pid, mark=mark)
 
     async def _pace(self, rows: int) -> None:
@@ -504,7 +525,8 @@ class RetentionCleaner:
                     report.violations.append(
                         f"{pid}: deleted_to {deleted_to} below purged_to {purged}"
                     )
-                for p in range(0, self.j._pn(purged) + 1):
+                _, resume_at = await self._progress("agg", pid)
+                for p in range(0, max(self.j._pn(purged), resume_at or 0) + 1):
                     report.partitions_checked += 1
                     row = await self.j.session.select_one(
                         self._ps["probe_to"], (pid, p, purged), profile=RAW_PROFILE

@@ -3,9 +3,12 @@
 Table ``retention_progress`` (production schema): one row per ``(scope, key)``:
 
 * ``("agg", persistence id)``: ``purged_to``, the sequence number up to which the cleaner
-  physically deleted the aggregate's events (after writing the logical ``deleted_to`` mark);
-* ``("run", aggregate type)``: ``resume_token``, where the cleaner's walk over the type's aggregates
-  resumes (the ``token(persistence_id)`` of the last aggregate finished; NULL: from the start);
+  physically deleted the aggregate's events (after writing the logical ``deleted_to`` mark), and
+  ``resume_at``, the first partition that may still hold a row (every lower one was deleted
+  whole);
+* ``("run", aggregate type)``: ``resume_at``, where the cleaner's walk over the type's
+  aggregates resumes (the ``token(persistence_id)`` of the last aggregate finished; NULL: from
+  the start);
 * ``("tag", tag)``: ``purged_to``, the first hour bucket that may still hold a deletable row.
 
 The deletes are whole-partition deletes (``DELETE ... WHERE persistence_id = ? AND
@@ -30,7 +33,7 @@ def retention_schema(keyspace: str) -> list[str]:
     scope text,
     key text,
     purged_to bigint,
-    resume_token bigint,
+    resume_at bigint,
     updated_us bigint,
     PRIMARY KEY ((scope, key))
 )"""
@@ -67,6 +70,14 @@ def retention_statements(c: CassandraConfig) -> dict[str, Stmt]:
         # ---- events: count (plan, report), probe (verify), delete (one tombstone each)
         "count_to": Stmt(
             f"SELECT COUNT(*) FROM {ev} WHERE {key} AND sequence_nr <= ?",
+            "read",
+            idempotent=True,
+        ),
+        "min_in_partition": Stmt(
+            f"SELECT sequence_nr FROM {ev} WHERE {key} LIMIT 1", "read", idempotent=True
+        ),
+        "max_in_partition": Stmt(
+            f"SELECT sequence_nr FROM {ev} WHERE {key} ORDER BY sequence_nr DESC LIMIT 1",
             "read",
             idempotent=True,
         ),
@@ -110,12 +121,12 @@ def retention_statements(c: CassandraConfig) -> dict[str, Stmt]:
         ),
         # ---- progress
         "progress_get": Stmt(
-            f"SELECT purged_to, resume_token FROM {prog} WHERE scope = ? AND key = ?",
+            f"SELECT purged_to, resume_at FROM {prog} WHERE scope = ? AND key = ?",
             "read",
             idempotent=True,
         ),
         "progress_set": Stmt(
-            f"UPDATE {prog} SET purged_to = ?, resume_token = ?, updated_us = ? "
+            f"UPDATE {prog} SET purged_to = ?, resume_at = ?, updated_us = ? "
             f"WHERE scope = ? AND key = ?",
             "write",
             idempotent=True,
