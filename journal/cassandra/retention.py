@@ -140,7 +140,6 @@ class TagReport:
     rows_scanned: int = 0
     rows_deleted: int = 0
     tombstones: int = 0
-    kept_for_projections: int = 0  # rows of deleted events at/after the smallest offset
     offset_limit_us: int = 0
 
     def lines(self) -> list[str]:
@@ -312,7 +311,7 @@ class RetentionCleaner:
         configured partition size: a whole-partition delete only where the partition's largest
         row is at most ``mark`` AND the next partition holds a row at or below ``highest``
         (then the log's next group can never land in it again); else a range delete."""
-        out = []
+        out: list[PartitionDelete] = []
         p = start
         while True:
             lo = await self._seq("min_in_partition", pid, p)
