@@ -45,7 +45,7 @@ from typing import Any
 from raysource.journal.cassandra.journal import _BUCKET_US, CassandraJournal, _now_us
 from raysource.journal.cassandra.retention_statements import retention_statements
 from raysource.journal.cassandra.session import RAW_PROFILE
-from raysource.journal.errors import ConfigError
+from raysource.journal.errors import ConfigError, JournalUnavailableError
 from raysource.journal.retention import KeepFromSnapshot, RetentionPolicy
 
 __all__ = [
@@ -105,6 +105,8 @@ class RunReport:
     rows_deleted: int = 0
     tombstones: int = 0
     finished_walk: bool = False
+    #: aggregates left for a later run (a newer activation was recovering: no stable read)
+    skipped: list[AggregatePlan] = field(default_factory=list)
     cpu_s: float = 0.0
     wall_s: float = 0.0
     plans: list[AggregatePlan] = field(default_factory=list)
@@ -117,6 +119,7 @@ class RunReport:
             f"rows with {self.tombstones} tombstones (a tombstone per row: "
             f"{self.rows_deleted}); walk {'complete' if self.finished_walk else 'resumes'}"
         ]
+        out += [f"  {p.persistence_id}: {p.held_by}" for p in self.skipped]
         for p in self.plans:
             held = f" (held: {p.held_by})" if p.held_by else ""
             out.append(
@@ -287,7 +290,11 @@ class RetentionCleaner:
             return plan
         if pid in parked and parked[pid] - 1 < mark:
             mark, plan.held_by = parked[pid] - 1, f"a projection parked #{parked[pid]}"
-        highest = await self.j.highest_sequence_nr(pid)
+        try:
+            highest = await self.j.highest_sequence_nr(pid)
+        except JournalUnavailableError as exc:  # a newer activation is recovering: not now
+            plan.held_by = f"skipped: {exc}"
+            return plan
         if highest < mark:  # a snapshot beyond the valid log: never trust it for deletion
             mark, plan.held_by = min(mark, purged), f"snapshot beyond the log's end {highest}"
         plan.mark = max(mark, 0)
@@ -368,6 +375,8 @@ class RetentionCleaner:
                     continue
                 report.aggregates_seen += 1
                 plan = await self.plan_aggregate(pid, parked)
+                if plan.held_by.startswith("skipped"):
+                    report.skipped.append(plan)
                 if plan.mark > plan.purged_to:
                     report.aggregates_cleaned += 1
                     report.plans.append(plan)
