@@ -45,7 +45,7 @@ from typing import Any
 from raysource.journal.cassandra.journal import _BUCKET_US, CassandraJournal, _now_us
 from raysource.journal.cassandra.retention_statements import retention_statements
 from raysource.journal.cassandra.session import RAW_PROFILE
-from raysource.journal.errors import ConfigError, JournalUnavailableError
+from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
 from raysource.journal.retention import KeepFromSnapshot, RetentionPolicy
 
 __all__ = [
@@ -214,10 +214,20 @@ class RetentionCleaner:
             await self.j._prepare()
             c = self.j.config
             levels = {"write": c.write_consistency, "read": c.read_consistency}
+            prepared = {}
             for name, st in retention_statements(c).items():
-                ps = await self.j.session.prepare(st.cql, consistency_level=levels[st.level])
+                try:
+                    ps = await self.j.session.prepare(st.cql, consistency_level=levels[st.level])
+                except JournalError as exc:
+                    if "retention_progress" not in str(exc):
+                        raise
+                    raise JournalError(
+                        f"keyspace {c.keyspace!r} lacks a table the cleaner needs (add "
+                        f"retention_progress from `raysource schema`): {exc}"
+                    ) from exc
                 ps.is_idempotent = st.idempotent
-                self._ps[name] = ps
+                prepared[name] = ps
+            self._ps = prepared
         return self._ps
 
     async def _hook(self, step: str, **info: Any) -> None:
