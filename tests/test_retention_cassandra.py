@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from raysource.examples.ledger import LEDGER, Append
-from raysource.journal.api import TagOffset
+from raysource.journal.api import StoredEvent, StoredSnapshot, TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.retention import RetentionCleaner
@@ -141,6 +142,12 @@ async def test_keep_back_to_the_second_snapshot(session, config):
     assert await rows_of(session, config, pa) == list(range(16, 24))  # exactly the rows above
     assert await rows_of(session, config, pb) == list(range(1, 24))  # keep-all: untouched
     assert await snapshot_seqs(session, config, pa) == [20, 15]
+    guard = await session.select_all(  # the writer guard's rows are never touched
+        f"SELECT epoch FROM {config.keyspace}.{config.epochs_table} WHERE persistence_id = ?",
+        (pa,),
+    )
+    assert [r[0] for r in guard] == [1]
+    assert (await journal.epochs.fence(pa))[0] == 1
     again = await cleaner.run()  # nothing left to do: no new tombstones
     assert (again.rows_deleted, again.tombstones) == (0, 0)
 
@@ -295,3 +302,47 @@ async def test_cli_run_killed_by_sigkill_then_resumed(session, config):
         subprocess.run, cli(config, "plan", "keptledger"), cwd=HERE, capture_output=True, text=True
     )
     assert out.returncode == 0 and "keep everything" in out.stdout
+
+
+async def test_a_parked_stream_holds_the_mark_and_legacy_rows_read_after_a_purge(session, config):
+    """A projection parked at #4: the mark stays below it until the stream is unparked. And a
+    log without epoch records (guard off) whose partition hint is lost still reads to its end
+    when the purge emptied the partitions before it (the partition scan tolerates them)."""
+    from raysource.readside.offsets import ParkedStream
+
+    name = f"park{uuid.uuid4().hex[:6]}"
+    agg = dataclasses.replace(CLEANED, name=name)
+    c = core(agg, "p", session, config, "w1")
+    for i in range(1, 12):  # snapshots 5, 10: mark 5
+        await c.handle(Append(f"p{i}", 1))
+    await c.stop()
+    pid = agg.persistence_id("p")
+    offsets = CassandraOffsetStore(session, config.keyspace)
+    await offsets.park(ParkedStream("proj", pid, "w0", 4, "boom", 0))
+    journal = CassandraJournal(session, config)
+    cleaner = RetentionCleaner(journal, name, agg.retention)
+    held = await cleaner.run()
+    assert held.plans[0].mark == 3 and "parked #4" in held.plans[0].held_by
+    assert await rows_of(session, config, pid) == list(range(4, 12))
+    await offsets.unpark("proj", pid)
+    await cleaner.run()
+    assert await rows_of(session, config, pid) == list(range(6, 12))
+
+    off = CassandraJournal(session, config, guard="off")
+    lpid = f"{name}|legacy"
+    now = datetime.now(UTC)
+    for seq in range(1, 13):
+        await off.append([StoredEvent(lpid, seq, b"x", "m", 1, now, "w")])
+    snaps = CassandraSnapshotStore(session, config)
+    for seq in (8, 12):
+        await snaps.save(StoredSnapshot(lpid, seq, b"s", "m", 1, now))
+    await cleaner.run()  # mark 8: partitions 0 and 1 go whole
+    assert await rows_of(session, config, lpid) == [9, 10, 11, 12]
+    await session.execute(  # the hint is only a lower bound: lose it
+        f"UPDATE {config.keyspace}.{config.metadata_table} SET partition_hint = null "
+        f"WHERE persistence_id = ?",
+        (lpid,),
+    )
+    fresh = CassandraJournal(session, config, guard="off")
+    assert await fresh.highest_sequence_nr(lpid) == 12
+    assert [e.sequence_nr async for e in fresh.replay(lpid)] == [9, 10, 11, 12]
