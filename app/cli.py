@@ -818,6 +818,9 @@ def build_parser() -> argparse.ArgumentParser:
     from raysource.app.cli_forget import register as register_forget
 
     register_forget(sub, _contact)
+    from raysource.app.cli_retention import add_parser as add_retention
+
+    add_retention(sub, _contact, _count)
     return parser
 
 

@@ -250,6 +250,24 @@ def _peer(r: dict) -> list[Row]:
     ]
 
 
+def _retention(r: dict) -> list[Row]:
+    c, rd = r["cleanup"], r["read_p50_ms"]
+    return [
+        (
+            f"retention cleanup, {c['tombstones']} tombstones",
+            f"{c['rows_per_s']:,.0f} rows/s",
+            f"a tombstone per row: {c['rows']:,}",
+            _x(c["rows"], c["tombstones"], 0),
+        ),
+        (
+            "read of a cleaned aggregate (p50)",
+            f"{rd['cleaned_after']:.2f} ms",
+            f"never cleaned {rd['kept_after']:.2f} ms",
+            _x(rd["cleaned_after"], rd["kept_after"]),
+        ),
+    ]
+
+
 @dataclass(frozen=True)
 class Bench:
     """One benchmark: its module, how it is told the contact point and its output file, its
@@ -348,6 +366,12 @@ BENCHES = [
         _idempotency,
         contact=lambda c: ["--cassandra", c],
         tiny=["-n", "40"],
+    ),
+    Bench(
+        "retention",
+        "benchmarks.retention_bench",
+        _retention,
+        tiny=["--aggregates", "2", "--events", "60", "--partition-size", "10", "--rounds", "2"],
     ),
     Bench(
         "serialization",

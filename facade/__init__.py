@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from raysource.errors import *  # noqa: F403 - the error tree is part of the public API
 from raysource.errors import __all__ as _errors
 from raysource.journal._lazy import lazy_getattr
+from raysource.journal.retention import KeepAll, KeepFromSnapshot
 from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
@@ -54,6 +55,8 @@ __all__ = [
     "Effect",
     "EntityRef",
     "IdempotencyPolicy",
+    "KeepAll",
+    "KeepFromSnapshot",
     "Keyed",
     "NoOp",
     "Persist",

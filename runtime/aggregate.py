@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
 from raysource.journal.errors import ConfigError
+from raysource.journal.retention import KEEP_ALL, KeepFromSnapshot, RetentionPolicy
 from raysource.journal.roundtrip import pin_annotations
 from raysource.runtime.errors import UnknownCommandError
 
@@ -379,6 +380,8 @@ class AggregateType(Generic[S, C, E]):
     Compared and hashed by identity (handlers are not comparable); use ``name`` as a key.
 
     ``idempotency``: keys on commands and their retention (:class:`IdempotencyPolicy`).
+    ``retention``: which events a cleaner may delete
+    (:class:`~raysource.journal.retention.RetentionPolicy`; default: keep everything).
 
     ``placement``: ``"dedicated"`` (one Ray actor per aggregate) or ``"hosted"`` (many per
     actor); ``idle_timeout_s``: passivation after this much inactivity; ``number_of_shards``:
@@ -398,9 +401,21 @@ class AggregateType(Generic[S, C, E]):
     idle_timeout_s: float = 120.0
     number_of_shards: int = 32
     idempotency: IdempotencyPolicy = IdempotencyPolicy()
+    retention: RetentionPolicy = KEEP_ALL
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        if not isinstance(self.retention, RetentionPolicy):
+            raise ConfigError(f"{self.name}: retention must be a RetentionPolicy")
+        if (
+            isinstance(self.retention, KeepFromSnapshot)
+            and isinstance(self.snapshot, SnapshotPolicy)
+            and self.retention.k > self.snapshot.keep
+        ):
+            raise ConfigError(
+                f"{self.name}: retention keeps events from snapshot number {self.retention.k} "
+                f"(newest first) but the snapshot policy keeps only {self.snapshot.keep}"
+            )
         if not isinstance(self.idempotency, IdempotencyPolicy):
             raise ConfigError(f"{self.name}: idempotency must be an IdempotencyPolicy")
         if not callable(self.command_handler) or not callable(self.event_handler):

@@ -14,7 +14,8 @@ error a caller sees, so it is reported as a violation too, and counts as unknown
 The checks, per command id (its events name it: ``command_of(event)``) with ``A`` acknowledged,
 ``U`` unknown attempts and ``S`` applications stored in the journal:
 
-* ``lost_ack``: an acknowledged command whose events are not in the journal (``A >= 1, S = 0``);
+* ``lost_ack``: an acknowledged command whose events are not in the journal (``A >= 1, S = 0``)
+  and that no retention policy deleted (``retention_deleted``);
 * ``applied_twice``: stored more often than its attempts allow (``A >= 1``);
   ``unknown_applied_twice`` the same with ``A = 0``. The bound: a command whose events carry an
   idempotency key (it was sent ``Keyed``, and every re-send reuses the key) is applied at most
@@ -168,6 +169,7 @@ async def check_history(
     expected_reply: Callable[[str, Any], Any] | None = None,
     tags: bool = True,
     categorized: bool = True,
+    retention_deleted: Callable[[Observation], bool] | None = None,
 ) -> list[Violation]:
     """Check ``observations`` against the journal (see the module docstring); returns the
     violations, oldest first. ``persistence_ids`` are the aggregates to read; ``command_of``
@@ -176,7 +178,11 @@ async def check_history(
     ``persistence_id, writer_id, first, last, stored``); ``expected_reply(command_id, state)``
     the reply a command must have got given the fold state just after its events;
     ``tags=False`` skips the tag-stream check, ``categorized=False`` the ``uncategorized`` one
-    (such attempts still count as unknown)."""
+    (such attempts still count as unknown). ``retention_deleted(observation)``: True when an
+    acknowledged attempt's events lie at or below the aggregate's retention mark (a retention
+    policy deleted them, ``raysource.journal.retention``): a command whose every acknowledged
+    attempt says so is not ``lost_ack`` when the journal no longer holds it; every other
+    acknowledged command still must be there."""
     obs = list(observations.observations if isinstance(observations, History) else observations)
     out: list[Violation] = []
     for o in obs:
@@ -234,7 +240,12 @@ async def check_history(
     for cmd in sorted(set(per_cmd) | set(stored_by_cmd)):
         out.extend(
             _check_command(
-                cmd, per_cmd.get(cmd, Counter()), stored_by_cmd.get(cmd, []), obs, cmd in keyed
+                cmd,
+                per_cmd.get(cmd, Counter()),
+                stored_by_cmd.get(cmd, []),
+                obs,
+                cmd in keyed,
+                retention_deleted,
             )
         )
         if expected_reply is not None and cmd in after_cmd:
@@ -289,6 +300,7 @@ def _check_command(
     stored: list[tuple[str, int, Any]],
     obs: list[Observation],
     keyed: bool = False,
+    retention_deleted: Callable[[Observation], bool] | None = None,
 ) -> list[Violation]:
     acked, unknown = seen["ok"], seen["unknown"] + seen["uncategorized"]
     bound = min(1, acked + unknown) if keyed else acked + unknown
@@ -304,6 +316,9 @@ def _check_command(
             Violation("phantom", f"{cmd}: stored at {where}, but no caller sent it", pid, cmd, seqs)
         ]
     if acked and not applied:
+        mine = [o for o in obs if o.command_id == cmd and o.outcome == "ok"]
+        if retention_deleted is not None and all(retention_deleted(o) for o in mine):
+            return []  # deleted by the retention policy, as it says
         return [
             Violation(
                 "lost_ack",

@@ -57,6 +57,11 @@ OFFLINE = [
     ("loadtest-unknown-workload", ["loadtest", "--workload", "bank"], "invalid choice"),
     ("loadtest-contact-bad-port", ["loadtest", "--cassandra", "h:99999"], "invalid port"),
     ("demo-seconds-zero", ["demo", "--seconds", "0"], "--seconds: must be > 0"),
+    ("retention-bad-action", ["retention", "purge", "show"], "invalid choice"),
+    ("retention-no-type", ["retention", "plan"], "required: type"),
+    ("retention-rate-zero", ["retention", "run", "show", "--rows-per-s", "0"], "--rows-per-s"),
+    ("retention-unknown-type", ["retention", "plan", "nosuch"], "unknown aggregate type"),
+    ("retention-bad-app", ["retention", "plan", "show", "--app", "nosuch:X"], "cannot import"),
     ("demo-bad-contact", ["demo", "--cassandra", "a b"], "invalid contact point"),
     ("events-no-cassandra", ["events", "show", "x"], "no Cassandra to read from"),
     ("events-from-zero", ["events", "show", "x", "--from", "0"], "--from: must be > 0"),
@@ -104,6 +109,11 @@ ENV_FOR = {
 }
 
 NETWORK = [
+    (
+        "retention-missing-keyspace",
+        ["retention", "verify", "show", "--cassandra", "{cas}", "--keyspace", "no_such_ks_ret"],
+        "no_such_ks_ret",
+    ),
     (
         "unresolvable-host",
         ["view", "reservations", "bob", "--cassandra", "no-such-host.invalid:9042"],

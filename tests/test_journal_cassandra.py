@@ -78,8 +78,10 @@ def test_schema_cql_for_operators():
     assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
     assert "PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)" in cql
     assert "prod_ks.subject_keys" in cql and "prod_ks.subject_forget_signals" in cql
-    # + fence, epochs, projection_offsets/_parked, timers, cursors, subject keys, forget signals
-    assert cql.count(";") == 14
+    assert "prod_ks.retention_progress" in cql
+    # + fence, epochs, projection_offsets/_parked, timers, cursors, subject keys, forget
+    # signals, retention_progress
+    assert cql.count(";") == 15
 
 
 # ---------------------------------------------------------------- session (real node)

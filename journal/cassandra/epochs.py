@@ -271,7 +271,17 @@ class EpochGuard:
 
     async def _run_end(self, pid: str, epoch: int, start: int) -> int:
         """The last number of the contiguous run of ``epoch``'s rows from ``start``
-        (``start - 1`` if there is none)."""
+        (``start - 1`` if there is none). The retention cleaner deletes rows only at or below
+        the durable ``deleted_to`` mark, which lies inside the valid log: when the row at
+        ``start`` is gone and the mark covers it, the run is counted on from the mark."""
+        h = await self._run_from(pid, epoch, start)
+        if h < start:
+            floor = (await self.j._meta(pid))[0]
+            if floor >= start:
+                h = await self._run_from(pid, epoch, floor + 1)
+        return h
+
+    async def _run_from(self, pid: str, epoch: int, start: int) -> int:
         pn = self.j._pn
         p = max(0, pn(start) - 1)
         mine: set[int] = set()

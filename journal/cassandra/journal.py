@@ -700,13 +700,15 @@ class CassandraJournal(Journal):
         """The largest sequence number of any row (the log before epochs: epoch 0 only)."""
         deleted_to, hint = await self._meta(pid)
         p0 = max(hint, self._pn(deleted_to) - 1 if deleted_to else 0, 0)
+        # partitions up to that of deleted_to + 1 may be empty (removed by retention)
+        last_empty = max(p0, self._pn(deleted_to + 1))
         highest, p = deleted_to, p0
         while True:
             row = await self.session.select_one(
                 self._ps["max_in_partition"], (pid, p), profile=RAW_PROFILE
             )
             if row is None:
-                if p > p0:
+                if p > last_empty:
                     return highest
             else:
                 highest = max(highest, row[0])

@@ -26,6 +26,8 @@ Tables:
   offset). Rows carry the whole event so a tag query needs no second lookup.
 * ``tag_metadata`` — per tag the oldest bucket ever written (where a query from the start begins).
 * ``snapshots`` — partition ``persistence_id``, clustering ``sequence_nr DESC``.
+* ``retention_progress`` — the retention cleaner's progress (its CQL:
+  ``raysource.journal.cassandra.retention_statements``).
 * ``projection_offsets``, ``projection_parked`` — the read side's offsets and parked aggregate
   streams (their CQL: ``raysource.journal.cassandra.readside_statements``).
 * ``subject_keys``, ``subject_forget_signals`` — the keys of personal data per data subject
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.keystore_statements import keystore_schema
 from raysource.journal.cassandra.readside_statements import readside_schema
+from raysource.journal.cassandra.retention_statements import retention_schema
 from raysource.journal.cassandra.timer_statements import timer_schema
 
 if TYPE_CHECKING:
@@ -133,6 +136,7 @@ def schema_statements(config: CassandraConfig, *, keyspace: bool = True) -> list
     stmts += readside_schema(ks)
     stmts += timer_schema(ks)
     stmts += keystore_schema(ks)
+    stmts += retention_schema(ks)
     return stmts
 
 
