@@ -335,6 +335,21 @@ class CassandraJournal(Journal):
         if claim is not None and self._newest.get(persistence_id) is claim:
             del self._newest[persistence_id]
 
+    async def confirm_activation(self, persistence_id: str, writer_id: str) -> bool | None:
+        """Epoch guard: a fence read (sent after this call) names this activation's epoch and
+        owner. False (and the epoch ends) if it names a newer one or the claim is not held
+        here; ``JournalOutcomeUnknownError`` if the fence cannot be read. Other guards: None."""
+        if self.guard != "epoch":
+            return None
+        claim = self._claims.get((persistence_id, writer_id))
+        if claim is None or claim.ended:
+            return False
+        got = await self.epochs._fence_retrying(persistence_id, shared=True)
+        if got != (claim.epoch, claim.owner):
+            self._end(claim)
+            return False
+        return True
+
     def _keep(self, claim: Claim) -> None:
         if len(self._claims) > 100_000:  # lost claims of writers that never ended
             self._claims, self._newest = {}, {}
