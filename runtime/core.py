@@ -353,6 +353,7 @@ class EntityCore(TimerSteps):
             self._ready.set_exception(exc)
             self._ready.exception()  # mark retrieved: start() may never be awaited
             self._fail_stop(exc)
+            await self._end_activation()  # release the claim: this process reads on
             return
         self._ready.set_result(None)
         while True:

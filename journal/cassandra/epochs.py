@@ -125,6 +125,8 @@ class Claim:
     view: View | None = None
     #: the last number whose write passed its fence read (valid for good)
     acked_seq: int = 0
+    #: made by ``begin_activation`` (held until ``end_activation``), not lazily by an append
+    activation: bool = False
 
     def own_view(self) -> View:
         """The valid log as this live activation knows it for good: the confirmed chain and

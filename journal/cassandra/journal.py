@@ -146,6 +146,7 @@ _MAX_SEQ = 2**63 - 1
 _BUCKET_US = 3600 * 1_000_000
 _TAG_ATTEMPTS = 3
 _TAG_BATCH = 100  # tag rows per single-partition batch
+_MAX_LAZY_CLAIMS = 100_000  # claims held before ended and lazy ones are forgotten
 
 
 def to_us(ts: datetime) -> int:
@@ -326,6 +327,7 @@ class CassandraJournal(Journal):
             return
         await self._prepare()
         claim = await self.epochs.claim(persistence_id, writer_id)
+        claim.activation = True  # held until end_activation, never evicted
         self._keep(claim)
 
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
@@ -351,12 +353,25 @@ class CassandraJournal(Journal):
         return True
 
     def _keep(self, claim: Claim) -> None:
-        if len(self._claims) > 100_000:  # lost claims of writers that never ended
-            self._claims, self._newest = {}, {}
+        if len(self._claims) > _MAX_LAZY_CLAIMS:
+            self._evict()
         self._claims[(claim.persistence_id, claim.writer_id)] = claim
         newest = self._newest.get(claim.persistence_id)
         if newest is None or claim.epoch > newest.epoch:
             self._newest[claim.persistence_id] = claim
+
+    def _evict(self) -> None:
+        """Forget ended claims and lazy ones (appends without ``begin_activation``, whose
+        writers never say they ended): a lazy writer claims again at its next append, after
+        the same checks. A live activation's claim is never dropped: losing it would let
+        that activation, superseded elsewhere, claim again lazily and acknowledge after the
+        newer activation recovered without its event (and its reads would stop following
+        its own view); activations release theirs in ``end_activation``."""
+        for key, c in list(self._claims.items()):
+            if c.ended or not c.activation:
+                del self._claims[key]
+                if self._newest.get(c.persistence_id) is c:
+                    del self._newest[c.persistence_id]
 
     async def _hook(self, step: str, **info: Any) -> None:
         if self.hook is not None:
