@@ -393,13 +393,21 @@ class CassandraJournal(Journal):
                 f"{pid}: writer {writer!r}'s epoch {claim.epoch} ended; nothing more is written"
             )
         if claim is None:
-            view = await self.epochs.view(pid, stable=True)
-            if first <= view.h and await self._stored_exactly(events, view):
+            try:
+                view: View | None = await self.epochs.view(pid, stable=True, wait=False)
+            except JournalUnavailableError:
+                # A newer epoch holds the fence without its record (recovering, or its
+                # record write failed): no stable view to check against; the claim below
+                # reads the chain, writes this writer's record (repairing the chain) and
+                # checks ``first`` against it.
+                view = None
+            if view is not None and first <= view.h and await self._stored_exactly(events, view):
                 # the same append delivered twice, valid in a stable view: its follow-up
                 # writes (tags, hint) may be what failed the first time, so they go again
                 await self._follow_ups(events, self._pn(first))
                 return
-            check_next(pid, view.h, first)
+            if view is not None:
+                check_next(pid, view.h, first)
             claim = await self.epochs.claim(pid, writer, expect_next=first)
             self._keep(claim)
         if first != claim.next_seq:
