@@ -9,7 +9,8 @@ later client timestamp) after a newer activation acknowledged the same number.
 
 :class:`Writer` is one activation (claim, recovery read, appends) recording into a
 :class:`~raysource.testing.fence_history.FenceHistory`; the ``schedule_*`` functions play the
-schedules S1, S2, S3, S5 and S8 and return the history, whose ``problems()`` must be empty.
+schedules S1, S2, S3, S5 and S8 and return the history, whose ``problems()`` must be empty
+(S4, S6, S7, S9, S10 and S11: :mod:`raysource.testing.fence_schedules`).
 ``make_journal()`` gives each writer its own journal (as on its own host).
 """
 
