@@ -478,7 +478,7 @@ class EntityCore(TimerSteps):
         if flush.events and not await self._write(flush):
             return
         self._state, self._seq = state, seq
-        # fires answered without a write: current (True), stale (False: stop), unsure (None)
+        # fires answered without a write: this activation is current (True) or not (stop)
         fires_ok = await self._check_unwritten_fires(flush)
         forgot = False  # a fire that wrote nothing: only a snapshot can record it
         for fire in flush.silent_fires if fires_ok else ():
@@ -488,7 +488,7 @@ class EntityCore(TimerSteps):
                 self.keys.applied(first)
             elif isinstance(o.error, CommandRejected):
                 self.keys.rejected(key, o.error)
-        ahead = fires_ok is False
+        ahead = not fires_ok
         if forgot:  # before the answer: the service deletes the row once answered
             await self._save_snapshot()
         for o in flush.outcomes:

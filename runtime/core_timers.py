@@ -58,7 +58,7 @@ class TimerSteps:
         def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]: ...
         def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError: ...
 
-    async def _check_unwritten_fires(self, flush: Any) -> bool | None:
+    async def _check_unwritten_fires(self, flush: Any) -> bool:
         """Decide the fires of ``flush`` answered without a write of theirs (stale, beyond
         this activation, undecodable, or consumed without events): the pump deletes their
         rows once answered, so they are answered only if this activation is still the
@@ -66,8 +66,9 @@ class TimerSteps:
         with a read sent after the fires arrived, so every event a newer activation wrote
         would have fenced it); those beyond it are stale after all. False: a newer
         activation claimed (or this one's claim is gone): none of them is answered (their
-        rows stay and fire again, on the live activation), and the caller stops. None: the
-        check failed; none of them is answered, the activation goes on.
+        rows stay and fire again, on the live activation), and the caller stops; also when
+        the fence cannot be read (as an append whose fence read keeps failing ends its
+        epoch: the next activation recovers and the fires go there).
 
         A journal without a per-activation fence (``confirm_activation`` None) keeps the
         older rule: fires beyond this activation ask ``highest_sequence_nr``."""
@@ -87,7 +88,7 @@ class TimerSteps:
                 exc,
                 extra=self.log_context(),
             )
-            err, current = exc, None
+            err, current = exc, False
         else:
             if current is None:  # no per-activation fence: the older rule
                 return await self._behind_without_fence(flush)
@@ -98,9 +99,9 @@ class TimerSteps:
             return True
         for o in fires:
             o.value, o.error = None, err
-        return None if current is None else False
+        return False
 
-    async def _behind_without_fence(self, flush: Any) -> bool | None:
+    async def _behind_without_fence(self, flush: Any) -> bool:
         """A journal without a per-activation fence: stale and silent fires are answered;
         fires beyond this activation ask ``highest_sequence_nr`` (ahead: False, stop)."""
         self.stats.stale_fires += flush.stale_fires

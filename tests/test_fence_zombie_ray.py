@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import ray
@@ -182,9 +183,13 @@ def _zombie_run(cfg: CassandraConfig, ns: str, worker, guard: str) -> dict:
     try:
         ids = [f"z{guard}{i}" for i in range(ENTITIES)]
         warm = History()
-        for eid in ids:  # warm up: every host is up and every ledger recovered
+
+        def first(eid: str) -> None:  # warm up: every host is up and every ledger recovered
             reply = system.entity(LEDGER_NO_KEYS, eid).ask(Append(f"warm-{eid}", 1), timeout=120)
             warm.record(f"warm-{eid}", "ok", reply)
+
+        with ThreadPoolExecutor(len(ids)) as pool:  # the hosts start side by side
+            list(pool.map(first, ids))
         homes = {
             eid: ray.get(
                 system.coordinator.home.remote("ledger", shard_of(eid, LEDGER.number_of_shards))
@@ -195,7 +200,9 @@ def _zombie_run(cfg: CassandraConfig, ns: str, worker, guard: str) -> dict:
         victims = [e for e in ids if homes[e] == worker.node_id]
         assert victims and len(victims) < len(ids), homes
         raylet = worker.all_processes["raylet"][0].process.pid
-        with Callers(system, ids, warm) as callers:
+        # the ledgers of the node to freeze get three times the traffic: the frozen hosts
+        # hold commands (a zombie with nothing to write would test nothing)
+        with Callers(system, ids + victims * 2, warm) as callers:
             time.sleep(1.5)
             hosts = _descendants(raylet)
             _signal([raylet], signal.SIGSTOP)

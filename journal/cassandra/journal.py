@@ -194,6 +194,7 @@ class CassandraJournal(Journal):
         self.epochs = EpochGuard(self)
         self._claims: dict[tuple[str, str], Claim] = {}  # (pid, writer id) -> live claim
         self._newest: dict[str, Claim] = {}  # pid -> the newest claim made in this process
+        self._evict_at = _MAX_LAZY_CLAIMS  # claims held before ended and lazy ones go
         #: test hook: ``await hook(step, **info)`` at the epoch protocol's named steps
         #: (``raysource.testing.fence_faults``); None in production
         self.hook: Any = None
@@ -353,8 +354,11 @@ class CassandraJournal(Journal):
         return True
 
     def _keep(self, claim: Claim) -> None:
-        if len(self._claims) > _MAX_LAZY_CLAIMS:
+        if len(self._claims) > self._evict_at:
             self._evict()
+            # live activations are never dropped: with that many, evict again only once the
+            # claims have doubled (not at every claim)
+            self._evict_at = max(_MAX_LAZY_CLAIMS, 2 * len(self._claims))
         self._claims[(claim.persistence_id, claim.writer_id)] = claim
         newest = self._newest.get(claim.persistence_id)
         if newest is None or claim.epoch > newest.epoch:
