@@ -47,7 +47,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow, pytest.mark.timeout(300)]
 
-CALLERS = 6
+CALLERS = 12
 ENTITIES = 8
 LEDGER_NO_KEYS = dataclasses.replace(LEDGER, idempotency=IdempotencyPolicy(enabled=False))
 
