@@ -203,6 +203,15 @@ class Journal(abc.ABC):
         """The activation ended (passivated or stopped); release what it held in this
         process. Default: nothing."""
 
+    async def confirm_activation(self, persistence_id: str, writer_id: str) -> bool | None:
+        """Is ``writer_id``'s activation still the writer of ``persistence_id``, by a read
+        sent after this call? A backend that fences per activation answers True (no newer
+        activation has claimed: whatever this activation decided from its own state is
+        current) or False (a newer one claimed, or this activation's claim ended); the
+        writer must then stop. Raises a ``JournalError`` if it cannot tell. Default: None
+        (no per-activation fence)."""
+        return None
+
     async def repair_tags(self, events: Sequence[StoredEvent]) -> int:
         """Make sure these stored events (one persistence id, as read back by ``replay``) are
         in their tags' streams; returns how many tag rows were (re-)written.

@@ -144,6 +144,10 @@ class _Flush:
     silent_fires: list[TimerFire] = field(default_factory=list)
     # fires of ids beyond this activation's sequence number (it may have missed events)
     behind: list[_Outcome] = field(default_factory=list)
+    # fires answered from this activation's own view, with no write of theirs (stale,
+    # undecodable, beyond it, or consumed without events): a fence check comes first
+    unwritten_fires: list[_Outcome] = field(default_factory=list)
+    stale_fires: int = 0
 
 
 def _utcnow() -> datetime:
@@ -349,6 +353,7 @@ class EntityCore(TimerSteps):
             self._ready.set_exception(exc)
             self._ready.exception()  # mark retrieved: start() may never be awaited
             self._fail_stop(exc)
+            await self._end_activation()  # release the claim: this process reads on
             return
         self._ready.set_result(None)
         while True:
@@ -461,6 +466,7 @@ class EntityCore(TimerSteps):
                 if len(flush.events) == before:  # consumed, but nothing journals it
                     flush.timers[fire.name] = None
                     flush.silent_fires.append(fire)
+                    flush.unwritten_fires.append(outcome)
             self.stats.commands += 1
             flush.outcomes.append(outcome)
             if key is not None:
@@ -472,24 +478,22 @@ class EntityCore(TimerSteps):
         if flush.events and not await self._write(flush):
             return
         self._state, self._seq = state, seq
+        # fires answered without a write: this activation is current (True) or not (stop)
+        fires_ok = await self._check_unwritten_fires(flush)
         forgot = False  # a fire that wrote nothing: only a snapshot can record it
-        for fire in flush.silent_fires:
+        for fire in flush.silent_fires if fires_ok else ():
             forgot = self.timers.fired_without_events(fire) or forgot
         for key, (o, first) in flush.keyed.items():
             if first is not None:  # the reply is kept encoded only (decoded on a repeat)
                 self.keys.applied(first)
             elif isinstance(o.error, CommandRejected):
                 self.keys.rejected(key, o.error)
-        ahead = await self._journal_ahead() if flush.behind else False
-        if ahead is False:  # the journal has no such event: stale fires after all
-            for o in flush.behind:
-                o.error = None
-                self.stats.stale_fires += 1
+        ahead = not fires_ok
         if forgot:  # before the answer: the service deletes the row once answered
             await self._save_snapshot()
         for o in flush.outcomes:
             self._resolve(o.future, o.value, o.error)
-        for fn, new_state in flush.side_effects:
+        for fn, new_state in flush.side_effects if flush.events or not ahead else ():
             self._run_side_effect(fn, new_state)
         policy = self.aggregate_type.snapshot
         if not forgot and flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):

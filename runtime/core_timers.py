@@ -44,6 +44,7 @@ class TimerSteps:
     # the core's attributes and methods these steps use (set and defined by EntityCore)
     journal: Journal
     persistence_id: str
+    writer_id: str
     stats: CoreStats
     timers: TimerTable
     timer_store: TimerStore | None
@@ -56,6 +57,63 @@ class TimerSteps:
 
         def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]: ...
         def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError: ...
+
+    async def _check_unwritten_fires(self, flush: Any) -> bool:
+        """Decide the fires of ``flush`` answered without a write of theirs (stale, beyond
+        this activation, undecodable, or consumed without events): the pump deletes their
+        rows once answered, so they are answered only if this activation is still the
+        aggregate's writer. True: it is (a journal that fences per activation confirmed it
+        with a read sent after the fires arrived, so every event a newer activation wrote
+        would have fenced it); those beyond it are stale after all. False: a newer
+        activation claimed (or this one's claim is gone): none of them is answered (their
+        rows stay and fire again, on the live activation), and the caller stops; also when
+        the fence cannot be read (as an append whose fence read keeps failing ends its
+        epoch: the next activation recovers and the fires go there).
+
+        A journal without a per-activation fence (``confirm_activation`` None) keeps the
+        older rule: fires beyond this activation ask ``highest_sequence_nr``."""
+        fires = flush.unwritten_fires
+        if not fires:
+            return True
+        err: BaseException = AggregateStoppedError(
+            f"{self.persistence_id}: a newer activation claimed this aggregate; its timer "
+            f"fires go there (this activation {self.writer_id} stops)"
+        )
+        try:
+            current = await self.journal.confirm_activation(self.persistence_id, self.writer_id)
+        except Exception as exc:
+            log.warning(
+                "%s: cannot confirm this activation before answering timer fires: %r",
+                self.persistence_id,
+                exc,
+                extra=self.log_context(),
+            )
+            err, current = exc, False
+        else:
+            if current is None:  # no per-activation fence: the older rule
+                return await self._behind_without_fence(flush)
+        if current:
+            for o in flush.behind:  # the journal has no such event: stale after all
+                o.error = None
+            self.stats.stale_fires += flush.stale_fires + len(flush.behind)
+            return True
+        for o in fires:
+            o.value, o.error = None, err
+        return False
+
+    async def _behind_without_fence(self, flush: Any) -> bool:
+        """A journal without a per-activation fence: stale and silent fires are answered;
+        fires beyond this activation ask ``highest_sequence_nr`` (ahead: False, stop)."""
+        self.stats.stale_fires += flush.stale_fires
+        if not flush.behind:
+            return True
+        ahead = await self._journal_ahead()
+        if ahead is False:
+            for o in flush.behind:
+                o.error = None
+            self.stats.stale_fires += len(flush.behind)
+            return True
+        return False if ahead else True
 
     async def _journal_ahead(self) -> bool | None:
         """True if the journal holds events this activation never applied (another activation
@@ -144,6 +202,7 @@ class TimerSteps:
             outcome.error = self._handler_error("timer command decoding", fire, exc)
             flush.timers[fire.name] = None
             flush.silent_fires.append(fire)
+            flush.unwritten_fires.append(outcome)
             return None
         if command is None and scheduled_at(fire.timer_id) > seq:
             # scheduled by an event this activation may never have seen (another activation
@@ -155,8 +214,10 @@ class TimerSteps:
                 f"activation's #{seq} (another activation wrote); stopping"
             )
             flush.behind.append(outcome)
-        elif command is None:
-            self.stats.stale_fires += 1
+            flush.unwritten_fires.append(outcome)
+        elif command is None:  # stale: answered once the activation is confirmed
+            flush.stale_fires += 1
+            flush.unwritten_fires.append(outcome)
         return command
 
     async def _repair_timer_index(self) -> None:

@@ -602,6 +602,9 @@ class _NotifyingJournal(Journal):
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
         await self.inner.end_activation(persistence_id, writer_id)
 
+    async def confirm_activation(self, persistence_id: str, writer_id: str) -> bool | None:
+        return await self.inner.confirm_activation(persistence_id, writer_id)
+
     async def close(self) -> None:
         await self.inner.close()
 

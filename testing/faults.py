@@ -377,6 +377,9 @@ class FaultyJournal(_Controls, Journal):
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
         await self.inner.end_activation(persistence_id, writer_id)
 
+    async def confirm_activation(self, persistence_id: str, writer_id: str) -> bool | None:
+        return await self.inner.confirm_activation(persistence_id, writer_id)
+
     async def append(self, events: Sequence[StoredEvent]) -> None:
         events = list(events)
         if not events:

@@ -9,7 +9,8 @@ later client timestamp) after a newer activation acknowledged the same number.
 
 :class:`Writer` is one activation (claim, recovery read, appends) recording into a
 :class:`~raysource.testing.fence_history.FenceHistory`; the ``schedule_*`` functions play the
-schedules S1, S2, S3, S5 and S8 and return the history, whose ``problems()`` must be empty.
+schedules S1, S2, S3, S5 and S8 and return the history, whose ``problems()`` must be empty
+(S4, S6, S7, S9, S10 and S11: :mod:`raysource.testing.fence_schedules`).
 ``make_journal()`` gives each writer its own journal (as on its own host).
 """
 
@@ -77,43 +78,82 @@ class Gates:
                 return
 
 
-def _event(pid: str, seq: int, writer: str) -> StoredEvent:
+def _event(pid: str, seq: int, writer: str, tag: str | None = None) -> StoredEvent:
     return StoredEvent(
-        pid, seq, f"{writer}:{seq}".encode(), "fence.E#1", 1, datetime.now(UTC), writer
+        pid,
+        seq,
+        f"{writer}:{seq}".encode(),
+        "fence.E#1",
+        1,
+        datetime.now(UTC),
+        writer,
+        frozenset({tag}) if tag else frozenset(),
     )
 
 
 class Writer:
-    """One activation of ``pid`` named ``name`` on its own ``journal``."""
+    """One activation of ``pid`` named ``name`` on its own ``journal``.
 
-    def __init__(self, journal: Journal, pid: str, name: str, history: FenceHistory) -> None:
+    ``tag``: its events carry this tag, and its recovery re-writes the tag rows of the last
+    ``repair`` events it recovered (as the entity core repairs its newest group), after its
+    claim is confirmed — or, with ``tags_before_confirm`` (a deliberately broken build, S7),
+    before: at its record step, from the chain it read."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        pid: str,
+        name: str,
+        history: FenceHistory,
+        *,
+        tag: str | None = None,
+        repair: int = 1,
+        tags_before_confirm: bool = False,
+    ) -> None:
         self.journal, self.pid, self.name, self.history = journal, pid, name, history
+        self.tag, self.repair, self.tags_before_confirm = tag, repair, tags_before_confirm
         self.gates = Gates()
         self.next_seq = 1
+        self.epoch = 0
         self._op: AppendOp | None = None
         journal.hook = self._hook  # type: ignore[attr-defined]
 
     async def _hook(self, step: str, **info: Any) -> None:
         if step == "append.before_w1" and self._op is not None:
             self._op.sent = True  # from here on the events may reach the store
+        if step == "record.before" and self.tags_before_confirm and self.tag:
+            await self._repair_tail(info["epoch"])  # the broken order: before confirming
         await self.gates(step, **info)
+
+    async def _repair_tail(self, epoch: int) -> None:
+        j: Any = self.journal
+        view = await j.epochs.view(self.pid, below=epoch)
+        tail = [e async for n, ep, e in j._rows(self.pid, 1, view.h) if view.valid(n, ep)]
+        if tail:
+            await j.repair_tags(tail[-self.repair :])
 
     async def activate(self) -> list[tuple[int, bytes]]:
         """Claim (``begin_activation``), then read the history as a recovery does."""
         started = self.history.tick()
         await self.journal.begin_activation(self.pid, self.name)
+        claim = getattr(self.journal, "_claims", {}).get((self.pid, self.name))
+        self.epoch = claim.epoch if claim is not None else 0
         highest = await self.journal.highest_sequence_nr(self.pid)
-        log = [
-            (e.sequence_nr, bytes(e.payload))
-            async for e in self.journal.replay(self.pid, 1, highest)
-        ]
-        self.history.recovered(self.name, started, log)
+        events = [e async for e in self.journal.replay(self.pid, 1, highest)]
+        if self.tag and events and not self.tags_before_confirm:
+            await self.journal.repair_tags(events[-self.repair :])
+        log = [(e.sequence_nr, bytes(e.payload)) for e in events]
+        self.history.recovered(self.name, started, log, self.epoch)
         self.next_seq = highest + 1
         return log
 
     async def append(self, n: int = 1) -> AppendOp:
-        events = [_event(self.pid, s, self.name) for s in range(self.next_seq, self.next_seq + n)]
+        events = [
+            _event(self.pid, s, self.name, self.tag)
+            for s in range(self.next_seq, self.next_seq + n)
+        ]
         op = self.history.append_started(self.name, [(e.sequence_nr, e.payload) for e in events])
+        op.epoch = self.epoch
         self._op = op
         exc: BaseException | None = None
         try:

@@ -69,6 +69,7 @@ _STABLE_TRIES = 8
 Fence = tuple[int, "uuid.UUID | None"]
 _CLAIM_ATTEMPTS = 40
 _FENCE_READ_ATTEMPTS = 3
+_RECORD_ATTEMPTS = 3
 _FENCE_BATCH = 64  # aggregates per shared fence read
 
 
@@ -125,6 +126,8 @@ class Claim:
     view: View | None = None
     #: the last number whose write passed its fence read (valid for good)
     acked_seq: int = 0
+    #: made by ``begin_activation`` (held until ``end_activation``), not lazily by an append
+    activation: bool = False
 
     def own_view(self) -> View:
         """The valid log as this live activation knows it for good: the confirmed chain and
@@ -233,7 +236,13 @@ class EpochGuard:
         return int(row[0]), tuple((int(e), int(s)) for e, s in row[2])
 
     async def view(
-        self, pid: str, below: int | None = None, *, bounded: bool = True, stable: bool = False
+        self,
+        pid: str,
+        below: int | None = None,
+        *,
+        bounded: bool = True,
+        stable: bool = False,
+        wait: bool = True,
     ) -> View:
         """The valid log's chain and end (see the module docstring). Without epoch records
         every row is valid; then ``h`` is the largest number, or, unless ``bounded``, -1
@@ -246,7 +255,8 @@ class EpochGuard:
         newer activation's chain, second hostile review) or a newer activation is recovering:
         the view is read again until its record is there (a few seconds, the time of a
         recovery); if it is still missing, ``JournalUnavailableError`` (nothing returned that
-        might not stay valid; the next activation of the aggregate writes the record)."""
+        might not stay valid; the next activation of the aggregate writes the record).
+        ``wait=False``: fail at once instead of reading again."""
         attempt = 0
         while True:
             head, chain = await self.head(pid, below)
@@ -260,7 +270,7 @@ class EpochGuard:
             fenced, _owner = await self.fence(pid)
             if fenced == head:
                 return View(chain, h, head)
-            if attempt >= _STABLE_TRIES:
+            if attempt >= _STABLE_TRIES or not wait:
                 raise JournalUnavailableError(
                     f"{pid}: epoch {fenced} holds the fence but its record is not written "
                     f"(newest record: epoch {head}): a newer activation is recovering, or "
@@ -323,9 +333,7 @@ class EpochGuard:
         # newest record, and stable readers would stop before the open segment until the next
         # activation. The refused epoch's segment stays empty.
         try:
-            await self.j.session.execute(
-                self.j._ps["record"], (pid, epoch, start, chain, owner, writer_id)
-            )
+            await self._write_record(pid, epoch, start, chain, owner, writer_id)
         except JournalError as exc:
             raise JournalUnavailableError(
                 f"{pid}: the record of epoch {epoch} was not confirmed; the activation does "
@@ -352,6 +360,30 @@ class EpochGuard:
             view=View(tuple(chain), start - 1, epoch),
             acked_seq=start - 1,
         )
+
+    async def _write_record(
+        self,
+        pid: str,
+        epoch: int,
+        start: int,
+        chain: list[tuple[int, int]],
+        owner: uuid.UUID,
+        writer_id: str,
+    ) -> None:
+        """The epoch record, sent up to ``_RECORD_ATTEMPTS`` times (the same row each time: a
+        re-send is harmless). A claim whose record is never written leaves the fence ahead of
+        the newest record: stable readers then fail until the next activation writes its
+        own record (its claim reads the chain below it, without waiting for the fence)."""
+        for attempt in range(_RECORD_ATTEMPTS):
+            try:
+                await self.j.session.execute(
+                    self.j._ps["record"], (pid, epoch, start, chain, owner, writer_id)
+                )
+                return
+            except JournalError:
+                if attempt + 1 == _RECORD_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
 
     async def _cas(self, pid: str, owner: uuid.UUID) -> int:
         s, ps = self.j.session, self.j._ps

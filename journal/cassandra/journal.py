@@ -146,6 +146,7 @@ _MAX_SEQ = 2**63 - 1
 _BUCKET_US = 3600 * 1_000_000
 _TAG_ATTEMPTS = 3
 _TAG_BATCH = 100  # tag rows per single-partition batch
+_MAX_LAZY_CLAIMS = 100_000  # claims held before ended and lazy ones are forgotten
 
 
 def to_us(ts: datetime) -> int:
@@ -193,6 +194,7 @@ class CassandraJournal(Journal):
         self.epochs = EpochGuard(self)
         self._claims: dict[tuple[str, str], Claim] = {}  # (pid, writer id) -> live claim
         self._newest: dict[str, Claim] = {}  # pid -> the newest claim made in this process
+        self._evict_at = _MAX_LAZY_CLAIMS  # claims held before ended and lazy ones go
         #: test hook: ``await hook(step, **info)`` at the epoch protocol's named steps
         #: (``raysource.testing.fence_faults``); None in production
         self.hook: Any = None
@@ -326,6 +328,7 @@ class CassandraJournal(Journal):
             return
         await self._prepare()
         claim = await self.epochs.claim(persistence_id, writer_id)
+        claim.activation = True  # held until end_activation, never evicted
         self._keep(claim)
 
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
@@ -335,13 +338,44 @@ class CassandraJournal(Journal):
         if claim is not None and self._newest.get(persistence_id) is claim:
             del self._newest[persistence_id]
 
+    async def confirm_activation(self, persistence_id: str, writer_id: str) -> bool | None:
+        """Epoch guard: a fence read (sent after this call) names this activation's epoch and
+        owner. False (and the epoch ends) if it names a newer one or the claim is not held
+        here; ``JournalOutcomeUnknownError`` if the fence cannot be read. Other guards: None."""
+        if self.guard != "epoch":
+            return None
+        claim = self._claims.get((persistence_id, writer_id))
+        if claim is None or claim.ended:
+            return False
+        got = await self.epochs._fence_retrying(persistence_id, shared=True)
+        if got != (claim.epoch, claim.owner):
+            self._end(claim)
+            return False
+        return True
+
     def _keep(self, claim: Claim) -> None:
-        if len(self._claims) > 100_000:  # lost claims of writers that never ended
-            self._claims, self._newest = {}, {}
+        if len(self._claims) > self._evict_at:
+            self._evict()
+            # live activations are never dropped: with that many, evict again only once the
+            # claims have doubled (not at every claim)
+            self._evict_at = max(_MAX_LAZY_CLAIMS, 2 * len(self._claims))
         self._claims[(claim.persistence_id, claim.writer_id)] = claim
         newest = self._newest.get(claim.persistence_id)
         if newest is None or claim.epoch > newest.epoch:
             self._newest[claim.persistence_id] = claim
+
+    def _evict(self) -> None:
+        """Forget ended claims and lazy ones (appends without ``begin_activation``, whose
+        writers never say they ended): a lazy writer claims again at its next append, after
+        the same checks. A live activation's claim is never dropped: losing it would let
+        that activation, superseded elsewhere, claim again lazily and acknowledge after the
+        newer activation recovered without its event (and its reads would stop following
+        its own view); activations release theirs in ``end_activation``."""
+        for key, c in list(self._claims.items()):
+            if c.ended or not c.activation:
+                del self._claims[key]
+                if self._newest.get(c.persistence_id) is c:
+                    del self._newest[c.persistence_id]
 
     async def _hook(self, step: str, **info: Any) -> None:
         if self.hook is not None:
@@ -363,13 +397,21 @@ class CassandraJournal(Journal):
                 f"{pid}: writer {writer!r}'s epoch {claim.epoch} ended; nothing more is written"
             )
         if claim is None:
-            view = await self.epochs.view(pid, stable=True)
-            if first <= view.h and await self._stored_exactly(events, view):
+            try:
+                view: View | None = await self.epochs.view(pid, stable=True, wait=False)
+            except JournalUnavailableError:
+                # A newer epoch holds the fence without its record (recovering, or its
+                # record write failed): no stable view to check against; the claim below
+                # reads the chain, writes this writer's record (repairing the chain) and
+                # checks ``first`` against it.
+                view = None
+            if view is not None and first <= view.h and await self._stored_exactly(events, view):
                 # the same append delivered twice, valid in a stable view: its follow-up
                 # writes (tags, hint) may be what failed the first time, so they go again
                 await self._follow_ups(events, self._pn(first))
                 return
-            check_next(pid, view.h, first)
+            if view is not None:
+                check_next(pid, view.h, first)
             claim = await self.epochs.claim(pid, writer, expect_next=first)
             self._keep(claim)
         if first != claim.next_seq:
