@@ -187,7 +187,12 @@ class Load:
                 await self._one(ref)
             return
         ids = [f"p-{uuid.uuid4().hex[:6]}-{i}" for i in range(self.entities)]
-        await asyncio.gather(*(self._one(self.system.entity(self.type, e)) for e in ids))
+        first = [self.system.entity(self.type, e) for e in ids]
+        await asyncio.gather(*(self._one(r) for r in first))
+        self.hosts = {}
+        for r in first:  # every host actor (for its journal-request counters)
+            h = await asyncio.to_thread(lambda r=r: r.actor)
+            self.hosts[h._actor_id.hex()] = h
         self.ready_at = time.monotonic()
         while not self.go:  # the driver measures the idle tree meanwhile
             await asyncio.sleep(0.05)
@@ -299,6 +304,16 @@ def _mean_write_ms(before: dict, after: dict) -> float | None:
     return None
 
 
+def _shared_writes(hosts: list) -> tuple[int, int]:
+    """(event-batch requests, appends carried) summed over the host actors (epoch guard)."""
+    requests = parts = 0
+    for info in ray.get([h.info.remote() for h in hosts]):
+        shared = info.get("shared_writes") or {}
+        requests += shared.get("requests", 0)
+        parts += shared.get("parts", 0)
+    return requests, parts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", default="127.0.0.1:9042")
@@ -306,6 +321,12 @@ def main() -> None:
     ap.add_argument("--workload", choices=("w2", "w4", "w4-decompose"), default="w4")
     ap.add_argument("--samples", type=int, default=300, help="w4-decompose: calls per step")
     ap.add_argument("--guard", choices=("on", "off"), default="on")
+    ap.add_argument(
+        "--shared-write-partitions",
+        type=int,
+        default=None,
+        help="CassandraConfig.shared_write_partitions (1: one event-batch request per append)",
+    )
     ap.add_argument("--placement", choices=("hosted", "dedicated"), default="hosted")
     ap.add_argument("--entities", type=int, default=1000)
     ap.add_argument("--callers", type=int, default=50)
@@ -334,6 +355,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=a.guard == "on")
+    if a.shared_write_partitions is not None:
+        config = config.with_(shared_write_partitions=a.shared_write_partitions)
     side.init_ray(f"peerprof-{uuid.uuid4().hex[:6]}")
     if a.workload == "w4-decompose":
         summary = {
@@ -397,11 +420,14 @@ def main() -> None:
         )
         for name, pid in targets.items()
     }
+    hosts = list(getattr(load, "hosts", {}).values())
+    w0 = _shared_writes(hosts)
     cpu0 = {p: cpu_seconds(p) for p in roles}
     n0, t0 = load.answered, time.monotonic()
     time.sleep(a.seconds)
     n1, t1 = load.answered, time.monotonic()
     cpu1 = {p: cpu_seconds(p) for p in roles}
+    w1 = _shared_writes(hosts)
     for s in spies.values():
         s.wait(timeout=60)
     memory = side.tree_rss()  # every aggregate active, right after the window (like W2's row)
@@ -437,6 +463,9 @@ def main() -> None:
         "commands_per_s": commands / (t1 - t0),
         "errors": load.errors,
         "window_s": t1 - t0,
+        # the epoch guard's event-batch requests (host-wide: many aggregates per request)
+        "event_batch_requests_per_command": (w1[0] - w0[0]) / max(1, n1 - n0),
+        "appends_per_event_batch_request": (w1[1] - w0[1]) / max(1, w1[0] - w0[0]),
         "loadavg": os.getloadavg(),
         "cpu_ms_per_command": {
             r: round(1000 * s / max(1, commands), 3) for r, s in per_role.most_common()

@@ -25,7 +25,11 @@ Protocol (the design and its proof sketch: ``design/fencing.md``, design B):
   sees the record (its read comes after the record was acknowledged), so the chain up to E is
   permanent. Only now may the activation repair tags and serve commands.
 * **Append** (events n..m): a plain single-partition batch at the write consistency (the rows
-  carry epoch E: re-sending identical rows is harmless, and no stale row can replace them),
+  carry epoch E: re-sending identical rows is harmless, and no stale row can replace them) —
+  sent, with the batches of the host's other aggregates asked for in the same loop tick, as
+  one unlogged request whose per-partition parts each stay atomic
+  (``raysource.journal.cassandra.shared_writes``; its failure is an unconfirmed batch for
+  every aggregate in it),
   then a fence read (at the read consistency) that returns ``(E, owner)``; only then the tag
   rows, then the acknowledgement. A fence read is sent after the caller's batch was
   acknowledged; the reads of one event-loop tick of a host go out as one request for all its

@@ -129,6 +129,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.driver_errors import consistency
 from raysource.journal.cassandra.epochs import Claim, EpochGuard, View, check_next
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.journal.cassandra.shared_writes import SharedWrites
 from raysource.journal.cassandra.statements import journal_statements
 from raysource.journal.errors import (
     ConcurrentWriteError,
@@ -208,6 +209,8 @@ class CassandraJournal(Journal):
         self._tag_first: dict[str, int] = {}  # tag -> first bucket known to be recorded
         self._closed = False
         self.write_count = 0
+        #: the epoch path's host-wide W1 requests (made at the first append)
+        self.shared: SharedWrites | None = None
 
     @classmethod
     async def connect(
@@ -392,22 +395,18 @@ class CassandraJournal(Journal):
             check_next(pid, claim.next_seq - 1, first)
         pnr = self._pn(first)
         epoch = claim.epoch
-        batch = BatchStatement(
-            BatchType.UNLOGGED, consistency_level=consistency(self.config.write_consistency)
-        )
-        batch.is_idempotent = True  # the same rows again: harmless
         key_epoch = 0 if self.unsound_design_a else epoch
-        for e in events:
-            batch.add(self._ps["insert"], _row(e, pnr, key_epoch, epoch))
-        await self._hook(
-            "append.before_w1", pid=pid, epoch=epoch, first=first, last=last, batch=batch
-        )
+        rows = [_row(e, pnr, key_epoch, epoch) for e in events]
+        await self._hook("append.before_w1", pid=pid, epoch=epoch, first=first, last=last)
         try:
-            await self.session.execute_batch(batch, profile=RAW_PROFILE)
+            # with the W1 parts of the host's other aggregates asked for in this loop step:
+            # one request (raysource.journal.cassandra.shared_writes)
+            await self._shared_writes().write(rows)
         except JournalError as exc:
             # Any failure: the batch may have reached a coordinator (a connection reset after
             # the send surfaces as "no host available" too), so it is unknown, never "not
             # applied"; the epoch ends (its numbers can never be reused with other content).
+            # A shared request's failure is this for every aggregate it carried.
             self._end(claim)
             raise WriterFencedError(
                 f"{pid} #{first}..#{last}: the write was not confirmed; epoch {epoch} ends: {exc}"
@@ -458,6 +457,18 @@ class CassandraJournal(Journal):
 
     def _end(self, claim: Claim) -> None:
         claim.ended = True
+
+    def _shared_writes(self) -> SharedWrites:
+        if self.shared is None:
+            c = self.config
+            self.shared = SharedWrites(
+                self.session,
+                self._ps["insert"],
+                c.write_consistency,
+                max_parts=c.shared_write_partitions,
+                max_bytes=c.shared_write_bytes,
+            )
+        return self.shared
 
     async def _stored_exactly(
         self, events: list[StoredEvent], view: View | None, claim: Claim | None = None
