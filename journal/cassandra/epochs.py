@@ -55,6 +55,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from raysource.journal.cassandra.session import RAW_PROFILE
 from raysource.journal.errors import (
     ConcurrentWriteError,
     InvalidAppendError,
@@ -207,7 +208,8 @@ class EpochGuard:
     async def fence(self, pid: str, *, serial: bool = False) -> Fence:
         """The fence row (epoch 0 if none), at the read or the serial consistency."""
         name = "fence_get_serial" if serial else "fence_get"
-        row = await self.j.session.select_one(self.j._ps[name], (pid,))
+        # plain tuple rows: named rows build a namedtuple class per response
+        row = await self.j.session.select_one(self.j._ps[name], (pid,), profile=RAW_PROFILE)
         if row is None or row[0] is None:
             return 0, None
         owner: uuid.UUID | None = row[1]
@@ -221,7 +223,7 @@ class EpochGuard:
     async def _fence_many(self, pids: list[str]) -> dict[str, Fence]:
         if len(pids) == 1:
             return {pids[0]: await self.fence(pids[0])}
-        rows = await self.j.session.execute(self.j._ps["fence_many"], (pids,))
+        rows = await self.j.session.execute(self.j._ps["fence_many"], (pids,), profile=RAW_PROFILE)
         return {row[0]: (int(row[1]), row[2]) for row in rows if row[1] is not None}
 
     async def head(

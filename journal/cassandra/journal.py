@@ -149,10 +149,20 @@ _TAG_ATTEMPTS = 3
 _TAG_BATCH = 100  # tag rows per single-partition batch
 
 
+_LAST_US: tuple[datetime | None, int] = (None, 0)
+
+
 def to_us(ts: datetime) -> int:
+    global _LAST_US
+    last, us = _LAST_US
+    if ts is last:  # the events of one flush share their timestamp object
+        return us
     if ts.tzinfo is None:  # naive timestamps are taken as UTC
-        ts = ts.replace(tzinfo=UTC)
-    return (ts - _EPOCH) // timedelta(microseconds=1)
+        us = (ts.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+    else:
+        us = (ts - _EPOCH) // timedelta(microseconds=1)
+    _LAST_US = (ts, us)
+    return us
 
 
 def from_us(us: int | None) -> datetime:
