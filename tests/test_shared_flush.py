@@ -27,7 +27,7 @@ from raysource.journal.api import StoredEvent
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.session import CassandraSession
-from raysource.journal.errors import JournalError, WriterFencedError
+from raysource.journal.errors import ConfigError, JournalError, WriterFencedError
 from raysource.runtime.core import EntityCore
 from raysource.runtime.host import AggregateHost
 from raysource.runtime.stores import StoreSpec, serialization_for
@@ -246,3 +246,38 @@ async def test_runtime_callers_of_a_failed_shared_flush(session):
         tags=False,
     )
     assert_no_violations(violations)
+
+
+# ---------------------------------------------------------------- limits (no Cassandra)
+
+
+def _rows(pid: str, pnr: int, size: int = 10) -> list[tuple]:
+    return [(pid, pnr, 1, 1, 1, 0, "w", 1, "m", b"x" * size, None, None)]
+
+
+async def test_shared_requests_respect_the_partition_and_size_limits():
+    from raysource.journal.cassandra.shared_writes import SharedWrites
+
+    sw = SharedWrites(None, None, "ONE", max_parts=10, max_bytes=4096)
+    chunks: list[list] = []
+
+    def send(chunk: list) -> None:  # the chunking alone: every part answered at once
+        chunks.append(chunk)
+        for part in chunk:
+            part.future.set_result(None)
+
+    sw._send = send  # type: ignore[method-assign]
+    parts = [_rows("p0", 0)] + [_rows(f"p{i}", 0) for i in range(23)]  # p0 twice: one key
+    await asyncio.gather(*(sw.write(p) for p in parts))
+    keys = [{(p.rows[0][0], p.rows[0][1]) for p in c} for c in chunks]
+    assert [len(k) for k in keys] == [10, 10, 3] and [len(c) for c in chunks] == [11, 10, 3]
+    chunks.clear()
+    big = [_rows(f"b{i}", 0, size=3000) for i in range(3)]
+    await asyncio.gather(*(sw.write(p) for p in big))
+    assert [len(c) for c in chunks] == [1, 1, 1]  # over max_bytes together: one each
+
+
+def test_shared_write_limits_are_checked():
+    for bad in (dict(shared_write_partitions=0), dict(shared_write_bytes=0)):
+        with pytest.raises(ConfigError, match="must be an int >= 1"):
+            CassandraConfig(**bad)

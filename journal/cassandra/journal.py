@@ -12,7 +12,9 @@ batches, no guard. The per-append and unguarded modes write epoch 0.
 
 Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by
 ``(persistence_id, partition_nr)`` and clustered by ``(sequence_nr, epoch)``. Every statement is
-prepared; every append is **one single-partition batch**, so an atomic group is all-or-nothing.
+prepared; every append is **one single-partition batch**, so an atomic group is all-or-nothing
+(under the epoch guard, the batches of a host's aggregates that flush in the same event-loop
+step travel as the per-partition parts of one unlogged request: ``shared_writes``).
 
 Partition placement and the fencing guard
 -----------------------------------------
