@@ -182,6 +182,12 @@ async def test_per_append_guard_never_shares_a_request(session):
     pids = [f"pa-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
     await asyncio.gather(*(j.append([_event(p, 1, "w")]) for p in pids))
     assert j.shared is None and j.write_count == 3
+    # guard off: plain rows, shared like the epoch path's
+    off = CassandraJournal(session, replace(session.config, guard="off"))
+    await asyncio.gather(*(off.append([_event(p, 2, "w")]) for p in pids))
+    assert off.shared is not None and off.shared.stats.shared_requests == 1
+    for p in pids:
+        assert [e.sequence_nr async for e in off.replay(p)] == [1, 2]
 
 
 # ---------------------------------------------------------------- through the runtime

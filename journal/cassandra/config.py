@@ -202,11 +202,12 @@ class CassandraConfig:
       half of it).
     * ``max_payload_bytes``: the serializer's limit (passed on by the runtime), default 1 MB.
     * ``shared_write_partitions`` (default 10) and ``shared_write_bytes`` (default 4096): the
-      epoch guard sends the event batches of many aggregates, asked for in one event-loop step
-      of a host, as one unlogged batch of at most this many partitions and about this many
-      bytes of row data (``raysource.journal.cassandra.shared_writes``). Cassandra warns about
-      unlogged batches over ``unlogged_batch_across_partitions_warn_threshold`` (default 10)
-      partitions or ``batch_size_warn_threshold`` (default 5 KiB); raise these with those.
+      epoch guard (and guard "off") sends the event batches of many aggregates, asked for in
+      one event-loop step of a host, as one unlogged batch of at most this many partitions
+      and about this many bytes of row data (``raysource.journal.cassandra.shared_writes``).
+      Cassandra warns about unlogged batches over
+      ``unlogged_batch_across_partitions_warn_threshold`` (default 10) partitions or
+      ``batch_size_warn_threshold`` (default 5 KiB); raise these with those.
       ``shared_write_partitions=1``: one request per append.
     """
 

@@ -8,7 +8,8 @@ Guards (``CassandraConfig.guard``): **"epoch"** (default) — one conditional cl
 activation, plain appends, a fence read before each acknowledgement, readers that follow the
 chain of epoch records; its protocol and proof sketch are in ``raysource.journal.cassandra.epochs``.
 **"per-append"** — every append a conditional batch (described below). **"off"** — plain
-batches, no guard. The per-append and unguarded modes write epoch 0.
+batches, no guard (sent like the epoch path's, several aggregates per request:
+``shared_writes``). The per-append and unguarded modes write epoch 0.
 
 Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by
 ``(persistence_id, partition_nr)`` and clustered by ``(sequence_nr, epoch)``. Every statement is
@@ -290,27 +291,25 @@ class CassandraJournal(Journal):
         pid, first = events[0].persistence_id, events[0].sequence_nr
         pnr = self._pn(first)
         c = self.config
-        if self.fencing and pnr > 0:
+        if not self.fencing:  # guard off: plain rows, sent with the host's other appends
+            await self._shared_writes().write([_row(e, pnr, 0, 0) for e in events])
+            self.write_count += 1
+            await self._follow_ups(events, pnr)
+            return
+        if pnr > 0:
             try:
                 await self._check_previous_partition(pid, pnr, first)
             except JournalOutcomeUnknownError as exc:  # a read, before anything was sent
                 raise JournalUnavailableError(
                     f"{pid} #{first}: nothing was written (the check before it failed: {exc})"
                 ) from exc
-        if self.fencing:
-            batch = BatchStatement(
-                BatchType.LOGGED,
-                consistency_level=consistency(c.write_consistency),
-                serial_consistency_level=consistency(c.serial_consistency),
-            )
-            stmt = ps["insert_if"]
-        else:
-            batch = BatchStatement(
-                BatchType.UNLOGGED, consistency_level=consistency(c.write_consistency)
-            )
-            stmt = ps["insert"]
+        batch = BatchStatement(
+            BatchType.LOGGED,
+            consistency_level=consistency(c.write_consistency),
+            serial_consistency_level=consistency(c.serial_consistency),
+        )
         for e in events:
-            batch.add(stmt, _row(e, pnr, 0, 0))
+            batch.add(ps["insert_if"], _row(e, pnr, 0, 0))
         # Plain tuple rows: the driver's named rows build a namedtuple class per result
         # (~10% of a host actor's CPU at one command per write, measured by
         # benchmarks/peer/profile.py). Only ``[applied]`` (column 0) is read here; a refused
@@ -318,11 +317,9 @@ class CassandraJournal(Journal):
         try:
             rows = await self.session.execute_batch(batch, profile=RAW_PROFILE)
         except JournalOutcomeUnknownError as exc:
-            if not self.fencing:
-                raise
             await self._settle(events, pnr, exc)  # returns only if the group is stored
         else:
-            if self.fencing and rows and not rows[0][0]:
+            if rows and not rows[0][0]:
                 # Refused: a number is taken. If the rows holding them are this group (same
                 # writer, numbers and payloads), an earlier execution of the same statement
                 # applied it (a re-send after a lost response, a coordinator's Paxos retry):
