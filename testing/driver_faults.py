@@ -18,7 +18,10 @@ from 1 while installed:
 
 A fault aims at ``target`` "conditional" (default: the per-append guard's conditional batches)
 or "shared" (the epoch guard's host-wide batches carrying the event rows of several aggregates,
-``raysource.journal.cassandra.shared_writes.SharedBatch``), counted per target.
+``raysource.journal.cassandra.shared_writes.SharedBatch``), counted per target. A shared
+request has no deciding serial re-read: a ``late`` one without ``land_s`` lands at the next
+serial read of anyone, else at :meth:`DriverFaults.wait_landed`; ``fired_parts`` lists how
+many aggregates each fired shared request carried.
 
 Each fired fault is in :attr:`DriverFaults.fired` (``"<kind>@batch#<n>"``, or
 ``"<kind>@shared#<n>"``);
