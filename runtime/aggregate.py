@@ -348,6 +348,8 @@ def validate_entity_id(entity_id: str) -> str:
             f"entity id is {len(entity_id)} characters long, over the limit of "
             f"{MAX_ENTITY_ID_LENGTH}"
         )
+    if entity_id.isascii() and entity_id.isprintable():  # the common case, checked per call
+        return entity_id
     if any(unicodedata.category(ch) == "Cc" for ch in entity_id):
         raise ConfigError(f"entity id {entity_id!r} contains control characters")
     try:

@@ -362,6 +362,11 @@ class AggregateHost:
 
         Raises only for a bad ``entity_id`` (``ConfigError``) or a cancellation."""
         self.aggregate_type.persistence_id(entity_id)
+        if len(commands) == 1:  # the common case (one caller, one command): no extra task
+            try:
+                return [await self.ask_ordered(entity_id, caller_id, first_seq, commands[0])]
+            except Exception as exc:  # noqa: BLE001 - its outcome
+                return [exc]
         tasks = [
             asyncio.ensure_future(self.ask_ordered(entity_id, caller_id, first_seq + i, c))
             for i, c in enumerate(commands)

@@ -16,7 +16,15 @@ from 1 while installed:
                     after the fault
 ==================  ========================================================================
 
-Each fired fault is in :attr:`DriverFaults.fired` (``"<kind>@batch#<n>"``);
+A fault aims at ``target`` "conditional" (default: the per-append guard's conditional batches)
+or "shared" (the epoch guard's host-wide batches carrying the event rows of several aggregates,
+``raysource.journal.cassandra.shared_writes.SharedBatch``), counted per target. A shared
+request has no deciding serial re-read: a ``late`` one without ``land_s`` lands at the next
+serial read of anyone, else at :meth:`DriverFaults.wait_landed`; ``fired_parts`` lists how
+many aggregates each fired shared request carried.
+
+Each fired fault is in :attr:`DriverFaults.fired` (``"<kind>@batch#<n>"``, or
+``"<kind>@shared#<n>"``);
 :attr:`DriverFaults.serial_reads` counts the serial (LOCAL_SERIAL/SERIAL) reads sent after a
 fault fired, i.e. the journal's deciding re-reads. ``await wait_landed()`` before checking a
 history: every late batch has been executed. Patches the driver's class for the whole process
@@ -34,31 +42,41 @@ from cassandra import ConsistencyLevel, OperationTimedOut
 from cassandra.cluster import ResponseFuture
 from cassandra.query import BatchStatement
 
+from raysource.journal.cassandra.shared_writes import SharedBatch
+
 __all__ = ["DRIVER_FAULT_KINDS", "DriverFault", "DriverFaults"]
 
 DRIVER_FAULT_KINDS = ("lost_response", "late")
+DRIVER_FAULT_TARGETS = ("conditional", "shared")
 _SERIAL = (ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL)
 
 
 @dataclass(frozen=True)
 class DriverFault:
-    """``kind`` on the ``nth`` conditional batch (1-based); ``land_s``: the delay of ``late``
-    (None: right after the next serial read is answered)."""
+    """``kind`` on the ``nth`` batch of ``target`` (1-based); ``land_s``: the delay of
+    ``late`` (None: right after the next serial read is answered)."""
 
     kind: str
     nth: int = 1
     land_s: float | None = None
+    target: str = "conditional"
 
     def __post_init__(self) -> None:
         if self.kind not in DRIVER_FAULT_KINDS:
             raise ValueError(f"unknown driver fault {self.kind!r} (known: {DRIVER_FAULT_KINDS})")
+        if self.target not in DRIVER_FAULT_TARGETS:
+            raise ValueError(f"unknown target {self.target!r} (known: {DRIVER_FAULT_TARGETS})")
 
     def __str__(self) -> str:
-        return f"{self.kind}@batch#{self.nth}"
+        return f"{self.kind}@{'batch' if self.target == 'conditional' else 'shared'}#{self.nth}"
 
 
-def _conditional(query: Any) -> bool:
-    return isinstance(query, BatchStatement) and query.serial_consistency_level is not None
+def _target(query: Any) -> str | None:
+    if isinstance(query, SharedBatch):
+        return "shared"
+    if isinstance(query, BatchStatement) and query.serial_consistency_level is not None:
+        return "conditional"
+    return None
 
 
 class DriverFaults:
@@ -71,6 +89,8 @@ class DriverFaults:
         self.faults = list(faults)
         self.fired: list[str] = []
         self.batches = 0  # conditional batches seen
+        self.shared = 0  # shared (host-wide) batches seen
+        self.fired_parts: list[int] = []  # aggregates carried by each fired shared batch
         self.serial_reads = 0  # serial reads sent after the first fault fired
         self._lock = threading.Lock()
         self._lose: set[int] = set()  # id() of response futures whose answer is lost
@@ -149,12 +169,20 @@ class DriverFaults:
         for land in waiting:  # lands as soon as the re-read has its answer
             fut.add_callbacks(lambda _r, land=land: land(), lambda _e, land=land: land())
         with self._lock:
-            if not _conditional(query):
+            target = _target(query)
+            if target is None:
                 return None
-            self.batches += 1
+            if target == "shared":
+                self.shared += 1
+                n = self.shared
+            else:
+                self.batches += 1
+                n = self.batches
             for f in self.faults:
-                if f.nth == self.batches:
+                if f.target == target and f.nth == n:
                     self.fired.append(str(f))
+                    if target == "shared":
+                        self.fired_parts.append(query.parts)
                     return f
         return None
 

@@ -36,6 +36,7 @@ import ray
 from benchmarks.peer import raysource_side as side
 from benchmarks.peer.aggregate import PAYLOAD, PEER, Add
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.runtime.actors import coalesce
 from raysource.sharding.system import System
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -47,8 +48,12 @@ CATEGORIES = [
         "ray serialization (pickle of args/replies)",
         ("ray/_private/serialization.py", "cloudpickle", "pickle"),
     ),
-    ("cassandra-driver (encode, io, callbacks)", ("cassandra/",)),
-    ("raysource journal (append, batch building)", ("journal/cassandra/", "journal/api.py")),
+    # the driver's own frames (not raysource's journal/cassandra/ modules)
+    ("cassandra-driver (encode, io, callbacks)", ("site-packages/cassandra/",)),
+    (
+        "raysource journal (append, batch building, session)",
+        ("journal/cassandra/", "journal/api.py"),
+    ),
     ("raysource ordering buffer", ("runtime/ordering.py",)),
     (
         "raysource entity core (mailbox, flush, decide)",
@@ -128,6 +133,28 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def thread_cpu(pids: list[int]) -> Counter:
+    """CPU seconds so far of the threads of ``pids``, summed by thread name (``comm``): the
+    Python thread vs Ray's native threads vs the Cassandra driver's I/O thread."""
+    out: Counter = Counter()
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = "main (python)" if tid == str(pid) else name.rstrip("0123456789")
+            out[name] += (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -187,7 +214,12 @@ class Load:
                 await self._one(ref)
             return
         ids = [f"p-{uuid.uuid4().hex[:6]}-{i}" for i in range(self.entities)]
-        await asyncio.gather(*(self._one(self.system.entity(self.type, e)) for e in ids))
+        first = [self.system.entity(self.type, e) for e in ids]
+        await asyncio.gather(*(self._one(r) for r in first))
+        self.hosts = {}
+        for r in first:  # every host actor (for its journal-request counters)
+            h = await asyncio.to_thread(lambda r=r: r.actor)
+            self.hosts[h._actor_id.hex()] = h
         self.ready_at = time.monotonic()
         while not self.go:  # the driver measures the idle tree meanwhile
             await asyncio.sleep(0.05)
@@ -299,6 +331,16 @@ def _mean_write_ms(before: dict, after: dict) -> float | None:
     return None
 
 
+def _shared_writes(hosts: list) -> tuple[int, int]:
+    """(event-batch requests, appends carried) summed over the host actors (epoch guard)."""
+    requests = parts = 0
+    for info in ray.get([h.info.remote() for h in hosts]):
+        shared = info.get("shared_writes") or {}
+        requests += shared.get("requests", 0)
+        parts += shared.get("parts", 0)
+    return requests, parts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contact", default="127.0.0.1:9042")
@@ -306,6 +348,12 @@ def main() -> None:
     ap.add_argument("--workload", choices=("w2", "w4", "w4-decompose"), default="w4")
     ap.add_argument("--samples", type=int, default=300, help="w4-decompose: calls per step")
     ap.add_argument("--guard", choices=("on", "off"), default="on")
+    ap.add_argument(
+        "--shared-write-partitions",
+        type=int,
+        default=None,
+        help="CassandraConfig.shared_write_partitions (1: one event-batch request per append)",
+    )
     ap.add_argument("--placement", choices=("hosted", "dedicated"), default="hosted")
     ap.add_argument("--entities", type=int, default=1000)
     ap.add_argument("--callers", type=int, default=50)
@@ -334,6 +382,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     config = CassandraConfig.from_contact(a.contact, keyspace=a.keyspace, fencing=a.guard == "on")
+    if a.shared_write_partitions is not None:
+        config = config.with_(shared_write_partitions=a.shared_write_partitions)
     side.init_ray(f"peerprof-{uuid.uuid4().hex[:6]}")
     if a.workload == "w4-decompose":
         summary = {
@@ -397,11 +447,19 @@ def main() -> None:
         )
         for name, pid in targets.items()
     }
+    hosts = list(getattr(load, "hosts", {}).values())
+    w0 = _shared_writes(hosts)
+    host_pids = [p for p, r in roles.items() if r == "host actors"]
+    th0 = {"host actors": thread_cpu(host_pids), "driver": thread_cpu([os.getpid()])}
+    co0 = dict(coalesce.STATS)
     cpu0 = {p: cpu_seconds(p) for p in roles}
     n0, t0 = load.answered, time.monotonic()
     time.sleep(a.seconds)
     n1, t1 = load.answered, time.monotonic()
     cpu1 = {p: cpu_seconds(p) for p in roles}
+    th1 = {"host actors": thread_cpu(host_pids), "driver": thread_cpu([os.getpid()])}
+    ray_calls = coalesce.STATS["calls"] - co0["calls"]
+    w1 = _shared_writes(hosts)
     for s in spies.values():
         s.wait(timeout=60)
     memory = side.tree_rss()  # every aggregate active, right after the window (like W2's row)
@@ -437,9 +495,22 @@ def main() -> None:
         "commands_per_s": commands / (t1 - t0),
         "errors": load.errors,
         "window_s": t1 - t0,
+        # Ray calls from this driver to host actors (references coalesce concurrent calls)
+        "commands_per_ray_call": (n1 - n0) / max(1, ray_calls),
+        # the epoch guard's event-batch requests (host-wide: many aggregates per request)
+        "event_batch_requests_per_command": (w1[0] - w0[0]) / max(1, n1 - n0),
+        "appends_per_event_batch_request": (w1[1] - w0[1]) / max(1, w1[0] - w0[0]),
         "loadavg": os.getloadavg(),
         "cpu_ms_per_command": {
             r: round(1000 * s / max(1, commands), 3) for r, s in per_role.most_common()
+        },
+        "thread_cpu_ms_per_command": {
+            role: {
+                name: round(1000 * (v - th0[role].get(name, 0)) / max(1, commands), 3)
+                for name, v in th1[role].most_common()
+                if v - th0[role].get(name, 0) > 0
+            }
+            for role in th1
         },
         "cpu_share_of_2_cores_pct": {
             r: round(100 * s / (t1 - t0) / (os.cpu_count() or 1), 1)

@@ -201,6 +201,14 @@ class CassandraConfig:
       ``raysource.journal.cassandra.journal``); ``tag_write_budget`` must be smaller (default:
       half of it).
     * ``max_payload_bytes``: the serializer's limit (passed on by the runtime), default 1 MB.
+    * ``shared_write_partitions`` (default 10) and ``shared_write_bytes`` (default 4096): the
+      epoch guard (and guard "off") sends the event batches of many aggregates, asked for in
+      one event-loop step of a host, as one unlogged batch of at most this many partitions
+      and about this many bytes of row data (``raysource.journal.cassandra.shared_writes``).
+      Cassandra warns about unlogged batches over
+      ``unlogged_batch_across_partitions_warn_threshold`` (default 10) partitions or
+      ``batch_size_warn_threshold`` (default 5 KiB); raise these with those.
+      ``shared_write_partitions=1``: one request per append.
     """
 
     contact_points: Sequence[str] = ("127.0.0.1",)
@@ -238,6 +246,8 @@ class CassandraConfig:
     tag_write_budget: float | None = None
     executor_threads: int = 2
     protocol_version: int | None = None
+    shared_write_partitions: int = 10
+    shared_write_bytes: int = 4096
 
     def __post_init__(self) -> None:
         if isinstance(self.contact_points, str):
@@ -282,6 +292,10 @@ class CassandraConfig:
                 raise ConfigError(f"{name} must be > 0")
         if self.fetch_size < 1 or self.executor_threads < 1 or self.max_payload_bytes < 1:
             raise ConfigError("fetch_size, executor_threads and max_payload_bytes must be >= 1")
+        for name in ("shared_write_partitions", "shared_write_bytes"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
         if self.eventual_consistency_delay <= 0:
             raise ConfigError("eventual_consistency_delay must be > 0")
         budget = self.tag_budget

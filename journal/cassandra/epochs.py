@@ -25,7 +25,11 @@ Protocol (the design and its proof sketch: ``design/fencing.md``, design B):
   sees the record (its read comes after the record was acknowledged), so the chain up to E is
   permanent. Only now may the activation repair tags and serve commands.
 * **Append** (events n..m): a plain single-partition batch at the write consistency (the rows
-  carry epoch E: re-sending identical rows is harmless, and no stale row can replace them),
+  carry epoch E: re-sending identical rows is harmless, and no stale row can replace them) —
+  sent, with the batches of the host's other aggregates asked for in the same loop tick, as
+  one unlogged request whose per-partition parts each stay atomic
+  (``raysource.journal.cassandra.shared_writes``; its failure is an unconfirmed batch for
+  every aggregate in it),
   then a fence read (at the read consistency) that returns ``(E, owner)``; only then the tag
   rows, then the acknowledgement. A fence read is sent after the caller's batch was
   acknowledged; the reads of one event-loop tick of a host go out as one request for all its
@@ -51,6 +55,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from raysource.journal.cassandra.session import RAW_PROFILE
 from raysource.journal.errors import (
     ConcurrentWriteError,
     InvalidAppendError,
@@ -206,7 +211,8 @@ class EpochGuard:
     async def fence(self, pid: str, *, serial: bool = False) -> Fence:
         """The fence row (epoch 0 if none), at the read or the serial consistency."""
         name = "fence_get_serial" if serial else "fence_get"
-        row = await self.j.session.select_one(self.j._ps[name], (pid,))
+        # plain tuple rows: named rows build a namedtuple class per response
+        row = await self.j.session.select_one(self.j._ps[name], (pid,), profile=RAW_PROFILE)
         if row is None or row[0] is None:
             return 0, None
         owner: uuid.UUID | None = row[1]
@@ -220,7 +226,7 @@ class EpochGuard:
     async def _fence_many(self, pids: list[str]) -> dict[str, Fence]:
         if len(pids) == 1:
             return {pids[0]: await self.fence(pids[0])}
-        rows = await self.j.session.execute(self.j._ps["fence_many"], (pids,))
+        rows = await self.j.session.execute(self.j._ps["fence_many"], (pids,), profile=RAW_PROFILE)
         return {row[0]: (int(row[1]), row[2]) for row in rows if row[1] is not None}
 
     async def head(

@@ -8,11 +8,14 @@ Guards (``CassandraConfig.guard``): **"epoch"** (default) — one conditional cl
 activation, plain appends, a fence read before each acknowledgement, readers that follow the
 chain of epoch records; its protocol and proof sketch are in ``raysource.journal.cassandra.epochs``.
 **"per-append"** — every append a conditional batch (described below). **"off"** — plain
-batches, no guard. The per-append and unguarded modes write epoch 0.
+batches, no guard (sent like the epoch path's, several aggregates per request:
+``shared_writes``). The per-append and unguarded modes write epoch 0.
 
 Layout (see ``raysource.journal.cassandra.schema``): events are partitioned by
 ``(persistence_id, partition_nr)`` and clustered by ``(sequence_nr, epoch)``. Every statement is
-prepared; every append is **one single-partition batch**, so an atomic group is all-or-nothing.
+prepared; every append is **one single-partition batch**, so an atomic group is all-or-nothing
+(under the epoch guard, the batches of a host's aggregates that flush in the same event-loop
+step travel as the per-partition parts of one unlogged request: ``shared_writes``).
 
 Partition placement and the fencing guard
 -----------------------------------------
@@ -129,6 +132,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.driver_errors import consistency
 from raysource.journal.cassandra.epochs import Claim, EpochGuard, View, check_next
 from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
+from raysource.journal.cassandra.shared_writes import SharedWrites
 from raysource.journal.cassandra.statements import journal_statements
 from raysource.journal.errors import (
     ConcurrentWriteError,
@@ -149,10 +153,20 @@ _TAG_BATCH = 100  # tag rows per single-partition batch
 _MAX_LAZY_CLAIMS = 100_000  # claims held before ended and lazy ones are forgotten
 
 
+_LAST_US: tuple[datetime | None, int] = (None, 0)
+
+
 def to_us(ts: datetime) -> int:
+    global _LAST_US
+    last, us = _LAST_US
+    if ts is last:  # the events of one flush share their timestamp object
+        return us
     if ts.tzinfo is None:  # naive timestamps are taken as UTC
-        ts = ts.replace(tzinfo=UTC)
-    return (ts - _EPOCH) // timedelta(microseconds=1)
+        us = (ts.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+    else:
+        us = (ts - _EPOCH) // timedelta(microseconds=1)
+    _LAST_US = (ts, us)
+    return us
 
 
 def from_us(us: int | None) -> datetime:
@@ -210,6 +224,8 @@ class CassandraJournal(Journal):
         self._tag_first: dict[str, int] = {}  # tag -> first bucket known to be recorded
         self._closed = False
         self.write_count = 0
+        #: the epoch path's host-wide W1 requests (made at the first append)
+        self.shared: SharedWrites | None = None
 
     @classmethod
     async def connect(
@@ -277,27 +293,25 @@ class CassandraJournal(Journal):
         pid, first = events[0].persistence_id, events[0].sequence_nr
         pnr = self._pn(first)
         c = self.config
-        if self.fencing and pnr > 0:
+        if not self.fencing:  # guard off: plain rows, sent with the host's other appends
+            await self._shared_writes().write([_row(e, pnr, 0, 0) for e in events])
+            self.write_count += 1
+            await self._follow_ups(events, pnr)
+            return
+        if pnr > 0:
             try:
                 await self._check_previous_partition(pid, pnr, first)
             except JournalOutcomeUnknownError as exc:  # a read, before anything was sent
                 raise JournalUnavailableError(
                     f"{pid} #{first}: nothing was written (the check before it failed: {exc})"
                 ) from exc
-        if self.fencing:
-            batch = BatchStatement(
-                BatchType.LOGGED,
-                consistency_level=consistency(c.write_consistency),
-                serial_consistency_level=consistency(c.serial_consistency),
-            )
-            stmt = ps["insert_if"]
-        else:
-            batch = BatchStatement(
-                BatchType.UNLOGGED, consistency_level=consistency(c.write_consistency)
-            )
-            stmt = ps["insert"]
+        batch = BatchStatement(
+            BatchType.LOGGED,
+            consistency_level=consistency(c.write_consistency),
+            serial_consistency_level=consistency(c.serial_consistency),
+        )
         for e in events:
-            batch.add(stmt, _row(e, pnr, 0, 0))
+            batch.add(ps["insert_if"], _row(e, pnr, 0, 0))
         # Plain tuple rows: the driver's named rows build a namedtuple class per result
         # (~10% of a host actor's CPU at one command per write, measured by
         # benchmarks/peer/profile.py). Only ``[applied]`` (column 0) is read here; a refused
@@ -305,11 +319,9 @@ class CassandraJournal(Journal):
         try:
             rows = await self.session.execute_batch(batch, profile=RAW_PROFILE)
         except JournalOutcomeUnknownError as exc:
-            if not self.fencing:
-                raise
             await self._settle(events, pnr, exc)  # returns only if the group is stored
         else:
-            if self.fencing and rows and not rows[0][0]:
+            if rows and not rows[0][0]:
                 # Refused: a number is taken. If the rows holding them are this group (same
                 # writer, numbers and payloads), an earlier execution of the same statement
                 # applied it (a re-send after a lost response, a coordinator's Paxos retry):
@@ -434,22 +446,18 @@ class CassandraJournal(Journal):
             check_next(pid, claim.next_seq - 1, first)
         pnr = self._pn(first)
         epoch = claim.epoch
-        batch = BatchStatement(
-            BatchType.UNLOGGED, consistency_level=consistency(self.config.write_consistency)
-        )
-        batch.is_idempotent = True  # the same rows again: harmless
         key_epoch = 0 if self.unsound_design_a else epoch
-        for e in events:
-            batch.add(self._ps["insert"], _row(e, pnr, key_epoch, epoch))
-        await self._hook(
-            "append.before_w1", pid=pid, epoch=epoch, first=first, last=last, batch=batch
-        )
+        rows = [_row(e, pnr, key_epoch, epoch) for e in events]
+        await self._hook("append.before_w1", pid=pid, epoch=epoch, first=first, last=last)
         try:
-            await self.session.execute_batch(batch, profile=RAW_PROFILE)
+            # with the W1 parts of the host's other aggregates asked for in this loop step:
+            # one request (raysource.journal.cassandra.shared_writes)
+            await self._shared_writes().write(rows)
         except JournalError as exc:
             # Any failure: the batch may have reached a coordinator (a connection reset after
             # the send surfaces as "no host available" too), so it is unknown, never "not
             # applied"; the epoch ends (its numbers can never be reused with other content).
+            # A shared request's failure is this for every aggregate it carried.
             self._end(claim)
             raise WriterFencedError(
                 f"{pid} #{first}..#{last}: the write was not confirmed; epoch {epoch} ends: {exc}"
@@ -500,6 +508,18 @@ class CassandraJournal(Journal):
 
     def _end(self, claim: Claim) -> None:
         claim.ended = True
+
+    def _shared_writes(self) -> SharedWrites:
+        if self.shared is None:
+            c = self.config
+            self.shared = SharedWrites(
+                self.session,
+                self._ps["insert"],
+                c.write_consistency,
+                max_parts=c.shared_write_partitions,
+                max_bytes=c.shared_write_bytes,
+            )
+        return self.shared
 
     async def _stored_exactly(
         self, events: list[StoredEvent], view: View | None, claim: Claim | None = None

@@ -51,6 +51,7 @@ No ``max_task_retries``: a retried append would be at-least-once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -488,6 +489,11 @@ class _HostActor:
             pass
         if self._host is not None:
             out.update(self._host.info())
+            shared = getattr(self._host.journal, "shared", None)  # Cassandra, epoch guard
+            if shared is None:
+                shared = getattr(getattr(self._host.journal, "inner", None), "shared", None)
+            if shared is not None:  # event-batch requests and the appends they carried
+                out["shared_writes"] = dataclasses.asdict(shared.stats)
             out["recovery"] = {
                 "activations": self._host.stats.activations,
                 "recovery_s_total": self._host.stats.recovery_s_total,

@@ -564,7 +564,8 @@ class EntityRef:
         try:
             if timeout is None:
                 return await call
-            return await asyncio.wait_for(call, timeout)
+            async with asyncio.timeout(timeout):  # no task per call (wait_for makes one)
+                return await call
         except TimeoutError:
             raise naming_key(
                 AskTimeoutError(

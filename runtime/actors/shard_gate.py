@@ -64,13 +64,20 @@ class ShardGate:
         self._granted: set[int] = set()
         self._revocations: dict[int, int] = {}
         self._checks: dict[int, asyncio.Future] = {}
+        self._shards: dict[str, int] = {}  # entity id -> shard
 
     @property
     def granted(self) -> list[int]:
         return sorted(self._granted)
 
     def shard(self, entity_id: str) -> int:
-        return shard_of(entity_id, self.number_of_shards)
+        # asked on every call (a hash of the id): remembered, bounded
+        shard = self._shards.get(entity_id)
+        if shard is None:
+            if len(self._shards) >= 100_000:
+                self._shards.clear()
+            shard = self._shards[entity_id] = shard_of(entity_id, self.number_of_shards)
+        return shard
 
     def _moved(self, shard: int, why: str) -> AggregateStoppedError:
         return AggregateStoppedError(
