@@ -259,14 +259,32 @@ class AggregateHost:
         :meth:`get_or_activate` raises them); the rest are live when it returns (or were
         passivated again by the ``max_active`` cap)."""
         ids = list(dict.fromkeys(entity_ids))
-        outcomes = await asyncio.gather(
-            *(self.get_or_activate(e) for e in ids), return_exceptions=True
-        )
+        outcomes = await asyncio.gather(*(self._warm(e) for e in ids), return_exceptions=True)
         failed = {e: o for e, o in zip(ids, outcomes) if isinstance(o, BaseException)}
         for o in failed.values():
             if not isinstance(o, Exception):
                 raise o  # a cancellation, not an activation's outcome
         return failed
+
+    async def _warm(self, entity_id: str) -> None:
+        """One activation attempt of ``entity_id`` unless it is active, activating or
+        stopping (then nothing, or wait for that activation): unlike
+        :meth:`get_or_activate` it does not activate again an entity the cap evicted
+        meanwhile (a warm-up larger than the cap would evict its own batch-mates in a loop)."""
+        self.aggregate_type.persistence_id(entity_id)
+        if self._closed or entity_id in self._retired:
+            raise self._passivated_error(entity_id)
+        pending = self._activating.get(entity_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        if entity_id in self._cores or entity_id in self._stopping:
+            return
+        refused = self._admit(entity_id) if self._admit is not None else None
+        if refused is not None:
+            raise refused
+        self._ensure_sweeper()
+        await self._activate(entity_id)
 
     async def _activate(self, entity_id: str) -> None:
         if self._bulk is not None:
@@ -464,23 +482,30 @@ class AggregateHost:
         """Stop ``entity_id``'s core after its queued commands; True if it was active.
         Commands arriving meanwhile wait and then go to a fresh activation (or get
         ``PassivatedError`` with ``reactivate=False``)."""
-        core = self._cores.pop(entity_id, None)
+        core = self._cores.get(entity_id)
         if core is None:
             stopping = self._stopping.get(entity_id)
             if stopping is not None:
                 await asyncio.shield(stopping)
             return False
-        done = asyncio.get_running_loop().create_future()
-        self._stopping[entity_id] = done
+        await self._stop_core(entity_id, self._begin_stop(entity_id, reason))
+        return True
+
+    def _begin_stop(self, entity_id: str, reason: DeactivationReason) -> EntityCore:
+        """The synchronous half of a passivation: the core leaves the table (the next command
+        waits for the stop, then activates anew) and is registered as stopping."""
+        core = self._cores.pop(entity_id)
+        self._stopping[entity_id] = asyncio.get_running_loop().create_future()
         self.stats.passivations[reason] = self.stats.passivations.get(reason, 0) + 1
         self._deactivated(entity_id, reason, core)
+        return core
+
+    async def _stop_core(self, entity_id: str, core: EntityCore) -> None:
         try:
             await core.stop()
         finally:
             self._add_stats(core)
-            del self._stopping[entity_id]
-            done.set_result(None)
-        return True
+            self._stopping.pop(entity_id).set_result(None)
 
     async def handoff(self, predicate: Callable[[str], bool]) -> int:
         """Passivate every entity whose id matches ``predicate`` (finishing queued work) and
@@ -521,15 +546,29 @@ class AggregateHost:
         return sum(results)
 
     def _enforce_cap(self) -> None:
+        """Past ``max_active``: passivate the least recently used, preferring entities
+        without a call in flight, in the background (the activation that crossed the cap
+        does not wait). Walks the LRU order only as far as it needs (no sort of every active
+        entity per activation: with many active ones that sort was the stall)."""
         if self.max_active is None:
             return
         excess = len(self._cores) - self.max_active
         if excess <= 0:
             return
-        # least recently used first, preferring entities without a call in flight
-        order = sorted(self._cores, key=lambda e: e in self._inflight)
-        for eid in order[:excess]:
-            task = asyncio.ensure_future(self.passivate(eid, "evicted"))
+        victims: list[str] = []
+        busy: list[str] = []
+        for eid in self._cores:  # least recently used first
+            if eid in self._inflight:
+                if len(busy) < excess:
+                    busy.append(eid)
+                continue
+            victims.append(eid)
+            if len(victims) == excess:
+                break
+        victims.extend(busy[: excess - len(victims)])
+        for eid in victims:  # out of the table now: a second crossing picks others
+            core = self._begin_stop(eid, "evicted")
+            task = asyncio.ensure_future(self._stop_core(eid, core))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _record_active(self) -> None:
