@@ -1,6 +1,6 @@
 """Many entity cores of one aggregate type inside one process, without Ray.
 
-Size: ~550 lines: activation, passivation, caps, bounds and per-caller order of one host are
+Size: ~700 lines: activation, passivation, caps, bounds and per-caller order of one host are
 one lifecycle over one table of cores; splitting it would spread that table's invariants.
 
 :class:`AggregateHost` is what a Ray host actor wraps (``raysource.runtime.actors.host_actor``), in

@@ -1,6 +1,6 @@
 """Entity references: send commands to an aggregate wherever its host actor lives.
 
-Size: ~640 lines, most of it contract docstrings; the code is one retry loop
+Size: ~770 lines, most of it contract docstrings; the code is one retry loop
 (``_until_answered``) shared by every call shape.
 
 * :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
