@@ -74,6 +74,7 @@ class _TickReads:
         self._read_many = read_many
         self._pending: dict[str, list[asyncio.Future[Any]]] = {}
         self._scheduled = False
+        self._reads: set[asyncio.Future[None]] = set()  # in flight (kept referenced)
 
     async def get(self, key: str) -> Any:
         loop = asyncio.get_running_loop()
@@ -89,7 +90,9 @@ class _TickReads:
         pending, self._pending = self._pending, {}
         keys = list(pending)
         for i in range(0, len(keys), _BATCH):
-            asyncio.ensure_future(self._read({k: pending[k] for k in keys[i : i + _BATCH]}))
+            read = asyncio.ensure_future(self._read({k: pending[k] for k in keys[i : i + _BATCH]}))
+            self._reads.add(read)
+            read.add_done_callback(self._reads.discard)
 
     async def _read(self, part: dict[str, list[asyncio.Future[Any]]]) -> None:
         try:
