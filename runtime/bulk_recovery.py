@@ -5,11 +5,11 @@ together.
 Phases of one batch (every phase keeps the single activation's order per aggregate: its claim
 before any read of its history, its recovery before its first command):
 
-1. **Claims together**: one ``journal.begin_activations`` for the batch. The Cassandra epoch
-   guard runs every claim's own protocol concurrently, shares their plain fence reads and
-   reads the batch's deletion marks in one request
-   (``raysource.journal.cassandra.bulk_claims``); other journals claim one by one, at most
-   ``concurrency`` at a time.
+1. **Claims together**: every activation of the batch claims at once (at most
+   ``concurrency`` claims of the host in flight) and starts as soon as its own claim is in.
+   The Cassandra epoch guard shares the plain reads of the claims waiting in one loop tick
+   (fence, head record, deletion mark, first partitions: ``IN`` reads,
+   ``raysource.journal.cassandra.bulk_claims``); other journals claim one by one.
 2. **Never written: no reads.** An aggregate whose claim says its log holds no event
    (highest 0) starts at once with its initial state: no snapshot load (a snapshot of a log
    without events could only be discarded), no highest read, no replay.
@@ -48,6 +48,7 @@ class BulkActivations:
         self.max_batch = max_batch
         self.concurrency = concurrency
         self._pending: list[tuple[str, EntityCore, asyncio.Future[Any]]] = []
+        self._claims = asyncio.Semaphore(max(1, concurrency))  # claims in flight, host-wide
         self._scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.batches = 0  # batches started (diagnostics, tests)
@@ -75,18 +76,27 @@ class BulkActivations:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[str, EntityCore, asyncio.Future[Any]]]) -> None:
-        host = self._host
         self.batches += 1
-        pairs = [(core.persistence_id, core.writer_id) for _, core, _ in batch]
-        try:
-            outcomes: Sequence[BaseException | int | None] = await host.journal.begin_activations(
-                pairs, concurrency=self.concurrency
-            )
-        except BaseException as exc:  # noqa: BLE001 - every activation of the batch fails
-            outcomes = [exc] * len(batch)
-        await asyncio.gather(
-            *(self._start(eid, core, done, o) for (eid, core, done), o in zip(batch, outcomes))
-        )
+        await asyncio.gather(*(self._claim_and_start(*item) for item in batch))
+
+    async def _claim_and_start(
+        self, entity_id: str, core: EntityCore, done: asyncio.Future[Any]
+    ) -> None:
+        """Claim, then recover, as soon as this activation's own claim is in: no activation
+        of the batch waits for a slower batch-mate's claim. The claims of one loop tick still
+        share their reads (the journal batches the reads asked for in one tick), and at most
+        ``concurrency`` claims of the host run at once."""
+        journal = self._host.journal
+        async with self._claims:
+            try:
+                claimed: BaseException | int | None = (
+                    await journal.begin_activations(
+                        [(core.persistence_id, core.writer_id)], concurrency=1
+                    )
+                )[0]
+            except BaseException as exc:  # noqa: BLE001 - this activation's outcome
+                claimed = exc
+        await self._start(entity_id, core, done, claimed)
 
     async def _start(
         self,

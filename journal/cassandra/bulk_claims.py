@@ -18,9 +18,9 @@ travel:
   both are newer than the claim), and, for an aggregate without any record, its deletion mark
   and whether its first two partitions hold any row — none: its log ends at 0, exactly what
   the single walk (``CassandraJournal._max_seq``) finds there; any row: the single walk;
-* the deletion marks of the whole batch are read in one request after the claims, which gives
-  every claimed aggregate its highest sequence number without another read (0: a log with no
-  event — the activation has nothing left to read: no snapshot, no replay).
+* after its claim, each aggregate's deletion mark is read (shared per tick as well), which
+  gives it its highest sequence number without another read (0: a log with no event — the
+  activation has nothing left to read: no snapshot, no replay).
 
 Why this keeps the claim's guarantees (``design/fencing.md`` §4, L1–L4), per aggregate:
 
@@ -41,8 +41,8 @@ Why this keeps the claim's guarantees (``design/fencing.md`` §4, L1–L4), per 
 * The serial read that resolves an unconfirmed CAS stays a single-partition serial read.
 * A claim's own failure (contended, unconfirmed, superseded) is that aggregate's outcome
   only; the others of the batch go on.
-* Every activation reads its history after its own claim (the deletion marks are read after
-  every claim of the batch ended), so the prefix it recovers is the one its claim confirmed.
+* Every activation reads its history after its own claim (its deletion mark too), so the
+  prefix it recovers is the one its claim confirmed.
 
 ``tests/test_bulk_activation.py`` plays the fault kit's gates against a batch (a newer claim
 between a batched record and its confirmation; a stale writer paused after its write) and
@@ -55,7 +55,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from raysource.journal.cassandra.epochs import LEGACY_CHAIN, Claim, EpochGuard, Fence, View
+from raysource.journal.cassandra.epochs import LEGACY_CHAIN, EpochGuard, Fence, View
 
 if TYPE_CHECKING:
     from raysource.journal.cassandra.journal import CassandraJournal
@@ -178,20 +178,15 @@ async def begin_activations(
     guard = _shared(journal)
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(pid: str, writer: str) -> Claim:
+    async def one(pid: str, writer: str) -> int | None:
         async with gate:
             claim = await guard.claim(pid, writer)
         journal._keep(claim)  # from here on this process's reads follow the claim
-        return claim
+        try:  # read after the claim: highest_sequence_nr under it, without another read
+            marks = await guard._marks.get(pid)
+        except Exception:  # noqa: BLE001 - a read only: the activation reads it itself
+            return None
+        return max(claim.own_view().h, int(marks[0][1] or 0) if marks else 0)
 
-    claims = await asyncio.gather(*(one(p, w) for p, w in activations), return_exceptions=True)
-    won = [c for c in claims if isinstance(c, Claim)]
-    try:  # read after every claim ended: highest_sequence_nr under each live claim
-        marks = await asyncio.gather(*(guard._marks.get(c.persistence_id) for c in won))
-    except Exception:  # noqa: BLE001 - a read only: each activation reads it again itself
-        return [c if isinstance(c, BaseException) else None for c in claims]
-    deleted = {c.persistence_id: int(m[0][1] or 0) if m else 0 for c, m in zip(won, marks)}
-    return [
-        c if isinstance(c, BaseException) else max(c.own_view().h, deleted[c.persistence_id])
-        for c in claims
-    ]
+    outcomes = await asyncio.gather(*(one(p, w) for p, w in activations), return_exceptions=True)
+    return list(outcomes)
