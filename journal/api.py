@@ -38,6 +38,7 @@ Every method is a coroutine (or async iterator) and never blocks the event loop.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -198,6 +199,28 @@ class Journal(abc.ABC):
         reads its history (``highest_sequence_nr``, ``replay``). A backend that
         fences per activation claims here; a failure (any ``JournalError``) means the
         activation must not start (nothing of it was written). Default: nothing."""
+
+    async def begin_activations(
+        self, activations: Sequence[tuple[str, str]], *, concurrency: int = 32
+    ) -> list[BaseException | int | None]:
+        """:meth:`begin_activation` for many ``(persistence_id, writer_id)`` pairs at once (a
+        host activating many aggregates together); one outcome per pair, in order: an
+        exception (that activation must not start; nothing of it was written), or the
+        activation's highest sequence number when the claim already read it (the activation
+        may use it instead of calling ``highest_sequence_nr``: 0 means a log with no event,
+        where nothing is left to read), or None (unknown: read it as usual). Every activation
+        still reads its history only after its own claim. Default: :meth:`begin_activation`
+        for each, at most ``concurrency`` at a time, highest unknown."""
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(pid: str, writer: str) -> None:
+            async with gate:
+                await self.begin_activation(pid, writer)
+
+        outcomes = await asyncio.gather(
+            *(one(p, w) for p, w in activations), return_exceptions=True
+        )
+        return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
         """The activation ended (passivated or stopped); release what it held in this

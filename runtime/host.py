@@ -1,6 +1,6 @@
 """Many entity cores of one aggregate type inside one process, without Ray.
 
-Size: ~550 lines: activation, passivation, caps, bounds and per-caller order of one host are
+Size: ~700 lines: activation, passivation, caps, bounds and per-caller order of one host are
 one lifecycle over one table of cores; splitting it would spread that table's invariants.
 
 :class:`AggregateHost` is what a Ray host actor wraps (``raysource.runtime.actors.host_actor``), in
@@ -42,6 +42,7 @@ from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.bulk_recovery import BulkActivations
 from raysource.runtime.core import EntityCore
 from raysource.runtime.errors import (
     AggregateStoppedError,
@@ -49,7 +50,7 @@ from raysource.runtime.errors import (
     PassivatedError,
     RecoveryFailedError,
 )
-from raysource.runtime.metrics import Metrics
+from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.ordering import CallerOrder
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.api import TimerStore
@@ -127,6 +128,7 @@ class AggregateHost:
         max_in_flight: int | None = 10_000,
         timer_store: TimerStore | None = None,
         admit: Callable[[str], BaseException | None] | None = None,
+        bulk_activations: bool = True,
     ) -> None:
         for name, limit in (("max_mailbox", max_mailbox), ("max_in_flight", max_in_flight)):
             if limit is not None and limit < 1:
@@ -167,6 +169,9 @@ class AggregateHost:
         self._sweeper: asyncio.Task[Any] | None = None
         self._closed = False
         self._generation = 0
+        # activations asked for in one loop tick start together (claims, reads): see
+        # raysource.runtime.bulk_recovery; False: one by one (the path before it)
+        self._bulk = BulkActivations(self) if bulk_activations else None
 
     # ------------------------------------------------------------------ views
 
@@ -247,11 +252,60 @@ class AggregateHost:
                 raise refused
             await self._activate(entity_id)
 
+    async def activate_many(self, entity_ids: Iterable[str]) -> dict[str, BaseException]:
+        """Activate (recover) every entity of ``entity_ids`` together (a shard moving in, a
+        restart): one batch of claims and reads (``raysource.runtime.bulk_recovery``).
+        Returns the entities that could not be activated, with their errors (like
+        :meth:`get_or_activate` raises them); the rest are live when it returns (or were
+        passivated again by the ``max_active`` cap)."""
+        ids = list(dict.fromkeys(entity_ids))
+        outcomes = await asyncio.gather(*(self._warm(e) for e in ids), return_exceptions=True)
+        failed = {e: o for e, o in zip(ids, outcomes) if isinstance(o, BaseException)}
+        for o in failed.values():
+            if not isinstance(o, Exception):
+                raise o  # a cancellation, not an activation's outcome
+        return failed
+
+    async def _warm(self, entity_id: str) -> None:
+        """One activation attempt of ``entity_id`` unless it is active, activating or
+        stopping (then nothing, or wait for that activation): unlike
+        :meth:`get_or_activate` it does not activate again an entity the cap evicted
+        meanwhile (a warm-up larger than the cap would evict its own batch-mates in a loop)."""
+        self.aggregate_type.persistence_id(entity_id)
+        if self._closed or entity_id in self._retired:
+            raise self._passivated_error(entity_id)
+        pending = self._activating.get(entity_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        if entity_id in self._cores or entity_id in self._stopping:
+            return
+        refused = self._admit(entity_id) if self._admit is not None else None
+        if refused is not None:
+            raise refused
+        self._ensure_sweeper()
+        await self._activate(entity_id)
+
     async def _activate(self, entity_id: str) -> None:
+        if self._bulk is not None:
+            await asyncio.shield(self._bulk.request(entity_id))
+            return
         done = asyncio.get_running_loop().create_future()
+        core = self._new_core(entity_id)
         self._activating[entity_id] = done
+        try:
+            async with self._recoveries:
+                recovery = await core.start()
+        except BaseException as exc:
+            error = self._activation_failed(entity_id, core, done, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        self._activated(entity_id, core, done, recovery)
+
+    def _new_core(self, entity_id: str) -> EntityCore:
         self._generation += 1
-        core = EntityCore(
+        return EntityCore(
             self.aggregate_type,
             entity_id,
             self.journal,
@@ -263,23 +317,31 @@ class AggregateHost:
             metrics=self.metrics,
             timer_store=self.timer_store,
         )
-        try:
-            async with self._recoveries:
-                recovery = await core.start()
-        except BaseException as exc:
-            self.stats.failed_activations += 1
+
+    def _activation_failed(
+        self, entity_id: str, core: EntityCore, done: asyncio.Future[Any], exc: BaseException
+    ) -> BaseException:
+        """The activation of ``entity_id`` failed with ``exc``: its waiters get
+        ``RecoveryFailedError`` (not applied, ``exc`` chained), or ``exc`` itself if it is
+        not an ``Exception`` (a cancellation)."""
+        self.stats.failed_activations += 1
+        if self._activating.get(entity_id) is done:
             del self._activating[entity_id]
-            error: BaseException = exc
-            if isinstance(exc, Exception):  # the command never ran: say so, in its category
-                error = RecoveryFailedError(
-                    f"{core.persistence_id}: recovery failed, the command was not applied: {exc!r}"
-                )
-                error.__cause__ = exc
-            done.set_exception(error)
-            done.exception()  # retrieved: waiters may be none
-            if error is exc:
-                raise
-            raise error from exc
+        error: BaseException = exc
+        if isinstance(exc, Exception):  # the command never ran: say so, in its category
+            if core.recovery is None and not core.stopped:  # failed before the core started
+                self.metrics.journal_error(self.aggregate_type.name, error_kind(exc))
+            error = RecoveryFailedError(
+                f"{core.persistence_id}: recovery failed, the command was not applied: {exc!r}"
+            )
+            error.__cause__ = exc
+        done.set_exception(error)
+        done.exception()  # retrieved: waiters may be none
+        return error
+
+    def _activated(
+        self, entity_id: str, core: EntityCore, done: asyncio.Future[Any], recovery: Any
+    ) -> None:
         self.stats.activations += 1
         self.stats.recovery_s_total += recovery.duration_s
         self.stats.recovery_s_max = max(self.stats.recovery_s_max, recovery.duration_s)
@@ -425,23 +487,30 @@ class AggregateHost:
         """Stop ``entity_id``'s core after its queued commands; True if it was active.
         Commands arriving meanwhile wait and then go to a fresh activation (or get
         ``PassivatedError`` with ``reactivate=False``)."""
-        core = self._cores.pop(entity_id, None)
+        core = self._cores.get(entity_id)
         if core is None:
             stopping = self._stopping.get(entity_id)
             if stopping is not None:
                 await asyncio.shield(stopping)
             return False
-        done = asyncio.get_running_loop().create_future()
-        self._stopping[entity_id] = done
+        await self._stop_core(entity_id, self._begin_stop(entity_id, reason))
+        return True
+
+    def _begin_stop(self, entity_id: str, reason: DeactivationReason) -> EntityCore:
+        """The synchronous half of a passivation: the core leaves the table (the next command
+        waits for the stop, then activates anew) and is registered as stopping."""
+        core = self._cores.pop(entity_id)
+        self._stopping[entity_id] = asyncio.get_running_loop().create_future()
         self.stats.passivations[reason] = self.stats.passivations.get(reason, 0) + 1
         self._deactivated(entity_id, reason, core)
+        return core
+
+    async def _stop_core(self, entity_id: str, core: EntityCore) -> None:
         try:
             await core.stop()
         finally:
             self._add_stats(core)
-            del self._stopping[entity_id]
-            done.set_result(None)
-        return True
+            self._stopping.pop(entity_id).set_result(None)
 
     async def handoff(self, predicate: Callable[[str], bool]) -> int:
         """Passivate every entity whose id matches ``predicate`` (finishing queued work) and
@@ -482,15 +551,29 @@ class AggregateHost:
         return sum(results)
 
     def _enforce_cap(self) -> None:
+        """Past ``max_active``: passivate the least recently used, preferring entities
+        without a call in flight, in the background (the activation that crossed the cap
+        does not wait). Walks the LRU order only as far as it needs (no sort of every active
+        entity per activation: with many active ones that sort was the stall)."""
         if self.max_active is None:
             return
         excess = len(self._cores) - self.max_active
         if excess <= 0:
             return
-        # least recently used first, preferring entities without a call in flight
-        order = sorted(self._cores, key=lambda e: e in self._inflight)
-        for eid in order[:excess]:
-            task = asyncio.ensure_future(self.passivate(eid, "evicted"))
+        victims: list[str] = []
+        busy: list[str] = []
+        for eid in self._cores:  # least recently used first
+            if eid in self._inflight:
+                if len(busy) < excess:
+                    busy.append(eid)
+                continue
+            victims.append(eid)
+            if len(victims) == excess:
+                break
+        victims.extend(busy[: excess - len(victims)])
+        for eid in victims:  # out of the table now: a second crossing picks others
+            core = self._begin_stop(eid, "evicted")
+            task = asyncio.ensure_future(self._stop_core(eid, core))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _record_active(self) -> None:
@@ -603,6 +686,11 @@ class _NotifyingJournal(Journal):
 
     async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
         await self.inner.begin_activation(persistence_id, writer_id)  # the epoch claim
+
+    async def begin_activations(
+        self, activations: Any, *, concurrency: int = 32
+    ) -> list[BaseException | int | None]:
+        return await self.inner.begin_activations(activations, concurrency=concurrency)
 
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
         await self.inner.end_activation(persistence_id, writer_id)

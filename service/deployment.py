@@ -23,9 +23,10 @@ Contract of :meth:`ServiceContext.ask` (what an HTTP answer promises):
 
 A replica resolves an aggregate's host (a blocking round trip to the coordinator and region)
 in a thread, never on its event loop; commands themselves are awaited on the loop
-(``ask_async``). Known limit: a reference that must re-resolve *inside* a retry (its host
-passivated mid-call) does that resolve on the loop; a host crash drops the reference, so the
-next request resolves afresh off the loop.
+(``ask_async``). A reference that must re-resolve *inside* a retry (its host passivated or
+crashed mid-call) resolves in a thread too, its re-sends queued behind that resolve in the
+order they asked (``EntityRef._submit_in_turn``); a host crash also drops the reference, so
+the next request resolves afresh.
 """
 
 from __future__ import annotations

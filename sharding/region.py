@@ -43,6 +43,7 @@ __all__ = ["HomeCheck", "SystemSpec", "ShardRegion", "region_name"]
 log = logging.getLogger(__name__)
 
 _CHECK_TIMEOUT_S = 30.0  # the coordinator answers a moving shard only after the move
+_EVICT_CONCURRENCY = 64  # passivations of evicted dedicated actors in flight per region
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class ShardRegion:
         self._hosted: dict[str, Any] = {}
         self.activations = 0
         self.evictions = 0
+        self.eviction_batches = 0
+        self._evict_queue: list[tuple[str, Any]] = []  # evicted, passivation not yet sent
+        self._evictor: asyncio.Future[None] | None = None
 
     async def activate(self, type_name: str, entity_id: str) -> Any:
         """The host actor handle for ``entity_id`` (created on this node if not running)."""
@@ -166,13 +170,31 @@ class ShardRegion:
         self._hosted.pop(actor_name, None)
 
     async def _enforce_cap(self) -> None:
+        """Past ``max_active_per_node``: the least recently activated leave the table now
+        and are passivated in the background, in batches (every eviction due when a batch
+        starts, at most ``_EVICT_CONCURRENCY`` passivations in flight). The activation that
+        crossed the cap does not wait for them (it used to await each passivation, so every
+        activation past the cap paid a full stop of another actor)."""
         while len(self._dedicated) > self.spec.max_active_per_node:
-            name, handle = self._dedicated.popitem(last=False)
+            self._evict_queue.append(self._dedicated.popitem(last=False))
             self.evictions += 1
-            try:
-                await handle.passivate.remote()
-            except Exception as exc:  # already gone: nothing to passivate
-                log.debug("evicting %s: %r", name, exc)
+        if self._evict_queue and (self._evictor is None or self._evictor.done()):
+            self._evictor = asyncio.ensure_future(self._evict())
+
+    async def _evict(self) -> None:
+        gate = asyncio.Semaphore(_EVICT_CONCURRENCY)
+
+        async def one(name: str, handle: Any) -> None:
+            async with gate:
+                try:
+                    await handle.passivate.remote()
+                except Exception as exc:  # already gone: nothing to passivate
+                    log.debug("evicting %s: %r", name, exc)
+
+        while self._evict_queue:
+            batch, self._evict_queue = self._evict_queue, []
+            self.eviction_batches += 1
+            await asyncio.gather(*(one(n, h) for n, h in batch))
 
     async def handoff(self, shard: ShardId) -> int:
         """Stop every activation of ``shard`` (queued work first); returns how many."""
@@ -223,6 +245,8 @@ class ShardRegion:
             "hosted": len(self._hosted),
             "activations": self.activations,
             "evictions": self.evictions,
+            "eviction_batches": self.eviction_batches,
+            "evicting": len(self._evict_queue),
         }
 
     async def ping(self) -> str:

@@ -343,6 +343,14 @@ class CassandraJournal(Journal):
         claim.activation = True  # held until end_activation, never evicted
         self._keep(claim)
 
+    async def begin_activations(
+        self, activations: Sequence[tuple[str, str]], *, concurrency: int = 32
+    ) -> list[BaseException | int | None]:
+        """Many claims together: ``raysource.journal.cassandra.bulk_claims``."""
+        from raysource.journal.cassandra.bulk_claims import begin_activations
+
+        return await begin_activations(self, activations, concurrency)
+
     async def end_activation(self, persistence_id: str, writer_id: str) -> None:
         """Forget the activation's claim (passivation). Its epoch stays current until the
         next activation claims."""

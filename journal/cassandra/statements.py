@@ -91,6 +91,20 @@ def journal_statements(c: CassandraConfig) -> dict[str, Stmt]:
             "read",
             idempotent=True,
         ),
+        # ---- many aggregates activated together (journal/cassandra/bulk_claims.py)
+        "meta_many": Stmt(
+            f"SELECT persistence_id, deleted_to, partition_hint FROM {md} "
+            f"WHERE persistence_id IN ?",
+            "read",
+            idempotent=True,
+        ),
+        # is there any row in the first two partitions (a log never written: none)
+        "probe_many": Stmt(
+            f"SELECT persistence_id, partition_nr, sequence_nr FROM {ev} "
+            f"WHERE persistence_id IN ? AND partition_nr IN (0, 1) PER PARTITION LIMIT 1",
+            "read",
+            idempotent=True,
+        ),
         "set_deleted": Stmt(
             f"UPDATE {md} SET deleted_to = ? WHERE persistence_id = ?", "write", idempotent=True
         ),
@@ -151,6 +165,14 @@ def journal_statements(c: CassandraConfig) -> dict[str, Stmt]:
         ),
         "head": Stmt(
             f"SELECT epoch, start_seq, chain FROM {epochs} WHERE persistence_id = ? LIMIT 1",
+            "read",
+            idempotent=True,
+        ),
+        # the two newest epoch records of many aggregates (bulk_claims: the head below a
+        # claimed epoch is among them unless two newer epochs recorded meanwhile)
+        "head_many": Stmt(
+            f"SELECT persistence_id, epoch, start_seq, chain FROM {epochs} "
+            f"WHERE persistence_id IN ? PER PARTITION LIMIT 2",
             "read",
             idempotent=True,
         ),

@@ -426,6 +426,22 @@ class _HostActor:
 
         return list(await asyncio.gather(*(one(g) for g in groups)))
 
+    async def activate_many(self, entity_ids: list[str]) -> dict[str, BaseException]:
+        """Activate these aggregates together (a shard moving in, a restart: one batch of
+        claims and reads, ``raysource.runtime.bulk_recovery``); returns the ones that could
+        not be activated with their errors (e.g. ``AggregateStoppedError``: not this host's
+        shard). Nothing is applied to them."""
+
+        async def one(eid: str) -> None:
+            await self._through_host(eid, lambda h, e: h.get_or_activate(e))
+
+        outcomes = await asyncio.gather(*(one(e) for e in entity_ids), return_exceptions=True)
+        failed = {e: o for e, o in zip(entity_ids, outcomes) if isinstance(o, BaseException)}
+        for o in failed.values():
+            if not isinstance(o, Exception):
+                raise o
+        return failed
+
     async def state(self, entity_id: str | None = None) -> Any:
         """The aggregate's current state (after every durable event), activating it if it is
         not active. Read-only: no journal write. ``PassivatedError`` once retired."""

@@ -1,6 +1,6 @@
 """Entity references: send commands to an aggregate wherever its host actor lives.
 
-Size: ~640 lines, most of it contract docstrings; the code is one retry loop
+Size: ~770 lines, most of it contract docstrings; the code is one retry loop
 (``_until_answered``) shared by every call shape.
 
 * :class:`Resolver` turns ``(aggregate type, entity id)`` into the Ray actor handle that hosts
@@ -252,6 +252,8 @@ class EntityRef:
         # delay their exit) or that Ray reported dead (a get-or-create by name can still return
         # a killed actor until the GCS has processed its death)
         self._retired: list[str] = []
+        # [event loop, asyncio.Lock, queued]: submissions waiting for a resolve off the loop
+        self._turn: list[Any] | None = None
 
     @property
     def actor(self) -> Any:
@@ -277,17 +279,20 @@ class EntityRef:
 
     def _current(self) -> Any:
         if self._handle is None:
-            handle = self.resolver.resolve(self.aggregate_type, self.entity_id)
-            if _actor_id(handle) in self._retired:
-                # the name still leads to an activation we must not call: wait for the
-                # resolver to return a fresh one
-                self.resolver.invalidate(self.aggregate_type, self.entity_id, handle)
-                raise _NotFreeYet()
-            self._handle = handle
-            self._caller_id = uuid.uuid4().hex
-            self._seq = 0
-            self._epoch += 1
+            self._install(self.resolver.resolve(self.aggregate_type, self.entity_id))
         return self._handle
+
+    def _install(self, handle: Any) -> None:
+        """Make ``handle`` the current host (under ``_lock``), under a fresh caller id."""
+        if _actor_id(handle) in self._retired:
+            # the name still leads to an activation we must not call: wait for the
+            # resolver to return a fresh one
+            self.resolver.invalidate(self.aggregate_type, self.entity_id, handle)
+            raise _NotFreeYet()
+        self._handle = handle
+        self._caller_id = uuid.uuid4().hex
+        self._seq = 0
+        self._epoch += 1
 
     def _renew(self, epoch: int, retired: bool = False) -> None:
         """The host of ``epoch`` is gone or stopped: re-resolve under a fresh caller id.
@@ -518,7 +523,7 @@ class EntityRef:
                 (ref, epoch), first = first, None
             else:
                 try:
-                    ref, epoch = submit()
+                    ref, epoch = await self._submit_in_turn(submit)
                 except _NotFreeYet:
                     # after an unknown outcome the command may be stored: never answer "not
                     # applied" for it; wait for a fresh activation until the call's deadline
@@ -548,6 +553,46 @@ class EntityRef:
                     out = unknown if unknown is not None else out
                 return self._raise(out, with_epoch)
             return (answer, epoch) if with_epoch else answer
+
+    async def _submit_in_turn(self, submit: Callable[[], T]) -> T:
+        """``submit()``, resolving the host first in a thread when none is known (a blocking
+        round trip to the coordinator and region: e.g. a re-send after the host passivated or
+        crashed must not stall the caller's event loop, a Serve replica's). Submissions that
+        find such a resolve in progress queue behind it in arrival order (an ``asyncio.Lock``
+        wakes its waiters first come, first served), so re-sends and new calls keep the order
+        in which they asked; with a host known and nobody queued, it submits at once (no
+        suspension: a call is still submitted when its coroutine first runs). A ref used from
+        a second event loop while the first has a resolve queued resolves as before."""
+        loop = asyncio.get_running_loop()
+        turn = self._turn
+        if turn is None or turn[0] is not loop:
+            if turn is not None and turn[2]:  # queued on another loop: the old way
+                return submit()
+            turn = self._turn = [loop, asyncio.Lock(), 0]
+        if self._handle is not None and turn[2] == 0:
+            return submit()
+        turn[2] += 1
+        try:
+            async with turn[1]:
+                if self._handle is None:
+                    await loop.run_in_executor(None, self._resolve_now)
+                return submit()
+        finally:
+            turn[2] -= 1
+
+    def _resolve_now(self) -> None:
+        """Resolve (blocking) WITHOUT holding ``_lock`` (the loop takes it to renew or send),
+        then install the handle unless another thread did meanwhile."""
+        with self._lock:
+            if self._handle is not None:
+                return
+        handle = self.resolver.resolve(self.aggregate_type, self.entity_id)
+        with self._lock:
+            if self._handle is None:
+                try:
+                    self._install(handle)
+                except _NotFreeYet:
+                    pass  # the submission raises it again: the caller waits for a fresh host
 
     @staticmethod
     def _raise(error: BaseException, wrapped: bool) -> Any:
