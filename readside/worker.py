@@ -63,11 +63,13 @@ from raysource.readside.projections import (
     worker_key,
 )
 from raysource.readside.slices import Feed, SliceReader, accept_feed
+from raysource.runtime import tracing
 from raysource.runtime.metrics import Metrics
 
 __all__ = ["ProjectionWorker"]
 
 log = logging.getLogger(__name__)
+_NO_SPAN = contextlib.nullcontext()  # the handling "span" when tracing is off
 
 _Item = tuple[StoredEvent, "TagOffset | None"]
 
@@ -442,6 +444,10 @@ class ProjectionWorker:
             obj, e.persistence_id, e.sequence_nr, e.timestamp, offset, self.spec.tag
         )
 
+    def _span(self, events: list[StoredEvent]) -> contextlib.AbstractContextManager[Any]:
+        """The handling's span, linked to the events' appends (raysource.runtime.tracing)."""
+        return tracing.handling(self.spec.name, events)
+
     def _done(self, envs: list[EventEnvelope]) -> None:
         for env in envs:
             self._dedupe.mark(env.persistence_id, env.sequence_nr)
@@ -454,7 +460,8 @@ class ProjectionWorker:
         if self._batching and len(items) > 1:
             try:
                 envs = [self._envelope(e, off) for e, off in items]
-                await self.handler.handle_batch(envs)
+                with _NO_SPAN if not tracing.ENABLED else self._span([e for e, _ in items]):
+                    await self.handler.handle_batch(envs)
                 self._done(envs)
                 return
             except (asyncio.CancelledError, JournalUnavailableError):
@@ -477,12 +484,13 @@ class ProjectionWorker:
         for attempt in range(1, s.retry_attempts + 1):
             try:
                 env = self._envelope(e, offset)
-                if self._batching:
-                    await self.handler.handle_batch([env])
-                else:
-                    result = self.handler.handle(env)
-                    if inspect.isawaitable(result):
-                        await result
+                with _NO_SPAN if not tracing.ENABLED else self._span([e]):
+                    if self._batching:
+                        await self.handler.handle_batch([env])
+                    else:
+                        result = self.handler.handle(env)
+                        if inspect.isawaitable(result):
+                            await result
                 self._done([env])
                 return True
             except (asyncio.CancelledError, JournalUnavailableError):
