@@ -814,9 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--keyspace", default="raysource")
     view.set_defaults(func=_view)
 
-    from raysource.app import cli_doctor
+    from raysource.app import cli_doctor, cli_status
 
     cli_doctor.register(sub, _contact, _positive)
+    cli_status.register(sub, _positive)
     return parser
 
 

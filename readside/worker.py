@@ -543,6 +543,10 @@ class ProjectionWorker:
             None if lag is None else 0.0 if oldest is None else max(0.0, (now_us() - oldest) / 1e6)
         )
         self.metrics.projection_lag(self.spec.name, self.key, lag, lag_seconds)
+        parked = self.parked.records()
+        self.metrics.set(
+            "raysource_projection_parked", len(parked), projection=self.spec.name, slice=self.key
+        )
         return {
             "projection": self.spec.name,
             "worker": self.key,
@@ -559,7 +563,7 @@ class ProjectionWorker:
             "last_event_timestamp": (
                 self.last_event_timestamp.isoformat() if self.last_event_timestamp else None
             ),
-            "parked": [p.as_dict() for p in self.parked.records()],
+            "parked": [p.as_dict() for p in parked],
             "parked_passed_over": self.parked.passed_over,
             "role": "reader" if self.reader else "follower" if self.follower else "own reads",
             "tag_rows_read": self.reader.rows_read if self.reader else self.rows_read,
