@@ -50,7 +50,7 @@ def collect(system: str, namespace: str | None, timeout: float = 10.0) -> list[d
         if not hasattr(h, "info"):
             continue
         try:
-            info: dict[str, Any] = ray.get(h.info.remote(), timeout=timeout)
+            info: Any = ray.get(h.info.remote(), timeout=timeout)
         except Exception:  # noqa: BLE001 - a host that does not answer is shown as such
             out.append({"name": n, "error": "no answer"})
             continue
