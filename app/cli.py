@@ -821,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     from raysource.app.cli_retention import add_parser as add_retention
 
     add_retention(sub, _contact, _count)
+    from raysource.app import cli_doctor, cli_status
+
+    cli_doctor.register(sub, _contact, _positive)
+    cli_status.register(sub, _positive)
     return parser
 
 

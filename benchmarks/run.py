@@ -234,6 +234,36 @@ def _personal(r: dict) -> list[Row]:
             _x(sealed, plain),
         )
     ]
+def _tracing(r: dict) -> list[Row]:
+    off = r["modes"]["off"]
+    rows = []
+    for mode, label in (("no-exporter", "extra, no exporter"), ("memory", "in-memory exporter")):
+        m = r["modes"][mode]
+        rows.append(
+            (
+                f"W4 p50, tracing {label}",
+                f"{m['w4']['p50_ms']:.2f} ms",
+                f"tracing off {off['w4']['p50_ms']:.2f} ms",
+                f"x{m['w4_p50_vs_off']:.2f}",
+            )
+        )
+        rows.append(
+            (
+                f"W2 cmd/s, tracing {label}",
+                f"{m['w2']['commands_per_s']:,.0f} cmd/s",
+                f"tracing off {off['w2']['commands_per_s']:,.0f} cmd/s",
+                f"x{m['w2_cmd_per_s_vs_off']:.2f}",
+            )
+        )
+        rows.append(
+            (
+                f"W2 CPU/command, tracing {label}",
+                f"{m['w2']['cpu_ms_per_command']:.2f} ms",
+                f"tracing off {off['w2']['cpu_ms_per_command']:.2f} ms",
+                f"x{m['w2_cpu_vs_off']:.2f}",
+            )
+        )
+    return rows
 
 
 def _peer(r: dict) -> list[Row]:
@@ -294,6 +324,25 @@ class Bench:
 
 
 BENCHES = [
+    Bench(
+        "tracing",
+        "benchmarks.tracing_bench",
+        _tracing,
+        tiny=[
+            "--sequential",
+            "10",
+            "--entities",
+            "4",
+            "--callers",
+            "2",
+            "--seconds",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--rounds",
+            "1",
+        ],
+    ),
     Bench(
         "journal",
         "benchmarks.journal_bench",

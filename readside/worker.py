@@ -64,11 +64,13 @@ from raysource.readside.projections import (
     worker_key,
 )
 from raysource.readside.slices import Feed, SliceReader, accept_feed
+from raysource.runtime import tracing
 from raysource.runtime.metrics import Metrics
 
 __all__ = ["ProjectionWorker"]
 
 log = logging.getLogger(__name__)
+_NO_SPAN = contextlib.nullcontext()  # the handling "span" when tracing is off
 
 _Item = tuple[StoredEvent, "TagOffset | None"]
 
@@ -445,6 +447,10 @@ class ProjectionWorker:
             obj, e.persistence_id, e.sequence_nr, e.timestamp, offset, self.spec.tag
         )
 
+    def _span(self, events: list[StoredEvent]) -> contextlib.AbstractContextManager[Any]:
+        """The handling's span, linked to the events' appends (raysource.runtime.tracing)."""
+        return tracing.handling(self.spec.name, events)
+
     def _done(self, envs: list[EventEnvelope]) -> None:
         for env in envs:
             self._dedupe.mark(env.persistence_id, env.sequence_nr)
@@ -457,7 +463,8 @@ class ProjectionWorker:
         if self._batching and len(items) > 1:
             try:
                 envs = [self._envelope(e, off) for e, off in items]
-                await self.handler.handle_batch(envs)
+                with _NO_SPAN if not tracing.ENABLED else self._span([e for e, _ in items]):
+                    await self.handler.handle_batch(envs)
                 self._done(envs)
                 return
             except (asyncio.CancelledError, JournalUnavailableError):
@@ -480,12 +487,13 @@ class ProjectionWorker:
         for attempt in range(1, s.retry_attempts + 1):
             try:
                 env = self._envelope(e, offset)
-                if self._batching:
-                    await self.handler.handle_batch([env])
-                else:
-                    result = self.handler.handle(env)
-                    if inspect.isawaitable(result):
-                        await result
+                with _NO_SPAN if not tracing.ENABLED else self._span([e]):
+                    if self._batching:
+                        await self.handler.handle_batch([env])
+                    else:
+                        result = self.handler.handle(env)
+                        if inspect.isawaitable(result):
+                            await result
                 self._done([env])
                 return True
             except (asyncio.CancelledError, JournalUnavailableError):
@@ -538,6 +546,10 @@ class ProjectionWorker:
             None if lag is None else 0.0 if oldest is None else max(0.0, (now_us() - oldest) / 1e6)
         )
         self.metrics.projection_lag(self.spec.name, self.key, lag, lag_seconds)
+        parked = self.parked.records()
+        self.metrics.set(
+            "raysource_projection_parked", len(parked), projection=self.spec.name, slice=self.key
+        )
         return {
             "projection": self.spec.name,
             "worker": self.key,
@@ -554,7 +566,7 @@ class ProjectionWorker:
             "last_event_timestamp": (
                 self.last_event_timestamp.isoformat() if self.last_event_timestamp else None
             ),
-            "parked": [p.as_dict() for p in self.parked.records()],
+            "parked": [p.as_dict() for p in parked],
             "parked_passed_over": self.parked.passed_over,
             "role": "reader" if self.reader else "follower" if self.follower else "own reads",
             "tag_rows_read": self.reader.rows_read if self.reader else self.rows_read,

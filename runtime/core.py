@@ -59,6 +59,7 @@ from raysource.journal.errors import (
     WriterFencedError,
 )
 from raysource.journal.serialization import Serialization
+from raysource.runtime import tracing
 from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
 from raysource.runtime.core_timers import TimerSteps
 from raysource.runtime.errors import (
@@ -148,6 +149,7 @@ class _Flush:
     # undecodable, beyond it, or consumed without events): a fence check comes first
     unwritten_fires: list[_Outcome] = field(default_factory=list)
     stale_fires: int = 0
+    trace: tracing.FlushTrace | None = None  # its spans, when tracing is on
 
 
 def _utcnow() -> datetime:
@@ -329,6 +331,8 @@ class EntityCore(TimerSteps):
             raise self._stopped_error()
         self._ensure_started()
         fut = asyncio.get_running_loop().create_future()
+        if tracing.ENABLED and type(command) is Keyed and command.trace is not None:
+            command.trace.received_ns = time.time_ns()  # the queue wait's start
         self._mailbox.put_nowait((command, fut))
         self._last_activity = self._clock()
         return fut
@@ -425,11 +429,15 @@ class EntityCore(TimerSteps):
 
     async def _flush(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         flush = _Flush(self._wall_clock())
+        if tracing.ENABLED:
+            flush.trace = tracing.FlushTrace(self.persistence_id, self.aggregate_type.name)
         state, seq = self._state, self._seq
         for i, (command, fut) in enumerate(batch):
             if fut.done():  # the caller gave up before we started: skip it
                 continue
-            key = None
+            key = carrier = None
+            if flush.trace is not None and type(command) is Keyed:
+                carrier = command.trace
             if isinstance(command, Keyed):
                 command, key = command.command, (command.key if self.keys.enabled else None)
             if (
@@ -456,7 +464,13 @@ class EntityCore(TimerSteps):
                     flush.outcomes.append(outcome)
                     continue
             before = len(flush.events)
+            traced = None
+            if flush.trace is not None:
+                fired_by = self.timers.trace_of(fire, flush.timers) if fire else ""
+                traced = flush.trace.begin(carrier, command, fired_by)
             decided = self._decide(command, state, seq, outcome, flush, key, fire)
+            if traced is not None:
+                traced.decided(before, len(flush.events), outcome.error)
             if decided is None:  # this write is full: the rest goes into the next one
                 self._carry.extendleft(reversed(batch[i:]))
                 break
@@ -476,6 +490,8 @@ class EntityCore(TimerSteps):
         self.stats.flushes += 1
         old_seq = self._seq
         if flush.events and not await self._write(flush):
+            if flush.trace is not None:
+                flush.trace.finish()
             return
         self._state, self._seq = state, seq
         # fires answered without a write: this activation is current (True) or not (stop)
@@ -498,6 +514,8 @@ class EntityCore(TimerSteps):
         policy = self.aggregate_type.snapshot
         if not forgot and flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
+        if flush.trace is not None:
+            flush.trace.finish()
         if ahead:  # like a fenced write: the next activation recovers the truth
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
             self._mailbox.put_nowait(_STOP)
@@ -509,7 +527,10 @@ class EntityCore(TimerSteps):
         type_name = self.aggregate_type.name
         started = time.perf_counter()
         try:
-            await self.journal.append(flush.events)
+            if flush.trace is None:
+                await self.journal.append(flush.events)
+            else:
+                await self._traced_append(flush, flush.trace)
         except WriterFencedError as exc:
             # The epoch ended (a newer activation claimed, or a write was not confirmed): the
             # flush's outcome is unknown (the newer activation may have recovered it) and
@@ -578,6 +599,16 @@ class EntityCore(TimerSteps):
             unknown.__cause__ = exc
             return await self._after_failed_write(flush, unknown)
         return True
+
+    async def _traced_append(self, flush: _Flush, trace: tracing.FlushTrace) -> None:
+        """The append with its spans; each traced command's events carry its span's context."""
+        flush.events = trace.before_append(flush.events, tracing.guard_of(self.journal))
+        try:
+            await self.journal.append(flush.events)
+        except BaseException as exc:
+            trace.after_append(exc)
+            raise
+        trace.after_append(None)
 
     async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
         """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,

@@ -50,6 +50,7 @@ from raysource.runtime.errors import (
     PassivatedError,
     RecoveryFailedError,
 )
+from raysource.runtime.hot import HotTracker
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.ordering import CallerOrder
 from raysource.snapshots.api import SnapshotStore
@@ -167,6 +168,7 @@ class AggregateHost:
         self._retired: set[str] = set()  # reactivate=False: entities that may not come back
         self._admit = admit
         self._sweeper: asyncio.Task[Any] | None = None
+        self.hot = HotTracker(clock=clock)
         self._closed = False
         self._generation = 0
         # activations asked for in one loop tick start together (claims, reads): see
@@ -215,6 +217,7 @@ class AggregateHost:
             },
             "sequence_nrs": {eid: c.sequence_nr for eid, c in self._cores.items()},
             "metrics": self.metrics.snapshot(),
+            "hot": self.hot.info(),
         }
 
     # ------------------------------------------------------------------ activation
@@ -540,6 +543,8 @@ class AggregateHost:
         """Passivate entities idle for ``idle_timeout_s`` (none with a call in flight);
         returns how many. Runs periodically on its own; callable directly (tests)."""
         now = self._clock()
+        self.hot.update(self._cores)  # the busiest entities (raysource.runtime.hot)
+        self.hot.record(self.metrics, self.aggregate_type.name, self.metrics_host)
         idle = [
             eid
             for eid, core in self._cores.items()

@@ -74,10 +74,12 @@ _MAX_KEY_LENGTH = 200
 @dataclass(frozen=True, slots=True)
 class Keyed:
     """``command`` sent under the idempotency ``key`` (a non-empty string, at most 200
-    characters: e.g. a uuid, or an upstream message id)."""
+    characters: e.g. a uuid, or an upstream message id). ``trace``: the caller's W3C trace
+    context (a :class:`~raysource.runtime.tracing.TraceCarrier`) when tracing is on."""
 
     command: Any
     key: str
+    trace: Any = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled on every send (twice at the caller): the dataclass default for a frozen

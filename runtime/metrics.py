@@ -158,6 +158,25 @@ METRICS: dict[str, MetricSpec] = {
             "Visible events of a projection slice not handled yet",
         ),
         MetricSpec(
+            "raysource_projection_parked",
+            "gauge",
+            ("projection", "slice"),
+            "Aggregate streams a projection slice parked (a poison event; see projection parked)",
+        ),
+        MetricSpec(
+            "raysource_hot_aggregate_commands_per_second",
+            "gauge",
+            ("type", "host", "entity"),
+            "The top entities of a host by commands per second over its last sweep interval "
+            "(raysource.runtime.hot; 0 once an entity left the top)",
+        ),
+        MetricSpec(
+            "raysource_hot_aggregate_queue_wait_seconds",
+            "gauge",
+            ("type", "host", "entity"),
+            "The top entities of a host by estimated queue wait (queued / commands per second)",
+        ),
+        MetricSpec(
             "raysource_projection_lag_seconds",
             "gauge",
             ("projection", "slice"),

@@ -45,6 +45,7 @@ from raysource.journal.errors import CorruptPayloadError, PayloadTooLargeError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import Schedule
 from raysource.runtime.idempotency import _join, _split
+from raysource.runtime.tracing import TRACEPARENT
 from raysource.timers.api import DEFAULT_BUCKET_MS, TimerRow, bucket_of
 
 __all__ = [
@@ -85,7 +86,14 @@ def _parse(event: StoredEvent) -> tuple[str | None, list[str], list[Pending]]:
     try:
         cancels = json.loads(meta[CANCEL_FIELD]) if CANCEL_FIELD in meta else []
         schedules = [
-            Pending(name, f"{name}@{event.sequence_nr}", int(due_ms), int(bucket), command)
+            Pending(
+                name,
+                f"{name}@{event.sequence_nr}",
+                int(due_ms),
+                int(bucket),
+                command,
+                meta.get(TRACEPARENT, ""),
+            )
             for name, due_ms, bucket, command in (
                 json.loads(meta[SCHEDULE_FIELD]) if SCHEDULE_FIELD in meta else []
             )
@@ -112,6 +120,9 @@ class Pending:
     due_ms: int
     bucket: int  # of its index row, as last written
     command: str
+    # the W3C traceparent of the scheduling command's append (runtime.tracing): its fire
+    # continues that trace. Not kept in snapshots (a timer restored from one starts a new trace)
+    trace: str = ""
 
     def to_list(self) -> list[Any]:
         return [self.name, self.timer_id, self.due_ms, self.bucket, self.command]
@@ -183,6 +194,11 @@ class TimerTable:
         """The due time of ``fire``'s timer if that exact timer is pending, else None."""
         p = overlay[fire.name] if fire.name in overlay else self.pending.get(fire.name)
         return p.due_ms if p is not None and p.timer_id == fire.timer_id else None
+
+    def trace_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> str:
+        """The trace context ``fire``'s timer was scheduled in ("" if none or not pending)."""
+        p = overlay[fire.name] if fire.name in overlay else self.pending.get(fire.name)
+        return p.trace if p is not None and p.timer_id == fire.timer_id else ""
 
     def command_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> Any | None:
         """The decoded command of ``fire`` if that exact timer is pending (``overlay``: the

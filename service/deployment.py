@@ -48,6 +48,7 @@ from ray import serve
 
 from raysource.errors import ConfigError, HostCrashedError, RaysourceError
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.runtime import tracing
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.stores import StoreSpec
@@ -294,7 +295,10 @@ class _TagReplica:
                 message["headers"] = [*message.get("headers", ()), self.header]
             await send(message)
 
-        await self.app(scope, receive, tagged)
+        if not tracing.ENABLED:
+            return await self.app(scope, receive, tagged)
+        with tracing.http_server_span(scope):  # the request's traceparent is the parent
+            await self.app(scope, receive, tagged)
 
 
 class _Replica:

@@ -126,6 +126,10 @@ class TimerService:
         base = {"node": self.node_id, "error": self.error}
         return {**base, **(self.pump.info() if self.pump is not None else {})}
 
+    def wall_clock(self) -> tuple[str, float]:
+        """(this node's id, its wall clock): ``raysource doctor``'s clock-skew check."""
+        return self.node_id, time.time()
+
     def stop(self) -> None:
         """Finish the fires in flight and end the pump."""
         if self._loop is not None and self._stop is not None:

@@ -95,6 +95,9 @@ OFFLINE = [
         "--timeout",
     ),
     ("state-no-system", ["state", "show", "x"], "--system"),
+    ("doctor-timeout-zero", ["doctor", "--timeout", "0"], "--timeout"),
+    ("doctor-contact-bad", ["doctor", "--cassandra", "host:port"], "invalid contact point"),
+    ("status-no-system", ["status"], "--system"),
     ("projection-bad-action", ["projection", "restart"], "invalid choice"),
     ("view-unknown-view", ["view", "orders", "bob"], "invalid choice"),
     (
@@ -184,6 +187,11 @@ NETWORK = [
         "loadtest-ray-address-refused",
         ["loadtest", "--cassandra", "{cas}", "--duration", "1", "--address", "127.0.0.1:{closed}"],
         "no Ray cluster reachable",
+    ),
+    (
+        "doctor-ray-address-garbage",
+        ["doctor", "--cassandra", "{cas}", "--address", "nonsense"],
+        "invalid Ray address",
     ),
     (
         "ray-address-garbage",

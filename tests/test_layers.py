@@ -34,7 +34,7 @@ RANK = {
     "app": 7,
 }
 RAY_FREE = ("journal", "snapshots", "timers", "runtime", "testing")
-RAY_GLUE = ("runtime/actors", "testing/local_resolver.py")
+RAY_GLUE = ("runtime/actors", "testing/local_resolver.py", "testing/span_sink.py")
 # testing/driver_faults.py injects faults below the Cassandra journal (into the driver's own
 # request path), so it is the one test-kit module that speaks to the driver
 DRIVER_ALLOWED = ("journal/cassandra", "readside", "app", "testing/driver_faults.py")

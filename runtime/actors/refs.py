@@ -66,6 +66,7 @@ from typing import Any, Protocol, TypeVar
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from raysource.journal.errors import ConfigError, OutcomeUnknownError, UnserializableError
+from raysource.runtime import tracing
 from raysource.runtime.actors import coalesce
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.errors import (
@@ -345,7 +346,8 @@ class EntityRef:
             return command
         if isinstance(command, Keyed):
             return command
-        return Keyed(command, uuid.uuid4().hex if key is None else key)
+        trace = tracing.current_carrier() if tracing.ENABLED else None
+        return Keyed(command, uuid.uuid4().hex if key is None else key, trace)
 
     def _call_deadline(self, timeout: float | None) -> float:
         """Until when keyed calls re-send unknown outcomes: the call's deadline (none when the
@@ -774,3 +776,7 @@ class EntityRef:
 
     def __repr__(self) -> str:
         return f"EntityRef({self.aggregate_type.persistence_id(self.entity_id)!r})"
+
+
+if tracing.ENABLED:  # a span per call at the reference (see raysource.runtime.tracing)
+    tracing.instrument_refs(EntityRef)
