@@ -283,6 +283,15 @@ class ProjectionHandler:
         """The worker was reset to ``offset`` (None: the start); events after it will be
         delivered again. A view that should be rebuilt clears its tables here."""
 
+    async def applied_marks(self) -> dict[str, int] | None:
+        """Per persistence id, the last sequence number the view applied (an
+        ``EffectivelyOnceView``'s watermarks); None if this handler does not know. Lets
+        ``projection switch`` verify a version exactly while events keep arriving."""
+        return None
+
+    async def drop(self) -> None:
+        """Remove the view's tables (``projection drop`` of a version no longer live)."""
+
     async def verify(self, events: list[EventEnvelope]) -> list[str] | None:
         """Check the view against ``events`` (every stored event of the tag, per persistence
         id in order): one line per problem (a missing or unexpected row, an event applied
