@@ -57,6 +57,18 @@ OFFLINE = [
     ("loadtest-unknown-workload", ["loadtest", "--workload", "bank"], "invalid choice"),
     ("loadtest-contact-bad-port", ["loadtest", "--cassandra", "h:99999"], "invalid port"),
     ("demo-seconds-zero", ["demo", "--seconds", "0"], "--seconds: must be > 0"),
+    (
+        "projection-switch-no-version",
+        ["projection", "switch", "reservations-by-customer"],
+        "needs a version number",
+    ),
+    ("projection-deploy-version-zero", ["projection", "deploy", "x", "--version", "0"], ">= 1"),
+    ("projection-drop-no-version", ["projection", "drop", "x"], "needs a version number"),
+    (
+        "projection-switch-bad-spec",
+        ["projection", "switch", "x", "2", "--spec", "no:pe"],
+        "'no:pe'",
+    ),
     ("demo-bad-contact", ["demo", "--cassandra", "a b"], "invalid contact point"),
     ("events-no-cassandra", ["events", "show", "x"], "no Cassandra to read from"),
     ("events-from-zero", ["events", "show", "x", "--from", "0"], "--from: must be > 0"),
