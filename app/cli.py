@@ -15,7 +15,7 @@ line and exit 2 before anything connects); the work itself lives in the modules 
     raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource state TYPE ID --system NAME [--address RAY] [--namespace NS] [--cassandra H:P] ...
     raysource projection start|stop|pause|resume|reset|status [NAME] [--spec M:ATTR] [--to OFF]
-    raysource projection deploy|switch|rollback|drop|versions NAME ...  (app/cli_projection_versions)
+    raysource projection deploy|switch|rollback|drop|versions NAME ...  (cli_projection_versions)
     raysource view reservations CUSTOMER [--cassandra H:P] [--keyspace K]
 
 The CLI sits at the top of the import graph (it may use every layer); it holds no logic of its
