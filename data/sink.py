@@ -97,6 +97,8 @@ async def _apply(spec: ProjectionSpec, config: CassandraConfig, tables: Iterable
         batching = batches_events(handler)
         size = spec.settings.batch_size
         for table in tables:
+            if table.num_rows == 0:  # a read task with no events (no columns either)
+                continue
             cols = {c: table.column(c).to_pylist() for c in _NEEDED}
             envs = []
             for i in range(table.num_rows):
