@@ -30,7 +30,7 @@ import ray
 import ray.cloudpickle as ray_cloudpickle
 from readside_idle import until_caught_up
 
-from raysource.data import read_events
+from raysource.data import ProjectionView, read_events, write_view
 from raysource.data.backfill import deploy
 from raysource.data.source import stable_cut
 from raysource.examples.reservations_view import (
@@ -199,6 +199,15 @@ async def test_rebuild_while_commands_arrive(config, ray_local, tmp_path) -> Non
             await versions.switch(BASE, 2, build)
         assert (await versions.alias(BASE)).live == 1
         await control.resume(v2.name)
+        async with CassandraSession(config) as session:  # a row no event explains
+            bogus = f"INSERT INTO {config.keyspace}.{view_table(2)} (customer, show, seat) "
+            await session.execute(bogus + "VALUES ('ghost', 'r0', 'Z1')")
+            with pytest.raises(SwitchRefusedError, match="does not verify.*unexpected row"):
+                await versions.switch(BASE, 2, build, wait=120)
+            assert (await versions.alias(BASE)).live == 1
+            await session.execute(
+                f"DELETE FROM {config.keyspace}.{view_table(2)} WHERE customer = 'ghost'"
+            )
         line = await versions.switch(BASE, 2, build, wait=120)
         assert "version 2 is live" in line
         assert (await versions.alias(BASE)).live == 2
@@ -296,6 +305,14 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> No
         await task
     await asyncio.sleep(DELAY * 2)
     assert len(table) > 0 and (table["offset_us"] <= cut.timestamp_us).all()
+    # a view write refuses a dataset whose read tasks reach it reordered (never out of order)
+    spec = reservations_projection(f"rd-view-{uuid.uuid4().hex[:4]}", version=7)
+    spec = dataclasses.replace(spec, tag="rd", aggregate_types=(tag_type,))
+    async with CassandraSession(config) as session:
+        await spec.handler_factory(session, config).global_prepare()
+    shuffled = read_events(config, "rd", [tag_type], until=cut).random_shuffle(seed=3)
+    with pytest.raises(Exception, match="split or reordered"):
+        await loop.run_in_executor(None, write_view, shuffled, ProjectionView(spec, config))
     assert set(table.columns) >= {"persistence_id", "sequence_nr", "seat", "customer"}
     got: dict[str, list[tuple[int, str]]] = {}
     for row in table.sort_values(["persistence_id", "sequence_nr"]).itertuples():
