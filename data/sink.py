@@ -26,7 +26,7 @@ from typing import Any
 
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ConfigError
+from raysource.journal.errors import ConfigError, JournalUnavailableError
 from raysource.readside.errors import ProjectionError
 from raysource.readside.projections import EventEnvelope, ProjectionSpec, batches_events
 
@@ -122,16 +122,31 @@ async def _apply(spec: ProjectionSpec, config: CassandraConfig, tables: Iterable
                 offset = TagOffset(cols["offset_us"][i], pid, seq)
                 envs.append(EventEnvelope(obj, pid, seq, cols["timestamp"][i], offset, spec.tag))
             for j in range(0, len(envs), size):
-                run = envs[j : j + size]
-                if batching:
-                    await handler.handle_batch(run)
-                else:
-                    for env in run:
-                        result = handler.handle(env)
-                        if inspect.isawaitable(result):
-                            await result
+                await _with_retries(handler, batching, envs[j : j + size])
             n += len(envs)
     return n
+
+
+_WRITE_ATTEMPTS = 8  # store errors in a row a write task rides out (then it fails)
+
+
+async def _with_retries(handler: Any, batching: bool, run: list[EventEnvelope]) -> None:
+    """Apply ``run`` (again after a ``JournalUnavailableError``, with backoff: the view's
+    watermarks make a repeat apply only what the failed attempt did not)."""
+    for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        try:
+            if batching:
+                await handler.handle_batch(run)
+            else:
+                for env in run:
+                    result = handler.handle(env)
+                    if inspect.isawaitable(result):
+                        await result
+            return
+        except JournalUnavailableError:
+            if attempt == _WRITE_ATTEMPTS:
+                raise
+            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
 
 
 def write_view(dataset: Any, view: Any, *, concurrency: int | None = None) -> None:

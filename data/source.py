@@ -45,9 +45,9 @@ from typing import Any
 
 import msgspec
 
-from raysource.journal.api import TagOffset
+from raysource.journal.api import TaggedEvent, TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ConfigError
+from raysource.journal.errors import ConfigError, JournalUnavailableError
 from raysource.journal.serialization import Serialization
 from raysource.readside.projections import slice_of
 from raysource.runtime.aggregate import AggregateType, split_persistence_id
@@ -63,6 +63,7 @@ BASE_COLUMNS = (
     "slice",
     "event_type",
 )
+_READ_ATTEMPTS = 8  # store errors in a row a read task rides out (then it fails)
 RAW_COLUMNS = ("serializer_id", "manifest", "payload", "part", "part_row")
 
 
@@ -259,62 +260,85 @@ async def _first_offset(config: CassandraConfig, tag: str, after: TagOffset) -> 
 
 async def _read_part(src: Any, part: _Part) -> AsyncGenerator[list[dict[str, Any]], None]:
     """The rows of one read task, in blocks of ``block_rows``: events of the part's slices
-    with offsets in ``(lo, hi]``, deduplicated by (persistence id, sequence number)."""
+    with offsets in ``(lo, hi]``, deduplicated by (persistence id, sequence number). A store
+    error (``JournalUnavailableError``) resumes the tag query after the last row read, with
+    backoff, up to ``_READ_ATTEMPTS`` times in a row."""
     from raysource.journal.cassandra.journal import CassandraJournal
 
     ser = _serialization(src.types)
     wanted = frozenset(part.slices)
     last: dict[str, int] = {}
     n = 0  # rows of this part so far (part_row: a view write checks it got the part whole)
-    journal = await CassandraJournal.connect(src.config)
+    position, failures = part.lo, 0
+    rows: list[dict[str, Any]] = []
+    journal = None
     try:
-        rows: list[dict[str, Any]] = []
-        async with contextlib.aclosing(journal.events_by_tag(src.tag, part.lo)) as tagged:
-            async for te in tagged:
-                if te.offset > part.hi:
-                    break
-                e = te.event
-                pid, seq = e.persistence_id, e.sequence_nr
-                k = slice_of(pid, part.n_slices)
-                if k not in wanted or seq <= last.get(pid, 0):
-                    continue  # another task's slice, or a re-written tag row seen already
-                if src.aggregate_type and split_persistence_id(pid)[0] != src.aggregate_type:
-                    continue
-                last[pid] = seq
-                obj = ser.decode(
-                    e.serializer_id,
-                    e.manifest,
-                    bytes(e.payload),
-                    persistence_id=pid,
-                    sequence_nr=seq,
-                )
-                row: dict[str, Any] = {
-                    "persistence_id": pid,
-                    "sequence_nr": seq,
-                    "timestamp": e.timestamp,
-                    "offset_us": te.offset.timestamp_us,
-                    "tag": src.tag,
-                    "slice": k,
-                    "event_type": type(obj).__name__,
-                }
-                row.update(_fields(obj))
-                if src.raw:
-                    row.update(
-                        serializer_id=e.serializer_id,
-                        manifest=e.manifest,
-                        payload=bytes(e.payload),
-                        part=part.index,
-                        part_row=n,
-                    )
-                n += 1
-                rows.append(row)
-                if len(rows) >= src.block_rows:
-                    yield rows
-                    rows = []
+        while True:
+            try:
+                if journal is None:
+                    journal = await CassandraJournal.connect(src.config)
+                async with contextlib.aclosing(journal.events_by_tag(src.tag, position)) as tagged:
+                    async for te in tagged:
+                        if te.offset > part.hi:
+                            break
+                        position, failures = te.offset, 0
+                        row = _row(src, part, ser, te, wanted, last)
+                        if row is None:
+                            continue
+                        if src.raw:
+                            row.update(part=part.index, part_row=n)
+                        n += 1
+                        rows.append(row)
+                        if len(rows) >= src.block_rows:
+                            yield rows
+                            rows = []
+                break
+            except JournalUnavailableError:
+                failures += 1
+                if failures >= _READ_ATTEMPTS:
+                    raise
+                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
         if rows:
             yield rows
     finally:
-        await journal.close()
+        if journal is not None:
+            await journal.close()
+
+
+def _row(
+    src: Any,
+    part: _Part,
+    ser: Serialization,
+    te: TaggedEvent,
+    wanted: frozenset[int],
+    last: dict[str, int],
+) -> dict[str, Any] | None:
+    """The dataset row of one tag row (None: another task's slice, another aggregate type, or
+    a re-written tag row already read)."""
+    e = te.event
+    pid, seq = e.persistence_id, e.sequence_nr
+    k = slice_of(pid, part.n_slices)
+    if k not in wanted or seq <= last.get(pid, 0):
+        return None
+    if src.aggregate_type and split_persistence_id(pid)[0] != src.aggregate_type:
+        return None
+    last[pid] = seq
+    obj = ser.decode(
+        e.serializer_id, e.manifest, bytes(e.payload), persistence_id=pid, sequence_nr=seq
+    )
+    row: dict[str, Any] = {
+        "persistence_id": pid,
+        "sequence_nr": seq,
+        "timestamp": e.timestamp,
+        "offset_us": te.offset.timestamp_us,
+        "tag": src.tag,
+        "slice": k,
+        "event_type": type(obj).__name__,
+    }
+    row.update(_fields(obj))
+    if src.raw:
+        row.update(serializer_id=e.serializer_id, manifest=e.manifest, payload=bytes(e.payload))
+    return row
 
 
 def read_events(
