@@ -283,6 +283,11 @@ class ProjectionHandler:
         """The worker was reset to ``offset`` (None: the start); events after it will be
         delivered again. A view that should be rebuilt clears its tables here."""
 
+    async def side_effect(self, envelope: EventEnvelope) -> None:
+        """An effect outside the view (an email, a call out) for an applied event: override it
+        to declare one. Run only while this version is live, at most once per event across
+        versions and redeliveries (:mod:`raysource.readside.effects`)."""
+
     async def applied_marks(self) -> dict[str, int] | None:
         """Per persistence id, the last sequence number the view applied (an
         ``EffectivelyOnceView``'s watermarks); None if this handler does not know. Lets

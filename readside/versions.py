@@ -59,6 +59,7 @@ __all__ = [
     "VersionRegistry",
     "VersionRow",
     "live_version",
+    "split_version",
     "verify_at_marks",
     "version_name",
 ]
@@ -71,6 +72,15 @@ def version_name(base: str, version: int) -> str:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError(f"a projection version is an int >= 1, got {version!r}")
     return base if version == 1 else f"{base}.v{version}"
+
+
+def split_version(name: str) -> tuple[str, int]:
+    """``(base, version)`` of a stored projection name (``NAME.v2`` -> ``(NAME, 2)``; any
+    other name is version 1 of itself)."""
+    base, dot, tail = name.rpartition(".v")
+    if dot and base and tail.isdigit() and int(tail) >= 2:
+        return base, int(tail)
+    return name, 1
 
 
 def build_version(build: SpecBuilder, base: str, version: int) -> ProjectionSpec:
@@ -278,10 +288,24 @@ class VersionControl:
                 )
             await registry.set_state(base, version, "live")
             await registry.set_state(base, alias.live, "standby")
+            cut = next((r.cut for r in await registry.versions(base) if r.version == version), None)
+            released = await self._release(new, session, cut)
+        held = f"; {released} held side effect(s) run" if released else ""
         return (
-            f"{base}: version {version} is live (was {alias.live}; verified {report.events} "
+            f"{base}: version {version} is live{held} (was {alias.live}; verified {report.events} "
             f"events of {report.aggregates} aggregates, 0 missed, 0 applied twice)"
         )
+
+    async def _release(
+        self, spec: ProjectionSpec, session: CassandraSession, cut: TagOffset | None
+    ) -> int:
+        """Run the held side effects of ``spec``, just made live (readside.effects.release)."""
+        from raysource.journal.cassandra.journal import CassandraJournal
+        from raysource.readside.effects import release
+
+        journal = CassandraJournal(session, self.config)
+        handler = spec.handler_factory(session, self.config)
+        return await release(spec, journal, handler, session, self.config.keyspace, cut)
 
     async def _verify_paused(self, spec: ProjectionSpec) -> VerifyReport:
         """Pause ``spec``'s workers, :func:`verify_at_marks`, resume them."""

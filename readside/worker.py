@@ -47,6 +47,7 @@ from typing import Any
 
 from raysource.journal.api import Journal, StoredEvent, TagOffset
 from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
+from raysource.readside.effects import SideEffects
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
 from raysource.readside.parking import ParkedStreams, retry_stream
@@ -134,6 +135,10 @@ class ProjectionWorker:
         self.reader: SliceReader | None = None
         self.follower = False
         self.rows_read = 0  # tag rows read by this worker's durable passes
+        # declared side effects: run by the live version only, once (readside.effects)
+        self.effects = SideEffects(
+            self.handler, spec.name, session, config.keyspace if config is not None else ""
+        )
 
     def _mine(self, pid: str) -> bool:
         return self.spec.n_slices == 1 or slice_of(pid, self.spec.n_slices) == self.slice_index
@@ -456,6 +461,7 @@ class ProjectionWorker:
                 envs = [self._envelope(e, off) for e, off in items]
                 await self.handler.handle_batch(envs)
                 self._done(envs)
+                await self.effects.after_applied(envs)
                 return
             except (asyncio.CancelledError, JournalUnavailableError):
                 raise  # a store outage is nobody's poison: the pass is retried with backoff
@@ -484,6 +490,7 @@ class ProjectionWorker:
                     if inspect.isawaitable(result):
                         await result
                 self._done([env])
+                await self.effects.after_applied([env])
                 return True
             except (asyncio.CancelledError, JournalUnavailableError):
                 raise

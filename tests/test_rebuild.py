@@ -21,6 +21,7 @@ import random
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from raysource.journal.cassandra.session import RAW_PROFILE, CassandraSession
 from raysource.readside.errors import ProjectionError, SwitchRefusedError
 from raysource.readside.projection_actor import Projections
 from raysource.readside.projections import ProjectionSettings, ProjectionSpec, offset_from_str
-from raysource.readside.verify import verify_cassandra
+from raysource.readside.verify import tag_events, verify_cassandra
 from raysource.readside.versions import VersionControl, live_version
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.testkit import AggregateTestKit
@@ -72,7 +73,31 @@ def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
     )
 
 
-class _KillOnce(ReservationsByCustomer):
+class _Effects(ReservationsByCustomer):
+    """The view with a declared side effect: a row in ``effects_log`` per run (the "email")."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = self.table.rsplit(".", 1)[0] + ".effects_log"
+        self.version = kwargs.get("version", 1)
+
+    async def global_prepare(self) -> None:
+        await super().global_prepare()
+        await self.session.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.log} (pid text, seq bigint, version int, "
+            "at timeuuid, PRIMARY KEY ((pid), seq, at))",
+            prepare=False,
+            timeout=60.0,
+        )
+
+    async def side_effect(self, envelope) -> None:
+        await self.session.execute(
+            f"INSERT INTO {self.log} (pid, seq, version, at) VALUES (?, ?, ?, now())",
+            (envelope.persistence_id, envelope.sequence_nr, self.version),
+        )
+
+
+class _KillOnce(_Effects):
     """Version 2's handler: in a Ray Data task (not a projection actor), the process dies
     after its second batch, once per test run (a marker file)."""
 
@@ -97,7 +122,7 @@ class _Factory:
     def __call__(self, session, config):
         if self.version == 2:
             return _KillOnce(self.marker, session, config.keyspace, audit=True, version=2)
-        return ReservationsByCustomer(session, config.keyspace, audit=True, version=self.version)
+        return _Effects(session, config.keyspace, audit=True, version=self.version)
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,7 @@ async def test_rebuild_while_commands_arrive(config, ray_local, tmp_path) -> Non
             await session.execute(
                 f"DELETE FROM {config.keyspace}.{view_table(2)} WHERE customer = 'ghost'"
             )
+            assert await _effects_by(session, config, 2) == 0  # held back while not live
         line = await versions.switch(BASE, 2, build, wait=120)
         assert "version 2 is live" in line
         assert (await versions.alias(BASE)).live == 2
@@ -240,6 +266,16 @@ async def test_rebuild_while_commands_arrive(config, ray_local, tmp_path) -> Non
     assert report.ok, report.lines()
     async with CassandraSession(config) as session:
         assert await _table(session, config, 2) == await _table(session, config, 1)
+        # every event's side effect ran exactly once, by whichever version was live
+        runs = await session.select_all(
+            f"SELECT pid, seq FROM {config.keyspace}.effects_log", profile=RAW_PROFILE
+        )
+        ran = Counter((r[0], r[1]) for r in runs)
+        events = await tag_events(journal, v2)
+        assert len(events) > 300 and all(
+            ran[(e.persistence_id, e.sequence_nr)] == 1 for e in events
+        ), [k for k, n in ran.items() if n != 1][:5]
+        assert len(ran) == len(events) and await _effects_by(session, config, 2) > 0
     assert "version 1 dropped" in await versions.drop(BASE, 1, build)
     assert not control.handles(v1.name)
     async with CassandraSession(config) as session:
@@ -249,6 +285,13 @@ async def test_rebuild_while_commands_arrive(config, ray_local, tmp_path) -> Non
             await _table(session, config, 1)
     await control.stop(v2.name)
     await journal.close()
+
+
+async def _effects_by(session, config, version: int) -> int:
+    rows = await session.select_all(
+        f"SELECT version FROM {config.keyspace}.effects_log", profile=RAW_PROFILE
+    )
+    return sum(1 for r in rows if r[0] == version)
 
 
 def versions_alias(live, previous):

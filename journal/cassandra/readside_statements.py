@@ -16,6 +16,9 @@ Tables:
   (:mod:`raysource.readside.versions`: its state and the cut its backfill read to), and per
   projection the alias every reader reads through: ``live`` (the version queries read) and
   ``previous`` (where a rollback goes), static columns switched by a conditional update.
+* ``projection_effects`` — one row per (projection, persistence id, sequence number) whose
+  declared side effects were claimed (a conditional insert) by the live version that ran
+  them (:mod:`raysource.readside.effects`): never twice, whichever version handles the event.
 * ``<view>_watermarks`` / ``<view>_applied`` — the per-view bookkeeping of
   :class:`~raysource.readside.views.EffectivelyOnceView` (created by the view's
   ``create_tables``, since a view's name is the application's).
@@ -25,7 +28,13 @@ from __future__ import annotations
 
 from raysource.journal.cassandra.config import validate_identifier
 
-__all__ = ["OffsetStatements", "VersionStatements", "ViewStatements", "readside_schema"]
+__all__ = [
+    "EffectStatements",
+    "OffsetStatements",
+    "VersionStatements",
+    "ViewStatements",
+    "readside_schema",
+]
 
 
 def readside_schema(keyspace: str) -> list[str]:
@@ -62,6 +71,13 @@ def readside_schema(keyspace: str) -> list[str]:
     live int STATIC,
     previous int STATIC,
     PRIMARY KEY ((projection), version)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.projection_effects (
+    projection text,
+    persistence_id text,
+    sequence_nr bigint,
+    version int,
+    PRIMARY KEY ((projection, persistence_id), sequence_nr)
 )""",
     ]
 
@@ -154,3 +170,16 @@ class VersionStatements:
         self.switch = f"UPDATE {t} SET live = ?, previous = ? WHERE projection = ? IF live = ?"
         self.delete_offsets = f"DELETE FROM {ks}.projection_offsets WHERE projection = ?"
         self.delete_parked = f"DELETE FROM {ks}.projection_parked WHERE projection = ?"
+
+
+class EffectStatements:
+    """The side-effect claims of projections (one keyspace)."""
+
+    def __init__(self, keyspace: str) -> None:
+        ks = validate_identifier(keyspace, "keyspace")
+        t = f"{ks}.projection_effects"
+        self.create = readside_schema(ks)
+        self.claim = (
+            f"INSERT INTO {t} (projection, persistence_id, sequence_nr, version) "
+            "VALUES (?, ?, ?, ?) IF NOT EXISTS"
+        )
