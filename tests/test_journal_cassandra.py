@@ -76,7 +76,8 @@ def test_schema_cql_for_operators():
     assert "prod_ks.writer_fence" in cql and "prod_ks.writer_epochs" in cql
     assert "prod_ks.tag_views" in cql and "prod_ks.snapshots" in cql
     assert "PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)" in cql
-    assert cql.count(";") == 12  # + fence, epochs, projection_offsets/_parked, timers, cursors
+    # + fence, epochs, projection_offsets/_parked/_versions/_effects, timers, cursors
+    assert cql.count(";") == 14
 
 
 # ---------------------------------------------------------------- session (real node)
