@@ -20,6 +20,7 @@ and fails loudly otherwise (a shuffle, a repartition, a split between read and w
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -53,6 +54,7 @@ class ProjectionView:
         return _sink_class()(spec, config)
 
 
+@functools.cache
 def _sink_class() -> type:
     from ray.data import Datasink
     from ray.data.block import BlockAccessor

@@ -138,6 +138,7 @@ class EventLogSource:
         return _datasource_class()(*args, **kwargs)
 
 
+@functools.cache
 def _datasource_class() -> type:
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
