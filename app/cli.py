@@ -15,6 +15,7 @@ line and exit 2 before anything connects); the work itself lives in the modules 
     raysource replay TYPE ID [--to N] [--snapshot] [--cassandra H:P] [--keyspace K] [--app M:ATTR]
     raysource state TYPE ID --system NAME [--address RAY] [--namespace NS] [--cassandra H:P] ...
     raysource projection start|stop|pause|resume|reset|status [NAME] [--spec M:ATTR] [--to OFF]
+    raysource projection deploy|switch|rollback|drop|versions NAME ...  (cli_projection_versions)
     raysource view reservations CUSTOMER [--cassandra H:P] [--keyspace K]
 
 The CLI sits at the top of the import graph (it may use every layer); it holds no logic of its
@@ -35,6 +36,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from raysource.app.cli_projection_versions import (
+    VERSION_OPS,
+    add_version_arguments,
+    projection_versions,
+)
 from raysource.app.local_node import LocalCassandra
 from raysource.journal.errors import ConfigError, RaysourceError
 
@@ -488,6 +494,8 @@ def _projection(args: argparse.Namespace) -> int:
 
     if args.action in _READSIDE_OPS:
         return _projection_op(args)
+    if args.action in VERSION_OPS:
+        return projection_versions(args, lambda: _config(args, connect_timeout=5.0))
 
     from raysource.readside.projections import offset_from_str
     from raysource.runtime.actors.cluster import connect_ray
@@ -778,7 +786,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="start/stop/pause/resume/reset/status a read-side projection on a running Ray cluster",
     )
     proj.add_argument(
-        "action", choices=["start", "stop", "pause", "resume", "reset", "status", *_READSIDE_OPS]
+        "action",
+        choices=[
+            "start",
+            "stop",
+            "pause",
+            "resume",
+            "reset",
+            "status",
+            *_READSIDE_OPS,
+            *VERSION_OPS,
+        ],
     )
     proj.add_argument("name", nargs="?", default=None, help="projection name (default: --spec's)")
     proj.add_argument(
@@ -792,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reset/set-offset target: 'start' or TS_US:SEQ:PID ('end' for set-offset)",
     )
     proj.add_argument("--pid", default=None, help="retry/skip: the parked persistence id")
+    add_version_arguments(proj)
     proj.add_argument(
         "--cassandra",
         type=_contact,

@@ -149,6 +149,23 @@ def _projection(r: dict) -> list[Row]:
     ]
 
 
+def _rebuild(r: dict) -> list[Row]:
+    return [
+        (
+            f"backfill {r['events']:,} events, 1 Ray Data worker",
+            f"{r['backfill_1_per_s']:,} ev/s",
+            f"one-worker projection replay {r['replay_per_s']:,} ev/s",
+            _x(r["backfill_1_per_s"], r["replay_per_s"]),
+        ),
+        (
+            "backfill, 2 Ray Data workers",
+            f"{r['backfill_2_per_s']:,} ev/s",
+            f"1 worker {r['backfill_1_per_s']:,} ev/s",
+            _x(r["backfill_2_per_s"], r["backfill_1_per_s"]),
+        ),
+    ]
+
+
 def _service(r: dict) -> list[Row]:
     rows = []
     for row in ("sequential reserve", "concurrent reserve"):
@@ -392,6 +409,12 @@ BENCHES = [
             "--slice-events",
             "200",
         ],
+    ),
+    Bench(
+        "rebuild",
+        "benchmarks.rebuild_bench",
+        _rebuild,
+        tiny=["--events", "300", "--per-show", "50", "--tasks", "2"],
     ),
     Bench(
         "service",

@@ -15,6 +15,11 @@ events read after the forget carry that placeholder already. Writes go through
     await reservations_of(session, config.keyspace, "alice")  # [("42", "A1"), ...]
 
 CLI: ``raysource view reservations alice --cassandra 127.0.0.1:9042 --keyspace raysource``.
+
+Versions (:mod:`raysource.readside.versions`): ``reservations_projection(version=2)`` is the
+projection ``reservations-by-customer.v2`` writing ``reservations_by_customer_v2`` (and its own
+watermarks); :func:`reservations_of` reads the version the projection's alias names, so the
+service and the ``view`` CLI follow ``raysource projection switch`` at once.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from raysource.readside.projections import (
     ProjectionSpec,
 )
 from raysource.readside.verify import verify_applied
+from raysource.readside.versions import live_version, version_name
 from raysource.readside.views import EffectivelyOnceView
 from raysource.runtime.aggregate import split_persistence_id
 
@@ -43,20 +49,30 @@ __all__ = [
     "VIEW_TABLE",
     "reservations_of",
     "reservations_projection",
+    "reservations_version",
+    "view_table",
 ]
 
 VIEW_TABLE = "reservations_by_customer"
+NAME = "reservations-by-customer"
+
+
+def view_table(version: int = 1) -> str:
+    """The view table of ``version`` (version 1 keeps the original name)."""
+    return VIEW_TABLE if version == 1 else f"{VIEW_TABLE}_v{version}"
 
 
 class ReservationsByCustomer(ProjectionHandler):
     """The handler of the reservations-by-customer projection."""
 
-    def __init__(self, session: CassandraSession, keyspace: str, *, audit: bool = False) -> None:
+    def __init__(
+        self, session: CassandraSession, keyspace: str, *, audit: bool = False, version: int = 1
+    ) -> None:
         self.session = session
-        self.table = f"{validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE}"
+        self.table = f"{validate_identifier(keyspace, 'keyspace')}.{view_table(version)}"
         # a view row (customer, show, seat) is written only by events of its show and seat
         self.writer = EffectivelyOnceView(
-            session, keyspace, VIEW_TABLE, audit=audit, conflict_key=_show_and_seat
+            session, keyspace, view_table(version), audit=audit, conflict_key=_show_and_seat
         )
 
     async def global_prepare(self) -> None:
@@ -113,6 +129,12 @@ class ReservationsByCustomer(ProjectionHandler):
         rows = await self.session.select_all(self.rows_of, (signal.subject,), profile=RAW_PROFILE)
         for show, seat in rows:  # IF EXISTS: a row cancelled meanwhile is not brought back
             await self.session.execute(self.scrub, (FORGOTTEN, signal.subject, show, seat))
+    async def applied_marks(self) -> dict[str, int]:
+        return await self.writer.stored_watermarks()
+
+    async def drop(self) -> None:
+        for table in (self.table, self.writer.watermarks_table, self.writer.applied_table):
+            await self.session.execute(f"DROP TABLE IF EXISTS {table}", prepare=False, timeout=60.0)
 
     async def verify(self, events: list[EventEnvelope]) -> list[str]:
         """The view against a fold of ``events``: missing and unexpected rows, and events
@@ -146,22 +168,37 @@ def _show_and_seat(envelope: EventEnvelope) -> tuple[str, str]:
 @dataclass(frozen=True)
 class _Factory:
     audit: bool = False
+    version: int = 1
 
     def __call__(self, session: CassandraSession, config: CassandraConfig) -> ProjectionHandler:
-        return ReservationsByCustomer(session, config.keyspace, audit=self.audit)
+        return ReservationsByCustomer(
+            session, config.keyspace, audit=self.audit, version=self.version
+        )
 
 
 def reservations_projection(
-    name: str = "reservations-by-customer",
+    name: str = NAME,
     *,
     n_slices: int = 1,
     settings: ProjectionSettings | None = None,
     audit: bool = False,
+    version: int = 1,
 ) -> ProjectionSpec:
-    """The projection spec (``audit=True`` records every applied delivery; for tests)."""
+    """The projection spec (``audit=True`` records every applied delivery; for tests) of
+    ``version`` (named ``version_name(name, version)``, writing ``view_table(version)``)."""
     return ProjectionSpec(
-        name, "show", _Factory(audit), (SHOW,), n_slices, settings or ProjectionSettings()
+        version_name(name, version),
+        "show",
+        _Factory(audit, version),
+        (SHOW,),
+        n_slices,
+        settings or ProjectionSettings(),
     )
+
+
+def reservations_version(version: int) -> ProjectionSpec:
+    """The spec builder of the projection's versions (``projection deploy/switch --spec``)."""
+    return reservations_projection(version=version)
 
 
 RESERVATIONS = reservations_projection()
@@ -179,11 +216,13 @@ async def names_of(session: CassandraSession, keyspace: str, customer: str) -> l
 
 
 async def reservations_of(
-    session: CassandraSession, keyspace: str, customer: str
+    session: CassandraSession, keyspace: str, customer: str, *, projection: str = NAME
 ) -> list[tuple[str, str]]:
-    """The ``(show, seat)`` pairs ``customer`` holds, sorted, as the view has them now."""
+    """The ``(show, seat)`` pairs ``customer`` holds, sorted, as the live version of the view
+    (``projection``'s alias) has them now."""
+    version = await live_version(session, keyspace, projection)
     rows = await session.select_all(
-        f"SELECT show, seat FROM {validate_identifier(keyspace, 'keyspace')}.{VIEW_TABLE} "
+        f"SELECT show, seat FROM {validate_identifier(keyspace, 'keyspace')}.{view_table(version)} "
         "WHERE customer = ?",
         (customer,),
         profile=RAW_PROFILE,

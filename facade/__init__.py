@@ -9,6 +9,7 @@ Layers (imports go one way, down; ``tests/test_layers.py`` checks it)::
     raysource.service    the HTTP front door (Ray Serve + FastAPI)
     raysource.examples   seat reservations, a ledger, a read-side view
     raysource.testing    test kit, fault injection, history checker, contract suites
+    raysource.data       the event log as a Ray Dataset, bulk rebuilds of projection versions
     raysource.sharding   shard allocation (pure), coordinator, regions, System
     raysource.readside   projections, views
     raysource.runtime    aggregate API, entity core + host (no Ray); runtime.actors: Ray glue

@@ -33,6 +33,7 @@ here and from ``raysource``.
     │   ├── UnserializableError      [N]
     │   └── PayloadTooLargeError     [N]
     ├── ProjectionError                  readside: a projection could not do what was asked
+    │   └── SwitchRefusedError           a version behind or not verified was not made live
     ├── ShardingError                    sharding: the shard coordinator could not do what was asked
     │   ├── NoLiveNodesError             no live Ray node can take a shard
     │   └── CoordinatorFencedError       another coordinator instance owns the table

@@ -291,6 +291,19 @@ class ProjectionHandler:
         Called by ``raysource forget`` (its process, after ``prepare``), effectively once per
         view and subject: it may run again after a crash, so it must be idempotent. Events
         delivered later already carry the placeholder."""
+    async def side_effect(self, envelope: EventEnvelope) -> None:
+        """An effect outside the view (an email, a call out) for an applied event: override it
+        to declare one. Run only while this version is live, at most once per event across
+        versions and redeliveries (:mod:`raysource.readside.effects`)."""
+
+    async def applied_marks(self) -> dict[str, int] | None:
+        """Per persistence id, the last sequence number the view applied (an
+        ``EffectivelyOnceView``'s watermarks); None if this handler does not know. Lets
+        ``projection switch`` verify a version exactly while events keep arriving."""
+        return None
+
+    async def drop(self) -> None:
+        """Remove the view's tables (``projection drop`` of a version no longer live)."""
 
     async def verify(self, events: list[EventEnvelope]) -> list[str] | None:
         """Check the view against ``events`` (every stored event of the tag, per persistence

@@ -48,6 +48,7 @@ from typing import Any
 from raysource.journal.api import Journal, StoredEvent, TagOffset
 from raysource.journal.cassandra.keystore import key_ring
 from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
+from raysource.readside.effects import SideEffects
 from raysource.readside.live import LiveInbox
 from raysource.readside.offsets import CassandraOffsetStore, OffsetStore, now_us
 from raysource.readside.parking import ParkedStreams, retry_stream
@@ -139,6 +140,10 @@ class ProjectionWorker:
         self.reader: SliceReader | None = None
         self.follower = False
         self.rows_read = 0  # tag rows read by this worker's durable passes
+        # declared side effects: run by the live version only, once (readside.effects)
+        self.effects = SideEffects(
+            self.handler, spec.name, session, config.keyspace if config is not None else ""
+        )
 
     def _mine(self, pid: str) -> bool:
         return self.spec.n_slices == 1 or slice_of(pid, self.spec.n_slices) == self.slice_index
@@ -466,6 +471,7 @@ class ProjectionWorker:
                 with _NO_SPAN if not tracing.ENABLED else self._span([e for e, _ in items]):
                     await self.handler.handle_batch(envs)
                 self._done(envs)
+                await self.effects.after_applied(envs)
                 return
             except (asyncio.CancelledError, JournalUnavailableError):
                 raise  # a store outage is nobody's poison: the pass is retried with backoff
@@ -495,6 +501,7 @@ class ProjectionWorker:
                         if inspect.isawaitable(result):
                             await result
                 self._done([env])
+                await self.effects.after_applied([env])
                 return True
             except (asyncio.CancelledError, JournalUnavailableError):
                 raise

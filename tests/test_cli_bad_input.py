@@ -62,6 +62,18 @@ OFFLINE = [
     ("retention-rate-zero", ["retention", "run", "show", "--rows-per-s", "0"], "--rows-per-s"),
     ("retention-unknown-type", ["retention", "plan", "nosuch"], "unknown aggregate type"),
     ("retention-bad-app", ["retention", "plan", "show", "--app", "nosuch:X"], "cannot import"),
+    (
+        "projection-switch-no-version",
+        ["projection", "switch", "reservations-by-customer"],
+        "needs a version number",
+    ),
+    ("projection-deploy-version-zero", ["projection", "deploy", "x", "--version", "0"], ">= 1"),
+    ("projection-drop-no-version", ["projection", "drop", "x"], "needs a version number"),
+    (
+        "projection-switch-bad-spec",
+        ["projection", "switch", "x", "2", "--spec", "no:pe"],
+        "'no:pe'",
+    ),
     ("demo-bad-contact", ["demo", "--cassandra", "a b"], "invalid contact point"),
     ("events-no-cassandra", ["events", "show", "x"], "no Cassandra to read from"),
     ("events-from-zero", ["events", "show", "x", "--from", "0"], "--from: must be > 0"),

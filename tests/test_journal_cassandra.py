@@ -79,9 +79,9 @@ def test_schema_cql_for_operators():
     assert "PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)" in cql
     assert "prod_ks.subject_keys" in cql and "prod_ks.subject_forget_signals" in cql
     assert "prod_ks.retention_progress" in cql
-    # + fence, epochs, projection_offsets/_parked, timers, cursors, subject keys, forget
-    # signals, retention_progress
-    assert cql.count(";") == 15
+    # + fence, epochs, projection_offsets/_parked/_versions/_effects, timers, cursors, subject
+    # keys, forget signals, retention_progress
+    assert cql.count(";") == 17
 
 
 # ---------------------------------------------------------------- session (real node)

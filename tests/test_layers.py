@@ -1,7 +1,7 @@
 """The rooms and the one-way import rule, read statically (a lazy import inside a function
 counts too).
 
-    app  ->  service  ->  examples  ->  testing  ->  sharding | readside  ->  runtime
+    app  ->  service  ->  examples  ->  testing | data  ->  sharding | readside  ->  runtime
          ->  snapshots | timers  ->  journal
 
 ``sharding`` and ``readside`` are peers (neither imports the other). The storage layers and the
@@ -29,6 +29,7 @@ RANK = {
     "readside": 3,
     "sharding": 3,
     "testing": 4,
+    "data": 4,
     "examples": 5,
     "service": 6,
     "app": 7,

@@ -12,6 +12,13 @@ Tables:
   schema (:func:`raysource.journal.cassandra.schema.schema_statements`).
 * ``projection_parked`` — one row per (projection, persistence id) whose stream is parked on a
   poison event: the worker, the event's sequence number, the error, when. Production schema too.
+* ``projection_versions`` — one row per (projection, version) deployed beside the first
+  (:mod:`raysource.readside.versions`: its state and the cut its backfill read to), and per
+  projection the alias every reader reads through: ``live`` (the version queries read) and
+  ``previous`` (where a rollback goes), static columns switched by a conditional update.
+* ``projection_effects`` — one row per (projection, persistence id, sequence number) whose
+  declared side effects were claimed (a conditional insert) by the live version that ran
+  them (:mod:`raysource.readside.effects`): never twice, whichever version handles the event.
 * ``<view>_watermarks`` / ``<view>_applied`` — the per-view bookkeeping of
   :class:`~raysource.readside.views.EffectivelyOnceView` (created by the view's
   ``create_tables``, since a view's name is the application's).
@@ -21,7 +28,13 @@ from __future__ import annotations
 
 from raysource.journal.cassandra.config import validate_identifier
 
-__all__ = ["OffsetStatements", "ViewStatements", "readside_schema"]
+__all__ = [
+    "EffectStatements",
+    "OffsetStatements",
+    "VersionStatements",
+    "ViewStatements",
+    "readside_schema",
+]
 
 
 def readside_schema(keyspace: str) -> list[str]:
@@ -48,6 +61,23 @@ def readside_schema(keyspace: str) -> list[str]:
     error text,
     parked_us bigint,
     PRIMARY KEY ((projection), persistence_id)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.projection_versions (
+    projection text,
+    version int,
+    state text,
+    cut text,
+    updated_us bigint,
+    live int STATIC,
+    previous int STATIC,
+    PRIMARY KEY ((projection), version)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {ks}.projection_effects (
+    projection text,
+    persistence_id text,
+    sequence_nr bigint,
+    version int,
+    PRIMARY KEY ((projection, persistence_id), sequence_nr)
 )""",
     ]
 
@@ -115,3 +145,41 @@ class ViewStatements:
         self.select_applied = f"SELECT persistence_id, sequence_nr FROM {self.applied_table}"
         self.truncate_watermarks = f"TRUNCATE {self.watermarks_table}"
         self.truncate_applied = f"TRUNCATE {self.applied_table}"
+
+
+class VersionStatements:
+    """The statements of the projection versions and their alias (one keyspace)."""
+
+    def __init__(self, keyspace: str) -> None:
+        ks = validate_identifier(keyspace, "keyspace")
+        t = f"{ks}.projection_versions"
+        self.create = readside_schema(ks)
+        self.live = f"SELECT live, previous FROM {t} WHERE projection = ? LIMIT 1"
+        self.select = (
+            f"SELECT version, state, cut, updated_us, live, previous FROM {t} WHERE projection = ?"
+        )
+        self.upsert = (
+            f"UPDATE {t} SET state = ?, cut = ?, updated_us = ? "
+            "WHERE projection = ? AND version = ?"
+        )
+        self.set_state = (
+            f"UPDATE {t} SET state = ?, updated_us = ? WHERE projection = ? AND version = ?"
+        )
+        # the alias: created once (IF live = null), then moved only from the value it had
+        self.init_alias = f"UPDATE {t} SET live = ? WHERE projection = ? IF live = null"
+        self.switch = f"UPDATE {t} SET live = ?, previous = ? WHERE projection = ? IF live = ?"
+        self.delete_offsets = f"DELETE FROM {ks}.projection_offsets WHERE projection = ?"
+        self.delete_parked = f"DELETE FROM {ks}.projection_parked WHERE projection = ?"
+
+
+class EffectStatements:
+    """The side-effect claims of projections (one keyspace)."""
+
+    def __init__(self, keyspace: str) -> None:
+        ks = validate_identifier(keyspace, "keyspace")
+        t = f"{ks}.projection_effects"
+        self.create = readside_schema(ks)
+        self.claim = (
+            f"INSERT INTO {t} (projection, persistence_id, sequence_nr, version) "
+            "VALUES (?, ?, ?, ?) IF NOT EXISTS"
+        )
