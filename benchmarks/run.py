@@ -251,6 +251,8 @@ def _personal(r: dict) -> list[Row]:
             _x(sealed, plain),
         )
     ]
+
+
 def _tracing(r: dict) -> list[Row]:
     off = r["modes"]["off"]
     rows = []

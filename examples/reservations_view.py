@@ -129,6 +129,7 @@ class ReservationsByCustomer(ProjectionHandler):
         rows = await self.session.select_all(self.rows_of, (signal.subject,), profile=RAW_PROFILE)
         for show, seat in rows:  # IF EXISTS: a row cancelled meanwhile is not brought back
             await self.session.execute(self.scrub, (FORGOTTEN, signal.subject, show, seat))
+
     async def applied_marks(self) -> dict[str, int]:
         return await self.writer.stored_watermarks()
 

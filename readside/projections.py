@@ -291,6 +291,7 @@ class ProjectionHandler:
         Called by ``raysource forget`` (its process, after ``prepare``), effectively once per
         view and subject: it may run again after a crash, so it must be idempotent. Events
         delivered later already carry the placeholder."""
+
     async def side_effect(self, envelope: EventEnvelope) -> None:
         """An effect outside the view (an email, a call out) for an applied event: override it
         to declare one. Run only while this version is live, at most once per event across

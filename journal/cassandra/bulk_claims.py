@@ -139,10 +139,16 @@ class _SharedClaims(EpochGuard):
         return {row[0]: (int(row[1]), row[2]) for row in rows if row[1] is not None}
 
     async def view(
-        self, pid: str, below: int | None = None, *, bounded: bool = True, stable: bool = False
+        self,
+        pid: str,
+        below: int | None = None,
+        *,
+        bounded: bool = True,
+        stable: bool = False,
+        wait: bool = True,
     ) -> View:
         if stable or below is None or not bounded:
-            return await super().view(pid, below, bounded=bounded, stable=stable)
+            return await super().view(pid, below, bounded=bounded, stable=stable, wait=wait)
         records = await self._heads.get(pid) or []
         older = [r for r in records if int(r[1]) < below]
         if older:  # the newest record below the claim (records come newest first)
