@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 import uuid
+from pathlib import Path
 
 from cassandra.cluster import Cluster
 
@@ -89,10 +91,15 @@ async def main_async(args: argparse.Namespace) -> None:
         adm.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
         admin.shutdown()
     print(f"{args.n} aggregates, {args.events} events each, {args.rounds} rounds (median)")
+    figures: dict[str, dict[str, float]] = {}
     for key in ("first_touch_s", "first_touch_cpu_ms_per", "recover_s", "recover_cpu_ms_per"):
         one = statistics.median(r[key] for r in results[False])
         bulk = statistics.median(r[key] for r in results[True])
         print(f"{key:24s} one-by-one {one:8.3f}  bulk {bulk:8.3f}  ratio {one / bulk:5.2f}x")
+        figures[key] = {"one_by_one": one, "bulk": bulk, "ratio": one / bulk}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"aggregates": args.n, **figures}, indent=2))
 
 
 def main() -> None:
@@ -101,6 +108,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--events", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the figures as JSON here")
     asyncio.run(main_async(p.parse_args()))
 
 

@@ -253,6 +253,21 @@ def _personal(r: dict) -> list[Row]:
     ]
 
 
+def _activation(r: dict) -> list[Row]:
+    rows = []
+    for key, label in (("first_touch_s", "first touch"), ("recover_s", "recovery of many")):
+        f = r[key]
+        rows.append(
+            (
+                f"{label} of {r['aggregates']:,} aggregates, bulk",
+                f"{f['bulk']:.2f} s",
+                f"one by one {f['one_by_one']:.2f} s",
+                f"x{f['ratio']:.2f}",
+            )
+        )
+    return rows
+
+
 def _tracing(r: dict) -> list[Row]:
     off = r["modes"]["off"]
     rows = []
@@ -453,6 +468,12 @@ BENCHES = [
         _serialization,
         contact=lambda c: [],
         tiny=["--n", "300"],
+    ),
+    Bench(
+        "activation",
+        "benchmarks.activation_bench",
+        _activation,
+        tiny=["--n", "20", "--events", "2", "--rounds", "1"],
     ),
     Bench(
         "personal",

@@ -84,7 +84,9 @@ class Keyed:
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled on every send (twice at the caller): the dataclass default for a frozen
         # slots class walks fields() per object (~10% of a caller's CPU in W2)
-        return (Keyed, (self.command, self.key))
+        if self.trace is None:
+            return (Keyed, (self.command, self.key))
+        return (Keyed, (self.command, self.key, self.trace))
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key or len(self.key) > _MAX_KEY_LENGTH:
