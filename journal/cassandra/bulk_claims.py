@@ -12,7 +12,8 @@ travel:
   partition), so every aggregate still pays its own round; only a shard-scoped fence
   (``design/fencing.md``, design E) would remove it;
 * the plain reads of a claim go out as one ``persistence_id IN (...)`` read per event-loop
-  tick for every claim waiting in that tick (:class:`_SharedClaims`, :class:`_TickReads`):
+  tick for every claim waiting in that tick (:class:`_SharedClaims`, the epoch guard's
+  :class:`~raysource.journal.cassandra.epochs.TickReads`):
   the two fence reads (the hint before the CAS, the confirmation after the record), the head
   record below the new epoch (the two newest records of each aggregate; the single read when
   both are newer than the claim), and, for an aggregate without any record, its deletion mark
@@ -55,58 +56,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from raysource.journal.cassandra.epochs import LEGACY_CHAIN, EpochGuard, Fence, View
+from raysource.journal.cassandra.epochs import LEGACY_CHAIN, EpochGuard, Fence, TickReads, View
 
 if TYPE_CHECKING:
     from raysource.journal.cassandra.journal import CassandraJournal
 
 __all__ = ["begin_activations"]
-
-_BATCH = 64  # aggregates per shared read
-
-
-class _TickReads:
-    """Reads of many aggregates shared per loop tick: :meth:`get` waits for a read *sent after*
-    it asked; the keys asked in one tick go out as ``IN`` reads of up to ``_BATCH`` keys;
-    ``read_many(keys) -> {key: rows}`` (missing key: no rows)."""
-
-    def __init__(self, read_many: Callable[[list[str]], Awaitable[dict[str, Any]]]) -> None:
-        self._read_many = read_many
-        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
-        self._scheduled = False
-        self._reads: set[asyncio.Future[None]] = set()  # in flight (kept referenced)
-
-    async def get(self, key: str) -> Any:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.setdefault(key, []).append(fut)
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        return await fut
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, {}
-        keys = list(pending)
-        for i in range(0, len(keys), _BATCH):
-            read = asyncio.ensure_future(self._read({k: pending[k] for k in keys[i : i + _BATCH]}))
-            self._reads.add(read)
-            read.add_done_callback(self._reads.discard)
-
-    async def _read(self, part: dict[str, list[asyncio.Future[Any]]]) -> None:
-        try:
-            rows = await self._read_many(list(part))
-        except BaseException as exc:  # noqa: BLE001 - every waiter gets it
-            for futs in part.values():
-                for f in futs:
-                    if not f.done():
-                        f.set_exception(exc)
-            return
-        for key, futs in part.items():
-            for f in futs:
-                if not f.done():
-                    f.set_result(rows.get(key))
 
 
 class _SharedClaims(EpochGuard):
@@ -116,9 +71,9 @@ class _SharedClaims(EpochGuard):
 
     def __init__(self, journal: Any) -> None:
         super().__init__(journal)
-        self._heads = _TickReads(self._grouped("head_many"))
-        self._marks = _TickReads(self._grouped("meta_many"))
-        self._probes = _TickReads(self._grouped("probe_many"))
+        self._heads = TickReads(self._grouped("head_many"), missing=None)
+        self._marks = TickReads(self._grouped("meta_many"), missing=None)
+        self._probes = TickReads(self._grouped("probe_many"), missing=None)
 
     def _grouped(self, name: str) -> Callable[[list[str]], Awaitable[dict[str, Any]]]:
         async def read(pids: list[str]) -> dict[str, list[Any]]:

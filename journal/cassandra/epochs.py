@@ -33,7 +33,7 @@ Protocol (the design and its proof sketch: ``design/fencing.md``, design B):
   then a fence read (at the read consistency) that returns ``(E, owner)``; only then the tag
   rows, then the acknowledgement. A fence read is sent after the caller's batch was
   acknowledged; the reads of one event-loop tick of a host go out as one request for all its
-  aggregates (:class:`_FenceReads`). A fence read naming another
+  aggregates (:class:`TickReads`). A fence read naming another
   epoch, an unconfirmed batch or tag write, or a fence read that keeps failing ends the epoch:
   the append raises :class:`~raysource.journal.errors.WriterFencedError` (outcome unknown,
   never "not applied": the next activation may have seen the rows) and the writer must stop.
@@ -152,21 +152,25 @@ def check_next(pid: str, h: int, first: int) -> None:
         )
 
 
-class _FenceReads:
-    """Fence reads shared by every aggregate of a journal (a host): a caller waits for a read
-    *sent after* it asked; the reads asked for in one event-loop tick go out as one request
-    (``persistence_id IN (...)``, up to ``_FENCE_BATCH`` ids), and one read answers every
-    caller of the same id waiting for it."""
+class TickReads:
+    """Reads of many aggregates shared by every caller of a journal (a host): :meth:`get`
+    waits for a read *sent after* it asked; the keys asked for in one event-loop tick go out as
+    ``IN`` requests of up to ``_FENCE_BATCH`` keys (``read_many(keys) -> {key: answer}``), and
+    one read answers every caller of the same key waiting for it (``missing`` for a key the
+    read did not return). Used for the fence reads here and for the plain reads of bulk claims
+    (``raysource.journal.cassandra.bulk_claims``)."""
 
-    def __init__(self, read_many: Callable[[list[str]], Awaitable[dict[str, Fence]]]) -> None:
+    def __init__(self, read_many: Callable[[list[str]], Awaitable[dict[str, Any]]], missing: Any):
         self._read_many = read_many
-        self._pending: dict[str, list[asyncio.Future[Fence]]] = {}
+        self._missing = missing
+        self._pending: dict[str, list[asyncio.Future[Any]]] = {}
         self._scheduled = False
+        self._reads: set[asyncio.Future[None]] = set()  # in flight (kept referenced)
 
-    async def get(self, pid: str) -> Fence:
+    async def get(self, key: str) -> Any:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Fence] = loop.create_future()
-        self._pending.setdefault(pid, []).append(fut)
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.setdefault(key, []).append(fut)
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -175,12 +179,15 @@ class _FenceReads:
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, {}
-        pids = list(pending)
-        for i in range(0, len(pids), _FENCE_BATCH):
-            part = {p: pending[p] for p in pids[i : i + _FENCE_BATCH]}
-            asyncio.ensure_future(self._read(part))
+        keys = list(pending)
+        for i in range(0, len(keys), _FENCE_BATCH):
+            read = asyncio.ensure_future(
+                self._read({k: pending[k] for k in keys[i : i + _FENCE_BATCH]})
+            )
+            self._reads.add(read)
+            read.add_done_callback(self._reads.discard)
 
-    async def _read(self, part: dict[str, list[asyncio.Future[Fence]]]) -> None:
+    async def _read(self, part: dict[str, list[asyncio.Future[Any]]]) -> None:
         try:
             rows = await self._read_many(list(part))
         except BaseException as exc:  # noqa: BLE001 - every waiter gets it
@@ -189,10 +196,10 @@ class _FenceReads:
                     if not f.done():
                         f.set_exception(exc)
             return
-        for pid, futs in part.items():
+        for key, futs in part.items():
             for f in futs:
                 if not f.done():
-                    f.set_result(rows.get(pid, (0, None)))
+                    f.set_result(rows.get(key, self._missing))
 
 
 class EpochGuard:
@@ -204,7 +211,7 @@ class EpochGuard:
 
     def __init__(self, journal: Any) -> None:
         self.j = journal
-        self._reads = _FenceReads(self._fence_many)
+        self._reads = TickReads(self._fence_many, missing=(0, None))
 
     # ------------------------------------------------------------------ reads
 
@@ -221,7 +228,8 @@ class EpochGuard:
     async def fence_shared(self, pid: str) -> Fence:
         """A fence read sent after this call, shared with every caller of this journal waiting
         in the same loop tick (one request for many aggregates)."""
-        return await self._reads.get(pid)
+        fence: Fence = await self._reads.get(pid)
+        return fence
 
     async def _fence_many(self, pids: list[str]) -> dict[str, Fence]:
         if len(pids) == 1:
