@@ -20,7 +20,10 @@ from raysource.app.local_node import CassandraSource, parse_contact_point, selec
 @pytest.fixture(scope="session")
 def cassandra_source() -> Iterator[CassandraSource]:
     try:
-        source = select_cassandra(say=lambda m: print(m, flush=True))
+        # a node this session starts stays up for the next session (``make cassandra-stop``
+        # stops it): sessions running side by side share it, and none may stop it under the
+        # others (the first one used to, when it ended)
+        source = select_cassandra(stop_started_node=False, say=lambda m: print(m, flush=True))
     except Exception as exc:  # noqa: BLE001 - turned into a loud failure, never a skip
         pytest.fail(
             f"no Cassandra could be had for the tests (CI={os.environ.get('CI', '')!r}): {exc}",

@@ -5,9 +5,9 @@ hosts (two activations of one entity may be live at once), a fresh interloper ho
 second writer that an ``interleave`` fault injects, three callers that send ``Append`` commands to a
 host each and re-send a command reported not applied (as ``EntityRef`` does), plus random
 passivations and host crashes (every core of the host cancelled mid-flight; its callers hear
-``HostCrashedError``). A caller without an answer within ``call_timeout`` is a ``hang``
-violation. Every outcome goes into a :class:`History`; at the end the live
-activations' states, a fresh recovery per entity and the journal are checked with
+``HostCrashedError``). A caller without an answer once its :class:`Patience` is spent (loop
+turns *and* seconds) is a ``hang`` violation. Every outcome goes into a :class:`History`; at the
+end the live activations' states, a fresh recovery per entity and the journal are checked with
 :func:`check_history`.
 """
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +105,44 @@ async def _turns(n: int, turn_s: float = 0.0) -> None:
         await asyncio.sleep(0)
 
 
+class LoopClock:
+    """Counts event-loop turns while the schedule runs: a ticker yields once per turn (in-memory),
+    or sleeps ``turn_s`` per turn (a real store), so a starved process counts few turns."""
+
+    def __init__(self, turn_s: float = 0.0) -> None:
+        self.turn_s = turn_s
+        self.turns = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._tick())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.turn_s)
+            self.turns += 1
+
+
+@dataclass(frozen=True)
+class Patience:
+    """A caller's budget, spent only when both its loop turns and its seconds are spent.
+
+    The turns make it immune to a loaded machine (a process that gets little CPU makes few
+    turns, so slowness is never taken for a hang); the seconds keep a hang found quickly by a
+    fast loop from being declared before a real store could have answered."""
+
+    seconds: float
+    turns: int
+
+    def start(self, clock: LoopClock) -> Callable[[], bool]:
+        t0, n0 = time.monotonic(), clock.turns
+        return lambda: clock.turns - n0 > self.turns and time.monotonic() - t0 > self.seconds
+
+
 class Harness:
     def __init__(
         self,
@@ -111,6 +151,7 @@ class Harness:
         snapshots: SnapshotStore,
         *,
         call_timeout: float = 5.0,
+        call_turns: int | None = None,
         tag: str = "",
         turn_s: float = 0.0,
         check_tags: bool = True,
@@ -126,6 +167,10 @@ class Harness:
         self.journal = fk.FaultyJournal(journal)
         self.snapshots = fk.FaultySnapshotStore(snapshots)
         self.call_timeout = call_timeout
+        # in-memory a step is a few turns; against a real store a turn is ``turn_s`` seconds
+        turns = call_turns or (int(call_timeout / turn_s) if turn_s else 20_000)
+        self.patience = Patience(call_timeout, turns)
+        self.clock = LoopClock(turn_s)
         self.turn_s = turn_s
         self.check_tags = check_tags
         self.keyed = keyed  # callers send Keyed commands and re-send unknown outcomes too
@@ -200,13 +245,18 @@ class Harness:
         return obs.outcome
 
     async def _bounded(self, cmd: str, call: Any) -> Any:
-        """A caller never waits forever: no answer within ``call_timeout`` is a hang (the
+        """A caller never waits forever: no answer once its patience is spent is a hang (the
         attempt counts as unknown, and the hang is a violation of its own)."""
-        try:
-            return await asyncio.wait_for(call, self.call_timeout)
-        except TimeoutError:
-            self.hangs.append(cmd)
-            raise
+        task = asyncio.ensure_future(call)
+        spent = self.patience.start(self.clock)
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.05)
+            if not task.done() and spent():
+                task.cancel()
+                await asyncio.wait({task})
+                self.hangs.append(cmd)
+                raise TimeoutError(f"{cmd}: no answer, patience {self.patience} spent")
+        return task.result()
 
     async def _caller(self, idx: int) -> None:
         for n, (c, h, e, amount) in enumerate(self.schedule.commands):
@@ -249,9 +299,11 @@ class Harness:
         s = self.schedule
         if self.driver is not None:
             self.driver.install()
+        self.clock.start()
         try:
             return await self._run(s)
         finally:
+            self.clock.stop()
             if self.driver is not None:
                 self.driver.uninstall()
 
@@ -302,7 +354,7 @@ class Harness:
             tags=self.check_tags,
         )
         violations += [
-            Violation("hang", f"{cmd}: no answer within {self.call_timeout} s", command_id=cmd)
+            Violation("hang", f"{cmd}: no answer, {self.patience} spent", command_id=cmd)
             for cmd in self.hangs
         ]
         return Run(
@@ -332,6 +384,8 @@ __all__ = [
     "FaultSpec",
     "Harness",
     "LEDGER_T",
+    "LoopClock",
+    "Patience",
     "Run",
     "SER",
     "Schedule",

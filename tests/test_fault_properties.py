@@ -144,3 +144,43 @@ def test_fresh_seed_second_writer(schedule: Schedule) -> None:
 @given(schedules())
 def test_fresh_seed_keyed_commands(schedule: Schedule) -> None:
     _check(schedule, keyed=True)
+
+
+def test_a_hang_is_declared_only_once_both_turns_and_seconds_are_spent() -> None:
+    """The harness's patience: a call that never answers is a hang; a call that is slow in
+    seconds because the loop was starved (a loaded machine) but took few turns is not."""
+    import time
+
+    from fault_harness import Harness
+
+    from raysource.journal.memory import InMemoryJournal
+    from raysource.snapshots.memory import InMemorySnapshotStore
+
+    async def go() -> None:
+        h = Harness(
+            Schedule((), ()),
+            InMemoryJournal(),
+            InMemorySnapshotStore(),
+            call_timeout=0.2,
+            call_turns=500,
+        )
+        h.clock.start()
+        try:
+            never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            with pytest.raises(TimeoutError):
+                await h._bounded("never", never)
+            assert h.hangs == ["never"] and never.cancelled() and h.clock.turns > 500
+
+            async def starved() -> str:
+                time.sleep(0.5)  # the process gets no CPU for longer than the seconds budget
+                for _ in range(3):  # then a few more steps, each a short starvation too
+                    await asyncio.sleep(0)
+                    time.sleep(0.1)
+                return "answer"
+
+            assert await h._bounded("slow", starved()) == "answer"
+            assert h.hangs == ["never"]
+        finally:
+            h.clock.stop()
+
+    asyncio.run(go())

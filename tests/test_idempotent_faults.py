@@ -12,7 +12,6 @@ unknown outcome left), and every acknowledged key is stored exactly once."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import replace
 
@@ -30,7 +29,9 @@ from raysource.runtime.idempotency import KEY_FIELD, Keyed
 from raysource.snapshots.memory import InMemorySnapshotStore
 from raysource.testing.history import assert_no_violations
 
-DEADLINE_S = 4.0  # a caller's deadline per command (in-memory steps take milliseconds)
+# a caller's deadline per command: 4 s *and* 20,000 loop turns (in-memory steps take a few
+# turns), so a starved machine never runs it out (see fault_harness.Patience)
+DEADLINE_S = 4.0
 
 
 class KeyedHarness(Harness):
@@ -67,7 +68,7 @@ class KeyedHarness(Harness):
             if c != idx:
                 continue
             cmd = f"{self.tag}:c{idx}-{n}"
-            deadline = time.monotonic() + self.deadline
+            spent = self.patience.start(self.clock)
             unknown_seen, pause = False, 0.001
             while True:
                 obs = await self._ask(
@@ -78,7 +79,7 @@ class KeyedHarness(Harness):
                 settled = out in ("ok", "rejected") or (
                     out == "not_applied" and not unknown_seen and not _transient(obs.value)
                 )
-                if settled or time.monotonic() > deadline:
+                if settled or spent():
                     self.final[cmd] = out if settled else "unknown"
                     break
                 await asyncio.sleep(pause)
