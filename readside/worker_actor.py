@@ -59,6 +59,7 @@ class _ProjectionActor:
         self._peers: dict[int, Any] = {}  # slice -> actor handle (the reader's followers)
         self._metrics = RayMetrics()  # lag gauges, exported by Ray
         self._lag_task: asyncio.Task[None] | None = None
+        self._lag_refreshes = 0
         # async actor: __init__ runs on the actor's loop, so booting can start right away
         # (and does again after a Ray restart, resuming a worker whose desired state is running)
         self._booting = asyncio.get_running_loop().create_task(self._boot())
@@ -89,6 +90,17 @@ class _ProjectionActor:
                 continue
             with contextlib.suppress(Exception):  # diagnostics only; status() shows errors
                 await worker.status()  # records the lag gauges
+                self._lag_refreshes += 1
+
+    def lag_refresh(self) -> dict[str, Any]:
+        """The lag refresher: its period (``RAYSOURCE_PROJECTION_LAG_REFRESH_S``; 0: off),
+        whether it runs, and how many refreshes it made."""
+        task = self._lag_task
+        return {
+            "period_s": LAG_REFRESH_S,
+            "running": task is not None and not task.done(),
+            "refreshes": self._lag_refreshes,
+        }
 
     async def _w(self) -> ProjectionWorker:
         await asyncio.shield(self._booting)

@@ -1,7 +1,8 @@
 """Environment switches of the Ray workers (issue 23 item 9), on real Ray: a host actor started
 with ``RAYSOURCE_LIVE_READSIDE=0`` and ``RAYSOURCE_LOG_JSON=1`` in its environment has no live
 publisher and logs one JSON object per line; a host actor without them publishes to the live
-path. (``RAYSOURCE_COALESCE`` is the caller's: tests/test_coalesce_ray.py.)"""
+path; a projection worker refreshes its lag gauges every ``RAYSOURCE_PROJECTION_LAG_REFRESH_S``.
+(``RAYSOURCE_COALESCE`` is the caller's: tests/test_coalesce_ray.py.)"""
 
 from __future__ import annotations
 
@@ -58,3 +59,49 @@ def test_live_readside_and_json_log_switches(ray_local) -> None:
     record = json.loads(_retired_line(info["pid"], spec.actor_name) or "")
     assert record["level"] == "INFO" and "retired (handoff)" in record["message"]
     ray.kill(hosts["default"][1])
+
+
+@pytest.mark.cassandra
+def test_projection_lag_refresh_switch(ray_local, cassandra_contact, cassandra_keyspace) -> None:
+    """``RAYSOURCE_PROJECTION_LAG_REFRESH_S`` in a projection worker's environment sets how
+    often it refreshes its lag gauges on its own: 0.2 s refreshes again and again, 0 runs no
+    refresher at all, unset is every 30 s."""
+    import asyncio
+
+    from raysource.examples.reservations_view import reservations_projection
+    from raysource.journal.cassandra.config import CassandraConfig
+    from raysource.journal.cassandra.journal import CassandraJournal
+    from raysource.readside.worker_actor import ProjectionActor
+
+    config = CassandraConfig.from_contact(cassandra_contact, keyspace=cassandra_keyspace)
+
+    async def schema() -> None:
+        await (await CassandraJournal.connect(config, create_schema=True)).close()
+
+    asyncio.run(schema())
+    workers = {}
+    for label, env in (("fast", "0.2"), ("off", "0"), ("default", None)):
+        spec = reservations_projection(f"lag-{label}-{uuid.uuid4().hex[:4]}")
+        opts: dict = {"max_concurrency": 8}
+        if env is not None:
+            opts["runtime_env"] = {"env_vars": {"RAYSOURCE_PROJECTION_LAG_REFRESH_S": env}}
+        handle = ProjectionActor.options(**opts).remote(spec, config, 0)
+        ray.get(handle.global_prepare.remote(), timeout=120)
+        ray.get(handle.start.remote(), timeout=120)
+        workers[label] = handle
+    try:
+        fast = workers["fast"]
+        _until(lambda: ray.get(fast.lag_refresh.remote())["refreshes"] >= 3, "three refreshes")
+        assert ray.get(fast.lag_refresh.remote())["period_s"] == 0.2
+        # "off" has no refresher task at all (a structural fact, no waiting for absence)
+        assert ray.get(workers["off"].lag_refresh.remote()) == {
+            "period_s": 0.0,
+            "running": False,
+            "refreshes": 0,
+        }
+        default = ray.get(workers["default"].lag_refresh.remote())
+        assert default["period_s"] == 30.0 and default["running"] is True
+    finally:
+        for handle in workers.values():
+            ray.get(handle.stop.remote(), timeout=60)
+            ray.kill(handle)
