@@ -310,6 +310,36 @@ class System:
             return None
         return dict(ray.get(handle.info.remote(), timeout=timeout))
 
+    def forget_live(self, subject: str, *, timeout: float = 60.0) -> int:
+        """Make a forget reach the live aggregates (call it after ``raysource forget SUBJECT``
+        or ``forget_subject``): every host of a type with personal fields drops the subject's
+        cached key and passivates its active aggregates, which recover with the placeholder
+        on their next command (:meth:`AggregateHost.forget_subject`). Returns how many
+        aggregates were stopped. A host that exits meanwhile is skipped (it holds nothing)."""
+        if not subject or not subject.strip():
+            raise ConfigError("a subject id must be non-empty")
+        calls: list[Any] = []
+        for name, namespace in named_actors(self.spec.namespace, f"{self.name}:"):
+            if (
+                ":region:" in name
+                or ":timers:" in name
+                or name == retention_service_name(self.name)
+            ):
+                continue
+            try:
+                calls.append(
+                    ray.get_actor(name, namespace=namespace).forget_subject.remote(subject)
+                )
+            except ValueError:
+                continue
+        stopped = 0
+        for ref in calls:
+            try:
+                stopped += int(ray.get(ref, timeout=timeout))
+            except (RayActorError, RayTaskError):  # exited, or retired meanwhile
+                continue
+        return stopped
+
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator, the
         timer and retention services). Acknowledged commands are durable in the journal; the
