@@ -55,7 +55,7 @@ from raysource.sharding.retention_service import (
 from raysource.sharding.timer_pump import TimerSettings
 from raysource.sharding.timer_service import get_or_create_timer_service
 
-__all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
+__all__ = ["System", "ShardedResolver", "CoordinatorJournal", "forget_live"]
 
 log = logging.getLogger(__name__)
 
@@ -311,34 +311,8 @@ class System:
         return dict(ray.get(handle.info.remote(), timeout=timeout))
 
     def forget_live(self, subject: str, *, timeout: float = 60.0) -> int:
-        """Make a forget reach the live aggregates (call it after ``raysource forget SUBJECT``
-        or ``forget_subject``): every host of a type with personal fields drops the subject's
-        cached key and passivates its active aggregates, which recover with the placeholder
-        on their next command (:meth:`AggregateHost.forget_subject`). Returns how many
-        aggregates were stopped. A host that exits meanwhile is skipped (it holds nothing)."""
-        if not subject or not subject.strip():
-            raise ConfigError("a subject id must be non-empty")
-        calls: list[Any] = []
-        for name, namespace in named_actors(self.spec.namespace, f"{self.name}:"):
-            if (
-                ":region:" in name
-                or ":timers:" in name
-                or name == retention_service_name(self.name)
-            ):
-                continue
-            try:
-                calls.append(
-                    ray.get_actor(name, namespace=namespace).forget_subject.remote(subject)
-                )
-            except ValueError:
-                continue
-        stopped = 0
-        for ref in calls:
-            try:
-                stopped += int(ray.get(ref, timeout=timeout))
-            except (RayActorError, RayTaskError):  # exited, or retired meanwhile
-                continue
-        return stopped
+        """Make a forget reach the live aggregates: :func:`forget_live` on this system."""
+        return forget_live(self.name, self.spec.namespace, subject, timeout=timeout)
 
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator, the
@@ -368,6 +342,32 @@ class System:
             except Exception:  # already exited
                 pass
         stop_coordinator(self.name, namespace=self.spec.namespace)
+
+
+def forget_live(system: str, namespace: str | None, subject: str, *, timeout: float = 60.0) -> int:
+    """Make a forget reach the live aggregates of ``system`` (call it after ``raysource
+    forget SUBJECT`` or ``forget_subject``; ``raysource forget SUBJECT --system NAME`` does):
+    every host of a type with personal fields drops the subject's cached key and passivates
+    its active aggregates, which recover with the placeholder on their next command
+    (:meth:`~raysource.runtime.host.AggregateHost.forget_subject`). Returns how many
+    aggregates were stopped. A host that exits meanwhile is skipped (it holds nothing)."""
+    if not subject or not subject.strip():
+        raise ConfigError("a subject id must be non-empty")
+    calls: list[Any] = []
+    for name, ns in named_actors(namespace, f"{system}:"):
+        if ":region:" in name or ":timers:" in name or name == retention_service_name(system):
+            continue
+        try:
+            calls.append(ray.get_actor(name, namespace=ns).forget_subject.remote(subject))
+        except ValueError:
+            continue
+    stopped = 0
+    for ref in calls:
+        try:
+            stopped += int(ray.get(ref, timeout=timeout))
+        except (RayActorError, RayTaskError):  # exited, or retired meanwhile
+            continue
+    return stopped
 
 
 def _ask_coordinator(call: Any, what: str) -> Any:
