@@ -146,11 +146,12 @@ class KeepUntilFinal(RetentionPolicy):
         return f"delete history up to the newest snapshot after a final event ({names}){grace}"
 
     def mark(self, newest_snapshot: int, final_seq: int, final_age_s: float) -> tuple[int, str]:
-        """The sequence number at or below which events may go (0: nothing) and, when 0, why:
+        """The sequence number at or below which events may go (0: nothing) and why a final
+        aggregate is held back (empty otherwise):
         given the newest snapshot's sequence number (0: none), the final event's (0: none seen)
         and its age in seconds."""
         if final_seq <= 0:
-            return 0, "no final event"
+            return 0, ""  # not final: nothing to say
         if final_age_s < self.grace_s:
             return 0, f"final event #{final_seq} within its grace ({self.grace_s:g} s)"
         if newest_snapshot < final_seq:

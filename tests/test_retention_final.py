@@ -239,6 +239,8 @@ async def test_closed_accounts_lose_their_history(session, config):
     ]
     held = await RetentionCleaner(journal, grace.name, grace.retention).run()
     assert held.rows_deleted == 0 and held.aggregates_seen == 1
+    assert held.held_count == 1 and "within its grace (3600 s)" in "\n".join(held.lines())
+    assert plan.held_count == 0  # the open account is not final: nothing to report
     # two cleaners of the type race (two hosts, or the CLI beside the background one)
     await asyncio.gather(
         RetentionCleaner(journal, agg.name, agg.retention).run(),

@@ -303,6 +303,10 @@ class RetentionCleaner:
                 plan = await self.plan_aggregate(pid, parked)
                 if plan.held_by.startswith("skipped"):
                     report.skipped.append(plan)
+                elif plan.held_by and plan.mark <= plan.purged_to:
+                    report.held_count += 1
+                    if len(report.held) < 100:
+                        report.held.append(plan)
                 if plan.mark > plan.purged_to:
                     report.aggregates_cleaned += 1
                     report.plans.append(plan)
