@@ -359,7 +359,7 @@ def forget_live(system: str, namespace: str | None, subject: str, *, timeout: fl
             continue
         try:
             calls.append(ray.get_actor(name, namespace=ns).forget_subject.remote(subject))
-        except ValueError:
+        except (ValueError, AttributeError):  # gone meanwhile, or not a host
             continue
     stopped = 0
     for ref in calls:
