@@ -15,7 +15,8 @@ background by a cleaner (the Cassandra one: :mod:`raysource.journal.cassandra.re
   is stored, and older than ``grace_s`` seconds, loses its history: every event at or below its
   newest snapshot, provided that snapshot was taken at or after the final event (snapshot on it:
   ``SnapshotPolicy(predicate=lambda s, e: isinstance(e, Closed))``). Recovery then starts from
-  that snapshot and replays only what followed it; an aggregate not yet final keeps everything.
+  that snapshot and replays only what followed it; an aggregate not yet final keeps everything,
+  and so do the events stored after a purge until another final event follows them.
 
 What a cleaner never deletes, whatever the policy (the rules ``tests/test_retention_*`` check):
 

@@ -222,10 +222,9 @@ class RetentionCleaner:
                 final_seq, final_at = e.sequence_nr, e.timestamp.timestamp()
         if final_seq == 0 and deleted_to > 0:
             # no final event above the logical mark: a pass of this policy may have written the
-            # mark and died before deleting (complete it: no reader reads below it), or purged
-            # the aggregate already (it stays final: a newer snapshot moves the mark on)
-            purged, _ = await self._progress("agg", pid)
-            return (max(deleted_to, newest) if purged > 0 else deleted_to), ""
+            # mark and died before deleting; complete it (no reader reads below it), never more
+            # (what follows a purge is kept until another final event is stored)
+            return deleted_to, ""
         return policy.mark(newest, final_seq, time.time() - final_at)
 
     async def _deleted_to(self, pid: str) -> int:
