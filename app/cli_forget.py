@@ -53,6 +53,14 @@ def register(sub: Any, common_contact: Any) -> None:
         default="raysource.examples.seats:SHOW",
         help="--verify: module:ATTR naming the application's AggregateType(s)",
     )
+    p.add_argument(
+        "--system",
+        default=None,
+        help="also reach the live aggregates of this running system: its hosts drop the "
+        "subject's cached key and passivate (they recover with the placeholder)",
+    )
+    p.add_argument("--address", default="auto", help="--system: Ray cluster address")
+    p.add_argument("--namespace", default="raysource", help="--system: its Ray namespace")
     p.add_argument("--cassandra", type=common_contact, default=None, help="host:port")
     p.add_argument("--keyspace", default="raysource")
     p.set_defaults(func=_forget)
@@ -74,6 +82,8 @@ def _forget(args: argparse.Namespace) -> int:
         raise ConfigError("--settle must be >= 0")
     if args.value and not args.verify:
         raise ConfigError("--value is for --verify")
+    if args.system is not None and (args.verify or not args.system.strip()):
+        raise ConfigError("--system names a running system, and is not for --verify")
     config = _config(args, connect_timeout=5.0)
     if args.verify:
         types = ins.load_app(args.app)
@@ -101,6 +111,13 @@ def _forget(args: argparse.Namespace) -> int:
             await session.close()
 
     print("\n".join(asyncio.run(run()).lines()))
+    if args.system is not None:
+        from raysource.runtime.actors.cluster import connect_ray
+        from raysource.sharding.system import forget_live
+
+        connect_ray(args.address, quiet=True, namespace=args.namespace)
+        n = forget_live(args.system, args.namespace, args.subject)
+        print(f"  live: {n} active aggregate(s) of system {args.system} passivated")
     return 0
 
 

@@ -12,7 +12,7 @@ import argparse
 import json
 from typing import Any
 
-_NOT_HOSTS = (":region:", ":timers:")
+_NOT_HOSTS = (":region:", ":timers:", ":retention")
 
 
 def register(sub: Any, positive: Any) -> None:

@@ -9,7 +9,10 @@ run, reads alternating between the two so load drift on a shared machine hits bo
   by-id reader does) before the cleanup, on both types;
 * one cleaner pass over ``cleaned``: rows deleted per second (wall) and CPU seconds per 1,000
   rows (process time, stable on a loaded machine), with the tombstones it wrote;
-* the same reads after the cleanup, the cleaned aggregates beside the never-cleaned ones.
+* the same reads after the cleanup, the cleaned aggregates beside the never-cleaned ones;
+* a third type with the same histories, ``closed``, whose every event is final
+  (``KeepUntilFinal``) with a snapshot at its last event: its pass deletes every row, and its
+  CPU per 1,000 rows stands beside ``cleaned``'s (the cost of looking for the final event).
 
     .venv/bin/python -m benchmarks.retention_bench --contact HOST:PORT [--aggregates 10]
         [--events 2000] [--out results.json]
@@ -32,7 +35,7 @@ from raysource.journal.api import StoredEvent, StoredSnapshot
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.retention import RetentionCleaner
-from raysource.journal.retention import KeepFromSnapshot
+from raysource.journal.retention import KeepFromSnapshot, KeepUntilFinal
 from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.runtime.stores import StoreSpec, serialization_for
 from raysource.snapshots.cassandra import CassandraSnapshotStore
@@ -44,6 +47,12 @@ CLEANED = dataclasses.replace(
     retention=KeepFromSnapshot(2),
 )
 KEPT = dataclasses.replace(LEDGER, name="kept")
+CLOSED = dataclasses.replace(
+    LEDGER,
+    name="closed",
+    snapshot=SnapshotPolicy(every_n_events=100, keep=2),
+    retention=KeepUntilFinal(("ledger.Appended",)),  # the histories are written as LEDGER's
+)
 
 
 async def _fill(journal, snaps, pid: str, events: int, group: int) -> None:
@@ -58,7 +67,10 @@ async def _fill(journal, snaps, pid: str, events: int, group: int) -> None:
         await journal.append(batch)
     await journal.end_activation(pid, "bench")
     sid, manifest, payload = ser.encode(LEDGER.initial_state)
-    for seq in (events // 2, events - events // 10):  # the 2nd newest is the mark
+    marks = (events // 2, events - events // 10)  # the 2nd newest is the mark
+    if pid.startswith(CLOSED.name + "|"):
+        marks = (events // 2, events)  # a snapshot on the final event: the mark is the end
+    for seq in marks:
         await snaps.save(StoredSnapshot(pid, seq, payload, manifest, sid, now))
 
 
@@ -89,7 +101,8 @@ async def run(contact: str, aggregates: int, events: int, partition: int, rounds
     try:
         snaps = CassandraSnapshotStore(journal.session, cfg)
         pids = {
-            t.name: [t.persistence_id(f"a{i}") for i in range(aggregates)] for t in (CLEANED, KEPT)
+            t.name: [t.persistence_id(f"a{i}") for i in range(aggregates)]
+            for t in (CLEANED, KEPT, CLOSED)
         }
         group = min(partition, 100)
         for k in pids:
@@ -97,8 +110,11 @@ async def run(contact: str, aggregates: int, events: int, partition: int, rounds
         before = await _reads(journal, pids, rounds)
         cleaner = RetentionCleaner(journal, CLEANED.name, CLEANED.retention)
         report = await cleaner.run()
+        closer = RetentionCleaner(journal, CLOSED.name, CLOSED.retention)
+        closed = await closer.run()
         after = await _reads(journal, pids, rounds)
-        assert (await cleaner.verify()).ok
+        assert (await cleaner.verify()).ok and (await closer.verify()).ok
+        assert closed.rows_deleted == aggregates * events
         rows = report.rows_deleted
         return {
             "aggregates": aggregates,
@@ -112,11 +128,20 @@ async def run(contact: str, aggregates: int, events: int, partition: int, rounds
                 "rows_per_s": rows / report.wall_s if report.wall_s else 0.0,
                 "cpu_ms_per_1k_rows": report.cpu_s * 1e6 / rows if rows else 0.0,
             },
+            "cleanup_final": {
+                "rows": closed.rows_deleted,
+                "tombstones": closed.tombstones,
+                "wall_s": closed.wall_s,
+                "cpu_s": closed.cpu_s,
+                "rows_per_s": closed.rows_deleted / closed.wall_s if closed.wall_s else 0.0,
+                "cpu_ms_per_1k_rows": closed.cpu_s * 1e6 / closed.rows_deleted,
+            },
             "read_p50_ms": {
                 "cleaned_before": before["cleaned"],
                 "kept_before": before["kept"],
                 "cleaned_after": after["cleaned"],
                 "kept_after": after["kept"],
+                "closed_after": after["closed"],
             },
             "after_ratio": after["cleaned"] / after["kept"],
             "before_ratio": before["cleaned"] / before["kept"],
@@ -141,10 +166,18 @@ def main() -> None:
         f"cleanup: {c['rows']:,} rows with {c['tombstones']} tombstones in {c['wall_s']:.2f} s "
         f"= {c['rows_per_s']:,.0f} rows/s; {c['cpu_ms_per_1k_rows']:.2f} ms CPU per 1k rows"
     )
+    f = r["cleanup_final"]
+    print(
+        f"cleanup, every row of closed aggregates (KeepUntilFinal): {f['rows']:,} rows with "
+        f"{f['tombstones']} tombstones in {f['wall_s']:.2f} s = {f['rows_per_s']:,.0f} rows/s; "
+        f"{f['cpu_ms_per_1k_rows']:.2f} ms CPU per 1k rows "
+        f"(x{f['cpu_ms_per_1k_rows'] / c['cpu_ms_per_1k_rows']:.2f} of KeepFromSnapshot's)"
+    )
     print(
         f"read p50 (highest + replay): before cleaned {rd['cleaned_before']:.2f} ms / kept "
         f"{rd['kept_before']:.2f} ms (x{r['before_ratio']:.2f}); after cleaned "
-        f"{rd['cleaned_after']:.2f} ms / kept {rd['kept_after']:.2f} ms (x{r['after_ratio']:.2f})"
+        f"{rd['cleaned_after']:.2f} ms / kept {rd['kept_after']:.2f} ms (x{r['after_ratio']:.2f}); "
+        f"closed after {rd['closed_after']:.2f} ms"
     )
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -329,6 +329,12 @@ def _retention(r: dict) -> list[Row]:
             f"never cleaned {rd['kept_after']:.2f} ms",
             _x(rd["cleaned_after"], rd["kept_after"]),
         ),
+        (
+            "cleanup of closed aggregates (KeepUntilFinal), CPU",
+            f"{r['cleanup_final']['cpu_ms_per_1k_rows']:.1f} ms/1k rows",
+            f"KeepFromSnapshot {c['cpu_ms_per_1k_rows']:.1f} ms/1k rows",
+            _x(r["cleanup_final"]["cpu_ms_per_1k_rows"], c["cpu_ms_per_1k_rows"]),
+        ),
     ]
 
 

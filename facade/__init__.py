@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from raysource.errors import *  # noqa: F403 - the error tree is part of the public API
 from raysource.errors import __all__ as _errors
 from raysource.journal._lazy import lazy_getattr
-from raysource.journal.retention import KeepAll, KeepFromSnapshot
+from raysource.journal.retention import KeepAll, KeepFromSnapshot, KeepUntilFinal
 from raysource.runtime.aggregate import (
     AggregateType,
     Effect,
@@ -58,6 +58,7 @@ __all__ = [
     "IdempotencyPolicy",
     "KeepAll",
     "KeepFromSnapshot",
+    "KeepUntilFinal",
     "Keyed",
     "NoOp",
     "Persist",

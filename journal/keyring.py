@@ -174,6 +174,12 @@ class KeyRing:
         self.store.destroy(subject, int(time.time() * 1000))
         self._remember(subject, KeyState(None, forgotten=True))
 
+    def drop(self, subject: str) -> None:
+        """Drop ``subject``'s cached state: the next use reads the store (a forget made by
+        another process takes effect here at once, not after ``max_age``)."""
+        with self._lock:
+            self._cache.pop(subject, None)
+
     def cached(self) -> int:
         return len(self._cache)
 

@@ -531,6 +531,11 @@ class Serialization:
             self._keys = _LocalRing()
         return self._keys
 
+    @property
+    def has_personal(self) -> bool:
+        """Whether any registered class has personal fields."""
+        return any(r.personal is not None for r in self._by_cls.values())
+
     def personal_plan(self, manifest: str) -> PersonalPlan | None:
         """Where the type stored under ``manifest`` keeps personal fields (None: nowhere)."""
         reg = self._by_name.get(manifest.rpartition("#")[0])

@@ -45,7 +45,7 @@ import hashlib
 import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -306,10 +306,15 @@ class ProjectionHandler:
     async def drop(self) -> None:
         """Remove the view's tables (``projection drop`` of a version no longer live)."""
 
-    async def verify(self, events: list[EventEnvelope]) -> list[str] | None:
+    async def verify(
+        self, events: list[EventEnvelope], marks: Mapping[str, int] | None = None
+    ) -> list[str] | None:
         """Check the view against ``events`` (every stored event of the tag, per persistence
         id in order): one line per problem (a missing or unexpected row, an event applied
-        twice or not at all); ``[]`` when complete; None if this handler cannot verify."""
+        twice or not at all); ``[]`` when complete; None if this handler cannot verify.
+        ``marks``: persistence id -> retention mark, for the aggregates whose events at or
+        below it retention deleted (they are not in ``events``: a row they made is neither
+        expected nor unexpected; see :mod:`raysource.readside.verify`)."""
         return None
 
 

@@ -9,11 +9,22 @@ every event is at or below its aggregate's watermark (and, with ``audit``, appli
 once); the example view also compares its rows with a fold of the events.
 
 Run it on a quiet stream (or caught up): events appended while it runs may show as missing.
+
+After retention (:mod:`raysource.journal.retention`) removed a prefix of an aggregate's events,
+the view is verified against the **retention mark**: the events at or below it are gone from the
+journal, so they are neither listed nor expected. The handler receives ``marks`` (persistence id
+-> mark, for the aggregates that have one) if its ``verify`` takes them, and checks what follows
+each mark exactly; :func:`verify_applied` still reports a view whose watermark is below a mark
+(a lagging view that has not read the purged events, which stay in the tag stream until every
+projection read them). A handler whose ``verify`` does not take ``marks`` is called as before,
+and the report says that the purged aggregates were not verified against their marks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +36,8 @@ __all__ = [
     "VerifyReport",
     "latest_offset",
     "tag_events",
+    "tag_events_and_marks",
+    "takes_marks",
     "verify_applied",
     "verify_cassandra",
     "verify_projection",
@@ -41,6 +54,10 @@ class VerifyReport:
     events: int
     aggregates: int
     problems: list[str] | None = field(default_factory=list)
+    #: persistence id -> retention mark, for the aggregates whose prefix retention removed
+    marks: dict[str, int] = field(default_factory=dict)
+    #: whether the handler checked against ``marks`` (its ``verify`` takes them)
+    used_marks: bool = True
 
     @property
     def ok(self) -> bool:
@@ -51,6 +68,13 @@ class VerifyReport:
             f"projection {self.projection} (tag {self.tag!r}): {self.events} events of "
             f"{self.aggregates} aggregates in the journal"
         )
+        if self.marks:
+            head += (
+                f"; {len(self.marks)} aggregate(s) verified from their retention mark"
+                if self.used_marks
+                else f"; {len(self.marks)} aggregate(s) purged below a retention mark, NOT "
+                "verified against it (the handler's verify() takes no marks)"
+            )
         if self.problems is None:
             return [head, "NOT VERIFIED: the handler has no verify()"]
         if not self.problems:
@@ -62,6 +86,14 @@ class VerifyReport:
 
 async def tag_events(journal: Journal, spec: ProjectionSpec) -> list[EventEnvelope]:
     """Every stored event of ``spec.tag``, per aggregate in sequence order (decoded)."""
+    return (await tag_events_and_marks(journal, spec))[0]
+
+
+async def tag_events_and_marks(
+    journal: Journal, spec: ProjectionSpec
+) -> tuple[list[EventEnvelope], dict[str, int]]:
+    """:func:`tag_events` and the retention mark of every aggregate that has one (the events
+    at or below it are gone: replay starts right after it)."""
     pids: list[str] = []
     seen: set[str] = set()
     async with contextlib.aclosing(journal.events_by_tag(spec.tag)) as rows:
@@ -71,8 +103,11 @@ async def tag_events(journal: Journal, spec: ProjectionSpec) -> list[EventEnvelo
                 pids.append(te.event.persistence_id)
     ser = spec.serialization(key_ring_beside(journal))
     out = []
+    marks: dict[str, int] = {}
     for pid in pids:
+        first: int | None = None
         async for e in journal.replay(pid):
+            first = e.sequence_nr if first is None else first
             if spec.tag in e.tags:
                 obj = ser.decode(
                     e.serializer_id,
@@ -82,7 +117,15 @@ async def tag_events(journal: Journal, spec: ProjectionSpec) -> list[EventEnvelo
                     sequence_nr=e.sequence_nr,
                 )
                 out.append(EventEnvelope(obj, pid, e.sequence_nr, e.timestamp, None, spec.tag))
-    return out
+        mark = first - 1 if first is not None else await journal.highest_sequence_nr(pid)
+        if mark > 0:
+            marks[pid] = mark
+    return out, marks
+
+
+def takes_marks(handler: ProjectionHandler) -> bool:
+    """Whether ``handler.verify`` takes the retention ``marks``."""
+    return "marks" in inspect.signature(handler.verify).parameters
 
 
 async def verify_projection(
@@ -91,19 +134,36 @@ async def verify_projection(
     """Check ``handler``'s view against the journal (see the module docstring). The handler
     is prepared first (it may need its statements)."""
     await handler.prepare()
-    events = await tag_events(journal, spec)
-    problems = await handler.verify(events)
+    events, marks = await tag_events_and_marks(journal, spec)
+    used = takes_marks(handler)
+    problems = await (handler.verify(events, marks=marks) if used else handler.verify(events))
     return VerifyReport(
-        spec.name, spec.tag, len(events), len({e.persistence_id for e in events}), problems
+        spec.name,
+        spec.tag,
+        len(events),
+        len({e.persistence_id for e in events} | set(marks)),
+        problems,
+        marks,
+        used,
     )
 
 
-async def verify_applied(writer: Any, events: list[EventEnvelope]) -> list[str]:
+async def verify_applied(
+    writer: Any, events: list[EventEnvelope], retention: Mapping[str, int] | None = None
+) -> list[str]:
     """Problems of an :class:`~raysource.readside.views.EffectivelyOnceView` against
     ``events``: events above their aggregate's watermark ("not applied"), and with ``audit``
-    events without exactly one audit row."""
+    events without exactly one audit row. ``retention``: the retention marks
+    (:func:`tag_events_and_marks`): a watermark below one means the view has not applied the
+    purged events between them (reported; they wait in the tag stream)."""
     marks = await writer.stored_watermarks()
     problems = []
+    for pid, mark in sorted((retention or {}).items()):
+        if marks.get(pid, 0) < mark:
+            problems.append(
+                f"not applied: {pid} #{marks.get(pid, 0) + 1}-{mark} (below the retention "
+                f"mark {mark}: gone from the log, still in the tag stream until read)"
+            )
     missing: dict[str, list[int]] = {}
     for e in events:
         if e.sequence_nr > marks.get(e.persistence_id, 0):

@@ -42,7 +42,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeVar
 
 from raysource.journal.errors import ConfigError
-from raysource.journal.retention import KEEP_ALL, KeepFromSnapshot, RetentionPolicy
+from raysource.journal.retention import (
+    KEEP_ALL,
+    KeepFromSnapshot,
+    KeepUntilFinal,
+    RetentionPolicy,
+)
 from raysource.journal.roundtrip import pin_annotations
 from raysource.runtime.errors import UnknownCommandError
 
@@ -417,6 +422,16 @@ class AggregateType(Generic[S, C, E]):
             raise ConfigError(
                 f"{self.name}: retention keeps events from snapshot number {self.retention.k} "
                 f"(newest first) but the snapshot policy keeps only {self.snapshot.keep}"
+            )
+        if (
+            isinstance(self.retention, KeepUntilFinal)
+            and isinstance(self.snapshot, SnapshotPolicy)
+            and not self.snapshot.enabled
+        ):
+            raise ConfigError(
+                f"{self.name}: retention deletes history up to a snapshot taken at or after a "
+                "final event, but the type takes no snapshots (e.g. SnapshotPolicy(predicate="
+                "lambda state, event: isinstance(event, Closed)))"
             )
         if not isinstance(self.idempotency, IdempotencyPolicy):
             raise ConfigError(f"{self.name}: idempotency must be an IdempotencyPolicy")

@@ -539,6 +539,18 @@ class AggregateHost:
             n += sum(1 for r in results[: len(ids)] if r)
         return n
 
+    async def forget_subject(self, subject: str) -> int:
+        """A data subject was forgotten (its key destroyed, ``raysource forget``): if this
+        type has personal fields, drop the subject's key from this host's cache and passivate
+        every active aggregate here (after its queued work), since a live state, and the
+        replies it remembers for idempotency keys, keep what was decoded before the forget;
+        the next command recovers from the journal, where the subject now reads as the
+        placeholder. Returns how many aggregates were stopped."""
+        if not self.serialization.has_personal:
+            return 0
+        self.serialization.keys.drop(subject)
+        return await self.handoff(lambda _eid: True)
+
     async def sweep(self) -> int:
         """Passivate entities idle for ``idle_timeout_s`` (none with a call in flight);
         returns how many. Runs periodically on its own; callable directly (tests)."""

@@ -47,10 +47,15 @@ from raysource.sharding.ray_nodes import (
     stop_coordinator,
 )
 from raysource.sharding.region import SystemSpec, get_or_create_region
+from raysource.sharding.retention_service import (
+    RetentionSettings,
+    get_or_create_retention_service,
+    retention_service_name,
+)
 from raysource.sharding.timer_pump import TimerSettings
 from raysource.sharding.timer_service import get_or_create_timer_service
 
-__all__ = ["System", "ShardedResolver", "CoordinatorJournal"]
+__all__ = ["System", "ShardedResolver", "CoordinatorJournal", "forget_live"]
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +214,7 @@ class System:
         host_settings: Mapping[str, Mapping[str, Any]] | None = None,
         placement: Mapping[str, str] | None = None,
         timers: TimerSettings | None = TimerSettings(),  # noqa: B008 - frozen, shared safely
+        retention: RetentionSettings | None = None,
     ) -> System:
         """Start the system ``name`` on Ray (connecting with ``address`` if Ray is not yet
         initialised in this process) or join it if it runs. Registers ``types`` with the
@@ -221,7 +227,10 @@ class System:
         of the timer services that fire durable timers (one per node,
         :mod:`raysource.sharding.timer_service`; started for Cassandra stores); None starts
         none (timers are then still journaled and indexed, and fire once a system with
-        services runs)."""
+        services runs). ``retention``: opt in to the background retention cleaner (one actor
+        per system, :mod:`raysource.sharding.retention_service`; Cassandra stores and types
+        whose policy deletes only); None (the default): only ``raysource retention run``
+        applies the policies."""
         types = tuple(types)
         names = [t.name for t in types]
         if len(set(names)) != len(names):
@@ -240,6 +249,8 @@ class System:
                 spec.host_spec(t, "settings-check", "settings-check")
             except TypeError as exc:
                 raise ConfigError(f"host_settings of {t.name!r}: {exc}") from None
+        if retention is not None and store.kind != "cassandra":
+            raise ConfigError("the background retention cleaner needs a Cassandra store")
         connect_ray(address, namespace)
         namespace = namespace or ray.get_runtime_context().namespace
         spec = dataclasses.replace(spec, namespace=namespace)
@@ -254,6 +265,8 @@ class System:
         if timers is not None and store.kind == "cassandra":
             for node in live_nodes():
                 get_or_create_timer_service(spec, node, timers)
+        if retention is not None and any(t.retention.deletes for t in types):
+            get_or_create_retention_service(spec, retention)
         return cls(spec, coordinator)
 
     @property
@@ -289,9 +302,22 @@ class System:
         ]
         return ray.get([h.info.remote() for h in handles], timeout=timeout)
 
+    def retention_info(self, *, timeout: float = 15.0) -> dict[str, Any] | None:
+        """``info()`` of the background retention cleaner (None if it does not run)."""
+        try:
+            handle = ray.get_actor(retention_service_name(self.name), namespace=self.spec.namespace)
+        except ValueError:
+            return None
+        return dict(ray.get(handle.info.remote(), timeout=timeout))
+
+    def forget_live(self, subject: str, *, timeout: float = 60.0) -> int:
+        """Make a forget reach the live aggregates: :func:`forget_live` on this system."""
+        return forget_live(self.name, self.spec.namespace, subject, timeout=timeout)
+
     def shutdown(self, *, timeout: float = 30.0) -> None:
-        """Passivate and stop every actor of this system (hosts, regions, coordinator).
-        Acknowledged commands are durable in the journal; the next start recovers them."""
+        """Passivate and stop every actor of this system (hosts, regions, coordinator, the
+        timer and retention services). Acknowledged commands are durable in the journal; the
+        next start recovers them."""
         hosts: list[Any] = []
         regions: list[Any] = []
         timers: list[Any] = []
@@ -299,6 +325,10 @@ class System:
             try:
                 h = ray.get_actor(name, namespace=namespace)
             except ValueError:
+                continue
+            if name == retention_service_name(self.name):  # stops first: no deletes after
+                ray.wait([h.stop.remote()], timeout=timeout)
+                ray.kill(h, no_restart=True)
                 continue
             (regions if ":region:" in name else timers if ":timers:" in name else hosts).append(h)
         if timers:  # no fires into a stopping system
@@ -312,6 +342,32 @@ class System:
             except Exception:  # already exited
                 pass
         stop_coordinator(self.name, namespace=self.spec.namespace)
+
+
+def forget_live(system: str, namespace: str | None, subject: str, *, timeout: float = 60.0) -> int:
+    """Make a forget reach the live aggregates of ``system`` (call it after ``raysource
+    forget SUBJECT`` or ``forget_subject``; ``raysource forget SUBJECT --system NAME`` does):
+    every host of a type with personal fields drops the subject's cached key and passivates
+    its active aggregates, which recover with the placeholder on their next command
+    (:meth:`~raysource.runtime.host.AggregateHost.forget_subject`). Returns how many
+    aggregates were stopped. A host that exits meanwhile is skipped (it holds nothing)."""
+    if not subject or not subject.strip():
+        raise ConfigError("a subject id must be non-empty")
+    calls: list[Any] = []
+    for name, ns in named_actors(namespace, f"{system}:"):
+        if ":region:" in name or ":timers:" in name or name == retention_service_name(system):
+            continue
+        try:
+            calls.append(ray.get_actor(name, namespace=ns).forget_subject.remote(subject))
+        except (ValueError, AttributeError):  # gone meanwhile, or not a host
+            continue
+    stopped = 0
+    for ref in calls:
+        try:
+            stopped += int(ray.get(ref, timeout=timeout))
+        except (RayActorError, RayTaskError):  # exited, or retired meanwhile
+            continue
+    return stopped
 
 
 def _ask_coordinator(call: Any, what: str) -> Any:

@@ -63,6 +63,11 @@ OFFLINE = [
     ("retention-unknown-type", ["retention", "plan", "nosuch"], "unknown aggregate type"),
     ("retention-bad-app", ["retention", "plan", "show", "--app", "nosuch:X"], "cannot import"),
     (
+        "forget-system-with-verify",
+        ["forget", "alice", "--verify", "--system", "shop"],
+        "--system names a running system, and is not for --verify",
+    ),
+    (
         "projection-switch-no-version",
         ["projection", "switch", "reservations-by-customer"],
         "needs a version number",

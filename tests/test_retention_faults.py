@@ -8,6 +8,7 @@ a fresh activation recovers the fold of every acknowledged command, and ``verify
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.retention import RetentionCleaner
 from raysource.journal.cassandra.session import CassandraSession
-from raysource.journal.retention import KeepFromSnapshot
+from raysource.journal.retention import KeepFromSnapshot, KeepUntilFinal
 from raysource.runtime.aggregate import AggregateType, Effect, SnapshotPolicy, persist
 from raysource.runtime.core import EntityCore
 from raysource.runtime.stores import StoreSpec, serialization_for
@@ -65,6 +66,10 @@ TALLY = AggregateType(
     commands=(Put,),
 )
 SER = serialization_for(TALLY, StoreSpec())
+# every event final: the mark is the newest snapshot (the closest a policy comes to the log's
+# live end), with a live writer appending behind it
+FINAL = dataclasses.replace(TALLY, name="tallyf", retention=KeepUntilFinal((Putted,)))
+SERS = {TALLY.name: SER, FINAL.name: serialization_for(FINAL, StoreSpec())}
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +93,8 @@ async def session(config):
 class Writer:
     """A live writer: one activation at a time; ``handover`` starts the next one (a recovery)."""
 
-    def __init__(self, session, config, eid: str) -> None:
-        self.session, self.config, self.eid = session, config, eid
+    def __init__(self, session, config, eid: str, agg: AggregateType = TALLY) -> None:
+        self.session, self.config, self.eid, self.agg = session, config, eid, agg
         self.history = History()
         self.sent: list[Put] = []
         self.gen = 0
@@ -102,11 +107,11 @@ class Writer:
         journal.hook = hook
         self.journals.append(journal)
         return EntityCore(
-            TALLY,
+            self.agg,
             self.eid,
             journal,
             CassandraSnapshotStore(self.session, self.config),
-            SER,
+            SERS[self.agg.name],
             writer_id=f"w{self.gen}",
         )
 
@@ -138,7 +143,8 @@ async def _cleaner_paused_at(writer: Writer, cleaner_hook_step: str, journal) ->
             await writer.handover()
             await writer.put(3)
 
-    report = await RetentionCleaner(journal, TALLY.name, TALLY.retention, hook=hook).run()
+    agg = writer.agg
+    report = await RetentionCleaner(journal, agg.name, agg.retention, hook=hook).run()
     assert fired and report.aggregates_cleaned == 1
 
 
@@ -156,7 +162,7 @@ async def _recovery_paused_at(writer: Writer, journal_step: str, journal, cleane
 
     recovery = asyncio.ensure_future(writer.handover(hook))
     await asyncio.wait_for(paused.wait(), 60)
-    report = await RetentionCleaner(journal, TALLY.name, TALLY.retention).run()
+    report = await RetentionCleaner(journal, writer.agg.name, writer.agg.retention).run()
     assert report.aggregates_cleaned == cleaned and len(report.skipped) == 1 - cleaned
     go.set()
     await recovery
@@ -171,14 +177,24 @@ SCHEDULES = {
 }
 
 
-@pytest.mark.parametrize("schedule", list(SCHEDULES))
-async def test_cleaner_races_writer_and_recovery(session, config, schedule):
-    writer = Writer(session, config, f"t-{uuid.uuid4().hex[:6]}")
-    pid = TALLY.persistence_id(writer.eid)
-    await writer.put(11)  # snapshots at 3, 6, 9: the mark is 6
+CASES = [(s, TALLY) for s in SCHEDULES] + [
+    ("cleaner after its mark", FINAL),
+    ("recovery after its record", FINAL),
+]
+
+
+@pytest.mark.parametrize(
+    "schedule, agg", CASES, ids=[f"{s} ({a.retention.describe()[:12]})" for s, a in CASES]
+)
+async def test_cleaner_races_writer_and_recovery(session, config, schedule, agg):
+    writer = Writer(session, config, f"t-{uuid.uuid4().hex[:6]}", agg)
+    pid = agg.persistence_id(writer.eid)
+    # snapshots at 3, 6, 9: the mark is 6; FINAL: 12 events, the last one final and
+    # snapshotted, so its mark is 12 = the log's end (every row goes under a live writer)
+    await writer.put(12 if agg is FINAL else 11)
     journal = CassandraJournal(session, config)
     await SCHEDULES[schedule](writer, journal)
-    await RetentionCleaner(journal, TALLY.name, TALLY.retention).run()  # a final pass
+    await RetentionCleaner(journal, agg.name, agg.retention).run()  # a final pass
     assert writer.core is not None
     await writer.core.stop()
     assert writer.history.counts() == {"ok": len(writer.sent)}
@@ -189,13 +205,14 @@ async def test_cleaner_races_writer_and_recovery(session, config, schedule):
         f"WHERE persistence_id = ?",
         (pid,),
     )
-    assert 6 <= deleted_to <= snaps[1][0]  # something went, never past the policy's mark
+    # something went, never past the policy's mark (the 2nd newest snapshot; the newest)
+    assert (12 if agg is FINAL else 6) <= deleted_to <= snaps[0 if agg is FINAL else 1][0]
     await asyncio.sleep(config.eventual_consistency_delay + 0.2)
     violations = await check_history(
         writer.history,
         journal,
-        aggregate_type=TALLY,
-        serialization=SER,
+        aggregate_type=agg,
+        serialization=SERS[agg.name],
         persistence_ids=[pid],
         command_of=lambda e: e.op_id,
         retention_deleted=lambda o: o.value <= deleted_to,
@@ -213,4 +230,4 @@ async def test_cleaner_races_writer_and_recovery(session, config, schedule):
     await fresh.start()
     assert fresh.state == expect
     await fresh.stop()
-    assert (await RetentionCleaner(journal, TALLY.name, TALLY.retention).verify()).ok
+    assert (await RetentionCleaner(journal, agg.name, agg.retention).verify()).ok

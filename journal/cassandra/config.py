@@ -209,6 +209,9 @@ class CassandraConfig:
       ``unlogged_batch_across_partitions_warn_threshold`` (default 10) partitions or
       ``batch_size_warn_threshold`` (default 5 KiB); raise these with those.
       ``shared_write_partitions=1``: one request per append.
+    * ``key_wrapper``: a :class:`~raysource.journal.kms.KeyWrapper` (a KMS adapter, or
+      :class:`~raysource.journal.kms.LocalKeyWrapper`): the data subjects' keys are stored
+      wrapped by it (default None: stored as they are). Not in the repr.
     """
 
     contact_points: Sequence[str] = ("127.0.0.1",)
@@ -248,8 +251,14 @@ class CassandraConfig:
     protocol_version: int | None = None
     shared_write_partitions: int = 10
     shared_write_bytes: int = 4096
+    key_wrapper: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.key_wrapper is not None:
+            from raysource.journal.kms import KeyWrapper
+
+            if not isinstance(self.key_wrapper, KeyWrapper):
+                raise ConfigError(f"key_wrapper must be a KeyWrapper, got {self.key_wrapper!r}")
         if isinstance(self.contact_points, str):
             object.__setattr__(self, "contact_points", (self.contact_points,))
         object.__setattr__(self, "contact_points", tuple(self.contact_points))

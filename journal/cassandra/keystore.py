@@ -21,7 +21,8 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.driver_errors import wrap_driver_error
 from raysource.journal.cassandra.keystore_statements import KeyStoreStatements
 from raysource.journal.cassandra.session import CassandraSession
-from raysource.journal.keyring import SCHEME, KeyRing, KeyState
+from raysource.journal.keyring import SCHEME, KeyRing, KeyState, KeyStore
+from raysource.journal.kms import WrappedKeyStore
 
 __all__ = ["CassandraKeyStore", "key_ring", "key_ring_beside"]
 
@@ -122,8 +123,11 @@ def key_ring(
     config: CassandraConfig, session: CassandraSession | None = None, **settings: Any
 ) -> KeyRing:
     """A key ring on the Cassandra key store of ``config``'s keyspace (``settings``:
-    ``max_keys``, ``max_age``)."""
-    return KeyRing(CassandraKeyStore(config, session), **settings)
+    ``max_keys``, ``max_age``); its keys wrapped by ``config.key_wrapper`` if one is set."""
+    store: KeyStore = CassandraKeyStore(config, session)
+    if config.key_wrapper is not None:
+        store = WrappedKeyStore(store, config.key_wrapper)
+    return KeyRing(store, **settings)
 
 
 def key_ring_beside(journal: object) -> KeyRing | None:

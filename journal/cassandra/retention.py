@@ -6,7 +6,9 @@ One :meth:`RetentionCleaner.run` walks the aggregates of one type that have snap
 ``snapshots`` table in token order, from where the previous run stopped) and, per aggregate:
 
 1. computes the mark ``m``: the policy's mark (``KeepFromSnapshot(k)``: the ``k``-th newest
-   snapshot), lowered below any sequence number a projection parked for it, and clamped to the
+   snapshot; ``KeepUntilFinal``: the newest snapshot, once it is at or after a final event
+   found among the newest ``window`` events and older than the grace), lowered below any
+   sequence number a projection parked for it, and clamped to the
    valid log's end (a stable read of ``highest_sequence_nr``);
 2. writes the logical ``deleted_to = m`` (``CassandraJournal.delete_to``) **before** any row
    goes: every reader already skips what follows, whether the physical delete runs or not;
@@ -52,7 +54,7 @@ from raysource.journal.cassandra.retention_report import (
 from raysource.journal.cassandra.retention_statements import retention_statements
 from raysource.journal.cassandra.session import RAW_PROFILE
 from raysource.journal.errors import ConfigError, JournalError, JournalUnavailableError
-from raysource.journal.retention import KeepFromSnapshot, RetentionPolicy
+from raysource.journal.retention import KeepFromSnapshot, KeepUntilFinal, RetentionPolicy
 
 __all__ = [
     "RetentionCleaner",
@@ -179,21 +181,16 @@ class RetentionCleaner:
 
     async def plan_aggregate(self, pid: str, parked: dict[str, int]) -> AggregatePlan:
         """The mark and the deletes for ``pid`` (reads only)."""
-        ps = await self._prepare()
+        await self._prepare()
         purged, resume_at = await self._progress("agg", pid)
         deleted_to = await self._deleted_to(pid)
         plan = AggregatePlan(pid, 0, purged, deleted_to)
-        if not isinstance(self.policy, KeepFromSnapshot):
-            return plan
-        rows = await self.j.session.select_all(
-            ps["snap_seqs"], (pid, self.policy.k), profile=RAW_PROFILE
-        )
-        mark = self.policy.mark([int(r[0]) for r in rows])
-        if mark <= 0:
-            return plan
-        if pid in parked and parked[pid] - 1 < mark:
-            mark, plan.held_by = parked[pid] - 1, f"a projection parked #{parked[pid]}"
         try:
+            mark, plan.held_by = await self._policy_mark(pid, deleted_to)
+            if mark <= 0:
+                return plan
+            if pid in parked and parked[pid] - 1 < mark:
+                mark, plan.held_by = parked[pid] - 1, f"a projection parked #{parked[pid]}"
             highest = await self.j.highest_sequence_nr(pid)
         except JournalUnavailableError as exc:  # a newer activation is recovering: not now
             plan.held_by = f"skipped: {exc}"
@@ -204,6 +201,31 @@ class RetentionCleaner:
         if plan.mark > purged:
             plan.deletes = await self._partition_deletes(pid, resume_at or 0, plan.mark, highest)
         return plan
+
+    async def _policy_mark(self, pid: str, deleted_to: int) -> tuple[int, str]:
+        """The policy's mark for ``pid`` (0: nothing) and why it is 0 (reads only)."""
+        policy, ps = self.policy, self._ps
+        if isinstance(policy, KeepFromSnapshot):
+            rows = await self.j.session.select_all(
+                ps["snap_seqs"], (pid, policy.k), profile=RAW_PROFILE
+            )
+            return policy.mark([int(r[0]) for r in rows]), ""
+        if not isinstance(policy, KeepUntilFinal):
+            return 0, ""
+        rows = await self.j.session.select_all(ps["snap_seqs"], (pid, 1), profile=RAW_PROFILE)
+        newest = int(rows[0][0]) if rows else 0
+        highest = await self.j.highest_sequence_nr(pid)
+        final_seq, final_at = 0, 0.0
+        start = max(deleted_to + 1, highest - policy.window + 1)
+        async for e in self.j.replay(pid, start, highest):  # the newest `window` events
+            if policy.is_final(e.manifest, self.type_name):
+                final_seq, final_at = e.sequence_nr, e.timestamp.timestamp()
+        if final_seq == 0 and deleted_to > 0:
+            # no final event above the logical mark: a pass of this policy may have written the
+            # mark and died before deleting; complete it (no reader reads below it), never more
+            # (what follows a purge is kept until another final event is stored)
+            return deleted_to, ""
+        return policy.mark(newest, final_seq, time.time() - final_at)
 
     async def _deleted_to(self, pid: str) -> int:
         row = await self.j.session.select_one(self._ps["deleted_to"], (pid,), profile=RAW_PROFILE)
@@ -280,6 +302,10 @@ class RetentionCleaner:
                 plan = await self.plan_aggregate(pid, parked)
                 if plan.held_by.startswith("skipped"):
                     report.skipped.append(plan)
+                elif plan.held_by and plan.mark <= plan.purged_to:
+                    report.held_count += 1
+                    if len(report.held) < 100:
+                        report.held.append(plan)
                 if plan.mark > plan.purged_to:
                     report.aggregates_cleaned += 1
                     report.plans.append(plan)

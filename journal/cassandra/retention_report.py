@@ -55,6 +55,10 @@ class RunReport:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     plans: list[AggregatePlan] = field(default_factory=list)
+    #: aggregates the policy would clean but something holds (a grace period, no snapshot
+    #: after the final event, a parked stream): how many, and the first 100
+    held_count: int = 0
+    held: list[AggregatePlan] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         verb = "would delete" if self.dry_run else "deleted"
@@ -65,6 +69,9 @@ class RunReport:
             f"{self.rows_deleted}); walk {'complete' if self.finished_walk else 'resumes'}"
         ]
         out += [f"  {p.persistence_id}: {p.held_by}" for p in self.skipped]
+        if self.held_count:
+            out.append(f"  held back: {self.held_count} aggregate(s)")
+            out += [f"    {p.persistence_id}: {p.held_by}" for p in self.held]
         for p in self.plans:
             held = f" (held: {p.held_by})" if p.held_by else ""
             out.append(

@@ -479,6 +479,13 @@ class _HostActor:
         self._retire("handoff")
         return n
 
+    async def forget_subject(self, subject: str) -> int:
+        """:meth:`AggregateHost.forget_subject` here (a dedicated host whose aggregate stops
+        then retires); how many aggregates were stopped."""
+        if self._host is None or self._retired is not None:
+            return 0
+        return await self._host.forget_subject(subject)
+
     async def info(self) -> dict[str, Any]:
         """Placement, name, node id, pid, memory (rss/uss bytes), retirement and the host's
         entities and counters (``stats.writes`` vs ``stats.commands`` shows group commit);
