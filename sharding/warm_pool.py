@@ -10,8 +10,8 @@ creating one, and the pool starts a replacement in the background.
 What the pool promises (tests/test_warm_pool_ray.py breaks each):
 
 * **Bounded**: at most ``size`` idle hosts plus the ones being started to replace taken or dead
-  ones (never more than ``size`` in all); each is one Python worker process (its memory is in
-  ``info()["pool"]`` of the region, measured per process).
+  ones (never more than ``size`` in all, at most ``max_starting`` starting at once); each is
+  one Python worker process (its memory: ``benchmarks/pool_bench.py`` reports RSS and USS).
 * **One assignment per host**, recorded in :class:`WarmPool`'s registry (actor name of the
   aggregate -> the pool host serving it): an idle host is removed from the idle list before the
   ``assign`` call is sent, and the host itself refuses a second, different assignment. A host
@@ -66,17 +66,23 @@ class PoolSettings:
     """``size``: idle host actors kept per node (0: no pool). ``check_interval_s``: how often
     idle hosts are checked alive. ``assign_timeout_s``: an ``assign`` slower than this kills
     the host (it is never left half-assigned). ``retire_wait_s``: how long an activation waits
-    for the previous activation of its aggregate to exit before it is refused (not applied)."""
+    for the previous activation of its aggregate to exit before it is refused (not applied).
+    ``max_starting``: hosts started at once (a process start is one to two CPU seconds of
+    imports: refilling one at a time leaves the other cores to the activations that just
+    took hosts)."""
 
     size: int = 0
     check_interval_s: float = 1.0
     assign_timeout_s: float = 10.0
     retire_wait_s: float = 15.0
+    max_starting: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise ConfigError(f"warm_pool must be an int >= 0, got {self.size!r}")
-        if min(self.check_interval_s, self.assign_timeout_s, self.retire_wait_s) <= 0:
+        if min(self.check_interval_s, self.assign_timeout_s, self.retire_wait_s) <= 0 or (
+            self.max_starting < 1
+        ):
             raise ConfigError(f"invalid warm pool settings {self!r}")
 
 
@@ -156,7 +162,10 @@ class WarmPool:
 
     async def _run(self) -> None:
         while not self._closed:
-            missing = self.settings.size - len(self._idle) - self._starting
+            missing = min(
+                self.settings.size - len(self._idle) - self._starting,
+                self.settings.max_starting - self._starting,
+            )
             for _ in range(max(missing, 0)):
                 self._starting += 1
                 asyncio.ensure_future(self._start_one())

@@ -186,6 +186,7 @@ class _PooledHost(_HostActor):
                 "pool": "idle",
                 "pid": os.getpid(),
                 "uptime_s": time.time() - self._pool_created,
+                **_memory(),
             }
         out = await super().info()
         out["pool_name"] = self._pool_name
@@ -195,6 +196,16 @@ class _PooledHost(_HostActor):
         if self._assigned is None:
             return "pong"
         return await super().ping()
+
+
+def _memory() -> dict[str, int]:
+    try:
+        import psutil
+
+        mem = psutil.Process().memory_full_info()
+        return {"rss": mem.rss, "uss": mem.uss}
+    except Exception:  # psutil ships with Ray; memory is diagnostics only
+        return {}
 
 
 PooledHostActor = ray.remote(_PooledHost)
