@@ -38,7 +38,10 @@ DEDICATED = replace(LEDGER, name="pledger", placement="dedicated")
 def _wait_idle(system: System, size: int) -> dict[str, Any]:
     deadline = time.monotonic() + 300
     while True:
-        (info,) = system.pool_info().values()
+        try:
+            (info,) = system.pool_info(timeout=120).values()
+        except ray.exceptions.GetTimeoutError:  # the region's own process is still starting
+            continue
         if info is not None and info["idle"] >= size:
             return info
         if time.monotonic() > deadline:
@@ -66,13 +69,13 @@ def one_round(store: StoreSpec, n: int, pool: int) -> dict[str, Any]:
             out["idle_rss_mib"] = info.get("rss", 0) / 2**20
             out["idle_uss_mib"] = info.get("uss", 0) / 2**20
         else:  # the region exists in both modes before the clock starts
-            system.pool_info()
+            system.pool_info(timeout=120)
         ids = [f"{uuid.uuid4().hex[:8]}-{i}" for i in range(n)]
         t0 = time.perf_counter()
         asyncio.run(_touch_all(system, ids))
         out["first_touch_s"] = time.perf_counter() - t0
         if pool:
-            (after,) = system.pool_info().values()
+            (after,) = system.pool_info(timeout=120).values()
             assert after is not None
             out["taken"], out["misses"] = after["taken"], after["misses"]
     finally:

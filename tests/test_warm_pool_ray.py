@@ -7,6 +7,7 @@ pool of 2 pre-started host actors per node.
 * a pool host killed while idle is found dead and replaced, and the next first touch still
   takes a pooled host;
 * a handoff of a shard stops the pool host serving its aggregate; the next touch takes another;
+* a killed region is replaced by one that adopts the node's pool hosts (idle and assigned);
 * under commands from callers, one aggregate's pool host is killed while assigned and another
   aggregate is passivated (its pool host retires): callers go on through fresh pooled hosts,
   and the history checker reads the journal: nothing acknowledged lost, nothing applied twice.
@@ -41,9 +42,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.timeout(300)]
 
 
 def _pool(system: System) -> dict[str, Any]:
-    (info,) = system.pool_info().values()  # one node
-    assert info is not None
-    return info
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            (info,) = system.pool_info(timeout=120).values()  # one node
+        except ray.exceptions.RayActorError:  # a killed region's name not yet free
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            continue
+        assert info is not None
+        return info
 
 
 def _wait_pool(system: System, ok: Callable[[dict[str, Any]], bool], what: str) -> dict:
@@ -114,6 +122,7 @@ def test_warm_pool_first_touch_kills_and_history(ray_local, cassandra_contact, c
         assert info["assigned"] <= len(ids), info
 
         # a handoff of a shard stops the pool host serving it; the next touch takes another
+        _wait_pool(system, lambda p: p["idle"] == 2, "refilled")
         before = ray.get(system.entity(LEDGER, ids[2]).actor.info.remote())["pool_name"]
         shard = ShardId(LEDGER.name, shard_of(ids[2], LEDGER.number_of_shards))
         region = get_or_create_region(system.spec, node)
@@ -122,6 +131,18 @@ def test_warm_pool_first_touch_kills_and_history(ray_local, cassandra_contact, c
         history.record(op, "ok", system.entity(LEDGER, ids[2]).ask(Append(op, 1), timeout=60))
         after = ray.get(system.entity(LEDGER, ids[2]).actor.info.remote())["pool_name"]
         assert after != before
+
+        # a region that dies is replaced; the new one adopts its node's pool hosts (idle and
+        # assigned) before it assigns anything: an active aggregate keeps its pool host
+        serving = ray.get(system.entity(LEDGER, ids[3]).actor.info.remote())["pool_name"]
+        before = _wait_pool(system, lambda p: p["idle"] == 2, "refilled")
+        ray.kill(region)
+        adopted = _wait_pool(system, lambda p: p["adopted"] > 0, "a new region")
+        assert adopted["assigned"] == before["assigned"], (before, adopted)
+        assert adopted["adopted"] >= before["idle"] + before["assigned"], (before, adopted)
+        region = get_or_create_region(system.spec, node)
+        again = ray.get(region.activate.remote(LEDGER.name, ids[3]), timeout=60)
+        assert ray.get(again.info.remote())["pool_name"] == serving
         live = {e: system.entity(LEDGER, e).state(timeout=60) for e in ids}
     finally:
         system.shutdown()
