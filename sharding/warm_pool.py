@@ -22,7 +22,8 @@ What the pool promises (tests/test_warm_pool_ray.py breaks each):
   activation of that aggregate waits for that (as Ray's named-actor registry made it wait for
   the old name to be freed), or takes the old host back if it turns out to be still serving.
   A restarted region rebuilds the registry from its node's pool hosts (``adopt``) before it
-  assigns anything.
+  assigns anything; a host that does not answer it within 30 s is killed (it might serve an
+  aggregate the registry cannot name).
 * **A host dying while idle** is dropped (a liveness check every ``check_interval_s``, or its
   failed ``assign``) and replaced; **dying while assigned** is a host death like any other:
   references see ``RayActorError``, re-resolve, and the region's next activation (after the
@@ -59,6 +60,8 @@ from raysource.sharding.ray_nodes import named_actors
 __all__ = ["PoolSettings", "PoolStats", "WarmPool"]
 
 log = logging.getLogger(__name__)
+
+_SWEEP = 256  # retiring hosts checked per liveness round
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class PoolStats:
     dead_idle: int = 0  # idle hosts found dead (liveness check or failed assign), replaced
     killed_on_assign: int = 0  # assigns that timed out: the host was killed
     adopted: int = 0  # hosts found by a restarted region
+    killed_unanswering: int = 0  # hosts a restarted region could not ask (killed, not adopted)
     retired_idle: int = 0  # idle hosts sent away (pool closed)
 
 
@@ -147,8 +151,13 @@ class WarmPool:
                 handle = await loop.run_in_executor(
                     None, functools.partial(ray.get_actor, name, namespace=namespace)
                 )
-                status: dict[str, Any] = await asyncio.wait_for(handle.status.remote(), 10.0)
-            except Exception as exc:  # exited meanwhile, or not answering: not ours to use
+                status: dict[str, Any] = await asyncio.wait_for(handle.status.remote(), 30.0)
+            except TimeoutError:  # alive but silent: it may serve an aggregate we cannot name
+                log.warning("pool host %s does not answer: killing it", name)
+                self.stats.killed_unanswering += 1
+                await _kill(handle)
+                continue
+            except Exception as exc:  # exited meanwhile: nothing to adopt
                 log.info("pool host %s not adopted: %r", name, exc)
                 continue
             self.stats.adopted += 1
@@ -173,7 +182,7 @@ class WarmPool:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.check_interval_s)
             except TimeoutError:
-                await self._check_idle()
+                await asyncio.gather(self._check_idle(), self._sweep_retiring())
 
     async def _start_one(self) -> None:
         name = pool_host_name(self.system, self.node_id, uuid.uuid4().hex[:12])
@@ -210,6 +219,17 @@ class WarmPool:
                 self.stats.dead_idle += 1
                 log.info("idle pool host %s died: replacing it", name)
                 self._wake.set()
+
+    async def _sweep_retiring(self) -> None:
+        """Forget let-go hosts whose process has exited (the registry stays bounded by the
+        activations alive, not by every aggregate ever activated here)."""
+        some = list(self.retiring.items())[:_SWEEP]
+        if not some:
+            return
+        alive = await asyncio.gather(*(_answers(h.status.remote()) for _, h in some))
+        for (name, handle), ok in zip(some, alive):
+            if not ok and self.retiring.get(name) is handle:
+                del self.retiring[name]
 
     async def close(self) -> int:
         """Stop refilling and send the idle hosts away; returns how many."""

@@ -132,13 +132,31 @@ def test_warm_pool_first_touch_kills_and_history(ray_local, cassandra_contact, c
         after = ray.get(system.entity(LEDGER, ids[2]).actor.info.remote())["pool_name"]
         assert after != before
 
+        # a host let go (here: passivated, and the region told so, as a reference does) leaves
+        # the registry once its process is gone, with no new activation of its aggregate
+        let_go = system.spec.host_spec(LEDGER, ids[0], node).actor_name
+        assigned = _pool(system)["assigned"]
+        ray.get(system.entity(LEDGER, ids[0]).actor.passivate.remote(), timeout=60)
+        ray.get(region.forget.remote(let_go), timeout=60)
+        _wait_pool(
+            system,
+            lambda p: p["retiring"] == 0 and p["assigned"] == assigned - 1,
+            "the let-go host swept",
+        )
+
         # a region that dies is replaced; the new one adopts its node's pool hosts (idle and
         # assigned) before it assigns anything: an active aggregate keeps its pool host
         serving = ray.get(system.entity(LEDGER, ids[3]).actor.info.remote())["pool_name"]
         before = _wait_pool(system, lambda p: p["idle"] == 2, "refilled")
         ray.kill(region)
         adopted = _wait_pool(system, lambda p: p["adopted"] > 0, "a new region")
-        assert adopted["assigned"] == before["assigned"], (before, adopted)
+        hosts = [
+            ray.get_actor(n, namespace=ns) for n, _ in named_actors(ns, f"{system.name}:pool:")
+        ]
+        statuses = [
+            {k: v for k, v in ray.get(h.status.remote()).items() if k != "spec"} for h in hosts
+        ]
+        assert adopted["assigned"] == before["assigned"], f"{before} {adopted} {statuses}"
         assert adopted["adopted"] >= before["idle"] + before["assigned"], (before, adopted)
         region = get_or_create_region(system.spec, node)
         again = ray.get(region.activate.remote(LEDGER.name, ids[3]), timeout=60)
