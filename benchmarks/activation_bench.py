@@ -9,6 +9,9 @@ per activation; Cassandra's own CPU is not in it (a shared node), so the wall ra
 one to read, CPU the robust one.
 
 Usage: python -m benchmarks.activation_bench [--contact 127.0.0.1:9042] [--n 300] [--rounds 2]
+
+``--pool``: instead, first touches of ``--n`` *dedicated* aggregates through a real ``System``
+on Ray, without and with a warm pool of ``--n`` hosts, side by side (``benchmarks.pool_bench``).
 """
 
 from __future__ import annotations
@@ -109,7 +112,14 @@ def main() -> None:
     p.add_argument("--events", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the figures as JSON here")
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument("--pool", action="store_true", help="dedicated first touches, warm pool")
+    args = p.parse_args()
+    if args.pool:
+        from benchmarks import pool_bench
+
+        pool_bench.run(args.contact, args.n, args.rounds, args.out)
+        return
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ ROLES = (
     ("Serve proxy", "ProxyActor"),
     ("Serve replica", "ServeReplica"),
     ("host actor", "_HostActor"),
+    ("host actor", "_PooledHost"),
     ("raylet + GCS", "raylet"),
     ("raylet + GCS", "gcs_server"),
     ("other Ray workers", "ray::"),

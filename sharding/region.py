@@ -10,6 +10,13 @@ One :class:`ShardRegion` Ray actor runs per (system, Ray node), pinned to its no
   after the coordinator confirmed this node is its home (:class:`HomeCheck`).
 * It enforces the per-node cap on active dedicated aggregates: past ``max_active_per_node`` the
   least recently activated one is passivated (it finishes its queued commands first).
+* With a warm pool (``SystemSpec.warm_pool`` > 0: :mod:`raysource.sharding.warm_pool`) a
+  dedicated activation takes a pre-started host actor of this node instead of creating one.
+  Pool hosts cannot carry the aggregate's name, so the region keeps what the name gave: its
+  registry (one live activation per aggregate; the next waits for the previous one to exit),
+  a home check per assignment (only the shard's home node assigns), and a handoff counter per
+  shard (an assignment a handoff overtook is stopped and refused, ``AggregateStoppedError``:
+  the resolver asks the coordinator afresh).
 * ``handoff(shard)`` (the coordinator's :class:`~raysource.sharding.coordinator.HandoffTarget`
   protocol) stops every activation of a moving shard, wherever it runs, before the shard's new node
   activates it (a shared host stops and revokes only that shard; its other shards go on).
@@ -33,10 +40,12 @@ from raysource.journal.errors import ConfigError
 from raysource.runtime.actors.cluster import coordinator_name, parse_name, region_name
 from raysource.runtime.actors.host_actor import HostActor, HostSpec, actor_options, slot_of
 from raysource.runtime.aggregate import AggregateType, split_persistence_id
+from raysource.runtime.errors import AggregateStoppedError
 from raysource.runtime.shard_id import shard_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.allocation import NodeId, ShardId
 from raysource.sharding.ray_nodes import named_actors, node_affinity
+from raysource.sharding.warm_pool import PoolSettings, WarmPool
 
 __all__ = ["HomeCheck", "SystemSpec", "ShardRegion", "region_name"]
 
@@ -76,6 +85,8 @@ class SystemSpec:
     overrides (e.g. ``{"show": {"idle_timeout_s": 30, "max_active": 5000, "hosts_per_node": 4}}``;
     ``hosts_per_node``: a hosted type's shared host actors per node, shard ``s`` in slot
     ``s % hosts_per_node``); ``placement`` overrides a type's declared placement by name.
+    ``warm_pool``: pre-started idle host actors per node for dedicated activations
+    (:class:`~raysource.sharding.warm_pool.PoolSettings`; size 0, the default: none).
     """
 
     name: str
@@ -85,6 +96,7 @@ class SystemSpec:
     max_active_per_node: int = 2000
     host_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     placement: Mapping[str, str] = field(default_factory=dict)
+    warm_pool: PoolSettings = field(default_factory=PoolSettings)
 
     def type_named(self, type_name: str) -> AggregateType:
         for t in self.types:
@@ -143,6 +155,20 @@ class ShardRegion:
         self.eviction_batches = 0
         self._evict_queue: list[tuple[str, Any]] = []  # evicted, passivation not yet sent
         self._evictor: asyncio.Future[None] | None = None
+        self._pool = (
+            WarmPool(
+                spec.name,
+                spec.namespace,
+                node_id,
+                spec.store,
+                spec.warm_pool,
+                node_affinity(node_id),
+            )
+            if spec.warm_pool.size > 0
+            else None
+        )
+        self._handoffs: dict[tuple[str, int], int] = {}  # handoffs begun here, per shard
+        self._assigning: dict[str, asyncio.Future[Any]] = {}  # pool assignments in progress
 
     async def activate(self, type_name: str, entity_id: str) -> Any:
         """The host actor handle for ``entity_id`` (created on this node if not running)."""
@@ -154,20 +180,75 @@ class ShardRegion:
             if spec.placement == "dedicated":
                 self._dedicated.move_to_end(name)
             return cache[name]
-        opts = actor_options(spec, self.spec.namespace, **node_affinity(self.node_id))
-        # get-or-create by name asks the GCS synchronously: keep it off the event loop
-        loop = asyncio.get_running_loop()
-        handle = await loop.run_in_executor(None, lambda: HostActor.options(**opts).remote(spec))
+        if self._pool is not None and spec.placement == "dedicated":
+            handle = await self._from_pool(spec)
+            if name in cache:  # a concurrent activation of the same aggregate won
+                return cache[name]
+        else:
+            handle = await self._create(spec)
         cache[name] = handle
         self.activations += 1
         if spec.placement == "dedicated":
             await self._enforce_cap()
         return handle
 
+    async def _create(self, spec: HostSpec) -> Any:
+        opts = actor_options(spec, self.spec.namespace, **node_affinity(self.node_id))
+        # get-or-create by name asks the GCS synchronously: keep it off the event loop
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: HostActor.options(**opts).remote(spec))
+
+    async def _from_pool(self, spec: HostSpec) -> Any:
+        """A dedicated activation through the warm pool (one at a time per aggregate)."""
+        name = spec.actor_name
+        running = self._assigning.get(name)
+        if running is not None:
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(self._assign(spec))
+        self._assigning[name] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if self._assigning.get(name) is task:
+                del self._assigning[name]
+
+    async def _assign(self, spec: HostSpec) -> Any:
+        pool = self._pool
+        assert pool is not None and spec.shard is not None
+        await pool.ready()
+        name = spec.actor_name
+        key = (spec.aggregate_type.name, spec.shard)
+        handoffs = self._handoffs.get(key, 0)
+        previous = await pool.previous(name)  # waits for a let-go activation to exit
+        if previous is not None:
+            return previous
+        loop = asyncio.get_running_loop()
+        try:  # an activation created by name (pool empty, or before the pool) keeps its name
+            return await loop.run_in_executor(
+                None, functools.partial(ray.get_actor, name, namespace=self.spec.namespace)
+            )
+        except ValueError:
+            pass
+        home = HomeCheck(self.spec.name, self.spec.namespace, self.node_id)
+        if not await home(*key):
+            raise AggregateStoppedError(
+                f"{name}: shard {spec.shard} is not homed on {self.node_id}; not applied"
+            )
+        handle = await pool.take(spec)
+        if handle is None:
+            handle = await self._create(spec)  # pool empty: pay the process start
+        if self._handoffs.get(key, 0) != handoffs:  # a handoff of the shard overtook us
+            pool.release(name)
+            await asyncio.gather(handle.passivate.remote(), return_exceptions=True)
+            raise AggregateStoppedError(f"{name}: shard {spec.shard} moved; not applied")
+        return handle
+
     def forget(self, actor_name: str) -> None:
         """Drop a cached handle (the caller found the actor retired or dead)."""
         self._dedicated.pop(actor_name, None)
         self._hosted.pop(actor_name, None)
+        if self._pool is not None:
+            self._pool.release(actor_name)
 
     async def _enforce_cap(self) -> None:
         """Past ``max_active_per_node``: the least recently activated leave the table now
@@ -176,7 +257,10 @@ class ShardRegion:
         crossed the cap does not wait for them (it used to await each passivation, so every
         activation past the cap paid a full stop of another actor)."""
         while len(self._dedicated) > self.spec.max_active_per_node:
-            self._evict_queue.append(self._dedicated.popitem(last=False))
+            evicted = self._dedicated.popitem(last=False)
+            if self._pool is not None:
+                self._pool.release(evicted[0])
+            self._evict_queue.append(evicted)
             self.evictions += 1
         if self._evict_queue and (self._evictor is None or self._evictor.done()):
             self._evictor = asyncio.ensure_future(self._evict())
@@ -199,11 +283,25 @@ class ShardRegion:
     async def handoff(self, shard: ShardId) -> int:
         """Stop every activation of ``shard`` (queued work first); returns how many."""
         aggregate_type = self.spec.type_named(shard.type_name)
+        key = (shard.type_name, shard.shard)
+        self._handoffs[key] = self._handoffs.get(key, 0) + 1  # before any await
+        calls: list[Any] = []
+        if self._pool is not None:  # pool hosts serving the shard (they carry no entity name)
+            await self._pool.ready()
+            for name, handle in list(self._pool.assigned.items()):
+                parsed = parse_name(name)
+                if parsed is None or parsed.persistence_id is None:
+                    continue
+                ptype, eid = split_persistence_id(parsed.persistence_id)
+                if ptype == aggregate_type.name and (
+                    shard_of(eid, aggregate_type.number_of_shards) == shard.shard
+                ):
+                    self.forget(name)
+                    calls.append(handle.passivate.remote())
         loop = asyncio.get_running_loop()
         names = await loop.run_in_executor(
             None, named_actors, self.spec.namespace, f"{self.spec.name}:"
         )
-        calls: list[Any] = []
         for name, namespace in names:
             parsed = parse_name(name)
             if (
@@ -247,7 +345,20 @@ class ShardRegion:
             "evictions": self.evictions,
             "eviction_batches": self.eviction_batches,
             "evicting": len(self._evict_queue),
+            "pool": None if self._pool is None else self._pool.info(),
         }
+
+    async def fill_pool(self) -> dict[str, Any] | None:
+        """Start filling the warm pool now (it also starts on the first activation); returns
+        ``info()["pool"]``."""
+        if self._pool is None:
+            return None
+        await self._pool.ready()
+        return self._pool.info()
+
+    async def close_pool(self) -> int:
+        """Stop refilling and send the idle pool hosts away (``System.shutdown``)."""
+        return 0 if self._pool is None else await self._pool.close()
 
     async def ping(self) -> str:
         return "pong"

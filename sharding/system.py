@@ -54,6 +54,7 @@ from raysource.sharding.retention_service import (
 )
 from raysource.sharding.timer_pump import TimerSettings
 from raysource.sharding.timer_service import get_or_create_timer_service
+from raysource.sharding.warm_pool import PoolSettings
 
 __all__ = ["System", "ShardedResolver", "CoordinatorJournal", "forget_live"]
 
@@ -215,6 +216,7 @@ class System:
         placement: Mapping[str, str] | None = None,
         timers: TimerSettings | None = TimerSettings(),  # noqa: B008 - frozen, shared safely
         retention: RetentionSettings | None = None,
+        warm_pool: int | PoolSettings = 0,
     ) -> System:
         """Start the system ``name`` on Ray (connecting with ``address`` if Ray is not yet
         initialised in this process) or join it if it runs. Registers ``types`` with the
@@ -230,7 +232,10 @@ class System:
         services runs). ``retention``: opt in to the background retention cleaner (one actor
         per system, :mod:`raysource.sharding.retention_service`; Cassandra stores and types
         whose policy deletes only); None (the default): only ``raysource retention run``
-        applies the policies."""
+        applies the policies. ``warm_pool``: pre-started idle host actors per node that
+        dedicated activations take instead of starting a process (an int: the pool's size, or
+        :class:`~raysource.sharding.warm_pool.PoolSettings`; 0: none); each node's pool
+        starts filling now (see :meth:`pool_info`)."""
         types = tuple(types)
         names = [t.name for t in types]
         if len(set(names)) != len(names):
@@ -243,6 +248,9 @@ class System:
             max_active_per_node=max_active_per_node,
             host_settings=dict(host_settings or {}),
             placement=dict(placement or {}),
+            warm_pool=warm_pool
+            if isinstance(warm_pool, PoolSettings)
+            else PoolSettings(size=warm_pool),
         )
         for t in types:  # every type's host settings make a valid HostSpec (or ConfigError)
             try:
@@ -267,6 +275,9 @@ class System:
                 get_or_create_timer_service(spec, node, timers)
         if retention is not None and any(t.retention.deletes for t in types):
             get_or_create_retention_service(spec, retention)
+        if spec.warm_pool.size > 0:
+            for node in live_nodes():
+                get_or_create_region(spec, node).fill_pool.remote()
         return cls(spec, coordinator)
 
     @property
@@ -314,10 +325,27 @@ class System:
         """Make a forget reach the live aggregates: :func:`forget_live` on this system."""
         return forget_live(self.name, self.spec.namespace, subject, timeout=timeout)
 
+    def pool_info(self, *, timeout: float = 15.0) -> dict[str, dict[str, Any] | None]:
+        """Per node id: its warm pool's counters and registry sizes (``ShardRegion.info()
+        ["pool"]``: idle, starting, assigned, taken, misses, dead_idle, ...; None: no pool)."""
+        nodes = live_nodes()
+        regions = [get_or_create_region(self.spec, n) for n in nodes]
+        infos = ray.get([r.fill_pool.remote() for r in regions], timeout=timeout)
+        return dict(zip(nodes, infos))
+
     def shutdown(self, *, timeout: float = 30.0) -> None:
         """Passivate and stop every actor of this system (hosts, regions, coordinator, the
         timer and retention services). Acknowledged commands are durable in the journal; the
         next start recovers them."""
+        if self.spec.warm_pool.size > 0:  # no refills behind our back: idle pool hosts exit
+            pools: list[Any] = []
+            for name, namespace in named_actors(self.spec.namespace, f"{self.name}:region:"):
+                try:
+                    pools.append(ray.get_actor(name, namespace=namespace).close_pool.remote())
+                except ValueError:
+                    continue
+            if pools:
+                ray.wait(pools, num_returns=len(pools), timeout=timeout)
         hosts: list[Any] = []
         regions: list[Any] = []
         timers: list[Any] = []

@@ -9,6 +9,7 @@ actor                       name
 dedicated host              ``<system>:<type>|<entity id>`` (the persistence id)
 hosted host (one shard)     ``<system>:shard:<type>:<shard>`` (test doubles, benchmarks)
 shared host (many shards)   ``<system>:hosts:<type>:<node id>:<slot>`` (the sharding layer)
+warm pool host (one node)   ``<system>:pool:<node id>:<id>`` (``raysource.sharding.warm_pool``)
 shard region (one node)     ``<system>:region:<node id>``
 timer service (one node)    ``<system>:timers:<node id>``
 shard coordinator           ``raysource-coordinator-<system>``
@@ -21,6 +22,8 @@ projection worker           ``raysource-projection:<projection>:<slice>-of-<n sl
 3
 >>> parse_name(shared_host_name("demo", "show", "ab12", 1)).slot
 1
+>>> parse_name(pool_host_name("demo", "ab12", "7f3a")).kind
+'pool'
 >>> parse_name(projection_name("by-customer", 0, 2)).projection
 'by-customer'
 """
@@ -45,6 +48,7 @@ __all__ = [
     "coordinator_name",
     "host_name",
     "parse_name",
+    "pool_host_name",
     "projection_name",
     "projection_prefix",
     "region_name",
@@ -57,7 +61,7 @@ __all__ = [
 _COORDINATOR = "raysource-coordinator-"
 _PROJECTION = "raysource-projection:"
 
-Kind = Literal["dedicated", "hosted", "region", "timers", "coordinator", "projection"]
+Kind = Literal["dedicated", "hosted", "pool", "region", "timers", "coordinator", "projection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,12 @@ def shared_host_name(system: str, type_name: str, node_id: str, slot: int) -> st
     """The hosted-placement actor of one slot of one type on one node (it hosts every shard
     ``s`` homed on that node with ``s % hosts_per_node == slot``)."""
     return f"{system}:hosts:{type_name}:{node_id}:{slot}"
+
+
+def pool_host_name(system: str, node_id: str, pool_id: str) -> str:
+    """A pre-started host actor of one node's warm pool (idle until the region assigns it one
+    aggregate; it keeps this name for life, the region's registry maps the aggregate to it)."""
+    return f"{system}:pool:{node_id}:{pool_id}"
 
 
 def region_name(system: str, node_id: str) -> str:
@@ -144,6 +154,11 @@ def parse_name(name: str) -> ActorName | None:
             return ActorName(
                 "hosted", system=system, type_name=type_name, node_id=node, slot=int(slot)
             )
+        return None
+    if rest.startswith("pool:"):
+        node, _, pool_id = rest[len("pool:") :].rpartition(":")
+        if node and pool_id:
+            return ActorName("pool", system=system, node_id=node)
         return None
     if rest.startswith("region:"):
         return ActorName("region", system=system, node_id=rest[len("region:") :])

@@ -271,7 +271,7 @@ class _HostActor:
         spec = self.spec
         started = time.perf_counter()
         try:
-            journal, snapshots = await open_stores(spec.store)
+            journal, snapshots = await self._open_stores()
         except BaseException:
             self._opening = None  # the next call tries again
             raise
@@ -304,6 +304,11 @@ class _HostActor:
         if self._live is not None:
             self._live.refresh()  # find the subscribers before the first append
         self._open_s = time.perf_counter() - started
+
+    async def _open_stores(self) -> tuple[Any, Any]:
+        """The journal and snapshot store (a warm pool host hands over ones it opened while
+        idle: ``raysource.runtime.actors.pooled_host``)."""
+        return await open_stores(self.spec.store)
 
     def _on_deactivated(self, entity_id: str, reason: str) -> None:
         if self.spec.placement == "dedicated" and entity_id == self.spec.entity_id:
