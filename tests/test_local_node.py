@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from raysource.app.errors import CassandraNodeError
-from raysource.app.local_node import (
-    LocalCassandra,
-    cql_answers,
-    free_port,
-    parse_contact_point,
-    port_is_free,
-    raysource_home,
-)
+from raysource.devnode.errors import CassandraNodeError
+from raysource.devnode.local_node import LocalCassandra, raysource_home
+from raysource.devnode.net import cql_answers, free_port, parse_contact_point, port_is_free
 from raysource.journal.errors import ConfigError
 
 pytestmark = pytest.mark.cassandra
@@ -128,7 +122,7 @@ def test_cli_status_reports_the_session_node(cassandra_source) -> None:
     if cassandra_source.kind not in ("local-running", "local-started"):
         pytest.fail("this test needs the local node")  # CI always uses the local node
     out = subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", "cassandra", "status"],
+        [sys.executable, "-m", "raysource.cli", "cassandra", "status"],
         capture_output=True,
         text=True,
         timeout=60,
