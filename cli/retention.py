@@ -67,9 +67,8 @@ def _retention(args: argparse.Namespace) -> int:
     config = cassandra_config(args, connect_timeout=5.0)
 
     async def run() -> int:
-        journal, _ = await ins.open_readonly(config)
-        assert isinstance(journal, CassandraJournal)
-        try:
+        async with ins.reading(config) as (journal, _):
+            assert isinstance(journal, CassandraJournal)
             cleaner = RetentionCleaner(
                 journal,
                 agg.name,
@@ -89,7 +88,5 @@ def _retention(args: argparse.Namespace) -> int:
                 tags = await cleaner.clean_tags(dry_run=args.action == "plan")
                 print("\n".join(tags.lines()))
             return 0
-        finally:
-            await journal.close()
 
     return asyncio.run(run())
