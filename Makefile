@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
-	$(BIN)/python -c "from raysource.app.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
+	$(BIN)/python -c "from raysource.devnode.local_node import LocalCassandra; LocalCassandra().resolve_jars(print)"
 	touch $@
 
 ROOMS := $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \

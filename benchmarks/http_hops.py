@@ -25,10 +25,10 @@ import ray
 from benchmarks.peer.profile import cmdline, cpu_seconds
 from benchmarks.peer.raysource_side import _rss_and_children
 from raysource.examples.seats import SHOW, CreateShow, ReserveSeat, seat_label
+from raysource.examples.seats_service import seats_app
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.stores import StoreSpec
 from raysource.service.deployment import ServiceSpec, run_service
-from raysource.service.seats import seats_app
 from raysource.sharding.system import System, unique_system_name
 
 ROLES = (

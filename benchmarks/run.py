@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from raysource.app.local_node import select_cassandra
+from raysource.devnode.select import select_cassandra
 
 ROOT = Path(__file__).resolve().parents[1]
 

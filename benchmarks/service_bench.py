@@ -29,10 +29,10 @@ import ray
 
 from benchmarks.quiet import expected_reports
 from raysource.examples.seats import SHOW, CreateShow, GetShow, ReserveSeat, seat_label
+from raysource.examples.seats_service import seats_app
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.stores import StoreSpec
 from raysource.service.deployment import ServiceSpec, run_service
-from raysource.service.seats import seats_app
 from raysource.sharding.system import System, unique_system_name
 
 

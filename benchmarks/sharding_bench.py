@@ -26,7 +26,7 @@ from pathlib import Path
 import ray
 
 from benchmarks.quiet import Held, expected_raylet_deaths
-from raysource.app.local_node import select_cassandra
+from raysource.devnode.select import select_cassandra
 from raysource.examples.ledger import LEDGER, Append, GetBalance
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.shard_id import shard_of

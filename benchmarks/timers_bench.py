@@ -32,7 +32,7 @@ from pathlib import Path
 
 import ray
 
-from raysource.app.local_node import select_cassandra
+from raysource.devnode.select import select_cassandra
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.aggregate import AggregateType, persist, reply, schedule
 from raysource.runtime.stores import StoreSpec

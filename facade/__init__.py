@@ -5,9 +5,12 @@ The public API. ``import raysource`` is cheap and Ray-free; the names that need 
 
 Layers (imports go one way, down; ``tests/test_layers.py`` checks it)::
 
-    raysource.app        CLI, demo, load test, local Cassandra launcher, inspect/replay
+    raysource.cli        the ``raysource`` command line: argument parsing and printing only
+    raysource.loadtest   load test (workloads, clients, report, consistency check), demo, serve
+    raysource.ops        operator tools: inspect/replay, live state, status, forget, doctor
+    raysource.examples   seat reservations (aggregate, HTTP service), a ledger, a read-side view
     raysource.service    the HTTP front door (Ray Serve + FastAPI)
-    raysource.examples   seat reservations, a ledger, a read-side view
+    raysource.devnode    the dev Cassandra node (Maven jars, no Docker) and where to find one
     raysource.testing    test kit, fault injection, history checker, contract suites
     raysource.data       the event log as a Ray Dataset, bulk rebuilds of projection versions
     raysource.sharding   shard allocation (pure), coordinator, regions, System

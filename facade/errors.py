@@ -15,11 +15,11 @@ here and from ``raysource``.
     │
     ├── ConfigError                      invalid names, settings, contact points
     │   ├── ShardCountChangedError       sharding: a type registered with another shard count
-    │   ├── UnknownAggregateTypeError    app: no aggregate type of that name (lists the known ones)
-    │   ├── UnknownEntityError           app: no event was ever journaled for that entity
-    │   ├── InvalidRangeError            app: a sequence-number range that cannot be inspected
+    │   ├── UnknownAggregateTypeError    ops: no aggregate type of that name (lists the known ones)
+    │   ├── UnknownEntityError           ops: no event was ever journaled for that entity
+    │   ├── InvalidRangeError            ops: a sequence-number range that cannot be inspected
     │   └── MigrationRequiredError       journal: pre-epoch events not migrated (schema migrate)
-    ├── CassandraNodeError               app: the local Cassandra launcher could not start/stop
+    ├── CassandraNodeError               devnode: the local Cassandra node could not start/stop
     ├── JournalError                     anything the event journal / snapshot store reports
     │   ├── ConcurrentWriteError     [N] fencing: another writer holds these sequence numbers
     │   ├── JournalUnavailableError      the store could not be reached: nothing was written
@@ -61,10 +61,12 @@ caller sees one only when the deadline passed, and it names the key to re-send w
 first. A ``CommandRejected`` is the aggregate's answer, not a failure.
 """
 
-from raysource.app.errors import *  # noqa: F403
-from raysource.app.errors import __all__ as _app
+from raysource.devnode.errors import *  # noqa: F403
+from raysource.devnode.errors import __all__ as _devnode
 from raysource.journal.errors import *  # noqa: F403
 from raysource.journal.errors import __all__ as _store
+from raysource.ops.errors import *  # noqa: F403
+from raysource.ops.errors import __all__ as _ops
 from raysource.readside.errors import *  # noqa: F403
 from raysource.readside.errors import __all__ as _readside
 from raysource.runtime.errors import *  # noqa: F403
@@ -74,4 +76,4 @@ from raysource.service.errors import __all__ as _service
 from raysource.sharding.errors import *  # noqa: F403
 from raysource.sharding.errors import __all__ as _sharding
 
-__all__ = sorted({*_store, *_runtime, *_sharding, *_readside, *_app, *_service})
+__all__ = sorted({*_store, *_runtime, *_sharding, *_readside, *_devnode, *_ops, *_service})

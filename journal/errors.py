@@ -4,7 +4,8 @@ Defined here: :class:`RaysourceError` (the root), the two categories callers act
 (:class:`NotAppliedError`, :class:`OutcomeUnknownError`), :class:`ConfigError`, the journal's and
 the serializer's errors. Every other layer defines its errors where it raises them
 (``raysource.runtime.errors``, ``raysource.sharding.errors``, ``raysource.readside.errors``,
-``raysource.app.errors``); :mod:`raysource.errors` gathers the whole tree and documents it.
+``raysource.devnode.errors``, ``raysource.ops.errors``, ``raysource.service.errors``);
+:mod:`raysource.errors` gathers the whole tree and documents it.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from raysource.readside.projections import EventEnvelope, ProjectionHandler, Pro
 __all__ = [
     "VerifyReport",
     "latest_offset",
+    "latest_offset_cassandra",
     "tag_events",
     "tag_events_and_marks",
     "takes_marks",
@@ -212,3 +213,15 @@ async def latest_offset(journal: Journal, tag: str) -> Any:
         async for te in rows:
             last = te.offset
     return last
+
+
+async def latest_offset_cassandra(config: Any, tag: str) -> Any:
+    """:func:`latest_offset` in the Cassandra journal of ``config`` (what ``raysource projection
+    set-offset NAME --to end`` moves the projection to)."""
+    from raysource.journal.cassandra.journal import CassandraJournal
+
+    journal = await CassandraJournal.connect(config)
+    try:
+        return await latest_offset(journal, tag)
+    finally:
+        await journal.close()

@@ -8,8 +8,9 @@ sending commands through entity references and queries to read-side views:
   :class:`ServiceContext` (a replica's system, references, admission limit, view session,
   idempotency-key pass-through), :func:`service_deployment` (the Serve application from a
   FastAPI builder) and :func:`run_service`;
-* :mod:`raysource.service.http_errors`: the one table from typed errors to HTTP statuses;
-* :mod:`raysource.service.seats`: the seat-reservation example service.
+* :mod:`raysource.service.http_errors`: the one table from typed errors to HTTP statuses.
+
+An example service built on it: :mod:`raysource.examples.seats_service` (seat reservations).
 
 Ray Serve and FastAPI come with the ``service`` extra (``pip install raysource[service]``).
 """

@@ -4,6 +4,8 @@
     app = service_deployment(spec, build_seats_api, num_replicas=2)   # a Serve Application
     url = run_service(app, name="seats", port=8000)                    # Serve on this cluster
 
+(``build_seats_api``: the example seat service, :mod:`raysource.examples.seats_service`.)
+
 Each replica runs :class:`ServiceContext`: it joins the system by name (``System.start`` is
 get-or-create, so every replica, driver and load client talks to the same coordinator and
 the same single-writer aggregates), keeps one :class:`~raysource.runtime.actors.refs.EntityRef`

@@ -9,6 +9,9 @@ its aggregates.
 
 ``System.start`` is get-or-create: every driver or actor of the cluster that calls it with the
 same name (and namespace) joins the same system — the coordinator is a named, detached actor.
+``System.connect`` only joins: it never creates a coordinator, registers a type or starts a
+timer service, and it takes each type's shard count from the running system (a tool reading a
+live aggregate, e.g. ``raysource state``).
 Commands never pass through the coordinator: an :class:`~raysource.runtime.actors.refs.EntityRef`
 resolves (entity -> shard -> node -> region -> host actor) once, caches the handle and calls it
 directly. A dead handle or a moved shard makes the ref re-resolve (see
@@ -41,6 +44,7 @@ from raysource.runtime.stores import StoreSpec, open_stores
 from raysource.sharding.coordinator import CoordinatorSettings
 from raysource.sharding.errors import NoLiveNodesError, ShardingError
 from raysource.sharding.ray_nodes import (
+    get_coordinator,
     get_or_create_coordinator,
     live_nodes,
     named_actors,
@@ -193,7 +197,8 @@ class ShardedResolver:
 
 
 class System:
-    """A raysource system on a Ray cluster. Build with :meth:`start`."""
+    """A raysource system on a Ray cluster. Build with :meth:`start` (start or join), or
+    :meth:`connect` (join a running one only)."""
 
     def __init__(self, spec: SystemSpec, coordinator: Any) -> None:
         self.spec = spec
@@ -237,26 +242,9 @@ class System:
         :class:`~raysource.sharding.warm_pool.PoolSettings`; 0: none); each node's pool
         starts filling now (see :meth:`pool_info`)."""
         types = tuple(types)
-        names = [t.name for t in types]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"aggregate type names must be unique, got {names}")
-        spec = SystemSpec(
-            name=name,
-            store=store,
-            types=types,
-            namespace=namespace,
-            max_active_per_node=max_active_per_node,
-            host_settings=dict(host_settings or {}),
-            placement=dict(placement or {}),
-            warm_pool=warm_pool
-            if isinstance(warm_pool, PoolSettings)
-            else PoolSettings(size=warm_pool),
+        spec = _system_spec(
+            name, store, types, namespace, max_active_per_node, host_settings, placement, warm_pool
         )
-        for t in types:  # every type's host settings make a valid HostSpec (or ConfigError)
-            try:
-                spec.host_spec(t, "settings-check", "settings-check")
-            except TypeError as exc:
-                raise ConfigError(f"host_settings of {t.name!r}: {exc}") from None
         if retention is not None and store.kind != "cassandra":
             raise ConfigError("the background retention cleaner needs a Cassandra store")
         connect_ray(address, namespace)
@@ -278,6 +266,51 @@ class System:
         if spec.warm_pool.size > 0:
             for node in live_nodes():
                 get_or_create_region(spec, node).fill_pool.remote()
+        return cls(spec, coordinator)
+
+    @classmethod
+    def connect(
+        cls,
+        name: str,
+        *,
+        store: StoreSpec,
+        types: Iterable[AggregateType],
+        address: str | None = None,
+        namespace: str | None = None,
+        host_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        placement: Mapping[str, str] | None = None,
+    ) -> System:
+        """Join the running system ``name`` without starting anything: no coordinator is
+        created, no type registered, no timer service started. Each of ``types`` must be
+        registered with the running system; its ``number_of_shards`` is taken from there
+        (the running system's count wins, so entities resolve to the shards they live on).
+        ``store``, ``host_settings`` and ``placement`` are used as in :meth:`start` for
+        activations this process causes. Raises ``ConfigError`` when no such system runs
+        (nothing is created for it) or a type is not registered; a duplicate type name or
+        invalid host settings are a ``ConfigError`` before Ray is touched."""
+        types = tuple(types)
+        spec = _system_spec(name, store, types, namespace, 2000, host_settings, placement)
+        connect_ray(address, namespace)
+        namespace = namespace or ray.get_runtime_context().namespace
+        try:
+            coordinator = get_coordinator(name, namespace=namespace)
+        except ValueError:
+            raise ConfigError(
+                f"no raysource system {name} is running on this Ray cluster "
+                f"(namespace {namespace!r})"
+            ) from None
+        counts: dict[str, int] = _ask_coordinator(
+            coordinator.shard_counts.remote, f"reading the aggregate types of system {name!r}"
+        )
+        joined = []
+        for t in types:
+            if t.name not in counts:
+                raise ConfigError(
+                    f"aggregate type {t.name!r} is not registered in system {name} "
+                    f"(registered: {', '.join(sorted(counts)) or 'none'})"
+                )
+            joined.append(dataclasses.replace(t, number_of_shards=counts[t.name]))
+        spec = dataclasses.replace(spec, types=tuple(joined), namespace=namespace)
         return cls(spec, coordinator)
 
     @property
@@ -396,6 +429,41 @@ def forget_live(system: str, namespace: str | None, subject: str, *, timeout: fl
         except (RayActorError, RayTaskError):  # exited, or retired meanwhile
             continue
     return stopped
+
+
+def _system_spec(
+    name: str,
+    store: StoreSpec,
+    types: tuple[AggregateType, ...],
+    namespace: str | None,
+    max_active_per_node: int,
+    host_settings: Mapping[str, Mapping[str, Any]] | None,
+    placement: Mapping[str, str] | None,
+    warm_pool: int | PoolSettings = 0,
+) -> SystemSpec:
+    """The spec of a system (checked before Ray is touched: unique type names, and every
+    type's host settings make a valid HostSpec, else ``ConfigError``)."""
+    names = [t.name for t in types]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"aggregate type names must be unique, got {names}")
+    spec = SystemSpec(
+        name=name,
+        store=store,
+        types=types,
+        namespace=namespace,
+        max_active_per_node=max_active_per_node,
+        host_settings=dict(host_settings or {}),
+        placement=dict(placement or {}),
+        warm_pool=warm_pool
+        if isinstance(warm_pool, PoolSettings)
+        else PoolSettings(size=warm_pool),
+    )
+    for t in types:
+        try:
+            spec.host_spec(t, "settings-check", "settings-check")
+        except TypeError as exc:
+            raise ConfigError(f"host_settings of {t.name!r}: {exc}") from None
+    return spec
 
 
 def _ask_coordinator(call: Any, what: str) -> Any:

@@ -1,6 +1,6 @@
 """Shared fixtures: one real Cassandra per test session, a fresh keyspace per module, local Ray.
 
-Cassandra comes from ``raysource.app.local_node.select_cassandra`` (explicit RAYSOURCE_CASSANDRA,
+Cassandra comes from ``raysource.devnode.select.select_cassandra`` (explicit RAYSOURCE_CASSANDRA,
 a running local node, Docker, else a node started from Maven jars) and the choice is printed.
 If none can be had the fixture *fails* the tests that need it — it never skips them.
 """
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from raysource.app.local_node import CassandraSource, parse_contact_point, select_cassandra
+from raysource.devnode.net import parse_contact_point
+from raysource.devnode.select import CassandraSource, select_cassandra
 
 
 @pytest.fixture(scope="session")

@@ -422,7 +422,7 @@ async def test_projection_control_right_after_worker_crashes(config, ray_local) 
 
 def test_cli_projection_commands_right_after_worker_crashes(config, ray_local, capsys) -> None:
     """The CLI prints a reply or one ``raysource: error:`` line (exit 2), never a traceback."""
-    from raysource.app.cli import main
+    from raysource.cli.main import main
 
     asyncio.run(_create_journal(config))
     args = [

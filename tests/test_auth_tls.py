@@ -27,7 +27,8 @@ import cloudpickle
 import pytest
 import ray
 
-from raysource.app.local_node import LocalCassandra, free_port, raysource_home
+from raysource.devnode.local_node import LocalCassandra, raysource_home
+from raysource.devnode.net import free_port
 from raysource.journal.cassandra.config import CassandraConfig, TlsSettings
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.errors import JournalError
@@ -67,7 +68,7 @@ def _password(env: dict[str, str]) -> str:
 def _cli(env: dict[str, str], home: Path, *args: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAYSOURCE_")}
     return subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", *args],
+        [sys.executable, "-m", "raysource.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from raysource.app.local_node import LocalCassandra, port_is_free
+from raysource.devnode.local_node import LocalCassandra
+from raysource.devnode.net import port_is_free
 from raysource.journal.api import StoredEvent
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal

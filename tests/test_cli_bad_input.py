@@ -1,5 +1,5 @@
 """The CLI's bad-input table: every case exits non-zero (2) with exactly one line on stderr, no
-traceback, and finishes (no hang). Each case runs ``python -m raysource.app.cli`` in its own
+traceback, and finishes (no hang). Each case runs ``python -m raysource.cli`` in its own
 process, as an operator would, with ``RAYSOURCE_HOME`` pointing at an empty directory so no
 local node is found by accident.
 
@@ -369,7 +369,7 @@ def _run(case: str, argv: list[str], home: Path, **fmt: str) -> tuple[int, str, 
     t0 = time.monotonic()
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "raysource.app.cli", *args],
+            [sys.executable, "-m", "raysource.cli", *args],
             capture_output=True,
             text=True,
             timeout=HANG_S,

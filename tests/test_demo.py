@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from raysource.app.demo import run_demo
+from raysource.loadtest.demo import run_demo
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 

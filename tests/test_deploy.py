@@ -163,7 +163,7 @@ def test_cassandra_statefulset() -> None:
 
 def test_production_schema_file_matches_cli() -> None:
     printed = subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", "schema", "--dc", "dc1:3"],
+        [sys.executable, "-m", "raysource.cli", "schema", "--dc", "dc1:3"],
         capture_output=True,
         text=True,
         check=True,
@@ -175,7 +175,7 @@ def test_production_schema_file_matches_cli() -> None:
 
 def test_schema_cli_refuses_unsafe_keyspace() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", "schema", "--keyspace", "x; DROP TABLE y"],
+        [sys.executable, "-m", "raysource.cli", "schema", "--keyspace", "x; DROP TABLE y"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -111,7 +111,7 @@ def deployment(cassandra_contact, cassandra_keyspace, ray_local):
 
 
 def _diagnose(deployment, **overrides):
-    from raysource.app.doctor import DoctorSettings, diagnose
+    from raysource.ops.doctor import DoctorSettings, diagnose
 
     system, _control, projection, config, namespace = deployment
     kwargs = {"projections": (projection.name,), "timeout_s": 8.0, **overrides}
@@ -131,7 +131,7 @@ def _cli(deployment, *extra: str) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "raysource.app.cli",
+            "raysource.cli",
             "doctor",
             "--json",
             "--cassandra",
@@ -181,8 +181,8 @@ def test_healthy_all_green_then_each_fault_turns_exactly_its_line_red(
     assert report["ok"] is True and {c["name"] for c in report["checks"]} == NAMES | {line}
 
     # hot aggregates: the busy entity shows in `raysource status`'s figures (the hosts' sweeps)
-    from raysource.app.cli_status import collect
     from raysource.examples.seats import GetShow
+    from raysource.ops.status import host_status
 
     ref, hot = system.entity(SHOW, "doctor-1"), []
     until = time.monotonic() + 120
@@ -191,12 +191,12 @@ def test_healthy_all_green_then_each_fault_turns_exactly_its_line_red(
             ref.ask(GetShow(), timeout=60)
         hot = [
             f
-            for h in collect(system.name, namespace)
+            for h in host_status(system.name, namespace)
             for f in h["hot"]["by_commands_per_s"]
             if f["entity_id"] == "doctor-1" and f["commands_per_s"] > 0
         ]
         time.sleep(0.5)
-    assert hot, collect(system.name, namespace)
+    assert hot, host_status(system.name, namespace)
 
     # a missing schema table: the schema line, naming it
     cassandra_admin.execute(f"DROP TABLE {config.keyspace}.snapshots", timeout=60)

@@ -19,7 +19,8 @@ from collections import Counter
 import pytest
 import ray
 
-from raysource.app.local_node import LocalCassandra, free_port, raysource_home
+from raysource.devnode.local_node import LocalCassandra, raysource_home
+from raysource.devnode.net import free_port
 from raysource.errors import HostCrashedError
 from raysource.examples.ledger import LEDGER, Append
 from raysource.journal.cassandra.config import CassandraConfig

@@ -74,7 +74,7 @@ async def test_migrate_converts_a_legacy_keyspace(cassandra_contact):
             [
                 sys.executable,
                 "-m",
-                "raysource.app.cli",
+                "raysource.cli",
                 "schema",
                 "migrate",
                 "--cassandra",
@@ -110,7 +110,7 @@ async def test_migrate_converts_a_legacy_keyspace(cassandra_contact):
             [
                 sys.executable,
                 "-m",
-                "raysource.app.cli",
+                "raysource.cli",
                 "schema",
                 "migrate",
                 "--cassandra",

@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from raysource.app import forget
-from raysource.app.cli import main
-from raysource.app.inspect import event_log, replay_states, scrub_forgotten
+from raysource.cli.main import main
 from raysource.examples.reservations_view import names_of, reservations_projection
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved
 from raysource.journal.cassandra.config import CassandraConfig
@@ -23,6 +21,8 @@ from raysource.journal.cassandra.keystore import key_ring
 from raysource.journal.cassandra.session import RAW_PROFILE
 from raysource.journal.personal import FORGOTTEN, SubjectForgottenError, is_forgotten
 from raysource.journal.serialization import Serialization
+from raysource.ops import forget
+from raysource.ops.inspect import event_log, replay_states, scrub_forgotten
 from raysource.readside.projections import ProjectionSettings
 from raysource.readside.worker import ProjectionWorker
 from raysource.runtime.aggregate import SnapshotPolicy

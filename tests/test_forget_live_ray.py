@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from raysource.app import forget
-from raysource.app.cli import main
+from raysource.cli.main import main
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.keyring import FORGOTTEN
+from raysource.ops import forget
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.system import System
 

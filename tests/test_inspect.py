@@ -1,4 +1,4 @@
-"""Inspect and replay (app/inspect.py, `raysource events|replay`) on a real Cassandra node,
+"""Inspect and replay (ops/inspect.py, `raysource events|replay`) on a real Cassandra node,
 plus pure unit tests of the state diff."""
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from raysource.app.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
-from raysource.app.inspect import diff_states, event_log, load_app, replay_states, resolve_type
-from raysource.app.local_node import free_port
+from raysource.devnode.net import free_port
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
@@ -30,6 +28,8 @@ from raysource.examples.seats import (
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.errors import ConfigError
+from raysource.ops.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
+from raysource.ops.inspect import diff_states, event_log, load_app, replay_states, resolve_type
 from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.snapshots.cassandra import CassandraSnapshotStore
 from raysource.testing.testkit import AggregateTestKit
@@ -264,7 +264,7 @@ def cli(written, *args: str, keyspace: str | None = None, contact: str | None = 
         [
             sys.executable,
             "-m",
-            "raysource.app.cli",
+            "raysource.cli",
             *args,
             "--cassandra",
             contact,

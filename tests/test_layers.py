@@ -1,12 +1,15 @@
 """The rooms and the one-way import rule, read statically (a lazy import inside a function
 counts too).
 
-    app  ->  service  ->  examples  ->  testing | data  ->  sharding | readside  ->  runtime
-         ->  snapshots | timers  ->  journal
+    cli  ->  loadtest | ops  ->  examples  ->  service  ->  devnode | testing | data
+         ->  sharding | readside  ->  runtime  ->  snapshots | timers  ->  journal
 
-``sharding`` and ``readside`` are peers (neither imports the other). The storage layers and the
-entity engine know nothing of Ray (only ``runtime/actors`` is Ray glue), and nothing below the
-read side and the application talks to cassandra-driver except the store (``journal/cassandra``).
+Peers import neither each other: ``sharding`` and ``readside``; ``testing``, ``data`` and
+``devnode`` (the dev Cassandra node); ``loadtest`` and ``ops`` (the operator tools). The CLI is on
+top and holds argument parsing and printing only; the examples sit above the service room (the
+seat service is an example built on it). The storage layers and the entity engine know nothing
+of Ray (only ``runtime/actors`` is Ray glue); only the store (``journal/cassandra``), the read
+side and the dev node (probing its own node) talk to cassandra-driver.
 In ``testing``, only the Ray doubles (``local_resolver``) use Ray; the test kit does not.
 """
 
@@ -30,15 +33,19 @@ RANK = {
     "sharding": 3,
     "testing": 4,
     "data": 4,
-    "examples": 5,
-    "service": 6,
-    "app": 7,
+    "devnode": 4,
+    "service": 5,
+    "examples": 6,
+    "loadtest": 7,
+    "ops": 7,
+    "cli": 8,
 }
 RAY_FREE = ("journal", "snapshots", "timers", "runtime", "testing")
 RAY_GLUE = ("runtime/actors", "testing/local_resolver.py", "testing/span_sink.py")
 # testing/driver_faults.py injects faults below the Cassandra journal (into the driver's own
 # request path), so it is the one test-kit module that speaks to the driver
-DRIVER_ALLOWED = ("journal/cassandra", "readside", "app", "testing/driver_faults.py")
+# and the dev node probes its own node with the driver
+DRIVER_ALLOWED = ("journal/cassandra", "readside", "devnode", "testing/driver_faults.py")
 
 
 def _imports(path: Path) -> set[str]:

@@ -11,12 +11,12 @@ from collections import Counter
 
 import pytest
 
-from raysource.app.cli import build_parser, main
-from raysource.app.load_client import ClientResult
-from raysource.app.load_report import aggregate
-from raysource.app.loadtest import LoadTestParams, run_loadtest
-from raysource.app.workloads import make_workload, zipf_cum_weights
+from raysource.cli.main import build_parser, main
 from raysource.journal.errors import ConfigError
+from raysource.loadtest.client import ClientResult
+from raysource.loadtest.driver import LoadTestParams, run_loadtest
+from raysource.loadtest.report import aggregate
+from raysource.loadtest.workloads import make_workload, zipf_cum_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

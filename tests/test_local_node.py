@@ -12,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from raysource.app.errors import CassandraNodeError
-from raysource.app.local_node import (
-    LocalCassandra,
-    cql_answers,
-    free_port,
-    parse_contact_point,
-    port_is_free,
-    raysource_home,
-)
+from raysource.devnode.errors import CassandraNodeError
+from raysource.devnode.local_node import LocalCassandra, raysource_home
+from raysource.devnode.net import cql_answers, free_port, parse_contact_point, port_is_free
 from raysource.journal.errors import ConfigError
 
 pytestmark = pytest.mark.cassandra
@@ -128,13 +122,41 @@ def test_cli_status_reports_the_session_node(cassandra_source) -> None:
     if cassandra_source.kind not in ("local-running", "local-started"):
         pytest.fail("this test needs the local node")  # CI always uses the local node
     out = subprocess.run(
-        [sys.executable, "-m", "raysource.app.cli", "cassandra", "status"],
+        [sys.executable, "-m", "raysource.cli", "cassandra", "status"],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert f"contact point {cassandra_source.contact_point}" in out.stdout
+
+
+def test_operator_config_finds_a_running_deployment_and_starts_nothing(
+    cassandra_source, tmp_path: Path
+) -> None:
+    """``operator_config`` (the operator commands' Cassandra): an explicit contact point, else
+    ``$RAYSOURCE_CASSANDRA``, else the running local node; none of them is an error that
+    starts nothing."""
+    from raysource.devnode.select import operator_config
+
+    idle = LocalCassandra(name="no-node", home=tmp_path)
+    config = operator_config(
+        "db1:9142", keyspace="ks1", environ={"RAYSOURCE_CASSANDRA": "db2:9043"}, node=idle
+    )
+    assert (config.contact_points, config.port, config.keyspace) == (("db1",), 9142, "ks1")
+    config = operator_config(
+        None, environ={"RAYSOURCE_CASSANDRA": "db2:9043"}, node=idle, connect_timeout=3.0
+    )
+    assert (config.contact_points, config.port, config.connect_timeout) == (("db2",), 9043, 3.0)
+    with pytest.raises(ConfigError, match="RAYSOURCE_CASSANDRA: "):
+        operator_config(None, environ={"RAYSOURCE_CASSANDRA": "db:notaport"}, node=idle)
+    with pytest.raises(ConfigError, match="no Cassandra to read from"):
+        operator_config(None, environ={}, node=idle)
+    assert not idle.status().running and not (tmp_path / "cassandra" / "no-node").exists()
+    if cassandra_source.kind not in ("local-running", "local-started"):
+        pytest.fail("this test needs the local node")  # CI always uses the local node
+    config = operator_config(None, environ={})  # the running local node
+    assert f"{config.contact_points[0]}:{config.port}" == cassandra_source.contact_point
 
 
 def test_out_of_range_ports_are_refused_before_anything_starts(tmp_path: Path) -> None:

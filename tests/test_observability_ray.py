@@ -43,11 +43,11 @@ def traced(cassandra_contact, cassandra_keyspace):
     from ray import serve
 
     from raysource.examples.reservations_view import reservations_projection
+    from raysource.examples.seats_service import seats_app
     from raysource.journal.cassandra.config import CassandraConfig
     from raysource.readside.projection_actor import Projections
     from raysource.runtime.stores import StoreSpec
     from raysource.service.deployment import ServiceSpec, run_service
-    from raysource.service.seats import seats_app
     from raysource.sharding.system import System, unique_system_name
     from raysource.testing.span_sink import install_forwarding, start_sink
 

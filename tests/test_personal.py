@@ -11,7 +11,7 @@ from typing import Annotated
 
 import pytest
 
-from raysource.app.cli import main
+from raysource.cli.main import main
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat
 from raysource.journal.errors import (
     ConfigError,

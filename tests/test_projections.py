@@ -500,7 +500,7 @@ async def test_poison_event_parks_only_its_aggregate_then_retry_resumes_it_in_or
     ] == [pid]
     assert await control.parked(spec.name) == [rec]
 
-    from raysource.app.cli import main
+    from raysource.cli.main import main
 
     args = [
         "--cassandra",
@@ -588,7 +588,7 @@ def test_offset_strings_round_trip():
 
 
 def test_cli_projection_and_view(config, control, capsys):
-    from raysource.app.cli import main
+    from raysource.cli.main import main
 
     show = f"cli-{uuid.uuid4().hex[:6]}"
 

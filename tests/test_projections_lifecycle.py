@@ -204,7 +204,7 @@ def test_start_stop_start_same_name_cli(config, schema, ray_local, capsys) -> No
     ``projection start`` -> ``stop`` of one name, CLI_ROUNDS times; each start leaves exactly
     one live worker, a new one, answering status; each stop leaves none and the stopped worker
     dead; every command exits 0."""
-    from raysource.app.cli import main
+    from raysource.cli.main import main
 
     args = [
         "--cassandra",

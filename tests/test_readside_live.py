@@ -251,7 +251,7 @@ async def test_kill_and_restart_mid_stream_with_the_live_path_then_verify(
             events = await tag_events(CassandraJournal(session, config), spec)
             assert {(e.persistence_id, e.sequence_nr) for e in events} == expected
 
-        from raysource.app.cli import main
+        from raysource.cli.main import main
 
         args = [
             "--cassandra",

@@ -308,7 +308,7 @@ async def _until(pred, what: str, timeout: float = 120.0) -> None:
 
 
 async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> None:
-    from raysource.app import inspect as ins
+    from raysource.ops import inspect as ins
 
     tag_type = dataclasses.replace(SHOW, name=f"rd{uuid.uuid4().hex[:6]}", tagger=_Tag("rd"))
     journal = await CassandraJournal.connect(config, create_schema=True)

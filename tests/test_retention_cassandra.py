@@ -239,7 +239,7 @@ def cli(config, *args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "raysource.app.cli",
+        "raysource.cli",
         "retention",
         *args,
         "--app",

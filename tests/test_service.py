@@ -112,7 +112,7 @@ class Live:
 
     def events(self, show: str) -> list:
         """The decoded journal of ``show`` (read directly from Cassandra)."""
-        from raysource.app.inspect import event_log, open_readonly
+        from raysource.ops.inspect import event_log, open_readonly
 
         async def run() -> list:
             journal, _ = await open_readonly(self.config)
@@ -129,11 +129,11 @@ def live(cassandra_contact, cassandra_keyspace, ray_local):
     from ray import serve
 
     from raysource.examples.reservations_view import reservations_projection
+    from raysource.examples.seats_service import seats_app
     from raysource.journal.cassandra.config import CassandraConfig
     from raysource.readside.projection_actor import Projections
     from raysource.runtime.stores import StoreSpec
     from raysource.service.deployment import ServiceSpec, run_service
-    from raysource.service.seats import seats_app
     from raysource.sharding.system import System, unique_system_name
 
     host, port = cassandra_contact
@@ -255,7 +255,7 @@ def test_every_endpoint_of_the_seat_service(live: Live) -> None:
 @pytest.mark.timeout(120)
 def test_the_serve_demo_walkthrough_passes_against_the_live_service(live: Live) -> None:
     """What ``raysource serve --demo`` prints and checks, against the running service."""
-    from raysource.app.serve import demo_walkthrough
+    from raysource.loadtest.serve import demo_walkthrough
 
     lines: list[str] = []
     assert demo_walkthrough(live.url, say=lines.append)
@@ -426,8 +426,8 @@ def test_openapi_document(live: Live) -> None:
 
 
 def test_http_mode_needs_the_seat_workload_and_a_replica(capsys) -> None:
-    from raysource.app.cli import main
-    from raysource.app.loadtest import LoadTestParams
+    from raysource.cli.main import main
+    from raysource.loadtest.driver import LoadTestParams
 
     with pytest.raises(ConfigError, match="seat service"):
         LoadTestParams(workload="ledger", via="http")
@@ -439,11 +439,11 @@ def test_http_mode_needs_the_seat_workload_and_a_replica(capsys) -> None:
 
 
 def test_serve_on_a_taken_port_is_one_line_before_anything_starts(capsys, monkeypatch) -> None:
-    from raysource.app import local_node
-    from raysource.app.cli import main
+    from raysource.cli.main import main
+    from raysource.devnode import select
 
     started: list[str] = []  # "before anything starts": no Cassandra node is even selected
-    monkeypatch.setattr(local_node, "select_cassandra", lambda *a, **k: started.append("node"))
+    monkeypatch.setattr(select, "select_cassandra", lambda *a, **k: started.append("node"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -454,7 +454,7 @@ def test_serve_on_a_taken_port_is_one_line_before_anything_starts(capsys, monkey
 
 
 def test_serve_usage_errors_are_one_line(capsys) -> None:
-    from raysource.app.cli import main
+    from raysource.cli.main import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--port", "70000"])
@@ -470,8 +470,8 @@ def test_serve_usage_errors_are_one_line(capsys) -> None:
 def test_loadtest_over_http_reports_the_same_figures_beside_refs(
     live, cassandra_contact, cassandra_keyspace, tmp_path
 ) -> None:
-    from raysource.app.loadtest import LoadTestParams, run_loadtest
-    from raysource.app.standalone import comparison_lines
+    from raysource.loadtest.driver import LoadTestParams, run_loadtest
+    from raysource.loadtest.standalone import comparison_lines
 
     host, port = cassandra_contact
     reports = {}

@@ -48,7 +48,7 @@ def _cli(ray_local, cassandra_contact, keyspace: str, *args: str) -> subprocess.
         [
             sys.executable,
             "-m",
-            "raysource.app.cli",
+            "raysource.cli",
             "state",
             *args,
             "--address",
@@ -124,6 +124,75 @@ def test_state_of_a_retired_dedicated_actor(ray_local, cassandra_contact, cassan
         resolver.kill_all()
 
 
+def _actors(ray_local, system_name: str) -> list[str]:
+    return sorted(
+        a["name"]
+        for a in ray_local.util.list_named_actors(all_namespaces=True)
+        if system_name in a["name"]
+    )
+
+
+@pytest.mark.timeout(90)
+def test_system_connect_joins_a_running_system_and_starts_nothing(
+    system, ray_local, cassandra_contact, cassandra_keyspace, monkeypatch
+):
+    """``System.connect`` (what ``raysource state`` joins with): the running system's shard
+    count wins over the caller's, commands and state reach the same single-writer aggregate,
+    and a missing system or an unregistered type is a ConfigError that creates nothing (no
+    coordinator, no registration, no timer service)."""
+    from dataclasses import replace
+
+    from raysource.errors import ConfigError
+    from raysource.examples.ledger import LEDGER
+
+    host, port = cassandra_contact
+    config = CassandraConfig(contact_points=(host,), port=port, keyspace=cassandra_keyspace)
+    store = StoreSpec.for_cassandra(config)
+    namespace = ray_local.get_runtime_context().namespace
+    before = _actors(ray_local, system.name)
+    counts = ray_local.get(system.coordinator.shard_counts.remote())
+    import raysource.sharding.system as system_module
+
+    def refused(*args, **kwargs):
+        raise AssertionError("System.connect created a coordinator or a timer service")
+
+    for creator in ("get_or_create_coordinator", "get_or_create_timer_service"):
+        monkeypatch.setattr(system_module, creator, refused)
+
+    other_count = replace(SHOW, number_of_shards=SHOW.number_of_shards + 7)
+    joined = System.connect(
+        system.name,
+        store=store,
+        types=[other_count],
+        namespace=namespace,
+        placement={"show": "hosted"},
+    )
+    assert joined.aggregate_type("show").number_of_shards == counts["show"]
+    show = f"conn-{uuid.uuid4().hex[:6]}"
+    system.entity(SHOW, show).ask(ReserveSeat("A1", "alice"), timeout=30)
+    ref = joined.entity("show", show)
+    assert ref.state(timeout=30).reservations == {"A1": "alice"}
+    ref.ask(ReserveSeat("B2", "bob"), timeout=30)  # the same aggregate, not a second writer
+    assert system.entity(SHOW, show).ask(GetShow(), timeout=30).reservations == {
+        "A1": "alice",
+        "B2": "bob",
+    }
+    assert ray_local.get(system.coordinator.shard_counts.remote()) == counts
+
+    missing = f"nosuch{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ConfigError, match=f"no raysource system {missing} is running"):
+        System.connect(missing, store=store, types=[SHOW], namespace=namespace)
+    assert _actors(ray_local, missing) == []
+    with pytest.raises(ConfigError, match="'ledger' is not registered in system"):
+        System.connect(system.name, store=store, types=[SHOW, LEDGER], namespace=namespace)
+    with pytest.raises(ConfigError, match="must be unique"):
+        System.connect(system.name, store=store, types=[SHOW, SHOW], namespace=namespace)
+    assert ray_local.get(system.coordinator.shard_counts.remote()) == counts  # nothing registered
+    # nothing of the system's own started by joining: at most the entity's host activation
+    after = [n for n in _actors(ray_local, system.name) if n not in before]
+    assert not [n for n in after if ":timers:" in n or "coordinator" in n], after
+
+
 @pytest.mark.timeout(60)
 def test_cli_state_prints_the_live_state(system, ray_local, cassandra_contact, cassandra_keyspace):
     show = f"cli-{uuid.uuid4().hex[:6]}"
@@ -150,8 +219,8 @@ def test_personal_data_on_ray_is_sealed_and_the_state_cli_hides_a_forgotten_subj
     prints the placeholder for the forgotten customer and the guest's name as it is."""
     import asyncio
 
-    from raysource.app.forget import forget_subject
     from raysource.journal.cassandra.session import CassandraSession
+    from raysource.ops.forget import forget_subject
 
     show = f"pd-{uuid.uuid4().hex[:6]}"
     customer = f"cust-{uuid.uuid4().hex[:6]}"
@@ -209,7 +278,7 @@ def test_cli_state_errors(system, ray_local, cassandra_contact, cassandra_keyspa
         [
             sys.executable,
             "-m",
-            "raysource.app.cli",
+            "raysource.cli",
             "state",
             "show",
             "x",

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from raysource.app.local_node import free_port, raysource_home
+from raysource.devnode.local_node import raysource_home
+from raysource.devnode.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -97,7 +98,9 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     # the console script, as pip would write it into the venv
     script = venv / "bin" / "raysource"
-    script.write_text(f"#!{py}\nimport sys\nfrom raysource.app.cli import main\nsys.exit(main())\n")
+    script.write_text(
+        f"#!{py}\nimport sys\nfrom raysource.cli.main import main\nsys.exit(main())\n"
+    )
     script.chmod(0o755)
     work = tmp / "elsewhere"  # never the repository: nothing may be found through the cwd
     work.mkdir()
@@ -121,7 +124,7 @@ def test_the_wheel_installs_one_import_root(wheel_venv: dict) -> None:
     names = zipfile.ZipFile(wheel_venv["wheel"]).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert tops == {"raysource"}, tops
-    assert "raysource/app/cassandra-pom.xml" in names
+    assert "raysource/devnode/cassandra-pom.xml" in names
     assert "raysource/journal/cassandra/schema.cql" in names
     out = _run(
         wheel_venv,

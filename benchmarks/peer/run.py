@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from raysource.app.local_node import select_cassandra
+from raysource.devnode.select import select_cassandra
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -20,7 +20,7 @@ from raysource.journal.cassandra.schema import create_schema
 from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.cassandra.statements import journal_statements, migration_statements
 
-__all__ = ["migrate_events", "legacy_table_exists", "unmigrated"]
+__all__ = ["migrate_events", "migrate_keyspace", "legacy_table_exists", "unmigrated"]
 
 _IN_FLIGHT = 64
 
@@ -59,6 +59,16 @@ async def migrate_events(session: CassandraSession, config: CassandraConfig) -> 
                 raise outcome
     await session.execute(migration_statements(config)["marker_set"].cql)
     return copied
+
+
+async def migrate_keyspace(config: CassandraConfig) -> int:
+    """:func:`migrate_events` on a session of its own (``raysource schema migrate``)."""
+    session = CassandraSession(config)
+    await session.connect(keyspace="")
+    try:
+        return await migrate_events(session, config)
+    finally:
+        await session.close()
 
 
 async def unmigrated(session: CassandraSession, config: CassandraConfig) -> bool:

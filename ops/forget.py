@@ -38,7 +38,14 @@ from raysource.journal.serialization import Serialization
 from raysource.readside.projections import ProjectionSpec
 from raysource.runtime.aggregate import AggregateType
 
-__all__ = ["ForgetReport", "VerifyReport", "forget_subject", "verify_forgotten"]
+__all__ = [
+    "ForgetReport",
+    "VerifyReport",
+    "example_views",
+    "forget_subject",
+    "forget_with_views",
+    "verify_forgotten",
+]
 
 _SCANNED_TYPES = ("text", "varchar", "ascii", "blob")
 
@@ -82,6 +89,37 @@ def _check_subject(subject: str) -> str:
     if not subject or not subject.strip():
         raise ConfigError("a subject id must be non-empty")
     return subject
+
+
+async def example_views(session: CassandraSession, keyspace: str) -> list[ProjectionSpec]:
+    """The example reservations view where it is set up (its table exists in ``keyspace``):
+    what ``raysource forget`` scrubs when no projection is named."""
+    from raysource.examples.reservations_view import RESERVATIONS, VIEW_TABLE
+
+    rows = await session.select_all(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
+        (keyspace, VIEW_TABLE),
+    )
+    return [RESERVATIONS] if rows else []
+
+
+async def forget_with_views(
+    config: CassandraConfig,
+    subject: str,
+    projections: Sequence[ProjectionSpec] | None = None,
+    *,
+    settle: float = 30.0,
+) -> ForgetReport:
+    """:func:`forget_subject` on a session of its own; ``projections`` None: the
+    :func:`example_views` that are set up."""
+    session = await CassandraSession.open(config)
+    try:
+        chosen = (
+            await example_views(session, config.keyspace) if projections is None else projections
+        )
+        return await forget_subject(config, subject, chosen, session=session, settle=settle)
+    finally:
+        await session.close()
 
 
 async def forget_subject(

@@ -11,7 +11,7 @@ stream, own customers), so clients never share mutable state.
 * ``ledger``: ``Append`` with a unique op id per command (never rejected).
 
 Every command carries a *kind* (``reserve``/``cancel``/``query``/``append``) that the engine
-counts per entity on acceptance; :mod:`raysource.app.consistency` turns those tallies into the
+counts per entity on acceptance; :mod:`raysource.loadtest.consistency` turns those tallies into the
 expected live state.
 """
 

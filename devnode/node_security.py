@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raysource.app.errors import CassandraNodeError
+from raysource.devnode.errors import CassandraNodeError
 
 __all__ = ["NodeSecurity", "ROLE"]
 
@@ -262,7 +262,7 @@ class NodeSecurity:
         return self.password_file.read_text().strip()
 
     def _login_works(self, port: int, login: tuple[str, str]) -> bool:
-        from raysource.app.local_node import cql_answers
+        from raysource.devnode.net import cql_answers
 
         return cql_answers(self.host, port, login=login, ssl_context=self.ssl_context())
 

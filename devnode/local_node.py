@@ -1,7 +1,8 @@
 """A real, local Apache Cassandra node for development, tests and the demo — no Docker needed.
 
-Size: ~560 lines: the node's life cycle (resolve, configure, start, wait, stop, status) and the
-source selection; its JVM flags and yaml are plain data in ``raysource.app.node_config``.
+The node's life cycle (resolve, configure, start, wait, stop, status); its JVM flags and yaml
+are plain data in ``raysource.devnode.node_config``, where a tool gets Cassandra from is
+``raysource.devnode.select``.
 
 The node is built from Maven Central's ``cassandra-all`` jars (resolved once with the small pom in
 ``cassandra-pom.xml`` (package data beside this module) into a cache outside the repo) and started
@@ -13,12 +14,8 @@ node.
     print(status.contact_point)      # "127.0.0.1:9042"
     node.stop()                      # SIGTERM, then SIGKILL after a timeout
 
-``select_cassandra()`` picks where tests and the demo get Cassandra from, in order: an explicit
-contact point (``RAYSOURCE_CASSANDRA=host:port``), a running local node, Docker via
-testcontainers when a Docker engine answers, else it starts the local node from Maven jars.
-
-Every failure raises :class:`~raysource.app.errors.CassandraNodeError` saying what failed and where
-the log is. This module never imports Ray.
+Every failure raises :class:`~raysource.devnode.errors.CassandraNodeError` saying what failed
+and where the log is. This module never imports Ray.
 """
 
 from __future__ import annotations
@@ -28,92 +25,25 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from raysource.app.errors import CassandraNodeError
-from raysource.app.node_config import LOGBACK, cassandra_yaml, jvm_flags
-from raysource.app.node_security import NodeSecurity
+from raysource.devnode.errors import CassandraNodeError
+from raysource.devnode.net import DEFAULT_NATIVE_PORT, cql_answers, free_port, port_is_free
+from raysource.devnode.node_config import LOGBACK, cassandra_yaml, jvm_flags
+from raysource.devnode.node_security import NodeSecurity
 from raysource.journal.errors import ConfigError
 
 CASSANDRA_VERSION = "5.0.8"
-DEFAULT_NATIVE_PORT = 9042
 _REPO_POM = Path(__file__).resolve().parent / "cassandra-pom.xml"  # package data
 
 
 def raysource_home() -> Path:
     """Where raysource keeps caches and state outside the repo."""
     return Path(os.environ.get("RAYSOURCE_HOME", Path.home() / ".cache" / "raysource"))
-
-
-def parse_contact_point(text: str) -> tuple[str, int]:
-    """Parse ``host:port`` (or ``host``, port 9042). Raises ConfigError on nonsense."""
-    text = text.strip()
-    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?", text)
-    if not text or not m:
-        raise ConfigError(f"invalid Cassandra contact point {text!r}; expected host:port")
-    port = int(m.group(2)) if m.group(2) else DEFAULT_NATIVE_PORT
-    if not 0 < port < 65536:
-        raise ConfigError(f"invalid port in Cassandra contact point {text!r}")
-    return m.group(1).strip("[]"), port
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def cql_answers(
-    host: str,
-    port: int,
-    timeout: float = 5.0,
-    *,
-    login: tuple[str, str] | None = None,
-    ssl_context: Any = None,
-) -> bool:
-    """True when a CQL session (with ``login`` and TLS ``ssl_context`` if given) can run
-    ``SELECT release_version FROM system.local``."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            pass
-    except OSError:
-        return False
-    from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import Cluster  # heavy import: only when a port answers
-
-    cluster = Cluster(
-        [host],
-        port=port,
-        connect_timeout=timeout,
-        protocol_version=5,
-        auth_provider=PlainTextAuthProvider(*login) if login else None,
-        ssl_context=ssl_context,
-    )
-    try:
-        session = cluster.connect()
-        row = session.execute("SELECT release_version FROM system.local", timeout=timeout).one()
-        return row is not None
-    except Exception:  # noqa: BLE001 - any failure means "not answering yet"
-        return False
-    finally:
-        cluster.shutdown()
 
 
 @dataclass(frozen=True)
@@ -151,7 +81,7 @@ class LocalCassandra:
 
     ``name`` separates several nodes (e.g. a 3-node cluster on 127.0.0.1-3) under one home.
     ``port=None`` picks 9042 when free, else any free port. ``auth``/``tls``: password
-    authentication and TLS-only client connections (``raysource.app.node_security``); the
+    authentication and TLS-only client connections (``raysource.devnode.node_security``); the
     status's ``client_env`` then names the password and CA files a client needs.
     """
 
@@ -525,100 +455,3 @@ def _pom_text() -> str:
 def _pom_version(pom: str) -> str:
     m = re.search(r"<cassandra.version>([^<]+)</cassandra.version>", pom)
     return m.group(1) if m else CASSANDRA_VERSION
-
-
-# ---------------------------------------------------------------------- source selection
-
-
-@dataclass
-class CassandraSource:
-    """Where Cassandra comes from for this process, and how to give it back."""
-
-    kind: str  # "explicit" | "local-running" | "docker" | "local-started"
-    host: str
-    port: int
-    description: str
-    _cleanup: Callable[[], object] | None = None
-
-    @property
-    def contact_point(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def release(self) -> None:
-        """Stop what this selection started (a Docker container or the local node)."""
-        if self._cleanup is not None:
-            cleanup, self._cleanup = self._cleanup, None
-            cleanup()
-
-
-def docker_available(timeout: float = 2.0) -> bool:
-    try:
-        import docker  # testcontainers' dependency; only present with the test extra
-    except ImportError:
-        return False
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-        return True
-    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean "no"
-        return False
-
-
-def select_cassandra(
-    explicit: str | None = None,
-    *,
-    node: LocalCassandra | None = None,
-    allow_docker: bool = True,
-    stop_started_node: bool = True,
-    say: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
-) -> CassandraSource:
-    """Pick Cassandra for tests and the demo and print the choice.
-
-    Order: ``explicit`` or ``$RAYSOURCE_CASSANDRA``; a running local node; Docker through
-    testcontainers when an engine answers; else start the local node from Maven jars.
-    ``release()`` on the result stops only what this call started (the local node only if
-    ``stop_started_node``).
-    """
-    explicit = explicit or os.environ.get("RAYSOURCE_CASSANDRA") or None
-    if explicit:
-        host, port = parse_contact_point(explicit)
-        src = CassandraSource("explicit", host, port, f"explicit contact point {host}:{port}")
-        say(f"raysource: Cassandra source = {src.description}")
-        return src
-    node = node or LocalCassandra()
-    status = node.status()
-    if status.running:
-        src = CassandraSource(
-            "local-running",
-            status.host,
-            status.port,
-            f"running local node {status.contact_point} (pid {status.pid})",
-        )
-        say(f"raysource: Cassandra source = {src.description}")
-        return src
-    if allow_docker and docker_available():
-        from testcontainers.cassandra import CassandraContainer
-
-        say("raysource: Cassandra source = Docker (testcontainers), starting container ...")
-        container = CassandraContainer("cassandra:5.0")
-        container.start()
-        host = container.get_container_host_ip()
-        port = int(container.get_exposed_port(9042))
-        src = CassandraSource(
-            "docker", host, port, f"Docker container {host}:{port}", container.stop
-        )
-        say(f"raysource: Cassandra source = {src.description}")
-        return src
-    say("raysource: Cassandra source = local node from Maven jars (starting) ...")
-    # on the node's existing data: a test or demo run never wipes what an earlier one kept
-    status = node.start(progress=lambda m: say(f"raysource: {m}"), fresh=False)
-    src = CassandraSource(
-        "local-started",
-        status.host,
-        status.port,
-        f"local node started from Maven jars at {status.contact_point} "
-        f"in {status.start_seconds or 0:.1f} s (log {status.log_file})",
-        node.stop if stop_started_node else None,
-    )
-    say(f"raysource: Cassandra source = {src.description}")
-    return src

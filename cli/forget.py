@@ -1,6 +1,6 @@
 """``raysource forget SUBJECT`` (crypto-shredding of one data subject) and
 ``raysource forget SUBJECT --verify`` (prove it after the fact); the logic is
-:mod:`raysource.app.forget`. Registered by :func:`register` from ``raysource.app.cli``."""
+:mod:`raysource.ops.forget`. Registered by :func:`register` from ``raysource.cli.main``."""
 
 from __future__ import annotations
 
@@ -69,10 +69,11 @@ def register(sub: Any, common_contact: Any) -> None:
 def _forget(args: argparse.Namespace) -> int:
     import asyncio
 
-    from raysource.app import forget
-    from raysource.app import inspect as ins
-    from raysource.app.cli import _config, _load_spec
+    from raysource.cli.args import cassandra_config
     from raysource.journal.errors import ConfigError
+    from raysource.ops import forget
+    from raysource.ops import inspect as ins
+    from raysource.ops.specs import load_spec
 
     if not args.subject.strip():
         raise ConfigError("a subject id must be non-empty")
@@ -84,7 +85,7 @@ def _forget(args: argparse.Namespace) -> int:
         raise ConfigError("--value is for --verify")
     if args.system is not None and (args.verify or not args.system.strip()):
         raise ConfigError("--system names a running system, and is not for --verify")
-    config = _config(args, connect_timeout=5.0)
+    config = cassandra_config(args, connect_timeout=5.0)
     if args.verify:
         types = ins.load_app(args.app)
         report = asyncio.run(
@@ -92,25 +93,10 @@ def _forget(args: argparse.Namespace) -> int:
         )
         print("\n".join(report.lines()))
         return 0 if report.ok else 1
-    refs = args.projection
-    default = refs is None
-    specs = [_load_spec(r) for r in (refs or ["raysource.examples.reservations_view:RESERVATIONS"])]
-
-    async def run() -> forget.ForgetReport:
-        from raysource.journal.cassandra.session import CassandraSession
-
-        session = await CassandraSession.open(config)
-        try:
-            chosen = specs
-            if default:  # the example view only where it was set up
-                chosen = [s for s in specs if await _has_view(session, config.keyspace)]
-            return await forget.forget_subject(
-                config, args.subject, chosen, session=session, settle=args.settle
-            )
-        finally:
-            await session.close()
-
-    print("\n".join(asyncio.run(run()).lines()))
+    # no --projection: the example view, where it is set up
+    specs = None if args.projection is None else [load_spec(r) for r in args.projection]
+    done = asyncio.run(forget.forget_with_views(config, args.subject, specs, settle=args.settle))
+    print("\n".join(done.lines()))
     if args.system is not None:
         from raysource.runtime.actors.cluster import connect_ray
         from raysource.sharding.system import forget_live
@@ -119,13 +105,3 @@ def _forget(args: argparse.Namespace) -> int:
         n = forget_live(args.system, args.namespace, args.subject)
         print(f"  live: {n} active aggregate(s) of system {args.system} passivated")
     return 0
-
-
-async def _has_view(session: Any, keyspace: str) -> bool:
-    from raysource.examples.reservations_view import VIEW_TABLE
-
-    rows = await session.select_all(
-        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = ?",
-        (keyspace, VIEW_TABLE),
-    )
-    return bool(rows)

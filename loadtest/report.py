@@ -1,6 +1,6 @@
 """Results of a load run: aggregate client records, print the summary, write JSON and PNG.
 
-``aggregate`` folds every :class:`~raysource.app.load_client.ClientResult` into one JSON-ready dict
+``aggregate`` folds every :class:`~raysource.loadtest.client.ClientResult` into one JSON-ready dict
 (``figures``, the per-second ``series``, a log-spaced ``latency_histogram``); ``write`` stores
 it as ``<results>/<run-id>/result.json`` and plots ``report.png`` (throughput over time and the
 latency histogram) with matplotlib's Agg canvas — no display, no global backend switch.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from raysource.app.load_client import OUTCOMES, ClientResult
+from raysource.loadtest.client import OUTCOMES, ClientResult
 
 __all__ = ["aggregate", "summary_lines", "write"]
 

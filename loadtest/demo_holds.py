@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from raysource.app.loadtest import Say
 from raysource.examples.seats import SHOW, ConfirmHold, HoldSeat
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.loadtest.driver import Say
 from raysource.sharding.system import System
 
 __all__ = ["HoldCheck"]
@@ -28,7 +28,7 @@ _CONFIRMED = ("A1", "A2")
 
 @dataclass
 class HoldCheck:
-    """See the module docstring (a :class:`~raysource.app.loadtest.LoadExtension`)."""
+    """See the module docstring (a :class:`~raysource.loadtest.driver.LoadExtension`)."""
 
     shows: int = 4
     hold_s: float = 5.0

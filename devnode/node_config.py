@@ -1,6 +1,6 @@
 """What a local Cassandra node is started with: the JVM flags (Cassandra 5.0 on JDK 17, fast
 start for a throwaway node), its ``cassandra.yaml`` and logback configuration. Plain data and
-pure functions; ``raysource.app.local_node`` writes and runs them."""
+pure functions; ``raysource.devnode.local_node`` writes and runs them."""
 
 from __future__ import annotations
 
@@ -91,8 +91,8 @@ def cassandra_yaml(
     *, cluster_name: str, initial_token: str, seeds: str, host: str, port: int, storage_port: int
 ) -> str:
     """``cassandra.yaml`` of a throwaway dev/test node (authentication and TLS lines are added
-    by ``raysource.app.node_security``)."""
-    return f"""# written by raysource (raysource.app.local_node) for a throwaway dev/test node
+    by ``raysource.devnode.node_security``)."""
+    return f"""# written by raysource (raysource.devnode.local_node) for a throwaway dev/test node
 cluster_name: {cluster_name}
 num_tokens: 1
 initial_token: {initial_token}

@@ -1,5 +1,5 @@
 """``raysource status``: a running system's hosts and their hot aggregates (registered by
-app/cli.py).
+``raysource.cli.main``; the reading is :func:`raysource.ops.status.host_status`).
 
 For every host actor of the system: its name, active entities, commands so far, and the top
 entities by commands per second and by estimated queue wait over the host's last sweep
@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-
-_NOT_HOSTS = (":region:", ":timers:", ":retention")
 
 
 def register(sub: Any, positive: Any) -> None:
@@ -27,54 +25,16 @@ def register(sub: Any, positive: Any) -> None:
     st.set_defaults(func=run)
 
 
-def collect(system: str, namespace: str | None, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """``{"name", "active", "commands", "hot"}`` of every host actor of ``system`` that
-    answered (the caller is connected to Ray)."""
-    import ray
-
-    from raysource.sharding.ray_nodes import named_actors
-
-    names = [
-        (n, ns)
-        for n, ns in named_actors(namespace, f"{system}:")
-        if not any(part in n for part in _NOT_HOSTS)
-    ]
-    handles = []
-    for n, ns in names:
-        try:
-            handles.append((n, ray.get_actor(n, namespace=ns)))
-        except ValueError:  # gone meanwhile
-            continue
-    out = []
-    for n, h in handles:
-        if not hasattr(h, "info"):
-            continue
-        try:
-            info: Any = ray.get(h.info.remote(), timeout=timeout)
-        except Exception:  # noqa: BLE001 - a host that does not answer is shown as such
-            out.append({"name": n, "error": "no answer"})
-            continue
-        if "hot" not in info:  # not a host (the coordinator answers info differently)
-            continue
-        out.append(
-            {
-                "name": n,
-                "active": info.get("active", 0),
-                "commands": info.get("stats", {}).get("commands", 0),
-                "hot": info["hot"],
-            }
-        )
-    return sorted(out, key=lambda h: h["name"])
-
-
 def run(args: argparse.Namespace) -> int:
     from raysource.runtime.actors.cluster import connect_ray
 
     connect_ray(args.address, quiet=True, namespace=args.namespace)
     import ray
 
+    from raysource.ops.status import host_status
+
     try:
-        hosts = collect(args.system, args.namespace, args.timeout)
+        hosts = host_status(args.system, args.namespace, args.timeout)
     finally:
         ray.shutdown()
     if args.json:

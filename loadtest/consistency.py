@@ -24,11 +24,11 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from raysource.app.workloads import Workload, live_query
 from raysource.examples.seats import SeatReserved
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.serialization import Serialization
+from raysource.loadtest.workloads import Workload, live_query
 from raysource.sharding.system import System
 
 __all__ = ["ConsistencyReport", "check", "pick_sample"]

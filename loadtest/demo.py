@@ -15,7 +15,7 @@ the run visible, then checks for a sample of customers that the view equals what
 of every show the run touched says they hold (:class:`ReadSideCheck`), and stops the projection.
 
 Durable timers run alongside too: seat holds that expire unless confirmed
-(:class:`~raysource.app.demo_holds.HoldCheck`).
+(:class:`~raysource.loadtest.demo_holds.HoldCheck`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from raysource.app.demo_holds import HoldCheck
-from raysource.app.loadtest import LoadExtension, LoadTestParams, Say
-from raysource.app.standalone import run_standalone
 from raysource.journal.cassandra.config import CassandraConfig
+from raysource.loadtest.demo_holds import HoldCheck
+from raysource.loadtest.driver import LoadExtension, LoadTestParams, Say
+from raysource.loadtest.standalone import run_standalone
 from raysource.sharding.system import System
 
 __all__ = ["DEMO_PARAMS", "DemoResult", "ReadSideCheck", "run_demo"]
@@ -54,7 +54,7 @@ DEMO_PARAMS = LoadTestParams(
 
 @dataclass
 class ReadSideCheck:
-    """The demo's read side (a :class:`~raysource.app.loadtest.LoadExtension`); see the module
+    """The demo's read side (a :class:`~raysource.loadtest.driver.LoadExtension`); see the module
     docstring. ``ok`` once the projection caught up and every sampled customer matched."""
 
     customers: int = 20

@@ -12,11 +12,13 @@ activated, nothing is written, and no schema is created.
         for line in step.diff:
             print(line)        # reservations['A1']: <absent> -> 'alice'
 
-``raysource events`` and ``raysource replay`` (``sharding/cli.py``) are thin wrappers.
+``raysource events`` and ``raysource replay`` (``raysource.cli.aggregate``) are thin wrappers;
+:func:`reading` opens the stores for them (and closes them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -26,7 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from raysource.app.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import (
     ConfigError,
@@ -35,6 +36,7 @@ from raysource.journal.errors import (
     SerializationError,
 )
 from raysource.journal.serialization import Serialization
+from raysource.ops.errors import InvalidRangeError, UnknownAggregateTypeError, UnknownEntityError
 from raysource.runtime.aggregate import AggregateType
 
 if TYPE_CHECKING:
@@ -50,6 +52,7 @@ __all__ = [
     "event_log",
     "load_app",
     "open_readonly",
+    "reading",
     "replay_states",
     "resolve_type",
 ]
@@ -185,6 +188,20 @@ async def open_readonly(
         await journal.close()
         raise
     return journal, store
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    config: CassandraConfig, *, snapshots: bool = False
+) -> AsyncIterator[tuple[Journal, SnapshotStore | None]]:
+    """:func:`open_readonly` as an ``async with``: the stores are closed on the way out."""
+    journal, store = await open_readonly(config, snapshots=snapshots)
+    try:
+        yield journal, store
+    finally:
+        await journal.close()
+        if store is not None:
+            await store.close()
 
 
 def _serialization(

@@ -1,5 +1,5 @@
-"""``raysource serve``: the seat service (:mod:`raysource.service.seats`) on Ray Serve, with
-its system, its read-side projection and a Cassandra, from one command.
+"""``raysource serve``: the example seat service (:mod:`raysource.examples.seats_service`) on
+Ray Serve, with its system, its read-side projection and a Cassandra, from one command.
 
     raysource serve [--port 8000] [--replicas 2] [--cassandra H:P] [--seconds S] [--demo]
 
@@ -48,13 +48,13 @@ def run_serve(
     import ray
     from ray import serve
 
-    from raysource.app.local_node import select_cassandra
+    from raysource.devnode.select import select_cassandra
     from raysource.examples.reservations_view import reservations_projection
     from raysource.examples.seats import SHOW
+    from raysource.examples.seats_service import seats_app
     from raysource.readside.projection_actor import Projections
     from raysource.runtime.actors.cluster import connect_ray
     from raysource.service.deployment import ServiceSpec, run_service
-    from raysource.service.seats import seats_app
     from raysource.sharding.system import System
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)

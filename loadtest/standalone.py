@@ -1,5 +1,5 @@
 """A load test as a command line runs it (``raysource loadtest``, ``raysource demo``): around
-:func:`~raysource.app.loadtest.run_loadtest`, selecting Cassandra (and stopping a node it
+:func:`~raysource.loadtest.driver.run_loadtest`, selecting Cassandra (and stopping a node it
 started), starting and stopping Ray, printing the summary; ``via="both"`` runs the workload
 through references, then through HTTP, on the same Ray and Cassandra, and prints both figures
 side by side (:func:`comparison_lines`)."""
@@ -15,8 +15,14 @@ from typing import Any
 
 import ray
 
-from raysource.app.load_report import summary_lines
-from raysource.app.loadtest import LoadExtension, LoadTestParams, LoadTestReport, Say, run_loadtest
+from raysource.loadtest.driver import (
+    LoadExtension,
+    LoadTestParams,
+    LoadTestReport,
+    Say,
+    run_loadtest,
+)
+from raysource.loadtest.report import summary_lines
 
 __all__ = ["comparison_lines", "run_standalone"]
 
@@ -34,7 +40,7 @@ def run_standalone(
     check (and ``extension``'s lines) and the report paths; stop Ray and a Cassandra node it
     started (unless ``keep``). Returns the exit code: 0 if the consistency check (and the
     extension) passed and nothing was left running."""
-    from raysource.app.local_node import select_cassandra
+    from raysource.devnode.select import select_cassandra
 
     if params.via == "both":
         return _run_both(params, contact=contact, keep=keep, say=say, extension=extension)
@@ -107,7 +113,7 @@ def _run_both(
     prints both runs and then the two side by side (HTTP's cost as a ratio)."""
     from dataclasses import replace
 
-    from raysource.app.local_node import select_cassandra
+    from raysource.devnode.select import select_cassandra
 
     source = select_cassandra(contact, stop_started_node=not keep, say=say)
     reports: dict[str, LoadTestReport] = {}

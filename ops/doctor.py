@@ -22,7 +22,7 @@ hung actor turns *its* line red within seconds and never hangs the rest. The che
   visibility delay (``eventual_consistency_delay``: a writer whose clock runs behind by more
   could write tag rows a reader has already passed).
 
-The CLI (``raysource.app.cli_doctor``) prints the table (or ``--json``) and exits 1 when any
+The CLI (``raysource.cli.doctor``) prints the table (or ``--json``) and exits 1 when any
 line failed.
 """
 

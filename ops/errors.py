@@ -1,15 +1,14 @@
-"""Errors of the application (CLI, local Cassandra launcher, inspect/replay). The whole tree:
+"""Errors of the operator tools (inspect/replay, live state, forget). The whole tree:
 :mod:`raysource.errors`."""
 
 from __future__ import annotations
 
-from raysource.journal.errors import ConfigError, RaysourceError
+from raysource.journal.errors import ConfigError
 
 __all__ = [
     "UnknownAggregateTypeError",
     "UnknownEntityError",
     "InvalidRangeError",
-    "CassandraNodeError",
 ]
 
 
@@ -25,7 +24,3 @@ class UnknownEntityError(ConfigError):
 class InvalidRangeError(ConfigError):
     """A sequence-number range that cannot be inspected (below 1, reversed, or beyond the
     highest sequence number of the entity)."""
-
-
-class CassandraNodeError(RaysourceError):
-    """The local Cassandra node could not be resolved, started, reached or stopped."""

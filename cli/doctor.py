@@ -1,4 +1,5 @@
-"""``raysource doctor``: the CLI of :mod:`raysource.app.doctor` (registered by app/cli.py).
+"""``raysource doctor``: the CLI of :mod:`raysource.ops.doctor` (registered by
+``raysource.cli.main``).
 
 Prints one line per check (``ok``/``FAIL``, the check, why) or, with ``--json``, a JSON
 document ``{"ok": bool, "checks": [{"name", "ok", "detail"}, ...]}``; exits 1 when any check
@@ -47,10 +48,10 @@ def register(sub: Any, contact_type: Any, positive: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from raysource.app.cli import _config
-    from raysource.app.doctor import DoctorSettings, diagnose
+    from raysource.cli.args import cassandra_config
+    from raysource.ops.doctor import DoctorSettings, diagnose
 
-    config = _config(args, connect_timeout=args.timeout)
+    config = cassandra_config(args, connect_timeout=args.timeout)
     joined = False
     if not args.no_ray:
         from raysource.runtime.actors.cluster import connect_ray

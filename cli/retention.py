@@ -9,7 +9,8 @@
   prints what it checked); exit status 1 when it finds one.
 
 The policy is the aggregate type's ``retention`` (``--app module:ATTR`` names the application's
-types, as for ``raysource events``). Registered by :func:`add_parser` from ``app/cli.py``.
+types, as for ``raysource events``). Registered by :func:`add_parser` from
+``raysource.cli.main``.
 """
 
 from __future__ import annotations
@@ -57,18 +58,17 @@ def add_parser(sub: Any, contact: Callable[[str], str], count: Callable[[str], i
 def _retention(args: argparse.Namespace) -> int:
     import asyncio
 
-    from raysource.app import inspect as ins
-    from raysource.app.cli import _config
+    from raysource.cli.args import cassandra_config
     from raysource.journal.cassandra.journal import CassandraJournal
     from raysource.journal.cassandra.retention import RetentionCleaner
+    from raysource.ops import inspect as ins
 
     agg = ins.resolve_type(args.type, ins.load_app(args.app))
-    config = _config(args, connect_timeout=5.0)
+    config = cassandra_config(args, connect_timeout=5.0)
 
     async def run() -> int:
-        journal, _ = await ins.open_readonly(config)
-        assert isinstance(journal, CassandraJournal)
-        try:
+        async with ins.reading(config) as (journal, _):
+            assert isinstance(journal, CassandraJournal)
             cleaner = RetentionCleaner(
                 journal,
                 agg.name,
@@ -88,7 +88,5 @@ def _retention(args: argparse.Namespace) -> int:
                 tags = await cleaner.clean_tags(dry_run=args.action == "plan")
                 print("\n".join(tags.lines()))
             return 0
-        finally:
-            await journal.close()
 
     return asyncio.run(run())

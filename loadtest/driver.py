@@ -5,20 +5,20 @@
     report.result["figures"]["commands_per_s"], report.consistency.ok, report.png_path
 
 :func:`run_loadtest` starts a fresh system (unique name; entity ids embed the run id, so every
-run drives new aggregates), starts ``clients`` :class:`~raysource.app.load_client.LoadClient`
+run drives new aggregates), starts ``clients`` :class:`~raysource.loadtest.client.LoadClient`
 actors, lets them join and resolve their entities (not timed), runs the workload with a
 progress display polled every 0.5 s, aggregates the records, runs the consistency check on a
 sample, and writes ``<results>/<run-id>/result.json`` and ``report.png``. Whatever happens, it
 kills its clients and shuts the system down, then verifies that no named actor of the system
 is left (``LoadTestReport.leftover_actors``).
 
-:func:`~raysource.app.standalone.run_standalone` adds what a command line needs around it:
+:func:`~raysource.loadtest.standalone.run_standalone` adds what a command line needs around it:
 selecting Cassandra (and stopping a node it started), starting and stopping Ray, printing the
 summary.
 
-``via="http"`` deploys the seat service (:mod:`raysource.service.seats`, ``replicas`` Ray
+``via="http"`` deploys the seat service (:mod:`raysource.examples.seats_service`, ``replicas`` Ray
 Serve replicas joined to the run's system) and the clients send the same commands over HTTP;
-``via="both"`` (:func:`~raysource.app.standalone.run_standalone`) runs the workload through
+``via="both"`` (:func:`~raysource.loadtest.standalone.run_standalone`) runs the workload through
 references, then through HTTP, on the same Ray and Cassandra, and prints both figures side by
 side.
 """
@@ -37,12 +37,12 @@ from typing import Any, Protocol
 
 import ray
 
-from raysource.app.consistency import ConsistencyReport, check, pick_sample
-from raysource.app.load_client import ClientResult, ClientSetup, LoadClient
-from raysource.app.load_report import aggregate, write
-from raysource.app.workloads import WORKLOADS, make_workload
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.errors import ConfigError
+from raysource.loadtest.client import ClientResult, ClientSetup, LoadClient
+from raysource.loadtest.consistency import ConsistencyReport, check, pick_sample
+from raysource.loadtest.report import aggregate, write
+from raysource.loadtest.workloads import WORKLOADS, make_workload
 from raysource.runtime.actors.cluster import parse_name, system_of
 from raysource.runtime.stores import StoreSpec
 from raysource.sharding.ray_nodes import named_actors
@@ -267,8 +267,8 @@ def _deploy_service(
     params: LoadTestParams, name: str, store: StoreSpec, agg: Any, namespace: str, say: Say
 ) -> tuple[str, str]:
     """Deploy the seat service for system ``name``; returns (Serve app name, base URL)."""
+    from raysource.examples.seats_service import seats_app
     from raysource.service.deployment import ServiceSpec, run_service
-    from raysource.service.seats import seats_app
 
     t0 = time.perf_counter()
     spec = ServiceSpec(

@@ -5,9 +5,9 @@ name (``System.start`` is get-or-create), holds its *own*
 :class:`~raysource.runtime.actors.refs.EntityRef` per entity (one ref = one caller, so its commands
 keep their send order) and keeps ``window`` commands in flight with ``ask_async``. With
 ``ClientSetup.http_url`` it sends the same commands over HTTP instead, to the seat service
-(:mod:`raysource.service.seats`) with an httpx client: 2xx is accepted, 409 rejected, anything else
-an error (so both paths report the same figures, and the HTTP layer's cost shows beside direct
-reference calls).
+(:mod:`raysource.examples.seats_service`) with an httpx client: 2xx is accepted, 409 rejected,
+anything else an error (so both paths report the same figures, and the HTTP layer's cost shows
+beside direct reference calls).
 
 Contract of :meth:`LoadClient.run`: every command it sends gets exactly one recorded outcome —
 ``accepted`` (a reply), ``rejected`` (``CommandRejected``) or ``error`` (anything else,
@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from raysource.app.workloads import Workload
+from raysource.loadtest.workloads import Workload
 from raysource.runtime.actors.refs import EntityRef
 from raysource.runtime.errors import CommandRejected
 from raysource.runtime.stores import StoreSpec
@@ -130,7 +130,7 @@ class _LoadClient:
         import httpx
 
         from raysource.examples.seats import GetShow
-        from raysource.service.seats import http_request
+        from raysource.examples.seats_service import http_request
 
         assert self.setup.http_url is not None  # HTTP mode
         self.http = httpx.AsyncClient(
@@ -152,7 +152,7 @@ class _LoadClient:
     async def _http_ask(self, entity_id: str, command: Any) -> None:
         """Send ``command`` through the service: returns on 2xx, raises ``CommandRejected``
         on 409 and ``RuntimeError`` naming the status otherwise."""
-        from raysource.service.seats import http_request
+        from raysource.examples.seats_service import http_request
 
         method, path, body, query = http_request(entity_id, command)
         answer = await self.http.request(method, path, json=body, params=query)
