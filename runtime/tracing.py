@@ -19,10 +19,17 @@ Ray-free. A command leaves a trace that survives the process boundaries this sys
   ``raysource.projection.handle`` (CONSUMER) that starts a trace of its own and is *linked* to
   the append span stored with each event: the same link whether the event is handled live or
   replayed years later;
-* **timers**: the first event of a command that schedules a timer carries the trace context;
-  the activation keeps it with the pending timer, and the fire runs as ``raysource.timer.fire``,
-  a child of the scheduling command's append span (the trace continues). A pending timer
-  restored from a *snapshot* has no trace context (its fire starts a new trace);
+* **timers**: the first event of a command that schedules a timer carries the trace context,
+  and so does the timer's durable index row (``timer_index.traceparent``/``tracestate``,
+  written with the row before the command is answered). The timer service sends the row's
+  context with the fire, and the fire runs as ``raysource.timer.fire``, a **child** of the
+  scheduling command's append span (the activation's own table, from the journal, first; the
+  row's when the activation was restored from a snapshot, which keeps no trace). A child, not
+  a link: a fire has exactly one cause, the schedule, and the question an operator asks
+  ("what did this reservation lead to, including its expiry?") is answered by one trace. The
+  call that delivered the fire (the timer service's ``raysource.ask`` span, when that process
+  records spans) is a *link* of the fire's span: it is how, not why, the fire happened, and
+  one delivery carries the fires of many traces;
 * **the HTTP front door** (``raysource.service``): a request's ``traceparent``/``tracestate``
   headers are the parent of a span ``HTTP <method> <path>``, under which the reference's span
   runs.
@@ -210,16 +217,26 @@ class FlushTrace:
         self.commands: list[_Command] = []
         self._done = False
 
-    def begin(self, carrier: TraceCarrier | None, command: Any, fired_by: str = "") -> Any:
+    def begin(
+        self,
+        carrier: TraceCarrier | None,
+        command: Any,
+        fired_by: Mapping[str, str] | None = None,
+    ) -> Any:
         """Start the spans of one command (its handler span is current until
         :meth:`decided`); None when it carries no context. ``fired_by``: a timer fire's
-        scheduling traceparent (the fire continues that trace)."""
-        if carrier is not None:
+        scheduling trace context (W3C headers): the fire's parent, and then ``carrier`` (the
+        delivering call's context) is a link (see the module docstring)."""
+        links: list[Any] = []
+        start = (carrier.received_ns if carrier is not None else 0) or self.started_ns
+        if fired_by:
+            parent = _extract(fired_by)
+            if carrier is not None:
+                delivery = _otel.get_current_span(_extract(carrier.headers())).get_span_context()
+                if delivery.is_valid:
+                    links.append(Link(delivery, {"raysource.link": "timer delivery"}))
+        elif carrier is not None:
             parent = _extract(carrier.headers())
-            start = carrier.received_ns or self.started_ns
-        elif fired_by:
-            parent = _extract({TRACEPARENT: fired_by})
-            start = self.started_ns
         else:
             return None
         name = "raysource.timer.fire" if fired_by else "raysource.command"
@@ -227,6 +244,7 @@ class FlushTrace:
             name,
             context=parent,
             kind=SpanKind.SERVER,
+            links=links,
             start_time=start,
             attributes={
                 "raysource.persistence_id": self.persistence_id,
