@@ -118,6 +118,41 @@ def _ids_of_link(link) -> tuple[str, str]:
     return f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}"
 
 
+def test_a_slow_traced_append_logs_its_trace_id_in_place_of_an_exemplar(
+    exporter, monkeypatch, caplog
+) -> None:
+    """Ray's histograms take no exemplar: a traced append at least SLOW_APPEND_S long logs
+    its append span's trace and span id (JSON fields), and a faster one logs nothing."""
+    import json
+    import logging
+
+    from opentelemetry import trace
+
+    from raysource.runtime.logs import JsonFormatter
+
+    async def main():
+        w = World()
+        caplog.set_level(logging.WARNING, logger="raysource.runtime.tracing")
+        monkeypatch.setattr(tracing, "SLOW_APPEND_S", 3600.0)
+        with trace.get_tracer("test").start_as_current_span("caller"):
+            carrier = tracing.current_carrier()
+            await w.core("s3").handle(Keyed(HoldSeat("A1", "cy", 60), "k-3", carrier))
+        assert [r for r in caplog.records if r.name == "raysource.runtime.tracing"] == []
+        monkeypatch.setattr(tracing, "SLOW_APPEND_S", 0.0)
+        exporter.clear()
+        with trace.get_tracer("test").start_as_current_span("caller"):
+            carrier = tracing.current_carrier()
+            await w.core("s3").handle(Keyed(HoldSeat("A2", "cy", 60), "k-4", carrier))
+        [append] = [s for s in exporter.get_finished_spans() if s.name.endswith(".append")]
+        [record] = [r for r in caplog.records if r.name == "raysource.runtime.tracing"]
+        line = json.loads(JsonFormatter().format(record))
+        assert (line["trace_id"], line["span_id"]) == _ids(append)
+        assert line["persistence_id"] == "show|s3" and line["sequence_nr"] == 2
+        assert "slow journal append" in line["message"]
+
+    asyncio.run(main())
+
+
 def test_tracing_off_records_nothing_and_stores_nothing(exporter, monkeypatch) -> None:
     from opentelemetry import trace
 
