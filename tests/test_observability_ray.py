@@ -64,38 +64,48 @@ def traced(cassandra_contact, cassandra_keyspace):
         namespace=ns,
         runtime_env={"worker_process_setup_hook": install_forwarding},
     )
-    host, port = cassandra_contact
-    config = CassandraConfig(
-        contact_points=(host,),
-        port=port,
-        keyspace=cassandra_keyspace,
-        eventual_consistency_delay=0.5,
-    )
-    store = StoreSpec.for_cassandra(config, create_schema=True)
-    sink = start_sink()
-    system = System.start(unique_system_name("trc"), store=store, types=[SHOW], namespace=ns)
-    spec = ServiceSpec(system.name, store, (SHOW,), ns, ask_timeout_s=30.0)
-    control = Projections(config)
-    projection = reservations_projection(name=f"trc-{uuid.uuid4().hex[:6]}")
-    try:
-        url = run_service(seats_app(spec), name="seats", port=_free_port(), route_prefix="/seats")
-        asyncio.run(control.start(projection))
-        yield url, sink, control, projection
-    finally:
+    system = None
+    try:  # whatever fails after ray.init, this module's Ray never outlives it
+        host, port = cassandra_contact
+        config = CassandraConfig(
+            contact_points=(host,),
+            port=port,
+            keyspace=cassandra_keyspace,
+            eventual_consistency_delay=0.5,
+        )
+        store = StoreSpec.for_cassandra(config, create_schema=True)
+        sink = start_sink()
+        system = System.start(unique_system_name("trc"), store=store, types=[SHOW], namespace=ns)
+        spec = ServiceSpec(system.name, store, (SHOW,), ns, ask_timeout_s=30.0)
+        control = Projections(config)
+        projection = reservations_projection(name=f"trc-{uuid.uuid4().hex[:6]}")
         try:
-            asyncio.run(control.stop(projection.name))
-        except Exception:  # noqa: BLE001 - teardown
-            pass
-        serve.shutdown()
-        system.shutdown()
+            url = run_service(
+                seats_app(spec), name="seats", port=_free_port(), route_prefix="/seats"
+            )
+            asyncio.run(control.start(projection))
+            yield url, sink, control, projection
+        finally:
+            try:
+                asyncio.run(control.stop(projection.name))
+            except Exception:  # noqa: BLE001 - teardown
+                pass
+            serve.shutdown()
+    finally:
+        if system is not None:
+            system.shutdown()
         ray.shutdown()
-        if restore_ns is not None:
+        if restore_ns is not None:  # the session's Ray was up: as it was (conftest.ray_local)
+            from conftest import _RAY_METRICS_PORT
+
             ray.init(
+                address="local",
                 num_cpus=4,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
                 namespace=restore_ns,
+                **({"_metrics_export_port": _RAY_METRICS_PORT[0]} if _RAY_METRICS_PORT else {}),
             )
 
 
