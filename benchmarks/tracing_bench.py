@@ -11,7 +11,11 @@ reports the CPU per command of the whole Ray instance (``cpu_ms_per_command``). 
 runs every mode that many times in alternating order (off, no exporter, memory, then back) and
 averages: the machine's load drifts over minutes.
 
-  python -m benchmarks.tracing_bench --contact 127.0.0.1:9042 --out r.json
+  python -m benchmarks.tracing_bench --contact 127.0.0.1:9042 --out r.json   # the full run
+  make bench BENCH_ARGS="--only tracing"        # the same, with the summary table (quiet box)
+  python -m benchmarks.run --tiny --only tracing   # small sizes: a smoke run (seconds)
+
+or small sizes by hand: ``--sequential 50 --entities 10 --callers 4 --seconds 2 --rounds 1``.
 """
 
 from __future__ import annotations
@@ -158,6 +162,14 @@ def main() -> None:
             off["w2"]["cpu_ms_per_command"], 1e-9
         )
     Path(args.out).write_text(json.dumps({"modes": results}, indent=2))
+    for mode in MODES[1:]:
+        r = results[mode]
+        print(
+            f"tracing {mode} vs off (same run, means of {args.rounds}): W4 p50 x"
+            f"{r['w4_p50_vs_off']:.2f}, W2 cmd/s x{r['w2_cmd_per_s_vs_off']:.2f}, "
+            f"W2 CPU/cmd x{r['w2_cpu_vs_off']:.2f}",
+            flush=True,
+        )
 
 
 def _without_out(argv: list[str]) -> list[str]:

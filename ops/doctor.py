@@ -8,7 +8,9 @@ hung actor turns *its* line red within seconds and never hangs the rest. The che
   keyspace's replication can meet the configured read and write consistencies and makes
   them overlap (``consistency_overlap``);
 * ``schema`` — every table of the current schema exists (``raysource schema``; a keyspace
-  written before the epoch fence lacks ``messages_v2``: ``raysource schema migrate``);
+  written before the epoch fence lacks ``messages_v2``: ``raysource schema migrate``), with
+  every column added since (e.g. ``timer_index``'s trace context: ``raysource schema
+  migrate`` adds them);
 * ``ray`` — the driver is connected (with token auth when the cluster requires it) and the
   cluster's alive nodes;
 * ``coordinator`` / ``regions`` / ``shards`` (with ``system``) — the system's coordinator
@@ -160,7 +162,7 @@ async def _cassandra(settings: DoctorSettings, box: list[Any]) -> tuple[bool, st
 
 
 async def _schema(config: CassandraConfig, session: Any) -> tuple[bool, str]:
-    from raysource.journal.cassandra.schema import schema_statements
+    from raysource.journal.cassandra.schema import missing_columns, schema_statements
 
     wanted = sorted(
         {
@@ -178,6 +180,10 @@ async def _schema(config: CassandraConfig, session: Any) -> tuple[bool, str]:
     if missing:
         hint = " (raysource schema migrate)" if config.events_table in missing else ""
         return False, f"missing tables: {', '.join(missing)}{hint}"
+    columns = await missing_columns(session, config)
+    if columns:
+        names = ", ".join(f"{t}.{c}" for t, c, _type in columns)
+        return False, f"missing columns: {names} (raysource schema migrate)"
     return True, f"{len(wanted)} tables present"
 
 

@@ -466,7 +466,7 @@ class EntityCore(TimerSteps):
             before = len(flush.events)
             traced = None
             if flush.trace is not None:
-                fired_by = self.timers.trace_of(fire, flush.timers) if fire else ""
+                fired_by = self.timers.trace_of(fire, flush.timers) if fire else None
                 traced = flush.trace.begin(carrier, command, fired_by)
             decided = self._decide(command, state, seq, outcome, flush, key, fire)
             if traced is not None:
@@ -509,13 +509,13 @@ class EntityCore(TimerSteps):
             await self._save_snapshot()
         for o in flush.outcomes:
             self._resolve(o.future, o.value, o.error)
+        if flush.trace is not None:  # answered: the commands' spans end (not after a snapshot)
+            flush.trace.finish()
         for fn, new_state in flush.side_effects if flush.events or not ahead else ():
             self._run_side_effect(fn, new_state)
         policy = self.aggregate_type.snapshot
         if not forgot and flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
-        if flush.trace is not None:
-            flush.trace.finish()
         if ahead:  # like a fenced write: the next activation recovers the truth
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
             self._mailbox.put_nowait(_STOP)

@@ -29,6 +29,8 @@ CONTEXT_FIELDS: tuple[str, ...] = (
     "worker",
     "reason",
     "entity_id",
+    "trace_id",  # a slow traced journal append (raysource.runtime.tracing: no exemplars in Ray)
+    "span_id",
 )
 
 _ENV = "RAYSOURCE_LOG_JSON"

@@ -45,7 +45,7 @@ from raysource.journal.errors import CorruptPayloadError, PayloadTooLargeError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import Schedule
 from raysource.runtime.idempotency import _join, _split
-from raysource.runtime.tracing import TRACEPARENT
+from raysource.runtime.tracing import TRACEPARENT, TRACESTATE
 from raysource.timers.api import DEFAULT_BUCKET_MS, TimerRow, bucket_of
 
 __all__ = [
@@ -65,10 +65,14 @@ FIRED_FIELD = "tf"
 
 @dataclass(frozen=True, slots=True)
 class TimerFire:
-    """What a timer service sends: fire the pending timer ``timer_id`` (named ``name``)."""
+    """What a timer service sends: fire the pending timer ``timer_id`` (named ``name``).
+    ``traceparent``/``tracestate``: the trace context of its index row (the scheduling
+    command's append; "" when none): the fire's span continues that trace."""
 
     name: str
     timer_id: str
+    traceparent: str = ""
+    tracestate: str = ""
 
 
 TIMER_KEY_PREFIX = "timer:"  # reserved: only fires are keyed with it
@@ -93,6 +97,7 @@ def _parse(event: StoredEvent) -> tuple[str | None, list[str], list[Pending]]:
                 int(bucket),
                 command,
                 meta.get(TRACEPARENT, ""),
+                meta.get(TRACESTATE, ""),
             )
             for name, due_ms, bucket, command in (
                 json.loads(meta[SCHEDULE_FIELD]) if SCHEDULE_FIELD in meta else []
@@ -120,9 +125,10 @@ class Pending:
     due_ms: int
     bucket: int  # of its index row, as last written
     command: str
-    # the W3C traceparent of the scheduling command's append (runtime.tracing): its fire
-    # continues that trace. Not kept in snapshots (a timer restored from one starts a new trace)
+    # the W3C trace context of the scheduling command's append (runtime.tracing), from the
+    # journal; written into the index row, which the fire brings back (snapshots keep no trace)
     trace: str = ""
+    tracestate: str = ""
 
     def to_list(self) -> list[Any]:
         return [self.name, self.timer_id, self.due_ms, self.bucket, self.command]
@@ -195,10 +201,17 @@ class TimerTable:
         p = overlay[fire.name] if fire.name in overlay else self.pending.get(fire.name)
         return p.due_ms if p is not None and p.timer_id == fire.timer_id else None
 
-    def trace_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> str:
-        """The trace context ``fire``'s timer was scheduled in ("" if none or not pending)."""
+    def trace_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> dict[str, str]:
+        """The W3C headers of the trace ``fire``'s timer was scheduled in ({} if none or not
+        pending): the table's (from the journal), else the fire's (from its index row: the
+        activation was restored from a snapshot, which keeps no trace)."""
         p = overlay[fire.name] if fire.name in overlay else self.pending.get(fire.name)
-        return p.trace if p is not None and p.timer_id == fire.timer_id else ""
+        if p is None or p.timer_id != fire.timer_id:
+            return {}
+        parent, state = (p.trace, p.tracestate) if p.trace else (fire.traceparent, fire.tracestate)
+        if not parent:
+            return {}
+        return {TRACEPARENT: parent, TRACESTATE: state} if state else {TRACEPARENT: parent}
 
     def command_of(self, fire: TimerFire, overlay: dict[str, Pending | None]) -> Any | None:
         """The decoded command of ``fire`` if that exact timer is pending (``overlay``: the
@@ -270,7 +283,15 @@ class TimerTable:
 
     def row(self, p: Pending) -> TimerRow:
         return TimerRow(
-            self.type_name, self.shard, p.bucket, p.due_ms, self.persistence_id, p.name, p.timer_id
+            self.type_name,
+            self.shard,
+            p.bucket,
+            p.due_ms,
+            self.persistence_id,
+            p.name,
+            p.timer_id,
+            p.trace,
+            p.tracestate,
         )
 
     def rows_now(self, names: Iterable[str], now: datetime) -> list[TimerRow]:

@@ -19,10 +19,17 @@ Ray-free. A command leaves a trace that survives the process boundaries this sys
   ``raysource.projection.handle`` (CONSUMER) that starts a trace of its own and is *linked* to
   the append span stored with each event: the same link whether the event is handled live or
   replayed years later;
-* **timers**: the first event of a command that schedules a timer carries the trace context;
-  the activation keeps it with the pending timer, and the fire runs as ``raysource.timer.fire``,
-  a child of the scheduling command's append span (the trace continues). A pending timer
-  restored from a *snapshot* has no trace context (its fire starts a new trace);
+* **timers**: the first event of a command that schedules a timer carries the trace context,
+  and so does the timer's durable index row (``timer_index.traceparent``/``tracestate``,
+  written with the row before the command is answered). The timer service sends the row's
+  context with the fire, and the fire runs as ``raysource.timer.fire``, a **child** of the
+  scheduling command's append span (the activation's own table, from the journal, first; the
+  row's when the activation was restored from a snapshot, which keeps no trace). A child, not
+  a link: a fire has exactly one cause, the schedule, and the question an operator asks
+  ("what did this reservation lead to, including its expiry?") is answered by one trace. The
+  call that delivered the fire (the timer service's ``raysource.ask`` span, when that process
+  records spans) is a *link* of the fire's span: it is how, not why, the fire happened, and
+  one delivery carries the fires of many traces;
 * **the HTTP front door** (``raysource.service``): a request's ``traceparent``/``tracestate``
   headers are the parent of a span ``HTTP <method> <path>``, under which the reference's span
   runs.
@@ -39,6 +46,19 @@ application's: configure an SDK ``TracerProvider`` in every process that runs ra
 
 Known limit: commands of an aggregate type with idempotency keys off travel without an
 envelope; they are traced at the reference only.
+
+Exemplars. Prometheus exemplars (a trace id on a histogram bucket) cannot be had through Ray:
+``ray.util.metrics.Histogram.observe(value, tags)`` takes no exemplar
+(https://docs.ray.io/en/latest/ray-core/api/doc/ray.util.metrics.Histogram.observe.html), and
+Ray's metrics agent builds each bucket as a ``[bound, count]`` pair, never the
+``[bound, count, exemplar]`` that ``prometheus_client`` accepts (``ray/_private/
+metrics_agent.py``, Ray 2.60: "a pair of bucket name and value, or a triple ... exemplar" — only
+pairs are built). What stands in for them: a traced journal append that takes at least
+:data:`SLOW_APPEND_S` (``RAYSOURCE_TRACE_SLOW_MS``, default 250 ms: the tail buckets of
+``raysource_persist_latency_seconds``) logs one line per traced command of it (logger
+``raysource.runtime.tracing``, level WARNING) with ``trace_id`` and ``span_id`` of its append
+span beside ``persistence_id`` and ``sequence_nr``; with ``RAYSOURCE_LOG_JSON=1`` they are
+top-level JSON fields, which a log store links to the trace (e.g. a Grafana derived field).
 """
 
 from __future__ import annotations
@@ -46,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -84,6 +105,18 @@ else:
         "false",
         "no",
     )
+
+log = logging.getLogger(__name__)
+
+
+def _slow_append_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get("RAYSOURCE_TRACE_SLOW_MS", "250")) / 1000)
+    except ValueError:
+        return 0.25
+
+
+SLOW_APPEND_S = _slow_append_s()  # a traced append this slow is logged with its trace id
 
 if ENABLED:
     _PROP = TraceContextTextMapPropagator()
@@ -209,17 +242,29 @@ class FlushTrace:
         self.started_ns = time.time_ns()
         self.commands: list[_Command] = []
         self._done = False
+        self._append_started = 0.0
+        self._sequence_nr = 0
 
-    def begin(self, carrier: TraceCarrier | None, command: Any, fired_by: str = "") -> Any:
+    def begin(
+        self,
+        carrier: TraceCarrier | None,
+        command: Any,
+        fired_by: Mapping[str, str] | None = None,
+    ) -> Any:
         """Start the spans of one command (its handler span is current until
         :meth:`decided`); None when it carries no context. ``fired_by``: a timer fire's
-        scheduling traceparent (the fire continues that trace)."""
-        if carrier is not None:
+        scheduling trace context (W3C headers): the fire's parent, and then ``carrier`` (the
+        delivering call's context) is a link (see the module docstring)."""
+        links: list[Any] = []
+        start = (carrier.received_ns if carrier is not None else 0) or self.started_ns
+        if fired_by:
+            parent = _extract(fired_by)
+            if carrier is not None:
+                delivery = _otel.get_current_span(_extract(carrier.headers())).get_span_context()
+                if delivery.is_valid:
+                    links.append(Link(delivery, {"raysource.link": "timer delivery"}))
+        elif carrier is not None:
             parent = _extract(carrier.headers())
-            start = carrier.received_ns or self.started_ns
-        elif fired_by:
-            parent = _extract({TRACEPARENT: fired_by})
-            start = self.started_ns
         else:
             return None
         name = "raysource.timer.fire" if fired_by else "raysource.command"
@@ -227,6 +272,7 @@ class FlushTrace:
             name,
             context=parent,
             kind=SpanKind.SERVER,
+            links=links,
             start_time=start,
             attributes={
                 "raysource.persistence_id": self.persistence_id,
@@ -247,6 +293,8 @@ class FlushTrace:
         """Start the append spans (one per traced command with events, in its trace) and
         return ``events`` with each traced command's events carrying its append's context."""
         out = events
+        self._append_started = time.perf_counter()
+        self._sequence_nr = events[-1].sequence_nr
         attributes = {
             "raysource.persistence_id": self.persistence_id,
             "raysource.sequence_nr.first": events[0].sequence_nr,
@@ -276,7 +324,23 @@ class FlushTrace:
         return out
 
     def after_append(self, error: BaseException | None) -> None:
+        took = time.perf_counter() - self._append_started
         for cmd in self.commands:
+            if cmd.append is not None and took >= SLOW_APPEND_S:
+                sc = cmd.append.get_span_context()
+                log.warning(
+                    "%s: slow journal append: %.0f ms (trace %032x)",
+                    self.persistence_id,
+                    took * 1000,
+                    sc.trace_id,
+                    extra={
+                        "persistence_id": self.persistence_id,
+                        "sequence_nr": self._sequence_nr,
+                        "type": self.type_name,
+                        "trace_id": f"{sc.trace_id:032x}",
+                        "span_id": f"{sc.span_id:016x}",
+                    },
+                )
             if cmd.append is not None:
                 if error is not None:
                     cmd.append.record_exception(error)

@@ -233,7 +233,11 @@ class TimerPump:
         try:
             try:
                 outcomes = list(
-                    await self.send(type_name, pid, [TimerFire(r.name, r.timer_id) for r in rows])
+                    await self.send(
+                        type_name,
+                        pid,
+                        [TimerFire(r.name, r.timer_id, r.traceparent, r.tracestate) for r in rows],
+                    )
                 )
             except Exception as exc:  # the call itself failed: every fire stays due
                 outcomes = [exc] * len(rows)

@@ -221,7 +221,9 @@ class AggregateTestKit(Generic[S]):
             reply: Any = None
             error: BaseException | None = None
             try:
-                reply = await core.handle(TimerFire(row.name, row.timer_id))
+                reply = await core.handle(
+                    TimerFire(row.name, row.timer_id, row.traceparent, row.tracestate)
+                )
             except Exception as exc:
                 error = exc
             await self.timer_store.delete([row])

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from raysource.timers.api import TimerRow, bucket_of
@@ -111,6 +112,19 @@ class TimerStoreContract:
         await s.upsert([old, new])
         await s.delete([old])  # the stale fire's row: the re-schedule's stays
         assert await s.due(t, 0, 9, 10 * b) == [new]
+
+    async def test_a_rows_trace_context_is_kept_and_is_not_part_of_its_key(self, backend):
+        s = backend.timers()
+        t, b = _type(), s.bucket_ms
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        traced = dataclasses.replace(
+            row(t, 1, 4 * b, "p", "a", bucket_ms=b), traceparent=tp, tracestate="k=v"
+        )
+        plain = row(t, 1, 4 * b + 1, "p", "b", bucket_ms=b)
+        await s.upsert([traced, plain])
+        assert await s.due(t, 1, 4, 5 * b) == [traced, plain]
+        await s.delete([dataclasses.replace(traced, traceparent="", tracestate="")])
+        assert await s.due(t, 1, 4, 5 * b) == [plain]  # deleted by its key alone
 
     def test_bucket_is_never_before_the_write_time(self):
         assert bucket_of(due_ms=10_000, now_ms=500_000, bucket_ms=60_000) == 8

@@ -65,12 +65,21 @@ def cassandra_keyspace(request: pytest.FixtureRequest, cassandra_admin) -> Itera
     cassandra_admin.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
 
 
+_RAY_METRICS_PORT: list[int] = []  # the session Ray's Prometheus port (its metrics agent)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray runtime shared by the session (shut down at the end)."""
+    """A local Ray runtime shared by the session (shut down at the end). Its metrics agent
+    (``ray[default]``) exports Prometheus on a known port: :func:`ray_metrics_port`."""
+    import socket
+
     import ray
 
     if not ray.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
         ray.init(
             address="local",  # never join a cluster some other process started on this host
             num_cpus=4,
@@ -78,15 +87,38 @@ def ray_local():
             log_to_driver=False,
             configure_logging=False,
             namespace=f"raysource-test-{uuid.uuid4().hex[:6]}",
+            _metrics_export_port=port,
         )
+        _RAY_METRICS_PORT[:] = [port]
     yield ray
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_metrics_port(ray_local) -> int:
+    """The Prometheus endpoint's port of the session's Ray (scraped over HTTP by tests)."""
+    if not _RAY_METRICS_PORT:
+        pytest.fail("the session's Ray was started elsewhere: its metrics port is unknown")
+    return _RAY_METRICS_PORT[0]
+
+
+# Modules that need a Ray of their own (job-level options the session's Ray must not have):
+# run right after the Ray-free tests, before the session's Ray starts, so it is neither shut
+# down nor started again for them.
+_OWN_RAY = ("tests/test_observability_ray.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the Ray-free unit tests first: they assert Ray is not running (``unit_guard``), and
-    the session's local Ray, once started by a Ray test, stays up until the end."""
-    items.sort(key=lambda item: 0 if "no_ray" in getattr(item, "fixturenames", ()) else 1)
+    the session's local Ray, once started by a Ray test, stays up until the end. Then the
+    modules with a Ray of their own (:data:`_OWN_RAY`), then the rest."""
+
+    def order(item: pytest.Item) -> int:
+        if "no_ray" in getattr(item, "fixturenames", ()):
+            return 0
+        return 1 if item.nodeid.split("::")[0].endswith(_OWN_RAY) else 2
+
+    items.sort(key=order)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -2,7 +2,7 @@
 names only metrics raysource declares (as Ray's agent exports them: prefix ``ray_``, histograms
 with ``_bucket``/``_sum``/``_count``), groups and filters only by labels those metrics carry,
 and every declared metric is on some panel. Ray-free; the series themselves are scraped from a
-real metrics agent in tests/test_observability_ray.py."""
+real metrics agent in tests/test_service.py (test_prometheus_scrape_...)."""
 
 from __future__ import annotations
 

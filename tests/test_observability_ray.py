@@ -1,5 +1,4 @@
-"""Observability on real Ray, real Ray Serve and the real Cassandra (issue 28): trace context
-end to end, and the metrics scraped from Ray's metrics agent.
+"""Trace context end to end on real Ray, real Ray Serve and the real Cassandra (issue 28).
 
 One HTTP request with a W3C ``traceparent`` header through the seat service yields one trace:
 the request's span, the reference's, the host's command span with its queue wait and handler,
@@ -9,11 +8,11 @@ again (the same link) after the projection was reset and replayed the journal.
 
 Spans end in many processes (Serve replica, host actor, projection worker): each exports them
 to one sink actor (``raysource.testing.span_sink``), installed in every worker by Ray's
-``worker_process_setup_hook``. That needs a Ray of its own: the session's is shut down for
-this module and restarted in its namespace afterwards. The same Ray runs its metrics agent
-(``ray[default]``, the ``metrics`` extra, comes with the test extra's ``ray[serve]``) with a
-Prometheus endpoint that :func:`test_prometheus_scrape_finds_raysource_series_after_a_load`
-scrapes over HTTP.
+``worker_process_setup_hook``. That hook is a job-level option of ``ray.init``: on the
+session's Ray it would put an SDK tracer provider into every worker of every later Ray test
+(their events stamped, their spans exported), so this module has a Ray of its own; conftest
+runs it before the session's Ray starts (nothing to shut down and start again). The Prometheus
+scrape test runs on the session's Ray and the service's Serve app: tests/test_service.py.
 """
 
 from __future__ import annotations
@@ -56,7 +55,6 @@ def traced(cassandra_contact, cassandra_keyspace):
         restore_ns = ray.get_runtime_context().namespace
         ray.shutdown()
     ns = f"raysource-tracing-{uuid.uuid4().hex[:6]}"
-    metrics_port = _free_port()
     ray.init(
         address="local",
         num_cpus=4,
@@ -65,40 +63,49 @@ def traced(cassandra_contact, cassandra_keyspace):
         configure_logging=False,
         namespace=ns,
         runtime_env={"worker_process_setup_hook": install_forwarding},
-        _metrics_export_port=metrics_port,
     )
-    host, port = cassandra_contact
-    config = CassandraConfig(
-        contact_points=(host,),
-        port=port,
-        keyspace=cassandra_keyspace,
-        eventual_consistency_delay=0.5,
-    )
-    store = StoreSpec.for_cassandra(config, create_schema=True)
-    sink = start_sink()
-    system = System.start(unique_system_name("trc"), store=store, types=[SHOW], namespace=ns)
-    spec = ServiceSpec(system.name, store, (SHOW,), ns, ask_timeout_s=30.0)
-    control = Projections(config)
-    projection = reservations_projection(name=f"trc-{uuid.uuid4().hex[:6]}")
-    try:
-        url = run_service(seats_app(spec), name="seats", port=_free_port(), route_prefix="/seats")
-        asyncio.run(control.start(projection))
-        yield url, sink, control, projection, metrics_port
-    finally:
+    system = None
+    try:  # whatever fails after ray.init, this module's Ray never outlives it
+        host, port = cassandra_contact
+        config = CassandraConfig(
+            contact_points=(host,),
+            port=port,
+            keyspace=cassandra_keyspace,
+            eventual_consistency_delay=0.5,
+        )
+        store = StoreSpec.for_cassandra(config, create_schema=True)
+        sink = start_sink()
+        system = System.start(unique_system_name("trc"), store=store, types=[SHOW], namespace=ns)
+        spec = ServiceSpec(system.name, store, (SHOW,), ns, ask_timeout_s=30.0)
+        control = Projections(config)
+        projection = reservations_projection(name=f"trc-{uuid.uuid4().hex[:6]}")
         try:
-            asyncio.run(control.stop(projection.name))
-        except Exception:  # noqa: BLE001 - teardown
-            pass
-        serve.shutdown()
-        system.shutdown()
+            url = run_service(
+                seats_app(spec), name="seats", port=_free_port(), route_prefix="/seats"
+            )
+            asyncio.run(control.start(projection))
+            yield url, sink, control, projection
+        finally:
+            try:
+                asyncio.run(control.stop(projection.name))
+            except Exception:  # noqa: BLE001 - teardown
+                pass
+            serve.shutdown()
+    finally:
+        if system is not None:
+            system.shutdown()
         ray.shutdown()
-        if restore_ns is not None:
+        if restore_ns is not None:  # the session's Ray was up: as it was (conftest.ray_local)
+            from conftest import _RAY_METRICS_PORT
+
             ray.init(
+                address="local",
                 num_cpus=4,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
                 namespace=restore_ns,
+                **({"_metrics_export_port": _RAY_METRICS_PORT[0]} if _RAY_METRICS_PORT else {}),
             )
 
 
@@ -123,7 +130,7 @@ def test_one_http_request_is_one_trace_from_the_request_to_the_projection(
 ) -> None:
     import ray
 
-    url, sink, control, projection, _port = traced
+    url, sink, control, projection = traced
     show, customer = f"show-{uuid.uuid4().hex[:8]}", f"cust-{uuid.uuid4().hex[:6]}"
     trace_id, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
     with httpx.Client(base_url=url, timeout=60) as http:
@@ -212,66 +219,3 @@ def test_one_http_request_is_one_trace_from_the_request_to_the_projection(
     spans = _wait_spans(sink, lambda sp: handled(sp, ids["raysource.journal.append"]))
     [again] = handled(spans, ids["raysource.journal.append"])
     assert _hex(again["context"]["trace_id"]) not in (trace_id, _hex(handle["context"]["trace_id"]))
-
-
-def _scrape(port: int) -> list:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-    return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-@pytest.mark.timeout(300)
-def test_prometheus_scrape_finds_raysource_series_after_a_load(traced) -> None:
-    """A load through the service, then Ray's Prometheus endpoint (scraped for real) has
-    raysource's series with their declared labels and values that count the load."""
-    from raysource.runtime.metrics import METRICS
-
-    url, _sink, _control, _projection, port = traced
-    shows = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(5)]
-    with httpx.Client(base_url=url, timeout=60) as http:
-        for show in shows:
-            assert http.put(f"/shows/{show}", json={"seats": 20}).status_code == 201
-            for seat in ("A1", "A2", "A3", "A4"):
-                r = http.post(f"/shows/{show}/reservations", json={"seat": seat, "customer": "x"})
-                assert r.status_code == 201, r.text
-    wanted = {
-        "ray_raysource_commands_total": {"type": "show", "outcome": "accepted"},
-        "ray_raysource_journal_writes_total": {"type": "show"},
-        "ray_raysource_events_persisted_total": {"type": "show"},
-        "ray_raysource_persist_latency_seconds_count": {"type": "show"},
-        "ray_raysource_persist_latency_seconds_bucket": {"type": "show", "le": "+Inf"},
-        "ray_raysource_active_aggregates": {"type": "show"},
-    }
-
-    def found(samples) -> dict[str, object]:
-        out = {}
-        for name, labels in wanted.items():
-            hits = [
-                s
-                for s in samples
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-            ]
-            if hits:
-                out[name] = hits
-        return out
-
-    until, got = time.monotonic() + 150, {}
-    while time.monotonic() < until:
-        got = found(_scrape(port))
-        accepted = sum(s.value for s in got.get("ray_raysource_commands_total", ()))
-        if set(got) == set(wanted) and accepted >= 25:
-            break
-        time.sleep(2)
-    assert set(got) == set(wanted), sorted(set(wanted) - set(got))
-    # the load's 25 accepted commands (5 creates + 20 reservations; earlier tests add more)
-    assert sum(s.value for s in got["ray_raysource_commands_total"]) >= 25
-    for name, samples in got.items():
-        base = name.removeprefix("ray_")
-        for suffix in ("_bucket", "_count", "_sum"):
-            base = base.removesuffix(suffix)
-        declared = set(METRICS[base].labels)
-        for s in samples:  # the declared labels, plus Ray's own (node, component, ...)
-            assert declared <= set(s.labels), (name, s.labels)
-    hosts = {s.labels["host"] for s in got["ray_raysource_active_aggregates"]}
-    assert hosts and all(h for h in hosts)

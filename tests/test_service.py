@@ -545,6 +545,99 @@ def _reserve_all(
     return out
 
 
+def _scrape(port: int) -> list:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+@pytest.mark.ray
+@pytest.mark.cassandra
+@pytest.mark.timeout(300)
+def test_prometheus_scrape_finds_raysource_series_after_a_load(
+    live: Live, ray_metrics_port: int
+) -> None:
+    """A load through the service, then the session Ray's Prometheus endpoint (its metrics
+    agent, scraped for real over HTTP) has raysource's series with their declared labels and
+    values that count the load (issue 28)."""
+    from raysource.runtime.metrics import METRICS
+
+    url, port = live.url, ray_metrics_port
+
+    def accepted_now() -> float:
+        return sum(
+            s.value
+            for s in _scrape(port)
+            if s.name == "ray_raysource_commands_total"
+            and s.labels.get("type") == "show"
+            and s.labels.get("outcome") == "accepted"
+        )
+
+    # the session's Ray has counted the earlier tests' commands: the baseline is the count
+    # once it stopped moving for longer than the workers' report interval (so what arrives
+    # after the load is the load's)
+    import ray
+
+    quiet_s = max(ray._config.metrics_report_interval_ms(), 1000) / 1000 + 2
+    until, seen, since = time.monotonic() + 120, None, time.monotonic()
+    while time.monotonic() < until:
+        now = accepted_now()
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(1)
+    baseline = seen or 0.0
+    shows = [f"load-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for show in shows:
+            assert http.put(f"/shows/{show}", json={"seats": 20}).status_code == 201
+            for seat in ("A1", "A2", "A3", "A4"):
+                r = http.post(f"/shows/{show}/reservations", json={"seat": seat, "customer": "x"})
+                assert r.status_code == 201, r.text
+    wanted = {
+        "ray_raysource_commands_total": {"type": "show", "outcome": "accepted"},
+        "ray_raysource_journal_writes_total": {"type": "show"},
+        "ray_raysource_events_persisted_total": {"type": "show"},
+        "ray_raysource_persist_latency_seconds_count": {"type": "show"},
+        "ray_raysource_persist_latency_seconds_bucket": {"type": "show", "le": "+Inf"},
+        "ray_raysource_active_aggregates": {"type": "show"},
+    }
+
+    def found(samples) -> dict[str, object]:
+        out = {}
+        for name, labels in wanted.items():
+            hits = [
+                s
+                for s in samples
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            ]
+            if hits:
+                out[name] = hits
+        return out
+
+    until, got = time.monotonic() + 150, {}
+    while time.monotonic() < until:
+        got = found(_scrape(port))
+        accepted = sum(s.value for s in got.get("ray_raysource_commands_total", ()))
+        if set(got) == set(wanted) and accepted >= baseline + 25:
+            break
+        time.sleep(2)
+    assert set(got) == set(wanted), sorted(set(wanted) - set(got))
+    # the load's 25 accepted commands (5 creates + 20 reservations) on top of the baseline
+    assert sum(s.value for s in got["ray_raysource_commands_total"]) >= baseline + 25
+    for name, samples in got.items():
+        base = name.removeprefix("ray_")
+        for suffix in ("_bucket", "_count", "_sum"):
+            base = base.removesuffix(suffix)
+        declared = set(METRICS[base].labels)
+        for s in samples:  # the declared labels, plus Ray's own (node, component, ...)
+            assert declared <= set(s.labels), (name, s.labels)
+    hosts = {s.labels["host"] for s in got["ray_raysource_active_aggregates"]}
+    assert hosts and all(h for h in hosts)
+
+
 @pytest.mark.ray
 @pytest.mark.cassandra
 @pytest.mark.timeout(180)

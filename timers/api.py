@@ -76,7 +76,11 @@ def cursor_floor(
 @dataclass(frozen=True, slots=True)
 class TimerRow:
     """One pending timer in the index. ``timer_id`` is ``"<name>@<sequence nr>"`` (the first
-    event of the command that scheduled it): a re-schedule under the same name is a new id."""
+    event of the command that scheduled it): a re-schedule under the same name is a new id.
+    ``traceparent``/``tracestate``: the W3C trace context of the scheduling command's journal
+    append ("" when untraced); not part of the key. The timer service sends it with the fire,
+    and the fire's span continues that trace (:mod:`raysource.runtime.tracing`): the row is
+    what survives a restart whatever the activation recovered from."""
 
     type_name: str
     shard: int
@@ -85,6 +89,8 @@ class TimerRow:
     persistence_id: str
     name: str
     timer_id: str
+    traceparent: str = ""
+    tracestate: str = ""
 
     @property
     def key(self) -> tuple[str, int, int, int, str, str, str]:

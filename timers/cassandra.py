@@ -1,9 +1,15 @@
 """The Cassandra timer store: tables ``timer_index`` and ``timer_cursors`` (their CQL:
-:mod:`raysource.journal.cassandra.timer_statements`)."""
+:mod:`raysource.journal.cassandra.timer_statements`).
+
+A keyspace created before ``timer_index`` had its trace columns (``traceparent``,
+``tracestate``) still works: the store finds out once, when it prepares, and then writes and
+reads rows without trace context (logged once; ``raysource schema migrate`` adds the columns,
+``raysource doctor`` names them)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +21,8 @@ from raysource.timers.api import DEFAULT_BUCKET_MS, TimerRow, TimerStore
 __all__ = ["CassandraTimerStore"]
 
 _BATCH = 100
+
+log = logging.getLogger("raysource.timers")
 
 
 class CassandraTimerStore(TimerStore):
@@ -37,6 +45,7 @@ class CassandraTimerStore(TimerStore):
         self.bucket_ms = bucket_ms
         self._own_session = own_session
         self._ps: dict[str, Any] = {}
+        self._traced = True  # timer_index has the trace columns (found out by _prepare)
         self._lock = asyncio.Lock()
         self._cursors_known: set[tuple[str, int]] = set()
         self._closed = False
@@ -63,7 +72,19 @@ class CassandraTimerStore(TimerStore):
             return self._ps
         async with self._lock:
             if not self._ps:
-                st = TimerStatements(self.config.keyspace)
+                ks = self.config.keyspace
+                columns = await self.session.select_all(
+                    TimerStatements(ks).columns, (ks,), profile=RAW_PROFILE
+                )
+                traced = {"traceparent", "tracestate"} <= {c[0] for c in columns}
+                if not traced:
+                    log.warning(
+                        "%s.timer_index has no trace columns (an older schema): timer rows "
+                        "carry no trace context until `raysource schema migrate` adds them",
+                        ks,
+                    )
+                st = TimerStatements(ks, traced=traced)
+                self._traced = traced
                 w, r = self.config.write_consistency, self.config.read_consistency
                 p = self.session.prepare
                 self._ps = {
@@ -95,16 +116,12 @@ class CassandraTimerStore(TimerStore):
         await self._per_partition(
             ps["upsert"],
             rows,
-            lambda r: (
-                r.type_name,
-                r.shard,
-                r.bucket,
-                r.due_ms,
-                r.persistence_id,
-                r.name,
-                r.timer_id,
-            ),
+            self._upsert_values if self._traced else _key,
         )
+
+    @staticmethod
+    def _upsert_values(r: TimerRow) -> tuple[Any, ...]:
+        return (*_key(r), r.traceparent or None, r.tracestate or None)
 
     async def ensure_cursor(self, type_name: str, shard: int, bucket: int) -> None:
         if (type_name, shard) not in self._cursors_known:
@@ -114,19 +131,7 @@ class CassandraTimerStore(TimerStore):
 
     async def delete(self, rows: Sequence[TimerRow]) -> None:
         ps = await self._prepare()
-        await self._per_partition(
-            ps["delete"],
-            rows,
-            lambda r: (
-                r.type_name,
-                r.shard,
-                r.bucket,
-                r.due_ms,
-                r.persistence_id,
-                r.name,
-                r.timer_id,
-            ),
-        )
+        await self._per_partition(ps["delete"], rows, _key)
 
     async def _per_partition(
         self, ps: Any, rows: Sequence[TimerRow], values: Callable[[TimerRow], tuple[Any, ...]]
@@ -155,7 +160,8 @@ class CassandraTimerStore(TimerStore):
             ps["due"], (type_name, shard, bucket, until_ms, limit), profile=RAW_PROFILE
         )
         return [
-            TimerRow(type_name, shard, bucket, due, pid, name, tid) for due, pid, name, tid in rows
+            TimerRow(type_name, shard, bucket, r[0], r[1], r[2], r[3], *(v or "" for v in r[4:]))
+            for r in rows
         ]
 
     async def cursor(self, type_name: str, shard: int) -> int | None:
@@ -174,3 +180,8 @@ class CassandraTimerStore(TimerStore):
             self._closed = True
             if self._own_session:
                 await self.session.close()
+
+
+def _key(r: TimerRow) -> tuple[Any, ...]:
+    """A row's primary key, in the statements' order."""
+    return (r.type_name, r.shard, r.bucket, r.due_ms, r.persistence_id, r.name, r.timer_id)

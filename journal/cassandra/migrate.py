@@ -7,7 +7,9 @@ missing tables and copies every legacy row into the new table as **epoch 0** (th
 a persistence id without epoch records reads all its epoch-0 rows, exactly as before), and
 returns how many rows it copied. Copying is idempotent (the same rows again): run it again
 after an interruption. Run it while no raysource process writes the keyspace; the legacy table
-is left in place (drop it once the copy is checked).
+is left in place (drop it once the copy is checked). It also adds the columns of newer
+versions to existing tables (``create_schema``: ``ALTER TABLE ... ADD``, e.g. the trace context
+of ``timer_index``), so it is the one command that brings an older keyspace up to date.
 """
 
 from __future__ import annotations

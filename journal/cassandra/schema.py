@@ -32,6 +32,11 @@ Tables:
   streams (their CQL: ``raysource.journal.cassandra.readside_statements``).
 * ``subject_keys``, ``subject_forget_signals`` — the keys of personal data per data subject
   and the views told of a forget (their CQL: ``raysource.journal.cassandra.keystore_statements``).
+
+Columns added after a table's first release (:data:`ADDED_COLUMNS`, e.g. the trace context of
+``timer_index``) are in the ``CREATE TABLE`` text; :func:`create_schema` also adds them to an
+older keyspace's table (``ALTER TABLE ... ADD``), and :func:`missing_columns` names those
+still missing (``raysource doctor``'s schema line).
 """
 
 from __future__ import annotations
@@ -42,12 +47,15 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.keystore_statements import keystore_schema
 from raysource.journal.cassandra.readside_statements import readside_schema
 from raysource.journal.cassandra.retention_statements import retention_schema
-from raysource.journal.cassandra.timer_statements import timer_schema
+from raysource.journal.cassandra.timer_statements import TIMER_ADDED_COLUMNS, timer_schema
 
 if TYPE_CHECKING:
     from raysource.journal.cassandra.session import CassandraSession
 
-__all__ = ["schema_statements", "schema_cql", "create_schema"]
+__all__ = ["ADDED_COLUMNS", "create_schema", "missing_columns", "schema_cql", "schema_statements"]
+
+# (table, column, CQL type) added to a table after its first release
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = TIMER_ADDED_COLUMNS
 
 # the epoch chain's column type (spelled in two pieces: three '>' in a row in this file's text
 # would read as a doctest prompt to tests/test_doctests.py)
@@ -160,3 +168,24 @@ async def create_schema(
     config = config or session.config
     for stmt in schema_statements(config, keyspace=keyspace):
         await session.execute(stmt, prepare=False, timeout=60.0)
+    for table, column, cql_type in await missing_columns(session, config):
+        await session.execute(
+            f"ALTER TABLE {config.keyspace}.{table} ADD {column} {cql_type}",
+            prepare=False,
+            timeout=60.0,
+        )
+
+
+async def missing_columns(
+    session: CassandraSession, config: CassandraConfig
+) -> list[tuple[str, str, str]]:
+    """The :data:`ADDED_COLUMNS` that an existing table of ``config``'s keyspace lacks (a
+    missing table is not listed: ``create_schema`` creates it whole)."""
+    rows = await session.select_all(
+        "SELECT table_name, column_name FROM system_schema.columns WHERE keyspace_name = ?",
+        (config.keyspace,),
+    )
+    have: dict[str, set[str]] = {}
+    for r in rows:
+        have.setdefault(r.table_name, set()).add(r.column_name)
+    return [(t, c, ty) for t, c, ty in ADDED_COLUMNS if t in have and c not in have[t]]

@@ -8,6 +8,9 @@ Tables:
   bucket is ``max(due, write time) // bucket_ms``), clustered by due time: a timer service
   reads "due by now" of one partition with one range query, and no partition is hot. The
   timer id is part of the key: a stale fire's row delete never hits a re-schedule's row.
+  ``traceparent``/``tracestate``: the W3C trace context of the command that scheduled the
+  timer (its journal append's span; empty when untraced), so a fire continues that trace even
+  when the activation that fires it was restored from a snapshot (which keeps no trace).
 * ``timer_cursors`` — per ``(type_name, shard)``: the oldest bucket that may still hold rows.
 """
 
@@ -15,7 +18,15 @@ from __future__ import annotations
 
 from raysource.journal.cassandra.config import validate_identifier
 
-__all__ = ["TimerStatements", "timer_schema"]
+__all__ = ["TIMER_ADDED_COLUMNS", "TimerStatements", "timer_schema"]
+
+# columns added to a table after its first release: ``create_schema`` (and so ``raysource
+# schema migrate``) adds them to an older keyspace (``ALTER TABLE ... ADD``); the store runs
+# without them (no trace in its rows) until then, and ``raysource doctor`` names them
+TIMER_ADDED_COLUMNS = (
+    ("timer_index", "traceparent", "text"),
+    ("timer_index", "tracestate", "text"),
+)
 
 
 def timer_schema(keyspace: str) -> list[str]:
@@ -30,6 +41,8 @@ def timer_schema(keyspace: str) -> list[str]:
     persistence_id text,
     name text,
     timer_id text,
+    traceparent text,
+    tracestate text,
     PRIMARY KEY ((type_name, shard, bucket), due_ms, persistence_id, name, timer_id)
 ) WITH CLUSTERING ORDER BY (due_ms ASC, persistence_id ASC, name ASC, timer_id ASC)""",
         f"""CREATE TABLE IF NOT EXISTS {ks}.timer_cursors (
@@ -42,14 +55,21 @@ def timer_schema(keyspace: str) -> list[str]:
 
 
 class TimerStatements:
-    """The statements of the timer store in ``keyspace`` (CQL strings; the store prepares)."""
+    """The statements of the timer store in ``keyspace`` (CQL strings; the store prepares).
+    ``traced=False``: for a ``timer_index`` without the trace columns (an older keyspace)."""
 
-    def __init__(self, keyspace: str) -> None:
+    def __init__(self, keyspace: str, *, traced: bool = True) -> None:
         ks = validate_identifier(keyspace, "keyspace")
+        self.traced = traced
         self.create = timer_schema(ks)
+        self.columns = (
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = ? "
+            "AND table_name = 'timer_index'"
+        )
+        trace_cols, trace_vals = (", traceparent, tracestate", ",?,?") if traced else ("", "")
         self.upsert = (
             f"INSERT INTO {ks}.timer_index (type_name, shard, bucket, due_ms, "
-            f"persistence_id, name, timer_id) VALUES (?,?,?,?,?,?,?)"
+            f"persistence_id, name, timer_id{trace_cols}) VALUES (?,?,?,?,?,?,?{trace_vals})"
         )
         self.delete = (
             f"DELETE FROM {ks}.timer_index WHERE type_name = ? AND shard = ? "
@@ -57,7 +77,7 @@ class TimerStatements:
             f"AND timer_id = ?"
         )
         self.due = (
-            f"SELECT due_ms, persistence_id, name, timer_id FROM {ks}.timer_index "
+            f"SELECT due_ms, persistence_id, name, timer_id{trace_cols} FROM {ks}.timer_index "
             f"WHERE type_name = ? AND shard = ? AND bucket = ? AND due_ms <= ? LIMIT ?"
         )
         self.cursor_get = f"SELECT bucket FROM {ks}.timer_cursors WHERE type_name = ? AND shard = ?"

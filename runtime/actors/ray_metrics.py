@@ -48,7 +48,7 @@ class RayMetrics(Metrics):
             obj.inc(value, tags=labels)
         elif spec.kind == "gauge":
             obj.set(value, tags=labels)
-        else:
+        else:  # no exemplar: Ray's API takes none (see raysource.runtime.tracing, "Exemplars")
             obj.observe(value, tags=labels)
 
 
