@@ -50,8 +50,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# TEST_WORKERS=0 runs the suite in this one process (pytest-xdist otherwise)
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # every benchmark, then one summary table (headline figure beside its limit or peer, ratio);
 # exit 0 only when every benchmark ran; e.g. make bench BENCH_ARGS="--only runtime" or "--tiny"

@@ -121,6 +121,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=order)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One fresh seed for the whole run: the worker processes of ``-n 2`` (pytest-xdist)
+    inherit it from this environment, so the header's seed replays every worker's draws."""
+    from seeds import ENV, SEED
+
+    os.environ.setdefault(ENV, str(SEED))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     """The property suites' fresh seed of this run (``tests/seeds.py``): set it to replay."""
     from seeds import REPLAY

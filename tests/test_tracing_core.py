@@ -264,10 +264,10 @@ def test_an_older_timer_index_without_trace_columns_works_and_is_upgraded(
     """A keyspace made before the trace columns: the store writes and reads rows without
     trace context, ``raysource doctor``'s schema line names the columns, and
     ``create_schema`` (``raysource schema migrate``) adds them."""
-    from raysource.ops.doctor import _schema
     from raysource.journal.cassandra.config import CassandraConfig
     from raysource.journal.cassandra.schema import missing_columns
     from raysource.journal.cassandra.session import CassandraSession
+    from raysource.ops.doctor import _schema
     from raysource.timers.api import TimerRow
     from raysource.timers.cassandra import CassandraTimerStore
 
