@@ -425,6 +425,8 @@ BENCHES = [
             "0.5",
             "--slice-events",
             "200",
+            "--rounds",
+            "1",
         ],
     ),
     Bench(

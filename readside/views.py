@@ -210,26 +210,29 @@ class EffectivelyOnceView:
         plus a few bytes a statement), and the error that kept them from being bound (its
         batch then fails when written, after the layers before it landed)."""
         bound: list[BoundStatement] = []
+        prepared = self._prepared
         try:
             for stmt, params in mutations:
-                ps = stmt if isinstance(stmt, PreparedStatement) else await self._prepare(stmt)
-                bound.append(ps.bind(tuple(params)))
+                if isinstance(stmt, PreparedStatement):
+                    bound.append(stmt.bind(params))
+                    continue
+                ps = prepared.get(stmt)
+                if ps is None:  # CQL text: prepared once per view
+                    ps = prepared[stmt] = await self.session.prepare(stmt)
+                bound.append(ps.bind(params))
             if audit is not None:
                 bound.append(audit.bind((env.persistence_id, env.sequence_nr)))
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as exc:  # a statement Cassandra refuses, parameters that do not bind
             return [], 0, exc
-        size = 0
+        size = _STATEMENT_BYTES * len(bound)
         for b in bound:
-            size += _STATEMENT_BYTES + sum(len(v) for v in b.values if isinstance(v, bytes))
+            try:
+                size += sum(map(len, b.values))
+            except TypeError:  # a null or unset value among them
+                size += sum(len(v) for v in b.values if isinstance(v, bytes))
         return bound, size, None
-
-    async def _prepare(self, cql: str) -> PreparedStatement:
-        ps = self._prepared.get(cql)
-        if ps is None:
-            ps = self._prepared[cql] = await self.session.prepare(cql)
-        return ps
 
     async def _write(self, chunk: list[_Group], set_mark: PreparedStatement) -> int:
         """One logged batch: the statements of ``chunk``'s groups and their ids' new marks."""
