@@ -277,7 +277,9 @@ async def timed_replay(
     """(events/s, worker CPU us/event) of a catch-up through the tag's ``n`` events (offset
     ``last``) after a reset; after ``max_s`` of what was handled so far. The CPU is the
     worker process's own (every thread: the driver's I/O thread too), from the reset's end
-    to caught up, status polls included (the same for every projection)."""
+    to caught up, status polls included: one every 20 ms (each a one-row tag query), so a
+    slower catch-up pays more of them per event; on a loaded box that inflates the slower
+    projection's figure."""
     await control.start(spec)
     (handle,) = control.handles(spec.name).values()
     await control.reset(spec, None)  # (its TRUNCATEs are not part of the catch-up)
