@@ -14,14 +14,17 @@ Everything runs in one process on one Cassandra node, in one run (2 cores: compa
   and a Cassandra write round trip (the live path has both in series, and more).
 * ``EffectivelyOnceView`` while catching up (after a reset) on the run's events plus a backlog
   (``--bulk``), without the audit rows (test instrumentation; the lag rows use them), "before"
-  = one logged batch per event (``batch_size=1``, what the writer did;
-  sampled for 30 s) vs "after" = batched (best of 2), each as a ratio to the no-op
-  projection's rate (best of 2); the no-op projection vs a raw ``events_by_tag`` current query
+  = one logged batch per event (``batch_size=1``, what the writer did; sampled for 30 s) vs
+  "after" = batched (best of ``--rounds``), each as a ratio to the no-op projection's rate
+  (best of ``--rounds``); the no-op projection vs a raw ``events_by_tag`` current query
   (best of 3). Best-of because the machine is shared: the best run is the least disturbed.
+  No-op and view run ``--rounds`` times in turn (the ratio of each round is reported too), and
+  the worker process's CPU per event of each (least of the rounds) beside the rates.
 * n slices: tag rows read per event for one catch-up of n slice workers (in-memory journal,
   counted): each slice reading for itself ("before") vs slice 0 feeding the others.
 
 Usage: python -m benchmarks.projection_bench [--contact host:port] [--seconds 12] [--bulk 20000]
+[--rounds 3]
 Prints a table and writes results/projection_bench.json.
 """
 
@@ -262,32 +265,64 @@ async def lag_run(
     }
 
 
+def _process_cpu(actor) -> float:  # runs in the worker (Ray's __ray_call__)
+    import time as _time
+
+    return _time.process_time()
+
+
 async def timed_replay(
     control: Projections, spec: ProjectionSpec, n: int, last: str, max_s: float = 600.0
-) -> float:
-    """Events/s of a catch-up through the tag's ``n`` events (offset ``last``) after a reset;
-    after ``max_s`` the rate of what was handled so far."""
+) -> tuple[float, float]:
+    """(events/s, worker CPU us/event) of a catch-up through the tag's ``n`` events (offset
+    ``last``) after a reset; after ``max_s`` of what was handled so far. The CPU is the
+    worker process's own (every thread: the driver's I/O thread too), from the reset's end
+    to caught up, status polls included: one every 20 ms (each a one-row tag query), so a
+    slower catch-up pays more of them per event; on a loaded box that inflates the slower
+    projection's figure."""
     await control.start(spec)
     (handle,) = control.handles(spec.name).values()
     await control.reset(spec, None)  # (its TRUNCATEs are not part of the catch-up)
     t0 = time.perf_counter()
+    cpu0 = await handle.__ray_call__.remote(_process_cpu)
     handled0 = (await handle.status.remote())["handled"]
     while True:
         st = await handle.status.remote()
         if st["offset"] == last and st["lag_events"] == 0:
-            rate = n / (time.perf_counter() - t0)
+            done = n
             break
         if time.perf_counter() - t0 > max_s:
-            rate = (st["handled"] - handled0) / (time.perf_counter() - t0)
+            done = st["handled"] - handled0
             break
         await asyncio.sleep(0.02)
+    rate = done / (time.perf_counter() - t0)
+    cpu_us = (await handle.__ray_call__.remote(_process_cpu) - cpu0) / max(done, 1) * 1e6
     await control.stop(spec.name)
-    return rate
+    return rate, cpu_us
 
 
 async def best_of(k: int, measure) -> float:
     """The best of ``k`` runs (the machine is shared: the best run is the least disturbed)."""
     return max([await measure() for _ in range(k)])
+
+
+async def view_vs_noop(
+    control: Projections, noop: ProjectionSpec, view: ProjectionSpec, n: int, last: str, k: int
+) -> dict:
+    """``k`` rounds of (no-op, view) catch-ups, one right after the other: the best rate of
+    each, the view/no-op ratio of each round, and the worker CPU per event (least of k)."""
+    rounds = []
+    for _ in range(k):
+        rounds.append(
+            (await timed_replay(control, noop, n, last), await timed_replay(control, view, n, last))
+        )
+    return {
+        "noop_per_s": round(max(nr for (nr, _), _ in rounds)),
+        "view_after_per_s": round(max(vr for _, (vr, _) in rounds)),
+        "view_over_noop_per_round": [round(vr / nr, 2) for (nr, _), (vr, _) in rounds],
+        "noop_cpu_us_per_event": round(min(nc for (_, nc), _ in rounds), 1),
+        "view_cpu_us_per_event": round(min(vc for _, (_, vc) in rounds), 1),
+    }
 
 
 class _CountingJournal(InMemoryJournal):
@@ -387,11 +422,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         r["raw_per_s"] = round(await best_of(3, raw_rate))
         assert len(raw) == n, (len(raw), n)
         last = offset_to_str(raw[-1].offset)
-        r["noop_per_s"] = round(await best_of(2, lambda: timed_replay(control, noop, n, last)))
-        r["view_before_per_s"] = round(await timed_replay(control, one, n, last, max_s=30.0))
-        r["view_after_per_s"] = round(
-            await best_of(2, lambda: timed_replay(control, batched, n, last))
-        )
+        r.update(await view_vs_noop(control, noop, batched, n, last, args.rounds))
+        r["view_before_per_s"] = round((await timed_replay(control, one, n, last, 30.0))[0])
         r["events"] = n
         r["slice_reads_before"] = {
             k: await slice_reads(k, False, args.slice_events) for k in (1, 2, 4)
@@ -415,6 +447,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=150.0, help="offered events/s, all writers")
     ap.add_argument(
         "--bulk", type=int, default=20000, help="extra events appended for the catching-up rows"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="no-op and view catch-ups, in turn, this many times"
     )
     ap.add_argument("--out", default="results/projection_bench.json")
     ap.add_argument("--warmup", type=float, default=4.0, help="warm-up load seconds (tiny runs)")
@@ -483,13 +518,25 @@ def main() -> None:
             "EffectivelyOnceView, catching up",
             f"{r['view_before_per_s']} ev/s",
             f"{r['view_after_per_s']} ev/s",
-            f"no-op {noop} ev/s (best of 2)",
+            f"no-op {noop} ev/s (best of {args.rounds})",
         ),
         (
             "  as x no-op",
             f"x{r['view_before_per_s'] / noop:.2f}",
             f"x{r['view_after_per_s'] / noop:.2f}",
             ">= x0.50",
+        ),
+        (
+            "  view / no-op of each round",
+            "",
+            " ".join(f"x{x:.2f}" for x in r["view_over_noop_per_round"]),
+            f"({args.rounds} rounds, in turn)",
+        ),
+        (
+            "  worker CPU us/event: view / no-op",
+            "",
+            f"{r['view_cpu_us_per_event']:.0f} / {r['noop_cpu_us_per_event']:.0f}",
+            f"x{r['view_cpu_us_per_event'] / r['noop_cpu_us_per_event']:.2f} (least of rounds)",
         ),
         (
             "no-op projection as x raw events_by_tag",

@@ -431,6 +431,8 @@ BENCHES = [
             "0.5",
             "--slice-events",
             "200",
+            "--rounds",
+            "1",
         ],
     ),
     Bench(

@@ -1,6 +1,6 @@
 """The projection worker: one slice of a projection, on any journal and offset store.
 
-Size: ~530 lines: the durable path, the live path's hand-off and parking share one worker's
+Size: ~640 lines: the durable path, the live path's hand-off and parking share one worker's
 offset and per-aggregate state; the live buffer, parking and slices are modules of their own.
 
 No Ray here (the actor is :mod:`raysource.readside.projection_actor`).
@@ -316,12 +316,12 @@ class ProjectionWorker:
         batches: asyncio.Queue = asyncio.Queue(maxsize=1)
         reading = asyncio.get_running_loop().create_task(self._read_batches(batches))
         try:
-            while (batch := await batches.get()) is not None:
-                if isinstance(batch, BaseException):
-                    raise batch
+            while (got := await batches.get()) is not None:
+                if isinstance(got, BaseException):
+                    raise got
                 if self._halt.is_set():
                     break
-                await self._apply_durable(batch)
+                await self._apply_durable(*got)
         finally:
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -330,8 +330,11 @@ class ProjectionWorker:
 
     async def _read_batches(self, out: asyncio.Queue) -> None:
         """The tag query from the handled offset, as batches into ``out``; then None (or
-        the error that ended it)."""
+        the error that ended it). Each batch comes with its events of this slice decoded
+        (None where decoding failed: delivery decodes it again and handles the error), so
+        decoding runs while the batch before is being applied (a view's writes in flight)."""
         batch: list = []
+        decoded: list[EventEnvelope | None] = []
         try:
             async with contextlib.aclosing(
                 self.journal.events_by_tag(self.spec.tag, self.offset)
@@ -341,22 +344,35 @@ class ProjectionWorker:
                         break
                     self.rows_read += 1
                     batch.append(te)
+                    decoded.append(self._decode_ahead(te))
                     if len(batch) >= self.settings.batch_size:
-                        await out.put(batch)
-                        batch = []
+                        await out.put((batch, decoded))
+                        batch, decoded = [], []
             if batch:
-                await out.put(batch)
+                await out.put((batch, decoded))
             await out.put(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the consumer raises it (a journal outage: retried)
             await out.put(exc)
 
-    async def _apply_durable(self, batch: list) -> None:
+    def _decode_ahead(self, te: Any) -> EventEnvelope | None:
+        if not self._mine(te.event.persistence_id):
+            return None
+        try:
+            return self._envelope(te.event, te.offset)
+        except Exception:  # delivery decodes it again: retried, then parked
+            return None
+
+    async def _apply_durable(
+        self, batch: list, decoded: list[EventEnvelope | None] | None = None
+    ) -> None:
+        """Deliver ``batch`` (tag rows; ``decoded``: their envelopes, where decoded ahead)."""
         async with self._apply:
             todo: list[_Item] = []
+            ahead: list[EventEnvelope | None] = []
             seen: dict[str, int] = {}
-            for te in batch:
+            for i, te in enumerate(batch):
                 pid, seq = te.event.persistence_id, te.event.sequence_nr
                 if not self._mine(pid) or self.offset is not None and te.offset <= self.offset:
                     continue  # another slice's, or handled (a reader re-reads for a follower)
@@ -369,8 +385,9 @@ class ProjectionWorker:
                     continue
                 seen[pid] = seq
                 todo.append((te.event, te.offset))
+                ahead.append(decoded[i] if decoded is not None else None)
             if todo:
-                await self._deliver(todo)
+                await self._deliver(todo, ahead)
             # events of other slices, duplicates and parked ones are done as soon as seen
             if self.offset is None or self.offset < batch[-1].offset:
                 self.offset = batch[-1].offset
@@ -462,12 +479,18 @@ class ProjectionWorker:
         self.handled += len(envs)
         self.last_event_timestamp = envs[-1].timestamp
 
-    async def _deliver(self, items: list[_Item]) -> None:
+    async def _deliver(
+        self, items: list[_Item], decoded: list[EventEnvelope | None] | None = None
+    ) -> None:
         """Apply ``items`` (the caller holds the apply lock; each aggregate's events in
-        order). Raises ``_Halted`` if halted during a retry."""
+        order; ``decoded``: their envelopes where decoded already). Raises ``_Halted`` if
+        halted during a retry."""
         if self._batching and len(items) > 1:
             try:
-                envs = [self._envelope(e, off) for e, off in items]
+                envs = [
+                    env if env is not None else self._envelope(e, off)
+                    for (e, off), env in zip(items, decoded or [None] * len(items), strict=True)
+                ]
                 with _NO_SPAN if not tracing.ENABLED else self._span([e for e, _ in items]):
                     await self.handler.handle_batch(envs)
                 self._done(envs)
@@ -480,19 +503,23 @@ class ProjectionWorker:
                     logging.WARNING,
                     f"batch of {len(items)} failed ({exc!r}); delivering one by one",
                 )
-        for e, off in items:
+            decoded = None  # one by one: each decoded again, its errors handled there
+        for i, (e, off) in enumerate(items):
             if e.persistence_id in self.parked:
                 self.parked.passed_over += 1
                 continue
-            await self._deliver_one(e, off)
+            await self._deliver_one(e, off, decoded[i] if decoded is not None else None)
 
-    async def _deliver_one(self, e: StoredEvent, offset: TagOffset | None) -> bool:
-        """Deliver one event with retries; park its aggregate after the last attempt.
-        True if applied, False if parked; raises ``_Halted``."""
+    async def _deliver_one(
+        self, e: StoredEvent, offset: TagOffset | None, decoded: EventEnvelope | None = None
+    ) -> bool:
+        """Deliver one event with retries (``decoded``: its envelope for the first attempt);
+        park its aggregate after the last attempt. True if applied, False if parked; raises
+        ``_Halted``."""
         s = self.settings
         for attempt in range(1, s.retry_attempts + 1):
             try:
-                env = self._envelope(e, offset)
+                env = decoded if decoded is not None and attempt == 1 else self._envelope(e, offset)
                 with _NO_SPAN if not tracing.ENABLED else self._span([e]):
                     if self._batching:
                         await self.handler.handle_batch([env])

@@ -226,3 +226,36 @@ async def test_a_view_store_outage_is_retried_from_the_offset_and_parks_nothing(
         assert set(view.applied.values()) == {1} and len(view.applied) == 4
     finally:
         await worker.stop()
+
+
+async def test_an_event_that_does_not_decode_parks_its_aggregate_only():
+    """Events are decoded as they are read, a batch ahead; one that does not decode is not
+    dropped there: delivery decodes it again, retries, and parks its aggregate at it, while
+    every other aggregate's events (decoded ahead) are applied exactly once."""
+    from datetime import UTC, datetime
+
+    from raysource.examples.seats import SeatReserved
+    from raysource.journal.api import StoredEvent
+    from raysource.journal.serialization import Serialization
+
+    journal, store, view = InMemoryJournal(), InMemoryOffsetStore(), MemoryView()
+    await write(journal, "p", ["a", "b"])
+    ser = Serialization()
+    SHOW.register_types(ser)
+    u = SHOW.persistence_id("u")
+    sid, manifest, payload = ser.encode(SeatReserved("A1", "a"), persistence_id=u, sequence_nr=1)
+    tags = frozenset({"show"})
+    now = datetime.now(UTC)
+    await journal.append([StoredEvent(u, 1, payload, manifest, sid, now, "t", tags)])
+    await journal.append([StoredEvent(u, 2, b"\xffnot a payload", manifest, sid, now, "t", tags)])
+    await write(journal, "q", ["a", "b", "c"])
+    p, q = SHOW.persistence_id("p"), SHOW.persistence_id("q")
+    worker = worker_on(journal, store, view)
+    await worker.boot()
+    await worker.start()
+    await until(lambda: len(worker.parked) == 1 and view.marks.get(q) == 3, 5, "a park")
+    st = await worker.status()
+    assert [(x["persistence_id"], x["sequence_nr"]) for x in st["parked"]] == [(u, 2)]
+    assert view.marks == {p: 2, u: 1, q: 3}
+    assert set(view.applied.values()) == {1} and len(view.applied) == 6
+    await worker.stop()

@@ -127,3 +127,40 @@ async def test_a_failure_part_way_leaves_a_prefix_and_a_redelivery_applies_the_r
     assert await rows() == fold(envs)
     counts = await writer.applied_counts()
     assert len(counts) == 36 and set(counts.values()) == {1}
+
+
+async def test_batches_are_bounded_in_bytes_and_events_and_stay_exactly_once(
+    session, cassandra_keyspace
+):
+    """A batch holds at most ``max_batch`` events and at most ``max_batch_bytes`` of bound
+    values (one event alone may be larger: it still lands); runs split that way still land
+    in order, exactly once, and a redelivery writes nothing."""
+    writer, items, rows = await make_view(
+        session,
+        cassandra_keyspace,
+        conflict_key=lambda e: (e.persistence_id, e.event.seat),
+        max_batch=12,
+        max_batch_bytes=400,
+    )
+    audit_id = (await session.prepare(writer.cql.audit)).query_id
+    sent: list[tuple[int, int]] = []  # per batch: (events, bytes of bound values)
+    execute_batch = session.execute_batch
+
+    async def recording(batch, **kw):
+        parts = batch._statements_and_parameters
+        events = sum(1 for _, query_id, _ in parts if query_id == audit_id)  # one per event
+        size = sum(len(v) for _, _, params in parts for v in params if isinstance(v, bytes))
+        sent.append((events, size))
+        return await execute_batch(batch, **kw)
+
+    session.execute_batch = recording
+    envs = stream([f"show|b{i}" for i in range(10)], 9)  # 90 events, 3 layers of 30
+    envs.insert(40, env("show|big", 1, SeatReserved("A1", "x" * 1000)))  # alone > 400 bytes
+    assert await writer.apply_batch(items(envs)) == 91
+    assert await rows() == fold(envs)
+    assert sum(e for e, _ in sent) == 91
+    assert all(e <= 12 and (size <= 400 or e == 1) for e, size in sent), sent
+    assert max(e for e, _ in sent) < 12, f"the bytes bound split them, not max_batch: {sent}"
+    assert await writer.apply_batch(items(envs)) == 0
+    counts = await writer.applied_counts()
+    assert len(counts) == 91 and set(counts.values()) == {1}
