@@ -246,7 +246,7 @@ async def test_rebuild_while_commands_arrive(config, ray_local, tmp_path) -> Non
                 "VALUES ('probe', 'x', 'Z9')"
             )
             assert await reservations_of(session, config.keyspace, "probe") == [("x", "Z9")]
-            assert "rolled back to version 1" in await versions.rollback(BASE)
+            assert "rolled back to version 1" in await versions.rollback(BASE, build, wait=120)
             assert await reservations_of(session, config.keyspace, "probe") == []
             await session.execute(
                 f"DELETE FROM {config.keyspace}.{view_table(2)} WHERE customer = 'probe'"
