@@ -329,18 +329,20 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local, monke
         )
         for i in ids
     }
-    for n in range(120):
-        i = ids[n % len(ids)]
-        await kits[i].arun(ReserveSeat(seat_label(n), f"cust{n % 5}"))
+    for n in range(96):  # seats A1.. of 100
+        assert (await kits[ids[n % len(ids)]].arun(ReserveSeat(seat_label(n), f"c{n}"))).events
     await asyncio.sleep(DELAY * 2)
     stop = asyncio.Event()
     during = 0
 
     async def writer() -> None:  # events written while the cut is read and the tasks read
         nonlocal during
-        n = 1000
+        n, late = 0, seat_label(99)
         while not stop.is_set():
-            await kits[ids[n % len(ids)]].arun(ReserveSeat(seat_label(n), "late"))
+            taken = (n // len(ids)) % 2 == 1
+            command = CancelReservation(late, "late") if taken else ReserveSeat(late, "late")
+            result = await kits[ids[n % len(ids)]].arun(command)
+            assert result.events, result
             n, during = n + 1, during + 1
             await asyncio.sleep(0.005)
 
