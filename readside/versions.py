@@ -384,7 +384,7 @@ class VersionControl:
         """Pause ``spec``'s workers, :func:`verify_at_marks`, resume them."""
         from raysource.journal.cassandra.journal import CassandraJournal
 
-        running = bool(self.control.handles(spec.name))
+        running = await self._running(spec.name)  # one paused by an operator stays paused
         if running:
             await self.control.pause(spec.name)
         try:
