@@ -39,6 +39,7 @@ journal indexes events by tag, not by type, so a type is read through a tag its 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import json
 import threading
@@ -178,11 +179,13 @@ def _datasource_class() -> type:
             data_context: Any = None,
         ) -> list[Any]:
             tasks = []
+            light = copy.copy(self)  # what a task carries: its own part, not every part
+            light._parts = None
             for part in self.parts():
                 meta = BlockMetadata(
                     num_rows=None, size_bytes=None, input_files=None, exec_stats=None
                 )
-                read = functools.partial(self._read, part)
+                read = _ReadFn(light, part)
                 tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
             return tasks
 
@@ -208,6 +211,18 @@ def _datasource_class() -> type:
                 loop.close()
 
     return _EventLogSource
+
+
+class _ReadFn:
+    """One read task's function: its part of the cut (Ray Data names a read function by its
+    ``__name__``, which a ``functools.partial`` lacks)."""
+
+    def __init__(self, source: Any, part: Part) -> None:
+        self.source, self.part = source, part
+        self.__name__ = f"read_events_part_{part.index}"
+
+    def __call__(self) -> Iterator[Any]:
+        return self.source._read(self.part)
 
 
 async def _next(blocks: AsyncGenerator[list[dict[str, Any]], None]) -> list[dict[str, Any]]:

@@ -364,6 +364,8 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local, monke
         source = EventLogSource(config, "rd", [tag_type], until=cut, slices=3)
         read_tasks = await loop.run_in_executor(None, source.get_read_tasks, 1)
         assert len(read_tasks) == 3 and len(cut_reads) == 1
+        for t in read_tasks:  # a task carries its own part, not every part; Ray Data names it
+            assert t.read_fn.source._parts is None and t.read_fn.__name__.startswith("read_")
 
         def no_tag_reads(*args, **kwargs):
             raise AssertionError("a read task read the tag")
