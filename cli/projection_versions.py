@@ -2,7 +2,7 @@
 
     raysource projection deploy NAME --version 2 [--workers 2] [--spec M:BUILDER]
     raysource projection switch NAME 2 [--wait S]
-    raysource projection rollback NAME
+    raysource projection rollback NAME [--wait S]
     raysource projection drop NAME --version 1
     raysource projection versions NAME
 
@@ -42,7 +42,7 @@ def add_version_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait",
         type=float,
         default=30.0,
-        help="switch: seconds to wait for the new version to catch up (default 30)",
+        help="switch/rollback: seconds to wait for the version made live to catch up (default 30)",
     )
 
 
@@ -68,6 +68,19 @@ def _version(text: Any, what: str) -> int:
     if version < 1:
         raise ConfigError(f"{what}: a version is >= 1, got {version}")
     return version
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data reports its executions on stderr (INFO lines, progress bars): the CLI's
+    output is its own lines (a failed backfill is the command's one error line)."""
+    import logging
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def projection_versions(args: argparse.Namespace, make_config: Callable[[], Any]) -> int:
@@ -98,6 +111,7 @@ def projection_versions(args: argparse.Namespace, make_config: Callable[[], Any]
         if args.action == "deploy":
             from raysource.data.backfill import deploy
 
+            _quiet_ray_data()
             done = await deploy(config, base, version, build, workers=args.workers, detached=True)
             return [
                 done.line(),
@@ -107,7 +121,7 @@ def projection_versions(args: argparse.Namespace, make_config: Callable[[], Any]
         if args.action == "switch":
             return [await control.switch(base, version, build, wait=args.wait)]
         if args.action == "rollback":
-            return [await control.rollback(base)]
+            return [await control.rollback(base, build, wait=args.wait)]
         if args.action == "drop":
             return [await control.drop(base, version, build)]
         alias, rows = await control.versions(base)

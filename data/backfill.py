@@ -4,9 +4,10 @@
 
 1. records the version (``backfilling``) and runs its handler's ``global_prepare`` (its tables);
 2. fixes a cut (:func:`~raysource.data.source.stable_cut`) and fills the view with every event
-   of the tag up to it: :func:`~raysource.data.source.read_events` (one read task per slice)
-   written by :func:`~raysource.data.sink.write_view`, ``workers`` tasks at a time (a task that
-   dies is retried; the view's watermarks make the retry apply only what is missing);
+   of the tag up to it: :func:`~raysource.data.source.read_events` (the cut read once, split
+   into one read task per slice) written by :func:`~raysource.data.sink.write_view`,
+   ``workers`` tasks at a time (a task that dies is retried; the view's watermarks make the
+   retry apply only what is missing);
 3. stores every worker's offset at the cut and starts the version's workers: they read the tag
    strictly after the cut (and the live path), so the bulk part and the live part meet without
    gap; the one overlap, a tag row the journal re-wrote, is applied once by the view;

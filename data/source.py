@@ -12,12 +12,17 @@ journal's visibility guarantee covers now) as Ray Data read tasks, one per (slic
   analytics; an aggregate's events may then span tasks (order per aggregate is still given by
   ``sequence_nr``), so a view write wants ``time_ranges=1``.
 
-Reads go through the journal's tag query (:meth:`Journal.events_by_tag`: stable rows only, the
-epoch-fenced log's readers' rules), never the tables. The cut is what makes a rebuild and its
-live stream meet: every event with an offset ``<= cut`` is in the dataset, every later one is
-after the cut, and a projection worker resumed at the cut reads exactly those (strictly after
-it). A tag row the journal re-wrote (a slow tag write, at-least-once) can appear in the dataset
-and again after the cut; an effectively-once view applies it once.
+The cut is **read once** (:mod:`raysource.data.cut`): the driver reads the tag's index up to
+the cut through the journal's tag query (:meth:`Journal.events_by_tag`: stable rows only, the
+epoch-fenced log's readers' rules) when the dataset is planned, and splits it among the read
+tasks as runs of sequence numbers per aggregate, which each task reads from the aggregates' own
+logs (:meth:`Journal.replay`), never the tag. The tasks' union is every aggregate's events of
+the tag up to the cut, each once, in order per aggregate (``raysource events`` lists the same).
+The cut is what makes a rebuild and its live stream meet: an event whose tag offset is after
+the cut (written during the read, say) is not in the dataset, and a projection worker resumed
+at the cut reads exactly those (strictly after it). A tag row the journal re-wrote (a slow tag
+write, at-least-once) can put an event in the dataset and again after the cut; an
+effectively-once view applies it once.
 
 Rows (Arrow blocks): ``persistence_id``, ``sequence_nr``, ``timestamp`` (the writer's clock,
 UTC), ``offset_us`` (tag-write time, the offset's first field), ``tag``, ``slice``,
@@ -34,23 +39,22 @@ journal indexes events by tag, not by type, so a type is read through a tag its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import copy
 import functools
 import json
 import threading
 import time
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from raysource.journal.api import TaggedEvent, TagOffset
+from raysource.data.cut import Part, read_chunks, read_cut, split_cut
+from raysource.journal.api import StoredEvent, TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.errors import ConfigError, JournalUnavailableError
+from raysource.journal.errors import ConfigError
 from raysource.journal.serialization import Serialization
-from raysource.readside.projections import slice_of
-from raysource.runtime.aggregate import AggregateType, split_persistence_id
+from raysource.runtime.aggregate import AggregateType
 
 __all__ = ["EventLogSource", "read_events", "stable_cut", "BASE_COLUMNS"]
 
@@ -63,7 +67,6 @@ BASE_COLUMNS = (
     "slice",
     "event_type",
 )
-_READ_ATTEMPTS = 8  # store errors in a row a read task rides out (then it fails)
 RAW_COLUMNS = ("serializer_id", "manifest", "payload", "part", "part_row")
 
 
@@ -74,18 +77,6 @@ def stable_cut(config: CassandraConfig) -> TagOffset:
     with a fresh, later offset)."""
     now_us = time.time_ns() // 1000
     return TagOffset(now_us - int(config.eventual_consistency_delay * 1_000_000), "", 0)
-
-
-@dataclass(frozen=True)
-class _Part:
-    """One read task (number ``index``): slices ``slices`` of ``n_slices``, offsets in
-    ``(lo, hi]``."""
-
-    index: int
-    slices: tuple[int, ...]
-    n_slices: int
-    lo: TagOffset
-    hi: TagOffset
 
 
 def _serialization(types: Sequence[AggregateType]) -> Serialization:
@@ -163,6 +154,7 @@ def _datasource_class() -> type:
             self.until, self.after = until, after
             self.slices, self.time_ranges = slices, time_ranges
             self.aggregate_type, self.raw, self.block_rows = aggregate_type, raw, block_rows
+            self._parts: list[Part] | None = None
 
         def get_name(self) -> str:
             return "Events"
@@ -170,25 +162,15 @@ def _datasource_class() -> type:
         def estimate_inmemory_data_size(self) -> int | None:
             return None
 
-        def parts(self) -> list[_Part]:
-            lo = self.after or TagOffset(-1, "", 0)
-            first = _run(_first_offset(self.config, self.tag, lo))
-            if first is not None and first > lo:
-                lo = TagOffset(first.timestamp_us - 1, "", 0)
-            width = max(1, (self.until.timestamp_us - lo.timestamp_us) // self.time_ranges)
-            bounds = [lo]
-            for i in range(1, self.time_ranges):
-                b = TagOffset(lo.timestamp_us + i * width, "", 0)
-                if bounds[-1] < b < self.until:
-                    bounds.append(b)
-            bounds.append(self.until)
-            ranges = [(bounds[j], bounds[j + 1]) for j in range(len(bounds) - 1)]
-            return [
-                _Part(i, (k,), self.slices, lo, hi)
-                for i, (k, (lo, hi)) in enumerate(
-                    (k, r) for k in range(self.slices) for r in ranges
+        def parts(self) -> list[Part]:
+            """The read tasks' parts: the cut read once (here, in the driver, the first time
+            it is asked), split by slice and time range (:mod:`raysource.data.cut`)."""
+            if self._parts is None:
+                index = _run(
+                    read_cut(self.config, self.tag, self.after, self.until, self.aggregate_type)
                 )
-            ]
+                self._parts = split_cut(index, self.slices, self.time_ranges)
+            return self._parts
 
         def get_read_tasks(
             self,
@@ -197,15 +179,17 @@ def _datasource_class() -> type:
             data_context: Any = None,
         ) -> list[Any]:
             tasks = []
+            light = copy.copy(self)  # what a task carries: its own part, not every part
+            light._parts = None
             for part in self.parts():
                 meta = BlockMetadata(
                     num_rows=None, size_bytes=None, input_files=None, exec_stats=None
                 )
-                read = functools.partial(self._read, part)
+                read = _ReadFn(light, part)
                 tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
             return tasks
 
-        def _read(self, part: _Part) -> Iterator[Any]:
+        def _read(self, part: Part) -> Iterator[Any]:
             # the reads run on an event loop of their own thread: the consumer of the blocks
             # may be inside an event loop (a fused write task applying them asynchronously)
             loop = asyncio.new_event_loop()
@@ -229,6 +213,18 @@ def _datasource_class() -> type:
     return _EventLogSource
 
 
+class _ReadFn:
+    """One read task's function: its part of the cut (Ray Data names a read function by its
+    ``__name__``, which a ``functools.partial`` lacks)."""
+
+    def __init__(self, source: Any, part: Part) -> None:
+        self.source, self.part = source, part
+        self.__name__ = f"read_events_part_{part.index}"
+
+    def __call__(self) -> Iterator[Any]:
+        return self.source._read(self.part)
+
+
 async def _next(blocks: AsyncGenerator[list[dict[str, Any]], None]) -> list[dict[str, Any]]:
     return await blocks.__anext__()
 
@@ -246,84 +242,37 @@ def _run(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def _first_offset(config: CassandraConfig, tag: str, after: TagOffset) -> TagOffset | None:
+async def _read_part(src: Any, part: Part) -> AsyncGenerator[list[dict[str, Any]], None]:
+    """The rows of one read task, in blocks of ``block_rows``: its chunks' events, read from
+    the aggregates' logs (:func:`~raysource.data.cut.read_chunks`; never the tag)."""
     from raysource.journal.cassandra.journal import CassandraJournal
 
-    journal = await CassandraJournal.connect(config)
+    ser = _serialization(src.types)
+    n = 0  # rows of this part so far (part_row: a view write checks it got the part whole)
+    rows: list[dict[str, Any]] = []
+    journal = await CassandraJournal.connect(src.config)
     try:
-        async with contextlib.aclosing(journal.events_by_tag(tag, after, limit=1)) as rows:
-            async for te in rows:
-                return te.offset
-        return None
+        async for chunk, events in read_chunks(journal, src.tag, part.chunks):
+            for e in events:
+                row = _row(src, part, ser, e, chunk.offset_of(e.sequence_nr))
+                if src.raw:
+                    row.update(part=part.index, part_row=n)
+                n += 1
+                rows.append(row)
+                if len(rows) >= src.block_rows:
+                    yield rows
+                    rows = []
+        if rows:
+            yield rows
     finally:
         await journal.close()
 
 
-async def _read_part(src: Any, part: _Part) -> AsyncGenerator[list[dict[str, Any]], None]:
-    """The rows of one read task, in blocks of ``block_rows``: events of the part's slices
-    with offsets in ``(lo, hi]``, deduplicated by (persistence id, sequence number). A store
-    error (``JournalUnavailableError``) resumes the tag query after the last row read, with
-    backoff, up to ``_READ_ATTEMPTS`` times in a row."""
-    from raysource.journal.cassandra.journal import CassandraJournal
-
-    ser = _serialization(src.types)
-    wanted = frozenset(part.slices)
-    last: dict[str, int] = {}
-    n = 0  # rows of this part so far (part_row: a view write checks it got the part whole)
-    position, failures = part.lo, 0
-    rows: list[dict[str, Any]] = []
-    journal = None
-    try:
-        while True:
-            try:
-                if journal is None:
-                    journal = await CassandraJournal.connect(src.config)
-                async with contextlib.aclosing(journal.events_by_tag(src.tag, position)) as tagged:
-                    async for te in tagged:
-                        if te.offset > part.hi:
-                            break
-                        position, failures = te.offset, 0
-                        row = _row(src, part, ser, te, wanted, last)
-                        if row is None:
-                            continue
-                        if src.raw:
-                            row.update(part=part.index, part_row=n)
-                        n += 1
-                        rows.append(row)
-                        if len(rows) >= src.block_rows:
-                            yield rows
-                            rows = []
-                break
-            except JournalUnavailableError:
-                failures += 1
-                if failures >= _READ_ATTEMPTS:
-                    raise
-                await asyncio.sleep(min(0.2 * 2**failures, 5.0))
-        if rows:
-            yield rows
-    finally:
-        if journal is not None:
-            await journal.close()
-
-
 def _row(
-    src: Any,
-    part: _Part,
-    ser: Serialization,
-    te: TaggedEvent,
-    wanted: frozenset[int],
-    last: dict[str, int],
-) -> dict[str, Any] | None:
-    """The dataset row of one tag row (None: another task's slice, another aggregate type, or
-    a re-written tag row already read)."""
-    e = te.event
+    src: Any, part: Part, ser: Serialization, e: StoredEvent, offset_us: int
+) -> dict[str, Any]:
+    """The dataset row of one event."""
     pid, seq = e.persistence_id, e.sequence_nr
-    k = slice_of(pid, part.n_slices)
-    if k not in wanted or seq <= last.get(pid, 0):
-        return None
-    if src.aggregate_type and split_persistence_id(pid)[0] != src.aggregate_type:
-        return None
-    last[pid] = seq
     obj = ser.decode(
         e.serializer_id, e.manifest, bytes(e.payload), persistence_id=pid, sequence_nr=seq
     )
@@ -331,9 +280,9 @@ def _row(
         "persistence_id": pid,
         "sequence_nr": seq,
         "timestamp": e.timestamp,
-        "offset_us": te.offset.timestamp_us,
+        "offset_us": offset_us,
         "tag": src.tag,
-        "slice": k,
+        "slice": part.slice,
         "event_type": type(obj).__name__,
     }
     row.update(_fields(obj))

@@ -9,14 +9,16 @@ persistence id and sequence number): whichever version, worker or redelivery get
 first runs it, nobody runs it again. Claim-then-run is at most once: a process that dies
 between the claim and the effect loses that effect (the claim row names the version).
 
-**Held back**: a version that is not live (deployed beside the live one, backfilling) runs
-none. On ``switch``, :func:`release` runs the held effects of the new live version: the events
-after its deploy cut it applied (up to its watermarks) that nobody claimed (events up to the
-cut were the previous live version's). Bulk backfill (``raysource.data``) never runs effects.
-A worker reads the alias after applying a run of events: a "not live" answer is never
-cached (so a version just switched to runs the effects of everything it applies after the
-switch's release read its watermarks), a "live" one for ``LIVE_CACHE_S`` seconds (a version
-switched away from may still claim for that long; the claims keep that to once).
+**Held back**: a version that is not live (deployed beside the live one, backfilling,
+standing by after a switch) runs none; bulk backfill (``raysource.data``) never runs effects.
+The alias moves (switch, rollback) in a **handover** (:mod:`raysource.readside.versions`):
+the old live version paused, the new one paused once it applied everything the old one did;
+the old version *handled* the events up to its watermarks (their effects are its own, what
+the new one held for them is discarded), and :func:`release` runs the new version's held
+effects of the events it applied beyond the old version's watermarks. A worker reads the
+alias after applying a run of events: a "not live" answer is never cached, a "live" one for
+``LIVE_CACHE_S`` seconds and never across a pause (a resumed worker reads the alias again),
+so both sides of a handover see the move as soon as they resume.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import contextlib
 import time
 from typing import Any
 
-from raysource.journal.api import Journal, TagOffset
+from raysource.journal.api import Journal, StoredEvent, TagOffset
 from raysource.journal.cassandra.readside_statements import EffectStatements
 from raysource.readside.projections import EventEnvelope, ProjectionHandler, ProjectionSpec
 from raysource.readside.versions import live_version, split_version
@@ -51,6 +53,10 @@ class SideEffects:
         self.cql = EffectStatements(keyspace) if session is not None else None
         self._live, self._checked = False, -LIVE_CACHE_S
         self.ran = self.held = self.claimed_elsewhere = 0
+
+    def recheck(self) -> None:
+        """Read the alias again before the next effect (a worker resumed after a pause)."""
+        self._live, self._checked = False, -LIVE_CACHE_S
 
     async def live(self) -> bool:
         if self.session is None:
@@ -93,29 +99,45 @@ async def release(
     handler: ProjectionHandler,
     session: Any,
     keyspace: str,
+    handled: dict[str, int] | None,
+    applied: dict[str, int] | None,
     cut: TagOffset | None,
 ) -> int:
-    """Run the held effects of ``spec``'s version, just made live: events of its tag after
-    ``cut`` (None: none are held) up to its watermarks that nobody claimed. Returns how many
-    ran."""
-    if not declares_side_effects(handler) or cut is None:
+    """Run the held effects of ``spec``'s version, just made live (paused): the events of
+    its tag it ``applied`` (its watermarks) beyond what the previous live version ``handled``
+    (that version's watermarks, with it paused), each claimed first. Returns how many ran.
+
+    A handler without watermarks (``applied_marks`` None, on either side): the events after
+    ``cut`` (the version's deploy cut; None: none) nobody claimed."""
+    if not declares_side_effects(handler):
         return 0
-    await handler.prepare()
-    marks = await handler.applied_marks() or {}
     effects = SideEffects(handler, spec.name, session, keyspace)
     ser = spec.serialization()
+
+    async def run(e: StoredEvent, offset: TagOffset | None) -> None:
+        obj = ser.decode(
+            e.serializer_id,
+            e.manifest,
+            bytes(e.payload),
+            persistence_id=e.persistence_id,
+            sequence_nr=e.sequence_nr,
+        )
+        await effects.run_once(
+            EventEnvelope(obj, e.persistence_id, e.sequence_nr, e.timestamp, offset, spec.tag)
+        )
+
+    if handled is not None and applied is not None:
+        for pid, upto in sorted(applied.items()):
+            if upto > handled.get(pid, 0):
+                async for e in journal.replay(pid, handled.get(pid, 0) + 1, upto):
+                    if spec.tag in e.tags:
+                        await run(e, None)
+        return effects.ran
+    if cut is None:
+        return 0
+    marks = applied or {}
     async with contextlib.aclosing(journal.events_by_tag(spec.tag, cut)) as rows:
         async for te in rows:
-            e = te.event
-            if e.sequence_nr > marks.get(e.persistence_id, 0):
-                continue  # not applied yet: the worker runs it when it applies it
-            obj = ser.decode(
-                e.serializer_id,
-                e.manifest,
-                bytes(e.payload),
-                persistence_id=e.persistence_id,
-                sequence_nr=e.sequence_nr,
-            )
-            env = EventEnvelope(obj, e.persistence_id, e.sequence_nr, e.timestamp, te.offset)
-            await effects.run_once(env)
+            if te.event.sequence_nr <= marks.get(te.event.persistence_id, 0):
+                await run(te.event, te.offset)
     return effects.ran

@@ -22,7 +22,18 @@ of ``projection_versions`` (one row read per query, :func:`live_version`; 1 unti
   The alias moves with one conditional update (``IF live = <the version checked>``), so every
   reader reads either the old or the new version, never a mix, and two racing switches cannot
   both win.
-* ``rollback`` moves the alias back to the previous version (no gate: it kept following).
+* ``rollback`` moves the alias back to the previous version (no verify: it kept following).
+
+**Handover** (switch and rollback; :mod:`raysource.readside.effects`): the alias moves from the
+live version ``O`` to ``N`` with ``O`` paused (its effects done) and ``N`` paused once it has
+applied everything ``O`` applied (by their views' watermarks, ``applied_marks``; waited for,
+else refused, alias unchanged). ``O`` *handled* the events up to its watermarks: their effects
+are ``O``'s (run, or none if ``O`` declares none), and ``N`` discards what it held for them. The
+events ``N`` applied beyond ``O``'s watermarks, which ``O`` never applied, are ``N``'s: it runs
+their held effects before both resume. So after a rollback what the rolled-back version held
+is discarded, and what the restored version held while standing by (events the other never
+applied) runs. The live version is paused only for the catch-up wait, the alias move and that
+release (its view stops advancing meanwhile; readers keep reading it).
 * ``drop`` stops a version that is not live, drops its tables (``handler.drop``) and forgets
   its offsets.
 """
@@ -210,6 +221,13 @@ async def verify_at_marks(
     )
 
 
+HANDOVER_GRACE_S = 5.0  # a following version gets this long to apply what is in flight
+
+
+def _grace() -> float:
+    return time.monotonic() + HANDOVER_GRACE_S
+
+
 def _offset(status: dict[str, Any]) -> TagOffset:
     return offset_from_str(str(status.get("offset") or "start")) or TagOffset.start()
 
@@ -279,39 +297,94 @@ class VersionControl:
                 f"projection {base!r}: version {version} does not verify "
                 f"({len(problems)} problem(s), first: {problems[0]}); not switched"
             )
-        async with CassandraSession(self.config) as session:
-            registry = await self._registry(session)
-            if not await registry.move(base, version, alias):
-                raise SwitchRefusedError(
-                    f"projection {base!r}: the live version changed while switching "
-                    f"(another switch won); not switched"
-                )
-            await registry.set_state(base, version, "live")
-            await registry.set_state(base, alias.live, "standby")
-            cut = next((r.cut for r in await registry.versions(base) if r.version == version), None)
-            released = await self._release(new, session, cut)
+        released = await self._handover(base, alias, old, new, max(deadline, _grace()))
         held = f"; {released} held side effect(s) run" if released else ""
         return (
             f"{base}: version {version} is live{held} (was {alias.live}; verified {report.events} "
             f"events of {report.aggregates} aggregates, 0 missed, 0 applied twice)"
         )
 
-    async def _release(
-        self, spec: ProjectionSpec, session: CassandraSession, cut: TagOffset | None
+    async def _running(self, name: str) -> bool:
+        """Whether projection ``name`` has workers running here (not paused or stopped)."""
+        if not self.control.handles(name):
+            return False
+        states = [str(s.get("state")) for s in await self.control.status(name)]
+        return any(s in ("running", "parked") for s in states)
+
+    async def _handover(
+        self, base: str, alias: Alias, old: ProjectionSpec, new: ProjectionSpec, deadline: float
     ) -> int:
-        """Run the held side effects of ``spec``, just made live (readside.effects.release)."""
+        """Move the alias from ``old`` (live) to ``new`` and hand the side effects over
+        (module docstring, "Handover"); returns how many held effects ``new`` ran.
+        ``SwitchRefusedError`` (alias unchanged) if ``new`` has not applied everything ``old``
+        has by ``deadline``. Both versions are left running or paused as they were."""
         from raysource.journal.cassandra.journal import CassandraJournal
         from raysource.readside.effects import release
 
-        journal = CassandraJournal(session, self.config)
-        handler = spec.handler_factory(session, self.config)
-        return await release(spec, journal, handler, session, self.config.keyspace, cut)
+        _, version = split_version(new.name)
+        old_running = await self._running(old.name)
+        new_running = False
+        if old_running:
+            await self.control.pause(old.name)
+        try:
+            async with CassandraSession(self.config) as session:
+                old_handler = old.handler_factory(session, self.config)
+                new_handler = new.handler_factory(session, self.config)
+                await old_handler.prepare()
+                await new_handler.prepare()
+                old_marks = await old_handler.applied_marks()
+                while old_marks is not None:
+                    marks = await new_handler.applied_marks() or {}
+                    late = [(p, marks.get(p, 0), s) for p, s in old_marks.items()]
+                    late = sorted(x for x in late if x[1] < x[2])
+                    if not late:
+                        break
+                    if time.monotonic() >= deadline:
+                        pid, at, want = late[0]
+                        raise SwitchRefusedError(
+                            f"projection {base!r}: version {version} is behind version "
+                            f"{alias.live} on {len(late)} aggregate(s) (first: {pid} at "
+                            f"#{at}, version {alias.live} at #{want}); not switched: wait "
+                            f"until it caught up or pass --wait SECONDS"
+                        )
+                    await asyncio.sleep(0.2)
+                new_running = await self._running(new.name)
+                if new_running:  # quiet: what it applied so far is what it held
+                    await self.control.pause(new.name)
+                new_marks = await new_handler.applied_marks()
+                registry = await self._registry(session)
+                if not await registry.move(base, version, alias):
+                    raise SwitchRefusedError(
+                        f"projection {base!r}: the live version changed while switching "
+                        f"(another switch won); not switched"
+                    )
+                await registry.set_state(base, version, "live")
+                await registry.set_state(base, alias.live, "standby")
+                cut = next(
+                    (r.cut for r in await registry.versions(base) if r.version == version), None
+                )
+                journal = CassandraJournal(session, self.config)
+                return await release(
+                    new,
+                    journal,
+                    new_handler,
+                    session,
+                    self.config.keyspace,
+                    old_marks,
+                    new_marks,
+                    cut,
+                )
+        finally:
+            if new_running:
+                await self.control.resume(new.name)
+            if old_running:
+                await self.control.resume(old.name)
 
     async def _verify_paused(self, spec: ProjectionSpec) -> VerifyReport:
         """Pause ``spec``'s workers, :func:`verify_at_marks`, resume them."""
         from raysource.journal.cassandra.journal import CassandraJournal
 
-        running = bool(self.control.handles(spec.name))
+        running = await self._running(spec.name)  # one paused by an operator stays paused
         if running:
             await self.control.pause(spec.name)
         try:
@@ -324,24 +397,27 @@ class VersionControl:
             if running:
                 await self.control.resume(spec.name)
 
-    async def rollback(self, base: str) -> str:
-        """Point the alias back at the previous version."""
+    async def rollback(self, base: str, build: SpecBuilder, *, wait: float = 0.0) -> str:
+        """Point the alias back at the previous version (no verify: it kept following; it
+        must have applied everything the live version has, waited for up to ``wait`` s), and
+        hand the side effects back (module docstring, "Handover")."""
         async with CassandraSession(self.config) as session:
             registry = await self._registry(session)
             alias = await registry.alias(base)
             states = {r.version: r.state for r in await registry.versions(base)}
-            if alias.previous is None:
-                raise ProjectionError(f"projection {base!r}: no previous version to roll back to")
-            if states.get(alias.previous) == "dropped":
-                raise ProjectionError(
-                    f"projection {base!r}: version {alias.previous} was dropped; "
-                    "cannot roll back to it"
-                )
-            if not await registry.move(base, alias.previous, alias):
-                raise ProjectionError(f"projection {base!r}: the live version changed meanwhile")
-            await registry.set_state(base, alias.previous, "live")
-            await registry.set_state(base, alias.live, "standby")
-        return f"{base}: rolled back to version {alias.previous} (was {alias.live})"
+        if alias.previous is None:
+            raise ProjectionError(f"projection {base!r}: no previous version to roll back to")
+        if states.get(alias.previous) == "dropped":
+            raise ProjectionError(
+                f"projection {base!r}: version {alias.previous} was dropped; cannot roll back to it"
+            )
+        old = build_version(build, base, alias.live)
+        new = build_version(build, base, alias.previous)
+        released = await self._handover(
+            base, alias, old, new, max(time.monotonic() + wait, _grace())
+        )
+        held = f"; {released} held side effect(s) run" if released else ""
+        return f"{base}: rolled back to version {alias.previous} (was {alias.live}){held}"
 
     async def drop(self, base: str, version: int, build: SpecBuilder) -> str:
         """Stop version ``version`` (not the live one), drop its tables, forget its offsets."""

@@ -230,6 +230,7 @@ class ProjectionWorker:
             self._prepared = True
         self._halt.clear()
         self.error = ""
+        self.effects.recheck()  # the alias may have moved while it was paused
         self.state = "running"
         await self.store.set_state(self.spec.name, self.key, "running", "")
         loop = asyncio.get_running_loop()

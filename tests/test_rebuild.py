@@ -7,8 +7,10 @@ the event log read as a Ray Dataset (real Ray, real Cassandra).
   reader, version 1 is dropped; a reader queries through the alias the whole time and never
   sees an empty or partial answer; version 2 verifies with 0 missed and 0 applied twice.
 * ``test_read_events_matches_the_journal_at_a_cut``: ``read_events`` on a tag, while events
-  keep being written, has every event up to its cut (as ``raysource events`` lists them, in
-  order per aggregate) and none after it; every other event is after the cut.
+  keep being written, reads the cut once (planning) and splits it among its read tasks, which
+  never read the tag; their union has every event up to the cut of every aggregate (as
+  ``raysource events`` lists them, in order per aggregate, none twice, each aggregate in one
+  task) and none after it; every other event is after the cut (never lost).
 """
 
 from __future__ import annotations
@@ -246,7 +248,7 @@ async def test_rebuild_while_commands_arrive(config, ray_local, tmp_path) -> Non
                 "VALUES ('probe', 'x', 'Z9')"
             )
             assert await reservations_of(session, config.keyspace, "probe") == [("x", "Z9")]
-            assert "rolled back to version 1" in await versions.rollback(BASE)
+            assert "rolled back to version 1" in await versions.rollback(BASE, build, wait=120)
             assert await reservations_of(session, config.keyspace, "probe") == []
             await session.execute(
                 f"DELETE FROM {config.keyspace}.{view_table(2)} WHERE customer = 'probe'"
@@ -307,7 +309,11 @@ async def _until(pred, what: str, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> None:
+async def test_read_events_matches_the_journal_at_a_cut(config, ray_local, monkeypatch) -> None:
+    import pyarrow as pa
+
+    import raysource.data.source as source_module
+    from raysource.data.source import EventLogSource
     from raysource.ops import inspect as ins
 
     tag_type = dataclasses.replace(SHOW, name=f"rd{uuid.uuid4().hex[:6]}", tagger=_Tag("rd"))
@@ -323,23 +329,60 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> No
         )
         for i in ids
     }
-    for n in range(120):
-        i = ids[n % len(ids)]
-        await kits[i].arun(ReserveSeat(seat_label(n), f"cust{n % 5}"))
+    for n in range(96):  # seats A1.. of 100
+        assert (await kits[ids[n % len(ids)]].arun(ReserveSeat(seat_label(n), f"c{n}"))).events
     await asyncio.sleep(DELAY * 2)
     stop = asyncio.Event()
+    during = 0
 
-    async def writer() -> None:  # events written while the dataset is read
-        n = 1000
+    async def writer() -> None:  # events written while the cut is read and the tasks read
+        nonlocal during
+        n, late = 0, seat_label(99)
         while not stop.is_set():
-            await kits[ids[n % len(ids)]].arun(ReserveSeat(seat_label(n), "late"))
-            n += 1
+            taken = (n // len(ids)) % 2 == 1
+            command = CancelReservation(late, "late") if taken else ReserveSeat(late, "late")
+            result = await kits[ids[n % len(ids)]].arun(command)
+            assert result.events, result
+            n, during = n + 1, during + 1
             await asyncio.sleep(0.005)
 
+    loop = asyncio.get_running_loop()
     task = asyncio.create_task(writer())
     try:
+        while during < 5:
+            await asyncio.sleep(0.05)
         cut = stable_cut(config)
-        loop = asyncio.get_running_loop()
+        # the cut is read once (planning, here), the read tasks never read the tag
+        cut_reads = []
+        read_cut = source_module.read_cut
+
+        async def counted(*args, **kwargs):
+            cut_reads.append(args)
+            return await read_cut(*args, **kwargs)
+
+        monkeypatch.setattr(source_module, "read_cut", counted)
+        source = EventLogSource(config, "rd", [tag_type], until=cut, slices=3)
+        read_tasks = await loop.run_in_executor(None, source.get_read_tasks, 1)
+        assert len(read_tasks) == 3 and len(cut_reads) == 1
+        for t in read_tasks:  # a task carries its own part, not every part; Ray Data names it
+            assert t.read_fn.source._parts is None and t.read_fn.__name__.startswith("read_")
+
+        def no_tag_reads(*args, **kwargs):
+            raise AssertionError("a read task read the tag")
+
+        monkeypatch.setattr(CassandraJournal, "events_by_tag", no_tag_reads)
+
+        def run_tasks() -> list[list[tuple[str, int, int]]]:
+            out = []
+            for t in read_tasks:
+                blocks = [b for b in t() if b.num_rows]
+                rows = pa.concat_tables(blocks).to_pylist() if blocks else []
+                out.append([(r["persistence_id"], r["sequence_nr"], r["offset_us"]) for r in rows])
+            return out
+
+        per_task = await loop.run_in_executor(None, run_tasks)
+        monkeypatch.undo()
+        # through Ray Data, split by slice and time range
         ds = read_events(config, "rd", [tag_type], until=cut, slices=3, time_ranges=2)
         table = await loop.run_in_executor(None, ds.to_pandas)
         await asyncio.sleep(DELAY * 2)
@@ -348,6 +391,14 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> No
         await task
     await asyncio.sleep(DELAY * 2)
     assert len(table) > 0 and (table["offset_us"] <= cut.timestamp_us).all()
+    tasks_rows = [r for rows in per_task for r in rows]
+    assert all(off <= cut.timestamp_us for _, _, off in tasks_rows)
+    pids_of = [{pid for pid, _, _ in rows} for rows in per_task]
+    assert sum(len(p) for p in pids_of) == len(set().union(*pids_of)) == len(ids)  # split
+    union = [(pid, seq) for pid, seq, _ in tasks_rows]
+    assert len(union) == len(set(union)), "an event read twice"
+    ray_rows = list(zip(table["persistence_id"], table["sequence_nr"], strict=True))
+    assert len(ray_rows) == len(set(ray_rows)) and set(ray_rows) == set(union)
     # a view write refuses a dataset whose read tasks reach it reordered (never out of order)
     spec = reservations_projection(f"rd-view-{uuid.uuid4().hex[:4]}", version=7)
     spec = dataclasses.replace(spec, tag="rd", aggregate_types=(tag_type,))
@@ -364,7 +415,8 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> No
     async with contextlib.aclosing(journal.events_by_tag("rd", cut)) as rows:
         async for te in rows:
             after.setdefault(te.event.persistence_id, []).append(te.event.sequence_nr)
-    for i in random.Random(7).sample(ids, 6):  # sampled aggregates, as `raysource events`
+    assert sum(len(v) for v in after.values()) > 0  # some were written after the cut
+    for i in ids:  # every aggregate, as `raysource events` lists it
         pid = tag_type.persistence_id(i)
         logged = [
             (e.sequence_nr, e.event.seat)
@@ -372,6 +424,7 @@ async def test_read_events_matches_the_journal_at_a_cut(config, ray_local) -> No
         ]
         mine = got.get(pid, [])
         assert mine == logged[: len(mine)], pid  # same events, same order, a prefix
+        assert [s for p, s in union if p == pid] == [s for s, _ in mine], pid  # in order
         rest = [seq for seq, _ in logged[len(mine) :]]
         assert sorted(set(after.get(pid, []))) == rest, pid  # the rest after the cut: none lost
         assert not set(after.get(pid, [])) & {s for s, _ in mine}, pid  # none twice
