@@ -10,7 +10,8 @@ benchmark whose Ray instance did not start within Ray's fixed 30 s (a busy machi
 more, and the output says so; any other failure is final.
 
 ``--tiny``: every benchmark with tiny parameters (a second or two of load, small counts): the
-smoke run of ``tests/test_benchmarks_smoke.py``; its figures prove the benchmark runs, not how
+smoke run of ``tests/project/test_benchmarks_smoke.py``; its figures prove the benchmark runs,
+not how
 fast anything is. ``--only peer`` (not in the default set: ``make peer-bench`` runs it for real,
 15-25 min) adds the Pekko peer benchmark (needs ``java`` and ``mvn``).
 """

@@ -3,7 +3,7 @@
 The public API. ``import raysource`` is cheap and Ray-free; the names that need Ray (``System``,
 ``EntityRef``) load it on first access.
 
-Layers (imports go one way, down; ``tests/test_layers.py`` checks it)::
+Layers (imports go one way, down; ``tests/project/test_layers.py`` checks it)::
 
     raysource.cli        the ``raysource`` command line: argument parsing and printing only
     raysource.loadtest   load test (workloads, clients, report, consistency check), demo, serve
@@ -78,7 +78,8 @@ __all__ = [
     *_errors,
 ]
 
-if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs (tests/test_static_tools.py)
+# the lazy names below, for type checkers and IDEs (tests/project/test_static_tools.py)
+if TYPE_CHECKING:
     from raysource.journal.cassandra.config import CassandraConfig
     from raysource.runtime.actors.refs import EntityRef
     from raysource.sharding.system import System

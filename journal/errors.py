@@ -157,7 +157,8 @@ class PayloadTooLargeError(SerializationError, NotAppliedError):
     """The encoded payload exceeds the configured size limit; nothing was written."""
 
 
-# Written out so type checkers see the names ``raysource.errors`` re-exports; tests/test_rooms.py
+# Written out so type checkers see the names ``raysource.errors`` re-exports;
+# tests/project/test_rooms.py
 # checks it lists every error class of this module.
 __all__ = [
     "ConcurrentWriteError",

@@ -18,7 +18,8 @@ background by a cleaner (the Cassandra one: :mod:`raysource.journal.cassandra.re
   that snapshot and replays only what followed it; an aggregate not yet final keeps everything,
   and so do the events stored after a purge until another final event follows them.
 
-What a cleaner never deletes, whatever the policy (the rules ``tests/test_retention_*`` check):
+What a cleaner never deletes, whatever the policy (the rules ``tests/journal/test_retention_*``
+and ``tests/faults/test_retention_faults.py`` check):
 
 1. an event above the mark a policy computes (``KeepFromSnapshot``: the ``k``-th newest
    snapshot; ``KeepUntilFinal``: the newest snapshot, at or after the final event), nor that

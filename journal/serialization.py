@@ -62,7 +62,7 @@ So decoding never asks msgspec to look a class up: each registered class gets on
 ``msgspec.json.Decoder`` per process (built on first use), and right after building it the
 cache attribute is removed again from every class the decoder reaches (nested dataclasses,
 enums, TypedDicts, NamedTuples); the decoder keeps its own compiled copy. Encoding leaves no
-cache. Both hold for any number of encodes and decodes (``tests/test_types_anywhere.py``).
+cache. Both hold for any number of encodes and decodes (``tests/project/test_types_anywhere.py``).
 String annotations (``from __future__ import annotations``) would not resolve in a process
 that received the class by value (its module is not there), so ``register`` (and
 ``AggregateType``, for the classes it declares) replaces them by the objects they name while the

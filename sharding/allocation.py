@@ -5,7 +5,7 @@ type** (a node's count of shards of the shard's type), then by total shards on t
 by node id: every type spreads evenly over the nodes on its own (types differ in traffic), ties
 are broken deterministically so every replay of the same decisions gives the same table.
 
-Guarantees (checked by property tests in ``tests/test_allocation.py``):
+Guarantees (checked by property tests in ``tests/sharding/test_allocation.py``):
 
 * ``allocate`` returns a live node, the least loaded one for that shard's type.
 * ``rebalance`` moves at most ``max_moves`` shards, only between live nodes, only while some

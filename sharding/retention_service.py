@@ -6,7 +6,8 @@ Opt in with ``System.start(..., retention=RetentionSettings())`` (Cassandra stor
 actor is named ``<system>:retention`` and created get-or-create, so a cluster runs one however
 many drivers start the system; if it does run twice (two systems over one keyspace, or the CLI
 beside it) nothing goes wrong: every step of the cleaner is idempotent and computed from
-durable state (``tests/test_retention_final.py`` races two). Each pass walks every type whose
+durable state (``tests/journal/test_retention_final.py`` races two). Each pass walks every type
+whose
 policy deletes, at most ``max_aggregates`` aggregates per type, paced to ``rows_per_s``, then
 (``tags``) the tag rows; the next pass starts ``every_s`` seconds after one ends and resumes the
 walk where it stopped. A failed pass is logged, counted in ``info()`` and retried next time.

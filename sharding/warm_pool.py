@@ -7,7 +7,7 @@ keeps ``N`` :data:`~raysource.runtime.actors.pooled_host.PooledHostActor` proces
 their stores open, idle; an activation takes one (one actor call, ``assign``) instead of
 creating one, and the pool starts a replacement in the background.
 
-What the pool promises (tests/test_warm_pool_ray.py breaks each):
+What the pool promises (tests/sharding/test_warm_pool_ray.py breaks each):
 
 * **Bounded**: at most ``size`` idle hosts plus the ones being started to replace taken or dead
   ones (never more than ``size`` in all, at most ``max_starting`` starting at once); each is

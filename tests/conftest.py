@@ -105,7 +105,7 @@ def ray_metrics_port(ray_local) -> int:
 # Modules that need a Ray of their own (job-level options the session's Ray must not have):
 # run right after the Ray-free tests, before the session's Ray starts, so it is neither shut
 # down nor started again for them.
-_OWN_RAY = ("tests/test_observability_ray.py",)
+_OWN_RAY = ("tests/runtime/test_observability_ray.py",)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -130,7 +130,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    """The property suites' fresh seed of this run (``tests/seeds.py``): set it to replay."""
+    """The property suites' fresh seed of this run (``tests/support/seeds.py``): set it to
+    replay."""
     from seeds import REPLAY
 
     return f"property tests: fresh seed {REPLAY} (set it in the environment to replay this run)"

@@ -30,7 +30,7 @@ Why this keeps the claim's guarantees (``design/fencing.md`` §4, L1–L4), per 
 * The view reads (head record, deletion mark, first partitions) are the same reads as the
   single path's, at the same consistency, sent after the claim's CAS completed; where the
   shared answer could differ from the single one (a third record, a row in the first two
-  partitions) the single read is made instead (``tests/test_bulk_activation.py`` compares
+  partitions) the single read is made instead (``tests/runtime/test_bulk_activation.py`` compares
   both views on every kind of log).
 * The hint is only the expected value of the CAS: a wrong or stale one makes the CAS refuse
   and retry with the row it returns, as before.
@@ -45,7 +45,7 @@ Why this keeps the claim's guarantees (``design/fencing.md`` §4, L1–L4), per 
 * Every activation reads its history after its own claim (its deletion mark too), so the
   prefix it recovers is the one its claim confirmed.
 
-``tests/test_bulk_activation.py`` plays the fault kit's gates against a batch (a newer claim
+``tests/runtime/test_bulk_activation.py`` plays the fault kit's gates against a batch (a newer claim
 between a batched record and its confirmation; a stale writer paused after its write) and
 checks the histories.
 """

@@ -214,7 +214,7 @@ class CassandraJournal(Journal):
         self.hook: Any = None
         #: TEST ONLY: design A of design/fencing.md (the epoch NOT in the row key: rows are
         #: keyed by sequence number alone, the epoch only a value). Unsound on purpose:
-        #: ``tests/test_fence_schedules.py`` shows schedule S3 losing an acknowledged event.
+        #: ``tests/faults/test_fence_schedules.py`` shows schedule S3 losing an acknowledged event.
         self.unsound_design_a = False
         self._own_session = own_session
         self._ps: dict[str, Any] = {}

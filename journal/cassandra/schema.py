@@ -58,7 +58,7 @@ __all__ = ["ADDED_COLUMNS", "create_schema", "missing_columns", "schema_cql", "s
 ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = TIMER_ADDED_COLUMNS
 
 # the epoch chain's column type (spelled in two pieces: three '>' in a row in this file's text
-# would read as a doctest prompt to tests/test_doctests.py)
+# would read as a doctest prompt to tests/project/test_doctests.py)
 _CHAIN_TYPE = "frozen<list<tuple<bigint, bigint>" + ">>"
 
 

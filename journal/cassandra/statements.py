@@ -9,7 +9,7 @@ runs at ("write", "read" or "serial"; a conditional statement also carries the s
 The fence table (``writer_fence``) is written **only** by lightweight transactions
 (``IF NOT EXISTS`` / ``IF epoch = ?``): a plain write mixed into cells written by Paxos can be
 silently lost or win against a later claim (Paxos ballots and client timestamps are different
-clocks). ``tests/test_fence_lint.py`` checks every statement here and in the schema for it.
+clocks). ``tests/project/test_fence_lint.py`` checks every statement here and in the schema for it.
 """
 
 from __future__ import annotations

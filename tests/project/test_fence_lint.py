@@ -10,7 +10,7 @@ from pathlib import Path
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.statements import journal_statements
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WRITE = re.compile(
     r"\b(INSERT\s+INTO|UPDATE|DELETE\b[^;]*?\bFROM)\s+[\w.{}]*writer_fence\b",
     re.IGNORECASE | re.DOTALL,

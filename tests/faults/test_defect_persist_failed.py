@@ -139,7 +139,7 @@ class SendFault:
 @pytest.fixture
 async def config(cassandra_contact, cassandra_keyspace):
     # These faults hit the per-append guard's conditional batch (the epoch guard's unconfirmed
-    # writes are covered by tests/test_fence_schedules.py).
+    # writes are covered by tests/faults/test_fence_schedules.py).
     host, port = cassandra_contact
     cfg = CassandraConfig(
         contact_points=(host,), port=port, keyspace=cassandra_keyspace, guard="per-append"

@@ -12,7 +12,7 @@ to one sink actor (``raysource.testing.span_sink``), installed in every worker b
 session's Ray it would put an SDK tracer provider into every worker of every later Ray test
 (their events stamped, their spans exported), so this module has a Ray of its own; conftest
 runs it before the session's Ray starts (nothing to shut down and start again). The Prometheus
-scrape test runs on the session's Ray and the service's Serve app: tests/test_service.py.
+scrape test runs on the session's Ray and the service's Serve app: tests/service/test_service.py.
 """
 
 from __future__ import annotations

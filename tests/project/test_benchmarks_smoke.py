@@ -38,7 +38,7 @@ from benchmarks import run as bench_run
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = [b.name for b in bench_run.BENCHES]
 SMOKE_PARALLEL = 3  # benchmarks running at once (each its own Ray instance; 2 cores here)
 SMOKE_STAGGER_S = 10.0  # between two starts: Ray gives a starting node 30 s to register, and

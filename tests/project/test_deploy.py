@@ -16,7 +16,7 @@ import yaml
 
 from raysource.journal.cassandra.config import CassandraConfig
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PINNED_RAY = "2.60.0"
 
 

@@ -126,7 +126,8 @@ def test_keyed_commands_resent_after_unknown_outcomes_apply_once(schedule: Sched
     _check(schedule, keyed=True)
 
 
-# The same properties on schedules drawn from this run's fresh seed (tests/seeds.py: printed in
+# The same properties on schedules drawn from this run's fresh seed (tests/support/seeds.py:
+# printed in
 # the header and in a failure; RAYSOURCE_TEST_SEED replays), on top of the fixed ones above.
 @fresh(300)
 @given(schedules())

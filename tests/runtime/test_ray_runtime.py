@@ -378,7 +378,7 @@ def test_kill_mid_load_loses_nothing_acknowledged(make_resolver, config, placeme
         t.join(60)
     stop.set()
     # idempotency keys on (the default): the refs re-send what the kill left unknown under
-    # the same keys, so no caller sees HostCrashedError (tests/test_idempotent_ray.py)
+    # the same keys, so no caller sees HostCrashedError (tests/runtime/test_idempotent_ray.py)
     assert not failures, failures
     resolver.invalidate(SHOW, show)
     state = until(lambda: EntityRef(SHOW, show, resolver).ask(GetShow(), timeout=20))

@@ -1,4 +1,4 @@
-"""The world of the durable-timer attack tests (tests/test_timers_attack*.py): an "alarm"
+"""The world of the durable-timer attack tests (tests/faults/test_timers_attack*.py): an "alarm"
 aggregate that makes every application of a timer's command visible (a fired ``Ring(op,
 name)`` persists ``Rang(op, name)``: the same value stored twice is a command applied twice),
 a journal with the fault kit, stores and activations on a fake clock, fires sent like a timer

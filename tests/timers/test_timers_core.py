@@ -61,7 +61,8 @@ class FlakyTimerStore(InMemoryTimerStore):
 
 
 class World(AlarmWorld):
-    """The attack tests' world (tests/timer_attack_world.py) around the seat example, with the
+    """The attack tests' world (tests/support/timer_attack_world.py) around the seat example, with
+    the
     pump's default retry delay."""
 
     def __init__(self, agg=SHOW, store=None) -> None:

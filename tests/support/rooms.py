@@ -3,7 +3,7 @@
 Each entry maps a subpackage of the one import root to its folder (``"raysource.journal" =
 "journal"``); the facade (``raysource`` itself) lives in ``facade/``. The layer test, the
 doctest runner, ``raysource/__init__``'s docstring and the README's layout table all take the
-rooms from here or are checked against it (``tests/test_rooms.py``).
+rooms from here or are checked against it (``tests/project/test_rooms.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROOT_PACKAGE = "raysource"
 
 

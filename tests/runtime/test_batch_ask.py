@@ -298,7 +298,7 @@ def test_batches_straddling_passivation_lose_and_duplicate_nothing(
 
 
 # The stand-ins speak the raw protocol (plain commands): idempotency keys off. With keys on a
-# crash is re-sent under the same keys until the deadline (tests/test_idempotent_refs.py).
+# crash is re-sent under the same keys until the deadline (tests/runtime/test_idempotent_refs.py).
 SHOW_RAW = dataclasses.replace(SHOW, idempotency=IdempotencyPolicy(enabled=False))
 
 

@@ -2,7 +2,7 @@
 names only metrics raysource declares (as Ray's agent exports them: prefix ``ray_``, histograms
 with ``_bucket``/``_sum``/``_count``), groups and filters only by labels those metrics carry,
 and every declared metric is on some panel. Ray-free; the series themselves are scraped from a
-real metrics agent in tests/test_service.py (test_prometheus_scrape_...)."""
+real metrics agent in tests/service/test_service.py (test_prometheus_scrape_...)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from unit_guard import no_ray  # noqa: F401
 
 from raysource.runtime.metrics import METRICS
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "raysource-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "raysource-dashboard.json"
 SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("",), "gauge": ("",)}
 SERIES = re.compile(r"\bray_(raysource_[a-z0-9_]+)(\{[^}]*\})?")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")

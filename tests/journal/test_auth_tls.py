@@ -35,7 +35,7 @@ from raysource.journal.errors import JournalError
 
 pytestmark = [pytest.mark.cassandra, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WRONG = "definitely-Not-the-pa55word"
 SHOW_GALA = "show|gala"  # the persistence id test_ray_host_through_a_system writes
 

@@ -53,7 +53,7 @@ def store(cassandra_contact, cassandra_keyspace):
     journal = loop.run_until_complete(CassandraJournal.connect(cfg, create_schema=True))
     snapshots = CassandraSnapshotStore(journal.session, cfg)
     # the driver-level faults target the per-append guard's conditional batch and its deciding
-    # serial re-read (the epoch guard has its own schedules: tests/test_fence_schedules.py)
+    # serial re-read (the epoch guard has its own schedules: tests/faults/test_fence_schedules.py)
     per_append = CassandraJournal(journal.session, replace(cfg, guard="per-append"))
     PER_APPEND.append(per_append)
     yield loop, journal, snapshots
@@ -97,7 +97,8 @@ def test_fault_schedules_on_cassandra(store, kind: str, data) -> None:
 @fresh(FRESH)
 @given(data=st.data())
 def test_fresh_seed_fault_schedules_on_cassandra(store, kind: str, data) -> None:
-    """The same, on schedules drawn from this run's fresh seed (tests/seeds.py: printed in the
+    """The same, on schedules drawn from this run's fresh seed (tests/support/seeds.py: printed in
+    the
     header; RAYSOURCE_TEST_SEED replays)."""
     _one_schedule(store, kind, data)
 

@@ -5,7 +5,7 @@ On top of them each property suite has a ``fresh`` test drawing from :data:`SEED
 run (from the OS), printed in pytest's header and in every failure, and replayable by setting
 one variable::
 
-    RAYSOURCE_TEST_SEED=123456789 .venv/bin/python -m pytest tests/test_fault_properties.py
+    RAYSOURCE_TEST_SEED=123456789 .venv/bin/python -m pytest tests/faults/test_fault_properties.py
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 with ``RAYSOURCE_LIVE_READSIDE=0`` and ``RAYSOURCE_LOG_JSON=1`` in its environment has no live
 publisher and logs one JSON object per line; a host actor without them publishes to the live
 path; a projection worker refreshes its lag gauges every ``RAYSOURCE_PROJECTION_LAG_REFRESH_S``.
-(``RAYSOURCE_COALESCE`` is the caller's: tests/test_coalesce_ray.py.)"""
+(``RAYSOURCE_COALESCE`` is the caller's: tests/runtime/test_coalesce_ray.py.)"""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from raysource.runtime.aggregate import (
 )
 from raysource.runtime.errors import UnknownCommandError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

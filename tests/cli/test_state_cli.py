@@ -21,7 +21,7 @@ from raysource.sharding.system import System
 
 pytestmark = [pytest.mark.ray, pytest.mark.cassandra]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

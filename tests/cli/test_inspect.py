@@ -34,7 +34,7 @@ from raysource.runtime.aggregate import SnapshotPolicy
 from raysource.snapshots.cassandra import CassandraSnapshotStore
 from raysource.testing.testkit import AggregateTestKit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 HISTORY = [
     CreateShow(20),

@@ -43,7 +43,7 @@ from raysource.testing.testkit import AggregateTestKit
 
 
 def examples(n: int):  # noqa: ANN201 - a decorator
-    """``n`` examples drawn from this run's fresh seed (tests/seeds.py: RAYSOURCE_TEST_SEED
+    """``n`` examples drawn from this run's fresh seed (tests/support/seeds.py: RAYSOURCE_TEST_SEED
     replays a run)."""
 
     def wrap(test):  # noqa: ANN001, ANN202

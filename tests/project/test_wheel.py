@@ -23,7 +23,7 @@ import pytest
 from raysource.devnode.local_node import raysource_home
 from raysource.devnode.net import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 

@@ -1,6 +1,7 @@
 """One map of the rooms, and the traps of mapping folders into one import root, read statically.
 
-The rooms come from pyproject's ``package-dir`` (``tests/rooms.py``). Checked here: the facade's
+The rooms come from pyproject's ``package-dir`` (``tests/support/rooms.py``). Checked here: the
+facade's
 docstring, the README's layout table and the layer test name the same rooms; every folder that
 holds Python is a listed package (else it works editable and is missing from the wheel); nothing
 imports a room by its bare folder name (``import runtime`` works from the repository root and
@@ -160,3 +161,18 @@ def test_the_store_errors_list_every_error_class() -> None:
         if isinstance(obj, type) and issubclass(obj, errors.RaysourceError)
     }
     assert set(errors.__all__) == classes, set(errors.__all__) ^ classes
+
+
+def test_every_test_lives_in_a_folder_of_the_tests_map() -> None:
+    """No test file at the top of tests/; every folder is in tests/README.md's map and on
+    pytest's ``pythonpath`` (its modules import the support helpers by name)."""
+    import tomllib
+
+    tests = ROOT / "tests"
+    assert sorted(p.name for p in tests.glob("*.py")) == ["conftest.py"]
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    documented = set(re.findall(r"^\| `(\w+)/` \|", (tests / "README.md").read_text(), re.M))
+    assert folders == documented, folders ^ documented
+    ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    on_path = {Path(p).name for p in ini["pythonpath"]}
+    assert on_path == folders - {"contract"}, on_path ^ (folders - {"contract"})

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HANG_S = 45.0  # "no hang": a case still running after this is a failure
 
 # (id, argv, a fragment of the one error line). {cas} = the session's Cassandra,

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from rooms import facade_folder, rooms
 
-ROOT = Path(__file__).resolve().parents[1]
-# every room of pyproject's package-dir (tests/rooms.py) with its layer; test_rooms.py checks
+ROOT = Path(__file__).resolve().parents[2]
+# every room of pyproject's package-dir (tests/support/rooms.py) with its layer; test_rooms.py
+# checks
 # that the two name the same rooms
 RANK = {
     "journal": 0,
