@@ -168,7 +168,9 @@ class EntityCore(TimerSteps):
     ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
     timestamps. ``metrics`` records commands by outcome, one
     latency per journal write, recoveries and store errors (default: a private in-memory
-    :class:`~raysource.runtime.metrics.Metrics`; a host passes its own).
+    :class:`~raysource.runtime.metrics.Metrics`; a host passes its own). ``on_durable(events)``
+    (optional) is called synchronously after each acknowledged append, before the replies are
+    released; it must not block (an exception is logged and ignored).
 
     Use from one asyncio event loop. :meth:`start` is optional (the first command starts it).
     """
@@ -189,6 +191,7 @@ class EntityCore(TimerSteps):
         wall_clock: Callable[[], datetime] = _utcnow,
         metrics: Metrics | None = None,
         timer_store: TimerStore | None = None,
+        on_durable: Callable[[list[StoredEvent]], None] | None = None,
     ) -> None:
         if min(max_batch, max_events_per_write, max_bytes_per_write) < 1:
             raise ValueError("max_batch, max_events_per_write and max_bytes_per_write must be >= 1")
@@ -204,6 +207,7 @@ class EntityCore(TimerSteps):
         limit = journal.max_group_size
         self.max_events_per_write = min(max_events_per_write, limit or max_events_per_write)
         self.max_bytes_per_write = max_bytes_per_write
+        self.on_durable = on_durable
         self._carry: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -579,6 +583,8 @@ class EntityCore(TimerSteps):
                 extra=self.log_context(flush.events[0].sequence_nr),
             )
             return await self._after_failed_write(flush, exc)
+        if self.on_durable is not None:
+            self._notify_durable(flush.events)
         self.stats.events += len(flush.events)
         self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
         try:
@@ -599,6 +605,13 @@ class EntityCore(TimerSteps):
             unknown.__cause__ = exc
             return await self._after_failed_write(flush, unknown)
         return True
+
+    def _notify_durable(self, events: list[StoredEvent]) -> None:
+        assert self.on_durable is not None
+        try:
+            self.on_durable(events)
+        except Exception:  # the listener is best effort; the append is acknowledged
+            log.exception("%s: on_durable listener failed", self.persistence_id)
 
     async def _traced_append(self, flush: _Flush, trace: tracing.FlushTrace) -> None:
         """The append with its spans; each traced command's events carry its span's context."""
