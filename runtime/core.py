@@ -8,10 +8,10 @@ mixin for size (``raysource.runtime.core_timers``).
 
 :class:`EntityCore` owns the state of one aggregate and everything that happens to it:
 
-* **Recovery** (:meth:`EntityCore.start`): newest decodable snapshot (an undecodable one makes
-  it ask for the next older one, then fall back to a full replay), ``highest_sequence_nr``, then
-  the replay of every later event up to that highest number (read first, so no number is ever
-  taken without its event applied). Commands submitted meanwhile wait in the mailbox.
+* **Recovery** (:meth:`EntityCore.start`): the phases before Running (snapshot, then events up
+  to the highest sequence number read first, then the repairs) are
+  :class:`raysource.runtime.recovery.Recovery`; this class is the Running phase. Commands
+  submitted meanwhile wait in the mailbox.
 * **Command loop with group commit**: one processing task takes every queued command (up to
   ``max_batch``), runs them one by one against the *tentative* state, writes all their events
   with ONE ``journal.append`` and only then releases the replies (rejections and read-only
@@ -39,7 +39,6 @@ import asyncio
 import dataclasses
 import inspect
 import logging
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -72,6 +71,7 @@ from raysource.runtime.errors import (
 )
 from raysource.runtime.idempotency import Keyed, KeyTable
 from raysource.runtime.metrics import Metrics, error_kind
+from raysource.runtime.recovery import Recovery, RecoveryStats
 from raysource.runtime.shard_id import shard_of
 from raysource.runtime.timers import (
     FIRED_FIELD,
@@ -83,23 +83,11 @@ from raysource.runtime.timers import (
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.api import DEFAULT_BUCKET_MS, TimerStore
 
-__all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
+__all__ = ["CoreStats", "EntityCore", "RecoveryStats"]  # RecoveryStats: from runtime.recovery
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryStats:
-    """What one recovery did. ``snapshot_sequence_nr`` is None when no snapshot was used;
-    ``snapshots_skipped`` counts snapshots that could not be decoded."""
-
-    snapshot_sequence_nr: int | None
-    snapshots_skipped: int
-    events_replayed: int
-    sequence_nr: int
-    duration_s: float
 
 
 @dataclass(slots=True)
@@ -238,10 +226,8 @@ class EntityCore(TimerSteps):
         self._busy = False  # a flush is in progress
         self._stop_error: BaseException | None = None  # why the core stopped, if it failed
         self._background: set[asyncio.Task[Any]] = set()
-        # the newest replayed atomic group (bounded: no group exceeds the journal's limit)
-        self._newest_group: deque[StoredEvent] = deque(
-            maxlen=journal.max_group_size or max_events_per_write
-        )
+        # the newest replayed atomic group's bound (no group exceeds the journal's limit)
+        self._group_limit = journal.max_group_size or max_events_per_write
 
     # ------------------------------------------------------------------ read-only views
 
@@ -934,114 +920,23 @@ class EntityCore(TimerSteps):
     # ------------------------------------------------------------------ recovery
 
     async def _recover(self) -> RecoveryStats:
-        started = time.perf_counter()
+        """Run the recovery phases (``raysource.runtime.recovery``); Running starts here."""
         self.stats.recoveries += 1
-        state, seq, snap_seq, skipped = await self._load_snapshot()
-        # The highest number is read BEFORE the replay, and the replay goes up to it: every
-        # number up to ``highest`` is then either replayed (applied) or deleted, never skipped.
-        # (Read after the replay, a number another writer appended in between would be taken
-        # as ours without its event being applied: a write decided on a stale state.) A writer
-        # that appends after this read is met by the fencing guard at our first write.
-        highest = await self.journal.highest_sequence_nr(self.persistence_id)
-        if highest < seq:
-            # A snapshot newer than the journal cannot be trusted: rebuild from events alone.
-            log.warning(
-                "%s: snapshot at %d is beyond the journal's highest %d; full replay",
-                self.persistence_id,
-                seq,
-                highest,
-                extra=self.log_context(seq),
-            )
-            state, seq, snap_seq = self.aggregate_type.initial_state, 0, None
-            self.keys.clear()
-            self.timers.clear()
-        state, seq, replayed = await self._replay(state, seq, highest)
-        # Numbers up to ``highest`` that the replay did not return are deleted (``delete_to``
-        # removes a prefix); they still occupy their numbers: never reuse them.
-        seq = max(seq, highest)
-        if self.aggregate_type.tagger is not None and any(e.tags for e in self._newest_group):
-            # Its writer may have died (or failed) between the events and their tag rows:
-            # put the newest group into its tag streams before anyone is answered.
-            await self.journal.repair_tags(list(self._newest_group))
-        await self._repair_timer_index()
-        self._newest_group.clear()
-        self._state, self._seq = state, seq
-        stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
-        self.metrics.recovery(self.aggregate_type.name, stats.duration_s)
-        log.info(
-            "%s: recovered at #%d in %.3f s (snapshot %s, %d events replayed)",
+        done = await Recovery(
+            self.aggregate_type,
             self.persistence_id,
-            seq,
-            stats.duration_s,
-            "none" if snap_seq is None else f"#{snap_seq}",
-            replayed,
-            extra=self.log_context(),
-        )
-        return stats
-
-    async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
-        max_seq = sys.maxsize
-        skipped = 0
-        while True:
-            snap = await self.snapshot_store.load(self.persistence_id, max_seq)
-            self.keys.clear()
-            self.timers.clear()
-            if snap is None:
-                return self.aggregate_type.initial_state, 0, None, skipped
-            try:
-                ser_id, manifest, payload = self.keys.unwrap_snapshot(  # + its keys, timers
-                    snap, on_timers=self.timers.load_lists
-                )
-                state = self.serialization.decode(
-                    ser_id,
-                    manifest,
-                    payload,
-                    persistence_id=self.persistence_id,
-                    sequence_nr=snap.sequence_nr,
-                )
-                return state, snap.sequence_nr, snap.sequence_nr, skipped
-            except SerializationError as exc:
-                skipped += 1
-                log.warning(
-                    "%s: cannot decode snapshot at %d, trying an older one: %s",
-                    self.persistence_id,
-                    snap.sequence_nr,
-                    exc,
-                    extra=self.log_context(snap.sequence_nr),
-                )
-                max_seq = snap.sequence_nr - 1
-                if max_seq < 1:
-                    self.keys.clear()
-                    self.timers.clear()
-                    return self.aggregate_type.initial_state, 0, None, skipped
-
-    async def _replay(self, state: Any, seq: int, to: int) -> tuple[Any, int, int]:
-        handler = self.aggregate_type.event_handler
-        replayed = 0
-        group: tuple[str, Any] | None = None  # (writer, timestamp) of the newest group
-        self._newest_group.clear()
-        if to <= seq:
-            return state, seq, replayed
-        async for stored in self.journal.replay(self.persistence_id, seq + 1, to):
-            event = self.serialization.decode(
-                stored.serializer_id,
-                stored.manifest,
-                stored.payload,
-                persistence_id=self.persistence_id,
-                sequence_nr=stored.sequence_nr,
-            )
-            state = handler(state, event)
-            seq = stored.sequence_nr
-            replayed += 1
-            if stored.metadata:
-                self.keys.applied(stored)
-                self.timers.applied(stored)
-            # one flush = one atomic group: same writer, same timestamp
-            if (stored.writer_id, stored.timestamp) != group:
-                group = (stored.writer_id, stored.timestamp)
-                self._newest_group.clear()
-            self._newest_group.append(stored)  # kept for the tag repair, not re-read
-        return state, seq, replayed
+            self.journal,
+            self.snapshot_store,
+            self.serialization,
+            keys=self.keys,
+            timers=self.timers,
+            repair_timer_index=self._repair_timer_index,
+            metrics=self.metrics,
+            log_context=self.log_context,
+            group_limit=self._group_limit,
+        ).run()
+        self._state, self._seq = done.state, done.sequence_nr
+        return done.stats
 
 
 def _size(event: StoredEvent) -> int:

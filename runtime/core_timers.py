@@ -11,7 +11,6 @@ meant to be used on their own.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -51,7 +50,6 @@ class TimerSteps:
     _seq: int
     _timer_cursor: bool
     _wall_clock: Callable[[], datetime]
-    _newest_group: deque[StoredEvent]
 
     if TYPE_CHECKING:
 
@@ -220,14 +218,12 @@ class TimerSteps:
             flush.unwritten_fires.append(outcome)
         return command
 
-    async def _repair_timer_index(self) -> None:
+    async def _repair_timer_index(self, newest_group: list[StoredEvent]) -> None:
         """Its writer may have died between the newest group and its timer rows: index the
         group's schedules that are still pending (in a bucket at or after now; a copy left
         in the old bucket fires as stale). Every older group was indexed before the next
         append."""
-        names = [
-            name for e in self._newest_group if e.metadata for name in self.timers.scheduled_in(e)
-        ]
+        names = [name for e in newest_group if e.metadata for name in self.timers.scheduled_in(e)]
         if names:
             if self.timer_store is None:
                 raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")
