@@ -4,7 +4,7 @@ Size: ~850 lines on purpose — one activation's state machine (mailbox, flush a
 write-failure decisions, recovery, the idempotency table, durable timers) is one class, so every
 transition of that state reads in one place; the pure helpers live apart
 (``raysource.runtime.idempotency``, ``raysource.runtime.timers``); the timer steps are a
-mixin for size (``raysource.runtime.core_timers``).
+collaborator behind an interface (``raysource.runtime.core_timers.TimerSteps``).
 
 :class:`EntityCore` owns the state of one aggregate and everything that happens to it:
 
@@ -42,7 +42,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,7 +59,7 @@ from raysource.journal.errors import (
 from raysource.journal.serialization import Serialization
 from raysource.runtime import tracing
 from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
-from raysource.runtime.core_timers import TimerSteps
+from raysource.runtime.core_timers import DurableTimers, TimerSteps
 from raysource.runtime.errors import (
     AggregateStoppedError,
     CommandError,
@@ -69,6 +68,7 @@ from raysource.runtime.errors import (
     PersistFailedError,
     WriteOutcomeUnknownError,
 )
+from raysource.runtime.flush import CoreStats, Flush, Outcome
 from raysource.runtime.idempotency import Keyed, KeyTable
 from raysource.runtime.metrics import Metrics, error_kind
 from raysource.runtime.recovery import Recovery, RecoveryStats
@@ -76,7 +76,6 @@ from raysource.runtime.shard_id import shard_of
 from raysource.runtime.timers import (
     FIRED_FIELD,
     TIMER_KEY_PREFIX,
-    Pending,
     TimerFire,
     TimerTable,
 )
@@ -90,61 +89,11 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
-@dataclass(slots=True)
-class CoreStats:
-    """Counters of one activation (mutable, read them any time)."""
-
-    commands: int = 0
-    flushes: int = 0
-    writes: int = 0
-    events: int = 0
-    rejections: int = 0
-    failed_commands: int = 0
-    failed_writes: int = 0
-    snapshots: int = 0
-    snapshot_failures: int = 0
-    recoveries: int = 0
-    repeats: int = 0  # commands answered from the idempotency key table (nothing run)
-    timers_fired: int = 0  # timer fires that ran their command
-    stale_fires: int = 0  # fires of timers no longer pending (cancelled, replaced, fired)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """The pending result of one command within a flush."""
-
-    future: asyncio.Future[Any]
-    value: Any = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _Flush:
-    timestamp: datetime  # one timestamp for every event of the flush: one identifiable group
-    outcomes: list[_Outcome] = field(default_factory=list)
-    events: list[StoredEvent] = field(default_factory=list)
-    side_effects: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
-    snapshot_due: bool = False
-    bytes: int = 0
-    # idempotency key -> (the first command's outcome, its first event if it persisted)
-    keyed: dict[str, tuple[_Outcome, StoredEvent | None]] = field(default_factory=dict)
-    # durable timers: the flush's tentative changes, and fires that wrote no event
-    timers: dict[str, Pending | None] = field(default_factory=dict)
-    silent_fires: list[TimerFire] = field(default_factory=list)
-    # fires of ids beyond this activation's sequence number (it may have missed events)
-    behind: list[_Outcome] = field(default_factory=list)
-    # fires answered from this activation's own view, with no write of theirs (stale,
-    # undecodable, beyond it, or consumed without events): a fence check comes first
-    unwritten_fires: list[_Outcome] = field(default_factory=list)
-    stale_fires: int = 0
-    trace: tracing.FlushTrace | None = None  # its spans, when tracing is on
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class EntityCore(TimerSteps):
+class EntityCore:
     """One activation of the aggregate ``(aggregate_type, entity_id)``.
 
     ``writer_id`` names this activation in the journal (diagnostics of fencing conflicts).
@@ -210,13 +159,22 @@ class EntityCore(TimerSteps):
         )
         # pending durable timers (runtime.timers) and their index: rebuilt by every recovery
         self.timer_store = timer_store
-        self._timer_cursor = False  # ensured the shard's cursor exists (once per activation)
         self.timers = TimerTable(
             serialization,
             aggregate_type.name,
             self.persistence_id,
             shard_of(entity_id, aggregate_type.number_of_shards),
             timer_store.bucket_ms if timer_store is not None else DEFAULT_BUCKET_MS,
+        )
+        self.timer_steps: TimerSteps = DurableTimers(  # a collaborator (runtime.core_timers)
+            self.timers,
+            timer_store,
+            persistence_id=self.persistence_id,
+            writer_id=writer_id,
+            stats=self.stats,
+            wall_clock=wall_clock,
+            log_context=self.log_context,
+            handler_error=self._handler_error,
         )
         self._last_activity = clock()
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -418,7 +376,7 @@ class EntityCore(TimerSteps):
     # ------------------------------------------------------------------ one flush
 
     async def _flush(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
-        flush = _Flush(self._wall_clock())
+        flush = Flush(self._wall_clock())
         if tracing.ENABLED:
             flush.trace = tracing.FlushTrace(self.persistence_id, self.aggregate_type.name)
         state, seq = self._state, self._seq
@@ -446,10 +404,10 @@ class EntityCore(TimerSteps):
                 continue
             if key is not None and self._repeated(key, fut, flush):
                 continue  # answered like the first application of its key, nothing written
-            outcome = _Outcome(fut)
+            outcome = Outcome(fut)
             fire = command if isinstance(command, TimerFire) else None
             if fire is not None:
-                command = self._timer_command(fire, outcome, flush, seq)
+                command = self.timer_steps.command_of(fire, outcome, flush, seq)
                 if command is None:  # stale (or undecodable): answered, nothing run
                     flush.outcomes.append(outcome)
                     continue
@@ -485,7 +443,7 @@ class EntityCore(TimerSteps):
             return
         self._state, self._seq = state, seq
         # fires answered without a write: this activation is current (True) or not (stop)
-        fires_ok = await self._check_unwritten_fires(flush)
+        fires_ok = await self.timer_steps.confirm_unwritten_fires(flush, self.journal, self._seq)
         forgot = False  # a fire that wrote nothing: only a snapshot can record it
         for fire in flush.silent_fires if fires_ok else ():
             forgot = self.timers.fired_without_events(fire) or forgot
@@ -510,7 +468,7 @@ class EntityCore(TimerSteps):
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
             self._mailbox.put_nowait(_STOP)
 
-    async def _write(self, flush: _Flush) -> bool:
+    async def _write(self, flush: Flush) -> bool:
         """Append the flush's events as one group; True once durable. On failure the flush's
         callers are answered here and False is returned."""
         self.stats.writes += 1
@@ -574,7 +532,7 @@ class EntityCore(TimerSteps):
         self.stats.events += len(flush.events)
         self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
         try:
-            await self._index_timers(flush.events)
+            await self.timer_steps.index(flush.events)
         except Exception as exc:  # stored, but not indexed: a recovery re-indexes (as tags)
             self.metrics.journal_error(type_name, "timer-index")
             log.warning(
@@ -599,7 +557,7 @@ class EntityCore(TimerSteps):
         except Exception:  # the listener is best effort; the append is acknowledged
             log.exception("%s: on_durable listener failed", self.persistence_id)
 
-    async def _traced_append(self, flush: _Flush, trace: tracing.FlushTrace) -> None:
+    async def _traced_append(self, flush: Flush, trace: tracing.FlushTrace) -> None:
         """The append with its spans; each traced command's events carry its span's context."""
         flush.events = trace.before_append(flush.events, tracing.guard_of(self.journal))
         try:
@@ -609,7 +567,7 @@ class EntityCore(TimerSteps):
             raise
         trace.after_append(None)
 
-    async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
+    async def _after_failed_write(self, flush: Flush, exc: Exception) -> bool:
         """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,
         so a caller that sees a failure finds the state equal to the journal's, and a write
         that did land is acknowledged. Returns True if it landed (acknowledge the flush).
@@ -676,14 +634,14 @@ class EntityCore(TimerSteps):
             for a, b in zip(stored, events)
         )
 
-    def _repeated(self, key: str, fut: asyncio.Future[Any], flush: _Flush) -> bool:
+    def _repeated(self, key: str, fut: asyncio.Future[Any], flush: Flush) -> bool:
         """If ``key`` was applied (or rejected) already, in this flush or before, answer
         ``fut`` as the first time (in this flush: with that command's outcome) and return
         True; the command is not run again."""
         earlier = flush.keyed.get(key)
         if earlier is not None:
             first = earlier[0]
-            flush.outcomes.append(_Outcome(fut, first.value, first.error))
+            flush.outcomes.append(Outcome(fut, first.value, first.error))
             self.stats.repeats += 1
             return True
         try:
@@ -700,8 +658,8 @@ class EntityCore(TimerSteps):
         command: Any,
         state: Any,
         seq: int,
-        outcome: _Outcome,
-        flush: _Flush,
+        outcome: Outcome,
+        flush: Flush,
         key: str | None = None,
         fire: TimerFire | None = None,
     ) -> tuple[Any, int] | None:
@@ -739,8 +697,8 @@ class EntityCore(TimerSteps):
         effect: Persist,
         state: Any,
         seq: int,
-        outcome: _Outcome,
-        flush: _Flush,
+        outcome: Outcome,
+        flush: Flush,
         key: str | None = None,
         fire: TimerFire | None = None,
     ) -> tuple[Any, int] | None:
@@ -811,7 +769,7 @@ class EntityCore(TimerSteps):
         flush.snapshot_due = flush.snapshot_due or snap
         return new_state, new_seq
 
-    def _over_limit(self, flush: _Flush, more: list[StoredEvent]) -> bool:
+    def _over_limit(self, flush: Flush, more: list[StoredEvent]) -> bool:
         if len(flush.events) + len(more) > self.max_events_per_write:
             return True
         return flush.bytes + sum(_size(e) for e in more) > self.max_bytes_per_write
@@ -930,7 +888,7 @@ class EntityCore(TimerSteps):
             self.serialization,
             keys=self.keys,
             timers=self.timers,
-            repair_timer_index=self._repair_timer_index,
+            repair_timer_index=self.timer_steps.repair_index,
             metrics=self.metrics,
             log_context=self.log_context,
             group_limit=self._group_limit,
