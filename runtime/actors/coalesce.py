@@ -117,7 +117,8 @@ class Coalescer:
 
     def _send(self, groups: list[_Group]) -> None:
         try:
-            ref = protocol.send(self.handle, [g.call for g in groups], groups[0].single)
+            calls = [groups[0].call] if len(groups) == 1 else [g.call for g in groups]
+            ref = protocol.send(self.handle, calls, groups[0].single)
         except TypeError:
             # Checked per command before numbering (check_picklable), so this is a value only
             # Ray's serializer refuses: send each group alone; only the culprit's call fails.
