@@ -69,10 +69,7 @@ __all__ = ["CoreStats", "EntityCore", "RecoveryStats"]  # RecoveryStats: from ru
 log = logging.getLogger(__name__)
 
 _STOP = object()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+_UTC_NOW = partial(datetime.now, UTC)
 
 
 class EntityCore:
@@ -107,7 +104,7 @@ class EntityCore:
         max_events_per_write: int = 1000,
         max_bytes_per_write: int = 4_000_000,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = _utcnow,
+        wall_clock: Callable[[], datetime] = _UTC_NOW,
         metrics: Metrics | None = None,
         timer_store: TimerStore | None = None,
         on_durable: Callable[[list[StoredEvent]], None] | None = None,
@@ -398,7 +395,9 @@ class EntityCore:
             return
         self._state, self._seq = state, seq
         # fires answered without a write: this activation is current (True) or not (stop)
-        fires_ok = await self.timer_steps.confirm_unwritten_fires(flush, self.journal, self._seq)
+        fires_ok = not flush.unwritten_fires or await self.timer_steps.confirm_unwritten_fires(
+            flush, self.journal, self._seq
+        )
         forgot = False  # a fire that wrote nothing: only a snapshot can record it
         for fire in flush.silent_fires if fires_ok else ():
             forgot = self.timers.fired_without_events(fire) or forgot
