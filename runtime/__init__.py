@@ -19,8 +19,9 @@ from raysource.runtime.aggregate import (
     reply,
     unknown_command,
 )
-from raysource.runtime.core import CoreStats, EntityCore, RecoveryStats
+from raysource.runtime.core import CoreStats, EntityCore
 from raysource.runtime.host import AggregateHost, HostStats
+from raysource.runtime.recovery import RecoveryStats
 from raysource.runtime.stores import StoreSpec, open_stores
 
 __all__ = [

@@ -1,31 +1,25 @@
-"""The entity core: one activation of one aggregate, without Ray.
+"""The entity core: one activation of one aggregate, without Ray (its Running phase).
 
-Size: ~850 lines on purpose — one activation's state machine (mailbox, flush and group commit,
-write-failure decisions, recovery, the idempotency table, durable timers) is one class, so every
-transition of that state reads in one place; the pure helpers live apart
-(``raysource.runtime.idempotency``, ``raysource.runtime.timers``); the timer steps are a
-mixin for size (``raysource.runtime.core_timers``).
+:class:`EntityCore` owns the state of one aggregate (the state after every durable event, its
+sequence number, the mailbox) and every transition of it; each step has its collaborator:
 
-:class:`EntityCore` owns the state of one aggregate and everything that happens to it:
-
-* **Recovery** (:meth:`EntityCore.start`): newest decodable snapshot (an undecodable one makes
-  it ask for the next older one, then fall back to a full replay), ``highest_sequence_nr``, then
-  the replay of every later event up to that highest number (read first, so no number is ever
-  taken without its event applied). Commands submitted meanwhile wait in the mailbox.
+* **Recovery** (:meth:`EntityCore.start`; again after a failed write): the phases before
+  Running (snapshot, events up to the highest sequence number read first, repairs) are
+  :class:`raysource.runtime.recovery.Recovery`. Commands submitted meanwhile wait.
 * **Command loop with group commit**: one processing task takes every queued command (up to
-  ``max_batch``), runs them one by one against the *tentative* state, writes all their events
-  with ONE ``journal.append`` and only then releases the replies (rejections and read-only
-  replies of that flush too), runs ``then`` side effects and, if due, takes a snapshot. While a
-  write is in flight new commands queue up and form the next flush.
-* **Failure semantics**: a handler exception fails that command only (``HandlerError``, state
-  unchanged); an event that cannot be serialized fails that command only (its
-  ``SerializationError``); after a failed write the state is rebuilt from the journal and the
-  flush is acknowledged if its events are stored after all; else every command of the flush
-  fails with ``PersistFailedError`` if the journal says nothing was written, or with
-  ``WriteOutcomeUnknownError`` (and the core stops) if the write may still land or the
-  journal could not be re-read; a ``ConcurrentWriteError``
-  (another activation writes this persistence id) fails the flush and everything queued with
-  ``AggregateStoppedError`` and stops the core for good.
+  ``max_batch``), decides them one by one against the *tentative* state
+  (:class:`raysource.runtime.flush.Decider`), writes all their events with ONE
+  ``journal.append`` (:class:`raysource.runtime.append.Appender`) and only then releases the
+  replies (rejections and read-only replies of that flush too), runs ``then`` side effects
+  and, if due, takes a snapshot. While a write is in flight new commands form the next flush.
+* **Failure semantics**: a handler exception or an event that cannot be serialized fails that
+  command only (``HandlerError`` / ``SerializationError``, state unchanged); a failed write is
+  decided as :mod:`raysource.runtime.append` says (re-read; acknowledged if stored after all;
+  else ``PersistFailedError`` or ``WriteOutcomeUnknownError``; a ``ConcurrentWriteError`` or
+  ``WriterFencedError`` stops the core for good).
+* **Durable timers** and **idempotency keys**: :class:`raysource.runtime.core_timers.TimerSteps`
+  (a collaborator behind a Protocol) over the tables of :mod:`raysource.runtime.timers` and
+  :mod:`raysource.runtime.idempotency`.
 
 The host (:class:`raysource.runtime.host.AggregateHost`) calls :meth:`EntityCore.handle` — after
 restoring per-caller submission order, which Ray's async actors do not keep, in its own buffer so
@@ -36,127 +30,49 @@ that it survives passivation — and :meth:`EntityCore.stop` to passivate, using
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import inspect
 import logging
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from raysource.journal.api import Journal, StoredEvent, StoredSnapshot
-from raysource.journal.errors import (
-    ConcurrentWriteError,
-    ConfigError,
-    JournalError,
-    JournalOutcomeUnknownError,
-    NotAppliedError,
-    OutcomeUnknownError,
-    SerializationError,
-    WriterFencedError,
-)
+from raysource.journal.api import Journal, StoredEvent
+from raysource.journal.errors import ConcurrentWriteError, WriterFencedError
 from raysource.journal.serialization import Serialization
 from raysource.runtime import tracing
-from raysource.runtime.aggregate import AggregateType, NoOp, Persist, Reject, Reply
-from raysource.runtime.core_timers import TimerSteps
+from raysource.runtime.aggregate import AggregateType
+from raysource.runtime.append import (
+    Appender,
+    Snapshotting,
+    failed_write_errors,
+    fenced_errors,
+    is_stored,
+)
+from raysource.runtime.core_timers import DurableTimers, TimerSteps
 from raysource.runtime.errors import (
     AggregateStoppedError,
-    CommandError,
     CommandRejected,
-    HandlerError,
-    PersistFailedError,
-    WriteOutcomeUnknownError,
 )
+from raysource.runtime.flush import CoreStats, Decider, Flush, SideEffects, handler_error
 from raysource.runtime.idempotency import Keyed, KeyTable
 from raysource.runtime.metrics import Metrics, error_kind
+from raysource.runtime.recovery import Recovery, RecoveryStats
 from raysource.runtime.shard_id import shard_of
-from raysource.runtime.timers import (
-    FIRED_FIELD,
-    TIMER_KEY_PREFIX,
-    Pending,
-    TimerFire,
-    TimerTable,
-)
+from raysource.runtime.timers import TimerTable
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.api import DEFAULT_BUCKET_MS, TimerStore
 
-__all__ = ["CoreStats", "EntityCore", "RecoveryStats"]
+__all__ = ["CoreStats", "EntityCore", "RecoveryStats"]  # RecoveryStats: from runtime.recovery
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_UTC_NOW = partial(datetime.now, UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class RecoveryStats:
-    """What one recovery did. ``snapshot_sequence_nr`` is None when no snapshot was used;
-    ``snapshots_skipped`` counts snapshots that could not be decoded."""
-
-    snapshot_sequence_nr: int | None
-    snapshots_skipped: int
-    events_replayed: int
-    sequence_nr: int
-    duration_s: float
-
-
-@dataclass(slots=True)
-class CoreStats:
-    """Counters of one activation (mutable, read them any time)."""
-
-    commands: int = 0
-    flushes: int = 0
-    writes: int = 0
-    events: int = 0
-    rejections: int = 0
-    failed_commands: int = 0
-    failed_writes: int = 0
-    snapshots: int = 0
-    snapshot_failures: int = 0
-    recoveries: int = 0
-    repeats: int = 0  # commands answered from the idempotency key table (nothing run)
-    timers_fired: int = 0  # timer fires that ran their command
-    stale_fires: int = 0  # fires of timers no longer pending (cancelled, replaced, fired)
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """The pending result of one command within a flush."""
-
-    future: asyncio.Future[Any]
-    value: Any = None
-    error: BaseException | None = None
-
-
-@dataclass(slots=True)
-class _Flush:
-    timestamp: datetime  # one timestamp for every event of the flush: one identifiable group
-    outcomes: list[_Outcome] = field(default_factory=list)
-    events: list[StoredEvent] = field(default_factory=list)
-    side_effects: list[tuple[Callable[[Any], Any], Any]] = field(default_factory=list)
-    snapshot_due: bool = False
-    bytes: int = 0
-    # idempotency key -> (the first command's outcome, its first event if it persisted)
-    keyed: dict[str, tuple[_Outcome, StoredEvent | None]] = field(default_factory=dict)
-    # durable timers: the flush's tentative changes, and fires that wrote no event
-    timers: dict[str, Pending | None] = field(default_factory=dict)
-    silent_fires: list[TimerFire] = field(default_factory=list)
-    # fires of ids beyond this activation's sequence number (it may have missed events)
-    behind: list[_Outcome] = field(default_factory=list)
-    # fires answered from this activation's own view, with no write of theirs (stale,
-    # undecodable, beyond it, or consumed without events): a fence check comes first
-    unwritten_fires: list[_Outcome] = field(default_factory=list)
-    stale_fires: int = 0
-    trace: tracing.FlushTrace | None = None  # its spans, when tracing is on
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class EntityCore(TimerSteps):
+class EntityCore:
     """One activation of the aggregate ``(aggregate_type, entity_id)``.
 
     ``writer_id`` names this activation in the journal (diagnostics of fencing conflicts).
@@ -168,7 +84,9 @@ class EntityCore(TimerSteps):
     ``clock`` (monotonic seconds) drives :attr:`last_activity`; ``wall_clock`` the event
     timestamps. ``metrics`` records commands by outcome, one
     latency per journal write, recoveries and store errors (default: a private in-memory
-    :class:`~raysource.runtime.metrics.Metrics`; a host passes its own).
+    :class:`~raysource.runtime.metrics.Metrics`; a host passes its own). ``on_durable(events)``
+    (optional) is called synchronously after each acknowledged append, before the replies are
+    released; it must not block (an exception is logged and ignored).
 
     Use from one asyncio event loop. :meth:`start` is optional (the first command starts it).
     """
@@ -186,9 +104,10 @@ class EntityCore(TimerSteps):
         max_events_per_write: int = 1000,
         max_bytes_per_write: int = 4_000_000,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = _utcnow,
+        wall_clock: Callable[[], datetime] = _UTC_NOW,
         metrics: Metrics | None = None,
         timer_store: TimerStore | None = None,
+        on_durable: Callable[[list[StoredEvent]], None] | None = None,
     ) -> None:
         if min(max_batch, max_events_per_write, max_bytes_per_write) < 1:
             raise ValueError("max_batch, max_events_per_write and max_bytes_per_write must be >= 1")
@@ -204,6 +123,7 @@ class EntityCore(TimerSteps):
         limit = journal.max_group_size
         self.max_events_per_write = min(max_events_per_write, limit or max_events_per_write)
         self.max_bytes_per_write = max_bytes_per_write
+        self.on_durable = on_durable
         self._carry: deque[tuple[Any, asyncio.Future[Any]]] = deque()
         self._clock = clock
         self._wall_clock = wall_clock
@@ -218,13 +138,49 @@ class EntityCore(TimerSteps):
         )
         # pending durable timers (runtime.timers) and their index: rebuilt by every recovery
         self.timer_store = timer_store
-        self._timer_cursor = False  # ensured the shard's cursor exists (once per activation)
         self.timers = TimerTable(
             serialization,
             aggregate_type.name,
             self.persistence_id,
             shard_of(entity_id, aggregate_type.number_of_shards),
             timer_store.bucket_ms if timer_store is not None else DEFAULT_BUCKET_MS,
+        )
+        self.timer_steps: TimerSteps = DurableTimers(  # a collaborator (runtime.core_timers)
+            self.timers,
+            timer_store,
+            persistence_id=self.persistence_id,
+            writer_id=writer_id,
+            stats=self.stats,
+            wall_clock=wall_clock,
+            log_context=self.log_context,
+            handler_error=partial(handler_error, self.persistence_id, self.log_context),
+        )
+        self.decider = Decider(  # runs the handlers of each command (runtime.flush)
+            aggregate_type,
+            serialization,
+            persistence_id=self.persistence_id,
+            writer_id=writer_id,
+            keys=self.keys,
+            timers=self.timers,
+            timer_store=timer_store,
+            stats=self.stats,
+            max_events_per_write=self.max_events_per_write,
+            max_bytes_per_write=max_bytes_per_write,
+            log_context=self.log_context,
+            timer_steps=self.timer_steps,
+            resolve=self._resolve,
+        )
+        self.appender = Appender(  # the write step (runtime.append)
+            persistence_id=self.persistence_id,
+            type_name=aggregate_type.name,
+            stats=self.stats,
+            metrics=self.metrics,
+            timer_steps=self.timer_steps,
+            on_durable=on_durable,
+            log_context=self.log_context,
+            snapshots=Snapshotting(
+                aggregate_type.snapshot.keep, serialization, self.keys, self.timers, wall_clock
+            ),
         )
         self._last_activity = clock()
         self._mailbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -233,11 +189,9 @@ class EntityCore(TimerSteps):
         self._closing = False  # no new commands accepted
         self._busy = False  # a flush is in progress
         self._stop_error: BaseException | None = None  # why the core stopped, if it failed
-        self._background: set[asyncio.Task[Any]] = set()
-        # the newest replayed atomic group (bounded: no group exceeds the journal's limit)
-        self._newest_group: deque[StoredEvent] = deque(
-            maxlen=journal.max_group_size or max_events_per_write
-        )
+        self._side_effects = SideEffects(self.persistence_id, self.log_context)
+        # the newest replayed atomic group's bound (no group exceeds the journal's limit)
+        self._group_limit = journal.max_group_size or max_events_per_write
 
     # ------------------------------------------------------------------ read-only views
 
@@ -303,8 +257,7 @@ class EntityCore(TimerSteps):
             self._mailbox.put_nowait(_STOP)
         if self._task is not None:
             await asyncio.shield(self._task)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self._side_effects.wait()
 
     def _ensure_started(self) -> None:
         if self._task is None:
@@ -428,65 +381,12 @@ class EntityCore(TimerSteps):
     # ------------------------------------------------------------------ one flush
 
     async def _flush(self, batch: list[tuple[Any, asyncio.Future[Any]]]) -> None:
-        flush = _Flush(self._wall_clock())
+        flush = Flush(self._wall_clock())
         if tracing.ENABLED:
             flush.trace = tracing.FlushTrace(self.persistence_id, self.aggregate_type.name)
         state, seq = self._state, self._seq
-        for i, (command, fut) in enumerate(batch):
-            if fut.done():  # the caller gave up before we started: skip it
-                continue
-            key = carrier = None
-            if flush.trace is not None and type(command) is Keyed:
-                carrier = command.trace
-            if isinstance(command, Keyed):
-                command, key = command.command, (command.key if self.keys.enabled else None)
-            if (
-                key is not None
-                and key.startswith(TIMER_KEY_PREFIX)
-                and not isinstance(command, TimerFire)
-            ):  # would shadow a timer's fire
-                self._resolve(
-                    fut,
-                    None,
-                    ConfigError(
-                        f"idempotency keys starting with {TIMER_KEY_PREFIX!r} are reserved for "
-                        f"durable timers, got {key!r}"
-                    ),
-                )
-                continue
-            if key is not None and self._repeated(key, fut, flush):
-                continue  # answered like the first application of its key, nothing written
-            outcome = _Outcome(fut)
-            fire = command if isinstance(command, TimerFire) else None
-            if fire is not None:
-                command = self._timer_command(fire, outcome, flush, seq)
-                if command is None:  # stale (or undecodable): answered, nothing run
-                    flush.outcomes.append(outcome)
-                    continue
-            before = len(flush.events)
-            traced = None
-            if flush.trace is not None:
-                fired_by = self.timers.trace_of(fire, flush.timers) if fire else None
-                traced = flush.trace.begin(carrier, command, fired_by)
-            decided = self._decide(command, state, seq, outcome, flush, key, fire)
-            if traced is not None:
-                traced.decided(before, len(flush.events), outcome.error)
-            if decided is None:  # this write is full: the rest goes into the next one
-                self._carry.extendleft(reversed(batch[i:]))
-                break
-            state, seq = decided
-            if fire is not None:
-                self.stats.timers_fired += 1
-                if len(flush.events) == before:  # consumed, but nothing journals it
-                    flush.timers[fire.name] = None
-                    flush.silent_fires.append(fire)
-                    flush.unwritten_fires.append(outcome)
-            self.stats.commands += 1
-            flush.outcomes.append(outcome)
-            if key is not None:
-                first = flush.events[before] if len(flush.events) > before else None
-                flush.keyed[key] = (outcome, first)
-
+        state, seq, rest = self.decider.decide_all(batch, flush, state, seq)
+        self._carry.extendleft(reversed(rest))  # did not fit: the next flush's, first
         self.stats.flushes += 1
         old_seq = self._seq
         if flush.events and not await self._write(flush):
@@ -495,7 +395,9 @@ class EntityCore(TimerSteps):
             return
         self._state, self._seq = state, seq
         # fires answered without a write: this activation is current (True) or not (stop)
-        fires_ok = await self._check_unwritten_fires(flush)
+        fires_ok = not flush.unwritten_fires or await self.timer_steps.confirm_unwritten_fires(
+            flush, self.journal, self._seq
+        )
         forgot = False  # a fire that wrote nothing: only a snapshot can record it
         for fire in flush.silent_fires if fires_ok else ():
             forgot = self.timers.fired_without_events(fire) or forgot
@@ -512,7 +414,7 @@ class EntityCore(TimerSteps):
         if flush.trace is not None:  # answered: the commands' spans end (not after a snapshot)
             flush.trace.finish()
         for fn, new_state in flush.side_effects if flush.events or not ahead else ():
-            self._run_side_effect(fn, new_state)
+            self._side_effects.run(fn, new_state)
         policy = self.aggregate_type.snapshot
         if not forgot and flush.events and (flush.snapshot_due or policy.crossed(old_seq, seq)):
             await self._save_snapshot()
@@ -520,317 +422,40 @@ class EntityCore(TimerSteps):
             self._fail_stop(AggregateStoppedError(f"{self.persistence_id}: behind the journal"))
             self._mailbox.put_nowait(_STOP)
 
-    async def _write(self, flush: _Flush) -> bool:
-        """Append the flush's events as one group; True once durable. On failure the flush's
-        callers are answered here and False is returned."""
-        self.stats.writes += 1
-        type_name = self.aggregate_type.name
-        started = time.perf_counter()
-        try:
-            if flush.trace is None:
-                await self.journal.append(flush.events)
-            else:
-                await self._traced_append(flush, flush.trace)
-        except WriterFencedError as exc:
-            # The epoch ended (a newer activation claimed, or a write was not confirmed): the
-            # flush's outcome is unknown (the newer activation may have recovered it) and
-            # nothing this activation appends can be acknowledged any more: stop, no re-read.
-            log.warning(
-                "%s: the journal ended this activation's epoch, stopping: %s",
-                self.persistence_id,
-                exc,
-                extra=self.log_context(flush.events[0].sequence_nr),
-            )
-            self.stats.failed_writes += 1
-            self.metrics.journal_error(type_name, "fenced")
-            first, last = flush.events[0].sequence_nr, flush.events[-1].sequence_nr
+    async def _write(self, flush: Flush) -> bool:
+        """Append the flush's events as one group (``raysource.runtime.append``); True once
+        durable (or stored after all). On failure the flush's callers are answered here and
+        False is returned (or ``_Fenced`` raised: the loop ends)."""
+        exc = await self.appender.write(self.journal, flush)
+        if exc is None:
+            return True
+        events, n = flush.events, len(flush.outcomes)
+        if isinstance(exc, (WriterFencedError, ConcurrentWriteError)):
             self._fail_stop(exc)
-            for o in flush.outcomes:
-                err = WriteOutcomeUnknownError(
-                    f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed "
-                    f"(this activation was fenced or lost its write; it stopped): {exc}"
-                )
-                err.__cause__ = exc
-                self._resolve(o.future, None, err)
-            await self._end_activation()
+            fenced = isinstance(exc, WriterFencedError)
+            errors = fenced_errors(self.persistence_id, events, n, exc) if fenced else None
+            for i, o in enumerate(flush.outcomes):
+                self._resolve(o.future, None, errors[i] if errors else self._stopped_error())
+            if fenced:
+                await self._end_activation()
             raise _Fenced from exc
-        except ConcurrentWriteError as exc:
-            log.warning(
-                "%s: fenced by another writer, stopping: %s",
-                self.persistence_id,
-                exc,
-                extra=self.log_context(flush.events[0].sequence_nr),
-            )
-            self.stats.failed_writes += 1
-            self.metrics.journal_error(type_name, "fenced")
-            self._fail_stop(exc)
-            for o in flush.outcomes:
-                self._resolve(o.future, None, self._stopped_error())
-            raise _Fenced from exc
-        except Exception as exc:
-            self.stats.failed_writes += 1
-            self.metrics.journal_error(type_name, error_kind(exc))
-            log.warning(
-                "%s: write of %d events from #%d failed: %r",
-                self.persistence_id,
-                len(flush.events),
-                flush.events[0].sequence_nr,
-                exc,
-                extra=self.log_context(flush.events[0].sequence_nr),
-            )
-            return await self._after_failed_write(flush, exc)
-        self.stats.events += len(flush.events)
-        self.metrics.journal_write(type_name, len(flush.events), time.perf_counter() - started)
-        try:
-            await self._index_timers(flush.events)
-        except Exception as exc:  # stored, but not indexed: a recovery re-indexes (as tags)
-            self.metrics.journal_error(type_name, "timer-index")
-            log.warning(
-                "%s: timer index write after #%d failed: %r",
-                self.persistence_id,
-                flush.events[-1].sequence_nr,
-                exc,
-                extra=self.log_context(flush.events[-1].sequence_nr),
-            )
-            # the events ARE stored: never "not applied" (a re-read decides, as for tags)
-            unknown = JournalOutcomeUnknownError(
-                f"{self.persistence_id}: events stored, their timer index write failed: {exc!r}"
-            )
-            unknown.__cause__ = exc
-            return await self._after_failed_write(flush, unknown)
-        return True
-
-    async def _traced_append(self, flush: _Flush, trace: tracing.FlushTrace) -> None:
-        """The append with its spans; each traced command's events carry its span's context."""
-        flush.events = trace.before_append(flush.events, tracing.guard_of(self.journal))
-        try:
-            await self.journal.append(flush.events)
-        except BaseException as exc:
-            trace.after_append(exc)
-            raise
-        trace.after_append(None)
-
-    async def _after_failed_write(self, flush: _Flush, exc: Exception) -> bool:
-        """Answer the callers of a flush whose append raised ``exc``: re-read the truth first,
-        so a caller that sees a failure finds the state equal to the journal's, and a write
-        that did land is acknowledged. Returns True if it landed (acknowledge the flush).
-
-        * stored after all: True (the callers get their replies);
-        * the journal says nothing was written (:func:`_not_applied`): ``PersistFailedError``
-          (the activation goes on if the re-read worked, else it stops);
-        * else (unconfirmed, or the re-read failed after an unknown outcome):
-          ``WriteOutcomeUnknownError`` and the activation stops. The write may still land;
-          saying "failed" would invite a retry that runs the command twice, so the next
-          activation recovers whatever the journal ends up holding.
-        """
-        first, last = flush.events[0].sequence_nr, flush.events[-1].sequence_nr
         rebuilt = await self._rebuild_after_failure()
-        if rebuilt and await self._is_stored(flush.events):
+        if rebuilt and await is_stored(
+            self.journal, self.persistence_id, events, self._seq, self.log_context
+        ):
             log.warning(
                 "%s: the failed write was stored after all; acknowledging it",
                 self.persistence_id,
-                extra=self.log_context(last),
+                extra=self.log_context(events[-1].sequence_nr),
             )
             return True
-        if _not_applied(exc):
-            detail = (
-                "" if rebuilt else " (the activation stopped: the journal could not be re-read)"
-            )
-            errors: list[Exception] = [
-                PersistFailedError(f"{self.persistence_id}: write failed{detail}: {exc!r}")
-                for _ in flush.outcomes
-            ]
-        else:
-            detail = "" if rebuilt else "; the journal could not be re-read"
-            errors = [
-                WriteOutcomeUnknownError(
-                    f"{self.persistence_id}: the write of #{first}..#{last} was not confirmed"
-                    f"{detail}: {exc}"
-                )
-                for _ in flush.outcomes
-            ]
-            if rebuilt:
-                self._fail_stop(exc)
-                self._mailbox.put_nowait(_STOP)
+        errors, stop = failed_write_errors(self.persistence_id, events, n, exc, rebuilt)
+        if stop:
+            self._fail_stop(exc)
+            self._mailbox.put_nowait(_STOP)
         for o, err in zip(flush.outcomes, errors):
-            err.__cause__ = exc
             self._resolve(o.future, None, err)
         return False
-
-    async def _is_stored(self, events: list[StoredEvent]) -> bool:
-        """True if the journal holds exactly these events (written by this activation)."""
-        first, last = events[0].sequence_nr, events[-1].sequence_nr
-        if self._seq < last:
-            return False
-        try:
-            stored = [e async for e in self.journal.replay(self.persistence_id, first, last)]
-        except Exception as exc:
-            log.warning(
-                "%s: cannot check the failed write: %r",
-                self.persistence_id,
-                exc,
-                extra=self.log_context(first),
-            )
-            return False
-        return len(stored) == len(events) and all(
-            (a.writer_id, a.manifest, bytes(a.payload)) == (b.writer_id, b.manifest, b.payload)
-            for a, b in zip(stored, events)
-        )
-
-    def _repeated(self, key: str, fut: asyncio.Future[Any], flush: _Flush) -> bool:
-        """If ``key`` was applied (or rejected) already, in this flush or before, answer
-        ``fut`` as the first time (in this flush: with that command's outcome) and return
-        True; the command is not run again."""
-        earlier = flush.keyed.get(key)
-        if earlier is not None:
-            first = earlier[0]
-            flush.outcomes.append(_Outcome(fut, first.value, first.error))
-            self.stats.repeats += 1
-            return True
-        try:
-            found, value, error = self.keys.answer(key)
-        except Exception as exc:  # the stored reply cannot be decoded any more
-            found, value, error = True, None, exc
-        if found:  # applied by an earlier, durable write: answer now, whatever this write does
-            self.stats.repeats += 1
-            self._resolve(fut, value, error)
-        return found
-
-    def _decide(
-        self,
-        command: Any,
-        state: Any,
-        seq: int,
-        outcome: _Outcome,
-        flush: _Flush,
-        key: str | None = None,
-        fire: TimerFire | None = None,
-    ) -> tuple[Any, int] | None:
-        """Run one command against the tentative ``state``; record its outcome and events.
-        Returns the tentative state and sequence number after it, or None if its events do
-        not fit into this write any more (the command must be re-run in the next flush)."""
-        agg = self.aggregate_type
-        try:
-            effect = agg.command_handler(state, command)
-        except CommandError as exc:
-            outcome.error = exc
-            return state, seq
-        except Exception as exc:
-            outcome.error = self._handler_error("command handler", command, exc)
-            return state, seq
-        if isinstance(effect, Reply):
-            outcome.value = effect.value
-        elif isinstance(effect, Reject):
-            self.stats.rejections += 1
-            outcome.error = CommandRejected(effect.reason)
-        elif isinstance(effect, NoOp):
-            pass
-        elif isinstance(effect, Persist):
-            return self._apply_persist(command, effect, state, seq, outcome, flush, key, fire)
-        else:
-            outcome.error = HandlerError(
-                f"{self.persistence_id}: command handler returned {effect!r} for "
-                f"{type(command).__qualname__}, not an Effect"
-            )
-        return state, seq
-
-    def _apply_persist(
-        self,
-        command: Any,
-        effect: Persist,
-        state: Any,
-        seq: int,
-        outcome: _Outcome,
-        flush: _Flush,
-        key: str | None = None,
-        fire: TimerFire | None = None,
-    ) -> tuple[Any, int] | None:
-        agg = self.aggregate_type
-        predicate = agg.snapshot.predicate
-        stored: list[StoredEvent] = []
-        new_state, new_seq, snap = state, seq, False
-        timestamp = flush.timestamp
-        try:
-            for event in effect.events:
-                new_seq += 1
-                ser_id, manifest, payload = self.serialization.encode(
-                    event, persistence_id=self.persistence_id, sequence_nr=new_seq
-                )
-                new_state = agg.event_handler(new_state, event)
-                if predicate is not None and predicate(new_state, event):
-                    snap = True
-                stored.append(
-                    StoredEvent(
-                        persistence_id=self.persistence_id,
-                        sequence_nr=new_seq,
-                        payload=payload,
-                        manifest=manifest,
-                        serializer_id=ser_id,
-                        timestamp=timestamp,
-                        writer_id=self.writer_id,
-                        tags=agg.tags_for(event),
-                    )
-                )
-            outcome.value = effect.reply_for(new_state)
-            meta: dict[str, str] = {}
-            if key is not None and stored:  # the key and reply, in the same atomic append
-                meta.update(self.keys.metadata(key, outcome.value, seq + 1))
-            if fire is not None and stored:  # the fire, journaled with what it caused
-                meta[FIRED_FIELD] = fire.timer_id
-            if effect.schedule or effect.cancel:  # the timers, with the events creating them
-                if not stored:
-                    raise ConfigError("a schedule or cancel needs at least one event")
-                if self.timer_store is None:  # else stored, never indexed, and unrecoverable
-                    raise ConfigError(
-                        f"{self.persistence_id}: durable timers need a timer "
-                        f"store (EntityCore(timer_store=...))"
-                    )
-                for s in effect.schedule:  # else it would be refused only when it fires
-                    if agg.commands and not isinstance(s.command, agg.commands):
-                        raise ConfigError(
-                            f"timer {s.name!r}: {type(s.command).__qualname__} is not a "
-                            f"command of {agg.name!r} (its commands=)"
-                        )
-                meta.update(
-                    self.timers.metadata(effect.schedule, effect.cancel, timestamp, seq + 1)
-                )
-            if meta:
-                stored[0] = dataclasses.replace(stored[0], metadata={**stored[0].metadata, **meta})
-        except (SerializationError, CommandError) as exc:
-            outcome.error = exc
-            return state, seq
-        except Exception as exc:
-            outcome.error = self._handler_error("event handler or reply", command, exc)
-            return state, seq
-        if flush.events and self._over_limit(flush, stored):
-            return None
-        flush.events.extend(stored)
-        if stored and stored[0].metadata:
-            self.timers.tentative(stored[0], flush.timers)
-        flush.bytes += sum(_size(e) for e in stored)
-        flush.side_effects.extend((fn, new_state) for fn in effect.then)
-        flush.snapshot_due = flush.snapshot_due or snap
-        return new_state, new_seq
-
-    def _over_limit(self, flush: _Flush, more: list[StoredEvent]) -> bool:
-        if len(flush.events) + len(more) > self.max_events_per_write:
-            return True
-        return flush.bytes + sum(_size(e) for e in more) > self.max_bytes_per_write
-
-    def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError:
-        log.warning(
-            "%s: %s raised on %s: %r",
-            self.persistence_id,
-            where,
-            type(command).__qualname__,
-            exc,
-            extra=self.log_context(),
-        )
-        err = HandlerError(
-            f"{self.persistence_id}: {where} raised on {type(command).__qualname__}: {exc!r}"
-        )
-        err.__cause__ = exc
-        return err
 
     def _resolve(self, fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
         if fut.done():
@@ -843,29 +468,6 @@ class EntityCore(TimerSteps):
             self.stats.failed_commands += 1
             fut.set_exception(error)
         self.metrics.command(self.aggregate_type.name, outcome)
-
-    def _run_side_effect(self, fn: Callable[[Any], Any], new_state: Any) -> None:
-        try:
-            result = fn(new_state)
-        except Exception:
-            log.exception(
-                "%s: side effect %r failed", self.persistence_id, fn, extra=self.log_context()
-            )
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._background.add(task)
-            task.add_done_callback(self._side_effect_done)
-
-    def _side_effect_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "%s: side effect failed: %r",
-                self.persistence_id,
-                task.exception(),
-                extra=self.log_context(),
-            )
 
     async def _rebuild_after_failure(self) -> bool:
         """Rebuild the state from the journal; on failure stop the core and return False."""
@@ -884,166 +486,29 @@ class EntityCore(TimerSteps):
             self._mailbox.put_nowait(_STOP)
             return False
 
-    # ------------------------------------------------------------------ snapshots
-
     async def _save_snapshot(self) -> None:
-        policy = self.aggregate_type.snapshot
-        try:
-            ser_id, manifest, payload = self.keys.wrap_snapshot(
-                *self.serialization.encode(
-                    self._state, persistence_id=self.persistence_id, sequence_nr=self._seq
-                ),
-                timers=self.timers.to_lists(),
-            )
-            await self.snapshot_store.save(
-                StoredSnapshot(
-                    persistence_id=self.persistence_id,
-                    sequence_nr=self._seq,
-                    payload=payload,
-                    manifest=manifest,
-                    serializer_id=ser_id,
-                    timestamp=self._wall_clock(),
-                )
-            )
-            self.stats.snapshots += 1
-            await self.snapshot_store.keep_newest(self.persistence_id, policy.keep)
-        except Exception as exc:  # a snapshot is an optimisation: never fail commands for it
-            self.stats.snapshot_failures += 1
-            self.metrics.journal_error(self.aggregate_type.name, "snapshot")
-            log.warning(
-                "%s: snapshot at %d failed: %r",
-                self.persistence_id,
-                self._seq,
-                exc,
-                extra=self.log_context(),
-            )
+        await self.appender.save_snapshot(self.snapshot_store, self._state, self._seq)
 
     # ------------------------------------------------------------------ recovery
 
     async def _recover(self) -> RecoveryStats:
-        started = time.perf_counter()
+        """Run the recovery phases (``raysource.runtime.recovery``); Running starts here."""
         self.stats.recoveries += 1
-        state, seq, snap_seq, skipped = await self._load_snapshot()
-        # The highest number is read BEFORE the replay, and the replay goes up to it: every
-        # number up to ``highest`` is then either replayed (applied) or deleted, never skipped.
-        # (Read after the replay, a number another writer appended in between would be taken
-        # as ours without its event being applied: a write decided on a stale state.) A writer
-        # that appends after this read is met by the fencing guard at our first write.
-        highest = await self.journal.highest_sequence_nr(self.persistence_id)
-        if highest < seq:
-            # A snapshot newer than the journal cannot be trusted: rebuild from events alone.
-            log.warning(
-                "%s: snapshot at %d is beyond the journal's highest %d; full replay",
-                self.persistence_id,
-                seq,
-                highest,
-                extra=self.log_context(seq),
-            )
-            state, seq, snap_seq = self.aggregate_type.initial_state, 0, None
-            self.keys.clear()
-            self.timers.clear()
-        state, seq, replayed = await self._replay(state, seq, highest)
-        # Numbers up to ``highest`` that the replay did not return are deleted (``delete_to``
-        # removes a prefix); they still occupy their numbers: never reuse them.
-        seq = max(seq, highest)
-        if self.aggregate_type.tagger is not None and any(e.tags for e in self._newest_group):
-            # Its writer may have died (or failed) between the events and their tag rows:
-            # put the newest group into its tag streams before anyone is answered.
-            await self.journal.repair_tags(list(self._newest_group))
-        await self._repair_timer_index()
-        self._newest_group.clear()
-        self._state, self._seq = state, seq
-        stats = RecoveryStats(snap_seq, skipped, replayed, seq, time.perf_counter() - started)
-        self.metrics.recovery(self.aggregate_type.name, stats.duration_s)
-        log.info(
-            "%s: recovered at #%d in %.3f s (snapshot %s, %d events replayed)",
+        done = await Recovery(
+            self.aggregate_type,
             self.persistence_id,
-            seq,
-            stats.duration_s,
-            "none" if snap_seq is None else f"#{snap_seq}",
-            replayed,
-            extra=self.log_context(),
-        )
-        return stats
-
-    async def _load_snapshot(self) -> tuple[Any, int, int | None, int]:
-        max_seq = sys.maxsize
-        skipped = 0
-        while True:
-            snap = await self.snapshot_store.load(self.persistence_id, max_seq)
-            self.keys.clear()
-            self.timers.clear()
-            if snap is None:
-                return self.aggregate_type.initial_state, 0, None, skipped
-            try:
-                ser_id, manifest, payload = self.keys.unwrap_snapshot(  # + its keys, timers
-                    snap, on_timers=self.timers.load_lists
-                )
-                state = self.serialization.decode(
-                    ser_id,
-                    manifest,
-                    payload,
-                    persistence_id=self.persistence_id,
-                    sequence_nr=snap.sequence_nr,
-                )
-                return state, snap.sequence_nr, snap.sequence_nr, skipped
-            except SerializationError as exc:
-                skipped += 1
-                log.warning(
-                    "%s: cannot decode snapshot at %d, trying an older one: %s",
-                    self.persistence_id,
-                    snap.sequence_nr,
-                    exc,
-                    extra=self.log_context(snap.sequence_nr),
-                )
-                max_seq = snap.sequence_nr - 1
-                if max_seq < 1:
-                    self.keys.clear()
-                    self.timers.clear()
-                    return self.aggregate_type.initial_state, 0, None, skipped
-
-    async def _replay(self, state: Any, seq: int, to: int) -> tuple[Any, int, int]:
-        handler = self.aggregate_type.event_handler
-        replayed = 0
-        group: tuple[str, Any] | None = None  # (writer, timestamp) of the newest group
-        self._newest_group.clear()
-        if to <= seq:
-            return state, seq, replayed
-        async for stored in self.journal.replay(self.persistence_id, seq + 1, to):
-            event = self.serialization.decode(
-                stored.serializer_id,
-                stored.manifest,
-                stored.payload,
-                persistence_id=self.persistence_id,
-                sequence_nr=stored.sequence_nr,
-            )
-            state = handler(state, event)
-            seq = stored.sequence_nr
-            replayed += 1
-            if stored.metadata:
-                self.keys.applied(stored)
-                self.timers.applied(stored)
-            # one flush = one atomic group: same writer, same timestamp
-            if (stored.writer_id, stored.timestamp) != group:
-                group = (stored.writer_id, stored.timestamp)
-                self._newest_group.clear()
-            self._newest_group.append(stored)  # kept for the tag repair, not re-read
-        return state, seq, replayed
-
-
-def _size(event: StoredEvent) -> int:
-    """What an event weighs in a write: its payload and its metadata (timers, keys)."""
-    return len(event.payload) + sum(len(v) for v in event.metadata.values())
-
-
-def _not_applied(exc: BaseException) -> bool:
-    """True if a failed append provably wrote nothing: a raysource ``NotAppliedError``, or a
-    journal/serialization error that does not say "outcome unknown" (the journal contract:
-    ``append`` raises ``JournalOutcomeUnknownError`` whenever the write may have happened).
-    Anything else (a bug, a foreign exception) is taken as unknown."""
-    if isinstance(exc, OutcomeUnknownError):
-        return False
-    return isinstance(exc, (NotAppliedError, JournalError, SerializationError))
+            self.journal,
+            self.snapshot_store,
+            self.serialization,
+            keys=self.keys,
+            timers=self.timers,
+            repair_timer_index=self.timer_steps.repair_index,
+            metrics=self.metrics,
+            log_context=self.log_context,
+            group_limit=self._group_limit,
+        ).run()
+        self._state, self._seq = done.state, done.sequence_nr
+        return done.stats
 
 
 class _Fenced(Exception):

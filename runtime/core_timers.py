@@ -11,21 +11,18 @@ meant to be used on their own.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
 from raysource.runtime.errors import AggregateStoppedError, HandlerError, TimerNotDueError
+from raysource.runtime.flush import CoreStats, Flush, Outcome
 from raysource.runtime.timers import EARLY_FIRE_TOLERANCE_MS, TimerFire, TimerTable
 from raysource.timers.api import DEFAULT_SETTLE_MS, TimerRow, TimerStore, cursor_floor
 
-if TYPE_CHECKING:
-    from raysource.runtime.core import CoreStats
-
-__all__ = ["TimerSteps", "scheduled_at"]
+__all__ = ["DurableTimers", "TimerSteps", "scheduled_at"]
 
 log = logging.getLogger("raysource.runtime.core")
 
@@ -38,27 +35,57 @@ def scheduled_at(timer_id: str) -> int:
         return 0
 
 
-class TimerSteps:
-    """The durable-timer methods of the entity core (a mixin of ``EntityCore``)."""
+class TimerSteps(Protocol):
+    """What the entity core asks of its durable timers (``seq``: the core's sequence number;
+    the flush's ``timers`` holds its tentative changes)."""
 
-    # the core's attributes and methods these steps use (set and defined by EntityCore)
-    journal: Journal
-    persistence_id: str
-    writer_id: str
-    stats: CoreStats
-    timers: TimerTable
-    timer_store: TimerStore | None
-    _seq: int
-    _timer_cursor: bool
-    _wall_clock: Callable[[], datetime]
-    _newest_group: deque[StoredEvent]
+    def command_of(self, fire: TimerFire, outcome: Outcome, flush: Flush, seq: int) -> Any | None:
+        """The command of a timer fire, or None: answered in ``outcome`` (not due, stale,
+        undecodable, or beyond this activation), recorded in ``flush``."""
+        ...
 
-    if TYPE_CHECKING:
+    async def confirm_unwritten_fires(self, flush: Flush, journal: Journal, seq: int) -> bool:
+        """Decide the fires of ``flush`` answered without a write of theirs: True if they may
+        be answered, False if this activation must stop (a newer one claimed)."""
+        ...
 
-        def log_context(self, sequence_nr: int | None = None) -> dict[str, Any]: ...
-        def _handler_error(self, where: str, command: Any, exc: Exception) -> HandlerError: ...
+    async def index(self, events: list[StoredEvent]) -> None:
+        """Apply durable ``events``' timer metadata and write their index rows."""
+        ...
 
-    async def _check_unwritten_fires(self, flush: Any) -> bool:
+    async def repair_index(self, newest_group: list[StoredEvent]) -> None:
+        """Index the still pending schedules of the newest group (a recovery's repair)."""
+        ...
+
+
+class DurableTimers:
+    """:class:`TimerSteps` over ``table`` (the activation's pending timers) and ``store`` (the
+    timer index; None: a schedule is refused with ``ConfigError``). ``handler_error`` builds
+    (and logs) the ``HandlerError`` of a fire whose command cannot be decoded."""
+
+    def __init__(
+        self,
+        table: TimerTable,
+        store: TimerStore | None,
+        *,
+        persistence_id: str,
+        writer_id: str,
+        stats: CoreStats,
+        wall_clock: Callable[[], datetime],
+        log_context: Callable[[], dict[str, Any]],
+        handler_error: Callable[[str, Any, Exception], HandlerError],
+    ) -> None:
+        self.timers = table
+        self.timer_store = store
+        self.persistence_id = persistence_id
+        self.writer_id = writer_id
+        self.stats = stats
+        self._wall_clock = wall_clock
+        self.log_context = log_context
+        self._handler_error = handler_error
+        self._timer_cursor = False  # ensured the shard's cursor exists (once per activation)
+
+    async def confirm_unwritten_fires(self, flush: Flush, journal: Journal, seq: int) -> bool:
         """Decide the fires of ``flush`` answered without a write of theirs (stale, beyond
         this activation, undecodable, or consumed without events): the pump deletes their
         rows once answered, so they are answered only if this activation is still the
@@ -80,7 +107,7 @@ class TimerSteps:
             f"fires go there (this activation {self.writer_id} stops)"
         )
         try:
-            current = await self.journal.confirm_activation(self.persistence_id, self.writer_id)
+            current = await journal.confirm_activation(self.persistence_id, self.writer_id)
         except Exception as exc:
             log.warning(
                 "%s: cannot confirm this activation before answering timer fires: %r",
@@ -91,7 +118,7 @@ class TimerSteps:
             err, current = exc, False
         else:
             if current is None:  # no per-activation fence: the older rule
-                return await self._behind_without_fence(flush)
+                return await self._behind_without_fence(flush, journal, seq)
         if current:
             for o in flush.behind:  # the journal has no such event: stale after all
                 o.error = None
@@ -101,13 +128,13 @@ class TimerSteps:
             o.value, o.error = None, err
         return False
 
-    async def _behind_without_fence(self, flush: Any) -> bool:
+    async def _behind_without_fence(self, flush: Flush, journal: Journal, seq: int) -> bool:
         """A journal without a per-activation fence: stale and silent fires are answered;
         fires beyond this activation ask ``highest_sequence_nr`` (ahead: False, stop)."""
         self.stats.stale_fires += flush.stale_fires
         if not flush.behind:
             return True
-        ahead = await self._journal_ahead()
+        ahead = await self._journal_ahead(journal, seq)
         if ahead is False:
             for o in flush.behind:
                 o.error = None
@@ -115,11 +142,11 @@ class TimerSteps:
             return True
         return False if ahead else True
 
-    async def _journal_ahead(self) -> bool | None:
+    async def _journal_ahead(self, journal: Journal, seq: int) -> bool | None:
         """True if the journal holds events this activation never applied (another activation
         wrote after it recovered), None if that cannot be read."""
         try:
-            return await self.journal.highest_sequence_nr(self.persistence_id) > self._seq
+            return await journal.highest_sequence_nr(self.persistence_id) > seq
         except Exception as exc:
             log.warning(
                 "%s: cannot read the highest sequence number: %r",
@@ -129,7 +156,7 @@ class TimerSteps:
             )
             return None
 
-    async def _index_timers(self, events: list[StoredEvent]) -> None:
+    async def index(self, events: list[StoredEvent]) -> None:
         """Apply the timer metadata of durable ``events`` to the table and write their index
         rows (before anyone is answered: an acknowledged schedule is always indexed)."""
         # the net effect per row key, in event order: a row written and then deleted (or
@@ -185,7 +212,7 @@ class TimerSteps:
             self._timer_cursor = True
         await self.timer_store.upsert(rows)
 
-    def _timer_command(self, fire: TimerFire, outcome: Any, flush: Any, seq: int) -> Any | None:
+    def command_of(self, fire: TimerFire, outcome: Outcome, flush: Flush, seq: int) -> Any | None:
         """The command of a timer fire, or None (answered: stale, undecodable, or this
         activation is behind; ``seq``: the flush's tentative sequence number)."""
         due_ms = self.timers.due_ms_of(fire, flush.timers)
@@ -220,14 +247,12 @@ class TimerSteps:
             flush.unwritten_fires.append(outcome)
         return command
 
-    async def _repair_timer_index(self) -> None:
+    async def repair_index(self, newest_group: list[StoredEvent]) -> None:
         """Its writer may have died between the newest group and its timer rows: index the
         group's schedules that are still pending (in a bucket at or after now; a copy left
         in the old bucket fires as stale). Every older group was indexed before the next
         append."""
-        names = [
-            name for e in self._newest_group if e.metadata for name in self.timers.scheduled_in(e)
-        ]
+        names = [name for e in newest_group if e.metadata for name in self.timers.scheduled_in(e)]
         if names:
             if self.timer_store is None:
                 raise ConfigError(f"{self.persistence_id}: durable timers need a timer store")

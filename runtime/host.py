@@ -143,7 +143,8 @@ class AggregateHost:
             raise ConfigError("max_concurrent_recoveries must be >= 1")
         self.aggregate_type = aggregate_type
         self.timer_store = timer_store  # durable timers' index (raysource.timers)
-        self.journal = journal if on_durable is None else _NotifyingJournal(journal, on_durable)
+        self.journal = journal
+        self.on_durable = on_durable  # each core calls it after each acknowledged append
         self.snapshot_store = snapshot_store
         self.serialization = serialization
         self.writer_prefix = writer_prefix or uuid.uuid4().hex[:12]
@@ -319,6 +320,7 @@ class AggregateHost:
             clock=self._clock,
             metrics=self.metrics,
             timer_store=self.timer_store,
+            on_durable=self.on_durable,
         )
 
     def _activation_failed(
@@ -667,56 +669,6 @@ class AggregateHost:
         self._orders.clear()
         if self._stopping:
             await asyncio.gather(*(asyncio.shield(f) for f in self._stopping.values()))
-
-
-class _NotifyingJournal(Journal):
-    """``journal`` plus the host's ``on_durable`` listener, called after each append."""
-
-    def __init__(self, journal: Journal, listener: Callable[[list[StoredEvent]], None]) -> None:
-        self.inner, self.listener = journal, listener
-        self.capabilities, self.max_group_size = journal.capabilities, journal.max_group_size
-
-    async def append(self, events: Any) -> None:
-        events = list(events)
-        await self.inner.append(events)
-        try:
-            self.listener(events)
-        except Exception:  # the listener is best effort; the append is acknowledged
-            log.exception("on_durable listener failed")
-
-    def replay(
-        self, persistence_id: str, from_sequence_nr: int = 1, to_sequence_nr: int | None = None
-    ) -> Any:
-        return self.inner.replay(persistence_id, from_sequence_nr, to_sequence_nr)
-
-    async def highest_sequence_nr(self, persistence_id: str) -> int:
-        return await self.inner.highest_sequence_nr(persistence_id)
-
-    async def delete_to(self, persistence_id: str, to_sequence_nr: int) -> None:
-        await self.inner.delete_to(persistence_id, to_sequence_nr)
-
-    def events_by_tag(self, tag: str, after: Any = None, *, limit: int | None = None) -> Any:
-        return self.inner.events_by_tag(tag, after, limit=limit)
-
-    async def repair_tags(self, events: Any) -> int:
-        return await self.inner.repair_tags(events)
-
-    async def begin_activation(self, persistence_id: str, writer_id: str) -> None:
-        await self.inner.begin_activation(persistence_id, writer_id)  # the epoch claim
-
-    async def begin_activations(
-        self, activations: Any, *, concurrency: int = 32
-    ) -> list[BaseException | int | None]:
-        return await self.inner.begin_activations(activations, concurrency=concurrency)
-
-    async def end_activation(self, persistence_id: str, writer_id: str) -> None:
-        await self.inner.end_activation(persistence_id, writer_id)
-
-    async def confirm_activation(self, persistence_id: str, writer_id: str) -> bool | None:
-        return await self.inner.confirm_activation(persistence_id, writer_id)
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def ids_matching(entity_ids: Iterable[str]) -> Callable[[str], bool]:

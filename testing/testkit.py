@@ -57,8 +57,9 @@ from raysource.journal.api import Journal, StoredEvent
 from raysource.journal.errors import ConfigError
 from raysource.journal.serialization import Serialization
 from raysource.runtime.aggregate import AggregateType
-from raysource.runtime.core import EntityCore, RecoveryStats
+from raysource.runtime.core import EntityCore
 from raysource.runtime.errors import CommandRejected
+from raysource.runtime.recovery import RecoveryStats
 from raysource.runtime.timers import TimerFire
 from raysource.snapshots.api import SnapshotStore
 from raysource.timers.memory import InMemoryTimerStore

@@ -57,7 +57,14 @@ CATEGORIES = [
     ("raysource ordering buffer", ("runtime/ordering.py",)),
     (
         "raysource entity core (mailbox, flush, decide)",
-        ("runtime/core.py", "runtime/aggregate.py", "benchmarks/peer/aggregate.py"),
+        (
+            "runtime/core.py",
+            "runtime/flush.py",
+            "runtime/append.py",
+            "runtime/core_timers.py",
+            "runtime/aggregate.py",
+            "benchmarks/peer/aggregate.py",
+        ),
     ),
     (
         "raysource host (routing, activation, bookkeeping)",
@@ -67,7 +74,15 @@ CATEGORIES = [
         "raysource host actor / metrics glue",
         ("runtime/actors/host_actor.py", "runtime/actors/ray_metrics.py"),
     ),
-    ("raysource refs (caller side)", ("runtime/actors/refs.py", "sharding/system.py")),
+    (
+        "raysource refs (caller side)",
+        (
+            "runtime/actors/refs.py",
+            "runtime/actors/coalesce.py",
+            "runtime/actors/protocol.py",
+            "sharding/system.py",
+        ),
+    ),
     ("ray core worker (submit, execute, reply)", ("ray/",)),
     ("asyncio event loop", ("asyncio/",)),
     ("benchmark harness", ("benchmarks/peer",)),

@@ -2,9 +2,10 @@
 
 A reference (:class:`~raysource.runtime.actors.refs.EntityRef`) hands every command it sends to
 the :class:`Coalescer` of its host actor (one per host actor and event loop in a process)
-as a *group*: ``(entity_id, caller_id, first_seq, commands)``, the arguments of the host's
-``ask_many`` (one command for ``ask``/``tell``, the whole batch for ``ask_many``). The
-coalescer sends what it holds as one Ray call:
+as a *group*: a :class:`~raysource.runtime.actors.protocol.Call` (the arguments of the host's
+``ask_many``: one command for ``ask``/``tell``, the whole batch for ``ask_many``). The
+coalescer sends what it holds as one Ray call (the protocol's
+:func:`~raysource.runtime.actors.protocol.send`):
 
 * one group: the host's own method for it, ``ask_ordered`` (one command) or ``ask_many`` (a
   batch), exactly as an uncoalesced reference would (a sequential caller pays nothing);
@@ -37,16 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import weakref
 from collections import deque
 from typing import Any
 
-from ray import cloudpickle
-
 from raysource.journal.errors import UnserializableError
+from raysource.runtime.actors import protocol
+from raysource.runtime.actors.protocol import Call
 
-__all__ = ["STATS", "Coalescer", "check_picklable", "coalescers", "submit"]
+__all__ = ["STATS", "Coalescer", "coalescers", "submit"]
 
 ENABLED = os.environ.get("RAYSOURCE_COALESCE", "1") != "0"
 _MAX_CALLS = max(1, int(os.environ.get("RAYSOURCE_COALESCE_CALLS", "1")))
@@ -58,30 +58,14 @@ STATS = {"calls": 0, "groups": 0, "commands": 0}
 updated from every loop's thread without a lock, so approximate under threads)."""
 
 
-def check_picklable(command: Any) -> None:
-    """Raise ``TypeError`` (what Ray raises at ``.remote()``) if ``command`` cannot be pickled,
-    before the reference numbers it: the standard pickler first (~3 us for a small dataclass),
-    Ray's cloudpickle only for what it refuses (e.g. local classes)."""
-    try:
-        pickle.dumps(command, protocol=5)
-    except Exception:  # noqa: BLE001 - the standard pickler's refusal is not the verdict
-        try:
-            cloudpickle.dumps(command, protocol=5)
-        except Exception as exc:
-            raise TypeError(f"cannot pickle the command: {exc}") from exc
-
-
 class _Group:
-    __slots__ = ("args", "single", "future", "since")
+    """One :class:`Call` waiting in a coalescer: ``single`` (one command, answered by its
+    reply), the caller's ``future`` and when it was added (loop time)."""
 
-    def __init__(
-        self,
-        args: tuple[Any, str, int, list[Any]],
-        single: bool,
-        future: asyncio.Future,
-        since: float,
-    ) -> None:
-        self.args, self.single, self.future, self.since = args, single, future, since
+    __slots__ = ("call", "single", "future", "since")
+
+    def __init__(self, call: Call, single: bool, future: asyncio.Future, since: float) -> None:
+        self.call, self.single, self.future, self.since = call, single, future, since
 
 
 class Coalescer:
@@ -118,11 +102,13 @@ class Coalescer:
             not ENABLED or self.in_flight < _MAX_CALLS or now - self.pending[0].since >= _HOLD_S
         ):
             groups = [self.pending.popleft()]
-            n = len(groups[0].args[3])
-            while ENABLED and self.pending and n + len(self.pending[0].args[3]) <= _MAX_COMMANDS:
+            n = len(groups[0].call.commands)
+            while (
+                ENABLED and self.pending and n + len(self.pending[0].call.commands) <= _MAX_COMMANDS
+            ):
                 group = self.pending.popleft()
                 groups.append(group)
-                n += len(group.args[3])
+                n += len(group.call.commands)
             self._send(groups)
         if self.pending:
             self._timer = self.loop.call_at(self.pending[0].since + _HOLD_S, self._flush)
@@ -131,12 +117,13 @@ class Coalescer:
 
     def _send(self, groups: list[_Group]) -> None:
         try:
-            ref = self._remote(groups)
+            calls = [groups[0].call] if len(groups) == 1 else [g.call for g in groups]
+            ref = protocol.send(self.handle, calls, groups[0].single)
         except TypeError:
             # Checked per command before numbering (check_picklable), so this is a value only
             # Ray's serializer refuses: send each group alone; only the culprit's call fails.
             if len(groups) == 1:
-                raise_in(groups[0], self._pickling_error(groups[0]))
+                protocol.fail(groups[0].future, self._pickling_error(groups[0]))
                 return
             for group in groups:
                 self._send([group])
@@ -146,24 +133,14 @@ class Coalescer:
         self.groups += len(groups)
         STATS["calls"] += 1
         STATS["groups"] += len(groups)
-        STATS["commands"] += sum(len(g.args[3]) for g in groups)
+        STATS["commands"] += sum(len(g.call.commands) for g in groups)
         self.loop.create_task(self._receive(ref, groups))
-
-    def _remote(self, groups: list[_Group]) -> Any:
-        h = self.handle
-        if len(groups) == 1:
-            g = groups[0]
-            if g.single:
-                eid, cid, seq, commands = g.args
-                return h.ask_ordered.remote(eid, cid, seq, commands[0])
-            return h.ask_many.remote(*g.args)
-        return h.ask_batches.remote([g.args for g in groups])
 
     @staticmethod
     def _pickling_error(group: _Group) -> Exception:
         return UnserializableError(
             f"the command cannot be sent to its host (Ray could not pickle it; entity "
-            f"{group.args[0]!r}); not applied"
+            f"{group.call.entity_id!r}); not applied"
         )
 
     async def _receive(self, ref: Any, groups: list[_Group]) -> None:
@@ -172,37 +149,19 @@ class Coalescer:
                 result = await ref
             except Exception as err:  # a failure of the whole call: every group hears it
                 for g in groups:
-                    raise_in(g, err)
+                    protocol.fail(g.future, err)
                 return
             if len(groups) == 1:
-                resolve(groups[0], result, whole=True)
+                protocol.answer(groups[0].future, groups[0].single, result, whole=True)
             else:
                 for g, r in zip(groups, result):
                     if isinstance(r, BaseException):
-                        raise_in(g, r)
+                        protocol.fail(g.future, r)
                     else:
-                        resolve(g, r, whole=False)
+                        protocol.answer(g.future, g.single, r, whole=False)
         finally:
             self.in_flight -= 1
             self._flush()
-
-
-def resolve(group: _Group, result: Any, *, whole: bool) -> None:
-    """Answer ``group``'s future: ``result`` is the group's reply (``whole``: what its own
-    method returned) or its outcome list."""
-    if group.future.done():  # the caller gave up waiting (deadline): the outcome is dropped
-        return
-    if group.single and not whole:
-        result = result[0]
-        if isinstance(result, BaseException):
-            group.future.set_exception(result)
-            return
-    group.future.set_result(result)
-
-
-def raise_in(group: _Group, error: BaseException) -> None:
-    if not group.future.done():
-        group.future.set_exception(error)
 
 
 _REGISTRY: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Coalescer]] = (
@@ -222,18 +181,13 @@ def _add(handle: Any, key: str, group: _Group) -> None:
 
 
 def submit(
-    handle: Any,
-    key: str,
-    loop: asyncio.AbstractEventLoop,
-    args: tuple[Any, str, int, list[Any]],
-    *,
-    single: bool,
+    handle: Any, key: str, loop: asyncio.AbstractEventLoop, call: Call, *, single: bool
 ) -> asyncio.Future:
-    """Hand ``args`` (``entity_id, caller_id, first_seq, commands``) to the coalescer of
-    ``handle`` (``key``: its actor id) on ``loop``; returns the future of its result (see the
-    module docstring), awaitable on ``loop``. Callable from any thread."""
+    """Hand ``call`` to the coalescer of ``handle`` (``key``: its actor id) on ``loop``;
+    returns the future of its result (see the module docstring), awaitable on ``loop``.
+    Callable from any thread."""
     future = loop.create_future()
-    group = _Group(args, single, future, loop.time())
+    group = _Group(call, single, future, loop.time())
     if asyncio._get_running_loop() is loop:
         _add(handle, key, group)
     else:

@@ -30,7 +30,7 @@ Public raw-handle API (every method is a coroutine; call ``handle.<method>.remot
     ask(command, entity_id=None) -> reply         # dedicated: entity_id defaults to its entity
     ask_ordered(entity_id, caller_id, seq, command) -> reply   # per-caller order (refs use it)
     ask_many(entity_id, caller_id, first_seq, commands) -> [reply or error object, ...]
-    ask_batches([(entity_id, caller_id, first_seq, commands), ...]) -> [outcomes or error, ...]
+    ask_batches([Call(entity_id, caller_id, first_seq, commands), ...]) -> [outcomes or error]
     state(entity_id=None) -> state                # read-only; activates if needed
     passivate(entity_id=None) -> bool             # stop after queued work
     handoff(shards=None) -> int                   # None: stop everything, retire; else stop
@@ -69,6 +69,7 @@ import ray
 from raysource.journal.errors import ConfigError
 from raysource.runtime.actors.cluster import host_name, shard_host_name, shared_host_name
 from raysource.runtime.actors.live import LivePublisher
+from raysource.runtime.actors.protocol import Call
 from raysource.runtime.actors.ray_metrics import RayMetrics
 from raysource.runtime.actors.shard_gate import ShardGate, ShardOwner, slot_of
 from raysource.runtime.aggregate import AggregateType, Placement
@@ -418,16 +419,14 @@ class _HostActor:
             entity_id, lambda h, e: h.ask_many(e, caller_id, first_seq, list(commands))
         )
 
-    async def ask_batches(
-        self, groups: list[tuple[str | None, str, int, list[Any]]]
-    ) -> list[list[Outcome] | BaseException]:
+    async def ask_batches(self, groups: list[Call]) -> list[list[Outcome] | BaseException]:
         """Several :meth:`ask_many` calls in one Ray call (references coalesce concurrent
         calls of one process to this actor: ``raysource.runtime.actors.coalesce``): each group
         is the arguments of one :meth:`ask_many`, run exactly as that call (groups admitted in
         order); one result per group: its outcome list, or as an object the error its
         :meth:`ask_many` raised (e.g. ``PassivatedError``: none of that group was applied)."""
 
-        async def one(group: tuple[str | None, str, int, list[Any]]) -> Any:
+        async def one(group: Call) -> Any:
             try:
                 return await self.ask_many(*group)
             except Exception as exc:  # that group's call failed; its batch-mates go on

@@ -33,6 +33,7 @@ import ray
 
 from raysource.journal.errors import ConfigError
 from raysource.runtime.actors.host_actor import HostSpec, _HostActor
+from raysource.runtime.actors.protocol import Call
 from raysource.runtime.errors import PassivatedError
 from raysource.runtime.logs import configure_from_env
 from raysource.runtime.stores import StoreSpec, open_stores
@@ -149,9 +150,7 @@ class _PooledHost(_HostActor):
             raise self._idle_refusal()
         return await super().ask_many(entity_id, caller_id, first_seq, commands)
 
-    async def ask_batches(
-        self, groups: list[tuple[str | None, str, int, list[Any]]]
-    ) -> list[list[Any] | BaseException]:
+    async def ask_batches(self, groups: list[Call]) -> list[list[Any] | BaseException]:
         if self._assigned is None:
             raise self._idle_refusal()
         return await super().ask_batches(groups)

@@ -67,7 +67,8 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayEr
 
 from raysource.journal.errors import ConfigError, OutcomeUnknownError, UnserializableError
 from raysource.runtime import tracing
-from raysource.runtime.actors import coalesce
+from raysource.runtime.actors import coalesce, protocol
+from raysource.runtime.actors.protocol import Call, Sent
 from raysource.runtime.aggregate import AggregateType
 from raysource.runtime.errors import (
     AggregateStoppedError,
@@ -356,7 +357,7 @@ class EntityRef:
         t = self.default_timeout if timeout is None else timeout
         return math.inf if t is None else time.monotonic() + t
 
-    async def _ask(self, command: Any, timeout: float | None, first: tuple[Any, int] | None) -> Any:
+    async def _ask(self, command: Any, timeout: float | None, first: Sent | None) -> Any:
         key = key_of(command)
         return await self._deadline(
             self._until_answered(
@@ -375,7 +376,7 @@ class EntityRef:
         may not be reflected. :meth:`state` is the blocking form."""
         return await self._state(timeout, None)
 
-    async def _state(self, timeout: float | None, first: tuple[Any, int] | None) -> Any:
+    async def _state(self, timeout: float | None, first: Sent | None) -> Any:
         return await self._deadline(self._until_answered(self._send_state, first=first), timeout)
 
     async def ask_many_async(
@@ -413,7 +414,7 @@ class EntityRef:
         return [self._keyed(c, k) for c, k in zip(commands, keys)]
 
     async def _ask_many(
-        self, commands: list[Any], timeout: float | None, first: tuple[Any, int] | None
+        self, commands: list[Any], timeout: float | None, first: Sent | None
     ) -> list[Any]:
         results: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))  # indices without a final outcome yet
@@ -475,7 +476,7 @@ class EntityRef:
         first = self._first(lambda: self._send(command, _LOOP.get()))
         _LOOP.submit(self._tell_rest(command, first))
 
-    async def _tell_rest(self, command: Any, first: tuple[Any, int] | None) -> None:
+    async def _tell_rest(self, command: Any, first: Sent | None) -> None:
         try:
             await self._until_answered(
                 lambda: self._send(command),
@@ -491,7 +492,7 @@ class EntityRef:
             )
 
     @staticmethod
-    def _first(submit: Callable[[], tuple[Any, int]]) -> tuple[Any, int] | None:
+    def _first(submit: Callable[[], Sent]) -> Sent | None:
         """Submit in the caller's thread (so send order is the caller's order, and a blocking
         resolve stays off the references' loop); None if only a retiring activation is
         known yet (the loop then waits for a fresh one)."""
@@ -502,15 +503,16 @@ class EntityRef:
 
     async def _until_answered(
         self,
-        submit: Callable[[], tuple[Any, int]],
+        submit: Callable[[], Sent],
         retry_until: float | None = None,
         *,
-        first: tuple[Any, int] | None = None,
+        first: Sent | None = None,
         with_epoch: bool = False,
         keyed_until: float | None = None,
     ) -> Any:
-        """The retry rule, written once for every call shape: submit (``submit() ->
-        (awaitable, epoch)``: a coalescer's future, or an ObjectRef) and await the answer,
+        """The retry rule, written once for every call shape: submit (``submit()`` returns a
+        :class:`~raysource.runtime.actors.protocol.Sent`: a coalescer's future, or an
+        ObjectRef, and the epoch) and await the answer,
         re-submitting to a fresh activation while the answer is "not applied" (until
         ``retry_until``) and, for commands under idempotency keys (``keyed_until`` set: the
         call's deadline), while the outcome is unknown (see the module docstring). Gives up with the
@@ -554,7 +556,7 @@ class EntityRef:
                         continue
                     out = unknown if unknown is not None else out
                 return self._raise(out, with_epoch)
-            return (answer, epoch) if with_epoch else answer
+            return Sent(answer, epoch) if with_epoch else answer
 
     async def _submit_in_turn(self, submit: Callable[[], T]) -> T:
         """``submit()``, resolving the host first in a thread when none is known (a blocking
@@ -668,7 +670,7 @@ class EntityRef:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, command: Any, loop: asyncio.AbstractEventLoop | None = None) -> tuple[Any, int]:
+    def _send(self, command: Any, loop: asyncio.AbstractEventLoop | None = None) -> Sent:
         """Hand ``command`` with the next sequence number to its host's coalescer on ``loop``
         (default: the running one; see ``raysource.runtime.actors.coalesce``); returns (a
         future of its reply, epoch). Raises ``_NotFreeYet`` while only a retiring activation
@@ -681,15 +683,15 @@ class EntityRef:
                 handle,
                 _actor_id(handle),
                 loop or asyncio.get_running_loop(),
-                (self.entity_id, self._caller_id, self._seq, [command]),
+                Call(self.entity_id, self._caller_id, self._seq, [command]),
                 single=True,
             )
             self._seq += 1
-            return fut, self._epoch
+            return Sent(fut, self._epoch)
 
     def _picklable(self, command: Any) -> None:
         try:
-            coalesce.check_picklable(command)
+            protocol.check_picklable(command)
         except TypeError as exc:
             pid = self.aggregate_type.persistence_id(self.entity_id)
             raise UnserializableError(
@@ -709,13 +711,13 @@ class EntityRef:
                 persistence_id=pid,
             ) from exc
 
-    def _send_state(self) -> tuple[Any, int]:
+    def _send_state(self) -> Sent:
         with self._lock:
-            return self._remote(self._current().state, self.entity_id), self._epoch
+            return Sent(self._remote(self._current().state, self.entity_id), self._epoch)
 
     def _send_batch(
         self, commands: list[Any], loop: asyncio.AbstractEventLoop | None = None
-    ) -> tuple[Any, int]:
+    ) -> Sent:
         """Hand ``commands`` numbered from the next sequence number on (the numbering advances
         by ``len(commands)``) to the coalescer like :meth:`_send`; returns (a future of the
         outcome list, epoch). Raises like :meth:`_send`."""
@@ -727,11 +729,11 @@ class EntityRef:
                 handle,
                 _actor_id(handle),
                 loop or asyncio.get_running_loop(),
-                (self.entity_id, self._caller_id, self._seq, list(commands)),
+                Call(self.entity_id, self._caller_id, self._seq, list(commands)),
                 single=False,
             )
             self._seq += len(commands)
-            return fut, self._epoch
+            return Sent(fut, self._epoch)
 
     def _settle(
         self,

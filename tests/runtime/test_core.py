@@ -702,7 +702,7 @@ async def test_a_bug_in_the_loop_fails_callers_instead_of_hanging(monkeypatch):
     def broken(*a, **k):
         raise AttributeError("bug")
 
-    monkeypatch.setattr(core, "_decide", broken)
+    monkeypatch.setattr(core.decider, "decide", broken)
     with pytest.raises(AggregateStoppedError):
         await asyncio.wait_for(core.handle(Add(1)), 1)
     assert core.stopped

@@ -11,6 +11,7 @@ from unit_guard import no_ray  # noqa: F401
 from raysource.examples.seats import (
     SHOW,
     CancelReservation,
+    CreateShow,
     GetShow,
     ReservationCancelled,
     ReserveSeat,
@@ -20,7 +21,12 @@ from raysource.examples.seats import (
 from raysource.journal.errors import ConcurrentWriteError
 from raysource.journal.memory import InMemoryJournal
 from raysource.journal.serialization import Serialization
-from raysource.runtime.errors import AggregateStoppedError, CommandRejected, PassivatedError
+from raysource.runtime.errors import (
+    AggregateStoppedError,
+    CommandRejected,
+    PassivatedError,
+    PersistFailedError,
+)
 from raysource.runtime.host import AggregateHost, ids_matching
 from raysource.snapshots.memory import InMemorySnapshotStore
 
@@ -355,4 +361,34 @@ async def test_a_failed_recovery_is_not_applied_and_the_next_command_recovers():
     assert journal.inner.events(SHOW.persistence_id("s")) == []
     assert isinstance(await host.ask("s", ReserveSeat("A1", "bob")), SeatReserved)
     assert [e.sequence_nr for e in journal.inner.events(SHOW.persistence_id("s"))] == [1]
+    await host.close()
+
+
+async def test_on_durable_sees_every_acknowledged_append_and_nothing_else():
+    """The core calls ``on_durable`` (no journal wrapper) with the events of each append the
+    journal acknowledged, before the replies are released; a write that failed is not
+    announced; a listener that raises is logged and the command is still acknowledged."""
+    journal = InMemoryJournal()
+    seen: list[list[int]] = []
+    replied: list[bool] = []
+    pending: list[asyncio.Future] = []
+
+    def listener(events):
+        seen.append([e.sequence_nr for e in events])
+        replied.append(any(f.done() for f in pending))
+        if len(seen) == 2:
+            raise RuntimeError("listener bug")
+
+    host = make_host(journal, on_durable=listener)
+    first = asyncio.ensure_future(host.ask("s1", CreateShow(10)))
+    pending.append(first)
+    await first
+    assert seen == [[1]] and replied == [False]  # announced before the reply was released
+    await host.ask("s1", ReserveSeat("A1", "alice"))  # the listener raises: still acknowledged
+    journal.fail_next_appends(1)
+    with pytest.raises(PersistFailedError):
+        await host.ask("s1", ReserveSeat("A2", "bob"))
+    await host.ask("s1", ReserveSeat("A3", "carol"))
+    assert seen == [[1], [2], [3]] == [[n] for n in reserved(journal, SHOW.persistence_id("s1"))]
+    assert host.journal is journal  # nothing between the core and the journal
     await host.close()
