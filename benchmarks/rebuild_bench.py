@@ -84,7 +84,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             "raw_events_by_tag_per_s": round(raw_per_s),
         }
         replay = reservations_projection("bench-rebuild", settings=REPLAY)
-        r["replay_per_s"] = round(await timed_replay(control, replay, n, offset_to_str(last)))
+        r["replay_per_s"] = round((await timed_replay(control, replay, n, offset_to_str(last)))[0])
         assert await marks_total(replay, config) == n
         cut = stable_cut(config)
         # warm-up, untimed: Ray Data's first tasks start worker processes and import pyarrow

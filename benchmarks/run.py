@@ -254,6 +254,18 @@ def _personal(r: dict) -> list[Row]:
     ]
 
 
+def _pool(r: dict) -> list[Row]:
+    f = r["first_touch_s"]
+    return [
+        (
+            f"first touch of {r['aggregates']} dedicated aggregates, warm pool",
+            f"{f['pool']:.2f} s",
+            f"no pool {f['no_pool']:.2f} s",
+            f"x{f['ratio']:.2f} faster",
+        )
+    ]
+
+
 def _activation(r: dict) -> list[Row]:
     rows = []
     for key, label in (("first_touch_s", "first touch"), ("recover_s", "recovery of many")):
@@ -484,6 +496,7 @@ BENCHES = [
         _activation,
         tiny=["--n", "20", "--events", "2", "--rounds", "1"],
     ),
+    Bench("pool", "benchmarks.pool_bench", _pool, tiny=["--n", "2", "--rounds", "1"]),
     Bench(
         "personal",
         "benchmarks.personal_bench",

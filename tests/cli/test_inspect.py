@@ -302,7 +302,7 @@ def test_cli_replay(written):
 
 
 def test_cli_replay_from_snapshot_with_app(written):
-    r = cli(written, "replay", "show", "snap1", "--snapshot", "--app", "tests.test_inspect:APP")
+    r = cli(written, "replay", "show", "snap1", "--snapshot", "--app", "tests.cli.test_inspect:APP")
     assert r.returncode == 0, r.stderr
     assert "from the snapshot at 6" in r.stdout
     assert r.stdout.splitlines()[-1] == f"state at 6: {written[1]['snap1'][6]!r}"
