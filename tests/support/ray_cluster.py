@@ -41,6 +41,7 @@ def ray_cluster(workers: int, namespace_prefix: str) -> Iterator[tuple[Cluster, 
         c.shutdown()
         if restore_ns is not None:
             ray.init(
+                address="local",  # as conftest.ray_local: never join another process's Ray
                 num_cpus=4,
                 include_dashboard=False,
                 log_to_driver=False,
