@@ -548,7 +548,16 @@ def _reserve_all(
 def _scrape(port: int) -> list:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    # the metrics agent of a Ray that was restarted (cluster tests restore the session's Ray)
+    # listens again a moment after the restart
+    for attempt in range(60):
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+            break
+        except httpx.ConnectError:
+            if attempt == 59:
+                raise
+            time.sleep(1)
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
