@@ -50,9 +50,8 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# TEST_WORKERS=2 runs the suite in two processes (pytest-xdist): 17 min instead of ~28, but not
-# yet green: the Ray-free unit tests assume no earlier module started Ray in their process, and
-# modules that restart Ray leave later ones in another process order without it. Default: one.
+# TEST_WORKERS=2 runs the suite in two processes (pytest-xdist; 16.6 min against 24.5 here), but
+# it is not green yet: its last try lost a worker process mid-run. Default: one process.
 TEST_WORKERS ?= 0
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
