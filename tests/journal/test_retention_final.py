@@ -13,12 +13,12 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from test_retention_cassandra import core, rows_of, session  # noqa: F401 (fixture)
 
 from raysource.journal.api import TagOffset
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.journal import CassandraJournal
 from raysource.journal.cassandra.retention import RetentionCleaner
-from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.errors import ConfigError
 from raysource.journal.retention import KeepUntilFinal
 from raysource.readside.offsets import CassandraOffsetStore
@@ -30,9 +30,6 @@ from raysource.runtime.aggregate import (
     reject,
     unknown_command,
 )
-from raysource.runtime.core import EntityCore
-from raysource.runtime.stores import StoreSpec, serialization_for
-from raysource.snapshots.cassandra import CassandraSnapshotStore
 
 pytestmark = pytest.mark.cassandra
 
@@ -155,36 +152,6 @@ def config(cassandra_contact, cassandra_keyspace) -> CassandraConfig:
         request_timeout=30.0,
         eventual_consistency_delay=0.4,
     )
-
-
-@pytest.fixture
-async def session(config):
-    s = await CassandraSession.open(config, create_schema=True)
-    yield s
-    await s.close()
-
-
-def core(agg, eid: str, session, config, writer: str) -> EntityCore:
-    return EntityCore(
-        agg,
-        eid,
-        CassandraJournal(session, config),
-        CassandraSnapshotStore(session, config),
-        serialization_for(agg, StoreSpec()),
-        writer_id=writer,
-    )
-
-
-async def rows_of(session, config, pid: str) -> list[int]:
-    out: list[int] = []
-    for p in range(12):
-        rows = await session.select_all(
-            f"SELECT sequence_nr FROM {config.keyspace}.{config.events_table} "
-            f"WHERE persistence_id = ? AND partition_nr = ?",
-            (pid, p),
-        )
-        out += [r[0] for r in rows]
-    return sorted(out)
 
 
 async def tag_keys(journal, after: TagOffset | None = None) -> list[tuple[str, int]]:
