@@ -65,31 +65,15 @@ def cassandra_keyspace(request: pytest.FixtureRequest, cassandra_admin) -> Itera
     cassandra_admin.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
 
 
-_RAY_METRICS_PORT: list[int] = []  # the session Ray's Prometheus port (its metrics agent)
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray runtime shared by the session (shut down at the end). Its metrics agent
     (``ray[default]``) exports Prometheus on a known port: :func:`ray_metrics_port`."""
-    import socket
-
     import ray
+    import session_ray
 
     if not ray.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ray.init(
-            address="local",  # never join a cluster some other process started on this host
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            namespace=f"raysource-test-{uuid.uuid4().hex[:6]}",
-            _metrics_export_port=port,
-        )
-        _RAY_METRICS_PORT[:] = [port]
+        session_ray.start()
     yield ray
     ray.shutdown()
 
@@ -97,9 +81,11 @@ def ray_local():
 @pytest.fixture(scope="session")
 def ray_metrics_port(ray_local) -> int:
     """The Prometheus endpoint's port of the session's Ray (scraped over HTTP by tests)."""
-    if not _RAY_METRICS_PORT:
+    import session_ray
+
+    if not session_ray.METRICS_PORT:
         pytest.fail("the session's Ray was started elsewhere: its metrics port is unknown")
-    return _RAY_METRICS_PORT[0]
+    return session_ray.METRICS_PORT[0]
 
 
 # Modules that need a Ray of their own (job-level options the session's Ray must not have):

@@ -96,17 +96,9 @@ def traced(cassandra_contact, cassandra_keyspace):
             system.shutdown()
         ray.shutdown()
         if restore_ns is not None:  # the session's Ray was up: as it was (conftest.ray_local)
-            from conftest import _RAY_METRICS_PORT
+            import session_ray
 
-            ray.init(
-                address="local",
-                num_cpus=4,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                namespace=restore_ns,
-                **({"_metrics_export_port": _RAY_METRICS_PORT[0]} if _RAY_METRICS_PORT else {}),
-            )
+            session_ray.start(restore_ns)
 
 
 def _hex(v: str | None) -> str:

@@ -40,15 +40,6 @@ def ray_cluster(workers: int, namespace_prefix: str) -> Iterator[tuple[Cluster, 
         ray.shutdown()
         c.shutdown()
         if restore_ns is not None:
-            from conftest import _RAY_METRICS_PORT
+            import session_ray
 
-            ray.init(
-                address="local",  # as conftest.ray_local: never join another process's Ray
-                num_cpus=4,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                namespace=restore_ns,
-                # the session's metrics port again (tests scrape it: conftest.ray_metrics_port)
-                **({"_metrics_export_port": _RAY_METRICS_PORT[0]} if _RAY_METRICS_PORT else {}),
-            )
+            session_ray.start(restore_ns)
