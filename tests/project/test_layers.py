@@ -19,7 +19,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from rooms import facade_folder, rooms
+from rooms import facade_folder, parse_source, rooms
 
 ROOT = Path(__file__).resolve().parents[2]
 # every room of pyproject's package-dir (tests/support/rooms.py) with its layer; test_rooms.py
@@ -51,7 +51,7 @@ DRIVER_ALLOWED = ("journal/cassandra", "readside", "devnode", "testing/driver_fa
 
 def _imports(path: Path) -> set[str]:
     """Top-level names imported, with ``raysource.X`` reported as ``X``."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parse_source(path.read_text(), str(path))
     out: set[str] = set()
     for node in ast.walk(tree):
         names: list[str] = []
@@ -122,7 +122,7 @@ def test_no_room_over_500_lines_without_a_stated_reason() -> None:
         for path in _files(room):
             text = path.read_text()
             if text.count("\n") > 520:
-                doc = ast.get_docstring(ast.parse(text)) or ""
+                doc = ast.get_docstring(parse_source(text)) or ""
                 if "Size:" not in doc:
                     long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
     assert not long, long

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
-from rooms import ROOT, ROOT_PACKAGE, listed_packages, package_dir, rooms
+from rooms import ROOT, ROOT_PACKAGE, listed_packages, package_dir, parse_source, rooms
 from test_layers import RANK
 
 # where Python lives in the repository besides the library's rooms
@@ -62,7 +62,7 @@ def _bare_imports(path: Path, names: set[str]) -> list[tuple[int, str]]:
     """(line, module) of every import of a module whose first part is one of ``names``:
     ``import x``, ``from x import y`` (also inside functions) and ``import_module("x")``."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_source(path.read_text(), str(path))):
         modules: list[str] = []
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
@@ -133,7 +133,7 @@ def test_every_lazy_name_is_imported_for_type_checkers(package: str) -> None:
     """A name served by ``__getattr__`` is invisible to a type checker unless an
     ``if TYPE_CHECKING:`` import binds it too."""
     module = importlib.import_module(package)
-    tree = ast.parse(Path(module.__file__).read_text())
+    tree = parse_source(Path(module.__file__).read_text())
     bound = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):

@@ -154,7 +154,9 @@ def test_moving_one_shard_out_of_a_shared_host_keeps_one_writer_and_the_others_r
         for s in range(4):  # the stale driver resolves every shard now (home: the head)
             stale.entity(HLEDGER, by_shard[s][0]).ask(GetBalance(), timeout=60)
 
-        with Load(system, ids) as load:
+        # one thread per aggregate: a thread that also served a moved aggregate would wait out
+        # its reactivation, and the aggregates that stayed would look stalled with it
+        with Load(system, ids, threads=len(ids)) as load:
             time.sleep(2)
             worker = cluster["cluster"].add_node(num_cpus=1)
             cluster["cluster"].wait_for_nodes()
@@ -166,7 +168,13 @@ def test_moving_one_shard_out_of_a_shared_host_keeps_one_writer_and_the_others_r
             moved_done = time.monotonic()
             assert len(moves) == 1 and moves[0].to_node == worker.node_id
             moved = moves[0].shard
-            time.sleep(3)  # load goes on: the moved shard reactivates on the worker
+            # load goes on until every aggregate, moved (reactivated on the worker) or not, has
+            # been acknowledged after the move
+            deadline = time.monotonic() + 120
+            while not all(load.acked[e] and load.acked[e][-1][0] > moved_done for e in ids):
+                assert time.monotonic() < deadline, "an aggregate was not served after the move"
+                assert not any(load.other.values()), load.other
+                time.sleep(0.2)
         stayed = [e for e in ids if shard_of(e, 4) != moved]
         went = by_shard[moved]
 

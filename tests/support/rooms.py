@@ -8,6 +8,7 @@ rooms from here or are checked against it (``tests/project/test_rooms.py``).
 
 from __future__ import annotations
 
+import ast
 import tomllib
 from pathlib import Path
 
@@ -47,3 +48,18 @@ def top_folders() -> dict[str, str]:
     """``{folder: package}`` for every folder at the repository root that holds a package:
     the rooms and the facade (the doctest runner walks these)."""
     return {folder: package for package, folder in package_dir().items() if "/" not in folder}
+
+
+def parse_source(text: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse``, tried again on CPython 3.11's spurious ``SystemError: AST constructor
+    recursion depth mismatch``: the AST builder's depth counter is per interpreter, so a parse
+    in another thread (Ray's and the driver's threads live on in the test process) can upset
+    it (python/cpython#106905, fixed in later 3.11 patch releases). A real syntax error is a
+    ``SyntaxError`` and is raised at once."""
+    for attempt in range(5):
+        try:
+            return ast.parse(text, filename)
+        except SystemError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
