@@ -49,6 +49,8 @@ def cassandra_admin(cassandra_contact: tuple[str, int]):
     cluster = Cluster([host], port=port, protocol_version=5)
     session = cluster.connect()
     yield session
+    for drop in _DROPS:
+        drop.result()
     cluster.shutdown()
 
 
@@ -62,7 +64,12 @@ def cassandra_keyspace(request: pytest.FixtureRequest, cassandra_admin) -> Itera
         "{'class': 'SimpleStrategy', 'replication_factor': 1}"
     )
     yield name
-    cassandra_admin.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
+    # not waited for: the next module's tests run while Cassandra drops it (the session's
+    # end waits for every drop: ``cassandra_admin``)
+    _DROPS.append(cassandra_admin.execute_async(f"DROP KEYSPACE IF EXISTS {name}", timeout=60))
+
+
+_DROPS: list = []  # keyspace drops in flight (ResponseFutures)
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +93,22 @@ def ray_metrics_port(ray_local) -> int:
     if not session_ray.METRICS_PORT:
         pytest.fail("the session's Ray was started elsewhere: its metrics port is unknown")
     return session_ray.METRICS_PORT[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bench_smoke_early(request: pytest.FixtureRequest) -> None:
+    """A session that selected benchmark smoke runs starts them at its first test, in the
+    background (``bench_smoke``): they are subprocesses with their own Ray, mostly waiting on
+    start-ups, and the smoke tests only collect them. Under pytest-xdist the smoke module's own
+    fixture starts them, in the one process that runs it."""
+    from bench_smoke import RUNS, selected
+
+    names = selected(request.session)
+    if not names or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    host, port = request.getfixturevalue("cassandra_contact")
+    results_dir = request.getfixturevalue("tmp_path_factory").mktemp("bench-smoke")
+    RUNS.start(names, f"{host}:{port}", results_dir)
 
 
 # Modules that need a Ray of their own (job-level options the session's Ray must not have):

@@ -11,28 +11,21 @@ The peer benchmark runs both sides: raysource and the Pekko program (built with 
 from the local cache first). Java and Maven are part of the test environment here and in CI: if
 they are missing the peer smoke *fails*, it is never skipped.
 
-The runs go a few at a time (``SMOKE_PARALLEL``, starts ``SMOKE_STAGGER_S`` apart) so the whole
-smoke run stays short; the figures say nothing about speed (tiny runs on a shared machine), only
-that every benchmark still runs. Also checked: every benchmark module in ``benchmarks/`` is in
-the suite, a benchmark that
+The runs go a few at a time and start with the session's first test, in the background
+(``tests/support/bench_smoke.py``), so they cost the suite little wall time; the figures say
+nothing about speed (tiny runs on a shared machine), only that every benchmark still runs.
+Also checked: every benchmark module in ``benchmarks/`` is in the suite, a benchmark that
 removes a node on purpose keeps Ray's raylet dumps out of the output, and ``benchmarks.run``
 exits non-zero (a FAILED row in its summary) when a benchmark does not run.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bench_smoke import RUNS, Smoke, selected
 
 from benchmarks import run as bench_run
 
@@ -40,102 +33,15 @@ pytestmark = [pytest.mark.ray, pytest.mark.cassandra, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = [b.name for b in bench_run.BENCHES]
-SMOKE_PARALLEL = 3  # benchmarks running at once (each its own Ray instance; 2 cores here)
-SMOKE_STAGGER_S = 10.0  # between two starts: Ray gives a starting node 30 s to register, and
-#                         three Ray instances starting at once on a busy 2-core box miss that
-SMOKE_TIMEOUT_S = {"peer": 600}  # one benchmark's tiny run on a busy machine (peer: 2 sides)
-_starts = threading.Lock()
-_last_start = [0.0]
-
-
-def _wait_for_start_slot() -> None:
-    with _starts:
-        wait = _last_start[0] + SMOKE_STAGGER_S - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        _last_start[0] = time.monotonic()
-
-
-@dataclass
-class Smoke:
-    code: int
-    output: str
-    results: dict  # the run's combined JSON (benchmarks.run), {} if it wrote none
-    seconds: float  # wall time of the run
-
-
-def _smoke(name: str, contact: str, results_dir: Path) -> Smoke:
-    out_dir = results_dir / name
-    _wait_for_start_slot()
-    t0 = time.monotonic()
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.run",
-        "--tiny",
-        "--only",
-        name,
-        "--contact",
-        contact,
-        "--results",
-        str(out_dir),
-    ]
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=SMOKE_TIMEOUT_S.get(name, 300),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        code, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:  # the child's Ray is ended by its own shutdown
-        code = -1
-        output = f"timed out after {SMOKE_TIMEOUT_S.get(name, 300)} s\n" + "".join(
-            (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr)
-        )
-    combined = sorted(out_dir.glob("bench-*-tiny.json"))
-    return Smoke(
-        code,
-        output,
-        json.loads(combined[-1].read_text()) if combined else {},
-        time.monotonic() - t0,
-    )
-
-
-def _selected(session: pytest.Session) -> set[str]:
-    """The benchmarks the selected tests of this module look at (e.g. ``-k runtime``: one)."""
-    names: set[str] = set()
-    for item in session.items:
-        if item.module is not None and item.module.__name__ == __name__:
-            callspec = getattr(item, "callspec", None)
-            if callspec is not None and "name" in callspec.params:
-                names.add(callspec.params["name"])
-            elif item.name == "test_deliberate_node_removal_keeps_ray_dumps_out":
-                names.add("sharding")
-    return names
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]:
-    """The tiny run of every selected benchmark, ``SMOKE_PARALLEL`` at a time (once)."""
+    """The tiny run of every selected benchmark (``bench_smoke``): started at the session's
+    first test when the session selected them, else here."""
     host, port = cassandra_contact
-    results_dir = tmp_path_factory.mktemp("bench-smoke")
-    with ThreadPoolExecutor(SMOKE_PARALLEL) as pool:
-        # the slowest first (peer: Maven build + JVM; sharding: two Ray clusters)
-        order = sorted(
-            _selected(request.session),
-            key=lambda n: (n not in ("peer", "sharding", "projection"), n),
-        )
-        t0 = time.monotonic()
-        futures = {n: pool.submit(_smoke, n, f"{host}:{port}", results_dir) for n in order}
-        runs = {n: f.result() for n, f in futures.items()}
-    print(
-        f"benchmark smoke runs: {time.monotonic() - t0:.0f} s in all; "
-        + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items())
-    )  # shown with -s
-    return runs
+    RUNS.start(selected(request.session), f"{host}:{port}", tmp_path_factory.mktemp("bench-smoke"))
+    return RUNS.results()
 
 
 def _tail(text: str, lines: int = 60) -> str:

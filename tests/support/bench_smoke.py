@@ -1,0 +1,127 @@
+"""The benchmark smoke runs (``tests/project/test_benchmarks_smoke.py``), started early.
+
+Each benchmark's tiny run is a subprocess (``python -m benchmarks.run --tiny --only <name>``)
+with its own local Ray, on the session's Cassandra. Together they take about four minutes of
+mostly waiting (Ray and JVM start-ups, a Maven build), so a session that selected them starts
+them in the background as soon as its first test sets up (``conftest._bench_smoke_early``);
+the smoke tests, wherever they run in the session, only collect the results.
+
+The runs go a few at a time (:data:`PARALLEL`). Benchmarks that start a Ray instance start
+:data:`RAY_STAGGER_S` apart: Ray gives a starting node 30 s to register, and several Ray
+instances starting at once on a busy 2-core box miss that. The others start when a slot is
+free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = "test_benchmarks_smoke"
+PARALLEL = 3  # benchmarks running at once (each its own Ray instance; 2 cores here)
+RAY_STAGGER_S = 10.0
+# benchmarks whose tiny run starts no Ray (an in-process journal or Cassandra only)
+NO_RAY = frozenset({"journal", "overload", "personal", "retention", "serialization", "activation"})
+TIMEOUT_S = {"peer": 600}  # one benchmark's tiny run on a busy machine (peer: 2 sides)
+SLOWEST_FIRST = ("peer", "projection", "sharding")  # peer: Maven build + JVM; sharding: 2 clusters
+
+
+@dataclass
+class Smoke:
+    code: int
+    output: str
+    results: dict  # the run's combined JSON (benchmarks.run), {} if it wrote none
+    seconds: float  # wall time of the run
+
+
+class _Runs:
+    """The session's smoke runs: started once, collected by the tests."""
+
+    def __init__(self) -> None:
+        self.futures: dict[str, Future[Smoke]] = {}
+        self.started_at = 0.0
+        self._pool: ThreadPoolExecutor | None = None
+        self._starts = threading.Lock()
+        self._last_ray_start = 0.0
+
+    def start(self, names: set[str], contact: str, results_dir: Path) -> None:
+        if self.futures or not names:
+            return
+        self.started_at = time.monotonic()
+        self._pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-smoke")
+        for name in sorted(names, key=lambda n: (n not in SLOWEST_FIRST, n)):
+            self.futures[name] = self._pool.submit(self._run, name, contact, results_dir)
+        self._pool.shutdown(wait=False)
+
+    def _wait_for_ray_slot(self) -> None:
+        with self._starts:
+            wait = self._last_ray_start + RAY_STAGGER_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_ray_start = time.monotonic()
+
+    def _run(self, name: str, contact: str, results_dir: Path) -> Smoke:
+        out_dir = results_dir / name
+        if name not in NO_RAY:
+            self._wait_for_ray_slot()
+        t0 = time.monotonic()
+        cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name]
+        cmd += ["--contact", contact, "--results", str(out_dir)]
+        timeout = TIMEOUT_S.get(name, 300)
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            code, output = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:  # the child's Ray is ended by its own shutdown
+            code = -1
+            output = f"timed out after {timeout} s\n" + "".join(
+                (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr)
+            )
+        combined = sorted(out_dir.glob("bench-*-tiny.json"))
+        return Smoke(
+            code,
+            output,
+            json.loads(combined[-1].read_text()) if combined else {},
+            time.monotonic() - t0,
+        )
+
+    def results(self) -> dict[str, Smoke]:
+        runs = {n: f.result() for n, f in self.futures.items()}
+        print(
+            f"benchmark smoke runs: {time.monotonic() - self.started_at:.0f} s since the start; "
+            + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items())
+        )  # shown with -s
+        return runs
+
+
+RUNS = _Runs()
+
+
+def selected(session: pytest.Session) -> set[str]:
+    """The benchmarks the selected smoke tests look at (e.g. ``-k runtime``: one)."""
+    names: set[str] = set()
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.rsplit(".", 1)[-1] == MODULE:
+            callspec = getattr(item, "callspec", None)
+            if callspec is not None and "name" in callspec.params:
+                names.add(callspec.params["name"])
+            elif item.name == "test_deliberate_node_removal_keeps_ray_dumps_out":
+                names.add("sharding")
+    return names
