@@ -95,22 +95,6 @@ def ray_metrics_port(ray_local) -> int:
     return session_ray.METRICS_PORT[0]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _bench_smoke_early(request: pytest.FixtureRequest) -> None:
-    """A session that selected benchmark smoke runs starts them at its first test, in the
-    background (``bench_smoke``): they are subprocesses with their own Ray, mostly waiting on
-    start-ups, and the smoke tests only collect them. Under pytest-xdist the smoke module's own
-    fixture starts them, in the one process that runs it."""
-    from bench_smoke import RUNS, selected
-
-    names = selected(request.session)
-    if not names or os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    host, port = request.getfixturevalue("cassandra_contact")
-    results_dir = request.getfixturevalue("tmp_path_factory").mktemp("bench-smoke")
-    RUNS.start(names, f"{host}:{port}", results_dir)
-
-
 # Modules that need a Ray of their own (job-level options the session's Ray must not have):
 # run right after the Ray-free tests, before the session's Ray starts, so it is neither shut
 # down nor started again for them.

@@ -11,8 +11,7 @@ The peer benchmark runs both sides: raysource and the Pekko program (built with 
 from the local cache first). Java and Maven are part of the test environment here and in CI: if
 they are missing the peer smoke *fails*, it is never skipped.
 
-The runs go a few at a time and start with the session's first test, in the background
-(``tests/support/bench_smoke.py``), so they cost the suite little wall time; the figures say
+The runs go a few at a time (``tests/support/bench_smoke.py``); the figures say
 nothing about speed (tiny runs on a shared machine), only that every benchmark still runs.
 Also checked: every benchmark module in ``benchmarks/`` is in the suite, a benchmark that
 removes a node on purpose keeps Ray's raylet dumps out of the output, and ``benchmarks.run``
@@ -37,8 +36,7 @@ NAMES = [b.name for b in bench_run.BENCHES]
 
 @pytest.fixture(scope="module")
 def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]:
-    """The tiny run of every selected benchmark (``bench_smoke``): started at the session's
-    first test when the session selected them, else here."""
+    """The tiny run of every selected benchmark (``bench_smoke``), a few at a time, once."""
     host, port = cassandra_contact
     RUNS.start(selected(request.session), f"{host}:{port}", tmp_path_factory.mktemp("bench-smoke"))
     return RUNS.results()
