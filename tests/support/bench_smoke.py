@@ -1,4 +1,4 @@
-"""The benchmark smoke runs of ``tests/project/test_benchmarks_smoke.py``."""
+"""The benchmark smoke runs of ``tests/project/test_benchmarks_smoke.py``.
 
 Each benchmark's tiny run is a subprocess (``python -m benchmarks.run --tiny --only <name>``)
 with its own local Ray, on the session's Cassandra; the smoke module's fixture starts them all
