@@ -50,8 +50,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# TEST_WORKERS=2 runs the suite in two processes (pytest-xdist; 16.6 min against 24.5 here), but
-# it is not green yet: its last try lost a worker process mid-run. Default: one process.
+# TEST_WORKERS=2 runs the suite in two processes (pytest-xdist). On this 2-core box it saves
+# little, because the suite is CPU-bound (21.0 min against 24.4-25.7 in one process, from a
+# fresh clone), and it doubles the contention every Ray start-up must survive. Default: one.
 TEST_WORKERS ?= 0
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
