@@ -31,11 +31,9 @@ from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
     ExecutionProfile,
-    NoHostAvailable,
     ResponseFuture,
     Session,
 )
-from cassandra.connection import ConnectionShutdown
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     ExponentialReconnectionPolicy,
@@ -55,6 +53,7 @@ from raysource.journal.cassandra.config import CassandraConfig
 from raysource.journal.cassandra.driver_errors import (
     NoResendRetryPolicy,
     consistency,
+    framing_glitch,
     wrap_driver_error,
     writes,
 )
@@ -67,23 +66,6 @@ __all__ = ["CassandraSession", "RAW_PROFILE"]
 
 RAW_PROFILE = "raysource_raw"  # plain tuple rows: cheaper than named tuples on hot paths
 _CONNECT_ATTEMPTS = 3  # a connect that met the driver's v5 framing glitch (framing_glitch)
-
-
-def framing_glitch(exc: BaseException) -> bool:
-    """A connect refused only because cassandra-driver's protocol v5 framing read a segment
-    header wrong: ``NoHostAvailable`` whose every error is a ``ConnectionShutdown('CRC mismatch
-    on header ...')`` (a driver defect, PYTHON-1337; seen here in one of the suite's runs, by a
-    host actor opening its stores on a loaded box). Nothing was sent on such a connection
-    (the control connection fails at start-up), so connecting again is safe."""
-    errors = getattr(exc, "errors", None)
-    return (
-        isinstance(exc, NoHostAvailable)
-        and isinstance(errors, dict)
-        and bool(errors)
-        and all(
-            isinstance(e, ConnectionShutdown) and "CRC mismatch" in str(e) for e in errors.values()
-        )
-    )
 
 
 class CassandraSession:

@@ -17,7 +17,8 @@ from cassandra.connection import ConnectionShutdown
 
 from raysource.journal.cassandra import session as session_module
 from raysource.journal.cassandra.config import CassandraConfig
-from raysource.journal.cassandra.session import CassandraSession, framing_glitch
+from raysource.journal.cassandra.driver_errors import framing_glitch
+from raysource.journal.cassandra.session import CassandraSession
 from raysource.journal.errors import JournalUnavailableError
 
 pytestmark = pytest.mark.cassandra

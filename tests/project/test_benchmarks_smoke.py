@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 import pytest
-from bench_smoke import RUNS, Smoke, selected
+from bench_smoke import Smoke, run_all, selected
 
 from benchmarks import run as bench_run
 
@@ -38,8 +38,9 @@ NAMES = [b.name for b in bench_run.BENCHES]
 def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]:
     """The tiny run of every selected benchmark (``bench_smoke``), a few at a time, once."""
     host, port = cassandra_contact
-    RUNS.start(selected(request.session), f"{host}:{port}", tmp_path_factory.mktemp("bench-smoke"))
-    return RUNS.results()
+    return run_all(
+        selected(request.session), f"{host}:{port}", tmp_path_factory.mktemp("bench-smoke")
+    )
 
 
 def _tail(text: str, lines: int = 60) -> str:

@@ -24,6 +24,7 @@ import uuid
 
 import httpx
 import pytest
+import session_ray
 
 from raysource.examples.seats import SHOW
 
@@ -55,15 +56,7 @@ def traced(cassandra_contact, cassandra_keyspace):
         restore_ns = ray.get_runtime_context().namespace
         ray.shutdown()
     ns = f"raysource-tracing-{uuid.uuid4().hex[:6]}"
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        namespace=ns,
-        runtime_env={"worker_process_setup_hook": install_forwarding},
-    )
+    session_ray.init_local(ns, runtime_env={"worker_process_setup_hook": install_forwarding})
     system = None
     try:  # whatever fails after ray.init, this module's Ray never outlives it
         host, port = cassandra_contact
@@ -96,8 +89,6 @@ def traced(cassandra_contact, cassandra_keyspace):
             system.shutdown()
         ray.shutdown()
         if restore_ns is not None:  # the session's Ray was up: as it was (conftest.ray_local)
-            import session_ray
-
             session_ray.start(restore_ns)
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,73 +44,67 @@ class Smoke:
     seconds: float  # wall time of the run
 
 
-class _Runs:
-    """The session's smoke runs: started once, collected by the tests."""
+class _RayStarts:
+    """Ray-starting runs begin at least :data:`RAY_STAGGER_S` apart (shared by the threads)."""
 
     def __init__(self) -> None:
-        self.futures: dict[str, Future[Smoke]] = {}
-        self.started_at = 0.0
-        self._pool: ThreadPoolExecutor | None = None
-        self._starts = threading.Lock()
-        self._last_ray_start = 0.0
+        self._lock = threading.Lock()
+        self._last = float("-inf")
 
-    def start(self, names: set[str], contact: str, results_dir: Path) -> None:
-        if self.futures or not names:
-            return
-        self.started_at = time.monotonic()
-        self._pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-smoke")
-        for name in sorted(names, key=lambda n: (n not in SLOWEST_FIRST, n)):
-            self.futures[name] = self._pool.submit(self._run, name, contact, results_dir)
-        self._pool.shutdown(wait=False)
-
-    def _wait_for_ray_slot(self) -> None:
-        with self._starts:
-            wait = self._last_ray_start + RAY_STAGGER_S - time.monotonic()
+    def wait(self) -> None:
+        with self._lock:
+            wait = self._last + RAY_STAGGER_S - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            self._last_ray_start = time.monotonic()
+            self._last = time.monotonic()
 
-    def _run(self, name: str, contact: str, results_dir: Path) -> Smoke:
-        out_dir = results_dir / name
-        if name not in NO_RAY:
-            self._wait_for_ray_slot()
-        t0 = time.monotonic()
-        cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name]
-        cmd += ["--contact", contact, "--results", str(out_dir)]
-        timeout = TIMEOUT_S.get(name, 300)
-        try:
-            proc = subprocess.run(
-                cmd,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            code, output = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:  # the child's Ray is ended by its own shutdown
-            code = -1
-            output = f"timed out after {timeout} s\n" + "".join(
-                (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr)
-            )
-        combined = sorted(out_dir.glob("bench-*-tiny.json"))
-        return Smoke(
-            code,
-            output,
-            json.loads(combined[-1].read_text()) if combined else {},
-            time.monotonic() - t0,
+
+def _run(name: str, contact: str, results_dir: Path, ray_starts: _RayStarts) -> Smoke:
+    out_dir = results_dir / name
+    if name not in NO_RAY:
+        ray_starts.wait()
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name]
+    cmd += ["--contact", contact, "--results", str(out_dir)]
+    timeout = TIMEOUT_S.get(name, 300)
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        code, output = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:  # the child's Ray is ended by its own shutdown
+        code = -1
+        output = f"timed out after {timeout} s\n" + "".join(
+            (x.decode() if isinstance(x, bytes) else x or "") for x in (exc.stdout, exc.stderr)
+        )
+    combined = sorted(out_dir.glob("bench-*-tiny.json"))
+    return Smoke(
+        code,
+        output,
+        json.loads(combined[-1].read_text()) if combined else {},
+        time.monotonic() - t0,
+    )
 
-    def results(self) -> dict[str, Smoke]:
-        runs = {n: f.result() for n, f in self.futures.items()}
-        print(
-            f"benchmark smoke runs: {time.monotonic() - self.started_at:.0f} s since the start; "
-            + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items())
-        )  # shown with -s
-        return runs
 
-
-RUNS = _Runs()
+def run_all(names: set[str], contact: str, results_dir: Path) -> dict[str, Smoke]:
+    """The tiny run of each of ``names``, :data:`PARALLEL` at a time, the slowest first."""
+    t0, ray_starts = time.monotonic(), _RayStarts()
+    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-smoke") as pool:
+        futures = {
+            n: pool.submit(_run, n, contact, results_dir, ray_starts)
+            for n in sorted(names, key=lambda n: (n not in SLOWEST_FIRST, n))
+        }
+        runs = {n: f.result() for n, f in futures.items()}
+    print(
+        f"benchmark smoke runs: {time.monotonic() - t0:.0f} s in all; "
+        + ", ".join(f"{n} {r.seconds:.0f} s" for n, r in runs.items())
+    )  # shown with -s
+    return runs
 
 
 def selected(session: pytest.Session) -> set[str]:
