@@ -208,6 +208,11 @@ def test_warm_pool_first_touch_kills_and_history(ray_local, cassandra_contact, c
 
 async def _load(system: System, ids: list[str], history: History) -> None:
     started = {e: asyncio.Event() for e in ids}
+    # ids[0] and ids[1] send their later commands only after the chaos hit their host: each
+    # then meets the killed or passivated host, so its reference re-resolves and the region
+    # lets the old host go (a caller that finished first on a slow machine left the region's
+    # registry naming a passivated host, and the adoption count below disagreed)
+    hit = {e: asyncio.Event() for e in ids[:2]}
     refs = {e: system.entity(LEDGER, e) for e in ids}
 
     async def caller(e: str) -> None:
@@ -216,14 +221,18 @@ async def _load(system: System, ids: list[str], history: History) -> None:
             await history.ask(op, refs[e].ask_async(Append(op, 1), timeout=60), caller=e)
             if k == 3:
                 started[e].set()
+                if e in hit:
+                    await hit[e].wait()
 
     async def chaos() -> None:
         loop = asyncio.get_running_loop()
         await started[ids[0]].wait()
         victim = await loop.run_in_executor(None, lambda: system.entity(LEDGER, ids[0]).actor)
         ray.kill(victim)  # assigned pool host dies mid-load: a host death like any other
+        hit[ids[0]].set()
         await started[ids[1]].wait()
         handle = await loop.run_in_executor(None, lambda: system.entity(LEDGER, ids[1]).actor)
         await handle.passivate.remote()  # it retires and exits; the next touch takes another
+        hit[ids[1]].set()
 
     await asyncio.gather(*(caller(e) for e in ids), chaos())
