@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks import ray_start
 from raysource.examples.ledger import LEDGER, Append
 from raysource.journal.memory import InMemoryJournal
 from raysource.runtime.host import AggregateHost
@@ -81,12 +82,11 @@ def bench_ray(n: int, rounds: int = 4) -> dict[str, list[float]]:
     from raysource.runtime.aggregate import IdempotencyPolicy
     from raysource.testing.local_resolver import LocalResolver
 
-    ray.init(
-        address="local",
+    ray_start.init(
+        f"ikbench-{uuid.uuid4().hex[:6]}",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        namespace=f"ikbench-{uuid.uuid4().hex[:6]}",
     )
     types = {
         "on": LEDGER,

@@ -27,6 +27,7 @@ from typing import Any
 
 import ray
 
+from benchmarks import ray_start
 from raysource.examples.ledger import LEDGER, Append
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.stores import StoreSpec
@@ -95,11 +96,10 @@ def one_round(store: StoreSpec, n: int, pool: int) -> dict[str, Any]:
 
 
 def run(contact: str, n: int, rounds: int, out: str | None = None) -> dict[str, Any]:
-    ray.init(
-        address="local",
+    ray_start.init(
+        f"poolb-{uuid.uuid4().hex[:6]}",
         include_dashboard=False,
         log_to_driver=False,
-        namespace=f"poolb-{uuid.uuid4().hex[:6]}",
     )
     config = CassandraConfig.from_contact(contact, keyspace="bench_pool")
     store = StoreSpec.for_cassandra(config, create_schema=True)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import ray
 
+from benchmarks import ray_start
 from raysource.examples.reservations_view import VIEW_TABLE, reservations_projection
 from raysource.examples.seats import SHOW, GetShow, ReserveSeat, SeatReserved, seat_label
 from raysource.journal.api import StoredEvent
@@ -457,13 +458,12 @@ def main() -> None:
         "--slice-events", type=int, default=2000, help="events of the n-slices rows (tiny runs)"
     )
     args = ap.parse_args()
-    ray.init(
-        address="local",
+    ray_start.init(
+        f"benchproj-{uuid.uuid4().hex[:6]}",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        namespace=f"benchproj-{uuid.uuid4().hex[:6]}",
     )
     try:
         r = asyncio.run(main_async(args))

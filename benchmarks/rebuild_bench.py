@@ -38,6 +38,7 @@ from pathlib import Path
 
 import ray
 
+from benchmarks import ray_start
 from benchmarks.projection_bench import REPLAY, bulk_load, timed_replay
 from raysource.data.backfill import backfill
 from raysource.data.source import stable_cut
@@ -128,13 +129,12 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     ap.add_argument("--out", default="results/rebuild_bench.json")
     args = ap.parse_args()
-    ray.init(
-        address="local",
+    ray_start.init(
+        f"benchrebuild-{uuid.uuid4().hex[:6]}",
         num_cpus=args.cpus,
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        namespace=f"benchrebuild-{uuid.uuid4().hex[:6]}",
     )
     try:
         r = asyncio.run(main_async(args))

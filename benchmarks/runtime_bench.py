@@ -38,6 +38,7 @@ import ray
 from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 
+from benchmarks import ray_start
 from raysource.examples.seats import (
     SHOW,
     CreateShow,
@@ -456,9 +457,8 @@ def main() -> None:
     asyncio.run(_create(config))
     # address="local": always a Ray instance of its own, never a cluster another process on
     # this host started (its workers would run that checkout's code)
-    ray.init(
-        address="local",
-        namespace=f"raysource-bench-{uuid.uuid4().hex[:6]}",
+    ray_start.init(
+        f"raysource-bench-{uuid.uuid4().hex[:6]}",
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,

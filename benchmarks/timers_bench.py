@@ -32,6 +32,7 @@ from pathlib import Path
 
 import ray
 
+from benchmarks import ray_start
 from raysource.devnode.select import select_cassandra
 from raysource.journal.cassandra.config import CassandraConfig
 from raysource.runtime.aggregate import AggregateType, persist, reply, schedule
@@ -184,12 +185,11 @@ def main() -> None:
         config = CassandraConfig(
             contact_points=(host,), port=int(port), keyspace=f"timers_bench_{uuid.uuid4().hex[:6]}"
         )
-        ray.init(
-            address="local",
+        ray_start.init(
+            f"timers-bench-{uuid.uuid4().hex[:6]}",
             num_cpus=4,
             include_dashboard=False,
             log_to_driver=False,
-            namespace=f"timers-bench-{uuid.uuid4().hex[:6]}",
         )
         result = {
             "paced": run(config, args.aggregates, args.timers, TimerSettings()),

@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks import ray_start
+
 MODES = ("off", "no-exporter", "memory")
 
 
@@ -67,9 +69,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         _install_memory_exporter()
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(side.ROOT)])
-    ray.init(
-        address="local",
-        namespace=f"trace-bench-{uuid.uuid4().hex[:6]}",
+    ray_start.init(
+        f"trace-bench-{uuid.uuid4().hex[:6]}",
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,

@@ -1,6 +1,6 @@
 """Smoke run of every benchmark of the suite: each benchmark module runs, as a subprocess, with
 tiny parameters (``python -m benchmarks.run --tiny --only <name>``: a second or two of load,
-small counts) on the session's Cassandra and its own local Ray, and
+small counts) on the session's Cassandra and (most of them) the session's Ray, and
 
 * exits 0 (a benchmark that raises exits non-zero: its traceback is in the failure message),
 * prints no traceback,
@@ -35,11 +35,19 @@ NAMES = [b.name for b in bench_run.BENCHES]
 
 
 @pytest.fixture(scope="module")
-def smoke_runs(request, cassandra_contact, tmp_path_factory) -> dict[str, Smoke]:
-    """The tiny run of every selected benchmark (``bench_smoke``), a few at a time, once."""
+def smoke_runs(request, cassandra_contact, ray_local, tmp_path_factory) -> dict[str, Smoke]:
+    """The tiny run of every selected benchmark (``bench_smoke``), a few at a time, once; most
+    join the session's Ray."""
+    import session_ray
+
+    if not ray_local.is_initialized():  # a cluster test before this one ended it
+        session_ray.start()
     host, port = cassandra_contact
     return run_all(
-        selected(request.session), f"{host}:{port}", tmp_path_factory.mktemp("bench-smoke")
+        selected(request.session),
+        f"{host}:{port}",
+        tmp_path_factory.mktemp("bench-smoke"),
+        ray_local.get_runtime_context().gcs_address,
     )
 
 

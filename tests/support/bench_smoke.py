@@ -1,7 +1,8 @@
 """The benchmark smoke runs of ``tests/project/test_benchmarks_smoke.py``.
 
 Each benchmark's tiny run is a subprocess (``python -m benchmarks.run --tiny --only <name>``)
-with its own local Ray, on the session's Cassandra; the smoke module's fixture starts them all
+on the session's Cassandra, most of them on the session's Ray (:data:`SHARED_RAY`), the others
+with a local Ray of their own; the smoke module's fixture starts them all
 once and its tests read the results. (Starting them in the background at the session's first
 test was tried: on 2 cores the suite got no faster, 25.7 min against 24.4, because the rest of
 the suite is CPU-bound too.)
@@ -26,12 +27,20 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import ray_start
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "test_benchmarks_smoke"
 PARALLEL = 3  # benchmarks running at once (each its own Ray instance; 2 cores here)
 RAY_STAGGER_S = 10.0
 # benchmarks whose tiny run starts no Ray (an in-process journal or Cassandra only)
 NO_RAY = frozenset({"journal", "overload", "personal", "retention", "serialization", "activation"})
+# benchmarks whose tiny run joins the session's Ray (benchmarks.ray_start) instead of starting
+# one: a Ray start is seconds of CPU on this box. The others need a Ray of their own: a
+# multi-node cluster (sharding), Ray Serve (service), the memory of its process tree (peer).
+SHARED_RAY = frozenset(
+    {"tracing", "runtime", "projection", "rebuild", "timers", "idempotency", "pool"}
+)
 TIMEOUT_S = {"peer": 600}  # one benchmark's tiny run on a busy machine (peer: 2 sides)
 SLOWEST_FIRST = ("peer", "projection", "sharding")  # peer: Maven build + JVM; sharding: 2 clusters
 
@@ -59,9 +68,14 @@ class _RayStarts:
             self._last = time.monotonic()
 
 
-def _run(name: str, contact: str, results_dir: Path, ray_starts: _RayStarts) -> Smoke:
+def _run(
+    name: str, contact: str, results_dir: Path, ray_starts: _RayStarts, ray_address: str | None
+) -> Smoke:
     out_dir = results_dir / name
-    if name not in NO_RAY:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if name in SHARED_RAY and ray_address:
+        env[ray_start.ADDRESS_ENV] = ray_address
+    elif name not in NO_RAY:
         ray_starts.wait()
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "benchmarks.run", "--tiny", "--only", name]
@@ -74,7 +88,7 @@ def _run(name: str, contact: str, results_dir: Path, ray_starts: _RayStarts) -> 
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         code, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:  # the child's Ray is ended by its own shutdown
@@ -91,12 +105,15 @@ def _run(name: str, contact: str, results_dir: Path, ray_starts: _RayStarts) -> 
     )
 
 
-def run_all(names: set[str], contact: str, results_dir: Path) -> dict[str, Smoke]:
-    """The tiny run of each of ``names``, :data:`PARALLEL` at a time, the slowest first."""
+def run_all(
+    names: set[str], contact: str, results_dir: Path, ray_address: str | None = None
+) -> dict[str, Smoke]:
+    """The tiny run of each of ``names``, :data:`PARALLEL` at a time, the slowest first; those
+    in :data:`SHARED_RAY` on the Ray at ``ray_address`` if given."""
     t0, ray_starts = time.monotonic(), _RayStarts()
     with ThreadPoolExecutor(PARALLEL, thread_name_prefix="bench-smoke") as pool:
         futures = {
-            n: pool.submit(_run, n, contact, results_dir, ray_starts)
+            n: pool.submit(_run, n, contact, results_dir, ray_starts, ray_address)
             for n in sorted(names, key=lambda n: (n not in SLOWEST_FIRST, n))
         }
         runs = {n: f.result() for n, f in futures.items()}
