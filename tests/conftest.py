@@ -104,12 +104,17 @@ _OWN_RAY = ("tests/runtime/test_observability_ray.py",)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the Ray-free unit tests first: they assert Ray is not running (``unit_guard``), and
     the session's local Ray, once started by a Ray test, stays up until the end. Then the
-    modules with a Ray of their own (:data:`_OWN_RAY`), then the rest."""
+    modules with a Ray of their own (:data:`_OWN_RAY`), then the rest. Under pytest-xdist
+    (``make test`` runs two workers) the ``slow`` modules of the rest go first, so the run
+    does not end with one worker busy on a long module while the other has nothing left."""
+    slow_first = bool(os.environ.get("PYTEST_XDIST_WORKER"))
 
-    def order(item: pytest.Item) -> int:
+    def order(item: pytest.Item) -> tuple[int, int]:
         if "no_ray" in getattr(item, "fixturenames", ()):
-            return 0
-        return 1 if item.nodeid.split("::")[0].endswith(_OWN_RAY) else 2
+            return 0, 0
+        if item.nodeid.split("::")[0].endswith(_OWN_RAY):
+            return 1, 0
+        return 2, 0 if slow_first and item.get_closest_marker("slow") else 1
 
     items.sort(key=order)
 
