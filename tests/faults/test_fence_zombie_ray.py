@@ -170,24 +170,26 @@ async def _check(cfg: CassandraConfig, pids, history, live, zombie_pids, resumed
         # that landed before the newer record may be valid: the recovery read it (a ledger
         # that moved to the frozen node during the load, so it was not waited for, was still
         # recovering when the zombies were resumed).
-        ks, cfg_ = cfg.keyspace, cfg
+        ks = cfg.keyspace
         late: list[tuple[str, int, str, bytes]] = []
         for pid in pids:
             records = await journal.session.select_all(
-                f"SELECT epoch, WRITETIME(start_seq) FROM {ks}.{cfg_.epochs_table} "
+                f"SELECT epoch, WRITETIME(start_seq) FROM {ks}.{cfg.epochs_table} "
                 f"WHERE persistence_id = ?",
                 (pid,),
             )
             rows = await journal.session.select_all(
                 f"SELECT sequence_nr, epoch, writer_id, payload, WRITETIME(payload) "
-                f"FROM {ks}.{cfg_.events_table} WHERE persistence_id = ? AND partition_nr = 0",
+                f"FROM {ks}.{cfg.events_table} WHERE persistence_id = ? AND partition_nr = 0",
                 (pid,),
             )
             for seq, epoch, writer, payload, stamp in rows:
                 if not any(f"@{p}:" in (writer or "") for p in zombie_pids):
                     continue
-                newer = [at for e, at in records if e > epoch]
-                if stamp > resumed_us and (not records or stamp > min(newer, default=2**62)):
+                # guard off writes no records: there, every row after the resume counts
+                newer = min((at for e, at in records if e > epoch), default=None)
+                after_record = not records or (newer is not None and stamp > newer)
+                if stamp > resumed_us and after_record:
                     late.append((pid, seq, writer, bytes(payload)))
         visible = []
         for pid, seq, writer, payload in late:
